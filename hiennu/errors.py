@@ -1,0 +1,27 @@
+"""Exception types shared by every stage.
+
+Every error a user can cause (bad files, unknown datasets, wrong options) is a
+:class:`HiennuError`; the command-line tools print its message and exit non-zero
+instead of showing a traceback.
+"""
+
+
+class HiennuError(Exception):
+    """A problem the user can fix; the message says what is wrong and how to fix it."""
+
+
+class DatasetNotFoundError(HiennuError):
+    """A dataset name, number or folder that does not resolve to a dataset."""
+
+
+class DataIntegrityError(HiennuError):
+    """One or more problems in the files of a dataset (each problem names case and file)."""
+
+    def __init__(self, problems: list[str], header: str = "dataset integrity check failed"):
+        self.problems = list(problems)
+        lines = [f"{header} ({len(self.problems)} problem(s)):"] + [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class ImageReadError(HiennuError):
+    """A file that cannot be read as an image (missing, empty, corrupt, unsupported)."""

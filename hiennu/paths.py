@@ -1,0 +1,113 @@
+"""Root folders and dataset-name resolution.
+
+The three roots come from the environment variables ``hiennu_raw``, ``hiennu_preprocessed`` and
+``hiennu_results``. When a variable is unset the root defaults to a folder of the same name in the
+current working directory (``./hiennu_raw`` ...), so a first run needs no setup.
+
+A dataset is a folder ``DatasetNNN_Name``. Anywhere a dataset is asked for, the user may give the
+name (``BONBID``), the full folder name (``Dataset001_BONBID``) or the number (``1``, ``001``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from hiennu.errors import DatasetNotFoundError
+
+RAW_ENV, PREPROCESSED_ENV, RESULTS_ENV = "hiennu_raw", "hiennu_preprocessed", "hiennu_results"
+_DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
+
+
+def _root(env: str) -> Path:
+    value = os.environ.get(env)
+    return Path(value).expanduser().resolve() if value else (Path.cwd() / env).resolve()
+
+
+def raw_root() -> Path:
+    """Folder holding raw datasets (``$hiennu_raw``, default ``./hiennu_raw``)."""
+    return _root(RAW_ENV)
+
+
+def preprocessed_root() -> Path:
+    """Folder holding preprocessed datasets (``$hiennu_preprocessed``, default ``./hiennu_preprocessed``)."""
+    return _root(PREPROCESSED_ENV)
+
+
+def results_root() -> Path:
+    """Folder holding trained models (``$hiennu_results``, default ``./hiennu_results``)."""
+    return _root(RESULTS_ENV)
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """``Dataset{id:03d}_{name}``; the id must be 1..999 and the name a plain word."""
+    if not 0 < int(dataset_id) < 1000:
+        raise DatasetNotFoundError(f"dataset id must be between 1 and 999, got {dataset_id}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", name):
+        raise DatasetNotFoundError(f"dataset name {name!r} must be letters, digits, '_' or '-'")
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def parse_dataset_folder_name(folder: str) -> tuple[int, str] | None:
+    """``Dataset001_BONBID`` -> ``(1, "BONBID")``; anything else -> None."""
+    m = _DATASET_RE.match(folder)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def known_datasets(roots: list[Path] | None = None) -> list[str]:
+    """Sorted dataset folder names found under the given roots (default: all three roots)."""
+    roots = roots if roots is not None else [raw_root(), preprocessed_root(), results_root()]
+    found = set()
+    for root in roots:
+        if root.is_dir():
+            found.update(p.name for p in root.iterdir() if p.is_dir() and parse_dataset_folder_name(p.name))
+    return sorted(found)
+
+
+def resolve_dataset(identifier: str | int, roots: list[Path] | None = None) -> str:
+    """Resolve a dataset name, full folder name or number to its folder name ``DatasetNNN_Name``.
+
+    Raises :class:`DatasetNotFoundError` listing the known datasets when the identifier matches
+    none or more than one.
+    """
+    ident = str(identifier).strip()
+    candidates = known_datasets(roots)
+    if parse_dataset_folder_name(ident):
+        matches = [c for c in candidates if c == ident]
+    elif ident.isdigit():
+        matches = [c for c in candidates if parse_dataset_folder_name(c)[0] == int(ident)]
+    else:
+        matches = [c for c in candidates if parse_dataset_folder_name(c)[1].lower() == ident.lower()]
+    matches = sorted(set(matches))
+    if len(matches) == 1:
+        return matches[0]
+    where = ", ".join(str(r) for r in (roots if roots is not None else [raw_root(), preprocessed_root(), results_root()]))
+    known = ", ".join(candidates) if candidates else "none"
+    if not matches:
+        raise DatasetNotFoundError(
+            f"unknown dataset {ident!r}: no DatasetNNN_Name folder matches it under {where}. "
+            f"Known datasets: {known}. Create one with hiennu_make_synthetic or hiennu_convert_bonbid, "
+            f"or point the environment variables {RAW_ENV}/{PREPROCESSED_ENV}/{RESULTS_ENV} at your folders.")
+    raise DatasetNotFoundError(
+        f"dataset {ident!r} is ambiguous: it matches {', '.join(matches)}; give the full folder name or the number.")
+
+
+def raw_dataset_dir(identifier: str | int) -> Path:
+    """The raw folder of a dataset (it must exist under :func:`raw_root`)."""
+    return raw_root() / resolve_dataset(identifier, [raw_root()])
+
+
+def preprocessed_dataset_dir(identifier: str | int) -> Path:
+    """The preprocessed folder of a dataset (resolved against all roots; may not exist yet)."""
+    return preprocessed_root() / resolve_dataset(identifier)
+
+
+def results_dataset_dir(identifier: str | int) -> Path:
+    """The results folder of a dataset (resolved against all roots; may not exist yet)."""
+    return results_root() / resolve_dataset(identifier)
+
+
+def model_dir_name(trainer: str, plans: str, configuration: str) -> str:
+    """``TRAINER__PLANS__CONFIG``, the nnU-Net naming of a model folder."""
+    return f"{trainer}__{plans}__{configuration}"

@@ -1,0 +1,45 @@
+"""hiennu: self-configuring segmentation of HIE lesions in neonatal diffusion MRI."""
+
+from setuptools import find_packages, setup
+
+SCRIPTS = {
+    "hiennu_convert_bonbid": "convert_bonbid",
+    "hiennu_make_synthetic": "make_synthetic",
+    "hiennu_plan_and_preprocess": "plan_and_preprocess",
+    "hiennu_train": "train",
+    "hiennu_predict": "predict",
+    "hiennu_predict_challenge": "predict_challenge",
+    "hiennu_evaluate": "evaluate",
+    "hiennu_export_model": "export_model",
+    "hiennu_install_model": "install_model",
+    "hiennu_loss_study": "loss_study",
+    "hiennu_demo": "demo",
+}
+
+setup(
+    name="hiennu",
+    version="0.1.0",
+    description="nnU-Net-style self-configuring segmentation of HIE lesions in neonatal ADC/ZADC MRI (BONBID-HIE)",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hiennu", "hiennu.*"]),
+    install_requires=[
+        # torch is pinned by the set-up scripts (CPU build); any recent release works.
+        "torch>=2.1",
+        "numpy>=1.24",
+        "SimpleITK>=2.2",
+        "batchgenerators>=0.25",
+        "scipy>=1.10",
+        "scikit-image>=0.21",
+        "acvl-utils>=0.2",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        # peers timed side by side by the scripts in benchmarks/
+        "bench": ["nnunetv2", "monai", "surface-distance"],
+    },
+    entry_points={"console_scripts": [f"{cmd}=hiennu.cli.{mod}:main" for cmd, mod in SCRIPTS.items()]},
+)

@@ -1,0 +1,34 @@
+"""Shared fixtures: isolated hiennu roots per test and the real BONBID dev cases (skipped if absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "BONBID2023_Train_dev"
+
+
+@pytest.fixture
+def hiennu_roots(tmp_path, monkeypatch):
+    """Point hiennu_raw / hiennu_preprocessed / hiennu_results at fresh folders under tmp_path."""
+    roots = {}
+    for env in ("hiennu_raw", "hiennu_preprocessed", "hiennu_results"):
+        p = tmp_path / env
+        p.mkdir()
+        monkeypatch.setenv(env, str(p))
+        roots[env] = p
+    return roots
+
+
+@pytest.fixture(scope="session")
+def real_bonbid_dir() -> Path:
+    """The 37 real BONBID dev cases in the official layout; skips the test when they are absent."""
+    path = REAL_DATA.resolve()
+    if not (path / "1ADC_ss").is_dir():
+        pytest.skip(f"real BONBID dev cases not found at {path} (they live outside the repository; "
+                    f"see ../shared/data/README.md)")
+    return path
