@@ -1,0 +1,132 @@
+"""Image I/O round trips for every format, geometry records, dataset.json, case discovery, atomic writes."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from hiennu.errors import HiennuError, ImageReadError
+from hiennu.io.atomic import write_json, write_npy
+from hiennu.io.bonbid_names import bonbid_role
+from hiennu.io.cases import discover_cases
+from hiennu.io.dataset_json import DatasetJson, load_dataset_json, save_dataset_json
+from hiennu.io.image import Geometry, read_image, strip_ending, write_image
+
+OBLIQUE = (0.998, 0.0, 0.0654, 0.0043, 0.9977, -0.0570, -0.0653, 0.0571, 0.9962)
+
+
+def _geometry(size_xyz=(5, 4, 3)):
+    # orthonormalize the direction so every format stores it faithfully
+    q, _ = np.linalg.qr(np.array(OBLIQUE).reshape(3, 3).T)
+    direction = tuple((q.T * np.sign(np.diag(q))[:, None]).ravel())
+    return Geometry(size_xyz, (1.25, 1.5, 4.0), (-10.5, 20.25, 3.0), direction, "32-bit float")
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nii.gz", ".nii", ".nrrd"])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_round_trip_every_format(tmp_path, ending, dtype):
+    geo = _geometry()
+    arr = (np.arange(60).reshape(3, 4, 5) % 7).astype(dtype)
+    path = tmp_path / f"img{ending}"
+    write_image(arr, geo, path)
+    back, geo2 = read_image(path, dtype=None)
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(back, arr)
+    assert geo.differences(geo2, rtol=1e-6, atol_mm=1e-5) == []
+    assert geo2.size_zyx == (3, 4, 5)
+    assert geo2.spacing_zyx == pytest.approx((4.0, 1.5, 1.25), rel=1e-9)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary file left behind"
+
+
+def test_array_is_zyx_and_geometry_xyz(tmp_path):
+    arr = np.zeros((3, 4, 5), np.float32)
+    arr[2, 1, 0] = 1  # z=2, y=1, x=0
+    write_image(arr, _geometry(), tmp_path / "a.mha")
+    img = sitk.ReadImage(str(tmp_path / "a.mha"))
+    assert img.GetSize() == (5, 4, 3)
+    assert img.GetPixel(0, 1, 2) == 1
+
+
+def test_write_rejects_shape_mismatch(tmp_path):
+    with pytest.raises(ValueError, match="does not match"):
+        write_image(np.zeros((4, 4, 4), np.float32), _geometry(), tmp_path / "a.mha")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_geometry_differences_name_each_field():
+    a = _geometry()
+    b = Geometry((5, 4, 4), (1.25, 1.5, 5.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    diffs = " ".join(a.differences(b))
+    for word in ("size", "spacing", "origin", "direction"):
+        assert word in diffs
+    assert Geometry.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+
+
+def test_read_errors_name_the_file(tmp_path):
+    with pytest.raises(ImageReadError, match="missing.mha: file not found"):
+        read_image(tmp_path / "missing.mha")
+    (tmp_path / "empty.mha").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty.mha: file is empty"):
+        read_image(tmp_path / "empty.mha")
+    (tmp_path / "junk.mha").write_bytes(b"ObjectType = Image\nNDims = 3\nthis is not an image")
+    with pytest.raises(ImageReadError, match="junk.mha: cannot be read"):
+        read_image(tmp_path / "junk.mha")
+    (tmp_path / "x.png").write_bytes(b"abc")
+    with pytest.raises(ImageReadError, match="unsupported file ending"):
+        read_image(tmp_path / "x.png")
+
+
+def test_dataset_json_round_trip_and_errors(tmp_path):
+    dj = DatasetJson(name="BONBID", num_training=3, file_ending=".nii.gz", licence="CC BY-NC-ND 4.0")
+    save_dataset_json(dj, tmp_path)
+    assert load_dataset_json(tmp_path) == dj
+    raw = json.loads((tmp_path / "dataset.json").read_text())
+    assert raw["channel_names"] == {"0": "ADC", "1": "ZADC"} and raw["labels"] == {"background": 0, "lesion": 1}
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(HiennuError, match="not valid JSON"):
+        load_dataset_json(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1}}))
+    with pytest.raises(HiennuError, match="channel_names"):
+        load_dataset_json(tmp_path)
+    with pytest.raises(HiennuError, match="dataset.json not found"):
+        load_dataset_json(tmp_path / "nowhere")
+
+
+def test_discover_cases_reports_gaps(tmp_path):
+    img, lab = tmp_path / "imagesTr", tmp_path / "labelsTr"
+    img.mkdir(), lab.mkdir()
+    for name in ("A_0000.mha", "A_0001.mha", "B_0000.mha", ".hidden_0000.mha", "notes.txt"):
+        (img / name).write_bytes(b"x")
+    for name in ("A.mha", "C.mha"):
+        (lab / name).write_bytes(b"x")
+    cases = {c.case_id: c for c in discover_cases(img, 2, lab)}
+    assert sorted(cases) == ["A", "B", "C"]
+    assert cases["A"].missing_channels == [] and cases["A"].label_file.name == "A.mha"
+    assert cases["B"].missing_channels == [1] and cases["B"].label_file is None
+    assert cases["C"].missing_channels == [0, 1]
+    assert strip_ending("CASE_0000.nii.gz") == "CASE_0000"
+
+
+def test_atomic_writers(tmp_path):
+    write_json({"a": np.float32(1.5), "b": np.arange(2)}, tmp_path / "x.json")
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1.5, "b": [0, 1]}
+    write_npy(np.ones((2, 3), np.uint8), tmp_path / "x.npy")
+    assert np.load(tmp_path / "x.npy", mmap_mode="r").shape == (2, 3)
+    with pytest.raises(TypeError):
+        write_json({"a": object()}, tmp_path / "y.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.npy"]
+
+
+def test_bonbid_roles():
+    assert bonbid_role("MGHNICU_010-VISIT_01-ADC_ss.mha") == ("ADC", "MGHNICU_010-VISIT_01")
+    assert bonbid_role("Zmap_MGHNICU_010-VISIT_01-ADC_smooth2mm_clipped10.nii.gz") == ("ZADC", "MGHNICU_010-VISIT_01")
+    assert bonbid_role("MGHNICU_010-VISIT_01_lesion.mha") == ("label", "MGHNICU_010-VISIT_01")
+    assert bonbid_role("CASE_0000.mha") is None
+
+
+def test_real_case_reads_with_geometry(real_bonbid_dir):
+    adc = sorted((real_bonbid_dir / "1ADC_ss").glob("*.mha"))[0]
+    arr, geo = read_image(adc)
+    assert arr.shape == geo.size_zyx and arr.dtype == np.float32
+    assert geo.pixel_type == "32-bit float"

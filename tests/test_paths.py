@@ -1,0 +1,48 @@
+"""Root folders and dataset-name resolution."""
+
+import pytest
+
+from hiennu import paths
+from hiennu.errors import DatasetNotFoundError
+
+
+def test_default_roots_are_under_cwd(tmp_path, monkeypatch):
+    for env in ("hiennu_raw", "hiennu_preprocessed", "hiennu_results"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert paths.raw_root() == tmp_path / "hiennu_raw"
+    assert paths.preprocessed_root() == tmp_path / "hiennu_preprocessed"
+    assert paths.results_root() == tmp_path / "hiennu_results"
+
+
+def test_resolve_by_name_folder_and_number(hiennu_roots):
+    (hiennu_roots["hiennu_raw"] / "Dataset007_BONBID").mkdir()
+    (hiennu_roots["hiennu_raw"] / "Dataset012_Other").mkdir()
+    for ident in ("BONBID", "bonbid", "Dataset007_BONBID", "7", "007", 7):
+        assert paths.resolve_dataset(ident) == "Dataset007_BONBID"
+    assert paths.raw_dataset_dir("Other").name == "Dataset012_Other"
+
+
+def test_unknown_dataset_lists_known_ones(hiennu_roots):
+    (hiennu_roots["hiennu_raw"] / "Dataset007_BONBID").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="Dataset007_BONBID") as e:
+        paths.resolve_dataset("Nope")
+    assert "unknown dataset 'Nope'" in str(e.value)
+
+
+def test_ambiguous_name_is_refused(hiennu_roots):
+    (hiennu_roots["hiennu_raw"] / "Dataset001_BONBID").mkdir()
+    (hiennu_roots["hiennu_results"] / "Dataset002_BONBID").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="ambiguous"):
+        paths.resolve_dataset("BONBID")
+
+
+def test_folder_names():
+    assert paths.dataset_folder_name(3, "BONBID") == "Dataset003_BONBID"
+    assert paths.parse_dataset_folder_name("Dataset003_BONBID") == (3, "BONBID")
+    assert paths.parse_dataset_folder_name("BONBID") is None
+    assert paths.model_dir_name("TrainerDice", "hiennuPlans", "3d_fullres") == "TrainerDice__hiennuPlans__3d_fullres"
+    with pytest.raises(DatasetNotFoundError):
+        paths.dataset_folder_name(1000, "X")
+    with pytest.raises(DatasetNotFoundError):
+        paths.dataset_folder_name(1, "bad name")
