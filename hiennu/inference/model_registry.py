@@ -1,0 +1,183 @@
+"""Finding trained models under ``$hiennu_results`` and choosing the one to predict with.
+
+A model folder is ``$hiennu_results/DatasetNNN_Name/TRAINER__PLANS__CONFIG/`` holding
+``plans.json``, ``dataset.json`` and ``fold_K/checkpoint_*.pth`` (``K`` a number or ``all``).
+The *default model* is the one recorded in ``$hiennu_results/default_model.json`` (written by
+``hiennu_install_model --default``); without that file it is the only trained model under the
+root. :func:`resolve_model` turns the options of ``hiennu_predict`` into one model folder (or zip).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from hiennu.errors import HiennuError
+from hiennu.io.atomic import read_json, write_json
+from hiennu.paths import (RESULTS_ENV, parse_dataset_folder_name, resolve_dataset, results_root)
+from hiennu.planning.plans import PLANS_NAME
+
+DEFAULT_MODEL_FILE = "default_model.json"
+_FOLD_RE = re.compile(r"^fold_(?P<fold>\d+|all)$")
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model folder and what it holds. folds: fold names (``"0"``, ``"all"`` ...) with a checkpoint."""
+
+    path: Path
+    dataset: str
+    trainer: str
+    plans: str
+    configuration: str
+    folds: tuple[str, ...]
+
+    def describe(self) -> str:
+        return (f"{self.dataset}/{self.path.name} (folds {', '.join(self.folds)}): "
+                f"-d {self.dataset} -tr {self.trainer} -c {self.configuration}")
+
+
+def split_model_dir_name(name: str) -> tuple[str, str, str] | None:
+    """``TRAINER__PLANS__CONFIG`` -> ``(trainer, plans, configuration)``; anything else -> None."""
+    parts = name.split("__")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
+
+
+def fold_sort_key(fold: str) -> tuple[int, int]:
+    return (1, 0) if fold == "all" else (0, int(fold))
+
+
+def model_folds(model_dir: Path, checkpoint: str | None = None) -> list[str]:
+    """Fold names under ``model_dir`` that hold ``checkpoint`` (any ``checkpoint_*.pth`` if None), sorted."""
+    folds = []
+    if Path(model_dir).is_dir():
+        for p in Path(model_dir).iterdir():
+            m = _FOLD_RE.match(p.name)
+            if not (m and p.is_dir()):
+                continue
+            has = (p / checkpoint).is_file() if checkpoint else any(p.glob("checkpoint_*.pth"))
+            if has:
+                folds.append(m.group("fold"))
+    return sorted(folds, key=fold_sort_key)
+
+
+def describe_model_dir(model_dir: Path) -> TrainedModel | None:
+    """The :class:`TrainedModel` in ``model_dir``, or None if it is not a trained model folder."""
+    model_dir = Path(model_dir)
+    parts = split_model_dir_name(model_dir.name)
+    folds = model_folds(model_dir)
+    if parts is None or not folds or not (model_dir / "plans.json").is_file():
+        return None
+    return TrainedModel(model_dir, model_dir.parent.name, parts[0], parts[1], parts[2], tuple(folds))
+
+
+def find_trained_models(root: Path | None = None) -> list[TrainedModel]:
+    """Every trained model folder under the results root, sorted by dataset and folder name."""
+    root = Path(root) if root is not None else results_root()
+    models = []
+    if root.is_dir():
+        for ds in sorted(root.iterdir()):
+            if not (ds.is_dir() and parse_dataset_folder_name(ds.name)):
+                continue
+            for sub in sorted(ds.iterdir()):
+                if sub.is_dir():
+                    model = describe_model_dir(sub)
+                    if model:
+                        models.append(model)
+    return models
+
+
+def default_model_file(root: Path | None = None) -> Path:
+    return (Path(root) if root is not None else results_root()) / DEFAULT_MODEL_FILE
+
+
+def set_default_model(model_dir: Path, root: Path | None = None) -> Path:
+    """Record ``model_dir`` as the default model (relative to the root when inside it); returns the file."""
+    root = Path(root) if root is not None else results_root()
+    model_dir = Path(model_dir).resolve()
+    if describe_model_dir(model_dir) is None:
+        raise HiennuError(f"{model_dir} is not a trained model folder (TRAINER__PLANS__CONFIG with plans.json "
+                          f"and fold_K/checkpoint_*.pth); cannot make it the default model")
+    try:
+        stored = str(model_dir.relative_to(root.resolve()))
+    except ValueError:
+        stored = str(model_dir)
+    path = default_model_file(root)
+    write_json({"model_dir": stored}, path)
+    return path
+
+
+def read_default_model(root: Path | None = None) -> Path | None:
+    """The recorded default model folder, or None when no default was installed."""
+    root = Path(root) if root is not None else results_root()
+    path = default_model_file(root)
+    if not path.is_file():
+        return None
+    try:
+        stored = Path(read_json(path)["model_dir"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise HiennuError(f"{path}: cannot be read ({e!r}); delete it or re-run hiennu_install_model --default") from None
+    model_dir = stored if stored.is_absolute() else root / stored
+    if describe_model_dir(model_dir) is None:
+        raise HiennuError(f"{path} names {model_dir} as the default model, but that is not a trained model folder "
+                          f"(moved or deleted?); delete {path} or install a default again with "
+                          f"hiennu_install_model MODEL.zip --default")
+    return model_dir
+
+
+def _listing(models: list[TrainedModel]) -> str:
+    return "\n".join(f"  - {m.describe()}" for m in models)
+
+
+def resolve_model(model: str | Path | None = None, dataset: str | int | None = None, trainer: str | None = None,
+                  configuration: str | None = None, plans_name: str = PLANS_NAME) -> Path:
+    """The model folder (or model zip) that the options name.
+
+    - ``model``: a model folder or a ``.zip`` exported by ``hiennu_export_model``.
+    - ``dataset`` [+ ``trainer``] [+ ``configuration``]: the one model of that dataset matching them.
+    - nothing: the default model, else the only trained model under the results root.
+    Raises :class:`HiennuError` listing the candidates and the options that pick one when the
+    choice is empty or ambiguous.
+    """
+    if model is not None:
+        if dataset is not None or trainer is not None:
+            raise HiennuError("give either -m MODEL_DIR_OR_ZIP or -d/-tr/-c, not both")
+        path = Path(model).expanduser()
+        if path.is_file() and path.suffix.lower() == ".zip":
+            return path
+        if path.is_dir():
+            if describe_model_dir(path) is None:
+                raise HiennuError(f"{path} is not a trained model folder: expected TRAINER__PLANS__CONFIG/ with "
+                                  f"plans.json, dataset.json and fold_K/checkpoint_*.pth")
+            return path
+        raise HiennuError(f"model {path} not found (neither a model folder nor a .zip file)")
+    root = results_root()
+    if dataset is None:
+        if trainer is not None or configuration is not None:
+            raise HiennuError("-tr/-c need -d DATASET as well")
+        default = read_default_model(root)
+        if default is not None:
+            return default
+        models = find_trained_models(root)
+        if len(models) == 1:
+            return models[0].path
+        if not models:
+            raise HiennuError(f"no trained model under {root} (${RESULTS_ENV}), and no default model installed. "
+                              f"Train one with hiennu_train, install one with hiennu_install_model MODEL.zip "
+                              f"--default, or name one with -m MODEL_DIR_OR_ZIP")
+        raise HiennuError(f"{len(models)} trained models under {root} and no default model; pick one with "
+                          f"the options shown, or -m MODEL_DIR, or make one the default "
+                          f"(hiennu_install_model MODEL.zip --default):\n{_listing(models)}")
+    ds = resolve_dataset(dataset, [root])
+    models = [m for m in find_trained_models(root) if m.dataset == ds and m.plans == plans_name
+              and (trainer is None or m.trainer == trainer)
+              and (configuration is None or m.configuration == configuration)]
+    if len(models) == 1:
+        return models[0].path
+    asked = f"-d {dataset}" + (f" -tr {trainer}" if trainer else "") + (f" -c {configuration}" if configuration else "")
+    others = [m for m in find_trained_models(root) if m.dataset == ds]
+    if not models:
+        raise HiennuError(f"no trained model matches {asked} under {root / ds}. Trained models of {ds}:\n"
+                          + (_listing(others) if others else "  (none)"))
+    raise HiennuError(f"{len(models)} trained models match {asked}; add -tr/-c to pick one:\n{_listing(models)}")

@@ -1,0 +1,318 @@
+"""Sharing trained models as zip files: export, verify, load and install.
+
+A model zip holds one model folder and a manifest::
+
+    manifest.json                                  format, model, checkpoint, folds, SHA-256 of every file
+    DatasetNNN_Name/TRAINER__PLANS__CONFIG/plans.json
+    DatasetNNN_Name/TRAINER__PLANS__CONFIG/dataset.json
+    DatasetNNN_Name/TRAINER__PLANS__CONFIG/fold_K/checkpoint_best.pth   {"network_weights": ..., "epoch": ...}
+
+Exported checkpoints keep only the network weights and plain values (no optimizer state), in
+float32 or, with ``half=True``, float16 (floating-point tensors only; integer buffers such as
+``num_batches_tracked`` stay as they are). Loading casts them back to float32.
+
+A zip from someone else is untrusted input. Before anything is extracted or loaded,
+:func:`verify_model_zip` refuses members with absolute paths, ``..`` components, drive letters,
+backslashes or symbolic links, members outside the model folder, a missing or malformed manifest,
+files the manifest does not list (or lists but the zip lacks), any SHA-256 mismatch, and archives
+that unpack to more than :data:`MAX_UNPACKED_BYTES`. Checkpoints are only ever read with
+``torch.load(..., weights_only=True)``, so a pickle that would run code is refused, not run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+import torch
+
+from hiennu.errors import HiennuError
+from hiennu.io.atomic import atomic_path
+from hiennu.io.dataset_json import DatasetJson, load_dataset_json
+from hiennu.log import get_logger
+from hiennu.paths import parse_dataset_folder_name, results_root
+from hiennu.planning.plans import Plans, load_plans
+from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, model_folds, set_default_model,
+                                             split_model_dir_name)
+
+logger = get_logger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "hiennu-model"
+FORMAT_VERSION = 1
+MAX_UNPACKED_BYTES = 4 * 1024 ** 3
+_PLAIN = (int, float, str, bool, type(None))
+
+
+class ModelZipError(HiennuError):
+    """A model zip that is malformed, tampered with or unsafe."""
+
+
+@dataclass
+class ModelZipContents:
+    """A verified model zip. model: ``DatasetNNN_Name/TRAINER__PLANS__CONFIG``; folds: fold names."""
+
+    path: Path
+    model: str
+    checkpoint: str
+    folds: list[str]
+    half_precision: bool
+    files: dict[str, str]
+
+    @property
+    def configuration(self) -> str:
+        return split_model_dir_name(self.model.split("/")[1])[2]
+
+    def member(self, relative: str) -> str:
+        return f"{self.model}/{relative}"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_checkpoint_weights(source: str | Path | io.BytesIO, name: str) -> dict:
+    """Load a checkpoint with ``weights_only=True`` and return it; ``name`` is used in error messages.
+
+    Raises :class:`HiennuError` when it cannot be loaded safely or has no ``network_weights``.
+    """
+    try:
+        ckpt = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HiennuError(f"{name}: refused: cannot be loaded as plain weights (torch.load weights_only=True): "
+                          f"{first}. Checkpoints must hold only tensors and plain values; if you trust "
+                          f"the file's source, re-export it with hiennu_export_model") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("network_weights"), dict):
+        raise HiennuError(f"{name}: not a hiennu checkpoint (no 'network_weights' dictionary)")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence[str | int] | None = None,
+                     checkpoint: str = "checkpoint_best.pth", half: bool = False) -> Path:
+    """Write ``model_dir``'s plans, dataset.json and the chosen folds' weights to ``out_zip`` (atomically).
+
+    folds: fold names or numbers (default: every fold holding ``checkpoint``).
+    Returns the zip's path.
+    """
+    model_dir = Path(model_dir).resolve()
+    model = describe_model_dir(model_dir)
+    if model is None or not parse_dataset_folder_name(model_dir.parent.name):
+        raise HiennuError(f"{model_dir} is not a trained model folder "
+                          f"($hiennu_results/DatasetNNN_Name/TRAINER__PLANS__CONFIG with plans.json and fold_K/)")
+    for needed in ("plans.json", "dataset.json"):
+        if not (model_dir / needed).is_file():
+            raise HiennuError(f"{model_dir / needed}: missing; a model folder needs plans.json and dataset.json")
+    load_plans(model_dir)
+    load_dataset_json(model_dir)
+    available = model_folds(model_dir, checkpoint)
+    chosen = [str(f) for f in folds] if folds else available
+    missing = [f for f in chosen if f not in available]
+    if missing or not chosen:
+        raise HiennuError(f"{model_dir}: no {checkpoint} for fold(s) {', '.join(missing) or '(any)'}; folds with "
+                          f"{checkpoint}: {', '.join(available) or 'none'} (pick another with -chk)")
+    prefix = f"{model_dir.parent.name}/{model_dir.name}"
+    members: dict[str, bytes] = {f"{prefix}/plans.json": (model_dir / "plans.json").read_bytes(),
+                                 f"{prefix}/dataset.json": (model_dir / "dataset.json").read_bytes()}
+    for fold in sorted(chosen, key=fold_sort_key):
+        src = model_dir / f"fold_{fold}" / checkpoint
+        ckpt = load_checkpoint_weights(src, str(src))
+        weights = {k: (v.half() if half and v.is_floating_point() else v.float() if v.is_floating_point() else v)
+                   for k, v in ckpt["network_weights"].items()}
+        slim = {k: v for k, v in ckpt.items() if k != "network_weights" and isinstance(v, _PLAIN)}
+        slim["network_weights"] = weights
+        buffer = io.BytesIO()
+        torch.save(slim, buffer)
+        members[f"{prefix}/fold_{fold}/{checkpoint}"] = buffer.getvalue()
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": prefix, "checkpoint": checkpoint,
+                "folds": sorted(chosen, key=fold_sort_key), "half_precision": bool(half),
+                "files": {name: sha256_bytes(data) for name, data in members.items()}}
+    out_zip = Path(out_zip)
+    with atomic_path(out_zip, suffix=".zip") as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
+            for name, data in members.items():
+                zf.writestr(name, data)
+    logger.info("exported %s (folds %s, %s) to %s (%.1f MB)", prefix, ", ".join(manifest["folds"]),
+                "float16" if half else "float32", out_zip, out_zip.stat().st_size / 1e6)
+    return out_zip
+
+
+# ---------------------------------------------------------------------------------------------- verify
+
+def _unsafe_name_reason(info: zipfile.ZipInfo) -> str | None:
+    name = info.filename
+    if not name or "\x00" in name:
+        return "empty name or NUL character"
+    if "\\" in name:
+        return "backslash in the name"
+    if name.startswith("/") or PurePosixPath(name).is_absolute():
+        return "absolute path"
+    if len(name) > 1 and name[1] == ":":
+        return "drive letter"
+    if any(part == ".." for part in name.split("/")):
+        return "'..' component (path traversal)"
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    return None
+
+
+def verify_model_zip(path: str | Path) -> ModelZipContents:
+    """Check a model zip without extracting or unpickling anything; raises :class:`ModelZipError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise HiennuError(f"model zip {path} not found")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ModelZipError(f"{path}: not a readable zip file ({e})") from None
+    with zf:
+        infos = zf.infolist()
+        for info in infos:
+            reason = _unsafe_name_reason(info)
+            if reason:
+                raise ModelZipError(f"{path}: refused: member {info.filename!r} has an unsafe name ({reason}); "
+                                    f"nothing was extracted")
+        if sum(i.file_size for i in infos) > MAX_UNPACKED_BYTES:
+            raise ModelZipError(f"{path}: refused: it would unpack to more than {MAX_UNPACKED_BYTES / 1024 ** 3:.0f} GiB")
+        names = [i.filename for i in infos if not i.is_dir()]
+        if len(set(names)) != len(names):
+            raise ModelZipError(f"{path}: refused: some member names occur twice")
+        if MANIFEST not in names:
+            raise ModelZipError(f"{path}: refused: no {MANIFEST} (a zip written by hiennu_export_model has one "
+                                f"listing the SHA-256 of every file); re-export the model")
+        try:
+            manifest = json.loads(zf.read(MANIFEST))
+            files = {str(k): str(v) for k, v in manifest["files"].items()}
+            model, checkpoint = str(manifest["model"]), str(manifest["checkpoint"])
+            folds = [str(f) for f in manifest["folds"]]
+            half = bool(manifest.get("half_precision", False))
+            fmt = manifest.get("format")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelZipError(f"{path}: refused: {MANIFEST} is malformed ({e!r})") from None
+        if fmt != FORMAT:
+            raise ModelZipError(f"{path}: refused: {MANIFEST} format is {fmt!r}, expected {FORMAT!r}")
+        parts = model.split("/")
+        if (len(parts) != 2 or not parse_dataset_folder_name(parts[0]) or not split_model_dir_name(parts[1])
+                or any(p in ("", ".", "..") for p in parts)):
+            raise ModelZipError(f"{path}: refused: manifest model {model!r} is not DatasetNNN_Name/TRAINER__PLANS__CONFIG")
+        if not checkpoint.endswith(".pth") or "/" in checkpoint or "\\" in checkpoint:
+            raise ModelZipError(f"{path}: refused: manifest checkpoint {checkpoint!r} is not a plain .pth name")
+        content = set(names) - {MANIFEST}
+        outside = sorted(n for n in content if not n.startswith(model + "/"))
+        if outside:
+            raise ModelZipError(f"{path}: refused: member(s) outside the model folder {model}/: {', '.join(outside[:5])}")
+        unlisted = sorted(content - set(files))
+        absent = sorted(set(files) - content)
+        if unlisted:
+            raise ModelZipError(f"{path}: refused: file(s) not listed in {MANIFEST}: {', '.join(unlisted[:5])}")
+        if absent:
+            raise ModelZipError(f"{path}: refused: file(s) listed in {MANIFEST} but missing: {', '.join(absent[:5])}")
+        expected = {f"{model}/plans.json", f"{model}/dataset.json"} | {f"{model}/fold_{f}/{checkpoint}" for f in folds}
+        if not expected <= content:
+            raise ModelZipError(f"{path}: refused: incomplete model, missing "
+                                f"{', '.join(sorted(expected - content))}")
+        for name in sorted(content):
+            digest = hashlib.sha256()
+            with zf.open(name) as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            if digest.hexdigest() != files[name].lower():
+                raise ModelZipError(f"{path}: refused: {name} does not match its SHA-256 in {MANIFEST} "
+                                    f"(tampered with or corrupted); get a fresh copy of the model")
+    return ModelZipContents(path, model, checkpoint, folds, half, files)
+
+
+# ---------------------------------------------------------------------------------------------- load / install
+
+@dataclass
+class LoadedModel:
+    """A model read into memory. weights: fold name -> state dict (float32 on the CPU)."""
+
+    name: str
+    plans: Plans
+    dataset: DatasetJson
+    configuration: str
+    weights: dict[str, dict[str, torch.Tensor]]
+
+
+def _float32(state: dict) -> dict:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None) -> LoadedModel:
+    """Verify ``path`` and read its plans, dataset.json and weights into memory (nothing is extracted)."""
+    contents = verify_model_zip(path)
+    chosen = [str(f) for f in folds] if folds else contents.folds
+    missing = [f for f in chosen if f not in contents.folds]
+    if missing:
+        raise HiennuError(f"{path}: holds folds {', '.join(contents.folds)}, not {', '.join(missing)}")
+    with zipfile.ZipFile(contents.path) as zf:
+        try:
+            plans = Plans.from_dict(json.loads(zf.read(contents.member("plans.json"))),
+                                    source=f"{path}:{contents.member('plans.json')}")
+            dataset = DatasetJson.from_dict(json.loads(zf.read(contents.member("dataset.json"))),
+                                            source=f"{path}:{contents.member('dataset.json')}")
+        except ValueError as e:
+            raise ModelZipError(f"{path}: plans.json or dataset.json is not valid JSON ({e})") from None
+        weights = {}
+        for fold in chosen:
+            member = contents.member(f"fold_{fold}/{contents.checkpoint}")
+            ckpt = load_checkpoint_weights(io.BytesIO(zf.read(member)), f"{path}:{member}")
+            weights[fold] = _float32(ckpt["network_weights"])
+    return LoadedModel(contents.model, plans, dataset, contents.configuration, weights)
+
+
+def install_model_zip(path: str | Path, root: str | Path | None = None, overwrite: bool = False,
+                      make_default: bool = False) -> Path:
+    """Verify ``path``, check every checkpoint loads as plain weights, and extract it under the results root.
+
+    The model lands in ``ROOT/DatasetNNN_Name/TRAINER__PLANS__CONFIG`` (moved into place in one
+    rename). An existing model folder of that name is only replaced with ``overwrite=True``.
+    ``make_default`` records it in ``ROOT/default_model.json``. Returns the installed folder.
+    """
+    root = Path(root) if root is not None else results_root()
+    contents = verify_model_zip(path)
+    load_model_zip(path)  # every checkpoint must load with weights_only=True before anything is written
+    target = root / contents.model
+    if target.exists() and not overwrite:
+        raise HiennuError(f"{target} already exists; pass --overwrite to replace it with the model in {path}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".installing", dir=target.parent))
+    try:
+        with zipfile.ZipFile(contents.path) as zf:
+            for name in contents.files:
+                relative = name[len(contents.model) + 1:]
+                dest = staging / relative
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(name) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out)
+        if target.exists():
+            old = target.with_name(f".{target.name}.replaced")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    logger.info("installed %s (folds %s) into %s", contents.model, ", ".join(contents.folds), target)
+    if make_default:
+        set_default_model(target, root)
+        logger.info("%s is now the default model", contents.model)
+    return target
