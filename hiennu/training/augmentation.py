@@ -1,0 +1,102 @@
+"""The CPU augmentation pipeline: batchgenerators transforms with the plans' parameters.
+
+This is the reference implementation (``hiennu.training.gpu_augmentation`` mirrors it in torch).
+:func:`build_transforms` maps :class:`~hiennu.planning.plans.AugmentationPlan` onto
+batchgenerators (see ``documentation/augmentation.md`` for the table); :func:`augment_sample`
+runs it on one sample with numpy's and Python's global generators seeded from the sample's own
+seed, so the result depends on nothing but (sample, seed): not on the worker that computes it,
+the number of workers, or the rank.
+
+Arrays: data (C, z, y, x) float32, seg (1, z, y, x); batchgenerators sees (1, C, z, y, x).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
+from batchgenerators.transforms.color_transforms import GammaTransform
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+from batchgenerators.transforms.spatial_transforms import SpatialTransform
+
+from hiennu.planning.plans import AugmentationPlan
+
+
+class AxisFlipTransform(AbstractTransform):
+    """Flip each of ``axes`` (spatial numpy axes, 0 = z) with probability ``p_per_axis``, per sample.
+
+    batchgenerators' MirrorTransform flips with a fixed 1/2 per axis once a sample is chosen;
+    the plans give the per-axis probability directly, hence this small transform.
+    """
+
+    def __init__(self, axes: tuple[int, ...], p_per_axis: float, data_key: str = "data", label_key: str = "seg"):
+        self.axes = tuple(axes)
+        self.p_per_axis = p_per_axis
+        self.data_key = data_key
+        self.label_key = label_key
+
+    def __call__(self, **data_dict):
+        data = data_dict[self.data_key]
+        seg = data_dict.get(self.label_key)
+        for b in range(len(data)):
+            for axis in self.axes:
+                if np.random.uniform() < self.p_per_axis:
+                    data[b] = np.flip(data[b], axis=1 + axis)
+                    if seg is not None:
+                        seg[b] = np.flip(seg[b], axis=1 + axis)
+        return data_dict
+
+
+def build_transforms(plan: AugmentationPlan, grid_zyx: tuple[int, int, int]) -> Compose:
+    """The batchgenerators pipeline for ``plan`` on a fixed grid (z, y, x), in the GPU path's order.
+
+    Elastic deformation (SpatialTransform, no rotation, no scaling, no cropping), Gaussian noise,
+    Gaussian blur, simulated low resolution, gamma, mirroring. A probability of 0 leaves a
+    transform out.
+    """
+    transforms: list[AbstractTransform] = []
+    if plan.p_elastic > 0:
+        transforms.append(SpatialTransform(
+            patch_size=tuple(int(n) for n in grid_zyx), patch_center_dist_from_border=None,
+            do_elastic_deform=True, alpha=tuple(plan.elastic_alpha), sigma=tuple(plan.elastic_sigma),
+            do_rotation=False, do_scale=False, random_crop=False,
+            border_mode_data="nearest", order_data=1, border_mode_seg="constant", border_cval_seg=0,
+            order_seg=0, p_el_per_sample=plan.p_elastic))
+    if plan.p_noise > 0:
+        # batchgenerators passes "noise_variance" to np.random.normal as the standard deviation
+        transforms.append(GaussianNoiseTransform(noise_variance=(plan.noise_std, plan.noise_std),
+                                                 p_per_sample=plan.p_noise))
+    if plan.p_blur > 0:
+        transforms.append(GaussianBlurTransform(blur_sigma=tuple(plan.blur_sigma), different_sigma_per_channel=True,
+                                                different_sigma_per_axis=False, p_per_channel=1,
+                                                p_per_sample=plan.p_blur))
+    if plan.p_lowres > 0:
+        zoom = (1.0 / plan.lowres_factor[1], 1.0 / plan.lowres_factor[0])
+        transforms.append(SimulateLowResolutionTransform(zoom_range=(zoom, zoom, zoom), per_channel=False,
+                                                         p_per_channel=1, order_downsample=1, order_upsample=0,
+                                                         p_per_sample=plan.p_lowres))
+    if plan.p_gamma > 0:
+        gamma_range = (math.exp(plan.log_gamma[0]), math.exp(plan.log_gamma[1]))
+        transforms.append(GammaTransform(gamma_range=gamma_range, invert_image=False, per_channel=True,
+                                         retain_stats=True, p_per_sample=plan.p_gamma))
+    if plan.p_mirror > 0 and plan.mirror_axes:
+        transforms.append(AxisFlipTransform(tuple(plan.mirror_axes), plan.p_mirror))
+    return Compose(transforms)
+
+
+def augment_sample(transform: AbstractTransform, data: np.ndarray, seg: np.ndarray,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Augment one sample, data (C, z, y, x) and seg (1, z, y, x), reproducibly from ``seed``.
+
+    Returns float32 data (C, z, y, x) and float32 target (1, z, y, x) in {0, 1}. The inputs are
+    not modified.
+    """
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    batch = {"data": np.array(data, dtype=np.float32)[None], "seg": np.array(seg, dtype=np.float32)[None]}
+    out = transform(**batch)
+    return (np.ascontiguousarray(out["data"][0], dtype=np.float32),
+            np.ascontiguousarray(out["seg"][0], dtype=np.float32))

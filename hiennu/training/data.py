@@ -1,0 +1,311 @@
+"""Training batches from the preprocessed cases: loading, case sampling, augmentation, workers.
+
+Preprocessed cases live in ``$hiennu_preprocessed/DatasetNNN_Name/CONFIG/`` as ``CASE.npy``
+(float32 (C, z, y, x)), ``CASE_seg.npy`` (uint8 (1, z, y, x), {0, 1}) and ``CASE.json``
+(properties, see ``documentation/architecture.md``). The network sees the whole grid: a sample is
+a whole case.
+
+Determinism: the cases of every global batch (all ranks together) and the augmentation seed of
+every sample are drawn from (seed, epoch) alone; a rank takes its slice of the global batch. A
+resumed run therefore replays an epoch exactly, whatever the number of workers, and under DDP
+the ranks see disjoint shares of the batch a single process with the global batch size would see.
+
+Two paths:
+
+- CPU (device ``cpu``/``mps``): each sample is augmented by batchgenerators
+  (:mod:`hiennu.training.augmentation`), in ``num_workers`` background processes
+  (``MultiThreadedAugmenter``) or in-process when 0.
+- CUDA: the workers only load and stack; :class:`~hiennu.training.gpu_augmentation.GPUAugmenter`
+  augments the batch on the device with a generator seeded from (seed, epoch, rank, iteration).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.transforms.abstract_transforms import AbstractTransform
+
+from hiennu.errors import HiennuError
+from hiennu.log import get_logger
+from hiennu.planning.plans import Configuration
+from hiennu.training.augmentation import augment_sample, build_transforms
+from hiennu.training.gpu_augmentation import GPUAugmenter
+
+logger = get_logger(__name__)
+
+_RERUN = "re-run hiennu_plan_and_preprocess for this dataset to rewrite it"
+
+
+def load_preprocessed_case(case_dir: Path, case_id: str,
+                           mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Load one preprocessed case from the configuration folder ``case_dir``.
+
+    Returns data (C, z, y, x) float32, seg (1, z, y, x) uint8 and the properties dict. With
+    ``mmap`` the arrays are read-only memory maps. A missing, unreadable or inconsistent file
+    raises :class:`HiennuError` naming it.
+    """
+    case_dir = Path(case_dir)
+    data_file = case_dir / f"{case_id}.npy"
+    seg_file = case_dir / f"{case_id}_seg.npy"
+    props_file = case_dir / f"{case_id}.json"
+    data = _load_npy(data_file, case_id, mmap)
+    seg = _load_npy(seg_file, case_id, mmap)
+    if data.ndim != 4 or data.dtype != np.float32:
+        raise HiennuError(f"case {case_id}: {data_file} holds a {data.dtype} array of shape {data.shape}, "
+                          f"expected float32 (C, z, y, x); {_RERUN}")
+    if seg.ndim != 4 or seg.shape[0] != 1 or seg.shape[1:] != data.shape[1:] or seg.dtype != np.uint8:
+        raise HiennuError(f"case {case_id}: {seg_file} holds a {seg.dtype} array of shape {seg.shape}, "
+                          f"expected uint8 (1, {', '.join(map(str, data.shape[1:]))}) to match {data_file.name}; "
+                          f"{_RERUN}")
+    if not props_file.is_file():
+        raise HiennuError(f"case {case_id}: properties file {props_file} is missing; {_RERUN}")
+    try:
+        with open(props_file) as f:
+            props = json.load(f)
+    except (OSError, ValueError) as e:
+        raise HiennuError(f"case {case_id}: properties file {props_file} cannot be read ({e}); {_RERUN}") from None
+    if not isinstance(props, dict):
+        raise HiennuError(f"case {case_id}: properties file {props_file} does not hold a JSON object; {_RERUN}")
+    return data, seg, props
+
+
+def _load_npy(path: Path, case_id: str, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise HiennuError(f"case {case_id}: {path} is missing; {_RERUN}")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise HiennuError(f"case {case_id}: {path} is not a readable .npy array ({e}); {_RERUN}") from None
+
+
+def sample_epoch(num_cases: int, lesion_cases: list[int], global_batch: int, iterations: int,
+                 foreground_fraction: float, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw an epoch's cases and per-sample seeds, (iterations, global_batch) each.
+
+    Each global batch holds ``round(foreground_fraction * global_batch)`` samples drawn uniformly
+    from ``lesion_cases`` (at random positions of the batch), the rest uniformly from all cases.
+    Depends only on the arguments.
+    """
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    cases = rng.integers(0, num_cases, size=(iterations, global_batch))
+    n_fg = int(round(foreground_fraction * global_batch)) if lesion_cases else 0
+    if n_fg:
+        pool = np.asarray(lesion_cases)
+        for it in range(iterations):
+            slots = rng.permutation(global_batch)[:n_fg]
+            cases[it, slots] = pool[rng.integers(0, len(pool), size=n_fg)]
+    seeds = rng.integers(0, 2**31 - 1, size=(iterations, global_batch))
+    return cases, seeds
+
+
+class _BatchMaker:
+    """Loads (and on the CPU path augments) the samples of one batch; runs in the workers.
+
+    Never raises: a failure comes back as ``{"error": traceback text}`` so the main process can
+    report the worker's own exception.
+    """
+
+    def __init__(self, case_dir: Path, case_ids: list[str], transform: AbstractTransform | None):
+        self.case_dir = case_dir
+        self.case_ids = case_ids
+        self.transform = transform
+
+    def make(self, iteration: int, cases: np.ndarray, seeds: np.ndarray) -> dict[str, Any]:
+        try:
+            data, target = [], []
+            for case_index, seed in zip(cases.tolist(), seeds.tolist()):
+                d, s, _ = load_preprocessed_case(self.case_dir, self.case_ids[case_index], mmap=True)
+                if self.transform is not None:
+                    d, s = augment_sample(self.transform, d, s, seed)
+                else:
+                    d, s = np.asarray(d, dtype=np.float32), np.asarray(s, dtype=np.float32)
+                data.append(d)
+                target.append(s)
+            return {"iteration": iteration, "data": np.stack(data), "target": np.stack(target)}
+        except Exception as e:  # carried to the main process, re-raised there as HiennuError
+            names = [self.case_ids[i] for i in cases.tolist()]
+            return {"iteration": iteration, "error": f"{type(e).__name__}: {e}", "cases": names,
+                    "traceback": traceback.format_exc()}
+
+
+class _EpochLoader:
+    """The data loader each MultiThreadedAugmenter worker copies: worker k makes batches k, k+n, ..."""
+
+    def __init__(self, maker: _BatchMaker, cases: np.ndarray, seeds: np.ndarray, num_workers: int):
+        self.maker = maker
+        self.cases = cases
+        self.seeds = seeds
+        self.num_workers = num_workers
+        self.thread_id = 0
+        self._next = 0
+
+    def set_thread_id(self, thread_id: int) -> None:
+        self.thread_id = thread_id
+        self._next = thread_id
+
+    def __iter__(self) -> "_EpochLoader":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        it = self._next
+        if it >= len(self.cases):
+            raise StopIteration
+        self._next += self.num_workers
+        return self.maker.make(it, self.cases[it], self.seeds[it])
+
+
+class TrainingBatches:
+    """Batches for one rank of a training run (see the module docstring).
+
+    case_dir: the configuration folder of the preprocessed dataset; case_ids: the fold's training
+    cases; batch_size: per rank; num_workers: background processes (0 = in-process); device: where
+    batches are delivered (``cuda`` switches augmentation to the device); augment: False gives the
+    unaugmented cases. ``transform`` replaces the planned batchgenerators pipeline on the CPU path;
+    ``device_augmentation`` forces the torch path on (or off) whatever the device (default: on for CUDA).
+    """
+
+    def __init__(self, case_dir: Path, case_ids: list[str], config: Configuration, batch_size: int, seed: int,
+                 num_workers: int, device: torch.device, augment: bool = True, rank: int = 0,
+                 world_size: int = 1, *, transform: AbstractTransform | None = None,
+                 device_augmentation: bool | None = None):
+        if not case_ids:
+            raise HiennuError(f"{case_dir}: no training cases given; check splits_final.json of the dataset")
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise HiennuError(f"invalid batch set-up: batch_size={batch_size}, rank={rank}, world_size={world_size}")
+        self.case_dir = Path(case_dir)
+        self.case_ids = list(case_ids)
+        self.config = config
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.num_workers = max(0, int(num_workers))
+        self.device = torch.device(device)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        if device_augmentation is None:
+            device_augmentation = self.device.type == "cuda"
+        self.on_device = augment and device_augmentation
+        self.lesion_cases = self._check_cases()
+        fraction = config.training.foreground_oversampling
+        if fraction > 0 and not self.lesion_cases:
+            logger.warning("foreground_oversampling=%.2f but none of the %d training cases has a lesion; "
+                           "sampling uniformly", fraction, len(self.case_ids))
+        if not augment:
+            cpu_transform = None
+        elif self.on_device:
+            cpu_transform = None
+        else:
+            cpu_transform = transform if transform is not None else build_transforms(config.augmentation,
+                                                                                     config.target_size_zyx)
+        self._maker = _BatchMaker(self.case_dir, self.case_ids, cpu_transform)
+        self._gpu_augmenter = GPUAugmenter(config.augmentation) if self.on_device else None
+        self._augmenter: MultiThreadedAugmenter | None = None
+
+    def _check_cases(self) -> list[int]:
+        """Open every case once (memory-mapped); return the indices of cases with a lesion."""
+        grid = tuple(self.config.target_size_zyx)
+        channels = self.config.network.in_channels
+        lesion = []
+        for i, case_id in enumerate(self.case_ids):
+            data, _, props = load_preprocessed_case(self.case_dir, case_id, mmap=True)
+            if tuple(data.shape[1:]) != grid or data.shape[0] != channels:
+                raise HiennuError(f"case {case_id}: {self.case_dir / (case_id + '.npy')} has shape {data.shape}, "
+                                  f"but the plans' configuration {self.config.name!r} expects "
+                                  f"({channels}, {', '.join(map(str, grid))}); {_RERUN}")
+            if "has_lesion" not in props:
+                raise HiennuError(f"case {case_id}: {self.case_dir / (case_id + '.json')} lacks 'has_lesion'; {_RERUN}")
+            if props["has_lesion"]:
+                lesion.append(i)
+        return lesion
+
+    def epoch(self, epoch: int, iterations: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``iterations`` batches (data (B, C, z, y, x), target (B, 1, z, y, x), float32) on the device."""
+        global_batch = self.batch_size * self.world_size
+        cases, seeds = sample_epoch(len(self.case_ids), self.lesion_cases, global_batch, iterations,
+                                    self.config.training.foreground_oversampling, self.seed, epoch)
+        share = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        cases, seeds = cases[:, share], seeds[:, share]
+        self.close()
+        try:
+            yield from self._deliver(cases, seeds, epoch)
+        finally:
+            self.close()
+
+    def _deliver(self, cases: np.ndarray, seeds: np.ndarray, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for it, item in enumerate(self._items(cases, seeds, epoch)):
+            if "error" in item:
+                raise HiennuError(
+                    f"loading or augmenting batch {item['iteration']} of epoch {epoch} (cases "
+                    f"{', '.join(item['cases'])} in {self.case_dir}) failed: {item['error']}\n"
+                    f"worker traceback:\n{item['traceback']}")
+            data = torch.from_numpy(item["data"]).to(self.device, non_blocking=True)
+            target = torch.from_numpy(item["target"]).to(self.device, non_blocking=True)
+            if self._gpu_augmenter is not None:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(_derive_seed(self.seed, epoch, self.rank, it))
+                data, target = self._gpu_augmenter(data, target, generator)
+            yield data, target
+
+    def _items(self, cases: np.ndarray, seeds: np.ndarray, epoch: int) -> Iterator[dict[str, Any]]:
+        iterations = len(cases)
+        workers = min(self.num_workers, iterations)
+        if workers == 0:
+            for it in range(iterations):
+                yield self._maker.make(it, cases[it], seeds[it])
+            return
+        loader = _EpochLoader(self._maker, cases, seeds, workers)
+        worker_seeds = [_derive_seed(self.seed, epoch, self.rank, 10_000 + k) for k in range(workers)]
+        self._augmenter = MultiThreadedAugmenter(loader, None, workers, num_cached_per_queue=2,
+                                                 seeds=worker_seeds, pin_memory=False)
+        self._augmenter._start()
+        processes = list(self._augmenter._processes)  # the augmenter forgets them when it aborts
+        for _ in range(iterations):
+            try:
+                item = next(self._augmenter)
+            except (RuntimeError, StopIteration) as e:
+                self.close()
+                raise HiennuError(_death_message(epoch, processes, e)) from None
+            yield item
+
+    def close(self) -> None:
+        """Stop the background workers (safe to call more than once)."""
+        if self._augmenter is not None:
+            self._augmenter._finish()
+            self._augmenter = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _derive_seed(*parts: int) -> int:
+    """A 31-bit seed determined by the integers ``parts``."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % (2**31 - 1))
+
+
+def _death_message(epoch: int, processes: list, error: BaseException) -> str:
+    for p in processes:
+        p.join(timeout=1.0)
+    dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+    cause = ", ".join(_exit_reason(c) for c in dead) if dead else str(error)
+    return (f"a data worker process died during epoch {epoch} ({cause}); if it was killed, the machine "
+            f"likely ran out of memory: lower --num-workers or the batch size")
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"exit by {name}"
+    return f"exit code {code}"
+
