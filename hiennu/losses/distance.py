@@ -1,0 +1,205 @@
+"""Exact Euclidean distance transform of binary masks, batched, on the mask's device.
+
+For every non-zero voxel the transform gives the distance to the nearest zero voxel (the semantics
+of ``scipy.ndimage.distance_transform_edt``); zero voxels get 0. Distances are in voxels, or in the
+units of ``spacing`` when it is given (``spacing`` is in numpy order ``(z, y, x)``).
+
+Conventions for the two degenerate masks:
+
+- an empty mask (no non-zero voxel) has the all-zero transform (as in scipy);
+- a mask without any zero voxel has no distance to measure; its transform is ``+inf`` everywhere
+  (scipy returns arbitrary numbers there). Callers that need a finite field, such as the
+  Hausdorff field :func:`hiennu.losses.hausdorff.hausdorff_distance_field`, treat full masks
+  explicitly.
+
+Two exact back-ends compute the same numbers:
+
+``"torch"``
+    The separable algorithm of Saito-Toriwaki / Felzenszwalb-Huttenlocher written in tensor ops: the
+    1D distance to the nearest zero along x from two cumulative scans, then along y and along z the
+    lower envelope ``g(i) = min_j f(j) + s² (i - j)²`` evaluated as a min-plus product of every line
+    with the parabola matrix, in chunks of lines. It runs on any device; on CUDA it is one kernel per
+    chunk and axis. Work is ``O(N · (n_y + n_z))`` for ``N`` voxels, which suits GPUs.
+``"itk"``
+    SimpleITK's Maurer transform (linear-time, exact, multi-threaded C++), one call per volume,
+    cropped to the bounding box of the mask's non-zero voxels grown by one voxel (the nearest zero
+    voxel of a voxel inside that box always lies in it). The faster choice on CPU; see
+    documentation/benchmarks_losses.md for the measurements behind ``"auto"``.
+
+``"auto"`` picks ``"torch"`` on CUDA and ``"itk"`` on CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from hiennu.errors import HiennuError
+
+BACKENDS = ("auto", "torch", "itk")
+
+# Elements (lines x n x n) of one min-plus chunk in the torch back-end: 2**24 float32 = 64 MiB.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def euclidean_distance_transform(mask: torch.Tensor, spacing: Sequence[float] | None = None,
+                                 backend: str = "auto") -> torch.Tensor:
+    """Distance of each non-zero voxel of ``mask`` to the nearest zero voxel, float32.
+
+    Args:
+        mask: ``(B, z, y, x)`` or ``(z, y, x)`` tensor, bool or numeric (non-zero = object); each
+            batch item is transformed on its own.
+        spacing: voxel size ``(z, y, x)`` (e.g. mm); ``None`` measures in voxels.
+        backend: ``"auto"``, ``"torch"`` or ``"itk"`` (see the module docstring).
+
+    Returns:
+        float32 tensor of the mask's shape on the mask's device. ``+inf`` in a batch item without
+        zero voxels.
+    """
+    return squared_euclidean_distance_transform(mask, spacing, backend).sqrt_()
+
+
+def squared_euclidean_distance_transform(mask: torch.Tensor, spacing: Sequence[float] | None = None,
+                                         backend: str = "auto") -> torch.Tensor:
+    """The square of :func:`euclidean_distance_transform` (cheaper; what the Hausdorff loss needs)."""
+    mask, squeeze = _check_mask(mask)
+    spacing_zyx = _check_spacing(spacing)
+    backend = _resolve_backend(backend, mask.device)
+    if backend == "torch":
+        out = _squared_edt_torch(mask, spacing_zyx)
+    else:
+        out = _squared_edt_itk(mask, spacing_zyx)
+    return out[0] if squeeze else out
+
+
+def _check_mask(mask: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if not isinstance(mask, torch.Tensor):
+        raise HiennuError(f"euclidean_distance_transform: the mask must be a torch.Tensor, got "
+                          f"{type(mask).__name__}; convert it with torch.as_tensor(mask)")
+    if mask.dim() not in (3, 4):
+        raise HiennuError(f"euclidean_distance_transform: the mask must be (z, y, x) or (B, z, y, x), got "
+                          f"shape {tuple(mask.shape)}; squeeze the channel axis of (B, 1, z, y, x) masks")
+    if mask.is_floating_point() and not torch.isfinite(mask).all():
+        raise HiennuError("euclidean_distance_transform: the mask contains NaN or Inf; pass a binary mask")
+    mask = mask != 0
+    if mask.dim() == 3:
+        return mask[None], True
+    return mask, False
+
+
+def _check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(np.isfinite(s) and s > 0 for s in values):
+        raise HiennuError(f"euclidean_distance_transform: spacing must be three positive finite numbers "
+                          f"in (z, y, x) order, got {spacing!r}")
+    return values  # type: ignore[return-value]
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise HiennuError(f"euclidean_distance_transform: unknown backend {backend!r}; "
+                          f"choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "torch" if device.type == "cuda" else "itk"
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------
+# torch back-end
+# ---------------------------------------------------------------------------------------------
+
+def _squared_edt_torch(mask: torch.Tensor, spacing_zyx: tuple[float, float, float]) -> torch.Tensor:
+    """Separable exact squared EDT of a (B, z, y, x) bool mask, in tensor ops on its device."""
+    f = _squared_line_distance_x(mask, spacing_zyx[2])
+    f = _parabola_envelope(f, dim=2, step=spacing_zyx[1])
+    f = _parabola_envelope(f, dim=1, step=spacing_zyx[0])
+    return f
+
+
+def _squared_line_distance_x(mask: torch.Tensor, step: float) -> torch.Tensor:
+    """Squared distance along x (last axis) to the nearest zero voxel of the same line; inf if none."""
+    n = mask.shape[-1]
+    idx = torch.arange(n, device=mask.device, dtype=torch.float32).expand(mask.shape)
+    zero = ~mask
+    far = float(2 * n + 1)
+    previous = torch.where(zero, idx, -far).cummax(dim=-1).values
+    following = torch.where(zero, idx, far).flip(-1).cummin(dim=-1).values.flip(-1)
+    d = torch.minimum(idx - previous, following - idx)
+    out = (d * step).square_()
+    return out.masked_fill_(d > n, float("inf"))
+
+
+def _parabola_envelope(f: torch.Tensor, dim: int, step: float) -> torch.Tensor:
+    """``g(i) = min_j f(j) + step² (i - j)²`` along ``dim`` for every line (exact min-plus product).
+
+    ``f`` bounds the result from above, so no optimal ``j`` lies further than
+    ``sqrt(max f) / step`` from ``i``; when that window is short (dense masks) the product is
+    taken over the window by shifting, otherwise over whole lines in chunks.
+    """
+    n = f.shape[dim]
+    if n == 1:
+        return f
+    largest = float(f.max())
+    reach = n - 1 if not np.isfinite(largest) else min(n - 1, int(np.sqrt(largest) / step))
+    if 4 * reach < n:
+        return _envelope_by_shifts(f, dim, step, reach)
+    moved = f.movedim(dim, -1)
+    shape = moved.shape
+    lines = moved.reshape(-1, n)
+    pos = torch.arange(n, device=f.device, dtype=torch.float32)
+    parabola = ((pos[:, None] - pos[None, :]) * step).square_()  # (i, j)
+    out = torch.empty_like(lines)
+    rows = max(1, _CHUNK_ELEMENTS // (n * n))
+    for start in range(0, lines.shape[0], rows):
+        block = lines[start:start + rows]
+        out[start:start + rows] = (block[:, None, :] + parabola).amin(dim=-1)
+    return out.reshape(shape).movedim(-1, dim)
+
+
+def _envelope_by_shifts(f: torch.Tensor, dim: int, step: float, reach: int) -> torch.Tensor:
+    """The envelope restricted to ``|i - j| <= reach`` (exact when ``reach`` bounds the optimum)."""
+    g = f.clone()
+    n = f.shape[dim]
+    for d in range(1, reach + 1):
+        cost = (d * step) ** 2
+        ahead, behind = g.narrow(dim, d, n - d), g.narrow(dim, 0, n - d)
+        torch.minimum(ahead, f.narrow(dim, 0, n - d) + cost, out=ahead)
+        torch.minimum(behind, f.narrow(dim, d, n - d) + cost, out=behind)
+    return g
+
+
+# ---------------------------------------------------------------------------------------------
+# SimpleITK back-end (CPU)
+# ---------------------------------------------------------------------------------------------
+
+def _squared_edt_itk(mask: torch.Tensor, spacing_zyx: tuple[float, float, float]) -> torch.Tensor:
+    """Exact squared EDT of each (z, y, x) volume with ITK's Maurer transform, cropped to the object."""
+    masks = mask.detach().cpu().numpy()
+    out = np.zeros(masks.shape, dtype=np.float32)
+    for b, volume in enumerate(masks):
+        _itk_volume(volume, spacing_zyx, out[b])
+    return torch.from_numpy(out).to(mask.device)
+
+
+def _itk_volume(volume: np.ndarray, spacing_zyx: tuple[float, float, float], out: np.ndarray) -> None:
+    """Write the squared EDT of one bool (z, y, x) volume into ``out`` (which holds zeros)."""
+    coords = np.nonzero(volume.any(axis=(1, 2))), np.nonzero(volume.any(axis=(0, 2))), \
+        np.nonzero(volume.any(axis=(0, 1)))
+    if coords[0][0].size == 0:
+        return
+    box = tuple(slice(max(int(c[0][0]) - 1, 0), min(int(c[0][-1]) + 2, n))
+                for c, n in zip(coords, volume.shape))
+    crop = volume[box]
+    if crop.all():  # the grown box holds a zero unless it is the whole volume
+        out[...] = np.inf
+        return
+    zeros_image = sitk.GetImageFromArray((~crop).astype(np.uint8))
+    zeros_image.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
+    distance = sitk.SignedMaurerDistanceMap(zeros_image, insideIsPositive=False, squaredDistance=True,
+                                            useImageSpacing=True, backgroundValue=0)
+    out[box] = np.where(crop, sitk.GetArrayViewFromImage(distance), np.float32(0))
