@@ -37,7 +37,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "surface-distance"],
         # peers timed side by side by the scripts in benchmarks/
         "bench": ["nnunetv2", "monai", "surface-distance"],
     },
