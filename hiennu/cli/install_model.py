@@ -1,0 +1,28 @@
+"""``hiennu_install_model``: verify a model zip and unpack it under ``$hiennu_results``."""
+
+from __future__ import annotations
+
+import argparse
+
+from hiennu.cli._common import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hiennu_install_model",
+                                description="Check a model zip (safe member names, SHA-256 manifest, weights that "
+                                            "load without running code) and install it under $hiennu_results.")
+    p.add_argument("zip", help="model zip written by hiennu_export_model")
+    p.add_argument("--default", action="store_true", help="make it the model hiennu_predict uses when none is named")
+    p.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def go() -> int:
+        from hiennu.inference.model_zip import install_model_zip
+        install_model_zip(args.zip, overwrite=args.overwrite, make_default=args.default)
+        return 0
+
+    return run(go)

@@ -1,0 +1,39 @@
+"""``hiennu_predict_challenge``: the BONBID-HIE challenge container interface, end to end."""
+
+from __future__ import annotations
+
+import argparse
+
+from hiennu.cli._common import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hiennu_predict_challenge",
+        description="Read INPUT/images/skull-stripped-adc-brain-mri/*.mha and INPUT/images/z-score-adc/*.mha "
+                    "(one case) and write OUTPUT/images/hie-lesion-segmentation/overlay.mha.")
+    p.add_argument("--input", default="/input", help="input root (default /input)")
+    p.add_argument("--output", default="/output", help="output root (default /output)")
+    p.add_argument("-m", "--model", help="model folder or zip (default: the default model)")
+    p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every trained fold)")
+    p.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth", help="checkpoint name in each fold folder")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("--baseline", choices=["zadc"], help="ZADC < -2 inside the brain instead of a model")
+    p.add_argument("--min-component-voxels", type=int, help="remove lesion components smaller than this")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def go() -> int:
+        from hiennu.inference.challenge import run_challenge
+        from hiennu.inference.predictor import build_predictor
+        predictor = build_predictor(args.model, None, None, None, args.folds, args.checkpoint, args.device,
+                                    not args.disable_tta, args.baseline, args.min_component_voxels)
+        run_challenge(predictor, args.input, args.output)
+        return 0
+
+    return run(go, verbose=not args.quiet)

@@ -1,0 +1,51 @@
+"""The challenge's reference baseline: lesion where ZADC < -2 inside the brain.
+
+The brain is where the ADC map is non-zero (the maps are skull-stripped, background exactly 0).
+Optional removal of components smaller than ``min_component_voxels`` (26-connected); on the 37
+dev cases, removing components under 10 voxels gave the best simple rule (see the design card).
+The "probability" of a voxel is its mask value (0.0 or 1.0): the rule has no soft output.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from hiennu.errors import HiennuError
+from hiennu.inference.folder_prediction import CasePredictor
+from hiennu.io.image import Geometry
+
+BASELINES = ("zadc",)
+
+
+class ZadcThresholdBaseline(CasePredictor):
+    """Mask = (ZADC < threshold) and (ADC != 0), on the native grid; no model involved.
+
+    channel_names: the channel order of the inputs; must contain ``ADC`` and ``ZADC``.
+    """
+
+    def __init__(self, threshold: float = -2.0, min_component_voxels: int = 0,
+                 channel_names: Sequence[str] = ("ADC", "ZADC")):
+        lowered = [c.lower() for c in channel_names]
+        if "adc" not in lowered or "zadc" not in lowered:
+            raise HiennuError(f"the ZADC baseline needs an ADC and a ZADC channel, got {list(channel_names)}")
+        self.threshold = float(threshold)
+        self.min_component_voxels = int(min_component_voxels)
+        self.channel_names = tuple(channel_names)
+        self._adc, self._zadc = lowered.index("adc"), lowered.index("zadc")
+        self.batch_size = 1
+
+    def prepare(self, images: list[np.ndarray], geometry: Geometry) -> np.ndarray:
+        return ((images[self._zadc] < self.threshold) & (images[self._adc] != 0)).astype(np.uint8)
+
+    def predict_prepared(self, prepared: list[np.ndarray], geometries: list[Geometry],
+                         need_probabilities: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        return [(m, m.astype(np.float32) if need_probabilities else None) for m in prepared]
+
+
+def make_baseline(name: str, min_component_voxels: int = 0) -> ZadcThresholdBaseline:
+    """The baseline called ``name`` (``zadc``)."""
+    if name != "zadc":
+        raise HiennuError(f"unknown baseline {name!r}; available: {', '.join(BASELINES)}")
+    return ZadcThresholdBaseline(min_component_voxels=min_component_voxels)

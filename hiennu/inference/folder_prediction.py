@@ -1,0 +1,278 @@
+"""Predicting every case of a folder: discovery, a reader thread, batched compute, a writer thread.
+
+:class:`CasePredictor` is the base of every predictor (the trained model's :class:`Predictor`
+and the ZADC baseline). A subclass says how one case is prepared on the CPU (:meth:`prepare`,
+run in the reader thread) and how a batch of prepared cases becomes native-grid masks
+(:meth:`predict_prepared`, run in the calling thread, on the device). :meth:`predict_folder`
+overlaps the three: a reader thread reads and prepares cases into a bounded queue, the calling
+thread batches them through the device, and a writer thread removes small components and writes
+each mask atomically, so the device waits neither for the disk nor for the CPU pre-processing.
+
+Safety: the output folder may not be the input folder or lie inside it; a planned output that is
+also an input file is refused; every file is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from hiennu.errors import HiennuError
+from hiennu.inference.components import remove_small_components
+from hiennu.inference.layouts import InputCase, discover_input_cases, read_case
+from hiennu.io.atomic import atomic_path
+from hiennu.io.image import Geometry, write_image
+from hiennu.log import get_logger, progress
+
+logger = get_logger(__name__)
+
+PROBABILITY_FORMATS = ("npz", "image")
+_DONE = object()
+
+
+@dataclass
+class PredictionReport:
+    """What :meth:`CasePredictor.predict_folder` did. skipped / failed: case id -> reason."""
+
+    out_dir: Path
+    predicted: list[str] = field(default_factory=list)
+    already_done: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when no case was skipped or failed."""
+        return not self.skipped and not self.failed
+
+    def summary(self) -> str:
+        parts = [f"{len(self.predicted)} predicted"]
+        if self.already_done:
+            parts.append(f"{len(self.already_done)} already there (--continue-prediction)")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped ({', '.join(sorted(self.skipped))})")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed ({', '.join(sorted(self.failed))})")
+        return f"{self.out_dir}: " + ", ".join(parts)
+
+
+def check_output_folder(in_dir: Path, out_dir: Path) -> None:
+    """Refuse an output folder equal to, or inside, the input folder (outputs must never touch inputs)."""
+    src, dst = Path(in_dir).resolve(), Path(out_dir).resolve()
+    if dst == src or src in dst.parents:
+        raise HiennuError(f"output folder {out_dir} is {'the input folder' if dst == src else 'inside the input folder'} "
+                          f"{in_dir}; choose an output folder outside it so no input can be overwritten")
+
+
+def probability_path(out_dir: Path, case: InputCase, fmt: str) -> Path:
+    """``CASE_prob.npz`` (key ``probabilities``, float32 (z, y, x)) or ``CASE_prob.<image ending>``."""
+    return out_dir / (f"{case.case_id}_prob.npz" if fmt == "npz" else f"{case.case_id}_prob{case.output_ending}")
+
+
+def write_probabilities(prob: np.ndarray, geometry: Geometry, path: Path) -> None:
+    """Write a probability map (z, y, x) float32 atomically, as ``.npz`` or as an image with ``geometry``."""
+    if path.suffix == ".npz":
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez_compressed(tmp, probabilities=prob.astype(np.float32, copy=False),
+                                spacing_xyz=np.asarray(geometry.spacing_xyz), origin_xyz=np.asarray(geometry.origin_xyz),
+                                direction=np.asarray(geometry.direction))
+    else:
+        write_image(prob.astype(np.float32, copy=False), geometry, path)
+
+
+class CasePredictor(ABC):
+    """Base class of predictors: one case (:meth:`predict_case`) or a whole folder (:meth:`predict_folder`).
+
+    Subclasses set ``channel_names`` (input channel order), ``batch_size`` (cases per device
+    batch) and ``min_component_voxels`` (components smaller than this are removed from each mask;
+    0 or 1 keeps all), and implement :meth:`prepare` and :meth:`predict_prepared`.
+    """
+
+    channel_names: Sequence[str] = ("ADC", "ZADC")
+    batch_size: int = 1
+    min_component_voxels: int = 0
+
+    @abstractmethod
+    def prepare(self, images: list[np.ndarray], geometry: Geometry) -> Any:
+        """CPU work for one case (reader thread): images are float32 ``(z, y, x)`` in channel order."""
+
+    @abstractmethod
+    def predict_prepared(self, prepared: list[Any], geometries: list[Geometry],
+                         need_probabilities: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Masks (uint8 {0, 1}, native ``(z, y, x)``, before component removal) and, if asked,
+        probability maps (float32, native ``(z, y, x)``) for a batch of prepared cases."""
+
+    def postprocess(self, mask: np.ndarray) -> np.ndarray:
+        """Component removal (writer thread); uint8 {0, 1} out."""
+        return remove_small_components(mask, self.min_component_voxels)
+
+    def predict_case(self, images: list[np.ndarray], geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+        """``(mask uint8 (z, y, x), probabilities float32 (z, y, x))`` on the native grid of ``geometry``.
+
+        images: one float32 array ``(z, y, x)`` per channel, in ``channel_names`` order, all of
+        ``geometry.size_zyx``.
+        """
+        if len(images) != len(self.channel_names):
+            raise HiennuError(f"expected {len(self.channel_names)} channel images ({', '.join(self.channel_names)}), "
+                              f"got {len(images)}")
+        for c, image in enumerate(images):
+            if tuple(image.shape) != tuple(geometry.size_zyx):
+                raise HiennuError(f"channel {c} ({self.channel_names[c]}) has shape {tuple(image.shape)}, "
+                                  f"but the geometry's size (z, y, x) is {tuple(geometry.size_zyx)}")
+        mask, prob = self.predict_prepared([self.prepare(images, geometry)], [geometry], True)[0]
+        return self.postprocess(mask), prob
+
+    def predict_folder(self, in_dir: str | Path, out_dir: str | Path, save_probabilities: bool = False,
+                       probability_format: str = "npz", continue_prediction: bool = False,
+                       queue_size: int = 4) -> PredictionReport:
+        """Predict every case found in ``in_dir`` (any layout) into ``out_dir/CASE.<ending>``.
+
+        Cases with missing/mismatched channels or unreadable files are reported in the result's
+        ``skipped`` and the rest are still predicted. ``continue_prediction`` skips cases whose
+        outputs already exist. ``save_probabilities`` also writes each case's probability map
+        (``probability_format``: ``npz`` or ``image``).
+        """
+        in_dir, out_dir = Path(in_dir), Path(out_dir)
+        if probability_format not in PROBABILITY_FORMATS:
+            raise HiennuError(f"unknown probability format {probability_format!r}; choose {' or '.join(PROBABILITY_FORMATS)}")
+        check_output_folder(in_dir, out_dir)
+        cases = discover_input_cases(in_dir, self.channel_names)
+        report = PredictionReport(out_dir)
+        inputs = {f.resolve() for c in cases for f in c.files if f is not None}
+        todo: list[InputCase] = []
+        for case in cases:
+            outputs = [out_dir / case.output_name()]
+            if save_probabilities:
+                outputs.append(probability_path(out_dir, case, probability_format))
+            if case.problem:
+                report.skipped[case.case_id] = case.problem
+                logger.error("case %s skipped: %s", case.case_id, case.problem)
+            elif any(o.resolve() in inputs for o in outputs):
+                raise HiennuError(f"case {case.case_id}: output {outputs[0]} would overwrite an input file; "
+                                  f"choose another output folder")
+            elif continue_prediction and all(o.is_file() for o in outputs):
+                report.already_done.append(case.case_id)
+            else:
+                todo.append(case)
+        if report.already_done:
+            logger.info("%d case(s) already predicted in %s; skipped (--continue-prediction)",
+                        len(report.already_done), out_dir)
+        if todo:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self._run_pipeline(todo, out_dir, save_probabilities, probability_format, report, max(1, queue_size))
+        logger.info("%s", report.summary())
+        return report
+
+    def _run_pipeline(self, todo: list[InputCase], out_dir: Path, save_probabilities: bool, probability_format: str,
+                      report: PredictionReport, queue_size: int) -> None:
+        stop = threading.Event()
+        read_q: queue.Queue = queue.Queue(maxsize=queue_size)
+        write_q: queue.Queue = queue.Queue(maxsize=queue_size)
+        crashes: list[BaseException] = []
+        lock = threading.Lock()
+        bar = progress(total=len(todo), desc="predicting", unit="case")
+
+        def put(q: queue.Queue, item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def reader() -> None:
+            try:
+                for case in todo:
+                    if stop.is_set():
+                        return
+                    try:
+                        images, geometry = read_case(case)
+                        item = (case, self.prepare(images, geometry), geometry, None)
+                    except (HiennuError, ValueError) as e:  # bad input for this case: report it, go on
+                        item = (case, None, None, str(e) if isinstance(e, HiennuError) else f"case {case.case_id}: {e}")
+                    if not put(read_q, item):
+                        return
+            except BaseException as e:  # a bug, not bad input: stop everything and re-raise in the caller
+                crashes.append(e)
+                stop.set()
+            finally:
+                put(read_q, _DONE)
+
+        def writer() -> None:
+            try:
+                while True:
+                    try:
+                        item = write_q.get(timeout=0.1)
+                    except queue.Empty:
+                        if stop.is_set():
+                            return
+                        continue
+                    if item is _DONE:
+                        return
+                    case, geometry, mask, prob = item
+                    try:
+                        mask = self.postprocess(mask)
+                        geometry_out = Geometry(geometry.size_xyz, geometry.spacing_xyz, geometry.origin_xyz,
+                                                geometry.direction, "8-bit unsigned integer")
+                        write_image(mask.astype(np.uint8, copy=False), geometry_out, out_dir / case.output_name())
+                        if save_probabilities:
+                            write_probabilities(prob, geometry, probability_path(out_dir, case, probability_format))
+                        with lock:
+                            report.predicted.append(case.case_id)
+                    except OSError as e:
+                        with lock:
+                            report.failed[case.case_id] = f"cannot write into {out_dir}: {e}"
+                        logger.error("case %s: cannot write into %s: %s", case.case_id, out_dir, e)
+                    bar.update(1)
+            except BaseException as e:
+                crashes.append(e)
+                stop.set()
+
+        threads = [threading.Thread(target=reader, name="hiennu-reader", daemon=True),
+                   threading.Thread(target=writer, name="hiennu-writer", daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            batch: list[tuple] = []
+            finished = False
+            while not finished and not stop.is_set():
+                try:
+                    item = read_q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    finished = True
+                else:
+                    case, prepared, geometry, error = item
+                    if error is not None:
+                        with lock:
+                            report.skipped[case.case_id] = error
+                        logger.error("case %s skipped: %s", case.case_id, error)
+                        bar.update(1)
+                    else:
+                        batch.append((case, prepared, geometry))
+                if batch and (len(batch) >= self.batch_size or finished):
+                    results = self.predict_prepared([b[1] for b in batch], [b[2] for b in batch], save_probabilities)
+                    for (case, _, geometry), (mask, prob) in zip(batch, results):
+                        if not put(write_q, (case, geometry, mask, prob)):
+                            break
+                    batch = []
+            put(write_q, _DONE)
+            threads[1].join()
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+            bar.close()
+        if crashes:
+            raise crashes[0]

@@ -1,0 +1,213 @@
+"""The trained-model predictor: plans' preprocessing, fold ensemble, back to the native grid.
+
+For each case: the channels are preprocessed with exactly the plans' steps
+(:func:`hiennu.preprocessing.preprocessor.preprocess_case`: resampling to the fixed grid,
+per-channel normalization), every chosen fold predicts on the grid (with mirroring test-time
+augmentation unless disabled), the sigmoid probabilities are averaged
+(:class:`~hiennu.inference.ensemble.FoldEnsemble`), the mean probability map is resampled to the
+case's native size with the configuration's ``prediction_interpolation`` (``linear`` or
+``nearest``) on the device, and thresholded there at 0.5 (``p >= 0.5`` is lesion). Components
+smaller than ``min_component_voxels`` are then removed.
+
+Mirroring axes: the axes the plans trained with (``augmentation.mirror_axes`` when
+``augmentation.p_mirror > 0``); when the plans trained without mirroring (the paper's setting),
+all three spatial axes (8 passes per fold), as nnU-Net does.
+
+Usage from Python::
+
+    predictor = Predictor.from_model_dir("hiennu_results/Dataset001_BONBID/TrainerTverskyHDT__hiennuPlans__3d_fullres",
+                                         folds=[0, 1, 2, 3, 4])
+    mask, prob = predictor.predict_case([adc, zadc], geometry)       # arrays (z, y, x)
+    predictor.predict_folder("in/", "out/")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from hiennu.errors import HiennuError
+from hiennu.inference.baseline import make_baseline
+from hiennu.inference.ensemble import FoldEnsemble
+from hiennu.inference.folder_prediction import CasePredictor
+from hiennu.inference.model_registry import fold_sort_key, model_folds, resolve_model, split_model_dir_name
+from hiennu.inference.model_zip import load_checkpoint_weights, load_model_zip
+from hiennu.io.dataset_json import DatasetJson, load_dataset_json
+from hiennu.io.image import Geometry
+from hiennu.log import get_logger
+from hiennu.networks.unet import build_network
+from hiennu.planning.plans import Configuration, Plans, load_plans
+from hiennu.preprocessing.preprocessor import preprocess_case
+from hiennu.preprocessing.resampling import resample_probabilities_to_native
+
+logger = get_logger(__name__)
+
+DEFAULT_CHECKPOINT = "checkpoint_best.pth"
+THRESHOLD = 0.5
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``cuda`` when available (else ``cpu``) for None; otherwise the named device, checked."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise HiennuError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HiennuError(f"device {device!r} asked for, but PyTorch sees no CUDA device "
+                          f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise HiennuError(f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise HiennuError("device 'mps' asked for, but MPS is not available; use --device cpu")
+    return dev
+
+
+def tta_mirror_axes(configuration: Configuration) -> tuple[int, ...]:
+    """Spatial axes (0 = z) for mirroring TTA: the trained mirror axes, or all three when none were trained."""
+    aug = configuration.augmentation
+    if aug.p_mirror > 0 and aug.mirror_axes:
+        return tuple(sorted(set(int(a) for a in aug.mirror_axes)))
+    return (0, 1, 2)
+
+
+class Predictor(CasePredictor):
+    """Predicts lesion masks with the folds of one trained model.
+
+    fold_weights: fold name -> network state dict; device: None picks CUDA when available;
+    use_mirroring: mirroring TTA; batch_size: cases per forward pass (None: 4 on CUDA, 1 else);
+    min_component_voxels: None takes the configuration's value.
+    """
+
+    def __init__(self, plans: Plans, configuration: Configuration, dataset: DatasetJson | None,
+                 fold_weights: dict[str, dict[str, torch.Tensor]], device: str | torch.device | None = None,
+                 use_mirroring: bool = True, batch_size: int | None = None,
+                 min_component_voxels: int | None = None, name: str = "model"):
+        if not fold_weights:
+            raise HiennuError(f"{name}: no fold weights to predict with")
+        self.plans, self.configuration, self.name = plans, configuration, name
+        self.channel_names = tuple(dataset.channel_names if dataset is not None else plans.channel_names)
+        if len(self.channel_names) != configuration.network.in_channels:
+            raise HiennuError(f"{name}: dataset.json names {len(self.channel_names)} channels, but the network "
+                              f"takes {configuration.network.in_channels}")
+        self.device = resolve_device(device)
+        self.folds = sorted(fold_weights, key=fold_sort_key)
+        networks = []
+        for fold in self.folds:
+            net = build_network(configuration.network)
+            try:
+                net.load_state_dict(fold_weights[fold], strict=True)
+            except RuntimeError as e:
+                raise HiennuError(f"{name} fold {fold}: the weights do not fit the network that plans.json "
+                                  f"describes (configuration {configuration.name!r}): "
+                                  f"{str(e).splitlines()[0]}; were the plans edited after training?") from None
+            networks.append(net)
+        self.use_mirroring = use_mirroring
+        self.ensemble = FoldEnsemble(networks, self.device, tta_mirror_axes(configuration) if use_mirroring else ())
+        self.batch_size = int(batch_size) if batch_size else (4 if self.device.type == "cuda" else 1)
+        self.min_component_voxels = int(configuration.min_component_voxels if min_component_voxels is None
+                                        else min_component_voxels)
+        if configuration.prediction_interpolation not in ("linear", "nearest"):
+            raise HiennuError(f"{name}: plans prediction_interpolation {configuration.prediction_interpolation!r} "
+                              f"must be 'linear' or 'nearest'")
+        logger.info("model %s, configuration %s, folds %s, device %s, %s", name, configuration.name,
+                    ", ".join(self.folds), self.device,
+                    f"mirroring over axes {tta_mirror_axes(configuration)}" if use_mirroring else "no mirroring")
+
+    # ---------------------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_model_dir(cls, path: str | Path, folds: Sequence[int | str] | None = None,
+                       checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None,
+                       use_mirroring: bool = True, **kwargs) -> "Predictor":
+        """Load ``TRAINER__PLANS__CONFIG/`` (plans.json, dataset.json, fold_K/<checkpoint>).
+
+        folds: fold numbers or ``"all"`` (default: every fold holding ``checkpoint``). The
+        configuration is the folder name's CONFIG part (else the plans' default).
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise HiennuError(f"model folder {path} not found")
+        plans = load_plans(path)
+        parts = split_model_dir_name(path.name)
+        configuration = plans.configuration(parts[2] if parts else None)
+        dataset = load_dataset_json(path) if (path / "dataset.json").is_file() else None
+        available = model_folds(path, checkpoint)
+        chosen = [str(f) for f in folds] if folds else available
+        missing = [f for f in chosen if f not in available]
+        if missing or not chosen:
+            others = sorted({p.name for p in path.glob("fold_*/checkpoint_*.pth")})
+            raise HiennuError(f"{path}: no {checkpoint} for fold(s) {', '.join(missing) or '(any)'}; folds with "
+                              f"{checkpoint}: {', '.join(available) or 'none'}; checkpoints present: "
+                              f"{', '.join(others) or 'none'} (pick one with -chk NAME)")
+        weights = {}
+        for fold in chosen:
+            ckpt_path = path / f"fold_{fold}" / checkpoint
+            weights[fold] = load_checkpoint_weights(ckpt_path, str(ckpt_path))["network_weights"]
+        name = f"{path.parent.name}/{path.name}"
+        return cls(plans, configuration, dataset, weights, device=device, use_mirroring=use_mirroring,
+                   name=name, **kwargs)
+
+    @classmethod
+    def from_zip(cls, path: str | Path, folds: Sequence[int | str] | None = None,
+                 device: str | torch.device | None = None, use_mirroring: bool = True, **kwargs) -> "Predictor":
+        """Load a zip written by ``hiennu_export_model`` (verified; nothing is extracted)."""
+        model = load_model_zip(path, folds)
+        return cls(model.plans, model.plans.configuration(model.configuration), model.dataset, model.weights,
+                   device=device, use_mirroring=use_mirroring, name=model.name, **kwargs)
+
+    @classmethod
+    def from_path(cls, path: str | Path, folds: Sequence[int | str] | None = None,
+                  checkpoint: str = DEFAULT_CHECKPOINT, **kwargs) -> "Predictor":
+        """A model folder or a model zip, whichever ``path`` is."""
+        if Path(path).is_file():
+            return cls.from_zip(path, folds, **kwargs)
+        return cls.from_model_dir(path, folds, checkpoint, **kwargs)
+
+    # ---------------------------------------------------------------------------------- prediction
+
+    def prepare(self, images: list[np.ndarray], geometry: Geometry) -> np.ndarray:
+        """The plans' preprocessing: ``(C, z, y, x)`` float32 on the fixed grid."""
+        data, _ = preprocess_case(images, self.configuration)
+        return data
+
+    def predict_prepared(self, prepared: list[np.ndarray], geometries: list[Geometry],
+                         need_probabilities: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        batch = torch.from_numpy(np.stack(prepared).astype(np.float32, copy=False))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        probs = self.ensemble.predict_probabilities(batch)
+        results = []
+        for i, geometry in enumerate(geometries):
+            native = resample_probabilities_to_native(probs[i], geometry.size_zyx,
+                                                      mode=self.configuration.prediction_interpolation)
+            mask = (native >= THRESHOLD).to(torch.uint8).cpu().numpy()
+            results.append((mask, native.cpu().numpy().astype(np.float32, copy=False) if need_probabilities else None))
+        return results
+
+
+def build_predictor(model: str | Path | None = None, dataset: str | int | None = None, trainer: str | None = None,
+                    configuration: str | None = None, folds: Sequence[int | str] | None = None,
+                    checkpoint: str = DEFAULT_CHECKPOINT, device: str | None = None, use_mirroring: bool = True,
+                    baseline: str | None = None, min_component_voxels: int | None = None,
+                    batch_size: int | None = None) -> CasePredictor:
+    """The predictor that ``hiennu_predict``'s options name.
+
+    ``baseline`` (``zadc``) needs no model; otherwise the model is ``model`` (folder or zip),
+    the model of ``dataset``/``trainer``/``configuration``, or the default model
+    (:func:`hiennu.inference.model_registry.resolve_model`).
+    """
+    if baseline is not None:
+        if model is not None or dataset is not None:
+            raise HiennuError("--baseline predicts without a model; drop -m/-d/-tr/-c")
+        return make_baseline(baseline, min_component_voxels or 0)
+    path = resolve_model(model, dataset, trainer, configuration)
+    kwargs = dict(device=device, use_mirroring=use_mirroring, min_component_voxels=min_component_voxels,
+                  batch_size=batch_size)
+    if path.is_file():
+        return Predictor.from_zip(path, folds, **kwargs)
+    return Predictor.from_model_dir(path, folds, checkpoint, **kwargs)
