@@ -1,0 +1,47 @@
+"""``hiennu_evaluate``: score a folder of predicted masks against reference masks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hiennu.cli._common import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hiennu_evaluate",
+        description="Dice, MASD, NSD (2 mm), HD95, volume difference and lesion detection of predicted masks "
+                    "against reference masks (matched by case id), on each case's native grid. Writes "
+                    "summary.json and a per-case CSV beside it.")
+    parser.add_argument("-ref", required=True, type=Path, help="folder of reference masks (CASE.mha or CASE_lesion.mha)")
+    parser.add_argument("-pred", required=True, type=Path, help="folder of predicted masks (CASE.mha, ...)")
+    parser.add_argument("-o", type=Path, default=None, help="summary JSON to write (default: PRED/summary.json)")
+    parser.add_argument("-img", type=Path, default=None,
+                        help="folder of the cases' ADC maps (CASE_0000.* or official names): brain volumes for "
+                             "the lesion volume bands; without it no bands are reported")
+    parser.add_argument("--challenge-2023", action="store_true",
+                        help="reproduce the 2023 official scorer (spacing in (x, y, z) order on (z, y, x) arrays)")
+    parser.add_argument("--cases", nargs="+", default=None, help="score only these case ids")
+    parser.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def _run() -> int:
+        from hiennu.evaluation.evaluate import evaluate_folders, per_case_csv_path
+        from hiennu.log import get_logger
+        output = args.o if args.o is not None else args.pred / "summary.json"
+        evaluate_folders(args.ref, args.pred, output_json=output, images_dir=args.img,
+                         challenge_2023=args.challenge_2023, num_processes=args.np, case_ids=args.cases)
+        get_logger(__name__).info("wrote %s and %s", output, per_case_csv_path(output))
+        return 0
+
+    return run(_run, verbose=not args.quiet)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

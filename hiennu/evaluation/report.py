@@ -1,0 +1,298 @@
+"""Tables, paired tests and figures that compare methods (e.g. trainers of the loss study).
+
+Inputs are per-case rows as produced by :func:`hiennu.evaluation.evaluate.evaluate_folders`
+(``summary["per_case"]``): ``per_case[method]`` is a list of dicts with ``case_id``, the metric
+keys (``dice``, ``masd``, ``nsd`` ...) and, when brain volumes were known, ``band``. NaN metric
+values (e.g. MASD with one empty mask) are left out of means and of paired tests.
+
+Figures are drawn on matplotlib's Agg canvas (no display needed, the global backend is left
+alone) and written atomically as PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from scipy import stats
+
+from hiennu.evaluation.evaluate import summarize
+from hiennu.evaluation.metrics import NO_LESION_BAND, VOLUME_BANDS
+from hiennu.io.atomic import atomic_path, write_text
+
+DEFAULT_METRICS = ("dice", "masd", "nsd")
+METRIC_LABELS = {"dice": "Dice", "masd": "MASD (mm)", "nsd": "NSD (2 mm)", "hd95": "HD95 (mm)",
+                 "abs_volume_diff_ml": "|ΔV| (ml)", "lesion_recall": "lesion recall",
+                 "lesion_precision": "lesion precision"}
+BANDS = tuple(b[0] for b in VOLUME_BANDS) + (NO_LESION_BAND,)
+
+
+def format_mean_std(mean: float, std: float, digits: int = 3) -> str:
+    """``"0.500 ± 0.120"``; ``"n/a"`` for an undefined mean, no ``±`` part for an undefined std."""
+    if mean is None or math.isnan(mean):
+        return "n/a"
+    if std is None or math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _values(rows: Sequence[dict], metric: str) -> list[float]:
+    return [float("nan") if r.get(metric) is None else float(r[metric]) for r in rows]
+
+
+def method_rows(per_case: Mapping[str, Sequence[dict]], metrics: Sequence[str] = DEFAULT_METRICS,
+                extra: Mapping[str, Mapping[str, object]] | None = None) -> list[dict]:
+    """One row per method: ``method``, ``num_cases`` and per metric ``M_mean``, ``M_std`` (ddof=1), ``M_n``.
+
+    ``extra[method][column]`` adds columns: a number is kept as is, a sequence of numbers (e.g.
+    epochs to stop, one per fold) becomes ``column_mean`` and ``column_std``.
+    """
+    rows = []
+    for method, cases in per_case.items():
+        row: dict = {"method": method, "num_cases": len(cases)}
+        for m in metrics:
+            s = summarize(_values(cases, m))
+            row.update({f"{m}_mean": s["mean"], f"{m}_std": s["std"], f"{m}_n": s["n"]})
+        for column, value in ((extra or {}).get(method) or {}).items():
+            if isinstance(value, (list, tuple, np.ndarray)):
+                s = summarize(value)
+                row.update({f"{column}_mean": s["mean"], f"{column}_std": s["std"]})
+            else:
+                row[column] = value
+        rows.append(row)
+    return rows
+
+
+def _csv_text(rows: Sequence[dict]) -> str:
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _markdown_cells(row: dict, metrics: Sequence[str], extra_columns: Sequence[str], digits: int) -> list[str]:
+    cells = [str(row["method"]), str(row["num_cases"])]
+    cells += [format_mean_std(row[f"{m}_mean"], row[f"{m}_std"], digits) for m in metrics]
+    for column in extra_columns:
+        if f"{column}_mean" in row:
+            cells.append(format_mean_std(row[f"{column}_mean"], row[f"{column}_std"], 1))
+        else:
+            value = row.get(column)
+            cells.append(f"{value:.{digits}f}" if isinstance(value, float) else ("" if value is None else str(value)))
+    return cells
+
+
+def markdown_table(rows: Sequence[dict], metrics: Sequence[str] = DEFAULT_METRICS, digits: int = 3) -> str:
+    """Markdown table of :func:`method_rows` output: mean ± std per metric, then any extra columns."""
+    known = {"method", "num_cases"} | {f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")}
+    extra_columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key in known:
+                continue
+            name = key[: -len("_mean")] if key.endswith("_mean") else key[: -len("_std")] if key.endswith("_std") else key
+            if name not in extra_columns:
+                extra_columns.append(name)
+    header = ["method", "cases"] + [METRIC_LABELS.get(m, m) for m in metrics] + extra_columns
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_markdown_cells(r, metrics, extra_columns, digits)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_method_table(per_case: Mapping[str, Sequence[dict]], md_path: str | os.PathLike,
+                       csv_path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_METRICS,
+                       extra: Mapping[str, Mapping[str, object]] | None = None, title: str | None = None) -> list[dict]:
+    """Write the mean ± std table per method as Markdown and CSV (atomically); return the rows."""
+    rows = method_rows(per_case, metrics, extra)
+    text = (f"# {title}\n\n" if title else "") + markdown_table(rows, metrics)
+    write_text(text, md_path)
+    write_text(_csv_text(rows), csv_path)
+    return rows
+
+
+def band_rows(per_case: Mapping[str, Sequence[dict]], metrics: Sequence[str] = DEFAULT_METRICS) -> list[dict]:
+    """:func:`method_rows` per lesion volume band, each row with a ``band`` key (bands with no case left out).
+
+    Cases without a band (brain volume unknown) are not counted in any band.
+    """
+    rows = []
+    for band in BANDS:
+        subset = {m: [r for r in cases if r.get("band") == band] for m, cases in per_case.items()}
+        if not any(subset.values()):
+            continue
+        rows += [{"band": band, **row} for row in method_rows(subset, metrics)]
+    return rows
+
+
+def write_band_tables(per_case: Mapping[str, Sequence[dict]], md_path: str | os.PathLike,
+                      csv_path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_METRICS,
+                      title: str | None = None) -> list[dict]:
+    """Write one Markdown table per lesion volume band (and one CSV with a ``band`` column); return the rows."""
+    rows = band_rows(per_case, metrics)
+    parts = [f"# {title}\n"] if title else []
+    for band in BANDS:
+        members = [{k: v for k, v in r.items() if k != "band"} for r in rows if r["band"] == band]
+        if members:
+            parts.append(f"## lesion volume {band} of brain\n\n" if band != NO_LESION_BAND else "## no lesion\n\n")
+            parts.append(markdown_table(members, metrics))
+    if not rows:
+        parts.append("No case has a volume band (brain volumes unknown: evaluate with an images folder).\n")
+    write_text("\n".join(parts), md_path)
+    write_text(_csv_text(rows) if rows else "band,method\n", csv_path)
+    return rows
+
+
+def wilcoxon_vs_reference(per_case: Mapping[str, Sequence[dict]], reference: str,
+                          metrics: Sequence[str] = DEFAULT_METRICS) -> list[dict]:
+    """Paired two-sided Wilcoxon signed-rank test of each method against ``reference``, per metric.
+
+    Pairs are the cases both methods scored with a defined value. Rows: ``method``, ``reference``,
+    ``metric``, ``n_pairs``, ``mean_difference`` and ``median_difference`` (method minus
+    reference), ``statistic``, ``p_value`` (NaN with fewer than 1 non-zero difference; 1.0 when
+    every difference is zero).
+    """
+    if reference not in per_case:
+        raise ValueError(f"reference method {reference!r} not among {sorted(per_case)}")
+    ref_by_case = {r["case_id"]: r for r in per_case[reference]}
+    rows = []
+    for method, cases in per_case.items():
+        if method == reference:
+            continue
+        for metric in metrics:
+            pairs = [(float(r[metric]), float(ref_by_case[r["case_id"]][metric])) for r in cases
+                     if r["case_id"] in ref_by_case and r.get(metric) is not None
+                     and ref_by_case[r["case_id"]].get(metric) is not None
+                     and not math.isnan(float(r[metric])) and not math.isnan(float(ref_by_case[r["case_id"]][metric]))]
+            row = {"method": method, "reference": reference, "metric": metric, "n_pairs": len(pairs),
+                   "mean_difference": float("nan"), "median_difference": float("nan"),
+                   "statistic": float("nan"), "p_value": float("nan")}
+            if pairs:
+                x, y = np.array(pairs).T
+                diff = x - y
+                row.update(mean_difference=float(diff.mean()), median_difference=float(np.median(diff)))
+                if np.all(diff == 0):
+                    row.update(statistic=0.0, p_value=1.0)
+                else:
+                    result = stats.wilcoxon(x, y)
+                    row.update(statistic=float(result.statistic), p_value=float(result.pvalue))
+            rows.append(row)
+    return rows
+
+
+def write_wilcoxon_table(rows: Sequence[dict], md_path: str | os.PathLike, csv_path: str | os.PathLike,
+                         title: str | None = None) -> None:
+    """Write :func:`wilcoxon_vs_reference` rows as Markdown and CSV (atomically)."""
+    header = ["method", "vs", "metric", "pairs", "mean diff", "median diff", "W", "p"]
+    lines = ([f"# {title}\n"] if title else []) + [
+        "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        cells = [r["method"], r["reference"], METRIC_LABELS.get(r["metric"], r["metric"]), str(r["n_pairs"]),
+                 f"{r['mean_difference']:+.4f}", f"{r['median_difference']:+.4f}", f"{r['statistic']:.1f}",
+                 "n/a" if math.isnan(r["p_value"]) else f"{r['p_value']:.4g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    write_text("\n".join(lines) + "\n", md_path)
+    write_text(_csv_text(rows) if rows else "method,reference,metric\n", csv_path)
+
+
+def _save_png(figure: Figure, path: str | os.PathLike) -> None:
+    FigureCanvasAgg(figure)
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=figure.dpi, bbox_inches="tight")
+
+
+def plot_progress_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike,
+                         title: str | None = None) -> None:
+    """Side-by-side panels, one per method, each with its curves (series name -> value per epoch).
+
+    Panels share the y axis so methods compare at a glance; a NaN value leaves a gap.
+    """
+    if not curves:
+        raise ValueError("no curves to plot")
+    n = len(curves)
+    figure = Figure(figsize=(4.0 * n, 3.2), dpi=100)
+    axes = figure.subplots(1, n, sharey=True, squeeze=False)[0]
+    for ax, (method, series) in zip(axes, curves.items()):
+        for name, values in series.items():
+            ax.plot(np.arange(len(values)), np.asarray(values, dtype=float), label=name)
+        ax.set_title(method, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=7)
+    if title:
+        figure.suptitle(title)
+    _save_png(figure, path)
+
+
+def default_slice(reference: np.ndarray) -> int:
+    """The axial (z) slice with the most lesion voxels of ``reference`` (z, y, x); the middle slice if none."""
+    per_slice = np.asarray(reference != 0).reshape(reference.shape[0], -1).sum(axis=1)
+    return int(np.argmax(per_slice)) if per_slice.any() else reference.shape[0] // 2
+
+
+def plot_slices(adc: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+                predictions: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike,
+                slices: Mapping[str, int] | None = None,
+                spacing_zyx: Mapping[str, Sequence[float]] | None = None, title: str | None = None) -> None:
+    """Grid of axial slices: one row per case, a ground-truth column, then one column per method.
+
+    Each panel shows the ADC slice in grey, the ground truth as a green contour and (method
+    columns) the method's mask as a contour in the method's colour. All arrays are (z, y, x) on
+    the case's native grid; ``slices[case]`` is the z index (default: :func:`default_slice`);
+    ``spacing_zyx[case]`` sets the in-plane aspect ratio.
+    """
+    cases = list(reference)
+    if not cases:
+        raise ValueError("no cases to plot")
+    methods = list(predictions)
+    palette = ("C1", "C3", "C0", "C4", "C6", "C8", "C9", "C5", "C7")  # C2 (green) is the ground truth's
+    colours = [palette[i % len(palette)] for i in range(len(methods))]
+    n_cols = 1 + len(methods)
+    figure = Figure(figsize=(2.6 * n_cols, 2.6 * len(cases)), dpi=100)
+    axes = figure.subplots(len(cases), n_cols, squeeze=False)
+    for row, case in enumerate(cases):
+        ref = np.asarray(reference[case]) != 0
+        z = (slices or {}).get(case, default_slice(ref))
+        image = np.asarray(adc[case], dtype=np.float32)[z]
+        aspect = 1.0
+        if spacing_zyx is not None and case in spacing_zyx:
+            aspect = float(spacing_zyx[case][1]) / float(spacing_zyx[case][2])
+        brain = image[image != 0]
+        vmax = float(np.percentile(brain, 99.5)) if brain.size else 1.0
+        for col in range(n_cols):
+            ax = axes[row, col]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=vmax, aspect=aspect, interpolation="nearest")
+            if ref[z].any():
+                ax.contour(ref[z].astype(np.float32), levels=[0.5], colors="C2", linewidths=1.0)
+            if col > 0:
+                mask = np.asarray(predictions[methods[col - 1]][case]) != 0
+                if mask.shape != ref.shape:
+                    raise ValueError(f"case {case}: {methods[col - 1]} mask shape {mask.shape} differs from "
+                                     f"the reference {ref.shape}")
+                if mask[z].any():
+                    ax.contour(mask[z].astype(np.float32), levels=[0.5], colors=colours[col - 1], linewidths=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title("ground truth" if col == 0 else methods[col - 1], fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"{case}\nz={z}", fontsize=8)
+    handles = [Line2D([], [], color="C2", label="ground truth")]
+    handles += [Line2D([], [], color=c, label=m) for m, c in zip(methods, colours)]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
+                  bbox_to_anchor=(0.5, -0.02))
+    if title:
+        figure.suptitle(title)
+    _save_png(figure, path)
