@@ -1,0 +1,181 @@
+"""Converting the official BONBID-HIE release layout into a hiennu raw dataset.
+
+Source layout (any split of the release)::
+
+    SRC/1ADC_ss/MGHNICU_010-VISIT_01-ADC_ss.mha
+    SRC/2Z_ADC/Zmap_MGHNICU_010-VISIT_01-ADC_smooth2mm_clipped10.mha
+    SRC/3LABEL/MGHNICU_010-VISIT_01_lesion.mha          (absent in the validation/test splits)
+
+Files are recognised by their official names (:func:`hiennu.io.bonbid_names.bonbid_role`), wherever
+they sit below ``SRC``. Result: ``$hiennu_raw/DatasetNNN_BONBID/`` with ``dataset.json``,
+``imagesTr/CASE_0000.mha`` (ADC), ``imagesTr/CASE_0001.mha`` (ZADC), ``labelsTr/CASE.mha`` (uint8
+{0, 1}); cases without a label go to ``imagesTs/``. Voxel values, pixel types of the images and the
+geometry (size, spacing, origin, direction) are kept exactly; labels become uint8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hiennu.datasets.staging import staged_folder
+from hiennu.errors import HiennuError
+from hiennu.io.bonbid_names import bonbid_role
+from hiennu.io.dataset_json import BONBID_CHANNELS, BONBID_LABELS, DatasetJson, save_dataset_json
+from hiennu.io.image import Geometry, image_ending, read_image, write_image
+from hiennu.log import get_logger, progress
+from hiennu.paths import dataset_folder_name, raw_root as default_raw_root
+
+log = get_logger(__name__)
+
+BONBID_REFERENCE = (
+    "R. Bao et al., 'BOston Neonatal Brain Injury Dataset for Hypoxic Ischemic Encephalopathy (BONBID-HIE): "
+    "Part I. MRI and Manual Lesion Annotation', bioRxiv 2023, doi:10.1101/2023.06.30.546841; "
+    "data: Zenodo record 8104103, doi:10.5281/zenodo.8104103")
+BONBID_LICENCE = (
+    "CC BY-NC-ND 4.0 (https://creativecommons.org/licenses/by-nc-nd/4.0/): academic, non-commercial use "
+    "with credit to the BONBID-HIE authors; do not redistribute modified images.")
+
+
+@dataclass
+class BonbidCase:
+    """The source files of one BONBID case; ``label`` is None in unlabelled splits."""
+
+    case_id: str
+    adc: Path | None = None
+    zadc: Path | None = None
+    label: Path | None = None
+
+
+def find_bonbid_cases(src: str | Path) -> list[BonbidCase]:
+    """All cases below ``src``, recognised by their official file names, sorted by case id.
+
+    Raises :class:`HiennuError` when ``src`` holds no BONBID files, when one role of a case appears
+    twice, or when a case lacks its ADC or ZADC map.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise HiennuError(f"{src}: source folder not found; give the folder holding 1ADC_ss/, 2Z_ADC/ (and 3LABEL/)")
+    cases: dict[str, BonbidCase] = {}
+    attr = {"ADC": "adc", "ZADC": "zadc", "label": "label"}
+    for path in sorted(src.rglob("*")):
+        if not path.is_file() or path.name.startswith(".") or image_ending(path) is None:
+            continue
+        role = bonbid_role(path)
+        if role is None:
+            continue
+        kind, case_id = role
+        case = cases.setdefault(case_id, BonbidCase(case_id))
+        previous = getattr(case, attr[kind])
+        if previous is not None:
+            raise HiennuError(f"case {case_id}: two {kind} files, {previous} and {path}; keep one of them")
+        setattr(case, attr[kind], path)
+    if not cases:
+        raise HiennuError(f"{src}: no BONBID files found (expected names like 1ADC_ss/MGHNICU_010-VISIT_01-ADC_ss.mha, "
+                          f"2Z_ADC/Zmap_MGHNICU_010-VISIT_01-ADC_smooth2mm_clipped10.mha, "
+                          f"3LABEL/MGHNICU_010-VISIT_01_lesion.mha)")
+    problems = []
+    for case in cases.values():
+        for kind, folder in (("adc", "1ADC_ss"), ("zadc", "2Z_ADC")):
+            if getattr(case, kind) is None:
+                other = case.adc or case.zadc or case.label
+                problems.append(f"case {case.case_id}: no {kind.upper()} map in {folder}/ (found {other})")
+    if problems:
+        raise HiennuError("incomplete BONBID cases:\n  " + "\n  ".join(problems))
+    return [cases[k] for k in sorted(cases)]
+
+
+def binarize_label(array: np.ndarray, path: Path, mapping: dict[float, int] | None = None) -> np.ndarray:
+    """The label as uint8 {0, 1}.
+
+    Without ``mapping`` every voxel must be 0 or 1 (float 0.0/1.0 allowed). With ``mapping``
+    (source value -> 0 or 1) every value present must be a key. Otherwise raises naming ``path``.
+    """
+    values = np.unique(array)
+    if mapping is None:
+        bad = [v for v in values if v not in (0, 1)]
+        if bad:
+            raise HiennuError(f"{path}: label values must be 0 and 1, found {_fmt_values(bad)}; pass a mapping "
+                              f"(--label-map VALUE:0|1 ..., e.g. --label-map 2:1 3:1) to convert them")
+        return (array == 1).astype(np.uint8)
+    unmapped = [v for v in values if float(v) not in mapping]
+    if unmapped:
+        raise HiennuError(f"{path}: label values {_fmt_values(unmapped)} are not in the label mapping "
+                          f"{mapping}; add them (--label-map VALUE:0|1)")
+    targets = set(mapping.values())
+    if not targets <= {0, 1}:
+        raise HiennuError(f"label mapping {mapping}: targets must be 0 or 1")
+    out = np.zeros(array.shape, dtype=np.uint8)
+    for value in values:
+        if mapping[float(value)] == 1:
+            out[array == value] = 1
+    return out
+
+
+def _fmt_values(values) -> str:
+    shown = ", ".join(f"{float(v):g}" for v in list(values)[:10])
+    return shown + (f" ... ({len(values)} distinct)" if len(values) > 10 else "")
+
+
+def _convert_case(case: BonbidCase, out: Path, label_mapping: dict[float, int] | None) -> None:
+    images_dir = out / ("imagesTr" if case.label is not None else "imagesTs")
+    adc, adc_geo = read_image(case.adc, dtype=None)
+    zadc, zadc_geo = read_image(case.zadc, dtype=None)
+    _same_grid(case, adc_geo, zadc_geo, case.zadc)
+    if case.label is not None:
+        label, label_geo = read_image(case.label, dtype=None)
+        _same_grid(case, adc_geo, label_geo, case.label)
+        write_image(binarize_label(label, case.label, label_mapping), label_geo,
+                    out / "labelsTr" / f"{case.case_id}.mha")
+    write_image(adc, adc_geo, images_dir / f"{case.case_id}_0000.mha")
+    write_image(zadc, zadc_geo, images_dir / f"{case.case_id}_0001.mha")
+
+
+def _same_grid(case: BonbidCase, ref: Geometry, other: Geometry, path: Path) -> None:
+    diffs = ref.differences(other)
+    if diffs:
+        raise HiennuError(f"case {case.case_id}: {path} is not on the grid of its ADC map {case.adc} "
+                          f"({'; '.join(diffs)}); fix or drop this case")
+
+
+def convert_bonbid(src: str | Path, dataset_id: int, name: str = "BONBID", raw_root: str | Path | None = None,
+                   overwrite: bool = False, label_mapping: dict[float, int] | None = None,
+                   allow_unlabeled: bool | None = None) -> Path:
+    """Convert the official BONBID layout at ``src`` into ``raw_root/DatasetNNN_name``; returns that folder.
+
+    label_mapping: source label value -> 0/1, for label files with values other than {0, 1}.
+    allow_unlabeled: cases without a label go to ``imagesTs/``. By default this is allowed only when
+        the source holds no labels at all (a validation or test split); in a labelled split a missing
+        label is an error unless this is True.
+    Nothing is written unless every case converts; an existing dataset is replaced only with ``overwrite``.
+    """
+    cases = find_bonbid_cases(src)
+    labelled = [c for c in cases if c.label is not None]
+    unlabelled = [c for c in cases if c.label is None]
+    if labelled and unlabelled and not allow_unlabeled:
+        listed = ", ".join(c.case_id for c in unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else "")
+        raise HiennuError(f"{src}: {len(unlabelled)} case(s) have no label file in 3LABEL/ ({listed}) while "
+                          f"{len(labelled)} have one; add the missing *_lesion.mha files, or pass "
+                          f"--allow-unlabeled to put those cases in imagesTs/")
+    root = Path(raw_root) if raw_root is not None else default_raw_root()
+    target = root / dataset_folder_name(dataset_id, name)
+    with staged_folder(target, overwrite=overwrite) as out:
+        (out / "imagesTr").mkdir()
+        (out / "labelsTr").mkdir()
+        if unlabelled:
+            (out / "imagesTs").mkdir()
+        for case in progress(cases, desc="converting BONBID cases"):
+            _convert_case(case, out, label_mapping)
+        dj = DatasetJson(
+            name=name, channel_names=list(BONBID_CHANNELS), labels=dict(BONBID_LABELS),
+            num_training=len(labelled), file_ending=".mha",
+            description=f"BONBID-HIE converted by hiennu_convert_bonbid from {Path(src).name}: "
+                        f"{len(labelled)} labelled case(s) in imagesTr, {len(unlabelled)} unlabelled in imagesTs. "
+                        f"ADC in 10^-6 mm^2/s (skull-stripped, background 0); ZADC is a z-score against a "
+                        f"normative atlas clipped to [-10, 10].",
+            reference=BONBID_REFERENCE, licence=BONBID_LICENCE)
+        save_dataset_json(dj, out / "dataset.json")
+    log.info("wrote %s: %d training case(s), %d test case(s)", target, len(labelled), len(unlabelled))
+    return target

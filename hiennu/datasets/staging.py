@@ -1,0 +1,61 @@
+"""Building a raw dataset folder out of sight and moving it into place in one rename.
+
+A dataset is written into a hidden temporary folder beside its final location; only when every
+file is written is the folder renamed onto ``DatasetNNN_Name``. An interrupted run leaves no
+half-written dataset (at most a hidden ``.DatasetNNN_Name.tmp-*`` folder, removed on failure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from hiennu.errors import HiennuError
+from hiennu.log import get_logger
+from hiennu.paths import parse_dataset_folder_name
+
+log = get_logger(__name__)
+
+
+def check_target(target: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing dataset (unless ``overwrite``) or to reuse its number under another name."""
+    if target.exists() and not overwrite:
+        raise HiennuError(f"{target}: dataset already exists; pass --overwrite (overwrite=True) to replace it, "
+                          f"or choose another dataset id")
+    parsed = parse_dataset_folder_name(target.name)
+    if parsed is not None and target.parent.is_dir():
+        clashes = [p.name for p in target.parent.iterdir() if p.is_dir() and p.name != target.name
+                   and (parse_dataset_folder_name(p.name) or (None,))[0] == parsed[0]]
+        if clashes:
+            raise HiennuError(f"{target}: dataset id {parsed[0]:03d} is already used by {', '.join(sorted(clashes))} "
+                              f"in {target.parent}; choose another id (-d) so the number stays unambiguous")
+
+
+@contextlib.contextmanager
+def staged_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it replaces ``target`` (see module docstring)."""
+    target = Path(target)
+    check_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            target.rename(old / target.name)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if old is not None:
+                (old / target.name).rename(target)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("replaced the existing dataset %s", target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
