@@ -1,7 +1,7 @@
 """What every loss shares: input checks, float32 computation outside autocast, batch reduction.
 
 A loss sees logits ``(B, 1, z, y, x)`` (any float dtype) and a binary target of the same shape
-(float, integer or bool with values {0, 1}). It computes one value per sample in float32, with
+(float, integer or bool with values {0, 1}). It computes one value per sample in float32 (float64 for float64 logits), with
 autocast switched off, and reduces over the batch: ``"mean"`` (default), ``"sum"`` or ``"none"``
 (the per-sample values, shape ``(B,)``). There is no state across calls or samples, so the losses
 behave the same under DistributedDataParallel as on one device.
@@ -35,7 +35,7 @@ def reduce_batch(values: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def prepare_inputs(name: str, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check shapes and values; return (logits, target) as float32 on the logits' device."""
+    """Check shapes and values; return (logits, target) in float32 (float64 stays float64)."""
     if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise HiennuError(f"{name}: logits and target must be torch tensors")
     if logits.dim() < 3 or logits.shape[1] != 1:
@@ -46,11 +46,12 @@ def prepare_inputs(name: str, logits: torch.Tensor, target: torch.Tensor) -> tup
                           f"{tuple(logits.shape)}; pass the binary mask as (B, 1, *spatial)")
     if not logits.is_floating_point():
         raise HiennuError(f"{name}: logits must be a floating-point tensor, got {logits.dtype}")
-    target = target.to(device=logits.device, dtype=torch.float32)
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    target = target.to(device=logits.device, dtype=dtype)
     if bool(((target != 0) & (target != 1)).any()):
         raise HiennuError(f"{name}: the target must be binary (values 0 and 1); found other values. "
                           f"Threshold or map the label before computing the loss")
-    return logits.float(), target
+    return logits.to(dtype), target
 
 
 class SegmentationLoss(nn.Module, ABC):
