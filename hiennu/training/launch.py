@@ -1,0 +1,50 @@
+"""Entry point of training: pick the trainer class, then train in one process or in several.
+
+``train(options, trainer)`` runs in this process when ``options.num_gpus`` is 1, joins the group
+when started by ``torchrun``, and otherwise spawns ``num_gpus`` ranks (one per GPU, or gloo
+processes on CPU) that each rebuild the trainer from its name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hiennu.errors import HiennuError
+from hiennu.log import configure
+from hiennu.training.device import best_device_type
+from hiennu.training.distributed import (DistContext, destroy_process_group, init_process_group, spawn,
+                                         torchrun_context)
+from hiennu.training.trainer import TrainingOptions
+from hiennu.training.trainers import get_trainer_class
+
+
+def train(options: TrainingOptions, trainer: str, trainer_module: str | None = None) -> Path:
+    """Train one fold with the named trainer; returns the fold's output folder."""
+    cls = get_trainer_class(trainer, trainer_module)
+    ctx = torchrun_context()
+    if ctx is not None:
+        return _train_rank(cls, options, ctx)
+    if options.num_gpus == 1:
+        return cls(options).run()
+    device_type = (options.device or best_device_type()).lower()
+    if device_type == "mps":
+        raise HiennuError("--num-gpus > 1 is not supported on MPS; use --device cuda or cpu")
+    # Check everything the ranks will need (dataset, plans, split, batch split) before spawning.
+    probe = cls(options, DistContext(0, options.num_gpus, 0))
+    spawn(_worker, options.num_gpus, (trainer, trainer_module, options, device_type))
+    return probe.fold_dir
+
+
+def _worker(rank: int, world_size: int, trainer: str, trainer_module: str | None,
+            options: TrainingOptions, device_type: str) -> None:
+    cls = get_trainer_class(trainer, trainer_module)
+    _train_rank(cls, options, DistContext(rank, world_size, rank), device_type)
+
+
+def _train_rank(cls, options: TrainingOptions, ctx: DistContext, device_type: str | None = None) -> Path:
+    configure(verbose=ctx.is_main, show_progress=ctx.is_main)
+    init_process_group(ctx, device_type or (options.device or best_device_type()))
+    try:
+        return cls(options, ctx).run()
+    finally:
+        destroy_process_group()

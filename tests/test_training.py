@@ -1,0 +1,324 @@
+"""Training loop: the six trainers on a tiny preprocessed dataset, outputs, errors, NaN stop, determinism."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hiennu.errors import HiennuError
+from hiennu.io.atomic import write_json, write_npy
+from hiennu.io.dataset_json import DatasetJson, save_dataset_json
+from hiennu.planning.plans import (AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
+                                   TrainingPlan, save_plans)
+
+DATASET = "Dataset001_Tiny"
+GRID_ZYX = (16, 32, 32)
+
+
+def make_tiny_dataset(preprocessed_root: Path, n_cases: int = 6, dropout: float = 0.1,
+                      deep_supervision: bool = False, augment: bool = True) -> Path:
+    """A preprocessed dataset of ``n_cases`` synthetic 2-channel cases on a 16x32x32 grid.
+
+    Each case holds a bright ellipsoid lesion (in ADC-like channel 0 darker, channel 1 negative),
+    except the last case, which has none. Returns the dataset folder.
+    """
+    root = preprocessed_root / DATASET
+    config = Configuration(
+        name="3d_fullres", target_size_xyz=list(reversed(GRID_ZYX)), grid_policy="forced",
+        normalization=[ChannelNormalization("ADC", "zscore_image"), ChannelNormalization("ZADC", "atlas_zscore")],
+        network=NetworkPlan(features_per_stage=[4, 8, 16, 32], dropout_per_stage=[dropout] * 4,
+                            deep_supervision=deep_supervision),
+        training=TrainingPlan(batch_size=4, num_workers=0),
+        augmentation=AugmentationPlan() if augment else AugmentationPlan(
+            p_noise=0, p_lowres=0, p_blur=0, p_gamma=0, p_elastic=0))
+    save_plans(Plans(dataset_name=DATASET, channel_names=["ADC", "ZADC"],
+                     configurations={"3d_fullres": config}), root / "plans.json")
+    save_dataset_json(DatasetJson(name="Tiny", num_training=n_cases), root / "dataset.json")
+    rng = np.random.default_rng(0)
+    z, y, x = np.meshgrid(*[np.arange(s) for s in GRID_ZYX], indexing="ij")
+    ids = [f"case_{i:03d}" for i in range(n_cases)]
+    for i, case in enumerate(ids):
+        c = rng.uniform([5, 10, 10], [11, 22, 22])
+        r = rng.uniform([2, 3, 3], [4, 7, 7])
+        lesion = (((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2) <= 1
+        if i == n_cases - 1:
+            lesion[:] = False
+        data = rng.normal(0, 0.3, (2,) + GRID_ZYX).astype(np.float32)
+        data[0][lesion] -= 2.0
+        data[1][lesion] -= 3.0
+        write_npy(data, root / "3d_fullres" / f"{case}.npy")
+        write_npy(lesion[None].astype(np.uint8), root / "3d_fullres" / f"{case}_seg.npy")
+        write_json({"case_id": case, "has_lesion": bool(lesion.any()), "lesion_voxels": int(lesion.sum())},
+                   root / "3d_fullres" / f"{case}.json")
+    folds = [ids[k::5] for k in range(5)]
+    write_json([{"train": [c for c in ids if c not in folds[k]], "val": folds[k]} for k in range(5)],
+               root / "splits_final.json")
+    return root
+
+
+def options(**kw):
+    from hiennu.training.trainer import TrainingOptions
+    base = dict(dataset="Tiny", fold=0, epochs=2, device="cpu", num_workers=0, final_validation=False, seed=7)
+    base.update(kw)
+    return TrainingOptions(**base)
+
+
+def fold_dir(results: Path, trainer: str, fold: int | str = 0) -> Path:
+    return results / DATASET / f"{trainer}__hiennuPlans__3d_fullres" / f"fold_{fold}"
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_module(folder: Path, name: str, source: str) -> str:
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return name
+
+
+@pytest.fixture
+def tiny(hiennu_roots):
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
+    return hiennu_roots
+
+
+ALL_TRAINERS = ["TrainerDice", "TrainerDiceFocal", "TrainerTversky", "TrainerHDT", "TrainerDiceFocalHDT",
+                "TrainerTverskyHDT"]
+
+
+@pytest.mark.parametrize("trainer", ALL_TRAINERS)
+def test_each_trainer_trains_two_epochs_and_writes_its_outputs(tiny, trainer):
+    from hiennu.training.launch import train
+    out = train(options(), trainer)
+    assert out == fold_dir(tiny["hiennu_results"], trainer)
+    model_dir = out.parent
+    assert (model_dir / "plans.json").is_file() and (model_dir / "dataset.json").is_file()
+    for name in ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"):
+        state = load(out / name)  # weights_only=True: no pickled objects
+        assert state["trainer_name"] == trainer and state["fold"] == 0
+        assert all(torch.isfinite(v).all() for v in state["network_weights"].values() if v.is_floating_point())
+    final = load(out / "checkpoint_final.pth")
+    assert final["epoch"] == 1 and final["finished"] is True
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["epoch"] == [0, 1]
+    assert all(math.isfinite(v) for v in progress["train_loss"])
+    assert all(0.0 <= d <= 1.0 for d in progress["val_dice"])
+    # learning rate decays by 0.9 per epoch from the plans' 1e-3
+    assert progress["lr"] == pytest.approx([1e-3, 0.9e-3])
+    assert (out / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = (out / "training_log.txt").read_text()
+    assert "epoch 0: train loss" in log and "epoch 1: train loss" in log
+    debug = json.loads((out / "debug.json").read_text())
+    assert debug["seed"] == 7 and debug["device"] == "cpu" and debug["versions"]["torch"] == torch.__version__
+    assert debug["val_cases"] == ["case_000", "case_005"]
+
+
+def test_seeded_cpu_runs_are_identical_and_the_seed_matters(tiny):
+    from hiennu.training.launch import train
+    import shutil
+    a = load(train(options(epochs=1), "TrainerDice") / "checkpoint_final.pth")["network_weights"]
+    shutil.rmtree(fold_dir(tiny["hiennu_results"], "TrainerDice", 0))
+    a2 = load(train(options(epochs=1), "TrainerDice") / "checkpoint_final.pth")["network_weights"]
+    shutil.rmtree(fold_dir(tiny["hiennu_results"], "TrainerDice", 0))
+    c = load(train(options(epochs=1, seed=8), "TrainerDice") / "checkpoint_final.pth")["network_weights"]
+    assert all(torch.equal(a[k], a2[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_trained_fold_is_not_overwritten_and_continue_of_a_finished_run_does_nothing(tiny):
+    from hiennu.training.launch import train
+    out = train(options(epochs=1), "TrainerDice")
+    before = (out / "checkpoint_final.pth").read_bytes()
+    with pytest.raises(HiennuError, match="already holds a training.*--continue"):
+        train(options(epochs=1), "TrainerDice")
+    train(options(epochs=1, resume=True), "TrainerDice")
+    assert (out / "checkpoint_final.pth").read_bytes() == before
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`", "ignore:Data has no positive values")
+def test_early_stopping_after_patience_epochs_without_improvement(tiny, tmp_path):
+    from hiennu.training.launch import train
+    # a model whose validation Dice never changes: lr 0 leaves the weights alone
+    mod = write_module(tmp_path, "frozen_trainers", """
+        import torch
+        from hiennu.training.trainers import TrainerDice
+        class TrainerFrozen(TrainerDice):
+            def build_optimizer(self, params):
+                opt, sched = super().build_optimizer(params)
+                for g in opt.param_groups:
+                    g["lr"] = 0.0
+                    g["weight_decay"] = 0.0
+                return opt, sched
+            def _train_step(self, data, target):
+                self.network.eval()
+                with torch.no_grad():
+                    loss = self.compute_loss(self.network(data), target)
+                self.network.train()
+                return loss
+        """)
+    out = train(options(epochs=10, patience=2, iterations_per_epoch=1), f"{mod}:TrainerFrozen")
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["epoch"] == [0, 1, 2]  # best at epoch 0, no improvement in epochs 1 and 2
+    assert load(out / "checkpoint_best.pth")["epoch"] == 0
+    assert "early stopping" in (out / "training_log.txt").read_text()
+
+
+def test_nan_loss_stops_naming_epoch_and_batch_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+    from hiennu.training.launch import train
+    from hiennu.training.trainer import TrainingDivergedError
+    mod = write_module(tmp_path, "nan_trainers", """
+        import torch
+        from hiennu.losses import DiceLoss
+        from hiennu.training.trainer import Trainer
+        class TrainerNaN(Trainer):
+            def build_loss(self):
+                dice, calls = DiceLoss(), [0]
+                def loss(logits, target):
+                    calls[0] += 1
+                    value = dice(logits, target)
+                    # 2 training batches per epoch + 2 validation cases: call 6 is epoch 1, batch 1
+                    return value * float("nan") if calls[0] == 6 else value
+                return loss
+        """)
+    with pytest.raises(TrainingDivergedError) as err:
+        train(options(epochs=3, iterations_per_epoch=2), f"{mod}:TrainerNaN")
+    out = fold_dir(tiny["hiennu_results"], "TrainerNaN")
+    assert "epoch 1, batch 1" in str(err.value) and str(out) in str(err.value)
+    state = load(out / "checkpoint_latest.pth")
+    assert state["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["network_weights"].values() if v.is_floating_point())
+    assert not (out / "checkpoint_final.pth").exists()
+
+
+def test_unknown_trainer_lists_the_known_ones(tiny):
+    from hiennu.training.trainers import get_trainer_class
+    with pytest.raises(HiennuError) as err:
+        get_trainer_class("TrainerNope")
+    for name in ALL_TRAINERS:
+        assert name in str(err.value)
+    assert "--trainer-module" in str(err.value)
+    with pytest.raises(HiennuError, match="cannot be imported"):
+        get_trainer_class("X", "no_such_module_xyz")
+    with pytest.raises(HiennuError, match="no trainer class 'Nope'.*TrainerDice"):
+        get_trainer_class("hiennu.training.trainers:Nope")
+
+
+def test_user_trainer_in_its_own_module_with_trainer_module_option(tiny, tmp_path):
+    from hiennu.cli.train import main
+    mod = write_module(tmp_path, "my_trainers", """
+        from hiennu.losses import TverskyLoss
+        from hiennu.training.trainer import Trainer
+        class MyTrainer(Trainer):
+            def build_loss(self):
+                return TverskyLoss()
+        """)
+    code = main(["Tiny", "MyTrainer", "0", "--trainer-module", mod, "--epochs", "1", "--device", "cpu",
+                 "--num-workers", "0", "--no-final-validation", "-q"])
+    assert code == 0
+    assert load(fold_dir(tiny["hiennu_results"], "MyTrainer") / "checkpoint_final.pth")["trainer_name"] == "MyTrainer"
+
+
+def test_cli_reports_bad_input_without_writing(tiny, capsys):
+    from hiennu.cli.train import main
+    assert main(["Tiny", "TrainerNope", "0", "-q"]) == 1
+    assert "unknown trainer 'TrainerNope'" in capsys.readouterr().err
+    assert main(["Tiny", "TrainerDice", "7", "--device", "cpu", "-q"]) == 1
+    assert "fold must be 0-4 or 'all'" in capsys.readouterr().err
+    assert main(["Tiny", "TrainerDice", "0", "--device", "cpu", "--num-gpus", "3", "-q"]) == 1
+    assert "cannot be split evenly" in capsys.readouterr().err
+    assert not (tiny["hiennu_results"] / DATASET).exists()
+
+
+def test_missing_split_file_and_missing_cases_name_the_file(tiny):
+    from hiennu.training.trainers import TrainerDice
+    root = tiny["hiennu_preprocessed"] / DATASET
+    (root / "3d_fullres" / "case_001.npy").unlink()
+    with pytest.raises(HiennuError, match=r"3d_fullres: preprocessed files missing for case\(s\) case_001"):
+        TrainerDice(options())
+    (root / "splits_final.json").unlink()
+    with pytest.raises(HiennuError, match="splits_final.json: not found"):
+        TrainerDice(options())
+
+
+def test_deep_supervision_weights_halve_and_targets_are_downsampled(hiennu_roots):
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], deep_supervision=True)
+    from hiennu.training.trainer import Trainer
+
+    class MeanTarget(Trainer):
+        def build_loss(self):
+            return lambda logits, target: target.mean() + 0 * logits.sum()
+
+    trainer = MeanTarget(options())
+    trainer.loss = trainer.build_loss()
+    target = torch.zeros(1, 1, 4, 4, 4)
+    target[..., :2, :2, :2] = 1  # mean 1/8 at full resolution; one voxel of 8 at half
+    target[..., 0, 0, 0] = 0
+    outputs = [torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 2, 2, 2), torch.zeros(1, 1, 1, 1, 1)]
+    # nearest down-sampling picks voxel (0,0,0) of each block: 0 at half and quarter resolution
+    expected = (1.0 * (7 / 64) + 0.5 * 0.0 + 0.25 * 0.0) / 1.75
+    assert float(trainer.compute_loss(outputs, target)) == pytest.approx(expected)
+    target[..., 0, 0, 0] = 1
+    expected = (1.0 * (8 / 64) + 0.5 * (1 / 8) + 0.25 * 1.0) / 1.75
+    assert float(trainer.compute_loss(outputs, target)) == pytest.approx(expected)
+
+
+def test_deep_supervision_network_trains(hiennu_roots):
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], deep_supervision=True)
+    from hiennu.training.launch import train
+    out = train(options(epochs=1), "TrainerDice")
+    assert json.loads((out / "progress.json").read_text())["epoch"] == [0]
+
+
+def test_l1_penalty_is_added_to_the_gradient(tiny):
+    from hiennu.training.trainers import TrainerDice
+    trainer = TrainerDice(options())
+    trainer._setup()
+    trainer.training.grad_clip_norm = 0
+    data = torch.zeros(1, 2, *GRID_ZYX)
+    target = torch.zeros(1, 1, *GRID_ZYX)
+    trainer.optimizer.step = lambda: None  # keep the weights, inspect the gradients
+    trainer.training.l1_lambda = 0.0
+    trainer._train_step(data, target)
+    used = [p for p in trainer.params if p.grad is not None]  # heads of unused scales get no gradient
+    g0 = [p.grad.clone() for p in used]
+    trainer.training.l1_lambda = 1e-4
+    trainer._train_step(data, target)
+    assert len(used) > 20
+    for p, g in zip(used, g0):
+        torch.testing.assert_close(p.grad, g + 1e-4 * torch.sign(p.detach()))
+
+
+def test_rng_state_round_trip_and_global_batchnorm_without_group_is_batchnorm():
+    import random
+    from hiennu.training.checkpoint import capture_rng_state, restore_rng_state
+    from hiennu.training.distributed import GlobalBatchNorm3d
+    state = capture_rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_state(state)
+    second = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
+    bn, gbn = torch.nn.BatchNorm3d(3), GlobalBatchNorm3d(3)
+    x = torch.randn(2, 3, 4, 4, 4)
+    torch.testing.assert_close(bn(x), gbn(x))
+
+
+def test_checkpoint_load_errors_name_the_file(tmp_path):
+    from hiennu.training.checkpoint import load_checkpoint, save_checkpoint
+    with pytest.raises(HiennuError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(HiennuError, match=f"{bad}: cannot be read"):
+        load_checkpoint(bad)
+    save_checkpoint({"network_weights": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "ok.pth")
+    assert load_checkpoint(tmp_path / "ok.pth")["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth", "ok.pth"]  # no temporary left over
