@@ -67,7 +67,8 @@ def neighbourhood_codes(mask: np.ndarray) -> np.ndarray:
     The mask is padded with one background voxel on every side, so the result has shape
     ``mask.shape + 1`` and cube ``(i, j, k)`` has corners at voxels ``i-1..i, j-1..j, k-1..k``.
     """
-    padded = np.pad(mask.astype(np.uint8, copy=False), 1)
+    padded = np.zeros(tuple(s + 2 for s in mask.shape), dtype=np.uint8)
+    padded[1:-1, 1:-1, 1:-1] = mask
     out_shape = tuple(s + 1 for s in mask.shape)
     codes = np.zeros(out_shape, dtype=np.uint8)
     for dz in (0, 1):
@@ -106,18 +107,26 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def _nearest_distances(from_pts: np.ndarray, to_pts: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Distance in mm from each point of ``from_pts`` (N, 3 voxel indices) to the nearest of ``to_pts``."""
+def _nearest_distances(from_pts: np.ndarray, to_pts: np.ndarray, to_border: np.ndarray,
+                       spacing: np.ndarray) -> np.ndarray:
+    """Distance in mm from each point of ``from_pts`` (N, 3 cube indices) to the nearest of ``to_pts``.
+
+    ``to_border`` is ``to_pts`` as a dense bool grid: points on it are at distance 0 without a search.
+    """
+    distances = np.zeros(len(from_pts))
     if len(to_pts) == 0:
-        return np.full(len(from_pts), np.inf)
-    if len(from_pts) == 0:
-        return np.zeros(0)
-    tree = cKDTree(to_pts * spacing)
-    _, nearest = tree.query(from_pts * spacing, k=1)
+        distances[:] = np.inf
+        return distances
+    away = ~to_border[tuple(from_pts.T)]
+    if not away.any():
+        return distances
+    search = from_pts[away]
+    _, nearest = cKDTree(to_pts * spacing).query(search * spacing, k=1)
     # recompute from integer offsets, in the same order of operations as scipy's exact EDT
-    delta = (to_pts[nearest] - from_pts).astype(np.float64) * spacing
+    delta = (to_pts[nearest] - search).astype(np.float64) * spacing
     delta *= delta
-    return np.sqrt(delta[:, 0] + delta[:, 1] + delta[:, 2])
+    distances[away] = np.sqrt(delta[:, 0] + delta[:, 1] + delta[:, 2])
+    return distances
 
 
 def surface_distances(ref: np.ndarray, pred: np.ndarray, spacing_zyx) -> SurfaceDistances:
@@ -135,15 +144,16 @@ def surface_distances(ref: np.ndarray, pred: np.ndarray, spacing_zyx) -> Surface
     if box is None:
         return SurfaceDistances(empty, empty, empty, empty)
     areas = surfel_area_table(tuple(float(s) for s in spacing))
-    points, surfel_areas = [], []
+    borders, points, surfel_areas = [], [], []
     for mask in (ref, pred):
         codes = neighbourhood_codes(mask[box])
         border = (codes != 0) & (codes != 255)
+        borders.append(border)
         points.append(np.argwhere(border))
         surfel_areas.append(areas[codes[border]])
     return SurfaceDistances(
-        ref_to_pred=_nearest_distances(points[0], points[1], spacing),
-        pred_to_ref=_nearest_distances(points[1], points[0], spacing),
+        ref_to_pred=_nearest_distances(points[0], points[1], borders[1], spacing),
+        pred_to_ref=_nearest_distances(points[1], points[0], borders[0], spacing),
         ref_areas=surfel_areas[0], pred_areas=surfel_areas[1])
 
 
