@@ -1,0 +1,64 @@
+"""Running one function over many cases in worker processes, with a progress bar.
+
+Workers come from a ``forkserver``: the parent may already have run multi-threaded torch/OpenMP
+code, after which a plain ``fork`` can hang, while ``spawn`` would re-import torch in every worker
+of every pool. The fork server imports the case workers' modules once (:data:`PRELOAD`) and
+forks clean workers from itself. Each worker limits torch to one thread so ``num_processes``
+workers use ``num_processes`` cores.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Sequence
+
+from hiennu.log import progress
+
+PRELOAD = ["hiennu.preprocessing.preprocessor", "hiennu.planning.fingerprint", "hiennu.planning.roundtrip"]
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def start_workers_early(num_processes: int) -> None:
+    """Start the fork server now (it imports :data:`PRELOAD` in the background) when workers will be used."""
+    if num_processes > 1:
+        from multiprocessing import forkserver
+
+        _context()
+        forkserver.ensure_running()
+
+
+def parallel_map(func: Callable[..., Any], jobs: Sequence[tuple], num_processes: int, desc: str = "") -> list[Any]:
+    """``[func(*job) for job in jobs]`` in order; in-process when ``num_processes <= 1`` or one job.
+
+    ``func`` must be a module-level function (it is sent to the workers by name). An exception in
+    a job is raised here, after the remaining jobs are cancelled.
+    """
+    results: list[Any] = [None] * len(jobs)
+    if num_processes <= 1 or len(jobs) <= 1:
+        for i, job in enumerate(progress(jobs, desc=desc)):
+            results[i] = func(*job)
+        return results
+    ctx = _context()
+    with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)), mp_context=ctx,
+                             initializer=_init_worker) as pool:
+        futures = {pool.submit(func, *job): i for i, job in enumerate(jobs)}
+        try:
+            for future in progress(as_completed(futures), total=len(futures), desc=desc):
+                results[futures[future]] = future.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return results

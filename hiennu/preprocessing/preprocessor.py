@@ -1,0 +1,146 @@
+"""Preprocessing: native case -> normalized 2-channel array on the plans' grid (+ mask and properties).
+
+:func:`preprocess_case` is the in-memory step shared with inference. :func:`preprocess_dataset`
+runs it over a raw dataset's training cases and writes, per configuration folder::
+
+    CASE.npy      float32 (C, z, y, x), normalized, on the grid (memory-mappable)
+    CASE_seg.npy  uint8 (1, z, y, x) {0, 1}, on the grid
+    CASE.json     properties: native geometry, sources, lesion size, source_signature
+
+Each file is written atomically; ``CASE.json`` is written last, so a case is complete exactly when
+its properties exist with the current signature. Re-running skips such cases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hiennu.errors import HiennuError
+from hiennu.io.atomic import read_json, write_json, write_npy
+from hiennu.io.cases import CaseFiles
+from hiennu.io.image import read_image
+from hiennu.log import get_logger
+from hiennu.planning.plans import Configuration
+from hiennu.preprocessing.normalization import normalize_channel
+from hiennu.preprocessing.parallel import parallel_map
+from hiennu.preprocessing.resampling import resample_image_to_grid, resample_label_to_grid
+
+log = get_logger(__name__)
+
+PREPROCESSING_VERSION = 1
+
+
+def brain_mask_on_grid(adc: np.ndarray, size_zyx) -> np.ndarray:
+    """Brain (ADC != 0) of a native ``(z, y, x)`` ADC map, resampled to the grid (linear, >= 0.5)."""
+    return resample_image_to_grid((np.asarray(adc) != 0).astype(np.float32), size_zyx) >= 0.5
+
+
+def preprocess_case(images: list[np.ndarray], config: Configuration,
+                    label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resample, normalize and stack one case.
+
+    images: one native ``(z, y, x)`` array per channel (channel 0 is ADC: its non-zero voxels are
+    the brain). label: native ``(z, y, x)`` mask or None.
+    Returns data ``(C, z, y, x)`` float32 on ``config.target_size_zyx`` and seg ``(1, z, y, x)``
+    uint8 (None without a label).
+    """
+    if len(images) != len(config.normalization):
+        raise ValueError(f"configuration {config.name} normalizes {len(config.normalization)} channel(s), "
+                         f"got {len(images)} image(s)")
+    shapes = {tuple(np.shape(a)) for a in images}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise ValueError(f"channels must be (z, y, x) arrays of one shape, got {sorted(shapes)}")
+    if label is not None and tuple(np.shape(label)) != next(iter(shapes)):
+        raise ValueError(f"label shape {np.shape(label)} differs from image shape {next(iter(shapes))}")
+    if config.image_interpolation != "linear":
+        raise HiennuError(f"plans: configuration {config.name}: image_interpolation "
+                          f"{config.image_interpolation!r} is not supported; use 'linear'")
+    size = config.target_size_zyx
+    stacked = np.stack([np.asarray(a, np.float32) for a in images])
+    grid = resample_image_to_grid(stacked, size)
+    brain = brain_mask_on_grid(images[0], size)
+    data = np.stack([normalize_channel(grid[c], brain, norm) for c, norm in enumerate(config.normalization)])
+    seg = None
+    if label is not None:
+        seg = resample_label_to_grid(np.asarray(label) > 0, size, config.label_interpolation)[None]
+    return data.astype(np.float32, copy=False), seg
+
+
+def configuration_hash(config: Configuration) -> str:
+    """Hash of everything in ``config`` that changes the preprocessed arrays."""
+    relevant = {"version": PREPROCESSING_VERSION, "target_size_xyz": list(config.target_size_xyz),
+                "normalization": [vars(n) for n in config.normalization],
+                "image_interpolation": config.image_interpolation,
+                "label_interpolation": config.label_interpolation}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def source_signature(case: CaseFiles, config: Configuration) -> dict:
+    """Sizes and modification times of the case's files plus :func:`configuration_hash`."""
+    files = [p for p in case.image_files] + ([case.label_file] if case.label_file else [])
+    entries = []
+    for p in files:
+        st = os.stat(p)
+        entries.append([Path(p).name, st.st_size, st.st_mtime_ns])
+    return {"files": entries, "configuration": configuration_hash(config)}
+
+
+def _is_up_to_date(out_dir: Path, case: CaseFiles, signature: dict) -> bool:
+    props = out_dir / f"{case.case_id}.json"
+    if not props.is_file() or not (out_dir / f"{case.case_id}.npy").is_file():
+        return False
+    if case.label_file is not None and not (out_dir / f"{case.case_id}_seg.npy").is_file():
+        return False
+    try:
+        return read_json(props).get("source_signature") == signature
+    except ValueError:
+        return False
+
+
+def preprocess_case_files(case: CaseFiles, config: Configuration, out_dir: str | os.PathLike) -> bool:
+    """Preprocess one case's files into ``out_dir``; returns False when it was already up to date."""
+    out = Path(out_dir)
+    signature = source_signature(case, config)
+    if _is_up_to_date(out, case, signature):
+        return False
+    images, geometry = [], None
+    for path in case.image_files:
+        array, geo = read_image(path)
+        images.append(array)
+        geometry = geometry or geo
+    label = None
+    if case.label_file is not None:
+        label, _ = read_image(case.label_file, dtype=np.uint8)
+    data, seg = preprocess_case(images, config, label)
+    brain_voxels = int(np.count_nonzero(images[0]))
+    lesion_voxels = int(np.count_nonzero(label)) if label is not None else 0
+    write_npy(data, out / f"{case.case_id}.npy")
+    if seg is not None:
+        write_npy(seg, out / f"{case.case_id}_seg.npy")
+    props = {"case_id": case.case_id, "geometry": geometry.to_dict(),
+             "image_files": [str(p) for p in case.image_files],
+             "label_file": str(case.label_file) if case.label_file else None,
+             "brain_voxels": brain_voxels, "lesion_voxels": lesion_voxels,
+             "lesion_fraction": lesion_voxels / brain_voxels if brain_voxels else 0.0,
+             "has_lesion": lesion_voxels > 0, "source_signature": signature}
+    write_json(props, out / f"{case.case_id}.json")
+    return True
+
+
+def preprocess_dataset(cases: list[CaseFiles], config: Configuration, out_dir: str | os.PathLike,
+                       num_processes: int = 2) -> tuple[int, int]:
+    """Preprocess ``cases`` with ``config`` into ``out_dir``; returns (written, skipped as up to date)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = parallel_map(preprocess_case_files, [(c, config, out) for c in cases], num_processes,
+                        desc=f"preprocess {config.name}")
+    written = sum(bool(d) for d in done)
+    log.info("preprocessed %s: %d case(s) written, %d up to date, in %s", config.name, written,
+             len(done) - written, out)
+    return written, len(done) - written
+
