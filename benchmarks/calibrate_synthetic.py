@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hiennu.datasets.bonbid import find_bonbid_cases
-from hiennu.datasets.synthetic import PRESETS, case_ids, generate_case
+from hiennu.datasets.synthetic import PRESETS, case_ids, generate_case, lesion_category
 from hiennu.io.image import read_image
 
 DEFAULT_REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "BONBID2023_Train_dev"
@@ -60,7 +60,7 @@ def synthetic_stats(preset: str, num_cases: int, seed: int) -> list[dict[str, fl
     spec = PRESETS[preset]
     out = []
     for index, cid in enumerate(case_ids(num_cases)):
-        case = generate_case(cid, np.random.default_rng([seed, index]), spec)
+        case = generate_case(cid, np.random.default_rng([seed, index]), spec, lesion_category(seed, index))
         out.append(case_stats(case.adc, case.zadc, case.label))
     return out
 

@@ -53,7 +53,7 @@ DEFAULT_SYNTHETIC_NAME = "SYNTHETIC"
 
 # Population mean ADC per tissue (10^-6 mm^2/s) of a term neonate.
 BACKGROUND, WHITE, CORTEX, DEEP_GREY, VENTRICLE, EXTRA_CSF, TRACT = range(7)
-TISSUE_ADC = np.array([0.0, 1380.0, 1150.0, 1050.0, 3200.0, 3000.0, 1380.0], dtype=np.float32)
+TISSUE_ADC = np.array([0.0, 1330.0, 1150.0, 1050.0, 3000.0, 2600.0, 1330.0], dtype=np.float32)
 # Residual misregistration of the normative atlas (mm), widening its standard deviation at edges.
 REGISTRATION_ERROR_MM = 2.0
 # Between-subject standard deviation of the normative model: relative in tissue, absolute (10^-6 mm^2/s) in CSF.
@@ -148,8 +148,8 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
     axes = (rng.uniform(39, 46), rng.uniform(48, 57), rng.uniform(36, 44))
     centre = tuple(rng.normal(0.0, 4.0, size=3))
     tract = float(rng.uniform(0.62, 0.85)) if rng.random() < 0.5 else None
-    return Anatomy(axes, centre, float(rng.uniform(2.5, 4.0)), float(rng.uniform(1.5, 3.5)),
-                   float(rng.uniform(0.6, 1.8)), float(rng.uniform(0.85, 1.15)), tract)
+    return Anatomy(axes, centre, float(rng.uniform(2.5, 4.0)), float(rng.uniform(0.8, 2.0)),
+                   float(rng.uniform(0.6, 1.4)), float(rng.uniform(0.85, 1.15)), tract)
 
 
 def _ellipsoid(x, y, z, centre, radii) -> np.ndarray:
@@ -288,7 +288,7 @@ def generate_case(case_id: str, rng: np.random.Generator, preset: SyntheticPrese
     rim = brain & ~ndimage.binary_erosion(brain)
     damp = rim & (rng.random(shape) < 0.05)
     adc[damp] *= rng.uniform(0.2, 1.0, size=int(damp.sum()))
-    negative = rim & (rng.random(shape) < 0.004)
+    negative = rim & (rng.random(shape) < 0.0015)
     adc[negative] = -rng.uniform(1.0, 400.0, size=int(negative.sum()))
     adc = np.where(brain, adc, 0.0).astype(np.float32)
     adc[brain & (np.abs(adc) < 1.0)] = 1.0
