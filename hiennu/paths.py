@@ -10,9 +10,11 @@ name (``BONBID``), the full folder name (``Dataset001_BONBID``) or the number (`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
 from hiennu.errors import DatasetNotFoundError
 
@@ -111,3 +113,25 @@ def results_dataset_dir(identifier: str | int) -> Path:
 def model_dir_name(trainer: str, plans: str, configuration: str) -> str:
     """``TRAINER__PLANS__CONFIG``, the nnU-Net naming of a model folder."""
     return f"{trainer}__{plans}__{configuration}"
+
+
+@contextlib.contextmanager
+def use_roots(raw: str | os.PathLike, preprocessed: str | os.PathLike,
+              results: str | os.PathLike) -> Iterator[None]:
+    """Point the three roots at the given folders for the duration of a ``with`` block.
+
+    Sets the environment variables (so worker processes started inside the block inherit them)
+    and restores the previous values afterwards.
+    """
+    saved = {env: os.environ.get(env) for env in (RAW_ENV, PREPROCESSED_ENV, RESULTS_ENV)}
+    for env, value in ((RAW_ENV, raw), (PREPROCESSED_ENV, preprocessed), (RESULTS_ENV, results)):
+        Path(value).mkdir(parents=True, exist_ok=True)
+        os.environ[env] = str(Path(value).resolve())
+    try:
+        yield
+    finally:
+        for env, value in saved.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value

@@ -1,0 +1,234 @@
+"""The loss study: which loss segments HIE lesions best, answered with cross-validation.
+
+For each trainer (one loss each) and each fold it trains the model (or reuses a finished one),
+predicts the fold's validation cases in their native geometry, and scores them with the challenge
+metrics. The same cases are scored for two simple rules, ZADC < -2 and ZADC < -2 with components
+under 10 voxels removed, so every table says how far above them each loss is.
+
+Writes ``loss_study/`` (default: ``$hiennu_results/DatasetNNN_Name/loss_study_CONFIG/``) with:
+``report.md`` (everything below in one page), ``table.md``/``table.csv`` (mean ± std over cases per
+method, epochs to stop), ``bands.md``/``bands.csv`` (the same per lesion volume band),
+``wilcoxon.md``/``wilcoxon.csv`` (paired tests of each trainer against the reference trainer),
+``per_case.csv``, ``progress.png`` (training curves side by side) and ``slices.png`` (the same axial
+slices of a few cases: ADC with the ground truth and each method's mask as contours).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hiennu.errors import HiennuError
+from hiennu.evaluation import report
+from hiennu.evaluation.evaluate import evaluate_folders, write_per_case_csv
+from hiennu.inference.baseline import ZadcThresholdBaseline
+from hiennu.io.atomic import read_json, write_text
+from hiennu.io.dataset_json import load_dataset_json
+from hiennu.io.image import read_image
+from hiennu.log import get_logger
+from hiennu.paths import raw_root, resolve_dataset, results_root
+from hiennu.training import checkpoint as ckpt
+from hiennu.training.trainer import TrainingOptions
+from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
+
+log = get_logger(__name__)
+
+STUDY_TRAINERS = tuple(BUILTIN_TRAINERS)
+RULE_ZADC = "rule: ZADC < -2"
+RULE_ZADC_CC = "rule: ZADC < -2, components < 10 vox removed"
+RULES = {RULE_ZADC: 0, RULE_ZADC_CC: 10}
+
+
+@dataclass
+class LossStudyOptions:
+    """What to study. Training overrides (epochs, patience, ...) default to the plans' values.
+
+    trainers: trainer class names (``module:Class`` for your own). folds: fold numbers 0-4.
+    reference: the trainer the Wilcoxon tests compare against. figure_cases: rows of slices.png.
+    output_dir: where the study is written (default under the dataset's results folder).
+    """
+
+    dataset: str
+    trainers: Sequence[str] = STUDY_TRAINERS
+    folds: Sequence[int] = (0, 1, 2, 3, 4)
+    configuration: str | None = None
+    epochs: int | None = None
+    patience: int | None = None
+    iterations_per_epoch: int | None = None
+    batch_size: int | None = None
+    num_workers: int | None = None
+    device: str | None = None
+    seed: int = 12345
+    reference: str = "TrainerDice"
+    figure_cases: int = 4
+    num_processes: int = 2
+    output_dir: Path | None = None
+
+
+@dataclass
+class FoldRun:
+    """One trained fold of one trainer: where it lives and what it validated on."""
+
+    trainer: str
+    fold: int
+    fold_dir: Path
+    val_cases: list[str]
+    epochs_trained: int
+    curves: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class LossStudyResult:
+    output_dir: Path
+    rows: list[dict]
+    per_case: dict[str, list[dict]]
+    wall_seconds: float
+
+
+def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
+    """Train/reuse every (trainer, fold), score validation predictions and the two rules, write the report."""
+    start = time.perf_counter()
+    if not opts.trainers:
+        raise HiennuError("the loss study needs at least one trainer")
+    dataset = resolve_dataset(opts.dataset)
+    raw_dir = raw_root() / dataset
+    if not (raw_dir / "labelsTr").is_dir():
+        raise HiennuError(f"{raw_dir}: raw dataset with labelsTr/ not found; the study scores validation "
+                          f"predictions against the raw labels (hiennu_convert_bonbid / hiennu_make_synthetic)")
+    runs = {name: [train_fold(name, fold, dataset, opts) for fold in opts.folds] for name in opts.trainers}
+    config_name = runs[opts.trainers[0]][0].fold_dir.parent.name.split("__")[-1]
+    out = opts.output_dir or results_root() / dataset / f"loss_study_{config_name}"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    per_case: dict[str, list[dict]] = {}
+    case_fold: dict[str, int] = {}
+    for name, fold_runs in runs.items():
+        per_case[name] = []
+        for run in fold_runs:
+            summary = evaluate_folders(raw_dir / "labelsTr", run.fold_dir / "validation", images_dir=raw_dir / "imagesTr",
+                                       num_processes=opts.num_processes, case_ids=run.val_cases)
+            for row in summary["per_case"]:
+                per_case[name].append({**row, "fold": run.fold})
+                case_fold[row["case_id"]] = run.fold
+    cases = sorted(case_fold)
+    channel_names = load_dataset_json(raw_dir).channel_names
+    for rule, min_voxels in RULES.items():
+        pred_dir = out / "rules" / _slug(rule)
+        ZadcThresholdBaseline(min_component_voxels=min_voxels, channel_names=channel_names).predict_folder(
+            raw_dir / "imagesTr", pred_dir, continue_prediction=True)
+        summary = evaluate_folders(raw_dir / "labelsTr", pred_dir, images_dir=raw_dir / "imagesTr",
+                                   num_processes=opts.num_processes, case_ids=cases)
+        per_case[rule] = [{**row, "fold": case_fold[row["case_id"]]} for row in summary["per_case"]]
+
+    extra = {name: {"epochs": [r.epochs_trained for r in fold_runs]} for name, fold_runs in runs.items()}
+    title = f"Loss study on {dataset} ({config_name}), folds {', '.join(map(str, opts.folds))}"
+    rows = report.write_method_table(per_case, out / "table.md", out / "table.csv", extra=extra, title=title)
+    report.write_band_tables(per_case, out / "bands.md", out / "bands.csv", title=f"{title}: by lesion volume band")
+    reference = opts.reference if opts.reference in runs else opts.trainers[0]
+    tests = report.wilcoxon_vs_reference({m: per_case[m] for m in runs}, reference) if len(runs) > 1 else []
+    report.write_wilcoxon_table(tests, out / "wilcoxon.md", out / "wilcoxon.csv",
+                                title=f"Paired Wilcoxon signed-rank tests against {reference}")
+    write_per_case_csv([{"method": m, **r} for m, rs in per_case.items() for r in rs], out / "per_case.csv")
+    report.plot_progress_curves({name: fold_runs[0].curves for name, fold_runs in runs.items()},
+                                out / "progress.png", title=f"training curves, fold {opts.folds[0]}")
+    _slice_figure(raw_dir, runs, per_case, case_fold, opts.figure_cases, out / "slices.png", title)
+    wall = time.perf_counter() - start
+    _write_report(out, title, rows, per_case, tests, reference, wall)
+    log.info("loss study written to %s (report.md, tables, progress.png, slices.png)", out)
+    return LossStudyResult(out, rows, per_case, wall)
+
+
+def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOptions) -> FoldRun:
+    """Train one fold unless a finished run with validation predictions exists; return what the study needs."""
+    cls = get_trainer_class(trainer_name)
+    probe = cls(_training_options(dataset, fold, opts, resume=False))
+    fold_dir = probe.fold_dir
+    finished = (fold_dir / ckpt.FINAL).is_file() and (fold_dir / "validation" / "summary.json").is_file()
+    if finished:
+        log.info("%s fold %d: finished run found in %s, reused", trainer_name, fold, fold_dir)
+    else:
+        resume = (fold_dir / ckpt.LATEST).is_file()
+        log.info("%s fold %d: %s", trainer_name, fold, "resuming" if resume else "training")
+        cls(_training_options(dataset, fold, opts, resume=resume)).run()
+        if not (fold_dir / "validation" / "summary.json").is_file():
+            raise HiennuError(f"{trainer_name} fold {fold}: training ended without validation predictions in "
+                              f"{fold_dir / 'validation'}; see {fold_dir / 'training_log.txt'}")
+    prog = read_json(fold_dir / "progress.json") if (fold_dir / "progress.json").is_file() else {}
+    curves = {k: [math.nan if v is None else float(v) for v in prog.get(k, [])]
+              for k in ("train_loss", "val_loss", "val_dice")}
+    return FoldRun(trainer_name, fold, fold_dir, list(probe.val_cases), len(prog.get("epoch", [])), curves)
+
+
+def _training_options(dataset: str, fold: int, opts: LossStudyOptions, resume: bool) -> TrainingOptions:
+    return TrainingOptions(dataset=dataset, configuration=opts.configuration, fold=fold, epochs=opts.epochs,
+                           patience=opts.patience, batch_size=opts.batch_size,
+                           iterations_per_epoch=opts.iterations_per_epoch, num_workers=opts.num_workers,
+                           device=opts.device, seed=opts.seed, resume=resume)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_").lower()
+
+
+def figure_cases(per_case_rows: list[dict], count: int) -> list[str]:
+    """Up to ``count`` cases spread over the range of lesion sizes (smallest to largest non-empty)."""
+    with_lesion = sorted((r for r in per_case_rows if (r.get("ref_voxels") or 0) > 0),
+                         key=lambda r: r.get("ref_voxels") or 0)
+    if not with_lesion or count < 1:
+        return []
+    picks = np.unique(np.linspace(0, len(with_lesion) - 1, min(count, len(with_lesion))).round().astype(int))
+    return [with_lesion[i]["case_id"] for i in picks]
+
+
+def _slice_figure(raw_dir: Path, runs: dict[str, list[FoldRun]], per_case: dict[str, list[dict]],
+                  case_fold: dict[str, int], count: int, path: Path, title: str) -> None:
+    first = next(iter(per_case.values()))
+    chosen = figure_cases(first, count)
+    if not chosen:
+        log.info("no validation case has a lesion: slices.png not drawn")
+        return
+    ending = load_dataset_json(raw_dir).file_ending
+    adc, reference, spacing = {}, {}, {}
+    predictions: dict[str, dict[str, np.ndarray]] = {}
+    for case in chosen:
+        adc[case], geometry = read_image(raw_dir / "imagesTr" / f"{case}_0000{ending}")
+        reference[case], _ = read_image(raw_dir / "labelsTr" / f"{case}{ending}", dtype=np.uint8)
+        spacing[case] = geometry.spacing_zyx
+        for name, fold_runs in runs.items():
+            run = next(r for r in fold_runs if r.fold == case_fold[case])
+            predictions.setdefault(name, {})[case], _ = read_image(run.fold_dir / "validation" / f"{case}{ending}",
+                                                                   dtype=np.uint8)
+    report.plot_slices(adc, reference, predictions, path, spacing_zyx=spacing, title=title)
+
+
+def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, list[dict]], tests: list[dict],
+                  reference: str, wall_seconds: float) -> None:
+    by_method = {r["method"]: r for r in rows}
+    lines = [f"# {title}", "",
+             f"Wall time of the study (training, prediction, scoring): {wall_seconds / 60:.1f} min.",
+             "Scores are per case in native geometry (Dice, MASD in mm, NSD at 2 mm), mean ± std over the "
+             "validation cases of the folds; MASD is undefined (left out) when exactly one mask is empty.", "",
+             (out / "table.md").read_text().split("\n", 2)[-1].strip(), "",
+             "## Above the simple rules", "",
+             "| method | ΔDice vs ZADC<-2 | ΔDice vs best rule | ΔMASD (mm) vs best rule | ΔNSD vs best rule |",
+             "|---|---|---|---|---|"]
+    best_rule = max(RULES, key=lambda r: by_method[r]["dice_mean"])
+    for method, row in by_method.items():
+        if method in RULES:
+            continue
+        lines.append(f"| {method} | {row['dice_mean'] - by_method[RULE_ZADC]['dice_mean']:+.3f} | "
+                     f"{row['dice_mean'] - by_method[best_rule]['dice_mean']:+.3f} | "
+                     f"{row['masd_mean'] - by_method[best_rule]['masd_mean']:+.2f} | "
+                     f"{row['nsd_mean'] - by_method[best_rule]['nsd_mean']:+.3f} |")
+    lines += ["", f"Best rule by Dice: {best_rule}. Negative ΔMASD is better.", "",
+              "## By lesion volume band", "", (out / "bands.md").read_text().split("\n", 1)[-1].strip(), "",
+              f"## Paired Wilcoxon signed-rank tests against {reference}", "",
+              (out / "wilcoxon.md").read_text().split("\n", 2)[-1].strip() if tests else "(one trainer only)", "",
+              "## Figures", "", "![training curves](progress.png)", "", "![slices](slices.png)", ""]
+    write_text("\n".join(lines), out / "report.md")
