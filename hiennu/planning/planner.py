@@ -22,7 +22,7 @@ from hiennu import __version__
 from hiennu.errors import HiennuError
 from hiennu.log import get_logger
 from hiennu.planning.fingerprint import DatasetFingerprint
-from hiennu.planning.grid import lossless_grid, memory_grid, paper_grid
+from hiennu.planning.grid import grid_unit, lossless_grid, memory_grid, paper_grid
 from hiennu.planning.memory import estimate_training_memory
 from hiennu.planning.plans import (DEFAULT_CONFIGURATION, PAPER_CONFIGURATION, ChannelNormalization,
                                    Configuration, NetworkPlan, Plans, TrainingPlan)
@@ -73,9 +73,10 @@ def plan_experiment(fp: DatasetFingerprint, grid_policy: str = "memory",
     network = NetworkPlan(in_channels=len(channels))
     training = TrainingPlan()
     factor = network.downsampling_factor_zyx
+    unit = grid_unit(network)
     sizes = fp.sizes_zyx
-    paper = paper_grid(sizes, factor)
-    lossless = lossless_grid(sizes, factor)
+    paper = paper_grid(sizes, unit)
+    lossless = lossless_grid(sizes, unit)
     forced = None
     if target_size_xyz is not None:
         forced = tuple(int(v) for v in reversed(tuple(target_size_xyz)))
@@ -89,7 +90,7 @@ def plan_experiment(fp: DatasetFingerprint, grid_policy: str = "memory",
     paper_grid_zyx = forced or paper
     paper_notes = [f"grid {_xyz(paper_grid_zyx)} (x y z): " + (
         "forced by --target-size" if forced else
-        f"mean size over {len(sizes)} cases rounded to multiples of {list(reversed(factor))} (paper rule)"),
+        f"mean size over {len(sizes)} cases rounded to multiples of {list(reversed(unit))} (paper rule)"),
         "normalization zscore_image for every channel (paper)", "labels nearest neighbour (paper)"]
     paper_cfg = Configuration(
         name=PAPER_CONFIGURATION, target_size_xyz=_xyz(paper_grid_zyx),

@@ -1,0 +1,179 @@
+"""Planner: grid policies, memory estimate, normalization choice, fingerprint, splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hiennu.errors import HiennuError
+from hiennu.io.cases import CaseFiles
+from hiennu.io.image import Geometry, write_image
+from hiennu.networks.unet import build_network
+from hiennu.planning.fingerprint import (CaseFingerprint, DatasetFingerprint, IntensityStats, compute_fingerprint,
+                                        load_fingerprint, save_fingerprint)
+from hiennu.planning.grid import lossless_grid, memory_grid, paper_grid
+from hiennu.planning.memory import (count_parameters, estimate_training_memory, measure_saved_activation_bytes,
+                                    saved_activation_bytes)
+from hiennu.planning.planner import choose_normalization, plan_experiment
+from hiennu.planning.plans import NetworkPlan, Plans, load_plans, save_plans
+from hiennu.planning.roundtrip import label_roundtrip_dice
+from hiennu.planning.splits import lesion_band, make_splits, write_splits_if_absent
+
+# sizes (x, y, z) of the 37 BONBID dev cases, grouped
+BONBID_SIZES_XYZ = ([(128, 128, 23)] * 3 + [(128, 128, 54), (128, 128, 52), (128, 128, 50), (128, 128, 54),
+                    (128, 128, 54), (128, 128, 60), (128, 128, 57), (128, 128, 59), (128, 128, 50), (128, 128, 52),
+                    (128, 128, 50), (128, 128, 50), (128, 128, 53), (128, 128, 52), (128, 128, 52)]
+                   + [(160, 160, z) for z in (18, 17, 16, 24, 21, 17, 28, 16, 28, 20, 18, 25, 19, 20, 20, 17,
+                                              22, 17, 28)])
+
+
+def _zyx(sizes_xyz):
+    return [tuple(reversed(s)) for s in sizes_xyz]
+
+
+def test_paper_grid_of_the_bonbid_sizes_is_144_144_32():
+    assert len(BONBID_SIZES_XYZ) == 37
+    assert paper_grid(_zyx(BONBID_SIZES_XYZ), (16, 16, 16)) == (32, 144, 144)
+
+
+def test_paper_grid_rounds_to_nearest_and_never_below_factor():
+    assert paper_grid([(5, 40, 23), (5, 40, 22)], (16, 16, 16)) == (16, 48, 16)
+    assert paper_grid([(60, 200, 200)], (16, 16, 16)) == (64, 208, 208)
+
+
+def test_lossless_grid_covers_every_case():
+    assert lossless_grid(_zyx(BONBID_SIZES_XYZ), (16, 16, 16)) == (64, 160, 160)
+    assert lossless_grid([(17, 16, 1)], (16, 16, 16)) == (32, 16, 16)
+
+
+@pytest.mark.parametrize("plan", [NetworkPlan(),
+                                  NetworkPlan(features_per_stage=[8, 16, 32], dropout_per_stage=[0.0, 0.1, 0.2],
+                                              pool_kernel_sizes=[[1, 2, 2], [2, 2, 2]])])
+def test_memory_formula_matches_measured_saved_tensors(plan):
+    assert count_parameters(plan) == sum(p.numel() for p in build_network(plan).parameters())
+    size = (16, 32, 48)
+    formula = saved_activation_bytes(plan, size, batch_size=2, activation_bytes=4)
+    measured = measure_saved_activation_bytes(plan, size, batch_size=2)
+    assert abs(formula - measured) / measured < 0.01
+
+
+def test_memory_policy_picks_the_lossless_grid_on_16_gb():
+    grid, est = memory_grid(_zyx(BONBID_SIZES_XYZ), NetworkPlan(), 4, 16)
+    assert grid == (64, 160, 160) and est.total_gib <= 16
+
+
+def test_memory_policy_shrinks_to_the_largest_fitting_grid():
+    sizes, net = _zyx(BONBID_SIZES_XYZ), NetworkPlan()
+    grid, est = memory_grid(sizes, net, 4, 6)
+    assert est.total_gib <= 6 and grid != (64, 160, 160)
+    assert all(g % 16 == 0 for g in grid)
+    # one step larger on any shrunk axis no longer fits (or exceeds the lossless grid)
+    lossless = lossless_grid(sizes, (16, 16, 16))
+    for axis in range(3):
+        bigger = list(grid)
+        bigger[axis] += 16
+        if bigger[axis] <= lossless[axis]:
+            assert estimate_training_memory(net, bigger, 4).total_gib > 6 or grid[axis] == lossless[axis]
+    with pytest.raises(HiennuError, match="does not fit"):
+        memory_grid(sizes, net, 4, 0.5)
+
+
+def _fingerprint(sizes_xyz, names=("ADC", "ZADC")) -> DatasetFingerprint:
+    stats = [IntensityStats(1400.0, 400.0, 1350.0, 10.0, 4000.0, 600.0, 3300.0, 100),
+             IntensityStats(0.0, 1.6, 0.0, -10.0, 10.0, -5.0, 8.0, 100)][:len(names)]
+    cases = [CaseFingerprint(f"c{i}", Geometry(tuple(s), (1.0, 1.0, 2.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)).to_dict(),
+                             1000, 10 * i, 0.01 * i, 1, stats) for i, s in enumerate(sizes_xyz)]
+    return DatasetFingerprint("Dataset001_X", list(names), 100, 0, stats, cases)
+
+
+def test_plan_both_configurations_from_fingerprint(tmp_path):
+    plans = plan_experiment(_fingerprint(BONBID_SIZES_XYZ))
+    full, paper = plans.configuration("3d_fullres"), plans.configuration("3d_paper")
+    assert full.target_size_xyz == [160, 160, 64] and full.grid_policy == "memory"
+    assert paper.target_size_xyz == [144, 144, 32] and paper.grid_policy == "paper"
+    assert [n.scheme for n in paper.normalization] == ["zscore_image", "zscore_image"]
+    adc, zadc = full.normalization
+    assert (adc.scheme, adc.clip_low, adc.clip_high, adc.mean, adc.std) == ("global_zscore", 600.0, 3300.0, 1400.0, 400.0)
+    assert (zadc.scheme, zadc.clip_low, zadc.clip_high) == ("atlas_zscore", -10.0, 10.0)
+    assert "global_zscore" in full.notes and "atlas_zscore" in full.notes
+    assert paper.training.batch_size == 4 and paper.training.learning_rate == 1e-3
+    save_plans(plans, tmp_path)
+    assert load_plans(tmp_path) == plans
+
+
+def test_paper_policy_and_forced_grid():
+    fp = _fingerprint(BONBID_SIZES_XYZ)
+    assert plan_experiment(fp, grid_policy="paper").configuration().target_size_xyz == [144, 144, 32]
+    forced = plan_experiment(fp, target_size_xyz=(192, 192, 32))
+    for cfg in forced.configurations.values():
+        assert cfg.target_size_xyz == [192, 192, 32] and cfg.grid_policy == "forced"
+    with pytest.raises(HiennuError, match="multiple"):
+        plan_experiment(fp, target_size_xyz=(190, 192, 32))
+    with pytest.raises(HiennuError, match="grid policy"):
+        plan_experiment(fp, grid_policy="biggest")
+
+
+def test_normalization_choice_by_channel_name():
+    fp = _fingerprint([(16, 16, 16)], names=("ADC", "ZADC"))
+    assert choose_normalization(0, "ADC", fp)[0].scheme == "global_zscore"
+    assert choose_normalization(1, "ZADC", fp)[0].scheme == "atlas_zscore"
+    assert choose_normalization(1, "Z_ADC", fp)[0].scheme == "atlas_zscore"
+    assert choose_normalization(1, "T2", fp)[0].scheme == "zscore_brain"
+
+
+def test_fingerprint_statistics_and_components(tmp_path):
+    geo = Geometry((6, 5, 4), (1.0, 1.0, 3.0), (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    adc = np.zeros((4, 5, 6), np.float32)
+    adc[1:3, 1:4, 1:5] = np.arange(24, dtype=np.float32).reshape(2, 3, 4) + 1
+    zadc = np.where(adc > 0, -1.0, 0.0).astype(np.float32)
+    label = np.zeros((4, 5, 6), np.uint8)
+    label[1, 1, 1] = label[2, 2, 2] = 1  # diagonal neighbours: one 26-connected component
+    label[1, 3, 4] = 1  # separate
+    files = [tmp_path / "c_0000.mha", tmp_path / "c_0001.mha"]
+    write_image(adc, geo, files[0])
+    write_image(zadc, geo, files[1])
+    write_image(label, geo, tmp_path / "c.mha")
+    fp = compute_fingerprint([CaseFiles("c", files, tmp_path / "c.mha")], "D", ["ADC", "ZADC"], num_processes=1)
+    case = fp.cases[0]
+    assert (case.brain_voxels, case.lesion_voxels, case.lesion_components) == (24, 3, 2)
+    assert case.lesion_fraction == pytest.approx(3 / 24)
+    assert case.geometry["spacing_xyz"] == (1.0, 1.0, 3.0)
+    assert fp.intensity[0].mean == pytest.approx(12.5) and fp.intensity[0].min == 1 and fp.intensity[0].max == 24
+    assert fp.intensity[1].std == pytest.approx(0.0)
+    save_fingerprint(fp, tmp_path / "fp.json")
+    back = load_fingerprint(tmp_path / "fp.json")
+    assert back.cases[0].lesion_components == 2 and back.intensity[0].mean == pytest.approx(12.5)
+
+
+def test_roundtrip_dice_of_a_lost_lesion():
+    label = np.zeros((4, 8, 8), np.uint8)
+    label[0, 0, 0] = 1  # nearest-exact 8 -> 4 samples odd indices only: the lesion vanishes
+    assert label_roundtrip_dice(label, (4, 4, 4), "nearest") == 0.0
+    assert label_roundtrip_dice(label, (4, 8, 8), "nearest") == 1.0
+    assert label_roundtrip_dice(np.zeros((3, 3, 3)), (16, 16, 16), "nearest") == 1.0
+
+
+def test_splits_are_stratified_seeded_and_stable(tmp_path):
+    fractions = {f"c{i:02d}": f for i, f in enumerate([0] * 5 + [0.005] * 10 + [0.03] * 5 + [0.2] * 5)}
+    splits = make_splits(fractions)
+    assert len(splits) == 5 and splits == make_splits(fractions)
+    assert sorted(c for s in splits for c in s["val"]) == sorted(fractions)
+    for s in splits:
+        assert not set(s["train"]) & set(s["val"])
+        bands = [lesion_band(fractions[c]) for c in s["val"]]
+        assert bands.count("none") == 1 and bands.count("<1%") == 2 and bands.count(">5%") == 1
+    path = tmp_path / "splits_final.json"
+    assert write_splits_if_absent(path, fractions)
+    before = path.read_text()
+    assert not write_splits_if_absent(path, {**fractions, "new": 0.0})
+    assert path.read_text() == before
+    with pytest.raises(HiennuError, match="cannot be split"):
+        make_splits({"a": 0.0, "b": 0.1})
+
+
+def test_edited_plans_with_unknown_key_are_rejected(tmp_path):
+    plans = plan_experiment(_fingerprint(BONBID_SIZES_XYZ))
+    d = plans.to_dict()
+    d["configurations"]["3d_fullres"]["target_sise_xyz"] = [1, 2, 3]
+    with pytest.raises(HiennuError, match="target_sise_xyz"):
+        Plans.from_dict(d)

@@ -1,0 +1,173 @@
+"""Normalization, preprocess_case and the whole plan-and-preprocess step on a tiny raw dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hiennu.cli.plan_and_preprocess import main as cli_main
+from hiennu.errors import DataIntegrityError
+from hiennu.io.dataset_json import DatasetJson, save_dataset_json
+from hiennu.io.image import Geometry, write_image
+from hiennu.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from hiennu.planning.plans import ChannelNormalization, Configuration, load_plans, save_plans
+from hiennu.preprocessing.normalization import normalize_channel
+from hiennu.preprocessing.preprocessor import preprocess_case
+
+PROPERTY_KEYS = {"case_id", "geometry", "image_files", "label_file", "brain_voxels", "lesion_voxels",
+                 "lesion_fraction", "has_lesion", "source_signature"}
+
+
+def make_tiny_dataset(raw_root, num_cases: int = 5, name: str = "Dataset009_TINY", seed: int = 0):
+    """A raw dataset of small ADC/ZADC/label volumes of varying size and geometry."""
+    rng = np.random.default_rng(seed)
+    folder = raw_root / name
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    for i in range(num_cases):
+        size_zyx = (6 + i % 3, 14 + 2 * i, 12 + i)
+        geo = Geometry(tuple(reversed(size_zyx)), (1.2, 1.1, 3.0 + i), (float(i), -2.0, 5.0),
+                       (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        z, y, x = np.indices(size_zyx)
+        brain = ((y - size_zyx[1] / 2) ** 2 + (x - size_zyx[2] / 2) ** 2) < (min(size_zyx[1:]) / 2.5) ** 2
+        adc = np.where(brain, rng.normal(1400, 200, size_zyx), 0).astype(np.float32)
+        label = np.zeros(size_zyx, np.uint8)
+        if i % 2:
+            label[1:3, 5:8, 5:7] = 1
+            adc[label > 0] = 600
+        zadc = np.where(brain, (adc - 1400) / 200, 0).astype(np.float32)
+        cid = f"case{i:02d}"
+        write_image(adc, geo, folder / "imagesTr" / f"{cid}_0000.mha")
+        write_image(zadc, geo, folder / "imagesTr" / f"{cid}_0001.mha")
+        write_image(label, geo, folder / "labelsTr" / f"{cid}.mha")
+    save_dataset_json(DatasetJson(name="TINY", num_training=num_cases), folder)
+    return folder
+
+
+# --- normalization --------------------------------------------------------------------------------
+
+def test_normalization_schemes_by_hand():
+    x = np.array([[[0.0, 2.0, 4.0, 6.0]]], np.float32)
+    brain = x > 0
+    out = normalize_channel(x, brain, ChannelNormalization("A", "zscore_image"))
+    np.testing.assert_allclose(out, (x - 3.0) / np.sqrt(5.0), rtol=1e-6)
+    out = normalize_channel(x, brain, ChannelNormalization("A", "zscore_brain"))
+    np.testing.assert_allclose(out, [[[0.0, -np.sqrt(1.5), 0.0, np.sqrt(1.5)]]], rtol=1e-6)
+    out = normalize_channel(x, brain, ChannelNormalization("A", "global_zscore", 3.0, 2.0, 2.5, 5.0))
+    np.testing.assert_allclose(out, [[[0.0, -0.25, 0.5, 1.0]]], rtol=1e-6)
+    z = np.array([[[0.0, -12.0, -2.0, 11.0]]], np.float32)
+    out = normalize_channel(z, brain, ChannelNormalization("Z", "atlas_zscore", 0.0, 1.0, -10.0, 10.0))
+    np.testing.assert_allclose(out, [[[0.0, -10.0, -2.0, 10.0]]])
+    np.testing.assert_array_equal(normalize_channel(x, None, ChannelNormalization("A", "none")), x)
+
+
+def test_constant_image_does_not_divide_by_zero():
+    out = normalize_channel(np.ones((2, 2, 2)), None, ChannelNormalization("A", "zscore_image"))
+    assert np.isfinite(out).all() and (out == 0).all()
+
+
+# --- preprocess_case -----------------------------------------------------------------------------
+
+def _config(size_xyz, schemes=("none", "none"), label_interpolation="nearest") -> Configuration:
+    return Configuration("3d_fullres", list(size_xyz), "forced",
+                         [ChannelNormalization(f"c{i}", s) for i, s in enumerate(schemes)],
+                         label_interpolation=label_interpolation)
+
+
+def test_preprocess_case_shapes_types_and_identity():
+    rng = np.random.default_rng(0)
+    adc = rng.uniform(1, 2, (4, 6, 8)).astype(np.float32)
+    zadc = rng.normal(size=(4, 6, 8)).astype(np.float32)
+    label = (rng.random((4, 6, 8)) > 0.7).astype(np.uint8)
+    data, seg = preprocess_case([adc, zadc], _config((8, 6, 4)), label)
+    assert data.dtype == np.float32 and data.shape == (2, 4, 6, 8)
+    np.testing.assert_allclose(data[0], adc, rtol=1e-6)
+    np.testing.assert_array_equal(seg[0], label)
+    assert seg.dtype == np.uint8
+    data, seg = preprocess_case([adc, zadc], _config((16, 12, 16)))
+    assert data.shape == (2, 16, 12, 16) and seg is None
+
+
+def test_preprocess_case_rejects_mismatched_channels():
+    with pytest.raises(ValueError, match="normalizes 2"):
+        preprocess_case([np.zeros((2, 2, 2))], _config((2, 2, 2)))
+    with pytest.raises(ValueError, match="one shape"):
+        preprocess_case([np.zeros((2, 2, 2)), np.zeros((2, 2, 3))], _config((2, 2, 2)))
+
+
+# --- the whole step ------------------------------------------------------------------------------
+
+def test_plan_and_preprocess_writes_everything_and_skips_up_to_date_cases(hiennu_roots):
+    make_tiny_dataset(hiennu_roots["hiennu_raw"])
+    out = plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1))
+    for name in ("dataset.json", "dataset_fingerprint.json", "plans.json", "splits_final.json"):
+        assert (out / name).is_file(), name
+    plans = load_plans(out)
+    full = plans.configuration("3d_fullres")
+    assert full.target_size_xyz == [16, 32, 16] and full.roundtrip_dice_mean == 1.0
+    paper = plans.configuration("3d_paper")
+    assert paper.roundtrip_dice_mean is not None
+    for cfg in (full, paper):
+        data = np.load(out / cfg.name / "case01.npy", mmap_mode="r")
+        seg = np.load(out / cfg.name / "case01_seg.npy")
+        assert data.dtype == np.float32 and data.shape == (2, *cfg.target_size_zyx)
+        assert seg.dtype == np.uint8 and seg.shape == (1, *cfg.target_size_zyx) and seg.max() == 1
+        props = json.loads((out / cfg.name / "case01.json").read_text())
+        assert set(props) == PROPERTY_KEYS and props["has_lesion"] and props["geometry"]["size_xyz"] == [13, 16, 7]
+    assert len(json.loads((out / "splits_final.json").read_text())) == 5
+    mtime = (out / "3d_fullres" / "case00.npy").stat().st_mtime_ns
+    plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_fullres"]))
+    assert (out / "3d_fullres" / "case00.npy").stat().st_mtime_ns == mtime
+
+
+def test_editing_plans_changes_preprocessing(hiennu_roots):
+    make_tiny_dataset(hiennu_roots["hiennu_raw"], num_cases=5)
+    out = plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_fullres"]))
+    before = np.load(out / "3d_fullres" / "case01.npy")
+    plans = load_plans(out)
+    cfg = plans.configuration("3d_fullres")
+    cfg.target_size_xyz = [16, 16, 16]
+    cfg.normalization[0] = ChannelNormalization("ADC", "none")
+    save_plans(plans, out)
+    plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_fullres"],
+                                                         keep_plans=True))
+    after = np.load(out / "3d_fullres" / "case01.npy")
+    assert before.shape == (2, 16, 32, 16) and after.shape == (2, 16, 16, 16)
+    assert after[0].max() > 500  # raw ADC units, no longer normalized
+    assert load_plans(out).configuration("3d_fullres").target_size_xyz == [16, 16, 16]
+
+
+def test_parallel_run_matches_serial_run(hiennu_roots, tmp_path):
+    make_tiny_dataset(hiennu_roots["hiennu_raw"], num_cases=5)
+    out = plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_paper"]))
+    serial = np.load(out / "3d_paper" / "case03.npy")
+    (out / "3d_paper" / "case03.json").unlink()
+    plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=2, configurations=["3d_paper"]))
+    np.testing.assert_array_equal(np.load(out / "3d_paper" / "case03.npy"), serial)
+
+
+def test_integrity_failure_writes_nothing(hiennu_roots):
+    folder = make_tiny_dataset(hiennu_roots["hiennu_raw"])
+    bad = folder / "labelsTr" / "case02.mha"
+    geo = Geometry((14, 18, 8), (1.2, 1.1, 5.0), (2.0, -2.0, 5.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_image(np.full((8, 18, 14), 2, np.uint8), geo, bad)
+    with pytest.raises(DataIntegrityError, match="case02"):
+        plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1))
+    assert list(hiennu_roots["hiennu_preprocessed"].iterdir()) == []
+
+
+def test_cli_check_only_and_errors(hiennu_roots, capsys):
+    make_tiny_dataset(hiennu_roots["hiennu_raw"])
+    assert cli_main(["-d", "9", "--check-only", "-q"]) == 0
+    assert list(hiennu_roots["hiennu_preprocessed"].iterdir()) == []
+    assert cli_main(["-d", "NOPE", "-q"]) == 1
+    assert "unknown dataset" in capsys.readouterr().err
+    assert cli_main(["-d", "TINY", "-c", "2d", "-q"]) == 1
+    assert cli_main(["-d", "TINY", "--target-size", "30", "32", "16", "-np", "1", "-q"]) == 1
+    assert "multiple" in capsys.readouterr().err
+    assert cli_main(["-d", "TINY", "--target-size", "16", "16", "16", "-np", "1", "-q", "--no-preprocess"]) == 0
+    out = hiennu_roots["hiennu_preprocessed"] / "Dataset009_TINY"
+    assert load_plans(out).configuration("3d_paper").target_size_xyz == [16, 16, 16]
+    assert not (out / "3d_fullres").exists()
