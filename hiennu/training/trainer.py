@@ -229,13 +229,16 @@ class Trainer(abc.ABC):
         try:
             for epoch in range(self.start_epoch, self.training.max_epochs):
                 if self._run_epoch(batches, epoch):
-                    log.info("early stopping: no improvement of %s for %d epochs (best %.4f at epoch %d)",
-                             self.training.early_stopping_metric, self.training.patience, self.best_metric,
-                             self.best_epoch)
+                    if epoch + 1 < self.training.max_epochs:
+                        log.info("early stopping: no improvement of %s for %d epochs (best %.4f at epoch %d)",
+                                 self.training.early_stopping_metric, self.training.patience, self.best_metric,
+                                 self.best_epoch)
                     break
         finally:
             batches.close()
         self.finished = True
+        log.info("training finished; best %s %.4f at epoch %d", self.training.early_stopping_metric,
+                 self.best_metric, self.best_epoch)
         if self.dist.is_main:
             state = self._state(epoch=self.progress.epoch[-1] if len(self.progress) else -1)
             ckpt.save_checkpoint(state, self.fold_dir / ckpt.FINAL)
