@@ -239,8 +239,9 @@ class Trainer(abc.ABC):
         self.finished = True
         log.info("training finished; best %s %.4f at epoch %d", self.training.early_stopping_metric,
                  self.best_metric, self.best_epoch)
+        rng = all_gather_objects(ckpt.capture_rng_state())
         if self.dist.is_main:
-            state = self._state(epoch=self.progress.epoch[-1] if len(self.progress) else -1)
+            state = self._state(epoch=self.progress.epoch[-1] if len(self.progress) else -1, rng=rng)
             ckpt.save_checkpoint(state, self.fold_dir / ckpt.FINAL)
             ckpt.save_checkpoint(state, self.fold_dir / ckpt.LATEST)
             if len(self.progress):

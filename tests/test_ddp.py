@@ -1,0 +1,73 @@
+"""Data-parallel training on CPU: 2 gloo processes match one process on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_training import fold_dir, load, make_tiny_dataset, options, write_module
+
+TRAINERS = """
+from hiennu.training.trainers import TrainerDice
+
+class TrainerOneProcess(TrainerDice):
+    pass
+
+class TrainerTwoProcesses(TrainerDice):
+    pass
+"""
+
+
+def test_two_gloo_processes_match_a_single_process(hiennu_roots, tmp_path):
+    # dropout 0: dropout masks are drawn per rank, so only a dropout-free network can match exactly
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], dropout=0.0)
+    mod = write_module(tmp_path, "ddp_trainers", TRAINERS)
+    from hiennu.training.launch import train
+
+    single = load(train(options(epochs=2, iterations_per_epoch=2), f"{mod}:TrainerOneProcess") / "checkpoint_final.pth")
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "hiennu.cli.train", "Tiny", f"{mod}:TrainerTwoProcesses", "0", "--epochs", "2",
+           "--iterations-per-epoch", "2", "--device", "cpu", "--num-gpus", "2", "--num-workers", "0",
+           "--seed", "7", "--no-final-validation", "-q"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = fold_dir(hiennu_roots["hiennu_results"], "TrainerTwoProcesses")
+    ddp = load(out / "checkpoint_final.pth")
+    assert ddp["world_size"] == 2 and json.loads((out / "debug.json").read_text())["world_size"] == 2
+    # the checkpoint of a DDP run holds plain network keys (no "module." prefix), loadable anywhere
+    assert set(ddp["network_weights"]) == set(single["network_weights"])
+    for key, value in single["network_weights"].items():
+        torch.testing.assert_close(ddp["network_weights"][key], value, rtol=1e-4, atol=2e-5, msg=key)
+    assert ddp["progress"]["train_loss"] == pytest.approx(single["progress"]["train_loss"], rel=1e-4)
+    assert ddp["progress"]["val_dice"] == pytest.approx(single["progress"]["val_dice"], abs=1e-6)
+    assert len(ddp["rng_states"]) == 2  # every rank's random state, for an exact --continue
+
+
+def test_global_batchnorm_matches_batchnorm_over_the_whole_batch(tmp_path):
+    """The CPU stand-in for SyncBatchNorm, checked without processes: with one rank it must equal
+    BatchNorm3d in output, gradients and running statistics."""
+    import torch.distributed as dist
+    from hiennu.training.distributed import GlobalBatchNorm3d
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(3, 4, 5, 6, 7, requires_grad=True)
+        bn, gbn = torch.nn.BatchNorm3d(4), GlobalBatchNorm3d(4)
+        y1, y2 = bn(x), gbn(x)
+        torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-5)
+        w = torch.randn_like(y1)
+        g1, = torch.autograd.grad((y1 * w).sum(), x)
+        g2, = torch.autograd.grad((y2 * w).sum(), x)
+        torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(gbn.running_mean, bn.running_mean)
+        torch.testing.assert_close(gbn.running_var, bn.running_var)
+    finally:
+        dist.destroy_process_group()
