@@ -23,11 +23,13 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.multiprocessing as mp
 from torch import nn
 
 from hiennu.errors import HiennuError
+from hiennu.log import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,23 @@ def barrier() -> None:
         dist.barrier()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is again the sum over ranks (each rank's statistics feed
+    every rank's output)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
 class GlobalBatchNorm3d(nn.BatchNorm3d):
     """BatchNorm3d whose training statistics cover the samples of all ranks (works on CPU/gloo).
 
@@ -105,7 +124,7 @@ class GlobalBatchNorm3d(nn.BatchNorm3d):
         xf = x.float()
         local = torch.cat([xf.sum(dim=(0, 2, 3, 4)), (xf * xf).sum(dim=(0, 2, 3, 4)),
                            xf.new_tensor([x.numel() / c])])
-        total = dist_fn.all_reduce(local, op=dist.ReduceOp.SUM)
+        total = _AllReduceSum.apply(local)
         n = total[-1]
         mean = total[:c] / n
         var = (total[c:2 * c] / n - mean * mean).clamp_min(0)
@@ -160,7 +179,8 @@ def spawn(worker: Callable[..., None], world_size: int, args: tuple) -> None:
         mp.spawn(worker, args=(world_size, *args), nprocs=world_size, join=True)
     except mp.ProcessRaisedException as e:
         lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        raise HiennuError(f"distributed training failed: {lines[0]} -- {lines[-1]}") from None
+        log.debug("rank traceback:\n%s", "\n".join(lines))
+        raise HiennuError(f"distributed training failed on rank {e.error_index}: {lines[-1]}") from None
     except mp.ProcessExitedException as e:
         raise HiennuError(f"distributed training failed: a rank died ({e}); see the log above "
                           f"(often out of memory: lower --batch-size)") from None
