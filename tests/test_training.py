@@ -323,3 +323,47 @@ def test_checkpoint_load_errors_name_the_file(tmp_path):
     save_checkpoint({"network_weights": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "ok.pth")
     assert load_checkpoint(tmp_path / "ok.pth")["epoch"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth", "ok.pth"]  # no temporary left over
+
+
+def make_tiny_raw_dataset(raw_root: Path, n_cases: int = 6) -> Path:
+    """Raw images + labels for the tiny dataset, on a native grid (20, 40, 36) zyx unlike the 16x32x32 grid."""
+    from hiennu.io.image import Geometry, write_image
+    root = raw_root / DATASET
+    save_dataset_json(DatasetJson(name="Tiny", num_training=n_cases), root / "dataset.json")
+    geometry = Geometry((36, 40, 20), (1.2, 1.1, 2.5), (-10.0, 5.0, 2.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    rng = np.random.default_rng(1)
+    for i in range(n_cases):
+        case = f"case_{i:03d}"
+        lesion = np.zeros(geometry.size_zyx, np.uint8)
+        lesion[8:13, 15:25, 12:20] = 1
+        adc = rng.normal(1400, 100, geometry.size_zyx).astype(np.float32)
+        adc[lesion == 1] = 600
+        zadc = rng.normal(0, 1, geometry.size_zyx).astype(np.float32)
+        zadc[lesion == 1] = -4
+        write_image(adc, geometry, root / "imagesTr" / f"{case}_0000.mha")
+        write_image(zadc, geometry, root / "imagesTr" / f"{case}_0001.mha")
+        write_image(lesion, geometry, root / "labelsTr" / f"{case}.mha")
+    return root
+
+
+def test_final_validation_predicts_in_native_geometry_and_scores(tiny):
+    from hiennu.io.image import read_image
+    from hiennu.training.launch import train
+    raw = make_tiny_raw_dataset(tiny["hiennu_raw"])
+    out = train(options(epochs=1, final_validation=True), "TrainerDice")
+    validation = out / "validation"
+    for case in ("case_000", "case_005"):
+        mask, geometry = read_image(validation / f"{case}.mha", dtype=None)
+        _, reference = read_image(raw / "labelsTr" / f"{case}.mha", dtype=None)
+        assert mask.shape == (20, 40, 36) and set(np.unique(mask)) <= {0, 1}
+        assert geometry.spacing_xyz == reference.spacing_xyz and geometry.origin_xyz == reference.origin_xyz
+    summary = json.loads((validation / "summary.json").read_text())
+    assert summary["num_cases"] == 2 and 0 <= summary["metrics"]["dice"]["mean"] <= 1
+    assert "validation in native geometry (2 cases" in (out / "training_log.txt").read_text()
+
+
+def test_final_validation_without_raw_data_warns_and_keeps_the_training(tiny):
+    from hiennu.training.launch import train
+    out = train(options(epochs=1, final_validation=True), "TrainerDice")
+    assert (out / "checkpoint_final.pth").is_file() and not (out / "validation").exists()
+    assert "final validation skipped: the raw dataset" in (out / "training_log.txt").read_text()

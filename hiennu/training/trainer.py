@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -44,7 +43,10 @@ from torch import nn
 import hiennu
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
+from hiennu.evaluation.evaluate import evaluate_folders
+from hiennu.inference.predictor import Predictor
 from hiennu.io.dataset_json import load_dataset_json
+from hiennu.io.image import read_image, write_image
 from hiennu.log import get_logger, progress
 from hiennu.paths import model_dir_name, preprocessed_root, raw_root, resolve_dataset, results_root
 from hiennu.planning.plans import Configuration, Plans, TrainingPlan, load_plans, save_plans
@@ -528,38 +530,38 @@ class Trainer(abc.ABC):
             log.warning("final validation skipped: no %s in %s", ckpt.BEST, self.fold_dir)
             return
         summary = predict_and_score_validation(self.model_dir, self.options.fold, self.val_cases,
-                                               self.dataset_name, self.config.name, self.device)
+                                               self.dataset_name, self.device)
         if summary is not None:
-            log.info("validation in native geometry (%s): %s", self.fold_dir / "validation",
-                     json.dumps(summary.get("mean", summary)))
+            m = summary["metrics"]
+            log.info("validation in native geometry (%d cases, %s): Dice %.4f, MASD %.3f mm, NSD %.4f",
+                     summary["num_cases"], self.fold_dir / "validation", m["dice"]["mean"], m["masd"]["mean"],
+                     m["nsd"]["mean"])
 
 
 def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str], dataset_name: str,
-                                 configuration: str, device: torch.device) -> dict | None:
-    """Predict the fold's validation cases from the raw images with the best checkpoint, in each
-    case's native geometry, into ``fold_K/validation/``, and score them against the raw labels with
-    the challenge metrics (``validation/summary.json``). Returns the summary, or None when the
-    predictor or evaluator is not available."""
-    try:
-        from hiennu.evaluation.evaluate import evaluate_folders
-        from hiennu.inference.predictor import Predictor
-    except ImportError as e:
-        log.warning("final validation in native geometry not run: %s (the predictor/evaluator stage is "
-                    "missing from this installation); run hiennu_predict and hiennu_evaluate on the "
-                    "validation cases instead", e)
-        return None
-    return _run_predictor(Predictor, evaluate_folders, model_dir, fold, case_ids, dataset_name,
-                          configuration, device)
+                                 device: torch.device) -> dict | None:
+    """Predict the fold's validation cases from their raw images with the fold's best checkpoint,
+    in each case's native geometry, into ``fold_K/validation/CASE<ending>``, and score them against
+    the raw labels with the challenge metrics (``validation/summary.json`` + per-case CSV).
 
-
-def _run_predictor(predictor_cls: Any, evaluate_folders: Callable, model_dir: Path, fold: int,
-                   case_ids: list[str], dataset_name: str, configuration: str, device: torch.device) -> dict:
+    Returns the evaluation summary, or None (with a warning) when the raw dataset is not there.
+    """
     raw_dir = raw_root() / dataset_name
+    if not (raw_dir / "imagesTr").is_dir() or not (raw_dir / "labelsTr").is_dir():
+        log.warning("final validation skipped: the raw dataset %s (imagesTr/, labelsTr/) is not there; "
+                    "the checkpoints are complete, predict and score the validation cases later with "
+                    "hiennu_predict and hiennu_evaluate", raw_dir)
+        return None
     ending = load_dataset_json(raw_dir).file_ending
     out_dir = model_dir / f"fold_{fold}" / "validation"
-    predictor = predictor_cls(model_dir, folds=[fold], checkpoint=ckpt.BEST, device=device)
-    images = {c: [raw_dir / "imagesTr" / f"{c}_{k:04d}{ending}" for k in range(predictor.num_channels)]
-              for c in case_ids}
-    predictor.predict_cases(images, out_dir)
-    ref_dir = raw_dir / "labelsTr"
-    return evaluate_folders(ref_dir, out_dir, case_ids=case_ids, output_dir=out_dir)
+    predictor = Predictor.from_model_dir(model_dir, folds=[fold], checkpoint=ckpt.BEST, device=device)
+    for case_id in progress(case_ids, desc="validation (native geometry)"):
+        images, geometry = [], None
+        for k in range(len(predictor.channel_names)):
+            image, geo = read_image(raw_dir / "imagesTr" / f"{case_id}_{k:04d}{ending}")
+            images.append(image)
+            geometry = geometry or geo
+        mask, _ = predictor.predict_case(images, geometry)
+        write_image(mask.astype(np.uint8), geometry, out_dir / f"{case_id}{ending}")
+    return evaluate_folders(raw_dir / "labelsTr", out_dir, output_json=out_dir / "summary.json",
+                            images_dir=raw_dir / "imagesTr", case_ids=case_ids, num_processes=1)
