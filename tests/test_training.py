@@ -367,3 +367,17 @@ def test_final_validation_without_raw_data_warns_and_keeps_the_training(tiny):
     out = train(options(epochs=1, final_validation=True), "TrainerDice")
     assert (out / "checkpoint_final.pth").is_file() and not (out / "validation").exists()
     assert "final validation skipped: the raw dataset" in (out / "training_log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_training_benchmark_script_runs_tiny_on_cpu(tmp_path):
+    import subprocess
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_gpu.py"
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(script), "--synthetic", "6", "--device", "cpu", "--grid", "32", "32", "16",
+                           "--features", "4", "8", "16", "32", "--epochs", "2", "--repeats", "2",
+                           "--work", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["epochs_run"] == 2 and result["network_only"]["flops_per_step"] > 0
+    assert 0 <= result["data_wait_fraction_mean"] <= 1 and result["step_seconds_median"] > 0
