@@ -207,3 +207,19 @@ def test_missing_manifest_and_unlisted_files_are_refused(tmp_path, hiennu_roots)
     with pytest.raises(ModelZipError, match="not a readable zip"):
         verify_model_zip(tmp_path / "notazip.zip")
     assert not any(hiennu_roots["hiennu_results"].iterdir())
+
+
+def test_export_and_install_commands(tmp_path, hiennu_roots):
+    from hiennu.cli import export_model, install_model
+    make_model_dir(hiennu_roots["hiennu_results"], folds=(0, 1))
+    out = tmp_path / "shared" / "model.zip"
+    assert export_model.main(["-d", "Tiny", "-tr", "TrainerTest", "-c", "3d_fullres", "-f", "1", "--half",
+                              "-o", str(out)]) == 0
+    assert verify_model_zip(out).folds == ["1"] and verify_model_zip(out).half_precision
+    assert export_model.main(["-d", "Tiny", "-tr", "Nope", "-o", str(tmp_path / "x.zip")]) == 1
+    assert not (tmp_path / "x.zip").exists()
+    assert install_model.main([str(out)]) == 1  # same model already installed
+    assert install_model.main([str(out), "--overwrite", "--default"]) == 0
+    installed = hiennu_roots["hiennu_results"] / MODEL
+    assert read_default_model() == installed
+    assert [p.name for p in installed.iterdir() if p.name.startswith("fold_")] == ["fold_1"]

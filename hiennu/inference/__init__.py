@@ -1,1 +1,12 @@
-"""hiennu.inference"""
+"""hiennu.inference: predicting lesion masks in each input's native geometry.
+
+``Predictor`` (trained models, folders or zips), ``ZadcThresholdBaseline`` (ZADC < -2), input
+layouts (``layouts``), model zips (``model_zip``), model choice (``model_registry``) and the
+challenge container interface (``challenge``). See documentation/inference.md.
+"""
+
+from hiennu.inference.baseline import ZadcThresholdBaseline
+from hiennu.inference.folder_prediction import PredictionReport
+from hiennu.inference.predictor import Predictor, build_predictor
+
+__all__ = ["Predictor", "ZadcThresholdBaseline", "PredictionReport", "build_predictor"]
