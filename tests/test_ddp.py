@@ -21,16 +21,17 @@ class TrainerTwoProcesses(TrainerDice):
 """
 
 
+@pytest.mark.slow  # ~25-30 s on the shared 2-core box: two spawned ranks each import torch and hiennu
 def test_two_gloo_processes_match_a_single_process(hiennu_roots, tmp_path, monkeypatch):
     # dropout 0: dropout masks are drawn per rank, so only a dropout-free network can match exactly
     make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], dropout=0.0)
     mod = write_module(tmp_path, "ddp_trainers", TRAINERS)
     from hiennu.training.launch import train
 
-    single = load(train(options(epochs=2, iterations_per_epoch=2), f"{mod}:TrainerOneProcess") / "checkpoint_final.pth")
+    single = load(train(options(epochs=1, iterations_per_epoch=2), f"{mod}:TrainerOneProcess") / "checkpoint_final.pth")
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the spawned ranks sum floats in the same order as this process
-    train(options(epochs=2, iterations_per_epoch=2, num_gpus=2), f"{mod}:TrainerTwoProcesses")
+    train(options(epochs=1, iterations_per_epoch=2, num_gpus=2), f"{mod}:TrainerTwoProcesses")
     out = fold_dir(hiennu_roots["hiennu_results"], "TrainerTwoProcesses")
     ddp = load(out / "checkpoint_final.pth")
     assert ddp["world_size"] == 2 and json.loads((out / "debug.json").read_text())["world_size"] == 2

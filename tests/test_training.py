@@ -125,11 +125,11 @@ def test_each_trainer_trains_two_epochs_and_writes_its_outputs(tiny, trainer):
 def test_seeded_cpu_runs_are_identical_and_the_seed_matters(tiny):
     from hiennu.training.launch import train
     import shutil
-    a = load(train(options(epochs=1), "TrainerDice") / "checkpoint_final.pth")["network_weights"]
+    a = load(train(options(epochs=1, iterations_per_epoch=1), "TrainerDice") / "checkpoint_final.pth")["network_weights"]
     shutil.rmtree(fold_dir(tiny["hiennu_results"], "TrainerDice", 0))
-    a2 = load(train(options(epochs=1), "TrainerDice") / "checkpoint_final.pth")["network_weights"]
+    a2 = load(train(options(epochs=1, iterations_per_epoch=1), "TrainerDice") / "checkpoint_final.pth")["network_weights"]
     shutil.rmtree(fold_dir(tiny["hiennu_results"], "TrainerDice", 0))
-    c = load(train(options(epochs=1, seed=8), "TrainerDice") / "checkpoint_final.pth")["network_weights"]
+    c = load(train(options(epochs=1, iterations_per_epoch=1, seed=8), "TrainerDice") / "checkpoint_final.pth")["network_weights"]
     assert all(torch.equal(a[k], a2[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 

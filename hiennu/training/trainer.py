@@ -269,10 +269,10 @@ class Trainer(abc.ABC):
             if check_each_step and not math.isfinite(float(loss.detach())):
                 break
         bar.close()
-        if n != self.iterations_per_epoch and not check_each_step:
+        self._check_finite(losses[:n], epoch)
+        if n != self.iterations_per_epoch:
             raise HiennuError(f"the training loader gave {n} batches in epoch {epoch}, expected "
                               f"{self.iterations_per_epoch}")
-        self._check_finite(losses[:n], epoch)
         self.scheduler.step()
         step_s, wait = timer.summary()
         train_loss = float(all_reduce_sum(losses.sum().reshape(1))[0]) / (n * self.dist.world_size)
@@ -373,7 +373,7 @@ class Trainer(abc.ABC):
         Under DDP the cases are shared out by rank and the sums all-reduced.
         """
         self.network.eval()
-        sums = torch.zeros(3, dtype=torch.float64)
+        loss_sum, dice_sum, count = 0.0, 0.0, 0
         for case_id in self.val_cases[self.dist.rank::self.dist.world_size]:
             data, seg = self.load_validation_case(case_id)
             x = torch.from_numpy(np.array(data, dtype=np.float32))[None].to(self.device)
@@ -385,8 +385,11 @@ class Trainer(abc.ABC):
             ref = y > 0.5
             denom = int(pred.sum()) + int(ref.sum())
             dice = 1.0 if denom == 0 else 2.0 * int((pred & ref).sum()) / denom
-            sums += torch.tensor([float(self.loss(logits, y)), dice, 1.0], dtype=torch.float64)
-        sums = all_reduce_sum(sums)
+            loss_sum, dice_sum, count = loss_sum + float(self.loss(logits, y)), dice_sum + dice, count + 1
+        # on the device: NCCL reduces only GPU tensors
+        sums = torch.tensor([loss_sum, dice_sum, count], device=self.device,
+                            dtype=torch.float32 if self.device.type == "mps" else torch.float64)
+        sums = all_reduce_sum(sums).cpu()
         self.network.train()
         if sums[2] == 0:
             raise HiennuError(f"fold {self.options.fold} of {self.dataset_name} has no validation cases; "
