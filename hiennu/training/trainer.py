@@ -28,12 +28,11 @@ import abc
 import dataclasses
 import logging
 import math
-import os
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -42,15 +41,15 @@ from torch import nn
 
 import hiennu
 from hiennu.errors import HiennuError
-from hiennu.io.atomic import read_json, write_json
 from hiennu.evaluation.evaluate import evaluate_folders
 from hiennu.inference.predictor import Predictor
+from hiennu.io.atomic import read_json, write_json
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image, write_image
 from hiennu.log import get_logger, progress
 from hiennu.paths import model_dir_name, preprocessed_root, raw_root, resolve_dataset, results_root
-from hiennu.planning.plans import Configuration, Plans, TrainingPlan, load_plans, save_plans
 from hiennu.networks.unet import build_network
+from hiennu.planning.plans import Configuration, Plans, TrainingPlan, load_plans, save_plans
 from hiennu.training import checkpoint as ckpt
 from hiennu.training.data import TrainingBatches, load_preprocessed_case
 from hiennu.training.device import autocast, configure_device, memory_format, select_device
@@ -180,14 +179,18 @@ class Trainer(abc.ABC):
         handler = self._start_log_file()
         try:
             self._setup()
-            if not self.finished:
+            trained_now = not self.finished
+            if trained_now:
                 self._train_epochs()
             if self.dist.is_main and not (self.fold_dir / ckpt.FINAL).is_file():
                 ckpt.save_checkpoint(self._state(epoch=self.progress.epoch[-1] if len(self.progress) else -1),
                                      self.fold_dir / ckpt.FINAL)
             barrier()
             if self.dist.is_main:
-                self._final_validation()
+                if not trained_now and (self.fold_dir / "validation" / "summary.json").is_file():
+                    log.info("%s is finished and validated; nothing to do", self.fold_dir)
+                else:
+                    self._final_validation()
             return self.fold_dir
         finally:
             if handler is not None:
