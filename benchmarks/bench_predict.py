@@ -76,10 +76,12 @@ def stage_times(predictor: Predictor, case_dir: Path, out: Path) -> dict[str, fl
     t["preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     prob = predictor.ensemble.predict_probabilities(torch.from_numpy(data[None]))
+    if prob.is_cuda:
+        torch.cuda.synchronize()
     t["predict"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     native = resample_probabilities_to_native(prob[0], geometry.size_zyx, predictor.configuration.prediction_interpolation)
-    mask = (native >= 0.5).to(torch.uint8).numpy()
+    mask = (native >= 0.5).to(torch.uint8).cpu().numpy()
     t["resample back + threshold"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     write_image(mask, geometry, out / "stage.mha")
@@ -107,7 +109,7 @@ def time_monai(network: torch.nn.Module, case_dir: Path, out_root: Path, size_xy
         native_zyx = tuple(arrays[0].shape[1:])
         x = torch.cat([torch.as_tensor(norm(to_grid(a))) for a in arrays])
         with torch.inference_mode():
-            prob = torch.sigmoid(network(x[None])[0])
+            prob = torch.sigmoid(network(x[None].to(next(network.parameters()).device))[0]).cpu()
         back = torch.as_tensor(Resize(spatial_size=native_zyx, mode="trilinear")(prob))
         out = sitk.GetImageFromArray((back[0] >= 0.5).to(torch.uint8).numpy())
         out.CopyInformation(images[0])
@@ -121,12 +123,13 @@ def timing(args) -> None:
     cases = sorted((DATA / "1ADC_ss").glob("*.mha"))[: args.cases]
     if not cases:
         sys.exit(f"real dev cases not found at {DATA}")
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+    print(f"device {args.device}; machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
           f"torch {torch.__version__}; grid {args.grid} (x, y, z); paper U-Net 32-64-128-256, 1 fold, "
           f"TTA {'on (8 mirrorings)' if args.tta else 'off'}; median of {args.repeats} runs")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        predictor = Predictor.from_model_dir(make_model(tmp / "results", args.grid), device="cpu", use_mirroring=args.tta)
+        predictor = Predictor.from_model_dir(make_model(tmp / "results", args.grid), device=args.device,
+                                         use_mirroring=args.tta)
         print(f"{'case':24s} {'native (x,y,z)':>16s} {'hiennu s':>9s} {'monai s':>8s} {'ratio':>6s}   hiennu stages (s)")
         ratios = []
         for adc in cases:
@@ -183,6 +186,7 @@ def main() -> None:
     p.add_argument("--grid", type=int, nargs=3, default=[192, 192, 32], help="target grid (x, y, z)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tta", action="store_true", help="mirroring TTA (8 passes) in hiennu's timing")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU figure)")
     p.add_argument("--interpolation-study", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
