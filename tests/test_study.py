@@ -1,0 +1,79 @@
+"""The end-to-end demo (at a smaller size) and the loss study's outputs."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from hiennu.errors import HiennuError
+from hiennu.io.image import read_image
+from hiennu.study.demo import MARKER, DemoOptions, prepare_output_dir, run_demo
+from hiennu.study.loss_study import RULE_ZADC, RULE_ZADC_CC, figure_cases
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return run_demo(DemoOptions(output_dir=out, num_cases=6, test_cases=2, epochs=1, target_size_xyz=(16, 16, 16),
+                                num_processes=1))
+
+
+def test_demo_writes_every_stage(demo):
+    out = demo.output_dir
+    assert (out / MARKER).is_file()
+    raw = out / "hiennu_raw" / "Dataset990_SyntheticDemo"
+    pre = out / "hiennu_preprocessed" / "Dataset990_SyntheticDemo"
+    assert (raw / "dataset.json").is_file() and len(list((raw / "labelsTr").glob("*.mha"))) == 6
+    for name in ("plans.json", "dataset_fingerprint.json", "splits_final.json"):
+        assert (pre / name).is_file()
+    for trainer in ("TrainerDice", "TrainerTverskyHDT"):
+        fold = out / "hiennu_results" / "Dataset990_SyntheticDemo" / f"{trainer}__hiennuPlans__3d_fullres" / "fold_0"
+        for name in ("checkpoint_best.pth", "checkpoint_final.pth", "progress.png", "training_log.txt",
+                     "validation/summary.json"):
+            assert (fold / name).is_file(), name
+    assert set(demo.seconds) == {"make data", "plan and preprocess", "train + loss study", "predict test cases",
+                                 "evaluate"}
+
+
+def test_demo_predictions_keep_native_geometry_and_scores_are_sane(demo):
+    for image in sorted((demo.output_dir / "test_cases" / "imagesTr").glob("*_0000.mha")):
+        case = image.name[: -len("_0000.mha")]
+        mask, geometry = read_image(demo.predictions / f"{case}.mha", dtype=None)
+        _, native = read_image(image)
+        assert geometry.differences(native) == [] and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 1}
+    assert 0.0 <= demo.test_scores["dice"] <= 1.0 and 0.0 <= demo.test_scores["nsd"] <= 1.0
+    assert demo.evaluation.is_file()
+
+
+def test_loss_study_report_lists_trainers_and_rules(demo):
+    study = demo.study_report.parent
+    report = demo.study_report.read_text()
+    for method in ("TrainerDice", "TrainerTverskyHDT", RULE_ZADC, RULE_ZADC_CC):
+        assert method in report
+    assert "Above the simple rules" in report and "Wilcoxon" in report
+    with open(study / "table.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"TrainerDice", "TrainerTverskyHDT", RULE_ZADC, RULE_ZADC_CC}
+    assert float(rows["TrainerDice"]["epochs_mean"]) == 1.0
+    for fig in demo.study_figures:
+        assert fig.is_file() and fig.stat().st_size > 1000
+    # the rule is scored on exactly the cases the trainers validated on
+    with open(study / "per_case.csv") as f:
+        per_case = list(csv.DictReader(f))
+    cases = {m: sorted(r["case_id"] for r in per_case if r["method"] == m) for m in rows}
+    assert cases[RULE_ZADC] == cases["TrainerDice"] == cases["TrainerTverskyHDT"]
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("user data")
+    with pytest.raises(HiennuError, match="not made by hiennu_demo"):
+        prepare_output_dir(tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "user data"
+
+
+def test_figure_cases_spread_over_lesion_sizes():
+    rows = [{"case_id": f"c{i}", "ref_voxels": v} for i, v in enumerate([0, 5, 50, 500, 5000, 0])]
+    assert figure_cases(rows, 3) == ["c1", "c3", "c4"]
+    assert figure_cases(rows, 10) == ["c1", "c2", "c3", "c4"]
+    assert figure_cases([{"case_id": "a", "ref_voxels": 0}], 3) == []
