@@ -10,6 +10,8 @@ workers use ``num_processes`` cores.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
@@ -22,6 +24,12 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+def _main_is_importable() -> bool:
+    """Workers re-import the main script; a main read from stdin (``python - <<EOF``) cannot be."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -40,13 +48,14 @@ def start_workers_early(num_processes: int) -> None:
 
 
 def parallel_map(func: Callable[..., Any], jobs: Sequence[tuple], num_processes: int, desc: str = "") -> list[Any]:
-    """``[func(*job) for job in jobs]`` in order; in-process when ``num_processes <= 1`` or one job.
+    """``[func(*job) for job in jobs]`` in order; in-process when ``num_processes <= 1``, for one job, or
+    when the main script cannot be re-imported by workers.
 
     ``func`` must be a module-level function (it is sent to the workers by name). An exception in
     a job is raised here, after the remaining jobs are cancelled.
     """
     results: list[Any] = [None] * len(jobs)
-    if num_processes <= 1 or len(jobs) <= 1:
+    if num_processes <= 1 or len(jobs) <= 1 or not _main_is_importable():
         for i, job in enumerate(progress(jobs, desc=desc)):
             results[i] = func(*job)
         return results
