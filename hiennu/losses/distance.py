@@ -24,7 +24,7 @@ Two exact back-ends compute the same numbers:
     SimpleITK's Maurer transform (linear-time, exact, multi-threaded C++), one call per volume,
     cropped to the bounding box of the mask's non-zero voxels grown by one voxel (the nearest zero
     voxel of a voxel inside that box always lies in it). The faster choice on CPU; see
-    documentation/benchmarks_losses.md for the measurements behind ``"auto"``.
+    documentation/benchmarks.md for the measurements behind ``"auto"``.
 
 ``"auto"`` picks ``"torch"`` on CUDA and ``"itk"`` on CPU.
 """
