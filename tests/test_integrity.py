@@ -146,7 +146,7 @@ def test_missing_or_bad_dataset_json(raw):
     (raw / "dataset.json").write_text("{not json")
     _one_problem(raw, "dataset.json", "not valid JSON")
     (raw / "dataset.json").unlink()
-    _one_problem(raw, "dataset.json not found")
+    _one_problem(raw, "dataset.json: not found")
 
 
 def test_imagesTs_cases_are_checked(raw):

@@ -89,7 +89,7 @@ def test_dataset_json_round_trip_and_errors(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1}}))
     with pytest.raises(HiennuError, match="channel_names"):
         load_dataset_json(tmp_path)
-    with pytest.raises(HiennuError, match="dataset.json not found"):
+    with pytest.raises(HiennuError, match="dataset.json: not found"):
         load_dataset_json(tmp_path / "nowhere")
 
 

@@ -15,6 +15,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from hiennu.errors import HiennuError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -49,6 +51,20 @@ def write_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def read_json_file(path: str | os.PathLike, missing: str, invalid: str) -> Any:
+    """Read a JSON file a user may have edited; a missing or malformed file is a :class:`HiennuError`.
+
+    ``missing`` / ``invalid`` say how to fix each case (e.g. "run hiennu_plan_and_preprocess first").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HiennuError(f"{path}: not found; {missing}")
+    try:
+        return read_json(path)
+    except ValueError as e:
+        raise HiennuError(f"{path}: not valid JSON ({e}); {invalid}") from None
 
 
 def write_npy(array: np.ndarray, path: str | os.PathLike) -> None:

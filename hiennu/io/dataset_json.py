@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hiennu.errors import HiennuError
-from hiennu.io.atomic import read_json, write_json
+from hiennu.io.atomic import read_json_file, write_json
 from hiennu.io.image import IMAGE_ENDINGS
 
 BONBID_CHANNELS = ("ADC", "ZADC")
@@ -76,15 +76,10 @@ class DatasetJson:
 def load_dataset_json(path: str | os.PathLike) -> DatasetJson:
     """Load ``dataset.json`` (a file, or the dataset folder holding it)."""
     path = Path(path)
-    if path.is_dir():
+    if path.suffix != ".json":
         path = path / "dataset.json"
-    if not path.is_file():
-        raise HiennuError(f"{path}: dataset.json not found; every raw dataset folder needs one "
-                          f"(hiennu_convert_bonbid and hiennu_make_synthetic write it)")
-    try:
-        d = read_json(path)
-    except ValueError as e:
-        raise HiennuError(f"{path}: not valid JSON ({e})") from None
+    d = read_json_file(path, "every raw dataset folder needs one (hiennu_convert_bonbid and "
+                             "hiennu_make_synthetic write it)", "fix the file")
     return DatasetJson.from_dict(d, source=str(path))
 
 

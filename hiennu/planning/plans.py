@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hiennu.errors import HiennuError
-from hiennu.io.atomic import read_json, write_json
+from hiennu.io.atomic import read_json_file, write_json
 
 PLANS_NAME = "hiennuPlans"
 DEFAULT_CONFIGURATION = "3d_fullres"
@@ -232,12 +232,7 @@ def load_plans(path: str | os.PathLike) -> Plans:
     path = Path(path)
     if path.is_dir():
         path = path / "plans.json"
-    if not path.is_file():
-        raise HiennuError(f"{path}: plans not found; run hiennu_plan_and_preprocess first")
-    try:
-        d = read_json(path)
-    except ValueError as e:
-        raise HiennuError(f"{path}: not valid JSON ({e}); fix the edit or re-plan") from None
+    d = read_json_file(path, "run hiennu_plan_and_preprocess first", "fix the edit or re-plan")
     return Plans.from_dict(d, source=str(path))
 
 

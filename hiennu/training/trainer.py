@@ -43,7 +43,7 @@ import hiennu
 from hiennu.errors import HiennuError
 from hiennu.evaluation.evaluate import evaluate_folders
 from hiennu.inference.predictor import Predictor
-from hiennu.io.atomic import read_json, write_json
+from hiennu.io.atomic import read_json, read_json_file, write_json
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image, write_image
 from hiennu.log import get_logger, progress
@@ -502,12 +502,8 @@ class Trainer(abc.ABC):
 
     def _split(self, fold: int | str) -> tuple[list[str], list[str]]:
         path = self.preprocessed_dir / "splits_final.json"
-        if not path.is_file():
-            raise HiennuError(f"{path}: not found; run hiennu_plan_and_preprocess -d {self.dataset_name} first")
-        try:
-            splits = read_json(path)
-        except ValueError as e:
-            raise HiennuError(f"{path}: not valid JSON ({e}); delete it and re-run hiennu_plan_and_preprocess") from None
+        splits = read_json_file(path, f"run hiennu_plan_and_preprocess -d {self.dataset_name} first",
+                                "delete it and re-run hiennu_plan_and_preprocess")
         if not (isinstance(splits, list) and all(isinstance(s, dict) and "train" in s and "val" in s for s in splits)):
             raise HiennuError(f"{path}: must be a list of {{\"train\": [...], \"val\": [...]}} entries")
         if fold == "all":
