@@ -17,10 +17,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=d.num_cases, help="synthetic training cases")
     p.add_argument("--test-cases", type=int, default=d.test_cases, help="synthetic held-out test cases")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trainer")
-    p.add_argument("--iterations-per-epoch", type=int, default=None)
+    p.add_argument("--iterations-per-epoch", type=int, default=d.iterations_per_epoch)
     p.add_argument("--trainers", nargs="+", default=list(d.trainers))
     p.add_argument("--folds", nargs="+", type=int, default=list(d.folds))
-    p.add_argument("--target-size", nargs=3, type=int, default=None, metavar=("X", "Y", "Z"))
+    p.add_argument("--target-size", nargs=3, type=int, default=d.target_size_xyz, metavar=("X", "Y", "Z"),
+                   help="grid (default: 48 48 16, small enough for a CPU)")
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda", "mps"])
     p.add_argument("-np", "--num-processes", type=int, default=d.num_processes)
     p.add_argument("--seed", type=int, default=d.seed)
