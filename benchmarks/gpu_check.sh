@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One-shot GPU check of training, for a lent CUDA machine (run from the repository root):
+# One-shot GPU check for a lent CUDA machine (run from the repository root): training (issue 4),
+# then the GPU tests, the loss, augmentation and one-case prediction timings (issues 3-5):
 #   bash benchmarks/gpu_check.sh [EPOCHS]
 # Needs: the BONBID dev cases at $BONBID_SRC (default shared/data/BONBID2023_Train_dev, or
 # ../shared/data/...), and either a CUDA build of torch already installed or wheels in $WHEELS
 # (default shared/wheels) to install offline. Writes $OUT/bench_train_gpu.json,
-# $OUT/gpu_check.log and $OUT/progress.json. Prints the benchmark table last.
+# $OUT/gpu_check.log, $OUT/progress.json, $OUT/pytest_gpu.log, $OUT/bench_losses_cuda.txt,
+# $OUT/bench_augmentation.txt and $OUT/bench_predict_cuda.txt. Each later step has its own time limit.
 set -euo pipefail
 EPOCHS="${1:-100}"
 OUT="${OUT:-$PWD/gpu_check_out}"
@@ -25,3 +27,9 @@ WORK="${WORK:-/tmp/hiennu_gpu_check}"
 python benchmarks/bench_train_gpu.py --src "$SRC" --work "$WORK" --device cuda --epochs "$EPOCHS" \
     --num-workers "$(( $(nproc) > 4 ? 4 : $(nproc) ))" --out "$OUT/bench_train_gpu.json" 2>>"$OUT/gpu_check.log"
 cp "$WORK"/hiennu_results/Dataset901_Bench/TrainerTverskyHDT__hiennuPlans__3d_fullres/fold_0/progress.json "$OUT/" || true
+export BONBID_DATA="$SRC"
+timeout 120 python -m pytest -q -m gpu tests/ >"$OUT/pytest_gpu.log" 2>&1 || echo "GPU tests failed: see pytest_gpu.log"
+timeout 120 python benchmarks/bench_losses.py --device cuda --repeats 3 --edt >"$OUT/bench_losses_cuda.txt" 2>&1 || true
+timeout 90 python benchmarks/bench_augmentation.py --samples 8 >"$OUT/bench_augmentation.txt" 2>&1 || true
+timeout 90 python benchmarks/bench_predict.py --device cuda --cases 3 --grid 160 160 64 >"$OUT/bench_predict_cuda.txt" 2>&1 || true
+tail -n 20 "$OUT"/bench_*.txt
