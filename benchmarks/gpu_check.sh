@@ -27,7 +27,6 @@ WORK="${WORK:-/tmp/hiennu_gpu_check}"
 python benchmarks/bench_train_gpu.py --src "$SRC" --work "$WORK" --device cuda --epochs "$EPOCHS" \
     --num-workers "$(( $(nproc) > 4 ? 4 : $(nproc) ))" --out "$OUT/bench_train_gpu.json" 2>>"$OUT/gpu_check.log"
 cp "$WORK"/hiennu_results/Dataset901_Bench/TrainerTverskyHDT__hiennuPlans__3d_fullres/fold_0/progress.json "$OUT/" || true
-export BONBID_DATA="$SRC"
 timeout 120 python -m pytest -q -m gpu tests/ >"$OUT/pytest_gpu.log" 2>&1 || echo "GPU tests failed: see pytest_gpu.log"
 timeout 120 python benchmarks/bench_losses.py --device cuda --repeats 3 --edt >"$OUT/bench_losses_cuda.txt" 2>&1 || true
 timeout 90 python benchmarks/bench_augmentation.py --samples 8 >"$OUT/bench_augmentation.txt" 2>&1 || true
