@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec hiennu_demo "$@"
+exec "${PYTHON:-python3}" -m hiennu.cli.demo "$@"

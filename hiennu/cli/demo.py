@@ -49,3 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run(go)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
