@@ -227,7 +227,8 @@ def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, l
                      f"{row['masd_mean'] - by_method[best_rule]['masd_mean']:+.2f} | "
                      f"{row['nsd_mean'] - by_method[best_rule]['nsd_mean']:+.3f} |")
     lines += ["", f"Best rule by Dice: {best_rule}. Negative ΔMASD is better.", "",
-              "## By lesion volume band", "", (out / "bands.md").read_text().split("\n", 1)[-1].strip(), "",
+              "## By lesion volume band", "",
+              (out / "bands.md").read_text().split("\n", 1)[-1].strip().replace("## ", "### "), "",
               f"## Paired Wilcoxon signed-rank tests against {reference}", "",
               (out / "wilcoxon.md").read_text().split("\n", 2)[-1].strip() if tests else "(one trainer only)", "",
               "## Figures", "", "![training curves](progress.png)", "", "![slices](slices.png)", ""]
