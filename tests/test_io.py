@@ -130,3 +130,12 @@ def test_real_case_reads_with_geometry(real_bonbid_dir):
     arr, geo = read_image(adc)
     assert arr.shape == geo.size_zyx and arr.dtype == np.float32
     assert geo.pixel_type == "32-bit float"
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_json({"a": 1}, tmp_path / "p.json")
+    mode = (tmp_path / "p.json").stat().st_mode & 0o777
+    assert mode == 0o666 & ~mask, oct(mode)
