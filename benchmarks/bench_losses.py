@@ -119,13 +119,13 @@ def time_edt_backends(logits, target, repeats: int, device) -> None:
 
     pred, gt = (logits > 0)[:, 0], (target > 0.5)[:, 0]
     masks = {"prediction": pred, "prediction background": ~pred, "target": gt, "target background": ~gt}
-    print(f"\n{'EDT of the batch':<24}{'scipy ms':>10}" + "".join(f"{b + ' ms':>12}" for b in ("itk", "torch")))
+    backends = ("native", "itk", "torch")
+    print(f"\n{'EDT of the batch':<24}{'scipy ms':>10}" + "".join(f"{b + ' ms':>12}" for b in backends))
     for label, mask in masks.items():
         host = mask.cpu().numpy()
         row = []
-        for fn in (lambda: [ndimage.distance_transform_edt(m) for m in host],
-                   lambda: squared_euclidean_distance_transform(mask, backend="itk"),
-                   lambda: squared_euclidean_distance_transform(mask, backend="torch")):
+        for fn in [lambda: [ndimage.distance_transform_edt(m) for m in host]] + [
+                (lambda b=b: squared_euclidean_distance_transform(mask, backend=b)) for b in backends]:
             best = np.inf
             for _ in range(repeats):
                 if device.type == "cuda":

@@ -1,4 +1,4 @@
-"""Exact EDT: both back-ends against scipy, degenerate masks, spacing, bad input."""
+"""Exact EDT: every back-end against scipy, degenerate masks, spacing, bad input."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from scipy import ndimage as ndi
 
 from hiennu.errors import HiennuError
 from hiennu.losses import euclidean_distance_transform, hausdorff_distance_field
+from hiennu.losses.distance import native_available
 
-BACKENDS = ["torch", "itk"]
+BACKENDS = ["native", "torch", "itk"]
 
 
 def _scipy(masks: np.ndarray, spacing=None) -> np.ndarray:
@@ -96,6 +97,76 @@ def test_long_lines_use_the_chunked_product_and_the_window():
     np.testing.assert_allclose(out.numpy(), _scipy(sparse), atol=1e-4)
 
 
+def test_the_native_extension_is_built():
+    """`pip install -e .` compiles hiennu/losses/_edt.c; without it 'auto' silently falls back to ITK."""
+    assert native_available(), "hiennu.losses._edt is missing: run `pip install -e .` (needs a C compiler)"
+
+
+@pytest.mark.parametrize("density", [0.002, 0.05, 0.5, 0.9])
+@pytest.mark.parametrize("spacing", [None, (3.0, 0.5, 1.25)])
+def test_native_both_paths_match_scipy_on_larger_volumes(density, spacing):
+    """Sparse masks take the parabola envelope (long reach), dense ones the windowed minimum; lines of
+    more than one gathered block (x > 32) and planes of mixed finite and infinite lines included."""
+    rng = np.random.default_rng(int(density * 1000))
+    masks = rng.random((2, 9, 37, 70)) < density
+    masks[1, :, :, :35] = False  # half a volume without features for the background transform
+    for mask in (masks, ~masks):
+        out = euclidean_distance_transform(torch.from_numpy(mask), spacing, backend="native")
+        expected = _scipy(mask, spacing)
+        no_zero_voxel = mask.reshape(2, -1).all(axis=1)  # such a sample is +inf (convention)
+        for b in range(2):
+            if no_zero_voxel[b]:
+                assert torch.isinf(out[b]).all()
+            else:
+                np.testing.assert_allclose(out[b].numpy(), expected[b], atol=1e-4)
+
+
+def test_native_hausdorff_field_is_the_sum_of_two_transforms_and_accumulates():
+    from hiennu.losses import _edt
+
+    rng = np.random.default_rng(11)
+    mask = rng.random((6, 20, 45)) < 0.3
+    spacing = (2.0, 1.0, 0.75)
+    expected = (ndi.distance_transform_edt(mask, sampling=spacing) ** 2
+                + ndi.distance_transform_edt(~mask, sampling=spacing) ** 2)
+    out = np.full(mask.shape, np.nan, dtype=np.float32)
+    assert _edt.hausdorff_field(mask, out, spacing) is False
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+    _edt.hausdorff_field(mask, out, spacing, True)
+    np.testing.assert_allclose(out, 2 * expected, rtol=1e-5, atol=1e-4)
+    assert _edt.hausdorff_field(np.zeros((2, 3, 4), bool), np.empty((2, 3, 4), np.float32), (1.0, 1.0, 1.0))
+
+
+def test_native_rejects_bad_buffers():
+    from hiennu.losses import _edt
+
+    mask = np.zeros((3, 4, 5), dtype=bool)
+    with pytest.raises(ValueError, match="float32"):
+        _edt.squared_edt(mask, np.zeros((3, 4, 5), np.float64), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="shape"):
+        _edt.squared_edt(mask, np.zeros((3, 4, 6), np.float32), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="3D"):
+        _edt.squared_edt(np.zeros((3, 4), bool), np.zeros((3, 4), np.float32), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="spacing"):
+        _edt.hausdorff_field(mask, np.zeros((3, 4, 5), np.float32), (1.0, -1.0, 1.0))
+    with pytest.raises((ValueError, BufferError)):
+        _edt.squared_edt(np.zeros((3, 4, 10), bool)[:, :, ::2], np.zeros((3, 4, 5), np.float32), (1.0, 1.0, 1.0))
+
+
+def test_batches_are_spread_over_threads_with_the_same_result():
+    rng = np.random.default_rng(4)
+    masks = torch.from_numpy(rng.random((5, 6, 20, 20)) < 0.4)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = euclidean_distance_transform(masks, backend="native")
+        torch.set_num_threads(2)
+        two = euclidean_distance_transform(masks, backend="native")
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(one, two)
+
+
 def test_bad_input_is_explained():
     with pytest.raises(HiennuError, match="shape"):
         euclidean_distance_transform(torch.zeros(1, 1, 2, 3, 4, dtype=torch.bool))
@@ -128,8 +199,9 @@ def test_real_bonbid_label_matches_scipy(real_bonbid_dir):
     assert label.any(), f"{path.name} has no lesion; pick another case"
     for mask in (label, ~label):
         expected = ndi.distance_transform_edt(mask, sampling=spacing_zyx)
-        out = euclidean_distance_transform(torch.from_numpy(mask), spacing_zyx, backend="itk")
-        np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, err_msg=path.name)
+        for backend in ("native", "itk"):
+            out = euclidean_distance_transform(torch.from_numpy(mask), spacing_zyx, backend=backend)
+            np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, err_msg=f"{path.name} {backend}")
     crop = label[:, ::4, ::4]  # keep the torch back-end's CPU time small
     out = euclidean_distance_transform(torch.from_numpy(~crop), spacing_zyx, backend="torch")
     np.testing.assert_allclose(out.numpy(), ndi.distance_transform_edt(~crop, sampling=spacing_zyx), atol=1e-4)

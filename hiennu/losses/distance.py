@@ -12,26 +12,34 @@ Conventions for the two degenerate masks:
   Hausdorff field :func:`hiennu.losses.hausdorff.hausdorff_distance_field`, treat full masks
   explicitly.
 
-Two exact back-ends compute the same numbers:
+Three exact back-ends compute the same numbers:
 
+``"native"``
+    The separable linear-time algorithm of Felzenszwalb & Huttenlocher in C (``hiennu/losses/_edt.c``,
+    compiled when the package is installed): two scans along x, then the lower envelope of parabolas
+    along y and along z, with columns gathered a cache line at a time. Object masks are cropped to
+    their bounding box grown by one voxel (the nearest zero voxel of a voxel inside that box always
+    lies in it). The C code releases the GIL, so the volumes of a batch are spread over
+    ``torch.get_num_threads()`` threads. The fastest choice on CPU.
 ``"torch"``
-    The separable algorithm of Saito-Toriwaki / Felzenszwalb-Huttenlocher written in tensor ops: the
-    1D distance to the nearest zero along x from two cumulative scans, then along y and along z the
-    lower envelope ``g(i) = min_j f(j) + s² (i - j)²`` evaluated as a min-plus product of every line
-    with the parabola matrix, in chunks of lines. It runs on any device; on CUDA it is one kernel per
-    chunk and axis. Work is ``O(N · (n_y + n_z))`` for ``N`` voxels, which suits GPUs.
+    The same separable algorithm in tensor ops: the 1D distance to the nearest zero along x from two
+    cumulative scans, then along y and along z the lower envelope
+    ``g(i) = min_j f(j) + s² (i - j)²`` evaluated as a min-plus product of every line with the
+    parabola matrix, in chunks of lines. It runs on any device; on CUDA it is one kernel per chunk
+    and axis. Work is ``O(N · (n_y + n_z))`` for ``N`` voxels, which suits GPUs.
 ``"itk"``
     SimpleITK's Maurer transform (linear-time, exact, multi-threaded C++), one call per volume,
-    cropped to the bounding box of the mask's non-zero voxels grown by one voxel (the nearest zero
-    voxel of a voxel inside that box always lies in it). The faster choice on CPU; see
-    documentation/benchmarks.md for the measurements behind ``"auto"``.
+    cropped like ``"native"``. Kept as the CPU fall-back when the C extension is not built (a source
+    checkout used without ``pip install -e .``).
 
-``"auto"`` picks ``"torch"`` on CUDA and ``"itk"`` on CPU.
+``"auto"`` picks ``"torch"`` on CUDA, and on CPU ``"native"`` (``"itk"`` if the extension is
+missing). documentation/benchmarks.md has the measurements behind that choice.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -39,7 +47,12 @@ import torch
 
 from hiennu.errors import HiennuError
 
-BACKENDS = ("auto", "torch", "itk")
+try:
+    from hiennu.losses import _edt
+except ImportError:  # a source checkout without the compiled extension
+    _edt = None
+
+BACKENDS = ("auto", "native", "torch", "itk")
 
 # Elements (lines x n x n) of one min-plus chunk in the torch back-end: 2**24 float32 = 64 MiB.
 _CHUNK_ELEMENTS = 1 << 24
@@ -53,7 +66,7 @@ def euclidean_distance_transform(mask: torch.Tensor, spacing: Sequence[float] | 
         mask: ``(B, z, y, x)`` or ``(z, y, x)`` tensor, bool or numeric (non-zero = object); each
             batch item is transformed on its own.
         spacing: voxel size ``(z, y, x)`` (e.g. mm); ``None`` measures in voxels.
-        backend: ``"auto"``, ``"torch"`` or ``"itk"`` (see the module docstring).
+        backend: ``"auto"``, ``"native"``, ``"torch"`` or ``"itk"`` (see the module docstring).
 
     Returns:
         float32 tensor of the mask's shape on the mask's device. ``+inf`` in a batch item without
@@ -70,6 +83,8 @@ def squared_euclidean_distance_transform(mask: torch.Tensor, spacing: Sequence[f
     backend = _resolve_backend(backend, mask.device)
     if backend == "torch":
         out = _squared_edt_torch(mask, spacing_zyx)
+    elif backend == "native":
+        out = _squared_edt_native(mask, spacing_zyx)
     else:
         out = _squared_edt_itk(mask, spacing_zyx)
     return out[0] if squeeze else out
@@ -105,8 +120,33 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
         raise HiennuError(f"euclidean_distance_transform: unknown backend {backend!r}; "
                           f"choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "torch" if device.type == "cuda" else "itk"
+        if device.type == "cuda":
+            return "torch"
+        return "native" if _edt is not None else "itk"
+    if backend == "native" and _edt is None:
+        raise HiennuError("euclidean_distance_transform: the 'native' back-end is not compiled; reinstall "
+                          "hiennu with `pip install -e .` (needs a C compiler) or pick backend='itk'")
     return backend
+
+
+def native_available() -> bool:
+    """Whether the C back-end (``hiennu.losses._edt``) is compiled and importable."""
+    return _edt is not None
+
+
+def for_each_volume(work: Callable[[int], object], count: int) -> None:
+    """Run ``work(b)`` for ``b < count``, on up to ``torch.get_num_threads()`` threads.
+
+    Meant for C code that releases the GIL; a fresh pool per call leaves no thread behind (safe
+    with forked data-loader workers).
+    """
+    threads = min(count, torch.get_num_threads())
+    if threads <= 1:
+        for b in range(count):
+            work(b)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, range(count)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +211,19 @@ def _envelope_by_shifts(f: torch.Tensor, dim: int, step: float, reach: int) -> t
         torch.minimum(ahead, f.narrow(dim, 0, n - d) + cost, out=ahead)
         torch.minimum(behind, f.narrow(dim, d, n - d) + cost, out=behind)
     return g
+
+
+# ---------------------------------------------------------------------------------------------
+# native back-end (C, CPU)
+# ---------------------------------------------------------------------------------------------
+
+def _squared_edt_native(mask: torch.Tensor, spacing_zyx: tuple[float, float, float]) -> torch.Tensor:
+    """Exact squared EDT of each (z, y, x) volume with the C extension, volumes on parallel threads."""
+    masks = np.ascontiguousarray(mask.detach().cpu().numpy())
+    out = torch.empty(masks.shape, dtype=torch.float32)
+    out_np = out.numpy()
+    for_each_volume(lambda b: _edt.squared_edt(masks[b], out_np[b], spacing_zyx), len(masks))
+    return out.to(mask.device)
 
 
 # ---------------------------------------------------------------------------------------------
