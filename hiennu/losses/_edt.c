@@ -129,8 +129,12 @@ static void envelope_plane(float *base, Py_ssize_t n, Py_ssize_t stride, Py_ssiz
     /* the distances are non-negative floats (+inf included), which order as their bit patterns */
     int32_t top = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        const int32_t *row = (const int32_t *)(base + i * stride);
-        for (Py_ssize_t j = 0; j < nx; j++) top = row[j] > top ? row[j] : top;
+        const float *row = base + i * stride;
+        for (Py_ssize_t j = 0; j < nx; j++) {
+            int32_t bits;
+            memcpy(&bits, row + j, sizeof bits); /* no aliasing through an int pointer */
+            top = bits > top ? bits : top;
+        }
     }
     float largest;
     memcpy(&largest, &top, sizeof largest);
@@ -393,6 +397,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_edt",
-                                    "Exact linear-time squared Euclidean distance transforms (C).", -1, methods};
+                                    "Exact linear-time squared Euclidean distance transforms (C).", -1, methods,
+                                    NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__edt(void) { return PyModule_Create(&module); }
