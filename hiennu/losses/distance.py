@@ -191,12 +191,19 @@ def _parabola_envelope(f: torch.Tensor, dim: int, step: float) -> torch.Tensor:
     moved = f.movedim(dim, -1)
     shape = moved.shape
     lines = moved.reshape(-1, n)
+    # Only positions where some line is finite can be an optimum: a small object's background
+    # transform has few of them (its extent), which shrinks the product to n x extent per line.
+    finite = torch.isfinite(lines).any(dim=0).nonzero()
+    if finite.numel() == 0:
+        return f
+    first, last = int(finite[0]), int(finite[-1]) + 1
     pos = torch.arange(n, device=f.device, dtype=torch.float32)
-    parabola = ((pos[:, None] - pos[None, :]) * step).square_()  # (i, j)
+    parabola = ((pos[:, None] - pos[None, first:last]) * step).square_()  # (i, j)
+    candidates = lines[:, first:last]
     out = torch.empty_like(lines)
-    rows = max(1, _CHUNK_ELEMENTS // (n * n))
+    rows = max(1, _CHUNK_ELEMENTS // (n * (last - first)))
     for start in range(0, lines.shape[0], rows):
-        block = lines[start:start + rows]
+        block = candidates[start:start + rows]
         out[start:start + rows] = (block[:, None, :] + parabola).amin(dim=-1)
     return out.reshape(shape).movedim(-1, dim)
 
