@@ -15,7 +15,13 @@ WHEELS="${WHEELS:-shared/wheels}"
 if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     python -m pip install --no-index --find-links "$WHEELS" "$WHEELS"/*.whl >>"$OUT/gpu_check.log" 2>&1
 fi
-python -m pip install --no-deps --no-build-isolation -e . >>"$OUT/gpu_check.log" 2>&1
+# The editable install compiles the C distance transform; without a compiler, run from the source
+# tree instead (the losses then fall back to the ITK back-end on CPU tensors; CUDA uses torch anyway).
+if ! python -m pip install --no-deps --no-build-isolation -e . >>"$OUT/gpu_check.log" 2>&1; then
+    echo "pip install -e . failed (see above): running from the source tree without hiennu.losses._edt" \
+        | tee -a "$OUT/gpu_check.log"
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 SRC="${BONBID_SRC:-}"
 for candidate in shared/data/BONBID2023_Train_dev ../shared/data/BONBID2023_Train_dev; do
     if [ -z "$SRC" ] && [ -d "$candidate/1ADC_ss" ]; then SRC="$candidate"; fi
