@@ -1,4 +1,5 @@
-"""Loss functions of the study (pure tensor code; formulas in documentation/losses.md).
+"""Loss functions of the study (tensor code, plus a C distance transform for CPU tensors; formulas in
+documentation/losses.md).
 
 Every loss is an ``nn.Module`` built with no required argument and called as
 ``loss(logits, target)`` with logits ``(B, 1, z, y, x)`` and a binary target of the same shape;
