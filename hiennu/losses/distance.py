@@ -16,8 +16,9 @@ Three exact back-ends compute the same numbers:
 
 ``"native"``
     The separable linear-time algorithm of Felzenszwalb & Huttenlocher in C (``hiennu/losses/_edt.c``,
-    compiled when the package is installed): two scans along x, then the lower envelope of parabolas
-    along y and along z, with columns gathered a cache line at a time. Object masks are cropped to
+    compiled when the package is installed): two scans along x, then along y and along z the lower
+    envelope of parabolas on blocks of 32 lines copied together, or a windowed minimum where the
+    plane's values bound the optimum within 32 voxels. Object masks are cropped to
     their bounding box grown by one voxel (the nearest zero voxel of a voxel inside that box always
     lies in it). The C code releases the GIL, so the volumes of a batch are spread over
     ``torch.get_num_threads()`` threads. The fastest choice on CPU.
