@@ -86,6 +86,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--noisy", action="store_true", help="white-noise logits (untrained network)")
     parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset")
+    parser.add_argument("--backend", default="auto", choices=["auto", "native", "torch", "itk"],
+                        help="distance-transform back-end of the Hausdorff losses ('native' on CUDA tensors "
+                             "computes the fields on the host)")
     parser.add_argument("--edt", action="store_true",
                         help="also time the distance transform back-ends against scipy on the batch's masks")
     args = parser.parse_args()
@@ -99,10 +102,13 @@ def main() -> None:
         device = torch.device(dev)
         logits, target = make_inputs(shape, device, args.noisy)
         print(f"\n{dev}: logits {tuple(logits.shape)}, {args.repeats} repeats (best of, forward+backward), "
-              f"{args.threads} torch threads, {'white-noise' if args.noisy else 'blob-like'} prediction")
+              f"{args.threads} torch threads, {'white-noise' if args.noisy else 'blob-like'} prediction, "
+              f"distance back-end {args.backend}")
         print(f"{'loss':<16}{'hiennu ms':>12}{'MONAI ms':>12}{'MONAI/hiennu':>14}")
         for name in args.losses.split(","):
-            ours = time_loss(LOSSES[name](), logits, target, args.repeats, device)
+            uses_fields = "Hausdorff" in name or "HDT" in name
+            ours = time_loss(LOSSES[name](backend=args.backend) if uses_fields else LOSSES[name](),
+                             logits, target, args.repeats, device)
             peer = monai_loss(name)
             theirs = time_loss(peer, logits, target, args.repeats, device) if peer is not None else float("nan")
             print(f"{name:<16}{ours * 1e3:>12.1f}{theirs * 1e3:>12.1f}{theirs / ours:>14.1f}", flush=True)

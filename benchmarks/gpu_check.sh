@@ -35,6 +35,9 @@ python benchmarks/bench_train_gpu.py --src "$SRC" --work "$WORK" --device cuda -
 cp "$WORK"/hiennu_results/Dataset901_Bench/TrainerTverskyHDT__hiennuPlans__3d_fullres/fold_0/progress.json "$OUT/" || true
 timeout 120 python -m pytest -q -m gpu tests/ >"$OUT/pytest_gpu.log" 2>&1 || echo "GPU tests failed: see pytest_gpu.log"
 timeout 120 python benchmarks/bench_losses.py --device cuda --repeats 3 --edt >"$OUT/bench_losses_cuda.txt" 2>&1 || true
+# the same losses with the fields computed on the host by the C back-end (which 'auto' should pick?)
+timeout 60 python benchmarks/bench_losses.py --device cuda --repeats 3 --backend native --threads "$(nproc)" \
+    --losses Dice,HausdorffDT,TverskyHDT >>"$OUT/bench_losses_cuda.txt" 2>&1 || true
 timeout 90 python benchmarks/bench_augmentation.py --samples 8 >"$OUT/bench_augmentation.txt" 2>&1 || true
 timeout 90 python benchmarks/bench_predict.py --device cuda --cases 3 --grid 160 160 64 >"$OUT/bench_predict_cuda.txt" 2>&1 || true
 tail -n 20 "$OUT"/bench_*.txt
