@@ -100,6 +100,9 @@ def test_long_lines_use_the_chunked_product_and_the_window():
 def test_the_native_extension_is_built():
     """`pip install -e .` compiles hiennu/losses/_edt.c; without it 'auto' silently falls back to ITK."""
     assert native_available(), "hiennu.losses._edt is missing: run `pip install -e .` (needs a C compiler)"
+    from hiennu.losses.distance import _resolve_backend
+
+    assert _resolve_backend("auto", torch.device("cpu")) == "native"
 
 
 @pytest.mark.parametrize("density", [0.002, 0.05, 0.5, 0.9])
