@@ -11,6 +11,8 @@ EDT_EXTENSION = Extension(
     extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
 )
 
+TRITON = 'triton; platform_system == "Linux" and platform_machine == "x86_64"'
+
 SCRIPTS = {
     "hiennu_convert_bonbid": "convert_bonbid",
     "hiennu_make_synthetic": "make_synthetic",
@@ -47,9 +49,10 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=7", "surface-distance"],
+        # triton: its CPU interpreter checks the CUDA distance-transform kernel (CUDA torch ships it)
+        "test": ["pytest>=7", "surface-distance", TRITON],
         # peers timed side by side by the scripts in benchmarks/
-        "bench": ["nnunetv2", "monai", "surface-distance"],
+        "bench": ["nnunetv2", "monai", "surface-distance", TRITON],
     },
     entry_points={"console_scripts": [f"{cmd}=hiennu.cli.{mod}:main" for cmd, mod in SCRIPTS.items()]},
 )

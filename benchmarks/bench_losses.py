@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--noisy", action="store_true", help="white-noise logits (untrained network)")
     parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset")
-    parser.add_argument("--backend", default="auto", choices=["auto", "native", "torch", "itk"],
+    parser.add_argument("--backend", default="auto", choices=["auto", "native", "torch", "triton", "itk"],
                         help="distance-transform back-end of the Hausdorff losses ('native' on CUDA tensors "
                              "computes the fields on the host)")
     parser.add_argument("--edt", action="store_true",
@@ -125,7 +125,9 @@ def time_edt_backends(logits, target, repeats: int, device) -> None:
 
     pred, gt = (logits > 0)[:, 0], (target > 0.5)[:, 0]
     masks = {"prediction": pred, "prediction background": ~pred, "target": gt, "target background": ~gt}
-    backends = ("native", "itk", "torch")
+    from hiennu.losses.distance import _triton_module
+
+    backends = ("native", "itk", "torch") + (("triton",) if device.type == "cuda" and _triton_module() else ())
     print(f"\n{'EDT of the batch':<24}{'scipy ms':>10}" + "".join(f"{b + ' ms':>12}" for b in backends))
     for label, mask in masks.items():
         host = mask.cpu().numpy()

@@ -208,3 +208,27 @@ def test_real_bonbid_label_matches_scipy(real_bonbid_dir):
     crop = label[:, ::4, ::4]  # keep the torch back-end's CPU time small
     out = euclidean_distance_transform(torch.from_numpy(~crop), spacing_zyx, backend="torch")
     np.testing.assert_allclose(out.numpy(), ndi.distance_transform_edt(~crop, sampling=spacing_zyx), atol=1e-4)
+
+
+def test_a_failing_triton_kernel_falls_back_to_torch_under_auto(monkeypatch):
+    """'auto' picks Triton on CUDA; a kernel that cannot compile there must not stop training."""
+    from types import SimpleNamespace
+
+    from hiennu.losses import distance
+
+    def broken(f, dim, step):
+        raise RuntimeError("no kernel for this GPU")
+
+    monkeypatch.setattr(distance, "_triton_module", lambda: SimpleNamespace(parabola_envelope=broken))
+    monkeypatch.setattr(distance, "_TRITON_FAILURE", None)
+    real_resolve = distance._resolve_backend
+    monkeypatch.setattr(distance, "_resolve_backend", lambda backend, device: "triton" if backend == "auto"
+                        and distance._TRITON_FAILURE is None else real_resolve(backend, device))
+    mask = np.random.default_rng(2).random((2, 4, 6, 7)) < 0.6
+    mask[:, 0, 0, 0] = False
+    with pytest.warns(RuntimeWarning, match="Triton"):
+        out = euclidean_distance_transform(torch.from_numpy(mask))
+    np.testing.assert_allclose(out.numpy(), _scipy(mask), atol=1e-4)
+    assert isinstance(distance._TRITON_FAILURE, RuntimeError)
+    with pytest.raises(RuntimeError, match="no kernel"):  # asked for by name: the error is not hidden
+        distance._squared_edt_triton(torch.from_numpy(mask), (1.0, 1.0, 1.0), fall_back=False)

@@ -28,17 +28,26 @@ Three exact back-ends compute the same numbers:
     ``g(i) = min_j f(j) + s² (i - j)²`` evaluated as a min-plus product of every line with the
     parabola matrix, in chunks of lines. It runs on any device; on CUDA it is one kernel per chunk
     and axis. Work is ``O(N · (n_y + n_z))`` for ``N`` voxels, which suits GPUs.
+``"triton"``
+    The torch back-end with its two envelopes replaced by one Triton kernel per axis
+    (:mod:`hiennu.losses.distance_triton`): the same exact min-plus product, computed in registers
+    without the chunked intermediate and without host synchronisation. CUDA only (and CPU tensors
+    under ``TRITON_INTERPRET=1``, for tests); needs the ``triton`` package.
 ``"itk"``
     SimpleITK's Maurer transform (linear-time, exact, multi-threaded C++), one call per volume,
     cropped like ``"native"``. Kept as the CPU fall-back when the C extension is not built (a source
     checkout used without ``pip install -e .``).
 
-``"auto"`` picks ``"torch"`` on CUDA, and on CPU ``"native"`` (``"itk"`` if the extension is
-missing). documentation/benchmarks.md has the measurements behind that choice.
+``"auto"`` picks ``"triton"`` on CUDA (``"torch"`` without Triton), and on CPU ``"native"``
+(``"itk"`` if the extension is missing). documentation/benchmarks.md has the measurements behind that choice.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -53,7 +62,7 @@ try:
 except ImportError:  # a source checkout without the compiled extension
     _edt = None
 
-BACKENDS = ("auto", "native", "torch", "itk")
+BACKENDS = ("auto", "native", "torch", "triton", "itk")
 
 # Elements (lines x n x n) of one min-plus chunk in the torch back-end: 2**24 float32 = 64 MiB.
 _CHUNK_ELEMENTS = 1 << 24
@@ -67,7 +76,8 @@ def euclidean_distance_transform(mask: torch.Tensor, spacing: Sequence[float] | 
         mask: ``(B, z, y, x)`` or ``(z, y, x)`` tensor, bool or numeric (non-zero = object); each
             batch item is transformed on its own.
         spacing: voxel size ``(z, y, x)`` (e.g. mm); ``None`` measures in voxels.
-        backend: ``"auto"``, ``"native"``, ``"torch"`` or ``"itk"`` (see the module docstring).
+        backend: ``"auto"``, ``"native"``, ``"torch"``, ``"triton"`` or ``"itk"`` (see the module
+            docstring).
 
     Returns:
         float32 tensor of the mask's shape on the mask's device. ``+inf`` in a batch item without
@@ -81,9 +91,11 @@ def squared_euclidean_distance_transform(mask: torch.Tensor, spacing: Sequence[f
     """The square of :func:`euclidean_distance_transform` (cheaper; what the Hausdorff loss needs)."""
     mask, squeeze = _check_mask(mask)
     spacing_zyx = _check_spacing(spacing)
-    backend = _resolve_backend(backend, mask.device)
+    requested, backend = backend, _resolve_backend(backend, mask.device)
     if backend == "torch":
         out = _squared_edt_torch(mask, spacing_zyx)
+    elif backend == "triton":
+        out = _squared_edt_triton(mask, spacing_zyx, fall_back=requested == "auto")
     elif backend == "native":
         out = _squared_edt_native(mask, spacing_zyx)
     else:
@@ -122,12 +134,47 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
                           f"choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         if device.type == "cuda":
-            return "torch"
+            return "triton" if _triton_module() is not None and _TRITON_FAILURE is None else "torch"
         return "native" if _edt is not None else "itk"
     if backend == "native" and _edt is None:
         raise HiennuError("euclidean_distance_transform: the 'native' back-end is not compiled; reinstall "
                           "hiennu with `pip install -e .` (needs a C compiler) or pick backend='itk'")
+    if backend == "triton":
+        if _triton_module() is None:
+            raise HiennuError("euclidean_distance_transform: the 'triton' back-end needs the triton package "
+                              "(part of CUDA builds of torch); pick backend='torch'")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise HiennuError(f"euclidean_distance_transform: the 'triton' back-end runs on CUDA tensors, got "
+                              f"a {device.type} tensor; pick backend='native' on CPU")
     return backend
+
+
+# Set when the Triton kernel failed under backend="auto"; "auto" then uses the torch back-end.
+_TRITON_FAILURE: Exception | None = None
+
+
+def _squared_edt_triton(mask: torch.Tensor, spacing_zyx: tuple[float, float, float], fall_back: bool) -> torch.Tensor:
+    """The torch back-end with Triton envelopes; with ``fall_back``, a kernel that fails to compile or
+    run on this machine is reported once and replaced by the tensor-op envelopes (same numbers)."""
+    global _TRITON_FAILURE
+    try:
+        return _squared_edt_torch(mask, spacing_zyx, envelope=_triton_module().parabola_envelope)
+    except Exception as error:  # Triton raises compiler, resource and driver errors of many types
+        if not fall_back:
+            raise
+        _TRITON_FAILURE = error
+        warnings.warn(f"hiennu: the Triton distance-transform kernel failed on this machine "
+                      f"({type(error).__name__}: {error}); using the torch back-end from now on", RuntimeWarning)
+        return _squared_edt_torch(mask, spacing_zyx)
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_module():
+    """:mod:`hiennu.losses.distance_triton`, or ``None`` where Triton is missing or unusable."""
+    try:
+        return importlib.import_module("hiennu.losses.distance_triton")
+    except Exception:  # ImportError, or a Triton that fails to initialise on this machine
+        return None
 
 
 def native_available() -> bool:
@@ -154,11 +201,17 @@ def for_each_volume(work: Callable[[int], object], count: int) -> None:
 # torch back-end
 # ---------------------------------------------------------------------------------------------
 
-def _squared_edt_torch(mask: torch.Tensor, spacing_zyx: tuple[float, float, float]) -> torch.Tensor:
-    """Separable exact squared EDT of a (B, z, y, x) bool mask, in tensor ops on its device."""
+def _squared_edt_torch(mask: torch.Tensor, spacing_zyx: tuple[float, float, float],
+                       envelope: Callable[[torch.Tensor, int, float], torch.Tensor] | None = None) -> torch.Tensor:
+    """Separable exact squared EDT of a (B, z, y, x) bool mask, in tensor ops on its device.
+
+    ``envelope(f, dim, step)`` computes the lower envelope along one axis (default: the chunked
+    min-plus product in tensor ops; the Triton back-end passes its kernel).
+    """
+    envelope = envelope or _parabola_envelope
     f = _squared_line_distance_x(mask, spacing_zyx[2])
-    f = _parabola_envelope(f, dim=2, step=spacing_zyx[1])
-    f = _parabola_envelope(f, dim=1, step=spacing_zyx[0])
+    f = envelope(f, 2, spacing_zyx[1])
+    f = envelope(f, 1, spacing_zyx[0])
     return f
 
 
