@@ -51,11 +51,9 @@ def summed_hausdorff_fields(masks: Sequence[torch.Tensor], spacing: Sequence[flo
     resolved = distance._resolve_backend(backend, masks[0].device)
     if resolved == "native" and alpha == 2.0:
         return _summed_fields_native(masks, spacing_zyx)
-    total = None
-    for mask in masks:
-        field = _field_by_transforms(mask, spacing_zyx, alpha, resolved)
-        total = field if total is None else total.add_(field)
-    return total
+    # one batched transform for all masks (fewer kernel launches on CUDA)
+    fields = _field_by_transforms(torch.cat(list(masks)), spacing_zyx, alpha, resolved)
+    return fields.view(len(masks), *masks[0].shape).sum(dim=0)
 
 
 def _summed_fields_native(masks: Sequence[torch.Tensor], spacing_zyx: tuple[float, float, float]) -> torch.Tensor:
