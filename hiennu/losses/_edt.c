@@ -40,7 +40,7 @@ typedef struct {
 } Box;
 
 typedef struct {
-    float *rows;        /* a copy of one plane (n rows of nx), for the windowed minimum */
+    float *rows;        /* a copy of one plane (windowed minimum) or of BLOCK lines (envelope) */
     Py_ssize_t *sites;  /* positions of the parabolas on the lower envelope */
     double *starts;     /* where each parabola's part of the envelope begins */
     double *heights;    /* f(p) + w^2 p^2 for each envelope parabola p */
