@@ -183,11 +183,16 @@ def test_bad_input_is_explained():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_scipy():
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+def test_cuda_matches_scipy(backend):
+    from hiennu.losses.distance import _triton_module
+
+    if backend == "triton" and _triton_module() is None:
+        pytest.skip("needs the triton package")
     rng = np.random.default_rng(5)
     masks = rng.random((2, 16, 64, 64)) < 0.7
     masks[:, 0, 0, 0] = False
-    out = euclidean_distance_transform(torch.from_numpy(masks).cuda(), (2.0, 1.0, 1.0))
+    out = euclidean_distance_transform(torch.from_numpy(masks).cuda(), (2.0, 1.0, 1.0), backend=backend)
     assert out.is_cuda
     np.testing.assert_allclose(out.cpu().numpy(), _scipy(masks, (2.0, 1.0, 1.0)), atol=1e-4)
 
