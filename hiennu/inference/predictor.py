@@ -1,12 +1,15 @@
 """The trained-model predictor: plans' preprocessing, fold ensemble, back to the native grid.
 
 For each case: the channels are preprocessed with exactly the plans' steps
-(:func:`hiennu.preprocessing.preprocessor.preprocess_case`: resampling to the fixed grid,
-per-channel normalization), every chosen fold predicts on the grid (with mirroring test-time
-augmentation unless disabled), the sigmoid probabilities are averaged
-(:class:`~hiennu.inference.ensemble.FoldEnsemble`), the mean probability map is resampled to the
-case's native size with the configuration's ``prediction_interpolation`` (``linear`` or
-``nearest``) on the device, and thresholded there at 0.5 (``p >= 0.5`` is lesion). Components
+(:func:`hiennu.preprocessing.preprocessor.preprocess_case`: brain crop and resampling to the
+target spacing, or resampling to the fixed grid; per-channel normalization), every chosen fold
+predicts (with mirroring test-time augmentation unless disabled; a patch configuration slides a
+window of the patch size with 50 % overlap and Gaussian weighting,
+:mod:`~hiennu.inference.sliding_window`), the sigmoid probabilities are averaged
+(:class:`~hiennu.inference.ensemble.FoldEnsemble`), the mean probability map is taken back to the
+case's native grid with the configuration's ``prediction_interpolation`` (``linear`` or
+``nearest``; a cropped case is un-cropped into zeros, :func:`~hiennu.preprocessing.cropping.restore_to_native`)
+on the device, and thresholded there at 0.5 (``p >= 0.5`` is lesion). Components
 smaller than ``min_component_voxels`` are then removed.
 
 Mirroring axes: the axes the plans trained with (``augmentation.mirror_axes`` when
@@ -23,6 +26,7 @@ Usage from Python::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +37,7 @@ from hiennu.errors import HiennuError
 from hiennu.inference.baseline import make_baseline
 from hiennu.inference.ensemble import FoldEnsemble
 from hiennu.inference.folder_prediction import CasePredictor
+from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.model_registry import fold_sort_key, model_folds, resolve_model, split_model_dir_name
 from hiennu.inference.model_zip import load_checkpoint_weights, load_model_zip
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
@@ -40,6 +45,7 @@ from hiennu.io.image import Geometry
 from hiennu.log import get_logger
 from hiennu.networks.unet import build_network
 from hiennu.planning.plans import Configuration, Plans, load_plans
+from hiennu.preprocessing.cropping import CropRecord, restore_to_native
 from hiennu.preprocessing.preprocessor import preprocess_case
 from hiennu.preprocessing.resampling import resample_probabilities_to_native
 
@@ -65,6 +71,15 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise HiennuError("device 'mps' asked for, but MPS is not available; use --device cpu")
     return dev
+
+
+@dataclass
+class PreparedCase:
+    """A case after the plans' preprocessing: data ``(C, z, y, x)`` float32 and, for a patch
+    configuration, the crop record that takes its predictions back to the native grid."""
+
+    data: np.ndarray
+    crop: CropRecord | None
 
 
 def tta_mirror_axes(configuration: Configuration) -> tuple[int, ...]:
@@ -170,24 +185,36 @@ class Predictor(CasePredictor):
 
     # ---------------------------------------------------------------------------------- prediction
 
-    def prepare(self, images: list[np.ndarray], geometry: Geometry) -> np.ndarray:
-        """The plans' preprocessing: ``(C, z, y, x)`` float32 on the fixed grid."""
-        data, _ = preprocess_case(images, self.configuration)
-        return data
+    def prepare(self, images: list[np.ndarray], geometry: Geometry) -> PreparedCase:
+        """The plans' preprocessing of one case (the reader thread's work)."""
+        data, _, crop = preprocess_case(images, self.configuration, spacing_zyx=geometry.spacing_zyx)
+        return PreparedCase(data, crop)
 
-    def predict_prepared(self, prepared: list[np.ndarray], geometries: list[Geometry],
+    def predict_prepared(self, prepared: list[PreparedCase], geometries: list[Geometry],
                          need_probabilities: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        batch = torch.from_numpy(np.stack(prepared).astype(np.float32, copy=False))
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()
-        probs = self.ensemble.predict_probabilities(batch)
+        if self.configuration.is_patch_based:
+            native = [self._predict_patches(case) for case in prepared]
+        else:
+            batch = torch.from_numpy(np.stack([case.data for case in prepared]).astype(np.float32, copy=False))
+            if self.device.type == "cuda":
+                batch = batch.pin_memory()
+            probs = self.ensemble.predict_probabilities(batch)
+            native = [resample_probabilities_to_native(probs[i], geometry.size_zyx,
+                                                       mode=self.configuration.prediction_interpolation)
+                      for i, geometry in enumerate(geometries)]
         results = []
-        for i, geometry in enumerate(geometries):
-            native = resample_probabilities_to_native(probs[i], geometry.size_zyx,
-                                                      mode=self.configuration.prediction_interpolation)
-            mask = (native >= THRESHOLD).to(torch.uint8).cpu().numpy()
-            results.append((mask, native.cpu().numpy().astype(np.float32, copy=False) if need_probabilities else None))
+        for prob in native:
+            mask = (prob >= THRESHOLD).to(torch.uint8).cpu().numpy()
+            results.append((mask, prob.cpu().numpy().astype(np.float32, copy=False) if need_probabilities else None))
         return results
+
+    def _predict_patches(self, case: PreparedCase) -> torch.Tensor:
+        """Sliding-window probabilities of one cropped case, back on its native grid (a tensor on the device)."""
+        data = torch.from_numpy(np.ascontiguousarray(case.data, dtype=np.float32)).to(self.device)
+        prob = sliding_window_predict(self.ensemble.predict_probabilities, data, self.configuration.patch_size_zyx,
+                                      windows_per_batch=self.batch_size)
+        assert case.crop is not None
+        return restore_to_native(prob, case.crop, self.configuration.prediction_interpolation)
 
 
 def build_predictor(model: str | Path | None = None, dataset: str | int | None = None, trainer: str | None = None,

@@ -1,6 +1,7 @@
 """3D U-Net built from a :class:`~hiennu.planning.plans.NetworkPlan` (the paper's architecture).
 
-Encoder stage s: two 3x3x3 convolutions, each followed by batch norm and LeakyReLU, then dropout
+Encoder stage s: two 3x3x3 convolutions, each followed by a norm (batch norm as in the paper, or
+instance norm for small patch batches, ``plan.norm``) and LeakyReLU, then dropout
 ``dropout_per_stage[s]``; stages after the first start with a max-pool. The last stage is the
 bottleneck. Each decoder stage up-samples with a transpose convolution, concatenates the skip
 connection, and applies two convolutions (same norm/activation/dropout as the matching encoder
@@ -10,6 +11,11 @@ Input ``(B, in_channels, z, y, x)`` with each spatial size divisible by
 ``plan.downsampling_factor_zyx``; output logits ``(B, out_channels, z, y, x)``. With
 ``deep_supervision`` in training mode the output is a list: full resolution first, then one
 lower-resolution logit map per decoder stage below it.
+
+With ``plan.rule_prior`` the full-resolution logits get ``k * (t - x[:, c])`` added: the
+challenge's ZADC < t rule as a logit prior (``c`` the ZADC channel, on its atlas z-score scale;
+``k`` a learnable scale, initialised to 2). The output convolutions then start at zero, so the
+untrained network predicts exactly the rule and training learns corrections to it.
 """
 
 from __future__ import annotations
@@ -20,15 +26,28 @@ from torch import nn
 from hiennu.planning.plans import NetworkPlan
 
 
-class ConvBlock(nn.Sequential):
-    """(conv3d -> batch norm -> LeakyReLU) x 2 -> dropout."""
+RULE_PRIOR_INIT_SCALE = 2.0
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, dropout: float, negative_slope: float):
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """``batch`` -> BatchNorm3d, ``instance`` -> InstanceNorm3d with affine parameters (nnU-Net's choice)."""
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm3d(channels, affine=True)
+    raise ValueError(f"network plan: unknown norm {kind!r}; choose 'batch' or 'instance'")
+
+
+class ConvBlock(nn.Sequential):
+    """(conv3d -> norm -> LeakyReLU) x 2 -> dropout."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, dropout: float, negative_slope: float,
+                 norm: str = "batch"):
         pad = kernel_size // 2
         layers: list[nn.Module] = []
         for i in range(2):
             layers += [nn.Conv3d(in_ch if i == 0 else out_ch, out_ch, kernel_size, padding=pad, bias=False),
-                       nn.BatchNorm3d(out_ch), nn.LeakyReLU(negative_slope, inplace=True)]
+                       make_norm(norm, out_ch), nn.LeakyReLU(negative_slope, inplace=True)]
         if dropout > 0:
             layers.append(nn.Dropout3d(dropout))
         super().__init__(*layers)
@@ -52,7 +71,7 @@ class UNet3D(nn.Module):
         for s, f in enumerate(feats):
             if s > 0:
                 self.pools.append(nn.MaxPool3d(tuple(plan.pool_kernel_sizes[s - 1])))
-            self.encoder.append(ConvBlock(in_ch, f, k, plan.dropout_per_stage[s], slope))
+            self.encoder.append(ConvBlock(in_ch, f, k, plan.dropout_per_stage[s], slope, plan.norm))
             in_ch = f
         self.ups = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -60,10 +79,24 @@ class UNet3D(nn.Module):
         for s in reversed(range(len(feats) - 1)):
             pool = tuple(plan.pool_kernel_sizes[s])
             self.ups.append(nn.ConvTranspose3d(feats[s + 1], feats[s], pool, stride=pool))
-            self.decoder.append(ConvBlock(2 * feats[s], feats[s], k, plan.dropout_per_stage[s], slope))
+            self.decoder.append(ConvBlock(2 * feats[s], feats[s], k, plan.dropout_per_stage[s], slope, plan.norm))
             self.heads.append(nn.Conv3d(feats[s], plan.out_channels, 1))
+        if plan.rule_prior:
+            if not 0 <= plan.rule_prior_channel < plan.in_channels:
+                raise ValueError(f"network plan: rule_prior_channel {plan.rule_prior_channel} is not one of the "
+                                 f"{plan.in_channels} input channels")
+            self.rule_scale = nn.Parameter(torch.tensor(RULE_PRIOR_INIT_SCALE))
+            for head in self.heads:
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+
+    def rule_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The prior ``k * (t - x[:, c])`` as ``(B, 1, z, y, x)`` logits."""
+        c = self.plan.rule_prior_channel
+        return self.rule_scale * (self.plan.rule_prior_threshold - x[:, c:c + 1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        prior = self.rule_logits(x) if self.plan.rule_prior else None
         skips = []
         for s, block in enumerate(self.encoder):
             if s > 0:
@@ -77,8 +110,12 @@ class UNet3D(nn.Module):
             if self.plan.deep_supervision and self.training:
                 outputs.append(head(x))
         if self.plan.deep_supervision and self.training:
-            return outputs[::-1]
-        return self.heads[-1](x)
+            outputs = outputs[::-1]
+            if prior is not None:
+                outputs[0] = outputs[0] + prior
+            return outputs
+        out = self.heads[-1](x)
+        return out if prior is None else out + prior
 
 
 def build_network(plan: NetworkPlan) -> UNet3D:

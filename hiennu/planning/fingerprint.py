@@ -1,7 +1,8 @@
 """Dataset fingerprint: what the planner needs to know about the training cases.
 
 Per case: native geometry (size, spacing, origin, direction in SimpleITK (x, y, z) order; pixel
-type), brain voxels (ADC != 0), lesion voxels, lesion fraction of the brain, and the number of
+type), brain voxels (ADC != 0), the brain's bounding box (half-open, native voxels, z y x) and its
+extent in mm, lesion voxels, lesion fraction of the brain, and the number of
 26-connected lesion components. Per channel: intensity statistics inside the brain over a seeded
 sample of at most ``samples_per_case`` brain voxels per case (mean, std, median, min, max and the
 0.5 / 99.5 percentiles), for the dataset and for each case. Written to
@@ -23,6 +24,7 @@ from hiennu.io.atomic import read_json, write_json
 from hiennu.io.cases import CaseFiles
 from hiennu.io.image import Geometry, read_image
 from hiennu.log import get_logger
+from hiennu.preprocessing.cropping import brain_bbox
 from hiennu.preprocessing.parallel import parallel_map
 
 log = get_logger(__name__)
@@ -66,10 +68,26 @@ class CaseFingerprint:
     lesion_fraction: float
     lesion_components: int
     intensity: list[IntensityStats]
+    brain_bbox_zyx: list[list[int]] | None = None
 
     @property
     def size_zyx(self) -> tuple[int, int, int]:
         return tuple(reversed(self.geometry["size_xyz"]))  # type: ignore[return-value]
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in reversed(self.geometry["spacing_xyz"]))  # type: ignore[return-value]
+
+    @property
+    def brain_box_zyx(self) -> tuple[int, int, int]:
+        """Voxels of the brain box per axis (the whole volume when no box was recorded)."""
+        if self.brain_bbox_zyx is None:
+            return self.size_zyx
+        return tuple(int(e - s) for s, e in self.brain_bbox_zyx)  # type: ignore[return-value]
+
+    @property
+    def brain_box_mm_zyx(self) -> tuple[float, float, float]:
+        return tuple(n * s for n, s in zip(self.brain_box_zyx, self.spacing_zyx))  # type: ignore[return-value]
 
 
 @dataclass
@@ -93,7 +111,15 @@ class DatasetFingerprint:
                           for i, (n, s) in enumerate(zip(self.channel_names, self.intensity))}
         sizes = np.array([c.geometry["size_xyz"] for c in self.cases])
         spacings = np.array([c.geometry["spacing_xyz"] for c in self.cases])
+        boxes_mm = np.array([c.brain_box_mm_zyx for c in self.cases])
+        spacings_zyx = spacings[:, ::-1]
         d["summary"] = {"num_cases": len(self.cases),
+                        "spacing_zyx_median": np.median(spacings_zyx, 0).tolist(),
+                        "spacing_zyx_min": spacings_zyx.min(0).tolist(),
+                        "spacing_zyx_max": spacings_zyx.max(0).tolist(),
+                        "spacing_zyx_percentile_10": np.percentile(spacings_zyx, 10, axis=0).tolist(),
+                        "brain_box_mm_zyx_median": np.median(boxes_mm, 0).tolist(),
+                        "brain_box_mm_zyx_max": boxes_mm.max(0).tolist(),
                         "size_xyz_mean": sizes.mean(0).tolist(), "size_xyz_min": sizes.min(0).tolist(),
                         "size_xyz_max": sizes.max(0).tolist(),
                         "spacing_xyz_median": np.median(spacings, 0).tolist(),
@@ -137,7 +163,7 @@ def fingerprint_case(case: CaseFiles, index: int, samples_per_case: int, seed: i
     lesion_voxels = int(lesion.sum())
     fp = CaseFingerprint(case.case_id, geometry.to_dict(), brain_voxels, lesion_voxels,
                          lesion_voxels / brain_voxels if brain_voxels else 0.0, int(components),
-                         [IntensityStats.of(s) for s in samples])
+                         [IntensityStats.of(s) for s in samples], brain_bbox(arrays[0]))
     return fp, samples
 
 

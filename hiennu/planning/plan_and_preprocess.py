@@ -20,8 +20,9 @@ from hiennu.log import get_logger
 from hiennu.paths import preprocessed_root, raw_dataset_dir
 from hiennu.planning.fingerprint import FINGERPRINT_FILE, compute_fingerprint, save_fingerprint
 from hiennu.planning.planner import DEFAULT_GPU_MEMORY_GB, plan_experiment, record_roundtrip
-from hiennu.planning.plans import DEFAULT_CONFIGURATION, PAPER_CONFIGURATION, Plans, load_plans, save_plans
-from hiennu.planning.roundtrip import measure_roundtrip
+from hiennu.planning.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION, Plans,
+                                   load_plans, save_plans)
+from hiennu.planning.roundtrip import measure_crop_roundtrip, measure_roundtrip
 from hiennu.planning.splits import SPLITS_FILE, write_splits_if_absent
 from hiennu.preprocessing.parallel import start_workers_early
 from hiennu.preprocessing.preprocessor import preprocess_dataset
@@ -38,6 +39,7 @@ class PlanAndPreprocessOptions:
     ``paper`` for ``3d_fullres``. gpu_memory_gb: budget of the memory policy (GiB).
     check_only: run the integrity check only. preprocess: False stops after writing the plans.
     keep_plans: preprocess with the existing ``plans.json`` (e.g. after editing it) instead of re-planning.
+    plan_for: size ``3d_fullres``'s network and patch for ``cpu`` or ``gpu`` (None: ``gpu`` when CUDA is there).
     """
 
     configurations: Sequence[str] | None = None
@@ -48,6 +50,7 @@ class PlanAndPreprocessOptions:
     check_only: bool = False
     preprocess: bool = True
     keep_plans: bool = False
+    plan_for: str | None = None
 
 
 def training_cases(raw_dir: Path) -> list[CaseFiles]:
@@ -60,11 +63,17 @@ def make_plans(raw_dir: Path, out_dir: Path, cases: list[CaseFiles], opts: PlanA
     dj = load_dataset_json(raw_dir)
     fp = compute_fingerprint(cases, raw_dir.name, dj.channel_names, opts.num_processes)
     save_fingerprint(fp, out_dir / FINGERPRINT_FILE)
-    plans = plan_experiment(fp, opts.grid_policy, opts.gpu_memory_gb, opts.target_size_xyz)
+    plans = plan_experiment(fp, opts.grid_policy, opts.gpu_memory_gb, opts.target_size_xyz, opts.plan_for)
     labels = {c.case_id: c.label_file for c in cases if c.label_file is not None}
+    with_adc = {c.case_id: (c.image_files[0], c.label_file) for c in cases if c.label_file is not None}
     for cfg in plans.configurations.values():
-        workers = opts.num_processes if cfg.label_interpolation == "sdf" else 1
-        record_roundtrip(cfg, measure_roundtrip(labels, cfg.target_size_zyx, cfg.label_interpolation, workers))
+        if cfg.is_patch_based:
+            trip = measure_crop_roundtrip(with_adc, cfg.target_spacing_zyx, cfg.prediction_interpolation,
+                                          opts.num_processes)
+        else:
+            workers = opts.num_processes if cfg.label_interpolation == "sdf" else 1
+            trip = measure_roundtrip(labels, cfg.target_size_zyx, cfg.label_interpolation, workers)
+        record_roundtrip(cfg, trip)
     save_plans(plans, out_dir / "plans.json")
     write_splits_if_absent(out_dir / SPLITS_FILE, {c.case_id: c.lesion_fraction for c in fp.cases})
     return plans
@@ -75,7 +84,7 @@ def plan_and_preprocess(dataset: str | int, opts: PlanAndPreprocessOptions | Non
     opts = opts or PlanAndPreprocessOptions()
     if opts.num_processes < 1:
         raise HiennuError(f"-np must be at least 1, got {opts.num_processes}")
-    planned = (DEFAULT_CONFIGURATION, PAPER_CONFIGURATION)
+    planned = (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION)
     unknown = [c for c in (opts.configurations or []) if c not in planned and not opts.keep_plans]
     if unknown:
         raise HiennuError(f"unknown configuration(s) {', '.join(unknown)}; the planner writes {', '.join(planned)}")

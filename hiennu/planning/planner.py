@@ -1,15 +1,20 @@
-"""The planner: dataset fingerprint -> :class:`~hiennu.planning.plans.Plans` (two configurations).
+"""The planner: dataset fingerprint -> :class:`~hiennu.planning.plans.Plans` (three configurations).
 
+- ``3d_fullres`` (default, nnU-Net's meaning): crop each case to its brain box, resample to the
+  planned spacing (:mod:`~hiennu.planning.spacing`), train on patches and predict with a sliding
+  window. The patch, pooling, widths and batch are sized for the device that will train
+  (:mod:`~hiennu.planning.topology`): ``plan_for`` ``cpu`` or ``gpu`` (default: ``gpu`` when torch sees
+  CUDA, else ``cpu``). Normalization per channel as below.
 - ``3d_paper``: the paper's recipe. Grid by the mean-size rule (:func:`~hiennu.planning.grid.paper_grid`),
   every channel z-scored over its own resampled image, labels nearest neighbour, the paper's
   training and augmentation values.
-- ``3d_fullres`` (default): grid by ``grid_policy`` (``memory``: the largest grid up to the lossless
+- ``3d_lossless``: the whole volume on one fixed grid chosen by ``grid_policy`` (``memory``: the largest grid up to the lossless
   one that fits ``gpu_memory_gb``; ``paper``: the mean-size rule), normalization chosen per channel
   from its ``dataset.json`` name, like nnU-Net:
     ADC (name contains "ADC", not a z-map) -> ``global_zscore`` (clip at the fingerprint's 0.5 / 99.5
     brain percentiles, dataset mean and std); ZADC (name contains "ZADC" or starts with "Z") ->
     ``atlas_zscore`` (clip to [-10, 10], unit scale kept); anything else -> ``zscore_brain``.
-- ``target_size_xyz`` given: every configuration uses that grid (``grid_policy`` "forced").
+- ``target_size_xyz`` given: every whole-volume configuration uses that grid (``grid_policy`` "forced").
 
 The round-trip ceiling is filled in afterwards by :func:`record_roundtrip`.
 """
@@ -18,15 +23,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from hiennu import __version__
 from hiennu.errors import HiennuError
 from hiennu.log import get_logger
 from hiennu.planning.fingerprint import DatasetFingerprint
 from hiennu.planning.grid import grid_unit, lossless_grid, memory_grid, paper_grid
 from hiennu.planning.memory import estimate_training_memory
-from hiennu.planning.plans import (DEFAULT_CONFIGURATION, PAPER_CONFIGURATION, ChannelNormalization,
-                                   Configuration, NetworkPlan, Plans, TrainingPlan)
+from hiennu.planning.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION,
+                                   AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
+                                   TrainingPlan)
 from hiennu.planning.roundtrip import RoundTrip
+from hiennu.planning.spacing import plan_target_spacing
+from hiennu.planning.topology import PLAN_FOR, plan_patch
 
 log = get_logger(__name__)
 
@@ -35,6 +45,12 @@ DEFAULT_GPU_MEMORY_GB = 16.0
 ZADC_CLIP = 10.0
 PREDICTION_NOTE = ("probabilities back to the native grid by nearest neighbour: on the 37 BONBID dev cases it "
                    "matched or beat linear at every grid (documentation/inference.md)")
+# A patch epoch (iterations) and the schedule of the patch configuration, per device. The CPU schedule
+# is 600 steps (about 25 min on 2 cores at ~2.5 s a step); the GPU one is nnU-Net's 250-step epoch.
+PATCH_SCHEDULE = {"cpu": {"iterations_per_epoch": 25, "max_epochs": 24, "patience": 10},
+                  "gpu": {"iterations_per_epoch": 250, "max_epochs": 100, "patience": 15}}
+PATCH_FOREGROUND = 0.33
+PATCH_MIRROR_AXES = [2]
 
 
 def is_zmap_channel(name: str) -> bool:
@@ -63,9 +79,15 @@ def _xyz(size_zyx: Sequence[int]) -> list[int]:
     return [int(v) for v in reversed(tuple(size_zyx))]
 
 
+def default_plan_for() -> str:
+    """``gpu`` when torch sees a CUDA device, else ``cpu``."""
+    import torch
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
 def plan_experiment(fp: DatasetFingerprint, grid_policy: str = "memory",
                     gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
-                    target_size_xyz: Sequence[int] | None = None) -> Plans:
+                    target_size_xyz: Sequence[int] | None = None, plan_for: str | None = None) -> Plans:
     """Plans for the fingerprinted dataset (round-trip ceilings not yet measured)."""
     if grid_policy not in GRID_POLICIES:
         raise HiennuError(f"unknown grid policy {grid_policy!r}; choose one of {', '.join(GRID_POLICIES)}")
@@ -102,7 +124,7 @@ def plan_experiment(fp: DatasetFingerprint, grid_policy: str = "memory",
         network=NetworkPlan(in_channels=len(channels)), training=TrainingPlan(),
         label_interpolation="nearest", prediction_interpolation="nearest", notes="; ".join(paper_notes))
 
-    # 3d_fullres
+    # 3d_lossless (the whole volume on one grid)
     if forced:
         full_grid, policy = forced, "forced"
         grid_note = "forced by --target-size"
@@ -121,15 +143,51 @@ def plan_experiment(fp: DatasetFingerprint, grid_policy: str = "memory",
                   *reasons,
                   "labels nearest neighbour: on the 37 BONBID dev cases it round-trips better than sdf "
                   "(documentation/plans.md)", PREDICTION_NOTE]
-    full_cfg = Configuration(
-        name=DEFAULT_CONFIGURATION, target_size_xyz=_xyz(full_grid), grid_policy=policy,
+    lossless_cfg = Configuration(
+        name=LOSSLESS_CONFIGURATION, target_size_xyz=_xyz(full_grid), grid_policy=policy,
         normalization=list(norms), network=network, training=training,
         label_interpolation="nearest", prediction_interpolation="nearest", notes="; ".join(full_notes))
-    for cfg in (full_cfg, paper_cfg):
+    patch_cfg = plan_patch_configuration(fp, list(norms), list(reasons), plan_for or default_plan_for(),
+                                         gpu_memory_gb)
+    for cfg in (lossless_cfg, paper_cfg):
         log.info("plan %s: grid %s (x y z), policy %s", cfg.name, cfg.target_size_xyz, cfg.grid_policy)
+    log.info("plan %s (for %s): spacing %s mm (z y x), patch %s, batch %d", patch_cfg.name, patch_cfg.planned_for,
+             patch_cfg.target_spacing_zyx, patch_cfg.patch_size_zyx, patch_cfg.training.batch_size)
     return Plans(dataset_name=fp.dataset_name, channel_names=channels,
-                 configurations={DEFAULT_CONFIGURATION: full_cfg, PAPER_CONFIGURATION: paper_cfg},
+                 configurations={DEFAULT_CONFIGURATION: patch_cfg, LOSSLESS_CONFIGURATION: lossless_cfg,
+                                 PAPER_CONFIGURATION: paper_cfg},
                  hiennu_version=__version__)
+
+
+def plan_patch_configuration(fp: DatasetFingerprint, norms: list[ChannelNormalization], norm_reasons: list[str],
+                             plan_for: str, gpu_memory_gb: float) -> Configuration:
+    """``3d_fullres``: brain crop, planned spacing, a patch and network sized for ``plan_for``."""
+    if plan_for not in PLAN_FOR:
+        raise HiennuError(f"--plan-for must be one of {', '.join(PLAN_FOR)}, got {plan_for!r}")
+    spacings = [c.spacing_zyx for c in fp.cases]
+    boxes = [c.brain_box_zyx for c in fp.cases]
+    spacing, spacing_reason = plan_target_spacing(spacings, boxes)
+    at_target = np.asarray(boxes, float) * np.asarray(spacings, float) / np.asarray(spacing, float)
+    median_box, max_box = np.median(at_target, 0), at_target.max(0)
+    patch = plan_patch(median_box, max_box, spacing, len(fp.channel_names), plan_for, gpu_memory_gb,
+                       float(np.prod(at_target, axis=1).sum()))
+    schedule = PATCH_SCHEDULE[plan_for]
+    training = TrainingPlan(batch_size=patch.batch_size, foreground_oversampling=PATCH_FOREGROUND, **schedule)
+    augmentation = AugmentationPlan(p_mirror=0.5, mirror_axes=list(PATCH_MIRROR_AXES))
+    notes = [f"target spacing: {spacing_reason}", f"patch and network: {patch.reason}",
+             f"schedule: {schedule['iterations_per_epoch']} iterations per epoch (a patch epoch), at most "
+             f"{schedule['max_epochs']} epochs, early stopping after {schedule['patience']} without improvement",
+             f"a third of the patches centred on a lesion voxel (foreground_oversampling {PATCH_FOREGROUND})",
+             "mirroring along x (left-right) only, in training (p 0.5) and as test-time augmentation: the brain is "
+             "left-right symmetric, the other axes are not",
+             *norm_reasons,
+             "labels nearest neighbour to the target spacing; probabilities back to the native grid linearly "
+             "(documentation/inference.md)"]
+    return Configuration(
+        name=DEFAULT_CONFIGURATION, target_size_xyz=None, grid_policy="spacing", normalization=norms,
+        target_spacing_zyx=spacing, crop_to_brain=True, patch_size_zyx=patch.patch_size_zyx, planned_for=plan_for,
+        network=patch.network, training=training, augmentation=augmentation, label_interpolation="nearest",
+        prediction_interpolation="linear", notes="; ".join(notes))
 
 
 def record_roundtrip(config: Configuration, roundtrip: RoundTrip) -> None:
@@ -137,6 +195,7 @@ def record_roundtrip(config: Configuration, roundtrip: RoundTrip) -> None:
     config.roundtrip_dice_mean = round(roundtrip.mean, 4)
     config.roundtrip_dice_worst = round(roundtrip.worst, 4)
     worst_case = min(roundtrip.dice_per_case, key=roundtrip.dice_per_case.get) if roundtrip.dice_per_case else "-"
-    log.info("round-trip ceiling of %s at %s (x y z), labels %s: mean Dice %.4f, worst %.4f (%s)",
-             config.name, config.target_size_xyz, config.label_interpolation, roundtrip.mean, roundtrip.worst,
-             worst_case)
+    where = (f"spacing {config.target_spacing_zyx} mm (z y x) after the brain crop" if config.is_patch_based
+             else f"grid {config.target_size_xyz} (x y z)")
+    log.info("round-trip ceiling of %s at %s, labels %s: mean Dice %.4f, worst %.4f (%s)",
+             config.name, where, config.label_interpolation, roundtrip.mean, roundtrip.worst, worst_case)

@@ -24,8 +24,11 @@ from hiennu.io.atomic import read_json_file, write_json
 PLANS_NAME = "hiennuPlans"
 DEFAULT_CONFIGURATION = "3d_fullres"
 PAPER_CONFIGURATION = "3d_paper"
+LOSSLESS_CONFIGURATION = "3d_lossless"
 
 NORMALIZATION_SCHEMES = ("zscore_image", "zscore_brain", "global_zscore", "atlas_zscore", "none")
+NORM_TYPES = ("batch", "instance")
+LR_SCHEDULES = ("exponential", "poly")
 
 
 @dataclass
@@ -64,6 +67,11 @@ class NetworkPlan:
     (the paper: 3 encoder stages + bottleneck). pool_kernel_sizes: one (z, y, x) max-pool kernel
     per down-sampling step (len = len(features_per_stage) - 1). dropout_per_stage: dropout
     probability of each stage (rising with depth); decoder stages reuse the encoder's value.
+    norm: ``batch`` (the paper) or ``instance`` (nnU-Net; right for small patch batches).
+    rule_prior: add the ZADC rule as a logit prior, ``logits = net(x) + k * (t - x[c])`` with
+    ``c = rule_prior_channel`` (a channel on its atlas z-score scale), ``t = rule_prior_threshold``
+    and ``k`` learnable (initialised to 2); the network's head starts at zero, so an untrained
+    model predicts exactly the rule ``ZADC < t`` and training learns corrections to it.
     """
 
     in_channels: int = 2
@@ -74,6 +82,10 @@ class NetworkPlan:
     dropout_per_stage: list[float] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.3])
     negative_slope: float = 0.01
     deep_supervision: bool = False
+    norm: str = "batch"
+    rule_prior: bool = False
+    rule_prior_channel: int = 1
+    rule_prior_threshold: float = -2.0
 
     @property
     def downsampling_factor_zyx(self) -> tuple[int, int, int]:
@@ -88,8 +100,11 @@ class TrainingPlan:
     """Optimization schedule (the paper's values are the defaults).
 
     iterations_per_epoch: None means one pass over the fold's training cases
-    (ceil(n_train / batch_size)). foreground_oversampling: fraction of each batch drawn from
-    cases with a lesion (0 = uniform sampling, the paper). early_stopping_metric: validation Dice
+    (ceil(n_train / batch_size)); a patch configuration states a fixed number (a "patch epoch").
+    foreground_oversampling: fraction of each batch drawn from cases with a lesion (0 = uniform
+    sampling, the paper); in a patch configuration those patches are also centred on a lesion voxel.
+    lr_schedule: ``exponential`` (multiply by ``lr_decay_gamma`` after every epoch, the paper) or
+    ``poly`` (nnU-Net: ``lr * (1 - epoch / max_epochs) ** 0.9``). early_stopping_metric: validation Dice
     on the grid (``"val_dice"``), or ``"ema_val_dice"`` (exponential moving average, nnU-Net style).
     """
 
@@ -106,6 +121,7 @@ class TrainingPlan:
     foreground_oversampling: float = 0.0
     early_stopping_metric: str = "val_dice"
     num_workers: int = 2
+    lr_schedule: str = "exponential"
 
 
 @dataclass
@@ -140,8 +156,17 @@ class AugmentationPlan:
 class Configuration:
     """One way of preprocessing and training.
 
-    target_size_xyz: the fixed grid every case is resampled to, (x, y, z) in voxels.
-    grid_policy: how the grid was chosen (``memory``, ``paper``, ``forced``).
+    Two kinds, told apart by ``patch_size_zyx``:
+
+    - whole-volume grid (``3d_paper``, ``3d_lossless``): every case is resampled to one fixed grid,
+      ``target_size_xyz`` (x, y, z) in voxels, and the network sees whole cases.
+    - brain crop + planned spacing + patches (``3d_fullres``, nnU-Net's meaning): each case is cropped
+      to its brain box (ADC != 0), resampled to ``target_spacing_zyx`` (mm, z y x), trained on
+      patches of ``patch_size_zyx`` voxels and predicted with a sliding window.
+      ``target_size_xyz`` is None.
+
+    grid_policy: how the grid or spacing was chosen (``memory``, ``paper``, ``forced``, ``spacing``).
+    planned_for: the device the network and patch were sized for (``cpu`` or ``gpu``).
     image_interpolation: ``linear`` (trilinear). label_interpolation: how masks go to the grid
     (``nearest`` or ``sdf``: linear interpolation of the signed distance, threshold at 0).
     prediction_interpolation: how probability maps go back to the native grid before the 0.5
@@ -151,9 +176,13 @@ class Configuration:
     """
 
     name: str
-    target_size_xyz: list[int]
+    target_size_xyz: list[int] | None
     grid_policy: str
     normalization: list[ChannelNormalization]
+    target_spacing_zyx: list[float] | None = None
+    crop_to_brain: bool = False
+    patch_size_zyx: list[int] | None = None
+    planned_for: str = "gpu"
     network: NetworkPlan = field(default_factory=NetworkPlan)
     training: TrainingPlan = field(default_factory=TrainingPlan)
     augmentation: AugmentationPlan = field(default_factory=AugmentationPlan)
@@ -166,8 +195,23 @@ class Configuration:
     notes: str = ""
 
     @property
+    def is_patch_based(self) -> bool:
+        """True for the brain-cropped, spacing-resampled, patch-trained kind."""
+        return self.patch_size_zyx is not None
+
+    @property
     def target_size_zyx(self) -> tuple[int, int, int]:
+        if self.target_size_xyz is None:
+            raise HiennuError(f"plans: configuration {self.name!r} has no fixed grid (it is patch based: "
+                              f"target spacing {self.target_spacing_zyx} mm, patch {self.patch_size_zyx})")
         return tuple(reversed(self.target_size_xyz))  # type: ignore[return-value]
+
+    @property
+    def input_size_zyx(self) -> tuple[int, int, int]:
+        """What the network sees in training: the patch, or the whole grid."""
+        if self.patch_size_zyx is not None:
+            return tuple(int(v) for v in self.patch_size_zyx)  # type: ignore[return-value]
+        return self.target_size_zyx
 
 
 @dataclass

@@ -1,9 +1,15 @@
 """The round-trip ceiling of a target grid: native label -> grid -> native, scored with Dice.
 
 A perfect prediction on the grid can do no better than this once it is resampled back to the
-native grid, so the planner records it for each configuration. The label goes to the grid with
-the configuration's label interpolation and comes back with the same mode. Dice of two empty
-masks is 1.
+native grid, so the planner records it for each configuration. Dice of two empty masks is 1.
+
+- whole-volume grid: the label goes to the grid with the configuration's label interpolation and
+  comes back with the same mode (:func:`measure_roundtrip`).
+- brain crop + target spacing (``3d_fullres``): the label is cropped to the brain box of the ADC map,
+  resampled to the target spacing by nearest neighbour (as preprocessing does), then taken back the
+  way prediction takes probabilities: resampled to the box with the configuration's
+  ``prediction_interpolation``, pasted into the native volume, thresholded at 0.5
+  (:func:`measure_crop_roundtrip`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from hiennu.io.image import read_image
+from hiennu.preprocessing.cropping import crop_and_resample, crop_and_resample_label, restore_to_native
 from hiennu.preprocessing.parallel import parallel_map
 from hiennu.preprocessing.resampling import resample_label_to_grid, resample_label_to_native
 
@@ -61,3 +68,29 @@ def measure_roundtrip(label_files: dict[str, str | os.PathLike], size_zyx: Seque
     values = parallel_map(_file_roundtrip, [(label_files[i], size, mode) for i in ids], num_processes,
                           desc=f"round trip {mode} {size}")
     return RoundTrip(size, mode, dict(zip(ids, values)))  # type: ignore[arg-type]
+
+
+def crop_roundtrip_dice(adc: np.ndarray, label: np.ndarray, spacing_zyx: Sequence[float],
+                        target_spacing_zyx: Sequence[float], mode: str) -> float:
+    """Dice between a native label and its trip through brain crop + target spacing and back (module docstring)."""
+    _, record = crop_and_resample(np.asarray(adc, np.float32)[None], spacing_zyx, target_spacing_zyx)
+    on_target = crop_and_resample_label(label, record).astype(np.float32)
+    back = restore_to_native(on_target, record, mode) >= 0.5
+    return dice(label, back)
+
+
+def _file_crop_roundtrip(adc_path: str | os.PathLike, label_path: str | os.PathLike,
+                         target_spacing_zyx: tuple[float, float, float], mode: str) -> float:
+    adc, geometry = read_image(adc_path)
+    label, _ = read_image(label_path, dtype=np.uint8)
+    return crop_roundtrip_dice(adc, label, geometry.spacing_zyx, target_spacing_zyx, mode)
+
+
+def measure_crop_roundtrip(cases: dict[str, tuple[str | os.PathLike, str | os.PathLike]],
+                           target_spacing_zyx: Sequence[float], mode: str, num_processes: int = 1) -> RoundTrip:
+    """Round-trip Dice through brain crop + target spacing of every case (case id -> (ADC file, label file))."""
+    spacing = tuple(float(s) for s in target_spacing_zyx)
+    ids = sorted(cases)
+    values = parallel_map(_file_crop_roundtrip, [(*cases[i], spacing, mode) for i in ids], num_processes,
+                          desc=f"round trip crop + spacing {spacing} mm")
+    return RoundTrip((0, 0, 0), f"crop+spacing, back {mode}", dict(zip(ids, values)))  # type: ignore[arg-type]

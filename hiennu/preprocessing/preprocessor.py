@@ -1,11 +1,21 @@
-"""Preprocessing: native case -> normalized 2-channel array on the plans' grid (+ mask and properties).
+"""Preprocessing: native case -> normalized 2-channel array (+ mask and properties).
+
+Two kinds of configuration (see :class:`~hiennu.planning.plans.Configuration`):
+
+- whole-volume grid: every case is resampled to the plans' fixed grid.
+- brain crop + planned spacing (``3d_fullres``): every case is cropped to its brain box and
+  resampled to the target spacing (:mod:`~hiennu.preprocessing.cropping`), so arrays differ in
+  size between cases; the :class:`~hiennu.preprocessing.cropping.CropRecord` that undoes it is kept
+  in the properties, with up to :data:`LESION_LOCATIONS` lesion voxel positions (z, y, x) that the
+  patch sampler centres foreground patches on.
 
 :func:`preprocess_case` is the in-memory step shared with inference. :func:`preprocess_dataset`
 runs it over a raw dataset's training cases and writes, per configuration folder::
 
     CASE.npy      float32 (C, z, y, x), normalized, on the grid (memory-mappable)
     CASE_seg.npy  uint8 (1, z, y, x) {0, 1}, on the grid
-    CASE.json     properties: native geometry, sources, lesion size, source_signature
+    CASE.json     properties: native geometry, sources, lesion size, source_signature,
+                  and for patch configurations ``crop`` and ``lesion_locations``
 
 Each file is written atomically; ``CASE.json`` is written last, so a case is complete exactly when
 its properties exist with the current signature. Re-running skips such cases.
@@ -19,6 +29,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_to_bbox
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json, write_npy
@@ -26,13 +37,16 @@ from hiennu.io.cases import CaseFiles
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
 from hiennu.planning.plans import Configuration
+from hiennu.preprocessing.cropping import CropRecord, crop_and_resample, crop_and_resample_label
 from hiennu.preprocessing.normalization import normalize_channel
 from hiennu.preprocessing.parallel import parallel_map
 from hiennu.preprocessing.resampling import resample_image_to_grid, resample_label_to_grid
 
 log = get_logger(__name__)
 
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2
+LESION_LOCATIONS = 10000
+LOCATION_SEED = 1234
 
 
 def brain_mask_on_grid(adc: np.ndarray, size_zyx) -> np.ndarray:
@@ -40,15 +54,7 @@ def brain_mask_on_grid(adc: np.ndarray, size_zyx) -> np.ndarray:
     return resample_image_to_grid((np.asarray(adc) != 0).astype(np.float32), size_zyx) >= 0.5
 
 
-def preprocess_case(images: list[np.ndarray], config: Configuration,
-                    label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resample, normalize and stack one case.
-
-    images: one native ``(z, y, x)`` array per channel (channel 0 is ADC: its non-zero voxels are
-    the brain). label: native ``(z, y, x)`` mask or None.
-    Returns data ``(C, z, y, x)`` float32 on ``config.target_size_zyx`` and seg ``(1, z, y, x)``
-    uint8 (None without a label).
-    """
+def _check_inputs(images: list[np.ndarray], config: Configuration, label: np.ndarray | None) -> None:
     if len(images) != len(config.normalization):
         raise ValueError(f"configuration {config.name} normalizes {len(config.normalization)} channel(s), "
                          f"got {len(images)} image(s)")
@@ -60,20 +66,55 @@ def preprocess_case(images: list[np.ndarray], config: Configuration,
     if config.image_interpolation != "linear":
         raise HiennuError(f"plans: configuration {config.name}: image_interpolation "
                           f"{config.image_interpolation!r} is not supported; use 'linear'")
-    size = config.target_size_zyx
+
+
+def preprocess_case(images: list[np.ndarray], config: Configuration, label: np.ndarray | None = None,
+                    spacing_zyx=None) -> tuple[np.ndarray, np.ndarray | None, CropRecord | None]:
+    """Resample, normalize and stack one case.
+
+    images: one native ``(z, y, x)`` array per channel (channel 0 is ADC: its non-zero voxels are
+    the brain). label: native ``(z, y, x)`` mask or None. spacing_zyx: the native spacing (mm,
+    z y x); needed by patch configurations only.
+    Returns data ``(C, z, y, x)`` float32, seg ``(1, z, y, x)`` uint8 (None without a label), and
+    for a patch configuration the :class:`CropRecord` (None for a whole-volume grid). The spatial
+    shape is ``config.target_size_zyx``, or the brain box at the target spacing.
+    """
+    _check_inputs(images, config, label)
     stacked = np.stack([np.asarray(a, np.float32) for a in images])
-    grid = resample_image_to_grid(stacked, size)
-    brain = brain_mask_on_grid(images[0], size)
+    record = None
+    if config.is_patch_based:
+        if spacing_zyx is None:
+            raise ValueError(f"configuration {config.name} resamples to a target spacing: pass the case's spacing_zyx")
+        grid, record = crop_and_resample(stacked, spacing_zyx, config.target_spacing_zyx, config.crop_to_brain)
+        brain_box = (crop_to_bbox(stacked[0], record.bbox_zyx) != 0).astype(np.float32)
+        brain = resample_image_to_grid(brain_box, grid.shape[1:]) >= 0.5
+    else:
+        size = config.target_size_zyx
+        grid = resample_image_to_grid(stacked, size)
+        brain = brain_mask_on_grid(images[0], size)
     data = np.stack([normalize_channel(grid[c], brain, norm) for c, norm in enumerate(config.normalization)])
     seg = None
     if label is not None:
-        seg = resample_label_to_grid(np.asarray(label) > 0, size, config.label_interpolation)[None]
-    return data.astype(np.float32, copy=False), seg
+        if record is not None:
+            seg = crop_and_resample_label(label, record)[None]
+        else:
+            seg = resample_label_to_grid(np.asarray(label) > 0, config.target_size_zyx, config.label_interpolation)[None]
+    return data.astype(np.float32, copy=False), seg, record
+
+
+def lesion_locations(seg: np.ndarray, seed: int = LOCATION_SEED, limit: int = LESION_LOCATIONS) -> list[list[int]]:
+    """Up to ``limit`` lesion voxel positions ``[z, y, x]`` of a ``(1, z, y, x)`` or ``(z, y, x)`` mask, a seeded sample."""
+    coords = np.argwhere(np.asarray(seg).reshape(np.shape(seg)[-3:]) > 0)
+    if len(coords) > limit:
+        coords = coords[np.sort(np.random.default_rng(seed).choice(len(coords), limit, replace=False))]
+    return coords.astype(int).tolist()
 
 
 def configuration_hash(config: Configuration) -> str:
     """Hash of everything in ``config`` that changes the preprocessed arrays."""
-    relevant = {"version": PREPROCESSING_VERSION, "target_size_xyz": list(config.target_size_xyz),
+    relevant = {"version": PREPROCESSING_VERSION,
+                "target_size_xyz": list(config.target_size_xyz) if config.target_size_xyz is not None else None,
+                "target_spacing_zyx": config.target_spacing_zyx, "crop_to_brain": config.crop_to_brain,
                 "normalization": [vars(n) for n in config.normalization],
                 "image_interpolation": config.image_interpolation,
                 "label_interpolation": config.label_interpolation}
@@ -116,7 +157,7 @@ def preprocess_case_files(case: CaseFiles, config: Configuration, out_dir: str |
     label = None
     if case.label_file is not None:
         label, _ = read_image(case.label_file, dtype=np.uint8)
-    data, seg = preprocess_case(images, config, label)
+    data, seg, record = preprocess_case(images, config, label, geometry.spacing_zyx)
     brain_voxels = int(np.count_nonzero(images[0]))
     lesion_voxels = int(np.count_nonzero(label)) if label is not None else 0
     write_npy(data, out / f"{case.case_id}.npy")
@@ -128,6 +169,9 @@ def preprocess_case_files(case: CaseFiles, config: Configuration, out_dir: str |
              "brain_voxels": brain_voxels, "lesion_voxels": lesion_voxels,
              "lesion_fraction": lesion_voxels / brain_voxels if brain_voxels else 0.0,
              "has_lesion": lesion_voxels > 0, "source_signature": signature}
+    if record is not None:
+        props["crop"] = record.to_dict()
+        props["lesion_locations"] = lesion_locations(seg) if seg is not None else []
     write_json(props, out / f"{case.case_id}.json")
     return True
 

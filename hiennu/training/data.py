@@ -2,8 +2,10 @@
 
 Preprocessed cases live in ``$hiennu_preprocessed/DatasetNNN_Name/CONFIG/`` as ``CASE.npy``
 (float32 (C, z, y, x)), ``CASE_seg.npy`` (uint8 (1, z, y, x), {0, 1}) and ``CASE.json``
-(properties, see ``documentation/architecture.md``). The network sees the whole grid: a sample is
-a whole case.
+(properties, see ``documentation/architecture.md``). A whole-volume configuration trains on whole
+cases; a patch configuration (``3d_fullres``) on patches of ``patch_size_zyx`` cut from each case
+(zero-padded where the patch leaves the case), centred on a lesion voxel for the forced-foreground
+share of each batch and placed uniformly at random otherwise (:func:`patch_bbox`).
 
 Determinism: the cases of every global batch (all ranks together) and the augmentation seed of
 every sample are drawn from (seed, epoch) alone; a rank takes its slice of the global batch. A
@@ -22,6 +24,7 @@ Two paths:
 from __future__ import annotations
 
 import json
+import math
 import signal
 import traceback
 from pathlib import Path
@@ -30,6 +33,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 
 from hiennu.errors import HiennuError
@@ -86,23 +90,50 @@ def _load_npy(path: Path, case_id: str, mmap: bool) -> np.ndarray:
 
 
 def sample_epoch(num_cases: int, lesion_cases: list[int], global_batch: int, iterations: int,
-                 foreground_fraction: float, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw an epoch's cases and per-sample seeds, (iterations, global_batch) each.
+                 foreground_fraction: float, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw an epoch's cases, per-sample seeds and foreground flags, (iterations, global_batch) each.
 
-    Each global batch holds ``round(foreground_fraction * global_batch)`` samples drawn uniformly
-    from ``lesion_cases`` (at random positions of the batch), the rest uniformly from all cases.
-    Depends only on the arguments.
+    Each global batch holds ``n = foreground_fraction * global_batch`` forced-foreground samples
+    (``floor(n)``, plus one more with probability ``n - floor(n)``, so small batches keep the fraction
+    on average), drawn uniformly from ``lesion_cases`` at random positions of the batch and flagged
+    True; the rest are drawn uniformly from all cases. Depends only on the arguments.
     """
     rng = np.random.default_rng([int(seed), int(epoch)])
     cases = rng.integers(0, num_cases, size=(iterations, global_batch))
-    n_fg = int(round(foreground_fraction * global_batch)) if lesion_cases else 0
-    if n_fg:
+    foreground = np.zeros((iterations, global_batch), dtype=bool)
+    share = foreground_fraction * global_batch if lesion_cases else 0.0
+    whole, part = int(math.floor(share + 1e-9)), share - math.floor(share + 1e-9)
+    if share > 0:
         pool = np.asarray(lesion_cases)
         for it in range(iterations):
+            n_fg = whole + (1 if part > 1e-9 and rng.uniform() < part else 0)
+            if not n_fg:
+                continue
             slots = rng.permutation(global_batch)[:n_fg]
             cases[it, slots] = pool[rng.integers(0, len(pool), size=n_fg)]
+            foreground[it, slots] = True
     seeds = rng.integers(0, 2**31 - 1, size=(iterations, global_batch))
-    return cases, seeds
+    return cases, seeds, foreground
+
+
+def patch_bbox(shape_zyx: tuple[int, ...], patch_zyx: tuple[int, ...], rng: np.random.Generator,
+               centre_on: np.ndarray | None = None) -> list[list[int]]:
+    """A half-open box ``[[start, end), ...]`` (z, y, x) of the patch size in a case of ``shape_zyx``.
+
+    ``centre_on`` (candidate voxel positions ``(n, 3)``): the patch is centred on one of them, drawn
+    at random. Otherwise the start is uniform over every position that keeps the patch inside the
+    case, or, along an axis shorter than the patch, every position that keeps the case inside the
+    patch. Parts outside the case are padded by the caller.
+    """
+    if centre_on is not None and len(centre_on):
+        centre = centre_on[rng.integers(0, len(centre_on))]
+        starts = [int(c) - p // 2 for c, p in zip(centre, patch_zyx)]
+    else:
+        starts = []
+        for n, p in zip(shape_zyx, patch_zyx):
+            lo, hi = sorted((0, int(n) - int(p)))
+            starts.append(int(rng.integers(lo, hi + 1)))
+    return [[s, s + int(p)] for s, p in zip(starts, patch_zyx)]
 
 
 class _BatchMaker:
@@ -112,16 +143,28 @@ class _BatchMaker:
     report the worker's own exception.
     """
 
-    def __init__(self, case_dir: Path, case_ids: list[str], transform: AbstractTransform | None):
+    def __init__(self, case_dir: Path, case_ids: list[str], transform: AbstractTransform | None,
+                 patch_size_zyx: tuple[int, int, int] | None = None,
+                 lesion_locations: dict[int, np.ndarray] | None = None):
         self.case_dir = case_dir
         self.case_ids = case_ids
         self.transform = transform
+        self.patch_size_zyx = patch_size_zyx
+        self.lesion_locations = lesion_locations or {}
 
-    def make(self, iteration: int, cases: np.ndarray, seeds: np.ndarray) -> dict[str, Any]:
+    def make(self, iteration: int, cases: np.ndarray, seeds: np.ndarray,
+             foreground: np.ndarray | None = None) -> dict[str, Any]:
         try:
             data, target = [], []
-            for case_index, seed in zip(cases.tolist(), seeds.tolist()):
+            flags = foreground.tolist() if foreground is not None else [False] * len(cases)
+            for case_index, seed, fg in zip(cases.tolist(), seeds.tolist(), flags):
                 d, s, _ = load_preprocessed_case(self.case_dir, self.case_ids[case_index], mmap=True)
+                if self.patch_size_zyx is not None:
+                    rng = np.random.default_rng([int(seed), 1])
+                    box = patch_bbox(d.shape[1:], self.patch_size_zyx, rng,
+                                     self.lesion_locations.get(case_index) if fg else None)
+                    d = crop_and_pad_nd(d, box, pad_value=0)
+                    s = crop_and_pad_nd(s, box, pad_value=0)
                 if self.transform is not None:
                     d, s = augment_sample(self.transform, d, s, seed)
                 else:
@@ -138,10 +181,12 @@ class _BatchMaker:
 class _EpochLoader:
     """The data loader each MultiThreadedAugmenter worker copies: worker k makes batches k, k+n, ..."""
 
-    def __init__(self, maker: _BatchMaker, cases: np.ndarray, seeds: np.ndarray, num_workers: int):
+    def __init__(self, maker: _BatchMaker, cases: np.ndarray, seeds: np.ndarray, foreground: np.ndarray,
+                 num_workers: int):
         self.maker = maker
         self.cases = cases
         self.seeds = seeds
+        self.foreground = foreground
         self.num_workers = num_workers
         self.thread_id = 0
         self._next = 0
@@ -158,7 +203,7 @@ class _EpochLoader:
         if it >= len(self.cases):
             raise StopIteration
         self._next += self.num_workers
-        return self.maker.make(it, self.cases[it], self.seeds[it])
+        return self.maker.make(it, self.cases[it], self.seeds[it], self.foreground[it])
 
 
 class TrainingBatches:
@@ -202,43 +247,56 @@ class TrainingBatches:
             cpu_transform = None
         else:
             cpu_transform = transform if transform is not None else build_transforms(config.augmentation,
-                                                                                     config.target_size_zyx)
-        self._maker = _BatchMaker(self.case_dir, self.case_ids, cpu_transform)
+                                                                                     config.input_size_zyx)
+        patch = tuple(int(v) for v in config.patch_size_zyx) if config.is_patch_based else None
+        self._maker = _BatchMaker(self.case_dir, self.case_ids, cpu_transform, patch,  # type: ignore[arg-type]
+                                  self._lesion_locations if patch else None)
         self._gpu_augmenter = GPUAugmenter(config.augmentation) if self.on_device else None
         self._augmenter: MultiThreadedAugmenter | None = None
 
     def _check_cases(self) -> list[int]:
-        """Open every case once (memory-mapped); return the indices of cases with a lesion."""
-        grid = tuple(self.config.target_size_zyx)
+        """Open every case once (memory-mapped); return the indices of cases with a lesion.
+
+        Patch configurations also collect each case's lesion voxel positions (for foreground patches).
+        """
+        patched = self.config.is_patch_based
         channels = self.config.network.in_channels
         lesion = []
+        self._lesion_locations: dict[int, np.ndarray] = {}
         for i, case_id in enumerate(self.case_ids):
             data, _, props = load_preprocessed_case(self.case_dir, case_id, mmap=True)
+            grid = tuple(data.shape[1:]) if patched else tuple(self.config.target_size_zyx)
             if tuple(data.shape[1:]) != grid or data.shape[0] != channels:
                 raise HiennuError(f"case {case_id}: {self.case_dir / (case_id + '.npy')} has shape {data.shape}, "
                                   f"but the plans' configuration {self.config.name!r} expects "
                                   f"({channels}, {', '.join(map(str, grid))}); {_RERUN}")
             if "has_lesion" not in props:
                 raise HiennuError(f"case {case_id}: {self.case_dir / (case_id + '.json')} lacks 'has_lesion'; {_RERUN}")
+            if patched and "lesion_locations" not in props:
+                raise HiennuError(f"case {case_id}: {self.case_dir / (case_id + '.json')} lacks 'lesion_locations', "
+                                  f"which the patch configuration {self.config.name!r} samples from; {_RERUN}")
             if props["has_lesion"]:
                 lesion.append(i)
+                if patched:
+                    self._lesion_locations[i] = np.asarray(props["lesion_locations"], dtype=np.int64).reshape(-1, 3)
         return lesion
 
     def epoch(self, epoch: int, iterations: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``iterations`` batches (data (B, C, z, y, x), target (B, 1, z, y, x), float32) on the device."""
         global_batch = self.batch_size * self.world_size
-        cases, seeds = sample_epoch(len(self.case_ids), self.lesion_cases, global_batch, iterations,
-                                    self.config.training.foreground_oversampling, self.seed, epoch)
+        cases, seeds, foreground = sample_epoch(len(self.case_ids), self.lesion_cases, global_batch, iterations,
+                                                self.config.training.foreground_oversampling, self.seed, epoch)
         share = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        cases, seeds = cases[:, share], seeds[:, share]
+        cases, seeds, foreground = cases[:, share], seeds[:, share], foreground[:, share]
         self.close()
         try:
-            yield from self._deliver(cases, seeds, epoch)
+            yield from self._deliver(cases, seeds, foreground, epoch)
         finally:
             self.close()
 
-    def _deliver(self, cases: np.ndarray, seeds: np.ndarray, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for it, item in enumerate(self._items(cases, seeds, epoch)):
+    def _deliver(self, cases: np.ndarray, seeds: np.ndarray, foreground: np.ndarray,
+                 epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for it, item in enumerate(self._items(cases, seeds, foreground, epoch)):
             if "error" in item:
                 raise HiennuError(
                     f"loading or augmenting batch {item['iteration']} of epoch {epoch} (cases "
@@ -252,14 +310,15 @@ class TrainingBatches:
                 data, target = self._gpu_augmenter(data, target, generator)
             yield data, target
 
-    def _items(self, cases: np.ndarray, seeds: np.ndarray, epoch: int) -> Iterator[dict[str, Any]]:
+    def _items(self, cases: np.ndarray, seeds: np.ndarray, foreground: np.ndarray,
+               epoch: int) -> Iterator[dict[str, Any]]:
         iterations = len(cases)
         workers = min(self.num_workers, iterations)
         if workers == 0:
             for it in range(iterations):
-                yield self._maker.make(it, cases[it], seeds[it])
+                yield self._maker.make(it, cases[it], seeds[it], foreground[it])
             return
-        loader = _EpochLoader(self._maker, cases, seeds, workers)
+        loader = _EpochLoader(self._maker, cases, seeds, foreground, workers)
         worker_seeds = [_derive_seed(self.seed, epoch, self.rank, 10_000 + k) for k in range(workers)]
         self._augmenter = MultiThreadedAugmenter(loader, None, workers, num_cached_per_queue=2,
                                                  seeds=worker_seeds, pin_memory=False)

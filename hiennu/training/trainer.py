@@ -43,6 +43,7 @@ import hiennu
 from hiennu.errors import HiennuError
 from hiennu.evaluation.evaluate import evaluate_folders
 from hiennu.inference.predictor import Predictor
+from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.io.atomic import read_json, read_json_file, write_json
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image, write_image
@@ -153,12 +154,19 @@ class Trainer(abc.ABC):
         return build_network(self.config.network)
 
     def build_optimizer(self, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:
-        """AdamW with the plans' learning rate and weight decay, decayed exponentially per epoch."""
+        """AdamW with the plans' learning rate and weight decay; per epoch the rate decays exponentially
+        (``lr_decay_gamma``, the paper) or by nnU-Net's poly rule ``(1 - epoch / max_epochs) ** 0.9``."""
         if self.training.optimizer.lower() != "adamw":
             raise HiennuError(f"plans: optimizer {self.training.optimizer!r} is not supported; use 'AdamW'")
         optimizer = torch.optim.AdamW(params, lr=self.training.learning_rate,
                                       weight_decay=self.training.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.training.lr_decay_gamma)
+        if self.training.lr_schedule == "poly":
+            total = self.training.max_epochs
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: max(0.0, 1 - e / total) ** 0.9)
+        elif self.training.lr_schedule == "exponential":
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.training.lr_decay_gamma)
+        else:
+            raise HiennuError(f"plans: lr_schedule {self.training.lr_schedule!r} is not one of 'exponential', 'poly'")
         return optimizer, scheduler
 
     def build_batches(self) -> TrainingBatches:
@@ -381,9 +389,7 @@ class Trainer(abc.ABC):
             data, seg = self.load_validation_case(case_id)
             x = torch.from_numpy(np.array(data, dtype=np.float32))[None].to(self.device)
             y = torch.from_numpy(np.array(seg, dtype=np.float32))[None].to(self.device)
-            with autocast(self.device):
-                logits = self.network(x.contiguous(memory_format=memory_format(self.device)))
-            logits = logits.float()
+            logits = self._validation_logits(x)
             pred = logits > 0
             ref = y > 0.5
             denom = int(pred.sum()) + int(ref.sum())
@@ -398,6 +404,20 @@ class Trainer(abc.ABC):
             raise HiennuError(f"fold {self.options.fold} of {self.dataset_name} has no validation cases; "
                               f"check {self.preprocessed_dir / 'splits_final.json'}")
         return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+
+    def _validation_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(1, 1, z, y, x)`` float32 of a whole preprocessed case ``(1, C, z, y, x)``: one pass on a
+        whole-volume grid, or a Gaussian-weighted sliding window of the patch size (no mirroring)."""
+        fmt = memory_format(self.device)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device):
+                out = self.network(batch.contiguous(memory_format=fmt))
+            return out.float()[:, 0]
+
+        if not self.config.is_patch_based:
+            return forward(x)[:, None]
+        return sliding_window_predict(forward, x[0], self.config.patch_size_zyx)[None, None]
 
     # ----------------------------------------------------------------------- state and files
     def _state(self, epoch: int, rng: list[dict] | None = None) -> dict[str, Any]:
