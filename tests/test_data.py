@@ -106,17 +106,17 @@ def test_wrong_grid_for_plans_is_reported(dataset):
 # ---------- sampling ----------
 
 def test_sample_epoch_uniform_and_oversampled():
-    cases, seeds = sample_epoch(6, [1, 4], global_batch=4, iterations=3000, foreground_fraction=0.0, seed=3, epoch=0)
+    cases, seeds, _ = sample_epoch(6, [1, 4], global_batch=4, iterations=3000, foreground_fraction=0.0, seed=3, epoch=0)
     counts = np.bincount(cases.ravel(), minlength=6)
     expected = cases.size / 6
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < 20.5  # chi-square, 5 dof, p = 0.001
     assert len(np.unique(seeds)) > 0.99 * seeds.size
-    cases, _ = sample_epoch(6, [1, 4], global_batch=4, iterations=500, foreground_fraction=0.5, seed=3, epoch=0)
+    cases, _, fg = sample_epoch(6, [1, 4], global_batch=4, iterations=500, foreground_fraction=0.5, seed=3, epoch=0)
     fg_per_batch = np.isin(cases, [1, 4]).sum(axis=1)
     assert fg_per_batch.min() >= 2  # 2 forced, others may hit a lesion case by chance
     assert abs(fg_per_batch.mean() - (2 + 2 * 2 / 6)) < 0.1
-    cases, _ = sample_epoch(6, [1, 4], global_batch=4, iterations=50, foreground_fraction=1.0, seed=3, epoch=0)
+    cases, _, _ = sample_epoch(6, [1, 4], global_batch=4, iterations=50, foreground_fraction=1.0, seed=3, epoch=0)
     assert np.isin(cases, [1, 4]).all()
 
 

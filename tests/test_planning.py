@@ -86,9 +86,10 @@ def _fingerprint(sizes_xyz, names=("ADC", "ZADC")) -> DatasetFingerprint:
     return DatasetFingerprint("Dataset001_X", list(names), 100, 0, stats, cases)
 
 
-def test_plan_both_configurations_from_fingerprint(tmp_path):
-    plans = plan_experiment(_fingerprint(BONBID_SIZES_XYZ))
-    full, paper = plans.configuration("3d_fullres"), plans.configuration("3d_paper")
+def test_plan_every_configuration_from_fingerprint(tmp_path):
+    plans = plan_experiment(_fingerprint(BONBID_SIZES_XYZ), plan_for="cpu")
+    assert list(plans.configurations) == ["3d_fullres", "3d_lossless", "3d_paper"]
+    full, paper = plans.configuration("3d_lossless"), plans.configuration("3d_paper")
     assert full.target_size_xyz == [160, 160, 64] and full.grid_policy == "memory"
     assert paper.target_size_xyz == [144, 144, 32] and paper.grid_policy == "paper"
     assert [n.scheme for n in paper.normalization] == ["zscore_image", "zscore_image"]
@@ -97,15 +98,23 @@ def test_plan_both_configurations_from_fingerprint(tmp_path):
     assert (zadc.scheme, zadc.clip_low, zadc.clip_high) == ("atlas_zscore", -10.0, 10.0)
     assert "global_zscore" in full.notes and "atlas_zscore" in full.notes
     assert paper.training.batch_size == 4 and paper.training.learning_rate == 1e-3
+    patch = plans.configuration()
+    assert patch.name == "3d_fullres" and patch.is_patch_based and patch.target_size_xyz is None
+    assert patch.crop_to_brain and patch.planned_for == "cpu" and patch.network.norm == "instance"
+    assert patch.normalization == full.normalization
+    assert patch.training.iterations_per_epoch and patch.training.foreground_oversampling == pytest.approx(0.33)
+    assert "target spacing" in patch.notes and "patch and network" in patch.notes
     save_plans(plans, tmp_path)
     assert load_plans(tmp_path) == plans
 
 
 def test_paper_policy_and_forced_grid():
     fp = _fingerprint(BONBID_SIZES_XYZ)
-    assert plan_experiment(fp, grid_policy="paper").configuration().target_size_xyz == [144, 144, 32]
+    assert plan_experiment(fp, grid_policy="paper").configuration("3d_lossless").target_size_xyz == [144, 144, 32]
     forced = plan_experiment(fp, target_size_xyz=(192, 192, 32))
     for cfg in forced.configurations.values():
+        if cfg.is_patch_based:
+            continue  # the forced grid is for the whole-volume configurations
         assert cfg.target_size_xyz == [192, 192, 32] and cfg.grid_policy == "forced"
     with pytest.raises(HiennuError, match="multiple"):
         plan_experiment(fp, target_size_xyz=(190, 192, 32))

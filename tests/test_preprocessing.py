@@ -81,12 +81,13 @@ def test_preprocess_case_shapes_types_and_identity():
     adc = rng.uniform(1, 2, (4, 6, 8)).astype(np.float32)
     zadc = rng.normal(size=(4, 6, 8)).astype(np.float32)
     label = (rng.random((4, 6, 8)) > 0.7).astype(np.uint8)
-    data, seg = preprocess_case([adc, zadc], _config((8, 6, 4)), label)
+    data, seg, crop = preprocess_case([adc, zadc], _config((8, 6, 4)), label)
+    assert crop is None
     assert data.dtype == np.float32 and data.shape == (2, 4, 6, 8)
     np.testing.assert_allclose(data[0], adc, rtol=1e-6)
     np.testing.assert_array_equal(seg[0], label)
     assert seg.dtype == np.uint8
-    data, seg = preprocess_case([adc, zadc], _config((16, 12, 16)))
+    data, seg, _ = preprocess_case([adc, zadc], _config((16, 12, 16)))
     assert data.shape == (2, 16, 12, 16) and seg is None
 
 
@@ -105,8 +106,14 @@ def test_plan_and_preprocess_writes_everything_and_skips_up_to_date_cases(hiennu
     for name in ("dataset.json", "dataset_fingerprint.json", "plans.json", "splits_final.json"):
         assert (out / name).is_file(), name
     plans = load_plans(out)
-    full = plans.configuration("3d_fullres")
+    full = plans.configuration("3d_lossless")
     assert full.target_size_xyz == [16, 32, 16] and full.roundtrip_dice_mean == 1.0
+    patch = plans.configuration("3d_fullres")
+    assert patch.is_patch_based and patch.roundtrip_dice_mean is not None
+    props = json.loads((out / "3d_fullres" / "case01.json").read_text())
+    assert set(props) == PROPERTY_KEYS | {"crop", "lesion_locations"} and props["lesion_locations"]
+    data = np.load(out / "3d_fullres" / "case01.npy")
+    assert data.shape[1:] == tuple(props["crop"]["resampled_size_zyx"])
     paper = plans.configuration("3d_paper")
     assert paper.roundtrip_dice_mean is not None
     for cfg in (full, paper):
@@ -117,26 +124,32 @@ def test_plan_and_preprocess_writes_everything_and_skips_up_to_date_cases(hiennu
         props = json.loads((out / cfg.name / "case01.json").read_text())
         assert set(props) == PROPERTY_KEYS and props["has_lesion"] and props["geometry"]["size_xyz"] == [13, 16, 7]
     assert len(json.loads((out / "splits_final.json").read_text())) == 5
-    mtime = (out / "3d_fullres" / "case00.npy").stat().st_mtime_ns
-    plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_fullres"]))
-    assert (out / "3d_fullres" / "case00.npy").stat().st_mtime_ns == mtime
+    mtime = (out / "3d_lossless" / "case00.npy").stat().st_mtime_ns
+    plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_lossless"]))
+    assert (out / "3d_lossless" / "case00.npy").stat().st_mtime_ns == mtime
 
 
 def test_editing_plans_changes_preprocessing(hiennu_roots):
     make_tiny_dataset(hiennu_roots["hiennu_raw"], num_cases=5)
-    out = plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_fullres"]))
-    before = np.load(out / "3d_fullres" / "case01.npy")
+    out = plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1,
+                                                               configurations=["3d_lossless", "3d_fullres"]))
+    before = np.load(out / "3d_lossless" / "case01.npy")
+    before_patch = np.load(out / "3d_fullres" / "case01.npy")
     plans = load_plans(out)
-    cfg = plans.configuration("3d_fullres")
+    cfg = plans.configuration("3d_lossless")
     cfg.target_size_xyz = [16, 16, 16]
     cfg.normalization[0] = ChannelNormalization("ADC", "none")
+    patch = plans.configuration("3d_fullres")
+    patch.target_spacing_zyx = [s * 2 for s in patch.target_spacing_zyx]
     save_plans(plans, out)
-    plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_fullres"],
+    plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_lossless", "3d_fullres"],
                                                          keep_plans=True))
-    after = np.load(out / "3d_fullres" / "case01.npy")
+    after = np.load(out / "3d_lossless" / "case01.npy")
     assert before.shape == (2, 16, 32, 16) and after.shape == (2, 16, 16, 16)
     assert after[0].max() > 500  # raw ADC units, no longer normalized
-    assert load_plans(out).configuration("3d_fullres").target_size_xyz == [16, 16, 16]
+    assert load_plans(out).configuration("3d_lossless").target_size_xyz == [16, 16, 16]
+    after_patch = np.load(out / "3d_fullres" / "case01.npy")
+    assert all(abs(2 * a - b) <= 1 for a, b in zip(after_patch.shape[1:], before_patch.shape[1:]))
 
 
 def test_parallel_run_matches_serial_run(hiennu_roots, tmp_path):

@@ -1,0 +1,227 @@
+"""The brain-cropped, spacing-planned, patch-trained ``3d_fullres``: planner, crop, windows, prediction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from hiennu.inference.predictor import Predictor
+from hiennu.inference.sliding_window import gaussian_weight, sliding_window_predict, window_starts
+from hiennu.io.image import Geometry, read_image, write_image
+from hiennu.networks.unet import build_network
+from hiennu.planning.plans import (AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
+                                   TrainingPlan)
+from hiennu.planning.spacing import plan_target_spacing
+from hiennu.planning.topology import CPU_PATCH_VOXELS, plan_patch, pool_kernels
+from hiennu.preprocessing.cropping import (brain_bbox, crop_and_resample, crop_and_resample_label,
+                                           restore_to_native)
+from hiennu.preprocessing.preprocessor import lesion_locations, preprocess_case
+from hiennu.training.data import patch_bbox, sample_epoch
+
+OBLIQUE = tuple(np.round(sitk.VersorTransform((0.3, 0.2, 0.9), 0.4).GetMatrix(), 12))
+
+
+# --- planner -------------------------------------------------------------------------------------
+
+def test_target_spacing_isotropic_takes_the_median():
+    spacing, reason = plan_target_spacing([(1.0, 1.0, 1.0), (1.2, 1.2, 1.2), (1.4, 1.1, 1.1)],
+                                          [(100, 100, 100)] * 3)
+    assert spacing == [1.2, 1.1, 1.1]
+    assert "not strongly anisotropic" in reason
+
+
+def test_target_spacing_thick_slices_take_the_10th_percentile_out_of_plane():
+    # nine 6 mm cases and one 2 mm case: median 6 mm is more than 3x the in-plane 1.375 mm
+    spacings = [(6.0, 1.375, 1.375)] * 9 + [(2.0, 1.375, 1.375)]
+    boxes = [(16, 84, 67)] * 9 + [(46, 84, 67)]
+    spacing, reason = plan_target_spacing(spacings, boxes)
+    p10 = float(np.percentile([s[0] for s in spacings], 10))
+    assert spacing[0] == pytest.approx(max(p10, 1.375)) and spacing[1:] == [1.375, 1.375]
+    assert "anisotropic" in reason and "10th percentile" in reason
+
+
+def test_pooling_waits_for_a_coarse_axis():
+    # z at 4 mm is more than twice 1.5 mm: not pooled until the in-plane spacing has caught up
+    kernels = pool_kernels((32, 128, 128), (4.0, 1.5, 1.5), 4)
+    assert kernels[0] == [1, 2, 2] and kernels[1] == [2, 2, 2]
+    # every axis similar: all pooled from the start
+    assert pool_kernels((48, 96, 80), (2.0, 1.375, 1.375), 3) == [[2, 2, 2]] * 3
+
+
+def _factor(kernels):
+    return [math.prod(k[a] for k in kernels) for a in range(3)]
+
+
+def test_cpu_plan_covers_a_small_brain_and_respects_the_budget():
+    tiny = plan_patch((20, 30, 25), (24, 36, 30), (2.0, 1.375, 1.375), 2, "cpu", 16, 1e6)
+    factor = _factor(tiny.network.pool_kernel_sizes)
+    assert all(p % f == 0 for p, f in zip(tiny.patch_size_zyx, factor))
+    assert all(p >= m for p, m in zip(tiny.patch_size_zyx, (20, 30, 25)))  # a small brain fits whole
+    assert tiny.batch_size == 2 and tiny.network.norm == "instance"
+    huge = plan_patch((120, 200, 200), (130, 220, 210), (1.0, 1.0, 1.0), 2, "cpu", 16, 1e8)
+    assert math.prod(huge.patch_size_zyx) <= CPU_PATCH_VOXELS
+    factor = _factor(huge.network.pool_kernel_sizes)
+    assert all(p % f == 0 for p, f in zip(huge.patch_size_zyx, factor))
+    assert "CPU" in huge.reason
+
+
+def test_gpu_plan_covers_the_largest_box_and_fits_memory():
+    gpu = plan_patch((46, 84, 67), (54, 90, 73), (2.0, 1.375, 1.375), 2, "gpu", 16, 37 * 290_000)
+    assert all(p >= m for p, m in zip(gpu.patch_size_zyx, (54, 90, 73)))
+    assert len(gpu.network.features_per_stage) >= 4 and gpu.batch_size >= 2
+    assert "GiB" in gpu.reason
+
+
+# --- crop and un-crop ----------------------------------------------------------------------------
+
+def test_crop_then_uncrop_is_the_identity_at_native_spacing():
+    rng = np.random.default_rng(3)
+    for shape in [(7, 13, 11), (12, 9, 16)]:
+        volume = np.zeros(shape, np.float32)
+        box = tuple(slice(int(rng.integers(0, n // 3)), int(rng.integers(2 * n // 3, n + 1))) for n in shape)
+        volume[box] = rng.uniform(0.5, 2.0, volume[box].shape)
+        spacing = tuple(rng.uniform(0.7, 5.0, 3))
+        cropped, record = crop_and_resample(volume[None], spacing, spacing)
+        assert record.bbox_zyx == brain_bbox(volume) == [[s.start, s.stop] for s in box]
+        back = restore_to_native(cropped[0], record, "linear")
+        np.testing.assert_allclose(back, volume, rtol=1e-6, atol=1e-6)
+        label = (volume > 1.5).astype(np.uint8)
+        on_target = crop_and_resample_label(label, record)
+        np.testing.assert_array_equal(restore_to_native(on_target.astype(np.float32), record, "nearest") >= 0.5,
+                                      label > 0)
+
+
+def test_resampled_box_size_follows_the_spacing():
+    volume = np.ones((10, 20, 20), np.float32)
+    data, record = crop_and_resample(volume[None], (4.0, 1.0, 1.0), (2.0, 2.0, 2.0))
+    assert data.shape == (1, 20, 10, 10) and record.resampled_size_zyx == [20, 10, 10]
+    back = restore_to_native(data[0], record)
+    assert back.shape == (10, 20, 20)
+
+
+# --- sliding window ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size,patch", [(10, 10), (11, 4), (37, 16), (64, 48)])
+def test_window_starts_cover_every_voxel_with_half_overlap(size, patch):
+    starts = window_starts(size, patch)
+    covered = np.zeros(size, bool)
+    for s in starts:
+        assert 0 <= s <= size - patch
+        covered[s:s + patch] = True
+    assert covered.all() and starts[0] == 0 and starts[-1] == size - patch
+    if len(starts) > 1:
+        assert max(np.diff(starts)) <= patch // 2 + 1
+
+
+def test_sliding_window_weights_normalise_and_padding_is_cropped_back():
+    weight = gaussian_weight((8, 12, 10))
+    assert float(weight.max()) == pytest.approx(1.0) and float(weight.min()) > 0
+    data = torch.randn(2, 5, 30, 17)  # smaller than the patch along z, larger along y
+    ones = sliding_window_predict(lambda b: torch.ones(b.shape[0], *b.shape[2:]), data, (8, 12, 10))
+    assert ones.shape == (5, 30, 17)
+    torch.testing.assert_close(ones, torch.ones(5, 30, 17))
+    # a position-independent prediction (channel 0 itself) comes back exactly
+    same = sliding_window_predict(lambda b: b[:, 0], data, (8, 12, 10))
+    torch.testing.assert_close(same, data[0])
+
+
+# --- patch sampling ------------------------------------------------------------------------------
+
+def test_patch_boxes_stay_in_bounds_and_centre_on_lesions():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        box = patch_bbox((20, 30, 25), (8, 16, 16), rng)
+        assert all(0 <= s and e <= n for (s, e), n in zip(box, (20, 30, 25)))
+        small = patch_bbox((4, 30, 25), (8, 16, 16), rng)  # along z the case is inside the patch
+        assert small[0][0] <= 0 and small[0][1] >= 4
+    centres = np.array([[5, 6, 7]])
+    assert patch_bbox((20, 30, 25), (8, 16, 16), rng, centres) == [[1, 9], [-2, 14], [-1, 15]]
+
+
+def test_small_batches_keep_the_foreground_fraction_on_average():
+    _, _, fg = sample_epoch(10, [1, 2, 3], global_batch=2, iterations=3000, foreground_fraction=0.33, seed=1, epoch=0)
+    assert abs(fg.mean() - 0.33) < 0.02
+
+
+def test_lesion_locations_are_lesion_voxels():
+    seg = np.zeros((1, 6, 7, 8), np.uint8)
+    seg[0, 2:4, 3:5, 1:6] = 1
+    locs = lesion_locations(seg)
+    assert len(locs) == int(seg.sum()) and all(seg[0][tuple(p)] for p in locs)
+    assert len(lesion_locations(seg, limit=5)) == 5
+
+
+# --- prediction in each input's exact geometry ---------------------------------------------------
+
+def _patch_config(in_channels: int = 2) -> Configuration:
+    return Configuration(
+        name="3d_fullres", target_size_xyz=None, grid_policy="spacing",
+        normalization=[ChannelNormalization("ADC", "zscore_brain"), ChannelNormalization("ZADC", "atlas_zscore",
+                                                                                          0, 1, -10, 10)],
+        target_spacing_zyx=[2.0, 1.5, 1.5], crop_to_brain=True, patch_size_zyx=[8, 16, 16], planned_for="cpu",
+        network=NetworkPlan(in_channels=in_channels, features_per_stage=[4, 8], pool_kernel_sizes=[[2, 2, 2]],
+                            dropout_per_stage=[0.0, 0.0], norm="instance", rule_prior=True),
+        training=TrainingPlan(batch_size=2, iterations_per_epoch=2, max_epochs=1, num_workers=0),
+        augmentation=AugmentationPlan(p_mirror=0.5, mirror_axes=[2]), prediction_interpolation="linear")
+
+
+def test_prediction_has_the_input_geometry_and_reproduces_the_rule_prior():
+    config = _patch_config()
+    plans = Plans(dataset_name="Dataset001_X", channel_names=["ADC", "ZADC"], configurations={config.name: config})
+    weights = build_network(config.network).state_dict()
+    predictor = Predictor(plans, config, None, {"0": weights}, device="cpu", use_mirroring=True)
+    rng = np.random.default_rng(0)
+    shape = (9, 23, 19)
+    geometry = Geometry(tuple(reversed(shape)), (1.1, 1.3, 3.5), (-12.5, 40.25, 7.0), OBLIQUE)
+    adc = np.zeros(shape, np.float32)
+    adc[1:8, 3:20, 2:17] = rng.uniform(800, 1600, (7, 17, 15))
+    zadc = np.where(adc > 0, rng.normal(0, 1.5, shape), 0).astype(np.float32)
+    zadc[3:6, 8:14, 6:12] = -4.0  # a block the rule calls lesion
+    mask, prob = predictor.predict_case([adc, zadc], geometry)
+    assert mask.shape == shape and prob.shape == shape and mask.dtype == np.uint8
+    # an untrained rule-prior network predicts the rule; inside the block it is certain
+    assert mask[3:6, 9:13, 7:11].all()
+    assert not mask[adc == 0].any()  # outside the brain box nothing survives the un-crop
+    data, _, crop = preprocess_case([adc, zadc], config, spacing_zyx=geometry.spacing_zyx)
+    assert crop is not None and data.shape[1:] == tuple(crop.resampled_size_zyx)
+
+
+def test_predicted_file_keeps_exact_geometry(tmp_path):
+    config = _patch_config()
+    plans = Plans(dataset_name="Dataset001_X", channel_names=["ADC", "ZADC"], configurations={config.name: config})
+    predictor = Predictor(plans, config, None, {"0": build_network(config.network).state_dict()}, device="cpu")
+    shape = (6, 20, 18)
+    geometry = Geometry(tuple(reversed(shape)), (0.9, 1.25, 4.0), (3.0, -7.5, 11.0), OBLIQUE)
+    adc = np.zeros(shape, np.float32)
+    adc[1:5, 2:18, 3:15] = 1200
+    zadc = np.where(adc > 0, -3.0, 0).astype(np.float32)
+    inputs = tmp_path / "in"
+    write_image(adc, geometry, inputs / "c1_0000.mha")
+    write_image(zadc, geometry, inputs / "c1_0001.mha")
+    report = predictor.predict_folder(inputs, tmp_path / "out")
+    assert report.ok
+    mask, out_geometry = read_image(tmp_path / "out" / "c1.mha", dtype=np.uint8)
+    assert out_geometry.size_xyz == geometry.size_xyz
+    np.testing.assert_allclose(out_geometry.spacing_xyz, geometry.spacing_xyz, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(out_geometry.origin_xyz, geometry.origin_xyz, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(out_geometry.direction, geometry.direction, rtol=0, atol=1e-9)
+    assert mask[adc > 0].all() and not mask[adc == 0].any()
+
+
+# --- the real dev cases --------------------------------------------------------------------------
+
+def test_real_crop_roundtrip_reaches_the_goal(real_bonbid_dir):
+    from hiennu.datasets.bonbid import find_bonbid_cases
+    from hiennu.planning.roundtrip import crop_roundtrip_dice
+
+    values = []
+    for case in find_bonbid_cases(real_bonbid_dir):
+        adc, geometry = read_image(case.adc)
+        label, _ = read_image(case.label, dtype=np.uint8)
+        values.append(crop_roundtrip_dice(adc, label, geometry.spacing_zyx, (2.0, 1.375, 1.375), "linear"))
+    assert len(values) == 37
+    assert np.mean(values) >= 0.99
