@@ -111,6 +111,7 @@ def _score_case(job: tuple) -> dict:
     case_id, ref_path, pred_path, image_path, challenge_2023 = job
     ref, ref_geometry = _binary_mask(ref_path, case_id, "reference")
     pred, pred_geometry = _binary_mask(pred_path, case_id, "prediction")
+    # same grid within hiennu.io.image's tolerance; the metrics then use the reference's geometry
     diffs = ref_geometry.differences(pred_geometry)
     if diffs:
         raise HiennuError(f"case {case_id}: prediction {pred_path} lies on another grid than reference "
