@@ -41,6 +41,7 @@ from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.paths import parse_dataset_folder_name, results_root
 from hiennu.planning.plans import Plans, load_plans
+from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, model_folds, set_default_model,
                                              split_model_dir_name)
 
@@ -114,7 +115,7 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
     for needed in ("plans.json", "dataset.json"):
         if not (model_dir / needed).is_file():
             raise HiennuError(f"{model_dir / needed}: missing; a model folder needs plans.json and dataset.json")
-    load_plans(model_dir)
+    plans = load_plans(model_dir)
     load_dataset_json(model_dir)
     available = model_folds(model_dir, checkpoint)
     chosen = [str(f) for f in folds] if folds else available
@@ -131,6 +132,10 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
         weights = {k: (v.half() if half and v.is_floating_point() else v.float() if v.is_floating_point() else v)
                    for k, v in ckpt["network_weights"].items()}
         slim = {k: v for k, v in ckpt.items() if k != "network_weights" and isinstance(v, _PLAIN)}
+        if isinstance(ckpt.get("configuration"), dict):  # what the fold was trained with, checked at load
+            check_trained_configuration(ckpt, plans.configuration(model.configuration), str(src),
+                                        model_dir / "plans.json", model_dir / f"fold_{fold}" / "plans.json")
+            slim["configuration"] = ckpt["configuration"]
         slim["network_weights"] = weights
         buffer = io.BytesIO()
         torch.save(slim, buffer)
@@ -271,6 +276,8 @@ def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None) -
         for fold in chosen:
             member = contents.member(f"fold_{fold}/{contents.checkpoint}")
             ckpt = load_checkpoint_weights(io.BytesIO(zf.read(member)), f"{path}:{member}")
+            check_trained_configuration(ckpt, plans.configuration(contents.configuration), f"{path}:{member}",
+                                        f"{path}:{contents.member('plans.json')}")
             weights[fold] = _float32(ckpt["network_weights"])
     return LoadedModel(contents.model, plans, dataset, contents.configuration, weights)
 

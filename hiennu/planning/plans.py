@@ -305,6 +305,43 @@ def configuration_problems(config: Configuration) -> list[str]:
     return problems
 
 
+# Configuration fields that record how the plan was made, not what the network sees or does.
+INFORMATIVE_FIELDS = ("notes", "roundtrip_dice_mean", "roundtrip_dice_worst", "grid_policy")
+# Fields that only shape training; a trained fold predicts the same whatever they say now.
+TRAINING_ONLY_FIELDS = ("training",)
+
+
+def configuration_differences(recorded: Any, current: Configuration, ignore: tuple[str, ...] = INFORMATIVE_FIELDS,
+                              limit: int = 4) -> list[str]:
+    """Where a configuration recorded with a trained fold (its JSON form, as checkpoints store it)
+    differs from ``current``: ``"FIELD.PATH: trained with X, now Y"``, at most ``limit`` entries.
+
+    Keys missing from ``recorded`` take the dataclass defaults (checkpoints of older versions).
+    Top-level fields named in ``ignore`` are not compared.
+    """
+    try:
+        rec = dataclasses.asdict(configuration_from_dict(recorded, "checkpoint"))
+    except PlansError as e:
+        return [f"the recorded configuration is not valid plans ({e})"]
+    cur = dataclasses.asdict(current)
+    out: list[str] = []
+    _diff(rec, cur, "", ignore, out)
+    return out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def _diff(a: Any, b: Any, path: str, ignore: tuple[str, ...], out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if not path and key in ignore:
+                continue
+            _diff(a.get(key), b.get(key), f"{path}.{key}" if path else key, ignore, out)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and any(isinstance(v, dict) for v in a):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _diff(x, y, f"{path}[{i}]", ignore, out)
+    elif a != b:
+        out.append(f"{path}: trained with {json.dumps(a)}, now {json.dumps(b)}")
+
+
 def _where(path: str, source: str) -> str:
     return f"{source}: {path or '(top level)'}"
 
