@@ -39,7 +39,7 @@ from hiennu.errors import HiennuError
 from hiennu.io.atomic import atomic_path
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
-from hiennu.paths import parse_dataset_folder_name, results_root
+from hiennu.paths import parse_dataset_folder_name, preprocessed_root, raw_root, results_root
 from hiennu.planning.plans import Plans, load_plans
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, model_folds, set_default_model,
@@ -282,6 +282,24 @@ def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None) -
     return LoadedModel(contents.model, plans, dataset, contents.configuration, weights)
 
 
+def check_dataset_id_free(dataset_folder: str, roots: Sequence[Path], source: str | Path) -> None:
+    """Refuse when another dataset under ``roots`` uses ``dataset_folder``'s number under another name.
+
+    ``-d NNN`` must stay unambiguous (as :func:`hiennu.datasets.staging.check_target` ensures for
+    converted datasets); installing ``Dataset950_A`` beside ``Dataset950_B`` would break it.
+    """
+    parsed = parse_dataset_folder_name(dataset_folder)
+    if parsed is None:
+        return
+    clashes = sorted({f"{p}" for root in roots if Path(root).is_dir() for p in Path(root).iterdir()
+                      if p.is_dir() and p.name != dataset_folder
+                      and (parse_dataset_folder_name(p.name) or (None,))[0] == parsed[0]})
+    if clashes:
+        raise HiennuError(f"{source}: its dataset {dataset_folder} has id {parsed[0]:03d}, which is already used by "
+                          f"{', '.join(clashes)}; install it under a root without that dataset (set hiennu_results, "
+                          f"hiennu_raw, hiennu_preprocessed), or rename one of them so each number names one dataset")
+
+
 def install_model_zip(path: str | Path, root: str | Path | None = None, overwrite: bool = False,
                       make_default: bool = False) -> Path:
     """Verify ``path``, check every checkpoint loads as plain weights, and extract it under the results root.
@@ -294,6 +312,7 @@ def install_model_zip(path: str | Path, root: str | Path | None = None, overwrit
     contents = verify_model_zip(path)
     load_model_zip(path)  # every checkpoint must load with weights_only=True before anything is written
     target = root / contents.model
+    check_dataset_id_free(contents.model.split("/")[0], [root, raw_root(), preprocessed_root()], path)
     if target.exists() and not overwrite:
         raise HiennuError(f"{target} already exists; pass --overwrite to replace it with the model in {path}")
     target.parent.mkdir(parents=True, exist_ok=True)
