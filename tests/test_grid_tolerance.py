@@ -241,3 +241,22 @@ def test_continue_prediction_redoes_damaged_outputs(tmp_path, damage):
     assert read_image(out)[0].sum() == np.prod(GEO.size_zyx)
     report = predictor.predict_folder(tmp_path / "in", tmp_path / "out", continue_prediction=True)
     assert report.already_done == ["c"]
+
+
+def test_output_folder_that_is_a_file_is_refused_before_predicting(tmp_path):
+    write_image(np.full(GEO.size_zyx, 1300, np.float32), GEO, tmp_path / "in" / "c_0000.mha")
+    write_image(np.zeros(GEO.size_zyx, np.float32), GEO, tmp_path / "in" / "c_0001.mha")
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(HiennuError, match="is an existing file"):
+        make_baseline("zadc").predict_folder(tmp_path / "in", tmp_path / "out")
+    with pytest.raises(HiennuError, match="is a file, not a folder"):
+        make_baseline("zadc").predict_folder(tmp_path / "in", tmp_path / "out" / "sub")
+
+
+def test_evaluation_output_that_is_a_folder_is_refused(tmp_path):
+    label = np.zeros(GEO.size_zyx, np.uint8)
+    write_image(label, GEO, tmp_path / "ref" / "c.mha")
+    write_image(label, GEO, tmp_path / "pred" / "c.mha")
+    (tmp_path / "summary").mkdir()
+    with pytest.raises(HiennuError, match="is a folder"):
+        evaluate_folders(tmp_path / "ref", tmp_path / "pred", output_json=tmp_path / "summary", num_processes=1)

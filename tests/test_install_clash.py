@@ -25,3 +25,19 @@ def test_install_beside_the_same_dataset_is_fine(tmp_path, hiennu_roots):
     (hiennu_roots["hiennu_raw"] / "Dataset001_Tiny").mkdir()
     assert install_model_zip(zip_path).is_dir()
     assert resolve_dataset("1") == "Dataset001_Tiny"
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("fold_0/checkpoint_best.pth/inner.txt", "is a file but also the folder of"),
+    ("PLANS.json", "differ only in letter case"),
+])
+def test_zip_whose_members_clash_is_refused_before_extraction(tmp_path, hiennu_roots, extra, words):
+    from hiennu.inference.model_zip import ModelZipError
+    from test_model_zip import MODEL, _good_members, _zip_with
+
+    members = _good_members(tmp_path)
+    members[f"{MODEL}/{extra}"] = b"x"
+    evil = _zip_with(tmp_path / "clash.zip", members)
+    with pytest.raises(ModelZipError, match=f"members clash.*{words}"):
+        install_model_zip(evil)
+    assert not any(hiennu_roots["hiennu_results"].iterdir())

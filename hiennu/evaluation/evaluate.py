@@ -236,6 +236,9 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     images = Path(images_dir) if images_dir is not None else None
+    if output_json is not None and Path(output_json).is_dir():
+        raise HiennuError(f"-o {output_json} is a folder; give the summary file to write, e.g. "
+                          f"{Path(output_json) / 'summary.json'}")
     jobs = _jobs(ref_dir, pred_dir, images, case_ids, challenge_2023)
     if num_processes > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs))) as pool:

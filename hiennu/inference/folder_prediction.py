@@ -63,8 +63,14 @@ class PredictionReport:
 
 
 def check_output_folder(in_dir: Path, out_dir: Path) -> None:
-    """Refuse an output folder equal to, or inside, the input folder (outputs must never touch inputs)."""
+    """Refuse an output folder equal to, or inside, the input folder (outputs must never touch inputs),
+    or one that is (or lies below) an existing file."""
     src, dst = Path(in_dir).resolve(), Path(out_dir).resolve()
+    if dst.exists() and not dst.is_dir():
+        raise HiennuError(f"output folder {out_dir} is an existing file, not a folder; give a folder for the masks")
+    blocking = next((p for p in dst.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise HiennuError(f"output folder {out_dir} cannot be created: {blocking} is a file, not a folder")
     if dst == src or src in dst.parents:
         raise HiennuError(f"output folder {out_dir} is {'the input folder' if dst == src else 'inside the input folder'} "
                           f"{in_dir}; choose an output folder outside it so no input can be overwritten")

@@ -144,6 +144,8 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
                 "folds": sorted(chosen, key=fold_sort_key), "half_precision": bool(half),
                 "files": {name: sha256_bytes(data) for name, data in members.items()}}
     out_zip = Path(out_zip)
+    if out_zip.is_dir():
+        raise HiennuError(f"-o {out_zip} is a folder; give the zip file to write, e.g. {out_zip / (model_dir.name + '.zip')}")
     with atomic_path(out_zip, suffix=".zip") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
@@ -174,6 +176,23 @@ def _unsafe_name_reason(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def _member_clash(names: list[str]) -> str | None:
+    """Two file members that cannot both be extracted: one is a folder of the other, or the names
+    differ only in letter case (one file on case-insensitive file systems). None when they all fit."""
+    files = set(names)
+    lowered: dict[str, str] = {}
+    for name in sorted(names):
+        parts = PurePosixPath(name).parts
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in files:
+                return f"{parent!r} is a file but also the folder of {name!r}"
+        other = lowered.setdefault(name.lower(), name)
+        if other != name:
+            return f"{other!r} and {name!r} differ only in letter case"
+    return None
+
+
 def verify_model_zip(path: str | Path) -> ModelZipContents:
     """Check a model zip without extracting or unpickling anything; raises :class:`ModelZipError`."""
     path = Path(path)
@@ -195,6 +214,9 @@ def verify_model_zip(path: str | Path) -> ModelZipContents:
         names = [i.filename for i in infos if not i.is_dir()]
         if len(set(names)) != len(names):
             raise ModelZipError(f"{path}: refused: some member names occur twice")
+        clash = _member_clash(names)
+        if clash:
+            raise ModelZipError(f"{path}: refused: members clash ({clash}); nothing was extracted")
         if MANIFEST not in names:
             raise ModelZipError(f"{path}: refused: no {MANIFEST} (a zip written by hiennu_export_model has one "
                                 f"listing the SHA-256 of every file); re-export the model")
