@@ -37,9 +37,10 @@ def _nudged(geo: Geometry, origin_mm: float = 1e-3, direction: float = 1e-6) -> 
 
 # ------------------------------------------------------------------------------------ the rule itself
 
-def test_off_by_a_thousandth_of_a_mm_is_the_same_grid():
-    assert same_grid(GEO, _nudged(GEO, 1e-3, 1e-6))
-    assert grid_differences(GEO, _nudged(GEO, 1e-3, 1e-6)) == []
+@pytest.mark.parametrize("offset_mm", [1e-3, 1.5e-3, -2e-3])
+def test_off_by_a_thousandth_of_a_mm_is_the_same_grid(offset_mm):
+    assert same_grid(GEO, _nudged(GEO, offset_mm, 1e-6))
+    assert grid_differences(GEO, _nudged(GEO, offset_mm, 1e-6)) == []
 
 
 def test_off_by_half_a_voxel_is_refused_with_digits_and_difference():

@@ -545,7 +545,10 @@ class Trainer(abc.ABC):
         refuses them (their checkpoints record the configuration they were trained with).
         """
         shared = self.model_dir / "plans.json"
-        changed = shared.is_file() and load_plans(shared) != self.plans
+        try:
+            changed = shared.is_file() and load_plans(shared) != self.plans
+        except HiennuError:  # an edited, invalid shared file: replaced by this fold's valid plans
+            changed = True
         save_plans(self.plans, shared)
         write_json(read_json(self.preprocessed_dir / "dataset.json"), self.model_dir / "dataset.json")
         if not changed:
