@@ -14,7 +14,7 @@ import pytest
 from hiennu.errors import HiennuError
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.planning.plans import (ENUMERATED_FIELDS, ChannelNormalization, Configuration, NetworkPlan, Plans,
-                                   PlansError, configuration_problems, load_plans, save_plans)
+                                   PlansError, configuration_problems, load_plans)
 
 
 def _plans_dict() -> dict:
