@@ -212,3 +212,52 @@ def test_a_finished_run_releases_its_lock(tiny):
     out = _train()
     assert not (out / LOCK_NAME).exists()
     assert load(out / "checkpoint_final.pth")["finished"] is True
+
+
+SLOW_TRAINER = """
+import os, time
+from pathlib import Path
+from hiennu.training.trainers import TrainerDice
+
+class TrainerHeld(TrainerDice):
+    def build_batches(self):
+        Path(os.environ["HIENNU_TEST_MARKER"]).write_text("training")
+        time.sleep(120)
+        return super().build_batches()
+"""
+
+
+def test_two_real_runs_of_one_fold_the_second_refuses_naming_the_first(tiny, tmp_path):
+    import time
+    from hiennu.training.launch import train
+    from test_training import write_module
+
+    mod = write_module(tmp_path, "held_trainers", SLOW_TRAINER)
+    marker = tmp_path / "marker"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+               HIENNU_TEST_MARKER=str(marker), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "hiennu.cli.train", "Tiny", f"{mod}:TrainerHeld", "0", "--epochs", "1",
+           "--device", "cpu", "--num-workers", "0", "--no-final-validation", "-q"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline
+            time.sleep(0.1)
+        with pytest.raises(FoldLockedError, match=rf"being trained by another run \(pid {proc.pid} on host"):
+            train(options(**QUICK), f"{mod}:TrainerHeld")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    out = fold_dir(tiny["hiennu_results"], "TrainerHeld")
+    assert (out / LOCK_NAME).is_file()  # the killed run's lock stays behind ...
+    os.environ["HIENNU_TEST_MARKER"] = str(tmp_path / "marker2")
+    try:
+        import held_trainers
+        held_trainers.TrainerHeld.build_batches = held_trainers.TrainerDice.build_batches
+        train(options(**QUICK), f"{mod}:TrainerHeld")  # ... and is stale: the next run takes it
+    finally:
+        os.environ.pop("HIENNU_TEST_MARKER", None)
+    assert (out / "checkpoint_final.pth").is_file() and not (out / LOCK_NAME).exists()
