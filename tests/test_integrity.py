@@ -61,7 +61,7 @@ def test_missing_label(raw):
 ])
 def test_grid_mismatch(raw, field, value, word):
     geo = Geometry(**{**GEO.to_dict(), field: value})
-    write_image(np.zeros(geo.size_zyx, np.float32), geo, raw / "imagesTr" / "caseA_0001.mha")
+    write_image(np.ones(geo.size_zyx, np.float32), geo, raw / "imagesTr" / "caseA_0001.mha")
     _one_problem(raw, "case caseA", "caseA_0001.mha", "not on the grid", word)
 
 

@@ -10,7 +10,10 @@ Files are recognised by their official names (:func:`hiennu.io.bonbid_names.bonb
 they sit below ``SRC``. Result: ``$hiennu_raw/DatasetNNN_BONBID/`` with ``dataset.json``,
 ``imagesTr/CASE_0000.mha`` (ADC), ``imagesTr/CASE_0001.mha`` (ZADC), ``labelsTr/CASE.mha`` (uint8
 {0, 1}); cases without a label go to ``imagesTs/``. Voxel values, pixel types of the images and the
-geometry (size, spacing, origin, direction) are kept exactly; labels become uint8.
+geometry (size, spacing, origin, direction) of the ADC map are kept exactly; labels become uint8.
+ZADC map and label must lie on the ADC's grid within :func:`hiennu.io.image.grid_differences`'s
+tolerance (the release's MGHNICU_336 is off by about 0.001 mm) and are written with the ADC's
+geometry, so every file of a converted case shares one grid exactly.
 """
 
 from __future__ import annotations
@@ -127,10 +130,10 @@ def _convert_case(case: BonbidCase, out: Path, label_mapping: dict[float, int] |
     if case.label is not None:
         label, label_geo = read_image(case.label, dtype=None)
         _same_grid(case, adc_geo, label_geo, case.label)
-        write_image(binarize_label(label, case.label, label_mapping), label_geo,
+        write_image(binarize_label(label, case.label, label_mapping), label_geo.on_grid_of(adc_geo),
                     out / "labelsTr" / f"{case.case_id}.mha")
     write_image(adc, adc_geo, images_dir / f"{case.case_id}_0000.mha")
-    write_image(zadc, zadc_geo, images_dir / f"{case.case_id}_0001.mha")
+    write_image(zadc, zadc_geo.on_grid_of(adc_geo), images_dir / f"{case.case_id}_0001.mha")
 
 
 def _same_grid(case: BonbidCase, ref: Geometry, other: Geometry, path: Path) -> None:

@@ -3,7 +3,8 @@
 Checked: ``dataset.json`` readable and in agreement with the files (``numTraining``, channel count,
 ``file_ending``); every case has each channel and (in ``imagesTr``) a label; every file is a
 readable, non-empty 3D image; channels and label lie on the same grid (size, spacing, origin,
-direction, :meth:`Geometry.differences`); image voxels are finite; label voxels are 0 or 1; no
+direction, within the tolerance of :func:`hiennu.io.image.grid_differences`); voxel spacings are
+positive and plausible (:func:`hiennu.io.image.spacing_problem`); image voxels are finite and not all zero; label voxels are 0 or 1; no
 unknown extra files. Hidden files (names starting with ``.``) are ignored.
 
 Headers are read first (``sitk.ImageFileReader.ReadImageInformation``), so a broken header is
@@ -21,7 +22,7 @@ import SimpleITK as sitk
 from hiennu.errors import DataIntegrityError, HiennuError
 from hiennu.io.cases import CaseFiles, discover_cases
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
-from hiennu.io.image import Geometry, image_ending, strip_ending
+from hiennu.io.image import Geometry, header_spacing, image_ending, sitk_reason, spacing_problem, strip_ending
 from hiennu.log import get_logger, progress
 
 log = get_logger(__name__)
@@ -38,7 +39,7 @@ def _read_header(path: Path, case_id: str) -> tuple[sitk.ImageFileReader | None,
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        return None, None, f"case {case_id}: {path} cannot be read as an image (corrupt header?): {_last_line(e)}"
+        return None, None, f"case {case_id}: {path} cannot be read as an image: {sitk_reason(e)}"
     if reader.GetDimension() != 3:
         return None, None, f"case {case_id}: {path} is {reader.GetDimension()}D; hiennu needs 3D images"
     if reader.GetNumberOfComponents() != 1:
@@ -49,19 +50,17 @@ def _read_header(path: Path, case_id: str) -> tuple[sitk.ImageFileReader | None,
                         sitk.GetPixelIDValueAsString(reader.GetPixelID()))
     if min(geometry.size_xyz) < 1:
         return None, None, f"case {case_id}: {path} has no voxels (size {geometry.size_xyz})"
+    for spacing in (header_spacing(path), geometry.spacing_xyz):
+        if spacing is not None and spacing_problem(spacing, path):
+            return None, None, f"case {case_id}: {spacing_problem(spacing, path)}"
     return reader, geometry, None
-
-
-def _last_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[-1] if text else type(e).__name__
 
 
 def _read_voxels(reader: sitk.ImageFileReader, path: Path, case_id: str) -> tuple[np.ndarray | None, str | None]:
     try:
         return sitk.GetArrayFromImage(reader.Execute()), None
     except RuntimeError as e:
-        return None, f"case {case_id}: {path} voxel data cannot be read (truncated or corrupt?): {_last_line(e)}"
+        return None, f"case {case_id}: {path} voxel data cannot be read: {sitk_reason(e)}"
 
 
 def check_case(case: CaseFiles, needs_label: bool) -> list[str]:
@@ -107,6 +106,9 @@ def _value_problems(array: np.ndarray, path: Path, cid: str, is_label: bool) -> 
             return [f"case {cid}: label {path} has values other than 0 and 1: {shown} "
                     f"(reconvert with a label mapping, e.g. hiennu_convert_bonbid --label-map)"]
         return []
+    if not np.any(array):
+        return [f"case {cid}: {path} is all zero ({array.size} voxels, no brain); the image is empty or was "
+                f"exported wrongly; replace it or remove the case"]
     if array.dtype.kind != "f":
         return []
     finite = np.isfinite(array)

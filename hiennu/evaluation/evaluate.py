@@ -111,6 +111,7 @@ def _score_case(job: tuple) -> dict:
     case_id, ref_path, pred_path, image_path, challenge_2023 = job
     ref, ref_geometry = _binary_mask(ref_path, case_id, "reference")
     pred, pred_geometry = _binary_mask(pred_path, case_id, "prediction")
+    # same grid within hiennu.io.image's tolerance; the metrics then use the reference's geometry
     diffs = ref_geometry.differences(pred_geometry)
     if diffs:
         raise HiennuError(f"case {case_id}: prediction {pred_path} lies on another grid than reference "
@@ -235,6 +236,9 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     images = Path(images_dir) if images_dir is not None else None
+    if output_json is not None and Path(output_json).is_dir():
+        raise HiennuError(f"-o {output_json} is a folder; give the summary file to write, e.g. "
+                          f"{Path(output_json) / 'summary.json'}")
     jobs = _jobs(ref_dir, pred_dir, images, case_ids, challenge_2023)
     if num_processes > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs))) as pool:

@@ -25,9 +25,9 @@ import numpy as np
 
 from hiennu.errors import HiennuError
 from hiennu.inference.components import remove_small_components
-from hiennu.inference.layouts import InputCase, discover_input_cases, read_case
+from hiennu.inference.layouts import InputCase, discover_input_cases, nonfinite_problem, read_case
 from hiennu.io.atomic import atomic_path
-from hiennu.io.image import Geometry, write_image
+from hiennu.io.image import Geometry, read_sitk, write_image
 from hiennu.log import get_logger, progress
 
 logger = get_logger(__name__)
@@ -63,8 +63,14 @@ class PredictionReport:
 
 
 def check_output_folder(in_dir: Path, out_dir: Path) -> None:
-    """Refuse an output folder equal to, or inside, the input folder (outputs must never touch inputs)."""
+    """Refuse an output folder equal to, or inside, the input folder (outputs must never touch inputs),
+    or one that is (or lies below) an existing file."""
     src, dst = Path(in_dir).resolve(), Path(out_dir).resolve()
+    if dst.exists() and not dst.is_dir():
+        raise HiennuError(f"output folder {out_dir} is an existing file, not a folder; give a folder for the masks")
+    blocking = next((p for p in dst.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise HiennuError(f"output folder {out_dir} cannot be created: {blocking} is a file, not a folder")
     if dst == src or src in dst.parents:
         raise HiennuError(f"output folder {out_dir} is {'the input folder' if dst == src else 'inside the input folder'} "
                           f"{in_dir}; choose an output folder outside it so no input can be overwritten")
@@ -73,6 +79,25 @@ def check_output_folder(in_dir: Path, out_dir: Path) -> None:
 def probability_path(out_dir: Path, case: InputCase, fmt: str) -> Path:
     """``CASE_prob.npz`` (key ``probabilities``, float32 (z, y, x)) or ``CASE_prob.<image ending>``."""
     return out_dir / (f"{case.case_id}_prob.npz" if fmt == "npz" else f"{case.case_id}_prob{case.output_ending}")
+
+
+def output_is_complete(path: Path) -> bool:
+    """True when ``path`` is a finished output: a non-empty file that reads back whole.
+
+    ``.npz`` probability maps must load with their ``probabilities`` array; images must decode
+    (header and voxels). Used by ``--continue-prediction``, so a 0-byte, truncated or unreadable
+    output is predicted again instead of counted as done.
+    """
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                return "probabilities" in f.files and f["probabilities"].size > 0
+        read_sitk(path)
+        return True
+    except Exception:  # HiennuError, OSError, zipfile.BadZipFile ...: a damaged file is not done
+        return False
 
 
 def write_probabilities(prob: np.ndarray, geometry: Geometry, path: Path) -> None:
@@ -125,6 +150,10 @@ class CasePredictor(ABC):
             if tuple(image.shape) != tuple(geometry.size_zyx):
                 raise HiennuError(f"channel {c} ({self.channel_names[c]}) has shape {tuple(image.shape)}, "
                                   f"but the geometry's size (z, y, x) is {tuple(geometry.size_zyx)}")
+            problem = nonfinite_problem(np.asarray(image))
+            if problem:
+                raise HiennuError(f"channel {c} ({self.channel_names[c]}) has {problem}; replace them before "
+                                  f"predicting")
         mask, prob = self.predict_prepared([self.prepare(images, geometry)], [geometry], True)[0]
         return self.postprocess(mask), prob
 
@@ -135,8 +164,9 @@ class CasePredictor(ABC):
 
         Cases with missing/mismatched channels or unreadable files are reported in the result's
         ``skipped`` and the rest are still predicted. ``continue_prediction`` skips cases whose
-        outputs already exist. ``save_probabilities`` also writes each case's probability map
-        (``probability_format``: ``npz`` or ``image``).
+        outputs already exist and read back whole (:func:`output_is_complete`).
+        ``save_probabilities`` also writes each case's probability map (``probability_format``:
+        ``npz`` or ``image``).
         """
         in_dir, out_dir = Path(in_dir), Path(out_dir)
         if probability_format not in PROBABILITY_FORMATS:
@@ -156,7 +186,7 @@ class CasePredictor(ABC):
             elif any(o.resolve() in inputs for o in outputs):
                 raise HiennuError(f"case {case.case_id}: output {outputs[0]} would overwrite an input file; "
                                   f"choose another output folder")
-            elif continue_prediction and all(o.is_file() for o in outputs):
+            elif continue_prediction and all(output_is_complete(o) for o in outputs):
                 report.already_done.append(case.case_id)
             else:
                 todo.append(case)

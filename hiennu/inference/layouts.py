@@ -194,11 +194,24 @@ def discover_input_cases(in_dir: str | Path, channel_names: Sequence[str] = ("AD
     return [seen[k] for k in sorted(seen)]
 
 
+def nonfinite_problem(array: np.ndarray) -> str | None:
+    """``"N NaN and M infinite voxel(s)"`` when ``array`` holds any, else None."""
+    if array.dtype.kind != "f":
+        return None
+    finite = np.isfinite(array)
+    if finite.all():
+        return None
+    n_nan = int(np.isnan(array).sum())
+    return f"{n_nan} NaN and {int(array.size - finite.sum()) - n_nan} infinite voxel(s)"
+
+
 def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
     """Read every channel of ``case`` as float32 ``(z, y, x)``; returns ``(images, geometry of channel 0)``.
 
     Raises :class:`CaseInputError` naming the case and file when a channel is missing or
-    unreadable, or when the channels lie on different grids (:meth:`Geometry.differences`).
+    unreadable, holds NaN or infinite voxels, or when the channels lie on different grids
+    (:func:`hiennu.io.image.grid_differences`; within its tolerance the first channel's geometry is
+    returned, so outputs take the ADC's geometry exactly).
     """
     if case.problem:
         raise CaseInputError(f"case {case.case_id}: {case.problem}")
@@ -208,6 +221,10 @@ def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
             array, geometry = read_image(path)
         except ImageReadError as e:
             raise CaseInputError(f"case {case.case_id}: {e}") from None
+        problem = nonfinite_problem(array)
+        if problem:
+            raise CaseInputError(f"case {case.case_id}: {path} has {problem}; replace them (e.g. by 0 outside the "
+                                 f"brain) before predicting")
         images.append(array)
         geometries.append(geometry)
     for c in range(1, len(geometries)):

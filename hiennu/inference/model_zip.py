@@ -39,8 +39,9 @@ from hiennu.errors import HiennuError
 from hiennu.io.atomic import atomic_path
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
-from hiennu.paths import parse_dataset_folder_name, results_root
+from hiennu.paths import parse_dataset_folder_name, preprocessed_root, raw_root, results_root
 from hiennu.planning.plans import Plans, load_plans
+from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, model_folds, set_default_model,
                                              split_model_dir_name)
 
@@ -114,7 +115,7 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
     for needed in ("plans.json", "dataset.json"):
         if not (model_dir / needed).is_file():
             raise HiennuError(f"{model_dir / needed}: missing; a model folder needs plans.json and dataset.json")
-    load_plans(model_dir)
+    plans = load_plans(model_dir)
     load_dataset_json(model_dir)
     available = model_folds(model_dir, checkpoint)
     chosen = [str(f) for f in folds] if folds else available
@@ -131,6 +132,10 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
         weights = {k: (v.half() if half and v.is_floating_point() else v.float() if v.is_floating_point() else v)
                    for k, v in ckpt["network_weights"].items()}
         slim = {k: v for k, v in ckpt.items() if k != "network_weights" and isinstance(v, _PLAIN)}
+        if isinstance(ckpt.get("configuration"), dict):  # what the fold was trained with, checked at load
+            check_trained_configuration(ckpt, plans.configuration(model.configuration), str(src),
+                                        model_dir / "plans.json", model_dir / f"fold_{fold}" / "plans.json")
+            slim["configuration"] = ckpt["configuration"]
         slim["network_weights"] = weights
         buffer = io.BytesIO()
         torch.save(slim, buffer)
@@ -139,6 +144,8 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
                 "folds": sorted(chosen, key=fold_sort_key), "half_precision": bool(half),
                 "files": {name: sha256_bytes(data) for name, data in members.items()}}
     out_zip = Path(out_zip)
+    if out_zip.is_dir():
+        raise HiennuError(f"-o {out_zip} is a folder; give the zip file to write, e.g. {out_zip / (model_dir.name + '.zip')}")
     with atomic_path(out_zip, suffix=".zip") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
@@ -169,6 +176,23 @@ def _unsafe_name_reason(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def _member_clash(names: list[str]) -> str | None:
+    """Two file members that cannot both be extracted: one is a folder of the other, or the names
+    differ only in letter case (one file on case-insensitive file systems). None when they all fit."""
+    files = set(names)
+    lowered: dict[str, str] = {}
+    for name in sorted(names):
+        parts = PurePosixPath(name).parts
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in files:
+                return f"{parent!r} is a file but also the folder of {name!r}"
+        other = lowered.setdefault(name.lower(), name)
+        if other != name:
+            return f"{other!r} and {name!r} differ only in letter case"
+    return None
+
+
 def verify_model_zip(path: str | Path) -> ModelZipContents:
     """Check a model zip without extracting or unpickling anything; raises :class:`ModelZipError`."""
     path = Path(path)
@@ -190,6 +214,9 @@ def verify_model_zip(path: str | Path) -> ModelZipContents:
         names = [i.filename for i in infos if not i.is_dir()]
         if len(set(names)) != len(names):
             raise ModelZipError(f"{path}: refused: some member names occur twice")
+        clash = _member_clash(names)
+        if clash:
+            raise ModelZipError(f"{path}: refused: members clash ({clash}); nothing was extracted")
         if MANIFEST not in names:
             raise ModelZipError(f"{path}: refused: no {MANIFEST} (a zip written by hiennu_export_model has one "
                                 f"listing the SHA-256 of every file); re-export the model")
@@ -271,8 +298,28 @@ def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None) -
         for fold in chosen:
             member = contents.member(f"fold_{fold}/{contents.checkpoint}")
             ckpt = load_checkpoint_weights(io.BytesIO(zf.read(member)), f"{path}:{member}")
+            check_trained_configuration(ckpt, plans.configuration(contents.configuration), f"{path}:{member}",
+                                        f"{path}:{contents.member('plans.json')}")
             weights[fold] = _float32(ckpt["network_weights"])
     return LoadedModel(contents.model, plans, dataset, contents.configuration, weights)
+
+
+def check_dataset_id_free(dataset_folder: str, roots: Sequence[Path], source: str | Path) -> None:
+    """Refuse when another dataset under ``roots`` uses ``dataset_folder``'s number under another name.
+
+    ``-d NNN`` must stay unambiguous (as :func:`hiennu.datasets.staging.check_target` ensures for
+    converted datasets); installing ``Dataset950_A`` beside ``Dataset950_B`` would break it.
+    """
+    parsed = parse_dataset_folder_name(dataset_folder)
+    if parsed is None:
+        return
+    clashes = sorted({f"{p}" for root in roots if Path(root).is_dir() for p in Path(root).iterdir()
+                      if p.is_dir() and p.name != dataset_folder
+                      and (parse_dataset_folder_name(p.name) or (None,))[0] == parsed[0]})
+    if clashes:
+        raise HiennuError(f"{source}: its dataset {dataset_folder} has id {parsed[0]:03d}, which is already used by "
+                          f"{', '.join(clashes)}; install it under a root without that dataset (set hiennu_results, "
+                          f"hiennu_raw, hiennu_preprocessed), or rename one of them so each number names one dataset")
 
 
 def install_model_zip(path: str | Path, root: str | Path | None = None, overwrite: bool = False,
@@ -287,6 +334,7 @@ def install_model_zip(path: str | Path, root: str | Path | None = None, overwrit
     contents = verify_model_zip(path)
     load_model_zip(path)  # every checkpoint must load with weights_only=True before anything is written
     target = root / contents.model
+    check_dataset_id_free(contents.model.split("/")[0], [root, raw_root(), preprocessed_root()], path)
     if target.exists() and not overwrite:
         raise HiennuError(f"{target} already exists; pass --overwrite to replace it with the model in {path}")
     target.parent.mkdir(parents=True, exist_ok=True)

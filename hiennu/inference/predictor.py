@@ -40,6 +40,7 @@ from hiennu.inference.folder_prediction import CasePredictor
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.model_registry import fold_sort_key, model_folds, resolve_model, split_model_dir_name
 from hiennu.inference.model_zip import load_checkpoint_weights, load_model_zip
+from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry
 from hiennu.log import get_logger
@@ -142,7 +143,9 @@ class Predictor(CasePredictor):
         """Load ``TRAINER__PLANS__CONFIG/`` (plans.json, dataset.json, fold_K/<checkpoint>).
 
         folds: fold numbers or ``"all"`` (default: every fold holding ``checkpoint``). The
-        configuration is the folder name's CONFIG part (else the plans' default).
+        configuration is the folder name's CONFIG part (else the plans' default). A fold whose
+        checkpoint records another configuration than these plans is refused, naming the field
+        (:func:`~hiennu.inference.trained_configuration.check_trained_configuration`).
         """
         path = Path(path)
         if not path.is_dir():
@@ -162,7 +165,10 @@ class Predictor(CasePredictor):
         weights = {}
         for fold in chosen:
             ckpt_path = path / f"fold_{fold}" / checkpoint
-            weights[fold] = load_checkpoint_weights(ckpt_path, str(ckpt_path))["network_weights"]
+            state = load_checkpoint_weights(ckpt_path, str(ckpt_path))
+            check_trained_configuration(state, configuration, str(ckpt_path), path / "plans.json",
+                                        path / f"fold_{fold}" / "plans.json")
+            weights[fold] = state["network_weights"]
         name = f"{path.parent.name}/{path.name}"
         return cls(plans, configuration, dataset, weights, device=device, use_mirroring=use_mirroring,
                    name=name, **kwargs)

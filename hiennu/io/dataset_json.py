@@ -55,20 +55,33 @@ class DatasetJson:
     @classmethod
     def from_dict(cls, d: dict, source: str = "dataset.json") -> "DatasetJson":
         try:
+            if not isinstance(d, dict):
+                raise TypeError(f"the file holds {type(d).__name__}, not an object")
             channels = d["channel_names"]
             names = [channels[str(i)] for i in range(len(channels))]
+            if not all(isinstance(n, str) for n in names):
+                raise TypeError("channel names must be text")
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in d["labels"].values()):
+                raise TypeError("label values must be whole numbers")
             labels = {str(k): int(v) for k, v in d["labels"].items()}
         except (KeyError, TypeError, ValueError) as e:
             raise HiennuError(f"{source}: malformed ({e!r}); it needs 'channel_names' as "
                               f"{{\"0\": \"ADC\", \"1\": \"ZADC\"}} and 'labels' as "
                               f"{{\"background\": 0, \"lesion\": 1}}") from None
+        num_training = d.get("numTraining", 0)
+        if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
+            raise HiennuError(f"{source}: numTraining is {num_training!r}; it must be a whole number >= 0 (the "
+                              f"count of cases in imagesTr/), e.g. \"numTraining\": 37")
+        for key in ("name", "description", "reference", "licence", "license"):
+            if key in d and not isinstance(d[key], str):
+                raise HiennuError(f"{source}: {key} is {d[key]!r}; it must be text")
         ending = d.get("file_ending", ".mha")
-        if ending not in IMAGE_ENDINGS:
+        if not isinstance(ending, str) or ending not in IMAGE_ENDINGS:
             raise HiennuError(f"{source}: file_ending {ending!r} is not one of {', '.join(IMAGE_ENDINGS)}")
         if sorted(labels.values()) != [0, 1]:
             raise HiennuError(f"{source}: labels must be background 0 and one lesion label 1, got {labels}")
         return cls(name=str(d.get("name", "")), channel_names=names, labels=labels,
-                   num_training=int(d.get("numTraining", 0)), file_ending=ending,
+                   num_training=num_training, file_ending=ending,
                    description=d.get("description", ""), reference=d.get("reference", ""),
                    licence=d.get("licence", d.get("license", "")))
 

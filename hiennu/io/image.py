@@ -7,7 +7,9 @@ Supported endings: ``.mha``, ``.mhd``, ``.nii.gz``, ``.nii``, ``.nrrd``.
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,30 +87,125 @@ class Geometry:
                    tuple(float(v) for v in d["origin_xyz"]), tuple(float(v) for v in d["direction"]),
                    d.get("pixel_type", "32-bit float"))
 
-    def differences(self, other: "Geometry", rtol: float = 1e-4, atol_mm: float = 1e-3) -> list[str]:
-        """Human-readable list of the ways ``other`` lies on a different grid (empty if the same).
+    def differences(self, other: "Geometry") -> list[str]:
+        """Ways ``other`` lies on a different grid than this one (empty if the same); see :func:`grid_differences`."""
+        return grid_differences(self, other)
 
-        Spacing is compared relatively (``rtol``), origin in mm (``atol_mm``), direction to 1e-4.
-        Pixel type is not compared.
+    def on_grid_of(self, reference: "Geometry") -> "Geometry":
+        """This geometry with ``reference``'s spacing, origin and direction (size and pixel type kept).
+
+        Used once :func:`grid_differences` has found the two grids the same within tolerance, so
+        outputs carry the reference's geometry exactly.
         """
-        diffs = []
-        if tuple(self.size_xyz) != tuple(other.size_xyz):
-            diffs.append(f"size {tuple(self.size_xyz)} vs {tuple(other.size_xyz)}")
-        if not np.allclose(self.spacing_xyz, other.spacing_xyz, rtol=rtol, atol=0):
-            diffs.append(f"spacing {_fmt(self.spacing_xyz)} vs {_fmt(other.spacing_xyz)} mm")
-        if not np.allclose(self.origin_xyz, other.origin_xyz, rtol=0, atol=atol_mm):
-            diffs.append(f"origin {_fmt(self.origin_xyz)} vs {_fmt(other.origin_xyz)} mm")
-        if not np.allclose(self.direction, other.direction, rtol=0, atol=1e-4):
-            diffs.append(f"direction {_fmt(self.direction)} vs {_fmt(other.direction)}")
-        return diffs
+        return Geometry(self.size_xyz, reference.spacing_xyz, reference.origin_xyz, reference.direction,
+                        self.pixel_type)
+
+
+# "Same grid", decided the way imaging tools do (relative to the voxel size). The one definition used
+# by the converter, the integrity check, prediction and evaluation; documentation/reliability.md.
+GRID_ORIGIN_TOLERANCE_VOXELS = 0.01  # origins within 1% of the smallest voxel side (0.007 mm at 0.7 mm)
+GRID_SPACING_RTOL = 1e-4             # spacings within 1e-4 relative (0.0256 voxel drift over 256 voxels)
+GRID_DIRECTION_ATOL = 1e-4           # direction cosines (unit vectors) within 1e-4
+
+
+def grid_differences(reference: Geometry, other: Geometry) -> list[str]:
+    """Human-readable list of the ways ``other`` lies on a different grid than ``reference``.
+
+    Empty when the grids are the same within the tolerances above: equal size; spacing within
+    :data:`GRID_SPACING_RTOL` relative; origins (mm) no further apart than
+    :data:`GRID_ORIGIN_TOLERANCE_VOXELS` times the smallest spacing of ``reference``; every
+    direction cosine within :data:`GRID_DIRECTION_ATOL`. Pixel type is not compared. Each entry
+    prints both values (reference first) with enough digits to show the difference, and the
+    difference itself.
+    """
+    diffs = []
+    if tuple(reference.size_xyz) != tuple(other.size_xyz):
+        diffs.append(f"size {tuple(reference.size_xyz)} vs {tuple(other.size_xyz)} voxels")
+    ref_sp, oth_sp = np.asarray(reference.spacing_xyz, float), np.asarray(other.spacing_xyz, float)
+    rel = np.abs(ref_sp - oth_sp) / np.maximum(np.abs(ref_sp), 1e-12)
+    if not np.all(rel <= GRID_SPACING_RTOL):
+        diffs.append(f"spacing {_fmt(ref_sp)} vs {_fmt(oth_sp)} mm (relative difference up to {rel.max():.3g}, "
+                     f"tolerance {GRID_SPACING_RTOL:g})")
+    offset = float(np.linalg.norm(np.asarray(reference.origin_xyz, float) - np.asarray(other.origin_xyz, float)))
+    tol_mm = GRID_ORIGIN_TOLERANCE_VOXELS * float(np.min(np.abs(ref_sp)))
+    if not offset <= tol_mm:
+        diffs.append(f"origin {_fmt(reference.origin_xyz)} vs {_fmt(other.origin_xyz)} mm ({offset:.6g} mm apart, "
+                     f"tolerance {tol_mm:.3g} mm = {GRID_ORIGIN_TOLERANCE_VOXELS:g} of the smallest voxel side)")
+    dir_diff = float(np.max(np.abs(np.asarray(reference.direction, float) - np.asarray(other.direction, float))))
+    if not dir_diff <= GRID_DIRECTION_ATOL:
+        diffs.append(f"direction {_fmt(reference.direction)} vs {_fmt(other.direction)} (cosines differ by up "
+                     f"to {dir_diff:.3g}, tolerance {GRID_DIRECTION_ATOL:g})")
+    return diffs
+
+
+def same_grid(reference: Geometry, other: Geometry) -> bool:
+    """True when :func:`grid_differences` finds nothing."""
+    return not grid_differences(reference, other)
 
 
 def _fmt(values) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+    return "(" + ", ".join(f"{float(v):.10g}" for v in values) + ")"
+
+
+# Voxel sides outside this range (mm) are refused as header errors, not images of a head.
+MIN_SPACING_MM = 1e-3
+MAX_SPACING_MM = 100.0
+
+
+def spacing_problem(spacing_xyz, path: str | os.PathLike) -> str | None:
+    """Why ``spacing_xyz`` (mm, as the file's header states it) is not a usable voxel size, or None.
+
+    Refused: any value that is not finite, zero or negative, below :data:`MIN_SPACING_MM` or above
+    :data:`MAX_SPACING_MM`. The message names ``path`` and the values.
+    """
+    values = [float(v) for v in spacing_xyz]
+    if all(np.isfinite(v) and MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in values):
+        return None
+    return (f"{path}: voxel spacing {_fmt(values)} mm (x, y, z) in the header is not usable; every spacing must be "
+            f"between {MIN_SPACING_MM:g} and {MAX_SPACING_MM:g} mm (zero, negative or absurd values are header "
+            f"errors); fix the header (e.g. SimpleITK SetSpacing) and re-export the file")
+
+
+def header_spacing(path: str | os.PathLike) -> tuple[float, ...] | None:
+    """The voxel spacing exactly as the file's header writes it (x, y, z in mm), or None if not parsed.
+
+    SimpleITK silently turns some bad values into good-looking ones (a negative MetaImage or NIfTI
+    spacing is read as its absolute value), so the header text is read here: ``ElementSpacing``
+    (or ``ElementSize``) of ``.mha``/``.mhd``, ``pixdim[1:4]`` of NIfTI-1/2 (``.nii``, ``.nii.gz``).
+    """
+    path = Path(path)
+    ending = image_ending(path)
+    try:
+        if ending in (".mha", ".mhd"):
+            with open(path, "rb") as f:
+                head = f.read(8192)
+            for key in (b"ElementSpacing", b"ElementSize"):
+                for line in head.split(b"\n"):
+                    name, _, value = line.partition(b"=")
+                    if name.strip() == key:
+                        return tuple(float(v) for v in value.split()[:3])
+            return None
+        if ending in (".nii", ".nii.gz"):
+            opener = gzip.open if ending == ".nii.gz" else open
+            with opener(path, "rb") as f:
+                head = f.read(540)
+            for order in ("<", ">"):
+                size = struct.unpack(order + "i", head[:4])[0]
+                if size == 348:
+                    return tuple(float(v) for v in struct.unpack(order + "3f", head[80:92]))
+                if size == 540:
+                    return tuple(float(v) for v in struct.unpack(order + "3d", head[112:136]))
+    except (OSError, ValueError, struct.error, EOFError):
+        return None
+    return None
 
 
 def read_sitk(path: str | os.PathLike) -> sitk.Image:
-    """Read ``path`` as a SimpleITK image, raising :class:`ImageReadError` with the file named."""
+    """Read ``path`` as a SimpleITK image, raising :class:`ImageReadError` with the file named.
+
+    Besides unreadable files, refuses voxel spacings that are zero, negative or absurd
+    (:func:`spacing_problem`), as written in the header (:func:`header_spacing`) or as read.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
@@ -116,16 +213,38 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
         raise ImageReadError(f"{path}: file is empty (0 bytes); re-export or re-copy it")
     if image_ending(path) is None:
         raise ImageReadError(f"{path}: unsupported file ending; use one of {', '.join(IMAGE_ENDINGS)}")
+    raw_spacing = header_spacing(path)
+    if raw_spacing is not None and spacing_problem(raw_spacing, path):
+        raise ImageReadError(spacing_problem(raw_spacing, path))
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-        raise ImageReadError(f"{path}: cannot be read as an image (corrupt or truncated?): {first}") from None
+        raise ImageReadError(f"{path}: cannot be read as an image: {sitk_reason(e)}") from None
     if image.GetDimension() != 3:
         raise ImageReadError(f"{path}: expected a 3D image, got {image.GetDimension()}D")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ImageReadError(f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()}")
+    problem = spacing_problem(image.GetSpacing(), path)
+    if problem:
+        raise ImageReadError(problem)
     return image
+
+
+def sitk_reason(error: Exception) -> str:
+    """The one useful line of a SimpleITK error, for a file known to exist.
+
+    ITK reports a file that no reader accepts, or whose voxel data ends early, as "does not
+    exist" or with the stale errno "No such file or directory"; both are reworded, since the file
+    is there.
+    """
+    text = str(error).strip()
+    if any(s in text for s in ("does not exist", "No such file", "Unable to determine ImageIO reader",
+                                "File cannot be read")):
+        return "the header or voxel data is incomplete or corrupt (truncated file?); re-export or re-copy it"
+    last = text.splitlines()[-1] if text else type(error).__name__
+    for prefix in ("sitk::ERROR:", "ITK ERROR:"):
+        last = last.split(prefix, 1)[-1].strip()
+    return f"{last} (truncated or corrupt file?)"
 
 
 def read_image(path: str | os.PathLike, dtype: np.dtype | None = np.float32) -> tuple[np.ndarray, Geometry]:

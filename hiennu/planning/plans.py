@@ -12,7 +12,10 @@ Orders: ``target_size_xyz`` is SimpleITK order (x, y, z); everything that descri
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,37 +240,266 @@ class Plans:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "plans.json") -> "Plans":
-        try:
-            return _from_dict(cls, d)
-        except (KeyError, TypeError, ValueError) as e:
-            raise HiennuError(f"{source}: cannot be read as plans ({e}); fix the edit or re-run "
-                              f"hiennu_plan_and_preprocess to write a fresh file") from None
+        """Build and fully validate plans from their JSON form (see :func:`plans_from_dict`)."""
+        return plans_from_dict(d, source)
 
 
-def _from_dict(cls: type, d: Any) -> Any:
-    """Build dataclass ``cls`` from a JSON dict, recursing into nested dataclasses; unknown keys are an error."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise KeyError(f"unknown key(s) {sorted(unknown)} in {cls.__name__}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in d:
+# ------------------------------------------------------------------------------------------ validation
+# Allowed values of the enumerated fields, by field name (in whichever dataclass it appears).
+# A new enumerated field is one line here; loading checks it and names the JSON path on refusal.
+ENUMERATED_FIELDS: dict[str, tuple[str, ...]] = {
+    "scheme": NORMALIZATION_SCHEMES,
+    "image_interpolation": ("linear",),
+    "label_interpolation": ("nearest", "sdf"),
+    "prediction_interpolation": ("linear", "nearest"),
+    "optimizer": ("AdamW",),
+    "early_stopping_metric": ("val_dice", "ema_val_dice"),
+}
+
+# Numeric ranges, by field name: (lowest, highest, lowest allowed itself); None = unbounded.
+NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "batch_size": (1, None, True), "max_epochs": (1, None, True), "patience": (1, None, True),
+    "iterations_per_epoch": (1, None, True), "num_workers": (0, None, True),
+    "learning_rate": (0, None, False), "weight_decay": (0, None, True), "lr_decay_gamma": (0, 1, False),
+    "l1_lambda": (0, None, True), "grad_clip_norm": (0, None, False), "foreground_oversampling": (0, 1, True),
+    "in_channels": (1, None, True), "out_channels": (1, None, True), "kernel_size": (1, None, True),
+    "min_component_voxels": (0, None, True),
+    "p_noise": (0, 1, True), "p_lowres": (0, 1, True), "p_blur": (0, 1, True), "p_gamma": (0, 1, True),
+    "p_elastic": (0, 1, True), "p_mirror": (0, 1, True),
+}
+
+
+class PlansError(HiennuError):
+    """plans.json (or a checkpoint's configuration) that does not describe valid plans."""
+
+
+def plans_from_dict(d: Any, source: str = "plans.json") -> Plans:
+    """Plans from their JSON form, validated completely; raises :class:`PlansError` naming the JSON path.
+
+    Checked: every key is known and every required key present; each value has its field's type
+    (from the dataclass type hints: ints for whole numbers, ints or floats for numbers, never
+    booleans or strings for numbers, ``null`` only where the hint allows None, lists and nested
+    objects recursively); enumerated fields (:data:`ENUMERATED_FIELDS`) and numeric ranges
+    (:data:`NUMBER_RANGES`); and every configuration's sizes against its network
+    (:func:`configuration_problems`).
+    """
+    plans = _from_dict(Plans, d, "", source)
+    for name, config in plans.configurations.items():
+        problems = configuration_problems(config)
+        if problems:
+            raise PlansError(f"{source}: configurations.{name}: {'; '.join(problems)}; fix the edit or re-run "
+                             f"hiennu_plan_and_preprocess to write fresh plans")
+    return plans
+
+
+def configuration_from_dict(d: Any, source: str, path: str = "configuration") -> Configuration:
+    """A :class:`Configuration` from its JSON form (e.g. as a checkpoint records it), validated."""
+    config = _from_dict(Configuration, d, path, source)
+    problems = configuration_problems(config)
+    if problems:
+        raise PlansError(f"{source}: {path}: {'; '.join(problems)}")
+    return config
+
+
+def sized_fields(config: Configuration) -> list[tuple[str, tuple[int, ...]]]:
+    """The (field name, size (z, y, x) in voxels) pairs the network must divide on every axis.
+
+    One entry per size the network sees whole; add new sizes (a patch size) here.
+    """
+    fields = []
+    if config.target_size_xyz is not None:
+        fields.append(("target_size_xyz", tuple(config.target_size_zyx)))
+    return fields
+
+
+def configuration_problems(config: Configuration) -> list[str]:
+    """What in ``config`` the network cannot be built for or cannot divide (empty when fine).
+
+    The network: one pool kernel (3 positive ints, z y x) per down-sampling step and one dropout
+    value per stage. Each size of :func:`sized_fields`: three positive voxel counts, each a
+    multiple of the network's total down-sampling factor on that axis
+    (:attr:`NetworkPlan.downsampling_factor_zyx`).
+    """
+    net = config.network
+    problems = []
+    n = len(net.features_per_stage)
+    if n < 1:
+        return ["network.features_per_stage is empty; give one channel count per stage"]
+    if len(net.pool_kernel_sizes) != n - 1:
+        problems.append(f"network.pool_kernel_sizes has {len(net.pool_kernel_sizes)} entries but "
+                        f"network.features_per_stage has {n} stages, so {n - 1} pool kernels are needed")
+    bad = [k for k in net.pool_kernel_sizes if len(k) != 3 or min(k) < 1]
+    if bad:
+        problems.append(f"network.pool_kernel_sizes {bad} must each be three positive ints (z, y, x)")
+    if len(net.dropout_per_stage) != n:
+        problems.append(f"network.dropout_per_stage has {len(net.dropout_per_stage)} entries, needs one per "
+                        f"stage ({n})")
+    if problems:
+        return problems
+    factor = net.downsampling_factor_zyx
+    for name, size_zyx in sized_fields(config):
+        if len(size_zyx) != 3 or min(size_zyx) < 1:
+            problems.append(f"{name} must be three positive voxel counts, got {list(reversed(size_zyx))}")
             continue
-        kwargs[f.name] = _convert(hints[f.name], d[f.name])
-    return cls(**kwargs)
+        bad_axes = [f"{axis} {s} is not a multiple of {f}" for axis, s, f in zip("zyx", size_zyx, factor) if s % f]
+        if bad_axes:
+            problems.append(f"{name} {list(reversed(size_zyx))} (x, y, z) cannot be divided by the network's "
+                            f"down-sampling factor {list(reversed(factor))} (x, y, z): {', '.join(bad_axes)}; "
+                            f"round each size to a multiple of its factor")
+    return problems
 
 
-def _convert(tp: Any, value: Any) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+# Configuration fields that record how the plan was made, not what the network sees or does.
+INFORMATIVE_FIELDS = ("notes", "roundtrip_dice_mean", "roundtrip_dice_worst", "grid_policy")
+# Fields that only shape training; a trained fold predicts the same whatever they say now.
+TRAINING_ONLY_FIELDS = ("training",)
+
+
+def configuration_differences(recorded: Any, current: Configuration, ignore: tuple[str, ...] = INFORMATIVE_FIELDS,
+                              limit: int = 4) -> list[str]:
+    """Where a configuration recorded with a trained fold (its JSON form, as checkpoints store it)
+    differs from ``current``: ``"FIELD.PATH: trained with X, now Y"``, at most ``limit`` entries.
+
+    Keys missing from ``recorded`` take the dataclass defaults (checkpoints of older versions).
+    Top-level fields named in ``ignore`` are not compared.
+    """
+    try:
+        rec = dataclasses.asdict(configuration_from_dict(recorded, "checkpoint"))
+    except PlansError as e:
+        return [f"the recorded configuration is not valid plans ({e})"]
+    cur = dataclasses.asdict(current)
+    out: list[str] = []
+    _diff(rec, cur, "", ignore, out)
+    return out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def _diff(a: Any, b: Any, path: str, ignore: tuple[str, ...], out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if not path and key in ignore:
+                continue
+            _diff(a.get(key), b.get(key), f"{path}.{key}" if path else key, ignore, out)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and any(isinstance(v, dict) for v in a):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _diff(x, y, f"{path}[{i}]", ignore, out)
+    elif a != b:
+        out.append(f"{path}: trained with {json.dumps(a)}, now {json.dumps(b)}")
+
+
+def _where(path: str, source: str) -> str:
+    return f"{source}: {path or '(top level)'}"
+
+
+def _from_dict(cls: type, d: Any, path: str, source: str) -> Any:
+    """Build dataclass ``cls`` from a JSON object at ``path``, checking every field (see :func:`plans_from_dict`)."""
+    if not isinstance(d, dict):
+        raise PlansError(f"{_where(path, source)} must be an object {{...}} ({cls.__name__}), got {_show(d)}")
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise PlansError(f"{_where(path, source)}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in fields:
+        sub = f"{path}.{f.name}" if path else f.name
+        if f.name not in d:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise PlansError(f"{_where(sub, source)} is missing (required)")
+            continue
+        value = _convert(hints[f.name], d[f.name], sub, source)
+        _check_field(f.name, value, sub, source)
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except HiennuError as e:
+        raise PlansError(f"{_where(path, source)}: {e}") from None
+
+
+def _check_field(name: str, value: Any, path: str, source: str) -> None:
+    allowed = ENUMERATED_FIELDS.get(name)
+    if allowed is not None and value not in allowed:
+        raise PlansError(f"{_where(path, source)} is {_show(value)}; allowed: {', '.join(map(repr, allowed))}")
+    bounds = NUMBER_RANGES.get(name)
+    if bounds is not None and isinstance(value, (int, float)):
+        low, high, low_inclusive = bounds
+        too_low = low is not None and (value < low or (value == low and not low_inclusive))
+        if too_low or (high is not None and value > high):
+            lo = "" if low is None else f"{'>=' if low_inclusive else '>'} {low:g}"
+            hi = "" if high is None else f"<= {high:g}"
+            raise PlansError(f"{_where(path, source)} is {_show(value)}; it must be {' and '.join(x for x in (lo, hi) if x)}")
+
+
+def _show(value: Any) -> str:
+    kind = {bool: "true/false", str: "text", int: "whole number", float: "number", list: "list", dict: "object",
+            type(None): "null"}.get(type(value), type(value).__name__)
+    text = repr(value) if not isinstance(value, (list, dict)) else json.dumps(value)[:60]
+    return f"{text} ({kind})"
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin is dict:
+        return f"an object of {_describe(args[1])}" if len(args) == 2 else "an object"
     if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value)
-    if origin is list and args and dataclasses.is_dataclass(args[0]):
-        return [_from_dict(args[0], v) for v in value]
-    if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
-        return {k: _from_dict(args[1], v) for k, v in value.items()}
+        return f"an object ({tp.__name__})"
+    return {int: "a whole number", float: "a number", str: "text", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str, source: str) -> Any:
+    """``value`` checked against type hint ``tp`` (recursively); ints become floats where floats are expected."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    wrong = PlansError(f"{_where(path, source)} is {_show(value)}; expected {_describe(tp)}")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise wrong
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            try:
+                return _convert(option, value, path, source)
+            except PlansError as e:
+                if len(options) == 1:
+                    raise PlansError(str(e).replace(f"expected {_describe(option)}", f"expected {_describe(tp)}")) from None
+        raise wrong
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, path, source)
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise wrong
+        return [_convert(args[0], v, f"{path}[{i}]", source) for i, v in enumerate(value)] if args else list(value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise wrong
+        if len(args) != 2:
+            return dict(value)
+        return {k: _convert(args[1], v, f"{path}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        if isinstance(value, float) and not (math.isfinite(value) and value == int(value)):
+            raise wrong
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise wrong
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
     return value
 
 

@@ -38,11 +38,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for damaged or foreign files
-        raise HiennuError(f"{path}: cannot be read as a hiennu checkpoint ({type(e).__name__}: {e}); "
-                          f"the file is damaged or was not written by hiennu, delete it and re-train") from None
+        raise HiennuError(f"{path}: cannot be read as a hiennu checkpoint ({first_line(e)}): it is damaged, "
+                          f"truncated or was not written by hiennu. Replace it with a good copy if you have one. "
+                          f"The other checkpoints in {path.parent} are untouched; hiennu_train --continue goes "
+                          f"on from checkpoint_latest.pth, else from a finished checkpoint_final.pth, and never "
+                          f"starts over on top of them") from None
     if not isinstance(state, dict) or "network_weights" not in state:
         raise HiennuError(f"{path}: not a hiennu checkpoint (no 'network_weights' entry)")
     return state
+
+
+def first_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (torch's unpickling errors run to ten lines of advice)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -50,9 +50,11 @@ from hiennu.io.image import read_image, write_image
 from hiennu.log import get_logger, progress
 from hiennu.paths import model_dir_name, preprocessed_root, raw_root, resolve_dataset, results_root
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import Configuration, Plans, TrainingPlan, load_plans, save_plans
+from hiennu.planning.plans import (INFORMATIVE_FIELDS, TRAINING_ONLY_FIELDS, Configuration, Plans, TrainingPlan,
+                                   configuration_differences, load_plans, save_plans)
 from hiennu.training import checkpoint as ckpt
 from hiennu.training.data import TrainingBatches, load_preprocessed_case
+from hiennu.training.fold_lock import FoldLock
 from hiennu.training.device import autocast, configure_device, memory_format, select_device
 from hiennu.training.distributed import (DistContext, all_gather_objects, all_reduce_sum, barrier,
                                          convert_batchnorm)
@@ -183,7 +185,21 @@ class Trainer(abc.ABC):
 
     # ----------------------------------------------------------------------------- the whole run
     def run(self) -> Path:
-        """Train (or resume) the fold, then validate the best checkpoint; returns the fold folder."""
+        """Train (or resume) the fold, then validate the best checkpoint; returns the fold folder.
+
+        The main process holds the fold's lock (:class:`~hiennu.training.fold_lock.FoldLock`) for
+        the whole run, so a second run of the same fold refuses instead of interleaving with it.
+        """
+        lock = FoldLock(self.fold_dir) if self.dist.is_main else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._run_locked()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run_locked(self) -> Path:
         handler = self._start_log_file()
         try:
             self._setup()
@@ -193,6 +209,8 @@ class Trainer(abc.ABC):
             if self.dist.is_main and not (self.fold_dir / ckpt.FINAL).is_file():
                 ckpt.save_checkpoint(self._state(epoch=self.progress.epoch[-1] if len(self.progress) else -1),
                                      self.fold_dir / ckpt.FINAL)
+            if self.dist.is_main and trained_now:
+                self._publish_model_files()
             barrier()
             if self.dist.is_main:
                 if not trained_now and (self.fold_dir / "validation" / "summary.json").is_file():
@@ -219,16 +237,11 @@ class Trainer(abc.ABC):
         self.best_metric, self.best_epoch, self.ema = -math.inf, -1, None
         self.start_epoch, self.finished = 0, False
         self._last_plot = time.perf_counter()
-        latest = self.fold_dir / ckpt.LATEST
-        if self.options.resume and latest.is_file():
-            self._restore(ckpt.load_checkpoint(latest, map_location=self.device))
-        elif self.options.resume:
-            log.warning("--continue: no %s in %s; starting a new training", ckpt.LATEST, self.fold_dir)
-        elif latest.is_file() or (self.fold_dir / ckpt.FINAL).is_file():
-            raise HiennuError(f"{self.fold_dir} already holds a training; resume it with --continue or "
-                              f"delete the folder to train again from scratch")
+        restored = self._resume_source()
+        if restored is not None:
+            self._restore(ckpt.load_checkpoint(restored, map_location=self.device), restored)
         if self.dist.is_main:
-            self._write_model_files()
+            self._write_model_files(new_training=restored is None)
         self.model: nn.Module = self.network
         if self.dist.enabled:
             self.model = nn.parallel.DistributedDataParallel(
@@ -442,12 +455,52 @@ class Trainer(abc.ABC):
             "options": dataclasses.asdict(self.options),
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _resume_source(self) -> Path | None:
+        """The checkpoint to continue from (None: a new training), or refuse to touch finished work.
+
+        Without ``--continue`` a fold holding any checkpoint is refused. With it: ``checkpoint_latest``
+        when present; else ``checkpoint_final`` (a finished training: nothing is trained or
+        overwritten, validation runs if missing); else, when ``checkpoint_best`` exists, refuse,
+        since starting over would overwrite it; else a new training.
+        """
+        latest, final, best = (self.fold_dir / name for name in (ckpt.LATEST, ckpt.FINAL, ckpt.BEST))
+        present = [p.name for p in (latest, final, best) if p.is_file()]
+        if not self.options.resume:
+            if present:
+                raise HiennuError(f"{self.fold_dir} already holds a training ({', '.join(present)}); resume it with "
+                                  f"--continue, or move the folder away to train again from scratch")
+            return None
+        if latest.is_file():
+            return latest
+        if final.is_file():
+            log.warning("--continue: no %s in %s; continuing from %s (a finished training: nothing is retrained "
+                        "or overwritten)", ckpt.LATEST, self.fold_dir, ckpt.FINAL)
+            return final
+        if best.is_file():
+            raise HiennuError(f"{self.fold_dir} holds {ckpt.BEST} but no {ckpt.LATEST} or {ckpt.FINAL} to continue "
+                              f"from; continuing would start over and overwrite it. Put back {ckpt.LATEST}, or move "
+                              f"the folder away to train again from scratch")
+        log.warning("--continue: no checkpoint in %s; starting a new training", self.fold_dir)
+        return None
+
+    def _restore(self, state: dict[str, Any], source: Path | None = None) -> None:
+        source = source or self.fold_dir / ckpt.LATEST
         for key, mine in (("trainer_name", self.trainer_name), ("configuration_name", self.config.name),
                           ("fold", self.options.fold)):
             if state.get(key) != mine:
-                raise HiennuError(f"{self.fold_dir / ckpt.LATEST}: written for {key} {state.get(key)!r}, "
+                raise HiennuError(f"{source}: written for {key} {state.get(key)!r}, "
                                   f"not {mine!r}; it cannot be continued by this run")
+        if "configuration" in state:
+            diffs = configuration_differences(state["configuration"], self.config)
+            if diffs:
+                raise HiennuError(
+                    f"{source}: this fold was started with other plans than {self.preprocessed_dir / 'plans.json'} "
+                    f"now holds ({'; '.join(diffs)}); continuing would mix them. Put back the plans it was "
+                    f"started with ({self.fold_dir / 'plans.json'}) and re-preprocess with --keep-plans, or move "
+                    f"the fold folder away to train it afresh with the new plans")
+        if source.name == ckpt.FINAL and not state.get("finished", False):
+            raise HiennuError(f"{source}: records an unfinished training and there is no {ckpt.LATEST}; move the "
+                              f"fold folder away to train it again")
         self.network.load_state_dict(state["network_weights"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.scheduler.load_state_dict(state["scheduler_state"])
@@ -468,10 +521,22 @@ class Trainer(abc.ABC):
             log.info("continuing %s from the end of epoch %d%s", self.fold_dir, state["epoch"],
                      " (already finished)" if self.finished else "")
 
-    def _write_model_files(self) -> None:
+    def _write_model_files(self, new_training: bool = True) -> None:
+        """Record the fold's plans and run details when it starts.
+
+        ``fold_K/plans.json``: the plans this fold is trained with (written for a new training, never
+        replaced while resuming). The model folder's shared ``plans.json`` and ``dataset.json`` are
+        written here only when absent; otherwise only once this fold has finished training
+        (:meth:`_publish_model_files`), so a start that fails never changes what other folds predict with.
+        """
         self.fold_dir.mkdir(parents=True, exist_ok=True)
-        save_plans(self.plans, self.model_dir / "plans.json")
-        write_json(read_json(self.preprocessed_dir / "dataset.json"), self.model_dir / "dataset.json")
+        fold_plans = self.fold_dir / "plans.json"
+        if new_training or not fold_plans.is_file():
+            save_plans(self.plans, fold_plans)
+        if not (self.model_dir / "plans.json").is_file():
+            self._publish_model_files()
+        if not new_training and self.finished and (self.fold_dir / "debug.json").is_file():
+            return  # a finished training: its record stays as it was
         write_json({
             "trainer": self.trainer_name,
             "trainer_module": type(self).__module__,
@@ -492,6 +557,36 @@ class Trainer(abc.ABC):
             "hostname": platform.node(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }, self.fold_dir / "debug.json")
+
+    def _publish_model_files(self) -> None:
+        """Write the model folder's ``plans.json`` and ``dataset.json`` from this fold's plans.
+
+        Other folds whose ``fold_K/plans.json`` now differs are named in a warning: the predictor
+        refuses them (their checkpoints record the configuration they were trained with).
+        """
+        shared = self.model_dir / "plans.json"
+        try:
+            changed = shared.is_file() and load_plans(shared) != self.plans
+        except HiennuError:  # an edited, invalid shared file: replaced by this fold's valid plans
+            changed = True
+        save_plans(self.plans, shared)
+        write_json(read_json(self.preprocessed_dir / "dataset.json"), self.model_dir / "dataset.json")
+        if not changed:
+            return
+        stale = []
+        for other in sorted(self.model_dir.glob("fold_*/plans.json")):
+            if other.parent == self.fold_dir:
+                continue
+            try:
+                other_config = load_plans(other).configuration(self.config.name)
+            except HiennuError:
+                continue
+            if configuration_differences(dataclasses.asdict(other_config), self.config,
+                                         ignore=INFORMATIVE_FIELDS + TRAINING_ONLY_FIELDS):
+                stale.append(other.parent.name)
+        log.warning("%s now holds the plans of %s%s", shared, self.fold_dir.name,
+                    f"; {', '.join(stale)} were trained with other plans and will be refused by the predictor "
+                    f"until retrained" if stale else "")
 
     def _start_log_file(self) -> logging.Handler | None:
         if not self.dist.is_main:

@@ -1,0 +1,263 @@
+"""Issue #12 §1 and §3 (input side): one "same grid" tolerance everywhere, bad headers and voxels refused.
+
+Every test builds tiny images; the real MGHNICU_336 offsets (about 0.001 mm in origin, 1e-6 in the
+direction cosines) are reproduced synthetically.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from hiennu.datasets.bonbid import convert_bonbid
+from hiennu.datasets.integrity import check_raw_dataset
+from hiennu.errors import HiennuError, ImageReadError
+from hiennu.evaluation.evaluate import evaluate_folders
+from hiennu.inference.baseline import make_baseline
+from hiennu.inference.layouts import CaseInputError, discover_input_cases, read_case
+from hiennu.io.dataset_json import DatasetJson, save_dataset_json
+from hiennu.io.image import Geometry, grid_differences, read_image, same_grid, write_image
+
+DIRECTION = tuple(np.round([0.98, -0.19, 0.0, 0.19, 0.98, 0.0, 0.0, 0.0, 1.0], 6))
+GEO = Geometry((8, 7, 4), (0.75, 0.75, 3.0), (-128.6, -122.5, -37.0), DIRECTION)
+
+
+def _nudged(geo: Geometry, origin_mm: float = 1e-3, direction: float = 1e-6) -> Geometry:
+    """``geo`` with the origin moved by ``origin_mm`` along x and one cosine changed by ``direction``."""
+    d = list(geo.direction)
+    d[1] += direction
+    return Geometry(geo.size_xyz, geo.spacing_xyz, (geo.origin_xyz[0] + origin_mm, *geo.origin_xyz[1:]),
+                    tuple(d), geo.pixel_type)
+
+
+# ------------------------------------------------------------------------------------ the rule itself
+
+@pytest.mark.parametrize("offset_mm", [1e-3, 1.5e-3, -2e-3])
+def test_off_by_a_thousandth_of_a_mm_is_the_same_grid(offset_mm):
+    assert same_grid(GEO, _nudged(GEO, offset_mm, 1e-6))
+    assert grid_differences(GEO, _nudged(GEO, offset_mm, 1e-6)) == []
+
+
+def test_off_by_half_a_voxel_is_refused_with_digits_and_difference():
+    half = _nudged(GEO, origin_mm=0.5 * 0.75, direction=0.0)
+    diffs = grid_differences(GEO, half)
+    assert len(diffs) == 1 and diffs[0].startswith("origin")
+    assert "-128.6" in diffs[0] and "-128.225" in diffs[0]  # both values, enough digits to differ
+    assert "0.375 mm apart" in diffs[0] and "tolerance" in diffs[0]
+
+
+def test_small_origin_difference_is_printed_visibly():
+    """The old message printed -128.6 for both; a refused 0.02 mm offset must show it."""
+    diffs = grid_differences(GEO, _nudged(GEO, origin_mm=0.02, direction=0.0))
+    assert "-128.58" in diffs[0] and "0.02 mm apart" in diffs[0]
+
+
+def test_direction_tolerance_is_about_1e_4():
+    assert same_grid(GEO, _nudged(GEO, 0.0, 5e-5))
+    diffs = grid_differences(GEO, _nudged(GEO, 0.0, 1e-3))
+    assert len(diffs) == 1 and "direction" in diffs[0] and "0.001" in diffs[0]
+
+
+# ------------------------------------------------------------------------- used by every stage
+
+def _bonbid_case(src: Path, case: str, zadc_geo: Geometry, label_geo: Geometry) -> None:
+    rng = np.random.default_rng(1)
+    write_image(rng.uniform(500, 3000, GEO.size_zyx).astype(np.float32), GEO, src / "1ADC_ss" / f"{case}-ADC_ss.mha")
+    write_image(rng.uniform(-10, 10, GEO.size_zyx).astype(np.float32), zadc_geo,
+                src / "2Z_ADC" / f"Zmap_{case}-ADC_smooth2mm_clipped10.mha")
+    label = np.zeros(GEO.size_zyx, np.float32)
+    label[1:3, 2:5, 2:5] = 1
+    write_image(label, label_geo, src / "3LABEL" / f"{case}_lesion.mha")
+
+
+def test_converter_accepts_the_mghnicu_336_offsets_and_snaps_to_the_adc(tmp_path, hiennu_roots):
+    src = tmp_path / "release"
+    _bonbid_case(src, "MGHNICU_336-VISIT_01", _nudged(GEO, 1.2e-3, 1e-6), _nudged(GEO, -1e-3, 2e-6))
+    _bonbid_case(src, "MGHNICU_337-VISIT_01", GEO, GEO)
+    out = convert_bonbid(src, 5)
+    adc = sitk.ReadImage(str(out / "imagesTr" / "MGHNICU_336-VISIT_01_0000.mha"))
+    for path in (out / "imagesTr" / "MGHNICU_336-VISIT_01_0001.mha", out / "labelsTr" / "MGHNICU_336-VISIT_01.mha"):
+        img = sitk.ReadImage(str(path))
+        assert img.GetOrigin() == adc.GetOrigin() and img.GetDirection() == adc.GetDirection()
+        assert img.GetSpacing() == adc.GetSpacing()
+    assert check_raw_dataset(out) == []
+
+
+def test_converter_refuses_half_a_voxel(tmp_path, hiennu_roots):
+    src = tmp_path / "release"
+    _bonbid_case(src, "MGHNICU_336-VISIT_01", _nudged(GEO, 0.375, 0.0), GEO)
+    with pytest.raises(HiennuError, match=r"MGHNICU_336.*not on the grid.*0\.375 mm apart"):
+        convert_bonbid(src, 5)
+
+
+def test_integrity_check_uses_the_same_tolerance(tmp_path):
+    root = tmp_path / "Dataset011_T"
+    rng = np.random.default_rng(0)
+    write_image(rng.uniform(500, 3000, GEO.size_zyx).astype(np.float32), GEO, root / "imagesTr" / "c_0000.mha")
+    write_image(rng.uniform(-9, 9, GEO.size_zyx).astype(np.float32), _nudged(GEO), root / "imagesTr" / "c_0001.mha")
+    write_image(np.zeros(GEO.size_zyx, np.uint8), _nudged(GEO, -1e-3), root / "labelsTr" / "c.mha")
+    save_dataset_json(DatasetJson(name="T", num_training=1), root / "dataset.json")
+    assert check_raw_dataset(root) == []
+    write_image(np.zeros(GEO.size_zyx, np.uint8), _nudged(GEO, 0.375, 0.0), root / "labelsTr" / "c.mha")
+    problems = check_raw_dataset(root)
+    assert len(problems) == 1 and "0.375 mm apart" in problems[0]
+
+
+def test_prediction_takes_the_adc_geometry_exactly(tmp_path):
+    adc = np.full(GEO.size_zyx, 1300, np.float32)
+    zadc = np.zeros(GEO.size_zyx, np.float32)
+    zadc[1:3, 2:4, 2:4] = -5
+    write_image(adc, GEO, tmp_path / "in" / "c_0000.mha")
+    write_image(zadc, _nudged(GEO), tmp_path / "in" / "c_0001.mha")
+    (case,) = discover_input_cases(tmp_path / "in", ("ADC", "ZADC"))
+    _, geometry = read_case(case)
+    assert geometry == Geometry.from_image(sitk.ReadImage(str(tmp_path / "in" / "c_0000.mha")))
+    report = make_baseline("zadc").predict_folder(tmp_path / "in", tmp_path / "out")
+    assert report.ok
+    out = sitk.ReadImage(str(tmp_path / "out" / "c.mha"))
+    ref = sitk.ReadImage(str(tmp_path / "in" / "c_0000.mha"))
+    assert out.GetOrigin() == ref.GetOrigin() and out.GetDirection() == ref.GetDirection()
+
+
+def test_evaluation_accepts_a_prediction_on_the_zadc_grid(tmp_path):
+    label = np.zeros(GEO.size_zyx, np.uint8)
+    label[1:3, 2:5, 2:5] = 1
+    write_image(label, GEO, tmp_path / "ref" / "c.mha")
+    write_image(label, _nudged(GEO, 1e-3, 1e-6), tmp_path / "pred" / "c.mha")
+    summary = evaluate_folders(tmp_path / "ref", tmp_path / "pred", num_processes=1)
+    assert summary["metrics"]["dice"]["mean"] == pytest.approx(1.0)
+    write_image(label, _nudged(GEO, 0.375, 0.0), tmp_path / "pred" / "c.mha")
+    with pytest.raises(HiennuError, match="0.375 mm apart"):
+        evaluate_folders(tmp_path / "ref", tmp_path / "pred", num_processes=1)
+
+
+# ----------------------------------------------------------------------------- §3: bad headers
+
+def _mha_with_spacing(path: Path, spacing_text: bytes) -> Path:
+    img = sitk.GetImageFromArray(np.ones((4, 5, 6), np.float32))
+    img.SetSpacing((2.0, 2.0, 3.0))
+    sitk.WriteImage(img, str(path), False)
+    data = path.read_bytes().replace(b"ElementSpacing = 2 2 3", b"ElementSpacing = " + spacing_text)
+    path.write_bytes(data)
+    return path
+
+
+def _nii_with_spacing(path: Path, x_spacing: float) -> Path:
+    img = sitk.GetImageFromArray(np.ones((4, 5, 6), np.float32))
+    img.SetSpacing((2.0, 2.0, 3.0))
+    sitk.WriteImage(img, str(path))
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = bytearray(f.read())
+    data[80:84] = struct.pack("<f", x_spacing)
+    with opener(path, "wb") as f:
+        f.write(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("text", [b"-2 2 3", b"1000000 2 3"])
+def test_negative_or_absurd_metaimage_spacing_is_refused(tmp_path, text):
+    path = _mha_with_spacing(tmp_path / "bad.mha", text)
+    with pytest.raises(ImageReadError, match=r"bad\.mha: voxel spacing .* not usable"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("name, value", [("neg.nii", -2.0), ("neg.nii.gz", -2.0), ("big.nii.gz", 1e6)])
+def test_negative_or_absurd_nifti_spacing_is_refused(tmp_path, name, value):
+    path = _nii_with_spacing(tmp_path / name, value)
+    with pytest.raises(ImageReadError, match=rf"{name}: voxel spacing .* not usable"):
+        read_image(path)
+
+
+def test_integrity_check_names_a_negative_spacing(tmp_path):
+    root = tmp_path / "Dataset012_T"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    geo = Geometry((6, 5, 4), (2.0, 2.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    _mha_with_spacing(root / "imagesTr" / "c_0000.mha", b"-2 2 3")
+    write_image(rng.uniform(-9, 9, geo.size_zyx).astype(np.float32), geo, root / "imagesTr" / "c_0001.mha")
+    write_image(np.zeros(geo.size_zyx, np.uint8), geo, root / "labelsTr" / "c.mha")
+    save_dataset_json(DatasetJson(name="T", num_training=1), root / "dataset.json")
+    problems = check_raw_dataset(root)
+    assert any("c_0000.mha: voxel spacing (-2, 2, 3)" in p for p in problems), problems
+
+
+def test_truncated_image_is_not_reported_as_missing(tmp_path):
+    path = tmp_path / "t.mha"
+    write_image(np.ones((4, 5, 6), np.float32), GEO.__class__((6, 5, 4), (1, 1, 1), (0, 0, 0),
+                                                              (1, 0, 0, 0, 1, 0, 0, 0, 1)), path, compress=False)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert "does not exist" not in str(info.value) and "No such file" not in str(info.value)
+    assert "truncated" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- §3: bad voxels
+
+def test_all_zero_image_in_a_labelled_case_fails_the_integrity_check(tmp_path):
+    root = tmp_path / "Dataset013_T"
+    rng = np.random.default_rng(0)
+    write_image(np.zeros(GEO.size_zyx, np.float32), GEO, root / "imagesTr" / "c_0000.mha")
+    write_image(rng.uniform(-9, 9, GEO.size_zyx).astype(np.float32), GEO, root / "imagesTr" / "c_0001.mha")
+    write_image(np.zeros(GEO.size_zyx, np.uint8), GEO, root / "labelsTr" / "c.mha")
+    save_dataset_json(DatasetJson(name="T", num_training=1), root / "dataset.json")
+    problems = check_raw_dataset(root)
+    assert len(problems) == 1 and "c_0000.mha is all zero" in problems[0]
+
+
+def test_nan_input_is_refused_by_name_not_predicted_empty(tmp_path):
+    nan = np.full(GEO.size_zyx, np.nan, np.float32)
+    write_image(nan, GEO, tmp_path / "in" / "bad_0000.mha")
+    write_image(nan, GEO, tmp_path / "in" / "bad_0001.mha")
+    write_image(np.full(GEO.size_zyx, 1300, np.float32), GEO, tmp_path / "in" / "good_0000.mha")
+    write_image(np.zeros(GEO.size_zyx, np.float32), GEO, tmp_path / "in" / "good_0001.mha")
+    cases = {c.case_id: c for c in discover_input_cases(tmp_path / "in", ("ADC", "ZADC"))}
+    with pytest.raises(CaseInputError, match=r"case bad: .*bad_0000.mha has 224 NaN"):
+        read_case(cases["bad"])
+    report = make_baseline("zadc").predict_folder(tmp_path / "in", tmp_path / "out")
+    assert report.predicted == ["good"] and "bad" in report.skipped
+    assert not (tmp_path / "out" / "bad.mha").exists()
+    with pytest.raises(HiennuError, match="NaN"):
+        make_baseline("zadc").predict_case([nan, nan], GEO)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_continue_prediction_redoes_damaged_outputs(tmp_path, damage):
+    write_image(np.full(GEO.size_zyx, 1300, np.float32), GEO, tmp_path / "in" / "c_0000.mha")
+    write_image(np.full(GEO.size_zyx, -5, np.float32), GEO, tmp_path / "in" / "c_0001.mha")
+    predictor = make_baseline("zadc")
+    predictor.predict_folder(tmp_path / "in", tmp_path / "out")
+    out = tmp_path / "out" / "c.mha"
+    good = out.read_bytes()
+    out.write_bytes(b"" if damage == "empty" else good[: len(good) // 2])
+    report = predictor.predict_folder(tmp_path / "in", tmp_path / "out", continue_prediction=True)
+    assert report.predicted == ["c"] and report.already_done == []
+    assert read_image(out)[0].sum() == np.prod(GEO.size_zyx)
+    report = predictor.predict_folder(tmp_path / "in", tmp_path / "out", continue_prediction=True)
+    assert report.already_done == ["c"]
+
+
+def test_output_folder_that_is_a_file_is_refused_before_predicting(tmp_path):
+    write_image(np.full(GEO.size_zyx, 1300, np.float32), GEO, tmp_path / "in" / "c_0000.mha")
+    write_image(np.zeros(GEO.size_zyx, np.float32), GEO, tmp_path / "in" / "c_0001.mha")
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(HiennuError, match="is an existing file"):
+        make_baseline("zadc").predict_folder(tmp_path / "in", tmp_path / "out")
+    with pytest.raises(HiennuError, match="is a file, not a folder"):
+        make_baseline("zadc").predict_folder(tmp_path / "in", tmp_path / "out" / "sub")
+
+
+def test_evaluation_output_that_is_a_folder_is_refused(tmp_path):
+    label = np.zeros(GEO.size_zyx, np.uint8)
+    write_image(label, GEO, tmp_path / "ref" / "c.mha")
+    write_image(label, GEO, tmp_path / "pred" / "c.mha")
+    (tmp_path / "summary").mkdir()
+    with pytest.raises(HiennuError, match="is a folder"):
+        evaluate_folders(tmp_path / "ref", tmp_path / "pred", output_json=tmp_path / "summary", num_processes=1)
