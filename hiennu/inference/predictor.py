@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from hiennu.device import resolve_device
 from hiennu.errors import HiennuError
 from hiennu.inference.baseline import make_baseline
 from hiennu.inference.ensemble import FoldEnsemble
@@ -39,7 +40,7 @@ from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry
 from hiennu.log import get_logger
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import Configuration, Plans, load_plans
+from hiennu.planning.plans import PLANS_NAME, Configuration, Plans, load_plans
 from hiennu.preprocessing.preprocessor import preprocess_case
 from hiennu.preprocessing.resampling import resample_probabilities_to_native
 
@@ -47,24 +48,6 @@ logger = get_logger(__name__)
 
 DEFAULT_CHECKPOINT = "checkpoint_best.pth"
 THRESHOLD = 0.5
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``cuda`` when available (else ``cpu``) for None; otherwise the named device, checked."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise HiennuError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HiennuError(f"device {device!r} asked for, but PyTorch sees no CUDA device "
-                          f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise HiennuError(f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise HiennuError("device 'mps' asked for, but MPS is not available; use --device cpu")
-    return dev
 
 
 def tta_mirror_axes(configuration: Configuration) -> tuple[int, ...]:
@@ -194,7 +177,7 @@ def build_predictor(model: str | Path | None = None, dataset: str | int | None =
                     configuration: str | None = None, folds: Sequence[int | str] | None = None,
                     checkpoint: str = DEFAULT_CHECKPOINT, device: str | None = None, use_mirroring: bool = True,
                     baseline: str | None = None, min_component_voxels: int | None = None,
-                    batch_size: int | None = None) -> CasePredictor:
+                    batch_size: int | None = None, plans_name: str = PLANS_NAME) -> CasePredictor:
     """The predictor that ``hiennu_predict``'s options name.
 
     ``baseline`` (``zadc``) needs no model; otherwise the model is ``model`` (folder or zip),
@@ -205,7 +188,7 @@ def build_predictor(model: str | Path | None = None, dataset: str | int | None =
         if model is not None or dataset is not None:
             raise HiennuError("--baseline predicts without a model; drop -m/-d/-tr/-c")
         return make_baseline(baseline, min_component_voxels or 0)
-    path = resolve_model(model, dataset, trainer, configuration)
+    path = resolve_model(model, dataset, trainer, configuration, plans_name)
     kwargs = dict(device=device, use_mirroring=use_mirroring, min_component_voxels=min_component_voxels,
                   batch_size=batch_size)
     if path.is_file():

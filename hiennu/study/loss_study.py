@@ -32,6 +32,7 @@ from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
 from hiennu.paths import raw_root, resolve_dataset, results_root
+from hiennu.provenance import provenance_markdown
 from hiennu.training import checkpoint as ckpt
 from hiennu.training.trainer import TrainingOptions
 from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
@@ -139,7 +140,7 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
                                 out / "progress.png", title=f"training curves, fold {opts.folds[0]}")
     _slice_figure(raw_dir, runs, per_case, case_fold, opts.figure_cases, out / "slices.png", title)
     wall = time.perf_counter() - start
-    _write_report(out, title, rows, per_case, tests, reference, wall)
+    _write_report(out, title, rows, per_case, tests, reference, wall, opts)
     log.info("loss study written to %s (report.md, tables, progress.png, slices.png)", out)
     return LossStudyResult(out, rows, per_case, wall)
 
@@ -153,7 +154,7 @@ def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOption
     if finished:
         log.info("%s fold %d: finished run found in %s, reused", trainer_name, fold, fold_dir)
     else:
-        resume = (fold_dir / ckpt.LATEST).is_file()
+        resume = (fold_dir / ckpt.LATEST).is_file() or (fold_dir / ckpt.FINAL).is_file()
         log.info("%s fold %d: %s", trainer_name, fold, "resuming" if resume else "training")
         cls(_training_options(dataset, fold, opts, resume=resume)).run()
         if not (fold_dir / "validation" / "summary.json").is_file():
@@ -208,7 +209,7 @@ def _slice_figure(raw_dir: Path, runs: dict[str, list[FoldRun]], per_case: dict[
 
 
 def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, list[dict]], tests: list[dict],
-                  reference: str, wall_seconds: float) -> None:
+                  reference: str, wall_seconds: float, options: LossStudyOptions) -> None:
     by_method = {r["method"]: r for r in rows}
     lines = [f"# {title}", "",
              f"Wall time of the study (training, prediction, scoring): {wall_seconds / 60:.1f} min.",
@@ -231,5 +232,6 @@ def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, l
               (out / "bands.md").read_text().split("\n", 1)[-1].strip().replace("## ", "### "), "",
               f"## Paired Wilcoxon signed-rank tests against {reference}", "",
               (out / "wilcoxon.md").read_text().split("\n", 2)[-1].strip() if tests else "(one trainer only)", "",
-              "## Figures", "", "![training curves](progress.png)", "", "![slices](slices.png)", ""]
+              "## Figures", "", "![training curves](progress.png)", "", "![slices](slices.png)", "",
+              "## How this report was made", "", *provenance_markdown(options, options.seed), ""]
     write_text("\n".join(lines), out / "report.md")

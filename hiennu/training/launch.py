@@ -26,7 +26,7 @@ def train(options: TrainingOptions, trainer: str, trainer_module: str | None = N
         return _train_rank(cls, options, ctx)
     if options.num_gpus == 1:
         return cls(options).run()
-    device_type = (options.device or best_device_type()).lower()
+    device_type = (options.device or best_device_type()).lower().split(":")[0]
     if device_type == "mps":
         raise HiennuError("--num-gpus > 1 is not supported on MPS; use --device cuda or cpu")
     # Check everything the ranks will need (dataset, plans, split, batch split) before spawning.
@@ -43,7 +43,7 @@ def _worker(rank: int, world_size: int, trainer: str, trainer_module: str | None
 
 def _train_rank(cls, options: TrainingOptions, ctx: DistContext, device_type: str | None = None) -> Path:
     configure(verbose=ctx.is_main, show_progress=ctx.is_main)
-    init_process_group(ctx, device_type or (options.device or best_device_type()))
+    init_process_group(ctx, device_type or (options.device or best_device_type()).lower().split(":")[0])
     try:
         return cls(options, ctx).run()
     finally:
