@@ -34,7 +34,7 @@ from hiennu.log import get_logger
 from hiennu.paths import raw_root, resolve_dataset, results_root
 from hiennu.provenance import provenance_markdown
 from hiennu.training import checkpoint as ckpt
-from hiennu.training.trainer import TrainingOptions
+from hiennu.training.trainer import NUM_FOLDS, TrainingOptions
 from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
 
 log = get_logger(__name__)
@@ -49,7 +49,9 @@ RULES = {RULE_ZADC: 0, RULE_ZADC_CC: 10}
 class LossStudyOptions:
     """What to study. Training overrides (epochs, patience, ...) default to the plans' values.
 
-    trainers: trainer class names (``module:Class`` for your own). folds: fold numbers 0-4.
+    trainers: trainer class names (``module:Class`` for your own). folds: fold numbers 0-4, or
+    ``"all"`` for all five (the study scores each fold's validation cases, so the training fold
+    ``all``, which has none, is not one of them).
     reference: the trainer the Wilcoxon tests compare against. figure_cases: rows of slices.png.
     output_dir: where the study is written (default under the dataset's results folder).
     """
@@ -69,6 +71,23 @@ class LossStudyOptions:
     figure_cases: int = 4
     num_processes: int = 2
     output_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.folds = study_folds(self.folds)
+
+
+def study_folds(folds: Sequence[int | str] | str) -> tuple[int, ...]:
+    """Fold numbers 0-4; ``"all"`` (alone or in the list) means every one of them."""
+    items = [folds] if isinstance(folds, (str, int)) else list(folds)
+    if any(str(f).strip().lower() == "all" for f in items):
+        return tuple(range(NUM_FOLDS))
+    try:
+        numbers = tuple(int(f) for f in items)
+    except (TypeError, ValueError):
+        numbers = ()
+    if not numbers or not all(0 <= f < NUM_FOLDS for f in numbers):
+        raise HiennuError(f"--folds takes fold numbers 0-{NUM_FOLDS - 1} or 'all', got {' '.join(map(str, items))}")
+    return numbers
 
 
 @dataclass
