@@ -19,6 +19,7 @@ Usage from Python::
                                          folds=[0, 1, 2, 3, 4])
     mask, prob = predictor.predict_case([adc, zadc], geometry)       # arrays (z, y, x)
     predictor.predict_folder("in/", "out/")
+    mask_image = predictor.predict_files("case_adc.mha", "case_zadc.mha")   # SimpleITK image
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from hiennu.device import resolve_device
@@ -37,7 +39,7 @@ from hiennu.inference.folder_prediction import CasePredictor
 from hiennu.inference.model_registry import fold_sort_key, model_folds, resolve_model, split_model_dir_name
 from hiennu.inference.model_zip import load_checkpoint_weights, load_model_zip
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
-from hiennu.io.image import Geometry
+from hiennu.io.image import Geometry, read_sitk
 from hiennu.log import get_logger
 from hiennu.networks.unet import build_network
 from hiennu.planning.plans import PLANS_NAME, Configuration, Plans, load_plans
@@ -171,6 +173,28 @@ class Predictor(CasePredictor):
             mask = (native >= THRESHOLD).to(torch.uint8).cpu().numpy()
             results.append((mask, native.cpu().numpy().astype(np.float32, copy=False) if need_probabilities else None))
         return results
+
+    def predict_files(self, adc: str | Path | sitk.Image, zadc: str | Path | sitk.Image) -> sitk.Image:
+        """The lesion mask of one case, for scripts: ADC and ZADC as file paths or SimpleITK images.
+
+        Returns a ``uint8`` SimpleITK image {0, 1} with the ADC's exact size, spacing, origin and
+        direction. The two maps must lie on the same grid.
+        """
+        if len(self.channel_names) != 2:
+            raise HiennuError(f"{self.name}: predict_files takes ADC and ZADC, but the model has "
+                              f"{len(self.channel_names)} channels ({', '.join(self.channel_names)}); use predict_case")
+        images, geometries = [], []
+        for label, item in (("ADC", adc), ("ZADC", zadc)):
+            image = item if isinstance(item, sitk.Image) else read_sitk(item)
+            if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+                raise HiennuError(f"{label}: expected a 3D image with one value per voxel")
+            geometries.append(Geometry.from_image(image))
+            images.append(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
+        diffs = geometries[0].differences(geometries[1])
+        if diffs:
+            raise HiennuError(f"ZADC lies on a different grid than ADC ({'; '.join(diffs)}); resample it onto the ADC's")
+        mask, _ = self.predict_case(images, geometries[0])
+        return geometries[0].apply_to(sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=np.uint8)))
 
 
 def build_predictor(model: str | Path | None = None, dataset: str | int | None = None, trainer: str | None = None,
