@@ -128,6 +128,13 @@ def plans_file_name(plans_name: str | None = None) -> str:
     return "plans.json" if name == DEFAULT_PLANS_NAME else f"{name}.json"
 
 
+def preprocessed_data_name(plans_name: str | None, configuration: str) -> str:
+    """The folder of a configuration's preprocessed cases: ``CONFIG`` for the default plans,
+    ``NAME_CONFIG`` for plans ``NAME``, so edited plans never overwrite the original's data."""
+    name = plans_name or DEFAULT_PLANS_NAME
+    return configuration if name == DEFAULT_PLANS_NAME else f"{name}_{configuration}"
+
+
 def model_dir_name(trainer: str, plans: str, configuration: str) -> str:
     """``TRAINER__PLANS__CONFIG``, the nnU-Net naming of a model folder."""
     return f"{trainer}__{plans}__{configuration}"

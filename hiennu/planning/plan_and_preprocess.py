@@ -17,7 +17,7 @@ from hiennu.io.atomic import read_json, write_json
 from hiennu.io.cases import CaseFiles, discover_cases
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.log import get_logger
-from hiennu.paths import plans_file_name, preprocessed_root, raw_dataset_dir
+from hiennu.paths import plans_file_name, preprocessed_data_name, preprocessed_root, raw_dataset_dir
 from hiennu.planning.fingerprint import FINGERPRINT_FILE, compute_fingerprint, save_fingerprint
 from hiennu.planning.planner import DEFAULT_GPU_MEMORY_GB, plan_experiment, record_roundtrip
 from hiennu.planning.plans import DEFAULT_CONFIGURATION, PAPER_CONFIGURATION, PLANS_NAME, Plans, load_plans, save_plans
@@ -39,7 +39,8 @@ class PlanAndPreprocessOptions:
     check_only: run the integrity check only. preprocess: False stops after writing the plans.
     keep_plans: preprocess with the existing ``plans.json`` (e.g. after editing it) instead of re-planning.
     plans_name: the plans identifier (``-p``): written as ``NAME.json`` (the default ``hiennuPlans``
-    as ``plans.json``), so edited plans can live beside the original.
+    as ``plans.json``), its cases into ``NAME_CONFIG/`` (``CONFIG/`` for the default), so edited plans
+    and their data live beside the original's.
     """
 
     configurations: Sequence[str] | None = None
@@ -104,5 +105,6 @@ def plan_and_preprocess(dataset: str | int, opts: PlanAndPreprocessOptions | Non
         return out_dir
     names = list(opts.configurations) if opts.configurations else list(plans.configurations)
     for name in names:
-        preprocess_dataset(cases, plans.configuration(name), out_dir / name, opts.num_processes)
+        preprocess_dataset(cases, plans.configuration(name), out_dir / preprocessed_data_name(opts.plans_name, name),
+                           opts.num_processes)
     return out_dir

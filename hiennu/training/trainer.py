@@ -47,7 +47,8 @@ from hiennu.io.atomic import read_json, read_json_file, write_json
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image, write_image
 from hiennu.log import attach_file_handler, get_logger, progress
-from hiennu.paths import model_dir_name, plans_file_name, preprocessed_root, raw_root, resolve_dataset, results_root
+from hiennu.paths import (model_dir_name, plans_file_name, preprocessed_data_name, preprocessed_root,
+                          raw_root, resolve_dataset, results_root)
 from hiennu.networks.unet import build_network
 from hiennu.planning.plans import PLANS_NAME, Configuration, Plans, TrainingPlan, load_plans, save_plans
 from hiennu.provenance import provenance
@@ -138,7 +139,7 @@ class Trainer(abc.ABC):
             self.plans = dataclasses.replace(self.plans, plans_name=options.plans_name)
         self.config: Configuration = self.plans.configuration(options.configuration)
         self.training: TrainingPlan = self._effective_training_plan()
-        self.case_dir = self.preprocessed_dir / self.config.name
+        self.case_dir = self.preprocessed_dir / preprocessed_data_name(options.plans_name, self.config.name)
         self.train_cases, self.val_cases = self._split(options.fold)
         self.model_dir = (results_root() / self.dataset_name /
                           model_dir_name(self.trainer_name, self.plans.plans_name, self.config.name))

@@ -1,0 +1,160 @@
+"""Every command end to end with ``-q``: nothing on the console; and plans identifiers (``-p``) through
+plan, train, predict and export."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from hiennu.io.image import read_image, write_image
+
+DATASET = "Dataset901_Quiet"
+
+
+@contextlib.contextmanager
+def console(record: dict, name: str):
+    """Capture everything written to file descriptors 1 and 2 (worker processes included) into record[name]."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            tmp.seek(0)
+            record[name] = tmp.read().decode(errors="replace")
+
+
+def quiet_run(record: dict, name: str, main, argv: list[str]) -> None:
+    with console(record, name):
+        code = main(argv + ["-q"])
+    assert code == 0, f"{name} exited with {code}: {record[name]}"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Run every command once with -q on a tiny synthetic dataset; returns (tmp folder, console output per command)."""
+    from hiennu.cli import (convert_bonbid, demo, evaluate, export_model, install_model, loss_study, make_synthetic,
+                            plan_and_preprocess, predict, predict_challenge, train)
+    tmp = tmp_path_factory.mktemp("quiet")
+    env = {name: str(tmp / name) for name in ("hiennu_raw", "hiennu_preprocessed", "hiennu_results")}
+    out: dict[str, str] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        quiet_run(out, "make_synthetic", make_synthetic.main, ["-d", "901", "--name", "Quiet", "--cases", "5"])
+        raw = tmp / "hiennu_raw" / DATASET
+        quiet_run(out, "plan_and_preprocess", plan_and_preprocess.main,
+                  ["-d", "901", "-c", "3d_fullres", "--target-size", "16", "16", "16", "-np", "1"])
+        quiet_run(out, "plan_and_preprocess -p", plan_and_preprocess.main,
+                  ["-d", "901", "-c", "3d_fullres", "--target-size", "32", "32", "16", "-np", "1", "-p", "Wide"])
+        common = ["--epochs", "1", "--iterations-per-epoch", "1", "--num-workers", "0", "-device", "cpu"]
+        quiet_run(out, "train", train.main, ["901", "TrainerDice", "0", *common])
+        quiet_run(out, "train -p", train.main, ["901", "-tr", "TrainerDice", "0", "-p", "Wide", *common,
+                                                "--no-final-validation"])
+        quiet_run(out, "predict", predict.main, ["-i", str(raw / "imagesTr"), "-o", str(tmp / "pred"), "-d", "901",
+                                                 "-tr", "TrainerDice", "-f", "0", "--disable_tta", "-device", "cpu"])
+        quiet_run(out, "predict -p", predict.main, ["-i", str(raw / "imagesTr"), "-o", str(tmp / "pred_wide"),
+                                                    "-d", "901", "-p", "Wide", "-f", "0", "--device", "cpu"])
+        quiet_run(out, "evaluate", evaluate.main, ["-ref", str(raw / "labelsTr"), "-pred", str(tmp / "pred"),
+                                                   "-np", "1"])
+        quiet_run(out, "export_model", export_model.main, ["-d", "901", "-tr", "TrainerDice", "-p", "Wide",
+                                                           "-o", str(tmp / "wide.zip")])
+        mp.setenv("hiennu_results", str(tmp / "installed"))
+        quiet_run(out, "install_model", install_model.main, [str(tmp / "wide.zip"), "--default"])
+        challenge = tmp / "challenge_in"
+        adc, geometry = read_image(raw / "imagesTr" / "SYN_000_0000.mha")
+        zadc, _ = read_image(raw / "imagesTr" / "SYN_000_0001.mha")
+        write_image(adc, geometry, challenge / "images" / "skull-stripped-adc-brain-mri" / "case.mha")
+        write_image(zadc, geometry, challenge / "images" / "z-score-adc" / "case.mha")
+        quiet_run(out, "predict_challenge", predict_challenge.main,
+                  ["--input", str(challenge), "--output", str(tmp / "challenge_out"), "--device", "cpu"])
+        mp.setenv("hiennu_results", env["hiennu_results"])
+        quiet_run(out, "loss_study", loss_study.main, ["-d", "901", "--trainers", "TrainerDice", "--folds", "0",
+                                                       "--device", "cpu", "-np", "1", "--figure-cases", "1",
+                                                       "-o", str(tmp / "study")])
+        official = tmp / "official"
+        write_image(adc, geometry, official / "1ADC_ss" / "MGHNICU_001-VISIT_01-ADC_ss.mha")
+        write_image(zadc, geometry, official / "2Z_ADC" / "Zmap_MGHNICU_001-VISIT_01-ADC_smooth2mm_clipped10.mha")
+        label, _ = read_image(raw / "labelsTr" / "SYN_000.mha", dtype=np.float32)
+        write_image(label, geometry, official / "3LABEL" / "MGHNICU_001-VISIT_01_lesion.mha")
+        quiet_run(out, "convert_bonbid", convert_bonbid.main, [str(official), "-d", "902"])
+        quiet_run(out, "demo", demo.main, ["-o", str(tmp / "demo"), "--cases", "5", "--test-cases", "1",
+                                           "--epochs", "1", "--iterations-per-epoch", "1", "--trainers",
+                                           "TrainerDice", "--target-size", "16", "16", "16", "-np", "1"])
+    return tmp, out
+
+
+COMMANDS = ["make_synthetic", "plan_and_preprocess", "plan_and_preprocess -p", "train", "train -p", "predict",
+            "predict -p", "evaluate", "export_model", "install_model", "predict_challenge", "loss_study",
+            "convert_bonbid", "demo"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_console_stays_silent_under_quiet(pipeline, command):
+    _, out = pipeline
+    assert out[command] == "", f"{command} -q printed:\n{out[command]}"
+
+
+def test_every_console_script_was_run_quietly(pipeline):
+    from setup_scripts import console_modules
+    assert console_modules() <= {c.split()[0] for c in COMMANDS}
+
+
+def test_quiet_run_still_writes_the_full_training_log(pipeline):
+    tmp, _ = pipeline
+    log = (tmp / "hiennu_results" / DATASET / "TrainerDice__hiennuPlans__3d_fullres" / "fold_0" /
+           "training_log.txt").read_text()
+    assert "epoch 0: train loss" in log and "training finished" in log
+
+
+def test_plans_name_keeps_an_edited_plan_beside_the_original(pipeline):
+    tmp, _ = pipeline
+    pre = tmp / "hiennu_preprocessed" / DATASET
+    assert (pre / "plans.json").is_file() and (pre / "Wide.json").is_file()
+    assert (pre / "3d_fullres").is_dir() and (pre / "Wide_3d_fullres").is_dir()
+    from hiennu.planning.plans import load_plans
+    assert load_plans(pre / "plans.json").plans_name == "hiennuPlans"
+    wide = load_plans(pre / "Wide.json")
+    assert wide.plans_name == "Wide" and list(wide.configurations["3d_fullres"].target_size_xyz) == [32, 32, 16]
+    results = tmp / "hiennu_results" / DATASET
+    assert (results / "TrainerDice__hiennuPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth").is_file()
+    assert (results / "TrainerDice__Wide__3d_fullres" / "fold_0" / "checkpoint_final.pth").is_file()
+    mask = sitk.ReadImage(str(tmp / "pred_wide" / "SYN_000.mha"))
+    assert mask.GetSize() == sitk.ReadImage(str(tmp / "hiennu_raw" / DATASET / "labelsTr" / "SYN_000.mha")).GetSize()
+    assert (tmp / "installed" / DATASET / "TrainerDice__Wide__3d_fullres" / "plans.json").is_file()
+    assert (tmp / "challenge_out" / "images" / "hie-lesion-segmentation" / "overlay.mha").is_file()
+
+
+def test_demo_names_its_test_cases_apart_from_training_cases(pipeline):
+    tmp, _ = pipeline
+    train_cases = {p.name.split("_0000")[0] for p in (tmp / "demo" / "hiennu_raw").glob("*/imagesTr/*_0000.mha")}
+    test_cases = {p.name.split("_0000")[0] for p in (tmp / "demo" / "test_cases" / "imagesTr").glob("*_0000.mha")}
+    assert train_cases and test_cases and not train_cases & test_cases
+    assert all(c.startswith("SYNTEST_") for c in test_cases)
+
+
+def test_the_console_capture_sees_what_a_verbose_command_prints(tmp_path, monkeypatch):
+    from hiennu.cli import make_synthetic
+    monkeypatch.setenv("hiennu_raw", str(tmp_path))
+    out: dict[str, str] = {}
+    with console(out, "verbose"):
+        assert make_synthetic.main(["-d", "903", "--cases", "1"]) == 0
+    assert "wrote" in out["verbose"]
+    from hiennu.log import configure
+    configure(verbose=False)
