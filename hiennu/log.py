@@ -51,6 +51,8 @@ def configure(verbose: bool = True, show_progress: bool | None = None) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._hiennu = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+    elif handler.stream is not sys.stderr:  # sys.stderr was replaced since (a test, a notebook): follow it
+        handler.setStream(sys.stderr)
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
     logger.setLevel(logging.INFO)
     logger.propagate = False

@@ -20,22 +20,30 @@ DATASET = "Dataset901_Quiet"
 
 @contextlib.contextmanager
 def console(record: dict, name: str):
-    """Capture everything written to file descriptors 1 and 2 (worker processes included) into record[name]."""
+    """Capture everything written to the console into record[name]: ``sys.stdout``/``sys.stderr`` (which
+    pytest replaces) and file descriptors 1 and 2 (worker processes, C code)."""
+    from hiennu.log import get_logger
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
+    saved_fds, saved_streams = (os.dup(1), os.dup(2)), (sys.stdout, sys.stderr)
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 1)
         os.dup2(tmp.fileno(), 2)
+        stream = open(tmp.fileno(), "w", buffering=1, closefd=False)
+        sys.stdout = sys.stderr = stream  # the commands' logging set-up follows sys.stderr
         try:
             yield
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+            stream.flush()
+            sys.stdout, sys.stderr = saved_streams
+            for handler in get_logger().handlers:
+                if getattr(handler, "_hiennu", False):
+                    handler.setStream(sys.stderr)
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            os.close(saved_fds[0])
+            os.close(saved_fds[1])
+            stream.close()
             tmp.seek(0)
             record[name] = tmp.read().decode(errors="replace")
 
@@ -155,6 +163,64 @@ def test_the_console_capture_sees_what_a_verbose_command_prints(tmp_path, monkey
     out: dict[str, str] = {}
     with console(out, "verbose"):
         assert make_synthetic.main(["-d", "903", "--cases", "1"]) == 0
-    assert "wrote" in out["verbose"]
-    from hiennu.log import configure
-    configure(verbose=False)
+    assert "wrote" in out["verbose"] and "synthesizing" in out["verbose"]  # the log line and the progress bar
+
+
+def test_predict_files_matches_the_command_on_paths_and_images(pipeline):
+    from hiennu.errors import HiennuError
+    from hiennu.inference.predictor import Predictor
+    tmp, _ = pipeline
+    raw = tmp / "hiennu_raw" / DATASET / "imagesTr"
+    predictor = Predictor.from_model_dir(tmp / "hiennu_results" / DATASET / "TrainerDice__hiennuPlans__3d_fullres",
+                                         folds=[0], device="cpu", use_mirroring=False)
+    adc, zadc = raw / "SYN_001_0000.mha", raw / "SYN_001_0001.mha"
+    from_paths = predictor.predict_files(adc, str(zadc))
+    from_images = predictor.predict_files(sitk.ReadImage(str(adc)), sitk.ReadImage(str(zadc)))
+    expected = sitk.ReadImage(str(tmp / "pred" / "SYN_001.mha"))  # hiennu_predict --disable_tta
+    reference = sitk.ReadImage(str(adc))
+    for mask in (from_paths, from_images):
+        assert mask.GetPixelIDTypeAsString() == "8-bit unsigned integer"
+        assert (mask.GetSize(), mask.GetSpacing(), mask.GetOrigin(), mask.GetDirection()) == (
+            reference.GetSize(), reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection())
+        assert np.array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(expected))
+    shifted = sitk.ReadImage(str(zadc))
+    shifted.SetOrigin(tuple(o + 10.0 for o in shifted.GetOrigin()))
+    with pytest.raises(HiennuError, match="different grid"):
+        predictor.predict_files(adc, shifted)
+
+
+def test_reports_record_versions_options_and_seed(pipeline):
+    import json
+    tmp, _ = pipeline
+    import torch
+    import hiennu
+    fold = tmp / "hiennu_results" / DATASET / "TrainerDice__hiennuPlans__3d_fullres" / "fold_0"
+    debug = json.loads((fold / "debug.json").read_text())
+    summary = json.loads((tmp / "pred" / "summary.json").read_text())["provenance"]
+    validation = json.loads((fold / "validation" / "summary.json").read_text())["provenance"]
+    for record in (debug, summary, validation):
+        assert record["hiennu_version"] == hiennu.__version__
+        assert set(record["versions"]) >= {"hiennu", "torch", "SimpleITK", "numpy", "scipy", "batchgenerators"}
+        assert all(record["versions"][k] for k in ("torch", "SimpleITK", "numpy", "scipy", "batchgenerators"))
+        assert "git_commit" in record
+    assert debug["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert debug["seed"] == 12345 and debug["options"]["epochs"] == 1 and debug["options"]["plans_name"] == "hiennuPlans"
+    assert summary["options"]["num_processes"] == 1
+    report = (tmp / "study" / "report.md").read_text()
+    section = report[report.index("## How this report was made"):]
+    for word in (f"hiennu {hiennu.__version__}", "torch ", "SimpleITK ", "numpy ", "scipy ", "batchgenerators ",
+                 "seed: 12345", "`trainers=['TrainerDice']`", "`folds=[0]`"):
+        assert word in section, word
+
+
+def test_demo_tells_how_to_predict_with_its_models(pipeline):
+    from hiennu.cli.demo import summary_lines
+    from hiennu.study.demo import DemoResult
+    tmp, _ = pipeline
+    model = tmp / "demo" / "hiennu_results" / "Dataset990_SyntheticDemo" / "TrainerDice__hiennuPlans__3d_fullres"
+    assert model.is_dir()
+    result = DemoResult(tmp / "demo", tmp / "r.md", [], tmp / "p", tmp / "s.json",
+                        {"dice": 0.5, "masd": 1.0, "nsd": 0.5}, {"x": 1.0}, model, "Dataset990_SyntheticDemo")
+    text = "\n".join(summary_lines(result))
+    assert f"export hiennu_results={tmp / 'demo' / 'hiennu_results'}" in text
+    assert "-d Dataset990_SyntheticDemo -tr TrainerDice" in text and f"-m {model}" in text

@@ -150,7 +150,9 @@ def _jobs(ref_dir: Path, pred_dir: Path, images_dir: Path | None, case_ids: Sequ
                           f"or evaluate a subset with case_ids / --cases")
     extra = sorted(set(preds) - set(wanted))
     if extra:
-        logger.warning("%d prediction(s) without a case to score were ignored: %s", len(extra), ", ".join(extra[:10]))
+        # a warning when the folders disagree; only a note when the caller chose the cases (case_ids / --cases)
+        report = logger.warning if case_ids is None else logger.info
+        report("%d prediction(s) without a case to score were ignored: %s", len(extra), ", ".join(extra[:10]))
     images: dict[str, Path] = {}
     if images_dir is not None:
         images = _brain_image_files(images_dir)
