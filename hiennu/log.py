@@ -58,6 +58,12 @@ def configure(verbose: bool = True, show_progress: bool | None = None) -> None:
     logger.propagate = False
 
 
+def is_verbose() -> bool:
+    """Whether the console shows INFO lines (a :func:`configure` with ``verbose=True`` and no ``-q``)."""
+    handler = _console_handler(logging.getLogger(_LOGGER_NAME))
+    return handler is not None and handler.level <= logging.INFO
+
+
 def attach_file_handler(path: str | os.PathLike, fmt: str = "%(asctime)s  %(message)s",
                         datefmt: str = "%Y-%m-%d %H:%M:%S") -> logging.Handler:
     """Append the package's INFO records to ``path`` until :func:`detach_handler`; the console is untouched.
