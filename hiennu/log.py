@@ -33,6 +33,19 @@ def get_logger(name: str | None = None) -> logging.Logger:
     return logging.getLogger(name)
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record arrives, so a replaced
+    stderr (pytest's capture, a notebook, a redirect) is followed and a closed one never written to."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _console_handler(logger: logging.Logger) -> logging.Handler | None:
     return next((h for h in logger.handlers if getattr(h, "_hiennu", False)), None)
 
@@ -47,12 +60,10 @@ def configure(verbose: bool = True, show_progress: bool | None = None) -> None:
     logger = logging.getLogger(_LOGGER_NAME)
     handler = _console_handler(logger)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _ConsoleHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._hiennu = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-    elif handler.stream is not sys.stderr:  # sys.stderr was replaced since (a test, a notebook): follow it
-        handler.setStream(sys.stderr)
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
     logger.setLevel(logging.INFO)
     logger.propagate = False

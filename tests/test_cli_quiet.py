@@ -22,7 +22,6 @@ DATASET = "Dataset901_Quiet"
 def console(record: dict, name: str):
     """Capture everything written to the console into record[name]: ``sys.stdout``/``sys.stderr`` (which
     pytest replaces) and file descriptors 1 and 2 (worker processes, C code)."""
-    from hiennu.log import get_logger
     sys.stdout.flush()
     sys.stderr.flush()
     saved_fds, saved_streams = (os.dup(1), os.dup(2)), (sys.stdout, sys.stderr)
@@ -30,15 +29,12 @@ def console(record: dict, name: str):
         os.dup2(tmp.fileno(), 1)
         os.dup2(tmp.fileno(), 2)
         stream = open(tmp.fileno(), "w", buffering=1, closefd=False)
-        sys.stdout = sys.stderr = stream  # the commands' logging set-up follows sys.stderr
+        sys.stdout = sys.stderr = stream  # hiennu's console handler writes to the current sys.stderr
         try:
             yield
         finally:
             stream.flush()
             sys.stdout, sys.stderr = saved_streams
-            for handler in get_logger().handlers:
-                if getattr(handler, "_hiennu", False):
-                    handler.setStream(sys.stderr)
             os.dup2(saved_fds[0], 1)
             os.dup2(saved_fds[1], 2)
             os.close(saved_fds[0])
