@@ -5,10 +5,13 @@ import sys
 from setuptools import Extension, find_packages, setup
 
 # The exact linear-time distance transform of the Hausdorff losses (plain C, CPython API only).
+# Optional: without a C compiler the install still succeeds (setuptools prints a warning) and the
+# "auto" back-end falls back to SimpleITK's exact transform.
 EDT_EXTENSION = Extension(
     "hiennu.losses._edt",
     sources=["hiennu/losses/_edt.c"],
     extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
+    optional=True,
 )
 
 TRITON = 'triton; platform_system == "Linux" and platform_machine == "x86_64"'
@@ -37,7 +40,8 @@ setup(
     packages=find_packages(include=["hiennu", "hiennu.*"]),
     ext_modules=[EDT_EXTENSION],
     install_requires=[
-        # torch is pinned by the set-up scripts (CPU build); any recent release works.
+        # any recent torch works; scripts/install.sh keeps an installed one, else installs the CPU build
+        # (HIENNU_TORCH=cuda for the CUDA build; see README.md).
         "torch>=2.1",
         "numpy>=1.24",
         "SimpleITK>=2.2",
@@ -49,8 +53,10 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        # triton: its CPU interpreter checks the CUDA distance-transform kernel (CUDA torch ships it)
-        "test": ["pytest>=7", "surface-distance", TRITON],
+        "test": ["pytest>=7", "surface-distance"],
+        # triton (several hundred MB): its CPU interpreter checks the CUDA distance-transform kernel;
+        # CI installs it (.ci/run), CUDA builds of torch ship it, and its tests skip without it
+        "triton": [TRITON],
         # peers timed side by side by the scripts in benchmarks/
         "bench": ["nnunetv2", "monai", "surface-distance", TRITON],
     },

@@ -16,10 +16,12 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from hiennu.errors import DatasetNotFoundError
+from hiennu.errors import DatasetNotFoundError, HiennuError
 
 RAW_ENV, PREPROCESSED_ENV, RESULTS_ENV = "hiennu_raw", "hiennu_preprocessed", "hiennu_results"
 _DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
+DEFAULT_PLANS_NAME = "hiennuPlans"  # the same as hiennu.planning.plans.PLANS_NAME
+_RESERVED_PLANS_NAMES = {"plans", "dataset", "dataset_fingerprint", "splits_final"}
 
 
 def _root(env: str) -> Path:
@@ -108,6 +110,29 @@ def preprocessed_dataset_dir(identifier: str | int) -> Path:
 def results_dataset_dir(identifier: str | int) -> Path:
     """The results folder of a dataset (resolved against all roots; may not exist yet)."""
     return results_root() / resolve_dataset(identifier)
+
+
+def plans_file_name(plans_name: str | None = None) -> str:
+    """The file of the plans called ``plans_name`` in a preprocessed dataset folder.
+
+    The default plans (``hiennuPlans``) live in ``plans.json``; any other name in ``NAME.json``
+    (nnU-Net's ``-p NAME``). Names are letters, digits, ``_`` and ``-`` without ``__`` (the model
+    folder ``TRAINER__PLANS__CONFIG`` splits on it), and not a file name the folder already uses.
+    """
+    name = plans_name or DEFAULT_PLANS_NAME
+    if (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", name) or "__" in name
+            or name.lower() in _RESERVED_PLANS_NAMES):
+        raise HiennuError(
+            f"plans name {name!r} is not allowed: use letters, digits, '_' or '-' without '__', and not one of "
+            f"{', '.join(sorted(_RESERVED_PLANS_NAMES))}")
+    return "plans.json" if name == DEFAULT_PLANS_NAME else f"{name}.json"
+
+
+def preprocessed_data_name(plans_name: str | None, configuration: str) -> str:
+    """The folder of a configuration's preprocessed cases: ``CONFIG`` for the default plans,
+    ``NAME_CONFIG`` for plans ``NAME``, so edited plans never overwrite the original's data."""
+    name = plans_name or DEFAULT_PLANS_NAME
+    return configuration if name == DEFAULT_PLANS_NAME else f"{name}_{configuration}"
 
 
 def model_dir_name(trainer: str, plans: str, configuration: str) -> str:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install hiennu, then run the whole pipeline on the embedded synthetic dataset on CPU.
+# Install hiennu (scripts/install.sh), then run the whole pipeline on the embedded synthetic dataset on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_python.sh
 bash scripts/install.sh
-exec "${PYTHON:-python3}" -m hiennu.cli.demo "$@"
+exec "$PY" -m hiennu.cli.demo "$@"

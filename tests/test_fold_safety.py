@@ -121,7 +121,7 @@ def test_continue_refuses_when_the_plans_changed_since_the_fold_started(tiny):
 
 def test_continue_with_only_checkpoint_final_does_not_overwrite_it(tiny):
     out = _train()
-    (out / "checkpoint_latest.pth").unlink()
+    assert not (out / "checkpoint_latest.pth").exists()  # a finished run keeps no checkpoint_latest
     before = {name: (out / name).read_bytes() for name in ("checkpoint_final.pth", "checkpoint_best.pth")}
     _train(resume=True)
     for name, data in before.items():
@@ -131,7 +131,7 @@ def test_continue_with_only_checkpoint_final_does_not_overwrite_it(tiny):
 
 def test_continue_with_only_checkpoint_best_refuses(tiny):
     out = _train()
-    (out / "checkpoint_latest.pth").unlink()
+    assert not (out / "checkpoint_latest.pth").exists()  # a finished run keeps no checkpoint_latest
     (out / "checkpoint_final.pth").unlink()
     best = (out / "checkpoint_best.pth").read_bytes()
     with pytest.raises(HiennuError, match="holds checkpoint_best.pth but no checkpoint_latest.pth.*overwrite"):
@@ -141,7 +141,7 @@ def test_continue_with_only_checkpoint_best_refuses(tiny):
 
 def test_a_fresh_start_refuses_a_fold_with_only_a_best_checkpoint(tiny):
     out = _train()
-    (out / "checkpoint_latest.pth").unlink()
+    assert not (out / "checkpoint_latest.pth").exists()  # a finished run keeps no checkpoint_latest
     (out / "checkpoint_final.pth").unlink()
     with pytest.raises(HiennuError, match="already holds a training"):
         _train()

@@ -77,6 +77,17 @@ def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(hiennu_root
         assert torch.equal(value, resumed["network_weights"][key]), key
     assert resumed["progress"]["train_loss"] == reference["progress"]["train_loss"]
     assert resumed["progress"]["val_dice"] == reference["progress"]["val_dice"]
-    for key in ("state",):
-        ref_state, res_state = reference["optimizer_state"][key], resumed["optimizer_state"][key]
-        assert all(torch.equal(ref_state[i]["exp_avg"], res_state[i]["exp_avg"]) for i in ref_state)
+    assert "optimizer_state" not in resumed and not (out / "checkpoint_latest.pth").exists()
+
+
+def test_continue_on_a_finished_fold_does_nothing(hiennu_roots):
+    """A finished run keeps checkpoint_final.pth only; --continue reads it and trains nothing."""
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
+    from hiennu.training.launch import train
+    out = train(options(epochs=1, iterations_per_epoch=1, final_validation=False), "TrainerDice")
+    assert {p.name for p in out.glob("checkpoint_*.pth")} == {"checkpoint_best.pth", "checkpoint_final.pth"}
+    before = (out / "checkpoint_final.pth").stat().st_mtime_ns
+    train(options(epochs=1, iterations_per_epoch=1, final_validation=False, resume=True), "TrainerDice")
+    log = (out / "training_log.txt").read_text()
+    assert "(already finished)" in log and log.count("epoch 0: train loss") == 1
+    assert (out / "checkpoint_final.pth").stat().st_mtime_ns == before

@@ -102,9 +102,11 @@ def test_each_trainer_trains_two_epochs_and_writes_its_outputs(tiny, trainer):
     assert out == fold_dir(tiny["hiennu_results"], trainer)
     model_dir = out.parent
     assert (model_dir / "plans.json").is_file() and (model_dir / "dataset.json").is_file()
-    for name in ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"):
+    assert not (out / "checkpoint_latest.pth").exists()  # removed once checkpoint_final.pth is written
+    for name in ("checkpoint_best.pth", "checkpoint_final.pth"):
         state = load(out / name)  # weights_only=True: no pickled objects
         assert state["trainer_name"] == trainer and state["fold"] == 0
+        assert "optimizer_state" not in state  # only an unfinished run's latest checkpoint needs it
         assert all(torch.isfinite(v).all() for v in state["network_weights"].values() if v.is_floating_point())
     final = load(out / "checkpoint_final.pth")
     assert final["epoch"] == 1 and final["finished"] is True

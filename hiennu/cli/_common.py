@@ -1,21 +1,95 @@
-"""Shared plumbing of the console scripts: logging set-up and turning user errors into exit codes."""
+"""Shared plumbing of the console scripts: one parser style, nnU-Net's spellings, exit codes.
+
+Every command's parser comes from :func:`make_parser`: help on every flag with its default shown,
+``--version``, ``-q/--quiet`` (no INFO lines and no progress bars), no abbreviated flags. nnU-Net's
+spellings of the same options are accepted as hidden aliases (:func:`add_alias`). :func:`run`
+turns user errors (:class:`HiennuError`) and file-system errors (:class:`OSError`) into one
+``error: ...`` line and exit code 1.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Callable
+from typing import Any, Callable
 
+import hiennu
+from hiennu.device import DEVICE_HELP, parse_device
 from hiennu.errors import HiennuError
 from hiennu.log import configure
+from hiennu.paths import DEFAULT_PLANS_NAME
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default after its help, unless the help already names it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS)
+                or (not action.option_strings and action.nargs not in ("?", "*"))):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def make_parser(prog: str, description: str, quiet_help: str = "warnings and errors only, no progress bars"
+                ) -> argparse.ArgumentParser:
+    """An argument parser with the flags every hiennu command shares: ``--version`` and ``-q/--quiet``."""
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--version", action="version", version=f"%(prog)s (hiennu) {hiennu.__version__}",
+                   help="print the hiennu version and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
+    return p
+
+
+def add_alias(parser: argparse.ArgumentParser, *flags: str, dest: str, **kwargs: Any) -> None:
+    """A hidden extra spelling (nnU-Net's) of an existing option: same destination, not in ``--help``."""
+    parser.add_argument(*flags, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+
+def device_arg(text: str) -> str:
+    """argparse type of ``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    try:
+        kind, index = parse_device(text)
+    except HiennuError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return kind if index is None else f"{kind}:{index}"
+
+
+def add_device(parser: argparse.ArgumentParser, default: str | None = None, help: str = DEVICE_HELP) -> None:
+    """``--device`` (and nnU-Net's ``-device``) with the one syntax every command accepts."""
+    parser.add_argument("--device", type=device_arg, default=default, metavar="DEVICE", help=help)
+    add_alias(parser, "-device", dest="device", type=device_arg)
+
+
+def add_plans_name(parser: argparse.ArgumentParser, help: str) -> None:
+    """nnU-Net's ``-p/--plans-name``."""
+    parser.add_argument("-p", "--plans-name", default=DEFAULT_PLANS_NAME, metavar="NAME", help=help)
+
+
+def os_error_line(e: OSError) -> str:
+    """``PATH: reason`` (or ``SRC -> DST: reason``) of a file-system error, on one line."""
+    reason = (e.strerror or str(e) or type(e).__name__).replace("\n", " ")
+    if e.filename is not None and e.filename2 is not None:
+        return f"{e.filename} -> {e.filename2}: {reason}"
+    if e.filename is not None:
+        return f"{e.filename}: {reason}"
+    return reason
 
 
 def run(func: Callable[[], int | None], verbose: bool = True) -> int:
-    """Call ``func``; print a :class:`HiennuError` as ``error: ...`` and return exit code 1."""
-    configure(verbose=verbose)
+    """Call ``func`` with logging set up; print user and file-system errors as ``error: ...`` (exit code 1).
+
+    ``verbose`` False (``-q``) shows warnings and errors only and draws no progress bars.
+    """
+    configure(verbose=verbose, show_progress=verbose)
     try:
         code = func()
     except HiennuError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

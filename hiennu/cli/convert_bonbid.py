@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hiennu.cli._common import run
+from hiennu.cli._common import make_parser, run
 from hiennu.errors import HiennuError
 
 
@@ -21,21 +21,24 @@ def _label_map(items: list[str] | None) -> dict[float, int] | None:
     return mapping
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hiennu_convert_bonbid",
-        description="Convert a split of the BONBID-HIE release (1ADC_ss/, 2Z_ADC/, 3LABEL/) into "
-                    "$hiennu_raw/DatasetNNN_NAME (imagesTr/, labelsTr/, imagesTs/ for unlabelled cases).")
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(
+        "hiennu_convert_bonbid",
+        "Convert a split of the BONBID-HIE release (1ADC_ss/, 2Z_ADC/, 3LABEL/) into "
+        "$hiennu_raw/DatasetNNN_NAME (imagesTr/, labelsTr/, imagesTs/ for unlabelled cases).")
     parser.add_argument("src", help="folder holding 1ADC_ss/, 2Z_ADC/ and (for training splits) 3LABEL/")
     parser.add_argument("-d", "--dataset-id", type=int, required=True, help="dataset number, 1..999")
-    parser.add_argument("--name", default="BONBID", help="dataset name (default: BONBID)")
+    parser.add_argument("--name", default="BONBID", help="dataset name")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     parser.add_argument("--label-map", nargs="+", metavar="SOURCE:TARGET",
                         help="map label values to 0/1, e.g. --label-map 0:0 2:1 (default: labels must be 0/1)")
     parser.add_argument("--allow-unlabeled", action="store_true",
                         help="in a labelled split, put cases without a label into imagesTs/ instead of failing")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def job() -> int:
         from hiennu.datasets.bonbid import convert_bonbid
@@ -44,3 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run(job, verbose=not args.quiet)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,50 +5,62 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hiennu.cli._common import run
-from hiennu.study.demo import DemoOptions, run_demo
+from hiennu.cli._common import add_device, make_parser, run
+from hiennu.study.demo import DemoOptions, DemoResult, run_demo
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     d = DemoOptions()
-    p = argparse.ArgumentParser(prog="hiennu_demo", description=__doc__.split(":", 1)[1].strip())
+    p = make_parser("hiennu_demo", __doc__.split(":", 1)[1].strip(),
+                    quiet_help="warnings and errors only: no progress bars and no closing summary")
     p.add_argument("-o", "--output", type=Path, default=d.output_dir,
                    help="demo folder (made by the demo and emptied on its next run)")
     p.add_argument("--cases", type=int, default=d.num_cases, help="synthetic training cases")
     p.add_argument("--test-cases", type=int, default=d.test_cases, help="synthetic held-out test cases")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trainer")
-    p.add_argument("--iterations-per-epoch", type=int, default=d.iterations_per_epoch)
-    p.add_argument("--trainers", nargs="+", default=list(d.trainers))
-    p.add_argument("--folds", nargs="+", type=int, default=list(d.folds))
+    p.add_argument("--iterations-per-epoch", type=int, default=d.iterations_per_epoch, help="steps per epoch")
+    p.add_argument("--trainers", nargs="+", default=list(d.trainers),
+                   help="trainers of the small loss study; the last one predicts the test cases")
+    p.add_argument("--folds", nargs="+", type=int, default=list(d.folds), help="folds each trainer trains")
     p.add_argument("--target-size", nargs=3, type=int, default=d.target_size_xyz, metavar=("X", "Y", "Z"),
-                   help="grid (default: 48 48 16, small enough for a CPU)")
-    p.add_argument("--device", default=d.device, choices=["cpu", "cuda", "mps"])
-    p.add_argument("-np", "--num-processes", type=int, default=d.num_processes)
-    p.add_argument("--seed", type=int, default=d.seed)
+                   help="grid, small enough for a CPU")
+    add_device(p, default=d.device, help="cpu, cuda, cuda:N or mps")
+    p.add_argument("-np", "--num-processes", type=int, default=d.num_processes,
+                   help="worker processes for preprocessing and scoring")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the synthetic data and of the trainings")
     return p
 
 
+def summary_lines(result: DemoResult) -> list[str]:
+    """The closing summary: timings, scores, where everything is, and how to predict with its models."""
+    lines = ["", "hiennu demo finished"]
+    lines += [f"  {step:<22s} {seconds:7.1f} s" for step, seconds in result.seconds.items()]
+    s = result.test_scores
+    lines.append(f"  held-out synthetic test cases: Dice {s['dice']:.3f}, MASD {s['masd']:.2f} mm, NSD {s['nsd']:.3f}")
+    lines.append(f"  loss study report:  {result.study_report}")
+    lines += [f"  figure:             {fig}" for fig in result.study_figures]
+    lines.append(f"  test predictions:   {result.predictions}")
+    lines.append(f"  test scores:        {result.evaluation}")
+    hint = result.prediction_hint()
+    if hint:
+        lines += ["", "The demo's models live in its own results folder. To predict with them:"]
+        lines += [f"  {line}" for line in hint]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def go() -> int:
         result = run_demo(DemoOptions(
             output_dir=args.output, num_cases=args.cases, test_cases=args.test_cases, trainers=args.trainers,
             folds=args.folds, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
             target_size_xyz=args.target_size, device=args.device, num_processes=args.num_processes, seed=args.seed))
-        print("\nhiennu demo finished")
-        for step, seconds in result.seconds.items():
-            print(f"  {step:<22s} {seconds:7.1f} s")
-        s = result.test_scores
-        print(f"  held-out synthetic test cases: Dice {s['dice']:.3f}, MASD {s['masd']:.2f} mm, NSD {s['nsd']:.3f}")
-        print(f"  loss study report:  {result.study_report}")
-        for fig in result.study_figures:
-            print(f"  figure:             {fig}")
-        print(f"  test predictions:   {result.predictions}")
-        print(f"  test scores:        {result.evaluation}")
+        if not args.quiet:
+            print("\n".join(summary_lines(result)))
         return 0
 
-    return run(go)
+    return run(go, verbose=not args.quiet)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hiennu.cli._common import run
+from hiennu.cli._common import make_parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hiennu_evaluate",
-        description="Dice, MASD, NSD (2 mm), HD95, volume difference and lesion detection of predicted masks "
-                    "against reference masks (matched by case id), on each case's native grid. Writes "
-                    "summary.json and a per-case CSV beside it.")
+    parser = make_parser(
+        "hiennu_evaluate",
+        "Dice, MASD, NSD (2 mm), HD95, volume difference and lesion detection of predicted masks "
+        "against reference masks (matched by case id), on each case's native grid. Writes "
+        "summary.json and a per-case CSV beside it.")
     parser.add_argument("-ref", required=True, type=Path, help="folder of reference masks (CASE.mha or CASE_lesion.mha)")
     parser.add_argument("-pred", required=True, type=Path, help="folder of predicted masks (CASE.mha, ...)")
     parser.add_argument("-o", type=Path, default=None, help="summary JSON to write (default: PRED/summary.json)")
@@ -22,9 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the lesion volume bands; without it no bands are reported")
     parser.add_argument("--challenge-2023", action="store_true",
                         help="reproduce the 2023 official scorer (spacing in (x, y, z) order on (z, y, x) arrays)")
-    parser.add_argument("--cases", nargs="+", default=None, help="score only these case ids")
-    parser.add_argument("-np", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--cases", nargs="+", default=None, help="score only these case ids (default: all)")
+    parser.add_argument("-np", "--num-processes", dest="np", type=int, default=2, help="worker processes")
     return parser
 
 

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from hiennu.cli._common import run
+from hiennu.cli._common import add_plans_name, make_parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hiennu_export_model",
-                                description="Export a trained model to a zip that hiennu_predict -m and "
-                                            "hiennu_install_model accept.")
+    p = make_parser("hiennu_export_model",
+                    "Export a trained model to a zip that hiennu_predict -m and hiennu_install_model accept.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-d", "--dataset", help="dataset name, DatasetNNN_Name or number")
     src.add_argument("-m", "--model-dir", help="a model folder (TRAINER__PLANS__CONFIG) instead of -d/-tr/-c")
     p.add_argument("-tr", "--trainer", help="trainer class (with -d)")
     p.add_argument("-c", "--configuration", help="configuration (with -d)")
+    add_plans_name(p, "plans identifier of the model (with -d): TRAINER__NAME__CONFIG")
     p.add_argument("-f", "--folds", nargs="+", help="folds to export (default: every fold with the checkpoint)")
-    p.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth", help="checkpoint name (default checkpoint_best.pth)")
+    p.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth", help="checkpoint name")
     p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     p.add_argument("-o", "--output", required=True, help="the zip to write")
     return p
@@ -29,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> int:
         from hiennu.inference.model_registry import resolve_model
         from hiennu.inference.model_zip import export_model_zip
-        model_dir = resolve_model(args.model_dir, args.dataset, args.trainer, args.configuration)
+        model_dir = resolve_model(args.model_dir, args.dataset, args.trainer, args.configuration, args.plans_name)
         export_model_zip(model_dir, args.output, args.folds, args.checkpoint, args.half)
         return 0
 
-    return run(go)
+    return run(go, verbose=not args.quiet)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

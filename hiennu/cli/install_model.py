@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from hiennu.cli._common import run
+from hiennu.cli._common import make_parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hiennu_install_model",
-                                description="Check a model zip (safe member names, SHA-256 manifest, weights that "
-                                            "load without running code) and install it under $hiennu_results.")
+    p = make_parser("hiennu_install_model",
+                    "Check a model zip (safe member names, SHA-256 manifest, weights that load without running "
+                    "code) and install it under $hiennu_results.")
     p.add_argument("zip", help="model zip written by hiennu_export_model")
     p.add_argument("--default", action="store_true", help="make it the model hiennu_predict uses when none is named")
     p.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")
@@ -25,4 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         install_model_zip(args.zip, overwrite=args.overwrite, make_default=args.default)
         return 0
 
-    return run(go)
+    return run(go, verbose=not args.quiet)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

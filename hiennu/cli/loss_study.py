@@ -5,32 +5,35 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hiennu.cli._common import run
+from hiennu.cli._common import add_device, make_parser, run
 from hiennu.study.loss_study import STUDY_TRAINERS, LossStudyOptions, run_loss_study
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hiennu_loss_study", description=__doc__.split(":", 1)[1].strip())
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("hiennu_loss_study", __doc__.split(":", 1)[1].strip().strip("`. "))
     p.add_argument("-d", "--dataset", required=True, help="dataset name, folder name or number")
-    p.add_argument("--trainers", nargs="+", default=list(STUDY_TRAINERS), help="trainer class names (default: all six)")
-    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--trainers", nargs="+", default=list(STUDY_TRAINERS), help="trainer class names")
+    p.add_argument("--folds", nargs="+", default=["all"],
+                   help="folds to train and score: numbers 0-4, or 'all' for all five")
     p.add_argument("-c", "--configuration", default=None, help="plans configuration (default: the plans' default)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--patience", type=int, default=None)
-    p.add_argument("--iterations-per-epoch", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
-    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs per fold (default: the plans')")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default: the plans')")
+    p.add_argument("--iterations-per-epoch", type=int, default=None,
+                   help="steps per epoch (default: the plans', one pass over the training cases)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the plans')")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="data-augmentation worker processes (default: the plans')")
+    add_device(p)
+    p.add_argument("--seed", type=int, default=12345, help="random seed of every training")
     p.add_argument("--reference", default="TrainerDice", help="trainer the Wilcoxon tests compare against")
-    p.add_argument("--figure-cases", type=int, default=4)
-    p.add_argument("-np", "--num-processes", type=int, default=2)
+    p.add_argument("--figure-cases", type=int, default=4, help="cases (rows) in the slices figure")
+    p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for scoring")
     p.add_argument("-o", "--output", type=Path, default=None, help="study folder (default: under the results folder)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def go() -> int:
         result = run_loss_study(LossStudyOptions(
@@ -39,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, seed=args.seed,
             reference=args.reference, figure_cases=args.figure_cases, num_processes=args.num_processes,
             output_dir=args.output))
-        print(f"loss study report: {result.output_dir / 'report.md'}")
+        if not args.quiet:
+            print(f"loss study report: {result.output_dir / 'report.md'}")
         return 0
 
-    return run(go)
+    return run(go, verbose=not args.quiet)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,35 +4,42 @@ from __future__ import annotations
 
 import argparse
 
-from hiennu.cli._common import run
+from hiennu.cli._common import add_alias, add_device, add_plans_name, make_parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hiennu_predict",
-        description="Predict HIE lesion masks for every case in a folder (nnU-Net CASE_0000/CASE_0001 names, the "
-                    "official BONBID names flat or in 1ADC_ss/ + 2Z_ADC/, or the challenge layout; .mha, .nii.gz, "
-                    ".nii, .nrrd). Each mask has its input's exact size, spacing, origin and direction (uint8). "
-                    "With no model named, the default model is used.")
+    p = make_parser(
+        "hiennu_predict",
+        "Predict HIE lesion masks for every case in a folder (nnU-Net CASE_0000/CASE_0001 names, the "
+        "official BONBID names flat or in 1ADC_ss/ + 2Z_ADC/, or the challenge layout; .mha, .nii.gz, "
+        ".nii, .nrrd). Each mask has its input's exact size, spacing, origin and direction (uint8). "
+        "With no model named, the default model is used.")
     p.add_argument("-i", "--input", required=True, help="input folder")
     p.add_argument("-o", "--output", required=True, help="output folder (not the input folder or inside it)")
     p.add_argument("-m", "--model", help="a model folder (TRAINER__PLANS__CONFIG) or a zip from hiennu_export_model")
     p.add_argument("-d", "--dataset", help="dataset name, DatasetNNN_Name or number (model under $hiennu_results)")
     p.add_argument("-tr", "--trainer", help="trainer class of the model (with -d)")
     p.add_argument("-c", "--configuration", help="configuration of the model (with -d), e.g. 3d_fullres")
+    add_plans_name(p, "plans identifier of the model (with -d): TRAINER__NAME__CONFIG")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (numbers or 'all'; default: every trained fold)")
-    p.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth",
-                   help="checkpoint file in each fold folder (default checkpoint_best.pth)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
+    p.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth", help="checkpoint file in each fold folder")
+    add_device(p)
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (faster)")
+    add_alias(p, "--disable_tta", dest="disable_tta", action="store_true")
     p.add_argument("--save-probabilities", nargs="?", const="npz", choices=["npz", "image"],
-                   help="also write CASE_prob.npz (default) or CASE_prob.<ending> (an image) per case")
+                   help="also write CASE_prob.npz (npz, the value without an argument) or CASE_prob.<ending> "
+                        "(image) per case")
+    add_alias(p, "--save_probabilities", dest="save_probabilities", nargs="?", const="npz", choices=["npz", "image"])
     p.add_argument("--continue-prediction", action="store_true", help="skip cases whose outputs already exist")
+    add_alias(p, "--continue_prediction", dest="continue_prediction", action="store_true")
     p.add_argument("--baseline", choices=["zadc"], help="predict ZADC < -2 inside the brain instead of using a model")
     p.add_argument("--min-component-voxels", type=int,
                    help="remove lesion components smaller than this (default: the plans' value; 0 for --baseline)")
     p.add_argument("--batch-size", type=int, help="cases per forward pass (default 4 on CUDA, 1 on CPU)")
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
+    p.add_argument("--preprocess-ahead", type=int, default=4, metavar="N",
+                   help="cases read and preprocessed (in a background thread) ahead of the network; nnU-Net's "
+                        "-npp is accepted for it")
+    add_alias(p, "-npp", dest="preprocess_ahead", type=int)
     return p
 
 
@@ -43,10 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         from hiennu.inference.predictor import build_predictor
         predictor = build_predictor(args.model, args.dataset, args.trainer, args.configuration, args.folds,
                                     args.checkpoint, args.device, not args.disable_tta, args.baseline,
-                                    args.min_component_voxels, args.batch_size)
+                                    args.min_component_voxels, args.batch_size, plans_name=args.plans_name)
         report = predictor.predict_folder(args.input, args.output, save_probabilities=bool(args.save_probabilities),
                                           probability_format=args.save_probabilities or "npz",
-                                          continue_prediction=args.continue_prediction)
+                                          continue_prediction=args.continue_prediction,
+                                          queue_size=args.preprocess_ahead)
         return 0 if report.ok else 1
 
     return run(go, verbose=not args.quiet)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

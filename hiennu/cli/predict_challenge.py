@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from hiennu.cli._common import run
+from hiennu.cli._common import add_alias, add_device, make_parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hiennu_predict_challenge",
-        description="Read INPUT/images/skull-stripped-adc-brain-mri/*.mha and INPUT/images/z-score-adc/*.mha "
-                    "(one case) and write OUTPUT/images/hie-lesion-segmentation/overlay.mha.")
-    p.add_argument("--input", default="/input", help="input root (default /input)")
-    p.add_argument("--output", default="/output", help="output root (default /output)")
+    p = make_parser(
+        "hiennu_predict_challenge",
+        "Read INPUT/images/skull-stripped-adc-brain-mri/*.mha and INPUT/images/z-score-adc/*.mha "
+        "(one case) and write OUTPUT/images/hie-lesion-segmentation/overlay.mha.")
+    p.add_argument("--input", default="/input", help="input root")
+    p.add_argument("--output", default="/output", help="output root")
     p.add_argument("-m", "--model", help="model folder or zip (default: the default model)")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every trained fold)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth", help="checkpoint name in each fold folder")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    add_device(p)
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
+    add_alias(p, "--disable_tta", dest="disable_tta", action="store_true")
     p.add_argument("--baseline", choices=["zadc"], help="ZADC < -2 inside the brain instead of a model")
-    p.add_argument("--min-component-voxels", type=int, help="remove lesion components smaller than this")
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("--min-component-voxels", type=int,
+                   help="remove lesion components smaller than this (default: the plans' value)")
     return p
 
 
@@ -37,3 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run(go, verbose=not args.quiet)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

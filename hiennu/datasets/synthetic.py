@@ -314,17 +314,18 @@ def generate_case(case_id: str, rng: np.random.Generator, preset: SyntheticPrese
     return SyntheticCase(case_id, adc, zadc, lesion.astype(np.uint8), geometry, category)
 
 
-def case_ids(num_cases: int) -> list[str]:
-    return [f"SYN_{i:03d}" for i in range(num_cases)]
+def case_ids(num_cases: int, prefix: str = "SYN") -> list[str]:
+    return [f"{prefix}_{i:03d}" for i in range(num_cases)]
 
 
 def make_synthetic_dataset(target: int | str | Path = DEFAULT_SYNTHETIC_ID, num_cases: int | None = None,
                            seed: int = 0, preset: str = "small", name: str = DEFAULT_SYNTHETIC_NAME,
-                           overwrite: bool = False) -> Path:
+                           overwrite: bool = False, case_prefix: str = "SYN") -> Path:
     """Write a synthetic raw dataset and return its folder.
 
     target: a dataset id (int; the folder is ``$hiennu_raw/DatasetNNN_name``) or a folder path.
     num_cases: default from the preset (20 for ``small``, 37 for ``bonbid``).
+    case_prefix: cases are named ``PREFIX_000``, ``PREFIX_001`` ...
     Deterministic per ``seed``: case ``i`` depends only on ``(seed, i)``. Written to a hidden
     temporary folder and renamed into place; an existing dataset is replaced only with ``overwrite``.
     """
@@ -339,7 +340,7 @@ def make_synthetic_dataset(target: int | str | Path = DEFAULT_SYNTHETIC_ID, num_
     else:
         folder = Path(target)
     with staged_folder(folder, overwrite=overwrite) as out:
-        for index, cid in enumerate(progress(case_ids(n), desc=f"synthesizing {preset} cases")):
+        for index, cid in enumerate(progress(case_ids(n, case_prefix), desc=f"synthesizing {preset} cases")):
             case = generate_case(cid, np.random.default_rng([int(seed), index]), spec, lesion_category(seed, index))
             write_image(case.adc, case.geometry, out / "imagesTr" / f"{cid}_0000.mha")
             write_image(case.zadc, case.geometry, out / "imagesTr" / f"{cid}_0001.mha")

@@ -25,6 +25,7 @@ from hiennu.errors import HiennuError
 from hiennu.evaluation.metrics import (CHALLENGE_2023_NOTE, NO_LESION_BAND, NSD_TOLERANCE_MM, SUMMARY_METRICS,
                                        VOLUME_BANDS, case_metrics)
 from hiennu.io.atomic import write_json, write_text
+from hiennu.provenance import provenance
 from hiennu.io.bonbid_names import bonbid_role
 from hiennu.io.image import image_ending, read_image, strip_ending
 from hiennu.log import get_logger, progress
@@ -150,7 +151,9 @@ def _jobs(ref_dir: Path, pred_dir: Path, images_dir: Path | None, case_ids: Sequ
                           f"or evaluate a subset with case_ids / --cases")
     extra = sorted(set(preds) - set(wanted))
     if extra:
-        logger.warning("%d prediction(s) without a case to score were ignored: %s", len(extra), ", ".join(extra[:10]))
+        # a warning when the folders disagree; only a note when the caller chose the cases (case_ids / --cases)
+        report = logger.warning if case_ids is None else logger.info
+        report("%d prediction(s) without a case to score were ignored: %s", len(extra), ", ".join(extra[:10]))
     images: dict[str, Path] = {}
     if images_dir is not None:
         images = _brain_image_files(images_dir)
@@ -232,7 +235,8 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
 
     Summary keys: ``challenge_2023``, ``note``, ``num_cases``, ``metrics`` (per metric: mean, median,
     std, ci95_low, ci95_high, n, n_undefined), ``bands`` (per band: num_cases, case_ids, metrics;
-    None without images), ``per_case`` (one row per case), the folders, and the NSD tolerance.
+    None without images), ``per_case`` (one row per case), the folders, the NSD tolerance, and
+    ``provenance`` (versions, git commit, options: :func:`hiennu.provenance.provenance`).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     images = Path(images_dir) if images_dir is not None else None
@@ -256,6 +260,8 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
         "bands": _band_results(rows) if images is not None else None,
         "bands_note": None if images is not None else NO_BANDS_NOTE,
         "per_case": rows,
+        "provenance": provenance({"challenge_2023": bool(challenge_2023), "num_processes": num_processes,
+                                  "case_ids": list(case_ids) if case_ids is not None else None}),
     }
     means = summary["metrics"]
     logger.info("%d cases: Dice %.4f, MASD %.3f mm, NSD %.4f%s", len(rows), means["dice"]["mean"],

@@ -22,6 +22,7 @@ Usage from Python::
                                          folds=[0, 1, 2, 3, 4])
     mask, prob = predictor.predict_case([adc, zadc], geometry)       # arrays (z, y, x)
     predictor.predict_folder("in/", "out/")
+    mask_image = predictor.predict_files("case_adc.mha", "case_zadc.mha")   # SimpleITK image
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
+from hiennu.device import resolve_device
 from hiennu.errors import HiennuError
 from hiennu.inference.baseline import make_baseline
 from hiennu.inference.ensemble import FoldEnsemble
@@ -42,10 +45,10 @@ from hiennu.inference.model_registry import fold_sort_key, model_folds, resolve_
 from hiennu.inference.model_zip import load_checkpoint_weights, load_model_zip
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
-from hiennu.io.image import Geometry
+from hiennu.io.image import Geometry, read_sitk
 from hiennu.log import get_logger
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import Configuration, Plans, load_plans
+from hiennu.planning.plans import PLANS_NAME, Configuration, Plans, load_plans
 from hiennu.preprocessing.cropping import CropRecord, restore_to_native
 from hiennu.preprocessing.preprocessor import preprocess_case
 from hiennu.preprocessing.resampling import resample_probabilities_to_native
@@ -54,24 +57,6 @@ logger = get_logger(__name__)
 
 DEFAULT_CHECKPOINT = "checkpoint_best.pth"
 THRESHOLD = 0.5
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``cuda`` when available (else ``cpu``) for None; otherwise the named device, checked."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise HiennuError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HiennuError(f"device {device!r} asked for, but PyTorch sees no CUDA device "
-                          f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise HiennuError(f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise HiennuError("device 'mps' asked for, but MPS is not available; use --device cpu")
-    return dev
 
 
 @dataclass
@@ -221,13 +206,34 @@ class Predictor(CasePredictor):
                                       windows_per_batch=self.batch_size)
         assert case.crop is not None
         return restore_to_native(prob, case.crop, self.configuration.prediction_interpolation)
+    def predict_files(self, adc: str | Path | sitk.Image, zadc: str | Path | sitk.Image) -> sitk.Image:
+        """The lesion mask of one case, for scripts: ADC and ZADC as file paths or SimpleITK images.
+
+        Returns a ``uint8`` SimpleITK image {0, 1} with the ADC's exact size, spacing, origin and
+        direction. The two maps must lie on the same grid.
+        """
+        if len(self.channel_names) != 2:
+            raise HiennuError(f"{self.name}: predict_files takes ADC and ZADC, but the model has "
+                              f"{len(self.channel_names)} channels ({', '.join(self.channel_names)}); use predict_case")
+        images, geometries = [], []
+        for label, item in (("ADC", adc), ("ZADC", zadc)):
+            image = item if isinstance(item, sitk.Image) else read_sitk(item)
+            if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+                raise HiennuError(f"{label}: expected a 3D image with one value per voxel")
+            geometries.append(Geometry.from_image(image))
+            images.append(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
+        diffs = geometries[0].differences(geometries[1])
+        if diffs:
+            raise HiennuError(f"ZADC lies on a different grid than ADC ({'; '.join(diffs)}); resample it onto the ADC's")
+        mask, _ = self.predict_case(images, geometries[0])
+        return geometries[0].apply_to(sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=np.uint8)))
 
 
 def build_predictor(model: str | Path | None = None, dataset: str | int | None = None, trainer: str | None = None,
                     configuration: str | None = None, folds: Sequence[int | str] | None = None,
                     checkpoint: str = DEFAULT_CHECKPOINT, device: str | None = None, use_mirroring: bool = True,
                     baseline: str | None = None, min_component_voxels: int | None = None,
-                    batch_size: int | None = None) -> CasePredictor:
+                    batch_size: int | None = None, plans_name: str = PLANS_NAME) -> CasePredictor:
     """The predictor that ``hiennu_predict``'s options name.
 
     ``baseline`` (``zadc``) needs no model; otherwise the model is ``model`` (folder or zip),
@@ -238,7 +244,7 @@ def build_predictor(model: str | Path | None = None, dataset: str | int | None =
         if model is not None or dataset is not None:
             raise HiennuError("--baseline predicts without a model; drop -m/-d/-tr/-c")
         return make_baseline(baseline, min_component_voxels or 0)
-    path = resolve_model(model, dataset, trainer, configuration)
+    path = resolve_model(model, dataset, trainer, configuration, plans_name)
     kwargs = dict(device=device, use_mirroring=use_mirroring, min_component_voxels=min_component_voxels,
                   batch_size=batch_size)
     if path.is_file():

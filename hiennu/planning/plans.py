@@ -254,6 +254,9 @@ ENUMERATED_FIELDS: dict[str, tuple[str, ...]] = {
     "prediction_interpolation": ("linear", "nearest"),
     "optimizer": ("AdamW",),
     "early_stopping_metric": ("val_dice", "ema_val_dice"),
+    "norm": NORM_TYPES,
+    "lr_schedule": LR_SCHEDULES,
+    "planned_for": ("cpu", "gpu"),
 }
 
 # Numeric ranges, by field name: (lowest, highest, lowest allowed itself); None = unbounded.
@@ -309,6 +312,8 @@ def sized_fields(config: Configuration) -> list[tuple[str, tuple[int, ...]]]:
     fields = []
     if config.target_size_xyz is not None:
         fields.append(("target_size_xyz", tuple(config.target_size_zyx)))
+    if config.patch_size_zyx is not None:
+        fields.append(("patch_size_zyx", tuple(int(v) for v in config.patch_size_zyx)))
     return fields
 
 
@@ -334,18 +339,29 @@ def configuration_problems(config: Configuration) -> list[str]:
     if len(net.dropout_per_stage) != n:
         problems.append(f"network.dropout_per_stage has {len(net.dropout_per_stage)} entries, needs one per "
                         f"stage ({n})")
+    if config.target_size_xyz is None and (config.patch_size_zyx is None or config.target_spacing_zyx is None):
+        problems.append("neither a whole-volume grid (target_size_xyz) nor a patch configuration (patch_size_zyx "
+                        "and target_spacing_zyx) is given; set one of them")
+    if config.target_spacing_zyx is not None and (len(config.target_spacing_zyx) != 3
+                                                  or min(config.target_spacing_zyx) <= 0):
+        problems.append(f"target_spacing_zyx must be three positive spacings in mm (z, y, x), got "
+                        f"{config.target_spacing_zyx}")
     if problems:
         return problems
     factor = net.downsampling_factor_zyx
     for name, size_zyx in sized_fields(config):
         if len(size_zyx) != 3 or min(size_zyx) < 1:
-            problems.append(f"{name} must be three positive voxel counts, got {list(reversed(size_zyx))}")
+            problems.append(f"{name} must be three positive voxel counts, got {list(size_zyx)} (z, y, x)")
             continue
         bad_axes = [f"{axis} {s} is not a multiple of {f}" for axis, s, f in zip("zyx", size_zyx, factor) if s % f]
         if bad_axes:
-            problems.append(f"{name} {list(reversed(size_zyx))} (x, y, z) cannot be divided by the network's "
-                            f"down-sampling factor {list(reversed(factor))} (x, y, z): {', '.join(bad_axes)}; "
-                            f"round each size to a multiple of its factor")
+            # each size is shown in the order its field name says
+            xyz = name.endswith("_xyz")
+            shown, factor_shown = (list(reversed(size_zyx)), list(reversed(factor))) if xyz else (list(size_zyx),
+                                                                                               list(factor))
+            order = "(x, y, z)" if xyz else "(z, y, x)"
+            problems.append(f"{name} {shown} {order} cannot be divided by the network's down-sampling factor "
+                            f"{factor_shown} {order}: {', '.join(bad_axes)}; round each size to a multiple of its factor")
     return problems
 
 

@@ -31,6 +31,7 @@ log = get_logger(__name__)
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "SyntheticDemo"
 MARKER = ".hiennu_demo"
+TEST_CASE_PREFIX = "SYNTEST"
 
 
 @dataclass
@@ -67,6 +68,17 @@ class DemoResult:
     evaluation: Path
     test_scores: dict
     seconds: dict = field(default_factory=dict)
+    model_dir: Path | None = None  # the model that predicted the test cases
+    dataset: str = ""
+
+    def prediction_hint(self) -> list[str]:
+        """How to predict with the demo's models afterwards (its results root is not the default one)."""
+        if self.model_dir is None:
+            return []
+        results, trainer = self.model_dir.parent.parent, self.model_dir.name.split("__")[0]
+        return [f"export hiennu_results={results}",
+                f"hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {self.dataset} -tr {trainer}",
+                f"or, without the export: hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {self.model_dir}"]
 
 
 def prepare_output_dir(path: Path) -> Path:
@@ -93,7 +105,8 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         make_synthetic_dataset(DEMO_DATASET_ID, num_cases=opts.num_cases, seed=opts.seed, preset=opts.preset,
                                name=DEMO_DATASET_NAME)
         test_dir = make_synthetic_dataset(out / "test_cases", num_cases=opts.test_cases, seed=opts.seed + 1000,
-                                          preset=opts.preset, name="SyntheticDemoTest")
+                                          preset=opts.preset, name="SyntheticDemoTest",
+                                          case_prefix=TEST_CASE_PREFIX)  # not the training cases' names
         seconds["make data"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -125,4 +138,4 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     scores = {m: summary["metrics"][m]["mean"] for m in ("dice", "masd", "nsd")}
     return DemoResult(out, study.output_dir / "report.md",
                       [study.output_dir / "progress.png", study.output_dir / "slices.png"],
-                      predictions, evaluation, scores, seconds)
+                      predictions, evaluation, scores, seconds, model_dir, dataset)

@@ -32,8 +32,9 @@ from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
 from hiennu.paths import raw_root, resolve_dataset, results_root
+from hiennu.provenance import provenance_markdown
 from hiennu.training import checkpoint as ckpt
-from hiennu.training.trainer import TrainingOptions
+from hiennu.training.trainer import NUM_FOLDS, TrainingOptions
 from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
 
 log = get_logger(__name__)
@@ -48,7 +49,9 @@ RULES = {RULE_ZADC: 0, RULE_ZADC_CC: 10}
 class LossStudyOptions:
     """What to study. Training overrides (epochs, patience, ...) default to the plans' values.
 
-    trainers: trainer class names (``module:Class`` for your own). folds: fold numbers 0-4.
+    trainers: trainer class names (``module:Class`` for your own). folds: fold numbers 0-4, or
+    ``"all"`` for all five (the study scores each fold's validation cases, so the training fold
+    ``all``, which has none, is not one of them).
     reference: the trainer the Wilcoxon tests compare against. figure_cases: rows of slices.png.
     output_dir: where the study is written (default under the dataset's results folder).
     """
@@ -68,6 +71,23 @@ class LossStudyOptions:
     figure_cases: int = 4
     num_processes: int = 2
     output_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.folds = study_folds(self.folds)
+
+
+def study_folds(folds: Sequence[int | str] | str) -> tuple[int, ...]:
+    """Fold numbers 0-4; ``"all"`` (alone or in the list) means every one of them."""
+    items = [folds] if isinstance(folds, (str, int)) else list(folds)
+    if any(str(f).strip().lower() == "all" for f in items):
+        return tuple(range(NUM_FOLDS))
+    try:
+        numbers = tuple(int(f) for f in items)
+    except (TypeError, ValueError):
+        numbers = ()
+    if not numbers or not all(0 <= f < NUM_FOLDS for f in numbers):
+        raise HiennuError(f"--folds takes fold numbers 0-{NUM_FOLDS - 1} or 'all', got {' '.join(map(str, items))}")
+    return numbers
 
 
 @dataclass
@@ -139,7 +159,7 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
                                 out / "progress.png", title=f"training curves, fold {opts.folds[0]}")
     _slice_figure(raw_dir, runs, per_case, case_fold, opts.figure_cases, out / "slices.png", title)
     wall = time.perf_counter() - start
-    _write_report(out, title, rows, per_case, tests, reference, wall)
+    _write_report(out, title, rows, per_case, tests, reference, wall, opts)
     log.info("loss study written to %s (report.md, tables, progress.png, slices.png)", out)
     return LossStudyResult(out, rows, per_case, wall)
 
@@ -153,7 +173,7 @@ def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOption
     if finished:
         log.info("%s fold %d: finished run found in %s, reused", trainer_name, fold, fold_dir)
     else:
-        resume = (fold_dir / ckpt.LATEST).is_file()
+        resume = (fold_dir / ckpt.LATEST).is_file() or (fold_dir / ckpt.FINAL).is_file()
         log.info("%s fold %d: %s", trainer_name, fold, "resuming" if resume else "training")
         cls(_training_options(dataset, fold, opts, resume=resume)).run()
         if not (fold_dir / "validation" / "summary.json").is_file():
@@ -208,7 +228,7 @@ def _slice_figure(raw_dir: Path, runs: dict[str, list[FoldRun]], per_case: dict[
 
 
 def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, list[dict]], tests: list[dict],
-                  reference: str, wall_seconds: float) -> None:
+                  reference: str, wall_seconds: float, options: LossStudyOptions) -> None:
     by_method = {r["method"]: r for r in rows}
     lines = [f"# {title}", "",
              f"Wall time of the study (training, prediction, scoring): {wall_seconds / 60:.1f} min.",
@@ -231,5 +251,6 @@ def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, l
               (out / "bands.md").read_text().split("\n", 1)[-1].strip().replace("## ", "### "), "",
               f"## Paired Wilcoxon signed-rank tests against {reference}", "",
               (out / "wilcoxon.md").read_text().split("\n", 2)[-1].strip() if tests else "(one trainer only)", "",
-              "## Figures", "", "![training curves](progress.png)", "", "![slices](slices.png)", ""]
+              "## Figures", "", "![training curves](progress.png)", "", "![slices](slices.png)", "",
+              "## How this report was made", "", *provenance_markdown(options, options.seed), ""]
     write_text("\n".join(lines), out / "report.md")

@@ -3,6 +3,11 @@
 A checkpoint holds ``network_weights`` (the state dict) and only plain values besides: numbers,
 strings, lists, dicts and tensors (optimizer and scheduler state, RNG states, the per-epoch
 progress). No pickled objects, so a checkpoint from anywhere can be loaded safely.
+
+``checkpoint_latest.pth`` (written after every epoch while training) holds the full state for
+``--continue``. ``checkpoint_best.pth`` and ``checkpoint_final.pth`` leave out the optimizer and
+scheduler state (:func:`without_training_state`), and ``checkpoint_latest.pth`` is removed once
+the final checkpoint is written (:func:`finish_checkpoints`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from hiennu.io.atomic import atomic_path
 
 CHECKPOINT_FORMAT = 1
 LATEST, BEST, FINAL = "checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"
+TRAINING_STATE_KEYS = ("optimizer_state", "scheduler_state")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -27,6 +33,26 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     state = {"format": CHECKPOINT_FORMAT, **state}
     with atomic_path(path, suffix=".pth") as tmp:
         torch.save(state, tmp)
+
+
+def without_training_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without the optimizer and scheduler state, which only resuming an unfinished run needs.
+
+    Best and final checkpoints are written this way (about a third of the size with AdamW): they
+    serve prediction, export and ``--continue`` of a finished run, which has nothing left to optimize.
+    """
+    return {k: v for k, v in state.items() if k not in TRAINING_STATE_KEYS}
+
+
+def finish_checkpoints(state: dict[str, Any], fold_dir: str | os.PathLike) -> None:
+    """Write ``checkpoint_final.pth`` (without training state), then remove ``checkpoint_latest.pth``.
+
+    Nothing is stored twice once a run has finished, as in nnU-Net; a later ``--continue`` reads
+    the final checkpoint and finds the run finished.
+    """
+    fold_dir = Path(fold_dir)
+    save_checkpoint(without_training_state(state), fold_dir / FINAL)
+    (fold_dir / LATEST).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

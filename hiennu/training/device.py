@@ -1,6 +1,7 @@
 """Choosing the compute device and setting it up for training.
 
-``select_device`` picks ``cuda`` > ``mps`` > ``cpu`` by default and checks an explicit choice.
+``select_device`` picks ``cuda`` > ``mps`` > ``cpu`` by default (the order prediction uses too,
+:mod:`hiennu.device`) and checks an explicit choice.
 ``autocast`` gives bf16 autocast on CUDA (the network's convolutions run in bf16, weights and the
 loss stay float32) and a no-op elsewhere.
 """
@@ -12,39 +13,20 @@ from typing import ContextManager
 
 import torch
 
-from hiennu.errors import HiennuError
-
-DEVICE_TYPES = ("cpu", "cuda", "mps")
-
-
-def best_device_type() -> str:
-    """``cuda`` when a CUDA device is visible, else ``mps`` when available, else ``cpu``."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+from hiennu.device import DEVICE_TYPES, best_device_type, resolve_device  # noqa: F401 (re-exported)
 
 
 def select_device(device_type: str | None = None, local_rank: int = 0) -> torch.device:
-    """The device to train on; ``device_type`` None means the best available.
+    """The device to train on; ``device_type`` None means the best available (``cuda`` > ``mps`` > ``cpu``).
 
-    On CUDA, ``local_rank`` picks the GPU (one process per GPU under DDP).
+    Accepts ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` (:func:`hiennu.device.resolve_device`). On
+    CUDA, ``local_rank`` picks the GPU (one process per GPU under DDP). Returns ``cuda:K`` on CUDA
+    so that ``torch.cuda.set_device`` always has an index.
     """
-    kind = (device_type or best_device_type()).lower()
-    if kind not in DEVICE_TYPES:
-        raise HiennuError(f"unknown device {device_type!r}; choose one of {', '.join(DEVICE_TYPES)}")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise HiennuError("--device cuda was asked for but PyTorch sees no CUDA device "
-                              f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch")
-        if local_rank >= torch.cuda.device_count():
-            raise HiennuError(f"process {local_rank} needs GPU {local_rank} but only "
-                              f"{torch.cuda.device_count()} are visible; lower --num-gpus")
-        return torch.device("cuda", local_rank)
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise HiennuError("--device mps was asked for but MPS is not available; use --device cpu")
-    return torch.device(kind)
+    device = resolve_device(device_type, local_rank)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
 
 
 def configure_device(device: torch.device) -> None:

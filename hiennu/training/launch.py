@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hiennu.errors import HiennuError
-from hiennu.log import configure
+from hiennu.log import configure, is_verbose
 from hiennu.training.device import best_device_type
 from hiennu.training.distributed import (DistContext, destroy_process_group, init_process_group, spawn,
                                          torchrun_context)
@@ -26,24 +26,27 @@ def train(options: TrainingOptions, trainer: str, trainer_module: str | None = N
         return _train_rank(cls, options, ctx)
     if options.num_gpus == 1:
         return cls(options).run()
-    device_type = (options.device or best_device_type()).lower()
+    device_type = (options.device or best_device_type()).lower().split(":")[0]
     if device_type == "mps":
         raise HiennuError("--num-gpus > 1 is not supported on MPS; use --device cuda or cpu")
     # Check everything the ranks will need (dataset, plans, split, batch split) before spawning.
     probe = cls(options, DistContext(0, options.num_gpus, 0))
-    spawn(_worker, options.num_gpus, (trainer, trainer_module, options, device_type))
+    spawn(_worker, options.num_gpus, (trainer, trainer_module, options, device_type, is_verbose()))
     return probe.fold_dir
 
 
 def _worker(rank: int, world_size: int, trainer: str, trainer_module: str | None,
-            options: TrainingOptions, device_type: str) -> None:
+            options: TrainingOptions, device_type: str, verbose: bool) -> None:
+    if rank == 0:  # a fresh process: the console as the command set it up (-q or not)
+        configure(verbose=verbose, show_progress=verbose)
     cls = get_trainer_class(trainer, trainer_module)
     _train_rank(cls, options, DistContext(rank, world_size, rank), device_type)
 
 
 def _train_rank(cls, options: TrainingOptions, ctx: DistContext, device_type: str | None = None) -> Path:
-    configure(verbose=ctx.is_main, show_progress=ctx.is_main)
-    init_process_group(ctx, device_type or (options.device or best_device_type()))
+    if not ctx.is_main:  # the main rank keeps the console set-up of the command (-q or not)
+        configure(verbose=False, show_progress=False)
+    init_process_group(ctx, device_type or (options.device or best_device_type()).lower().split(":")[0])
     try:
         return cls(options, ctx).run()
     finally:

@@ -5,7 +5,8 @@ A trainer trains one fold of one configuration of a preprocessed dataset, as the
 ``$hiennu_results/DatasetNNN_Name/TRAINER__hiennuPlans__CONFIG/fold_K/``:
 
 - ``checkpoint_latest.pth`` after every epoch (atomic), ``checkpoint_best.pth`` whenever the
-  early-stopping metric improves, ``checkpoint_final.pth`` with the state at the end;
+  early-stopping metric improves, ``checkpoint_final.pth`` with the state at the end; best and
+  final hold no optimizer state, and latest is removed once final is written;
 - ``training_log.txt``, ``progress.json`` and ``progress.png`` (per-epoch numbers), ``debug.json``;
 - ``validation/``: the best checkpoint's predictions of the fold's validation cases in their
   native geometry and their challenge scores (``summary.json``).
@@ -39,7 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import hiennu
 from hiennu.errors import HiennuError
 from hiennu.evaluation.evaluate import evaluate_folders
 from hiennu.inference.predictor import Predictor
@@ -47,11 +47,13 @@ from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.io.atomic import read_json, read_json_file, write_json
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image, write_image
-from hiennu.log import get_logger, progress
-from hiennu.paths import model_dir_name, preprocessed_root, raw_root, resolve_dataset, results_root
+from hiennu.log import attach_file_handler, get_logger, progress
+from hiennu.paths import (model_dir_name, plans_file_name, preprocessed_data_name, preprocessed_root,
+                          raw_root, resolve_dataset, results_root)
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import (INFORMATIVE_FIELDS, TRAINING_ONLY_FIELDS, Configuration, Plans, TrainingPlan,
-                                   configuration_differences, load_plans, save_plans)
+from hiennu.planning.plans import (INFORMATIVE_FIELDS, PLANS_NAME, TRAINING_ONLY_FIELDS, Configuration, Plans,
+                                   TrainingPlan, configuration_differences, load_plans, save_plans)
+from hiennu.provenance import provenance
 from hiennu.training import checkpoint as ckpt
 from hiennu.training.data import TrainingBatches, load_preprocessed_case
 from hiennu.training.fold_lock import FoldLock
@@ -79,6 +81,8 @@ class TrainingOptions:
     the native-geometry validation is skipped). device: ``cpu``, ``cuda``, ``mps`` or None (best
     available). num_gpus: processes for data-parallel training (``--num-gpus``; on CPU, gloo
     processes). val_every: validate every this many epochs (and always at the last epoch).
+    plans_name: the plans identifier (``-p``): plans from ``NAME.json`` (``plans.json`` for the
+    default), model folder ``TRAINER__NAME__CONFIG``.
     """
 
     dataset: str
@@ -97,6 +101,7 @@ class TrainingOptions:
     seed: int = 12345
     val_every: int = 1
     final_validation: bool = True
+    plans_name: str = PLANS_NAME
 
     def __post_init__(self) -> None:
         self.fold = parse_fold(self.fold)
@@ -132,10 +137,12 @@ class Trainer(abc.ABC):
         self.trainer_name = type(self).__name__
         self.dataset_name = resolve_dataset(options.dataset)
         self.preprocessed_dir = preprocessed_root() / self.dataset_name
-        self.plans: Plans = load_plans(self.preprocessed_dir / "plans.json")
+        self.plans: Plans = load_plans(self.preprocessed_dir / plans_file_name(options.plans_name))
+        if self.plans.plans_name != options.plans_name:  # a copied plans file: its file name is its identity
+            self.plans = dataclasses.replace(self.plans, plans_name=options.plans_name)
         self.config: Configuration = self.plans.configuration(options.configuration)
         self.training: TrainingPlan = self._effective_training_plan()
-        self.case_dir = self.preprocessed_dir / self.config.name
+        self.case_dir = self.preprocessed_dir / preprocessed_data_name(options.plans_name, self.config.name)
         self.train_cases, self.val_cases = self._split(options.fold)
         self.model_dir = (results_root() / self.dataset_name /
                           model_dir_name(self.trainer_name, self.plans.plans_name, self.config.name))
@@ -268,8 +275,7 @@ class Trainer(abc.ABC):
         rng = all_gather_objects(ckpt.capture_rng_state())
         if self.dist.is_main:
             state = self._state(epoch=self.progress.epoch[-1] if len(self.progress) else -1, rng=rng)
-            ckpt.save_checkpoint(state, self.fold_dir / ckpt.FINAL)
-            ckpt.save_checkpoint(state, self.fold_dir / ckpt.LATEST)
+            ckpt.finish_checkpoints(state, self.fold_dir)
             if len(self.progress):
                 self._plot()
 
@@ -330,7 +336,7 @@ class Trainer(abc.ABC):
             state = self._state(epoch=epoch, rng=rng)
             self.finished = False
             if improved:
-                ckpt.save_checkpoint(state, self.fold_dir / ckpt.BEST)
+                ckpt.save_checkpoint(ckpt.without_training_state(state), self.fold_dir / ckpt.BEST)
             ckpt.save_checkpoint(state, self.fold_dir / ckpt.LATEST)
             self.progress.save_json(self.fold_dir / "progress.json")
             if time.perf_counter() - self._last_plot >= PLOT_EVERY_SECONDS:
@@ -501,9 +507,12 @@ class Trainer(abc.ABC):
         if source.name == ckpt.FINAL and not state.get("finished", False):
             raise HiennuError(f"{source}: records an unfinished training and there is no {ckpt.LATEST}; move the "
                               f"fold folder away to train it again")
+        if not state.get("finished", False) and "optimizer_state" not in state:
+            raise HiennuError(f"{source}: holds no optimizer state, so the run cannot be continued from it")
         self.network.load_state_dict(state["network_weights"])
-        self.optimizer.load_state_dict(state["optimizer_state"])
-        self.scheduler.load_state_dict(state["scheduler_state"])
+        if "optimizer_state" in state:  # finished runs keep none (checkpoint.without_training_state)
+            self.optimizer.load_state_dict(state["optimizer_state"])
+            self.scheduler.load_state_dict(state["scheduler_state"])
         es = state["early_stopping"]
         self.best_metric, self.best_epoch, self.ema = es["best_metric"], es["best_epoch"], es["ema"]
         self.progress = ProgressLog.from_dict(state["progress"])
@@ -551,9 +560,8 @@ class Trainer(abc.ABC):
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor(),
             "world_size": self.dist.world_size,
-            "versions": {"hiennu": hiennu.__version__, "python": platform.python_version(),
-                         "torch": torch.__version__, "numpy": np.__version__,
-                         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()},
+            **provenance(self.options, self.options.seed),
+            "cuda": {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()},
             "hostname": platform.node(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }, self.fold_dir / "debug.json")
@@ -592,12 +600,7 @@ class Trainer(abc.ABC):
         if not self.dist.is_main:
             return None
         self.fold_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.fold_dir / "training_log.txt", mode="a")
-        handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%Y-%m-%d %H:%M:%S"))
-        root = logging.getLogger("hiennu")
-        root.addHandler(handler)
-        if root.getEffectiveLevel() > logging.INFO:
-            root.setLevel(logging.INFO)
+        handler = attach_file_handler(self.fold_dir / "training_log.txt")
         log.info("training %s on %s, configuration %s, fold %s: %d training / %d validation cases, "
                  "device %s, %d process(es), seed %d", self.trainer_name, self.dataset_name, self.config.name,
                  self.options.fold, len(self.train_cases), len(self.val_cases), self.device,

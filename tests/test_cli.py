@@ -1,0 +1,192 @@
+"""The commands' flags: shared style, nnU-Net spellings, devices, trainer arguments, error lines."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import pytest
+
+import hiennu
+from setup_scripts import console_modules
+
+MODULES = sorted(console_modules())
+
+
+def parser_of(module: str) -> argparse.ArgumentParser:
+    return importlib.import_module(f"hiennu.cli.{module}").build_parser()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_flag_has_help_and_the_shared_flags(module):
+    p = parser_of(module)
+    assert p.allow_abbrev is False
+    visible = [a for a in p._actions if a.help != argparse.SUPPRESS]
+    assert all(a.help for a in visible), [a.option_strings or a.dest for a in visible if not a.help]
+    flags = {s for a in p._actions for s in a.option_strings}
+    assert {"--version", "-q", "--quiet"} <= flags
+    text = p.format_help()
+    assert "(default:" in text or module in ("install_model", "convert_bonbid")
+    assert "==SUPPRESS==" not in text
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_version_and_quiet(module, capsys):
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"hiennu.cli.{module}").main(["--version"])
+    assert e.value.code == 0
+    assert hiennu.__version__ in capsys.readouterr().out
+
+
+def test_defaults_are_shown():
+    text = parser_of("loss_study").format_help()
+    assert "random seed of every training (default: 12345)" in " ".join(text.split())
+    assert "worker processes (default: 2)" in " ".join(parser_of("plan_and_preprocess").format_help().split())
+
+
+def test_no_abbreviations():
+    with pytest.raises(SystemExit):
+        parser_of("train").parse_args(["D", "TrainerDice", "--epoch", "3"])
+
+
+def test_nnunet_spellings_of_predict():
+    args = parser_of("predict").parse_args(["-i", "in", "-o", "out", "-device", "cuda:1", "--disable_tta",
+                                            "--save_probabilities", "--continue_prediction", "-npp", "2"])
+    assert (args.device, args.disable_tta, args.save_probabilities, args.continue_prediction,
+            args.preprocess_ahead) == ("cuda:1", True, "npz", True, 2)
+    args = parser_of("predict").parse_args(["-i", "in", "-o", "out"])
+    assert (args.device, args.disable_tta, args.save_probabilities, args.preprocess_ahead) == (None, False, None, 4)
+    assert args.plans_name == "hiennuPlans"
+    text = parser_of("predict").format_help()
+    assert " -device" not in text and "--disable_tta" not in text and "-npp" not in text.replace("'s -npp", "")
+
+
+def test_nnunet_spellings_of_train():
+    from hiennu.cli.train import trainer_and_fold
+    p = parser_of("train")
+    args = p.parse_intermixed_args(["D", "-tr", "TrainerDice", "-c", "3d_paper", "2", "--c", "-num_gpus", "2",
+                                    "-device", "cpu", "-p", "Mine"])
+    assert trainer_and_fold(p, args) == ("TrainerDice", "2")
+    assert (args.resume, args.num_gpus, args.device, args.configuration, args.plans_name) == (
+        True, 2, "cpu", "3d_paper", "Mine")
+    args = p.parse_intermixed_args(["D", "TrainerTverskyHDT"])
+    assert trainer_and_fold(p, args) == ("TrainerTverskyHDT", "0") and args.resume is False
+
+
+@pytest.mark.parametrize("argv", [["D", "3d_fullres", "0"], ["D", "3d_fullres", "0", "-tr", "TrainerDice"],
+                                  ["D", "0", "-tr", "3d_fullres"]])
+def test_train_says_did_you_mean_for_a_configuration(argv, capsys):
+    from hiennu.cli import train
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2
+    assert "did you mean -c 3d_fullres?" in capsys.readouterr().err
+
+
+def test_train_needs_a_trainer(capsys):
+    from hiennu.cli import train
+    with pytest.raises(SystemExit):
+        train.main(["D"])
+    assert "name the trainer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["train", "predict", "predict_challenge", "loss_study", "demo"])
+def test_device_takes_the_same_values_everywhere(module):
+    p = parser_of(module)
+    base = {"train": ["D", "T"], "predict": ["-i", "a", "-o", "b"], "loss_study": ["-d", "D"]}.get(module, [])
+    parse = p.parse_intermixed_args if module == "train" else p.parse_args
+    for value in ("cpu", "cuda", "cuda:3", "mps", "CUDA:0"):
+        assert parse(base + ["--device", value]).device == value.lower()
+    for bad in ("gpu", "cuda:x", "cpu:0", "tpu"):
+        with pytest.raises(SystemExit):
+            parse(base + ["--device", bad])
+
+
+def test_one_device_order_for_training_and_prediction(monkeypatch):
+    import torch
+    from hiennu.device import parse_device, resolve_device
+    from hiennu.errors import HiennuError
+    from hiennu.inference import predictor
+    from hiennu.training import device
+    assert parse_device("cuda:2") == ("cuda", 2)
+    assert predictor.resolve_device is resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("hiennu.device.mps_available", lambda: True)
+    assert resolve_device(None).type == "mps" and device.select_device(None).type == "mps"
+    monkeypatch.setattr("hiennu.device.mps_available", lambda: False)
+    assert resolve_device(None).type == "cpu" and device.select_device(None).type == "cpu"
+    with pytest.raises(HiennuError, match="no CUDA device"):
+        device.select_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert device.select_device("cuda") == torch.device("cuda", 0)
+    assert device.select_device("cuda:1", local_rank=0) == torch.device("cuda", 1)
+    with pytest.raises(HiennuError, match="needs GPU 2"):
+        device.select_device("cuda:1", local_rank=1)
+
+
+def test_loss_study_folds_all():
+    from hiennu.cli.loss_study import build_parser
+    from hiennu.errors import HiennuError
+    from hiennu.study.loss_study import LossStudyOptions
+    args = build_parser().parse_args(["-d", "D", "--folds", "all"])
+    assert LossStudyOptions(dataset="D", folds=args.folds).folds == (0, 1, 2, 3, 4)
+    assert LossStudyOptions(dataset="D", folds=["1", "3"]).folds == (1, 3)
+    assert LossStudyOptions(dataset="D").folds == (0, 1, 2, 3, 4)
+    with pytest.raises(HiennuError, match="0-4 or 'all'"):
+        LossStudyOptions(dataset="D", folds=["5"])
+
+
+@pytest.mark.parametrize("error, line", [
+    (PermissionError(13, "Permission denied", "/results/x"), "error: /results/x: Permission denied"),
+    (IsADirectoryError(21, "Is a directory", "/out"), "error: /out: Is a directory"),
+    (FileExistsError(17, "File exists", "/a", None, "/b"), "error: /a -> /b: File exists"),
+    (OSError("disk\nfull"), "error: disk full"),
+])
+def test_os_errors_become_one_error_line(error, line, capsys):
+    from hiennu.cli._common import run
+
+    def fail():
+        raise error
+    assert run(fail) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == line and "Traceback" not in err
+
+
+def test_a_real_file_system_error_names_the_path(tmp_path, capsys):
+    from hiennu.cli import make_synthetic
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert make_synthetic.main(["-o", str(blocker / "data"), "--cases", "1", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(blocker) in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_plans_file_names():
+    from hiennu.errors import HiennuError
+    from hiennu.paths import DEFAULT_PLANS_NAME, plans_file_name, preprocessed_data_name
+    from hiennu.planning.plans import PLANS_NAME
+    assert DEFAULT_PLANS_NAME == PLANS_NAME
+    assert plans_file_name(None) == plans_file_name(PLANS_NAME) == "plans.json"
+    assert plans_file_name("Wide") == "Wide.json"
+    assert preprocessed_data_name(PLANS_NAME, "3d_fullres") == "3d_fullres"
+    assert preprocessed_data_name("Wide", "3d_fullres") == "Wide_3d_fullres"
+    for bad in ("a__b", "../x", "plans", "dataset", "splits_final", ""):
+        if bad:
+            with pytest.raises(HiennuError):
+                plans_file_name(bad)
+
+
+def test_quiet_leaves_the_console_level_alone_after_a_log_file(tmp_path):
+    import logging
+    from hiennu.log import attach_file_handler, configure, detach_handler, get_logger
+    configure(verbose=False)
+    console = next(h for h in get_logger().handlers if getattr(h, "_hiennu", False))
+    handler = attach_file_handler(tmp_path / "log.txt")
+    get_logger("x").info("to the file only")
+    detach_handler(handler)
+    assert console.level == logging.WARNING
+    assert "to the file only" in (tmp_path / "log.txt").read_text()
+    configure(verbose=True)
+    assert console.level == logging.INFO
