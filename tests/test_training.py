@@ -22,16 +22,24 @@ DATASET = "Dataset001_Tiny"
 GRID_ZYX = (16, 32, 32)
 
 
+PATCH_ZYX = (8, 16, 16)
+
+
 def make_tiny_dataset(preprocessed_root: Path, n_cases: int = 6, dropout: float = 0.1,
-                      deep_supervision: bool = False, augment: bool = True) -> Path:
+                      deep_supervision: bool = False, augment: bool = True, patch: bool = False) -> Path:
     """A preprocessed dataset of ``n_cases`` synthetic 2-channel cases on a 16x32x32 grid.
 
     Each case holds a bright ellipsoid lesion (in ADC-like channel 0 darker, channel 1 negative),
-    except the last case, which has none. Returns the dataset folder.
+    except the last case, which has none. Returns the dataset folder. ``patch``: the configuration is
+    a patch configuration (as the planner's ``3d_fullres``) training on 8x16x16 patches with a
+    sliding-window validation, and each case's properties hold its lesion voxel positions.
     """
     root = preprocessed_root / DATASET
     config = Configuration(
-        name="3d_fullres", target_size_xyz=list(reversed(GRID_ZYX)), grid_policy="forced",
+        name="3d_fullres", target_size_xyz=None if patch else list(reversed(GRID_ZYX)),
+        grid_policy="spacing" if patch else "forced",
+        target_spacing_zyx=[1.0, 1.0, 1.0] if patch else None, crop_to_brain=patch,
+        patch_size_zyx=list(PATCH_ZYX) if patch else None,
         normalization=[ChannelNormalization("ADC", "zscore_image"), ChannelNormalization("ZADC", "atlas_zscore")],
         network=NetworkPlan(features_per_stage=[4, 8, 16, 32], dropout_per_stage=[dropout] * 4,
                             deep_supervision=deep_supervision),
@@ -55,8 +63,10 @@ def make_tiny_dataset(preprocessed_root: Path, n_cases: int = 6, dropout: float 
         data[1][lesion] -= 3.0
         write_npy(data, root / "3d_fullres" / f"{case}.npy")
         write_npy(lesion[None].astype(np.uint8), root / "3d_fullres" / f"{case}_seg.npy")
-        write_json({"case_id": case, "has_lesion": bool(lesion.any()), "lesion_voxels": int(lesion.sum())},
-                   root / "3d_fullres" / f"{case}.json")
+        props = {"case_id": case, "has_lesion": bool(lesion.any()), "lesion_voxels": int(lesion.sum())}
+        if patch:
+            props["lesion_locations"] = np.argwhere(lesion).tolist()
+        write_json(props, root / "3d_fullres" / f"{case}.json")
     folds = [ids[k::5] for k in range(5)]
     write_json([{"train": [c for c in ids if c not in folds[k]], "val": folds[k]} for k in range(5)],
                root / "splits_final.json")
@@ -85,9 +95,10 @@ def write_module(folder: Path, name: str, source: str) -> str:
     return name
 
 
-@pytest.fixture
-def tiny(hiennu_roots):
-    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
+@pytest.fixture(params=["grid", "patch"])
+def tiny(hiennu_roots, request):
+    """The tiny dataset as a whole-volume grid configuration and as a patch configuration."""
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], patch=request.param == "patch")
     return hiennu_roots
 
 
