@@ -674,7 +674,8 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
         return None
     ending = load_dataset_json(raw_dir).file_ending
     out_dir = model_dir / f"fold_{fold}" / "validation"
-    predictor = Predictor.from_model_dir(model_dir, folds=[fold], checkpoint=ckpt.BEST, device=device)
+    predictor = Predictor.from_model_dir(model_dir, folds=[fold], checkpoint=ckpt.BEST, device=device,
+                                         use_postprocessing=False)  # CV masks: what post-processing is chosen on
     for case_id in progress(case_ids, desc="validation (native geometry)"):
         images, geometry = [], None
         for k in range(len(predictor.channel_names)):
