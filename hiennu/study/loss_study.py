@@ -33,6 +33,7 @@ from hiennu.io.image import read_image
 from hiennu.log import get_logger
 from hiennu.paths import raw_root, resolve_dataset, results_root
 from hiennu.provenance import provenance_markdown
+from hiennu.study.fold_record import move_fold_aside, recorded_differences
 from hiennu.training import checkpoint as ckpt
 from hiennu.training.trainer import NUM_FOLDS, TrainingOptions
 from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
@@ -54,6 +55,10 @@ class LossStudyOptions:
     ``all``, which has none, is not one of them).
     reference: the trainer the Wilcoxon tests compare against. figure_cases: rows of slices.png.
     output_dir: where the study is written (default under the dataset's results folder).
+    retrain_mismatched: a finished fold whose record (plans configuration, trainer, result-changing
+    training options, seed, hiennu version: :mod:`hiennu.study.fold_record`) differs from the
+    request is moved aside (``fold_K.replaced-<timestamp>``) and trained again; without it the study
+    refuses, naming the fields.
     """
 
     dataset: str
@@ -71,6 +76,7 @@ class LossStudyOptions:
     figure_cases: int = 4
     num_processes: int = 2
     output_dir: Path | None = None
+    retrain_mismatched: bool = False
 
     def __post_init__(self) -> None:
         self.folds = study_folds(self.folds)
@@ -100,6 +106,7 @@ class FoldRun:
     val_cases: list[str]
     epochs_trained: int
     curves: dict[str, list[float]] = field(default_factory=dict)
+    trained_now: bool = False
 
 
 @dataclass
@@ -120,7 +127,14 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
     if not (raw_dir / "labelsTr").is_dir():
         raise HiennuError(f"{raw_dir}: raw dataset with labelsTr/ not found; the study scores validation "
                           f"predictions against the raw labels (hiennu_convert_bonbid / hiennu_make_synthetic)")
-    runs = {name: [train_fold(name, fold, dataset, opts) for fold in opts.folds] for name in opts.trainers}
+    tracker = StudyProgress(len(opts.trainers) * len(opts.folds))
+    runs: dict[str, list[FoldRun]] = {}
+    for name in opts.trainers:
+        for fold in opts.folds:
+            run_start = time.perf_counter()
+            run = train_fold(name, fold, dataset, opts)
+            runs.setdefault(name, []).append(run)
+            log.info("%s", tracker.done(name, fold, time.perf_counter() - run_start, run.trained_now))
     config_name = runs[opts.trainers[0]][0].fold_dir.parent.name.split("__")[-1]
     out = opts.output_dir or results_root() / dataset / f"loss_study_{config_name}"
     out = Path(out)
@@ -164,14 +178,56 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
     return LossStudyResult(out, rows, per_case, wall)
 
 
+class StudyProgress:
+    """Progress over the whole study: runs done out of the total, time per run, and an ETA.
+
+    The ETA is the mean wall time of the runs trained in this invocation times the runs left;
+    reused runs count as done but not in the timing (no ETA until one run has been trained).
+    """
+
+    def __init__(self, total: int):
+        self.total, self.finished = int(total), 0
+        self.trained_seconds: list[float] = []
+
+    def done(self, trainer: str, fold: int, seconds: float, trained: bool) -> str:
+        """Record one finished (trainer, fold) run; return the progress line to log."""
+        self.finished += 1
+        if trained:
+            self.trained_seconds.append(float(seconds))
+        left = self.total - self.finished
+        if self.trained_seconds:
+            eta = f"ETA {left * sum(self.trained_seconds) / len(self.trained_seconds) / 60:.1f} min"
+        else:
+            eta = "ETA unknown (no run trained yet)" if left else "ETA 0.0 min"
+        how = f"in {seconds / 60:.1f} min" if trained else "(reused)"
+        return f"run {self.finished}/{self.total} done: {trainer} fold {fold} {how}; {eta}"
+
+
 def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOptions) -> FoldRun:
-    """Train one fold unless a finished run with validation predictions exists; return what the study needs."""
+    """Train one fold unless a finished run that matches the request exists; return what the study needs.
+
+    A finished fold (``checkpoint_final.pth``) whose record differs from the request
+    (:func:`hiennu.study.fold_record.recorded_differences`) is refused, naming the fields, or with
+    ``opts.retrain_mismatched`` moved aside and trained again. An unfinished fold
+    (``checkpoint_latest.pth``) is continued (``--continue``).
+    """
     cls = get_trainer_class(trainer_name)
     probe = cls(_training_options(dataset, fold, opts, resume=False))
     fold_dir = probe.fold_dir
+    if (fold_dir / ckpt.FINAL).is_file() and not (fold_dir / ckpt.LATEST).is_file():
+        diffs = recorded_differences(fold_dir, probe)
+        if diffs and not opts.retrain_mismatched:
+            raise HiennuError(f"{trainer_name} fold {fold}: the finished run in {fold_dir} was trained otherwise than "
+                              f"requested ({'; '.join(diffs)}); rerun the study with the options it was trained "
+                              f"with, or pass --retrain-mismatched to move it aside and train it again")
+        if diffs:
+            moved = move_fold_aside(fold_dir)
+            log.warning("%s fold %d: finished run differs from the request (%s); moved to %s, training again",
+                        trainer_name, fold, "; ".join(diffs), moved)
     finished = (fold_dir / ckpt.FINAL).is_file() and (fold_dir / "validation" / "summary.json").is_file()
+    trained_now = not finished
     if finished:
-        log.info("%s fold %d: finished run found in %s, reused", trainer_name, fold, fold_dir)
+        log.info("%s fold %d: finished run found in %s, matches the request, reused", trainer_name, fold, fold_dir)
     else:
         resume = (fold_dir / ckpt.LATEST).is_file() or (fold_dir / ckpt.FINAL).is_file()
         log.info("%s fold %d: %s", trainer_name, fold, "resuming" if resume else "training")
@@ -182,7 +238,8 @@ def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOption
     prog = read_json(fold_dir / "progress.json") if (fold_dir / "progress.json").is_file() else {}
     curves = {k: [math.nan if v is None else float(v) for v in prog.get(k, [])]
               for k in ("train_loss", "val_loss", "val_dice")}
-    return FoldRun(trainer_name, fold, fold_dir, list(probe.val_cases), len(prog.get("epoch", [])), curves)
+    return FoldRun(trainer_name, fold, fold_dir, list(probe.val_cases), len(prog.get("epoch", [])), curves,
+                   trained_now)
 
 
 def _training_options(dataset: str, fold: int, opts: LossStudyOptions, resume: bool) -> TrainingOptions:
