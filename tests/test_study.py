@@ -52,10 +52,14 @@ def test_loss_study_report_lists_trainers_and_rules(demo):
     for method in ("TrainerDice", "TrainerTverskyHDT", RULE_ZADC, RULE_ZADC_CC):
         assert method in report
     assert "Above the simple rules" in report and "Wilcoxon" in report
+    assert "p (Holm)" in report and "![Dice per case](dice_boxplot.png)" in report and "Dice [95 % CI]" in report
+    assert "Post-processing was not chosen" in report  # the demo runs fold 0 only
     with open(study / "table.csv") as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"TrainerDice", "TrainerTverskyHDT", RULE_ZADC, RULE_ZADC_CC}
     assert float(rows["TrainerDice"]["epochs_mean"]) == 1.0
+    assert float(rows["TrainerDice"]["steps_mean"]) >= 1 and float(rows["TrainerDice"]["train_min_mean"]) > 0
+    assert rows[RULE_ZADC]["dice_ci95_low"] and rows[RULE_ZADC]["hd95_mean"] is not None
     for fig in demo.study_figures:
         assert fig.is_file() and fig.stat().st_size > 1000
     # the rule is scored on exactly the cases the trainers validated on

@@ -6,11 +6,21 @@ metrics. The same cases are scored for two simple rules, ZADC < -2 and ZADC < -2
 under 10 voxels removed, so every table says how far above them each loss is.
 
 Writes ``loss_study/`` (default: ``$hiennu_results/DatasetNNN_Name/loss_study_CONFIG/``) with:
-``report.md`` (everything below in one page), ``table.md``/``table.csv`` (mean ± std over cases per
-method, epochs to stop), ``bands.md``/``bands.csv`` (the same per lesion volume band),
-``wilcoxon.md``/``wilcoxon.csv`` (paired tests of each trainer against the reference trainer),
-``per_case.csv``, ``progress.png`` (training curves side by side) and ``slices.png`` (the same axial
-slices of a few cases: ADC with the ground truth and each method's mask as contours).
+``report.md`` (everything below in one page), ``table.md``/``table.csv`` (per method: Dice, MASD and
+NSD as mean ± std with the 95 % bootstrap interval of the mean, HD95, lesion-wise recall and
+precision; per trainer: epochs to stop, optimization steps per fold and training wall time from
+``progress.json``), ``bands.md``/``bands.csv`` (the same per lesion volume band),
+``wilcoxon.md``/``wilcoxon.csv`` (paired tests of each trainer against the reference trainer, with
+Holm-corrected p-values per metric), ``per_case.csv``, ``dice_boxplot.png`` (per-case Dice of every
+method, rules included), ``progress.png`` (training curves side by side), ``slices.png`` (the same
+axial slices of a few cases, cropped to the brain: the ADC image with the ground truth and each
+method's mask as contours) and, when every fold was run, ``postprocessing.md`` (each trainer's
+post-processing candidates scored by cross-validation, the choice stored as the model folder's
+``postprocessing.json``: :mod:`hiennu.evaluation.postprocessing_selection`).
+
+Progress over the whole study is logged after each (trainer, fold) run: runs done out of the total,
+the run's time and an ETA (:class:`StudyProgress`). A finished fold is reused only when its record
+matches the request (:mod:`hiennu.study.fold_record`).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import numpy as np
 from hiennu.errors import HiennuError
 from hiennu.evaluation import report
 from hiennu.evaluation.evaluate import evaluate_folders, write_per_case_csv
+from hiennu.evaluation.postprocessing_selection import postprocessing_table, select_postprocessing
 from hiennu.inference.baseline import ZadcThresholdBaseline
 from hiennu.io.atomic import read_json, write_text
 from hiennu.io.dataset_json import load_dataset_json
@@ -107,6 +118,8 @@ class FoldRun:
     epochs_trained: int
     curves: dict[str, list[float]] = field(default_factory=dict)
     trained_now: bool = False
+    steps: int = 0
+    train_seconds: float = 0.0
 
 
 @dataclass
@@ -160,10 +173,17 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
                                    num_processes=opts.num_processes, case_ids=cases)
         per_case[rule] = [{**row, "fold": case_fold[row["case_id"]]} for row in summary["per_case"]]
 
-    extra = {name: {"epochs": [r.epochs_trained for r in fold_runs]} for name, fold_runs in runs.items()}
+    extra = {name: {"epochs": [r.epochs_trained for r in fold_runs], "steps": [r.steps for r in fold_runs],
+                    "train_min": [r.train_seconds / 60 for r in fold_runs],
+                    "train_min_total": round(sum(r.train_seconds for r in fold_runs) / 60, 1)}
+             for name, fold_runs in runs.items()}
     title = f"Loss study on {dataset} ({config_name}), folds {', '.join(map(str, opts.folds))}"
-    rows = report.write_method_table(per_case, out / "table.md", out / "table.csv", extra=extra, title=title)
+    rows = report.write_method_table(per_case, out / "table.md", out / "table.csv", metrics=report.STUDY_METRICS,
+                                     extra=extra, title=title, ci_metrics=report.CI_METRICS)
     report.write_band_tables(per_case, out / "bands.md", out / "bands.csv", title=f"{title}: by lesion volume band")
+    report.plot_dice_boxplot(per_case, out / "dice_boxplot.png", title=f"per-case Dice, {title}")
+    post_records = choose_postprocessing(runs, raw_dir, opts.folds)
+    write_text(_postprocessing_markdown(post_records, opts.folds), out / "postprocessing.md")
     reference = opts.reference if opts.reference in runs else opts.trainers[0]
     tests = report.wilcoxon_vs_reference({m: per_case[m] for m in runs}, reference) if len(runs) > 1 else []
     report.write_wilcoxon_table(tests, out / "wilcoxon.md", out / "wilcoxon.csv",
@@ -174,7 +194,7 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
     _slice_figure(raw_dir, runs, per_case, case_fold, opts.figure_cases, out / "slices.png", title)
     wall = time.perf_counter() - start
     _write_report(out, title, rows, per_case, tests, reference, wall, opts)
-    log.info("loss study written to %s (report.md, tables, progress.png, slices.png)", out)
+    log.info("loss study written to %s (report.md, tables, dice_boxplot.png, progress.png, slices.png)", out)
     return LossStudyResult(out, rows, per_case, wall)
 
 
@@ -238,8 +258,34 @@ def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOption
     prog = read_json(fold_dir / "progress.json") if (fold_dir / "progress.json").is_file() else {}
     curves = {k: [math.nan if v is None else float(v) for v in prog.get(k, [])]
               for k in ("train_loss", "val_loss", "val_dice")}
-    return FoldRun(trainer_name, fold, fold_dir, list(probe.val_cases), len(prog.get("epoch", [])), curves,
-                   trained_now)
+    epochs = len(prog.get("epoch", []))
+    train_seconds = float(sum(v for v in prog.get("epoch_seconds", []) if v is not None))
+    return FoldRun(trainer_name, fold, fold_dir, list(probe.val_cases), epochs, curves, trained_now,
+                   steps=epochs * int(probe.iterations_per_epoch), train_seconds=train_seconds)
+
+
+def choose_postprocessing(runs: dict[str, list[FoldRun]], raw_dir: Path, folds: Sequence[int]) -> dict[str, dict]:
+    """Post-processing chosen by cross-validation for each trainer run on all five folds (record per trainer).
+
+    With fewer folds nothing is chosen (the pooled validation cases would not be the whole
+    dataset) and the result is empty.
+    """
+    if sorted(folds) != list(range(NUM_FOLDS)):
+        log.info("post-processing not chosen: it needs all %d folds, the study ran %s", NUM_FOLDS,
+                 ", ".join(map(str, folds)))
+        return {}
+    return {name: select_postprocessing(fold_runs[0].fold_dir.parent, raw_dir, folds)
+            for name, fold_runs in runs.items()}
+
+
+def _postprocessing_markdown(records: dict[str, dict], folds: Sequence[int]) -> str:
+    if not records:
+        return (f"Post-processing was not chosen: choosing it needs the pooled validation cases of all {NUM_FOLDS} "
+                f"folds, and this study ran folds {', '.join(map(str, folds))}.\n")
+    return ("Mean per-case Dice of each post-processing candidate on the pooled cross-validation predictions "
+            "(folds " + ", ".join(map(str, folds)) + "). A candidate is kept only when it raises the mean Dice "
+            "over no post-processing (nnU-Net's rule); the best kept one is stored as the model folder's "
+            "postprocessing.json and applied by hiennu_predict.\n\n" + postprocessing_table(records))
 
 
 def _training_options(dataset: str, fold: int, opts: LossStudyOptions, resume: bool) -> TrainingOptions:
@@ -281,7 +327,8 @@ def _slice_figure(raw_dir: Path, runs: dict[str, list[FoldRun]], per_case: dict[
             run = next(r for r in fold_runs if r.fold == case_fold[case])
             predictions.setdefault(name, {})[case], _ = read_image(run.fold_dir / "validation" / f"{case}{ending}",
                                                                    dtype=np.uint8)
-    report.plot_slices(adc, reference, predictions, path, spacing_zyx=spacing, title=title)
+    report.plot_slices(adc, reference, predictions, path, spacing_zyx=spacing, title=title,
+                       channel_name=load_dataset_json(raw_dir).channel_names[0])
 
 
 def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, list[dict]], tests: list[dict],
@@ -289,8 +336,11 @@ def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, l
     by_method = {r["method"]: r for r in rows}
     lines = [f"# {title}", "",
              f"Wall time of the study (training, prediction, scoring): {wall_seconds / 60:.1f} min.",
-             "Scores are per case in native geometry (Dice, MASD in mm, NSD at 2 mm), mean ± std over the "
-             "validation cases of the folds; MASD is undefined (left out) when exactly one mask is empty.", "",
+             "Scores are per case in native geometry (Dice, MASD in mm, NSD at 2 mm, HD95 in mm), mean ± std over "
+             "the validation cases of the folds, with the 95 % bootstrap interval of the mean in brackets (seeded "
+             "percentile bootstrap); MASD and HD95 are undefined (left out) when exactly one mask is empty. "
+             "Lesion recall and precision count 26-connected lesions detected. Steps per fold are epochs × "
+             "iterations per epoch; training minutes are the sum of the epochs' wall times (progress.json).", "",
              (out / "table.md").read_text().split("\n", 2)[-1].strip(), "",
              "## Above the simple rules", "",
              "| method | ΔDice vs ZADC<-2 | ΔDice vs best rule | ΔMASD (mm) vs best rule | ΔNSD vs best rule |",
@@ -307,7 +357,13 @@ def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, l
               "## By lesion volume band", "",
               (out / "bands.md").read_text().split("\n", 1)[-1].strip().replace("## ", "### "), "",
               f"## Paired Wilcoxon signed-rank tests against {reference}", "",
+              "p (Holm): Holm's step-down correction over the tests of one metric.", "",
               (out / "wilcoxon.md").read_text().split("\n", 2)[-1].strip() if tests else "(one trainer only)", "",
-              "## Figures", "", "![training curves](progress.png)", "", "![slices](slices.png)", "",
+              "## Post-processing chosen by cross-validation", "",
+              (out / "postprocessing.md").read_text().strip(), "",
+              "## Figures", "", "Per-case Dice of every method:", "", "![Dice per case](dice_boxplot.png)", "",
+              "![training curves](progress.png)", "",
+              "Axial slices of the ADC image (cropped to the brain) with the ground truth (green) and each "
+              "method's mask:", "", "![slices](slices.png)", "",
               "## How this report was made", "", *provenance_markdown(options, options.seed), ""]
     write_text("\n".join(lines), out / "report.md")
