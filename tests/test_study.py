@@ -81,3 +81,23 @@ def test_figure_cases_spread_over_lesion_sizes():
     assert figure_cases(rows, 3) == ["c1", "c3", "c4"]
     assert figure_cases(rows, 10) == ["c1", "c2", "c3", "c4"]
     assert figure_cases([{"case_id": "a", "ref_voxels": 0}], 3) == []
+
+
+def test_study_on_all_folds_chooses_post_processing_and_prediction_applies_it(tmp_path):
+    import json
+
+    from hiennu.inference.postprocessing import POSTPROCESSING_FILE, load_postprocessing
+    from hiennu.inference.predictor import Predictor
+
+    result = run_demo(DemoOptions(output_dir=tmp_path / "run", num_cases=10, test_cases=1, epochs=1,
+                                  iterations_per_epoch=1, trainers=("TrainerDice",), folds=(0, 1, 2, 3, 4),
+                                  target_size_xyz=(16, 16, 16), num_processes=1))
+    record = json.loads((result.model_dir / POSTPROCESSING_FILE).read_text())
+    assert record["folds"] == [0, 1, 2, 3, 4] and record["num_cases"] == 10
+    by_name = {c["name"]: c["cv_dice"] for c in record["candidates"]}
+    assert record["chosen_dice"] == max(by_name.values())
+    assert record["chosen_dice"] > by_name["none"] or record["chosen_name"] == "none"
+    report = result.study_report.read_text()
+    assert "## Post-processing chosen by cross-validation" in report and record["chosen_name"] in report
+    predictor = Predictor.from_model_dir(result.model_dir, device="cpu")
+    assert predictor.postprocessing.keep_touching_rule == load_postprocessing(result.model_dir).keep_touching_rule
