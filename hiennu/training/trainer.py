@@ -583,8 +583,8 @@ class Trainer(abc.ABC):
             return
         stale = []
         for other in sorted(self.model_dir.glob("fold_*/plans.json")):
-            if other.parent == self.fold_dir:
-                continue
+            if other.parent == self.fold_dir or not other.parent.name[len("fold_"):].isalnum():
+                continue  # this fold, or a folder moved aside (fold_K.replaced-<timestamp>)
             try:
                 other_config = load_plans(other).configuration(self.config.name)
             except HiennuError:
