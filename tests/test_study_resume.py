@@ -103,3 +103,13 @@ def test_progress_line_counts_reused_runs_but_times_only_trained_ones():
     assert tracker.done("TrainerTversky", 0, 240.0, trained=True) == \
         "run 3/4 done: TrainerTversky fold 0 in 4.0 min; ETA 3.0 min"
     assert tracker.done("TrainerTversky", 1, 1.0, trained=False).endswith("(reused); ETA 0.0 min")
+
+
+def test_the_study_checks_every_finished_fold_before_training_anything(finished_fold, hiennu_roots):
+    from hiennu.study.loss_study import run_loss_study
+    (hiennu_roots["hiennu_raw"] / DATASET / "labelsTr").mkdir(parents=True)
+    opts = _study_options(epochs=2, trainers=["TrainerTversky", "TrainerDice"])
+    with pytest.raises(HiennuError, match=r"(?s)1 finished run\(s\) were trained otherwise.*TrainerDice fold 0 .*"
+                                          r"training.max_epochs: trained with 1, requested 2"):
+        run_loss_study(opts)
+    assert not (finished_fold.parent.parent / "TrainerTversky__hiennuPlans__3d_fullres").exists()  # nothing trained

@@ -140,6 +140,8 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
     if not (raw_dir / "labelsTr").is_dir():
         raise HiennuError(f"{raw_dir}: raw dataset with labelsTr/ not found; the study scores validation "
                           f"predictions against the raw labels (hiennu_convert_bonbid / hiennu_make_synthetic)")
+    if not opts.retrain_mismatched:
+        check_finished_folds(dataset, opts)  # before hours of training, not after
     tracker = StudyProgress(len(opts.trainers) * len(opts.folds))
     runs: dict[str, list[FoldRun]] = {}
     for name in opts.trainers:
@@ -221,6 +223,26 @@ class StudyProgress:
             eta = "ETA unknown (no run trained yet)" if left else "ETA 0.0 min"
         how = f"in {seconds / 60:.1f} min" if trained else "(reused)"
         return f"run {self.finished}/{self.total} done: {trainer} fold {fold} {how}; {eta}"
+
+
+def check_finished_folds(dataset: str, opts: LossStudyOptions) -> None:
+    """Refuse, before anything is trained, when any finished fold of the study differs from the request.
+
+    The error lists every such fold with its differing fields (see :func:`train_fold`).
+    """
+    problems = []
+    for name in opts.trainers:
+        cls = get_trainer_class(name)
+        for fold in opts.folds:
+            probe = cls(_training_options(dataset, fold, opts, resume=False))
+            if (probe.fold_dir / ckpt.FINAL).is_file() and not (probe.fold_dir / ckpt.LATEST).is_file():
+                diffs = recorded_differences(probe.fold_dir, probe)
+                if diffs:
+                    problems.append(f"{name} fold {fold} ({probe.fold_dir}): {'; '.join(diffs)}")
+    if problems:
+        raise HiennuError(f"{len(problems)} finished run(s) were trained otherwise than requested:\n  - "
+                          + "\n  - ".join(problems) + "\nrerun the study with the options they were trained with, "
+                          "or pass --retrain-mismatched to move them aside and train them again")
 
 
 def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOptions) -> FoldRun:
