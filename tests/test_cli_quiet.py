@@ -89,8 +89,9 @@ def pipeline(tmp_path_factory):
         quiet_run(out, "predict_challenge", predict_challenge.main,
                   ["--input", str(challenge), "--output", str(tmp / "challenge_out"), "--device", "cpu"])
         mp.setenv("hiennu_results", env["hiennu_results"])
+        # the same options as the training above, so the study reuses that finished fold
         quiet_run(out, "loss_study", loss_study.main, ["-d", "901", "--trainers", "TrainerDice", "--folds", "0",
-                                                       "--device", "cpu", "-np", "1", "--figure-cases", "1",
+                                                       *common, "-np", "1", "--figure-cases", "1",
                                                        "-o", str(tmp / "study")])
         official = tmp / "official"
         write_image(adc, geometry, official / "1ADC_ss" / "MGHNICU_001-VISIT_01-ADC_ss.mha")

@@ -52,10 +52,14 @@ def test_loss_study_report_lists_trainers_and_rules(demo):
     for method in ("TrainerDice", "TrainerTverskyHDT", RULE_ZADC, RULE_ZADC_CC):
         assert method in report
     assert "Above the simple rules" in report and "Wilcoxon" in report
+    assert "p (Holm)" in report and "![Dice per case](dice_boxplot.png)" in report and "Dice [95 % CI]" in report
+    assert "Post-processing was not chosen" in report  # the demo runs fold 0 only
     with open(study / "table.csv") as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"TrainerDice", "TrainerTverskyHDT", RULE_ZADC, RULE_ZADC_CC}
     assert float(rows["TrainerDice"]["epochs_mean"]) == 1.0
+    assert float(rows["TrainerDice"]["steps_mean"]) >= 1 and float(rows["TrainerDice"]["train_min_mean"]) > 0
+    assert rows[RULE_ZADC]["dice_ci95_low"] and rows[RULE_ZADC]["hd95_mean"] is not None
     for fig in demo.study_figures:
         assert fig.is_file() and fig.stat().st_size > 1000
     # the rule is scored on exactly the cases the trainers validated on
@@ -77,3 +81,23 @@ def test_figure_cases_spread_over_lesion_sizes():
     assert figure_cases(rows, 3) == ["c1", "c3", "c4"]
     assert figure_cases(rows, 10) == ["c1", "c2", "c3", "c4"]
     assert figure_cases([{"case_id": "a", "ref_voxels": 0}], 3) == []
+
+
+def test_study_on_all_folds_chooses_post_processing_and_prediction_applies_it(tmp_path):
+    import json
+
+    from hiennu.inference.postprocessing import POSTPROCESSING_FILE, load_postprocessing
+    from hiennu.inference.predictor import Predictor
+
+    result = run_demo(DemoOptions(output_dir=tmp_path / "run", num_cases=10, test_cases=1, epochs=1,
+                                  iterations_per_epoch=1, trainers=("TrainerDice",), folds=(0, 1, 2, 3, 4),
+                                  target_size_xyz=(16, 16, 16), num_processes=1))
+    record = json.loads((result.model_dir / POSTPROCESSING_FILE).read_text())
+    assert record["folds"] == [0, 1, 2, 3, 4] and record["num_cases"] == 10
+    by_name = {c["name"]: c["cv_dice"] for c in record["candidates"]}
+    assert record["chosen_dice"] == max(by_name.values())
+    assert record["chosen_dice"] > by_name["none"] or record["chosen_name"] == "none"
+    report = result.study_report.read_text()
+    assert "## Post-processing chosen by cross-validation" in report and record["chosen_name"] in report
+    predictor = Predictor.from_model_dir(result.model_dir, device="cpu")
+    assert predictor.postprocessing.keep_touching_rule == load_postprocessing(result.model_dir).keep_touching_rule

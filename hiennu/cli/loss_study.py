@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-cases", type=int, default=4, help="cases (rows) in the slices figure")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for scoring")
     p.add_argument("-o", "--output", type=Path, default=None, help="study folder (default: under the results folder)")
+    p.add_argument("--retrain-mismatched", action="store_true",
+                   help="a finished fold trained with other plans, trainer, options, seed or hiennu version than "
+                        "requested is moved aside (fold_K.replaced-<timestamp>) and trained again; without this "
+                        "flag the study refuses, naming what differs")
     return p
 
 
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs, patience=args.patience, iterations_per_epoch=args.iterations_per_epoch,
             batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, seed=args.seed,
             reference=args.reference, figure_cases=args.figure_cases, num_processes=args.num_processes,
-            output_dir=args.output))
+            output_dir=args.output, retrain_mismatched=args.retrain_mismatched))
         if not args.quiet:
             print(f"loss study report: {result.output_dir / 'report.md'}")
         return 0

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_alias(p, "--continue_prediction", dest="continue_prediction", action="store_true")
     p.add_argument("--baseline", choices=["zadc"], help="predict ZADC < -2 inside the brain instead of using a model")
     p.add_argument("--min-component-voxels", type=int,
-                   help="remove lesion components smaller than this (default: the plans' value; 0 for --baseline)")
+                   help="remove lesion components smaller than this (default: the larger of the plans' value and the "
+                        "model's postprocessing.json choice; 0 for --baseline)")
     p.add_argument("--batch-size", type=int, help="cases per forward pass (default 4 on CUDA, 1 on CPU)")
     p.add_argument("--preprocess-ahead", type=int, default=4, metavar="N",
                    help="cases read and preprocessed (in a background thread) ahead of the network; nnU-Net's "

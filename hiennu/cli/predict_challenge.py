@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_alias(p, "--disable_tta", dest="disable_tta", action="store_true")
     p.add_argument("--baseline", choices=["zadc"], help="ZADC < -2 inside the brain instead of a model")
     p.add_argument("--min-component-voxels", type=int,
-                   help="remove lesion components smaller than this (default: the plans' value)")
+                   help="remove lesion components smaller than this (default: the larger of the plans' value "
+                        "and the model's postprocessing.json choice)")
     return p
 
 

@@ -133,8 +133,12 @@ class CasePredictor(ABC):
         """Masks (uint8 {0, 1}, native ``(z, y, x)``, before component removal) and, if asked,
         probability maps (float32, native ``(z, y, x)``) for a batch of prepared cases."""
 
-    def postprocess(self, mask: np.ndarray) -> np.ndarray:
-        """Component removal (writer thread); uint8 {0, 1} out."""
+    def postprocess(self, mask: np.ndarray, images: list[np.ndarray] | None = None) -> np.ndarray:
+        """Component removal (writer thread); uint8 {0, 1} out.
+
+        images: the case's input channels (float32 ``(z, y, x)``, raw values, channel order), for
+        post-processing that looks at them (the trained model's ``postprocessing.json``).
+        """
         return remove_small_components(mask, self.min_component_voxels)
 
     def predict_case(self, images: list[np.ndarray], geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +159,7 @@ class CasePredictor(ABC):
                 raise HiennuError(f"channel {c} ({self.channel_names[c]}) has {problem}; replace them before "
                                   f"predicting")
         mask, prob = self.predict_prepared([self.prepare(images, geometry)], [geometry], True)[0]
-        return self.postprocess(mask), prob
+        return self.postprocess(mask, images), prob
 
     def predict_folder(self, in_dir: str | Path, out_dir: str | Path, save_probabilities: bool = False,
                        probability_format: str = "npz", continue_prediction: bool = False,
@@ -224,9 +228,10 @@ class CasePredictor(ABC):
                         return
                     try:
                         images, geometry = read_case(case)
-                        item = (case, self.prepare(images, geometry), geometry, None)
+                        item = (case, self.prepare(images, geometry), geometry, None, images)
                     except (HiennuError, ValueError) as e:  # bad input for this case: report it, go on
-                        item = (case, None, None, str(e) if isinstance(e, HiennuError) else f"case {case.case_id}: {e}")
+                        item = (case, None, None, str(e) if isinstance(e, HiennuError) else f"case {case.case_id}: {e}",
+                                None)
                     if not put(read_q, item):
                         return
             except BaseException as e:  # a bug, not bad input: stop everything and re-raise in the caller
@@ -246,9 +251,9 @@ class CasePredictor(ABC):
                         continue
                     if item is _DONE:
                         return
-                    case, geometry, mask, prob = item
+                    case, geometry, mask, prob, images = item
                     try:
-                        mask = self.postprocess(mask)
+                        mask = self.postprocess(mask, images)
                         geometry_out = Geometry(geometry.size_xyz, geometry.spacing_xyz, geometry.origin_xyz,
                                                 geometry.direction, "8-bit unsigned integer")
                         write_image(mask.astype(np.uint8, copy=False), geometry_out, out_dir / case.output_name())
@@ -280,18 +285,18 @@ class CasePredictor(ABC):
                 if item is _DONE:
                     finished = True
                 else:
-                    case, prepared, geometry, error = item
+                    case, prepared, geometry, error, images = item
                     if error is not None:
                         with lock:
                             report.skipped[case.case_id] = error
                         logger.error("case %s skipped: %s", case.case_id, error)
                         bar.update(1)
                     else:
-                        batch.append((case, prepared, geometry))
+                        batch.append((case, prepared, geometry, images))
                 if batch and (len(batch) >= self.batch_size or finished):
                     results = self.predict_prepared([b[1] for b in batch], [b[2] for b in batch], save_probabilities)
-                    for (case, _, geometry), (mask, prob) in zip(batch, results):
-                        if not put(write_q, (case, geometry, mask, prob)):
+                    for (case, _, geometry, images), (mask, prob) in zip(batch, results):
+                        if not put(write_q, (case, geometry, mask, prob, images)):
                             break
                     batch = []
             put(write_q, _DONE)

@@ -5,6 +5,7 @@ A model zip holds one model folder and a manifest::
     manifest.json                                  format, model, checkpoint, folds, SHA-256 of every file
     DatasetNNN_Name/TRAINER__PLANS__CONFIG/plans.json
     DatasetNNN_Name/TRAINER__PLANS__CONFIG/dataset.json
+    DatasetNNN_Name/TRAINER__PLANS__CONFIG/postprocessing.json                 (when the model folder has one)
     DatasetNNN_Name/TRAINER__PLANS__CONFIG/fold_K/checkpoint_best.pth   {"network_weights": ..., "epoch": ...}
 
 Exported checkpoints keep only the network weights and plain values (no optimizer state), in
@@ -41,6 +42,8 @@ from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.paths import parse_dataset_folder_name, preprocessed_root, raw_root, results_root
 from hiennu.planning.plans import Plans, load_plans
+from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing, load_postprocessing,
+                                             postprocessing_from_record)
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, model_folds, set_default_model,
                                              split_model_dir_name)
@@ -102,7 +105,8 @@ def load_checkpoint_weights(source: str | Path | io.BytesIO, name: str) -> dict:
 
 def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence[str | int] | None = None,
                      checkpoint: str = "checkpoint_best.pth", half: bool = False) -> Path:
-    """Write ``model_dir``'s plans, dataset.json and the chosen folds' weights to ``out_zip`` (atomically).
+    """Write ``model_dir``'s plans, dataset.json, postprocessing.json (when present) and the chosen
+    folds' weights to ``out_zip`` (atomically).
 
     folds: fold names or numbers (default: every fold holding ``checkpoint``).
     Returns the zip's path.
@@ -126,6 +130,8 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
     prefix = f"{model_dir.parent.name}/{model_dir.name}"
     members: dict[str, bytes] = {f"{prefix}/plans.json": (model_dir / "plans.json").read_bytes(),
                                  f"{prefix}/dataset.json": (model_dir / "dataset.json").read_bytes()}
+    if load_postprocessing(model_dir) is not None:  # checked before it travels
+        members[f"{prefix}/{POSTPROCESSING_FILE}"] = (model_dir / POSTPROCESSING_FILE).read_bytes()
     for fold in sorted(chosen, key=fold_sort_key):
         src = model_dir / f"fold_{fold}" / checkpoint
         ckpt = load_checkpoint_weights(src, str(src))
@@ -266,13 +272,15 @@ def verify_model_zip(path: str | Path) -> ModelZipContents:
 
 @dataclass
 class LoadedModel:
-    """A model read into memory. weights: fold name -> state dict (float32 on the CPU)."""
+    """A model read into memory. weights: fold name -> state dict (float32 on the CPU);
+    postprocessing: the zip's ``postprocessing.json`` choice (None when it has none)."""
 
     name: str
     plans: Plans
     dataset: DatasetJson
     configuration: str
     weights: dict[str, dict[str, torch.Tensor]]
+    postprocessing: PostProcessing | None = None
 
 
 def _float32(state: dict) -> dict:
@@ -292,8 +300,12 @@ def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None) -
                                     source=f"{path}:{contents.member('plans.json')}")
             dataset = DatasetJson.from_dict(json.loads(zf.read(contents.member("dataset.json"))),
                                             source=f"{path}:{contents.member('dataset.json')}")
+            post_member = contents.member(POSTPROCESSING_FILE)
+            post = (postprocessing_from_record(json.loads(zf.read(post_member)), f"{path}:{post_member}")
+                    if post_member in contents.files else None)
         except ValueError as e:
-            raise ModelZipError(f"{path}: plans.json or dataset.json is not valid JSON ({e})") from None
+            raise ModelZipError(f"{path}: plans.json, dataset.json or {POSTPROCESSING_FILE} is not valid JSON "
+                                f"({e})") from None
         weights = {}
         for fold in chosen:
             member = contents.member(f"fold_{fold}/{contents.checkpoint}")
@@ -301,7 +313,7 @@ def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None) -
             check_trained_configuration(ckpt, plans.configuration(contents.configuration), f"{path}:{member}",
                                         f"{path}:{contents.member('plans.json')}")
             weights[fold] = _float32(ckpt["network_weights"])
-    return LoadedModel(contents.model, plans, dataset, contents.configuration, weights)
+    return LoadedModel(contents.model, plans, dataset, contents.configuration, weights, post)
 
 
 def check_dataset_id_free(dataset_folder: str, roots: Sequence[Path], source: str | Path) -> None:

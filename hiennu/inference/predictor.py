@@ -10,7 +10,10 @@ window of the patch size with 50 % overlap and Gaussian weighting,
 case's native grid with the configuration's ``prediction_interpolation`` (``linear`` or
 ``nearest``; a cropped case is un-cropped into zeros, :func:`~hiennu.preprocessing.cropping.restore_to_native`)
 on the device, and thresholded there at 0.5 (``p >= 0.5`` is lesion). Components
-smaller than ``min_component_voxels`` are then removed.
+smaller than ``min_component_voxels`` are then removed, and, when the model folder (or zip) holds a
+``postprocessing.json`` chosen by cross-validation (:mod:`hiennu.inference.postprocessing`), its
+choice is applied: its component size (the larger of it and the plans' ``min_component_voxels``)
+and, if chosen, keeping only the components that touch the rule ``ZADC < -2``.
 
 Mirroring axes: the axes the plans trained with (``augmentation.mirror_axes`` when
 ``augmentation.p_mirror > 0``); when the plans trained without mirroring (the paper's setting),
@@ -43,6 +46,7 @@ from hiennu.inference.folder_prediction import CasePredictor
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.model_registry import fold_sort_key, model_folds, resolve_model, split_model_dir_name
 from hiennu.inference.model_zip import load_checkpoint_weights, load_model_zip
+from hiennu.inference.postprocessing import PostProcessing, apply_postprocessing, channel_index, load_postprocessing
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry, read_sitk
@@ -81,13 +85,16 @@ class Predictor(CasePredictor):
 
     fold_weights: fold name -> network state dict; device: None picks CUDA when available;
     use_mirroring: mirroring TTA; batch_size: cases per forward pass (None: 4 on CUDA, 1 else);
-    min_component_voxels: None takes the configuration's value.
+    min_component_voxels: None takes the larger of the configuration's value and ``postprocessing``'s;
+    a number replaces both. postprocessing: the cross-validated choice (``postprocessing.json``;
+    None: only the component removal above).
     """
 
     def __init__(self, plans: Plans, configuration: Configuration, dataset: DatasetJson | None,
                  fold_weights: dict[str, dict[str, torch.Tensor]], device: str | torch.device | None = None,
                  use_mirroring: bool = True, batch_size: int | None = None,
-                 min_component_voxels: int | None = None, name: str = "model"):
+                 min_component_voxels: int | None = None, name: str = "model",
+                 postprocessing: PostProcessing | None = None):
         if not fold_weights:
             raise HiennuError(f"{name}: no fold weights to predict with")
         self.plans, self.configuration, self.name = plans, configuration, name
@@ -110,22 +117,43 @@ class Predictor(CasePredictor):
         self.use_mirroring = use_mirroring
         self.ensemble = FoldEnsemble(networks, self.device, tta_mirror_axes(configuration) if use_mirroring else ())
         self.batch_size = int(batch_size) if batch_size else (4 if self.device.type == "cuda" else 1)
-        self.min_component_voxels = int(configuration.min_component_voxels if min_component_voxels is None
-                                        else min_component_voxels)
+        post = postprocessing or PostProcessing()
+        if min_component_voxels is None:
+            min_component_voxels = max(int(configuration.min_component_voxels), post.min_component_voxels)
+        self.min_component_voxels = int(min_component_voxels)
+        self.postprocessing = PostProcessing(self.min_component_voxels, post.keep_touching_rule, post.rule_threshold)
+        self._zadc_channel = channel_index(self.channel_names, "zadc")
+        self._adc_channel = channel_index(self.channel_names, "adc")
+        if self.postprocessing.keep_touching_rule and self._zadc_channel is None:
+            raise HiennuError(f"{name}: its post-processing ({self.postprocessing.name}) needs a ZADC channel, but the "
+                              f"model's channels are {', '.join(self.channel_names)}; delete its postprocessing.json "
+                              f"(or pass use_postprocessing=False) to predict without it")
         if configuration.prediction_interpolation not in ("linear", "nearest"):
             raise HiennuError(f"{name}: plans prediction_interpolation {configuration.prediction_interpolation!r} "
                               f"must be 'linear' or 'nearest'")
-        logger.info("model %s, configuration %s, folds %s, device %s, %s", name, configuration.name,
-                    ", ".join(self.folds), self.device,
-                    f"mirroring over axes {tta_mirror_axes(configuration)}" if use_mirroring else "no mirroring")
+        logger.info("model %s, configuration %s, folds %s, device %s, %s, post-processing: %s", name,
+                    configuration.name, ", ".join(self.folds), self.device,
+                    f"mirroring over axes {tta_mirror_axes(configuration)}" if use_mirroring else "no mirroring",
+                    self.postprocessing.name)
+
+    def postprocess(self, mask: np.ndarray, images: list[np.ndarray] | None = None) -> np.ndarray:
+        """Component removal and, when chosen, keeping the components that touch ``ZADC < -2`` (needs ``images``:
+        the case's raw channels, float32 ``(z, y, x)`` in channel order); uint8 {0, 1} out."""
+        zadc = adc = None
+        if self.postprocessing.keep_touching_rule and images is not None:
+            zadc = images[self._zadc_channel]
+            adc = images[self._adc_channel] if self._adc_channel is not None else None
+        return apply_postprocessing(mask, self.postprocessing, zadc, adc)
 
     # ---------------------------------------------------------------------------------- construction
 
     @classmethod
     def from_model_dir(cls, path: str | Path, folds: Sequence[int | str] | None = None,
                        checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None,
-                       use_mirroring: bool = True, **kwargs) -> "Predictor":
-        """Load ``TRAINER__PLANS__CONFIG/`` (plans.json, dataset.json, fold_K/<checkpoint>).
+                       use_mirroring: bool = True, use_postprocessing: bool = True, **kwargs) -> "Predictor":
+        """Load ``TRAINER__PLANS__CONFIG/`` (plans.json, dataset.json, fold_K/<checkpoint>, and
+        ``postprocessing.json`` when present and ``use_postprocessing``; cross-validation predictions
+        are made without it, since they are what it is chosen on).
 
         folds: fold numbers or ``"all"`` (default: every fold holding ``checkpoint``). The
         configuration is the folder name's CONFIG part (else the plans' default). A fold whose
@@ -155,16 +183,20 @@ class Predictor(CasePredictor):
                                         path / f"fold_{fold}" / "plans.json")
             weights[fold] = state["network_weights"]
         name = f"{path.parent.name}/{path.name}"
+        post = load_postprocessing(path) if use_postprocessing else None
         return cls(plans, configuration, dataset, weights, device=device, use_mirroring=use_mirroring,
-                   name=name, **kwargs)
+                   name=name, postprocessing=post, **kwargs)
 
     @classmethod
     def from_zip(cls, path: str | Path, folds: Sequence[int | str] | None = None,
-                 device: str | torch.device | None = None, use_mirroring: bool = True, **kwargs) -> "Predictor":
-        """Load a zip written by ``hiennu_export_model`` (verified; nothing is extracted)."""
+                 device: str | torch.device | None = None, use_mirroring: bool = True,
+                 use_postprocessing: bool = True, **kwargs) -> "Predictor":
+        """Load a zip written by ``hiennu_export_model`` (verified; nothing is extracted), with the
+        ``postprocessing.json`` it holds (when present and ``use_postprocessing``)."""
         model = load_model_zip(path, folds)
         return cls(model.plans, model.plans.configuration(model.configuration), model.dataset, model.weights,
-                   device=device, use_mirroring=use_mirroring, name=model.name, **kwargs)
+                   device=device, use_mirroring=use_mirroring, name=model.name,
+                   postprocessing=model.postprocessing if use_postprocessing else None, **kwargs)
 
     @classmethod
     def from_path(cls, path: str | Path, folds: Sequence[int | str] | None = None,

@@ -137,5 +137,6 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         seconds["evaluate"] = time.perf_counter() - t
     scores = {m: summary["metrics"][m]["mean"] for m in ("dice", "masd", "nsd")}
     return DemoResult(out, study.output_dir / "report.md",
-                      [study.output_dir / "progress.png", study.output_dir / "slices.png"],
+                      [study.output_dir / "progress.png", study.output_dir / "slices.png",
+                       study.output_dir / "dice_boxplot.png"],
                       predictions, evaluation, scores, seconds, model_dir, dataset)

@@ -6,11 +6,21 @@ metrics. The same cases are scored for two simple rules, ZADC < -2 and ZADC < -2
 under 10 voxels removed, so every table says how far above them each loss is.
 
 Writes ``loss_study/`` (default: ``$hiennu_results/DatasetNNN_Name/loss_study_CONFIG/``) with:
-``report.md`` (everything below in one page), ``table.md``/``table.csv`` (mean ± std over cases per
-method, epochs to stop), ``bands.md``/``bands.csv`` (the same per lesion volume band),
-``wilcoxon.md``/``wilcoxon.csv`` (paired tests of each trainer against the reference trainer),
-``per_case.csv``, ``progress.png`` (training curves side by side) and ``slices.png`` (the same axial
-slices of a few cases: ADC with the ground truth and each method's mask as contours).
+``report.md`` (everything below in one page), ``table.md``/``table.csv`` (per method: Dice, MASD and
+NSD as mean ± std with the 95 % bootstrap interval of the mean, HD95, lesion-wise recall and
+precision; per trainer: epochs to stop, optimization steps per fold and training wall time from
+``progress.json``), ``bands.md``/``bands.csv`` (the same per lesion volume band),
+``wilcoxon.md``/``wilcoxon.csv`` (paired tests of each trainer against the reference trainer, with
+Holm-corrected p-values per metric), ``per_case.csv``, ``dice_boxplot.png`` (per-case Dice of every
+method, rules included), ``progress.png`` (training curves side by side), ``slices.png`` (the same
+axial slices of a few cases, cropped to the brain: the ADC image with the ground truth and each
+method's mask as contours) and, when every fold was run, ``postprocessing.md`` (each trainer's
+post-processing candidates scored by cross-validation, the choice stored as the model folder's
+``postprocessing.json``: :mod:`hiennu.evaluation.postprocessing_selection`).
+
+Progress over the whole study is logged after each (trainer, fold) run: runs done out of the total,
+the run's time and an ETA (:class:`StudyProgress`). A finished fold is reused only when its record
+matches the request (:mod:`hiennu.study.fold_record`).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import numpy as np
 from hiennu.errors import HiennuError
 from hiennu.evaluation import report
 from hiennu.evaluation.evaluate import evaluate_folders, write_per_case_csv
+from hiennu.evaluation.postprocessing_selection import postprocessing_table, select_postprocessing
 from hiennu.inference.baseline import ZadcThresholdBaseline
 from hiennu.io.atomic import read_json, write_text
 from hiennu.io.dataset_json import load_dataset_json
@@ -33,6 +44,7 @@ from hiennu.io.image import read_image
 from hiennu.log import get_logger
 from hiennu.paths import raw_root, resolve_dataset, results_root
 from hiennu.provenance import provenance_markdown
+from hiennu.study.fold_record import move_fold_aside, recorded_differences
 from hiennu.training import checkpoint as ckpt
 from hiennu.training.trainer import NUM_FOLDS, TrainingOptions
 from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
@@ -54,6 +66,10 @@ class LossStudyOptions:
     ``all``, which has none, is not one of them).
     reference: the trainer the Wilcoxon tests compare against. figure_cases: rows of slices.png.
     output_dir: where the study is written (default under the dataset's results folder).
+    retrain_mismatched: a finished fold whose record (plans configuration, trainer, result-changing
+    training options, seed, hiennu version: :mod:`hiennu.study.fold_record`) differs from the
+    request is moved aside (``fold_K.replaced-<timestamp>``) and trained again; without it the study
+    refuses, naming the fields.
     """
 
     dataset: str
@@ -71,6 +87,7 @@ class LossStudyOptions:
     figure_cases: int = 4
     num_processes: int = 2
     output_dir: Path | None = None
+    retrain_mismatched: bool = False
 
     def __post_init__(self) -> None:
         self.folds = study_folds(self.folds)
@@ -100,6 +117,9 @@ class FoldRun:
     val_cases: list[str]
     epochs_trained: int
     curves: dict[str, list[float]] = field(default_factory=dict)
+    trained_now: bool = False
+    steps: int = 0
+    train_seconds: float = 0.0
 
 
 @dataclass
@@ -120,7 +140,16 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
     if not (raw_dir / "labelsTr").is_dir():
         raise HiennuError(f"{raw_dir}: raw dataset with labelsTr/ not found; the study scores validation "
                           f"predictions against the raw labels (hiennu_convert_bonbid / hiennu_make_synthetic)")
-    runs = {name: [train_fold(name, fold, dataset, opts) for fold in opts.folds] for name in opts.trainers}
+    if not opts.retrain_mismatched:
+        check_finished_folds(dataset, opts)  # before hours of training, not after
+    tracker = StudyProgress(len(opts.trainers) * len(opts.folds))
+    runs: dict[str, list[FoldRun]] = {}
+    for name in opts.trainers:
+        for fold in opts.folds:
+            run_start = time.perf_counter()
+            run = train_fold(name, fold, dataset, opts)
+            runs.setdefault(name, []).append(run)
+            log.info("%s", tracker.done(name, fold, time.perf_counter() - run_start, run.trained_now))
     config_name = runs[opts.trainers[0]][0].fold_dir.parent.name.split("__")[-1]
     out = opts.output_dir or results_root() / dataset / f"loss_study_{config_name}"
     out = Path(out)
@@ -146,10 +175,17 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
                                    num_processes=opts.num_processes, case_ids=cases)
         per_case[rule] = [{**row, "fold": case_fold[row["case_id"]]} for row in summary["per_case"]]
 
-    extra = {name: {"epochs": [r.epochs_trained for r in fold_runs]} for name, fold_runs in runs.items()}
+    extra = {name: {"epochs": [r.epochs_trained for r in fold_runs], "steps": [r.steps for r in fold_runs],
+                    "train_min": [r.train_seconds / 60 for r in fold_runs],
+                    "train_min_total": round(sum(r.train_seconds for r in fold_runs) / 60, 1)}
+             for name, fold_runs in runs.items()}
     title = f"Loss study on {dataset} ({config_name}), folds {', '.join(map(str, opts.folds))}"
-    rows = report.write_method_table(per_case, out / "table.md", out / "table.csv", extra=extra, title=title)
+    rows = report.write_method_table(per_case, out / "table.md", out / "table.csv", metrics=report.STUDY_METRICS,
+                                     extra=extra, title=title, ci_metrics=report.CI_METRICS)
     report.write_band_tables(per_case, out / "bands.md", out / "bands.csv", title=f"{title}: by lesion volume band")
+    report.plot_dice_boxplot(per_case, out / "dice_boxplot.png", title=f"per-case Dice, {title}")
+    post_records = choose_postprocessing(runs, raw_dir, opts.folds)
+    write_text(_postprocessing_markdown(post_records, opts.folds), out / "postprocessing.md")
     reference = opts.reference if opts.reference in runs else opts.trainers[0]
     tests = report.wilcoxon_vs_reference({m: per_case[m] for m in runs}, reference) if len(runs) > 1 else []
     report.write_wilcoxon_table(tests, out / "wilcoxon.md", out / "wilcoxon.csv",
@@ -160,18 +196,80 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
     _slice_figure(raw_dir, runs, per_case, case_fold, opts.figure_cases, out / "slices.png", title)
     wall = time.perf_counter() - start
     _write_report(out, title, rows, per_case, tests, reference, wall, opts)
-    log.info("loss study written to %s (report.md, tables, progress.png, slices.png)", out)
+    log.info("loss study written to %s (report.md, tables, dice_boxplot.png, progress.png, slices.png)", out)
     return LossStudyResult(out, rows, per_case, wall)
 
 
+class StudyProgress:
+    """Progress over the whole study: runs done out of the total, time per run, and an ETA.
+
+    The ETA is the mean wall time of the runs trained in this invocation times the runs left;
+    reused runs count as done but not in the timing (no ETA until one run has been trained).
+    """
+
+    def __init__(self, total: int):
+        self.total, self.finished = int(total), 0
+        self.trained_seconds: list[float] = []
+
+    def done(self, trainer: str, fold: int, seconds: float, trained: bool) -> str:
+        """Record one finished (trainer, fold) run; return the progress line to log."""
+        self.finished += 1
+        if trained:
+            self.trained_seconds.append(float(seconds))
+        left = self.total - self.finished
+        if self.trained_seconds:
+            eta = f"ETA {left * sum(self.trained_seconds) / len(self.trained_seconds) / 60:.1f} min"
+        else:
+            eta = "ETA unknown (no run trained yet)" if left else "ETA 0.0 min"
+        how = f"in {seconds / 60:.1f} min" if trained else "(reused)"
+        return f"run {self.finished}/{self.total} done: {trainer} fold {fold} {how}; {eta}"
+
+
+def check_finished_folds(dataset: str, opts: LossStudyOptions) -> None:
+    """Refuse, before anything is trained, when any finished fold of the study differs from the request.
+
+    The error lists every such fold with its differing fields (see :func:`train_fold`).
+    """
+    problems = []
+    for name in opts.trainers:
+        cls = get_trainer_class(name)
+        for fold in opts.folds:
+            probe = cls(_training_options(dataset, fold, opts, resume=False))
+            if (probe.fold_dir / ckpt.FINAL).is_file() and not (probe.fold_dir / ckpt.LATEST).is_file():
+                diffs = recorded_differences(probe.fold_dir, probe)
+                if diffs:
+                    problems.append(f"{name} fold {fold} ({probe.fold_dir}): {'; '.join(diffs)}")
+    if problems:
+        raise HiennuError(f"{len(problems)} finished run(s) were trained otherwise than requested:\n  - "
+                          + "\n  - ".join(problems) + "\nrerun the study with the options they were trained with, "
+                          "or pass --retrain-mismatched to move them aside and train them again")
+
+
 def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOptions) -> FoldRun:
-    """Train one fold unless a finished run with validation predictions exists; return what the study needs."""
+    """Train one fold unless a finished run that matches the request exists; return what the study needs.
+
+    A finished fold (``checkpoint_final.pth``) whose record differs from the request
+    (:func:`hiennu.study.fold_record.recorded_differences`) is refused, naming the fields, or with
+    ``opts.retrain_mismatched`` moved aside and trained again. An unfinished fold
+    (``checkpoint_latest.pth``) is continued (``--continue``).
+    """
     cls = get_trainer_class(trainer_name)
     probe = cls(_training_options(dataset, fold, opts, resume=False))
     fold_dir = probe.fold_dir
+    if (fold_dir / ckpt.FINAL).is_file() and not (fold_dir / ckpt.LATEST).is_file():
+        diffs = recorded_differences(fold_dir, probe)
+        if diffs and not opts.retrain_mismatched:
+            raise HiennuError(f"{trainer_name} fold {fold}: the finished run in {fold_dir} was trained otherwise than "
+                              f"requested ({'; '.join(diffs)}); rerun the study with the options it was trained "
+                              f"with, or pass --retrain-mismatched to move it aside and train it again")
+        if diffs:
+            moved = move_fold_aside(fold_dir)
+            log.warning("%s fold %d: finished run differs from the request (%s); moved to %s, training again",
+                        trainer_name, fold, "; ".join(diffs), moved)
     finished = (fold_dir / ckpt.FINAL).is_file() and (fold_dir / "validation" / "summary.json").is_file()
+    trained_now = not finished
     if finished:
-        log.info("%s fold %d: finished run found in %s, reused", trainer_name, fold, fold_dir)
+        log.info("%s fold %d: finished run found in %s, matches the request, reused", trainer_name, fold, fold_dir)
     else:
         resume = (fold_dir / ckpt.LATEST).is_file() or (fold_dir / ckpt.FINAL).is_file()
         log.info("%s fold %d: %s", trainer_name, fold, "resuming" if resume else "training")
@@ -182,7 +280,34 @@ def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOption
     prog = read_json(fold_dir / "progress.json") if (fold_dir / "progress.json").is_file() else {}
     curves = {k: [math.nan if v is None else float(v) for v in prog.get(k, [])]
               for k in ("train_loss", "val_loss", "val_dice")}
-    return FoldRun(trainer_name, fold, fold_dir, list(probe.val_cases), len(prog.get("epoch", [])), curves)
+    epochs = len(prog.get("epoch", []))
+    train_seconds = float(sum(v for v in prog.get("epoch_seconds", []) if v is not None))
+    return FoldRun(trainer_name, fold, fold_dir, list(probe.val_cases), epochs, curves, trained_now,
+                   steps=epochs * int(probe.iterations_per_epoch), train_seconds=train_seconds)
+
+
+def choose_postprocessing(runs: dict[str, list[FoldRun]], raw_dir: Path, folds: Sequence[int]) -> dict[str, dict]:
+    """Post-processing chosen by cross-validation for each trainer run on all five folds (record per trainer).
+
+    With fewer folds nothing is chosen (the pooled validation cases would not be the whole
+    dataset) and the result is empty.
+    """
+    if sorted(folds) != list(range(NUM_FOLDS)):
+        log.info("post-processing not chosen: it needs all %d folds, the study ran %s", NUM_FOLDS,
+                 ", ".join(map(str, folds)))
+        return {}
+    return {name: select_postprocessing(fold_runs[0].fold_dir.parent, raw_dir, folds)
+            for name, fold_runs in runs.items()}
+
+
+def _postprocessing_markdown(records: dict[str, dict], folds: Sequence[int]) -> str:
+    if not records:
+        return (f"Post-processing was not chosen: choosing it needs the pooled validation cases of all {NUM_FOLDS} "
+                f"folds, and this study ran folds {', '.join(map(str, folds))}.\n")
+    return ("Mean per-case Dice of each post-processing candidate on the pooled cross-validation predictions "
+            "(folds " + ", ".join(map(str, folds)) + "). A candidate is kept only when it raises the mean Dice "
+            "over no post-processing (nnU-Net's rule); the best kept one is stored as the model folder's "
+            "postprocessing.json and applied by hiennu_predict.\n\n" + postprocessing_table(records))
 
 
 def _training_options(dataset: str, fold: int, opts: LossStudyOptions, resume: bool) -> TrainingOptions:
@@ -224,7 +349,8 @@ def _slice_figure(raw_dir: Path, runs: dict[str, list[FoldRun]], per_case: dict[
             run = next(r for r in fold_runs if r.fold == case_fold[case])
             predictions.setdefault(name, {})[case], _ = read_image(run.fold_dir / "validation" / f"{case}{ending}",
                                                                    dtype=np.uint8)
-    report.plot_slices(adc, reference, predictions, path, spacing_zyx=spacing, title=title)
+    report.plot_slices(adc, reference, predictions, path, spacing_zyx=spacing, title=title,
+                       channel_name=load_dataset_json(raw_dir).channel_names[0])
 
 
 def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, list[dict]], tests: list[dict],
@@ -232,8 +358,11 @@ def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, l
     by_method = {r["method"]: r for r in rows}
     lines = [f"# {title}", "",
              f"Wall time of the study (training, prediction, scoring): {wall_seconds / 60:.1f} min.",
-             "Scores are per case in native geometry (Dice, MASD in mm, NSD at 2 mm), mean ± std over the "
-             "validation cases of the folds; MASD is undefined (left out) when exactly one mask is empty.", "",
+             "Scores are per case in native geometry (Dice, MASD in mm, NSD at 2 mm, HD95 in mm), mean ± std over "
+             "the validation cases of the folds, with the 95 % bootstrap interval of the mean in brackets (seeded "
+             "percentile bootstrap); MASD and HD95 are undefined (left out) when exactly one mask is empty. "
+             "Lesion recall and precision count 26-connected lesions detected. Steps per fold are epochs × "
+             "iterations per epoch; training minutes are the sum of the epochs' wall times (progress.json).", "",
              (out / "table.md").read_text().split("\n", 2)[-1].strip(), "",
              "## Above the simple rules", "",
              "| method | ΔDice vs ZADC<-2 | ΔDice vs best rule | ΔMASD (mm) vs best rule | ΔNSD vs best rule |",
@@ -250,7 +379,13 @@ def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, l
               "## By lesion volume band", "",
               (out / "bands.md").read_text().split("\n", 1)[-1].strip().replace("## ", "### "), "",
               f"## Paired Wilcoxon signed-rank tests against {reference}", "",
+              "p (Holm): Holm's step-down correction over the tests of one metric.", "",
               (out / "wilcoxon.md").read_text().split("\n", 2)[-1].strip() if tests else "(one trainer only)", "",
-              "## Figures", "", "![training curves](progress.png)", "", "![slices](slices.png)", "",
+              "## Post-processing chosen by cross-validation", "",
+              (out / "postprocessing.md").read_text().strip(), "",
+              "## Figures", "", "Per-case Dice of every method:", "", "![Dice per case](dice_boxplot.png)", "",
+              "![training curves](progress.png)", "",
+              "Axial slices of the ADC image (cropped to the brain) with the ground truth (green) and each "
+              "method's mask:", "", "![slices](slices.png)", "",
               "## How this report was made", "", *provenance_markdown(options, options.seed), ""]
     write_text("\n".join(lines), out / "report.md")

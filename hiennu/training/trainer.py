@@ -583,8 +583,8 @@ class Trainer(abc.ABC):
             return
         stale = []
         for other in sorted(self.model_dir.glob("fold_*/plans.json")):
-            if other.parent == self.fold_dir:
-                continue
+            if other.parent == self.fold_dir or not other.parent.name[len("fold_"):].isalnum():
+                continue  # this fold, or a folder moved aside (fold_K.replaced-<timestamp>)
             try:
                 other_config = load_plans(other).configuration(self.config.name)
             except HiennuError:
@@ -674,7 +674,8 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
         return None
     ending = load_dataset_json(raw_dir).file_ending
     out_dir = model_dir / f"fold_{fold}" / "validation"
-    predictor = Predictor.from_model_dir(model_dir, folds=[fold], checkpoint=ckpt.BEST, device=device)
+    predictor = Predictor.from_model_dir(model_dir, folds=[fold], checkpoint=ckpt.BEST, device=device,
+                                         use_postprocessing=False)  # CV masks: what post-processing is chosen on
     for case_id in progress(case_ids, desc="validation (native geometry)"):
         images, geometry = [], None
         for k in range(len(predictor.channel_names)):

@@ -1,0 +1,157 @@
+"""Choosing a model's post-processing by cross-validation, as nnU-Net does.
+
+The pooled cross-validation predictions of a trained model (every chosen fold's
+``fold_K/validation/CASE<ending>``, made without post-processing) are compared with the raw labels.
+Each candidate of :func:`hiennu.inference.postprocessing.candidates` (components under k voxels
+removed, for k in 5, 10, 20, 50; only components touching the rule ``ZADC < -2`` kept; and both) is
+applied to every case and scored by Dice per case on the native grid; the candidate's score is the
+mean over cases. A candidate is kept only when it raises the mean Dice above "no post-processing"
+(nnU-Net's rule); the best kept candidate is chosen, else none.
+
+The choice and its evidence go to ``MODEL_DIR/postprocessing.json`` (atomically)::
+
+    {"chosen": {"min_component_voxels": 10, "keep_touching_rule": false, "rule_threshold": -2.0},
+     "chosen_name": "remove < 10 vox", "baseline_dice": 0.51, "chosen_dice": 0.53,
+     "candidates": [{"name": ..., "min_component_voxels": ..., "keep_touching_rule": ..., "rule_threshold": ...,
+                     "cv_dice": ..., "improvement": ...}, ...],
+     "folds": [0, 1, 2, 3, 4], "num_cases": 37, "case_ids": [...], "metric": "...", "provenance": {...}}
+
+The ZADC image is the raw case's channel named ``ZADC`` in ``dataset.json`` (channel 1 of BONBID),
+read on its atlas z-score scale; the brain is where the ``ADC`` channel is non-zero.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hiennu.errors import HiennuError
+from hiennu.evaluation.metrics import dice
+from hiennu.inference.postprocessing import (COMPONENT_SIZES, POSTPROCESSING_FILE, PostProcessing,
+                                             apply_postprocessing, candidates, channel_index)
+from hiennu.io.atomic import write_json
+from hiennu.io.dataset_json import load_dataset_json
+from hiennu.io.image import read_image
+from hiennu.log import get_logger, progress
+from hiennu.provenance import provenance
+
+log = get_logger(__name__)
+
+METRIC = "mean over cases of the per-case Dice on the native grid (pooled validation cases of the folds)"
+
+
+def validation_cases(model_dir: Path, folds: Sequence[int], labels_dir: Path, ending: str) -> dict[str, Path]:
+    """Case id -> validation mask of the fold that held it out, over ``folds``; each must have a label."""
+    masks: dict[str, Path] = {}
+    for fold in folds:
+        folder = model_dir / f"fold_{fold}" / "validation"
+        files = sorted(p for p in folder.glob(f"*{ending}") if not p.name.startswith("."))
+        if not files:
+            raise HiennuError(f"{folder}: no validation masks (*{ending}); train fold {fold} to the end (its "
+                              f"final validation writes them) before choosing post-processing")
+        for path in files:
+            case = path.name[: -len(ending)]
+            if not (labels_dir / f"{case}{ending}").is_file():
+                raise HiennuError(f"{path}: no label {labels_dir / (case + ending)} for this validation case; "
+                                  f"give the raw dataset the model was trained on")
+            if case in masks:
+                raise HiennuError(f"case {case}: validation mask in two folds ({masks[case].parent.parent.name} and "
+                                  f"fold_{fold}); the folds must hold out disjoint cases")
+            masks[case] = path
+    return masks
+
+
+def score_candidates(masks: dict[str, Path], raw_dir: Path,
+                     sizes: Sequence[int] = COMPONENT_SIZES) -> tuple[list[PostProcessing], np.ndarray]:
+    """(candidates, Dice array (candidates, cases)) over the cases of ``masks`` (case id -> mask file)."""
+    dataset = load_dataset_json(raw_dir)
+    ending = dataset.file_ending
+    zadc_k = channel_index(dataset.channel_names, "zadc")
+    adc_k = channel_index(dataset.channel_names, "adc")
+    if zadc_k is None:
+        raise HiennuError(f"{raw_dir / 'dataset.json'}: no channel named ZADC among {list(dataset.channel_names)}; "
+                          f"the rule candidate needs it")
+    options = candidates(sizes)
+    scores = np.zeros((len(options), len(masks)), dtype=np.float64)
+    for j, (case, path) in enumerate(progress(sorted(masks.items()), desc="post-processing candidates")):
+        pred, pred_geometry = read_image(path, dtype=np.uint8)
+        ref, ref_geometry = read_image(raw_dir / "labelsTr" / f"{case}{ending}", dtype=np.uint8)
+        if pred.shape != ref.shape:
+            raise HiennuError(f"case {case}: validation mask {path} has shape {pred.shape} (z, y, x), the label "
+                              f"{ref.shape}; validation masks must be in the label's native geometry")
+        zadc, _ = read_image(raw_dir / "imagesTr" / f"{case}_{zadc_k:04d}{ending}")
+        adc = read_image(raw_dir / "imagesTr" / f"{case}_{adc_k:04d}{ending}")[0] if adc_k is not None else None
+        ref = ref != 0
+        for i, post in enumerate(options):
+            scores[i, j] = dice(ref, apply_postprocessing(pred, post, zadc, adc) != 0)
+    return options, scores
+
+
+def choose(options: list[PostProcessing], mean_dice: Sequence[float]) -> int:
+    """Index of the chosen candidate: the best one whose mean Dice beats the identity's, else the identity.
+
+    ``options[0]`` must be the identity (no post-processing); ties keep the simpler, earlier candidate.
+    """
+    if not options or not options[0].is_identity:
+        raise ValueError("the first candidate must be 'no post-processing'")
+    best = 0
+    for i, value in enumerate(mean_dice):
+        if value > mean_dice[best]:
+            best = i
+    return best
+
+
+def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Sequence[int],
+                          sizes: Sequence[int] = COMPONENT_SIZES, write: bool = True) -> dict:
+    """Choose ``model_dir``'s post-processing on the pooled validation masks of ``folds``; return the record.
+
+    model_dir: ``TRAINER__PLANS__CONFIG/``; raw_dir: the raw dataset (``dataset.json``,
+    ``imagesTr/``, ``labelsTr/``); folds: the folds whose held-out cases are pooled (normally all
+    five). With ``write`` the record is written to ``model_dir/postprocessing.json`` (atomically).
+    """
+    model_dir, raw_dir = Path(model_dir), Path(raw_dir)
+    folds = [int(f) for f in folds]
+    if not folds:
+        raise HiennuError("choosing post-processing needs at least one fold")
+    ending = load_dataset_json(raw_dir).file_ending
+    masks = validation_cases(model_dir, folds, raw_dir / "labelsTr", ending)
+    options, scores = score_candidates(masks, raw_dir, sizes)
+    means = scores.mean(axis=1)
+    best = choose(options, list(means))
+    chosen = options[best]
+    record = {
+        "chosen": chosen.to_dict(),
+        "chosen_name": chosen.name,
+        "baseline_dice": float(means[0]),
+        "chosen_dice": float(means[best]),
+        "candidates": [{"name": p.name, **p.to_dict(), "cv_dice": float(m), "improvement": float(m - means[0])}
+                       for p, m in zip(options, means)],
+        "folds": folds,
+        "num_cases": len(masks),
+        "case_ids": sorted(masks),
+        "metric": METRIC,
+        "rule": "a candidate is kept only when it raises the mean Dice above no post-processing; the best kept wins",
+        "provenance": provenance({"model_dir": str(model_dir), "raw_dir": str(raw_dir), "folds": folds,
+                                  "sizes": [int(k) for k in sizes]}),
+    }
+    log.info("%s: post-processing chosen by CV over %d cases of folds %s: %s (mean Dice %.4f, without %.4f)",
+             model_dir.name, len(masks), ", ".join(map(str, folds)), chosen.name, means[best], means[0])
+    if write:
+        write_json(record, model_dir / POSTPROCESSING_FILE)
+    return record
+
+
+def postprocessing_table(records: dict[str, dict]) -> str:
+    """Markdown table: one row per model (trainer), one column per candidate's CV Dice, the choice last."""
+    if not records:
+        return ""
+    names = [c["name"] for c in next(iter(records.values()))["candidates"]]
+    header = ["method", "cases"] + names + ["chosen"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for method, rec in records.items():
+        by_name = {c["name"]: c["cv_dice"] for c in rec["candidates"]}
+        cells = [method, str(rec["num_cases"])] + [f"{by_name[n]:.4f}" if n in by_name else "" for n in names]
+        lines.append("| " + " | ".join(cells + [rec["chosen_name"]]) + " |")
+    return "\n".join(lines) + "\n"

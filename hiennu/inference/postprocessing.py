@@ -1,0 +1,145 @@
+"""Post-processing of predicted masks, chosen by cross-validation and stored with the model.
+
+A :class:`PostProcessing` says what is done to a binary mask on the native grid after the
+threshold, in this order:
+
+1. ``min_component_voxels``: 26-connected components with fewer voxels are removed (0 or 1 keeps all);
+2. ``keep_touching_rule``: only the components that overlap (share at least one voxel with) the
+   rule mask ``ZADC < rule_threshold`` inside the brain (``ADC != 0``) are kept. ZADC is read on
+   its raw atlas z-score scale (the input image, before any normalization).
+
+The model folder's ``postprocessing.json`` records the choice (``"chosen"``) next to the evidence
+(each candidate's cross-validated Dice); :func:`load_postprocessing` reads it, the predictor
+applies it. The choice itself is made by
+:func:`hiennu.evaluation.postprocessing_selection.select_postprocessing`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from hiennu.errors import HiennuError
+from hiennu.inference.components import remove_small_components
+from hiennu.io.atomic import read_json_file
+
+POSTPROCESSING_FILE = "postprocessing.json"
+RULE_THRESHOLD = -2.0
+COMPONENT_SIZES = (5, 10, 20, 50)
+_FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """What is done to a predicted mask (see the module docstring); the default does nothing."""
+
+    min_component_voxels: int = 0
+    keep_touching_rule: bool = False
+    rule_threshold: float = RULE_THRESHOLD
+
+    @property
+    def name(self) -> str:
+        """A short human name: ``none``, ``remove < 10 vox``, ``touch ZADC<-2``, or both joined by ``+``."""
+        parts = []
+        if self.min_component_voxels > 1:
+            parts.append(f"remove < {self.min_component_voxels} vox")
+        if self.keep_touching_rule:
+            parts.append(f"touch ZADC<{self.rule_threshold:g}")
+        return " + ".join(parts) or "none"
+
+    @property
+    def is_identity(self) -> bool:
+        return self.min_component_voxels <= 1 and not self.keep_touching_rule
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str) -> "PostProcessing":
+        if not isinstance(d, dict):
+            raise HiennuError(f"{source}: 'chosen' must be an object with min_component_voxels, keep_touching_rule, "
+                              f"rule_threshold; got {d!r}; re-run the post-processing selection")
+        unknown = sorted(set(d) - {"min_component_voxels", "keep_touching_rule", "rule_threshold"})
+        if unknown:
+            raise HiennuError(f"{source}: unknown post-processing field(s) {', '.join(unknown)}; known are "
+                              f"min_component_voxels, keep_touching_rule, rule_threshold")
+        k = d.get("min_component_voxels", 0)
+        touch = d.get("keep_touching_rule", False)
+        threshold = d.get("rule_threshold", RULE_THRESHOLD)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise HiennuError(f"{source}: min_component_voxels must be a whole number >= 0, got {k!r}")
+        if not isinstance(touch, bool):
+            raise HiennuError(f"{source}: keep_touching_rule must be true or false, got {touch!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise HiennuError(f"{source}: rule_threshold must be a number (ZADC z-score), got {threshold!r}")
+        return cls(int(k), touch, float(threshold))
+
+
+def candidates(sizes: Sequence[int] = COMPONENT_SIZES) -> list[PostProcessing]:
+    """Every candidate the selection measures: none, each size alone, the rule alone, the rule with each size."""
+    out = [PostProcessing()]
+    out += [PostProcessing(min_component_voxels=int(k)) for k in sizes]
+    out += [PostProcessing(keep_touching_rule=True)]
+    out += [PostProcessing(min_component_voxels=int(k), keep_touching_rule=True) for k in sizes]
+    return out
+
+
+def rule_mask(zadc: np.ndarray, adc: np.ndarray | None, threshold: float = RULE_THRESHOLD) -> np.ndarray:
+    """``ZADC < threshold`` inside the brain (``ADC != 0``; everywhere when ``adc`` is None); bool (z, y, x)."""
+    mask = np.asarray(zadc) < threshold
+    if adc is not None:
+        mask &= np.asarray(adc) != 0
+    return mask
+
+
+def keep_components_touching(mask: np.ndarray, marker: np.ndarray) -> np.ndarray:
+    """The 26-connected components of ``mask`` (z, y, x) that share at least one voxel with ``marker``; uint8 {0, 1}."""
+    mask = np.asarray(mask).astype(bool, copy=False)
+    if not mask.any():
+        return mask.astype(np.uint8)
+    labels, n = ndimage.label(mask, structure=_FULL_CONNECTIVITY)
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[np.unique(labels[np.asarray(marker, dtype=bool) & mask])] = True
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
+def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarray | None = None,
+                         adc: np.ndarray | None = None) -> np.ndarray:
+    """``mask`` (z, y, x) after ``post``; ``zadc``/``adc`` (same shape, raw values) are needed for the rule part."""
+    out = remove_small_components(mask, post.min_component_voxels)
+    if post.keep_touching_rule:
+        if zadc is None:
+            raise HiennuError(f"post-processing {post.name!r} needs the case's ZADC image, and none was given")
+        if np.shape(zadc) != out.shape:
+            raise HiennuError(f"post-processing {post.name!r}: ZADC shape {np.shape(zadc)} differs from the mask's "
+                              f"{out.shape} (both (z, y, x) on the native grid)")
+        out = keep_components_touching(out, rule_mask(zadc, adc, post.rule_threshold))
+    return out
+
+
+def channel_index(channel_names: Sequence[str], wanted: str) -> int | None:
+    """Index of the channel called ``wanted`` (case-insensitive), else None."""
+    lowered = [c.lower() for c in channel_names]
+    return lowered.index(wanted.lower()) if wanted.lower() in lowered else None
+
+
+def postprocessing_from_record(record: Any, source: str) -> PostProcessing:
+    """The chosen :class:`PostProcessing` of a ``postprocessing.json`` record (already parsed)."""
+    if not isinstance(record, dict) or "chosen" not in record:
+        raise HiennuError(f"{source}: not a post-processing record (no 'chosen' entry); re-run the "
+                          f"post-processing selection or delete the file to predict without it")
+    return PostProcessing.from_dict(record["chosen"], source)
+
+
+def load_postprocessing(model_dir: str | Path) -> PostProcessing | None:
+    """The post-processing stored in ``model_dir/postprocessing.json``; None when there is no such file."""
+    path = Path(model_dir) / POSTPROCESSING_FILE
+    if not path.is_file():
+        return None
+    record = read_json_file(path, "", "re-run the post-processing selection or delete the file")
+    return postprocessing_from_record(record, str(path))

@@ -1,0 +1,177 @@
+"""Post-processing chosen by cross-validation: the candidates, the choice, its record, and prediction applying it."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from hiennu.errors import HiennuError
+from hiennu.evaluation.postprocessing_selection import choose, postprocessing_table, select_postprocessing
+from hiennu.inference.model_zip import export_model_zip, load_model_zip
+from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing, apply_postprocessing, candidates,
+                                             keep_components_touching, load_postprocessing)
+from hiennu.inference.predictor import Predictor
+from hiennu.io.dataset_json import DatasetJson, save_dataset_json
+from hiennu.io.image import Geometry, read_image, write_image
+from test_model_zip import MODEL, make_model_dir
+from test_predictor import GEOM, _case_arrays
+
+IDENTITY_GEOMETRY = Geometry((12, 12, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def test_keep_components_touching_keeps_only_overlapping_components():
+    mask = np.zeros((4, 8, 8), np.uint8)
+    mask[1, 1:3, 1:3] = 1          # component A
+    mask[2, 6, 6] = 1              # component B (one voxel), diagonal neighbour of C: one 26-component
+    mask[3, 7, 7] = 1
+    marker = np.zeros_like(mask, dtype=bool)
+    marker[1, 2, 2] = True         # overlaps A only
+    kept = keep_components_touching(mask, marker)
+    assert kept.dtype == np.uint8 and kept[1, 1:3, 1:3].all() and kept.sum() == 4
+    marker[3, 7, 7] = True         # now B+C (26-connected) is kept whole
+    assert keep_components_touching(mask, marker).sum() == 6
+    assert keep_components_touching(np.zeros_like(mask), marker).sum() == 0
+
+
+def test_apply_removes_small_components_then_keeps_rule_touching_ones():
+    mask = np.zeros((4, 8, 8), np.uint8)
+    mask[0, 0:3, 0:3] = 1          # 9 voxels, touches the rule
+    mask[3, 5:8, 5:8] = 1          # 9 voxels, away from the rule
+    mask[2, 4, 0] = 1              # 1 voxel, on the rule
+    zadc = np.zeros(mask.shape, np.float32)
+    zadc[0, 1, 1] = -3.0
+    zadc[2, 4, 0] = -5.0
+    adc = np.ones(mask.shape, np.float32)
+    assert apply_postprocessing(mask, PostProcessing(), zadc, adc).sum() == 19
+    assert apply_postprocessing(mask, PostProcessing(min_component_voxels=5)).sum() == 18
+    assert apply_postprocessing(mask, PostProcessing(keep_touching_rule=True), zadc, adc).sum() == 10
+    assert apply_postprocessing(mask, PostProcessing(5, True), zadc, adc).sum() == 9
+    adc[0, 1, 1] = 0               # the rule holds only inside the brain (ADC != 0)
+    assert apply_postprocessing(mask, PostProcessing(5, True), zadc, adc).sum() == 0
+    with pytest.raises(HiennuError, match="needs the case's ZADC"):
+        apply_postprocessing(mask, PostProcessing(keep_touching_rule=True))
+
+
+def test_candidates_and_nnunet_choice_rule():
+    options = candidates((5, 10))
+    assert [p.name for p in options] == ["none", "remove < 5 vox", "remove < 10 vox", "touch ZADC<-2",
+                                         "remove < 5 vox + touch ZADC<-2", "remove < 10 vox + touch ZADC<-2"]
+    assert choose(options, [0.50, 0.49, 0.48, 0.50, 0.47, 0.46]) == 0      # nothing beats none (a tie is not a gain)
+    assert choose(options, [0.50, 0.52, 0.55, 0.51, 0.54, 0.53]) == 2      # the best that beats none
+    with pytest.raises(ValueError):
+        choose(options[1:], [0.5] * 5)
+
+
+def _raw_and_model(tmp_path):
+    """A raw dataset of 4 cases and a model folder whose 2 folds' validation masks hold a true lesion
+    (on the rule) plus a 3-voxel false positive off the rule."""
+    raw = tmp_path / "raw"
+    save_dataset_json(DatasetJson("Tiny", num_training=4), raw / "dataset.json")
+    model = tmp_path / "results" / "Dataset001_Tiny" / "TrainerX__hiennuPlans__3d_fullres"
+    shape = IDENTITY_GEOMETRY.size_zyx
+    for i in range(4):
+        case = f"case_{i}"
+        label = np.zeros(shape, np.uint8)
+        label[2:4, 3:7, 3:7] = 1
+        adc = np.full(shape, 1000.0, np.float32)
+        zadc = np.zeros(shape, np.float32)
+        zadc[label == 1] = -4.0
+        pred = label.copy()
+        pred[5, 10, 9:12] = 1      # false positive, 3 voxels, ZADC 0 there
+        write_image(adc, IDENTITY_GEOMETRY, raw / "imagesTr" / f"{case}_0000.mha")
+        write_image(zadc, IDENTITY_GEOMETRY, raw / "imagesTr" / f"{case}_0001.mha")
+        write_image(label, IDENTITY_GEOMETRY, raw / "labelsTr" / f"{case}.mha")
+        write_image(pred, IDENTITY_GEOMETRY, model / f"fold_{i % 2}" / "validation" / f"{case}.mha")
+    return raw, model
+
+
+def test_select_postprocessing_on_pooled_folds_writes_the_record(tmp_path):
+    raw, model = _raw_and_model(tmp_path)
+    (model / "fold_0" / "validation" / "summary.json").write_text("{}")  # not a mask: ignored
+    record = select_postprocessing(model, raw, folds=[0, 1])
+    assert record == json.loads((model / POSTPROCESSING_FILE).read_text())
+    assert record["num_cases"] == 4 and record["folds"] == [0, 1]
+    assert record["case_ids"] == ["case_0", "case_1", "case_2", "case_3"]
+    by_name = {c["name"]: c["cv_dice"] for c in record["candidates"]}
+    assert by_name["none"] == pytest.approx(2 * 32 / (32 + 35))
+    assert by_name["remove < 5 vox"] == by_name["touch ZADC<-2"] == 1.0
+    assert by_name["remove < 50 vox"] == 0.0  # the lesion itself (32 voxels) goes too
+    # ties between equally good candidates keep the earlier, simpler one
+    assert record["chosen_name"] == "remove < 5 vox" and record["chosen_dice"] == 1.0
+    assert load_postprocessing(model) == PostProcessing(min_component_voxels=5)
+    assert "remove < 5 vox" in postprocessing_table({"TrainerX": record})
+
+
+def test_select_postprocessing_names_what_is_missing(tmp_path):
+    raw, model = _raw_and_model(tmp_path)
+    with pytest.raises(HiennuError, match="fold_2/validation: no validation masks"):
+        select_postprocessing(model, raw, folds=[0, 1, 2])
+    (raw / "labelsTr" / "case_1.mha").unlink()
+    with pytest.raises(HiennuError, match="case_1.mha.*no label"):
+        select_postprocessing(model, raw, folds=[0, 1])
+
+
+def _write_record(model_dir, post: PostProcessing) -> None:
+    (model_dir / POSTPROCESSING_FILE).write_text(json.dumps({"chosen": post.to_dict(), "chosen_name": post.name}))
+
+
+def _network_mask() -> np.ndarray:
+    """What the (stubbed) network predicts on GEOM: one blob on the rule region, one off it, one stray voxel."""
+    mask = np.zeros(GEOM.size_zyx, np.uint8)
+    mask[2:4, 9:12, 5:9] = 1       # touches the rule region (y >= 8)
+    mask[2:4, 2:5, 5:9] = 1        # off the rule
+    mask[6, 15, 18] = 1            # a stray voxel on the rule
+    return mask
+
+
+def _stub_network(predictor: Predictor) -> Predictor:
+    predictor.predict_prepared = lambda prepared, geometries, need: [
+        (_network_mask(), _network_mask().astype(np.float32)) for _ in prepared]
+    return predictor
+
+
+def test_predictor_applies_the_stored_choice_in_folder_zip_and_case_prediction(tmp_path):
+    model_dir = make_model_dir(tmp_path / "results")
+    images = _case_arrays()
+    images[1][:] = 0.0
+    images[1][:, 8:, :] = -3.0     # the rule region: only predicted components reaching it survive
+    images[0][:] = 1000.0
+    post = PostProcessing(min_component_voxels=3, keep_touching_rule=True)
+    expected = np.zeros_like(_network_mask())
+    expected[2:4, 9:12, 5:9] = 1
+    assert np.array_equal(apply_postprocessing(_network_mask(), post, images[1], images[0]), expected)
+    plain = _stub_network(Predictor.from_model_dir(model_dir, device="cpu", use_mirroring=False))
+    assert np.array_equal(plain.predict_case(images, GEOM)[0], _network_mask())
+
+    _write_record(model_dir, post)
+    chosen = _stub_network(Predictor.from_model_dir(model_dir, device="cpu", use_mirroring=False))
+    assert chosen.postprocessing == post
+    assert np.array_equal(chosen.predict_case(images, GEOM)[0], expected)
+    assert Predictor.from_model_dir(model_dir, device="cpu", use_postprocessing=False).postprocessing == PostProcessing()
+    # an explicit component size replaces the stored one; the rule part stays
+    assert Predictor.from_model_dir(model_dir, device="cpu", min_component_voxels=7).postprocessing == PostProcessing(7, True)
+
+    inp = tmp_path / "in"
+    for c, array in enumerate(images):
+        write_image(array, GEOM, inp / f"case_{c:04d}.mha")
+    chosen.predict_folder(inp, tmp_path / "out")
+    assert np.array_equal(read_image(tmp_path / "out" / "case.mha", dtype=np.uint8)[0], expected)
+
+    out = export_model_zip(model_dir, tmp_path / "m.zip")
+    with zipfile.ZipFile(out) as zf:
+        assert f"{MODEL}/{POSTPROCESSING_FILE}" in zf.namelist()
+    assert load_model_zip(out).postprocessing == post
+    from_zip = _stub_network(Predictor.from_zip(out, device="cpu", use_mirroring=False))
+    assert np.array_equal(from_zip.predict_case(images, GEOM)[0], expected)
+
+
+def test_a_bad_record_is_refused_naming_the_file(tmp_path):
+    model_dir = make_model_dir(tmp_path / "results", folds=(0,))
+    (model_dir / POSTPROCESSING_FILE).write_text(json.dumps({"chosen": {"min_component_voxels": -1}}))
+    with pytest.raises(HiennuError, match=r"postprocessing.json: min_component_voxels must be"):
+        Predictor.from_model_dir(model_dir, device="cpu")
+    with pytest.raises(HiennuError, match=r"postprocessing.json"):
+        export_model_zip(model_dir, tmp_path / "m.zip")

@@ -1,0 +1,115 @@
+"""The loss study's resume semantics (a finished fold is reused only when its record matches the
+request) and its progress line over the whole study."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+import hiennu
+from hiennu.errors import HiennuError
+from hiennu.study.loss_study import LossStudyOptions, StudyProgress, train_fold
+from hiennu.training import checkpoint as ckpt
+from test_training import DATASET, fold_dir, make_tiny_dataset, options
+
+
+def _study_options(**kw) -> LossStudyOptions:
+    base = dict(dataset="Tiny", trainers=["TrainerDice"], folds=[0], epochs=1, iterations_per_epoch=1,
+                num_workers=0, device="cpu", seed=7)
+    base.update(kw)
+    return LossStudyOptions(**base)
+
+
+@pytest.fixture
+def finished_fold(hiennu_roots):
+    """A finished, 'validated' TrainerDice fold 0 of the tiny dataset (1 epoch of 1 step, seed 7)."""
+    from hiennu.training.launch import train
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
+    folder = train(options(epochs=1, iterations_per_epoch=1), "TrainerDice")
+    (folder / "validation").mkdir()
+    (folder / "validation" / "summary.json").write_text("{}")
+    return folder
+
+
+def test_a_matching_finished_fold_is_reused(finished_fold):
+    before = (finished_fold / ckpt.FINAL).stat().st_mtime_ns
+    run = train_fold("TrainerDice", 0, "Tiny", _study_options())
+    assert run.fold_dir == finished_fold and not run.trained_now and run.epochs_trained == 1
+    assert (finished_fold / ckpt.FINAL).stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(epochs=2), "training.max_epochs: trained with 1, requested 2"),
+    (dict(iterations_per_epoch=2), "training.iterations_per_epoch: trained with 1, requested 2"),
+    (dict(batch_size=2), "training.batch_size: trained with 4, requested 2"),
+    (dict(patience=3), "training.patience: trained with 10, requested 3"),
+    (dict(seed=8), "seed: trained with 7, requested 8"),
+])
+def test_a_mismatched_finished_fold_is_refused_naming_the_field(finished_fold, change, field):
+    opts = _study_options(**change)
+    with pytest.raises(HiennuError, match="TrainerDice fold 0: the finished run .* trained otherwise") as err:
+        train_fold("TrainerDice", 0, "Tiny", opts)
+    assert field in str(err.value) and "--retrain-mismatched" in str(err.value)
+    assert (finished_fold / ckpt.FINAL).is_file()  # nothing moved or overwritten
+
+
+def test_plans_trainer_and_version_changes_are_named(finished_fold, hiennu_roots, monkeypatch):
+    plans_path = hiennu_roots["hiennu_preprocessed"] / DATASET / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    plans["configurations"]["3d_fullres"]["min_component_voxels"] = 7
+    plans_path.write_text(json.dumps(plans))
+    with pytest.raises(HiennuError, match=r"configuration\.min_component_voxels: trained with 0, requested 7"):
+        train_fold("TrainerDice", 0, "Tiny", _study_options())
+    plans["configurations"]["3d_fullres"]["min_component_voxels"] = 0
+    plans_path.write_text(json.dumps(plans))
+    trained_version = re.escape(hiennu.__version__)
+    with monkeypatch.context() as m:
+        m.setattr(hiennu, "__version__", "9.9.9")
+        with pytest.raises(HiennuError, match=f"hiennu_version: trained with \"{trained_version}\", requested \"9.9.9\""):
+            train_fold("TrainerDice", 0, "Tiny", _study_options())
+    debug = json.loads((finished_fold / "debug.json").read_text())
+    debug["trainer"] = "TrainerOther"
+    (finished_fold / "debug.json").write_text(json.dumps(debug))
+    state = ckpt.load_checkpoint(finished_fold / ckpt.FINAL)
+    state["trainer_name"] = "TrainerOther"
+    ckpt.save_checkpoint(state, finished_fold / ckpt.FINAL)
+    with pytest.raises(HiennuError, match=r"trainer: trained with \"TrainerOther\", requested \"TrainerDice\""):
+        train_fold("TrainerDice", 0, "Tiny", _study_options())
+    (finished_fold / "debug.json").unlink()
+    with pytest.raises(HiennuError, match=r"debug.json: missing or unreadable"):
+        train_fold("TrainerDice", 0, "Tiny", _study_options())
+
+
+def test_retrain_mismatched_moves_the_old_fold_aside_and_trains_again(finished_fold, hiennu_roots):
+    # no raw dataset here, so the new run ends without native-geometry validation, which the study names
+    with pytest.raises(HiennuError, match="training ended without validation predictions"):
+        train_fold("TrainerDice", 0, "Tiny", _study_options(epochs=2, retrain_mismatched=True))
+    moved = sorted(finished_fold.parent.glob("fold_0.replaced-*"))
+    assert len(moved) == 1
+    assert (moved[0] / ckpt.FINAL).is_file() and (moved[0] / "validation" / "summary.json").is_file()
+    assert ckpt.load_checkpoint(moved[0] / ckpt.FINAL)["epoch"] == 0
+    assert ckpt.load_checkpoint(finished_fold / ckpt.FINAL)["epoch"] == 1  # the new fold_0: two epochs (0, 1)
+    assert fold_dir(hiennu_roots["hiennu_results"], "TrainerDice") == finished_fold
+
+
+def test_progress_line_counts_reused_runs_but_times_only_trained_ones():
+    tracker = StudyProgress(4)
+    assert tracker.done("TrainerDice", 0, 5.0, trained=False) == \
+        "run 1/4 done: TrainerDice fold 0 (reused); ETA unknown (no run trained yet)"
+    assert tracker.done("TrainerDice", 1, 120.0, trained=True) == \
+        "run 2/4 done: TrainerDice fold 1 in 2.0 min; ETA 4.0 min"
+    assert tracker.done("TrainerTversky", 0, 240.0, trained=True) == \
+        "run 3/4 done: TrainerTversky fold 0 in 4.0 min; ETA 3.0 min"
+    assert tracker.done("TrainerTversky", 1, 1.0, trained=False).endswith("(reused); ETA 0.0 min")
+
+
+def test_the_study_checks_every_finished_fold_before_training_anything(finished_fold, hiennu_roots):
+    from hiennu.study.loss_study import run_loss_study
+    (hiennu_roots["hiennu_raw"] / DATASET / "labelsTr").mkdir(parents=True)
+    opts = _study_options(epochs=2, trainers=["TrainerTversky", "TrainerDice"])
+    with pytest.raises(HiennuError, match=r"(?s)1 finished run\(s\) were trained otherwise.*TrainerDice fold 0 .*"
+                                          r"training.max_epochs: trained with 1, requested 2"):
+        run_loss_study(opts)
+    assert not (finished_fold.parent.parent / "TrainerTversky__hiennuPlans__3d_fullres").exists()  # nothing trained
