@@ -225,3 +225,17 @@ def test_real_crop_roundtrip_reaches_the_goal(real_bonbid_dir):
         values.append(crop_roundtrip_dice(adc, label, geometry.spacing_zyx, (2.0, 1.375, 1.375), "linear"))
     assert len(values) == 37
     assert np.mean(values) >= 0.99
+
+
+def test_prediction_settings_may_change_after_training_but_the_network_may_not():
+    import dataclasses
+
+    from hiennu.inference.trained_configuration import TrainedConfigurationError, check_trained_configuration
+
+    trained = _patch_config()
+    state = {"configuration": dataclasses.asdict(trained)}
+    edited = dataclasses.replace(trained, prediction_interpolation="nearest", min_component_voxels=10)
+    check_trained_configuration(state, edited, "checkpoint_best.pth", "plans.json")  # accepted
+    other_patch = dataclasses.replace(trained, patch_size_zyx=[16, 16, 16])
+    with pytest.raises(TrainedConfigurationError, match="patch_size_zyx"):
+        check_trained_configuration(state, other_patch, "checkpoint_best.pth", "plans.json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hiennu.cli._common import add_device, make_parser, run
+from hiennu.cli._common import add_device, add_plans_name, make_parser, run
 from hiennu.study.loss_study import STUDY_TRAINERS, LossStudyOptions, run_loss_study
 
 
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a finished fold trained with other plans, trainer, options, seed or hiennu version than "
                         "requested is moved aside (fold_K.replaced-<timestamp>) and trained again; without this "
                         "flag the study refuses, naming what differs")
+    add_plans_name(p, "plans identifier (as for hiennu_train): study the models trained with NAME.json; the "
+                      "study folder is then loss_study_NAME__CONFIG")
     return p
 
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs, patience=args.patience, iterations_per_epoch=args.iterations_per_epoch,
             batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, seed=args.seed,
             reference=args.reference, figure_cases=args.figure_cases, num_processes=args.num_processes,
-            output_dir=args.output, retrain_mismatched=args.retrain_mismatched))
+            output_dir=args.output, retrain_mismatched=args.retrain_mismatched, plans_name=args.plans_name))
         if not args.quiet:
             print(f"loss study report: {result.output_dir / 'report.md'}")
         return 0

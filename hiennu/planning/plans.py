@@ -369,6 +369,10 @@ def configuration_problems(config: Configuration) -> list[str]:
 INFORMATIVE_FIELDS = ("notes", "roundtrip_dice_mean", "roundtrip_dice_worst", "grid_policy")
 # Fields that only shape training; a trained fold predicts the same whatever they say now.
 TRAINING_ONLY_FIELDS = ("training",)
+# Fields that only shape what happens after the network (how probabilities go back to the native grid,
+# post-processing): the trained weights do not depend on them, so editing them after training is a
+# deliberate change of prediction, not a mismatch.
+PREDICTION_ONLY_FIELDS = ("prediction_interpolation", "min_component_voxels")
 
 
 def configuration_differences(recorded: Any, current: Configuration, ignore: tuple[str, ...] = INFORMATIVE_FIELDS,

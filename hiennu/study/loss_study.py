@@ -43,6 +43,7 @@ from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
 from hiennu.paths import raw_root, resolve_dataset, results_root
+from hiennu.planning.plans import PLANS_NAME
 from hiennu.provenance import provenance_markdown
 from hiennu.study.fold_record import move_fold_aside, recorded_differences
 from hiennu.training import checkpoint as ckpt
@@ -66,6 +67,7 @@ class LossStudyOptions:
     ``all``, which has none, is not one of them).
     reference: the trainer the Wilcoxon tests compare against. figure_cases: rows of slices.png.
     output_dir: where the study is written (default under the dataset's results folder).
+    plans_name: the plans identifier the models are trained with (``-p``).
     retrain_mismatched: a finished fold whose record (plans configuration, trainer, result-changing
     training options, seed, hiennu version: :mod:`hiennu.study.fold_record`) differs from the
     request is moved aside (``fold_K.replaced-<timestamp>``) and trained again; without it the study
@@ -87,6 +89,7 @@ class LossStudyOptions:
     figure_cases: int = 4
     num_processes: int = 2
     output_dir: Path | None = None
+    plans_name: str = PLANS_NAME
     retrain_mismatched: bool = False
 
     def __post_init__(self) -> None:
@@ -151,7 +154,8 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
             runs.setdefault(name, []).append(run)
             log.info("%s", tracker.done(name, fold, time.perf_counter() - run_start, run.trained_now))
     config_name = runs[opts.trainers[0]][0].fold_dir.parent.name.split("__")[-1]
-    out = opts.output_dir or results_root() / dataset / f"loss_study_{config_name}"
+    suffix = config_name if opts.plans_name == PLANS_NAME else f"{opts.plans_name}__{config_name}"
+    out = opts.output_dir or results_root() / dataset / f"loss_study_{suffix}"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -314,7 +318,7 @@ def _training_options(dataset: str, fold: int, opts: LossStudyOptions, resume: b
     return TrainingOptions(dataset=dataset, configuration=opts.configuration, fold=fold, epochs=opts.epochs,
                            patience=opts.patience, batch_size=opts.batch_size,
                            iterations_per_epoch=opts.iterations_per_epoch, num_workers=opts.num_workers,
-                           device=opts.device, seed=opts.seed, resume=resume)
+                           device=opts.device, seed=opts.seed, resume=resume, plans_name=opts.plans_name)
 
 
 def _slug(text: str) -> str:
