@@ -239,3 +239,20 @@ def test_prediction_settings_may_change_after_training_but_the_network_may_not()
     other_patch = dataclasses.replace(trained, patch_size_zyx=[16, 16, 16])
     with pytest.raises(TrainedConfigurationError, match="patch_size_zyx"):
         check_trained_configuration(state, other_patch, "checkpoint_best.pth", "plans.json")
+
+
+@pytest.mark.parametrize("mode", ["add", "veto"])
+def test_rule_prior_starts_at_the_rule_and_veto_can_raise_only_by_log2(mode):
+    plan = NetworkPlan(in_channels=2, features_per_stage=[4, 8], pool_kernel_sizes=[[2, 2, 2]],
+                       dropout_per_stage=[0.0, 0.0], norm="instance", rule_prior=True, rule_prior_mode=mode)
+    net = build_network(plan).eval()
+    x = torch.randn(1, 2, 4, 8, 8) * 3
+    prior = net.rule_scale.detach() * (-2.0 - x[:, 1:2])
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), prior)  # an untrained model is the rule
+        net.heads[-1].bias.fill_(-50.0)  # veto: the largest raise there is; add: a plain shift down
+        raised = net(x)
+    if mode == "veto":
+        torch.testing.assert_close(raised, prior + math.log(2.0), atol=1e-5, rtol=0)
+    else:
+        assert torch.all(raised < prior - 49)

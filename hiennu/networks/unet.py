@@ -15,12 +15,18 @@ lower-resolution logit map per decoder stage below it.
 With ``plan.rule_prior`` the full-resolution logits get ``k * (t - x[:, c])`` added: the
 challenge's ZADC < t rule as a logit prior (``c`` the ZADC channel, on its atlas z-score scale;
 ``k`` a learnable scale, initialised to 2). The output convolutions then start at zero, so the
-untrained network predicts exactly the rule and training learns corrections to it.
+untrained network predicts exactly the rule and training learns corrections to it. In ``veto``
+mode (``plan.rule_prior_mode``) the correction ``n`` enters as ``prior - softplus(n) + log 2``
+(zero at ``n = 0``): it may lower the rule's logits without bound but raise them by at most log 2,
+so the network mostly removes what the rule over-calls.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hiennu.planning.plans import NetworkPlan
@@ -82,6 +88,8 @@ class UNet3D(nn.Module):
             self.decoder.append(ConvBlock(2 * feats[s], feats[s], k, plan.dropout_per_stage[s], slope, plan.norm))
             self.heads.append(nn.Conv3d(feats[s], plan.out_channels, 1))
         if plan.rule_prior:
+            if plan.rule_prior_mode not in ("add", "veto"):
+                raise ValueError(f"network plan: unknown rule_prior_mode {plan.rule_prior_mode!r}; choose 'add' or 'veto'")
             if not 0 <= plan.rule_prior_channel < plan.in_channels:
                 raise ValueError(f"network plan: rule_prior_channel {plan.rule_prior_channel} is not one of the "
                                  f"{plan.in_channels} input channels")
@@ -94,6 +102,13 @@ class UNet3D(nn.Module):
         """The prior ``k * (t - x[:, c])`` as ``(B, 1, z, y, x)`` logits."""
         c = self.plan.rule_prior_channel
         return self.rule_scale * (self.plan.rule_prior_threshold - x[:, c:c + 1])
+
+    def _with_prior(self, out: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        if prior is None:
+            return out
+        if self.plan.rule_prior_mode == "veto":
+            return prior - F.softplus(out) + math.log(2.0)
+        return prior + out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         prior = self.rule_logits(x) if self.plan.rule_prior else None
@@ -111,11 +126,9 @@ class UNet3D(nn.Module):
                 outputs.append(head(x))
         if self.plan.deep_supervision and self.training:
             outputs = outputs[::-1]
-            if prior is not None:
-                outputs[0] = outputs[0] + prior
+            outputs[0] = self._with_prior(outputs[0], prior)
             return outputs
-        out = self.heads[-1](x)
-        return out if prior is None else out + prior
+        return self._with_prior(self.heads[-1](x), prior)
 
 
 def build_network(plan: NetworkPlan) -> UNet3D:

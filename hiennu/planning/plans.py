@@ -31,6 +31,7 @@ LOSSLESS_CONFIGURATION = "3d_lossless"
 
 NORMALIZATION_SCHEMES = ("zscore_image", "zscore_brain", "global_zscore", "atlas_zscore", "none")
 NORM_TYPES = ("batch", "instance")
+RULE_PRIOR_MODES = ("add", "veto")
 LR_SCHEDULES = ("exponential", "poly")
 
 
@@ -75,6 +76,9 @@ class NetworkPlan:
     ``c = rule_prior_channel`` (a channel on its atlas z-score scale), ``t = rule_prior_threshold``
     and ``k`` learnable (initialised to 2); the network's head starts at zero, so an untrained
     model predicts exactly the rule ``ZADC < t`` and training learns corrections to it.
+    rule_prior_mode: how the network's output ``n`` corrects the prior ``r``: ``add`` (``r + n``, free
+    corrections) or ``veto`` (``r - softplus(n) + log 2``: the network can lower the rule's logits
+    without bound but raise them by at most log 2, so it mostly removes what the rule over-calls).
     """
 
     in_channels: int = 2
@@ -89,6 +93,7 @@ class NetworkPlan:
     rule_prior: bool = False
     rule_prior_channel: int = 1
     rule_prior_threshold: float = -2.0
+    rule_prior_mode: str = "add"
 
     @property
     def downsampling_factor_zyx(self) -> tuple[int, int, int]:
@@ -255,6 +260,7 @@ ENUMERATED_FIELDS: dict[str, tuple[str, ...]] = {
     "optimizer": ("AdamW",),
     "early_stopping_metric": ("val_dice", "ema_val_dice"),
     "norm": NORM_TYPES,
+    "rule_prior_mode": RULE_PRIOR_MODES,
     "lr_schedule": LR_SCHEDULES,
     "planned_for": ("cpu", "gpu"),
 }
