@@ -102,7 +102,8 @@ def test_plan_every_configuration_from_fingerprint(tmp_path):
     assert patch.name == "3d_fullres" and patch.is_patch_based and patch.target_size_xyz is None
     assert patch.crop_to_brain and patch.planned_for == "cpu" and patch.network.norm == "instance"
     assert patch.normalization == full.normalization
-    assert patch.training.iterations_per_epoch and patch.training.foreground_oversampling == pytest.approx(0.33)
+    assert patch.training.iterations_per_epoch and patch.training.foreground_oversampling == pytest.approx(0.1)
+    assert patch.network.rule_prior and patch.network.rule_prior_mode == "veto" and patch.network.rule_prior_channel == 1
     assert "target spacing" in patch.notes and "patch and network" in patch.notes
     save_plans(plans, tmp_path)
     assert load_plans(tmp_path) == plans
@@ -186,3 +187,12 @@ def test_edited_plans_with_unknown_key_are_rejected(tmp_path):
     d["configurations"]["3d_fullres"]["target_sise_xyz"] = [1, 2, 3]
     with pytest.raises(HiennuError, match="target_sise_xyz"):
         Plans.from_dict(d)
+
+
+def test_patch_plan_starts_from_the_rule_only_with_a_zmap_channel():
+    with_z = plan_experiment(_fingerprint(BONBID_SIZES_XYZ), plan_for="cpu").configuration()
+    assert with_z.network.rule_prior and with_z.training.learning_rate == pytest.approx(3e-4)
+    without = plan_experiment(_fingerprint(BONBID_SIZES_XYZ, names=("ADC", "T2")), plan_for="cpu").configuration()
+    assert not without.network.rule_prior
+    assert without.training.foreground_oversampling == pytest.approx(0.33)
+    assert "no z-map channel" in without.notes
