@@ -17,8 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="demo folder (made by the demo and emptied on its next run)")
     p.add_argument("--cases", type=int, default=d.num_cases, help="synthetic training cases")
     p.add_argument("--test-cases", type=int, default=d.test_cases, help="synthetic held-out test cases")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trainer")
-    p.add_argument("--iterations-per-epoch", type=int, default=d.iterations_per_epoch, help="steps per epoch")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trainer (default: the plans' CPU schedule)")
+    p.add_argument("--iterations-per-epoch", type=int, default=d.iterations_per_epoch, help="steps per epoch (default: the plans')")
     p.add_argument("--trainers", nargs="+", default=list(d.trainers),
                    help="trainers of the small loss study; the last one predicts the test cases")
     p.add_argument("--folds", nargs="+", type=int, default=list(d.folds), help="folds each trainer trains")
@@ -37,6 +37,11 @@ def summary_lines(result: DemoResult) -> list[str]:
     lines += [f"  {step:<22s} {seconds:7.1f} s" for step, seconds in result.seconds.items()]
     s = result.test_scores
     lines.append(f"  held-out synthetic test cases: Dice {s['dice']:.3f}, MASD {s['masd']:.2f} mm, NSD {s['nsd']:.3f}")
+    if result.rule_scores:
+        r = result.rule_scores
+        lines.append(f"  ZADC < -2 rule, same cases:    Dice {r['dice']:.3f}, MASD {r['masd']:.2f} mm, NSD {r['nsd']:.3f}")
+    lines.append("  (a short CPU schedule on synthetic data: it shows that every stage runs and connects; for what "
+                 "hiennu measures on real BONBID cases see documentation/results.md)")
     lines.append(f"  loss study report:  {result.study_report}")
     lines += [f"  figure:             {fig}" for fig in result.study_figures]
     lines.append(f"  test predictions:   {result.predictions}")
