@@ -22,9 +22,10 @@ class TrainerTwoProcesses(TrainerDice):
 
 
 @pytest.mark.slow  # ~25-30 s on the shared 2-core box: two spawned ranks each import torch and hiennu
-def test_two_gloo_processes_match_a_single_process(hiennu_roots, tmp_path, monkeypatch):
+@pytest.mark.parametrize("patch", [False, True], ids=["grid", "patch"])
+def test_two_gloo_processes_match_a_single_process(hiennu_roots, tmp_path, monkeypatch, patch):
     # dropout 0: dropout masks are drawn per rank, so only a dropout-free network can match exactly
-    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], dropout=0.0)
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], dropout=0.0, patch=patch)
     mod = write_module(tmp_path, "ddp_trainers", TRAINERS)
     from hiennu.training.launch import train
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from test_training import fold_dir, load, make_tiny_dataset, options, write_module
@@ -39,8 +40,9 @@ class TrainerKilled(TrainerDice):
 """
 
 
-def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(hiennu_roots, tmp_path):
-    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
+@pytest.mark.parametrize("patch", [False, True], ids=["grid", "patch"])
+def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(hiennu_roots, tmp_path, patch):
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], patch=patch)
     mod = write_module(tmp_path, "resume_trainers", TRAINERS)
     from hiennu.training.launch import train
 

@@ -14,7 +14,7 @@ from hiennu.study.loss_study import RULE_ZADC, RULE_ZADC_CC, figure_cases
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    return run_demo(DemoOptions(output_dir=out, num_cases=6, test_cases=2, epochs=1, target_size_xyz=(16, 16, 16),
+    return run_demo(DemoOptions(output_dir=out, num_cases=6, test_cases=2, epochs=1, iterations_per_epoch=2,
                                 num_processes=1))
 
 
@@ -26,7 +26,7 @@ def test_demo_writes_every_stage(demo):
     assert (raw / "dataset.json").is_file() and len(list((raw / "labelsTr").glob("*.mha"))) == 6
     for name in ("plans.json", "dataset_fingerprint.json", "splits_final.json"):
         assert (pre / name).is_file()
-    for trainer in ("TrainerDice", "TrainerTverskyHDT"):
+    for trainer in ("TrainerDiceFocal", "TrainerTverskyHDT"):
         fold = out / "hiennu_results" / "Dataset990_SyntheticDemo" / f"{trainer}__hiennuPlans__3d_fullres" / "fold_0"
         for name in ("checkpoint_best.pth", "checkpoint_final.pth", "progress.png", "training_log.txt",
                      "validation/summary.json"):
@@ -49,16 +49,16 @@ def test_demo_predictions_keep_native_geometry_and_scores_are_sane(demo):
 def test_loss_study_report_lists_trainers_and_rules(demo):
     study = demo.study_report.parent
     report = demo.study_report.read_text()
-    for method in ("TrainerDice", "TrainerTverskyHDT", RULE_ZADC, RULE_ZADC_CC):
+    for method in ("TrainerDiceFocal", "TrainerTverskyHDT", RULE_ZADC, RULE_ZADC_CC):
         assert method in report
     assert "Above the simple rules" in report and "Wilcoxon" in report
     assert "p (Holm)" in report and "![Dice per case](dice_boxplot.png)" in report and "Dice [95 % CI]" in report
     assert "Post-processing was not chosen" in report  # the demo runs fold 0 only
     with open(study / "table.csv") as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"TrainerDice", "TrainerTverskyHDT", RULE_ZADC, RULE_ZADC_CC}
-    assert float(rows["TrainerDice"]["epochs_mean"]) == 1.0
-    assert float(rows["TrainerDice"]["steps_mean"]) >= 1 and float(rows["TrainerDice"]["train_min_mean"]) > 0
+    assert set(rows) == {"TrainerDiceFocal", "TrainerTverskyHDT", RULE_ZADC, RULE_ZADC_CC}
+    assert float(rows["TrainerDiceFocal"]["epochs_mean"]) == 1.0
+    assert float(rows["TrainerDiceFocal"]["steps_mean"]) == 2 and float(rows["TrainerDiceFocal"]["train_min_mean"]) > 0
     assert rows[RULE_ZADC]["dice_ci95_low"] and rows[RULE_ZADC]["hd95_mean"] is not None
     for fig in demo.study_figures:
         assert fig.is_file() and fig.stat().st_size > 1000
@@ -66,7 +66,7 @@ def test_loss_study_report_lists_trainers_and_rules(demo):
     with open(study / "per_case.csv") as f:
         per_case = list(csv.DictReader(f))
     cases = {m: sorted(r["case_id"] for r in per_case if r["method"] == m) for m in rows}
-    assert cases[RULE_ZADC] == cases["TrainerDice"] == cases["TrainerTverskyHDT"]
+    assert cases[RULE_ZADC] == cases["TrainerDiceFocal"] == cases["TrainerTverskyHDT"]
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path):
