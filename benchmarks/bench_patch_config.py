@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hiennu import losses
 from hiennu.inference.predictor import Predictor
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.io.atomic import read_json
@@ -46,7 +47,6 @@ from hiennu.planning.plans import load_plans
 from hiennu.planning.roundtrip import dice
 from hiennu.preprocessing.cropping import crop_and_resample, crop_and_resample_label, restore_to_native
 from hiennu.preprocessing.preprocessor import preprocess_case
-from hiennu.training.trainers import get_trainer_class
 
 
 def _machine() -> str:
@@ -54,11 +54,11 @@ def _machine() -> str:
             f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
-def time_steps(dataset: str, loss_trainer: str, steps: int) -> None:
+def time_steps(dataset: str, loss_name: str, steps: int) -> None:
     plans = load_plans(preprocessed_root() / dataset / "plans.json")
     config = plans.configuration()
     net = build_network(config.network)
-    loss = get_trainer_class(loss_trainer).build_loss(None)  # build_loss uses no trainer state
+    loss = getattr(losses, loss_name)()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     batch = config.training.batch_size
     x = torch.randn(batch, config.network.in_channels, *config.patch_size_zyx)
@@ -76,7 +76,7 @@ def time_steps(dataset: str, loss_trainer: str, steps: int) -> None:
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     params = sum(p.numel() for p in net.parameters())
     print(f"training step, {config.name} planned for {config.planned_for}: patch {config.patch_size_zyx} (z y x), "
-          f"batch {batch}, {params / 1e6:.2f} M parameters, loss of {loss_trainer}: median {statistics.median(times):.2f} s "
+          f"batch {batch}, {params / 1e6:.2f} M parameters, loss of {loss_name}: median {statistics.median(times):.2f} s "
           f"(quartiles {q[0]:.2f}-{q[2]:.2f} s, {len(times)} steps) on {_machine()}")
 
 
@@ -136,7 +136,7 @@ def main() -> None:
     p.add_argument("-d", "--dataset", required=True)
     p.add_argument("--step", action="store_true", help="time training steps of the plans' network and patch")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--loss", default="TrainerTverskyHDT", help="trainer whose loss the step uses")
+    p.add_argument("--loss", default="TverskyHDTLoss", help="loss class of hiennu.losses the step uses")
     p.add_argument("--predict", type=Path, default=None, help="model folder to time prediction with")
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--interpolation", type=Path, default=None, help="model folder for the linear/nearest study")
