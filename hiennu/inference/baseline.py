@@ -14,6 +14,7 @@ import numpy as np
 
 from hiennu.errors import HiennuError
 from hiennu.inference.folder_prediction import CasePredictor
+from hiennu.inference.postprocessing import channel_index, rule_mask
 from hiennu.io.image import Geometry
 
 BASELINES = ("zadc",)
@@ -27,17 +28,17 @@ class ZadcThresholdBaseline(CasePredictor):
 
     def __init__(self, threshold: float = -2.0, min_component_voxels: int = 0,
                  channel_names: Sequence[str] = ("ADC", "ZADC")):
-        lowered = [c.lower() for c in channel_names]
-        if "adc" not in lowered or "zadc" not in lowered:
+        adc, zadc = channel_index(channel_names, "adc"), channel_index(channel_names, "zadc")
+        if adc is None or zadc is None:
             raise HiennuError(f"the ZADC baseline needs an ADC and a ZADC channel, got {list(channel_names)}")
         self.threshold = float(threshold)
         self.min_component_voxels = int(min_component_voxels)
         self.channel_names = tuple(channel_names)
-        self._adc, self._zadc = lowered.index("adc"), lowered.index("zadc")
+        self._adc, self._zadc = adc, zadc
         self.batch_size = 1
 
     def prepare(self, images: list[np.ndarray], geometry: Geometry) -> np.ndarray:
-        return ((images[self._zadc] < self.threshold) & (images[self._adc] != 0)).astype(np.uint8)
+        return rule_mask(images[self._zadc], images[self._adc], self.threshold).astype(np.uint8)
 
     def predict_prepared(self, prepared: list[np.ndarray], geometries: list[Geometry],
                          need_probabilities: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:

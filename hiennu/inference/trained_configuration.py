@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hiennu.errors import HiennuError
-from hiennu.planning.plans import (INFORMATIVE_FIELDS, PREDICTION_ONLY_FIELDS, TRAINING_ONLY_FIELDS, Configuration,
+from hiennu.planning.plans import (PREDICTOR_IGNORED_FIELDS, Configuration,
                                    configuration_differences)
 
 
@@ -33,8 +33,7 @@ def check_trained_configuration(state: dict[str, Any], configuration: Configurat
     recorded = state.get("configuration")
     if not isinstance(recorded, dict):
         return
-    diffs = configuration_differences(recorded, configuration,
-                                      ignore=INFORMATIVE_FIELDS + TRAINING_ONLY_FIELDS + PREDICTION_ONLY_FIELDS)
+    diffs = configuration_differences(recorded, configuration, ignore=PREDICTOR_IGNORED_FIELDS)
     if not diffs:
         return
     restore = (f"put back the plans it was trained with ({fold_plans}) as {plans_file}, "

@@ -214,8 +214,9 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
     if image_ending(path) is None:
         raise ImageReadError(f"{path}: unsupported file ending; use one of {', '.join(IMAGE_ENDINGS)}")
     raw_spacing = header_spacing(path)
-    if raw_spacing is not None and spacing_problem(raw_spacing, path):
-        raise ImageReadError(spacing_problem(raw_spacing, path))
+    problem = spacing_problem(raw_spacing, path) if raw_spacing is not None else None
+    if problem:
+        raise ImageReadError(problem)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:

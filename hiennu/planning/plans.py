@@ -379,6 +379,8 @@ TRAINING_ONLY_FIELDS = ("training",)
 # post-processing): the trained weights do not depend on them, so editing them after training is a
 # deliberate change of prediction, not a mismatch.
 PREDICTION_ONLY_FIELDS = ("prediction_interpolation", "min_component_voxels")
+# What the predictor may find edited in a trained fold's plans without refusing the fold.
+PREDICTOR_IGNORED_FIELDS = INFORMATIVE_FIELDS + TRAINING_ONLY_FIELDS + PREDICTION_ONLY_FIELDS
 
 
 def configuration_differences(recorded: Any, current: Configuration, ignore: tuple[str, ...] = INFORMATIVE_FIELDS,

@@ -86,8 +86,7 @@ def preprocess_case(images: list[np.ndarray], config: Configuration, label: np.n
         if spacing_zyx is None:
             raise ValueError(f"configuration {config.name} resamples to a target spacing: pass the case's spacing_zyx")
         grid, record = crop_and_resample(stacked, spacing_zyx, config.target_spacing_zyx, config.crop_to_brain)
-        brain_box = (crop_to_bbox(stacked[0], record.bbox_zyx) != 0).astype(np.float32)
-        brain = resample_image_to_grid(brain_box, grid.shape[1:]) >= 0.5
+        brain = brain_mask_on_grid(crop_to_bbox(stacked[0], record.bbox_zyx), grid.shape[1:])
     else:
         size = config.target_size_zyx
         grid = resample_image_to_grid(stacked, size)

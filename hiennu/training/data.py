@@ -236,7 +236,7 @@ class TrainingBatches:
         if device_augmentation is None:
             device_augmentation = self.device.type == "cuda"
         self.on_device = augment and device_augmentation
-        self.lesion_cases = self._check_cases()
+        self.lesion_cases, lesion_locations = self._check_cases()
         fraction = config.training.foreground_oversampling
         if fraction > 0 and not self.lesion_cases:
             logger.warning("foreground_oversampling=%.2f but none of the %d training cases has a lesion; "
@@ -250,19 +250,18 @@ class TrainingBatches:
                                                                                      config.input_size_zyx)
         patch = tuple(int(v) for v in config.patch_size_zyx) if config.is_patch_based else None
         self._maker = _BatchMaker(self.case_dir, self.case_ids, cpu_transform, patch,  # type: ignore[arg-type]
-                                  self._lesion_locations if patch else None)
+                                  lesion_locations if patch else None)
         self._gpu_augmenter = GPUAugmenter(config.augmentation) if self.on_device else None
         self._augmenter: MultiThreadedAugmenter | None = None
 
-    def _check_cases(self) -> list[int]:
-        """Open every case once (memory-mapped); return the indices of cases with a lesion.
-
-        Patch configurations also collect each case's lesion voxel positions (for foreground patches).
+    def _check_cases(self) -> tuple[list[int], dict[int, np.ndarray]]:
+        """Open every case once (memory-mapped); return the indices of cases with a lesion and, for a
+        patch configuration, each such case's lesion voxel positions ``(n, 3)`` (for foreground patches).
         """
         patched = self.config.is_patch_based
         channels = self.config.network.in_channels
         lesion = []
-        self._lesion_locations: dict[int, np.ndarray] = {}
+        locations: dict[int, np.ndarray] = {}
         for i, case_id in enumerate(self.case_ids):
             data, _, props = load_preprocessed_case(self.case_dir, case_id, mmap=True)
             grid = tuple(data.shape[1:]) if patched else tuple(self.config.target_size_zyx)
@@ -278,8 +277,8 @@ class TrainingBatches:
             if props["has_lesion"]:
                 lesion.append(i)
                 if patched:
-                    self._lesion_locations[i] = np.asarray(props["lesion_locations"], dtype=np.int64).reshape(-1, 3)
-        return lesion
+                    locations[i] = np.asarray(props["lesion_locations"], dtype=np.int64).reshape(-1, 3)
+        return lesion, locations
 
     def epoch(self, epoch: int, iterations: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``iterations`` batches (data (B, C, z, y, x), target (B, 1, z, y, x), float32) on the device."""

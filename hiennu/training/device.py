@@ -13,7 +13,7 @@ from typing import ContextManager
 
 import torch
 
-from hiennu.device import DEVICE_TYPES, best_device_type, resolve_device  # noqa: F401 (re-exported)
+from hiennu.device import resolve_device
 
 
 def select_device(device_type: str | None = None, local_rank: int = 0) -> torch.device:

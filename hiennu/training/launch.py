@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hiennu.errors import HiennuError
 from hiennu.log import configure, is_verbose
-from hiennu.training.device import best_device_type
+from hiennu.device import best_device_type
 from hiennu.training.distributed import (DistContext, destroy_process_group, init_process_group, spawn,
                                          torchrun_context)
 from hiennu.training.trainer import TrainingOptions

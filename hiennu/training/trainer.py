@@ -51,7 +51,7 @@ from hiennu.log import attach_file_handler, get_logger, progress
 from hiennu.paths import (model_dir_name, plans_file_name, preprocessed_data_name, preprocessed_root,
                           raw_root, resolve_dataset, results_root)
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import (INFORMATIVE_FIELDS, PLANS_NAME, TRAINING_ONLY_FIELDS, Configuration, Plans,
+from hiennu.planning.plans import (PLANS_NAME, PREDICTOR_IGNORED_FIELDS, Configuration, Plans,
                                    TrainingPlan, configuration_differences, load_plans, save_plans)
 from hiennu.provenance import provenance
 from hiennu.training import checkpoint as ckpt
@@ -489,8 +489,7 @@ class Trainer(abc.ABC):
         log.warning("--continue: no checkpoint in %s; starting a new training", self.fold_dir)
         return None
 
-    def _restore(self, state: dict[str, Any], source: Path | None = None) -> None:
-        source = source or self.fold_dir / ckpt.LATEST
+    def _restore(self, state: dict[str, Any], source: Path) -> None:
         for key, mine in (("trainer_name", self.trainer_name), ("configuration_name", self.config.name),
                           ("fold", self.options.fold)):
             if state.get(key) != mine:
@@ -500,7 +499,8 @@ class Trainer(abc.ABC):
             diffs = configuration_differences(state["configuration"], self.config)
             if diffs:
                 raise HiennuError(
-                    f"{source}: this fold was started with other plans than {self.preprocessed_dir / 'plans.json'} "
+                    f"{source}: this fold was started with other plans than "
+                    f"{self.preprocessed_dir / plans_file_name(self.options.plans_name)} "
                     f"now holds ({'; '.join(diffs)}); continuing would mix them. Put back the plans it was "
                     f"started with ({self.fold_dir / 'plans.json'}) and re-preprocess with --keep-plans, or move "
                     f"the fold folder away to train it afresh with the new plans")
@@ -590,7 +590,7 @@ class Trainer(abc.ABC):
             except HiennuError:
                 continue
             if configuration_differences(dataclasses.asdict(other_config), self.config,
-                                         ignore=INFORMATIVE_FIELDS + TRAINING_ONLY_FIELDS):
+                                         ignore=PREDICTOR_IGNORED_FIELDS):
                 stale.append(other.parent.name)
         log.warning("%s now holds the plans of %s%s", shared, self.fold_dir.name,
                     f"; {', '.join(stale)} were trained with other plans and will be refused by the predictor "
