@@ -72,7 +72,7 @@ def stage_times(predictor: Predictor, case_dir: Path, out: Path) -> dict[str, fl
     images, geometry = read_case(case)
     t["read"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    data, _ = preprocess_case(images, predictor.configuration)
+    data, _, _ = preprocess_case(images, predictor.configuration, spacing_zyx=geometry.spacing_zyx)
     t["preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     prob = predictor.ensemble.predict_probabilities(torch.from_numpy(data[None]))

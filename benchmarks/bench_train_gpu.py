@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="default: the plans' (4)")
     p.add_argument("--iterations-per-epoch", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--configuration", default="3d_lossless",
+                   help="whole-volume configuration to train (3d_lossless or 3d_paper; --grid forces its grid)")
     p.add_argument("--grid", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
                    help="force the grid (x, y, z); default: the planner's")
     p.add_argument("--features", type=int, nargs="+", default=None, help="override features_per_stage")
@@ -68,14 +70,14 @@ def prepare_dataset(args: argparse.Namespace) -> str:
             make_synthetic_dataset(901, num_cases=args.synthetic, name="Bench")
     plans_file = preprocessed_root() / name / "plans.json"
     if not plans_file.is_file():
-        opts = PlanAndPreprocessOptions(target_size_xyz=args.grid, configurations=["3d_fullres"],
+        opts = PlanAndPreprocessOptions(target_size_xyz=args.grid, configurations=[args.configuration],
                                         num_processes=os.cpu_count() or 2)
         if args.features:
             opts.preprocess = False
         plan_and_preprocess(name, opts)
         if args.features:
             plans = load_plans(plans_file)
-            net = plans.configuration("3d_fullres").network
+            net = plans.configuration(args.configuration).network
             net.features_per_stage = list(args.features)
             net.dropout_per_stage = (net.dropout_per_stage + [net.dropout_per_stage[-1]] * 8)[:len(args.features)]
             net.pool_kernel_sizes = (net.pool_kernel_sizes + [[2, 2, 2]] * 8)[:len(args.features) - 1]
@@ -142,16 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     name = prepare_dataset(args)
     prepare_s = time.perf_counter() - t0
-    config = load_plans(preprocessed_root() / name / "plans.json").configuration("3d_fullres")
+    config = load_plans(preprocessed_root() / name / "plans.json").configuration(args.configuration)
     batch = args.batch_size or config.training.batch_size
     net = network_only(config, batch, device, args.repeats)
 
-    model_dir = results_root() / name / f"{args.trainer}__hiennuPlans__3d_fullres"
+    model_dir = results_root() / name / f"{args.trainer}__hiennuPlans__{args.configuration}"
     fold_dir = model_dir / f"fold_{args.fold}"
     if fold_dir.exists():
         import shutil
         shutil.rmtree(fold_dir)
-    options = TrainingOptions(dataset=name, fold=args.fold, epochs=args.epochs, patience=args.epochs,
+    options = TrainingOptions(dataset=name, configuration=args.configuration, fold=args.fold, epochs=args.epochs, patience=args.epochs,
                               batch_size=args.batch_size, iterations_per_epoch=args.iterations_per_epoch,
                               num_workers=args.num_workers, device=device.type, compile=args.compile,
                               final_validation=args.final_validation)
