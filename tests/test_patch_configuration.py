@@ -256,3 +256,21 @@ def test_rule_prior_starts_at_the_rule_and_veto_can_raise_only_by_log2(mode):
         torch.testing.assert_close(raised, prior + math.log(2.0), atol=1e-5, rtol=0)
     else:
         assert torch.all(raised < prior - 49)
+
+
+@pytest.mark.parametrize("scale", [2.0, 10.0])
+def test_rule_prior_scale_sets_the_initial_sharpness(scale):
+    # k (t - z) with k = rule_prior_scale: at z = t - 0.5 the logit is k / 2, at z = t + 1 it is -k
+    plan = NetworkPlan(in_channels=2, features_per_stage=[4, 8], pool_kernel_sizes=[[2, 2, 2]],
+                       dropout_per_stage=[0.0, 0.0], norm="instance", rule_prior=True, rule_prior_mode="veto",
+                       rule_prior_scale=scale)
+    net = build_network(plan).eval()
+    x = torch.zeros(1, 2, 4, 8, 8)
+    x[:, 1, :2] = -2.5
+    x[:, 1, 2:] = -1.0
+    with torch.no_grad():
+        out = net(x)
+    assert float(net.rule_scale) == scale
+    torch.testing.assert_close(out[0, 0, :2], torch.full((2, 8, 8), scale / 2))
+    torch.testing.assert_close(out[0, 0, 2:], torch.full((2, 8, 8), -scale))
+

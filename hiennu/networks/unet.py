@@ -14,7 +14,7 @@ lower-resolution logit map per decoder stage below it.
 
 With ``plan.rule_prior`` the full-resolution logits get ``k * (t - x[:, c])`` added: the
 challenge's ZADC < t rule as a logit prior (``c`` the ZADC channel, on its atlas z-score scale;
-``k`` a learnable scale, initialised to 2). The output convolutions then start at zero, so the
+``k`` a learnable scale, initialised to ``plan.rule_prior_scale``). The output convolutions then start at zero, so the
 untrained network predicts exactly the rule and training learns corrections to it. In ``veto``
 mode (``plan.rule_prior_mode``) the correction ``n`` enters as ``prior - softplus(n) + log 2``
 (zero at ``n = 0``): it may lower the rule's logits without bound but raise them by at most log 2,
@@ -30,9 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from hiennu.planning.plans import NetworkPlan
-
-
-RULE_PRIOR_INIT_SCALE = 2.0
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -93,7 +90,7 @@ class UNet3D(nn.Module):
             if not 0 <= plan.rule_prior_channel < plan.in_channels:
                 raise ValueError(f"network plan: rule_prior_channel {plan.rule_prior_channel} is not one of the "
                                  f"{plan.in_channels} input channels")
-            self.rule_scale = nn.Parameter(torch.tensor(RULE_PRIOR_INIT_SCALE))
+            self.rule_scale = nn.Parameter(torch.tensor(float(plan.rule_prior_scale)))
             for head in self.heads:
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)

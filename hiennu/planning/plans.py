@@ -74,7 +74,7 @@ class NetworkPlan:
     norm: ``batch`` (the paper) or ``instance`` (nnU-Net; right for small patch batches).
     rule_prior: add the ZADC rule as a logit prior, ``logits = net(x) + k * (t - x[c])`` with
     ``c = rule_prior_channel`` (a channel on its atlas z-score scale), ``t = rule_prior_threshold``
-    and ``k`` learnable (initialised to 2); the network's head starts at zero, so an untrained
+    and ``k`` learnable, initialised to ``rule_prior_scale`` (per unit of z-score); the network's head starts at zero, so an untrained
     model predicts exactly the rule ``ZADC < t`` and training learns corrections to it.
     rule_prior_mode: how the network's output ``n`` corrects the prior ``r``: ``add`` (``r + n``, free
     corrections) or ``veto`` (``r - softplus(n) + log 2``: the network can lower the rule's logits
@@ -94,6 +94,7 @@ class NetworkPlan:
     rule_prior_channel: int = 1
     rule_prior_threshold: float = -2.0
     rule_prior_mode: str = "add"
+    rule_prior_scale: float = 2.0
 
     @property
     def downsampling_factor_zyx(self) -> tuple[int, int, int]:
@@ -270,6 +271,7 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "batch_size": (1, None, True), "max_epochs": (1, None, True), "patience": (1, None, True),
     "iterations_per_epoch": (1, None, True), "num_workers": (0, None, True),
     "learning_rate": (0, None, False), "weight_decay": (0, None, True), "lr_decay_gamma": (0, 1, False),
+    "rule_prior_scale": (0, None, False),
     "l1_lambda": (0, None, True), "grad_clip_norm": (0, None, False), "foreground_oversampling": (0, 1, True),
     "in_channels": (1, None, True), "out_channels": (1, None, True), "kernel_size": (1, None, True),
     "min_component_voxels": (0, None, True),
