@@ -20,7 +20,7 @@ from hiennu.errors import DatasetNotFoundError, HiennuError
 
 RAW_ENV, PREPROCESSED_ENV, RESULTS_ENV = "hiennu_raw", "hiennu_preprocessed", "hiennu_results"
 _DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
-DEFAULT_PLANS_NAME = "hiennuPlans"  # the same as hiennu.planning.plans.PLANS_NAME
+DEFAULT_PLANS_NAME = "hiennuPlans"  # the same as hiennu.plans.PLANS_NAME
 _RESERVED_PLANS_NAMES = {"plans", "dataset", "dataset_fingerprint", "splits_final"}
 
 

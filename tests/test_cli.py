@@ -166,7 +166,7 @@ def test_a_real_file_system_error_names_the_path(tmp_path, capsys):
 def test_plans_file_names():
     from hiennu.errors import HiennuError
     from hiennu.paths import DEFAULT_PLANS_NAME, plans_file_name, preprocessed_data_name
-    from hiennu.planning.plans import PLANS_NAME
+    from hiennu.plans import PLANS_NAME
     assert DEFAULT_PLANS_NAME == PLANS_NAME
     assert plans_file_name(None) == plans_file_name(PLANS_NAME) == "plans.json"
     assert plans_file_name("Wide") == "Wide.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
 from hiennu.paths import (RESULTS_ENV, parse_dataset_folder_name, resolve_dataset, results_root)
-from hiennu.planning.plans import PLANS_NAME
+from hiennu.plans import PLANS_NAME
 
 DEFAULT_MODEL_FILE = "default_model.json"
 _FOLD_RE = re.compile(r"^fold_(?P<fold>\d+|all)$")

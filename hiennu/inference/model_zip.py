@@ -41,7 +41,7 @@ from hiennu.io.atomic import atomic_path
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.paths import parse_dataset_folder_name, preprocessed_root, raw_root, results_root
-from hiennu.planning.plans import Plans, load_plans
+from hiennu.plans import Plans, load_plans
 from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing, load_postprocessing,
                                              postprocessing_from_record)
 from hiennu.inference.trained_configuration import check_trained_configuration

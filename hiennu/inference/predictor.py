@@ -8,7 +8,7 @@ window of the patch size with 50 % overlap and Gaussian weighting,
 :mod:`~hiennu.inference.sliding_window`), the sigmoid probabilities are averaged
 (:class:`~hiennu.inference.ensemble.FoldEnsemble`), the mean probability map is taken back to the
 case's native grid with the configuration's ``prediction_interpolation`` (``linear`` or
-``nearest``; a cropped case is un-cropped into zeros, :func:`~hiennu.preprocessing.cropping.restore_to_native`)
+``nearest``; a cropped case is un-cropped into zeros, :func:`~hiennu.geometry.cropping.restore_to_native`)
 on the device, and thresholded there at 0.5 (``p >= 0.5`` is lesion). Components
 smaller than ``min_component_voxels`` are then removed, and, when the model folder (or zip) holds a
 ``postprocessing.json`` chosen by cross-validation (:mod:`hiennu.inference.postprocessing`), its
@@ -52,10 +52,10 @@ from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry, read_sitk
 from hiennu.log import get_logger
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import PLANS_NAME, Configuration, Plans, load_plans
-from hiennu.preprocessing.cropping import CropRecord, restore_to_native
+from hiennu.plans import PLANS_NAME, Configuration, Plans, load_plans
+from hiennu.geometry.cropping import CropRecord, restore_to_native
 from hiennu.preprocessing.preprocessor import preprocess_case
-from hiennu.preprocessing.resampling import resample_probabilities_to_native
+from hiennu.geometry.resampling import resample_probabilities_to_native
 
 logger = get_logger(__name__)
 

@@ -23,8 +23,8 @@ from hiennu.inference.baseline import ZadcThresholdBaseline
 from hiennu.inference.predictor import Predictor
 from hiennu.log import get_logger
 from hiennu.paths import dataset_folder_name, model_dir_name, results_root, use_roots
-from hiennu.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
-from hiennu.planning.plans import DEFAULT_CONFIGURATION, PLANS_NAME
+from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from hiennu.plans import DEFAULT_CONFIGURATION, PLANS_NAME
 from hiennu.study.loss_study import LossStudyOptions, run_loss_study
 
 log = get_logger(__name__)

@@ -43,7 +43,7 @@ from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
 from hiennu.paths import raw_root, resolve_dataset, results_root
-from hiennu.planning.plans import PLANS_NAME
+from hiennu.plans import PLANS_NAME
 from hiennu.provenance import provenance_markdown
 from hiennu.study.fold_record import move_fold_aside, recorded_differences
 from hiennu.training import checkpoint as ckpt

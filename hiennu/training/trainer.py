@@ -51,8 +51,8 @@ from hiennu.log import attach_file_handler, get_logger, progress
 from hiennu.paths import (model_dir_name, plans_file_name, preprocessed_data_name, preprocessed_root,
                           raw_root, resolve_dataset, results_root)
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import (PLANS_NAME, PREDICTOR_IGNORED_FIELDS, Configuration, Plans,
-                                   TrainingPlan, configuration_differences, load_plans, save_plans)
+from hiennu.plans import (PLANS_NAME, PREDICTOR_IGNORED_FIELDS, Configuration, Plans,
+                          TrainingPlan, configuration_differences, load_plans, save_plans)
 from hiennu.provenance import provenance
 from hiennu.training import checkpoint as ckpt
 from hiennu.training.data import TrainingBatches, load_preprocessed_case
