@@ -91,7 +91,7 @@ def network_only(config, batch_size: int, device, repeats: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     from hiennu.networks.unet import build_network
-    from hiennu.training.device import autocast, configure_device, memory_format
+    from hiennu.device import autocast, configure_device, memory_format
 
     configure_device(device)
     net = build_network(config.network).to(device, memory_format=memory_format(device)).train()
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from hiennu.log import configure
     from hiennu.plans import load_plans
     from hiennu.paths import preprocessed_root, results_root
-    from hiennu.training.device import select_device
+    from hiennu.device import select_device
     from hiennu.training.launch import train
     from hiennu.training.trainer import TrainingOptions
 

@@ -104,10 +104,10 @@ def test_device_takes_the_same_values_everywhere(module):
 
 def test_one_device_order_for_training_and_prediction(monkeypatch):
     import torch
+    from hiennu import device
     from hiennu.device import parse_device, resolve_device
     from hiennu.errors import HiennuError
     from hiennu.inference import predictor
-    from hiennu.training import device
     assert parse_device("cuda:2") == ("cuda", 2)
     assert predictor.resolve_device is resolve_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

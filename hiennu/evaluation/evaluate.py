@@ -24,12 +24,12 @@ import numpy as np
 from hiennu.errors import HiennuError
 from hiennu.evaluation.metrics import CHALLENGE_2023_NOTE, NSD_TOLERANCE_MM, SUMMARY_METRICS, case_metrics
 from hiennu.io.atomic import write_json, write_text
-from hiennu.provenance import provenance
 from hiennu.io.bonbid_names import BONBID_ADC_DIR, bonbid_role
 from hiennu.io.cases import parse_channel_file_name
 from hiennu.io.image import image_ending, read_image, strip_ending
 from hiennu.log import get_logger, progress
 from hiennu.masks import NO_LESION_BAND, VOLUME_BANDS
+from hiennu.provenance import provenance
 
 logger = get_logger(__name__)
 

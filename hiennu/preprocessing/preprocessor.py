@@ -32,15 +32,15 @@ import numpy as np
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_to_bbox
 
 from hiennu.errors import HiennuError
+from hiennu.geometry.cropping import CropRecord, crop_and_resample, crop_and_resample_label
+from hiennu.geometry.resampling import resample_image_to_grid, resample_label_to_grid
 from hiennu.io.atomic import read_json, write_json, write_npy
 from hiennu.io.cases import CaseFiles
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
-from hiennu.plans import Configuration
-from hiennu.geometry.cropping import CropRecord, crop_and_resample, crop_and_resample_label
-from hiennu.preprocessing.normalization import normalize_channel
 from hiennu.parallel import parallel_map, register_preload
-from hiennu.geometry.resampling import resample_image_to_grid, resample_label_to_grid
+from hiennu.plans import Configuration
+from hiennu.preprocessing.normalization import normalize_channel
 
 log = get_logger(__name__)
 register_preload(__name__)  # its case functions run in worker processes
