@@ -27,7 +27,7 @@ from batchgenerators.transforms.spatial_transforms import SpatialTransform
 from scipy.ndimage import gaussian_filter
 from threadpoolctl import threadpool_limits
 
-from hiennu.planning.plans import AugmentationPlan
+from hiennu.plans import AugmentationPlan
 from hiennu.training.augmentation import augment_sample, build_transforms
 from hiennu.training.gpu_augmentation import GPUAugmenter
 

@@ -21,8 +21,9 @@ import numpy as np
 from scipy import ndimage
 
 from hiennu.evaluation import surface
-from hiennu.evaluation.metrics import case_metrics, dice
+from hiennu.evaluation.metrics import case_metrics
 from hiennu.io.image import read_image
+from hiennu.masks import dice
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "BONBID2023_Train_dev"
 

@@ -37,15 +37,15 @@ import numpy as np
 import torch
 
 from hiennu import losses
+from hiennu.geometry.cropping import crop_and_resample, crop_and_resample_label, restore_to_native
 from hiennu.inference.predictor import Predictor
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.io.atomic import read_json
 from hiennu.io.image import read_image
+from hiennu.masks import dice
 from hiennu.networks.unet import build_network
-from hiennu.paths import preprocessed_root, raw_root, resolve_dataset
-from hiennu.planning.plans import load_plans
-from hiennu.planning.roundtrip import dice
-from hiennu.preprocessing.cropping import crop_and_resample, crop_and_resample_label, restore_to_native
+from hiennu.paths import parse_model_dir_name, preprocessed_root, raw_root, resolve_dataset
+from hiennu.plans import load_plans
 from hiennu.preprocessing.preprocessor import preprocess_case
 
 
@@ -102,7 +102,7 @@ def interpolation_study(dataset: str, model_dir: Path, fold: int) -> None:
     raw = raw_root() / dataset
     plans = load_plans(model_dir / f"fold_{fold}" / "plans.json") if (model_dir / f"fold_{fold}" / "plans.json").is_file() \
         else load_plans(model_dir)
-    config = plans.configuration(model_dir.name.split("__")[-1])
+    config = plans.configuration(parse_model_dir_name(model_dir.name).configuration)
     predictor = Predictor.from_model_dir(model_dir, folds=[fold], device="cpu", use_mirroring=False)
     debug = read_json(model_dir / f"fold_{fold}" / "debug.json")
     model_scores: dict[str, list[float]] = {"linear": [], "nearest": []}

@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hiennu.geometry.resampling import resample_image_to_grid, resample_probabilities_to_native
 from hiennu.inference.layouts import discover_input_cases, read_case
 from hiennu.inference.predictor import Predictor
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import read_image, write_image
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import ChannelNormalization, Configuration, NetworkPlan, Plans, save_plans
+from hiennu.plans import ChannelNormalization, Configuration, NetworkPlan, Plans, save_plans
 from hiennu.preprocessing.preprocessor import preprocess_case
-from hiennu.preprocessing.resampling import resample_image_to_grid, resample_probabilities_to_native
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "BONBID2023_Train_dev"
 

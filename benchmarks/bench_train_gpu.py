@@ -59,8 +59,8 @@ def prepare_dataset(args: argparse.Namespace) -> str:
     from hiennu.datasets.bonbid import convert_bonbid
     from hiennu.datasets.synthetic import make_synthetic_dataset
     from hiennu.paths import preprocessed_root, raw_root
-    from hiennu.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
-    from hiennu.planning.plans import load_plans, save_plans
+    from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    from hiennu.plans import load_plans, save_plans
 
     name = "Dataset901_Bench"
     if not (raw_root() / name).is_dir():
@@ -91,7 +91,7 @@ def network_only(config, batch_size: int, device, repeats: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     from hiennu.networks.unet import build_network
-    from hiennu.training.device import autocast, configure_device, memory_format
+    from hiennu.device import autocast, configure_device, memory_format
 
     configure_device(device)
     net = build_network(config.network).to(device, memory_format=memory_format(device)).train()
@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[env] = str((args.work / env).resolve())
     import torch
     from hiennu.log import configure
-    from hiennu.planning.plans import load_plans
+    from hiennu.plans import load_plans
     from hiennu.paths import preprocessed_root, results_root
-    from hiennu.training.device import select_device
+    from hiennu.device import select_device
     from hiennu.training.launch import train
     from hiennu.training.trainer import TrainingOptions
 

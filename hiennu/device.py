@@ -1,12 +1,23 @@
-"""Device names shared by training and prediction: one syntax, one default order.
+"""The one device policy of training and prediction: which device, and how it runs there.
 
-Every command accepts ``--device`` as ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. With no device
-named, both training and prediction take the first available of ``cuda`` > ``mps`` > ``cpu``.
+- Names: every command accepts ``--device`` as ``cpu``, ``cuda``, ``cuda:N`` or ``mps``
+  (:func:`parse_device`).
+- Default order: with no device named, training and prediction both take the first available of
+  ``cuda`` > ``mps`` > ``cpu`` (:func:`best_device_type`, :func:`resolve_device`; training's
+  :func:`select_device` adds the GPU index of its data-parallel rank).
+- Precision and layout: on CUDA the networks run under bfloat16 autocast (:func:`autocast`; weights,
+  losses, sigmoid and averages stay float32) in ``channels_last_3d`` memory format
+  (:func:`memory_format`); everywhere else in float32, contiguous (CPU runs stay deterministic).
+- Global switches for training (:func:`configure_device`): cuDNN autotuning and TF32 on CUDA.
+
+Ground floor: imports nothing of hiennu but its errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from typing import ContextManager
 
 import torch
 
@@ -57,3 +68,37 @@ def resolve_device(device: str | torch.device | None = None, local_rank: int = 0
     if kind == "mps" and not mps_available():
         raise HiennuError("device 'mps' asked for, but MPS is not available; use --device cpu")
     return torch.device(kind)
+
+
+def select_device(device_type: str | None = None, local_rank: int = 0) -> torch.device:
+    """The device to train on; ``device_type`` None means the best available (``cuda`` > ``mps`` > ``cpu``).
+
+    Accepts ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` (:func:`resolve_device`). On CUDA,
+    ``local_rank`` picks the GPU (one process per GPU under DDP). Returns ``cuda:K`` on CUDA so
+    that ``torch.cuda.set_device`` always has an index.
+    """
+    device = resolve_device(device_type, local_rank)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def configure_device(device: torch.device) -> None:
+    """Global switches for fast training on ``device`` (cuDNN autotuning and TF32 on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast(device: torch.device) -> ContextManager:
+    """bf16 autocast on CUDA; nothing elsewhere (CPU runs stay float32 and deterministic)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """``channels_last_3d`` on CUDA (faster cuDNN convolutions in bf16), contiguous elsewhere."""
+    return torch.channels_last_3d if device.type == "cuda" else torch.contiguous_format

@@ -6,6 +6,10 @@ current working directory (``./hiennu_raw`` ...), so a first run needs no setup.
 
 A dataset is a folder ``DatasetNNN_Name``. Anywhere a dataset is asked for, the user may give the
 name (``BONBID``), the full folder name (``Dataset001_BONBID``) or the number (``1``, ``001``).
+
+A trained model is a folder ``TRAINER__PLANS__CONFIG`` inside the results folder of its dataset:
+:func:`model_dir_name` builds that name and :func:`parse_model_dir_name` reads it back (the one
+builder and the one parser of the convention).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +25,7 @@ from hiennu.errors import DatasetNotFoundError, HiennuError
 
 RAW_ENV, PREPROCESSED_ENV, RESULTS_ENV = "hiennu_raw", "hiennu_preprocessed", "hiennu_results"
 _DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
-DEFAULT_PLANS_NAME = "hiennuPlans"  # the same as hiennu.planning.plans.PLANS_NAME
+DEFAULT_PLANS_NAME = "hiennuPlans"  # the default plans identifier (hiennu.plans.PLANS_NAME is this one)
 _RESERVED_PLANS_NAMES = {"plans", "dataset", "dataset_fingerprint", "splits_final"}
 
 
@@ -102,16 +107,6 @@ def raw_dataset_dir(identifier: str | int) -> Path:
     return raw_root() / resolve_dataset(identifier, [raw_root()])
 
 
-def preprocessed_dataset_dir(identifier: str | int) -> Path:
-    """The preprocessed folder of a dataset (resolved against all roots; may not exist yet)."""
-    return preprocessed_root() / resolve_dataset(identifier)
-
-
-def results_dataset_dir(identifier: str | int) -> Path:
-    """The results folder of a dataset (resolved against all roots; may not exist yet)."""
-    return results_root() / resolve_dataset(identifier)
-
-
 def plans_file_name(plans_name: str | None = None) -> str:
     """The file of the plans called ``plans_name`` in a preprocessed dataset folder.
 
@@ -138,6 +133,21 @@ def preprocessed_data_name(plans_name: str | None, configuration: str) -> str:
 def model_dir_name(trainer: str, plans: str, configuration: str) -> str:
     """``TRAINER__PLANS__CONFIG``, the nnU-Net naming of a model folder."""
     return f"{trainer}__{plans}__{configuration}"
+
+
+@dataclass(frozen=True)
+class ModelDirName:
+    """The parts of a model folder name ``TRAINER__PLANS__CONFIG``."""
+
+    trainer: str
+    plans: str
+    configuration: str
+
+
+def parse_model_dir_name(name: str) -> ModelDirName | None:
+    """``TRAINER__PLANS__CONFIG`` -> :class:`ModelDirName`; anything else (not three non-empty parts) -> None."""
+    parts = name.split("__")
+    return ModelDirName(parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from batchgenerators.augmentations.resample_augmentations import augment_linear_
 from scipy.ndimage import gaussian_filter, map_coordinates
 from scipy.stats import ks_2samp
 
-from hiennu.planning.plans import AugmentationPlan
+from hiennu.plans import AugmentationPlan
 from hiennu.training.augmentation import augment_sample, build_transforms
 from hiennu.training.gpu_augmentation import (GPUAugmenter, gamma_correct, gaussian_blur, simulate_low_resolution,
                                               smooth_displacement, warp)

@@ -104,10 +104,10 @@ def test_device_takes_the_same_values_everywhere(module):
 
 def test_one_device_order_for_training_and_prediction(monkeypatch):
     import torch
+    from hiennu import device
     from hiennu.device import parse_device, resolve_device
     from hiennu.errors import HiennuError
     from hiennu.inference import predictor
-    from hiennu.training import device
     assert parse_device("cuda:2") == ("cuda", 2)
     assert predictor.resolve_device is resolve_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -166,7 +166,7 @@ def test_a_real_file_system_error_names_the_path(tmp_path, capsys):
 def test_plans_file_names():
     from hiennu.errors import HiennuError
     from hiennu.paths import DEFAULT_PLANS_NAME, plans_file_name, preprocessed_data_name
-    from hiennu.planning.plans import PLANS_NAME
+    from hiennu.plans import PLANS_NAME
     assert DEFAULT_PLANS_NAME == PLANS_NAME
     assert plans_file_name(None) == plans_file_name(PLANS_NAME) == "plans.json"
     assert plans_file_name("Wide") == "Wide.json"

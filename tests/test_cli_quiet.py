@@ -133,7 +133,7 @@ def test_plans_name_keeps_an_edited_plan_beside_the_original(pipeline):
     pre = tmp / "hiennu_preprocessed" / DATASET
     assert (pre / "plans.json").is_file() and (pre / "Wide.json").is_file()
     assert (pre / "3d_fullres").is_dir() and (pre / "Wide_3d_fullres").is_dir()
-    from hiennu.planning.plans import load_plans
+    from hiennu.plans import load_plans
     original = load_plans(pre / "plans.json")
     assert original.plans_name == "hiennuPlans" and original.configurations["3d_fullres"].planned_for == "cpu"
     wide = load_plans(pre / "Wide.json")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hiennu.errors import HiennuError
-from hiennu.planning.plans import ChannelNormalization, Configuration
+from hiennu.plans import ChannelNormalization, Configuration
 from hiennu.training.data import TrainingBatches, load_preprocessed_case, sample_epoch
 
 GRID_ZYX = (8, 12, 12)

@@ -100,9 +100,9 @@ def test_long_lines_use_the_chunked_product_and_the_window():
 def test_the_native_extension_is_built():
     """`pip install -e .` compiles hiennu/losses/_edt.c; without it 'auto' silently falls back to ITK."""
     assert native_available(), "hiennu.losses._edt is missing: run `pip install -e .` (needs a C compiler)"
-    from hiennu.losses.distance import _resolve_backend
+    from hiennu.losses.distance import resolve_backend
 
-    assert _resolve_backend("auto", torch.device("cpu")) == "native"
+    assert resolve_backend("auto", torch.device("cpu")) == "native"
 
 
 @pytest.mark.parametrize("density", [0.002, 0.05, 0.5, 0.9])
@@ -226,8 +226,8 @@ def test_a_failing_triton_kernel_falls_back_to_torch_under_auto(monkeypatch):
 
     monkeypatch.setattr(distance, "_triton_module", lambda: SimpleNamespace(parabola_envelope=broken))
     monkeypatch.setattr(distance, "_TRITON_FAILURE", None)
-    real_resolve = distance._resolve_backend
-    monkeypatch.setattr(distance, "_resolve_backend", lambda backend, device: "triton" if backend == "auto"
+    real_resolve = distance.resolve_backend
+    monkeypatch.setattr(distance, "resolve_backend", lambda backend, device: "triton" if backend == "auto"
                         and distance._TRITON_FAILURE is None else real_resolve(backend, device))
     mask = np.random.default_rng(2).random((2, 4, 6, 7)) < 0.6
     mask[:, 0, 0, 0] = False

@@ -17,7 +17,7 @@ import torch
 from hiennu.errors import HiennuError
 from hiennu.inference.model_zip import export_model_zip, load_model_zip
 from hiennu.inference.predictor import Predictor
-from hiennu.planning.plans import load_plans, save_plans
+from hiennu.plans import load_plans, save_plans
 from hiennu.training.fold_lock import LOCK_NAME, FoldLock, FoldLockedError
 from test_training import DATASET, fold_dir, load, make_tiny_dataset, options
 

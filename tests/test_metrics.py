@@ -10,7 +10,8 @@ import pytest
 from scipy import ndimage
 
 from hiennu.evaluation import surface
-from hiennu.evaluation.metrics import case_metrics, dice, lesion_detection, volume_band
+from hiennu.evaluation.metrics import case_metrics, lesion_detection
+from hiennu.masks import dice, volume_band
 
 # the optional reference package uses scipy namespaces deprecated since scipy 1.8
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:surface_distance.*")

@@ -17,7 +17,7 @@ from hiennu.inference.model_zip import (MANIFEST, ModelZipError, export_model_zi
                                         sha256_bytes, verify_model_zip)
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import ChannelNormalization, Configuration, NetworkPlan, Plans, save_plans
+from hiennu.plans import ChannelNormalization, Configuration, NetworkPlan, Plans, save_plans
 
 MODEL = "Dataset001_Tiny/TrainerTest__hiennuPlans__3d_fullres"
 

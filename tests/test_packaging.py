@@ -27,7 +27,7 @@ HIDE_EXTENSION = textwrap.dedent("""
     import hiennu.losses.distance as distance
     from hiennu import HausdorffDTLoss, TverskyHDTLoss
     assert distance._edt is None
-    assert distance._resolve_backend("auto", torch.device("cpu")) == "itk"
+    assert distance.resolve_backend("auto", torch.device("cpu")) == "itk"
     mask = torch.zeros(1, 1, 6, 9, 8); mask[0, 0, 2:4, 3:6, 2:5] = 1
     got = distance.euclidean_distance_transform(mask[0, 0] > 0)
     want = scipy.ndimage.distance_transform_edt(mask[0, 0].numpy() > 0)

@@ -9,16 +9,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from hiennu.geometry.cropping import (brain_bbox, crop_and_resample, crop_and_resample_label,
+                                      restore_to_native)
 from hiennu.inference.predictor import Predictor
 from hiennu.inference.sliding_window import gaussian_weight, sliding_window_predict, window_starts
 from hiennu.io.image import Geometry, read_image, write_image
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import (AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
-                                   TrainingPlan)
 from hiennu.planning.spacing import plan_target_spacing
 from hiennu.planning.topology import CPU_PATCH_VOXELS, plan_patch, pool_kernels
-from hiennu.preprocessing.cropping import (brain_bbox, crop_and_resample, crop_and_resample_label,
-                                           restore_to_native)
+from hiennu.plans import (AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
+                          TrainingPlan)
 from hiennu.preprocessing.preprocessor import lesion_locations, preprocess_case
 from hiennu.training.data import patch_bbox, sample_epoch
 

@@ -46,3 +46,10 @@ def test_folder_names():
         paths.dataset_folder_name(1000, "X")
     with pytest.raises(DatasetNotFoundError):
         paths.dataset_folder_name(1, "bad name")
+
+
+def test_model_folder_name_is_built_and_parsed_in_one_place():
+    name = paths.model_dir_name("TrainerDice", "Wide", "3d_fullres")
+    assert paths.parse_model_dir_name(name) == paths.ModelDirName("TrainerDice", "Wide", "3d_fullres")
+    for bad in ("TrainerDice__3d_fullres", "a__b__c__d", "a____c", "TrainerDice"):
+        assert paths.parse_model_dir_name(bad) is None

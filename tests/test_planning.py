@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pytest
+import torch
 
 from hiennu.errors import HiennuError
 from hiennu.io.cases import CaseFiles
 from hiennu.io.image import Geometry, write_image
+from hiennu.masks import NO_LESION_BAND, volume_band
 from hiennu.networks.unet import build_network
 from hiennu.planning.fingerprint import (CaseFingerprint, DatasetFingerprint, IntensityStats, compute_fingerprint,
                                         load_fingerprint, save_fingerprint)
 from hiennu.planning.grid import lossless_grid, memory_grid, paper_grid
-from hiennu.planning.memory import (count_parameters, estimate_training_memory, measure_saved_activation_bytes,
-                                    saved_activation_bytes)
+from hiennu.planning.memory import count_parameters, estimate_training_memory, saved_activation_bytes
 from hiennu.planning.planner import choose_normalization, plan_experiment
-from hiennu.planning.plans import NetworkPlan, Plans, load_plans, save_plans
 from hiennu.planning.roundtrip import label_roundtrip_dice
-from hiennu.planning.splits import lesion_band, make_splits, write_splits_if_absent
+from hiennu.planning.splits import make_splits, write_splits_if_absent
+from hiennu.plans import NetworkPlan, Plans, load_plans, save_plans
 
 # sizes (x, y, z) of the 37 BONBID dev cases, grouped
 BONBID_SIZES_XYZ = ([(128, 128, 23)] * 3 + [(128, 128, 54), (128, 128, 52), (128, 128, 50), (128, 128, 54),
@@ -44,6 +47,25 @@ def test_paper_grid_rounds_to_nearest_and_never_below_factor():
 def test_lossless_grid_covers_every_case():
     assert lossless_grid(_zyx(BONBID_SIZES_XYZ), (16, 16, 16)) == (64, 160, 160)
     assert lossless_grid([(17, 16, 1)], (16, 16, 16)) == (32, 16, 16)
+
+
+def measure_saved_activation_bytes(plan: NetworkPlan, size_zyx: Sequence[int], batch_size: int = 1) -> int:
+    """Measure (CPU, fp32) the bytes of the distinct tensors autograd saves in one training forward pass
+    (the check of :func:`hiennu.planning.memory.saved_activation_bytes`)."""
+    net = build_network(plan).train()
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x = torch.randn(batch_size, plan.in_channels, *size_zyx)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x)
+    return sum(seen.values())
 
 
 @pytest.mark.parametrize("plan", [NetworkPlan(),
@@ -170,8 +192,8 @@ def test_splits_are_stratified_seeded_and_stable(tmp_path):
     assert sorted(c for s in splits for c in s["val"]) == sorted(fractions)
     for s in splits:
         assert not set(s["train"]) & set(s["val"])
-        bands = [lesion_band(fractions[c]) for c in s["val"]]
-        assert bands.count("none") == 1 and bands.count("<1%") == 2 and bands.count(">5%") == 1
+        bands = [volume_band(fractions[c]) for c in s["val"]]
+        assert bands.count(NO_LESION_BAND) == 1 and bands.count("<1%") == 2 and bands.count(">5%") == 1
     path = tmp_path / "splits_final.json"
     assert write_splits_if_absent(path, fractions)
     before = path.read_text()
@@ -179,6 +201,36 @@ def test_splits_are_stratified_seeded_and_stable(tmp_path):
     assert path.read_text() == before
     with pytest.raises(HiennuError, match="cannot be split"):
         make_splits({"a": 0.0, "b": 0.1})
+
+
+def test_split_bands_are_the_half_open_evaluation_bands():
+    """One definition (hiennu.masks): a lesion of exactly 5% of the brain is in ">5%", as in evaluation."""
+    fractions = {f"c{i}": f for i, f in enumerate([0.0, 0.0099, 0.01, 0.0499, 0.05, 0.5])}
+    assert [volume_band(f) for f in fractions.values()] == [NO_LESION_BAND, "<1%", "1-5%", "1-5%", ">5%", ">5%"]
+    splits = make_splits(fractions, num_folds=2)
+    assert sorted(c for s in splits for c in s["val"]) == sorted(fractions)
+
+
+# validation folds of the demo's synthetic dataset as main wrote them (commit 21effd2) before the bands
+# became half-open; a fraction of exactly 5% would have moved a case
+DEMO_VAL_FOLDS = [["SYN_002", "SYN_003", "SYN_004", "SYN_006"], ["SYN_013", "SYN_015", "SYN_017", "SYN_019"],
+                  ["SYN_005", "SYN_007", "SYN_008", "SYN_018"], ["SYN_010", "SYN_011", "SYN_014", "SYN_016"],
+                  ["SYN_000", "SYN_001", "SYN_009", "SYN_012"]]
+
+
+def test_the_demo_dataset_keeps_its_folds(tmp_path):
+    from hiennu.datasets.synthetic import make_synthetic_dataset
+    from hiennu.io.cases import discover_cases
+    from hiennu.study.demo import DEMO_DATASET_NAME, DemoOptions
+
+    opts = DemoOptions()
+    raw = make_synthetic_dataset(tmp_path / "raw", num_cases=opts.num_cases, seed=opts.seed, preset=opts.preset,
+                                 name=DEMO_DATASET_NAME)
+    cases = discover_cases(raw / "imagesTr", 2, raw / "labelsTr")
+    fp = compute_fingerprint(cases, raw.name, ["ADC", "ZADC"], num_processes=1)
+    fractions = {c.case_id: c.lesion_fraction for c in fp.cases}
+    assert 0.05 not in fractions.values()
+    assert [s["val"] for s in make_splits(fractions)] == DEMO_VAL_FOLDS
 
 
 def test_edited_plans_with_unknown_key_are_rejected(tmp_path):

@@ -7,8 +7,8 @@ import torch
 
 from hiennu.errors import HiennuError
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import (ChannelNormalization, Configuration, NetworkPlan, Plans, load_plans,
-                                   save_plans)
+from hiennu.plans import (ChannelNormalization, Configuration, NetworkPlan, Plans, load_plans,
+                          save_plans)
 
 
 def _plans():

@@ -13,8 +13,8 @@ import pytest
 
 from hiennu.errors import HiennuError
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
-from hiennu.planning.plans import (ENUMERATED_FIELDS, ChannelNormalization, Configuration, NetworkPlan, Plans,
-                                   PlansError, configuration_problems, load_plans)
+from hiennu.plans import (ENUMERATED_FIELDS, ChannelNormalization, Configuration, NetworkPlan, Plans,
+                          PlansError, configuration_problems, load_plans)
 
 
 def _plans_dict() -> dict:
@@ -127,7 +127,7 @@ def test_network_shape_problems_are_named():
 
 def test_keep_plans_refuses_an_indivisible_grid(hiennu_roots):
     """The integration path of the probe: edited plans + --keep-plans used to fail inside the network."""
-    from hiennu.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
     from test_preprocessing import make_tiny_dataset
 
     make_tiny_dataset(hiennu_roots["hiennu_raw"], num_cases=5)

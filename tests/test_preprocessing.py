@@ -11,8 +11,8 @@ from hiennu.cli.plan_and_preprocess import main as cli_main
 from hiennu.errors import DataIntegrityError
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, write_image
-from hiennu.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
-from hiennu.planning.plans import ChannelNormalization, Configuration, load_plans, save_plans
+from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from hiennu.plans import ChannelNormalization, Configuration, load_plans, save_plans
 from hiennu.preprocessing.normalization import normalize_channel
 from hiennu.preprocessing.preprocessor import preprocess_case
 

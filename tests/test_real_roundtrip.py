@@ -12,12 +12,12 @@ import json
 import numpy as np
 import pytest
 
+from hiennu.geometry.resampling import resample_label_to_native
 from hiennu.io.bonbid_names import bonbid_role
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, read_image, read_sitk, write_image
-from hiennu.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
-from hiennu.planning.plans import load_plans
-from hiennu.preprocessing.resampling import resample_label_to_native
+from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from hiennu.plans import load_plans
 
 # 128x128x23 (4 mm), 128x128x60 (oblique), 160x160x16 (oblique), 160x160x28, 128x128x50 (1.95 mm, oblique)
 SUBSET = ("MGHNICU_010-VISIT_01", "MGHNICU_299-VISIT_01", "MGHNICU_438-VISIT_01", "MGHNICU_458-VISIT_01",

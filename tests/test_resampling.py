@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hiennu.preprocessing.resampling import (resample_image_to_grid, resample_label_to_grid,
-                                             resample_label_to_native, resample_probabilities_to_native,
-                                             signed_distance)
+from hiennu.geometry.resampling import (resample_image_to_grid, resample_label_to_grid,
+                                        resample_label_to_native, resample_probabilities_to_native,
+                                        signed_distance)
 
 
 def test_trilinear_upsampling_aligns_voxel_centres_like_align_corners_false():

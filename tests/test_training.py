@@ -15,8 +15,8 @@ import torch
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import write_json, write_npy
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
-from hiennu.planning.plans import (AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
-                                   TrainingPlan, save_plans)
+from hiennu.plans import (AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
+                          TrainingPlan, save_plans)
 
 DATASET = "Dataset001_Tiny"
 GRID_ZYX = (16, 32, 32)

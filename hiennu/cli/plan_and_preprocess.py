@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hiennu.cli._common import add_plans_name, make_parser, run
-from hiennu.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from hiennu.planning.planner import DEFAULT_GPU_MEMORY_GB, GRID_POLICIES
 from hiennu.planning.topology import PLAN_FOR
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from hiennu.datasets.staging import staged_folder
 from hiennu.errors import HiennuError
-from hiennu.io.bonbid_names import bonbid_role
+from hiennu.io.bonbid_names import BONBID_ADC_DIR, BONBID_LABEL_DIR, BONBID_ZADC_DIR, bonbid_role
+from hiennu.io.cases import channel_file_name
 from hiennu.io.dataset_json import BONBID_CHANNELS, BONBID_LABELS, DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, image_ending, read_image, write_image
 from hiennu.log import get_logger, progress
@@ -60,7 +61,8 @@ def find_bonbid_cases(src: str | Path) -> list[BonbidCase]:
     """
     src = Path(src)
     if not src.is_dir():
-        raise HiennuError(f"{src}: source folder not found; give the folder holding 1ADC_ss/, 2Z_ADC/ (and 3LABEL/)")
+        raise HiennuError(f"{src}: source folder not found; give the folder holding {BONBID_ADC_DIR}/, "
+                          f"{BONBID_ZADC_DIR}/ (and {BONBID_LABEL_DIR}/)")
     cases: dict[str, BonbidCase] = {}
     attr = {"ADC": "adc", "ZADC": "zadc", "label": "label"}
     for path in sorted(src.rglob("*")):
@@ -76,12 +78,13 @@ def find_bonbid_cases(src: str | Path) -> list[BonbidCase]:
             raise HiennuError(f"case {case_id}: two {kind} files, {previous} and {path}; keep one of them")
         setattr(case, attr[kind], path)
     if not cases:
-        raise HiennuError(f"{src}: no BONBID files found (expected names like 1ADC_ss/MGHNICU_010-VISIT_01-ADC_ss.mha, "
-                          f"2Z_ADC/Zmap_MGHNICU_010-VISIT_01-ADC_smooth2mm_clipped10.mha, "
-                          f"3LABEL/MGHNICU_010-VISIT_01_lesion.mha)")
+        raise HiennuError(f"{src}: no BONBID files found (expected names like "
+                          f"{BONBID_ADC_DIR}/MGHNICU_010-VISIT_01-ADC_ss.mha, "
+                          f"{BONBID_ZADC_DIR}/Zmap_MGHNICU_010-VISIT_01-ADC_smooth2mm_clipped10.mha, "
+                          f"{BONBID_LABEL_DIR}/MGHNICU_010-VISIT_01_lesion.mha)")
     problems = []
     for case in cases.values():
-        for kind, folder in (("adc", "1ADC_ss"), ("zadc", "2Z_ADC")):
+        for kind, folder in (("adc", BONBID_ADC_DIR), ("zadc", BONBID_ZADC_DIR)):
             if getattr(case, kind) is None:
                 other = case.adc or case.zadc or case.label
                 problems.append(f"case {case.case_id}: no {kind.upper()} map in {folder}/ (found {other})")
@@ -132,8 +135,8 @@ def _convert_case(case: BonbidCase, out: Path, label_mapping: dict[float, int] |
         _same_grid(case, adc_geo, label_geo, case.label)
         write_image(binarize_label(label, case.label, label_mapping), label_geo.on_grid_of(adc_geo),
                     out / "labelsTr" / f"{case.case_id}.mha")
-    write_image(adc, adc_geo, images_dir / f"{case.case_id}_0000.mha")
-    write_image(zadc, zadc_geo.on_grid_of(adc_geo), images_dir / f"{case.case_id}_0001.mha")
+    write_image(adc, adc_geo, images_dir / channel_file_name(case.case_id, 0, ".mha"))
+    write_image(zadc, zadc_geo.on_grid_of(adc_geo), images_dir / channel_file_name(case.case_id, 1, ".mha"))
 
 
 def _same_grid(case: BonbidCase, ref: Geometry, other: Geometry, path: Path) -> None:
@@ -159,7 +162,7 @@ def convert_bonbid(src: str | Path, dataset_id: int, name: str = "BONBID", raw_r
     unlabelled = [c for c in cases if c.label is None]
     if labelled and unlabelled and not allow_unlabeled:
         listed = ", ".join(c.case_id for c in unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else "")
-        raise HiennuError(f"{src}: {len(unlabelled)} case(s) have no label file in 3LABEL/ ({listed}) while "
+        raise HiennuError(f"{src}: {len(unlabelled)} case(s) have no label file in {BONBID_LABEL_DIR}/ ({listed}) while "
                           f"{len(labelled)} have one; add the missing *_lesion.mha files, or pass "
                           f"--allow-unlabeled to put those cases in imagesTs/")
     root = Path(raw_root) if raw_root is not None else default_raw_root()

@@ -13,22 +13,18 @@ reported without decoding voxels; every voxel is then checked.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from hiennu.errors import DataIntegrityError, HiennuError
-from hiennu.io.cases import CaseFiles, discover_cases
+from hiennu.io.cases import CaseFiles, channel_file_name, discover_cases, parse_channel_file_name
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry, header_spacing, image_ending, sitk_reason, spacing_problem, strip_ending
 from hiennu.log import get_logger, progress
 
 log = get_logger(__name__)
-
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
 
 def _read_header(path: Path, case_id: str) -> tuple[sitk.ImageFileReader | None, Geometry | None, str | None]:
     """Reader with its header read, the geometry, or a problem string naming case and file."""
@@ -70,7 +66,7 @@ def check_case(case: CaseFiles, needs_label: bool) -> list[str]:
     for c in case.missing_channels:
         present = next((f for f in case.image_files if f is not None), case.label_file)
         where = f" (found {present})" if present is not None else ""
-        problems.append(f"case {cid}: channel {c} file {cid}_{c:04d} is missing{where}")
+        problems.append(f"case {cid}: channel {c} file {channel_file_name(cid, c)} is missing{where}")
     if needs_label and case.label_file is None:
         first = next((f for f in case.image_files if f is not None), None)
         problems.append(f"case {cid}: label file labelsTr/{cid} is missing (images: {first})")
@@ -143,14 +139,14 @@ def _extra_files(folder: Path, dj: DatasetJson, label_folder: bool, known_cases:
         if label_folder:
             if stem not in known_cases:
                 problems.append(f"case {stem}: label {path} has no images in imagesTr/ (expected "
-                                f"{stem}_0000{dj.file_ending} ...)")
+                                f"{channel_file_name(stem, 0, dj.file_ending)} ...)")
             continue
-        m = _CHANNEL_RE.match(stem)
-        if m is None:
+        parsed = parse_channel_file_name(stem)
+        if parsed is None:
             problems.append(f"{path}: name does not follow CASE_XXXX{dj.file_ending} (XXXX = channel number); "
                             f"rename or remove it")
-        elif int(m.group("channel")) >= dj.num_channels:
-            problems.append(f"case {m.group('case')}: {path} is channel {int(m.group('channel'))} but dataset.json "
+        elif parsed[1] >= dj.num_channels:
+            problems.append(f"case {parsed[0]}: {path} is channel {parsed[1]} but dataset.json "
                             f"declares {dj.num_channels} channel(s) ({', '.join(dj.channel_names)}); remove the "
                             f"file or add the channel to dataset.json")
     return problems

@@ -41,6 +41,7 @@ from scipy.spatial.transform import Rotation
 
 from hiennu.datasets.staging import staged_folder
 from hiennu.errors import HiennuError
+from hiennu.io.cases import channel_file_name
 from hiennu.io.dataset_json import BONBID_CHANNELS, BONBID_LABELS, DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, write_image
 from hiennu.log import get_logger, progress
@@ -342,8 +343,8 @@ def make_synthetic_dataset(target: int | str | Path = DEFAULT_SYNTHETIC_ID, num_
     with staged_folder(folder, overwrite=overwrite) as out:
         for index, cid in enumerate(progress(case_ids(n, case_prefix), desc=f"synthesizing {preset} cases")):
             case = generate_case(cid, np.random.default_rng([int(seed), index]), spec, lesion_category(seed, index))
-            write_image(case.adc, case.geometry, out / "imagesTr" / f"{cid}_0000.mha")
-            write_image(case.zadc, case.geometry, out / "imagesTr" / f"{cid}_0001.mha")
+            write_image(case.adc, case.geometry, out / "imagesTr" / channel_file_name(cid, 0, ".mha"))
+            write_image(case.zadc, case.geometry, out / "imagesTr" / channel_file_name(cid, 1, ".mha"))
             write_image(case.label, case.geometry, out / "labelsTr" / f"{cid}.mha")
         dj = DatasetJson(
             name=name, channel_names=list(BONBID_CHANNELS), labels=dict(BONBID_LABELS), num_training=n,

@@ -22,13 +22,14 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from hiennu.errors import HiennuError
-from hiennu.evaluation.metrics import (CHALLENGE_2023_NOTE, NO_LESION_BAND, NSD_TOLERANCE_MM, SUMMARY_METRICS,
-                                       VOLUME_BANDS, case_metrics)
+from hiennu.evaluation.metrics import CHALLENGE_2023_NOTE, NSD_TOLERANCE_MM, SUMMARY_METRICS, case_metrics
 from hiennu.io.atomic import write_json, write_text
-from hiennu.provenance import provenance
-from hiennu.io.bonbid_names import bonbid_role
+from hiennu.io.bonbid_names import BONBID_ADC_DIR, bonbid_role
+from hiennu.io.cases import parse_channel_file_name
 from hiennu.io.image import image_ending, read_image, strip_ending
 from hiennu.log import get_logger, progress
+from hiennu.masks import NO_LESION_BAND, VOLUME_BANDS
+from hiennu.provenance import provenance
 
 logger = get_logger(__name__)
 
@@ -84,17 +85,17 @@ def _brain_image_files(images_dir: Path) -> dict[str, Path]:
     if not images_dir.is_dir():
         raise HiennuError(f"images folder {images_dir} does not exist; check the path")
     found: dict[str, Path] = {}
-    folders = [images_dir] + ([images_dir / "1ADC_ss"] if (images_dir / "1ADC_ss").is_dir() else [])
+    folders = [images_dir] + ([images_dir / BONBID_ADC_DIR] if (images_dir / BONBID_ADC_DIR).is_dir() else [])
     for folder in folders:
         for p in sorted(folder.iterdir()):
             if p.name.startswith(".") or not p.is_file() or image_ending(p) is None:
                 continue
             role = bonbid_role(p)
-            stem = strip_ending(p)
+            channel = parse_channel_file_name(p)
             if role is not None and role[0] == "ADC":
                 found.setdefault(role[1], p)
-            elif stem.endswith("_0000"):
-                found.setdefault(stem[: -len("_0000")], p)
+            elif channel is not None and channel[1] == 0:
+                found.setdefault(channel[0], p)
     return found
 
 

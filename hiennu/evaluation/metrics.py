@@ -3,26 +3,23 @@
 All metrics are computed on the native grid with the image's spacing in mm; arrays are numpy
 order ``(z, y, x)`` and spacing is ``spacing_zyx`` (mm, same order as the array axes).
 
+Dice and the lesion volume bands are the package's one definitions in :mod:`hiennu.masks`.
+
 Empty-mask rules (the challenge's): both masks empty -> Dice 1, MASD 0, NSD 1, HD95 0; exactly one
 empty -> Dice 0, MASD NaN, NSD 0, HD95 NaN (NaN values are left out of means).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import ndimage
 
 from hiennu.evaluation.surface import (average_surface_distances, bounding_box, robust_hausdorff,
                                        surface_dice, surface_distances)
+from hiennu.masks import dice, volume_band
 
 NSD_TOLERANCE_MM = 2.0
 HD_PERCENT = 95.0
-
-# lesion volume bands, as fractions of the brain volume: (name, lower bound inclusive, upper bound exclusive)
-VOLUME_BANDS = (("<1%", 0.0, 0.01), ("1-5%", 0.01, 0.05), (">5%", 0.05, math.inf))
-NO_LESION_BAND = "no lesion"
 
 # the metrics summarized over cases (scalar per case; NaN = undefined for that case)
 SUMMARY_METRICS = ("dice", "masd", "nsd", "hd95", "abs_volume_diff_ml", "lesion_recall", "lesion_precision")
@@ -32,26 +29,6 @@ CHALLENGE_2023_NOTE = ("challenge_2023: surface metrics (MASD, NSD, HD95) reprod
                        "physically correct on anisotropic grids")
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
-
-
-def dice(ref: np.ndarray, pred: np.ndarray) -> float:
-    """Dice coefficient of two bool masks; 1.0 when both are empty."""
-    total = int(ref.sum()) + int(pred.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(ref, pred).sum()) / total
-
-
-def volume_band(lesion_fraction: float) -> str | None:
-    """Name of the volume band of a lesion that fills ``lesion_fraction`` of the brain (NaN -> None)."""
-    if lesion_fraction is None or math.isnan(lesion_fraction):
-        return None
-    if lesion_fraction == 0:
-        return NO_LESION_BAND
-    for name, low, high in VOLUME_BANDS:
-        if low <= lesion_fraction < high:
-            return name
-    raise ValueError(f"lesion fraction {lesion_fraction} is negative")
 
 
 def lesion_detection(ref: np.ndarray, pred: np.ndarray) -> dict:

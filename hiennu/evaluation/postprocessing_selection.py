@@ -28,13 +28,14 @@ from typing import Sequence
 import numpy as np
 
 from hiennu.errors import HiennuError
-from hiennu.evaluation.metrics import dice
 from hiennu.inference.postprocessing import (COMPONENT_SIZES, POSTPROCESSING_FILE, PostProcessing,
                                              apply_postprocessing, candidates, channel_index)
 from hiennu.io.atomic import write_json
+from hiennu.io.cases import channel_file_name
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
 from hiennu.log import get_logger, progress
+from hiennu.masks import dice
 from hiennu.provenance import provenance
 
 log = get_logger(__name__)
@@ -81,8 +82,8 @@ def score_candidates(masks: dict[str, Path], raw_dir: Path,
         if pred.shape != ref.shape:
             raise HiennuError(f"case {case}: validation mask {path} has shape {pred.shape} (z, y, x), the label "
                               f"{ref.shape}; validation masks must be in the label's native geometry")
-        zadc, _ = read_image(raw_dir / "imagesTr" / f"{case}_{zadc_k:04d}{ending}")
-        adc = read_image(raw_dir / "imagesTr" / f"{case}_{adc_k:04d}{ending}")[0] if adc_k is not None else None
+        zadc, _ = read_image(raw_dir / "imagesTr" / channel_file_name(case, zadc_k, ending))
+        adc = read_image(raw_dir / "imagesTr" / channel_file_name(case, adc_k, ending))[0] if adc_k is not None else None
         ref = ref != 0
         for i, post in enumerate(options):
             scores[i, j] = dice(ref, apply_postprocessing(pred, post, zadc, adc) != 0)

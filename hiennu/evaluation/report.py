@@ -24,8 +24,8 @@ from matplotlib.lines import Line2D
 from scipy import stats
 
 from hiennu.evaluation.evaluate import summarize
-from hiennu.evaluation.metrics import NO_LESION_BAND, VOLUME_BANDS
 from hiennu.io.atomic import atomic_path, write_text
+from hiennu.masks import NO_LESION_BAND, VOLUME_BANDS
 
 DEFAULT_METRICS = ("dice", "masd", "nsd")
 CI_METRICS = ("dice", "masd", "nsd")  # shown with their 95 % bootstrap interval

@@ -3,6 +3,9 @@
 ``Predictor`` (trained models, folders or zips), ``ZadcThresholdBaseline`` (ZADC < -2), input
 layouts (``layouts``), model zips (``model_zip``), model choice (``model_registry``) and the
 challenge container interface (``challenge``). See documentation/inference.md.
+
+May import: the ground floor, ``geometry`` (back to the native grid), ``preprocessing`` (the plans'
+``preprocess_case``) and ``networks``. Never training or evaluation.
 """
 
 from hiennu.inference.baseline import ZadcThresholdBaseline

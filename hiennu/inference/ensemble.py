@@ -4,8 +4,8 @@ Each fold's network predicts logits ``(B, 1, z, y, x)`` on the fixed grid; the e
 the mean of ``sigmoid(logits)`` over every fold and every mirroring (an equal weight each), as
 float32 ``(B, z, y, x)``. Mirroring flips the input along a subset of the spatial axes, predicts,
 and flips the prediction back; with axes ``A`` all ``2**len(A)`` subsets are used (nnU-Net's
-scheme). On CUDA the networks run under bfloat16 autocast in ``channels_last_3d`` memory format (as
-in training); the sigmoid and the average are float32.
+scheme). The networks run as :mod:`hiennu.device` says, as in training (on CUDA under bfloat16
+autocast in ``channels_last_3d`` memory format); the sigmoid and the average are float32.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
+
+from hiennu.device import autocast, memory_format
 
 
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -37,7 +39,7 @@ class FoldEnsemble:
         if not networks:
             raise ValueError("an ensemble needs at least one network")
         self.device = torch.device(device)
-        self.memory_format = torch.channels_last_3d if self.device.type == "cuda" else torch.contiguous_format
+        self.memory_format = memory_format(self.device)
         self.networks = [n.to(self.device, memory_format=self.memory_format).eval() for n in networks]
         self.flips = mirror_combinations(mirror_axes or ())
 
@@ -56,12 +58,11 @@ class FoldEnsemble:
             raise ValueError(f"expected a (B, C, z, y, x) batch, got shape {tuple(batch.shape)}")
         x = batch.to(self.device, dtype=torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
         total = torch.zeros((x.shape[0],) + tuple(x.shape[2:]), dtype=torch.float32, device=self.device)
-        use_amp = self.device.type == "cuda"
         for net in self.networks:
             for flip in self.flips:
                 dims = [d + 2 for d in flip]
                 xin = torch.flip(x, dims) if dims else x
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                with autocast(self.device):
                     logits = net(xin)
                 if isinstance(logits, (list, tuple)):
                     logits = logits[0]

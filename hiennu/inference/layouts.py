@@ -23,7 +23,6 @@ of ``ZADC`` (case-insensitive).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -31,14 +30,13 @@ from typing import Sequence
 import numpy as np
 
 from hiennu.errors import HiennuError, ImageReadError
-from hiennu.io.bonbid_names import bonbid_role
+from hiennu.io.bonbid_names import BONBID_ADC_DIR, BONBID_ZADC_DIR, bonbid_role
+from hiennu.io.cases import parse_channel_file_name
 from hiennu.io.image import Geometry, image_ending, read_image, strip_ending
 from hiennu.log import get_logger
 
 logger = get_logger(__name__)
 
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-BONBID_ADC_DIR, BONBID_ZADC_DIR = "1ADC_ss", "2Z_ADC"
 CHALLENGE_ADC_DIR = Path("images") / "skull-stripped-adc-brain-mri"
 CHALLENGE_ZADC_DIR = Path("images") / "z-score-adc"
 
@@ -116,9 +114,9 @@ def _flat_cases(folder: Path, num_channels: int, channel_names: Sequence[str]) -
     bonbid: dict[str, dict[int, list[Path]]] = {}
     ignored = []
     for p in _image_files(folder):
-        m = _CHANNEL_RE.match(strip_ending(p))
-        if m:
-            nnunet.setdefault(m.group("case"), {}).setdefault(int(m.group("channel")), []).append(p)
+        parsed = parse_channel_file_name(p)
+        if parsed:
+            nnunet.setdefault(parsed[0], {}).setdefault(parsed[1], []).append(p)
             continue
         role = bonbid_role(p)
         if role and role[0] in ("ADC", "ZADC"):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
-from hiennu.paths import (RESULTS_ENV, parse_dataset_folder_name, resolve_dataset, results_root)
-from hiennu.planning.plans import PLANS_NAME
+from hiennu.paths import RESULTS_ENV, parse_dataset_folder_name, parse_model_dir_name, resolve_dataset, results_root
+from hiennu.plans import PLANS_NAME
 
 DEFAULT_MODEL_FILE = "default_model.json"
 _FOLD_RE = re.compile(r"^fold_(?P<fold>\d+|all)$")
@@ -36,12 +36,6 @@ class TrainedModel:
     def describe(self) -> str:
         return (f"{self.dataset}/{self.path.name} (folds {', '.join(self.folds)}): "
                 f"-d {self.dataset} -tr {self.trainer} -c {self.configuration}")
-
-
-def split_model_dir_name(name: str) -> tuple[str, str, str] | None:
-    """``TRAINER__PLANS__CONFIG`` -> ``(trainer, plans, configuration)``; anything else -> None."""
-    parts = name.split("__")
-    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
 
 
 def fold_sort_key(fold: str) -> tuple[int, int]:
@@ -65,11 +59,12 @@ def model_folds(model_dir: Path, checkpoint: str | None = None) -> list[str]:
 def describe_model_dir(model_dir: Path) -> TrainedModel | None:
     """The :class:`TrainedModel` in ``model_dir``, or None if it is not a trained model folder."""
     model_dir = Path(model_dir)
-    parts = split_model_dir_name(model_dir.name)
+    parts = parse_model_dir_name(model_dir.name)
     folds = model_folds(model_dir)
     if parts is None or not folds or not (model_dir / "plans.json").is_file():
         return None
-    return TrainedModel(model_dir, model_dir.parent.name, parts[0], parts[1], parts[2], tuple(folds))
+    return TrainedModel(model_dir, model_dir.parent.name, parts.trainer, parts.plans, parts.configuration,
+                        tuple(folds))
 
 
 def find_trained_models(root: Path | None = None) -> list[TrainedModel]:

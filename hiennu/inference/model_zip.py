@@ -37,16 +37,15 @@ from typing import Sequence
 import torch
 
 from hiennu.errors import HiennuError
-from hiennu.io.atomic import atomic_path
-from hiennu.io.dataset_json import DatasetJson, load_dataset_json
-from hiennu.log import get_logger
-from hiennu.paths import parse_dataset_folder_name, preprocessed_root, raw_root, results_root
-from hiennu.planning.plans import Plans, load_plans
+from hiennu.inference.model_registry import describe_model_dir, fold_sort_key, model_folds, set_default_model
 from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing, load_postprocessing,
                                              postprocessing_from_record)
 from hiennu.inference.trained_configuration import check_trained_configuration
-from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, model_folds, set_default_model,
-                                             split_model_dir_name)
+from hiennu.io.atomic import atomic_path
+from hiennu.io.dataset_json import DatasetJson, load_dataset_json
+from hiennu.log import get_logger
+from hiennu.paths import parse_dataset_folder_name, parse_model_dir_name, preprocessed_root, raw_root, results_root
+from hiennu.plans import Plans, load_plans
 
 logger = get_logger(__name__)
 
@@ -74,7 +73,7 @@ class ModelZipContents:
 
     @property
     def configuration(self) -> str:
-        return split_model_dir_name(self.model.split("/")[1])[2]
+        return parse_model_dir_name(self.model.split("/")[1]).configuration
 
     def member(self, relative: str) -> str:
         return f"{self.model}/{relative}"
@@ -238,7 +237,7 @@ def verify_model_zip(path: str | Path) -> ModelZipContents:
         if fmt != FORMAT:
             raise ModelZipError(f"{path}: refused: {MANIFEST} format is {fmt!r}, expected {FORMAT!r}")
         parts = model.split("/")
-        if (len(parts) != 2 or not parse_dataset_folder_name(parts[0]) or not split_model_dir_name(parts[1])
+        if (len(parts) != 2 or not parse_dataset_folder_name(parts[0]) or not parse_model_dir_name(parts[1])
                 or any(p in ("", ".", "..") for p in parts)):
             raise ModelZipError(f"{path}: refused: manifest model {model!r} is not DatasetNNN_Name/TRAINER__PLANS__CONFIG")
         if not checkpoint.endswith(".pth") or "/" in checkpoint or "\\" in checkpoint:

@@ -8,7 +8,7 @@ window of the patch size with 50 % overlap and Gaussian weighting,
 :mod:`~hiennu.inference.sliding_window`), the sigmoid probabilities are averaged
 (:class:`~hiennu.inference.ensemble.FoldEnsemble`), the mean probability map is taken back to the
 case's native grid with the configuration's ``prediction_interpolation`` (``linear`` or
-``nearest``; a cropped case is un-cropped into zeros, :func:`~hiennu.preprocessing.cropping.restore_to_native`)
+``nearest``; a cropped case is un-cropped into zeros, :func:`~hiennu.geometry.cropping.restore_to_native`)
 on the device, and thresholded there at 0.5 (``p >= 0.5`` is lesion). Components
 smaller than ``min_component_voxels`` are then removed, and, when the model folder (or zip) holds a
 ``postprocessing.json`` chosen by cross-validation (:mod:`hiennu.inference.postprocessing`), its
@@ -40,22 +40,23 @@ import torch
 
 from hiennu.device import resolve_device
 from hiennu.errors import HiennuError
+from hiennu.geometry.cropping import CropRecord, restore_to_native
+from hiennu.geometry.resampling import resample_probabilities_to_native
 from hiennu.inference.baseline import make_baseline
 from hiennu.inference.ensemble import FoldEnsemble
 from hiennu.inference.folder_prediction import CasePredictor
-from hiennu.inference.sliding_window import sliding_window_predict
-from hiennu.inference.model_registry import fold_sort_key, model_folds, resolve_model, split_model_dir_name
+from hiennu.inference.model_registry import fold_sort_key, model_folds, resolve_model
 from hiennu.inference.model_zip import load_checkpoint_weights, load_model_zip
 from hiennu.inference.postprocessing import PostProcessing, apply_postprocessing, channel_index, load_postprocessing
+from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry, read_sitk
 from hiennu.log import get_logger
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import PLANS_NAME, Configuration, Plans, load_plans
-from hiennu.preprocessing.cropping import CropRecord, restore_to_native
+from hiennu.paths import parse_model_dir_name
+from hiennu.plans import PLANS_NAME, Configuration, Plans, load_plans
 from hiennu.preprocessing.preprocessor import preprocess_case
-from hiennu.preprocessing.resampling import resample_probabilities_to_native
 
 logger = get_logger(__name__)
 
@@ -83,7 +84,8 @@ def tta_mirror_axes(configuration: Configuration) -> tuple[int, ...]:
 class Predictor(CasePredictor):
     """Predicts lesion masks with the folds of one trained model.
 
-    fold_weights: fold name -> network state dict; device: None picks CUDA when available;
+    fold_weights: fold name -> network state dict; device: None takes the first available of
+    ``cuda`` > ``mps`` > ``cpu`` (:mod:`hiennu.device`);
     use_mirroring: mirroring TTA; batch_size: cases per forward pass (None: 4 on CUDA, 1 else);
     min_component_voxels: None takes the larger of the configuration's value and ``postprocessing``'s;
     a number replaces both. postprocessing: the cross-validated choice (``postprocessing.json``;
@@ -164,8 +166,8 @@ class Predictor(CasePredictor):
         if not path.is_dir():
             raise HiennuError(f"model folder {path} not found")
         plans = load_plans(path)
-        parts = split_model_dir_name(path.name)
-        configuration = plans.configuration(parts[2] if parts else None)
+        parts = parse_model_dir_name(path.name)
+        configuration = plans.configuration(parts.configuration if parts else None)
         dataset = load_dataset_json(path) if (path / "dataset.json").is_file() else None
         available = model_folds(path, checkpoint)
         chosen = [str(f) for f in folds] if folds else available

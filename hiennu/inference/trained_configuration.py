@@ -1,7 +1,7 @@
 """Refusing to predict with a fold whose plans changed after it was trained.
 
 Every checkpoint records the configuration it was trained with (``state["configuration"]``, the
-JSON form of :class:`~hiennu.planning.plans.Configuration`). Before a fold predicts, that record is
+JSON form of :class:`~hiennu.plans.Configuration`). Before a fold predicts, that record is
 compared with the configuration of the plans being loaded; any difference in what the network
 sees or does (grid, normalization, network, augmentation's mirror axes, interpolation,
 post-processing) is refused, naming the field. Training-only fields (``training``) and
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hiennu.errors import HiennuError
-from hiennu.planning.plans import (PREDICTOR_IGNORED_FIELDS, Configuration,
-                                   configuration_differences)
+from hiennu.plans import (PREDICTOR_IGNORED_FIELDS, Configuration,
+                          configuration_differences)
 
 
 class TrainedConfigurationError(HiennuError):

@@ -1,8 +1,10 @@
-"""Finding the cases of a raw dataset in nnU-Net layout.
+"""The nnU-Net file layout of a raw dataset: channel file names, and finding the cases.
 
 ``imagesTr/CASE_0000.mha`` (channel 0), ``imagesTr/CASE_0001.mha`` (channel 1) ...,
-``labelsTr/CASE.mha``. Discovery never raises for missing files: it records what it found, and
-the integrity check turns gaps into named errors.
+``labelsTr/CASE.mha``. :func:`channel_file_name` and :func:`parse_channel_file_name` are the one
+definition of the channel file naming (the converters, the integrity check, prediction input
+layouts and evaluation all use them). Discovery never raises for missing files: it records what it
+found, and the integrity check turns gaps into named errors.
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ from pathlib import Path
 from hiennu.io.image import image_ending, strip_ending
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def channel_file_name(case_id: str, channel: int, ending: str = "") -> str:
+    """``CASE_XXXX`` + ``ending``: the file of channel ``channel`` of a case (``ending`` e.g. ``".mha"``)."""
+    return f"{case_id}_{int(channel):04d}{ending}"
+
+
+def parse_channel_file_name(path: str | Path) -> tuple[str, int] | None:
+    """``(case id, channel)`` of a channel file (``CASE_0001.mha``, or its stem ``CASE_0001``); else None."""
+    m = _CHANNEL_RE.match(strip_ending(path))
+    return (m.group("case"), int(m.group("channel"))) if m else None
 
 
 @dataclass
@@ -44,9 +57,9 @@ def discover_cases(images_dir: str | Path, num_channels: int, labels_dir: str | 
             ending = image_ending(p)
             if ending is None or (file_ending and ending != file_ending) or p.name.startswith("."):
                 continue
-            m = _CHANNEL_RE.match(strip_ending(p))
-            if m:
-                found.setdefault(m.group("case"), {})[int(m.group("channel"))] = p
+            parsed = parse_channel_file_name(p)
+            if parsed:
+                found.setdefault(parsed[0], {})[parsed[1]] = p
     labels: dict[str, Path] = {}
     if labels_dir is not None and Path(labels_dir).is_dir():
         for p in sorted(Path(labels_dir).iterdir()):

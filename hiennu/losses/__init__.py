@@ -4,6 +4,10 @@ documentation/losses.md).
 Every loss is an ``nn.Module`` built with no required argument and called as
 ``loss(logits, target)`` with logits ``(B, 1, z, y, x)`` and a binary target of the same shape;
 it returns a float32 scalar (``reduction="mean"``), or per-sample values (``"none"``), or the sum.
+The distance transform (``distance``, back-ends ``native`` C / torch / Triton / ITK) has a public
+API that the Hausdorff losses use like any other caller.
+
+May import: the ground floor only (no file I/O, no training code).
 """
 
 from hiennu.losses.compound import DiceFocalHDTLoss, DiceFocalLoss, RegionPlusLogHDTLoss, TverskyHDTLoss

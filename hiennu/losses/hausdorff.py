@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from hiennu.errors import HiennuError
-from hiennu.losses import distance
 from hiennu.losses.base import SegmentationLoss, spatial_mean
-from hiennu.losses.distance import squared_euclidean_distance_transform
+from hiennu.losses.distance import (check_spacing, resolve_backend, squared_distance_to_other_class,
+                                    squared_euclidean_distance_transform)
 
 
 def hausdorff_distance_field(mask: torch.Tensor, spacing: Sequence[float] | None = None, alpha: float = 2.0,
@@ -47,26 +46,13 @@ def summed_hausdorff_fields(masks: Sequence[torch.Tensor], spacing: Sequence[flo
     The loss needs the field of the prediction plus that of the target; the native back-end writes
     both into one buffer, one thread per sample, with no intermediate volume.
     """
-    spacing_zyx = distance._check_spacing(spacing)
-    resolved = distance._resolve_backend(backend, masks[0].device)
+    spacing_zyx = check_spacing(spacing)
+    resolved = resolve_backend(backend, masks[0].device)
     if resolved == "native" and alpha == 2.0:
-        return _summed_fields_native(masks, spacing_zyx)
+        return squared_distance_to_other_class(masks, spacing_zyx)
     # one batched transform for all masks (fewer kernel launches on CUDA)
     fields = _field_by_transforms(torch.cat(list(masks)), spacing_zyx, alpha, resolved)
     return fields.view(len(masks), *masks[0].shape).sum(dim=0)
-
-
-def _summed_fields_native(masks: Sequence[torch.Tensor], spacing_zyx: tuple[float, float, float]) -> torch.Tensor:
-    hosts = [np.ascontiguousarray(distance._check_mask(m)[0].detach().cpu().numpy()) for m in masks]
-    out = torch.empty(hosts[0].shape, dtype=torch.float32)
-    out_np = out.numpy()
-
-    def sample(b: int) -> None:
-        for k, host in enumerate(hosts):
-            distance._edt.hausdorff_field(host[b], out_np[b], spacing_zyx, k > 0)
-
-    distance.for_each_volume(sample, out.shape[0])
-    return out.to(masks[0].device)
 
 
 def _field_by_transforms(mask: torch.Tensor, spacing_zyx: tuple[float, float, float], alpha: float,

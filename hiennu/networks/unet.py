@@ -1,4 +1,4 @@
-"""3D U-Net built from a :class:`~hiennu.planning.plans.NetworkPlan` (the paper's architecture).
+"""3D U-Net built from a :class:`~hiennu.plans.NetworkPlan` (the paper's architecture).
 
 Encoder stage s: two 3x3x3 convolutions, each followed by a norm (batch norm as in the paper, or
 instance norm for small patch batches, ``plan.norm``) and LeakyReLU, then dropout
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hiennu.planning.plans import NetworkPlan
+from hiennu.plans import NetworkPlan
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:

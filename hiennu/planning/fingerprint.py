@@ -20,14 +20,15 @@ import numpy as np
 from scipy import ndimage
 
 from hiennu.errors import HiennuError
+from hiennu.geometry.cropping import brain_bbox
 from hiennu.io.atomic import read_json, write_json
 from hiennu.io.cases import CaseFiles
 from hiennu.io.image import Geometry, read_image
 from hiennu.log import get_logger
-from hiennu.preprocessing.cropping import brain_bbox
-from hiennu.preprocessing.parallel import parallel_map
+from hiennu.parallel import parallel_map, register_preload
 
 log = get_logger(__name__)
+register_preload(__name__)  # its case functions run in worker processes
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
 DEFAULT_SAMPLES_PER_CASE = 10000

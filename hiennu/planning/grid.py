@@ -21,7 +21,7 @@ import numpy as np
 
 from hiennu.errors import HiennuError
 from hiennu.planning.memory import GIB, MemoryEstimate, estimate_training_memory
-from hiennu.planning.plans import NetworkPlan
+from hiennu.plans import NetworkPlan
 
 PAPER_MULTIPLE = 16
 

@@ -14,10 +14,10 @@ What a training step holds at its peak (backward pass start):
 - a safety factor on the activations for transient gradient buffers and allocator fragmentation,
   plus a fixed reserve for the CUDA context and cuDNN workspaces.
 
-The activation count is checked against a measurement: :func:`measure_saved_activation_bytes`
-runs a forward pass on CPU in fp32 with ``torch.autograd.graph.saved_tensors_hooks`` and adds up
-the distinct storages autograd keeps (parameters excluded). ``tests/test_planning.py`` asserts the
-formula matches it within 1%.
+The activation count is checked against a measurement: ``tests/test_planning.py`` runs a forward
+pass of the built network on CPU in fp32 with ``torch.autograd.graph.saved_tensors_hooks``, adds up
+the distinct storages autograd keeps (parameters excluded) and asserts the formula matches it
+within 1%. (The probe lives in the test so that planning never imports the network code.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from hiennu.planning.plans import NetworkPlan
+from hiennu.plans import NetworkPlan
 
 GIB = 1024 ** 3
 ACTIVATION_SAFETY = 1.25
@@ -105,24 +105,3 @@ def estimate_training_memory(plan: NetworkPlan, size_zyx: Sequence[int], batch_s
     total = int(ACTIVATION_SAFETY * act) + params + int(RESERVE_BYTES)
     return MemoryEstimate(tuple(int(s) for s in size_zyx), batch_size, act, params, int(RESERVE_BYTES), total)
 
-
-def measure_saved_activation_bytes(plan: NetworkPlan, size_zyx: Sequence[int], batch_size: int = 1) -> int:
-    """Measure (CPU, fp32) the bytes of the distinct tensors autograd saves in one training forward pass."""
-    import torch
-
-    from hiennu.networks.unet import build_network
-
-    net = build_network(plan).train()
-    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    x = torch.randn(batch_size, plan.in_channels, *size_zyx)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        net(x)
-    return sum(seen.values())

@@ -1,4 +1,4 @@
-"""The planner: dataset fingerprint -> :class:`~hiennu.planning.plans.Plans` (three configurations).
+"""The planner: dataset fingerprint -> :class:`~hiennu.plans.Plans` (three configurations).
 
 - ``3d_fullres`` (default, nnU-Net's meaning): crop each case to its brain box, resample to the
   planned spacing (:mod:`~hiennu.planning.spacing`), train on patches and predict with a sliding
@@ -31,12 +31,12 @@ from hiennu.log import get_logger
 from hiennu.planning.fingerprint import DatasetFingerprint
 from hiennu.planning.grid import grid_unit, lossless_grid, memory_grid, paper_grid
 from hiennu.planning.memory import estimate_training_memory
-from hiennu.planning.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION,
-                                   AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
-                                   TrainingPlan)
 from hiennu.planning.roundtrip import RoundTrip
 from hiennu.planning.spacing import plan_target_spacing
 from hiennu.planning.topology import PLAN_FOR, plan_patch
+from hiennu.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION,
+                          AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
+                          TrainingPlan)
 
 log = get_logger(__name__)
 

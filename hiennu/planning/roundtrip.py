@@ -1,7 +1,8 @@
 """The round-trip ceiling of a target grid: native label -> grid -> native, scored with Dice.
 
 A perfect prediction on the grid can do no better than this once it is resampled back to the
-native grid, so the planner records it for each configuration. Dice of two empty masks is 1.
+native grid, so the planner records it for each configuration. Dice is :func:`hiennu.masks.dice`
+(two empty masks score 1).
 
 - whole-volume grid: the label goes to the grid with the configuration's label interpolation and
   comes back with the same mode (:func:`measure_roundtrip`).
@@ -20,10 +21,13 @@ from typing import Sequence
 
 import numpy as np
 
+from hiennu.geometry.cropping import crop_and_resample, crop_and_resample_label, restore_to_native
+from hiennu.geometry.resampling import resample_label_to_grid, resample_label_to_native
 from hiennu.io.image import read_image
-from hiennu.preprocessing.cropping import crop_and_resample, crop_and_resample_label, restore_to_native
-from hiennu.preprocessing.parallel import parallel_map
-from hiennu.preprocessing.resampling import resample_label_to_grid, resample_label_to_native
+from hiennu.masks import dice
+from hiennu.parallel import parallel_map, register_preload
+
+register_preload(__name__)  # its case functions run in worker processes
 
 
 @dataclass
@@ -41,12 +45,6 @@ class RoundTrip:
     @property
     def worst(self) -> float:
         return float(np.min(list(self.dice_per_case.values()))) if self.dice_per_case else 1.0
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def label_roundtrip_dice(label: np.ndarray, size_zyx: Sequence[int], mode: str) -> float:

@@ -1,6 +1,7 @@
 """Cross-validation folds: 5 folds, seeded, stratified by lesion size band.
 
-Bands by lesion fraction of the brain: none (0), small (< 1%), medium (1-5%), large (> 5%). Within
+Bands by lesion fraction of the brain (:func:`hiennu.masks.volume_band`, half-open ``[low, high)``):
+no lesion (0), ``<1%``, ``1-5%`` (from 1% up to, not including, 5%), ``>5%`` (5% and more). Within
 each band the cases are shuffled with the seed and dealt to the folds in turn, the dealing
 continuing across bands so fold sizes differ by at most one. ``splits_final.json`` is a list of
 ``{"train": [...], "val": [...]}``; once written it is never rewritten, so folds stay stable.
@@ -16,23 +17,15 @@ import numpy as np
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
 from hiennu.log import get_logger
+from hiennu.masks import NO_LESION_BAND, VOLUME_BANDS, volume_band
 
 log = get_logger(__name__)
 
 SPLITS_FILE = "splits_final.json"
 DEFAULT_FOLDS = 5
 DEFAULT_SPLIT_SEED = 12345
-BANDS = ("none", "<1%", "1-5%", ">5%")
-
-
-def lesion_band(fraction: float) -> str:
-    if fraction <= 0:
-        return "none"
-    if fraction < 0.01:
-        return "<1%"
-    if fraction <= 0.05:
-        return "1-5%"
-    return ">5%"
+# the order in which the bands are dealt to the folds
+BANDS = (NO_LESION_BAND,) + tuple(name for name, _, _ in VOLUME_BANDS)
 
 
 def make_splits(lesion_fractions: dict[str, float], num_folds: int = DEFAULT_FOLDS,
@@ -46,7 +39,7 @@ def make_splits(lesion_fractions: dict[str, float], num_folds: int = DEFAULT_FOL
     folds: list[list[str]] = [[] for _ in range(num_folds)]
     turn = 0
     for band in BANDS:
-        members = [c for c in cases if lesion_band(lesion_fractions[c]) == band]
+        members = [c for c in cases if volume_band(lesion_fractions[c]) == band]
         for c in rng.permutation(members).tolist() if members else []:
             folds[turn % num_folds].append(c)
             turn += 1

@@ -32,7 +32,7 @@ import numpy as np
 
 from hiennu.errors import HiennuError
 from hiennu.planning.memory import estimate_training_memory
-from hiennu.planning.plans import NetworkPlan
+from hiennu.plans import NetworkPlan
 
 MIN_FEATURE_MAP = 4
 CPU_PATCH_VOXELS = 310_000

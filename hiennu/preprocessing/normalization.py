@@ -1,4 +1,4 @@
-"""Per-channel intensity normalization (schemes of :class:`~hiennu.planning.plans.ChannelNormalization`).
+"""Per-channel intensity normalization (schemes of :class:`~hiennu.plans.ChannelNormalization`).
 
 Inputs are one channel on the target grid, ``(z, y, x)``, and the brain mask on the same grid
 (boolean, the voxels where ADC is non-zero). Output is float32 of the same shape.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hiennu.planning.plans import ChannelNormalization
+from hiennu.plans import ChannelNormalization
 
 _EPS = 1e-8
 

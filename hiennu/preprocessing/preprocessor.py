@@ -1,11 +1,11 @@
 """Preprocessing: native case -> normalized 2-channel array (+ mask and properties).
 
-Two kinds of configuration (see :class:`~hiennu.planning.plans.Configuration`):
+Two kinds of configuration (see :class:`~hiennu.plans.Configuration`):
 
 - whole-volume grid: every case is resampled to the plans' fixed grid.
 - brain crop + planned spacing (``3d_fullres``): every case is cropped to its brain box and
-  resampled to the target spacing (:mod:`~hiennu.preprocessing.cropping`), so arrays differ in
-  size between cases; the :class:`~hiennu.preprocessing.cropping.CropRecord` that undoes it is kept
+  resampled to the target spacing (:mod:`~hiennu.geometry.cropping`), so arrays differ in
+  size between cases; the :class:`~hiennu.geometry.cropping.CropRecord` that undoes it is kept
   in the properties, with up to :data:`LESION_LOCATIONS` lesion voxel positions (z, y, x) that the
   patch sampler centres foreground patches on.
 
@@ -32,17 +32,18 @@ import numpy as np
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_to_bbox
 
 from hiennu.errors import HiennuError
+from hiennu.geometry.cropping import CropRecord, crop_and_resample, crop_and_resample_label
+from hiennu.geometry.resampling import resample_image_to_grid, resample_label_to_grid
 from hiennu.io.atomic import read_json, write_json, write_npy
 from hiennu.io.cases import CaseFiles
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
-from hiennu.planning.plans import Configuration
-from hiennu.preprocessing.cropping import CropRecord, crop_and_resample, crop_and_resample_label
+from hiennu.parallel import parallel_map, register_preload
+from hiennu.plans import Configuration
 from hiennu.preprocessing.normalization import normalize_channel
-from hiennu.preprocessing.parallel import parallel_map
-from hiennu.preprocessing.resampling import resample_image_to_grid, resample_label_to_grid
 
 log = get_logger(__name__)
+register_preload(__name__)  # its case functions run in worker processes
 
 PREPROCESSING_VERSION = 2
 LESION_LOCATIONS = 10000

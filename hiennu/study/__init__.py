@@ -1,4 +1,5 @@
 """Studies that run the whole pipeline: the loss study and the end-to-end demo.
 
-This is the top floor: it may import every stage; no stage imports it.
+The top floor of the library: it may import every stage (and ``pipeline``); no stage imports it,
+only ``cli``.
 """

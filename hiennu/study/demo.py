@@ -22,9 +22,9 @@ from hiennu.evaluation.evaluate import evaluate_folders
 from hiennu.inference.baseline import ZadcThresholdBaseline
 from hiennu.inference.predictor import Predictor
 from hiennu.log import get_logger
-from hiennu.paths import dataset_folder_name, model_dir_name, results_root, use_roots
-from hiennu.planning.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
-from hiennu.planning.plans import DEFAULT_CONFIGURATION, PLANS_NAME
+from hiennu.paths import dataset_folder_name, model_dir_name, parse_model_dir_name, results_root, use_roots
+from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from hiennu.plans import DEFAULT_CONFIGURATION, PLANS_NAME
 from hiennu.study.loss_study import LossStudyOptions, run_loss_study
 
 log = get_logger(__name__)
@@ -77,7 +77,7 @@ class DemoResult:
         """How to predict with the demo's models afterwards (its results root is not the default one)."""
         if self.model_dir is None:
             return []
-        results, trainer = self.model_dir.parent.parent, self.model_dir.name.split("__")[0]
+        results, trainer = self.model_dir.parent.parent, parse_model_dir_name(self.model_dir.name).trainer
         return [f"export hiennu_results={results}",
                 f"hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {self.dataset} -tr {trainer}",
                 f"or, without the export: hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {self.model_dir}"]

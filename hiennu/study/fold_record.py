@@ -28,7 +28,7 @@ from typing import Any
 import hiennu
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json
-from hiennu.planning.plans import INFORMATIVE_FIELDS, TRAINING_ONLY_FIELDS, configuration_differences
+from hiennu.plans import INFORMATIVE_FIELDS, TRAINING_ONLY_FIELDS, configuration_differences
 from hiennu.training import checkpoint as ckpt
 
 DEBUG_FILE = "debug.json"

@@ -42,8 +42,8 @@ from hiennu.io.atomic import read_json, write_text
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
-from hiennu.paths import raw_root, resolve_dataset, results_root
-from hiennu.planning.plans import PLANS_NAME
+from hiennu.paths import parse_model_dir_name, raw_root, resolve_dataset, results_root
+from hiennu.plans import PLANS_NAME
 from hiennu.provenance import provenance_markdown
 from hiennu.study.fold_record import move_fold_aside, recorded_differences
 from hiennu.training import checkpoint as ckpt
@@ -153,7 +153,7 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
             run = train_fold(name, fold, dataset, opts)
             runs.setdefault(name, []).append(run)
             log.info("%s", tracker.done(name, fold, time.perf_counter() - run_start, run.trained_now))
-    config_name = runs[opts.trainers[0]][0].fold_dir.parent.name.split("__")[-1]
+    config_name = parse_model_dir_name(runs[opts.trainers[0]][0].fold_dir.parent.name).configuration
     suffix = config_name if opts.plans_name == PLANS_NAME else f"{opts.plans_name}__{config_name}"
     out = opts.output_dir or results_root() / dataset / f"loss_study_{suffix}"
     out = Path(out)

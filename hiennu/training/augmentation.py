@@ -1,7 +1,7 @@
 """The CPU augmentation pipeline: batchgenerators transforms with the plans' parameters.
 
 This is the reference implementation (``hiennu.training.gpu_augmentation`` mirrors it in torch).
-:func:`build_transforms` maps :class:`~hiennu.planning.plans.AugmentationPlan` onto
+:func:`build_transforms` maps :class:`~hiennu.plans.AugmentationPlan` onto
 batchgenerators (see ``documentation/augmentation.md`` for the table); :func:`augment_sample`
 runs it on one sample with numpy's and Python's global generators seeded from the sample's own
 seed, so the result depends on nothing but (sample, seed): not on the worker that computes it,
@@ -22,7 +22,7 @@ from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, G
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import SpatialTransform
 
-from hiennu.planning.plans import AugmentationPlan
+from hiennu.plans import AugmentationPlan
 
 
 class AxisFlipTransform(AbstractTransform):

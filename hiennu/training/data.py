@@ -38,7 +38,7 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform
 
 from hiennu.errors import HiennuError
 from hiennu.log import get_logger
-from hiennu.planning.plans import Configuration
+from hiennu.plans import Configuration
 from hiennu.training.augmentation import augment_sample, build_transforms
 from hiennu.training.gpu_augmentation import GPUAugmenter
 

@@ -1,7 +1,7 @@
 """The paper's augmentations in torch, batched on the device (the CUDA path of the data pipeline).
 
 :class:`GPUAugmenter` applies, in this order and each with its own per-sample probability from
-:class:`~hiennu.planning.plans.AugmentationPlan`, the same transforms as the batchgenerators
+:class:`~hiennu.plans.AugmentationPlan`, the same transforms as the batchgenerators
 reference in :mod:`hiennu.training.augmentation`, with the same parameters and distributions:
 
 1. elastic deformation: uniform(-1, 1) noise per axis, Gaussian-smoothed (sigma uniform in
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hiennu.planning.plans import AugmentationPlan
+from hiennu.plans import AugmentationPlan
 
 _TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: kernel radius int(4 * sigma + 0.5)
 _GAMMA_EPS = 1e-7  # batchgenerators' augment_gamma epsilon

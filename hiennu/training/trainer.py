@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hiennu.device import autocast, configure_device, memory_format, select_device
 from hiennu.errors import HiennuError
 from hiennu.evaluation.evaluate import evaluate_folders
 from hiennu.inference.predictor import Predictor
@@ -51,13 +52,12 @@ from hiennu.log import attach_file_handler, get_logger, progress
 from hiennu.paths import (model_dir_name, plans_file_name, preprocessed_data_name, preprocessed_root,
                           raw_root, resolve_dataset, results_root)
 from hiennu.networks.unet import build_network
-from hiennu.planning.plans import (PLANS_NAME, PREDICTOR_IGNORED_FIELDS, Configuration, Plans,
-                                   TrainingPlan, configuration_differences, load_plans, save_plans)
+from hiennu.plans import (PLANS_NAME, PREDICTOR_IGNORED_FIELDS, Configuration, Plans,
+                          TrainingPlan, configuration_differences, load_plans, save_plans)
 from hiennu.provenance import provenance
 from hiennu.training import checkpoint as ckpt
 from hiennu.training.data import TrainingBatches, load_preprocessed_case
 from hiennu.training.fold_lock import FoldLock
-from hiennu.training.device import autocast, configure_device, memory_format, select_device
 from hiennu.training.distributed import (DistContext, all_gather_objects, all_reduce_sum, barrier,
                                          convert_batchnorm)
 from hiennu.training.progress import ProgressLog, StepTimer

@@ -2,9 +2,14 @@
 
 Workers come from a ``forkserver``: the parent may already have run multi-threaded torch/OpenMP
 code, after which a plain ``fork`` can hang, while ``spawn`` would re-import torch in every worker
-of every pool. The fork server imports the case workers' modules once (:data:`PRELOAD`) and
-forks clean workers from itself. Each worker limits torch to one thread so ``num_processes``
-workers use ``num_processes`` cores.
+of every pool. The fork server imports the case workers' modules once and forks clean workers
+from itself. A module whose functions run in workers says so when it is imported, with
+``register_preload(__name__)``; the fork server preloads every module registered before it starts
+(:func:`start_workers_early`, or the first pool). Each worker limits torch to one thread so
+``num_processes`` workers use ``num_processes`` cores.
+
+A utility of the ground floor: it imports nothing of hiennu but the logging helper, and knows
+none of its callers.
 """
 
 from __future__ import annotations
@@ -17,7 +22,18 @@ from typing import Any, Callable, Sequence
 
 from hiennu.log import progress
 
-PRELOAD = ["hiennu.preprocessing.preprocessor", "hiennu.planning.fingerprint", "hiennu.planning.roundtrip"]
+_PRELOAD: list[str] = []
+
+
+def register_preload(module_name: str) -> None:
+    """Have the fork server import ``module_name`` (a module whose functions run in workers) up front."""
+    if module_name not in _PRELOAD:
+        _PRELOAD.append(module_name)
+
+
+def preloaded_modules() -> list[str]:
+    """The modules registered with :func:`register_preload`, in registration order."""
+    return list(_PRELOAD)
 
 
 def _init_worker() -> None:
@@ -34,12 +50,12 @@ def _main_is_importable() -> bool:
 
 def _context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx.set_forkserver_preload(preloaded_modules())
     return ctx
 
 
 def start_workers_early(num_processes: int) -> None:
-    """Start the fork server now (it imports :data:`PRELOAD` in the background) when workers will be used."""
+    """Start the fork server now (it imports the registered modules in the background) when workers will be used."""
     if num_processes > 1:
         from multiprocessing import forkserver
 

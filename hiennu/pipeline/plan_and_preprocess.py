@@ -17,14 +17,14 @@ from hiennu.io.atomic import read_json, write_json
 from hiennu.io.cases import CaseFiles, discover_cases
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.log import get_logger
+from hiennu.parallel import start_workers_early
 from hiennu.paths import plans_file_name, preprocessed_data_name, preprocessed_root, raw_dataset_dir
 from hiennu.planning.fingerprint import FINGERPRINT_FILE, compute_fingerprint, save_fingerprint
 from hiennu.planning.planner import DEFAULT_GPU_MEMORY_GB, plan_experiment, record_roundtrip
-from hiennu.planning.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION, PLANS_NAME,
-                                   Plans, load_plans, save_plans)
 from hiennu.planning.roundtrip import measure_crop_roundtrip, measure_roundtrip
 from hiennu.planning.splits import SPLITS_FILE, write_splits_if_absent
-from hiennu.preprocessing.parallel import start_workers_early
+from hiennu.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION, PLANS_NAME,
+                          Plans, load_plans, save_plans)
 from hiennu.preprocessing.preprocessor import preprocess_dataset
 
 log = get_logger(__name__)

@@ -3,7 +3,7 @@
 Forward (:func:`crop_and_resample`): crop a native case ``(C, z, y, x)`` to its brain box (the
 half-open box of ADC != 0 voxels, acvl-utils' ``get_bbox_from_mask`` / ``crop_to_bbox``, the same
 helpers nnU-Net v2 uses), then resample the box to the target spacing (mm, z y x) in index space
-with :func:`~hiennu.preprocessing.resampling.resample_image_to_grid`: the resampled box covers the
+with :func:`~hiennu.geometry.resampling.resample_image_to_grid`: the resampled box covers the
 same physical extent, so its size per axis is ``round(box_size * native_spacing / target_spacing)``.
 
 Inverse (:func:`restore_to_native`): resample a map on the resampled box back to the box's native
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_to_bbox, get_bbox_from_mask, insert_crop_into_image
 
-from hiennu.preprocessing.resampling import (resample_image_to_grid, resample_label_to_grid,
+from hiennu.geometry.resampling import (resample_image_to_grid, resample_label_to_grid,
                                               resample_probabilities_to_native)
 
 

@@ -23,8 +23,9 @@ from typing import Any
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file, write_json
+from hiennu.paths import DEFAULT_PLANS_NAME
 
-PLANS_NAME = "hiennuPlans"
+PLANS_NAME = DEFAULT_PLANS_NAME  # the default plans identifier (defined with the file names in hiennu.paths)
 DEFAULT_CONFIGURATION = "3d_fullres"
 PAPER_CONFIGURATION = "3d_paper"
 LOSSLESS_CONFIGURATION = "3d_lossless"
