@@ -75,8 +75,8 @@ class NetworkPlan:
     norm: ``batch`` (the paper) or ``instance`` (nnU-Net; right for small patch batches).
     rule_prior: add the ZADC rule as a logit prior, ``logits = net(x) + k * (t - x[c])`` with
     ``c = rule_prior_channel`` (a channel on its atlas z-score scale), ``t = rule_prior_threshold``
-    and ``k`` learnable, initialised to ``rule_prior_scale`` (per unit of z-score); the network's head starts at zero, so an untrained
-    model predicts exactly the rule ``ZADC < t`` and training learns corrections to it.
+    and ``k`` learnable, initialised to ``rule_prior_scale`` (per unit of z-score); the network's head
+    starts at zero, so an untrained model predicts exactly the rule ``ZADC < t`` and training learns corrections to it.
     rule_prior_mode: how the network's output ``n`` corrects the prior ``r``: ``add`` (``r + n``, free
     corrections) or ``veto`` (``r - softplus(n) + log 2``: the network can lower the rule's logits
     without bound but raise them by at most log 2, so it mostly removes what the rule over-calls).

@@ -14,8 +14,8 @@ lower-resolution logit map per decoder stage below it.
 
 With ``plan.rule_prior`` the full-resolution logits get ``k * (t - x[:, c])`` added: the
 challenge's ZADC < t rule as a logit prior (``c`` the ZADC channel, on its atlas z-score scale;
-``k`` a learnable scale, initialised to ``plan.rule_prior_scale``). The output convolutions then start at zero, so the
-untrained network predicts exactly the rule and training learns corrections to it. In ``veto``
+``k`` a learnable scale, initialised to ``plan.rule_prior_scale``). The output convolutions then start
+at zero, so the untrained network predicts exactly the rule and training learns corrections to it. In ``veto``
 mode (``plan.rule_prior_mode``) the correction ``n`` enters as ``prior - softplus(n) + log 2``
 (zero at ``n = 0``): it may lower the rule's logits without bound but raise them by at most log 2,
 so the network mostly removes what the rule over-calls.
