@@ -3,6 +3,11 @@
 A :class:`PostProcessing` says what is done to a binary mask on the native grid after the
 threshold, in this order:
 
+0. ``max_adc``: voxels whose ADC (the raw ADC channel, 10^-6 mm^2/s) is above it are removed (None
+   keeps all). Acute HIE lesions restrict diffusion; a voxel with a low ZADC but a CSF-like ADC is
+   a misregistration or partial-volume artefact of the atlas, not a lesion. The candidate caps come
+   from the data (high quantiles of the ADC inside the training lesions: :func:`adc_cap_candidates`),
+   and a cap is kept only when cross-validation says it helps;
 1. ``min_component_voxels``: 26-connected components with fewer voxels are removed (0 or 1 keeps all);
 2. ``keep_touching_rule``: only the components that overlap (share at least one voxel with) the
    rule mask ``ZADC < rule_threshold`` inside the brain (``ADC != 0``) are kept. ZADC is read on
@@ -30,6 +35,7 @@ from hiennu.io.atomic import read_json_file
 POSTPROCESSING_FILE = "postprocessing.json"
 RULE_THRESHOLD = -2.0
 COMPONENT_SIZES = (5, 10, 20, 50)
+ADC_CAP_QUANTILES = (0.99, 0.995, 0.999)
 _FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
 
@@ -40,11 +46,14 @@ class PostProcessing:
     min_component_voxels: int = 0
     keep_touching_rule: bool = False
     rule_threshold: float = RULE_THRESHOLD
+    max_adc: float | None = None
 
     @property
     def name(self) -> str:
-        """A short human name: ``none``, ``remove < 10 vox``, ``touch ZADC<-2``, or both joined by ``+``."""
+        """A short human name: ``none``, ``ADC <= 1400``, ``remove < 10 vox``, ``touch ZADC<-2``, joined by ``+``."""
         parts = []
+        if self.max_adc is not None:
+            parts.append(f"ADC <= {self.max_adc:g}")
         if self.min_component_voxels > 1:
             parts.append(f"remove < {self.min_component_voxels} vox")
         if self.keep_touching_rule:
@@ -53,7 +62,12 @@ class PostProcessing:
 
     @property
     def is_identity(self) -> bool:
-        return self.min_component_voxels <= 1 and not self.keep_touching_rule
+        return self.min_component_voxels <= 1 and not self.keep_touching_rule and self.max_adc is None
+
+    @property
+    def needs_images(self) -> bool:
+        """Whether it reads the case's raw channels (ZADC for the rule, ADC for the cap)."""
+        return self.keep_touching_rule or self.max_adc is not None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,30 +76,49 @@ class PostProcessing:
     def from_dict(cls, d: Any, source: str) -> "PostProcessing":
         if not isinstance(d, dict):
             raise HiennuError(f"{source}: 'chosen' must be an object with min_component_voxels, keep_touching_rule, "
-                              f"rule_threshold; got {d!r}; re-run the post-processing selection")
-        unknown = sorted(set(d) - {"min_component_voxels", "keep_touching_rule", "rule_threshold"})
+                              f"rule_threshold, max_adc; got {d!r}; re-run the post-processing selection")
+        unknown = sorted(set(d) - {"min_component_voxels", "keep_touching_rule", "rule_threshold", "max_adc"})
         if unknown:
             raise HiennuError(f"{source}: unknown post-processing field(s) {', '.join(unknown)}; known are "
-                              f"min_component_voxels, keep_touching_rule, rule_threshold")
+                              f"min_component_voxels, keep_touching_rule, rule_threshold, max_adc")
         k = d.get("min_component_voxels", 0)
         touch = d.get("keep_touching_rule", False)
         threshold = d.get("rule_threshold", RULE_THRESHOLD)
+        cap = d.get("max_adc")
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise HiennuError(f"{source}: min_component_voxels must be a whole number >= 0, got {k!r}")
         if not isinstance(touch, bool):
             raise HiennuError(f"{source}: keep_touching_rule must be true or false, got {touch!r}")
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
             raise HiennuError(f"{source}: rule_threshold must be a number (ZADC z-score), got {threshold!r}")
-        return cls(int(k), touch, float(threshold))
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
+            raise HiennuError(f"{source}: max_adc must be null or a positive number (ADC, 10^-6 mm^2/s), got {cap!r}")
+        return cls(int(k), touch, float(threshold), None if cap is None else float(cap))
 
 
-def candidates(sizes: Sequence[int] = COMPONENT_SIZES) -> list[PostProcessing]:
-    """Every candidate the selection measures: none, each size alone, the rule alone, the rule with each size."""
+def candidates(sizes: Sequence[int] = COMPONENT_SIZES, adc_caps: Sequence[float] = ()) -> list[PostProcessing]:
+    """Every candidate the selection measures: none, each size alone, the rule alone, the rule with each size,
+    then each ADC cap alone and with each size."""
     out = [PostProcessing()]
     out += [PostProcessing(min_component_voxels=int(k)) for k in sizes]
     out += [PostProcessing(keep_touching_rule=True)]
     out += [PostProcessing(min_component_voxels=int(k), keep_touching_rule=True) for k in sizes]
+    for cap in adc_caps:
+        out += [PostProcessing(max_adc=float(cap))]
+        out += [PostProcessing(min_component_voxels=int(k), max_adc=float(cap)) for k in sizes]
     return out
+
+
+def adc_cap_candidates(lesion_adc: np.ndarray, quantiles: Sequence[float] = ADC_CAP_QUANTILES) -> list[float]:
+    """ADC caps to try: the ``quantiles`` of the ADC values inside reference lesions, rounded to whole units.
+
+    lesion_adc: the raw ADC (10^-6 mm^2/s) of every lesion voxel of the cases the choice is made on.
+    Returns the distinct caps in ascending order; none when there are no lesion voxels.
+    """
+    values = np.asarray(lesion_adc, dtype=np.float64).ravel()
+    if values.size == 0:
+        return []
+    return sorted({float(np.round(np.quantile(values, q))) for q in quantiles})
 
 
 def rule_mask(zadc: np.ndarray, adc: np.ndarray | None, threshold: float = RULE_THRESHOLD) -> np.ndarray:
@@ -110,7 +143,15 @@ def keep_components_touching(mask: np.ndarray, marker: np.ndarray) -> np.ndarray
 
 def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarray | None = None,
                          adc: np.ndarray | None = None) -> np.ndarray:
-    """``mask`` (z, y, x) after ``post``; ``zadc``/``adc`` (same shape, raw values) are needed for the rule part."""
+    """``mask`` (z, y, x) after ``post``; ``zadc``/``adc`` (same shape, raw values) are needed for the rule part,
+    ``adc`` for the ADC cap."""
+    if post.max_adc is not None:
+        if adc is None:
+            raise HiennuError(f"post-processing {post.name!r} needs the case's ADC image, and none was given")
+        if np.shape(adc) != np.shape(mask):
+            raise HiennuError(f"post-processing {post.name!r}: ADC shape {np.shape(adc)} differs from the mask's "
+                              f"{np.shape(mask)} (both (z, y, x) on the native grid)")
+        mask = np.where(np.asarray(adc) > post.max_adc, 0, np.asarray(mask)).astype(np.uint8)
     out = remove_small_components(mask, post.min_component_voxels)
     if post.keep_touching_rule:
         if zadc is None:

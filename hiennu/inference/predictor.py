@@ -123,11 +123,16 @@ class Predictor(CasePredictor):
         if min_component_voxels is None:
             min_component_voxels = max(int(configuration.min_component_voxels), post.min_component_voxels)
         self.min_component_voxels = int(min_component_voxels)
-        self.postprocessing = PostProcessing(self.min_component_voxels, post.keep_touching_rule, post.rule_threshold)
+        self.postprocessing = PostProcessing(self.min_component_voxels, post.keep_touching_rule, post.rule_threshold,
+                                             post.max_adc)
         self._zadc_channel = channel_index(self.channel_names, "zadc")
         self._adc_channel = channel_index(self.channel_names, "adc")
         if self.postprocessing.keep_touching_rule and self._zadc_channel is None:
             raise HiennuError(f"{name}: its post-processing ({self.postprocessing.name}) needs a ZADC channel, but the "
+                              f"model's channels are {', '.join(self.channel_names)}; delete its postprocessing.json "
+                              f"(or pass use_postprocessing=False) to predict without it")
+        if self.postprocessing.max_adc is not None and self._adc_channel is None:
+            raise HiennuError(f"{name}: its post-processing ({self.postprocessing.name}) needs an ADC channel, but the "
                               f"model's channels are {', '.join(self.channel_names)}; delete its postprocessing.json "
                               f"(or pass use_postprocessing=False) to predict without it")
         if configuration.prediction_interpolation not in ("linear", "nearest"):
@@ -139,11 +144,11 @@ class Predictor(CasePredictor):
                     self.postprocessing.name)
 
     def postprocess(self, mask: np.ndarray, images: list[np.ndarray] | None = None) -> np.ndarray:
-        """Component removal and, when chosen, keeping the components that touch ``ZADC < -2`` (needs ``images``:
-        the case's raw channels, float32 ``(z, y, x)`` in channel order); uint8 {0, 1} out."""
+        """Component removal and, when chosen, the ADC cap and keeping the components that touch ``ZADC < -2``
+        (these need ``images``: the case's raw channels, float32 ``(z, y, x)`` in channel order); uint8 {0, 1} out."""
         zadc = adc = None
-        if self.postprocessing.keep_touching_rule and images is not None:
-            zadc = images[self._zadc_channel]
+        if self.postprocessing.needs_images and images is not None:
+            zadc = images[self._zadc_channel] if self._zadc_channel is not None else None
             adc = images[self._adc_channel] if self._adc_channel is not None else None
         return apply_postprocessing(mask, self.postprocessing, zadc, adc)
 
