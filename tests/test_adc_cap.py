@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from hiennu.errors import HiennuError
-from hiennu.evaluation.postprocessing_selection import CaseImages, nested_estimate, select_postprocessing
+from hiennu.evaluation.postprocessing_selection import (CaseImages, nested_estimate, postprocessing_table,
+                                                        select_postprocessing)
 from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing, adc_cap_candidates,
                                              apply_postprocessing, candidates, load_postprocessing)
 from hiennu.inference.predictor import Predictor
@@ -106,3 +107,4 @@ def test_selection_records_the_nested_estimate(tmp_path):
     assert set(nested["per_case_dice"]) == set(record["case_ids"])
     assert nested["cv_dice"] == pytest.approx(np.mean(list(nested["per_case_dice"].values())))
     assert nested["cv_dice"] <= record["chosen_dice"] + 1e-12  # choosing on the scored cases can only flatter
+    assert postprocessing_table({"TrainerX": record}).splitlines()[2].endswith(f"| {nested['cv_dice']:.4f} |")

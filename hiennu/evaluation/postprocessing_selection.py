@@ -220,14 +220,16 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
 
 
 def postprocessing_table(records: dict[str, dict]) -> str:
-    """Markdown table: one row per model (trainer), one column per candidate's CV Dice, the choice last."""
+    """Markdown table: one row per model (trainer), one column per candidate's CV Dice, then the choice and the
+    nested estimate (each fold's choice made without it)."""
     if not records:
         return ""
     names = [c["name"] for c in next(iter(records.values()))["candidates"]]
-    header = ["method", "cases"] + names + ["chosen"]
+    header = ["method", "cases"] + names + ["chosen", "nested CV Dice"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for method, rec in records.items():
         by_name = {c["name"]: c["cv_dice"] for c in rec["candidates"]}
         cells = [method, str(rec["num_cases"])] + [f"{by_name[n]:.4f}" if n in by_name else "" for n in names]
-        lines.append("| " + " | ".join(cells + [rec["chosen_name"]]) + " |")
+        nested = rec.get("nested", {}).get("cv_dice")
+        lines.append("| " + " | ".join(cells + [rec["chosen_name"], "" if nested is None else f"{nested:.4f}"]) + " |")
     return "\n".join(lines) + "\n"
