@@ -161,7 +161,7 @@ def test_corrupt_checkpoint_message_is_short_and_does_not_advise_starting_over(t
     assert "never starts over" in message and "\n" not in message
     foreign = tmp_path / "foreign.pth"
     torch.save({"network_weights": {}, "object": _Unpicklable()}, foreign)
-    from hiennu.training.checkpoint import load_checkpoint
+    from hiennu.io.checkpoint import load_checkpoint
     with pytest.raises(HiennuError) as info:
         load_checkpoint(foreign)
     assert "\n" not in str(info.value) and len(str(info.value)) < 700

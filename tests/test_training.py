@@ -74,7 +74,7 @@ def make_tiny_dataset(preprocessed_root: Path, n_cases: int = 6, dropout: float 
 
 
 def options(**kw):
-    from hiennu.training.trainer import TrainingOptions
+    from hiennu.training.options import TrainingOptions
     base = dict(dataset="Tiny", fold=0, epochs=2, device="cpu", num_workers=0, final_validation=False, seed=7)
     base.update(kw)
     return TrainingOptions(**base)
@@ -326,7 +326,7 @@ def test_rng_state_round_trip_and_global_batchnorm_without_group_is_batchnorm():
 
 
 def test_checkpoint_load_errors_name_the_file(tmp_path):
-    from hiennu.training.checkpoint import load_checkpoint, save_checkpoint
+    from hiennu.io.checkpoint import load_checkpoint, save_checkpoint
     with pytest.raises(HiennuError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pth")
     bad = tmp_path / "bad.pth"
