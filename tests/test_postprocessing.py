@@ -16,8 +16,7 @@ from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing
 from hiennu.inference.predictor import Predictor
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, read_image, write_image
-from test_model_zip import MODEL, make_model_dir
-from test_predictor import GEOM, _case_arrays
+from helpers import GEOM, MODEL, case_arrays, make_model_dir
 
 IDENTITY_GEOMETRY = Geometry((12, 12, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 
@@ -135,7 +134,7 @@ def _stub_network(predictor: Predictor) -> Predictor:
 
 def test_predictor_applies_the_stored_choice_in_folder_zip_and_case_prediction(tmp_path):
     model_dir = make_model_dir(tmp_path / "results")
-    images = _case_arrays()
+    images = case_arrays()
     images[1][:] = 0.0
     images[1][:, 8:, :] = -3.0     # the rule region: only predicted components reaching it survive
     images[0][:] = 1000.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_training import fold_dir, load, make_tiny_dataset, options, write_module
+from helpers import fold_dir, load, make_tiny_dataset, options, write_module
 
 TRAINERS = """
 import os, time

@@ -14,7 +14,7 @@ from hiennu.errors import HiennuError
 from hiennu.study.loss_study import LossStudyOptions, StudyProgress, train_fold
 from hiennu.training.options import TrainingOptions
 from hiennu.io import checkpoint as ckpt
-from test_training import DATASET, fold_dir, make_tiny_dataset, options
+from helpers import DATASET, fold_dir, make_tiny_dataset, options
 
 
 def _study_options(**kw) -> LossStudyOptions:
