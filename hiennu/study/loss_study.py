@@ -40,6 +40,7 @@ from hiennu.evaluation.evaluate import evaluate_folders, write_per_case_csv
 from hiennu.evaluation.postprocessing_selection import postprocessing_table, select_postprocessing
 from hiennu.inference.baseline import ZadcThresholdBaseline
 from hiennu.io.atomic import read_json, write_text
+from hiennu.io.checkpoint import FINAL, LATEST
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
@@ -47,7 +48,6 @@ from hiennu.paths import raw_root, resolve_dataset, results_root
 from hiennu.planning.plans import PLANS_NAME
 from hiennu.provenance import provenance_markdown
 from hiennu.study.fold_record import move_fold_aside, recorded_differences
-from hiennu.io.checkpoint import FINAL, LATEST
 from hiennu.training.fold_layout import FoldLayout, fold_layout
 from hiennu.training.options import NUM_FOLDS, TrainingOptions
 from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
@@ -81,7 +81,7 @@ class LossStudyOptions:
     dataset: str
     trainers: Sequence[str] = STUDY_TRAINERS
     folds: Sequence[int] = (0, 1, 2, 3, 4)
-    training: TrainingOptions = None  # type: ignore[assignment]  # None: TrainingOptions(dataset)
+    training: TrainingOptions | None = None
     reference: str = "TrainerDice"
     figure_cases: int = 4
     num_processes: int = 2
