@@ -27,7 +27,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, exclude: Collection[
         if alias is not None:  # nnU-Net's spelling
             add_alias(parser, alias, dest=name, **{k: v for k, v in kwargs.items() if k in ("type", "action")})
 
-    add("configuration", "-c", "--configuration", default=None, help="plans configuration (default: the plans' default)")
+    add("configuration", "-c", "--configuration", default=None,
+        help="plans configuration (default: the plans' default)")
     if "plans_name" not in exclude:
         add_plans_name(parser, texts.pop("plans_name", "plans identifier (-p of hiennu_plan_and_preprocess): reads "
                                                        "NAME.json, trains into TRAINER__NAME__CONFIG"))

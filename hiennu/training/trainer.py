@@ -47,12 +47,12 @@ from torch import nn
 from hiennu.errors import HiennuError
 from hiennu.evaluation.metrics import dice
 from hiennu.inference.sliding_window import sliding_window_predict
-from hiennu.io.atomic import read_json, write_json
+from hiennu.io.atomic import write_json
 from hiennu.io.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
 from hiennu.log import attach_file_handler, get_logger, progress
 from hiennu.networks.unet import build_network
 from hiennu.paths import plans_file_name
-from hiennu.planning.plans import PREDICTOR_IGNORED_FIELDS, configuration_differences, load_plans, save_plans
+from hiennu.planning.plans import configuration_differences, save_plans
 from hiennu.provenance import provenance
 from hiennu.training.checkpoint import (capture_rng_state, finish_checkpoints, restore_rng_state, resume_source,
                                         seed_everything, without_training_state)
@@ -63,6 +63,7 @@ from hiennu.training.distributed import (DistContext, all_gather_objects, all_re
 from hiennu.training.early_stopping import EarlyStopping
 from hiennu.training.fold_layout import check_batch_split, fold_layout
 from hiennu.training.fold_lock import FoldLock
+from hiennu.training.model_files import publish_model_files
 from hiennu.training.native_validation import predict_and_score_validation
 from hiennu.training.options import TrainingOptions
 from hiennu.training.progress import ProgressLog, StepTimer
@@ -182,7 +183,7 @@ class Trainer(abc.ABC):
             if self.dist.is_main and (trained_now or not (self.fold_dir / FINAL).is_file()):
                 self._save_final(rng)
             if self.dist.is_main and trained_now:
-                self._publish_model_files()
+                publish_model_files(self.plans, self.config, self.preprocessed_dir, self.model_dir, self.fold_dir)
             barrier()
             if self.dist.is_main:
                 if not trained_now and (self.fold_dir / "validation" / "summary.json").is_file():
@@ -483,14 +484,15 @@ class Trainer(abc.ABC):
         ``fold_K/plans.json``: the plans this fold is trained with (written for a new training, never
         replaced while resuming). The model folder's shared ``plans.json`` and ``dataset.json`` are
         written here only when absent; otherwise only once this fold has finished training
-        (:meth:`_publish_model_files`), so a start that fails never changes what other folds predict with.
+        (:func:`~hiennu.training.model_files.publish_model_files`), so a start that fails never
+        changes what other folds predict with.
         """
         self.fold_dir.mkdir(parents=True, exist_ok=True)
         fold_plans = self.fold_dir / "plans.json"
         if new_training or not fold_plans.is_file():
             save_plans(self.plans, fold_plans)
         if not (self.model_dir / "plans.json").is_file():
-            self._publish_model_files()
+            publish_model_files(self.plans, self.config, self.preprocessed_dir, self.model_dir, self.fold_dir)
         if not new_training and self.resumed_finished and (self.fold_dir / "debug.json").is_file():
             return  # a finished training: its record stays as it was
         write_json({
@@ -512,36 +514,6 @@ class Trainer(abc.ABC):
             "hostname": platform.node(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }, self.fold_dir / "debug.json")
-
-    def _publish_model_files(self) -> None:
-        """Write the model folder's ``plans.json`` and ``dataset.json`` from this fold's plans.
-
-        Other folds whose ``fold_K/plans.json`` now differs are named in a warning: the predictor
-        refuses them (their checkpoints record the configuration they were trained with).
-        """
-        shared = self.model_dir / "plans.json"
-        try:
-            changed = shared.is_file() and load_plans(shared) != self.plans
-        except HiennuError:  # an edited, invalid shared file: replaced by this fold's valid plans
-            changed = True
-        save_plans(self.plans, shared)
-        write_json(read_json(self.preprocessed_dir / "dataset.json"), self.model_dir / "dataset.json")
-        if not changed:
-            return
-        stale = []
-        for other in sorted(self.model_dir.glob("fold_*/plans.json")):
-            if other.parent == self.fold_dir or not other.parent.name[len("fold_"):].isalnum():
-                continue  # this fold, or a folder moved aside (fold_K.replaced-<timestamp>)
-            try:
-                other_config = load_plans(other).configuration(self.config.name)
-            except HiennuError:
-                continue
-            if configuration_differences(dataclasses.asdict(other_config), self.config,
-                                         ignore=PREDICTOR_IGNORED_FIELDS):
-                stale.append(other.parent.name)
-        log.warning("%s now holds the plans of %s%s", shared, self.fold_dir.name,
-                    f"; {', '.join(stale)} were trained with other plans and will be refused by the predictor "
-                    f"until retrained" if stale else "")
 
     def _start_log_file(self) -> logging.Handler | None:
         if not self.dist.is_main:

@@ -38,7 +38,8 @@ def loss_trainer(name: str, loss_name: str) -> type[Trainer]:
     def build_loss(self):
         return loss_class()
 
-    doc = f"Trains with :class:`~hiennu.losses.{loss_class.__name__}`: {(loss_class.__doc__ or '').strip().splitlines()[0]}"
+    summary = next(iter((loss_class.__doc__ or "").strip().splitlines()), loss_name)
+    doc = f"Trains with :class:`~hiennu.losses.{loss_class.__name__}`: {summary}"
     return type(name, (Trainer,), {"build_loss": build_loss, "__doc__": doc, "__module__": __name__,
                                    "__qualname__": name})
 
