@@ -33,6 +33,7 @@ import torch
 from hiennu.geometry.resampling import resample_image_to_grid, resample_probabilities_to_native
 from hiennu.inference.layouts import discover_input_cases, read_case
 from hiennu.inference.predictor import Predictor
+from hiennu.io.checkpoint import BEST
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import read_image, write_image
 from hiennu.networks.unet import build_network
@@ -51,7 +52,7 @@ def make_model(root: Path, size_xyz: list[int]) -> Path:
     save_dataset_json(DatasetJson("Bench"), model_dir / "dataset.json")
     (model_dir / "fold_0").mkdir(parents=True)
     torch.manual_seed(0)
-    torch.save({"network_weights": build_network(config.network).state_dict()}, model_dir / "fold_0" / "checkpoint_best.pth")
+    torch.save({"network_weights": build_network(config.network).state_dict()}, model_dir / "fold_0" / BEST)
     return model_dir
 
 

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from hiennu.paths import preprocessed_root, results_root
     from hiennu.device import select_device
     from hiennu.training.launch import train
-    from hiennu.training.trainer import TrainingOptions
+    from hiennu.training.options import TrainingOptions
 
     configure(verbose=True, show_progress=False)
     device = select_device(args.device)

@@ -13,9 +13,7 @@ from hiennu.evaluation.postprocessing_selection import (CaseImages, nested_estim
 from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing, adc_cap_candidates,
                                              apply_postprocessing, candidates, load_postprocessing)
 from hiennu.inference.predictor import Predictor
-from test_model_zip import make_model_dir
-from test_postprocessing import _network_mask, _raw_and_model, _stub_network
-from test_predictor import GEOM, _case_arrays
+from helpers import GEOM, case_arrays, make_model_dir, network_mask, raw_and_model_with_false_positives, stub_network
 
 
 def test_cap_removes_voxels_above_it_before_the_component_rule():
@@ -87,20 +85,20 @@ def test_nested_choice_is_made_without_the_held_out_fold():
 
 def test_predictor_applies_a_stored_cap(tmp_path):
     model_dir = make_model_dir(tmp_path / "results")
-    images = _case_arrays()
+    images = case_arrays()
     images[0][:] = 1000.0
     images[0][:, :8, :] = 2000.0          # the blob at y 2:5 sits on CSF-like ADC
     post = PostProcessing(max_adc=1500.0)
-    expected = _network_mask().copy()
+    expected = network_mask().copy()
     expected[:, :8, :] = 0
     (model_dir / POSTPROCESSING_FILE).write_text(json.dumps({"chosen": post.to_dict()}))
-    predictor = _stub_network(Predictor.from_model_dir(model_dir, device="cpu", use_mirroring=False))
+    predictor = stub_network(Predictor.from_model_dir(model_dir, device="cpu", use_mirroring=False))
     assert predictor.postprocessing == post
     assert np.array_equal(predictor.predict_case(images, GEOM)[0], expected)
 
 
 def test_selection_records_the_nested_estimate(tmp_path):
-    raw, model = _raw_and_model(tmp_path)
+    raw, model = raw_and_model_with_false_positives(tmp_path)
     record = select_postprocessing(model, raw, folds=[0, 1])
     nested = record["nested"]
     assert set(nested["choices"]) == {"0", "1"}

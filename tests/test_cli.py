@@ -190,3 +190,19 @@ def test_quiet_leaves_the_console_level_alone_after_a_log_file(tmp_path):
     assert "to the file only" in (tmp_path / "log.txt").read_text()
     configure(verbose=True)
     assert console.level == logging.INFO
+
+
+def test_every_training_option_is_one_flag_of_train_and_of_the_study():
+    import dataclasses
+    from hiennu.cli.loss_study import NOT_STUDY_OPTIONS
+    from hiennu.training.options import TrainingOptions
+    fields = {f.name for f in dataclasses.fields(TrainingOptions)} - {"dataset", "fold"}
+    assert fields <= {a.dest for a in parser_of("train")._actions}
+    assert fields - set(NOT_STUDY_OPTIONS) <= {a.dest for a in parser_of("loss_study")._actions}
+    args = parser_of("train").parse_intermixed_args(["D", "T", "--lr", "0.01", "--epochs", "3", "--c", "-num_gpus",
+                                                     "2", "--no-final-validation", "-p", "Mine"])
+    o = TrainingOptions.from_args(args, fold="2")
+    assert (o.dataset, o.fold, o.learning_rate, o.epochs, o.resume, o.num_gpus, o.final_validation, o.plans_name) == (
+        "D", 2, 0.01, 3, True, 2, False, "Mine")
+    study = TrainingOptions.from_args(parser_of("loss_study").parse_args(["-d", "D", "--seed", "3"]))
+    assert (study.dataset, study.seed, study.learning_rate, study.resume) == ("D", 3, None, False)

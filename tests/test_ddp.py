@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from test_training import fold_dir, load, make_tiny_dataset, options, write_module
+from helpers import fold_dir, load, make_tiny_dataset, options, write_module
 
 TRAINERS = """
 from hiennu.training.trainers import TrainerDice

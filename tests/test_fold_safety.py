@@ -19,7 +19,7 @@ from hiennu.inference.model_zip import export_model_zip, load_model_zip
 from hiennu.inference.predictor import Predictor
 from hiennu.plans import load_plans, save_plans
 from hiennu.training.fold_lock import LOCK_NAME, FoldLock, FoldLockedError
-from test_training import DATASET, fold_dir, load, make_tiny_dataset, options
+from helpers import DATASET, fold_dir, load, make_tiny_dataset, options, write_module
 
 QUICK = dict(epochs=1, iterations_per_epoch=1)
 
@@ -161,7 +161,7 @@ def test_corrupt_checkpoint_message_is_short_and_does_not_advise_starting_over(t
     assert "never starts over" in message and "\n" not in message
     foreign = tmp_path / "foreign.pth"
     torch.save({"network_weights": {}, "object": _Unpicklable()}, foreign)
-    from hiennu.training.checkpoint import load_checkpoint
+    from hiennu.io.checkpoint import load_checkpoint
     with pytest.raises(HiennuError) as info:
         load_checkpoint(foreign)
     assert "\n" not in str(info.value) and len(str(info.value)) < 700
@@ -230,7 +230,6 @@ class TrainerHeld(TrainerDice):
 def test_two_real_runs_of_one_fold_the_second_refuses_naming_the_first(tiny, tmp_path):
     import time
     from hiennu.training.launch import train
-    from test_training import write_module
 
     mod = write_module(tmp_path, "held_trainers", SLOW_TRAINER)
     marker = tmp_path / "marker"

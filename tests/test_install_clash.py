@@ -7,7 +7,7 @@ import pytest
 from hiennu.errors import HiennuError
 from hiennu.inference.model_zip import export_model_zip, install_model_zip
 from hiennu.paths import resolve_dataset
-from test_model_zip import make_model_dir
+from helpers import MODEL, good_members, make_model_dir, zip_with
 
 
 @pytest.mark.parametrize("root", ["hiennu_results", "hiennu_raw", "hiennu_preprocessed"])
@@ -33,11 +33,10 @@ def test_install_beside_the_same_dataset_is_fine(tmp_path, hiennu_roots):
 ])
 def test_zip_whose_members_clash_is_refused_before_extraction(tmp_path, hiennu_roots, extra, words):
     from hiennu.inference.model_zip import ModelZipError
-    from test_model_zip import MODEL, _good_members, _zip_with
 
-    members = _good_members(tmp_path)
+    members = good_members(tmp_path)
     members[f"{MODEL}/{extra}"] = b"x"
-    evil = _zip_with(tmp_path / "clash.zip", members)
+    evil = zip_with(tmp_path / "clash.zip", members)
     with pytest.raises(ModelZipError, match=f"members clash.*{words}"):
         install_model_zip(evil)
     assert not any(hiennu_roots["hiennu_results"].iterdir())

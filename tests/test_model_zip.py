@@ -14,37 +14,10 @@ import torch
 from hiennu.errors import HiennuError
 from hiennu.inference.model_registry import read_default_model
 from hiennu.inference.model_zip import (MANIFEST, ModelZipError, export_model_zip, install_model_zip, load_model_zip,
-                                        sha256_bytes, verify_model_zip)
-from hiennu.io.dataset_json import DatasetJson, save_dataset_json
+                                        verify_model_zip)
 from hiennu.networks.unet import build_network
-from hiennu.plans import ChannelNormalization, Configuration, NetworkPlan, Plans, save_plans
-
-MODEL = "Dataset001_Tiny/TrainerTest__hiennuPlans__3d_fullres"
-
-
-def tiny_plans(size_xyz=(16, 16, 8), interpolation="linear", min_component_voxels=0) -> Plans:
-    net = NetworkPlan(features_per_stage=[4, 8, 16], pool_kernel_sizes=[[2, 2, 2]] * 2, dropout_per_stage=[0, 0, 0])
-    config = Configuration("3d_fullres", list(size_xyz), "forced",
-                           [ChannelNormalization("ADC", "zscore_image"), ChannelNormalization("ZADC", "zscore_image")],
-                           network=net, prediction_interpolation=interpolation,
-                           min_component_voxels=min_component_voxels)
-    return Plans("Dataset001_Tiny", ["ADC", "ZADC"], {"3d_fullres": config})
-
-
-def make_model_dir(results: Path, folds=(0, 1), checkpoint="checkpoint_best.pth", seed=0,
-                   trainer="TrainerTest", **plan_kwargs) -> Path:
-    """A trained-model folder with freshly initialized weights per fold."""
-    model_dir = results / "Dataset001_Tiny" / f"{trainer}__hiennuPlans__3d_fullres"
-    plans = tiny_plans(**plan_kwargs)
-    save_plans(plans, model_dir / "plans.json")
-    save_dataset_json(DatasetJson("Tiny"), model_dir / "dataset.json")
-    for k, fold in enumerate(folds):
-        torch.manual_seed(seed + k)
-        net = build_network(plans.configuration().network)
-        (model_dir / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
-        torch.save({"network_weights": net.state_dict(), "epoch": 3, "trainer_name": trainer,
-                    "optimizer_state": {"lr": torch.tensor(1e-3)}}, model_dir / f"fold_{fold}" / checkpoint)
-    return model_dir
+from hiennu.plans import NetworkPlan
+from helpers import MODEL, good_members, make_model_dir, zip_with
 
 
 def _weights(path: Path) -> dict:
@@ -110,25 +83,6 @@ def test_install_and_default(tmp_path, hiennu_roots):
 
 # ------------------------------------------------------------------------------------------ attacks
 
-def _zip_with(path: Path, members: dict[str, bytes], manifest: dict | None = "auto") -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        if manifest == "auto":
-            manifest = {"format": "hiennu-model", "format_version": 1, "model": MODEL,
-                        "checkpoint": "checkpoint_best.pth", "folds": ["0"], "half_precision": False,
-                        "files": {n: sha256_bytes(d) for n, d in members.items()}}
-        if manifest is not None:
-            zf.writestr(MANIFEST, json.dumps(manifest))
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
-
-
-def _good_members(tmp_path: Path) -> dict[str, bytes]:
-    out = export_model_zip(make_model_dir(tmp_path / "src", folds=(0,)), tmp_path / "good.zip")
-    with zipfile.ZipFile(out) as zf:
-        return {n: zf.read(n) for n in zf.namelist() if n != MANIFEST}
-
-
 class _RunsCode:
     def __init__(self, marker: Path):
         self.marker = marker
@@ -139,13 +93,13 @@ class _RunsCode:
 
 def test_pickle_that_would_run_code_is_refused(tmp_path, hiennu_roots):
     marker = tmp_path / "code_ran"
-    members = _good_members(tmp_path)
+    members = good_members(tmp_path)
     buffer = io.BytesIO()
     net = build_network(NetworkPlan(features_per_stage=[4, 8, 16], pool_kernel_sizes=[[2, 2, 2]] * 2,
                                     dropout_per_stage=[0, 0, 0]))
     torch.save({"network_weights": net.state_dict(), "payload": _RunsCode(marker)}, buffer)
     members[f"{MODEL}/fold_0/checkpoint_best.pth"] = buffer.getvalue()
-    evil = _zip_with(tmp_path / "evil.zip", members)  # manifest hashes are right: only weights_only guards
+    evil = zip_with(tmp_path / "evil.zip", members)  # manifest hashes are right: only weights_only guards
     verify_model_zip(evil)
     with pytest.raises(HiennuError, match=r"refused.*weights_only=True"):
         load_model_zip(evil)
@@ -158,9 +112,9 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, hiennu_roots):
 @pytest.mark.parametrize("bad_name", ["../escaped.txt", "/tmp/absolute.txt", f"{MODEL}/../../../up.txt",
                                       "C:/windows.txt", f"{MODEL}\\..\\x.txt"])
 def test_path_traversal_is_refused_before_extraction(tmp_path, hiennu_roots, bad_name):
-    members = _good_members(tmp_path)
+    members = good_members(tmp_path)
     members[bad_name] = b"owned"
-    evil = _zip_with(tmp_path / "evil.zip", members)
+    evil = zip_with(tmp_path / "evil.zip", members)
     with pytest.raises(ModelZipError, match="unsafe name"):
         install_model_zip(evil)
     assert not any(hiennu_roots["hiennu_results"].iterdir())
@@ -168,8 +122,8 @@ def test_path_traversal_is_refused_before_extraction(tmp_path, hiennu_roots, bad
 
 
 def test_symlink_member_is_refused(tmp_path, hiennu_roots):
-    members = _good_members(tmp_path)
-    evil = _zip_with(tmp_path / "evil.zip", members)
+    members = good_members(tmp_path)
+    evil = zip_with(tmp_path / "evil.zip", members)
     with zipfile.ZipFile(evil, "a") as zf:
         info = zipfile.ZipInfo(f"{MODEL}/fold_0/link")
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
@@ -180,13 +134,13 @@ def test_symlink_member_is_refused(tmp_path, hiennu_roots):
 
 
 def test_tampered_file_is_refused(tmp_path, hiennu_roots):
-    members = _good_members(tmp_path)
-    good = _zip_with(tmp_path / "good2.zip", members)
+    members = good_members(tmp_path)
+    good = zip_with(tmp_path / "good2.zip", members)
     manifest = json.loads(zipfile.ZipFile(good).read(MANIFEST))
     plans = json.loads(members[f"{MODEL}/plans.json"])
     plans["configurations"]["3d_fullres"]["min_component_voxels"] = 100000
     members[f"{MODEL}/plans.json"] = json.dumps(plans).encode()
-    evil = _zip_with(tmp_path / "evil.zip", members, manifest)
+    evil = zip_with(tmp_path / "evil.zip", members, manifest)
     with pytest.raises(ModelZipError, match=r"plans.json does not match its SHA-256"):
         install_model_zip(evil)
     with pytest.raises(ModelZipError, match="SHA-256"):
@@ -195,14 +149,14 @@ def test_tampered_file_is_refused(tmp_path, hiennu_roots):
 
 
 def test_missing_manifest_and_unlisted_files_are_refused(tmp_path, hiennu_roots):
-    members = _good_members(tmp_path)
+    members = good_members(tmp_path)
     with pytest.raises(ModelZipError, match="no manifest.json"):
-        install_model_zip(_zip_with(tmp_path / "nomanifest.zip", members, manifest=None))
-    good = _zip_with(tmp_path / "good2.zip", members)
+        install_model_zip(zip_with(tmp_path / "nomanifest.zip", members, manifest=None))
+    good = zip_with(tmp_path / "good2.zip", members)
     manifest = json.loads(zipfile.ZipFile(good).read(MANIFEST))
     members[f"{MODEL}/fold_0/extra.py"] = b"import os"
     with pytest.raises(ModelZipError, match="not listed"):
-        install_model_zip(_zip_with(tmp_path / "extra.zip", members, manifest))
+        install_model_zip(zip_with(tmp_path / "extra.zip", members, manifest))
     (tmp_path / "notazip.zip").write_bytes(b"PK garbage")
     with pytest.raises(ModelZipError, match="not a readable zip"):
         verify_model_zip(tmp_path / "notazip.zip")

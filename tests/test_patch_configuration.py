@@ -270,7 +270,7 @@ def test_rule_prior_scale_sets_the_initial_sharpness(scale):
     x[:, 1, 2:] = -1.0
     with torch.no_grad():
         out = net(x)
-    assert float(net.rule_scale) == scale
+    assert float(net.rule_scale.detach()) == scale
     torch.testing.assert_close(out[0, 0, :2], torch.full((2, 8, 8), scale / 2))
     torch.testing.assert_close(out[0, 0, 2:], torch.full((2, 8, 8), -scale))
 

@@ -14,7 +14,8 @@ import pytest
 from hiennu.errors import HiennuError
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.plans import (ENUMERATED_FIELDS, ChannelNormalization, Configuration, NetworkPlan, Plans,
-                          PlansError, configuration_problems, load_plans)
+                                   PlansError, configuration_problems, load_plans)
+from helpers import make_varied_raw_dataset
 
 
 def _plans_dict() -> dict:
@@ -128,9 +129,8 @@ def test_network_shape_problems_are_named():
 def test_keep_plans_refuses_an_indivisible_grid(hiennu_roots):
     """The integration path of the probe: edited plans + --keep-plans used to fail inside the network."""
     from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
-    from test_preprocessing import make_tiny_dataset
 
-    make_tiny_dataset(hiennu_roots["hiennu_raw"], num_cases=5)
+    make_varied_raw_dataset(hiennu_roots["hiennu_raw"], num_cases=5)
     out = plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, preprocess=False))
     d = json.loads((out / "plans.json").read_text())
     d["configurations"]["3d_fullres"]["target_size_xyz"] = [16, 17, 16]

@@ -14,12 +14,10 @@ from hiennu.inference.model_zip import export_model_zip, load_model_zip
 from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing, apply_postprocessing, candidates,
                                              keep_components_touching, load_postprocessing)
 from hiennu.inference.predictor import Predictor
-from hiennu.io.dataset_json import DatasetJson, save_dataset_json
-from hiennu.io.image import Geometry, read_image, write_image
-from test_model_zip import MODEL, make_model_dir
-from test_predictor import GEOM, _case_arrays
+from hiennu.io.image import read_image, write_image
+from helpers import (GEOM, MODEL, case_arrays, make_model_dir, network_mask, raw_and_model_with_false_positives,
+                     stub_network)
 
-IDENTITY_GEOMETRY = Geometry((12, 12, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 
 
 def test_keep_components_touching_keeps_only_overlapping_components():
@@ -65,31 +63,8 @@ def test_candidates_and_nnunet_choice_rule():
         choose(options[1:], [0.5] * 5)
 
 
-def _raw_and_model(tmp_path):
-    """A raw dataset of 4 cases and a model folder whose 2 folds' validation masks hold a true lesion
-    (on the rule) plus a 3-voxel false positive off the rule."""
-    raw = tmp_path / "raw"
-    save_dataset_json(DatasetJson("Tiny", num_training=4), raw / "dataset.json")
-    model = tmp_path / "results" / "Dataset001_Tiny" / "TrainerX__hiennuPlans__3d_fullres"
-    shape = IDENTITY_GEOMETRY.size_zyx
-    for i in range(4):
-        case = f"case_{i}"
-        label = np.zeros(shape, np.uint8)
-        label[2:4, 3:7, 3:7] = 1
-        adc = np.full(shape, 1000.0, np.float32)
-        zadc = np.zeros(shape, np.float32)
-        zadc[label == 1] = -4.0
-        pred = label.copy()
-        pred[5, 10, 9:12] = 1      # false positive, 3 voxels, ZADC 0 there
-        write_image(adc, IDENTITY_GEOMETRY, raw / "imagesTr" / f"{case}_0000.mha")
-        write_image(zadc, IDENTITY_GEOMETRY, raw / "imagesTr" / f"{case}_0001.mha")
-        write_image(label, IDENTITY_GEOMETRY, raw / "labelsTr" / f"{case}.mha")
-        write_image(pred, IDENTITY_GEOMETRY, model / f"fold_{i % 2}" / "validation" / f"{case}.mha")
-    return raw, model
-
-
 def test_select_postprocessing_on_pooled_folds_writes_the_record(tmp_path):
-    raw, model = _raw_and_model(tmp_path)
+    raw, model = raw_and_model_with_false_positives(tmp_path)
     (model / "fold_0" / "validation" / "summary.json").write_text("{}")  # not a mask: ignored
     record = select_postprocessing(model, raw, folds=[0, 1])
     assert record == json.loads((model / POSTPROCESSING_FILE).read_text())
@@ -106,7 +81,7 @@ def test_select_postprocessing_on_pooled_folds_writes_the_record(tmp_path):
 
 
 def test_select_postprocessing_names_what_is_missing(tmp_path):
-    raw, model = _raw_and_model(tmp_path)
+    raw, model = raw_and_model_with_false_positives(tmp_path)
     with pytest.raises(HiennuError, match="fold_2/validation: no validation masks"):
         select_postprocessing(model, raw, folds=[0, 1, 2])
     (raw / "labelsTr" / "case_1.mha").unlink()
@@ -118,36 +93,21 @@ def _write_record(model_dir, post: PostProcessing) -> None:
     (model_dir / POSTPROCESSING_FILE).write_text(json.dumps({"chosen": post.to_dict(), "chosen_name": post.name}))
 
 
-def _network_mask() -> np.ndarray:
-    """What the (stubbed) network predicts on GEOM: one blob on the rule region, one off it, one stray voxel."""
-    mask = np.zeros(GEOM.size_zyx, np.uint8)
-    mask[2:4, 9:12, 5:9] = 1       # touches the rule region (y >= 8)
-    mask[2:4, 2:5, 5:9] = 1        # off the rule
-    mask[6, 15, 18] = 1            # a stray voxel on the rule
-    return mask
-
-
-def _stub_network(predictor: Predictor) -> Predictor:
-    predictor.predict_prepared = lambda prepared, geometries, need: [
-        (_network_mask(), _network_mask().astype(np.float32)) for _ in prepared]
-    return predictor
-
-
 def test_predictor_applies_the_stored_choice_in_folder_zip_and_case_prediction(tmp_path):
     model_dir = make_model_dir(tmp_path / "results")
-    images = _case_arrays()
+    images = case_arrays()
     images[1][:] = 0.0
     images[1][:, 8:, :] = -3.0     # the rule region: only predicted components reaching it survive
     images[0][:] = 1000.0
     post = PostProcessing(min_component_voxels=3, keep_touching_rule=True)
-    expected = np.zeros_like(_network_mask())
+    expected = np.zeros_like(network_mask())
     expected[2:4, 9:12, 5:9] = 1
-    assert np.array_equal(apply_postprocessing(_network_mask(), post, images[1], images[0]), expected)
-    plain = _stub_network(Predictor.from_model_dir(model_dir, device="cpu", use_mirroring=False))
-    assert np.array_equal(plain.predict_case(images, GEOM)[0], _network_mask())
+    assert np.array_equal(apply_postprocessing(network_mask(), post, images[1], images[0]), expected)
+    plain = stub_network(Predictor.from_model_dir(model_dir, device="cpu", use_mirroring=False))
+    assert np.array_equal(plain.predict_case(images, GEOM)[0], network_mask())
 
     _write_record(model_dir, post)
-    chosen = _stub_network(Predictor.from_model_dir(model_dir, device="cpu", use_mirroring=False))
+    chosen = stub_network(Predictor.from_model_dir(model_dir, device="cpu", use_mirroring=False))
     assert chosen.postprocessing == post
     assert np.array_equal(chosen.predict_case(images, GEOM)[0], expected)
     assert Predictor.from_model_dir(model_dir, device="cpu", use_postprocessing=False).postprocessing == PostProcessing()
@@ -164,7 +124,7 @@ def test_predictor_applies_the_stored_choice_in_folder_zip_and_case_prediction(t
     with zipfile.ZipFile(out) as zf:
         assert f"{MODEL}/{POSTPROCESSING_FILE}" in zf.namelist()
     assert load_model_zip(out).postprocessing == post
-    from_zip = _stub_network(Predictor.from_zip(out, device="cpu", use_mirroring=False))
+    from_zip = stub_network(Predictor.from_zip(out, device="cpu", use_mirroring=False))
     assert np.array_equal(from_zip.predict_case(images, GEOM)[0], expected)
 
 

@@ -23,23 +23,11 @@ from hiennu.inference.model_registry import resolve_model, set_default_model
 from hiennu.inference.model_zip import export_model_zip
 from hiennu.inference.predictor import Predictor, tta_mirror_axes
 from hiennu.io.image import Geometry, read_image, write_image
-from test_model_zip import make_model_dir, tiny_plans
-
-_C, _S = float(np.cos(0.1)), float(np.sin(0.1))
-OBLIQUE = (_C, -_S, 0.0, _S, _C, 0.0, 0.0, 0.0, 1.0)
-GEOM = Geometry((20, 18, 7), (1.25, 1.25, 4.0), (-10.5, 3.25, 7.0), OBLIQUE)
-
-
-def _case_arrays(geometry: Geometry = GEOM, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    adc = rng.uniform(800, 1600, geometry.size_zyx).astype(np.float32)
-    adc[:, :2] = 0
-    zadc = rng.normal(0, 2, geometry.size_zyx).astype(np.float32)
-    return [adc, zadc]
+from helpers import GEOM, case_arrays, make_model_dir, tiny_plans
 
 
 def _write_case(folder: Path, case: str, ending: str = ".mha", geometry: Geometry = GEOM, seed: int = 0) -> None:
-    for c, array in enumerate(_case_arrays(geometry, seed)):
+    for c, array in enumerate(case_arrays(geometry, seed)):
         write_image(array, geometry, folder / f"{case}_{c:04d}{ending}")
 
 
@@ -108,13 +96,13 @@ def test_remove_small_components_26_connected():
 def test_predict_case_shapes_and_threshold(tmp_path):
     predictor = Predictor.from_model_dir(make_model_dir(tmp_path), folds=[0, 1], device="cpu")
     assert predictor.folds == ["0", "1"] and predictor.ensemble.passes_per_case == 16
-    mask, prob = predictor.predict_case(_case_arrays(), GEOM)
+    mask, prob = predictor.predict_case(case_arrays(), GEOM)
     assert mask.shape == prob.shape == GEOM.size_zyx
     assert mask.dtype == np.uint8 and prob.dtype == np.float32
     assert np.array_equal(mask, (prob >= 0.5).astype(np.uint8))
     assert 0.0 <= prob.min() and prob.max() <= 1.0
     with pytest.raises(HiennuError, match="expected 2 channel images"):
-        predictor.predict_case(_case_arrays()[:1], GEOM)
+        predictor.predict_case(case_arrays()[:1], GEOM)
 
 
 def test_nearest_and_linear_prediction_interpolation_differ(tmp_path):
@@ -122,8 +110,8 @@ def test_nearest_and_linear_prediction_interpolation_differ(tmp_path):
                                    use_mirroring=False)
     near = Predictor.from_model_dir(make_model_dir(tmp_path / "b", interpolation="nearest"), device="cpu",
                                     use_mirroring=False)
-    _, p_lin = lin.predict_case(_case_arrays(), GEOM)
-    _, p_near = near.predict_case(_case_arrays(), GEOM)
+    _, p_lin = lin.predict_case(case_arrays(), GEOM)
+    _, p_near = near.predict_case(case_arrays(), GEOM)
     # nearest: every native value is one of the grid's values; linear blends neighbours
     assert len(np.unique(p_near)) <= 16 * 16 * 8 and len(np.unique(p_lin)) > len(np.unique(p_near))
 
@@ -145,9 +133,9 @@ def test_zip_predicts_like_the_folder(tmp_path):
     from_zip = Predictor.from_zip(export_model_zip(model_dir, tmp_path / "m.zip"), device="cpu", use_mirroring=False)
     half = Predictor.from_zip(export_model_zip(model_dir, tmp_path / "h.zip", half=True), device="cpu",
                               use_mirroring=False)
-    m0, p0 = ref.predict_case(_case_arrays(), GEOM)
-    m1, p1 = from_zip.predict_case(_case_arrays(), GEOM)
-    _, p2 = half.predict_case(_case_arrays(), GEOM)
+    m0, p0 = ref.predict_case(case_arrays(), GEOM)
+    m1, p1 = from_zip.predict_case(case_arrays(), GEOM)
+    _, p2 = half.predict_case(case_arrays(), GEOM)
     assert np.array_equal(m0, m1) and np.array_equal(p0, p1)
     assert np.abs(p2 - p0).max() < 1e-2
 
@@ -182,10 +170,10 @@ def test_predict_folder_keeps_native_geometry(tmp_path, ending):
 def test_bad_cases_are_skipped_and_the_rest_predicted(tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     _write_case(inp, "good")
-    write_image(_case_arrays()[0], GEOM, inp / "lonely_0000.mha")
+    write_image(case_arrays()[0], GEOM, inp / "lonely_0000.mha")
     _write_case(inp, "shifted")
     moved = Geometry(GEOM.size_xyz, GEOM.spacing_xyz, (0.0, 0.0, 50.0), GEOM.direction)
-    write_image(_case_arrays()[1], moved, inp / "shifted_0001.mha")
+    write_image(case_arrays()[1], moved, inp / "shifted_0001.mha")
     model_dir = make_model_dir(tmp_path / "m", folds=(0,))
     code = predict_cli.main(["-i", str(inp), "-o", str(out), "-m", str(model_dir), "--disable-tta", "-q"])
     assert code == 1
@@ -231,7 +219,7 @@ def test_probabilities_as_image(tmp_path):
 # ------------------------------------------------------------------------------------ baseline
 
 def test_zadc_baseline_is_the_rule():
-    adc, zadc = _case_arrays()
+    adc, zadc = case_arrays()
     mask, prob = ZadcThresholdBaseline().predict_case([adc, zadc], GEOM)
     assert np.array_equal(mask, ((zadc < -2) & (adc != 0)).astype(np.uint8))
     assert mask[:, :2].sum() == 0 and np.array_equal(prob, mask.astype(np.float32))
@@ -313,7 +301,7 @@ def test_cli_uses_default_model_and_baseline(hiennu_roots, tmp_path):
 def _challenge_input(root: Path) -> Path:
     adc_dir = root / "images" / "skull-stripped-adc-brain-mri"
     zadc_dir = root / "images" / "z-score-adc"
-    adc, zadc = _case_arrays()
+    adc, zadc = case_arrays()
     write_image(adc, GEOM, adc_dir / "5b1e0c3a-adc.mha")
     write_image(zadc, GEOM, zadc_dir / "77c0aa19-zadc.mha")
     return adc_dir / "5b1e0c3a-adc.mha"
@@ -330,9 +318,9 @@ def test_challenge_interface(tmp_path):
                                "--baseline", "zadc", "-q"])
     assert code == 0
     mask, _ = read_image(tmp_path / "out2" / CHALLENGE_OUTPUT)
-    adc, zadc = _case_arrays()
+    adc, zadc = case_arrays()
     assert np.array_equal(mask, ((zadc < -2) & (adc != 0)).astype(np.float32))
-    write_image(_case_arrays()[0], GEOM, tmp_path / "input" / "images" / "skull-stripped-adc-brain-mri" / "second.mha")
+    write_image(case_arrays()[0], GEOM, tmp_path / "input" / "images" / "skull-stripped-adc-brain-mri" / "second.mha")
     with pytest.raises(HiennuError, match="exactly one case"):
         run_challenge(ZadcThresholdBaseline(), tmp_path / "input", tmp_path / "out3")
     assert not (tmp_path / "out3").exists()

@@ -9,41 +9,15 @@ import pytest
 
 from hiennu.cli.plan_and_preprocess import main as cli_main
 from hiennu.errors import DataIntegrityError
-from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, write_image
 from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from hiennu.plans import ChannelNormalization, Configuration, load_plans, save_plans
 from hiennu.preprocessing.normalization import normalize_channel
 from hiennu.preprocessing.preprocessor import preprocess_case
+from helpers import make_varied_raw_dataset
 
 PROPERTY_KEYS = {"case_id", "geometry", "image_files", "label_file", "brain_voxels", "lesion_voxels",
                  "lesion_fraction", "has_lesion", "source_signature"}
-
-
-def make_tiny_dataset(raw_root, num_cases: int = 5, name: str = "Dataset009_TINY", seed: int = 0):
-    """A raw dataset of small ADC/ZADC/label volumes of varying size and geometry."""
-    rng = np.random.default_rng(seed)
-    folder = raw_root / name
-    (folder / "imagesTr").mkdir(parents=True)
-    (folder / "labelsTr").mkdir()
-    for i in range(num_cases):
-        size_zyx = (6 + i % 3, 14 + 2 * i, 12 + i)
-        geo = Geometry(tuple(reversed(size_zyx)), (1.2, 1.1, 3.0 + i), (float(i), -2.0, 5.0),
-                       (1, 0, 0, 0, 1, 0, 0, 0, 1))
-        z, y, x = np.indices(size_zyx)
-        brain = ((y - size_zyx[1] / 2) ** 2 + (x - size_zyx[2] / 2) ** 2) < (min(size_zyx[1:]) / 2.5) ** 2
-        adc = np.where(brain, rng.normal(1400, 200, size_zyx), 0).astype(np.float32)
-        label = np.zeros(size_zyx, np.uint8)
-        if i % 2:
-            label[1:3, 5:8, 5:7] = 1
-            adc[label > 0] = 600
-        zadc = np.where(brain, (adc - 1400) / 200, 0).astype(np.float32)
-        cid = f"case{i:02d}"
-        write_image(adc, geo, folder / "imagesTr" / f"{cid}_0000.mha")
-        write_image(zadc, geo, folder / "imagesTr" / f"{cid}_0001.mha")
-        write_image(label, geo, folder / "labelsTr" / f"{cid}.mha")
-    save_dataset_json(DatasetJson(name="TINY", num_training=num_cases), folder)
-    return folder
 
 
 # --- normalization --------------------------------------------------------------------------------
@@ -101,7 +75,7 @@ def test_preprocess_case_rejects_mismatched_channels():
 # --- the whole step ------------------------------------------------------------------------------
 
 def test_plan_and_preprocess_writes_everything_and_skips_up_to_date_cases(hiennu_roots):
-    make_tiny_dataset(hiennu_roots["hiennu_raw"])
+    make_varied_raw_dataset(hiennu_roots["hiennu_raw"])
     out = plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1))
     for name in ("dataset.json", "dataset_fingerprint.json", "plans.json", "splits_final.json"):
         assert (out / name).is_file(), name
@@ -130,7 +104,7 @@ def test_plan_and_preprocess_writes_everything_and_skips_up_to_date_cases(hiennu
 
 
 def test_editing_plans_changes_preprocessing(hiennu_roots):
-    make_tiny_dataset(hiennu_roots["hiennu_raw"], num_cases=5)
+    make_varied_raw_dataset(hiennu_roots["hiennu_raw"], num_cases=5)
     out = plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1,
                                                                configurations=["3d_lossless", "3d_fullres"]))
     before = np.load(out / "3d_lossless" / "case01.npy")
@@ -153,7 +127,7 @@ def test_editing_plans_changes_preprocessing(hiennu_roots):
 
 
 def test_parallel_run_matches_serial_run(hiennu_roots, tmp_path):
-    make_tiny_dataset(hiennu_roots["hiennu_raw"], num_cases=5)
+    make_varied_raw_dataset(hiennu_roots["hiennu_raw"], num_cases=5)
     out = plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_paper"]))
     serial = np.load(out / "3d_paper" / "case03.npy")
     (out / "3d_paper" / "case03.json").unlink()
@@ -162,7 +136,7 @@ def test_parallel_run_matches_serial_run(hiennu_roots, tmp_path):
 
 
 def test_integrity_failure_writes_nothing(hiennu_roots):
-    folder = make_tiny_dataset(hiennu_roots["hiennu_raw"])
+    folder = make_varied_raw_dataset(hiennu_roots["hiennu_raw"])
     bad = folder / "labelsTr" / "case02.mha"
     geo = Geometry((14, 18, 8), (1.2, 1.1, 5.0), (2.0, -2.0, 5.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     write_image(np.full((8, 18, 14), 2, np.uint8), geo, bad)
@@ -172,7 +146,7 @@ def test_integrity_failure_writes_nothing(hiennu_roots):
 
 
 def test_cli_check_only_and_errors(hiennu_roots, capsys):
-    make_tiny_dataset(hiennu_roots["hiennu_raw"])
+    make_varied_raw_dataset(hiennu_roots["hiennu_raw"])
     assert cli_main(["-d", "9", "--check-only", "-q"]) == 0
     assert list(hiennu_roots["hiennu_preprocessed"].iterdir()) == []
     assert cli_main(["-d", "NOPE", "-q"]) == 1

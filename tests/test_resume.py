@@ -7,12 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from test_training import fold_dir, load, make_tiny_dataset, options, write_module
+from helpers import fold_dir, load, make_tiny_dataset, options, write_module
 
 TRAINERS = """
 import os, time

@@ -3,6 +3,7 @@ request) and its progress line over the whole study."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -11,15 +12,19 @@ import pytest
 import hiennu
 from hiennu.errors import HiennuError
 from hiennu.study.loss_study import LossStudyOptions, StudyProgress, train_fold
-from hiennu.training import checkpoint as ckpt
-from test_training import DATASET, fold_dir, make_tiny_dataset, options
+from hiennu.training.options import TrainingOptions
+from hiennu.io import checkpoint as ckpt
+from helpers import DATASET, fold_dir, make_tiny_dataset, options
 
 
 def _study_options(**kw) -> LossStudyOptions:
-    base = dict(dataset="Tiny", trainers=["TrainerDice"], folds=[0], epochs=1, iterations_per_epoch=1,
-                num_workers=0, device="cpu", seed=7)
+    base = dict(trainers=["TrainerDice"], folds=[0], epochs=1, iterations_per_epoch=1, num_workers=0, device="cpu",
+                seed=7)
     base.update(kw)
-    return LossStudyOptions(**base)
+    training = {f.name for f in dataclasses.fields(TrainingOptions)}
+    return LossStudyOptions(dataset="Tiny", training=TrainingOptions(
+        dataset="Tiny", **{k: v for k, v in base.items() if k in training}),
+        **{k: v for k, v in base.items() if k not in training})
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,86 +12,9 @@ import pytest
 import torch
 
 from hiennu.errors import HiennuError
-from hiennu.io.atomic import write_json, write_npy
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
-from hiennu.plans import (AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
-                          TrainingPlan, save_plans)
-
-DATASET = "Dataset001_Tiny"
-GRID_ZYX = (16, 32, 32)
-
-
-PATCH_ZYX = (8, 16, 16)
-
-
-def make_tiny_dataset(preprocessed_root: Path, n_cases: int = 6, dropout: float = 0.1,
-                      deep_supervision: bool = False, augment: bool = True, patch: bool = False) -> Path:
-    """A preprocessed dataset of ``n_cases`` synthetic 2-channel cases on a 16x32x32 grid.
-
-    Each case holds a bright ellipsoid lesion (in ADC-like channel 0 darker, channel 1 negative),
-    except the last case, which has none. Returns the dataset folder. ``patch``: the configuration is
-    a patch configuration (as the planner's ``3d_fullres``) training on 8x16x16 patches with a
-    sliding-window validation, and each case's properties hold its lesion voxel positions.
-    """
-    root = preprocessed_root / DATASET
-    config = Configuration(
-        name="3d_fullres", target_size_xyz=None if patch else list(reversed(GRID_ZYX)),
-        grid_policy="spacing" if patch else "forced",
-        target_spacing_zyx=[1.0, 1.0, 1.0] if patch else None, crop_to_brain=patch,
-        patch_size_zyx=list(PATCH_ZYX) if patch else None,
-        normalization=[ChannelNormalization("ADC", "zscore_image"), ChannelNormalization("ZADC", "atlas_zscore")],
-        network=NetworkPlan(features_per_stage=[4, 8, 16, 32], dropout_per_stage=[dropout] * 4,
-                            deep_supervision=deep_supervision),
-        training=TrainingPlan(batch_size=4, num_workers=0),
-        augmentation=AugmentationPlan() if augment else AugmentationPlan(
-            p_noise=0, p_lowres=0, p_blur=0, p_gamma=0, p_elastic=0))
-    save_plans(Plans(dataset_name=DATASET, channel_names=["ADC", "ZADC"],
-                     configurations={"3d_fullres": config}), root / "plans.json")
-    save_dataset_json(DatasetJson(name="Tiny", num_training=n_cases), root / "dataset.json")
-    rng = np.random.default_rng(0)
-    z, y, x = np.meshgrid(*[np.arange(s) for s in GRID_ZYX], indexing="ij")
-    ids = [f"case_{i:03d}" for i in range(n_cases)]
-    for i, case in enumerate(ids):
-        c = rng.uniform([5, 10, 10], [11, 22, 22])
-        r = rng.uniform([2, 3, 3], [4, 7, 7])
-        lesion = (((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2) <= 1
-        if i == n_cases - 1:
-            lesion[:] = False
-        data = rng.normal(0, 0.3, (2,) + GRID_ZYX).astype(np.float32)
-        data[0][lesion] -= 2.0
-        data[1][lesion] -= 3.0
-        write_npy(data, root / "3d_fullres" / f"{case}.npy")
-        write_npy(lesion[None].astype(np.uint8), root / "3d_fullres" / f"{case}_seg.npy")
-        props = {"case_id": case, "has_lesion": bool(lesion.any()), "lesion_voxels": int(lesion.sum())}
-        if patch:
-            props["lesion_locations"] = np.argwhere(lesion).tolist()
-        write_json(props, root / "3d_fullres" / f"{case}.json")
-    folds = [ids[k::5] for k in range(5)]
-    write_json([{"train": [c for c in ids if c not in folds[k]], "val": folds[k]} for k in range(5)],
-               root / "splits_final.json")
-    return root
-
-
-def options(**kw):
-    from hiennu.training.trainer import TrainingOptions
-    base = dict(dataset="Tiny", fold=0, epochs=2, device="cpu", num_workers=0, final_validation=False, seed=7)
-    base.update(kw)
-    return TrainingOptions(**base)
-
-
-def fold_dir(results: Path, trainer: str, fold: int | str = 0) -> Path:
-    return results / DATASET / f"{trainer}__hiennuPlans__3d_fullres" / f"fold_{fold}"
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def write_module(folder: Path, name: str, source: str) -> str:
-    (folder / f"{name}.py").write_text(textwrap.dedent(source))
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    return name
+from hiennu.training.trainers import BUILTIN_TRAINERS
+from helpers import DATASET, GRID_ZYX, fold_dir, load, make_tiny_dataset, options, write_module
 
 
 @pytest.fixture(params=["grid", "patch"])
@@ -102,8 +24,21 @@ def tiny(hiennu_roots, request):
     return hiennu_roots
 
 
-ALL_TRAINERS = ["TrainerDice", "TrainerDiceFocal", "TrainerTversky", "TrainerHDT", "TrainerDiceFocalHDT",
-                "TrainerTverskyHDT"]
+ALL_TRAINERS = list(BUILTIN_TRAINERS)
+
+
+def test_builtin_trainers_come_from_the_loss_registry():
+    from hiennu.losses import LOSSES
+    from hiennu.training import trainers
+    assert len(ALL_TRAINERS) == len(trainers.TRAINER_LOSSES) == 6
+    for short, loss in trainers.TRAINER_LOSSES.items():
+        cls = getattr(trainers, f"Trainer{short}")
+        assert BUILTIN_TRAINERS[f"Trainer{short}"] is cls and cls.__module__ == "hiennu.training.trainers"
+        assert type(cls.build_loss(None)) is LOSSES[loss]
+    assert ALL_TRAINERS == ["TrainerDice", "TrainerDiceFocal", "TrainerTversky", "TrainerHDT", "TrainerDiceFocalHDT",
+                            "TrainerTverskyHDT"]
+    # a new loss is one registry line: its trainer follows, after the others
+    assert list(trainers.trainer_losses({**LOSSES, "Mine": object}).items())[-1] == ("Mine", "Mine")
 
 
 @pytest.mark.parametrize("trainer", ALL_TRAINERS)
@@ -326,7 +261,7 @@ def test_rng_state_round_trip_and_global_batchnorm_without_group_is_batchnorm():
 
 
 def test_checkpoint_load_errors_name_the_file(tmp_path):
-    from hiennu.training.checkpoint import load_checkpoint, save_checkpoint
+    from hiennu.io.checkpoint import load_checkpoint, save_checkpoint
     with pytest.raises(HiennuError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pth")
     bad = tmp_path / "bad.pth"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hiennu.cli._common import add_plans_name, make_parser, run
+from hiennu.io.checkpoint import BEST
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--configuration", help="configuration (with -d)")
     add_plans_name(p, "plans identifier of the model (with -d): TRAINER__NAME__CONFIG")
     p.add_argument("-f", "--folds", nargs="+", help="folds to export (default: every fold with the checkpoint)")
-    p.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth", help="checkpoint name")
+    p.add_argument("-chk", "--checkpoint", default=BEST, help="checkpoint name")
     p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     p.add_argument("-o", "--output", required=True, help="the zip to write")
     return p

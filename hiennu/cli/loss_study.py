@@ -5,8 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hiennu.cli._common import add_device, add_plans_name, make_parser, run
+from hiennu.cli._common import make_parser, run
+from hiennu.cli._training import add_training_arguments
 from hiennu.study.loss_study import STUDY_TRAINERS, LossStudyOptions, run_loss_study
+from hiennu.training.options import TrainingOptions
+
+
+# training options the study sets itself (resume, final validation) or does not offer
+NOT_STUDY_OPTIONS = ("learning_rate", "num_gpus", "compile", "resume", "val_every", "final_validation")
+STUDY_HELP = {
+    "epochs": "maximum epochs per fold (default: the plans')",
+    "patience": "early-stopping patience in epochs (default: the plans')",
+    "batch_size": "batch size (default: the plans')",
+    "num_workers": "data-augmentation worker processes (default: the plans')",
+    "seed": "random seed of every training",
+    "plans_name": "plans identifier (as for hiennu_train): study the models trained with NAME.json; the study "
+                  "folder is then loss_study_NAME__CONFIG",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,16 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainers", nargs="+", default=list(STUDY_TRAINERS), help="trainer class names")
     p.add_argument("--folds", nargs="+", default=["all"],
                    help="folds to train and score: numbers 0-4, or 'all' for all five")
-    p.add_argument("-c", "--configuration", default=None, help="plans configuration (default: the plans' default)")
-    p.add_argument("--epochs", type=int, default=None, help="maximum epochs per fold (default: the plans')")
-    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default: the plans')")
-    p.add_argument("--iterations-per-epoch", type=int, default=None,
-                   help="steps per epoch (default: the plans', one pass over the training cases)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the plans')")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="data-augmentation worker processes (default: the plans')")
-    add_device(p)
-    p.add_argument("--seed", type=int, default=12345, help="random seed of every training")
+    add_training_arguments(p, exclude=NOT_STUDY_OPTIONS, help=STUDY_HELP)
     p.add_argument("--reference", default="TrainerDice", help="trainer the Wilcoxon tests compare against")
     p.add_argument("--figure-cases", type=int, default=4, help="cases (rows) in the slices figure")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for scoring")
@@ -33,8 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a finished fold trained with other plans, trainer, options, seed or hiennu version than "
                         "requested is moved aside (fold_K.replaced-<timestamp>) and trained again; without this "
                         "flag the study refuses, naming what differs")
-    add_plans_name(p, "plans identifier (as for hiennu_train): study the models trained with NAME.json; the "
-                      "study folder is then loss_study_NAME__CONFIG")
     return p
 
 
@@ -43,11 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         result = run_loss_study(LossStudyOptions(
-            dataset=args.dataset, trainers=args.trainers, folds=args.folds, configuration=args.configuration,
-            epochs=args.epochs, patience=args.patience, iterations_per_epoch=args.iterations_per_epoch,
-            batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, seed=args.seed,
+            dataset=args.dataset, trainers=args.trainers, folds=args.folds, training=TrainingOptions.from_args(args),
             reference=args.reference, figure_cases=args.figure_cases, num_processes=args.num_processes,
-            output_dir=args.output, retrain_mismatched=args.retrain_mismatched, plans_name=args.plans_name))
+            output_dir=args.output, retrain_mismatched=args.retrain_mismatched))
         if not args.quiet:
             print(f"loss study report: {result.output_dir / 'report.md'}")
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hiennu.cli._common import add_alias, add_device, add_plans_name, make_parser, run
+from hiennu.io.checkpoint import BEST
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--configuration", help="configuration of the model (with -d), e.g. 3d_fullres")
     add_plans_name(p, "plans identifier of the model (with -d): TRAINER__NAME__CONFIG")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (numbers or 'all'; default: every trained fold)")
-    p.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth", help="checkpoint file in each fold folder")
+    p.add_argument("-chk", "--checkpoint", default=BEST, help="checkpoint file in each fold folder")
     add_device(p)
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (faster)")
     add_alias(p, "--disable_tta", dest="disable_tta", action="store_true")

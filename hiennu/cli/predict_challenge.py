@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hiennu.cli._common import add_alias, add_device, make_parser, run
+from hiennu.io.checkpoint import BEST
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="/output", help="output root")
     p.add_argument("-m", "--model", help="model folder or zip (default: the default model)")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every trained fold)")
-    p.add_argument("-chk", "--checkpoint", default="checkpoint_best.pth", help="checkpoint name in each fold folder")
+    p.add_argument("-chk", "--checkpoint", default=BEST, help="checkpoint name in each fold folder")
     add_device(p)
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
     add_alias(p, "--disable_tta", dest="disable_tta", action="store_true")

@@ -163,20 +163,25 @@ class CasePredictor(ABC):
 
     def predict_folder(self, in_dir: str | Path, out_dir: str | Path, save_probabilities: bool = False,
                        probability_format: str = "npz", continue_prediction: bool = False,
-                       queue_size: int = 4) -> PredictionReport:
+                       queue_size: int = 4, case_ids: Sequence[str] | None = None) -> PredictionReport:
         """Predict every case found in ``in_dir`` (any layout) into ``out_dir/CASE.<ending>``.
 
         Cases with missing/mismatched channels or unreadable files are reported in the result's
         ``skipped`` and the rest are still predicted. ``continue_prediction`` skips cases whose
         outputs already exist and read back whole (:func:`output_is_complete`).
         ``save_probabilities`` also writes each case's probability map (``probability_format``:
-        ``npz`` or ``image``).
+        ``npz`` or ``image``). ``case_ids``: only these cases (one not found in ``in_dir`` raises).
         """
         in_dir, out_dir = Path(in_dir), Path(out_dir)
         if probability_format not in PROBABILITY_FORMATS:
             raise HiennuError(f"unknown probability format {probability_format!r}; choose {' or '.join(PROBABILITY_FORMATS)}")
         check_output_folder(in_dir, out_dir)
         cases = discover_input_cases(in_dir, self.channel_names)
+        if case_ids is not None:
+            missing = sorted(set(case_ids) - {c.case_id for c in cases})
+            if missing:
+                raise HiennuError(f"{in_dir}: no images of case(s) {', '.join(missing)}")
+            cases = [c for c in cases if c.case_id in set(case_ids)]
         report = PredictionReport(out_dir)
         inputs = {f.resolve() for c in cases for f in c.files if f is not None}
         todo: list[InputCase] = []

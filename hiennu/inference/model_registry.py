@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
+from hiennu.io.checkpoint import CHECKPOINT_PATTERN
 from hiennu.paths import RESULTS_ENV, parse_dataset_folder_name, parse_model_dir_name, resolve_dataset, results_root
 from hiennu.plans import PLANS_NAME
 
@@ -50,7 +51,7 @@ def model_folds(model_dir: Path, checkpoint: str | None = None) -> list[str]:
             m = _FOLD_RE.match(p.name)
             if not (m and p.is_dir()):
                 continue
-            has = (p / checkpoint).is_file() if checkpoint else any(p.glob("checkpoint_*.pth"))
+            has = (p / checkpoint).is_file() if checkpoint else any(p.glob(CHECKPOINT_PATTERN))
             if has:
                 folds.append(m.group("fold"))
     return sorted(folds, key=fold_sort_key)

@@ -42,6 +42,7 @@ from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing
                                              postprocessing_from_record)
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.atomic import atomic_path
+from hiennu.io.checkpoint import BEST, load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.paths import parse_dataset_folder_name, parse_model_dir_name, preprocessed_root, raw_root, results_root
@@ -83,27 +84,10 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_checkpoint_weights(source: str | Path | io.BytesIO, name: str) -> dict:
-    """Load a checkpoint with ``weights_only=True`` and return it; ``name`` is used in error messages.
-
-    Raises :class:`HiennuError` when it cannot be loaded safely or has no ``network_weights``.
-    """
-    try:
-        ckpt = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HiennuError(f"{name}: refused: cannot be loaded as plain weights (torch.load weights_only=True): "
-                          f"{first}. Checkpoints must hold only tensors and plain values; if you trust "
-                          f"the file's source, re-export it with hiennu_export_model") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("network_weights"), dict):
-        raise HiennuError(f"{name}: not a hiennu checkpoint (no 'network_weights' dictionary)")
-    return ckpt
-
-
 # ---------------------------------------------------------------------------------------------- export
 
 def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence[str | int] | None = None,
-                     checkpoint: str = "checkpoint_best.pth", half: bool = False) -> Path:
+                     checkpoint: str = BEST, half: bool = False) -> Path:
     """Write ``model_dir``'s plans, dataset.json, postprocessing.json (when present) and the chosen
     folds' weights to ``out_zip`` (atomically).
 
@@ -133,7 +117,7 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
         members[f"{prefix}/{POSTPROCESSING_FILE}"] = (model_dir / POSTPROCESSING_FILE).read_bytes()
     for fold in sorted(chosen, key=fold_sort_key):
         src = model_dir / f"fold_{fold}" / checkpoint
-        ckpt = load_checkpoint_weights(src, str(src))
+        ckpt = load_checkpoint(src)
         weights = {k: (v.half() if half and v.is_floating_point() else v.float() if v.is_floating_point() else v)
                    for k, v in ckpt["network_weights"].items()}
         slim = {k: v for k, v in ckpt.items() if k != "network_weights" and isinstance(v, _PLAIN)}
@@ -308,7 +292,7 @@ def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None) -
         weights = {}
         for fold in chosen:
             member = contents.member(f"fold_{fold}/{contents.checkpoint}")
-            ckpt = load_checkpoint_weights(io.BytesIO(zf.read(member)), f"{path}:{member}")
+            ckpt = load_checkpoint(io.BytesIO(zf.read(member)), f"{path}:{member}")
             check_trained_configuration(ckpt, plans.configuration(contents.configuration), f"{path}:{member}",
                                         f"{path}:{contents.member('plans.json')}")
             weights[fold] = _float32(ckpt["network_weights"])

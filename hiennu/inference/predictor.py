@@ -46,10 +46,11 @@ from hiennu.inference.baseline import make_baseline
 from hiennu.inference.ensemble import FoldEnsemble
 from hiennu.inference.folder_prediction import CasePredictor
 from hiennu.inference.model_registry import fold_sort_key, model_folds, resolve_model
-from hiennu.inference.model_zip import load_checkpoint_weights, load_model_zip
+from hiennu.inference.model_zip import load_model_zip
 from hiennu.inference.postprocessing import PostProcessing, apply_postprocessing, channel_index, load_postprocessing
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.trained_configuration import check_trained_configuration
+from hiennu.io.checkpoint import BEST, CHECKPOINT_PATTERN, load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry, read_sitk
 from hiennu.log import get_logger
@@ -60,7 +61,7 @@ from hiennu.preprocessing.preprocessor import preprocess_case
 
 logger = get_logger(__name__)
 
-DEFAULT_CHECKPOINT = "checkpoint_best.pth"
+DEFAULT_CHECKPOINT = BEST
 THRESHOLD = 0.5
 
 
@@ -178,14 +179,14 @@ class Predictor(CasePredictor):
         chosen = [str(f) for f in folds] if folds else available
         missing = [f for f in chosen if f not in available]
         if missing or not chosen:
-            others = sorted({p.name for p in path.glob("fold_*/checkpoint_*.pth")})
+            others = sorted({p.name for p in path.glob(f"fold_*/{CHECKPOINT_PATTERN}")})
             raise HiennuError(f"{path}: no {checkpoint} for fold(s) {', '.join(missing) or '(any)'}; folds with "
                               f"{checkpoint}: {', '.join(available) or 'none'}; checkpoints present: "
                               f"{', '.join(others) or 'none'} (pick one with -chk NAME)")
         weights = {}
         for fold in chosen:
             ckpt_path = path / f"fold_{fold}" / checkpoint
-            state = load_checkpoint_weights(ckpt_path, str(ckpt_path))
+            state = load_checkpoint(ckpt_path)
             check_trained_configuration(state, configuration, str(ckpt_path), path / "plans.json",
                                         path / f"fold_{fold}" / "plans.json")
             weights[fold] = state["network_weights"]

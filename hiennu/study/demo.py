@@ -26,6 +26,7 @@ from hiennu.paths import dataset_folder_name, model_dir_name, parse_model_dir_na
 from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from hiennu.plans import DEFAULT_CONFIGURATION, PLANS_NAME
 from hiennu.study.loss_study import LossStudyOptions, run_loss_study
+from hiennu.training.options import TrainingOptions
 
 log = get_logger(__name__)
 
@@ -118,11 +119,11 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         seconds["plan and preprocess"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        training = TrainingOptions(dataset=dataset, epochs=opts.epochs, iterations_per_epoch=opts.iterations_per_epoch,
+                                   num_workers=opts.num_workers, device=opts.device, seed=opts.seed)
         study = run_loss_study(LossStudyOptions(
-            dataset=dataset, trainers=opts.trainers, folds=opts.folds, epochs=opts.epochs,
-            iterations_per_epoch=opts.iterations_per_epoch, num_workers=opts.num_workers, device=opts.device,
-            seed=opts.seed, reference=opts.trainers[0], figure_cases=3, num_processes=opts.num_processes,
-            output_dir=out / "loss_study"))
+            dataset=dataset, trainers=opts.trainers, folds=opts.folds, training=training, reference=opts.trainers[0],
+            figure_cases=3, num_processes=opts.num_processes, output_dir=out / "loss_study"))
         seconds["train + loss study"] = time.perf_counter() - t
 
         t = time.perf_counter()

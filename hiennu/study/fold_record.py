@@ -28,15 +28,16 @@ from typing import Any
 import hiennu
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json
+from hiennu.io.checkpoint import FINAL, load_checkpoint
 from hiennu.plans import INFORMATIVE_FIELDS, TRAINING_ONLY_FIELDS, configuration_differences
-from hiennu.training import checkpoint as ckpt
 
 DEBUG_FILE = "debug.json"
 NOT_RESULT_CHANGING = ("num_workers",)
 
 
 def requested_record(trainer: Any) -> dict[str, Any]:
-    """What a fold trained now by ``trainer`` (a constructed :class:`~hiennu.training.trainer.Trainer`) records."""
+    """What a fold trained now records: ``trainer`` is its :class:`~hiennu.training.fold_layout.FoldLayout`
+    (or a constructed :class:`~hiennu.training.trainer.Trainer`)."""
     training = {k: v for k, v in dataclasses.asdict(trainer.training).items() if k not in NOT_RESULT_CHANGING}
     return {"trainer": trainer.trainer_name, "training": training, "seed": trainer.options.seed,
             "hiennu_version": hiennu.__version__, "val_cases": list(trainer.val_cases)}
@@ -61,10 +62,10 @@ def recorded_differences(fold_dir: Path, trainer: Any) -> list[str]:
     if not isinstance(debug, dict):
         return [f"{debug_path}: missing or unreadable, so what this fold was trained with is unknown"]
     state: dict[str, Any] = {}
-    final = fold_dir / ckpt.FINAL
+    final = fold_dir / FINAL
     if final.is_file():
         try:
-            state = ckpt.load_checkpoint(final)
+            state = load_checkpoint(final)
         except HiennuError as e:
             return [f"{final}: cannot be read ({e})"]
     want = requested_record(trainer)

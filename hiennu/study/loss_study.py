@@ -25,11 +25,12 @@ matches the request (:mod:`hiennu.study.fold_record`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -39,6 +40,7 @@ from hiennu.evaluation.evaluate import evaluate_folders, write_per_case_csv
 from hiennu.evaluation.postprocessing_selection import postprocessing_table, select_postprocessing
 from hiennu.inference.baseline import ZadcThresholdBaseline
 from hiennu.io.atomic import read_json, write_text
+from hiennu.io.checkpoint import FINAL, LATEST
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
@@ -46,8 +48,8 @@ from hiennu.paths import parse_model_dir_name, raw_root, resolve_dataset, result
 from hiennu.plans import PLANS_NAME
 from hiennu.provenance import provenance_markdown
 from hiennu.study.fold_record import move_fold_aside, recorded_differences
-from hiennu.training import checkpoint as ckpt
-from hiennu.training.trainer import NUM_FOLDS, TrainingOptions
+from hiennu.training.fold_layout import FoldLayout, fold_layout
+from hiennu.training.options import NUM_FOLDS, TrainingOptions
 from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
 
 log = get_logger(__name__)
@@ -60,14 +62,16 @@ RULES = {RULE_ZADC: 0, RULE_ZADC_CC: 10}
 
 @dataclass
 class LossStudyOptions:
-    """What to study. Training overrides (epochs, patience, ...) default to the plans' values.
+    """What to study.
 
     trainers: trainer class names (``module:Class`` for your own). folds: fold numbers 0-4, or
     ``"all"`` for all five (the study scores each fold's validation cases, so the training fold
     ``all``, which has none, is not one of them).
+    training: how every fold is trained (configuration, plans identifier ``-p``, epochs, seed ...;
+    ``None`` values take the plans'); its dataset, fold and ``resume`` are set by the study per run.
+    Default: ``TrainingOptions(dataset)``.
     reference: the trainer the Wilcoxon tests compare against. figure_cases: rows of slices.png.
     output_dir: where the study is written (default under the dataset's results folder).
-    plans_name: the plans identifier the models are trained with (``-p``).
     retrain_mismatched: a finished fold whose record (plans configuration, trainer, result-changing
     training options, seed, hiennu version: :mod:`hiennu.study.fold_record`) differs from the
     request is moved aside (``fold_K.replaced-<timestamp>``) and trained again; without it the study
@@ -77,23 +81,38 @@ class LossStudyOptions:
     dataset: str
     trainers: Sequence[str] = STUDY_TRAINERS
     folds: Sequence[int] = (0, 1, 2, 3, 4)
-    configuration: str | None = None
-    epochs: int | None = None
-    patience: int | None = None
-    iterations_per_epoch: int | None = None
-    batch_size: int | None = None
-    num_workers: int | None = None
-    device: str | None = None
-    seed: int = 12345
+    training: TrainingOptions | None = None
     reference: str = "TrainerDice"
     figure_cases: int = 4
     num_processes: int = 2
     output_dir: Path | None = None
-    plans_name: str = PLANS_NAME
     retrain_mismatched: bool = False
 
     def __post_init__(self) -> None:
         self.folds = study_folds(self.folds)
+        if self.training is None:
+            self.training = TrainingOptions(dataset=self.dataset)
+
+    @property
+    def plans_name(self) -> str:
+        """The plans identifier the models are trained with (``-p``)."""
+        return self.training.plans_name
+
+    def fold_options(self, dataset: str, fold: int, resume: bool) -> TrainingOptions:
+        """The training options of one fold's run."""
+        return dataclasses.replace(self.training, dataset=dataset, fold=fold, resume=resume)
+
+    def record(self) -> dict[str, Any]:
+        """The options as one flat record (for the report): the training options in the place of
+        ``training``, less those the study sets per run."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "training":
+                out.update({k: v for k, v in dataclasses.asdict(self.training).items()
+                            if k not in ("dataset", "fold", "resume")})
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
 
 
 def study_folds(folds: Sequence[int | str] | str) -> tuple[int, ...]:
@@ -236,13 +255,12 @@ def check_finished_folds(dataset: str, opts: LossStudyOptions) -> None:
     """
     problems = []
     for name in opts.trainers:
-        cls = get_trainer_class(name)
         for fold in opts.folds:
-            probe = cls(_training_options(dataset, fold, opts, resume=False))
-            if (probe.fold_dir / ckpt.FINAL).is_file() and not (probe.fold_dir / ckpt.LATEST).is_file():
-                diffs = recorded_differences(probe.fold_dir, probe)
+            layout = _fold_layout(name, fold, dataset, opts)
+            if (layout.fold_dir / FINAL).is_file() and not (layout.fold_dir / LATEST).is_file():
+                diffs = recorded_differences(layout.fold_dir, layout)
                 if diffs:
-                    problems.append(f"{name} fold {fold} ({probe.fold_dir}): {'; '.join(diffs)}")
+                    problems.append(f"{name} fold {fold} ({layout.fold_dir}): {'; '.join(diffs)}")
     if problems:
         raise HiennuError(f"{len(problems)} finished run(s) were trained otherwise than requested:\n  - "
                           + "\n  - ".join(problems) + "\nrerun the study with the options they were trained with, "
@@ -258,10 +276,10 @@ def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOption
     (``checkpoint_latest.pth``) is continued (``--continue``).
     """
     cls = get_trainer_class(trainer_name)
-    probe = cls(_training_options(dataset, fold, opts, resume=False))
-    fold_dir = probe.fold_dir
-    if (fold_dir / ckpt.FINAL).is_file() and not (fold_dir / ckpt.LATEST).is_file():
-        diffs = recorded_differences(fold_dir, probe)
+    layout = _fold_layout(trainer_name, fold, dataset, opts)
+    fold_dir = layout.fold_dir
+    if (fold_dir / FINAL).is_file() and not (fold_dir / LATEST).is_file():
+        diffs = recorded_differences(fold_dir, layout)
         if diffs and not opts.retrain_mismatched:
             raise HiennuError(f"{trainer_name} fold {fold}: the finished run in {fold_dir} was trained otherwise than "
                               f"requested ({'; '.join(diffs)}); rerun the study with the options it was trained "
@@ -270,14 +288,14 @@ def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOption
             moved = move_fold_aside(fold_dir)
             log.warning("%s fold %d: finished run differs from the request (%s); moved to %s, training again",
                         trainer_name, fold, "; ".join(diffs), moved)
-    finished = (fold_dir / ckpt.FINAL).is_file() and (fold_dir / "validation" / "summary.json").is_file()
+    finished = (fold_dir / FINAL).is_file() and (fold_dir / "validation" / "summary.json").is_file()
     trained_now = not finished
     if finished:
         log.info("%s fold %d: finished run found in %s, matches the request, reused", trainer_name, fold, fold_dir)
     else:
-        resume = (fold_dir / ckpt.LATEST).is_file() or (fold_dir / ckpt.FINAL).is_file()
+        resume = (fold_dir / LATEST).is_file() or (fold_dir / FINAL).is_file()
         log.info("%s fold %d: %s", trainer_name, fold, "resuming" if resume else "training")
-        cls(_training_options(dataset, fold, opts, resume=resume)).run()
+        cls(opts.fold_options(dataset, fold, resume)).run()
         if not (fold_dir / "validation" / "summary.json").is_file():
             raise HiennuError(f"{trainer_name} fold {fold}: training ended without validation predictions in "
                               f"{fold_dir / 'validation'}; see {fold_dir / 'training_log.txt'}")
@@ -286,8 +304,8 @@ def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOption
               for k in ("train_loss", "val_loss", "val_dice")}
     epochs = len(prog.get("epoch", []))
     train_seconds = float(sum(v for v in prog.get("epoch_seconds", []) if v is not None))
-    return FoldRun(trainer_name, fold, fold_dir, list(probe.val_cases), epochs, curves, trained_now,
-                   steps=epochs * int(probe.iterations_per_epoch), train_seconds=train_seconds)
+    return FoldRun(trainer_name, fold, fold_dir, list(layout.val_cases), epochs, curves, trained_now,
+                   steps=epochs * int(layout.iterations_per_epoch), train_seconds=train_seconds)
 
 
 def choose_postprocessing(runs: dict[str, list[FoldRun]], raw_dir: Path, folds: Sequence[int]) -> dict[str, dict]:
@@ -314,11 +332,10 @@ def _postprocessing_markdown(records: dict[str, dict], folds: Sequence[int]) -> 
             "postprocessing.json and applied by hiennu_predict.\n\n" + postprocessing_table(records))
 
 
-def _training_options(dataset: str, fold: int, opts: LossStudyOptions, resume: bool) -> TrainingOptions:
-    return TrainingOptions(dataset=dataset, configuration=opts.configuration, fold=fold, epochs=opts.epochs,
-                           patience=opts.patience, batch_size=opts.batch_size,
-                           iterations_per_epoch=opts.iterations_per_epoch, num_workers=opts.num_workers,
-                           device=opts.device, seed=opts.seed, resume=resume, plans_name=opts.plans_name)
+def _fold_layout(trainer_name: str, fold: int, dataset: str, opts: LossStudyOptions) -> FoldLayout:
+    """Where ``trainer_name``'s run of ``fold`` lives and what it validates on (a trainer's own class
+    name, so ``module:Class`` names the class)."""
+    return fold_layout(get_trainer_class(trainer_name).__name__, opts.fold_options(dataset, fold, resume=False))
 
 
 def _slug(text: str) -> str:
@@ -391,5 +408,5 @@ def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, l
               "![training curves](progress.png)", "",
               "Axial slices of the ADC image (cropped to the brain) with the ground truth (green) and each "
               "method's mask:", "", "![slices](slices.png)", "",
-              "## How this report was made", "", *provenance_markdown(options, options.seed), ""]
+              "## How this report was made", "", *provenance_markdown(options.record(), options.training.seed), ""]
     write_text("\n".join(lines), out / "report.md")

@@ -1,13 +1,12 @@
-"""Checkpoint files: plain ``torch.save`` dicts that load with ``weights_only=True``.
+"""What training keeps in its checkpoints beyond the weights, and the random states.
 
-A checkpoint holds ``network_weights`` (the state dict) and only plain values besides: numbers,
-strings, lists, dicts and tensors (optimizer and scheduler state, RNG states, the per-epoch
-progress). No pickled objects, so a checkpoint from anywhere can be loaded safely.
-
+The files, their names and the one loader are :mod:`hiennu.io.checkpoint`. Here:
 ``checkpoint_latest.pth`` (written after every epoch while training) holds the full state for
-``--continue``. ``checkpoint_best.pth`` and ``checkpoint_final.pth`` leave out the optimizer and
+``--continue``; ``checkpoint_best.pth`` and ``checkpoint_final.pth`` leave out the optimizer and
 scheduler state (:func:`without_training_state`), and ``checkpoint_latest.pth`` is removed once
-the final checkpoint is written (:func:`finish_checkpoints`).
+the final checkpoint is written (:func:`finish_checkpoints`). The random states of torch, numpy
+and python are captured and restored as plain values (:func:`capture_rng_state`).
+:func:`resume_source` chooses the checkpoint ``--continue`` goes on from.
 """
 
 from __future__ import annotations
@@ -21,18 +20,12 @@ import numpy as np
 import torch
 
 from hiennu.errors import HiennuError
-from hiennu.io.atomic import atomic_path
+from hiennu.io.checkpoint import BEST, FINAL, LATEST, save_checkpoint
+from hiennu.log import get_logger
 
-CHECKPOINT_FORMAT = 1
-LATEST, BEST, FINAL = "checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"
+log = get_logger(__name__)
+
 TRAINING_STATE_KEYS = ("optimizer_state", "scheduler_state")
-
-
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` atomically: a reader (or a killed run) never sees a half-written file."""
-    state = {"format": CHECKPOINT_FORMAT, **state}
-    with atomic_path(path, suffix=".pth") as tmp:
-        torch.save(state, tmp)
 
 
 def without_training_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -55,29 +48,33 @@ def finish_checkpoints(state: dict[str, Any], fold_dir: str | os.PathLike) -> No
     (fold_dir / LATEST).unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a missing or damaged file raises HiennuError."""
-    path = Path(path)
-    if not path.is_file():
-        raise HiennuError(f"{path}: checkpoint not found; train the fold first (hiennu_train) or check the "
-                          f"trainer, configuration and fold names")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for damaged or foreign files
-        raise HiennuError(f"{path}: cannot be read as a hiennu checkpoint ({first_line(e)}): it is damaged, "
-                          f"truncated or was not written by hiennu. Replace it with a good copy if you have one. "
-                          f"The other checkpoints in {path.parent} are untouched; hiennu_train --continue goes "
-                          f"on from checkpoint_latest.pth, else from a finished checkpoint_final.pth, and never "
-                          f"starts over on top of them") from None
-    if not isinstance(state, dict) or "network_weights" not in state:
-        raise HiennuError(f"{path}: not a hiennu checkpoint (no 'network_weights' entry)")
-    return state
+def resume_source(fold_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint of ``fold_dir`` to continue from (None: a new training), or refuse to touch finished work.
 
-
-def first_line(error: BaseException) -> str:
-    """``Type: first line of the message`` (torch's unpickling errors run to ten lines of advice)."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    Without ``--continue`` (``resume``) a fold holding any checkpoint is refused. With it: ``checkpoint_latest``
+    when present; else ``checkpoint_final`` (a finished training: nothing is trained or
+    overwritten, validation runs if missing); else, when ``checkpoint_best`` exists, refuse,
+    since starting over would overwrite it; else a new training.
+    """
+    latest, final, best = (fold_dir / name for name in (LATEST, FINAL, BEST))
+    present = [p.name for p in (latest, final, best) if p.is_file()]
+    if not resume:
+        if present:
+            raise HiennuError(f"{fold_dir} already holds a training ({', '.join(present)}); resume it with "
+                              f"--continue, or move the folder away to train again from scratch")
+        return None
+    if latest.is_file():
+        return latest
+    if final.is_file():
+        log.warning("--continue: no %s in %s; continuing from %s (a finished training: nothing is retrained "
+                    "or overwritten)", LATEST, fold_dir, FINAL)
+        return final
+    if best.is_file():
+        raise HiennuError(f"{fold_dir} holds {BEST} but no {LATEST} or {FINAL} to continue "
+                          f"from; continuing would start over and overwrite it. Put back {LATEST}, or move "
+                          f"the folder away to train again from scratch")
+    log.warning("--continue: no checkpoint in %s; starting a new training", fold_dir)
+    return None
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -14,7 +14,9 @@ from hiennu.log import configure, is_verbose
 from hiennu.device import best_device_type
 from hiennu.training.distributed import (DistContext, destroy_process_group, init_process_group, spawn,
                                          torchrun_context)
-from hiennu.training.trainer import TrainingOptions
+from hiennu.device import select_device
+from hiennu.training.fold_layout import check_batch_split, fold_layout
+from hiennu.training.options import TrainingOptions
 from hiennu.training.trainers import get_trainer_class
 
 
@@ -29,10 +31,13 @@ def train(options: TrainingOptions, trainer: str, trainer_module: str | None = N
     device_type = (options.device or best_device_type()).lower().split(":")[0]
     if device_type == "mps":
         raise HiennuError("--num-gpus > 1 is not supported on MPS; use --device cuda or cpu")
-    # Check everything the ranks will need (dataset, plans, split, batch split) before spawning.
-    probe = cls(options, DistContext(0, options.num_gpus, 0))
+    # Check what the ranks will need (dataset, plans, split, preprocessed cases, batch split, device) before spawning.
+    layout = fold_layout(cls.__name__, options)
+    layout.check_preprocessed_cases()
+    check_batch_split(layout.training.batch_size, options.num_gpus)
+    select_device(options.device, 0)
     spawn(_worker, options.num_gpus, (trainer, trainer_module, options, device_type, is_verbose()))
-    return probe.fold_dir
+    return layout.fold_dir
 
 
 def _worker(rank: int, world_size: int, trainer: str, trainer_module: str | None,

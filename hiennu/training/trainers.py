@@ -1,8 +1,13 @@
-"""One trainer per loss (each overrides only ``build_loss``) and trainer lookup by name.
+"""The built-in trainers, one per loss, made from the loss registry; and trainer lookup by name.
 
-Built in: TrainerDice, TrainerDiceFocal, TrainerTversky, TrainerHDT, TrainerDiceFocalHDT,
-TrainerTverskyHDT (the paper's best). A user's own trainer is a subclass of
-:class:`hiennu.training.trainer.Trainer` in a module of their own, named on the command line as
+``Trainer<NAME>`` trains with the loss ``LOSSES[TRAINER_LOSSES[NAME]]`` of :mod:`hiennu.losses`
+and changes nothing else (its ``build_loss`` builds that loss with its defaults): TrainerDice,
+TrainerDiceFocal, TrainerTversky, TrainerHDT, TrainerDiceFocalHDT, TrainerTverskyHDT (the paper's
+best). A new loss is its module in ``hiennu/losses/`` and its line in ``LOSSES``: its trainer
+``Trainer<NAME>`` follows (unless it is listed in :data:`COMPONENT_LOSSES`).
+
+A trainer that changes more than the loss is a subclass of :class:`hiennu.training.trainer.Trainer`
+written out, here or in a module of the user's own, named on the command line as
 ``--trainer-module my_module MyTrainer`` or ``my_module:MyTrainer`` (the module must be importable,
 e.g. on ``PYTHONPATH``).
 """
@@ -12,55 +17,42 @@ from __future__ import annotations
 import importlib
 
 from hiennu.errors import HiennuError
-from hiennu.losses import (DiceFocalHDTLoss, DiceFocalLoss, DiceLoss, HausdorffDTLoss, TverskyHDTLoss,
-                           TverskyLoss)
+from hiennu.losses import LOSSES
 from hiennu.training.trainer import Trainer
 
-
-class TrainerDice(Trainer):
-    """Soft Dice loss."""
-
-    def build_loss(self):
-        return DiceLoss()
+#: Losses of :data:`hiennu.losses.LOSSES` that are parts of compound losses, not trained alone.
+COMPONENT_LOSSES = ("Focal", "LogHausdorffDT")
+#: Trainer names that are not their loss's name: the paper calls the HausdorffDT trainer "HDT".
+TRAINER_NAMES = {"HausdorffDT": "HDT"}
 
 
-class TrainerDiceFocal(Trainer):
-    """Dice + focal loss (gamma 2), equal weights."""
-
-    def build_loss(self):
-        return DiceFocalLoss()
+def trainer_losses(losses: dict) -> dict[str, str]:
+    """``NAME`` of ``Trainer<NAME>`` -> loss name, for every loss of ``losses`` but :data:`COMPONENT_LOSSES`."""
+    return {TRAINER_NAMES.get(loss, loss): loss for loss in losses if loss not in COMPONENT_LOSSES}
 
 
-class TrainerTversky(Trainer):
-    """Tversky loss, alpha 0.3 (false positives), beta 0.7 (false negatives)."""
-
-    def build_loss(self):
-        return TverskyLoss()
+#: Built-in trainers: ``Trainer<NAME>`` -> the name of its loss; one per registered loss, in registry order.
+TRAINER_LOSSES = trainer_losses(LOSSES)
 
 
-class TrainerHDT(Trainer):
-    """Hausdorff distance-transform loss (Karimi et al. 2019)."""
+def loss_trainer(name: str, loss_name: str) -> type[Trainer]:
+    """A trainer class called ``name`` that trains with ``LOSSES[loss_name]`` (built with its defaults)."""
+    loss_class = LOSSES[loss_name]
 
     def build_loss(self):
-        return HausdorffDTLoss()
+        return loss_class()
+
+    summary = next(iter((loss_class.__doc__ or "").strip().splitlines()), loss_name)
+    doc = f"Trains with :class:`~hiennu.losses.{loss_class.__name__}`: {summary}"
+    return type(name, (Trainer,), {"build_loss": build_loss, "__doc__": doc, "__module__": __name__,
+                                   "__qualname__": name})
 
 
-class TrainerDiceFocalHDT(Trainer):
-    """0.9 DiceFocal + 0.1 log(HausdorffDT + 1)."""
-
-    def build_loss(self):
-        return DiceFocalHDTLoss()
-
-
-class TrainerTverskyHDT(Trainer):
-    """0.9 Tversky + 0.1 log(HausdorffDT + 1): the paper's loss."""
-
-    def build_loss(self):
-        return TverskyHDTLoss()
-
-
-BUILTIN_TRAINERS: dict[str, type[Trainer]] = {c.__name__: c for c in (
-    TrainerDice, TrainerDiceFocal, TrainerTversky, TrainerHDT, TrainerDiceFocalHDT, TrainerTverskyHDT)}
+BUILTIN_TRAINERS: dict[str, type[Trainer]] = {
+    f"Trainer{short}": loss_trainer(f"Trainer{short}", loss) for short, loss in TRAINER_LOSSES.items()}
+globals().update(BUILTIN_TRAINERS)  # importable by name: from hiennu.training.trainers import TrainerTverskyHDT
+__all__ = ["BUILTIN_TRAINERS", "COMPONENT_LOSSES", "TRAINER_LOSSES", "TRAINER_NAMES", "get_trainer_class",
+           "loss_trainer", "trainer_losses", *BUILTIN_TRAINERS]
 
 
 def get_trainer_class(name: str, module: str | None = None) -> type[Trainer]:

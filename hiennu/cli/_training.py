@@ -1,0 +1,57 @@
+"""The training flags that ``hiennu_train`` and ``hiennu_loss_study`` share: one per field of
+:class:`~hiennu.training.options.TrainingOptions`.
+
+Each flag's destination is its field's name, so ``TrainingOptions.from_args(args)`` reads them all
+back. A new training option: a field in ``TrainingOptions`` and its line below.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Collection, Mapping
+
+from hiennu.cli._common import add_alias, add_device, add_plans_name
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, exclude: Collection[str] = (),
+                           help: Mapping[str, str] | None = None) -> None:
+    """Add the flag of every ``TrainingOptions`` field but ``dataset`` and ``fold`` (each command
+    names those its own way) and those in ``exclude``; ``help`` replaces some fields' help texts."""
+    texts = dict(help or {})
+
+    def add(name: str, *flags: str, alias: str | None = None, **kwargs: Any) -> None:
+        if name in exclude:
+            return
+        kwargs["help"] = texts.pop(name, kwargs["help"])
+        parser.add_argument(*flags, dest=name, **kwargs)
+        if alias is not None:  # nnU-Net's spelling
+            add_alias(parser, alias, dest=name, **{k: v for k, v in kwargs.items() if k in ("type", "action")})
+
+    add("configuration", "-c", "--configuration", default=None,
+        help="plans configuration (default: the plans' default)")
+    if "plans_name" not in exclude:
+        add_plans_name(parser, texts.pop("plans_name", "plans identifier (-p of hiennu_plan_and_preprocess): reads "
+                                                       "NAME.json, trains into TRAINER__NAME__CONFIG"))
+    add("epochs", "--epochs", type=int, default=None, help="maximum epochs (default: the plans', 100)")
+    add("patience", "--patience", type=int, default=None,
+        help="stop after this many epochs without improvement of validation Dice (default: the plans', 10)")
+    add("batch_size", "--batch-size", type=int, default=None, help="global batch size (default: the plans', 4)")
+    add("learning_rate", "--lr", type=float, default=None, metavar="LR",
+        help="initial learning rate (default: the plans', 1e-3)")
+    add("iterations_per_epoch", "--iterations-per-epoch", type=int, default=None,
+        help="steps per epoch (default: the plans', one pass over the training cases)")
+    add("num_workers", "--num-workers", type=int, default=None,
+        help="data-augmentation worker processes (default: the plans', 2)")
+    if "device" not in exclude:
+        add_device(parser)
+    add("num_gpus", "--num-gpus", type=int, default=1, alias="-num_gpus",
+        help="data-parallel processes (DDP; NCCL on GPUs, gloo on CPU); the batch is split across them")
+    add("compile", "--compile", action="store_true", help="torch.compile the network")
+    add("resume", "--continue", action="store_true", alias="--c",
+        help="resume an interrupted run exactly where it stopped (a finished run: nothing to do)")
+    add("seed", "--seed", type=int, default=12345, help="random seed")
+    add("val_every", "--val-every", type=int, default=1, help="validate every N epochs")
+    add("final_validation", "--no-final-validation", action="store_false",
+        help="skip predicting and scoring the validation cases in native geometry at the end")
+    if texts:
+        raise ValueError(f"help given for options that were not added: {', '.join(texts)}")

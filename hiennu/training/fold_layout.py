@@ -1,0 +1,108 @@
+"""Where a fold's training reads and writes, and which cases it trains and validates on.
+
+:func:`fold_layout` answers from the plans and ``splits_final.json`` alone (it neither builds a
+network nor touches the preprocessed arrays), so the launcher and the loss study learn a fold's
+output folder and validation cases without building a trainer; the
+:class:`~hiennu.training.trainer.Trainer` starts from the same record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from hiennu.errors import HiennuError
+from hiennu.io.atomic import read_json_file
+from hiennu.paths import (model_dir_name, plans_file_name, preprocessed_data_name, preprocessed_root,
+                          resolve_dataset, results_root)
+from hiennu.plans import Configuration, Plans, TrainingPlan, load_plans
+from hiennu.training.options import TrainingOptions
+
+EARLY_STOPPING_METRICS = ("val_dice", "ema_val_dice")
+
+
+@dataclass(frozen=True)
+class FoldLayout:
+    """One fold of one trainer: its plans, effective training values, cases and folders.
+
+    training: the configuration's training plan with the options' overrides applied.
+    iterations_per_epoch: the plan's value, else one pass over the training cases.
+    """
+
+    trainer_name: str
+    options: TrainingOptions
+    dataset_name: str
+    preprocessed_dir: Path
+    plans: Plans
+    config: Configuration
+    training: TrainingPlan
+    case_dir: Path
+    train_cases: list[str]
+    val_cases: list[str]
+    model_dir: Path
+    fold_dir: Path
+    iterations_per_epoch: int
+
+    def check_preprocessed_cases(self) -> None:
+        """Raise HiennuError naming the cases of the split whose preprocessed array is missing."""
+        missing = [c for c in self.train_cases + self.val_cases if not (self.case_dir / f"{c}.npy").is_file()]
+        if missing:
+            raise HiennuError(f"{self.case_dir}: preprocessed files missing for case(s) {', '.join(missing[:5])}"
+                              f"{' ...' if len(missing) > 5 else ''}; re-run hiennu_plan_and_preprocess -d "
+                              f"{self.dataset_name} -c {self.config.name}")
+
+
+def fold_layout(trainer_name: str, options: TrainingOptions) -> FoldLayout:
+    """The :class:`FoldLayout` of ``options``' fold trained by the trainer class called ``trainer_name``."""
+    dataset_name = resolve_dataset(options.dataset)
+    preprocessed_dir = preprocessed_root() / dataset_name
+    plans = load_plans(preprocessed_dir / plans_file_name(options.plans_name))
+    if plans.plans_name != options.plans_name:  # a copied plans file: its file name is its identity
+        plans = dataclasses.replace(plans, plans_name=options.plans_name)
+    config = plans.configuration(options.configuration)
+    training = effective_training_plan(config, options)
+    train_cases, val_cases = split_cases(preprocessed_dir, dataset_name, options.fold)
+    model_dir = results_root() / dataset_name / model_dir_name(trainer_name, plans.plans_name, config.name)
+    return FoldLayout(
+        trainer_name=trainer_name, options=options, dataset_name=dataset_name, preprocessed_dir=preprocessed_dir,
+        plans=plans, config=config, training=training,
+        case_dir=preprocessed_dir / preprocessed_data_name(options.plans_name, config.name),
+        train_cases=train_cases, val_cases=val_cases, model_dir=model_dir, fold_dir=model_dir / f"fold_{options.fold}",
+        iterations_per_epoch=training.iterations_per_epoch or math.ceil(len(train_cases) / training.batch_size))
+
+
+def effective_training_plan(config: Configuration, options: TrainingOptions) -> TrainingPlan:
+    """The configuration's training plan with the options that override it (those not None)."""
+    o = options
+    overrides = {"max_epochs": o.epochs, "patience": o.patience, "batch_size": o.batch_size,
+                 "learning_rate": o.learning_rate, "iterations_per_epoch": o.iterations_per_epoch,
+                 "num_workers": o.num_workers}
+    plan = dataclasses.replace(config.training, **{k: v for k, v in overrides.items() if v is not None})
+    if plan.early_stopping_metric not in EARLY_STOPPING_METRICS:
+        raise HiennuError(f"plans: early_stopping_metric {plan.early_stopping_metric!r} is not one of "
+                          f"'val_dice', 'ema_val_dice'")
+    return plan
+
+
+def split_cases(preprocessed_dir: Path, dataset_name: str, fold: int | str) -> tuple[list[str], list[str]]:
+    """(training cases, validation cases) of ``fold`` from ``splits_final.json``; fold ``all``: every case, twice."""
+    path = preprocessed_dir / "splits_final.json"
+    splits = read_json_file(path, f"run hiennu_plan_and_preprocess -d {dataset_name} first",
+                            "delete it and re-run hiennu_plan_and_preprocess")
+    if not (isinstance(splits, list) and all(isinstance(s, dict) and "train" in s and "val" in s for s in splits)):
+        raise HiennuError(f"{path}: must be a list of {{\"train\": [...], \"val\": [...]}} entries")
+    if fold == "all":
+        cases = sorted(set(splits[0]["train"]) | set(splits[0]["val"]))
+        return cases, cases
+    if fold >= len(splits):
+        raise HiennuError(f"{path}: has {len(splits)} folds, fold {fold} does not exist")
+    return list(splits[fold]["train"]), list(splits[fold]["val"])
+
+
+def check_batch_split(batch_size: int, world_size: int) -> None:
+    """Refuse a global batch that ``world_size`` processes cannot share evenly."""
+    if batch_size % world_size:
+        raise HiennuError(f"batch size {batch_size} cannot be split evenly over {world_size} processes; "
+                          f"choose --batch-size as a multiple of --num-gpus")

@@ -1,0 +1,83 @@
+"""What the user chose for one training on top of the plans: :class:`TrainingOptions`.
+
+One field per option. The command-line flag of each field is declared once, in
+:mod:`hiennu.cli._training` (``dest`` = the field's name), and
+:meth:`TrainingOptions.from_args` fills the fields from the parsed arguments, so a new option is
+one field here plus one argument there; ``hiennu_train`` and ``hiennu_loss_study`` both take it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from hiennu.errors import HiennuError
+from hiennu.plans import PLANS_NAME
+
+NUM_FOLDS = 5
+
+
+@dataclass
+class TrainingOptions:
+    """What the user chose on top of the plans; ``None`` takes the plans' value.
+
+    fold: 0-4, or ``"all"`` (train on every case; validation then runs on the training cases and
+    the native-geometry validation is skipped). device: ``cpu``, ``cuda``, ``mps`` or None (best
+    available). num_gpus: processes for data-parallel training (``--num-gpus``; on CPU, gloo
+    processes). val_every: validate every this many epochs (and always at the last epoch).
+    plans_name: the plans identifier (``-p``): plans from ``NAME.json`` (``plans.json`` for the
+    default), model folder ``TRAINER__NAME__CONFIG``.
+    """
+
+    dataset: str
+    configuration: str | None = None
+    fold: int | str = 0
+    epochs: int | None = None
+    patience: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    iterations_per_epoch: int | None = None
+    num_workers: int | None = None
+    device: str | None = None
+    num_gpus: int = 1
+    compile: bool = False
+    resume: bool = False
+    seed: int = 12345
+    val_every: int = 1
+    final_validation: bool = True
+    plans_name: str = PLANS_NAME
+
+    def __post_init__(self) -> None:
+        self.fold = parse_fold(self.fold)
+        for name in ("epochs", "patience", "batch_size", "iterations_per_epoch"):
+            value = getattr(self, name)
+            if value is not None and (int(value) != value or value < 1):
+                raise HiennuError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise HiennuError(f"--lr must be positive, got {self.learning_rate}")
+        if self.num_gpus < 1 or self.val_every < 1:
+            raise HiennuError("--num-gpus and --val-every must be at least 1")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **values: Any) -> "TrainingOptions":
+        """The options of parsed command-line arguments: each field from the argument of its name,
+        unless given in ``values``; a field the command has no argument for keeps its default."""
+        for f in dataclasses.fields(cls):
+            if f.name not in values and hasattr(args, f.name):
+                values[f.name] = getattr(args, f.name)
+        return cls(**values)
+
+
+def parse_fold(fold: int | str) -> int | str:
+    """``0``-``4`` (int or digit string) or ``"all"``; anything else raises HiennuError."""
+    if isinstance(fold, str) and fold.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(fold)
+    except (TypeError, ValueError):
+        value = -1
+    if not 0 <= value < NUM_FOLDS:
+        raise HiennuError(f"fold must be 0-{NUM_FOLDS - 1} or 'all', got {fold!r}")
+    return value
