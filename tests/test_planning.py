@@ -243,7 +243,9 @@ def test_edited_plans_with_unknown_key_are_rejected(tmp_path):
 
 def test_patch_plan_starts_from_the_rule_only_with_a_zmap_channel():
     with_z = plan_experiment(_fingerprint(BONBID_SIZES_XYZ), plan_for="cpu").configuration()
-    assert with_z.network.rule_prior and with_z.training.learning_rate == pytest.approx(3e-4)
+    assert with_z.network.rule_prior and with_z.training.learning_rate == pytest.approx(1e-3)
+    assert with_z.network.rule_prior_scale == 10.0 and with_z.training.lr_schedule == "poly"
+    assert "10 logits per unit of z-score" in with_z.notes
     without = plan_experiment(_fingerprint(BONBID_SIZES_XYZ, names=("ADC", "T2")), plan_for="cpu").configuration()
     assert not without.network.rule_prior
     assert without.training.foreground_oversampling == pytest.approx(0.33)
