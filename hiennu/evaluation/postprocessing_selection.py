@@ -124,15 +124,6 @@ def score(cases: dict[str, CaseImages], options: list[PostProcessing]) -> np.nda
     return scores
 
 
-def score_candidates(masks: dict[str, Path], raw_dir: Path,
-                     sizes: Sequence[int] = COMPONENT_SIZES) -> tuple[list[PostProcessing], np.ndarray]:
-    """(candidates, Dice array (candidates, cases)) over the cases of ``masks`` (case id -> mask file);
-    the ADC caps come from the lesions of all these cases."""
-    cases = load_cases(masks, raw_dir)
-    options = candidates(sizes, caps_from(cases, list(cases)))
-    return options, score(cases, options)
-
-
 def nested_estimate(cases: dict[str, CaseImages], fold_of: dict[str, int],
                     sizes: Sequence[int] = COMPONENT_SIZES) -> tuple[dict[str, float], dict[int, PostProcessing]]:
     """Per-case Dice of post-processing chosen without the case's own fold, and each fold's choice.
