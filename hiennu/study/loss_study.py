@@ -329,7 +329,10 @@ def _postprocessing_markdown(records: dict[str, dict], folds: Sequence[int]) -> 
     return ("Mean per-case Dice of each post-processing candidate on the pooled cross-validation predictions "
             "(folds " + ", ".join(map(str, folds)) + "). A candidate is kept only when it raises the mean Dice "
             "over no post-processing (nnU-Net's rule); the best kept one is stored as the model folder's "
-            "postprocessing.json and applied by hiennu_predict.\n\n" + postprocessing_table(records))
+            "postprocessing.json and applied by hiennu_predict. The chosen candidate's pooled Dice flatters it (the "
+            "best of many on the same cases); the last column is the honest number: each fold's choice made on "
+            "the other folds only, then scored on it (benchmarks/postprocessing_cv.py scores it with every "
+            "metric).\n\n" + postprocessing_table(records))
 
 
 def _fold_layout(trainer_name: str, fold: int, dataset: str, opts: LossStudyOptions) -> FoldLayout:
