@@ -80,6 +80,11 @@ class NetworkPlan:
     rule_prior_mode: how the network's output ``n`` corrects the prior ``r``: ``add`` (``r + n``, free
     corrections) or ``veto`` (``r - softplus(n) + log 2``: the network can lower the rule's logits
     without bound but raise them by at most log 2, so it mostly removes what the rule over-calls).
+    rule_prior_cap: upper bound of the prior's logits (``min(k (t - z), cap)``), or None for no bound.
+    A sharp prior (large ``k``) saturates the sigmoid inside the rule (``k = 10`` puts a voxel one
+    z-score past the threshold at probability 0.99995), where a Dice loss has almost no gradient
+    for the network's veto; a cap of a few logits keeps those voxels at a probability the loss can
+    still move, while the voxels outside the rule stay sharply off.
     """
 
     in_channels: int = 2
@@ -96,6 +101,7 @@ class NetworkPlan:
     rule_prior_threshold: float = -2.0
     rule_prior_mode: str = "add"
     rule_prior_scale: float = 2.0
+    rule_prior_cap: float | None = None
 
     @property
     def downsampling_factor_zyx(self) -> tuple[int, int, int]:
@@ -272,7 +278,7 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "batch_size": (1, None, True), "max_epochs": (1, None, True), "patience": (1, None, True),
     "iterations_per_epoch": (1, None, True), "num_workers": (0, None, True),
     "learning_rate": (0, None, False), "weight_decay": (0, None, True), "lr_decay_gamma": (0, 1, False),
-    "rule_prior_scale": (0, None, False),
+    "rule_prior_scale": (0, None, False), "rule_prior_cap": (0, None, False),
     "l1_lambda": (0, None, True), "grad_clip_norm": (0, None, False), "foreground_oversampling": (0, 1, True),
     "in_channels": (1, None, True), "out_channels": (1, None, True), "kernel_size": (1, None, True),
     "min_component_voxels": (0, None, True),

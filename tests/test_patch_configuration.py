@@ -274,3 +274,31 @@ def test_rule_prior_scale_sets_the_initial_sharpness(scale):
     torch.testing.assert_close(out[0, 0, :2], torch.full((2, 8, 8), scale / 2))
     torch.testing.assert_close(out[0, 0, 2:], torch.full((2, 8, 8), -scale))
 
+
+
+def test_rule_prior_cap_bounds_the_rule_logits_and_keeps_their_gradient():
+    # min(k (t - z), cap) with k = 10, t = -2, cap = 3: z = -4 -> 3 (not 20), z = -2.1 -> 1, z = -1 -> -10
+    def net_for(cap):
+        plan = NetworkPlan(in_channels=2, features_per_stage=[4, 8], pool_kernel_sizes=[[2, 2, 2]],
+                           dropout_per_stage=[0.0, 0.0], norm="instance", rule_prior=True, rule_prior_mode="veto",
+                           rule_prior_scale=10.0, rule_prior_cap=cap)
+        return build_network(plan).eval()
+
+    x = torch.zeros(1, 2, 4, 8, 8)
+    x[:, 1, 0], x[:, 1, 1], x[:, 1, 2:] = -4.0, -2.1, -1.0
+    with torch.no_grad():
+        out = net_for(3.0)(x)[0, 0]
+    torch.testing.assert_close(out[0], torch.full((8, 8), 3.0))
+    torch.testing.assert_close(out[1], torch.full((8, 8), 1.0))
+    torch.testing.assert_close(out[2:], torch.full((2, 8, 8), -10.0))
+
+    # the probability of a voxel deep inside the rule: without the cap its sigmoid is saturated and the
+    # veto's gradient (through the head's bias) vanishes; with the cap it is the sigmoid's slope at 3
+    grads = {}
+    for cap in (None, 3.0):
+        net = net_for(cap)
+        torch.sigmoid(net(x)[0, 0, 0]).sum().backward()
+        grads[cap] = abs(float(net.heads[-1].bias.grad))
+    slope = float(torch.sigmoid(torch.tensor(3.0)) * (1 - torch.sigmoid(torch.tensor(3.0))))
+    assert grads[3.0] == pytest.approx(64 * slope * 0.5, rel=1e-4)  # 64 voxels x sigmoid' x softplus'(0)
+    assert grads[None] < grads[3.0] * 1e-6

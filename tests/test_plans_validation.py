@@ -94,6 +94,7 @@ def test_normalization_scheme_path_has_the_list_index(tmp_path):
     (f"{CFG}.training.batch_size", 0, ">= 1"),
     (f"{CFG}.augmentation.p_noise", 1.5, "<= 1"),
     (f"{CFG}.network.rule_prior_scale", 0.0, "> 0"),
+    (f"{CFG}.network.rule_prior_cap", -1.0, "> 0"),
 ])
 def test_numeric_ranges(tmp_path, path, value, words):
     with pytest.raises(PlansError, match=rf"{path}.*{words}"):

@@ -18,7 +18,9 @@ challenge's ZADC < t rule as a logit prior (``c`` the ZADC channel, on its atlas
 at zero, so the untrained network predicts exactly the rule and training learns corrections to it. In ``veto``
 mode (``plan.rule_prior_mode``) the correction ``n`` enters as ``prior - softplus(n) + log 2``
 (zero at ``n = 0``): it may lower the rule's logits without bound but raise them by at most log 2,
-so the network mostly removes what the rule over-calls.
+so the network mostly removes what the rule over-calls. ``plan.rule_prior_cap`` (when set) bounds
+the prior from above, ``min(k (t - x[:, c]), cap)``, so that the rule's voxels are not saturated
+and a Dice loss can still move them.
 """
 
 from __future__ import annotations
@@ -96,9 +98,12 @@ class UNet3D(nn.Module):
                 nn.init.zeros_(head.bias)
 
     def rule_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The prior ``k * (t - x[:, c])`` as ``(B, 1, z, y, x)`` logits."""
+        """The prior ``k * (t - x[:, c])``, at most ``rule_prior_cap`` when set, as ``(B, 1, z, y, x)`` logits."""
         c = self.plan.rule_prior_channel
-        return self.rule_scale * (self.plan.rule_prior_threshold - x[:, c:c + 1])
+        prior = self.rule_scale * (self.plan.rule_prior_threshold - x[:, c:c + 1])
+        if self.plan.rule_prior_cap is not None:
+            prior = prior.clamp(max=self.plan.rule_prior_cap)
+        return prior
 
     def _with_prior(self, out: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
         if prior is None:
