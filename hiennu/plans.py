@@ -33,6 +33,7 @@ LOSSLESS_CONFIGURATION = "3d_lossless"
 NORMALIZATION_SCHEMES = ("zscore_image", "zscore_brain", "global_zscore", "atlas_zscore", "none")
 NORM_TYPES = ("batch", "instance")
 RULE_PRIOR_MODES = ("add", "veto")
+IMAGE_INTERPOLATIONS = ("linear", "nearest")
 LR_SCHEDULES = ("exponential", "poly")
 
 
@@ -183,7 +184,10 @@ class Configuration:
 
     grid_policy: how the grid or spacing was chosen (``memory``, ``paper``, ``forced``, ``spacing``).
     planned_for: the device the network and patch were sized for (``cpu`` or ``gpu``).
-    image_interpolation: ``linear`` (trilinear). label_interpolation: how masks go to the grid
+    image_interpolation: ``linear`` (trilinear) or ``nearest`` (each grid voxel takes its nearest
+    native voxel's value; with a rule prior the ZADC < -2 rule on the grid is then exactly the
+    resampled native rule, where trilinear values between thick slices lose lesion borders).
+    label_interpolation: how masks go to the grid
     (``nearest`` or ``sdf``: linear interpolation of the signed distance, threshold at 0).
     prediction_interpolation: how probability maps go back to the native grid before the 0.5
     threshold (``linear`` or ``nearest``).
@@ -262,7 +266,7 @@ class Plans:
 # A new enumerated field is one line here; loading checks it and names the JSON path on refusal.
 ENUMERATED_FIELDS: dict[str, tuple[str, ...]] = {
     "scheme": NORMALIZATION_SCHEMES,
-    "image_interpolation": ("linear",),
+    "image_interpolation": IMAGE_INTERPOLATIONS,
     "label_interpolation": ("nearest", "sdf"),
     "prediction_interpolation": ("linear", "nearest"),
     "optimizer": ("AdamW",),

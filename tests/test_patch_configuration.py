@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -188,6 +189,29 @@ def test_prediction_has_the_input_geometry_and_reproduces_the_rule_prior():
     assert not mask[adc == 0].any()  # outside the brain box nothing survives the un-crop
     data, _, crop = preprocess_case([adc, zadc], config, spacing_zyx=geometry.spacing_zyx)
     assert crop is not None and data.shape[1:] == tuple(crop.resampled_size_zyx)
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "linear"])
+def test_nearest_interpolation_in_and_out_reproduces_the_native_rule_exactly(interpolation):
+    # thick native slices (4 mm) on a 2 mm grid: with nearest in and out an untrained rule-prior model
+    # is exactly ZADC < -2; trilinear values between the slices move the rule's borders
+    config = dataclasses.replace(_patch_config(), image_interpolation=interpolation,
+                                 prediction_interpolation=interpolation)
+    plans = Plans(dataset_name="Dataset001_X", channel_names=["ADC", "ZADC"], configurations={config.name: config})
+    predictor = Predictor(plans, config, None, {"0": build_network(config.network).state_dict()}, device="cpu",
+                          use_mirroring=False)
+    rng = np.random.default_rng(5)
+    shape = (8, 20, 18)
+    geometry = Geometry(tuple(reversed(shape)), (1.5, 1.5, 4.0), (0.0, 0.0, 0.0), OBLIQUE)
+    adc = np.zeros(shape, np.float32)
+    adc[1:7, 2:18, 2:16] = 1200
+    zadc = np.where(adc > 0, rng.normal(-1.0, 1.5, shape), 0).astype(np.float32)
+    mask, _ = predictor.predict_case([adc, zadc], geometry)
+    rule = ((zadc < -2) & (adc > 0)).astype(np.uint8)
+    if interpolation == "nearest":
+        np.testing.assert_array_equal(mask, rule)
+    else:
+        assert (mask != rule).any()
 
 
 def test_predicted_file_keeps_exact_geometry(tmp_path):

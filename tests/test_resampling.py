@@ -80,3 +80,21 @@ def test_constant_probabilities_stay_constant():
 def test_bad_size_raises():
     with pytest.raises(ValueError, match="three positive"):
         resample_image_to_grid(np.zeros((2, 2, 2)), (0, 2, 2))
+
+
+def test_nearest_image_resampling_copies_the_nearest_voxel_and_commutes_with_a_threshold():
+    a = np.zeros((1, 1, 2), np.float32)
+    a[..., 1] = 1.0
+    np.testing.assert_array_equal(resample_image_to_grid(a, (1, 1, 4), "nearest")[0, 0], [0.0, 0.0, 1.0, 1.0])
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 1.5, (5, 9, 8)).astype(np.float32)
+    grid = resample_image_to_grid(z, (10, 11, 10), "nearest")
+    assert set(np.unique(grid)) <= set(np.unique(z))  # no value invented between slices
+    np.testing.assert_array_equal(grid < -2, resample_label_to_grid(z < -2, (10, 11, 10), "nearest") > 0)
+    # trilinear values between thick slices do not commute with the threshold
+    assert ((resample_image_to_grid(z, (10, 11, 10)) < -2) != (grid < -2)).any()
+
+
+def test_unknown_image_interpolation_is_refused():
+    with pytest.raises(ValueError, match="image interpolation 'cubic'"):
+        resample_image_to_grid(np.zeros((2, 2, 2)), (4, 4, 4), "cubic")

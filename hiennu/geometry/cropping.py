@@ -73,18 +73,19 @@ def resampled_size(box_size_zyx: Sequence[int], spacing_zyx: Sequence[float],
 
 
 def crop_and_resample(images: np.ndarray, spacing_zyx: Sequence[float], target_spacing_zyx: Sequence[float],
-                      crop: bool = True) -> tuple[np.ndarray, CropRecord]:
+                      crop: bool = True, interpolation: str = "linear") -> tuple[np.ndarray, CropRecord]:
     """Crop ``images`` (C, z, y, x; channel 0 is ADC) to the brain box and resample to the target spacing.
 
-    Returns float32 ``(C, z', y', x')`` (trilinear) and the :class:`CropRecord`. ``crop=False``
-    keeps the whole volume (the box is the full extent).
+    Returns float32 ``(C, z', y', x')`` (``interpolation``: ``linear`` or ``nearest``, see
+    :func:`~hiennu.geometry.resampling.resample_image_to_grid`) and the :class:`CropRecord`.
+    ``crop=False`` keeps the whole volume (the box is the full extent).
     """
     images = np.asarray(images, dtype=np.float32)
     native = [int(n) for n in images.shape[1:]]
     bbox = brain_bbox(images[0]) if crop else [[0, n] for n in native]
     box = crop_to_bbox(images, [[0, images.shape[0]]] + bbox)
     size = resampled_size(box.shape[1:], spacing_zyx, target_spacing_zyx)
-    out = resample_image_to_grid(box, size)
+    out = resample_image_to_grid(box, size, interpolation)
     return out, CropRecord(native, bbox, list(size))
 
 

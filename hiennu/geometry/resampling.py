@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 LABEL_MODES = ("nearest", "sdf")
+IMAGE_MODES = ("linear", "nearest")
 
 
 def _to_tensor(array: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -56,10 +57,18 @@ def _interpolate(t: torch.Tensor, size_zyx: tuple[int, int, int], mode: str) -> 
     return out.reshape(tuple(lead) + size_zyx)
 
 
-def resample_image_to_grid(array: np.ndarray | torch.Tensor, size_zyx: Sequence[int]) -> np.ndarray | torch.Tensor:
-    """Trilinear resampling of an image ``(z, y, x)`` or ``(C, z, y, x)`` to ``size_zyx``; float32 out."""
+def resample_image_to_grid(array: np.ndarray | torch.Tensor, size_zyx: Sequence[int],
+                           mode: str = "linear") -> np.ndarray | torch.Tensor:
+    """Resampling of an image ``(z, y, x)`` or ``(C, z, y, x)`` to ``size_zyx``; float32 out.
+
+    ``mode``: ``linear`` (trilinear) or ``nearest`` (``nearest-exact``: every grid voxel takes the
+    value of the native voxel whose centre is nearest, so a threshold of the resampled map is the
+    resampled threshold mask, and no value is invented between slices).
+    """
+    if mode not in IMAGE_MODES:
+        raise ValueError(f"unknown image interpolation {mode!r}; choose one of {', '.join(IMAGE_MODES)}")
     t, was_numpy = _to_tensor(array)
-    out = _interpolate(t.to(torch.float32), _check_size(size_zyx), "linear")
+    out = _interpolate(t.to(torch.float32), _check_size(size_zyx), mode)
     return out.numpy() if was_numpy else out
 
 

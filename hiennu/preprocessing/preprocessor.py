@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_to_bbox
 
-from hiennu.errors import HiennuError
 from hiennu.geometry.cropping import CropRecord, crop_and_resample, crop_and_resample_label
 from hiennu.geometry.resampling import resample_image_to_grid, resample_label_to_grid
 from hiennu.io.atomic import read_json, write_json, write_npy
@@ -64,9 +63,6 @@ def _check_inputs(images: list[np.ndarray], config: Configuration, label: np.nda
         raise ValueError(f"channels must be (z, y, x) arrays of one shape, got {sorted(shapes)}")
     if label is not None and tuple(np.shape(label)) != next(iter(shapes)):
         raise ValueError(f"label shape {np.shape(label)} differs from image shape {next(iter(shapes))}")
-    if config.image_interpolation != "linear":
-        raise HiennuError(f"plans: configuration {config.name}: image_interpolation "
-                          f"{config.image_interpolation!r} is not supported; use 'linear'")
 
 
 def preprocess_case(images: list[np.ndarray], config: Configuration, label: np.ndarray | None = None,
@@ -86,11 +82,12 @@ def preprocess_case(images: list[np.ndarray], config: Configuration, label: np.n
     if config.is_patch_based:
         if spacing_zyx is None:
             raise ValueError(f"configuration {config.name} resamples to a target spacing: pass the case's spacing_zyx")
-        grid, record = crop_and_resample(stacked, spacing_zyx, config.target_spacing_zyx, config.crop_to_brain)
+        grid, record = crop_and_resample(stacked, spacing_zyx, config.target_spacing_zyx, config.crop_to_brain,
+                                         config.image_interpolation)
         brain = brain_mask_on_grid(crop_to_bbox(stacked[0], record.bbox_zyx), grid.shape[1:])
     else:
         size = config.target_size_zyx
-        grid = resample_image_to_grid(stacked, size)
+        grid = resample_image_to_grid(stacked, size, config.image_interpolation)
         brain = brain_mask_on_grid(images[0], size)
     data = np.stack([normalize_channel(grid[c], brain, norm) for c, norm in enumerate(config.normalization)])
     seg = None
