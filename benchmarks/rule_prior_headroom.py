@@ -7,8 +7,10 @@ configuration's *training grid* (brain crop, resampled spacing), where the loss 
 
 1. For every case of the dataset, the rule against the reference on the preprocessed grid and in
    native geometry: voxels of the reference, of the rule, the rule's false positives (FP) and false
-   negatives (FN), and the Dice of the rule. On a coarser grid the z-map is interpolated linearly
-   and so smoothed, small lesions lose their most negative voxels, and FN grows.
+   negatives (FN), and the Dice of the rule; and the untrained prior model's prediction (the rule
+   on the grid, back to native geometry with the plans' ``prediction_interpolation``) against the
+   reference. Trilinear values between thick native slices smooth the z-map, lesion borders fall
+   above the threshold, and FN grows on the grid; ``image_interpolation: nearest`` avoids that.
 2. On ``--batches`` training batches as the trainer samples them (augmented patches), the training
    loss of the rule prior, of the best a veto can do (every FP set to -20 logits, every FN raised by
    the veto's log 2), and of the reference itself (+-20 logits).
@@ -31,6 +33,7 @@ import time
 import numpy as np
 import torch
 
+from hiennu.geometry.cropping import CropRecord, restore_to_native
 from hiennu.inference.postprocessing import rule_mask
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
@@ -49,16 +52,22 @@ def counts(rule: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def grid_and_native(trainer, raw_dir, ending: str, zadc_channel: int, adc_channel: int,
-                    threshold: float) -> list[tuple[str, dict, dict]]:
-    """(case, counts on the preprocessed grid, counts in native geometry) for every case of the fold's split."""
+                    threshold: float) -> list[tuple[str, dict, dict, dict]]:
+    """(case, counts on the preprocessed grid, counts in native geometry, counts of the untrained prior
+    model's prediction back in native geometry) for every case of the fold's split."""
     rows = []
+    net = trainer.network.eval()
     for case in sorted(trainer.train_cases + trainer.val_cases):
-        data, seg, _ = load_preprocessed_case(trainer.case_dir, case)
+        data, seg, props = load_preprocessed_case(trainer.case_dir, case)
         grid = counts(np.asarray(data[zadc_channel]) < threshold, np.asarray(seg[0]) > 0)
         zadc, _ = read_image(raw_dir / "imagesTr" / f"{case}_{zadc_channel:04d}{ending}", dtype=np.float32)
         adc, _ = read_image(raw_dir / "imagesTr" / f"{case}_{adc_channel:04d}{ending}", dtype=np.float32)
         ref, _ = read_image(raw_dir / "labelsTr" / f"{case}{ending}", dtype=np.uint8)
-        rows.append((case, grid, counts(rule_mask(zadc, adc, threshold), ref > 0)))
+        with torch.no_grad():
+            prob = torch.sigmoid(net.rule_logits(torch.from_numpy(np.array(data))[None]))[0, 0].numpy()
+        back = restore_to_native(prob, CropRecord.from_dict(props["crop"]), trainer.config.prediction_interpolation)
+        prior = back >= 0.5  # as the predictor thresholds it (no brain mask inside the box)
+        rows.append((case, grid, counts(rule_mask(zadc, adc, threshold), ref > 0), counts(prior, ref > 0)))
     return rows
 
 
@@ -114,7 +123,7 @@ def main() -> None:
           f"(configuration {args.configuration or 'of the plans'}: training grid vs native geometry)\n")
     print("| geometry | reference voxels | rule voxels | FP | FN | FN / reference | mean Dice of the rule |")
     print("|---|---|---|---|---|---|---|")
-    for k, name in ((1, "training grid"), (2, "native")):
+    for k, name in ((1, "training grid"), (2, "native"), (3, "untrained prior model, back to native")):
         ref, rule = sum(r[k]["ref"] for r in rows), sum(r[k]["rule"] for r in rows)
         fp, fn = sum(r[k]["fp"] for r in rows), sum(r[k]["fn"] for r in rows)
         print(f"| {name} | {ref} | {rule} | {fp} | {fn} | {fn / max(ref, 1):.3f} | "
