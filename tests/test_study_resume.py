@@ -51,6 +51,7 @@ def test_a_matching_finished_fold_is_reused(finished_fold):
     (dict(batch_size=2), "training.batch_size: trained with 4, requested 2"),
     (dict(patience=3), "training.patience: trained with 10, requested 3"),
     (dict(seed=8), "seed: trained with 7, requested 8"),
+    (dict(cpu_bf16=True), "training.cpu_bf16: trained with false, requested true"),
 ])
 def test_a_mismatched_finished_fold_is_refused_naming_the_field(finished_fold, change, field):
     opts = _study_options(**change)
@@ -58,6 +59,16 @@ def test_a_mismatched_finished_fold_is_refused_naming_the_field(finished_fold, c
         train_fold("TrainerDice", 0, "Tiny", opts)
     assert field in str(err.value) and "--retrain-mismatched" in str(err.value)
     assert (finished_fold / ckpt.FINAL).is_file()  # nothing moved or overwritten
+
+
+def test_a_record_from_before_a_training_field_existed_matches_that_fields_default(finished_fold):
+    debug_file = finished_fold / "debug.json"
+    debug = json.loads(debug_file.read_text())
+    del debug["effective_training_plan"]["cpu_bf16"]  # as folds trained before the field was added
+    debug_file.write_text(json.dumps(debug))
+    assert not train_fold("TrainerDice", 0, "Tiny", _study_options()).trained_now
+    with pytest.raises(HiennuError, match="training.cpu_bf16: trained with false, requested true"):
+        train_fold("TrainerDice", 0, "Tiny", _study_options(cpu_bf16=True))
 
 
 def test_plans_trainer_and_version_changes_are_named(finished_fold, hiennu_roots, monkeypatch):

@@ -32,16 +32,18 @@ class FoldEnsemble:
 
     networks: one module per fold (moved to ``device`` and put in eval mode here);
     mirror_axes: spatial axes to mirror over (empty or None: no test-time augmentation).
+    cpu_bf16: bfloat16 autocast on a CPU too (:func:`hiennu.device.autocast`).
     """
 
     def __init__(self, networks: Sequence[nn.Module], device: torch.device | str = "cpu",
-                 mirror_axes: Sequence[int] | None = None):
+                 mirror_axes: Sequence[int] | None = None, cpu_bf16: bool = False):
         if not networks:
             raise ValueError("an ensemble needs at least one network")
         self.device = torch.device(device)
         self.memory_format = memory_format(self.device)
         self.networks = [n.to(self.device, memory_format=self.memory_format).eval() for n in networks]
         self.flips = mirror_combinations(mirror_axes or ())
+        self.cpu_bf16 = bool(cpu_bf16)
 
     @property
     def passes_per_case(self) -> int:
@@ -62,7 +64,7 @@ class FoldEnsemble:
             for flip in self.flips:
                 dims = [d + 2 for d in flip]
                 xin = torch.flip(x, dims) if dims else x
-                with autocast(self.device):
+                with autocast(self.device, self.cpu_bf16):
                     logits = net(xin)
                 if isinstance(logits, (list, tuple)):
                     logits = logits[0]

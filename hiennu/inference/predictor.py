@@ -90,14 +90,15 @@ class Predictor(CasePredictor):
     use_mirroring: mirroring TTA; batch_size: cases per forward pass (None: 4 on CUDA, 1 else);
     min_component_voxels: None takes the larger of the configuration's value and ``postprocessing``'s;
     a number replaces both. postprocessing: the cross-validated choice (``postprocessing.json``;
-    None: only the component removal above).
+    None: only the component removal above). cpu_bf16: bfloat16 autocast on a CPU too (faster on
+    CPUs with native bf16; :mod:`hiennu.device`).
     """
 
     def __init__(self, plans: Plans, configuration: Configuration, dataset: DatasetJson | None,
                  fold_weights: dict[str, dict[str, torch.Tensor]], device: str | torch.device | None = None,
                  use_mirroring: bool = True, batch_size: int | None = None,
                  min_component_voxels: int | None = None, name: str = "model",
-                 postprocessing: PostProcessing | None = None):
+                 postprocessing: PostProcessing | None = None, cpu_bf16: bool = False):
         if not fold_weights:
             raise HiennuError(f"{name}: no fold weights to predict with")
         self.plans, self.configuration, self.name = plans, configuration, name
@@ -118,7 +119,8 @@ class Predictor(CasePredictor):
                                   f"{str(e).splitlines()[0]}; were the plans edited after training?") from None
             networks.append(net)
         self.use_mirroring = use_mirroring
-        self.ensemble = FoldEnsemble(networks, self.device, tta_mirror_axes(configuration) if use_mirroring else ())
+        self.ensemble = FoldEnsemble(networks, self.device, tta_mirror_axes(configuration) if use_mirroring else (),
+                                     cpu_bf16=cpu_bf16)
         self.batch_size = int(batch_size) if batch_size else (4 if self.device.type == "cuda" else 1)
         post = postprocessing or PostProcessing()
         if min_component_voxels is None:
@@ -273,7 +275,7 @@ def build_predictor(model: str | Path | None = None, dataset: str | int | None =
                     configuration: str | None = None, folds: Sequence[int | str] | None = None,
                     checkpoint: str = DEFAULT_CHECKPOINT, device: str | None = None, use_mirroring: bool = True,
                     baseline: str | None = None, min_component_voxels: int | None = None,
-                    batch_size: int | None = None, plans_name: str = PLANS_NAME) -> CasePredictor:
+                    batch_size: int | None = None, plans_name: str = PLANS_NAME, cpu_bf16: bool = False) -> CasePredictor:
     """The predictor that ``hiennu_predict``'s options name.
 
     ``baseline`` (``zadc``) needs no model; otherwise the model is ``model`` (folder or zip),
@@ -286,7 +288,7 @@ def build_predictor(model: str | Path | None = None, dataset: str | int | None =
         return make_baseline(baseline, min_component_voxels or 0)
     path = resolve_model(model, dataset, trainer, configuration, plans_name)
     kwargs = dict(device=device, use_mirroring=use_mirroring, min_component_voxels=min_component_voxels,
-                  batch_size=batch_size)
+                  batch_size=batch_size, cpu_bf16=cpu_bf16)
     if path.is_file():
         return Predictor.from_zip(path, folds, **kwargs)
     return Predictor.from_model_dir(path, folds, checkpoint, **kwargs)

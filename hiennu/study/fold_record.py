@@ -29,10 +29,12 @@ import hiennu
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json
 from hiennu.io.checkpoint import FINAL, load_checkpoint
-from hiennu.plans import INFORMATIVE_FIELDS, TRAINING_ONLY_FIELDS, configuration_differences
+from hiennu.plans import INFORMATIVE_FIELDS, TRAINING_ONLY_FIELDS, TrainingPlan, configuration_differences
 
 DEBUG_FILE = "debug.json"
 NOT_RESULT_CHANGING = ("num_workers",)
+# what a record written before a training field existed was trained with: that field's default
+TRAINING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainingPlan) if f.default is not dataclasses.MISSING}
 
 
 def requested_record(trainer: Any) -> dict[str, Any]:
@@ -80,7 +82,7 @@ def recorded_differences(fold_dir: Path, trainer: Any) -> list[str]:
         diffs += [f"configuration.{d}".replace(", now ", ", requested ")
                   for d in configuration_differences(recorded_config, trainer.config,
                                                      ignore=INFORMATIVE_FIELDS + TRAINING_ONLY_FIELDS)]
-    recorded_training = debug.get("effective_training_plan") or {}
+    recorded_training = {**TRAINING_DEFAULTS, **(debug.get("effective_training_plan") or {})}
     for key, value in want["training"].items():
         if recorded_training.get(key) != value:
             diffs.append(f"training.{key}: trained with {_show(recorded_training.get(key))}, requested {_show(value)}")

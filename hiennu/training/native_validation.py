@@ -23,7 +23,7 @@ log = get_logger(__name__)
 
 
 def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str], dataset_name: str,
-                                 device: torch.device, batch_size: int | None = None) -> dict | None:
+                                 device: torch.device, batch_size: int | None = None, cpu_bf16: bool = False) -> dict | None:
     """Predict the fold's validation cases from their raw images with the fold's best checkpoint,
     as ``hiennu_predict`` does (:meth:`~hiennu.inference.predictor.Predictor.predict_folder`, without
     post-processing: these are the predictions it is chosen on), in each case's native geometry,
@@ -31,6 +31,7 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
     challenge metrics (``validation/summary.json`` + per-case CSV).
 
     batch_size: cases (or sliding windows) per forward pass (None: the predictor's default).
+    cpu_bf16: bfloat16 autocast on a CPU, as the fold was trained (the plans' ``training.cpu_bf16``).
     Returns the evaluation summary, or None (with a warning) when the raw dataset is not there.
     """
     raw_dir = raw_root() / dataset_name
@@ -41,7 +42,7 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
         return None
     out_dir = model_dir / f"fold_{fold}" / "validation"
     predictor = Predictor.from_model_dir(model_dir, folds=[fold], checkpoint=BEST, device=device,
-                                         use_postprocessing=False, batch_size=batch_size)
+                                         use_postprocessing=False, batch_size=batch_size, cpu_bf16=cpu_bf16)
     report = predictor.predict_folder(raw_dir / "imagesTr", out_dir, case_ids=case_ids)
     if not report.ok:
         raise HiennuError(f"final validation: the validation cases could not all be predicted ({report.summary()})")

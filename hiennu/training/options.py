@@ -48,6 +48,7 @@ class TrainingOptions:
     val_every: int = 1
     final_validation: bool = True
     plans_name: str = PLANS_NAME
+    cpu_bf16: bool | None = None
 
     def __post_init__(self) -> None:
         self.fold = parse_fold(self.fold)

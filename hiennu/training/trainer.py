@@ -278,7 +278,7 @@ class Trainer(abc.ABC):
         data = data.to(self.device, non_blocking=True).contiguous(memory_format=memory_format(self.device))
         target = target.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device):
+        with autocast(self.device, self.training.cpu_bf16):
             output = self.model(data)
         loss = self.compute_loss(output, target)
         loss.backward()
@@ -366,7 +366,7 @@ class Trainer(abc.ABC):
         fmt = memory_format(self.device)
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
-            with autocast(self.device):
+            with autocast(self.device, self.training.cpu_bf16):
                 out = self.network(batch.contiguous(memory_format=fmt))
             return out.float()[:, 0]
 
@@ -539,7 +539,8 @@ class Trainer(abc.ABC):
             return
         # a whole-volume configuration: one case per forward pass, as the network saw them in training
         summary = predict_and_score_validation(self.model_dir, self.options.fold, self.val_cases, self.dataset_name,
-                                               self.device, batch_size=None if self.config.is_patch_based else 1)
+                                               self.device, batch_size=None if self.config.is_patch_based else 1,
+                                               cpu_bf16=self.training.cpu_bf16)
         if summary is not None:
             m = summary["metrics"]
             log.info("validation in native geometry (%d cases, %s): Dice %.4f, MASD %.3f mm, NSD %.4f",

@@ -1,0 +1,57 @@
+"""bfloat16 autocast on the CPU: opt-in (plans' training.cpu_bf16, --cpu-bf16), float32 otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from hiennu.device import autocast
+from hiennu.inference.ensemble import FoldEnsemble
+from hiennu.networks.unet import build_network
+from hiennu.plans import NetworkPlan
+from hiennu.training.fold_layout import effective_training_plan
+from hiennu.training.options import TrainingOptions
+from helpers import DATASET, make_tiny_dataset, options
+
+CPU = torch.device("cpu")
+
+
+def test_cpu_autocast_is_float32_unless_asked():
+    conv, x = nn.Conv3d(1, 2, 3, padding=1), torch.randn(1, 1, 4, 4, 4)
+    with autocast(CPU):
+        assert conv(x).dtype == torch.float32
+    with autocast(CPU, cpu_bf16=True):
+        assert conv(x).dtype == torch.bfloat16
+
+
+def test_ensemble_with_cpu_bf16_gives_float32_probabilities_close_to_float32():
+    plan = NetworkPlan(in_channels=2, features_per_stage=[4, 8], pool_kernel_sizes=[[2, 2, 2]],
+                       dropout_per_stage=[0.0, 0.0], norm="instance")
+    torch.manual_seed(0)
+    net = build_network(plan)
+    x = torch.randn(1, 2, 8, 16, 16)
+    p32 = FoldEnsemble([net]).predict_probabilities(x)
+    p16 = FoldEnsemble([net], cpu_bf16=True).predict_probabilities(x)
+    assert p16.dtype == torch.float32 and p16.shape == p32.shape
+    assert float((p16 - p32).abs().max()) < 0.05  # bf16 keeps about 3 significant digits
+    assert not torch.equal(p16, p32)  # the flag did take effect
+
+
+def test_the_option_overrides_the_plans_and_none_keeps_them(hiennu_roots):
+    from hiennu.training.fold_layout import fold_layout
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
+    layout = fold_layout("TrainerDice", options())
+    assert layout.training.cpu_bf16 is False
+    assert effective_training_plan(layout.config, TrainingOptions(dataset=DATASET, cpu_bf16=True)).cpu_bf16 is True
+
+
+def test_training_with_cpu_bf16_runs_and_records_it(hiennu_roots):
+    import json
+    from hiennu.training.launch import train
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
+    folder = train(options(epochs=1, iterations_per_epoch=2, cpu_bf16=True), "TrainerDice")
+    debug = json.loads((folder / "debug.json").read_text())
+    assert debug["effective_training_plan"]["cpu_bf16"] is True
+    progress = json.loads((folder / "progress.json").read_text())
+    assert len(progress["train_loss"]) == 1 and np.isfinite(progress["train_loss"][0])
