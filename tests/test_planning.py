@@ -250,3 +250,14 @@ def test_patch_plan_starts_from_the_rule_only_with_a_zmap_channel():
     assert not without.network.rule_prior
     assert without.training.foreground_oversampling == pytest.approx(0.33)
     assert "no z-map channel" in without.notes
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_plans_train_in_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, native):
+    import hiennu.planning.planner as planner
+    monkeypatch.setattr(planner, "cpu_has_native_bf16", lambda: native)
+    cpu = plan_experiment(_fingerprint(BONBID_SIZES_XYZ), plan_for="cpu").configuration()
+    assert cpu.training.cpu_bf16 is native
+    assert ("bfloat16 autocast on this CPU" in cpu.notes) is native
+    gpu = plan_experiment(_fingerprint(BONBID_SIZES_XYZ), plan_for="gpu").configuration()
+    assert gpu.training.cpu_bf16 is False and "bfloat16 autocast on CUDA" in gpu.notes
