@@ -10,7 +10,7 @@
   (:func:`memory_format`); everywhere else in float32, contiguous (CPU runs stay deterministic), unless
   bfloat16 autocast is asked for on the CPU (``cpu_bf16``: the plans' ``training.cpu_bf16`` for
   training, ``hiennu_predict --cpu-bf16``). On a CPU with native bf16 (AVX512-BF16 or AMX) that is
-  2.5x faster per training step of the CPU ``3d_fullres`` network (benchmarks.md); results are no
+  2.6x faster per training step of the CPU ``3d_fullres`` network (benchmarks.md); results are no
   longer bit-identical to float32.
 - Global switches for training (:func:`configure_device`): cuDNN autotuning and TF32 on CUDA.
 
