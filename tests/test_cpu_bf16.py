@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 from torch import nn
@@ -10,7 +12,7 @@ from hiennu.device import autocast
 from hiennu.inference.ensemble import FoldEnsemble
 from hiennu.networks.unet import build_network
 from hiennu.plans import NetworkPlan
-from hiennu.training.fold_layout import effective_training_plan
+from hiennu.training.fold_layout import effective_training_plan, fold_layout
 from hiennu.training.options import TrainingOptions
 from helpers import DATASET, make_tiny_dataset, options
 
@@ -39,7 +41,6 @@ def test_ensemble_with_cpu_bf16_gives_float32_probabilities_close_to_float32():
 
 
 def test_the_option_overrides_the_plans_and_none_keeps_them(hiennu_roots):
-    from hiennu.training.fold_layout import fold_layout
     make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
     layout = fold_layout("TrainerDice", options())
     assert layout.training.cpu_bf16 is False
@@ -47,7 +48,6 @@ def test_the_option_overrides_the_plans_and_none_keeps_them(hiennu_roots):
 
 
 def test_training_with_cpu_bf16_runs_and_records_it(hiennu_roots):
-    import json
     from hiennu.training.launch import train
     make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
     folder = train(options(epochs=1, iterations_per_epoch=2, cpu_bf16=True), "TrainerDice")

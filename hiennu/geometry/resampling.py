@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from hiennu.plans import IMAGE_INTERPOLATIONS
+
 LABEL_MODES = ("nearest", "sdf")
-IMAGE_MODES = ("linear", "nearest")
 
 
 def _to_tensor(array: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -65,8 +66,8 @@ def resample_image_to_grid(array: np.ndarray | torch.Tensor, size_zyx: Sequence[
     value of the native voxel whose centre is nearest, so a threshold of the resampled map is the
     resampled threshold mask, and no value is invented between slices).
     """
-    if mode not in IMAGE_MODES:
-        raise ValueError(f"unknown image interpolation {mode!r}; choose one of {', '.join(IMAGE_MODES)}")
+    if mode not in IMAGE_INTERPOLATIONS:
+        raise ValueError(f"unknown image interpolation {mode!r}; choose one of {', '.join(IMAGE_INTERPOLATIONS)}")
     t, was_numpy = _to_tensor(array)
     out = _interpolate(t.to(torch.float32), _check_size(size_zyx), mode)
     return out.numpy() if was_numpy else out
