@@ -75,10 +75,33 @@ def test_install_and_default(tmp_path, hiennu_roots):
     assert target == root / MODEL
     assert (target / "plans.json").is_file() and (target / "fold_1" / "checkpoint_best.pth").is_file()
     assert read_default_model() == target
+    other = export_model_zip(make_model_dir(tmp_path / "other", seed=7), tmp_path / "other.zip")
+    with pytest.raises(HiennuError, match="already exists.*--overwrite"):
+        install_model_zip(other)
+    assert torch.equal(_weights(target / "fold_0" / "checkpoint_best.pth")["encoder.0.0.weight"],
+                       load_model_zip(out).weights["0"]["encoder.0.0.weight"])  # the refused install wrote nothing
+    assert install_model_zip(other, overwrite=True) == target
+    assert all(torch.equal(v, load_model_zip(other).weights["1"][k])
+               for k, v in _weights(target / "fold_1" / "checkpoint_best.pth").items())
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no staging or backup left behind
+
+
+def test_install_over_the_folder_it_was_exported_from_keeps_its_history(tmp_path, hiennu_roots):
+    """export then install --default on the training machine: the README's sequence. The training folder
+    already holds the model, so it is kept as it is (progress, validation, the optimizer state) and made
+    the default; a folder whose plans or weights differ is still refused without --overwrite."""
+    model_dir = make_model_dir(hiennu_roots["hiennu_results"])
+    (model_dir / "fold_0" / "validation").mkdir()
+    (model_dir / "fold_0" / "progress.json").write_text("{}")
+    out = export_model_zip(model_dir, tmp_path / "m.zip")
+    assert install_model_zip(out, make_default=True) == model_dir
+    assert read_default_model() == model_dir
+    assert (model_dir / "fold_0" / "validation").is_dir() and (model_dir / "fold_0" / "progress.json").is_file()
+    assert "optimizer_state" in torch.load(model_dir / "fold_0" / "checkpoint_best.pth", weights_only=True)
+    (model_dir / "plans.json").write_text((model_dir / "plans.json").read_text().replace("TrainerTest", "Changed")
+                                          + " ")
     with pytest.raises(HiennuError, match="already exists.*--overwrite"):
         install_model_zip(out)
-    assert install_model_zip(out, overwrite=True) == target
-    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no staging or backup left behind
 
 
 # ------------------------------------------------------------------------------------------ attacks

@@ -317,19 +317,52 @@ def check_dataset_id_free(dataset_folder: str, roots: Sequence[Path], source: st
                           f"hiennu_raw, hiennu_preprocessed), or rename one of them so each number names one dataset")
 
 
+def holds_model(folder: Path, contents: ModelZipContents, loaded: LoadedModel) -> bool:
+    """Whether ``folder`` already holds the zip's model: byte-identical ``plans.json``,
+    ``dataset.json`` and ``postprocessing.json`` (present in both or in neither), and for every fold
+    a checkpoint whose network weights equal the zip's in float32 (training checkpoints carry more
+    than an exported one, so the files themselves differ). A checkpoint that cannot be read safely
+    counts as different."""
+    with zipfile.ZipFile(contents.path) as zf:
+        for name in ("plans.json", "dataset.json", POSTPROCESSING_FILE):
+            member, local = contents.member(name), folder / name
+            if (member in contents.files) != local.is_file():
+                return False
+            if local.is_file() and local.read_bytes() != zf.read(member):
+                return False
+    for fold, weights in loaded.weights.items():
+        try:
+            local = _float32(load_checkpoint(folder / f"fold_{fold}" / contents.checkpoint)["network_weights"])
+        except HiennuError:
+            return False
+        if local.keys() != weights.keys() or not all(torch.equal(local[k], weights[k]) for k in weights):
+            return False
+    return True
+
+
 def install_model_zip(path: str | Path, root: str | Path | None = None, overwrite: bool = False,
                       make_default: bool = False) -> Path:
     """Verify ``path``, check every checkpoint loads as plain weights, and extract it under the results root.
 
     The model lands in ``ROOT/DatasetNNN_Name/TRAINER__PLANS__CONFIG`` (moved into place in one
-    rename). An existing model folder of that name is only replaced with ``overwrite=True``.
-    ``make_default`` records it in ``ROOT/default_model.json``. Returns the installed folder.
+    rename). An existing model folder of that name is only replaced with ``overwrite=True``, except
+    when it already holds this model (:func:`holds_model`, for example the training folder the zip was
+    exported from): then nothing is copied or removed, so its training history (progress, validation,
+    other checkpoints) stays. ``make_default`` records it in ``ROOT/default_model.json``. Returns the
+    installed folder.
     """
     root = Path(root) if root is not None else results_root()
     contents = verify_model_zip(path)
-    load_model_zip(path)  # every checkpoint must load with weights_only=True before anything is written
+    loaded = load_model_zip(path)  # every checkpoint must load with weights_only=True before anything is written
     target = root / contents.model
     check_dataset_id_free(contents.model.split("/")[0], [root, raw_root(), preprocessed_root()], path)
+    if target.exists() and holds_model(target, contents, loaded):
+        logger.info("%s already holds this model (same plans, dataset.json, post-processing and weights of "
+                    "folds %s); nothing copied", target, ", ".join(contents.folds))
+        if make_default:
+            set_default_model(target, root)
+            logger.info("%s is now the default model", contents.model)
+        return target
     if target.exists() and not overwrite:
         raise HiennuError(f"{target} already exists; pass --overwrite to replace it with the model in {path}")
     target.parent.mkdir(parents=True, exist_ok=True)
