@@ -86,11 +86,6 @@ class NetworkPlan:
     z-score past the threshold at probability 0.99995), where a Dice loss has almost no gradient
     for the network's veto; a cap of a few logits keeps those voxels at a probability the loss can
     still move, while the voxels outside the rule stay sharply off.
-    rule_prior_veto_scale: ``s`` in the veto ``r - max(s (softplus(n) - log 2), -log 2)``: lowering
-    is ``s`` times steeper in ``n`` and raising is still capped at log 2. With ``s = 1`` this is the plain veto. A sharp prior needs the
-    head to reach ``n`` of about ``k`` per unit of z-score to remove a rule voxel; ``s = k`` puts the
-    head's output on the z-score scale (``n`` near 1 vetoes a voxel one z-score inside the rule).
-    Only used in ``veto`` mode.
     """
 
     in_channels: int = 2
@@ -108,7 +103,6 @@ class NetworkPlan:
     rule_prior_mode: str = "add"
     rule_prior_scale: float = 2.0
     rule_prior_cap: float | None = None
-    rule_prior_veto_scale: float = 1.0
 
     @property
     def downsampling_factor_zyx(self) -> tuple[int, int, int]:
@@ -293,7 +287,6 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "iterations_per_epoch": (1, None, True), "num_workers": (0, None, True),
     "learning_rate": (0, None, False), "weight_decay": (0, None, True), "lr_decay_gamma": (0, 1, False),
     "rule_prior_scale": (0, None, False), "rule_prior_cap": (0, None, False),
-    "rule_prior_veto_scale": (0, None, False),
     "l1_lambda": (0, None, True), "grad_clip_norm": (0, None, False), "foreground_oversampling": (0, 1, True),
     "in_channels": (1, None, True), "out_channels": (1, None, True), "kernel_size": (1, None, True),
     "min_component_voxels": (0, None, True),

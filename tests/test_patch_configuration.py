@@ -326,25 +326,3 @@ def test_rule_prior_cap_bounds_the_rule_logits_and_keeps_their_gradient():
     slope = float(torch.sigmoid(torch.tensor(3.0)) * (1 - torch.sigmoid(torch.tensor(3.0))))
     assert grads[3.0] == pytest.approx(64 * slope * 0.5, rel=1e-4)  # 64 voxels x sigmoid' x softplus'(0)
     assert grads[None] < grads[3.0] * 1e-6
-
-
-def test_rule_prior_veto_scale_steepens_the_veto_and_keeps_the_raise_at_log2():
-    # veto r - max(s (softplus(n) - log 2), -log 2), s = 10, with the head's output n set through its bias
-    def out_for(scale, bias):
-        plan = NetworkPlan(in_channels=2, features_per_stage=[4, 8], pool_kernel_sizes=[[2, 2, 2]],
-                           dropout_per_stage=[0.0, 0.0], norm="instance", rule_prior=True, rule_prior_mode="veto",
-                           rule_prior_scale=10.0, rule_prior_veto_scale=scale)
-        net = build_network(plan).eval()
-        with torch.no_grad():
-            net.heads[-1].bias.fill_(bias)
-            x = torch.zeros(1, 2, 4, 8, 8)
-            x[:, 1] = -2.5  # r = 10 * (-2 + 2.5) = 5 logits
-            return net(x)[0, 0]
-
-    log2 = math.log(2.0)
-    torch.testing.assert_close(out_for(10.0, 0.0), torch.full((4, 8, 8), 5.0))  # untrained: the rule
-    lowered = 10.0 * (math.log1p(math.exp(1.0)) - log2)  # 6.20 logits at n = 1 (0.62 with s = 1)
-    torch.testing.assert_close(out_for(10.0, 1.0), torch.full((4, 8, 8), 5.0 - lowered))
-    torch.testing.assert_close(out_for(1.0, 1.0), torch.full((4, 8, 8), 5.0 - lowered / 10.0))
-    for scale in (1.0, 10.0):  # raising is capped at log 2 either way
-        torch.testing.assert_close(out_for(scale, -30.0), torch.full((4, 8, 8), 5.0 + log2), atol=1e-5, rtol=0)

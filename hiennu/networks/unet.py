@@ -18,9 +18,7 @@ challenge's ZADC < t rule as a logit prior (``c`` the ZADC channel, on its atlas
 at zero, so the untrained network predicts exactly the rule and training learns corrections to it. In ``veto``
 mode (``plan.rule_prior_mode``) the correction ``n`` enters as ``prior - softplus(n) + log 2``
 (zero at ``n = 0``): it may lower the rule's logits without bound but raise them by at most log 2,
-so the network mostly removes what the rule over-calls; ``plan.rule_prior_veto_scale`` ``s`` makes it
-``prior - max(s (softplus(n) - log 2), -log 2)`` (lowering ``s`` times steeper, raising still at most
-log 2). ``plan.rule_prior_cap`` (when set) bounds
+so the network mostly removes what the rule over-calls. ``plan.rule_prior_cap`` (when set) bounds
 the prior from above, ``min(k (t - x[:, c]), cap)``, so that the rule's voxels are not saturated
 and a Dice loss can still move them.
 """
@@ -111,11 +109,7 @@ class UNet3D(nn.Module):
         if prior is None:
             return out
         if self.plan.rule_prior_mode == "veto":
-            log2 = math.log(2.0)
-            scale = self.plan.rule_prior_veto_scale
-            if scale == 1.0:
-                return prior - F.softplus(out) + log2
-            return prior - (scale * (F.softplus(out) - log2)).clamp(min=-log2)
+            return prior - F.softplus(out) + math.log(2.0)
         return prior + out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
