@@ -16,7 +16,7 @@ from hiennu.inference.model_registry import read_default_model
 from hiennu.inference.model_zip import (MANIFEST, ModelZipError, export_model_zip, install_model_zip, load_model_zip,
                                         verify_model_zip)
 from hiennu.networks.unet import build_network
-from hiennu.plans import NetworkPlan
+from hiennu.plans import NetworkPlan, load_plans, save_plans
 from helpers import MODEL, good_members, make_model_dir, zip_with
 
 
@@ -98,8 +98,9 @@ def test_install_over_the_folder_it_was_exported_from_keeps_its_history(tmp_path
     assert read_default_model() == model_dir
     assert (model_dir / "fold_0" / "validation").is_dir() and (model_dir / "fold_0" / "progress.json").is_file()
     assert "optimizer_state" in torch.load(model_dir / "fold_0" / "checkpoint_best.pth", weights_only=True)
-    (model_dir / "plans.json").write_text((model_dir / "plans.json").read_text().replace("TrainerTest", "Changed")
-                                          + " ")
+    plans = load_plans(model_dir)
+    plans.configuration().training.batch_size += 1
+    save_plans(plans, model_dir / "plans.json")
     with pytest.raises(HiennuError, match="already exists.*--overwrite"):
         install_model_zip(out)
 

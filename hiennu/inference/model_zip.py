@@ -318,25 +318,21 @@ def check_dataset_id_free(dataset_folder: str, roots: Sequence[Path], source: st
 
 
 def holds_model(folder: Path, contents: ModelZipContents, loaded: LoadedModel) -> bool:
-    """Whether ``folder`` already holds the zip's model: byte-identical ``plans.json``,
-    ``dataset.json`` and ``postprocessing.json`` (present in both or in neither), and for every fold
-    a checkpoint whose network weights equal the zip's in float32 (training checkpoints carry more
-    than an exported one, so the files themselves differ). A checkpoint that cannot be read safely
-    counts as different."""
-    with zipfile.ZipFile(contents.path) as zf:
-        for name in ("plans.json", "dataset.json", POSTPROCESSING_FILE):
-            member, local = contents.member(name), folder / name
-            if (member in contents.files) != local.is_file():
-                return False
-            if local.is_file() and local.read_bytes() != zf.read(member):
-                return False
-    for fold, weights in loaded.weights.items():
-        try:
+    """Whether ``folder`` already holds the zip's model: the same plans, dataset.json and post-processing
+    (as loaded, so formatting does not matter; no post-processing in both counts as the same), and for
+    every fold a checkpoint whose network weights equal the zip's in float32 (training checkpoints
+    carry more than an exported one, so the files themselves differ). A file that cannot be read
+    safely counts as different."""
+    try:
+        if (load_plans(folder) != loaded.plans or load_dataset_json(folder) != loaded.dataset
+                or load_postprocessing(folder) != loaded.postprocessing):
+            return False
+        for fold, weights in loaded.weights.items():
             local = _float32(load_checkpoint(folder / f"fold_{fold}" / contents.checkpoint)["network_weights"])
-        except HiennuError:
-            return False
-        if local.keys() != weights.keys() or not all(torch.equal(local[k], weights[k]) for k in weights):
-            return False
+            if local.keys() != weights.keys() or not all(torch.equal(local[k], weights[k]) for k in weights):
+                return False
+    except HiennuError:
+        return False
     return True
 
 
@@ -364,7 +360,10 @@ def install_model_zip(path: str | Path, root: str | Path | None = None, overwrit
             logger.info("%s is now the default model", contents.model)
         return target
     if target.exists() and not overwrite:
-        raise HiennuError(f"{target} already exists; pass --overwrite to replace it with the model in {path}")
+        raise HiennuError(f"{target} already exists and holds another model (its plans, dataset.json, "
+                          f"post-processing or weights differ); pass --overwrite to replace that whole folder, "
+                          f"its training history too, with the model in {path}, or install under another "
+                          f"hiennu_results")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".installing", dir=target.parent))
     try:
