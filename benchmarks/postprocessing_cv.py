@@ -14,6 +14,7 @@ of the network.
 Usage (the BONBID dev set as converted and preprocessed in results.md)::
 
     python benchmarks/postprocessing_cv.py -d BONBID -m TrainerDiceFocal__Veto__3d_fullres -o /tmp/ppcv
+    python benchmarks/postprocessing_cv.py -d BONBID -o /tmp/ppcv_rule      # the rule alone, no model
 
 It does not change the model folder (no ``postprocessing.json`` is written; ``hiennu_loss_study``
 writes that). Output: ``OUT/<method>/{plain,nested}/`` masks with ``summary.json``, and ``OUT/table.md``.
@@ -28,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from hiennu.evaluation.evaluate import evaluate_folders
-from hiennu.evaluation.postprocessing_selection import (CaseImages, caps_from, choose, load_cases, nested_estimate,
-                                                        score, validation_cases)
-from hiennu.inference.postprocessing import COMPONENT_SIZES, apply_postprocessing, candidates, rule_mask
+from hiennu.evaluation.postprocessing_selection import (CaseImages, all_candidates, choose, load_cases,
+                                                        nested_estimate, score, validation_cases)
+from hiennu.inference.postprocessing import apply_postprocessing, rule_mask
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image, write_image
 from hiennu.paths import preprocessed_root, raw_root, resolve_dataset, results_root
@@ -44,7 +45,7 @@ def _write(mask: np.ndarray, like: Path, out: Path) -> None:
 def run_method(name: str, cases: dict[str, CaseImages], fold_of: dict[str, int], raw_dir: Path, ending: str,
                out: Path) -> dict:
     """Pooled and nested choice for one method's CV masks; writes both mask sets and scores them."""
-    options = candidates(COMPONENT_SIZES, caps_from(cases, list(cases)))
+    options = all_candidates(cases, list(cases))
     means = score(cases, options).mean(axis=1)
     pooled = options[choose(options, list(means))]
     _, choices = nested_estimate(cases, fold_of)
@@ -79,23 +80,27 @@ def _row(label: str, s: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-d", "--dataset", required=True)
-    ap.add_argument("-m", "--model", required=True, help="model folder name TRAINER__PLANS__CONFIG (all 5 folds)")
+    ap.add_argument("-m", "--model", help="model folder name TRAINER__PLANS__CONFIG (all 5 folds); without it, "
+                    "only the rule is scored, on the folds of splits_final.json")
     ap.add_argument("-o", "--out", required=True, type=Path)
     args = ap.parse_args()
     folder = resolve_dataset(args.dataset)
     raw_dir, pre_dir = raw_root() / folder, preprocessed_root() / folder
-    model_dir = results_root() / folder / args.model
     ending = load_dataset_json(raw_dir).file_ending
-    masks, fold_of = validation_cases(model_dir, range(5), raw_dir / "labelsTr", ending)
-    results = {args.model: run_method("model", load_cases(masks, raw_dir), fold_of, raw_dir, ending, args.out)}
+    splits = json.loads((pre_dir / "splits_final.json").read_text())
+    rule_folds = {case: k for k, split in enumerate(splits) for case in split["val"]}
+    results = {}
+    if args.model:
+        masks, fold_of = validation_cases(results_root() / folder / args.model, range(5), raw_dir / "labelsTr", ending)
+        if rule_folds != fold_of:
+            raise SystemExit("the model's folds differ from splits_final.json; cannot compare on the same folds")
+        results[args.model] = run_method("model", load_cases(masks, raw_dir), fold_of, raw_dir, ending, args.out)
+    else:  # the labels stand in for the predictions that the rule replaces below
+        masks = {case: raw_dir / "labelsTr" / f"{case}{ending}" for case in rule_folds}
 
     rule_cases = {}
     for case, c in load_cases(masks, raw_dir).items():
         rule_cases[case] = CaseImages(rule_mask(c.zadc, c.adc).astype(np.uint8), c.ref, c.zadc, c.adc)
-    splits = json.loads((pre_dir / "splits_final.json").read_text())
-    rule_folds = {case: k for k, split in enumerate(splits) for case in split["val"]}
-    if rule_folds != fold_of:
-        raise SystemExit("the model's folds differ from splits_final.json; cannot compare on the same folds")
     results["rule: ZADC < -2"] = run_method("rule", rule_cases, rule_folds, raw_dir, ending, args.out)
 
     lines = ["| method | Dice [95 % CI] | MASD (mm) [95 % CI] | NSD [95 % CI] | HD95 (mm) | lesion recall | "

@@ -5,13 +5,15 @@ The pooled cross-validation predictions of a trained model (every chosen fold's
 Each candidate of :func:`hiennu.inference.postprocessing.candidates` (components under k voxels
 removed, for k in 5, 10, 20, 50; only components touching the rule ``ZADC < -2`` kept; and both;
 an ADC cap at the 99 / 99.5 / 99.9th percentile of the ADC inside the reference lesions, alone and
-with each size) is applied to every case and scored by Dice per case on the native grid; the
-candidate's score is the mean over cases. A candidate is kept only when it raises the mean Dice
+with each size; and the lesion filter of :mod:`hiennu.inference.lesion_filter`, fitted on the same
+cases after each cap and with none) is applied to every case and scored by Dice per case on the
+native grid; the candidate's score is the mean over cases. A candidate is kept only when it raises the mean Dice
 above "no post-processing" (nnU-Net's rule); the best kept candidate is chosen, else none.
 
 The chosen candidate's pooled score is optimistic: it is the best of about 30 tried on the same
-cases. :func:`nested_estimate` gives the honest number: for each fold, the caps are derived and the
-candidate chosen on the other folds' cases only, then applied to the held-out fold. Both are stored.
+cases, and the lesion filters are fitted on them too. :func:`nested_estimate` gives the honest number:
+for each fold, the caps are derived, the filters fitted and the candidate chosen on the other folds'
+cases only, then applied to the held-out fold. Both are stored.
 
 The choice and its evidence go to ``MODEL_DIR/postprocessing.json`` (atomically)::
 
@@ -35,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from hiennu.errors import HiennuError
+from hiennu.inference.lesion_filter import FilterCase, fit_component_filter
 from hiennu.inference.postprocessing import (COMPONENT_SIZES, POSTPROCESSING_FILE, PostProcessing,
                                              adc_cap_candidates, apply_postprocessing, candidates, channel_index)
 from hiennu.io.atomic import write_json
@@ -113,6 +116,33 @@ def caps_from(cases: dict[str, CaseImages], case_ids: Sequence[str]) -> list[flo
     return adc_cap_candidates(np.concatenate(values)) if values else []
 
 
+def filter_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str],
+                      caps: Sequence[float]) -> list[PostProcessing]:
+    """The lesion filter fitted on ``case_ids`` after no cap and after each of ``caps``: one candidate per cap
+    whose components are not all of one kind; none without an ADC channel (the filter needs the brain)."""
+    out = []
+    for cap in [None, *caps]:
+        fit_cases = []
+        for c in case_ids:
+            case = cases[c]
+            if case.adc is None:
+                return []
+            capped = apply_postprocessing(case.pred, PostProcessing(max_adc=cap), adc=case.adc)
+            fit_cases.append(FilterCase(capped, case.adc != 0, case.ref))
+        fitted = fit_component_filter(fit_cases)
+        if fitted is not None:
+            out.append(PostProcessing(max_adc=cap, component_filter=fitted))
+    return out
+
+
+def all_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str],
+                   sizes: Sequence[int] = COMPONENT_SIZES) -> list[PostProcessing]:
+    """Every candidate for a choice made on ``case_ids``: the fixed ones with the caps of their lesions
+    (:func:`hiennu.inference.postprocessing.candidates`), then the lesion filters fitted on them."""
+    caps = caps_from(cases, case_ids)
+    return candidates(sizes, caps) + filter_candidates(cases, case_ids, caps)
+
+
 def score(cases: dict[str, CaseImages], options: list[PostProcessing]) -> np.ndarray:
     """Dice array ``(candidates, cases)``, cases in sorted id order."""
     ids = sorted(cases)
@@ -128,9 +158,9 @@ def nested_estimate(cases: dict[str, CaseImages], fold_of: dict[str, int],
                     sizes: Sequence[int] = COMPONENT_SIZES) -> tuple[dict[str, float], dict[int, PostProcessing]]:
     """Per-case Dice of post-processing chosen without the case's own fold, and each fold's choice.
 
-    For each fold: caps from the other folds' lesions, candidates scored on the other folds' cases,
-    :func:`choose` picks, and the pick is applied to the fold's own cases. With a single fold there is
-    nothing to choose on: the fold keeps no post-processing.
+    For each fold: caps from the other folds' lesions, lesion filters fitted on the other folds' cases,
+    candidates scored on them, :func:`choose` picks, and the pick is applied to the fold's own cases. With a
+    single fold there is nothing to choose on: the fold keeps no post-processing.
     """
     ids = sorted(cases)
     per_case: dict[str, float] = {}
@@ -139,7 +169,7 @@ def nested_estimate(cases: dict[str, CaseImages], fold_of: dict[str, int],
         held = [c for c in ids if fold_of[c] == fold]
         rest = [c for c in ids if fold_of[c] != fold]
         if rest:
-            options = candidates(sizes, caps_from(cases, rest))
+            options = all_candidates(cases, rest, sizes)
             chosen = options[choose(options, list(score({c: cases[c] for c in rest}, options).mean(axis=1)))]
         else:
             chosen = PostProcessing()
@@ -178,7 +208,7 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
     ending = load_dataset_json(raw_dir).file_ending
     masks, fold_of = validation_cases(model_dir, folds, raw_dir / "labelsTr", ending)
     cases = load_cases(masks, raw_dir)
-    options = candidates(sizes, caps_from(cases, list(cases)))
+    options = all_candidates(cases, list(cases), sizes)
     means = score(cases, options).mean(axis=1)
     nested, fold_choices = nested_estimate(cases, fold_of, sizes)
     best = choose(options, list(means))
@@ -193,7 +223,8 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
         "nested": {"cv_dice": float(np.mean(list(nested.values()))),
                    "choices": {str(f): p.name for f, p in fold_choices.items()},
                    "per_case_dice": {c: nested[c] for c in sorted(nested)},
-                   "how": "each fold's choice made on the other folds' cases only (caps included), applied to it"},
+                   "how": "each fold's choice made on the other folds' cases only (caps and lesion filters "
+                          "included), applied to it"},
         "folds": folds,
         "num_cases": len(masks),
         "case_ids": sorted(masks),

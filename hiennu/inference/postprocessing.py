@@ -11,7 +11,10 @@ threshold, in this order:
 1. ``min_component_voxels``: 26-connected components with fewer voxels are removed (0 or 1 keeps all);
 2. ``keep_touching_rule``: only the components that overlap (share at least one voxel with) the
    rule mask ``ZADC < rule_threshold`` inside the brain (``ADC != 0``) are kept. ZADC is read on
-   its raw atlas z-score scale (the input image, before any normalization).
+   its raw atlas z-score scale (the input image, before any normalization);
+3. ``component_filter``: a lesion filter fitted by cross-validation keeps or drops each remaining
+   component by its size, slice extent and contact with the edge of the brain
+   (:mod:`hiennu.inference.lesion_filter`; None keeps all).
 
 The model folder's ``postprocessing.json`` records the choice (``"chosen"``) next to the evidence
 (each candidate's cross-validated Dice); :func:`load_postprocessing` reads it, the predictor
@@ -21,7 +24,7 @@ applies it. The choice itself is made by
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +33,7 @@ from scipy import ndimage
 
 from hiennu.errors import HiennuError
 from hiennu.inference.components import remove_small_components
+from hiennu.inference.lesion_filter import ComponentFilter
 from hiennu.io.atomic import read_json_file
 
 POSTPROCESSING_FILE = "postprocessing.json"
@@ -47,10 +51,12 @@ class PostProcessing:
     keep_touching_rule: bool = False
     rule_threshold: float = RULE_THRESHOLD
     max_adc: float | None = None
+    component_filter: ComponentFilter | None = None
 
     @property
     def name(self) -> str:
-        """A short human name: ``none``, ``ADC <= 1400``, ``remove < 10 vox``, ``touch ZADC<-2``, joined by ``+``."""
+        """A short human name: ``none``, ``ADC <= 1400``, ``remove < 10 vox``, ``touch ZADC<-2``, ``lesion filter``,
+        joined by ``+``."""
         parts = []
         if self.max_adc is not None:
             parts.append(f"ADC <= {self.max_adc:g}")
@@ -58,29 +64,34 @@ class PostProcessing:
             parts.append(f"remove < {self.min_component_voxels} vox")
         if self.keep_touching_rule:
             parts.append(f"touch ZADC<{self.rule_threshold:g}")
+        if self.component_filter is not None:
+            parts.append("lesion filter")
         return " + ".join(parts) or "none"
 
     @property
     def is_identity(self) -> bool:
-        return self.min_component_voxels <= 1 and not self.keep_touching_rule and self.max_adc is None
+        return (self.min_component_voxels <= 1 and not self.keep_touching_rule and self.max_adc is None
+                and self.component_filter is None)
 
     @property
     def needs_images(self) -> bool:
-        """Whether it reads the case's raw channels (ZADC for the rule, ADC for the cap)."""
-        return self.keep_touching_rule or self.max_adc is not None
+        """Whether it reads the case's raw channels (ZADC for the rule, ADC for the cap and the lesion filter)."""
+        return self.keep_touching_rule or self.max_adc is not None or self.component_filter is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"min_component_voxels": self.min_component_voxels, "keep_touching_rule": self.keep_touching_rule,
+                "rule_threshold": self.rule_threshold, "max_adc": self.max_adc,
+                "component_filter": None if self.component_filter is None else self.component_filter.to_dict()}
 
     @classmethod
     def from_dict(cls, d: Any, source: str) -> "PostProcessing":
         if not isinstance(d, dict):
-            raise HiennuError(f"{source}: 'chosen' must be an object with min_component_voxels, keep_touching_rule, "
-                              f"rule_threshold, max_adc; got {d!r}; re-run the post-processing selection")
-        unknown = sorted(set(d) - {"min_component_voxels", "keep_touching_rule", "rule_threshold", "max_adc"})
+            raise HiennuError(f"{source}: 'chosen' must be an object with {', '.join(_FIELDS)}; got {d!r}; "
+                              f"re-run the post-processing selection")
+        unknown = sorted(set(d) - set(_FIELDS))
         if unknown:
             raise HiennuError(f"{source}: unknown post-processing field(s) {', '.join(unknown)}; known are "
-                              f"min_component_voxels, keep_touching_rule, rule_threshold, max_adc")
+                              f"{', '.join(_FIELDS)}")
         k = d.get("min_component_voxels", 0)
         touch = d.get("keep_touching_rule", False)
         threshold = d.get("rule_threshold", RULE_THRESHOLD)
@@ -93,7 +104,12 @@ class PostProcessing:
             raise HiennuError(f"{source}: rule_threshold must be a number (ZADC z-score), got {threshold!r}")
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
             raise HiennuError(f"{source}: max_adc must be null or a positive number (ADC, 10^-6 mm^2/s), got {cap!r}")
-        return cls(int(k), touch, float(threshold), None if cap is None else float(cap))
+        lesion_filter = d.get("component_filter")
+        lesion_filter = None if lesion_filter is None else ComponentFilter.from_dict(lesion_filter, source)
+        return cls(int(k), touch, float(threshold), None if cap is None else float(cap), lesion_filter)
+
+
+_FIELDS = ("min_component_voxels", "keep_touching_rule", "rule_threshold", "max_adc", "component_filter")
 
 
 def candidates(sizes: Sequence[int] = COMPONENT_SIZES, adc_caps: Sequence[float] = ()) -> list[PostProcessing]:
@@ -144,7 +160,7 @@ def keep_components_touching(mask: np.ndarray, marker: np.ndarray) -> np.ndarray
 def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarray | None = None,
                          adc: np.ndarray | None = None) -> np.ndarray:
     """``mask`` (z, y, x) after ``post``; ``zadc``/``adc`` (same shape, raw values) are needed for the rule part,
-    ``adc`` for the ADC cap."""
+    ``adc`` for the ADC cap and the lesion filter."""
     if post.max_adc is not None:
         if adc is None:
             raise HiennuError(f"post-processing {post.name!r} needs the case's ADC image, and none was given")
@@ -160,6 +176,11 @@ def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarra
             raise HiennuError(f"post-processing {post.name!r}: ZADC shape {np.shape(zadc)} differs from the mask's "
                               f"{out.shape} (both (z, y, x) on the native grid)")
         out = keep_components_touching(out, rule_mask(zadc, adc, post.rule_threshold))
+    if post.component_filter is not None:
+        if adc is None:
+            raise HiennuError(f"post-processing {post.name!r} needs the case's ADC image (its brain, ADC != 0), "
+                              f"and none was given")
+        out = post.component_filter.apply(out, np.asarray(adc) != 0)
     return out
 
 

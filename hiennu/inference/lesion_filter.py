@@ -1,0 +1,192 @@
+"""A lesion filter: a logistic model that keeps or drops each predicted component, fitted by cross-validation.
+
+Most of the errors left after the ZADC rule (or a network that starts from it) and the ADC cap are
+whole false-positive components: small specks, most of them one slice thick, many of them on the
+rim of the skull-stripped brain, where the atlas z-score of a partial-volume voxel is low. A
+component is described by three numbers, each computed on the native grid of the case:
+
+``log_voxels``
+    log of its number of voxels (26-connected);
+``slices``
+    how many slices (axis 0 of a ``(z, y, x)`` array) it spans;
+``outside_shell``
+    the share of its one-voxel outer shell (26-neighbours not in the component) that lies outside
+    the brain (``ADC == 0``, or beyond the edge of the volume), from 0 (deep inside) to 1.
+
+The filter is a logistic regression on the standardized features; a component is kept when its
+probability of overlapping a reference lesion is at least ``threshold``. It is fitted on the pooled
+cross-validation predictions of a model's training cases (each component labelled by whether it
+touches the reference), and the threshold is the one of a fixed grid that maximizes the mean
+per-case Dice of those cases. Like the other post-processing, it is kept only when cross-validation
+says it helps (:mod:`hiennu.evaluation.postprocessing_selection`).
+
+Written here rather than taken from scikit-learn, which is not a dependency: an L2-penalized
+logistic regression on three features is a few lines around :func:`scipy.optimize.minimize`
+(L-BFGS with the analytic gradient).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import ndimage, optimize
+
+from hiennu.errors import HiennuError
+from hiennu.masks import dice
+
+FEATURES = ("log_voxels", "slices", "outside_shell")
+THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.05, 0.8, 16), 2))
+L2_PENALTY = 1.0
+_FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
+
+
+def component_features(mask: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 26-connected components of ``mask`` and their features.
+
+    mask, brain: boolean-like arrays ``(z, y, x)`` of one shape (brain: where ``ADC != 0``).
+    Returns ``labels`` (int array, 0 = background, components numbered from 1) and ``features``
+    (float64 ``(n_components, 3)``, columns in :data:`FEATURES` order).
+    """
+    mask = np.asarray(mask).astype(bool, copy=False)
+    brain = np.asarray(brain).astype(bool, copy=False)
+    if mask.shape != brain.shape:
+        raise HiennuError(f"lesion filter: mask shape {mask.shape} differs from the brain's {brain.shape} "
+                          f"(both (z, y, x) on the native grid)")
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    if not mask.any():
+        return labels, np.zeros((0, len(FEATURES)), dtype=np.float64)
+    # Label only the box around the mask, one voxel wider where the volume allows: every shell lies inside it.
+    nonzero = np.nonzero(mask)
+    box = tuple(slice(max(int(a.min()) - 1, 0), int(a.max()) + 2) for a in nonzero)
+    labels[box], n = ndimage.label(mask[box], structure=_FULL_CONNECTIVITY)
+    features = np.zeros((n, len(FEATURES)), dtype=np.float64)
+    # One voxel of "outside" around the box, so a shell cut by the volume's edge counts as outside (the pad is
+    # reached only where the box ends at the volume's edge).
+    padded_labels = np.pad(labels[box], 1)
+    padded_brain = np.pad(brain[box], 1)
+    for i, component_box in enumerate(ndimage.find_objects(padded_labels), start=1):
+        window = tuple(slice(s.start - 1, s.stop + 1) for s in component_box)
+        component = padded_labels[window] == i
+        shell = ndimage.binary_dilation(component, _FULL_CONNECTIVITY) & ~component
+        features[i - 1] = (np.log(component.sum()), np.unique(np.nonzero(component)[0]).size,
+                           1.0 - padded_brain[window][shell].mean())
+    return labels, features
+
+
+@dataclass(frozen=True)
+class ComponentFilter:
+    """A fitted lesion filter (see the module docstring).
+
+    mean, scale: per-feature standardization; weights, bias: the logistic model on standardized features;
+    threshold: the probability a component needs to be kept.
+    """
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Probability of each component (rows of ``features``) overlapping a lesion."""
+        z = (np.asarray(features, np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
+
+    def keep(self, features: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Boolean per component: kept at ``threshold`` (default: the filter's own)."""
+        return self.probabilities(features) >= (self.threshold if threshold is None else threshold)
+
+    def apply(self, mask: np.ndarray, brain: np.ndarray) -> np.ndarray:
+        """``mask (z, y, x)`` with only its kept components; uint8 {0, 1}."""
+        labels, features = component_features(mask, brain)
+        keep = np.concatenate([[False], self.keep(features)])
+        return keep[labels].astype(np.uint8)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": list(FEATURES), "mean": list(self.mean), "scale": list(self.scale),
+                "weights": list(self.weights), "bias": self.bias, "threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str) -> "ComponentFilter":
+        fix = "re-run the post-processing selection"
+        if not isinstance(d, dict):
+            raise HiennuError(f"{source}: component_filter must be null or an object, got {d!r}; {fix}")
+        if d.get("features") != list(FEATURES):
+            raise HiennuError(f"{source}: component_filter features {d.get('features')!r}, this hiennu knows "
+                              f"{list(FEATURES)}; {fix}")
+        vectors = {}
+        for key in ("mean", "scale", "weights"):
+            v = d.get(key)
+            if (not isinstance(v, list) or len(v) != len(FEATURES)
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)):
+                raise HiennuError(f"{source}: component_filter {key} must be {len(FEATURES)} finite numbers, got {v!r}")
+            vectors[key] = tuple(float(x) for x in v)
+        if not all(s > 0 for s in vectors["scale"]):
+            raise HiennuError(f"{source}: component_filter scale must be positive, got {list(vectors['scale'])}")
+        bias, threshold = d.get("bias"), d.get("threshold")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not np.isfinite(bias):
+            raise HiennuError(f"{source}: component_filter bias must be a finite number, got {bias!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise HiennuError(f"{source}: component_filter threshold must be a probability in (0, 1), "
+                              f"got {threshold!r}")
+        return cls(vectors["mean"], vectors["scale"], vectors["weights"], float(bias), float(threshold))
+
+
+@dataclass
+class FilterCase:
+    """One case to fit on: a predicted mask, the brain and the reference, all boolean ``(z, y, x)``."""
+
+    mask: np.ndarray
+    brain: np.ndarray
+    ref: np.ndarray
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+    """Weights and bias of an L2-penalized logistic regression (x standardized, y in {0, 1})."""
+    design = np.c_[x, np.ones(len(x))]
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        s = design @ w
+        value = np.mean(np.logaddexp(0.0, s) - y * s) + l2 * np.sum(w[:-1] ** 2) / len(x)
+        grad = design.T @ (0.5 * (1.0 + np.tanh(0.5 * s)) - y) / len(x)
+        grad[:-1] += 2.0 * l2 * w[:-1] / len(x)
+        return value, grad
+
+    w = optimize.minimize(loss, np.zeros(design.shape[1]), jac=True, method="L-BFGS-B").x
+    return w[:-1], float(w[-1])
+
+
+def fit_component_filter(cases: Sequence[FilterCase], thresholds: Sequence[float] = THRESHOLDS,
+                         l2: float = L2_PENALTY) -> ComponentFilter | None:
+    """Fit the filter on ``cases``; None when their components are all lesions or all false positives.
+
+    Each component of each case's mask is labelled 1 when it shares a voxel with the reference. The
+    threshold is the one of ``thresholds`` with the highest mean per-case Dice over ``cases`` (ties:
+    the lowest, which keeps the most).
+    """
+    per_case = []
+    for c in cases:
+        labels, features = component_features(c.mask, c.brain)
+        touches = np.zeros(features.shape[0], dtype=bool)
+        hit = np.unique(labels[np.asarray(c.ref, bool) & (labels > 0)])
+        touches[hit - 1] = True
+        per_case.append((labels, features, touches))
+    x = np.concatenate([f for _, f, _ in per_case]) if per_case else np.zeros((0, len(FEATURES)))
+    y = np.concatenate([t for _, _, t in per_case]).astype(np.float64) if per_case else np.zeros(0)
+    if y.size == 0 or y.min() == y.max():
+        return None
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    weights, bias = _logistic_fit((x - mean) / scale, y, l2)
+    model = ComponentFilter(tuple(mean), tuple(scale), tuple(float(w) for w in weights), bias, 0.5)
+    scores = []
+    for t in thresholds:
+        total = 0.0
+        for c, (labels, features, _) in zip(cases, per_case):
+            keep = np.concatenate([[False], model.keep(features, t)])
+            total += dice(c.ref, keep[labels])
+        scores.append(total / len(cases))
+    best = float(thresholds[int(np.argmax(scores))])
+    return ComponentFilter(model.mean, model.scale, model.weights, model.bias, best)
