@@ -122,3 +122,27 @@ def test_the_nested_choice_fits_the_filter_without_the_held_out_fold():
     per_case, choices = nested_estimate(big, fold_of, sizes=(5,))
     assert all(p.component_filter is not None for p in choices.values())
     assert all(v == pytest.approx(1.0) for v in per_case.values())
+
+
+def test_predictor_applies_a_stored_filter_in_case_and_zip_prediction(tmp_path):
+    from helpers import GEOM, case_arrays, make_model_dir, network_mask, stub_network
+
+    from hiennu.inference.model_zip import export_model_zip
+    from hiennu.inference.predictor import Predictor
+
+    model_dir = make_model_dir(tmp_path / "results")
+    images = case_arrays()                       # ADC is 0 (outside the brain) at y < 2
+    # drops whatever touches the outside: p = sigmoid(2 - 20 * outside_shell)
+    rim_filter = ComponentFilter(mean=(0.0, 0.0, 0.0), scale=(1.0, 1.0, 1.0), weights=(0.0, 0.0, -20.0), bias=2.0,
+                                 threshold=0.5)
+    post = PostProcessing(component_filter=rim_filter)
+    (model_dir / POSTPROCESSING_FILE).write_text(json.dumps({"chosen": post.to_dict(), "chosen_name": post.name}))
+    expected = np.zeros_like(network_mask())
+    expected[2:4, 9:12, 5:9] = 1                 # the deep blob; the blob at y = 2 and the voxel on the last slice go
+    predictor = stub_network(Predictor.from_model_dir(model_dir, device="cpu", use_mirroring=False))
+    assert predictor.postprocessing == post
+    assert np.array_equal(predictor.predict_case(images, GEOM)[0], expected)
+    from_zip = stub_network(Predictor.from_zip(export_model_zip(model_dir, tmp_path / "m.zip"), device="cpu",
+                                               use_mirroring=False))
+    assert from_zip.postprocessing == post
+    assert np.array_equal(from_zip.predict_case(images, GEOM)[0], expected)

@@ -30,7 +30,7 @@ Usage from Python::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -126,15 +126,15 @@ class Predictor(CasePredictor):
         if min_component_voxels is None:
             min_component_voxels = max(int(configuration.min_component_voxels), post.min_component_voxels)
         self.min_component_voxels = int(min_component_voxels)
-        self.postprocessing = PostProcessing(self.min_component_voxels, post.keep_touching_rule, post.rule_threshold,
-                                             post.max_adc)
+        self.postprocessing = replace(post, min_component_voxels=self.min_component_voxels)
         self._zadc_channel = channel_index(self.channel_names, "zadc")
         self._adc_channel = channel_index(self.channel_names, "adc")
         if self.postprocessing.keep_touching_rule and self._zadc_channel is None:
             raise HiennuError(f"{name}: its post-processing ({self.postprocessing.name}) needs a ZADC channel, but the "
                               f"model's channels are {', '.join(self.channel_names)}; delete its postprocessing.json "
                               f"(or pass use_postprocessing=False) to predict without it")
-        if self.postprocessing.max_adc is not None and self._adc_channel is None:
+        if (self.postprocessing.max_adc is not None or self.postprocessing.component_filter is not None) \
+                and self._adc_channel is None:
             raise HiennuError(f"{name}: its post-processing ({self.postprocessing.name}) needs an ADC channel, but the "
                               f"model's channels are {', '.join(self.channel_names)}; delete its postprocessing.json "
                               f"(or pass use_postprocessing=False) to predict without it")
