@@ -7,7 +7,6 @@ import contextlib
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
