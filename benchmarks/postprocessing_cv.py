@@ -1,9 +1,10 @@
 """Honest cross-validated scores of post-processing chosen by CV, for a trained model and for the ZADC rule.
 
 nnU-Net chooses post-processing on the pooled cross-validation predictions and reports the pooled
-score of the winner, which is optimistic (the best of ~30 candidates on the same cases). This script
-also scores the *nested* choice with every challenge metric: for each fold, the ADC caps are derived
-and the candidate chosen on the other folds' cases only, then applied to the held-out fold; the
+score of the winner, which is optimistic (the best of ~30 candidates on the same cases, lesion filters
+fitted on them). This script also scores the *nested* choice with every challenge metric: for each fold,
+the ADC caps are derived, the lesion filters fitted and the candidate chosen on the other folds' cases
+only, then applied to the held-out fold; the
 resulting masks are written and scored with ``evaluate_folders`` (Dice, MASD, NSD with bootstrap
 intervals, HD95, lesion recall/precision, Dice by lesion-size band).
 
