@@ -7,8 +7,9 @@ removed, for k in 5, 10, 20, 50; only components touching the rule ``ZADC < -2``
 an ADC cap at the 99 / 99.5 / 99.9th percentile of the ADC inside the reference lesions, alone and
 with each size; and the lesion filter of :mod:`hiennu.inference.lesion_filter`, fitted on the same
 cases after each cap and with none) is applied to every case and scored by Dice per case on the
-native grid; the candidate's score is the mean over cases. A candidate is kept only when it raises the mean Dice
-above "no post-processing" (nnU-Net's rule); the best kept candidate is chosen, else none.
+native grid; the candidate's score is the mean over cases. A candidate is kept only when it raises
+the mean Dice above "no post-processing" (nnU-Net's rule); the best kept candidate is chosen, else
+none.
 
 The chosen candidate's pooled score is optimistic: it is the best of about 30 tried on the same
 cases, and the lesion filters are fitted on them too. :func:`nested_estimate` gives the honest number:
