@@ -246,10 +246,12 @@ def test_patch_plan_starts_from_the_rule_only_with_a_zmap_channel():
     assert with_z.network.rule_prior and with_z.training.learning_rate == pytest.approx(1e-3)
     assert with_z.network.rule_prior_scale == 10.0 and with_z.training.lr_schedule == "poly"
     assert "10 logits per unit of z-score" in with_z.notes
+    assert with_z.training.l1_lambda == 0.0 and with_z.image_interpolation == "nearest"
     without = plan_experiment(_fingerprint(BONBID_SIZES_XYZ, names=("ADC", "T2")), plan_for="cpu").configuration()
     assert not without.network.rule_prior
     assert without.training.foreground_oversampling == pytest.approx(0.33)
     assert "no z-map channel" in without.notes
+    assert without.training.l1_lambda == pytest.approx(1e-4) and without.image_interpolation == "linear"
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -64,6 +64,11 @@ PRIOR_LEARNING_RATE = 1e-3
 PRIOR_LR_SCHEDULE = "poly"
 PRIOR_SCALE = 10.0
 RULE_THRESHOLD = -2.0
+# With the prior, no L1 penalty (it had shrunk every deep convolution to nothing, so the network was the rule)
+# and nearest-neighbour images (the grid then holds the rule's own voxels, so the loss does not ask the veto
+# for voxels trilinear ZADC lost): 5-fold CV on the 37 BONBID dev cases, results.md.
+PRIOR_L1_LAMBDA = 0.0
+PRIOR_IMAGE_INTERPOLATION = "nearest"
 
 
 def is_zmap_channel(name: str) -> bool:
@@ -196,19 +201,23 @@ def plan_patch_configuration(fp: DatasetFingerprint, norms: list[ChannelNormaliz
         network.rule_prior_channel, network.rule_prior_threshold = zmaps[0], RULE_THRESHOLD
         network.rule_prior_scale = PRIOR_SCALE
         foreground, learning_rate, lr_schedule = PRIOR_FOREGROUND, PRIOR_LEARNING_RATE, PRIOR_LR_SCHEDULE
+        l1_lambda, image_interpolation = PRIOR_L1_LAMBDA, PRIOR_IMAGE_INTERPOLATION
         prior_note = (f"the rule {fp.channel_names[zmaps[0]]} < {RULE_THRESHOLD:g} as a logit prior the network may "
                       f"mostly only veto (rule_prior_mode veto), starting at {PRIOR_SCALE:g} logits per unit of "
                       f"z-score: an untrained model is the rule; {PRIOR_FOREGROUND:g} of the patches on lesions, "
-                      f"AdamW {PRIOR_LEARNING_RATE:g} with {PRIOR_LR_SCHEDULE} decay (chosen by 5-fold CV on BONBID, "
-                      f"documentation/results.md)")
+                      f"AdamW {PRIOR_LEARNING_RATE:g} with {PRIOR_LR_SCHEDULE} decay, no L1 penalty, images to the "
+                      f"grid by {PRIOR_IMAGE_INTERPOLATION} neighbour so that the grid holds the rule's own voxels "
+                      f"(chosen by 5-fold CV on BONBID, documentation/results.md)")
     else:
         foreground, learning_rate = PATCH_FOREGROUND, TrainingPlan.learning_rate
         lr_schedule = TrainingPlan.lr_schedule
+        l1_lambda, image_interpolation = TrainingPlan.l1_lambda, Configuration.image_interpolation
         prior_note = f"no z-map channel, so no rule prior; {PATCH_FOREGROUND:g} of the patches on lesions"
     if cpu_bf16 is None:
         cpu_bf16 = plan_for == "cpu" and cpu_has_native_bf16()
     training = TrainingPlan(batch_size=patch.batch_size, foreground_oversampling=foreground,
-                            learning_rate=learning_rate, lr_schedule=lr_schedule, cpu_bf16=cpu_bf16, **schedule)
+                            learning_rate=learning_rate, lr_schedule=lr_schedule, l1_lambda=l1_lambda,
+                            cpu_bf16=cpu_bf16, **schedule)
     augmentation = AugmentationPlan(p_mirror=0.5, mirror_axes=list(PATCH_MIRROR_AXES))
     notes = [f"target spacing: {spacing_reason}", f"patch and network: {patch.reason}",
              f"schedule: {schedule['iterations_per_epoch']} iterations per epoch (a patch epoch), at most "
@@ -224,8 +233,8 @@ def plan_patch_configuration(fp: DatasetFingerprint, norms: list[ChannelNormaliz
     return Configuration(
         name=DEFAULT_CONFIGURATION, target_size_xyz=None, grid_policy="spacing", normalization=norms,
         target_spacing_zyx=spacing, crop_to_brain=True, patch_size_zyx=patch.patch_size_zyx, planned_for=plan_for,
-        network=network, training=training, augmentation=augmentation, label_interpolation="nearest",
-        prediction_interpolation="nearest", notes="; ".join(notes))
+        network=network, training=training, augmentation=augmentation, image_interpolation=image_interpolation,
+        label_interpolation="nearest", prediction_interpolation="nearest", notes="; ".join(notes))
 
 
 def _precision_note(plan_for: str, cpu_bf16: bool) -> str:
