@@ -95,13 +95,13 @@ def main() -> None:
         masks, fold_of = validation_cases(results_root() / folder / args.model, range(5), raw_dir / "labelsTr", ending)
         if rule_folds != fold_of:
             raise SystemExit("the model's folds differ from splits_final.json; cannot compare on the same folds")
-        results[args.model] = run_method("model", load_cases(masks, raw_dir), fold_of, raw_dir, ending, args.out)
+        cases = load_cases(masks, raw_dir)
+        results[args.model] = run_method("model", cases, fold_of, raw_dir, ending, args.out)
     else:  # the labels stand in for the predictions that the rule replaces below
-        masks = {case: raw_dir / "labelsTr" / f"{case}{ending}" for case in rule_folds}
+        cases = load_cases({case: raw_dir / "labelsTr" / f"{case}{ending}" for case in rule_folds}, raw_dir)
 
-    rule_cases = {}
-    for case, c in load_cases(masks, raw_dir).items():
-        rule_cases[case] = CaseImages(rule_mask(c.zadc, c.adc).astype(np.uint8), c.ref, c.zadc, c.adc)
+    rule_cases = {case: CaseImages(rule_mask(c.zadc, c.adc).astype(np.uint8), c.ref, c.zadc, c.adc)
+                  for case, c in cases.items()}
     results["rule: ZADC < -2"] = run_method("rule", rule_cases, rule_folds, raw_dir, ending, args.out)
 
     lines = ["| method | Dice [95 % CI] | MASD (mm) [95 % CI] | NSD [95 % CI] | HD95 (mm) | lesion recall | "

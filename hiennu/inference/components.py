@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 # 26-connectivity: voxels touching by a face, an edge or a corner belong to one component.
-_FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
+FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -17,7 +17,7 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     mask = np.asarray(mask).astype(bool, copy=False)
     if min_voxels <= 1 or not mask.any():
         return mask.astype(np.uint8)
-    labels, n = ndimage.label(mask, structure=_FULL_CONNECTIVITY)
+    labels, n = ndimage.label(mask, structure=FULL_CONNECTIVITY)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = sizes >= min_voxels
     keep[0] = False

@@ -34,12 +34,12 @@ import numpy as np
 from scipy import ndimage, optimize
 
 from hiennu.errors import HiennuError
+from hiennu.inference.components import FULL_CONNECTIVITY
 from hiennu.masks import dice
 
 FEATURES = ("log_voxels", "slices", "outside_shell")
 THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.05, 0.8, 16), 2))
 L2_PENALTY = 1.0
-_FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
 
 def component_features(mask: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +60,7 @@ def component_features(mask: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray,
     # Label only the box around the mask, one voxel wider where the volume allows: every shell lies inside it.
     nonzero = np.nonzero(mask)
     box = tuple(slice(max(int(a.min()) - 1, 0), int(a.max()) + 2) for a in nonzero)
-    labels[box], n = ndimage.label(mask[box], structure=_FULL_CONNECTIVITY)
+    labels[box], n = ndimage.label(mask[box], structure=FULL_CONNECTIVITY)
     features = np.zeros((n, len(FEATURES)), dtype=np.float64)
     # One voxel of "outside" around the box, so a shell cut by the volume's edge counts as outside (the pad is
     # reached only where the box ends at the volume's edge).
@@ -69,7 +69,7 @@ def component_features(mask: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray,
     for i, component_box in enumerate(ndimage.find_objects(padded_labels), start=1):
         window = tuple(slice(s.start - 1, s.stop + 1) for s in component_box)
         component = padded_labels[window] == i
-        shell = ndimage.binary_dilation(component, _FULL_CONNECTIVITY) & ~component
+        shell = ndimage.binary_dilation(component, FULL_CONNECTIVITY) & ~component
         features[i - 1] = (np.log(component.sum()), np.unique(np.nonzero(component)[0]).size,
                            1.0 - padded_brain[window][shell].mean())
     return labels, features

@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from hiennu.errors import HiennuError
-from hiennu.inference.components import remove_small_components
+from hiennu.inference.components import FULL_CONNECTIVITY, remove_small_components
 from hiennu.inference.lesion_filter import ComponentFilter
 from hiennu.io.atomic import read_json_file
 
@@ -40,7 +40,6 @@ POSTPROCESSING_FILE = "postprocessing.json"
 RULE_THRESHOLD = -2.0
 COMPONENT_SIZES = (5, 10, 20, 50)
 ADC_CAP_QUANTILES = (0.99, 0.995, 0.999)
-_FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
 
 @dataclass(frozen=True)
@@ -74,9 +73,14 @@ class PostProcessing:
                 and self.component_filter is None)
 
     @property
+    def needs_adc(self) -> bool:
+        """Whether it reads the case's ADC (the cap, and the brain of the lesion filter)."""
+        return self.max_adc is not None or self.component_filter is not None
+
+    @property
     def needs_images(self) -> bool:
         """Whether it reads the case's raw channels (ZADC for the rule, ADC for the cap and the lesion filter)."""
-        return self.keep_touching_rule or self.max_adc is not None or self.component_filter is not None
+        return self.keep_touching_rule or self.needs_adc
 
     def to_dict(self) -> dict[str, Any]:
         return {"min_component_voxels": self.min_component_voxels, "keep_touching_rule": self.keep_touching_rule,
@@ -150,7 +154,7 @@ def keep_components_touching(mask: np.ndarray, marker: np.ndarray) -> np.ndarray
     mask = np.asarray(mask).astype(bool, copy=False)
     if not mask.any():
         return mask.astype(np.uint8)
-    labels, n = ndimage.label(mask, structure=_FULL_CONNECTIVITY)
+    labels, n = ndimage.label(mask, structure=FULL_CONNECTIVITY)
     keep = np.zeros(n + 1, dtype=bool)
     keep[np.unique(labels[np.asarray(marker, dtype=bool) & mask])] = True
     keep[0] = False
@@ -161,12 +165,13 @@ def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarra
                          adc: np.ndarray | None = None) -> np.ndarray:
     """``mask`` (z, y, x) after ``post``; ``zadc``/``adc`` (same shape, raw values) are needed for the rule part,
     ``adc`` for the ADC cap and the lesion filter."""
-    if post.max_adc is not None:
+    if post.needs_adc:
         if adc is None:
             raise HiennuError(f"post-processing {post.name!r} needs the case's ADC image, and none was given")
         if np.shape(adc) != np.shape(mask):
             raise HiennuError(f"post-processing {post.name!r}: ADC shape {np.shape(adc)} differs from the mask's "
                               f"{np.shape(mask)} (both (z, y, x) on the native grid)")
+    if post.max_adc is not None:
         mask = np.where(np.asarray(adc) > post.max_adc, 0, np.asarray(mask)).astype(np.uint8)
     out = remove_small_components(mask, post.min_component_voxels)
     if post.keep_touching_rule:
@@ -177,9 +182,6 @@ def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarra
                               f"{out.shape} (both (z, y, x) on the native grid)")
         out = keep_components_touching(out, rule_mask(zadc, adc, post.rule_threshold))
     if post.component_filter is not None:
-        if adc is None:
-            raise HiennuError(f"post-processing {post.name!r} needs the case's ADC image (its brain, ADC != 0), "
-                              f"and none was given")
         out = post.component_filter.apply(out, np.asarray(adc) != 0)
     return out
 

@@ -133,8 +133,7 @@ class Predictor(CasePredictor):
             raise HiennuError(f"{name}: its post-processing ({self.postprocessing.name}) needs a ZADC channel, but the "
                               f"model's channels are {', '.join(self.channel_names)}; delete its postprocessing.json "
                               f"(or pass use_postprocessing=False) to predict without it")
-        if (self.postprocessing.max_adc is not None or self.postprocessing.component_filter is not None) \
-                and self._adc_channel is None:
+        if self.postprocessing.needs_adc and self._adc_channel is None:
             raise HiennuError(f"{name}: its post-processing ({self.postprocessing.name}) needs an ADC channel, but the "
                               f"model's channels are {', '.join(self.channel_names)}; delete its postprocessing.json "
                               f"(or pass use_postprocessing=False) to predict without it")
