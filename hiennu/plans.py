@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file, write_json
@@ -27,6 +27,7 @@ from hiennu.paths import DEFAULT_PLANS_NAME
 
 PLANS_NAME = DEFAULT_PLANS_NAME  # the default plans identifier (defined with the file names in hiennu.paths)
 DEFAULT_CONFIGURATION = "3d_fullres"
+SLICE_CONFIGURATION = "2d"
 PAPER_CONFIGURATION = "3d_paper"
 LOSSLESS_CONFIGURATION = "3d_lossless"
 
@@ -35,6 +36,7 @@ NORM_TYPES = ("batch", "instance")
 RULE_PRIOR_MODES = ("add", "veto")
 IMAGE_INTERPOLATIONS = ("linear", "nearest")
 LR_SCHEDULES = ("exponential", "poly")
+SPATIAL_DIMS = (2, 3)
 
 
 @dataclass
@@ -67,7 +69,10 @@ class ChannelNormalization:
 
 @dataclass
 class NetworkPlan:
-    """3D U-Net topology (see ``hiennu.networks.unet``).
+    """U-Net topology (see ``hiennu.networks.unet``), 3D or 2D.
+
+    spatial_dims: 3 (3D convolutions on (z, y, x) patches) or 2 (nnU-Net's ``2d``: 2D convolutions on
+    each (y, x) slice; every pool kernel then has z = 1 and the training patch is one slice deep).
 
     features_per_stage: channels of each encoder stage, the last entry being the bottleneck
     (the paper: 3 encoder stages + bottleneck). pool_kernel_sizes: one (z, y, x) max-pool kernel
@@ -103,6 +108,7 @@ class NetworkPlan:
     rule_prior_mode: str = "add"
     rule_prior_scale: float = 2.0
     rule_prior_cap: float | None = None
+    spatial_dims: int = 3
 
     @property
     def downsampling_factor_zyx(self) -> tuple[int, int, int]:
@@ -185,6 +191,10 @@ class Configuration:
       to its brain box (ADC != 0), resampled to ``target_spacing_zyx`` (mm, z y x), trained on
       patches of ``patch_size_zyx`` voxels and predicted with a sliding window.
       ``target_size_xyz`` is None.
+    - brain crop + in-plane spacing + slices (``2d``, nnU-Net's meaning): as above, but each case keeps
+      its own slice spacing (only y and x are resampled; ``target_spacing_zyx[0]`` is the median slice
+      spacing, for information), the network is 2D (``network.spatial_dims`` 2) and the patch is one
+      slice, ``[1, y, x]``. Prediction runs the 2D network on every slice of the brain box.
 
     grid_policy: how the grid or spacing was chosen (``memory``, ``paper``, ``forced``, ``spacing``).
     planned_for: the device the network and patch were sized for (``cpu`` or ``gpu``).
@@ -222,6 +232,28 @@ class Configuration:
     def is_patch_based(self) -> bool:
         """True for the brain-cropped, spacing-resampled, patch-trained kind."""
         return self.patch_size_zyx is not None
+
+    @property
+    def is_2d(self) -> bool:
+        """True for a slice-wise configuration (2D network, one-slice patches)."""
+        return self.network.spatial_dims == 2
+
+    @property
+    def resampling_spacing_zyx(self) -> tuple[float | None, float, float] | None:
+        """The spacing (mm, z y x) each case is resampled to; ``None`` on an axis keeps the case's own
+        (a ``2d`` configuration keeps its slices); ``None`` altogether for a whole-volume grid."""
+        if self.target_spacing_zyx is None:
+            return None
+        z, y, x = (float(v) for v in self.target_spacing_zyx)
+        return (None, y, x) if self.is_2d else (z, y, x)
+
+    def inference_window_zyx(self, shape_zyx: Sequence[int]) -> tuple[int, int, int]:
+        """The sliding window (z, y, x voxels) for a preprocessed case of ``shape_zyx``: the training
+        patch, except that a ``2d`` configuration takes every slice at once (its network runs slice by slice)."""
+        patch = self.input_size_zyx
+        if self.is_2d:
+            return (max(1, int(shape_zyx[0])), patch[1], patch[2])
+        return patch
 
     @property
     def target_size_zyx(self) -> tuple[int, int, int]:
@@ -279,6 +311,7 @@ ENUMERATED_FIELDS: dict[str, tuple[str, ...]] = {
     "rule_prior_mode": RULE_PRIOR_MODES,
     "lr_schedule": LR_SCHEDULES,
     "planned_for": ("cpu", "gpu"),
+    "spatial_dims": SPATIAL_DIMS,
 }
 
 # Numeric ranges, by field name: (lowest, highest, lowest allowed itself); None = unbounded.
@@ -369,6 +402,7 @@ def configuration_problems(config: Configuration) -> list[str]:
                                                   or min(config.target_spacing_zyx) <= 0):
         problems.append(f"target_spacing_zyx must be three positive spacings in mm (z, y, x), got "
                         f"{config.target_spacing_zyx}")
+    problems += _dimensionality_problems(config)
     if problems:
         return problems
     factor = net.downsampling_factor_zyx
@@ -386,6 +420,32 @@ def configuration_problems(config: Configuration) -> list[str]:
             problems.append(f"{name} {shown} {order} cannot be divided by the network's down-sampling factor "
                             f"{factor_shown} {order}: {', '.join(bad_axes)}; round each size to a multiple of its factor")
     return problems
+
+
+def _dimensionality_problems(config: Configuration) -> list[str]:
+    """A 2D network needs one-slice patches and in-plane pooling; a 3D one needs more than one slice."""
+    net = config.network
+    if net.spatial_dims not in SPATIAL_DIMS:
+        return [f"network.spatial_dims is {net.spatial_dims}; choose 2 (slice-wise, nnU-Net's 2d) or 3"]
+    patch = config.patch_size_zyx
+    if net.spatial_dims == 2:
+        problems = []
+        if patch is None:
+            problems.append("network.spatial_dims 2 needs a patch configuration: set patch_size_zyx to [1, y, x] "
+                            "and target_spacing_zyx (a 2D network cannot take a whole-volume grid)")
+        elif len(patch) == 3 and int(patch[0]) != 1:
+            problems.append(f"patch_size_zyx {list(patch)} is {patch[0]} slices deep, but network.spatial_dims 2 "
+                            f"trains on single slices: set patch_size_zyx to [1, {patch[1]}, {patch[2]}] or "
+                            f"network.spatial_dims to 3")
+        deep = [k for k in net.pool_kernel_sizes if len(k) == 3 and int(k[0]) != 1]
+        if deep:
+            problems.append(f"network.pool_kernel_sizes {deep} pool along z, which a 2D network (network.spatial_dims "
+                            f"2) does not have: set their first entry to 1")
+        return problems
+    if patch is not None and len(patch) == 3 and int(patch[0]) == 1:
+        return [f"patch_size_zyx {list(patch)} is a single slice, but network.spatial_dims is 3: set "
+                f"network.spatial_dims to 2 for a slice-wise network, or give the patch more slices"]
+    return []
 
 
 # Configuration fields that record how the plan was made, not what the network sees or does.

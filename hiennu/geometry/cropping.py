@@ -66,15 +66,20 @@ def brain_bbox(adc: np.ndarray) -> list[list[int]]:
 
 
 def resampled_size(box_size_zyx: Sequence[int], spacing_zyx: Sequence[float],
-                   target_spacing_zyx: Sequence[float]) -> tuple[int, int, int]:
-    """Voxels per axis of a box of ``box_size_zyx`` voxels at ``spacing_zyx`` mm once at ``target_spacing_zyx`` mm."""
-    return tuple(max(1, int(round(n * s / t)))  # type: ignore[return-value]
+                   target_spacing_zyx: Sequence[float | None]) -> tuple[int, int, int]:
+    """Voxels per axis of a box of ``box_size_zyx`` voxels at ``spacing_zyx`` mm once at ``target_spacing_zyx`` mm.
+
+    A target of ``None`` keeps that axis as it is (a ``2d`` configuration keeps each case's slices).
+    """
+    return tuple(int(n) if t is None else max(1, int(round(n * s / t)))  # type: ignore[return-value]
                  for n, s, t in zip(box_size_zyx, spacing_zyx, target_spacing_zyx))
 
 
-def crop_and_resample(images: np.ndarray, spacing_zyx: Sequence[float], target_spacing_zyx: Sequence[float],
-                      crop: bool = True, interpolation: str = "linear") -> tuple[np.ndarray, CropRecord]:
-    """Crop ``images`` (C, z, y, x; channel 0 is ADC) to the brain box and resample to the target spacing.
+def crop_and_resample(images: np.ndarray, spacing_zyx: Sequence[float],
+                      target_spacing_zyx: Sequence[float | None], crop: bool = True,
+                      interpolation: str = "linear") -> tuple[np.ndarray, CropRecord]:
+    """Crop ``images`` (C, z, y, x; channel 0 is ADC) to the brain box and resample to the target spacing
+    (``None`` on an axis: keep the case's own spacing there).
 
     Returns float32 ``(C, z', y', x')`` (``interpolation``: ``linear`` or ``nearest``, see
     :func:`~hiennu.geometry.resampling.resample_image_to_grid`) and the :class:`CropRecord`.

@@ -243,7 +243,8 @@ class Predictor(CasePredictor):
     def _predict_patches(self, case: PreparedCase) -> torch.Tensor:
         """Sliding-window probabilities of one cropped case, back on its native grid (a tensor on the device)."""
         data = torch.from_numpy(np.ascontiguousarray(case.data, dtype=np.float32)).to(self.device)
-        prob = sliding_window_predict(self.ensemble.predict_probabilities, data, self.configuration.patch_size_zyx,
+        window = self.configuration.inference_window_zyx(data.shape[1:])
+        prob = sliding_window_predict(self.ensemble.predict_probabilities, data, window,
                                       windows_per_batch=self.batch_size)
         assert case.crop is not None
         return restore_to_native(prob, case.crop, self.configuration.prediction_interpolation)

@@ -30,12 +30,13 @@ SIGMA_FRACTION = 1.0 / 8
 def window_starts(size: int, patch: int, step_fraction: float = STEP_FRACTION) -> list[int]:
     """Start indices along one axis of ``size`` voxels for windows of ``patch`` (``size >= patch``).
 
-    The number of windows is ``ceil((size - patch) / (patch * step_fraction)) + 1``; the starts run
-    evenly from 0 to ``size - patch`` (rounded), so the windows cover every voxel.
+    The number of windows is ``ceil((size - patch) / max(1, patch * step_fraction)) + 1`` (a step is
+    at least one voxel, so one-voxel windows are not visited twice); the starts run evenly from 0 to
+    ``size - patch`` (rounded), so the windows cover every voxel.
     """
     if size < patch:
         raise ValueError(f"axis of {size} voxels is smaller than the patch ({patch}); pad it first")
-    steps = int(math.ceil((size - patch) / (patch * step_fraction))) + 1
+    steps = int(math.ceil((size - patch) / max(1.0, patch * step_fraction))) + 1
     if steps == 1:
         return [0]
     stride = (size - patch) / (steps - 1)

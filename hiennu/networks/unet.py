@@ -1,4 +1,4 @@
-"""3D U-Net built from a :class:`~hiennu.plans.NetworkPlan` (the paper's architecture).
+"""U-Net built from a :class:`~hiennu.plans.NetworkPlan` (the paper's architecture), 3D or 2D.
 
 Encoder stage s: two 3x3x3 convolutions, each followed by a norm (batch norm as in the paper, or
 instance norm for small patch batches, ``plan.norm``) and LeakyReLU, then dropout
@@ -8,7 +8,13 @@ connection, and applies two convolutions (same norm/activation/dropout as the ma
 stage). A 1x1x1 convolution gives the logits.
 
 Input ``(B, in_channels, z, y, x)`` with each spatial size divisible by
-``plan.downsampling_factor_zyx``; output logits ``(B, out_channels, z, y, x)``. With
+``plan.downsampling_factor_zyx``; output logits ``(B, out_channels, z, y, x)``.
+
+``plan.spatial_dims`` 2 (nnU-Net's ``2d``) builds the same network from 2D layers (3x3 convolutions,
+``(y, x)`` pool kernels, the z entry of each kernel being 1) and runs it on every slice: the input's z
+axis is folded into the batch, so the interface stays ``(B, C, z, y, x)`` in and out and the same
+sliding window, losses and predictor serve both; one slice deep in training, every slice of a case at
+once in prediction. With
 ``deep_supervision`` in training mode the output is a list: full resolution first, then one
 lower-resolution logit map per decoder stage below it.
 
@@ -34,31 +40,37 @@ from torch import nn
 from hiennu.plans import NetworkPlan
 
 
-def make_norm(kind: str, channels: int) -> nn.Module:
-    """``batch`` -> BatchNorm3d, ``instance`` -> InstanceNorm3d with affine parameters (nnU-Net's choice)."""
+_LAYERS = {3: (nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, nn.Dropout3d, nn.BatchNorm3d, nn.InstanceNorm3d),
+           2: (nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.Dropout2d, nn.BatchNorm2d, nn.InstanceNorm2d)}
+
+
+def make_norm(kind: str, channels: int, spatial_dims: int = 3) -> nn.Module:
+    """``batch`` -> BatchNorm, ``instance`` -> InstanceNorm with affine parameters (nnU-Net's choice), 2D or 3D."""
+    batch, instance = _LAYERS[spatial_dims][4:]
     if kind == "batch":
-        return nn.BatchNorm3d(channels)
+        return batch(channels)
     if kind == "instance":
-        return nn.InstanceNorm3d(channels, affine=True)
+        return instance(channels, affine=True)
     raise ValueError(f"network plan: unknown norm {kind!r}; choose 'batch' or 'instance'")
 
 
 class ConvBlock(nn.Sequential):
-    """(conv3d -> norm -> LeakyReLU) x 2 -> dropout."""
+    """(conv -> norm -> LeakyReLU) x 2 -> dropout, in ``spatial_dims`` dimensions."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, dropout: float, negative_slope: float,
-                 norm: str = "batch"):
+                 norm: str = "batch", spatial_dims: int = 3):
+        conv, dropout_layer = _LAYERS[spatial_dims][0], _LAYERS[spatial_dims][3]
         pad = kernel_size // 2
         layers: list[nn.Module] = []
         for i in range(2):
-            layers += [nn.Conv3d(in_ch if i == 0 else out_ch, out_ch, kernel_size, padding=pad, bias=False),
-                       make_norm(norm, out_ch), nn.LeakyReLU(negative_slope, inplace=True)]
+            layers += [conv(in_ch if i == 0 else out_ch, out_ch, kernel_size, padding=pad, bias=False),
+                       make_norm(norm, out_ch, spatial_dims), nn.LeakyReLU(negative_slope, inplace=True)]
         if dropout > 0:
-            layers.append(nn.Dropout3d(dropout))
+            layers.append(dropout_layer(dropout))
         super().__init__(*layers)
 
 
-class UNet3D(nn.Module):
+class UNet(nn.Module):
     def __init__(self, plan: NetworkPlan):
         super().__init__()
         feats = list(plan.features_per_stage)
@@ -68,6 +80,13 @@ class UNet3D(nn.Module):
         if len(plan.dropout_per_stage) != len(feats):
             raise ValueError(f"network plan: need one dropout value per stage ({len(feats)}), "
                              f"got {len(plan.dropout_per_stage)}")
+        dims = plan.spatial_dims
+        if dims not in _LAYERS:
+            raise ValueError(f"network plan: spatial_dims must be 2 or 3, got {dims}")
+        if dims == 2 and any(int(k[0]) != 1 for k in plan.pool_kernel_sizes):
+            raise ValueError(f"network plan: a 2D network cannot pool along z; pool kernels "
+                             f"{plan.pool_kernel_sizes} need z = 1")
+        conv, transpose, pool_layer = _LAYERS[dims][:3]
         self.plan = plan
         k, slope = plan.kernel_size, plan.negative_slope
         self.encoder = nn.ModuleList()
@@ -75,17 +94,18 @@ class UNet3D(nn.Module):
         in_ch = plan.in_channels
         for s, f in enumerate(feats):
             if s > 0:
-                self.pools.append(nn.MaxPool3d(tuple(plan.pool_kernel_sizes[s - 1])))
-            self.encoder.append(ConvBlock(in_ch, f, k, plan.dropout_per_stage[s], slope, plan.norm))
+                self.pools.append(pool_layer(self._kernel(plan.pool_kernel_sizes[s - 1])))
+            self.encoder.append(ConvBlock(in_ch, f, k, plan.dropout_per_stage[s], slope, plan.norm, dims))
             in_ch = f
         self.ups = nn.ModuleList()
         self.decoder = nn.ModuleList()
         self.heads = nn.ModuleList()
         for s in reversed(range(len(feats) - 1)):
-            pool = tuple(plan.pool_kernel_sizes[s])
-            self.ups.append(nn.ConvTranspose3d(feats[s + 1], feats[s], pool, stride=pool))
-            self.decoder.append(ConvBlock(2 * feats[s], feats[s], k, plan.dropout_per_stage[s], slope, plan.norm))
-            self.heads.append(nn.Conv3d(feats[s], plan.out_channels, 1))
+            pool = self._kernel(plan.pool_kernel_sizes[s])
+            self.ups.append(transpose(feats[s + 1], feats[s], pool, stride=pool))
+            self.decoder.append(ConvBlock(2 * feats[s], feats[s], k, plan.dropout_per_stage[s], slope, plan.norm,
+                                          dims))
+            self.heads.append(conv(feats[s], plan.out_channels, 1))
         if plan.rule_prior:
             if plan.rule_prior_mode not in ("add", "veto"):
                 raise ValueError(f"network plan: unknown rule_prior_mode {plan.rule_prior_mode!r}; choose 'add' or 'veto'")
@@ -97,8 +117,13 @@ class UNet3D(nn.Module):
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
 
+    def _kernel(self, kernel_zyx: list[int]) -> tuple[int, ...]:
+        """A (z, y, x) pool kernel as this network's layers take it ((y, x) in 2D)."""
+        kernel = tuple(int(v) for v in kernel_zyx)
+        return kernel[1:] if self.plan.spatial_dims == 2 else kernel
+
     def rule_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The prior ``k * (t - x[:, c])``, at most ``rule_prior_cap`` when set, as ``(B, 1, z, y, x)`` logits."""
+        """The prior ``k * (t - x[:, c])``, at most ``rule_prior_cap`` when set, as ``(B, 1, *spatial)`` logits."""
         c = self.plan.rule_prior_channel
         prior = self.rule_scale * (self.plan.rule_prior_threshold - x[:, c:c + 1])
         if self.plan.rule_prior_cap is not None:
@@ -113,6 +138,16 @@ class UNet3D(nn.Module):
         return prior + out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.plan.spatial_dims == 3:
+            return self._forward(x)
+        if x.dim() != 5:
+            raise ValueError(f"expected a (B, C, z, y, x) input, got shape {tuple(x.shape)}")
+        b, c, z, h, w = x.shape
+        out = self._forward(x.transpose(1, 2).reshape(b * z, c, h, w))
+        unfold = lambda t: t.reshape(b, z, *t.shape[1:]).transpose(1, 2)  # noqa: E731
+        return [unfold(t) for t in out] if isinstance(out, list) else unfold(out)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         prior = self.rule_logits(x) if self.plan.rule_prior else None
         skips = []
         for s, block in enumerate(self.encoder):
@@ -133,6 +168,9 @@ class UNet3D(nn.Module):
         return self._with_prior(self.heads[-1](x), prior)
 
 
-def build_network(plan: NetworkPlan) -> UNet3D:
-    """The U-Net that ``plan`` describes, freshly initialized (PyTorch defaults)."""
-    return UNet3D(plan)
+UNet3D = UNet  # the name of earlier versions
+
+
+def build_network(plan: NetworkPlan) -> UNet:
+    """The U-Net that ``plan`` describes (2D or 3D), freshly initialized (PyTorch defaults)."""
+    return UNet(plan)

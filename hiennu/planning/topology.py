@@ -143,3 +143,53 @@ def plan_patch(median_box_zyx: Sequence[float], max_box_zyx: Sequence[float], sp
               f"pooling {kernels} by nnU-Net's spacing rule, batch {batch} (estimated {estimate.total_gib:.2f} GiB "
               f"in bf16; at most {BATCH_DATASET_FRACTION:.0%} of the dataset's voxels per batch, at least 2)")
     return PatchPlan(patch, network, batch, reason)
+
+
+# nnU-Net's 2d: wider and deeper than the 3D CPU network (a 3x3 convolution costs a third of a 3x3x3 one),
+# a batch of many slices. CPU: widths 16-256, as many slices as fit SLICE_BATCH_VOXELS (a step of about
+# the 3D patch's cost; documentation/benchmarks.md); GPU: nnU-Net's 2d widths, batch by the memory estimate.
+CPU_SLICE_FEATURES = (16, 32, 64, 128, 256)
+GPU_SLICE_FEATURES = (32, 64, 128, 256, 512, 512)
+CPU_SLICE_BATCH_VOXELS = 160_000
+SLICE_BATCH_RANGE = (8, 64)
+
+
+def plan_slice_patch(max_box_zyx: Sequence[float], spacing_zyx: Sequence[float], in_channels: int, plan_for: str,
+                     gpu_memory_gb: float, dataset_voxels: float) -> PatchPlan:
+    """Plan the ``2d`` configuration: a one-slice patch ``[1, y, x]`` covering the largest brain box in-plane
+    (so one window per slice predicts a case), in-plane pooling by nnU-Net's rule, a 2D network and a batch
+    of slices sized for ``plan_for``.
+
+    max_box_zyx: the largest brain box at the target spacing (voxels; z is ignored); spacing_zyx: the
+    target spacing (mm; only y and x matter); dataset_voxels: the total voxels of every case's box (the
+    GPU batch cap, as in :func:`plan_patch`).
+    """
+    if plan_for not in PLAN_FOR:
+        raise HiennuError(f"--plan-for must be one of {', '.join(PLAN_FOR)}, got {plan_for!r}")
+    features = CPU_SLICE_FEATURES if plan_for == "cpu" else GPU_SLICE_FEATURES
+    in_plane = [1.0, float(max_box_zyx[1]), float(max_box_zyx[2])]
+    flat_spacing = [math.inf, float(spacing_zyx[1]), float(spacing_zyx[2])]  # z never pools
+    kernels = pool_kernels(in_plane, flat_spacing, len(features) - 1)
+    patch = _round_up(in_plane, _factor(kernels))
+    patch[0] = 1
+    network = _network(in_channels, features, kernels)
+    network.spatial_dims = 2
+    slice_voxels = math.prod(patch)
+    if plan_for == "cpu":
+        batch = int(min(max(CPU_SLICE_BATCH_VOXELS // slice_voxels, SLICE_BATCH_RANGE[0]), SLICE_BATCH_RANGE[1]))
+        reason = (f"planned for a CPU: one-slice patch {patch} (z y x) covers the largest brain box in-plane "
+                  f"{[round(float(v)) for v in max_box_zyx[1:]]}, a 2D network of widths "
+                  f"{network.features_per_stage}, instance norm, in-plane pooling {kernels} (nnU-Net's rule), "
+                  f"batch {batch} slices (about {CPU_SLICE_BATCH_VOXELS} voxels a step)")
+        return PatchPlan(patch, network, batch, reason)
+    cap = max(SLICE_BATCH_RANGE[0], int(BATCH_DATASET_FRACTION * dataset_voxels / slice_voxels))
+    batch = SLICE_BATCH_RANGE[0]
+    for b in range(SLICE_BATCH_RANGE[0], min(SLICE_BATCH_RANGE[1], cap) + 1):
+        if estimate_training_memory(network, patch, b).total_gib <= gpu_memory_gb:
+            batch = b
+    estimate = estimate_training_memory(network, patch, batch)
+    reason = (f"planned for a GPU with {gpu_memory_gb:g} GiB: one-slice patch {patch} (z y x) covers the largest "
+              f"brain box in-plane, a 2D network of widths {network.features_per_stage}, instance norm, in-plane "
+              f"pooling {kernels}, batch {batch} slices (estimated {estimate.total_gib:.2f} GiB; at most "
+              f"{BATCH_DATASET_FRACTION:.0%} of the dataset's voxels per batch)")
+    return PatchPlan(patch, network, batch, reason)

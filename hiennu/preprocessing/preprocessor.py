@@ -82,7 +82,7 @@ def preprocess_case(images: list[np.ndarray], config: Configuration, label: np.n
     if config.is_patch_based:
         if spacing_zyx is None:
             raise ValueError(f"configuration {config.name} resamples to a target spacing: pass the case's spacing_zyx")
-        grid, record = crop_and_resample(stacked, spacing_zyx, config.target_spacing_zyx, config.crop_to_brain,
+        grid, record = crop_and_resample(stacked, spacing_zyx, config.resampling_spacing_zyx, config.crop_to_brain,
                                          config.image_interpolation)
         brain = brain_mask_on_grid(crop_to_bbox(stacked[0], record.bbox_zyx), grid.shape[1:])
     else:
@@ -112,6 +112,7 @@ def configuration_hash(config: Configuration) -> str:
     relevant = {"version": PREPROCESSING_VERSION,
                 "target_size_xyz": list(config.target_size_xyz) if config.target_size_xyz is not None else None,
                 "target_spacing_zyx": config.target_spacing_zyx, "crop_to_brain": config.crop_to_brain,
+                "resampling_spacing_zyx": config.resampling_spacing_zyx,
                 "normalization": [vars(n) for n in config.normalization],
                 "image_interpolation": config.image_interpolation,
                 "label_interpolation": config.label_interpolation}

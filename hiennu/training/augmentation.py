@@ -7,7 +7,9 @@ runs it on one sample with numpy's and Python's global generators seeded from th
 seed, so the result depends on nothing but (sample, seed): not on the worker that computes it,
 the number of workers, or the rank.
 
-Arrays: data (C, z, y, x) float32, seg (1, z, y, x); batchgenerators sees (1, C, z, y, x).
+Arrays: data (C, z, y, x) float32, seg (1, z, y, x); batchgenerators sees (1, C, z, y, x). A
+pipeline built for a 2D grid (y, x) (the ``2d`` configuration's one-slice patches) runs on the slice:
+batchgenerators sees (1, C, y, x), so the elastic field, blur and low resolution stay in-plane.
 """
 
 from __future__ import annotations
@@ -50,13 +52,21 @@ class AxisFlipTransform(AbstractTransform):
         return data_dict
 
 
-def build_transforms(plan: AugmentationPlan, grid_zyx: tuple[int, int, int]) -> Compose:
+class SliceTransforms(Compose):
+    """A pipeline on 2D slices: :func:`augment_sample` drops the one-voxel z axis before it and restores it after."""
+
+
+def build_transforms(plan: AugmentationPlan, grid_zyx: tuple[int, ...]) -> Compose:
     """The batchgenerators pipeline for ``plan`` on a fixed grid (z, y, x), in the GPU path's order.
 
     Elastic deformation (SpatialTransform, no rotation, no scaling, no cropping), Gaussian noise,
     Gaussian blur, simulated low resolution, gamma, mirroring. A probability of 0 leaves a
-    transform out.
+    transform out. A grid of two sizes (y, x) builds the 2D pipeline (:class:`SliceTransforms`):
+    mirroring then keeps the plan's in-plane axes (1 = y, 2 = x) and drops z.
     """
+    if len(grid_zyx) not in (2, 3):
+        raise ValueError(f"augmentation grid must be (z, y, x) or (y, x), got {tuple(grid_zyx)}")
+    dims = len(grid_zyx)
     transforms: list[AbstractTransform] = []
     if plan.p_elastic > 0:
         transforms.append(SpatialTransform(
@@ -75,16 +85,17 @@ def build_transforms(plan: AugmentationPlan, grid_zyx: tuple[int, int, int]) -> 
                                                 p_per_sample=plan.p_blur))
     if plan.p_lowres > 0:
         zoom = (1.0 / plan.lowres_factor[1], 1.0 / plan.lowres_factor[0])
-        transforms.append(SimulateLowResolutionTransform(zoom_range=(zoom, zoom, zoom), per_channel=False,
+        transforms.append(SimulateLowResolutionTransform(zoom_range=(zoom,) * dims, per_channel=False,
                                                          p_per_channel=1, order_downsample=1, order_upsample=0,
                                                          p_per_sample=plan.p_lowres))
     if plan.p_gamma > 0:
         gamma_range = (math.exp(plan.log_gamma[0]), math.exp(plan.log_gamma[1]))
         transforms.append(GammaTransform(gamma_range=gamma_range, invert_image=False, per_channel=True,
                                          retain_stats=True, p_per_sample=plan.p_gamma))
-    if plan.p_mirror > 0 and plan.mirror_axes:
-        transforms.append(AxisFlipTransform(tuple(plan.mirror_axes), plan.p_mirror))
-    return Compose(transforms)
+    axes = tuple(plan.mirror_axes) if dims == 3 else tuple(a - 1 for a in plan.mirror_axes if a > 0)
+    if plan.p_mirror > 0 and axes:
+        transforms.append(AxisFlipTransform(axes, plan.p_mirror))
+    return Compose(transforms) if dims == 3 else SliceTransforms(transforms)
 
 
 def augment_sample(transform: AbstractTransform, data: np.ndarray, seg: np.ndarray,
@@ -96,7 +107,15 @@ def augment_sample(transform: AbstractTransform, data: np.ndarray, seg: np.ndarr
     """
     np.random.seed(seed % 2**32)
     random.seed(seed)
-    batch = {"data": np.array(data, dtype=np.float32)[None], "seg": np.array(seg, dtype=np.float32)[None]}
-    out = transform(**batch)
-    return (np.ascontiguousarray(out["data"][0], dtype=np.float32),
-            np.ascontiguousarray(out["seg"][0], dtype=np.float32))
+    slices = isinstance(transform, SliceTransforms)
+    if slices and np.shape(data)[1] != 1:
+        raise ValueError(f"a 2D augmentation pipeline takes one-slice samples (C, 1, y, x), got {np.shape(data)}")
+    data = np.array(data, dtype=np.float32)[None]
+    seg = np.array(seg, dtype=np.float32)[None]
+    if slices:
+        data, seg = data[:, :, 0], seg[:, :, 0]
+    out = transform(data=data, seg=seg)
+    data, seg = out["data"][0], out["seg"][0]
+    if slices:
+        data, seg = data[:, None], seg[:, None]
+    return np.ascontiguousarray(data, dtype=np.float32), np.ascontiguousarray(seg, dtype=np.float32)
