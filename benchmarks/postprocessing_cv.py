@@ -57,7 +57,7 @@ def run_method(name: str, cases: dict[str, CaseImages], fold_of: dict[str, int],
     for case, c in cases.items():
         like = labels / f"{case}{ending}"
         _write(c.pred, like, plain_dir / f"{case}{ending}")
-        _write(apply_postprocessing(c.pred, choices[fold_of[case]], c.zadc, c.adc), like, nested_dir / f"{case}{ending}")
+        _write(c.postprocessed(choices[fold_of[case]]), like, nested_dir / f"{case}{ending}")
     summaries = {}
     for kind, d in (("plain", plain_dir), ("nested", nested_dir)):
         summaries[kind] = evaluate_folders(labels, d, d / "summary.json", images_dir=raw_dir / "imagesTr",
@@ -100,7 +100,7 @@ def main() -> None:
     else:  # the labels stand in for the predictions that the rule replaces below
         cases = load_cases({case: raw_dir / "labelsTr" / f"{case}{ending}" for case in rule_folds}, raw_dir)
 
-    rule_cases = {case: CaseImages(rule_mask(c.zadc, c.adc).astype(np.uint8), c.ref, c.zadc, c.adc)
+    rule_cases = {case: CaseImages(rule_mask(c.zadc, c.adc).astype(np.uint8), c.ref, c.zadc, c.adc, c.spacing_zyx)
                   for case, c in cases.items()}
     results["rule: ZADC < -2"] = run_method("rule", rule_cases, rule_folds, raw_dir, ending, args.out)
 

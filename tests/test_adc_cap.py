@@ -65,7 +65,7 @@ def _case(pred_voxels: int, fp_adc: float) -> CaseImages:
     pred[0, 2, :pred_voxels] = 1
     adc = np.full(ref.shape, 1000.0, np.float32)
     adc[0, 2] = fp_adc
-    return CaseImages(pred, ref, np.zeros(ref.shape, np.float32), adc)
+    return CaseImages(pred, ref, np.zeros(ref.shape, np.float32), adc, (2.0, 1.0, 1.0))
 
 
 def test_nested_choice_is_made_without_the_held_out_fold():

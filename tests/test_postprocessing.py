@@ -63,6 +63,16 @@ def test_candidates_and_nnunet_choice_rule():
         choose(options[1:], [0.5] * 5)
 
 
+def test_choose_needs_one_finite_score_per_candidate():
+    options = candidates((5, 10))
+    with pytest.raises(ValueError, match=r"5 score\(s\) for 6 candidate\(s\)"):
+        choose(options, [0.5, 0.9, 0.4, 0.3, 0.2])        # would silently ignore the last candidate
+    with pytest.raises(ValueError, match=r"7 score\(s\) for 6"):
+        choose(options, [0.5, 0.4, 0.4, 0.3, 0.2, 0.1, 0.9])  # would pick an index with no candidate
+    with pytest.raises(ValueError, match="finite"):
+        choose(options, [0.5, float("nan"), 0.4, 0.3, 0.2, 0.1])
+
+
 def test_select_postprocessing_on_pooled_folds_writes_the_record(tmp_path):
     raw, model = raw_and_model_with_false_positives(tmp_path)
     (model / "fold_0" / "validation" / "summary.json").write_text("{}")  # not a mask: ignored
@@ -78,6 +88,10 @@ def test_select_postprocessing_on_pooled_folds_writes_the_record(tmp_path):
     assert record["chosen_name"] == "remove < 5 vox" and record["chosen_dice"] == 1.0
     assert load_postprocessing(model) == PostProcessing(min_component_voxels=5)
     assert "remove < 5 vox" in postprocessing_table({"TrainerX": record})
+    # which checkpoint made the masks (no recorded one: the old default, best) and the plans' size rule
+    assert record["validation_checkpoints"] == {"0": "checkpoint_best.pth", "1": None}
+    assert record["plans_min_component_voxels"] == 0
+    assert set(record["nested"]["chosen_per_fold"]) == {"0", "1"}
 
 
 def test_select_postprocessing_names_what_is_missing(tmp_path):

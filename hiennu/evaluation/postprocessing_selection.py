@@ -31,7 +31,7 @@ read on its atlas z-score scale; the brain is where the ``ADC`` channel is non-z
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -41,12 +41,15 @@ from hiennu.errors import HiennuError
 from hiennu.inference.lesion_filter import FilterCase, fit_component_filter
 from hiennu.inference.postprocessing import (COMPONENT_SIZES, POSTPROCESSING_FILE, PostProcessing,
                                              adc_cap_candidates, apply_postprocessing, candidates, channel_index)
-from hiennu.io.atomic import write_json
+from hiennu.io.atomic import read_json, write_json
+from hiennu.io.checkpoint import BEST
 from hiennu.io.cases import channel_file_name
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
 from hiennu.log import get_logger, progress
 from hiennu.masks import dice
+from hiennu.paths import parse_model_dir_name
+from hiennu.plans import load_plans
 from hiennu.provenance import provenance
 
 log = get_logger(__name__)
@@ -81,12 +84,18 @@ def validation_cases(model_dir: Path, folds: Sequence[int], labels_dir: Path,
 
 @dataclass
 class CaseImages:
-    """One case's native arrays for scoring post-processing: prediction, reference, ZADC and ADC (z, y, x)."""
+    """One case's native arrays for scoring post-processing: prediction, reference, ZADC and ADC (z, y, x),
+    and its voxel spacing ``(z, y, x)`` in mm (the lesion filter measures components in mm)."""
 
     pred: np.ndarray
     ref: np.ndarray
     zadc: np.ndarray
     adc: np.ndarray | None
+    spacing_zyx: tuple[float, float, float] | None = None
+
+    def postprocessed(self, post: PostProcessing) -> np.ndarray:
+        """The prediction after ``post`` (uint8 {0, 1}, (z, y, x))."""
+        return apply_postprocessing(self.pred, post, self.zadc, self.adc, self.spacing_zyx)
 
 
 def load_cases(masks: dict[str, Path], raw_dir: Path) -> dict[str, CaseImages]:
@@ -101,13 +110,13 @@ def load_cases(masks: dict[str, Path], raw_dir: Path) -> dict[str, CaseImages]:
     out: dict[str, CaseImages] = {}
     for case, path in progress(sorted(masks.items()), desc="post-processing candidates"):
         pred, _ = read_image(path, dtype=np.uint8)
-        ref, _ = read_image(raw_dir / "labelsTr" / f"{case}{ending}", dtype=np.uint8)
+        ref, geometry = read_image(raw_dir / "labelsTr" / f"{case}{ending}", dtype=np.uint8)
         if pred.shape != ref.shape:
             raise HiennuError(f"case {case}: validation mask {path} has shape {pred.shape} (z, y, x), the label "
                               f"{ref.shape}; validation masks must be in the label's native geometry")
         zadc, _ = read_image(raw_dir / "imagesTr" / channel_file_name(case, zadc_k, ending))
         adc = read_image(raw_dir / "imagesTr" / channel_file_name(case, adc_k, ending))[0] if adc_k is not None else None
-        out[case] = CaseImages(pred, ref != 0, zadc, adc)
+        out[case] = CaseImages(pred, ref != 0, zadc, adc, tuple(float(v) for v in geometry.spacing_zyx))
     return out
 
 
@@ -117,31 +126,46 @@ def caps_from(cases: dict[str, CaseImages], case_ids: Sequence[str]) -> list[flo
     return adc_cap_candidates(np.concatenate(values)) if values else []
 
 
-def filter_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str],
-                      caps: Sequence[float]) -> list[PostProcessing]:
+def filter_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str], caps: Sequence[float],
+                      min_component_voxels: int = 0) -> list[PostProcessing]:
     """The lesion filter fitted on ``case_ids`` after no cap and after each of ``caps``: one candidate per cap
-    whose components are not all of one kind; none without an ADC channel (the filter needs the brain)."""
+    whose components are not all of one kind; none without an ADC channel (the filter needs the brain).
+
+    Each filter is fitted on the masks as they reach it at prediction: capped, then without the components
+    under ``min_component_voxels`` (the plans' size rule, which the predictor applies before the filter), and
+    the candidate carries that size, so fitting and applying see the same components.
+    """
     out = []
     for cap in [None, *caps]:
+        before = PostProcessing(min_component_voxels=int(min_component_voxels), max_adc=cap)
         fit_cases = []
         for c in case_ids:
             case = cases[c]
             if case.adc is None:
                 return []
-            capped = apply_postprocessing(case.pred, PostProcessing(max_adc=cap), adc=case.adc)
-            fit_cases.append(FilterCase(capped, case.adc != 0, case.ref))
+            fit_cases.append(FilterCase(case.postprocessed(before), case.adc != 0, case.ref, case.spacing_zyx))
         fitted = fit_component_filter(fit_cases)
         if fitted is not None:
-            out.append(PostProcessing(max_adc=cap, component_filter=fitted))
+            out.append(replace(before, component_filter=fitted))
     return out
 
 
+def with_size_floor(options: list[PostProcessing], min_component_voxels: int) -> list[PostProcessing]:
+    """``options`` as the predictor applies them: each removes at least the components under
+    ``min_component_voxels`` (the plans' size rule), except ``options[0]``, the masks as they are (the
+    cross-validation masks were predicted with that rule already)."""
+    k = int(min_component_voxels)
+    return options[:1] + [replace(p, min_component_voxels=max(p.min_component_voxels, k)) for p in options[1:]]
+
+
 def all_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str],
-                   sizes: Sequence[int] = COMPONENT_SIZES) -> list[PostProcessing]:
+                   sizes: Sequence[int] = COMPONENT_SIZES, min_component_voxels: int = 0) -> list[PostProcessing]:
     """Every candidate for a choice made on ``case_ids``: the fixed ones with the caps of their lesions
-    (:func:`hiennu.inference.postprocessing.candidates`), then the lesion filters fitted on them."""
+    (:func:`hiennu.inference.postprocessing.candidates`), then the lesion filters fitted on them; each
+    with at least the plans' size rule ``min_component_voxels`` (:func:`with_size_floor`)."""
     caps = caps_from(cases, case_ids)
-    return candidates(sizes, caps) + filter_candidates(cases, case_ids, caps)
+    fixed = with_size_floor(candidates(sizes, caps), min_component_voxels)
+    return fixed + filter_candidates(cases, case_ids, caps, min_component_voxels)
 
 
 def score(cases: dict[str, CaseImages], options: list[PostProcessing]) -> np.ndarray:
@@ -151,12 +175,12 @@ def score(cases: dict[str, CaseImages], options: list[PostProcessing]) -> np.nda
     for j, case in enumerate(ids):
         c = cases[case]
         for i, post in enumerate(options):
-            scores[i, j] = dice(c.ref, apply_postprocessing(c.pred, post, c.zadc, c.adc) != 0)
+            scores[i, j] = dice(c.ref, c.postprocessed(post) != 0)
     return scores
 
 
-def nested_estimate(cases: dict[str, CaseImages], fold_of: dict[str, int],
-                    sizes: Sequence[int] = COMPONENT_SIZES) -> tuple[dict[str, float], dict[int, PostProcessing]]:
+def nested_estimate(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes: Sequence[int] = COMPONENT_SIZES,
+                    min_component_voxels: int = 0) -> tuple[dict[str, float], dict[int, PostProcessing]]:
     """Per-case Dice of post-processing chosen without the case's own fold, and each fold's choice.
 
     For each fold: caps from the other folds' lesions, lesion filters fitted on the other folds' cases,
@@ -170,7 +194,7 @@ def nested_estimate(cases: dict[str, CaseImages], fold_of: dict[str, int],
         held = [c for c in ids if fold_of[c] == fold]
         rest = [c for c in ids if fold_of[c] != fold]
         if rest:
-            options = all_candidates(cases, rest, sizes)
+            options = all_candidates(cases, rest, sizes, min_component_voxels)
             chosen = options[choose(options, list(score({c: cases[c] for c in rest}, options).mean(axis=1)))]
         else:
             chosen = PostProcessing()
@@ -183,10 +207,15 @@ def nested_estimate(cases: dict[str, CaseImages], fold_of: dict[str, int],
 def choose(options: list[PostProcessing], mean_dice: Sequence[float]) -> int:
     """Index of the chosen candidate: the best one whose mean Dice beats the identity's, else the identity.
 
-    ``options[0]`` must be the identity (no post-processing); ties keep the simpler, earlier candidate.
+    ``options[0]`` must be the identity (no post-processing); ties keep the simpler, earlier candidate. There must be one score per candidate.
     """
     if not options or not options[0].is_identity:
         raise ValueError("the first candidate must be 'no post-processing'")
+    if len(mean_dice) != len(options):
+        raise ValueError(f"choose: {len(mean_dice)} score(s) for {len(options)} candidate(s); score every "
+                         f"candidate once, in the candidates' order")
+    if not all(np.isfinite(v) for v in mean_dice):
+        raise ValueError(f"choose: the scores must be finite numbers, got {list(mean_dice)}")
     best = 0
     for i, value in enumerate(mean_dice):
         if value > mean_dice[best]:
@@ -208,10 +237,11 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
         raise HiennuError("choosing post-processing needs at least one fold")
     ending = load_dataset_json(raw_dir).file_ending
     masks, fold_of = validation_cases(model_dir, folds, raw_dir / "labelsTr", ending)
+    size_rule = plans_size_rule(model_dir)
     cases = load_cases(masks, raw_dir)
-    options = all_candidates(cases, list(cases), sizes)
+    options = all_candidates(cases, list(cases), sizes, size_rule)
     means = score(cases, options).mean(axis=1)
-    nested, fold_choices = nested_estimate(cases, fold_of, sizes)
+    nested, fold_choices = nested_estimate(cases, fold_of, sizes, size_rule)
     best = choose(options, list(means))
     chosen = options[best]
     record = {
@@ -223,10 +253,13 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
                        for p, m in zip(options, means)],
         "nested": {"cv_dice": float(np.mean(list(nested.values()))),
                    "choices": {str(f): p.name for f, p in fold_choices.items()},
+                   "chosen_per_fold": {str(f): p.to_dict() for f, p in fold_choices.items()},
                    "per_case_dice": {c: nested[c] for c in sorted(nested)},
                    "how": "each fold's choice made on the other folds' cases only (caps and lesion filters "
                           "included), applied to it"},
         "folds": folds,
+        "validation_checkpoints": validation_checkpoints(model_dir, folds),
+        "plans_min_component_voxels": size_rule,
         "num_cases": len(masks),
         "case_ids": sorted(masks),
         "metric": METRIC,
@@ -240,6 +273,26 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
     if write:
         write_json(record, model_dir / POSTPROCESSING_FILE)
     return record
+
+
+def plans_size_rule(model_dir: Path) -> int:
+    """The plans' ``min_component_voxels`` of the model folder's configuration (what the predictor removes
+    before any chosen post-processing); 0 for a folder of validation masks without ``plans.json``."""
+    if not (Path(model_dir) / "plans.json").is_file():
+        return 0
+    parts = parse_model_dir_name(Path(model_dir).name)
+    plans = load_plans(Path(model_dir) / "plans.json")
+    return int(plans.configuration(parts.configuration if parts else None).min_component_voxels)
+
+
+def validation_checkpoints(model_dir: Path, folds: Sequence[int]) -> dict[str, str | None]:
+    """Fold -> the checkpoint file its validation masks were predicted with (``validation/summary.json``'s
+    ``checkpoint``; ``checkpoint_best.pth`` for summaries written before it was recorded; None without one)."""
+    out: dict[str, str | None] = {}
+    for fold in folds:
+        path = Path(model_dir) / f"fold_{fold}" / "validation" / "summary.json"
+        out[str(fold)] = read_json(path).get("checkpoint", BEST) if path.is_file() else None
+    return out
 
 
 def postprocessing_table(records: dict[str, dict]) -> str:

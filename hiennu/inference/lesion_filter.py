@@ -5,24 +5,30 @@ whole false-positive components: small specks, most of them one slice thick, man
 rim of the skull-stripped brain, where the atlas z-score of a partial-volume voxel is low. A
 component is described by three numbers, each computed on the native grid of the case:
 
-``log_voxels``
-    log of its number of voxels (26-connected);
-``slices``
-    how many slices (axis 0 of a ``(z, y, x)`` array) it spans;
+``log_volume_mm3``
+    log of its volume in mm³ (26-connected voxels times the voxel volume of the case's spacing);
+``extent_z_mm``
+    its extent along the slice axis (axis 0 of a ``(z, y, x)`` array) in mm: the slices it spans
+    times the slice spacing, so a one-slice speck of a 6 mm-thick scan and of a 2 mm-thick one differ;
 ``outside_shell``
     the share of its one-voxel outer shell (26-neighbours not in the component) that lies outside
     the brain (``ADC == 0``, or beyond the edge of the volume), from 0 (deep inside) to 1.
 
+Physical units keep one filter meaningful across cases whose spacings run from 0.7 to 6 mm. Filters
+stored before (features ``log_voxels`` and ``slices``, in voxels and slices) still load and apply
+as they were fitted (:data:`LEGACY_FEATURES`).
+
 The filter is a logistic regression on the standardized features; a component is kept when its
 probability of overlapping a reference lesion is at least ``threshold``. It is fitted on the pooled
 cross-validation predictions of a model's training cases (each component labelled by whether it
-touches the reference), and the threshold is the one of a fixed grid that maximizes the mean
+touches the reference) after the same steps that come before it at prediction (the ADC cap and
+the size rule, :func:`hiennu.inference.postprocessing.apply_postprocessing`), and the threshold is the one of a fixed grid that maximizes the mean
 per-case Dice of those cases. Like the other post-processing, it is kept only when cross-validation
 says it helps (:mod:`hiennu.evaluation.postprocessing_selection`).
 
 Written here rather than taken from scikit-learn, which is not a dependency: an L2-penalized
 logistic regression on three features is a few lines around :func:`scipy.optimize.minimize`
-(L-BFGS with the analytic gradient).
+(L-BFGS with the analytic gradient); a fit that does not converge is logged as a warning.
 """
 
 from __future__ import annotations
@@ -31,24 +37,50 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage, optimize, special
 
 from hiennu.errors import HiennuError
 from hiennu.inference.components import FULL_CONNECTIVITY
+from hiennu.log import get_logger
 from hiennu.masks import dice
 
-FEATURES = ("log_voxels", "slices", "outside_shell")
+log = get_logger(__name__)
+
+FEATURES = ("log_volume_mm3", "extent_z_mm", "outside_shell")
+LEGACY_FEATURES = ("log_voxels", "slices", "outside_shell")  # filters stored before the features were in mm
+FEATURE_SETS = (FEATURES, LEGACY_FEATURES)
+MAX_ITERATIONS = 1000
 THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.05, 0.8, 16), 2))
 L2_PENALTY = 1.0
 
 
-def component_features(mask: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_spacing(spacing_zyx: Sequence[float] | None, features: Sequence[str] = FEATURES) -> tuple[float, ...] | None:
+    """The spacing ``(z, y, x)`` in mm as three floats; None for :data:`LEGACY_FEATURES`, which need none.
+    A missing or bad spacing for the mm features raises :class:`HiennuError`."""
+    if tuple(features) == LEGACY_FEATURES:
+        return None
+    if spacing_zyx is None:
+        raise HiennuError("lesion filter: its features are in mm (log_volume_mm3, extent_z_mm) and need the case's "
+                          "voxel spacing (z, y, x) in mm; none was given")
+    values = tuple(float(v) for v in spacing_zyx)
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise HiennuError(f"lesion filter: spacing (z, y, x) must be 3 positive mm values, got {tuple(spacing_zyx)}")
+    return values
+
+
+def component_features(mask: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float] | None = None,
+                       features: Sequence[str] = FEATURES) -> tuple[np.ndarray, np.ndarray]:
     """The 26-connected components of ``mask`` and their features.
 
-    mask, brain: boolean-like arrays ``(z, y, x)`` of one shape (brain: where ``ADC != 0``).
+    mask, brain: boolean-like arrays ``(z, y, x)`` of one shape (brain: where ``ADC != 0``);
+    spacing_zyx: the voxel spacing in mm, needed by the mm features (:data:`FEATURES`);
+    features: :data:`FEATURES` or :data:`LEGACY_FEATURES` (voxels and slices, no spacing).
     Returns ``labels`` (int array, 0 = background, components numbered from 1) and ``features``
-    (float64 ``(n_components, 3)``, columns in :data:`FEATURES` order).
+    (float64 ``(n_components, 3)``, columns in ``features`` order).
     """
+    if tuple(features) not in FEATURE_SETS:
+        raise HiennuError(f"lesion filter: features {list(features)} are not one of {[list(f) for f in FEATURE_SETS]}")
+    spacing = check_spacing(spacing_zyx, features)
     mask = np.asarray(mask).astype(bool, copy=False)
     brain = np.asarray(brain).astype(bool, copy=False)
     if mask.shape != brain.shape:
@@ -61,18 +93,20 @@ def component_features(mask: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray,
     nonzero = np.nonzero(mask)
     box = tuple(slice(max(int(a.min()) - 1, 0), int(a.max()) + 2) for a in nonzero)
     labels[box], n = ndimage.label(mask[box], structure=FULL_CONNECTIVITY)
-    features = np.zeros((n, len(FEATURES)), dtype=np.float64)
+    out = np.zeros((n, len(FEATURES)), dtype=np.float64)
     # One voxel of "outside" around the box, so a shell cut by the volume's edge counts as outside (the pad is
     # reached only where the box ends at the volume's edge).
     padded_labels = np.pad(labels[box], 1)
     padded_brain = np.pad(brain[box], 1)
+    voxel_mm3 = float(np.prod(spacing)) if spacing is not None else 1.0
+    slice_mm = spacing[0] if spacing is not None else 1.0
     for i, component_box in enumerate(ndimage.find_objects(padded_labels), start=1):
         window = tuple(slice(s.start - 1, s.stop + 1) for s in component_box)
         component = padded_labels[window] == i
         shell = ndimage.binary_dilation(component, FULL_CONNECTIVITY) & ~component
-        features[i - 1] = (np.log(component.sum()), np.unique(np.nonzero(component)[0]).size,
-                           1.0 - padded_brain[window][shell].mean())
-    return labels, features
+        out[i - 1] = (np.log(component.sum() * voxel_mm3), np.unique(np.nonzero(component)[0]).size * slice_mm,
+                      1.0 - padded_brain[window][shell].mean())
+    return labels, out
 
 
 @dataclass(frozen=True)
@@ -80,7 +114,8 @@ class ComponentFilter:
     """A fitted lesion filter (see the module docstring).
 
     mean, scale: per-feature standardization; weights, bias: the logistic model on standardized features;
-    threshold: the probability a component needs to be kept.
+    threshold: the probability a component needs to be kept; features: the feature names the numbers
+    belong to (:data:`FEATURES`, in mm, or a stored filter's :data:`LEGACY_FEATURES`).
     """
 
     mean: tuple[float, ...]
@@ -88,24 +123,27 @@ class ComponentFilter:
     weights: tuple[float, ...]
     bias: float
     threshold: float
+    features: tuple[str, ...] = FEATURES
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Probability of each component (rows of ``features``) overlapping a lesion."""
+        """Probability of each component (rows of ``features``) overlapping a lesion (the logistic function,
+        computed without overflow for any logit)."""
         z = (np.asarray(features, np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
-        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
+        return special.expit(z @ np.asarray(self.weights) + self.bias)
 
     def keep(self, features: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Boolean per component: kept at ``threshold`` (default: the filter's own)."""
         return self.probabilities(features) >= (self.threshold if threshold is None else threshold)
 
-    def apply(self, mask: np.ndarray, brain: np.ndarray) -> np.ndarray:
-        """``mask (z, y, x)`` with only its kept components; uint8 {0, 1}."""
-        labels, features = component_features(mask, brain)
+    def apply(self, mask: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float] | None = None) -> np.ndarray:
+        """``mask (z, y, x)`` with only its kept components; uint8 {0, 1}. spacing_zyx: the case's voxel
+        spacing in mm (needed unless the filter is a stored one in voxels, :data:`LEGACY_FEATURES`)."""
+        labels, features = component_features(mask, brain, spacing_zyx, self.features)
         keep = np.concatenate([[False], self.keep(features)])
         return keep[labels].astype(np.uint8)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": list(FEATURES), "mean": list(self.mean), "scale": list(self.scale),
+        return {"features": list(self.features), "mean": list(self.mean), "scale": list(self.scale),
                 "weights": list(self.weights), "bias": self.bias, "threshold": self.threshold}
 
     @classmethod
@@ -113,9 +151,10 @@ class ComponentFilter:
         fix = "re-run the post-processing selection"
         if not isinstance(d, dict):
             raise HiennuError(f"{source}: component_filter must be null or an object, got {d!r}; {fix}")
-        if d.get("features") != list(FEATURES):
-            raise HiennuError(f"{source}: component_filter features {d.get('features')!r}, this hiennu knows "
-                              f"{list(FEATURES)}; {fix}")
+        names = d.get("features")
+        if not isinstance(names, list) or tuple(names) not in FEATURE_SETS:
+            raise HiennuError(f"{source}: component_filter features {names!r}, this hiennu knows "
+                              f"{list(FEATURES)} (or the older {list(LEGACY_FEATURES)}); {fix}")
         vectors = {}
         for key in ("mean", "scale", "weights"):
             v = d.get(key)
@@ -131,44 +170,60 @@ class ComponentFilter:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
             raise HiennuError(f"{source}: component_filter threshold must be a probability in (0, 1), "
                               f"got {threshold!r}")
-        return cls(vectors["mean"], vectors["scale"], vectors["weights"], float(bias), float(threshold))
+        return cls(vectors["mean"], vectors["scale"], vectors["weights"], float(bias), float(threshold),
+                   tuple(names))
 
 
 @dataclass
 class FilterCase:
-    """One case to fit on: a predicted mask, the brain and the reference, all boolean ``(z, y, x)``."""
+    """One case to fit on: a predicted mask (after the steps that precede the filter at prediction), the
+    brain and the reference, all boolean ``(z, y, x)``, and the voxel spacing ``(z, y, x)`` in mm."""
 
     mask: np.ndarray
     brain: np.ndarray
     ref: np.ndarray
+    spacing_zyx: Sequence[float] | None = None
 
 
-def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
-    """Weights and bias of an L2-penalized logistic regression (x standardized, y in {0, 1})."""
+def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float,
+                  max_iterations: int = MAX_ITERATIONS) -> tuple[np.ndarray, float]:
+    """Weights and bias of an L2-penalized logistic regression (x standardized, y in {0, 1}).
+
+    A fit whose optimizer reports no convergence is kept (the selection still scores it by
+    cross-validation) and logged as a warning with the optimizer's message.
+    """
     design = np.c_[x, np.ones(len(x))]
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
         s = design @ w
         value = np.mean(np.logaddexp(0.0, s) - y * s) + l2 * np.sum(w[:-1] ** 2) / len(x)
-        grad = design.T @ (0.5 * (1.0 + np.tanh(0.5 * s)) - y) / len(x)
+        grad = design.T @ (special.expit(s) - y) / len(x)
         grad[:-1] += 2.0 * l2 * w[:-1] / len(x)
         return value, grad
 
-    w = optimize.minimize(loss, np.zeros(design.shape[1]), jac=True, method="L-BFGS-B").x
+    result = optimize.minimize(loss, np.zeros(design.shape[1]), jac=True, method="L-BFGS-B",
+                               options={"maxiter": int(max_iterations)})
+    if not result.success:
+        log.warning("lesion filter: the logistic fit on %d components did not converge after %d iterations (%s); "
+                    "the filter is kept as it stands and cross-validation judges it", len(x), result.nit,
+                    result.message)
+    w = result.x
     return w[:-1], float(w[-1])
 
 
 def fit_component_filter(cases: Sequence[FilterCase], thresholds: Sequence[float] = THRESHOLDS,
-                         l2: float = L2_PENALTY) -> ComponentFilter | None:
+                         l2: float = L2_PENALTY, max_iterations: int = MAX_ITERATIONS) -> ComponentFilter | None:
     """Fit the filter on ``cases``; None when their components are all lesions or all false positives.
 
-    Each component of each case's mask is labelled 1 when it shares a voxel with the reference. The
+    Each case's mask must already have been through what precedes the filter at prediction (ADC cap,
+    size rule), so the filter learns on the components it will see. Each of its components (features
+    in mm, so every case needs its spacing) is labelled 1 when it shares a voxel with the reference. The
     threshold is the one of ``thresholds`` with the highest mean per-case Dice over ``cases`` (ties:
     the lowest, which keeps the most).
     """
     per_case = []
     for c in cases:
-        labels, features = component_features(c.mask, c.brain)
+        labels, features = component_features(c.mask, c.brain, c.spacing_zyx)
         touches = np.zeros(features.shape[0], dtype=bool)
         hit = np.unique(labels[np.asarray(c.ref, bool) & (labels > 0)])
         touches[hit - 1] = True
@@ -179,7 +234,7 @@ def fit_component_filter(cases: Sequence[FilterCase], thresholds: Sequence[float
         return None
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
-    weights, bias = _logistic_fit((x - mean) / scale, y, l2)
+    weights, bias = _logistic_fit((x - mean) / scale, y, l2, max_iterations)
     model = ComponentFilter(tuple(mean), tuple(scale), tuple(float(w) for w in weights), bias, 0.5)
     scores = []
     for t in thresholds:

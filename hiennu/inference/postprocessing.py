@@ -13,7 +13,7 @@ threshold, in this order:
    rule mask ``ZADC < rule_threshold`` inside the brain (``ADC != 0``) are kept. ZADC is read on
    its raw atlas z-score scale (the input image, before any normalization);
 3. ``component_filter``: a lesion filter fitted by cross-validation keeps or drops each remaining
-   component by its size, slice extent and contact with the edge of the brain
+   component by its volume (mm³), extent along the slice axis (mm) and contact with the edge of the brain
    (:mod:`hiennu.inference.lesion_filter`; None keeps all).
 
 The model folder's ``postprocessing.json`` records the choice (``"chosen"``) next to the evidence
@@ -162,9 +162,10 @@ def keep_components_touching(mask: np.ndarray, marker: np.ndarray) -> np.ndarray
 
 
 def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarray | None = None,
-                         adc: np.ndarray | None = None) -> np.ndarray:
+                         adc: np.ndarray | None = None, spacing_zyx: Sequence[float] | None = None) -> np.ndarray:
     """``mask`` (z, y, x) after ``post``; ``zadc``/``adc`` (same shape, raw values) are needed for the rule part,
-    ``adc`` for the ADC cap and the lesion filter."""
+    ``adc`` for the ADC cap and the lesion filter, ``spacing_zyx`` (the case's voxel spacing in mm) for a
+    lesion filter in mm (:mod:`hiennu.inference.lesion_filter`)."""
     if post.needs_adc:
         if adc is None:
             raise HiennuError(f"post-processing {post.name!r} needs the case's ADC image, and none was given")
@@ -182,7 +183,7 @@ def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarra
                               f"{out.shape} (both (z, y, x) on the native grid)")
         out = keep_components_touching(out, rule_mask(zadc, adc, post.rule_threshold))
     if post.component_filter is not None:
-        out = post.component_filter.apply(out, np.asarray(adc) != 0)
+        out = post.component_filter.apply(out, np.asarray(adc) != 0, spacing_zyx)
     return out
 
 
