@@ -130,6 +130,23 @@ def preprocessed_data_name(plans_name: str | None, configuration: str) -> str:
     return configuration if name == DEFAULT_PLANS_NAME else f"{name}_{configuration}"
 
 
+def splits_file_name(split_seed: int | None = None) -> str:
+    """The folds file of a preprocessed dataset: ``splits_final.json`` (the default split, written by
+    ``hiennu_plan_and_preprocess`` with seed 12345) for None, ``splits_seed{S}.json`` for another
+    split seed ``S``; the default file is never rewritten for another seed."""
+    if split_seed is None:
+        return "splits_final.json"
+    if isinstance(split_seed, bool) or int(split_seed) != split_seed or split_seed < 0:
+        raise HiennuError(f"split seed must be a whole number >= 0, got {split_seed!r}")
+    return f"splits_seed{int(split_seed)}.json"
+
+
+def split_seed_folder(split_seed: int) -> str:
+    """The folder under a dataset's results that holds models trained on the folds of ``split_seed``
+    (``split_seed_{S}/TRAINER__PLANS__CONFIG``), apart from the default split's models."""
+    return f"split_seed_{int(split_seed)}"
+
+
 def model_dir_name(trainer: str, plans: str, configuration: str) -> str:
     """``TRAINER__PLANS__CONFIG``, the nnU-Net naming of a model folder."""
     return f"{trainer}__{plans}__{configuration}"

@@ -17,7 +17,7 @@ import torch
 from hiennu.inference.model_zip import MANIFEST, export_model_zip, sha256_bytes
 from hiennu.inference.predictor import Predictor
 from hiennu.io.atomic import write_json, write_npy
-from hiennu.io.checkpoint import BEST
+from hiennu.io.checkpoint import BEST, FINAL
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, write_image
 from hiennu.networks.unet import build_network
@@ -115,9 +115,10 @@ def tiny_plans(size_xyz=(16, 16, 8), interpolation="linear", min_component_voxel
     return Plans("Dataset001_Tiny", ["ADC", "ZADC"], {"3d_fullres": config})
 
 
-def make_model_dir(results: Path, folds=(0, 1), checkpoint=BEST, seed=0,
+def make_model_dir(results: Path, folds=(0, 1), checkpoint=(BEST, FINAL), seed=0,
                    trainer="TrainerTest", **plan_kwargs) -> Path:
-    """A trained-model folder with freshly initialized weights per fold."""
+    """A trained-model folder with freshly initialized weights per fold, saved under each name in
+    ``checkpoint`` (a name or several; by default best and final, as a finished training leaves them)."""
     model_dir = results / "Dataset001_Tiny" / f"{trainer}__hiennuPlans__3d_fullres"
     plans = tiny_plans(**plan_kwargs)
     save_plans(plans, model_dir / "plans.json")
@@ -126,8 +127,9 @@ def make_model_dir(results: Path, folds=(0, 1), checkpoint=BEST, seed=0,
         torch.manual_seed(seed + k)
         net = build_network(plans.configuration().network)
         (model_dir / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
-        torch.save({"network_weights": net.state_dict(), "epoch": 3, "trainer_name": trainer,
-                    "optimizer_state": {"lr": torch.tensor(1e-3)}}, model_dir / f"fold_{fold}" / checkpoint)
+        for name in (checkpoint,) if isinstance(checkpoint, str) else checkpoint:
+            torch.save({"network_weights": net.state_dict(), "epoch": 3, "trainer_name": trainer,
+                        "optimizer_state": {"lr": torch.tensor(1e-3)}}, model_dir / f"fold_{fold}" / name)
     return model_dir
 
 
@@ -145,7 +147,7 @@ def zip_with(path: Path, members: dict[str, bytes], manifest: dict | None = "aut
 
 
 def good_members(tmp_path: Path) -> dict[str, bytes]:
-    out = export_model_zip(make_model_dir(tmp_path / "src", folds=(0,)), tmp_path / "good.zip")
+    out = export_model_zip(make_model_dir(tmp_path / "src", folds=(0,)), tmp_path / "good.zip", checkpoint=BEST)
     with zipfile.ZipFile(out) as zf:
         return {n: zf.read(n) for n in zf.namelist() if n != MANIFEST}
 

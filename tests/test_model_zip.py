@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hiennu.errors import HiennuError
-from hiennu.inference.model_registry import read_default_model
+from hiennu.inference.model_registry import default_checkpoint, model_checkpoint, read_default_model
 from hiennu.inference.model_zip import (MANIFEST, ModelZipError, export_model_zip, install_model_zip, load_model_zip,
                                         verify_model_zip)
 from hiennu.networks.unet import build_network
@@ -29,14 +29,15 @@ def test_export_load_round_trip(tmp_path):
     out = export_model_zip(model_dir, tmp_path / "m.zip")
     contents = verify_model_zip(out)
     assert (contents.model, contents.folds, contents.half_precision) == (MODEL, ["0", "1"], False)
+    assert contents.checkpoint == "checkpoint_final.pth"  # the default, as nnU-Net ships
     loaded = load_model_zip(out)
     assert loaded.configuration == "3d_fullres" and loaded.dataset.channel_names == ["ADC", "ZADC"]
     for fold in ("0", "1"):
-        original = _weights(model_dir / f"fold_{fold}" / "checkpoint_best.pth")
+        original = _weights(model_dir / f"fold_{fold}" / "checkpoint_final.pth")
         assert original.keys() == loaded.weights[fold].keys()
         assert all(torch.equal(original[k], loaded.weights[fold][k]) for k in original)
     with zipfile.ZipFile(out) as zf:  # optimizer state is not exported
-        ckpt = torch.load(io.BytesIO(zf.read(f"{MODEL}/fold_0/checkpoint_best.pth")), weights_only=True)
+        ckpt = torch.load(io.BytesIO(zf.read(f"{MODEL}/fold_0/checkpoint_final.pth")), weights_only=True)
     assert set(ckpt) == {"network_weights", "epoch", "trainer_name"}
     assert len(load_model_zip(out, folds=[1]).weights) == 1
 
@@ -47,12 +48,12 @@ def test_half_precision_export(tmp_path):
     half = export_model_zip(model_dir, tmp_path / "half.zip", half=True)
     assert half.stat().st_size < 0.7 * full.stat().st_size
     with zipfile.ZipFile(half) as zf:
-        stored = torch.load(io.BytesIO(zf.read(f"{MODEL}/fold_0/checkpoint_best.pth")), weights_only=True)
+        stored = torch.load(io.BytesIO(zf.read(f"{MODEL}/fold_0/checkpoint_final.pth")), weights_only=True)
     w = stored["network_weights"]
     assert all(v.dtype == torch.float16 for v in w.values() if v.is_floating_point())
     assert any(v.dtype == torch.int64 for v in w.values())  # num_batches_tracked untouched
     loaded = load_model_zip(half).weights["0"]
-    original = _weights(model_dir / "fold_0" / "checkpoint_best.pth")
+    original = _weights(model_dir / "fold_0" / "checkpoint_final.pth")
     for k, v in original.items():
         if v.is_floating_point():
             assert loaded[k].dtype == torch.float32
@@ -60,12 +61,16 @@ def test_half_precision_export(tmp_path):
 
 
 def test_export_refuses_missing_fold_or_checkpoint(tmp_path):
-    model_dir = make_model_dir(tmp_path / "results", folds=(0,))
+    model_dir = make_model_dir(tmp_path / "results", folds=(0,), checkpoint="checkpoint_best.pth")
     with pytest.raises(HiennuError, match="fold"):
         export_model_zip(model_dir, tmp_path / "m.zip", folds=[3])
     with pytest.raises(HiennuError, match="checkpoint_final.pth"):
         export_model_zip(model_dir, tmp_path / "m.zip", checkpoint="checkpoint_final.pth")
+    with pytest.raises(HiennuError, match="no checkpoint_final.pth.*--checkpoint best"):
+        export_model_zip(model_dir, tmp_path / "m.zip")          # the default is final, as in nnU-Net
     assert not (tmp_path / "m.zip").exists()
+    assert verify_model_zip(export_model_zip(model_dir, tmp_path / "m.zip", checkpoint="checkpoint_best.pth")) \
+        .checkpoint == "checkpoint_best.pth"
 
 
 def test_install_and_default(tmp_path, hiennu_roots):
@@ -73,16 +78,24 @@ def test_install_and_default(tmp_path, hiennu_roots):
     target = install_model_zip(out, make_default=True)
     root = hiennu_roots["hiennu_results"]
     assert target == root / MODEL
-    assert (target / "plans.json").is_file() and (target / "fold_1" / "checkpoint_best.pth").is_file()
+    assert (target / "plans.json").is_file() and (target / "fold_1" / "checkpoint_final.pth").is_file()
     assert read_default_model() == target
+    # the installed folder holds only the exported checkpoint, and hiennu_predict's default finds it
+    assert not (target / "fold_1" / "checkpoint_best.pth").exists()
+    assert default_checkpoint(target) == "checkpoint_final.pth" == model_checkpoint(None)
+    assert model_checkpoint("best") == "checkpoint_best.pth"
+    older = make_model_dir(tmp_path / "older", checkpoint="checkpoint_best.pth")  # exported before final was default
+    assert default_checkpoint(older) == "checkpoint_best.pth"
+    with pytest.raises(HiennuError, match="give 'final', 'best' or a file name"):
+        model_checkpoint("latest.pt")
     other = export_model_zip(make_model_dir(tmp_path / "other", seed=7), tmp_path / "other.zip")
     with pytest.raises(HiennuError, match="already exists.*--overwrite"):
         install_model_zip(other)
-    assert torch.equal(_weights(target / "fold_0" / "checkpoint_best.pth")["encoder.0.0.weight"],
+    assert torch.equal(_weights(target / "fold_0" / "checkpoint_final.pth")["encoder.0.0.weight"],
                        load_model_zip(out).weights["0"]["encoder.0.0.weight"])  # the refused install wrote nothing
     assert install_model_zip(other, overwrite=True) == target
     assert all(torch.equal(v, load_model_zip(other).weights["1"][k])
-               for k, v in _weights(target / "fold_1" / "checkpoint_best.pth").items())
+               for k, v in _weights(target / "fold_1" / "checkpoint_final.pth").items())
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no staging or backup left behind
 
 

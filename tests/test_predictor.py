@@ -117,7 +117,7 @@ def test_nearest_and_linear_prediction_interpolation_differ(tmp_path):
 
 
 def test_weights_that_do_not_fit_the_plans(tmp_path):
-    model_dir = make_model_dir(tmp_path, folds=(0,))
+    model_dir = make_model_dir(tmp_path, folds=(0,), checkpoint="checkpoint_best.pth")
     ckpt = torch.load(model_dir / "fold_0" / "checkpoint_best.pth", weights_only=True)
     ckpt["network_weights"].pop(next(iter(ckpt["network_weights"])))
     torch.save(ckpt, model_dir / "fold_0" / "checkpoint_best.pth")

@@ -76,3 +76,34 @@ def test_dice_boxplot_and_cropped_slices(tmp_path):
     report.plot_slices({"c": adc}, {"c": ref}, {"TrainerDice": {"c": ref}}, tmp_path / "slices.png")
     with pytest.raises(ValueError, match="reference shape"):
         report.plot_slices({"c": adc}, {"c": ref[:2]}, {}, tmp_path / "bad.png")
+
+
+def test_tables_show_masd_n_and_masd_over_the_cases_common_to_every_row(tmp_path):
+    """A method that empties the lesion-free case gets MASD 0 there; one that misses a lesion has none there.
+    Each row's MASD mean is over its own cases (n shown); the common column compares the same cases."""
+    rows = {"A": [{"case_id": "free", "masd": 0.0}, {"case_id": "x", "masd": 4.0}, {"case_id": "y", "masd": 2.0}],
+            "B": [{"case_id": "free", "masd": float("nan")}, {"case_id": "x", "masd": 3.0},
+                  {"case_id": "y", "masd": None}]}
+    assert report.common_cases(rows, "masd") == {"x"}
+    out = report.write_method_table(rows, tmp_path / "t.md", tmp_path / "t.csv", metrics=("masd",))
+    a, b = out
+    assert (a["masd_mean"], a["masd_n"], b["masd_mean"], b["masd_n"]) == (pytest.approx(2.0), 3, 3.0, 1)
+    assert (a["masd_common_mean"], b["masd_common_mean"], a["masd_common_n"]) == (4.0, 3.0, 1)
+    md = (tmp_path / "t.md").read_text()
+    assert "MASD (mm), 1 cases common to all rows" in md
+    assert "| A | 3 | 2.000 ± 2.000 (n=3) | 4.000 |" in md and "| B | 3 | 3.000 (n=1) | 3.000 |" in md
+    assert "masd_common_mean" in (tmp_path / "t.csv").read_text()
+    bands = report.band_rows({m: [{**r, "band": "<1%"} for r in rs] for m, rs in rows.items()}, metrics=("masd",))
+    assert [r["masd_common_n"] for r in bands] == [1, 1]
+
+
+def test_paired_test_is_holm_corrected_across_the_metrics():
+    per_case = _per_case()
+    rows = report.paired_test_across_metrics(per_case, "TrainerA", "TrainerDice")
+    assert [r["metric"] for r in rows] == ["dice", "masd", "nsd"] and all(r["n_pairs"] == 12 for r in rows)
+    assert [r["p_holm"] for r in rows] == pytest.approx(report.holm_adjust([r["p_value"] for r in rows]))
+    assert rows[0]["p_holm"] == pytest.approx(3 * rows[0]["p_value"])  # equal p-values: the smallest gets x3
+    per_case["TrainerA"][0]["masd"] = float("nan")                    # a case without MASD leaves the pairs
+    assert report.paired_test_across_metrics(per_case, "TrainerA", "TrainerDice")[1]["n_pairs"] == 11
+    with pytest.raises(ValueError, match="'nope' not among"):
+        report.paired_test_across_metrics(per_case, "nope", "TrainerDice")

@@ -307,7 +307,30 @@ def test_final_validation_predicts_in_native_geometry_and_scores(tiny):
         assert geometry.spacing_xyz == reference.spacing_xyz and geometry.origin_xyz == reference.origin_xyz
     summary = json.loads((validation / "summary.json").read_text())
     assert summary["num_cases"] == 2 and 0 <= summary["metrics"]["dice"]["mean"] <= 1
-    assert "validation in native geometry (2 cases" in (out / "training_log.txt").read_text()
+    assert summary["checkpoint"] == "checkpoint_final.pth"   # the default, as nnU-Net: not the one chosen on these cases
+    assert "validation in native geometry with checkpoint_final.pth (2 cases" in (out / "training_log.txt").read_text()
+
+
+def test_val_reruns_only_the_final_validation_with_the_chosen_checkpoint(tiny):
+    from hiennu.training.launch import train
+    from hiennu.training.native_validation import validated_checkpoint
+    make_tiny_raw_dataset(tiny["hiennu_raw"])
+    with pytest.raises(HiennuError, match="--val: .*has no checkpoint_final.pth"):
+        train(options(epochs=1, final_validation=True, validation_only=True), "TrainerDice")  # none trained
+    out = train(options(epochs=1, final_validation=True), "TrainerDice")
+    final_weights = load(out / "checkpoint_final.pth")["network_weights"]
+    train(options(epochs=1, final_validation=True, validation_only=True, validation_checkpoint="best"), "TrainerDice")
+    assert validated_checkpoint(out) == "checkpoint_best.pth"
+    assert "validating (--val, no training)" in (out / "training_log.txt").read_text()
+    assert all(torch.equal(v, load(out / "checkpoint_final.pth")["network_weights"][k])
+               for k, v in final_weights.items())                            # nothing was trained
+    # continuing a finished fold re-validates when its masks came from another checkpoint than asked for
+    train(options(epochs=1, final_validation=True, resume=True), "TrainerDice")
+    assert validated_checkpoint(out) == "checkpoint_final.pth"
+    with pytest.raises(HiennuError, match="--val re-runs the final validation of a fold 0-4"):
+        options(epochs=1, validation_only=True, final_validation=False)
+    with pytest.raises(HiennuError, match="checkpoint 'latest'"):
+        options(validation_checkpoint="latest")
 
 
 def test_final_validation_without_raw_data_warns_and_keeps_the_training(tiny):

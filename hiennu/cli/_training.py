@@ -11,6 +11,7 @@ import argparse
 from typing import Any, Collection, Mapping
 
 from hiennu.cli._common import add_alias, add_device, add_plans_name
+from hiennu.io.checkpoint import CHECKPOINT_CHOICES, DEFAULT_CHECKPOINT_CHOICE
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, exclude: Collection[str] = (),
@@ -56,5 +57,16 @@ def add_training_arguments(parser: argparse.ArgumentParser, exclude: Collection[
     add("val_every", "--val-every", type=int, default=1, help="validate every N epochs")
     add("final_validation", "--no-final-validation", action="store_false",
         help="skip predicting and scoring the validation cases in native geometry at the end")
+    add("validation_checkpoint", "--checkpoint", choices=sorted(CHECKPOINT_CHOICES), default=DEFAULT_CHECKPOINT_CHOICE,
+        help="the checkpoint that predicts the fold's validation cases at the end (the cross-validation masks): "
+             "final (default, as nnU-Net) or best (chosen by validation Dice on those same cases, so its scores "
+             "flatter it); validation/summary.json records which")
+    add("validation_only", "--val", action="store_true",
+        help="do not train: re-run only the final validation of a finished fold (nnU-Net's --val), e.g. with "
+             "another --checkpoint")
+    add("split_seed", "--split-seed", type=int, default=None, metavar="S",
+        help="folds from the stratified split with seed S (splits_seed{S}.json, written from "
+             "dataset_fingerprint.json when absent; splits_final.json, seed 12345, is never rewritten); models "
+             "go to $hiennu_results/DatasetNNN_Name/split_seed_S/ (default: splits_final.json)")
     if texts:
         raise ValueError(f"help given for options that were not added: {', '.join(texts)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hiennu.cli._common import add_plans_name, make_parser, run
-from hiennu.io.checkpoint import BEST
+from hiennu.io.checkpoint import DEFAULT_CHECKPOINT_CHOICE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--configuration", help="configuration (with -d)")
     add_plans_name(p, "plans identifier of the model (with -d): TRAINER__NAME__CONFIG")
     p.add_argument("-f", "--folds", nargs="+", help="folds to export (default: every fold with the checkpoint)")
-    p.add_argument("-chk", "--checkpoint", default=BEST, help="checkpoint name")
+    p.add_argument("-chk", "--checkpoint", default=DEFAULT_CHECKPOINT_CHOICE,
+                   help="final (default, as nnU-Net ships), best (chosen on each fold's own validation cases) or a "
+                        "file name checkpoint_NAME.pth")
     p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     p.add_argument("-o", "--output", required=True, help="the zip to write")
     return p
@@ -30,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> int:
         from hiennu.inference.model_registry import resolve_model
         from hiennu.inference.model_zip import export_model_zip
+        from hiennu.io.checkpoint import checkpoint_file
         model_dir = resolve_model(args.model_dir, args.dataset, args.trainer, args.configuration, args.plans_name)
-        export_model_zip(model_dir, args.output, args.folds, args.checkpoint, args.half)
+        export_model_zip(model_dir, args.output, args.folds, checkpoint_file(args.checkpoint), args.half)
         return 0
 
     return run(go, verbose=not args.quiet)

@@ -12,13 +12,19 @@ from hiennu.training.options import TrainingOptions
 
 
 # training options the study sets itself (resume, final validation) or does not offer
-NOT_STUDY_OPTIONS = ("learning_rate", "num_gpus", "compile", "resume", "val_every", "final_validation")
+NOT_STUDY_OPTIONS = ("learning_rate", "num_gpus", "compile", "resume", "val_every", "final_validation",
+                     "validation_only")
 STUDY_HELP = {
     "epochs": "maximum epochs per fold (default: the plans')",
     "patience": "early-stopping patience in epochs (default: the plans')",
     "batch_size": "batch size (default: the plans')",
     "num_workers": "data-augmentation worker processes (default: the plans')",
     "seed": "random seed of every training",
+    "validation_checkpoint": "the checkpoint whose cross-validation masks the study scores: final (default, as "
+                             "nnU-Net) or best (chosen on those same cases, so it flatters the model); a finished "
+                             "fold validated with the other one is re-validated, not retrained",
+    "split_seed": "study the folds of split seed S (splits_seed{S}.json, written when absent; models under "
+                  "split_seed_S/, the study folder gets a _splitS suffix); default: splits_final.json",
     "plans_name": "plans identifier (as for hiennu_train): study the models trained with NAME.json; the study "
                   "folder is then loss_study_NAME__CONFIG",
 }

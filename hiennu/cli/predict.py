@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from hiennu.cli._common import add_alias, add_device, add_plans_name, make_parser, run
-from hiennu.io.checkpoint import BEST
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--configuration", help="configuration of the model (with -d), e.g. 3d_fullres")
     add_plans_name(p, "plans identifier of the model (with -d): TRAINER__NAME__CONFIG")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (numbers or 'all'; default: every trained fold)")
-    p.add_argument("-chk", "--checkpoint", default=BEST, help="checkpoint file in each fold folder")
+    p.add_argument("-chk", "--checkpoint", default=None,
+                   help="final, best or a file name checkpoint_NAME.pth in each fold folder (default: final when "
+                        "every fold has it, as nnU-Net; else best, for models exported before final was the default)")
     add_device(p)
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (faster)")
     add_alias(p, "--disable_tta", dest="disable_tta", action="store_true")
@@ -52,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
+        from hiennu.inference.model_registry import model_checkpoint
         from hiennu.inference.predictor import build_predictor
+        checkpoint = (args.checkpoint or "best") if args.baseline else model_checkpoint(
+            args.checkpoint, args.model, args.dataset, args.trainer, args.configuration, args.plans_name)
         predictor = build_predictor(args.model, args.dataset, args.trainer, args.configuration, args.folds,
-                                    args.checkpoint, args.device, not args.disable_tta, args.baseline,
+                                    checkpoint, args.device, not args.disable_tta, args.baseline,
                                     args.min_component_voxels, args.batch_size, plans_name=args.plans_name,
                                     cpu_bf16=args.cpu_bf16)
         report = predictor.predict_folder(args.input, args.output, save_probabilities=bool(args.save_probabilities),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from hiennu.cli._common import add_alias, add_device, make_parser, run
-from hiennu.io.checkpoint import BEST
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="/output", help="output root")
     p.add_argument("-m", "--model", help="model folder or zip (default: the default model)")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every trained fold)")
-    p.add_argument("-chk", "--checkpoint", default=BEST, help="checkpoint name in each fold folder")
+    p.add_argument("-chk", "--checkpoint", default=None,
+                   help="final, best or a file name in each fold folder (default: final when every fold has it, "
+                        "else best)")
     add_device(p)
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
     add_alias(p, "--disable_tta", dest="disable_tta", action="store_true")
@@ -33,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         from hiennu.inference.challenge import run_challenge
+        from hiennu.inference.model_registry import model_checkpoint
         from hiennu.inference.predictor import build_predictor
-        predictor = build_predictor(args.model, None, None, None, args.folds, args.checkpoint, args.device,
+        checkpoint = (args.checkpoint or "best") if args.baseline else model_checkpoint(args.checkpoint, args.model)
+        predictor = build_predictor(args.model, None, None, None, args.folds, checkpoint, args.device,
                                     not args.disable_tta, args.baseline, args.min_component_voxels)
         run_challenge(predictor, args.input, args.output)
         return 0

@@ -60,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     trainer, fold = trainer_and_fold(parser, args)
 
     def go() -> None:
+        from hiennu.study.split_seeds import ensure_seed_splits
         from hiennu.training.launch import train
         from hiennu.training.options import TrainingOptions
 
-        train(TrainingOptions.from_args(args, fold=fold), trainer, args.trainer_module)
+        options = TrainingOptions.from_args(args, fold=fold)
+        ensure_seed_splits(options.dataset, options.split_seed)
+        train(options, trainer, args.trainer_module)
 
     return run(go, verbose=not args.quiet)
 

@@ -34,6 +34,9 @@ METRIC_LABELS = {"dice": "Dice", "masd": "MASD (mm)", "nsd": "NSD (2 mm)", "hd95
                  "abs_volume_diff_ml": "|ΔV| (ml)", "lesion_recall": "lesion recall",
                  "lesion_precision": "lesion precision"}
 BANDS = tuple(b[0] for b in VOLUME_BANDS) + (NO_LESION_BAND,)
+# metrics undefined for some cases (exactly one mask empty): the tables show their n, and their mean over
+# the cases where every method of the table has them defined (``M_common_*``), so rows compare like with like
+COMMON_CASE_METRICS = ("masd",)
 EXTRA_LABELS = {"epochs": "epochs to stop", "steps": "steps per fold", "train_min": "training min per fold",
                 "train_min_total": "training min, all folds"}
 
@@ -51,22 +54,36 @@ def _values(rows: Sequence[dict], metric: str) -> list[float]:
     return [float("nan") if r.get(metric) is None else float(r[metric]) for r in rows]
 
 
+def common_cases(per_case: Mapping[str, Sequence[dict]], metric: str) -> set[str]:
+    """The case ids that every method of ``per_case`` scored with a defined (not None, not NaN) ``metric``."""
+    sets = [{r["case_id"] for r in rows if r.get(metric) is not None and not math.isnan(float(r[metric]))}
+            for rows in per_case.values()]
+    return set.intersection(*sets) if sets else set()
+
+
 def method_rows(per_case: Mapping[str, Sequence[dict]], metrics: Sequence[str] = DEFAULT_METRICS,
                 extra: Mapping[str, Mapping[str, object]] | None = None) -> list[dict]:
-    """One row per method: ``method``, ``num_cases`` and per metric ``M_mean``, ``M_std`` (ddof=1), ``M_n``,
-    ``M_ci95_low`` and ``M_ci95_high`` (seeded percentile bootstrap of the mean,
-    :func:`hiennu.evaluation.evaluate.summarize`).
+    """One row per method: ``method``, ``num_cases`` and per metric ``M_mean``, ``M_std`` (ddof=1), ``M_n``
+    (cases with a defined value), ``M_ci95_low`` and ``M_ci95_high`` (seeded percentile bootstrap of the
+    mean, :func:`hiennu.evaluation.evaluate.summarize`). For the metrics of :data:`COMMON_CASE_METRICS`
+    also ``M_common_mean``, ``M_common_std`` and ``M_common_n``: over the cases every method has it
+    defined (:func:`common_cases`), the same cases in every row.
 
     ``extra[method][column]`` adds columns: a number is kept as is, a sequence of numbers (e.g.
     epochs to stop, one per fold) becomes ``column_mean`` and ``column_std``.
     """
     rows = []
+    common = {m: common_cases(per_case, m) for m in metrics if m in COMMON_CASE_METRICS}
     for method, cases in per_case.items():
         row: dict = {"method": method, "num_cases": len(cases)}
         for m in metrics:
             s = summarize(_values(cases, m))
             row.update({f"{m}_mean": s["mean"], f"{m}_std": s["std"], f"{m}_n": s["n"],
                         f"{m}_ci95_low": s["ci95_low"], f"{m}_ci95_high": s["ci95_high"]})
+            if m in COMMON_CASE_METRICS:
+                shared = common[m]
+                c = summarize(_values([r for r in cases if r["case_id"] in shared], m))
+                row.update({f"{m}_common_mean": c["mean"], f"{m}_common_std": c["std"], f"{m}_common_n": len(shared)})
         for column, value in ((extra or {}).get(method) or {}).items():
             if isinstance(value, (list, tuple, np.ndarray)):
                 s = summarize(value)
@@ -99,13 +116,19 @@ def format_interval(low: float, high: float, digits: int = 3) -> str:
 def _metric_cell(row: dict, m: str, digits: int, with_ci: bool) -> str:
     text = format_mean_std(row[f"{m}_mean"], row[f"{m}_std"], digits)
     interval = format_interval(row.get(f"{m}_ci95_low"), row.get(f"{m}_ci95_high"), digits) if with_ci else ""
-    return f"{text} {interval}" if interval else text
+    text = f"{text} {interval}" if interval else text
+    return f"{text} (n={row[f'{m}_n']})" if m in COMMON_CASE_METRICS and f"{m}_n" in row else text
+
+
+def _common_cell(row: dict, m: str, digits: int) -> str:
+    return format_mean_std(row[f"{m}_common_mean"], row[f"{m}_common_std"], digits)
 
 
 def _markdown_cells(row: dict, metrics: Sequence[str], extra_columns: Sequence[str], digits: int,
                     ci_metrics: Sequence[str] = ()) -> list[str]:
     cells = [str(row["method"]), str(row["num_cases"])]
     cells += [_metric_cell(row, m, digits, m in ci_metrics) for m in metrics]
+    cells += [_common_cell(row, m, digits) for m in _common_metrics(metrics)]
     for column in extra_columns:
         if f"{column}_mean" in row:
             cells.append(format_mean_std(row[f"{column}_mean"], row[f"{column}_std"], 1))
@@ -115,12 +138,18 @@ def _markdown_cells(row: dict, metrics: Sequence[str], extra_columns: Sequence[s
     return cells
 
 
+def _common_metrics(metrics: Sequence[str]) -> list[str]:
+    return [m for m in metrics if m in COMMON_CASE_METRICS]
+
+
 def markdown_table(rows: Sequence[dict], metrics: Sequence[str] = DEFAULT_METRICS, digits: int = 3,
                    ci_metrics: Sequence[str] = ()) -> str:
     """Markdown table of :func:`method_rows` output: mean ± std per metric (``[low, high]``, the 95 %
-    bootstrap interval of the mean, for ``ci_metrics``), then any extra columns."""
+    bootstrap interval of the mean, for ``ci_metrics``; MASD with its n, the cases where it is
+    defined), MASD over the cases common to every row (its n in the header), then any extra columns."""
     known = {"method", "num_cases"} | {f"{m}_{s}" for m in metrics
-                                       for s in ("mean", "std", "n", "ci95_low", "ci95_high")}
+                                       for s in ("mean", "std", "n", "ci95_low", "ci95_high",
+                                                 "common_mean", "common_std", "common_n")}
     extra_columns: list[str] = []
     for row in rows:
         for key in row:
@@ -129,8 +158,11 @@ def markdown_table(rows: Sequence[dict], metrics: Sequence[str] = DEFAULT_METRIC
             name = key[: -len("_mean")] if key.endswith("_mean") else key[: -len("_std")] if key.endswith("_std") else key
             if name not in extra_columns:
                 extra_columns.append(name)
+    common_n = {m: rows[0].get(f"{m}_common_n", 0) if rows else 0 for m in _common_metrics(metrics)}
     header = (["method", "cases"] + [METRIC_LABELS.get(m, m) + (" [95 % CI]" if m in ci_metrics else "")
-                                      for m in metrics] + [EXTRA_LABELS.get(c, c) for c in extra_columns])
+                                      for m in metrics]
+              + [f"{METRIC_LABELS.get(m, m)}, {common_n[m]} cases common to all rows" for m in common_n]
+              + [EXTRA_LABELS.get(c, c) for c in extra_columns])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_markdown_cells(r, metrics, extra_columns, digits, ci_metrics)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -241,6 +273,20 @@ def wilcoxon_vs_reference(per_case: Mapping[str, Sequence[dict]], reference: str
         family = [r for r in rows if r["metric"] == metric]
         for row, adjusted in zip(family, holm_adjust([r["p_value"] for r in family])):
             row["p_holm"] = adjusted
+    return rows
+
+
+def paired_test_across_metrics(per_case: Mapping[str, Sequence[dict]], method: str, reference: str,
+                               metrics: Sequence[str] = DEFAULT_METRICS) -> list[dict]:
+    """Paired two-sided Wilcoxon signed-rank test of ``method`` against ``reference`` on each metric, over
+    the cases both scored with a defined value (``n_pairs`` per row), Holm-corrected across the metrics
+    (one family: "is the method different on any of them"). Rows as :func:`wilcoxon_vs_reference`'s."""
+    for name in (method, reference):
+        if name not in per_case:
+            raise ValueError(f"paired test: method {name!r} not among {sorted(per_case)}")
+    rows = wilcoxon_vs_reference({method: per_case[method], reference: per_case[reference]}, reference, metrics)
+    for row, adjusted in zip(rows, holm_adjust([r["p_value"] for r in rows])):
+        row["p_holm"] = adjusted
     return rows
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
-from hiennu.io.checkpoint import CHECKPOINT_PATTERN
+from hiennu.io.checkpoint import BEST, CHECKPOINT_PATTERN, FINAL, checkpoint_file
 from hiennu.paths import RESULTS_ENV, parse_dataset_folder_name, parse_model_dir_name, resolve_dataset, results_root
 from hiennu.plans import PLANS_NAME
 
@@ -177,3 +177,23 @@ def resolve_model(model: str | Path | None = None, dataset: str | int | None = N
         raise HiennuError(f"no trained model matches {asked} under {root / ds}. Trained models of {ds}:\n"
                           + (_listing(others) if others else "  (none)"))
     raise HiennuError(f"{len(models)} trained models match {asked}; add -tr/-c to pick one:\n{_listing(models)}")
+
+
+def default_checkpoint(model_dir: Path) -> str:
+    """The checkpoint a model folder predicts with when none is named: ``checkpoint_final.pth`` when every
+    fold holding a checkpoint holds it (a finished training, or a model exported with the default), else
+    ``checkpoint_best.pth`` (models exported or installed before final became the default)."""
+    folds = model_folds(Path(model_dir))
+    return FINAL if folds and model_folds(Path(model_dir), FINAL) == folds else BEST
+
+
+def model_checkpoint(choice: str | None, model: str | Path | None = None, dataset: str | int | None = None,
+                     trainer: str | None = None, configuration: str | None = None,
+                     plans_name: str = PLANS_NAME) -> str:
+    """The checkpoint file ``hiennu_predict`` loads: ``choice`` (``final``, ``best`` or a file name,
+    :func:`hiennu.io.checkpoint.checkpoint_file`) when given, else :func:`default_checkpoint` of the model
+    the other options name (:func:`resolve_model`; a zip names its own, so any answer does)."""
+    if choice is not None:
+        return checkpoint_file(choice)
+    path = resolve_model(model, dataset, trainer, configuration, plans_name)
+    return FINAL if path.is_file() else default_checkpoint(path)

@@ -6,7 +6,10 @@ A model zip holds one model folder and a manifest::
     DatasetNNN_Name/TRAINER__PLANS__CONFIG/plans.json
     DatasetNNN_Name/TRAINER__PLANS__CONFIG/dataset.json
     DatasetNNN_Name/TRAINER__PLANS__CONFIG/postprocessing.json                 (when the model folder has one)
-    DatasetNNN_Name/TRAINER__PLANS__CONFIG/fold_K/checkpoint_best.pth   {"network_weights": ..., "epoch": ...}
+    DatasetNNN_Name/TRAINER__PLANS__CONFIG/fold_K/checkpoint_final.pth  {"network_weights": ..., "epoch": ...}
+
+The exported checkpoint is ``checkpoint_final.pth`` by default, as nnU-Net ships (``checkpoint_best.pth``
+was chosen on the fold's own validation cases); the manifest names it.
 
 Exported checkpoints keep only the network weights and plain values (no optimizer state), in
 float32 or, with ``half=True``, float16 (floating-point tensors only; integer buffers such as
@@ -42,7 +45,7 @@ from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing
                                              postprocessing_from_record)
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.atomic import atomic_path
-from hiennu.io.checkpoint import BEST, load_checkpoint
+from hiennu.io.checkpoint import FINAL, load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.paths import parse_dataset_folder_name, parse_model_dir_name, preprocessed_root, raw_root, results_root
@@ -87,11 +90,12 @@ def sha256_bytes(data: bytes) -> str:
 # ---------------------------------------------------------------------------------------------- export
 
 def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence[str | int] | None = None,
-                     checkpoint: str = BEST, half: bool = False) -> Path:
+                     checkpoint: str = FINAL, half: bool = False) -> Path:
     """Write ``model_dir``'s plans, dataset.json, postprocessing.json (when present) and the chosen
     folds' weights to ``out_zip`` (atomically).
 
-    folds: fold names or numbers (default: every fold holding ``checkpoint``).
+    folds: fold names or numbers (default: every fold holding ``checkpoint``); checkpoint: the file name
+    in each ``fold_K/`` (default ``checkpoint_final.pth``).
     Returns the zip's path.
     """
     model_dir = Path(model_dir).resolve()
@@ -109,7 +113,7 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
     missing = [f for f in chosen if f not in available]
     if missing or not chosen:
         raise HiennuError(f"{model_dir}: no {checkpoint} for fold(s) {', '.join(missing) or '(any)'}; folds with "
-                          f"{checkpoint}: {', '.join(available) or 'none'} (pick another with -chk)")
+                          f"{checkpoint}: {', '.join(available) or 'none'} (pick another with --checkpoint best|final)")
     prefix = f"{model_dir.parent.name}/{model_dir.name}"
     members: dict[str, bytes] = {f"{prefix}/plans.json": (model_dir / "plans.json").read_bytes(),
                                  f"{prefix}/dataset.json": (model_dir / "dataset.json").read_bytes()}

@@ -7,8 +7,11 @@ never run. Training (:mod:`hiennu.training.checkpoint`), prediction, export and 
 checkpoints through :func:`load_checkpoint`.
 
 Names in a fold folder ``fold_K/``: :data:`LATEST` (the full state after every epoch, for
-``--continue``), :data:`BEST` (the epoch with the best early-stopping metric; what predicts by
-default) and :data:`FINAL` (the state at the end of training).
+``--continue``), :data:`BEST` (the epoch with the best early-stopping metric on the fold's own
+validation cases) and :data:`FINAL` (the state at the end of training). The cross-validation
+masks, the loss study and exported models use :data:`FINAL` by default, as nnU-Net does: ``BEST``
+is chosen on the very cases it would then be scored on. :func:`checkpoint_file` turns the
+``--checkpoint best|final`` choice of the commands into a file name.
 
 torch is imported when a checkpoint is read or written, so the command-line parsers can name
 :data:`BEST` as a default without loading it.
@@ -27,6 +30,19 @@ from hiennu.io.atomic import atomic_path
 LATEST, BEST, FINAL = "checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"
 CHECKPOINT_PATTERN = "checkpoint_*.pth"  # any checkpoint in a fold folder
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_CHOICES = {"final": FINAL, "best": BEST}  # --checkpoint best|final
+DEFAULT_CHECKPOINT_CHOICE = "final"  # what validates, is studied and is exported unless told otherwise
+
+
+def checkpoint_file(choice: str) -> str:
+    """The file name of a checkpoint choice: ``"final"`` or ``"best"`` (any case), or a file name
+    ``checkpoint_*.pth`` given as is. Anything else raises :class:`HiennuError` naming the choices."""
+    text = str(choice).strip()
+    if text.lower() in CHECKPOINT_CHOICES:
+        return CHECKPOINT_CHOICES[text.lower()]
+    if text.startswith("checkpoint_") and text.endswith(".pth") and "/" not in text and "\\" not in text:
+        return text
+    raise HiennuError(f"checkpoint {choice!r}: give 'final', 'best' or a file name checkpoint_NAME.pth")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:

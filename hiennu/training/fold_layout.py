@@ -1,6 +1,7 @@
 """Where a fold's training reads and writes, and which cases it trains and validates on.
 
-:func:`fold_layout` answers from the plans and ``splits_final.json`` alone (it neither builds a
+:func:`fold_layout` answers from the plans and ``splits_final.json`` (``splits_seed{S}.json`` with
+``--split-seed``) alone (it neither builds a
 network nor touches the preprocessed arrays), so the launcher and the loss study learn a fold's
 output folder and validation cases without building a trainer; the
 :class:`~hiennu.training.trainer.Trainer` starts from the same record.
@@ -16,7 +17,7 @@ from pathlib import Path
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file
 from hiennu.paths import (model_dir_name, plans_file_name, preprocessed_data_name, preprocessed_root,
-                          resolve_dataset, results_root)
+                          resolve_dataset, results_root, split_seed_folder, splits_file_name)
 from hiennu.plans import Configuration, Plans, TrainingPlan, load_plans
 from hiennu.training.options import TrainingOptions
 
@@ -63,8 +64,9 @@ def fold_layout(trainer_name: str, options: TrainingOptions) -> FoldLayout:
         plans = dataclasses.replace(plans, plans_name=options.plans_name)
     config = plans.configuration(options.configuration)
     training = effective_training_plan(config, options)
-    train_cases, val_cases = split_cases(preprocessed_dir, dataset_name, options.fold)
-    model_dir = results_root() / dataset_name / model_dir_name(trainer_name, plans.plans_name, config.name)
+    train_cases, val_cases = split_cases(preprocessed_dir, dataset_name, options.fold, options.split_seed)
+    model_dir = model_folder(dataset_name, model_dir_name(trainer_name, plans.plans_name, config.name),
+                             options.split_seed)
     return FoldLayout(
         trainer_name=trainer_name, options=options, dataset_name=dataset_name, preprocessed_dir=preprocessed_dir,
         plans=plans, config=config, training=training,
@@ -86,11 +88,24 @@ def effective_training_plan(config: Configuration, options: TrainingOptions) -> 
     return plan
 
 
-def split_cases(preprocessed_dir: Path, dataset_name: str, fold: int | str) -> tuple[list[str], list[str]]:
-    """(training cases, validation cases) of ``fold`` from ``splits_final.json``; fold ``all``: every case, twice."""
-    path = preprocessed_dir / "splits_final.json"
-    splits = read_json_file(path, f"run hiennu_plan_and_preprocess -d {dataset_name} first",
-                            "delete it and re-run hiennu_plan_and_preprocess")
+def model_folder(dataset_name: str, model_dir: str, split_seed: int | None = None) -> Path:
+    """``$hiennu_results/DatasetNNN_Name/TRAINER__PLANS__CONFIG``; with a split seed,
+    ``$hiennu_results/DatasetNNN_Name/split_seed_{S}/TRAINER__PLANS__CONFIG``."""
+    base = results_root() / dataset_name
+    return (base if split_seed is None else base / split_seed_folder(split_seed)) / model_dir
+
+
+def split_cases(preprocessed_dir: Path, dataset_name: str, fold: int | str,
+                split_seed: int | None = None) -> tuple[list[str], list[str]]:
+    """(training cases, validation cases) of ``fold`` from ``splits_final.json`` (``splits_seed{S}.json``
+    with a split seed); fold ``all``: every case, twice."""
+    path = preprocessed_dir / splits_file_name(split_seed)
+    how = (f"run hiennu_plan_and_preprocess -d {dataset_name} first" if split_seed is None else
+           f"write it with hiennu_train/hiennu_loss_study --split-seed {split_seed} (it is made from "
+           f"dataset_fingerprint.json)")
+    redo = ("delete it and re-run hiennu_plan_and_preprocess" if split_seed is None else
+            f"delete it and run again with --split-seed {split_seed}")
+    splits = read_json_file(path, how, redo)
     if not (isinstance(splits, list) and all(isinstance(s, dict) and "train" in s and "val" in s for s in splits)):
         raise HiennuError(f"{path}: must be a list of {{\"train\": [...], \"val\": [...]}} entries")
     if fold == "all":

@@ -1,6 +1,7 @@
 """Entry point of training: pick the trainer class, then train in one process or in several.
 
-``train(options, trainer)`` runs in this process when ``options.num_gpus`` is 1, joins the group
+``train(options, trainer)`` runs in this process when ``options.num_gpus`` is 1 or only the final
+validation is re-run (``--val``), joins the group
 when started by ``torchrun``, and otherwise spawns ``num_gpus`` ranks (one per GPU, or gloo
 processes on CPU) that each rebuild the trainer from its name.
 """
@@ -26,7 +27,7 @@ def train(options: TrainingOptions, trainer: str, trainer_module: str | None = N
     ctx = torchrun_context()
     if ctx is not None:
         return _train_rank(cls, options, ctx)
-    if options.num_gpus == 1:
+    if options.num_gpus == 1 or options.validation_only:  # --val: the main process validates alone
         return cls(options).run()
     device_type = (options.device or best_device_type()).lower().split(":")[0]
     if device_type == "mps":

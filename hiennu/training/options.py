@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hiennu.errors import HiennuError
+from hiennu.io.checkpoint import DEFAULT_CHECKPOINT_CHOICE, checkpoint_file
 from hiennu.plans import PLANS_NAME
 
 NUM_FOLDS = 5
@@ -29,6 +30,14 @@ class TrainingOptions:
     processes). val_every: validate every this many epochs (and always at the last epoch).
     plans_name: the plans identifier (``-p``): plans from ``NAME.json`` (``plans.json`` for the
     default), model folder ``TRAINER__NAME__CONFIG``.
+    validation_checkpoint: the checkpoint that predicts the fold's validation cases at the end
+    (``"final"``, the default as in nnU-Net, or ``"best"``, which was chosen on those same cases;
+    :func:`hiennu.io.checkpoint.checkpoint_file`). validation_only: do not train; re-run only the
+    final validation of a finished fold (``--val``, as nnU-Net's).
+    split_seed: the seed of the folds: None reads ``splits_final.json``; another seed reads
+    ``splits_seed{S}.json`` (:func:`hiennu.paths.splits_file_name`) and trains into
+    ``split_seed_{S}/TRAINER__PLANS__CONFIG`` beside the default model folder, so its folds never mix
+    with those of the default split.
     """
 
     dataset: str
@@ -49,9 +58,19 @@ class TrainingOptions:
     final_validation: bool = True
     plans_name: str = PLANS_NAME
     cpu_bf16: bool | None = None
+    validation_checkpoint: str = DEFAULT_CHECKPOINT_CHOICE
+    validation_only: bool = False
+    split_seed: int | None = None
 
     def __post_init__(self) -> None:
         self.fold = parse_fold(self.fold)
+        checkpoint_file(self.validation_checkpoint)  # a clear error for anything but final, best or a file name
+        if self.validation_only and (self.fold == "all" or not self.final_validation):
+            raise HiennuError("--val re-runs the final validation of a fold 0-4; it cannot be combined with fold "
+                              "'all' (no held-out cases) or --no-final-validation")
+        if self.split_seed is not None and (isinstance(self.split_seed, bool) or int(self.split_seed) != self.split_seed
+                                            or self.split_seed < 0):
+            raise HiennuError(f"--split-seed must be a whole number >= 0, got {self.split_seed!r}")
         for name in ("epochs", "patience", "batch_size", "iterations_per_epoch"):
             value = getattr(self, name)
             if value is not None and (int(value) != value or value < 1):
@@ -60,6 +79,11 @@ class TrainingOptions:
             raise HiennuError(f"--lr must be positive, got {self.learning_rate}")
         if self.num_gpus < 1 or self.val_every < 1:
             raise HiennuError("--num-gpus and --val-every must be at least 1")
+
+    @property
+    def validation_checkpoint_file(self) -> str:
+        """The file name of :attr:`validation_checkpoint` (``checkpoint_final.pth`` by default)."""
+        return checkpoint_file(self.validation_checkpoint)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **values: Any) -> "TrainingOptions":

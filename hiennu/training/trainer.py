@@ -8,8 +8,10 @@ A trainer trains one fold of one configuration of a preprocessed dataset, as the
   early-stopping metric improves, ``checkpoint_final.pth`` with the state at the end; best and
   final hold no optimizer state, and latest is removed once final is written;
 - ``training_log.txt``, ``progress.json`` and ``progress.png`` (per-epoch numbers), ``debug.json``;
-- ``validation/``: the best checkpoint's predictions of the fold's validation cases in their
-  native geometry and their challenge scores (``summary.json``).
+- ``validation/``: the predictions of the fold's validation cases in their native geometry by
+  ``checkpoint_final.pth`` (``--checkpoint best``: ``checkpoint_best.pth``) and their challenge
+  scores (``summary.json``, which names the checkpoint). ``--val`` re-runs only this validation of
+  a finished fold (:attr:`TrainingOptions.validation_only`).
 
 Constructing a trainer reads the fold's layout (:func:`~hiennu.training.fold_layout.fold_layout`)
 and builds the network, loss and optimizer; :meth:`Trainer.run` resumes (``--continue``), trains
@@ -64,7 +66,7 @@ from hiennu.training.early_stopping import EarlyStopping
 from hiennu.training.fold_layout import check_batch_split, fold_layout
 from hiennu.training.fold_lock import FoldLock
 from hiennu.training.model_files import publish_model_files
-from hiennu.training.native_validation import predict_and_score_validation
+from hiennu.training.native_validation import predict_and_score_validation, validated_checkpoint
 from hiennu.training.options import TrainingOptions
 from hiennu.training.progress import ProgressLog, StepTimer
 
@@ -158,7 +160,8 @@ class Trainer(abc.ABC):
 
     # ----------------------------------------------------------------------------- the whole run
     def run(self) -> Path:
-        """Train (or resume) the fold, then validate the best checkpoint; returns the fold folder.
+        """Train (or resume) the fold, then validate the chosen checkpoint (``--val``: only validate); returns
+        the fold folder.
 
         The main process holds the fold's lock (:class:`~hiennu.training.fold_lock.FoldLock`) for
         the whole run, so a second run of the same fold refuses instead of interleaving with it.
@@ -175,6 +178,9 @@ class Trainer(abc.ABC):
     def _run_locked(self) -> Path:
         handler = self._start_log_file()
         try:
+            if self.options.validation_only:
+                self._final_validation(required=True)
+                return self.fold_dir
             self._setup()
             trained_now = not self.resumed_finished
             if trained_now:
@@ -186,8 +192,9 @@ class Trainer(abc.ABC):
                 publish_model_files(self.plans, self.config, self.preprocessed_dir, self.model_dir, self.fold_dir)
             barrier()
             if self.dist.is_main:
-                if not trained_now and (self.fold_dir / "validation" / "summary.json").is_file():
-                    log.info("%s is finished and validated; nothing to do", self.fold_dir)
+                if not trained_now and validated_checkpoint(self.fold_dir) == self.options.validation_checkpoint_file:
+                    log.info("%s is finished and validated with %s; nothing to do", self.fold_dir,
+                             self.options.validation_checkpoint_file)
                 else:
                     self._final_validation()
             return self.fold_dir
@@ -372,7 +379,7 @@ class Trainer(abc.ABC):
 
         if not self.config.is_patch_based:
             return forward(x)[:, None]
-        return sliding_window_predict(forward, x[0], self.config.patch_size_zyx)[None, None]
+        return sliding_window_predict(forward, x[0], self.config.inference_window_zyx(x.shape[2:]))[None, None]
 
     def _record_epoch(self, epoch: int, lr: float, started: float, steps: EpochSteps,
                       validation: tuple[float, float] | None, improved: bool) -> None:
@@ -520,29 +527,41 @@ class Trainer(abc.ABC):
             return None
         self.fold_dir.mkdir(parents=True, exist_ok=True)
         handler = attach_file_handler(self.fold_dir / "training_log.txt")
-        log.info("training %s on %s, configuration %s, fold %s: %d training / %d validation cases, "
-                 "device %s, %d process(es), seed %d", self.trainer_name, self.dataset_name, self.config.name,
-                 self.options.fold, len(self.train_cases), len(self.val_cases), self.device,
+        log.info("%s %s on %s, configuration %s, fold %s: %d training / %d validation cases, "
+                 "device %s, %d process(es), seed %d",
+                 "validating (--val, no training)" if self.options.validation_only else "training",
+                 self.trainer_name, self.dataset_name, self.config.name, self.options.fold, len(self.train_cases), len(self.val_cases), self.device,
                  self.dist.world_size, self.options.seed)
         return handler
 
     # ------------------------------------------------------------------- native-geometry validation
-    def _final_validation(self) -> None:
+    def _final_validation(self, required: bool = False) -> None:
+        """Predict and score the fold's validation cases with the chosen checkpoint (``--checkpoint``).
+
+        required: ``--val``; a fold that has not finished training, or lacks the checkpoint, is then an
+        error instead of a warning.
+        """
+        checkpoint = self.options.validation_checkpoint_file
         if not self.options.final_validation:
             log.info("final validation in native geometry skipped (--no-final-validation)")
             return
         if self.options.fold == "all":
             log.info("final validation skipped: fold 'all' has no held-out cases")
             return
-        if not (self.fold_dir / BEST).is_file():
-            log.warning("final validation skipped: no %s in %s", BEST, self.fold_dir)
+        if required and not (self.fold_dir / FINAL).is_file():
+            raise HiennuError(f"--val: {self.fold_dir} has no {FINAL}, so its training has not finished; train it "
+                              f"to the end first (hiennu_train without --val, --continue to resume)")
+        if not (self.fold_dir / checkpoint).is_file():
+            if required:
+                raise HiennuError(f"--val: no {checkpoint} in {self.fold_dir}; choose another with --checkpoint")
+            log.warning("final validation skipped: no %s in %s", checkpoint, self.fold_dir)
             return
         # a whole-volume configuration: one case per forward pass, as the network saw them in training
         summary = predict_and_score_validation(self.model_dir, self.options.fold, self.val_cases, self.dataset_name,
                                                self.device, batch_size=None if self.config.is_patch_based else 1,
-                                               cpu_bf16=self.training.cpu_bf16)
+                                               cpu_bf16=self.training.cpu_bf16, checkpoint=checkpoint)
         if summary is not None:
             m = summary["metrics"]
-            log.info("validation in native geometry (%d cases, %s): Dice %.4f, MASD %.3f mm, NSD %.4f",
-                     summary["num_cases"], self.fold_dir / "validation", m["dice"]["mean"], m["masd"]["mean"],
-                     m["nsd"]["mean"])
+            log.info("validation in native geometry with %s (%d cases, %s): Dice %.4f, MASD %.3f mm (n=%d), NSD %.4f",
+                     checkpoint, summary["num_cases"], self.fold_dir / "validation", m["dice"]["mean"],
+                     m["masd"]["mean"], m["masd"]["n"], m["nsd"]["mean"])
