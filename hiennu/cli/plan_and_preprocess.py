@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes")
     p.add_argument("--target-size", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
                    help="force this grid (x y z voxels) on the whole-volume configurations; 192 192 32 is the paper's")
+    p.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="force 3d_fullres's target spacing (mm, z y x, as target_spacing_zyx in plans.json) instead "
+                        "of nnU-Net's rule and its round-trip refinement; the round trip is still measured and "
+                        "reported (like nnU-Net's -overwrite_target_spacing)")
     p.add_argument("--plan-for", choices=PLAN_FOR, default=None,
                    help="size 3d_fullres's network, patch and batch for this device (default: gpu when PyTorch "
                         "sees CUDA, else cpu); --gpu-memory-gb sets the GPU budget")
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         configurations=args.configurations, num_processes=args.num_processes, target_size_xyz=args.target_size,
         grid_policy=args.grid_policy, gpu_memory_gb=args.gpu_memory_gb, check_only=args.check_only,
         preprocess=not args.no_preprocess, keep_plans=args.keep_plans, plan_for=args.plan_for,
-        plans_name=args.plans_name)
+        plans_name=args.plans_name, target_spacing_zyx=args.target_spacing)
     return run(lambda: plan_and_preprocess(args.dataset, opts) and 0, verbose=not args.quiet)
 
 

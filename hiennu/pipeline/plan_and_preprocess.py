@@ -19,12 +19,13 @@ from hiennu.io.dataset_json import load_dataset_json
 from hiennu.log import get_logger
 from hiennu.parallel import start_workers_early
 from hiennu.paths import plans_file_name, preprocessed_data_name, preprocessed_root, raw_dataset_dir
-from hiennu.planning.fingerprint import FINGERPRINT_FILE, compute_fingerprint, save_fingerprint
+from hiennu.planning.fingerprint import FINGERPRINT_FILE, DatasetFingerprint, compute_fingerprint, save_fingerprint
 from hiennu.planning.planner import DEFAULT_GPU_MEMORY_GB, plan_experiment, record_roundtrip
-from hiennu.planning.roundtrip import measure_crop_roundtrip, measure_roundtrip
+from hiennu.planning.roundtrip import RoundTrip, measure_crop_roundtrip, measure_roundtrip
+from hiennu.planning.spacing_refinement import force_spacing, heed_roundtrip, validate_target_spacing
 from hiennu.planning.splits import SPLITS_FILE, write_splits_if_absent
 from hiennu.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION, PLANS_NAME,
-                          Plans, load_plans, save_plans)
+                          Configuration, Plans, load_plans, save_plans)
 from hiennu.preprocessing.preprocessor import preprocess_dataset
 
 log = get_logger(__name__)
@@ -43,6 +44,9 @@ class PlanAndPreprocessOptions:
     plans_name: the plans identifier (``-p``): written as ``NAME.json`` (the default ``hiennuPlans``
     as ``plans.json``), its cases into ``NAME_CONFIG/`` (``CONFIG/`` for the default), so edited plans
     and their data live beside the original's.
+    target_spacing_zyx: force ``3d_fullres``'s target spacing (mm, z y x; ``grid_policy`` ``forced``) instead of
+    nnU-Net's rule and the round-trip refinement (:mod:`hiennu.planning.spacing_refinement`); its round trip is
+    still measured and reported.
     """
 
     configurations: Sequence[str] | None = None
@@ -55,6 +59,7 @@ class PlanAndPreprocessOptions:
     keep_plans: bool = False
     plan_for: str | None = None
     plans_name: str = PLANS_NAME
+    target_spacing_zyx: Sequence[float] | None = None
 
 
 def training_cases(raw_dir: Path) -> list[CaseFiles]:
@@ -63,7 +68,11 @@ def training_cases(raw_dir: Path) -> list[CaseFiles]:
 
 
 def make_plans(raw_dir: Path, out_dir: Path, cases: list[CaseFiles], opts: PlanAndPreprocessOptions) -> Plans:
-    """Fingerprint, plan, measure round-trip ceilings; writes fingerprint and plans."""
+    """Fingerprint, plan, measure round-trip ceilings; writes fingerprint and plans.
+
+    ``3d_fullres`` heeds its round trip: below the thresholds its spacing is refined within the device's
+    budget, or its notes say which cases lose what (:func:`~hiennu.planning.spacing_refinement.heed_roundtrip`).
+    """
     dj = load_dataset_json(raw_dir)
     fp = compute_fingerprint(cases, raw_dir.name, dj.channel_names, opts.num_processes)
     save_fingerprint(fp, out_dir / FINGERPRINT_FILE)
@@ -71,8 +80,11 @@ def make_plans(raw_dir: Path, out_dir: Path, cases: list[CaseFiles], opts: PlanA
     plans.plans_name = opts.plans_name
     labels = {c.case_id: c.label_file for c in cases if c.label_file is not None}
     with_adc = {c.case_id: (c.image_files[0], c.label_file) for c in cases if c.label_file is not None}
-    for cfg in plans.configurations.values():
-        if cfg.is_patch_based:
+    for name, cfg in list(plans.configurations.items()):
+        if name == DEFAULT_CONFIGURATION:
+            cfg, trip = _heed_patch_roundtrip(fp, cfg, with_adc, opts)
+            plans.configurations[name] = cfg
+        elif cfg.is_patch_based:
             trip = measure_crop_roundtrip(with_adc, cfg.target_spacing_zyx, cfg.prediction_interpolation,
                                           opts.num_processes)
         else:
@@ -84,11 +96,27 @@ def make_plans(raw_dir: Path, out_dir: Path, cases: list[CaseFiles], opts: PlanA
     return plans
 
 
+def _heed_patch_roundtrip(fp: DatasetFingerprint, cfg: Configuration,
+                          with_adc: dict[str, tuple[Path, Path]], opts: PlanAndPreprocessOptions
+                          ) -> tuple[Configuration, RoundTrip]:
+    """``3d_fullres`` at the forced spacing, or refined until its label round trip holds (within budget)."""
+    if opts.target_spacing_zyx is not None:
+        cfg = force_spacing(fp, cfg, opts.target_spacing_zyx, opts.gpu_memory_gb)
+
+    def measure(spacing_zyx):
+        return measure_crop_roundtrip(with_adc, spacing_zyx, cfg.prediction_interpolation, opts.num_processes)
+
+    return heed_roundtrip(fp, cfg, measure, opts.gpu_memory_gb, forced=opts.target_spacing_zyx is not None)
+
+
 def plan_and_preprocess(dataset: str | int, opts: PlanAndPreprocessOptions | None = None) -> Path:
     """Run the step for ``dataset`` (name, folder name or number); returns the preprocessed folder."""
     opts = opts or PlanAndPreprocessOptions()
     if opts.num_processes < 1:
         raise HiennuError(f"-np must be at least 1, got {opts.num_processes}")
+    validate_target_spacing(opts.target_spacing_zyx)
+    if opts.target_spacing_zyx is not None and opts.keep_plans:
+        raise HiennuError("--target-spacing re-plans, --keep-plans keeps the existing plans: give one of them")
     planned = (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION)
     unknown = [c for c in (opts.configurations or []) if c not in planned and not opts.keep_plans]
     if unknown:

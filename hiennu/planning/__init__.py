@@ -1,6 +1,7 @@
 """Planning: the dataset fingerprint (``fingerprint``), the planner that turns it into plans
 (``planner``, with ``spacing``, ``topology``, ``grid``, ``memory``), the round-trip ceiling of a
-grid (``roundtrip``) and the cross-validation folds (``splits``). The plans themselves are the
+grid (``roundtrip``), the refinement of ``3d_fullres``'s spacing that heeds it (``spacing_refinement``)
+and the cross-validation folds (``splits``). The plans themselves are the
 ground floor's ``hiennu.plans``.
 
 May import: the ground floor and ``geometry`` (the transforms it measures). Not preprocessing

@@ -178,17 +178,24 @@ def plan_experiment(fp: DatasetFingerprint, grid_policy: str = "memory",
 
 
 def plan_patch_configuration(fp: DatasetFingerprint, norms: list[ChannelNormalization], norm_reasons: list[str],
-                             plan_for: str, gpu_memory_gb: float, cpu_bf16: bool | None = None) -> Configuration:
+                             plan_for: str, gpu_memory_gb: float, cpu_bf16: bool | None = None,
+                             spacing: tuple[Sequence[float], str] | None = None,
+                             grid_policy: str = "spacing") -> Configuration:
     """``3d_fullres``: brain crop, planned spacing, a patch and network sized for ``plan_for``.
 
     cpu_bf16: train under bfloat16 autocast on the CPU (``training.cpu_bf16``); None: when planning
     for a CPU that runs bf16 natively (:func:`hiennu.device.cpu_has_native_bf16`).
+    spacing: ``(target spacing (z, y, x) mm, the reason in words)`` to plan at instead of nnU-Net's
+    rule (a refined or forced spacing, :mod:`~hiennu.planning.spacing_refinement`); grid_policy is
+    then recorded as given (``spacing`` or ``forced``).
     """
     if plan_for not in PLAN_FOR:
         raise HiennuError(f"--plan-for must be one of {', '.join(PLAN_FOR)}, got {plan_for!r}")
     spacings = [c.spacing_zyx for c in fp.cases]
     boxes = [c.brain_box_zyx for c in fp.cases]
-    spacing, spacing_reason = plan_target_spacing(spacings, boxes)
+    if spacing is None:
+        spacing = plan_target_spacing(spacings, boxes)
+    spacing, spacing_reason = [float(v) for v in spacing[0]], spacing[1]
     at_target = np.asarray(boxes, float) * np.asarray(spacings, float) / np.asarray(spacing, float)
     median_box, max_box = np.median(at_target, 0), at_target.max(0)
     patch = plan_patch(median_box, max_box, spacing, len(fp.channel_names), plan_for, gpu_memory_gb,
@@ -231,7 +238,7 @@ def plan_patch_configuration(fp: DatasetFingerprint, norms: list[ChannelNormaliz
              "neighbour: on the 37 BONBID dev cases it matched linear with a trained model and beat it on the label "
              "round trip (documentation/results.md)"]
     return Configuration(
-        name=DEFAULT_CONFIGURATION, target_size_xyz=None, grid_policy="spacing", normalization=norms,
+        name=DEFAULT_CONFIGURATION, target_size_xyz=None, grid_policy=grid_policy, normalization=norms,
         target_spacing_zyx=spacing, crop_to_brain=True, patch_size_zyx=patch.patch_size_zyx, planned_for=plan_for,
         network=network, training=training, augmentation=augmentation, image_interpolation=image_interpolation,
         label_interpolation="nearest", prediction_interpolation="nearest", notes="; ".join(notes))

@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from hiennu.geometry.cropping import crop_and_resample, crop_and_resample_label, restore_to_native
+from hiennu.geometry.cropping import (CropRecord, brain_bbox, crop_and_resample_label, resampled_size,
+                                      restore_to_native)
 from hiennu.geometry.resampling import resample_label_to_grid, resample_label_to_native
 from hiennu.io.image import read_image
 from hiennu.masks import dice
@@ -71,7 +72,9 @@ def measure_roundtrip(label_files: dict[str, str | os.PathLike], size_zyx: Seque
 def crop_roundtrip_dice(adc: np.ndarray, label: np.ndarray, spacing_zyx: Sequence[float],
                         target_spacing_zyx: Sequence[float], mode: str) -> float:
     """Dice between a native label and its trip through brain crop + target spacing and back (module docstring)."""
-    _, record = crop_and_resample(np.asarray(adc, np.float32)[None], spacing_zyx, target_spacing_zyx)
+    bbox = brain_bbox(adc)  # the record crop_and_resample would make, without resampling the image
+    box = [e - s for s, e in bbox]
+    record = CropRecord(list(np.shape(adc)), bbox, list(resampled_size(box, spacing_zyx, target_spacing_zyx)))
     on_target = crop_and_resample_label(label, record).astype(np.float32)
     back = restore_to_native(on_target, record, mode) >= 0.5
     return dice(label, back)
