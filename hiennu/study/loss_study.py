@@ -48,7 +48,9 @@ from hiennu.paths import parse_model_dir_name, raw_root, resolve_dataset, result
 from hiennu.plans import PLANS_NAME
 from hiennu.provenance import provenance_markdown
 from hiennu.study.fold_record import move_fold_aside, recorded_differences
+from hiennu.study.split_seeds import ensure_seed_splits
 from hiennu.training.fold_layout import FoldLayout, fold_layout
+from hiennu.training.native_validation import validated_checkpoint
 from hiennu.training.options import NUM_FOLDS, TrainingOptions
 from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
 
@@ -162,6 +164,7 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
     if not (raw_dir / "labelsTr").is_dir():
         raise HiennuError(f"{raw_dir}: raw dataset with labelsTr/ not found; the study scores validation "
                           f"predictions against the raw labels (hiennu_convert_bonbid / hiennu_make_synthetic)")
+    ensure_seed_splits(dataset, opts.training.split_seed)
     if not opts.retrain_mismatched:
         check_finished_folds(dataset, opts)  # before hours of training, not after
     tracker = StudyProgress(len(opts.trainers) * len(opts.folds))
@@ -174,6 +177,8 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
             log.info("%s", tracker.done(name, fold, time.perf_counter() - run_start, run.trained_now))
     config_name = parse_model_dir_name(runs[opts.trainers[0]][0].fold_dir.parent.name).configuration
     suffix = config_name if opts.plans_name == PLANS_NAME else f"{opts.plans_name}__{config_name}"
+    if opts.training.split_seed is not None:
+        suffix += f"_split{opts.training.split_seed}"
     out = opts.output_dir or results_root() / dataset / f"loss_study_{suffix}"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,9 +293,15 @@ def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOption
             moved = move_fold_aside(fold_dir)
             log.warning("%s fold %d: finished run differs from the request (%s); moved to %s, training again",
                         trainer_name, fold, "; ".join(diffs), moved)
-    finished = (fold_dir / FINAL).is_file() and (fold_dir / "validation" / "summary.json").is_file()
-    trained_now = not finished
-    if finished:
+    wanted = opts.training.validation_checkpoint_file
+    finished = (fold_dir / FINAL).is_file() and not (fold_dir / LATEST).is_file()
+    validated = validated_checkpoint(fold_dir)
+    trained_now = not (finished and validated is not None)
+    if finished and validated is not None and validated != wanted:
+        log.info("%s fold %d: finished run found in %s, its validation masks came from %s; re-validating with %s",
+                 trainer_name, fold, fold_dir, validated, wanted)
+        cls(dataclasses.replace(opts.fold_options(dataset, fold, resume=False), validation_only=True)).run()
+    elif not trained_now:
         log.info("%s fold %d: finished run found in %s, matches the request, reused", trainer_name, fold, fold_dir)
     else:
         resume = (fold_dir / LATEST).is_file() or (fold_dir / FINAL).is_file()
@@ -386,10 +397,13 @@ def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, l
              "the validation cases of the folds, with the 95 % bootstrap interval of the mean in brackets (seeded "
              "percentile bootstrap); MASD and HD95 are undefined (left out) when exactly one mask is empty. "
              "Lesion recall and precision count 26-connected lesions detected. Steps per fold are epochs × "
-             "iterations per epoch; training minutes are the sum of the epochs' wall times (progress.json).", "",
+             "iterations per epoch; training minutes are the sum of the epochs' wall times (progress.json). "
+             f"The cross-validation masks were predicted with {options.training.validation_checkpoint_file} of each "
+             "fold (checkpoint_best.pth is chosen on the very cases it is scored on). MASD's n is the number of "
+             "cases where it is defined; the common-cases column averages it over the cases every row has.", "",
              (out / "table.md").read_text().split("\n", 2)[-1].strip(), "",
              "## Above the simple rules", "",
-             "| method | ΔDice vs ZADC<-2 | ΔDice vs best rule | ΔMASD (mm) vs best rule | ΔNSD vs best rule |",
+             "| method | ΔDice vs ZADC<-2 | ΔDice vs best rule | ΔMASD (mm, common cases) vs best rule | ΔNSD vs best rule |",
              "|---|---|---|---|---|"]
     best_rule = max(RULES, key=lambda r: by_method[r]["dice_mean"])
     for method, row in by_method.items():
@@ -397,7 +411,7 @@ def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, l
             continue
         lines.append(f"| {method} | {row['dice_mean'] - by_method[RULE_ZADC]['dice_mean']:+.3f} | "
                      f"{row['dice_mean'] - by_method[best_rule]['dice_mean']:+.3f} | "
-                     f"{row['masd_mean'] - by_method[best_rule]['masd_mean']:+.2f} | "
+                     f"{row['masd_common_mean'] - by_method[best_rule]['masd_common_mean']:+.2f} | "
                      f"{row['nsd_mean'] - by_method[best_rule]['nsd_mean']:+.3f} |")
     lines += ["", f"Best rule by Dice: {best_rule}. Negative ΔMASD is better.", "",
               "## By lesion volume band", "",
