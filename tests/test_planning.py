@@ -110,7 +110,7 @@ def _fingerprint(sizes_xyz, names=("ADC", "ZADC")) -> DatasetFingerprint:
 
 def test_plan_every_configuration_from_fingerprint(tmp_path):
     plans = plan_experiment(_fingerprint(BONBID_SIZES_XYZ), plan_for="cpu")
-    assert list(plans.configurations) == ["3d_fullres", "3d_lossless", "3d_paper"]
+    assert list(plans.configurations) == ["3d_fullres", "2d", "3d_lossless", "3d_paper"]
     full, paper = plans.configuration("3d_lossless"), plans.configuration("3d_paper")
     assert full.target_size_xyz == [160, 160, 64] and full.grid_policy == "memory"
     assert paper.target_size_xyz == [144, 144, 32] and paper.grid_policy == "paper"

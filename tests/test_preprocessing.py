@@ -151,7 +151,8 @@ def test_cli_check_only_and_errors(hiennu_roots, capsys):
     assert list(hiennu_roots["hiennu_preprocessed"].iterdir()) == []
     assert cli_main(["-d", "NOPE", "-q"]) == 1
     assert "unknown dataset" in capsys.readouterr().err
-    assert cli_main(["-d", "TINY", "-c", "2d", "-q"]) == 1
+    assert cli_main(["-d", "TINY", "-c", "3d_lowres", "-q"]) == 1
+    assert "unknown configuration" in capsys.readouterr().err
     assert cli_main(["-d", "TINY", "--target-size", "30", "32", "16", "-np", "1", "-q"]) == 1
     assert "multiple" in capsys.readouterr().err
     assert cli_main(["-d", "TINY", "--target-size", "16", "16", "16", "-np", "1", "-q", "--no-preprocess"]) == 0

@@ -133,11 +133,13 @@ class CasePredictor(ABC):
         """Masks (uint8 {0, 1}, native ``(z, y, x)``, before component removal) and, if asked,
         probability maps (float32, native ``(z, y, x)``) for a batch of prepared cases."""
 
-    def postprocess(self, mask: np.ndarray, images: list[np.ndarray] | None = None) -> np.ndarray:
+    def postprocess(self, mask: np.ndarray, images: list[np.ndarray] | None = None,
+                    spacing_zyx: Sequence[float] | None = None) -> np.ndarray:
         """Component removal (writer thread); uint8 {0, 1} out.
 
         images: the case's input channels (float32 ``(z, y, x)``, raw values, channel order), for
-        post-processing that looks at them (the trained model's ``postprocessing.json``).
+        post-processing that looks at them (the trained model's ``postprocessing.json``); spacing_zyx:
+        the case's voxel spacing (mm), for post-processing that measures in mm.
         """
         return remove_small_components(mask, self.min_component_voxels)
 
@@ -159,7 +161,7 @@ class CasePredictor(ABC):
                 raise HiennuError(f"channel {c} ({self.channel_names[c]}) has {problem}; replace them before "
                                   f"predicting")
         mask, prob = self.predict_prepared([self.prepare(images, geometry)], [geometry], True)[0]
-        return self.postprocess(mask, images), prob
+        return self.postprocess(mask, images, geometry.spacing_zyx), prob
 
     def predict_folder(self, in_dir: str | Path, out_dir: str | Path, save_probabilities: bool = False,
                        probability_format: str = "npz", continue_prediction: bool = False,
@@ -258,7 +260,7 @@ class CasePredictor(ABC):
                         return
                     case, geometry, mask, prob, images = item
                     try:
-                        mask = self.postprocess(mask, images)
+                        mask = self.postprocess(mask, images, geometry.spacing_zyx)
                         geometry_out = Geometry(geometry.size_xyz, geometry.spacing_xyz, geometry.origin_xyz,
                                                 geometry.direction, "8-bit unsigned integer")
                         write_image(mask.astype(np.uint8, copy=False), geometry_out, out_dir / case.output_name())

@@ -45,12 +45,12 @@ from hiennu.geometry.resampling import resample_probabilities_to_native
 from hiennu.inference.baseline import make_baseline
 from hiennu.inference.ensemble import FoldEnsemble
 from hiennu.inference.folder_prediction import CasePredictor
-from hiennu.inference.model_registry import fold_sort_key, model_folds, resolve_model
+from hiennu.inference.model_registry import default_checkpoint, fold_sort_key, model_folds, resolve_model
 from hiennu.inference.model_zip import load_model_zip
 from hiennu.inference.postprocessing import PostProcessing, apply_postprocessing, channel_index, load_postprocessing
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.trained_configuration import check_trained_configuration
-from hiennu.io.checkpoint import BEST, CHECKPOINT_PATTERN, load_checkpoint
+from hiennu.io.checkpoint import CHECKPOINT_PATTERN, load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry, read_sitk
 from hiennu.log import get_logger
@@ -61,7 +61,6 @@ from hiennu.preprocessing.preprocessor import preprocess_case
 
 logger = get_logger(__name__)
 
-DEFAULT_CHECKPOINT = BEST
 THRESHOLD = 0.5
 
 
@@ -145,20 +144,22 @@ class Predictor(CasePredictor):
                     f"mirroring over axes {tta_mirror_axes(configuration)}" if use_mirroring else "no mirroring",
                     self.postprocessing.name)
 
-    def postprocess(self, mask: np.ndarray, images: list[np.ndarray] | None = None) -> np.ndarray:
+    def postprocess(self, mask: np.ndarray, images: list[np.ndarray] | None = None,
+                    spacing_zyx: Sequence[float] | None = None) -> np.ndarray:
         """Component removal and, when chosen, the ADC cap and keeping the components that touch ``ZADC < -2``
-        (these need ``images``: the case's raw channels, float32 ``(z, y, x)`` in channel order); uint8 {0, 1} out."""
+        (these need ``images``: the case's raw channels, float32 ``(z, y, x)`` in channel order) and the lesion
+        filter (``spacing_zyx``: the case's voxel spacing in mm); uint8 {0, 1} out."""
         zadc = adc = None
         if self.postprocessing.needs_images and images is not None:
             zadc = images[self._zadc_channel] if self._zadc_channel is not None else None
             adc = images[self._adc_channel] if self._adc_channel is not None else None
-        return apply_postprocessing(mask, self.postprocessing, zadc, adc)
+        return apply_postprocessing(mask, self.postprocessing, zadc, adc, spacing_zyx)
 
     # ---------------------------------------------------------------------------------- construction
 
     @classmethod
     def from_model_dir(cls, path: str | Path, folds: Sequence[int | str] | None = None,
-                       checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None,
+                       checkpoint: str | None = None, device: str | torch.device | None = None,
                        use_mirroring: bool = True, use_postprocessing: bool = True, **kwargs) -> "Predictor":
         """Load ``TRAINER__PLANS__CONFIG/`` (plans.json, dataset.json, fold_K/<checkpoint>, and
         ``postprocessing.json`` when present and ``use_postprocessing``; cross-validation predictions
@@ -172,6 +173,7 @@ class Predictor(CasePredictor):
         path = Path(path)
         if not path.is_dir():
             raise HiennuError(f"model folder {path} not found")
+        checkpoint = checkpoint or default_checkpoint(path)
         plans = load_plans(path)
         parts = parse_model_dir_name(path.name)
         configuration = plans.configuration(parts.configuration if parts else None)
@@ -209,8 +211,9 @@ class Predictor(CasePredictor):
 
     @classmethod
     def from_path(cls, path: str | Path, folds: Sequence[int | str] | None = None,
-                  checkpoint: str = DEFAULT_CHECKPOINT, **kwargs) -> "Predictor":
-        """A model folder or a model zip, whichever ``path`` is."""
+                  checkpoint: str | None = None, **kwargs) -> "Predictor":
+        """A model folder or a model zip, whichever ``path`` is (checkpoint None: the folder's default,
+        :func:`~hiennu.inference.model_registry.default_checkpoint`)."""
         if Path(path).is_file():
             return cls.from_zip(path, folds, **kwargs)
         return cls.from_model_dir(path, folds, checkpoint, **kwargs)
@@ -273,7 +276,7 @@ class Predictor(CasePredictor):
 
 def build_predictor(model: str | Path | None = None, dataset: str | int | None = None, trainer: str | None = None,
                     configuration: str | None = None, folds: Sequence[int | str] | None = None,
-                    checkpoint: str = DEFAULT_CHECKPOINT, device: str | None = None, use_mirroring: bool = True,
+                    checkpoint: str | None = None, device: str | None = None, use_mirroring: bool = True,
                     baseline: str | None = None, min_component_voxels: int | None = None,
                     batch_size: int | None = None, plans_name: str = PLANS_NAME, cpu_bf16: bool = False) -> CasePredictor:
     """The predictor that ``hiennu_predict``'s options name.

@@ -20,11 +20,12 @@ from hiennu.log import get_logger
 from hiennu.parallel import start_workers_early
 from hiennu.paths import plans_file_name, preprocessed_data_name, preprocessed_root, raw_dataset_dir
 from hiennu.planning.fingerprint import FINGERPRINT_FILE, DatasetFingerprint, compute_fingerprint, save_fingerprint
-from hiennu.planning.planner import DEFAULT_GPU_MEMORY_GB, plan_experiment, record_roundtrip
+from hiennu.planning.planner import DEFAULT_GPU_MEMORY_GB, plan_2d_configuration, plan_experiment, record_roundtrip
 from hiennu.planning.roundtrip import RoundTrip, measure_crop_roundtrip, measure_roundtrip
 from hiennu.planning.spacing_refinement import force_spacing, heed_roundtrip, validate_target_spacing
 from hiennu.planning.splits import SPLITS_FILE, write_splits_if_absent
 from hiennu.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION, PLANS_NAME,
+                          SLICE_CONFIGURATION,
                           Configuration, Plans, load_plans, save_plans)
 from hiennu.preprocessing.preprocessor import preprocess_dataset
 
@@ -80,12 +81,15 @@ def make_plans(raw_dir: Path, out_dir: Path, cases: list[CaseFiles], opts: PlanA
     plans.plans_name = opts.plans_name
     labels = {c.case_id: c.label_file for c in cases if c.label_file is not None}
     with_adc = {c.case_id: (c.image_files[0], c.label_file) for c in cases if c.label_file is not None}
-    for name, cfg in list(plans.configurations.items()):
+    for name in list(plans.configurations):
+        cfg = plans.configurations[name]
         if name == DEFAULT_CONFIGURATION:
             cfg, trip = _heed_patch_roundtrip(fp, cfg, with_adc, opts)
             plans.configurations[name] = cfg
+            if SLICE_CONFIGURATION in plans.configurations:  # 2d takes 3d_fullres's in-plane spacing, refined or not
+                plans.configurations[SLICE_CONFIGURATION] = plan_2d_configuration(fp, cfg, opts.gpu_memory_gb)
         elif cfg.is_patch_based:
-            trip = measure_crop_roundtrip(with_adc, cfg.target_spacing_zyx, cfg.prediction_interpolation,
+            trip = measure_crop_roundtrip(with_adc, cfg.resampling_spacing_zyx, cfg.prediction_interpolation,
                                           opts.num_processes)
         else:
             workers = opts.num_processes if cfg.label_interpolation == "sdf" else 1
@@ -117,7 +121,7 @@ def plan_and_preprocess(dataset: str | int, opts: PlanAndPreprocessOptions | Non
     validate_target_spacing(opts.target_spacing_zyx)
     if opts.target_spacing_zyx is not None and opts.keep_plans:
         raise HiennuError("--target-spacing re-plans, --keep-plans keeps the existing plans: give one of them")
-    planned = (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION)
+    planned = (DEFAULT_CONFIGURATION, SLICE_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION)
     unknown = [c for c in (opts.configurations or []) if c not in planned and not opts.keep_plans]
     if unknown:
         raise HiennuError(f"unknown configuration(s) {', '.join(unknown)}; the planner writes {', '.join(planned)}")

@@ -1,10 +1,13 @@
-"""The planner: dataset fingerprint -> :class:`~hiennu.plans.Plans` (three configurations).
+"""The planner: dataset fingerprint -> :class:`~hiennu.plans.Plans` (four configurations).
 
 - ``3d_fullres`` (default, nnU-Net's meaning): crop each case to its brain box, resample to the
   planned spacing (:mod:`~hiennu.planning.spacing`), train on patches and predict with a sliding
   window. The patch, pooling, widths and batch are sized for the device that will train
   (:mod:`~hiennu.planning.topology`): ``plan_for`` ``cpu`` or ``gpu`` (default: ``gpu`` when torch sees
   CUDA, else ``cpu``). Normalization per channel as below.
+- ``2d`` (nnU-Net's meaning): the same brain crop and in-plane spacing, each case's own slices, a 2D
+  network on one-slice patches with a batch of slices sized for the same device
+  (:func:`plan_2d_configuration`); normalization, rule prior and precision as ``3d_fullres``.
 - ``3d_paper``: the paper's recipe. Grid by the mean-size rule (:func:`~hiennu.planning.grid.paper_grid`),
   every channel z-scored over its own resampled image, labels nearest neighbour, the paper's
   training and augmentation values.
@@ -21,6 +24,7 @@ The round-trip ceiling is filled in afterwards by :func:`record_roundtrip`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -34,8 +38,8 @@ from hiennu.planning.grid import grid_unit, lossless_grid, memory_grid, paper_gr
 from hiennu.planning.memory import estimate_training_memory
 from hiennu.planning.roundtrip import RoundTrip
 from hiennu.planning.spacing import plan_target_spacing
-from hiennu.planning.topology import PLAN_FOR, plan_patch
-from hiennu.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION,
+from hiennu.planning.topology import PLAN_FOR, plan_patch, plan_slice_patch
+from hiennu.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION, SLICE_CONFIGURATION,
                           AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
                           TrainingPlan)
 
@@ -52,6 +56,12 @@ PREDICTION_NOTE = ("probabilities back to the native grid by nearest neighbour: 
 PATCH_SCHEDULE = {"cpu": {"iterations_per_epoch": 20, "max_epochs": 10, "patience": 10},
                   "gpu": {"iterations_per_epoch": 250, "max_epochs": 100, "patience": 15}}
 PATCH_MIRROR_AXES = [2]
+# The 2d configuration's schedule: a step costs a fraction of a 3D one, so many more of them (CPU: 1000
+# steps, about 40 min for five folds in bf16 on 2 cores, documentation/results.md); the GPU one is nnU-Net's.
+SLICE_SCHEDULE = {"cpu": {"iterations_per_epoch": 50, "max_epochs": 20, "patience": 20},
+                  "gpu": {"iterations_per_epoch": 250, "max_epochs": 100, "patience": 100}}
+# nnU-Net's share of lesion-centred samples: most slices of a brain hold no lesion.
+SLICE_FOREGROUND = 0.33
 # Without a z-map channel: nnU-Net's foreground share and the paper's learning rate. With one, the
 # network starts from the ZADC < -2 rule (a logit prior it may mostly only veto) with fewer
 # lesion-centred patches: on fold 0 of the 37 BONBID dev cases this scored Dice 0.52 against 0.20 for
@@ -167,13 +177,14 @@ def plan_experiment(fp: DatasetFingerprint, grid_policy: str = "memory",
         label_interpolation="nearest", prediction_interpolation="nearest", notes="; ".join(full_notes))
     patch_cfg = plan_patch_configuration(fp, list(norms), list(reasons), plan_for or default_plan_for(),
                                          gpu_memory_gb)
+    slice_cfg = plan_2d_configuration(fp, patch_cfg, gpu_memory_gb)
     for cfg in (lossless_cfg, paper_cfg):
         log.info("plan %s: grid %s (x y z), policy %s", cfg.name, cfg.target_size_xyz, cfg.grid_policy)
     log.info("plan %s (for %s): spacing %s mm (z y x), patch %s, batch %d", patch_cfg.name, patch_cfg.planned_for,
              patch_cfg.target_spacing_zyx, patch_cfg.patch_size_zyx, patch_cfg.training.batch_size)
     return Plans(dataset_name=fp.dataset_name, channel_names=channels,
-                 configurations={DEFAULT_CONFIGURATION: patch_cfg, LOSSLESS_CONFIGURATION: lossless_cfg,
-                                 PAPER_CONFIGURATION: paper_cfg},
+                 configurations={DEFAULT_CONFIGURATION: patch_cfg, SLICE_CONFIGURATION: slice_cfg,
+                                 LOSSLESS_CONFIGURATION: lossless_cfg, PAPER_CONFIGURATION: paper_cfg},
                  hiennu_version=__version__)
 
 
@@ -242,6 +253,52 @@ def plan_patch_configuration(fp: DatasetFingerprint, norms: list[ChannelNormaliz
         target_spacing_zyx=spacing, crop_to_brain=True, patch_size_zyx=patch.patch_size_zyx, planned_for=plan_for,
         network=network, training=training, augmentation=augmentation, image_interpolation=image_interpolation,
         label_interpolation="nearest", prediction_interpolation="nearest", notes="; ".join(notes))
+
+
+def plan_2d_configuration(fp: DatasetFingerprint, fullres: Configuration, gpu_memory_gb: float) -> Configuration:
+    """``2d`` (nnU-Net's meaning): brain crop, ``fullres``'s in-plane spacing with each case's own slices,
+    a 2D network on one-slice patches sized for the device ``fullres`` was planned for.
+
+    Everything the two share (normalization, rule prior, precision, interpolations, augmentation) is
+    taken from ``fullres``; the patch, network, batch and schedule are the slice-wise ones
+    (:func:`~hiennu.planning.topology.plan_slice_patch`, :data:`SLICE_SCHEDULE`).
+    """
+    plan_for = fullres.planned_for
+    in_plane = [float(v) for v in fullres.target_spacing_zyx[1:]]
+    slice_spacing = float(np.median([c.spacing_zyx[0] for c in fp.cases]))
+    spacing = [slice_spacing] + in_plane
+    at_target = np.asarray([[b[0], b[1] * s[1] / in_plane[0], b[2] * s[2] / in_plane[1]]
+                            for b, s in ((c.brain_box_zyx, c.spacing_zyx) for c in fp.cases)], float)
+    patch = plan_slice_patch(at_target.max(0), spacing, len(fp.channel_names), plan_for, gpu_memory_gb,
+                             float(np.prod(at_target, axis=1).sum()))
+    network = dataclasses.replace(patch.network, **{f: getattr(fullres.network, f) for f in _PRIOR_FIELDS})
+    schedule = SLICE_SCHEDULE[plan_for]
+    foreground = SLICE_FOREGROUND if network.rule_prior else fullres.training.foreground_oversampling
+    training = dataclasses.replace(fullres.training, batch_size=patch.batch_size, foreground_oversampling=foreground,
+                                   **schedule)
+    notes = [f"spacing: the in-plane spacing of {fullres.name} ({in_plane[0]:.4g} x {in_plane[1]:.4g} mm, y x); each "
+             f"case keeps its own slices (median slice spacing {slice_spacing:.4g} mm, recorded as target_spacing_zyx[0] "
+             f"for information only)",
+             f"patch and network: {patch.reason}",
+             f"schedule: {schedule['iterations_per_epoch']} iterations per epoch, {schedule['max_epochs']} epochs "
+             f"({schedule['iterations_per_epoch'] * schedule['max_epochs']} steps)",
+             f"{foreground:g} of the slices centred on lesions" + (
+                 f"; the rule prior, precision, optimizer, interpolations and augmentation as {fullres.name}"
+                 if network.rule_prior else ""),
+             "the 2D network runs slice by slice: prediction takes every slice of the brain box in one window, in-plane "
+             "windows as the patch says; mirroring along x only",
+             f"normalization as {fullres.name}: " + ", ".join(f"{n.channel_name} {n.scheme}"
+                                                              for n in fullres.normalization)]
+    return dataclasses.replace(
+        fullres, name=SLICE_CONFIGURATION, target_spacing_zyx=[float(round(v, 6)) for v in spacing],
+        patch_size_zyx=patch.patch_size_zyx, network=network, training=training,
+        normalization=list(fullres.normalization), augmentation=dataclasses.replace(fullres.augmentation),
+        roundtrip_dice_mean=None, roundtrip_dice_worst=None,
+        notes="; ".join(notes))
+
+
+_PRIOR_FIELDS = ("rule_prior", "rule_prior_channel", "rule_prior_threshold", "rule_prior_mode", "rule_prior_scale",
+                 "rule_prior_cap")
 
 
 def _precision_note(plan_for: str, cpu_bf16: bool) -> str:

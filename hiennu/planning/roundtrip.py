@@ -90,7 +90,7 @@ def _file_crop_roundtrip(adc_path: str | os.PathLike, label_path: str | os.PathL
 def measure_crop_roundtrip(cases: dict[str, tuple[str | os.PathLike, str | os.PathLike]],
                            target_spacing_zyx: Sequence[float], mode: str, num_processes: int = 1) -> RoundTrip:
     """Round-trip Dice through brain crop + target spacing of every case (case id -> (ADC file, label file))."""
-    spacing = tuple(float(s) for s in target_spacing_zyx)
+    spacing = tuple(None if s is None else float(s) for s in target_spacing_zyx)  # None: keep the case's own
     ids = sorted(cases)
     values = parallel_map(_file_crop_roundtrip, [(*cases[i], spacing, mode) for i in ids], num_processes,
                           desc=f"round trip crop + spacing {spacing} mm")
