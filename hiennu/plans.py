@@ -72,7 +72,7 @@ class NetworkPlan:
     """U-Net topology (see ``hiennu.networks.unet``), 3D or 2D.
 
     spatial_dims: 3 (3D convolutions on (z, y, x) patches) or 2 (nnU-Net's ``2d``: 2D convolutions on
-    each (y, x) slice; every pool kernel then has z = 1 and the training patch is one slice deep).
+    each (y, x) slice; every pool kernel then has z = 1).
 
     features_per_stage: channels of each encoder stage, the last entry being the bottleneck
     (the paper: 3 encoder stages + bottleneck). pool_kernel_sizes: one (z, y, x) max-pool kernel
@@ -132,6 +132,9 @@ class TrainingPlan:
     cpu_bf16: on a CPU, run the network under bfloat16 autocast (weights, optimizer and loss stay
     float32); on CUDA bf16 autocast is always on. Faster on CPUs with native bf16, not bit-identical
     to float32 (``hiennu.device``).
+    weight_ema: decay per optimizer step of an exponential moving average of the weights
+    (``w_avg <- d w_avg + (1 - d) w``; 0 = off). When on, validation and the best and final checkpoints
+    use the averaged weights, which smooths the last steps' noise out of the shipped model.
     """
 
     batch_size: int = 4
@@ -149,6 +152,7 @@ class TrainingPlan:
     num_workers: int = 2
     lr_schedule: str = "exponential"
     cpu_bf16: bool = False
+    weight_ema: float = 0.0
 
 
 @dataclass
@@ -193,8 +197,10 @@ class Configuration:
       ``target_size_xyz`` is None.
     - brain crop + in-plane spacing + slices (``2d``, nnU-Net's meaning): as above, but each case keeps
       its own slice spacing (only y and x are resampled; ``target_spacing_zyx[0]`` is the median slice
-      spacing, for information), the network is 2D (``network.spatial_dims`` 2) and the patch is one
-      slice, ``[1, y, x]``. Prediction runs the 2D network on every slice of the brain box.
+      spacing, for information) and the network is 2D (``network.spatial_dims`` 2). A training sample is
+      ``patch_size_zyx`` ``[k, y, x]``: k consecutive slices of one case, each run alone through the 2D
+      network, the loss taken over the k slices together (one slice when k is 1, as in nnU-Net).
+      Prediction runs the 2D network on every slice of the brain box.
 
     grid_policy: how the grid or spacing was chosen (``memory``, ``paper``, ``forced``, ``spacing``).
     planned_for: the device the network and patch were sized for (``cpu`` or ``gpu``).
@@ -321,6 +327,7 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "learning_rate": (0, None, False), "weight_decay": (0, None, True), "lr_decay_gamma": (0, 1, False),
     "rule_prior_scale": (0, None, False), "rule_prior_cap": (0, None, False),
     "l1_lambda": (0, None, True), "grad_clip_norm": (0, None, False), "foreground_oversampling": (0, 1, True),
+    "weight_ema": (0, 0.99999, True),
     "in_channels": (1, None, True), "out_channels": (1, None, True), "kernel_size": (1, None, True),
     "min_component_voxels": (0, None, True),
     "p_noise": (0, 1, True), "p_lowres": (0, 1, True), "p_blur": (0, 1, True), "p_gamma": (0, 1, True),
@@ -433,10 +440,6 @@ def _dimensionality_problems(config: Configuration) -> list[str]:
         if patch is None:
             problems.append("network.spatial_dims 2 needs a patch configuration: set patch_size_zyx to [1, y, x] "
                             "and target_spacing_zyx (a 2D network cannot take a whole-volume grid)")
-        elif len(patch) == 3 and int(patch[0]) != 1:
-            problems.append(f"patch_size_zyx {list(patch)} is {patch[0]} slices deep, but network.spatial_dims 2 "
-                            f"trains on single slices: set patch_size_zyx to [1, {patch[1]}, {patch[2]}] or "
-                            f"network.spatial_dims to 3")
         deep = [k for k in net.pool_kernel_sizes if len(k) == 3 and int(k[0]) != 1]
         if deep:
             problems.append(f"network.pool_kernel_sizes {deep} pool along z, which a 2D network (network.spatial_dims "

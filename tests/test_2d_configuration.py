@@ -46,7 +46,6 @@ def test_a_valid_2d_configuration_has_no_problems_and_keeps_the_slices():
 
 
 @pytest.mark.parametrize("changes, words", [
-    (dict(patch_size_zyx=[4, 16, 16]), ["patch_size_zyx [4, 16, 16]", "spatial_dims 2", "[1, 16, 16]"]),
     (dict(network=NetworkPlan(**{**SLICE_NET, "pool_kernel_sizes": [[2, 2, 2], [1, 2, 2]]})),
      ["pool along z", "first entry to 1"]),
     (dict(patch_size_zyx=[1, 16, 16], network=NetworkPlan(**{**SLICE_NET, "spatial_dims": 3})),
@@ -58,6 +57,11 @@ def test_a_2d_patch_on_a_3d_network_or_the_reverse_is_refused_naming_the_field(c
     problems = " ".join(configuration_problems(_slice_config(**changes)))
     for word in words:
         assert word in problems, problems
+
+
+def test_a_2d_network_may_train_on_slabs_of_slices():
+    config = _slice_config(patch_size_zyx=[4, 16, 16])
+    assert configuration_problems(config) == [] and config.inference_window_zyx((7, 30, 20)) == (7, 16, 16)
 
 
 def test_unknown_spatial_dims_is_refused_at_load():
@@ -122,6 +126,7 @@ def test_a_none_target_spacing_keeps_that_axis():
 
 def test_2d_augmentation_runs_in_plane_and_keeps_the_slice_axis():
     plan = AugmentationPlan(p_mirror=1.0, mirror_axes=[0, 2], p_elastic=1.0, p_lowres=1.0, p_blur=1.0)
+    assert not isinstance(build_transforms(plan, (4, 16, 12)), SliceTransforms)
     transform = build_transforms(plan, (16, 12))
     assert isinstance(transform, SliceTransforms)
     flips = [t for t in transform.transforms if type(t).__name__ == "AxisFlipTransform"]
@@ -152,12 +157,14 @@ def test_the_planner_writes_a_2d_configuration_beside_3d_fullres():
     plans = plan_experiment(fp, plan_for="cpu")
     slices, full = plans.configurations["2d"], plans.configurations["3d_fullres"]
     assert slices.is_2d and configuration_problems(slices) == []
-    assert slices.patch_size_zyx[0] == 1 and slices.network.spatial_dims == 2
+    depths = sorted(c.brain_box_zyx[0] for c in fp.cases)
+    assert slices.patch_size_zyx[0] == int(np.percentile(depths, 25)) and slices.network.spatial_dims == 2
     assert slices.target_spacing_zyx[1:] == full.target_spacing_zyx[1:]
     assert slices.target_spacing_zyx[0] == pytest.approx(float(np.median([c.spacing_zyx[0] for c in fp.cases])))
     assert slices.network.rule_prior == full.network.rule_prior
     assert all(k[0] == 1 for k in slices.network.pool_kernel_sizes)
-    assert slices.training.batch_size >= 8 and "each case keeps its own slices" in slices.notes
+    assert slices.training.batch_size >= 2 and "each case keeps its own slices" in slices.notes
+    assert slices.training.foreground_oversampling == full.training.foreground_oversampling
     # the patch covers the largest brain box in-plane at the target spacing
     boxes = np.array([[b[1] * s[1] / full.target_spacing_zyx[1], b[2] * s[2] / full.target_spacing_zyx[2]]
                       for b, s in ((c.brain_box_zyx, c.spacing_zyx) for c in fp.cases)])

@@ -150,20 +150,23 @@ def plan_patch(median_box_zyx: Sequence[float], max_box_zyx: Sequence[float], sp
 # the 3D patch's cost; documentation/benchmarks.md); GPU: nnU-Net's 2d widths, batch by the memory estimate.
 CPU_SLICE_FEATURES = (16, 32, 64, 128, 256)
 GPU_SLICE_FEATURES = (32, 64, 128, 256, 512, 512)
-CPU_SLICE_BATCH_VOXELS = 160_000
-SLICE_BATCH_RANGE = (8, 64)
+CPU_SLICE_BATCH_VOXELS = 250_000
+SLICE_BATCH_RANGE = (2, 64)
 
 
 def plan_slice_patch(max_box_zyx: Sequence[float], spacing_zyx: Sequence[float], in_channels: int, plan_for: str,
-                     gpu_memory_gb: float, dataset_voxels: float) -> PatchPlan:
-    """Plan the ``2d`` configuration: a one-slice patch ``[1, y, x]`` covering the largest brain box in-plane
+                     gpu_memory_gb: float, dataset_voxels: float, slab: int = 1) -> PatchPlan:
+    """Plan the ``2d`` configuration: a patch ``[slab, y, x]`` covering the largest brain box in-plane
     (so one window per slice predicts a case), in-plane pooling by nnU-Net's rule, a 2D network and a batch
-    of slices sized for ``plan_for``.
+    sized for ``plan_for``.
 
     max_box_zyx: the largest brain box at the target spacing (voxels; z is ignored); spacing_zyx: the
     target spacing (mm; only y and x matter); dataset_voxels: the total voxels of every case's box (the
-    GPU batch cap, as in :func:`plan_patch`).
+    GPU batch cap, as in :func:`plan_patch`); slab: consecutive slices of one case per sample (1: single
+    slices, as nnU-Net).
     """
+    if slab < 1:
+        raise HiennuError(f"a 2d sample needs at least one slice, got {slab}")
     if plan_for not in PLAN_FOR:
         raise HiennuError(f"--plan-for must be one of {', '.join(PLAN_FOR)}, got {plan_for!r}")
     features = CPU_SLICE_FEATURES if plan_for == "cpu" else GPU_SLICE_FEATURES
@@ -171,16 +174,16 @@ def plan_slice_patch(max_box_zyx: Sequence[float], spacing_zyx: Sequence[float],
     flat_spacing = [math.inf, float(spacing_zyx[1]), float(spacing_zyx[2])]  # z never pools
     kernels = pool_kernels(in_plane, flat_spacing, len(features) - 1)
     patch = _round_up(in_plane, _factor(kernels))
-    patch[0] = 1
+    patch[0] = int(slab)
     network = _network(in_channels, features, kernels)
     network.spatial_dims = 2
     slice_voxels = math.prod(patch)
     if plan_for == "cpu":
         batch = int(min(max(CPU_SLICE_BATCH_VOXELS // slice_voxels, SLICE_BATCH_RANGE[0]), SLICE_BATCH_RANGE[1]))
-        reason = (f"planned for a CPU: one-slice patch {patch} (z y x) covers the largest brain box in-plane "
+        reason = (f"planned for a CPU: patch {patch} (z y x) of {slab} slice(s) covers the largest brain box in-plane "
                   f"{[round(float(v)) for v in max_box_zyx[1:]]}, a 2D network of widths "
                   f"{network.features_per_stage}, instance norm, in-plane pooling {kernels} (nnU-Net's rule), "
-                  f"batch {batch} slices (about {CPU_SLICE_BATCH_VOXELS} voxels a step)")
+                  f"batch {batch} (about {CPU_SLICE_BATCH_VOXELS} voxels a step)")
         return PatchPlan(patch, network, batch, reason)
     cap = max(SLICE_BATCH_RANGE[0], int(BATCH_DATASET_FRACTION * dataset_voxels / slice_voxels))
     batch = SLICE_BATCH_RANGE[0]
@@ -188,8 +191,8 @@ def plan_slice_patch(max_box_zyx: Sequence[float], spacing_zyx: Sequence[float],
         if estimate_training_memory(network, patch, b).total_gib <= gpu_memory_gb:
             batch = b
     estimate = estimate_training_memory(network, patch, batch)
-    reason = (f"planned for a GPU with {gpu_memory_gb:g} GiB: one-slice patch {patch} (z y x) covers the largest "
+    reason = (f"planned for a GPU with {gpu_memory_gb:g} GiB: patch {patch} (z y x) of {slab} slice(s) covers the largest "
               f"brain box in-plane, a 2D network of widths {network.features_per_stage}, instance norm, in-plane "
-              f"pooling {kernels}, batch {batch} slices (estimated {estimate.total_gib:.2f} GiB; at most "
+              f"pooling {kernels}, batch {batch} (estimated {estimate.total_gib:.2f} GiB; at most "
               f"{BATCH_DATASET_FRACTION:.0%} of the dataset's voxels per batch)")
     return PatchPlan(patch, network, batch, reason)

@@ -25,7 +25,7 @@ from hiennu.log import get_logger
 
 log = get_logger(__name__)
 
-TRAINING_STATE_KEYS = ("optimizer_state", "scheduler_state")
+TRAINING_STATE_KEYS = ("optimizer_state", "scheduler_state", "training_weights", "weight_average_count")
 
 
 def without_training_state(state: dict[str, Any]) -> dict[str, Any]:

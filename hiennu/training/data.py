@@ -246,7 +246,8 @@ class TrainingBatches:
         elif self.on_device:
             cpu_transform = None
         else:
-            grid = config.input_size_zyx[1:] if config.is_2d else config.input_size_zyx
+            slices = config.is_2d and config.input_size_zyx[0] == 1  # one-slice samples: in-plane augmentation
+            grid = config.input_size_zyx[1:] if slices else config.input_size_zyx
             cpu_transform = transform if transform is not None else build_transforms(config.augmentation, grid)
         patch = tuple(int(v) for v in config.patch_size_zyx) if config.is_patch_based else None
         self._maker = _BatchMaker(self.case_dir, self.case_ids, cpu_transform, patch,  # type: ignore[arg-type]

@@ -69,6 +69,7 @@ from hiennu.training.model_files import publish_model_files
 from hiennu.training.native_validation import predict_and_score_validation, validated_checkpoint
 from hiennu.training.options import TrainingOptions
 from hiennu.training.progress import ProgressLog, StepTimer
+from hiennu.training.weight_average import WeightAverage
 
 log = get_logger(__name__)
 
@@ -115,6 +116,7 @@ class Trainer(abc.ABC):
         self.loss = self.build_loss()
         self.params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = self.build_optimizer(self.params)
+        self.average = WeightAverage(self.network, self.training.weight_ema) if self.training.weight_ema else None
         # the state a checkpoint carries (replaced by _restore on --continue)
         self.progress = ProgressLog()
         self.early_stopping = EarlyStopping()
@@ -293,7 +295,15 @@ class Trainer(abc.ABC):
         if self.training.grad_clip_norm:
             nn.utils.clip_grad_norm_(self.params, self.training.grad_clip_norm)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.network)
         return loss
+
+    @property
+    def predicting_network(self) -> nn.Module:
+        """What validates and what best and final checkpoints hold: the averaged weights when
+        ``weight_ema`` is on, else the trained ones."""
+        return self.average.module if self.average is not None else self.network
 
     def _add_l1_gradient(self) -> None:
         """The L1 penalty ``l1_lambda * sum |w|`` as its gradient ``l1_lambda * sign(w)``, added after
@@ -349,6 +359,7 @@ class Trainer(abc.ABC):
         the sums all-reduced.
         """
         self.network.eval()
+        self.predicting_network.eval()
         loss_sum, dice_sum, count = 0.0, 0.0, 0
         for case_id in self.val_cases[self.dist.rank::self.dist.world_size]:
             data, seg = self.load_validation_case(case_id)
@@ -374,7 +385,7 @@ class Trainer(abc.ABC):
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.training.cpu_bf16):
-                out = self.network(batch.contiguous(memory_format=fmt))
+                out = self.predicting_network(batch.contiguous(memory_format=fmt))
             return out.float()[:, 0]
 
         if not self.config.is_patch_based:
@@ -434,7 +445,9 @@ class Trainer(abc.ABC):
             "fold": self.options.fold,
             "epoch": epoch,
             "finished": finished,
-            "network_weights": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
+            "network_weights": _cpu_weights(self.predicting_network),
+            **({"training_weights": _cpu_weights(self.network), "weight_average_count": self.average.count}
+               if self.average is not None else {}),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict(),
             "early_stopping": self.early_stopping.to_dict(),
@@ -465,7 +478,12 @@ class Trainer(abc.ABC):
                               f"fold folder away to train it again")
         if not state.get("finished", False) and "optimizer_state" not in state:
             raise HiennuError(f"{source}: holds no optimizer state, so the run cannot be continued from it")
-        self.network.load_state_dict(state["network_weights"])
+        self.network.load_state_dict(state.get("training_weights", state["network_weights"]))
+        if self.average is not None:
+            if "training_weights" in state:
+                self.average.load(state["network_weights"], state.get("weight_average_count", 0))
+            else:  # a run started without averaging, or a finished one: average from here on
+                self.average.load(state["network_weights"], 0)
         if "optimizer_state" in state:  # finished runs keep none (checkpoint.without_training_state)
             self.optimizer.load_state_dict(state["optimizer_state"])
             self.scheduler.load_state_dict(state["scheduler_state"])
@@ -565,3 +583,7 @@ class Trainer(abc.ABC):
             log.info("validation in native geometry with %s (%d cases, %s): Dice %.4f, MASD %.3f mm (n=%d), NSD %.4f",
                      checkpoint, summary["num_cases"], self.fold_dir / "validation", m["dice"]["mean"],
                      m["masd"]["mean"], m["masd"]["n"], m["nsd"]["mean"])
+
+
+def _cpu_weights(network: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in network.state_dict().items()}
