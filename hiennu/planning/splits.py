@@ -18,10 +18,11 @@ from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
 from hiennu.log import get_logger
 from hiennu.masks import NO_LESION_BAND, VOLUME_BANDS, volume_band
+from hiennu.paths import splits_file_name
 
 log = get_logger(__name__)
 
-SPLITS_FILE = "splits_final.json"
+SPLITS_FILE = splits_file_name()  # splits_final.json, named once in hiennu.paths
 DEFAULT_FOLDS = 5
 DEFAULT_SPLIT_SEED = 12345
 # the order in which the bands are dealt to the folds
