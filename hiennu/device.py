@@ -96,6 +96,18 @@ def configure_device(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def configure_cpu_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` when given (None keeps torch's default, one per core).
+
+    On a 2-core box whose augmentation workers or other jobs share the cores, one intra-op thread can be
+    faster than two: a two-thread region waits for its slower thread (``benchmarks/bench_cpu_step.py``).
+    """
+    if threads is not None:
+        if int(threads) != threads or threads < 1:
+            raise ValueError(f"CPU threads must be a positive whole number, got {threads}")
+        torch.set_num_threads(int(threads))
+
+
 def autocast(device: torch.device, cpu_bf16: bool = False) -> ContextManager:
     """bf16 autocast on CUDA, and on the CPU when ``cpu_bf16``; nothing elsewhere (float32).
 

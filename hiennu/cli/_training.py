@@ -54,6 +54,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, exclude: Collection[
     add("cpu_bf16", "--cpu-bf16", action="store_const", const=True, default=None,
         help="on a CPU, train under bfloat16 autocast (the plans' training.cpu_bf16): about 2.6x faster steps on "
              "CPUs with native bf16 (AVX512-BF16, AMX), not bit-identical to float32")
+    add("cpu_threads", "--cpu-threads", type=int, default=None,
+        help="torch threads on a CPU (default: one per core); 1 can be faster on 2 cores shared with the "
+             "augmentation workers or other jobs (documentation/benchmarks.md)")
     add("val_every", "--val-every", type=int, default=1, help="validate every N epochs")
     add("final_validation", "--no-final-validation", action="store_false",
         help="skip predicting and scoring the validation cases in native geometry at the end")

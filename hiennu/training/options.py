@@ -38,6 +38,7 @@ class TrainingOptions:
     ``splits_seed{S}.json`` (:func:`hiennu.paths.splits_file_name`) and trains into
     ``split_seed_{S}/TRAINER__PLANS__CONFIG`` beside the default model folder, so its folds never mix
     with those of the default split.
+    cpu_threads: torch's intra-op threads on a CPU (``--cpu-threads``; None: torch's default, one per core).
     """
 
     dataset: str
@@ -61,6 +62,7 @@ class TrainingOptions:
     validation_checkpoint: str = DEFAULT_CHECKPOINT_CHOICE
     validation_only: bool = False
     split_seed: int | None = None
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         self.fold = parse_fold(self.fold)
@@ -71,7 +73,7 @@ class TrainingOptions:
         if self.split_seed is not None and (isinstance(self.split_seed, bool) or int(self.split_seed) != self.split_seed
                                             or self.split_seed < 0):
             raise HiennuError(f"--split-seed must be a whole number >= 0, got {self.split_seed!r}")
-        for name in ("epochs", "patience", "batch_size", "iterations_per_epoch"):
+        for name in ("epochs", "patience", "batch_size", "iterations_per_epoch", "cpu_threads"):
             value = getattr(self, name)
             if value is not None and (int(value) != value or value < 1):
                 raise HiennuError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}")

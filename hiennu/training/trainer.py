@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hiennu.device import autocast, configure_device, memory_format, select_device
+from hiennu.device import autocast, configure_cpu_threads, configure_device, memory_format, select_device
 from hiennu.errors import HiennuError
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.io.atomic import write_json
@@ -108,6 +108,8 @@ class Trainer(abc.ABC):
 
         seed_everything(options.seed + self.dist.rank)  # before the network draws its initial weights
         configure_device(self.device)
+        if self.device.type == "cpu":
+            configure_cpu_threads(options.cpu_threads)
         network = self.build_network()
         if self.dist.enabled:
             network = convert_batchnorm(network, self.device.type)
@@ -534,6 +536,7 @@ class Trainer(abc.ABC):
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor(),
             "world_size": self.dist.world_size,
+            "torch_threads": torch.get_num_threads(),
             **provenance(self.options, self.options.seed),
             "cuda": {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()},
             "hostname": platform.node(),

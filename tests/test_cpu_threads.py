@@ -1,0 +1,43 @@
+"""``--cpu-threads``: torch's intra-op threads for a CPU training run, refused when not a positive whole number."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hiennu.device import configure_cpu_threads
+from hiennu.errors import HiennuError
+from hiennu.training.options import TrainingOptions
+from helpers import fold_dir, make_tiny_dataset, options
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_configure_cpu_threads_sets_and_none_keeps(restore_threads):
+    configure_cpu_threads(1)
+    assert torch.get_num_threads() == 1
+    configure_cpu_threads(None)
+    assert torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="positive whole number"):
+        configure_cpu_threads(0)
+
+
+def test_options_refuse_zero_threads():
+    with pytest.raises(HiennuError, match="--cpu-threads"):
+        TrainingOptions(dataset="X", cpu_threads=0)
+
+
+def test_a_cpu_run_uses_and_records_the_threads(hiennu_roots, restore_threads):
+    from hiennu.cli.train import main
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
+    assert main(["Tiny", "TrainerDice", "0", "--device", "cpu", "--epochs", "1", "--cpu-threads", "1",
+                 "--num-workers", "0", "--no-final-validation", "-q"]) == 0
+    debug = json.loads((fold_dir(hiennu_roots["hiennu_results"], "TrainerDice") / "debug.json").read_text())
+    assert debug["torch_threads"] == 1 and debug["options"]["cpu_threads"] == 1
