@@ -24,6 +24,8 @@ SCRIPTS = {
     "hiennu_predict": "predict",
     "hiennu_predict_challenge": "predict_challenge",
     "hiennu_evaluate": "evaluate",
+    "hiennu_determine_postprocessing": "determine_postprocessing",
+    "hiennu_apply_postprocessing": "apply_postprocessing",
     "hiennu_export_model": "export_model",
     "hiennu_install_model": "install_model",
     "hiennu_loss_study": "loss_study",

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from hiennu.evaluation.evaluate import evaluate_folders
-from hiennu.evaluation.postprocessing_selection import (CaseImages, all_candidates, choose, load_cases,
-                                                        nested_estimate, score, validation_cases)
-from hiennu.inference.postprocessing import apply_postprocessing, rule_mask
+from hiennu.masks import rule_mask
+from hiennu.postprocessing.record import apply_postprocessing
+from hiennu.postprocessing.selection import (CaseImages, all_candidates, choose, load_cases, nested_estimate, score,
+                                             validation_cases)
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image, write_image
 from hiennu.paths import preprocessed_root, raw_root, resolve_dataset, results_root

@@ -34,10 +34,9 @@ import numpy as np
 import torch
 
 from hiennu.geometry.cropping import CropRecord, restore_to_native
-from hiennu.inference.postprocessing import rule_mask
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
-from hiennu.masks import dice
+from hiennu.masks import dice, rule_mask
 from hiennu.paths import raw_root, resolve_dataset
 from hiennu.training.data import load_preprocessed_case
 from hiennu.training.options import TrainingOptions

@@ -9,7 +9,17 @@ name (``BONBID``), the full folder name (``Dataset001_BONBID``) or the number (`
 
 A trained model is a folder ``TRAINER__PLANS__CONFIG`` inside the results folder of its dataset:
 :func:`model_dir_name` builds that name and :func:`parse_model_dir_name` reads it back (the one
-builder and the one parser of the convention).
+builder and the one parser of the convention). What a model folder holds, file by file, is
+:class:`ModelFolder` (the one description of its layout)::
+
+    TRAINER__PLANS__CONFIG/
+        plans.json, dataset.json          what the predictor reads for every fold
+        postprocessing.json               the post-processing chosen by cross-validation (hiennu.postprocessing)
+        fold_K/                           K = 0..4 or all
+            plans.json                    the plans the fold was trained with
+            checkpoint_{latest,best,final}.pth, training_log.txt, progress.json, progress.png, debug.json
+            validation/CASE.<ending>      the fold's cross-validation masks (no post-processing)
+            validation/summary.json       their scores (and the checkpoint that predicted them)
 """
 
 from __future__ import annotations
@@ -165,6 +175,56 @@ def parse_model_dir_name(name: str) -> ModelDirName | None:
     """``TRAINER__PLANS__CONFIG`` -> :class:`ModelDirName`; anything else (not three non-empty parts) -> None."""
     parts = name.split("__")
     return ModelDirName(parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
+
+
+PLANS_FILE = "plans.json"
+DATASET_FILE = "dataset.json"
+POSTPROCESSING_FILE = "postprocessing.json"
+PROGRESS_FILE = "progress.json"
+VALIDATION_DIR = "validation"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """The layout of a trained-model folder ``TRAINER__PLANS__CONFIG/`` (see the module docstring): every
+    file name training, post-processing selection, prediction, model zips and the study use."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> ModelDirName | None:
+        return parse_model_dir_name(self.path.name)
+
+    @property
+    def plans(self) -> Path:
+        return self.path / PLANS_FILE
+
+    @property
+    def dataset_json(self) -> Path:
+        return self.path / DATASET_FILE
+
+    @property
+    def postprocessing(self) -> Path:
+        return self.path / POSTPROCESSING_FILE
+
+    def fold_dir(self, fold: int | str) -> Path:
+        return self.path / f"fold_{fold}"
+
+    def fold_plans(self, fold: int | str) -> Path:
+        return self.fold_dir(fold) / PLANS_FILE
+
+    def progress(self, fold: int | str) -> Path:
+        return self.fold_dir(fold) / PROGRESS_FILE
+
+    def validation_dir(self, fold: int | str) -> Path:
+        return self.fold_dir(fold) / VALIDATION_DIR
+
+    def validation_summary(self, fold: int | str) -> Path:
+        return self.validation_dir(fold) / SUMMARY_FILE
 
 
 @contextlib.contextmanager

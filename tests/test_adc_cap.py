@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from hiennu.errors import HiennuError
-from hiennu.evaluation.postprocessing_selection import (CaseImages, nested_estimate, postprocessing_table,
-                                                        select_postprocessing)
-from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing, adc_cap_candidates,
-                                             apply_postprocessing, candidates, load_postprocessing)
+from hiennu.postprocessing.candidates import adc_cap_candidates, candidates
+from hiennu.postprocessing.record import POSTPROCESSING_FILE, PostProcessing, apply_postprocessing, load_postprocessing
+from hiennu.postprocessing.selection import CaseImages, nested_estimate, postprocessing_table, select_postprocessing
 from hiennu.inference.predictor import Predictor
 from helpers import GEOM, case_arrays, make_model_dir, network_mask, raw_and_model_with_false_positives, stub_network
 

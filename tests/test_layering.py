@@ -30,11 +30,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "planning": GROUND | {"geometry"},
     "preprocessing": GROUND | {"geometry"},
     "pipeline": GROUND | {"geometry", "datasets", "planning", "preprocessing"},
-    "inference": GROUND | {"geometry", "preprocessing", "networks"},
-    "evaluation": GROUND | {"inference"},
-    "training": GROUND | {"networks", "losses", "inference", "evaluation"},
+    "evaluation": GROUND,
+    "postprocessing": GROUND | {"evaluation"},
+    "inference": GROUND | {"geometry", "preprocessing", "networks", "postprocessing"},
+    "training": GROUND | {"networks", "losses", "inference", "evaluation", "postprocessing"},
     "study": GROUND | {"geometry", "datasets", "networks", "losses", "planning", "preprocessing", "pipeline",
-                       "inference", "evaluation", "training"},
+                       "inference", "evaluation", "postprocessing", "training"},
 }
 ALLOWED["cli"] = frozenset(ALLOWED) - {"cli"}
 

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from hiennu.errors import HiennuError
-from hiennu.evaluation.postprocessing_selection import CaseImages, all_candidates, nested_estimate
-from hiennu.inference.lesion_filter import (FEATURES, LEGACY_FEATURES, THRESHOLDS, ComponentFilter, FilterCase,
-                                            component_features, fit_component_filter)
-from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing, apply_postprocessing,
-                                             load_postprocessing)
+from hiennu.postprocessing.lesion_filter import (FEATURES, LEGACY_FEATURES, THRESHOLDS, ComponentFilter, FilterCase,
+                                                 component_features, fit_component_filter)
+from hiennu.postprocessing.record import POSTPROCESSING_FILE, PostProcessing, apply_postprocessing, load_postprocessing
+from hiennu.postprocessing.selection import CaseImages, all_candidates, nested_estimate
 
 
 def test_features_by_hand():
@@ -203,7 +202,7 @@ def test_predictor_applies_a_stored_filter_in_case_and_zip_prediction(tmp_path):
 def test_the_filter_is_fitted_on_what_the_size_rule_leaves(monkeypatch):
     """With the plans' size rule k, the predictor removes components under k before the filter; the filter
     candidates are fitted on those masks and carry k, so fit time and apply time see the same components."""
-    from hiennu.evaluation.postprocessing_selection import filter_candidates
+    from hiennu.postprocessing.selection import filter_candidates
 
     cases = {f"c{i}": _case_images(i) for i in range(4)}
     seen = []
@@ -212,7 +211,7 @@ def test_the_filter_is_fitted_on_what_the_size_rule_leaves(monkeypatch):
         seen.append([int(c.mask.sum()) for c in fit_cases])
         return fit_component_filter(fit_cases, *args, **kwargs)
 
-    monkeypatch.setattr("hiennu.evaluation.postprocessing_selection.fit_component_filter", spy)
+    monkeypatch.setattr("hiennu.postprocessing.selection.fit_component_filter", spy)
     plain = filter_candidates(cases, list(cases), caps=[])
     sized = filter_candidates(cases, list(cases), caps=[], min_component_voxels=3)
     # each case: two 8-voxel lesions and three 2-voxel rim specks; the size rule 3 leaves only the lesions

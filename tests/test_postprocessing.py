@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from hiennu.errors import HiennuError
-from hiennu.evaluation.postprocessing_selection import choose, postprocessing_table, select_postprocessing
 from hiennu.inference.model_zip import export_model_zip, load_model_zip
-from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing, apply_postprocessing, candidates,
-                                             keep_components_touching, load_postprocessing)
 from hiennu.inference.predictor import Predictor
+from hiennu.postprocessing.candidates import candidates
+from hiennu.postprocessing.components import keep_components_touching
+from hiennu.postprocessing.record import POSTPROCESSING_FILE, PostProcessing, apply_postprocessing, load_postprocessing
+from hiennu.postprocessing.selection import choose, postprocessing_table, select_postprocessing
 from hiennu.io.image import read_image, write_image
 from helpers import (GEOM, MODEL, case_arrays, make_model_dir, network_mask, raw_and_model_with_false_positives,
                      stub_network)
@@ -96,10 +97,13 @@ def test_select_postprocessing_on_pooled_folds_writes_the_record(tmp_path):
 
 def test_select_postprocessing_names_what_is_missing(tmp_path):
     raw, model = raw_and_model_with_false_positives(tmp_path)
-    with pytest.raises(HiennuError, match="fold_2/validation: no validation masks"):
+    with pytest.raises(HiennuError, match="fold 2: .*fold_2 not found"):
+        select_postprocessing(model, raw, folds=[0, 1, 2])
+    (model / "fold_2" / "validation").mkdir(parents=True)
+    with pytest.raises(HiennuError, match="fold 2: no validation masks"):
         select_postprocessing(model, raw, folds=[0, 1, 2])
     (raw / "labelsTr" / "case_1.mha").unlink()
-    with pytest.raises(HiennuError, match="case_1.mha.*no label"):
+    with pytest.raises(HiennuError, match="fold 1, case case_1: no label .*case_1.mha"):
         select_postprocessing(model, raw, folds=[0, 1])
 
 

@@ -17,12 +17,12 @@ from hiennu.cli import predict_challenge as challenge_cli
 from hiennu.errors import HiennuError
 from hiennu.inference.baseline import ZadcThresholdBaseline
 from hiennu.inference.challenge import CHALLENGE_OUTPUT, run_challenge
-from hiennu.inference.components import remove_small_components
 from hiennu.inference.ensemble import FoldEnsemble, mirror_combinations
 from hiennu.inference.model_registry import resolve_model, set_default_model
 from hiennu.inference.model_zip import export_model_zip
 from hiennu.inference.predictor import Predictor, tta_mirror_axes
 from hiennu.io.image import Geometry, read_image, write_image
+from hiennu.postprocessing.components import remove_small_components
 from helpers import GEOM, case_arrays, make_model_dir, tiny_plans
 
 

@@ -86,7 +86,7 @@ def test_figure_cases_spread_over_lesion_sizes():
 def test_study_on_all_folds_chooses_post_processing_and_prediction_applies_it(tmp_path):
     import json
 
-    from hiennu.inference.postprocessing import POSTPROCESSING_FILE, load_postprocessing
+    from hiennu.postprocessing.record import POSTPROCESSING_FILE, load_postprocessing
     from hiennu.inference.predictor import Predictor
 
     result = run_demo(DemoOptions(output_dir=tmp_path / "run", num_cases=10, test_cases=1, epochs=1,
@@ -101,3 +101,14 @@ def test_study_on_all_folds_chooses_post_processing_and_prediction_applies_it(tm
     assert "## Post-processing chosen by cross-validation" in report and record["chosen_name"] in report
     predictor = Predictor.from_model_dir(result.model_dir, device="cpu")
     assert predictor.postprocessing.keep_touching_rule == load_postprocessing(result.model_dir).keep_touching_rule
+    # hiennu_determine_postprocessing on the five trained folds writes the study's record byte for byte
+    from hiennu.cli import determine_postprocessing as determine_cli
+    from hiennu.paths import use_roots
+
+    written = (result.model_dir / POSTPROCESSING_FILE).read_bytes()
+    (result.model_dir / POSTPROCESSING_FILE).unlink()
+    run = tmp_path / "run"
+    with use_roots(run / "hiennu_raw", run / "hiennu_preprocessed", run / "hiennu_results"):
+        assert determine_cli.main(["-d", result.dataset, "-tr", "TrainerDice", "-c", "3d_fullres", "-q"]) == 0
+    assert (result.model_dir / POSTPROCESSING_FILE).read_bytes() == written
+    assert record["num_candidates"] == len(record["candidates"])

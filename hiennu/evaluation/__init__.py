@@ -1,8 +1,7 @@
 """Evaluation: the BONBID-HIE metrics per case (``metrics``, ``surface``), folder scoring (``evaluate``),
-comparison tables and figures (``report``) and the cross-validated choice of post-processing
-(``postprocessing_selection``). Dice and the lesion volume bands are the ground floor's
-``hiennu.masks``.
+comparison tables and figures (``report``). Dice, the lesion volume bands and the connectivity are the
+ground floor's ``hiennu.masks``.
 
-May import: the ground floor, and ``inference`` for the post-processing candidates it scores
-(``inference.postprocessing``). Never training.
+Scores only: may import the ground floor, nothing else (the choice of post-processing, which scores
+candidates, is ``hiennu.postprocessing``).
 """

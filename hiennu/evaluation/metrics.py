@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from hiennu.evaluation.surface import (average_surface_distances, bounding_box, robust_hausdorff,
                                        surface_dice, surface_distances)
-from hiennu.masks import dice, volume_band
+from hiennu.masks import FULL_CONNECTIVITY, dice, volume_band
 
 NSD_TOLERANCE_MM = 2.0
 HD_PERCENT = 95.0
@@ -27,8 +27,6 @@ SUMMARY_METRICS = ("dice", "masd", "nsd", "hd95", "abs_volume_diff_ml", "lesion_
 CHALLENGE_2023_NOTE = ("challenge_2023: surface metrics (MASD, NSD, HD95) reproduce the 2023 official scorer, "
                        "which passed the spacing in (x, y, z) order to arrays in (z, y, x) order; they are not "
                        "physically correct on anisotropic grids")
-
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def lesion_detection(ref: np.ndarray, pred: np.ndarray) -> dict:
@@ -42,8 +40,8 @@ def lesion_detection(ref: np.ndarray, pred: np.ndarray) -> dict:
     counts = {"ref_lesions": 0, "pred_lesions": 0, "detected_ref_lesions": 0, "true_pred_lesions": 0}
     if box is not None:
         ref, pred = ref[box], pred[box]
-        ref_labels, n_ref = ndimage.label(ref, structure=_CONNECTIVITY_26)
-        pred_labels, n_pred = ndimage.label(pred, structure=_CONNECTIVITY_26)
+        ref_labels, n_ref = ndimage.label(ref, structure=FULL_CONNECTIVITY)
+        pred_labels, n_pred = ndimage.label(pred, structure=FULL_CONNECTIVITY)
         counts.update(ref_lesions=int(n_ref), pred_lesions=int(n_pred),
                       detected_ref_lesions=int(np.count_nonzero(np.unique(ref_labels[pred]))),
                       true_pred_lesions=int(np.count_nonzero(np.unique(pred_labels[ref]))))

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from hiennu.plans import IMAGE_INTERPOLATIONS
-
+# the interpolation modes geometry offers (plans.py lists which of them a plans field may name)
+IMAGE_INTERPOLATIONS = ("linear", "nearest")
 LABEL_MODES = ("nearest", "sdf")
 
 

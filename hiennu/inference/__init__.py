@@ -5,7 +5,8 @@ layouts (``layouts``), model zips (``model_zip``), model choice (``model_registr
 challenge container interface (``challenge``). See documentation/inference.md.
 
 May import: the ground floor, ``geometry`` (back to the native grid), ``preprocessing`` (the plans'
-``preprocess_case``) and ``networks``. Never training or evaluation.
+``preprocess_case``), ``networks`` and ``postprocessing`` (the record it applies). Never training or
+evaluation.
 """
 
 from hiennu.inference.baseline import ZadcThresholdBaseline

@@ -1,4 +1,4 @@
-"""The challenge's reference baseline: lesion where ZADC < -2 inside the brain.
+"""The challenge's reference baseline: lesion where ZADC < -2 inside the brain (:func:`hiennu.masks.rule_mask`).
 
 The brain is where the ADC map is non-zero (the maps are skull-stripped, background exactly 0).
 Optional removal of components smaller than ``min_component_voxels`` (26-connected); on the 37
@@ -14,8 +14,10 @@ import numpy as np
 
 from hiennu.errors import HiennuError
 from hiennu.inference.folder_prediction import CasePredictor
-from hiennu.inference.postprocessing import channel_index, rule_mask
+from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.image import Geometry
+from hiennu.masks import RULE_THRESHOLD, rule_mask
+from hiennu.postprocessing.record import PostProcessing
 
 BASELINES = ("zadc",)
 
@@ -26,13 +28,11 @@ class ZadcThresholdBaseline(CasePredictor):
     channel_names: the channel order of the inputs; must contain ``ADC`` and ``ZADC``.
     """
 
-    def __init__(self, threshold: float = -2.0, min_component_voxels: int = 0,
+    def __init__(self, threshold: float = RULE_THRESHOLD, min_component_voxels: int = 0,
                  channel_names: Sequence[str] = ("ADC", "ZADC")):
-        adc, zadc = channel_index(channel_names, "adc"), channel_index(channel_names, "zadc")
-        if adc is None or zadc is None:
-            raise HiennuError(f"the ZADC baseline needs an ADC and a ZADC channel, got {list(channel_names)}")
+        adc, zadc = adc_zadc_channels(channel_names, required=True, source="the ZADC baseline's inputs")
         self.threshold = float(threshold)
-        self.min_component_voxels = int(min_component_voxels)
+        self.postprocessing = PostProcessing(min_component_voxels=int(min_component_voxels))
         self.channel_names = tuple(channel_names)
         self._adc, self._zadc = adc, zadc
         self.batch_size = 1

@@ -24,11 +24,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from hiennu.errors import HiennuError
-from hiennu.inference.components import remove_small_components
 from hiennu.inference.layouts import InputCase, discover_input_cases, nonfinite_problem, read_case
 from hiennu.io.atomic import atomic_path
+from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.image import Geometry, read_sitk, write_image
 from hiennu.log import get_logger, progress
+from hiennu.postprocessing.record import PostProcessing, apply_postprocessing
 
 logger = get_logger(__name__)
 
@@ -115,13 +116,18 @@ class CasePredictor(ABC):
     """Base class of predictors: one case (:meth:`predict_case`) or a whole folder (:meth:`predict_folder`).
 
     Subclasses set ``channel_names`` (input channel order), ``batch_size`` (cases per device
-    batch) and ``min_component_voxels`` (components smaller than this are removed from each mask;
-    0 or 1 keeps all), and implement :meth:`prepare` and :meth:`predict_prepared`.
+    batch) and ``postprocessing`` (the :class:`~hiennu.postprocessing.record.PostProcessing` applied to each
+    mask, its component-size rule included), and implement :meth:`prepare` and :meth:`predict_prepared`.
     """
 
     channel_names: Sequence[str] = ("ADC", "ZADC")
     batch_size: int = 1
-    min_component_voxels: int = 0
+    postprocessing: PostProcessing = PostProcessing()
+
+    @property
+    def min_component_voxels(self) -> int:
+        """Components smaller than this are removed from each mask (0 or 1 keeps all): the post-processing's."""
+        return self.postprocessing.min_component_voxels
 
     @abstractmethod
     def prepare(self, images: list[np.ndarray], geometry: Geometry) -> Any:
@@ -135,13 +141,19 @@ class CasePredictor(ABC):
 
     def postprocess(self, mask: np.ndarray, images: list[np.ndarray] | None = None,
                     spacing_zyx: Sequence[float] | None = None) -> np.ndarray:
-        """Component removal (writer thread); uint8 {0, 1} out.
+        """``self.postprocessing`` applied to one mask (writer thread); uint8 {0, 1} out.
 
         images: the case's input channels (float32 ``(z, y, x)``, raw values, channel order), for
         post-processing that looks at them (the trained model's ``postprocessing.json``); spacing_zyx:
         the case's voxel spacing (mm), for post-processing that measures in mm.
         """
-        return remove_small_components(mask, self.min_component_voxels)
+        post = self.postprocessing
+        zadc = adc = None
+        if post.needs_images and images is not None:
+            adc_k, zadc_k = adc_zadc_channels(self.channel_names)
+            zadc = images[zadc_k] if zadc_k is not None else None
+            adc = images[adc_k] if adc_k is not None else None
+        return apply_postprocessing(mask, post, zadc, adc, spacing_zyx)
 
     def predict_case(self, images: list[np.ndarray], geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
         """``(mask uint8 (z, y, x), probabilities float32 (z, y, x))`` on the native grid of ``geometry``.

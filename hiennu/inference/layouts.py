@@ -32,6 +32,7 @@ import numpy as np
 from hiennu.errors import HiennuError, ImageReadError
 from hiennu.io.bonbid_names import BONBID_ADC_DIR, BONBID_ZADC_DIR, bonbid_role
 from hiennu.io.cases import parse_channel_file_name
+from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.image import Geometry, image_ending, read_image, strip_ending
 from hiennu.log import get_logger
 
@@ -72,9 +73,9 @@ class InputCase:
 
 
 def _role_indices(channel_names: Sequence[str]) -> tuple[int, int]:
-    lowered = [c.lower() for c in channel_names]
-    if "adc" in lowered and "zadc" in lowered:
-        return lowered.index("adc"), lowered.index("zadc")
+    adc, zadc = adc_zadc_channels(channel_names)
+    if adc is not None and zadc is not None:
+        return adc, zadc
     raise HiennuError(f"the model's channels are {list(channel_names)}, but BONBID-named and challenge inputs "
                       f"hold an ADC and a ZADC map; rename the inputs CASE_0000, CASE_0001 ... in the model's "
                       f"channel order instead")

@@ -41,15 +41,15 @@ import torch
 
 from hiennu.errors import HiennuError
 from hiennu.inference.model_registry import describe_model_dir, fold_sort_key, model_folds, set_default_model
-from hiennu.inference.postprocessing import (POSTPROCESSING_FILE, PostProcessing, load_postprocessing,
-                                             postprocessing_from_record)
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.atomic import atomic_path
 from hiennu.io.checkpoint import FINAL, load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
-from hiennu.paths import parse_dataset_folder_name, parse_model_dir_name, preprocessed_root, raw_root, results_root
+from hiennu.paths import (DATASET_FILE, PLANS_FILE, POSTPROCESSING_FILE, ModelFolder, parse_dataset_folder_name,
+                          parse_model_dir_name, preprocessed_root, raw_root, results_root)
 from hiennu.plans import Plans, load_plans
+from hiennu.postprocessing.record import PostProcessing, load_postprocessing, postprocessing_from_record
 
 logger = get_logger(__name__)
 
@@ -103,7 +103,7 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
     if model is None or not parse_dataset_folder_name(model_dir.parent.name):
         raise HiennuError(f"{model_dir} is not a trained model folder "
                           f"($hiennu_results/DatasetNNN_Name/TRAINER__PLANS__CONFIG with plans.json and fold_K/)")
-    for needed in ("plans.json", "dataset.json"):
+    for needed in (PLANS_FILE, DATASET_FILE):
         if not (model_dir / needed).is_file():
             raise HiennuError(f"{model_dir / needed}: missing; a model folder needs plans.json and dataset.json")
     plans = load_plans(model_dir)
@@ -115,19 +115,20 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
         raise HiennuError(f"{model_dir}: no {checkpoint} for fold(s) {', '.join(missing) or '(any)'}; folds with "
                           f"{checkpoint}: {', '.join(available) or 'none'} (pick another with --checkpoint best|final)")
     prefix = f"{model_dir.parent.name}/{model_dir.name}"
-    members: dict[str, bytes] = {f"{prefix}/plans.json": (model_dir / "plans.json").read_bytes(),
-                                 f"{prefix}/dataset.json": (model_dir / "dataset.json").read_bytes()}
+    folder = ModelFolder(model_dir)
+    members: dict[str, bytes] = {f"{prefix}/{PLANS_FILE}": folder.plans.read_bytes(),
+                                 f"{prefix}/{DATASET_FILE}": folder.dataset_json.read_bytes()}
     if load_postprocessing(model_dir) is not None:  # checked before it travels
-        members[f"{prefix}/{POSTPROCESSING_FILE}"] = (model_dir / POSTPROCESSING_FILE).read_bytes()
+        members[f"{prefix}/{POSTPROCESSING_FILE}"] = folder.postprocessing.read_bytes()
     for fold in sorted(chosen, key=fold_sort_key):
-        src = model_dir / f"fold_{fold}" / checkpoint
+        src = folder.fold_dir(fold) / checkpoint
         ckpt = load_checkpoint(src)
         weights = {k: (v.half() if half and v.is_floating_point() else v.float() if v.is_floating_point() else v)
                    for k, v in ckpt["network_weights"].items()}
         slim = {k: v for k, v in ckpt.items() if k != "network_weights" and isinstance(v, _PLAIN)}
         if isinstance(ckpt.get("configuration"), dict):  # what the fold was trained with, checked at load
             check_trained_configuration(ckpt, plans.configuration(model.configuration), str(src),
-                                        model_dir / "plans.json", model_dir / f"fold_{fold}" / "plans.json")
+                                        folder.plans, folder.fold_plans(fold))
             slim["configuration"] = ckpt["configuration"]
         slim["network_weights"] = weights
         buffer = io.BytesIO()
@@ -240,7 +241,7 @@ def verify_model_zip(path: str | Path) -> ModelZipContents:
             raise ModelZipError(f"{path}: refused: file(s) not listed in {MANIFEST}: {', '.join(unlisted[:5])}")
         if absent:
             raise ModelZipError(f"{path}: refused: file(s) listed in {MANIFEST} but missing: {', '.join(absent[:5])}")
-        expected = {f"{model}/plans.json", f"{model}/dataset.json"} | {f"{model}/fold_{f}/{checkpoint}" for f in folds}
+        expected = {f"{model}/{PLANS_FILE}", f"{model}/{DATASET_FILE}"} | {f"{model}/fold_{f}/{checkpoint}" for f in folds}
         if not expected <= content:
             raise ModelZipError(f"{path}: refused: incomplete model, missing "
                                 f"{', '.join(sorted(expected - content))}")
@@ -283,10 +284,10 @@ def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None) -
         raise HiennuError(f"{path}: holds folds {', '.join(contents.folds)}, not {', '.join(missing)}")
     with zipfile.ZipFile(contents.path) as zf:
         try:
-            plans = Plans.from_dict(json.loads(zf.read(contents.member("plans.json"))),
-                                    source=f"{path}:{contents.member('plans.json')}")
-            dataset = DatasetJson.from_dict(json.loads(zf.read(contents.member("dataset.json"))),
-                                            source=f"{path}:{contents.member('dataset.json')}")
+            plans = Plans.from_dict(json.loads(zf.read(contents.member(PLANS_FILE))),
+                                    source=f"{path}:{contents.member(PLANS_FILE)}")
+            dataset = DatasetJson.from_dict(json.loads(zf.read(contents.member(DATASET_FILE))),
+                                            source=f"{path}:{contents.member(DATASET_FILE)}")
             post_member = contents.member(POSTPROCESSING_FILE)
             post = (postprocessing_from_record(json.loads(zf.read(post_member)), f"{path}:{post_member}")
                     if post_member in contents.files else None)
@@ -298,7 +299,7 @@ def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None) -
             member = contents.member(f"fold_{fold}/{contents.checkpoint}")
             ckpt = load_checkpoint(io.BytesIO(zf.read(member)), f"{path}:{member}")
             check_trained_configuration(ckpt, plans.configuration(contents.configuration), f"{path}:{member}",
-                                        f"{path}:{contents.member('plans.json')}")
+                                        f"{path}:{contents.member(PLANS_FILE)}")
             weights[fold] = _float32(ckpt["network_weights"])
     return LoadedModel(contents.model, plans, dataset, contents.configuration, weights, post)
 

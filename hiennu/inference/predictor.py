@@ -11,9 +11,10 @@ case's native grid with the configuration's ``prediction_interpolation`` (``line
 ``nearest``; a cropped case is un-cropped into zeros, :func:`~hiennu.geometry.cropping.restore_to_native`)
 on the device, and thresholded there at 0.5 (``p >= 0.5`` is lesion). Components
 smaller than ``min_component_voxels`` are then removed, and, when the model folder (or zip) holds a
-``postprocessing.json`` chosen by cross-validation (:mod:`hiennu.inference.postprocessing`), its
-choice is applied: its component size (the larger of it and the plans' ``min_component_voxels``)
-and, if chosen, keeping only the components that touch the rule ``ZADC < -2``.
+``postprocessing.json`` chosen by cross-validation (:mod:`hiennu.postprocessing`), its choice is
+applied: its ADC cap, its component size (the larger of it and the plans' ``min_component_voxels``:
+:func:`hiennu.postprocessing.record.with_size_rule`), keeping only the components that touch the rule
+``ZADC < -2`` and its lesion filter, whichever it chose.
 
 Mirroring axes: the axes the plans trained with (``augmentation.mirror_axes`` when
 ``augmentation.p_mirror > 0``); when the plans trained without mirroring (the paper's setting),
@@ -30,7 +31,7 @@ Usage from Python::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -47,16 +48,17 @@ from hiennu.inference.ensemble import FoldEnsemble
 from hiennu.inference.folder_prediction import CasePredictor
 from hiennu.inference.model_registry import default_checkpoint, fold_sort_key, model_folds, resolve_model
 from hiennu.inference.model_zip import load_model_zip
-from hiennu.inference.postprocessing import PostProcessing, apply_postprocessing, channel_index, load_postprocessing
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.trained_configuration import check_trained_configuration
+from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.checkpoint import CHECKPOINT_PATTERN, load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry, read_sitk
 from hiennu.log import get_logger
 from hiennu.networks.unet import build_network
-from hiennu.paths import parse_model_dir_name
-from hiennu.plans import PLANS_NAME, Configuration, Plans, load_plans
+from hiennu.paths import ModelFolder, parse_model_dir_name
+from hiennu.plans import ENUMERATED_FIELDS, PLANS_NAME, Configuration, Plans, load_plans
+from hiennu.postprocessing.record import PostProcessing, load_postprocessing, with_size_rule
 from hiennu.preprocessing.preprocessor import preprocess_case
 
 logger = get_logger(__name__)
@@ -121,39 +123,24 @@ class Predictor(CasePredictor):
         self.ensemble = FoldEnsemble(networks, self.device, tta_mirror_axes(configuration) if use_mirroring else (),
                                      cpu_bf16=cpu_bf16)
         self.batch_size = int(batch_size) if batch_size else (4 if self.device.type == "cuda" else 1)
-        post = postprocessing or PostProcessing()
-        if min_component_voxels is None:
-            min_component_voxels = max(int(configuration.min_component_voxels), post.min_component_voxels)
-        self.min_component_voxels = int(min_component_voxels)
-        self.postprocessing = replace(post, min_component_voxels=self.min_component_voxels)
-        self._zadc_channel = channel_index(self.channel_names, "zadc")
-        self._adc_channel = channel_index(self.channel_names, "adc")
-        if self.postprocessing.keep_touching_rule and self._zadc_channel is None:
+        self.postprocessing = with_size_rule(postprocessing, configuration.min_component_voxels, min_component_voxels)
+        adc_channel, zadc_channel = adc_zadc_channels(self.channel_names)
+        if self.postprocessing.keep_touching_rule and zadc_channel is None:
             raise HiennuError(f"{name}: its post-processing ({self.postprocessing.name}) needs a ZADC channel, but the "
                               f"model's channels are {', '.join(self.channel_names)}; delete its postprocessing.json "
                               f"(or pass use_postprocessing=False) to predict without it")
-        if self.postprocessing.needs_adc and self._adc_channel is None:
+        if self.postprocessing.needs_adc and adc_channel is None:
             raise HiennuError(f"{name}: its post-processing ({self.postprocessing.name}) needs an ADC channel, but the "
                               f"model's channels are {', '.join(self.channel_names)}; delete its postprocessing.json "
                               f"(or pass use_postprocessing=False) to predict without it")
-        if configuration.prediction_interpolation not in ("linear", "nearest"):
+        allowed = ENUMERATED_FIELDS["prediction_interpolation"]
+        if configuration.prediction_interpolation not in allowed:
             raise HiennuError(f"{name}: plans prediction_interpolation {configuration.prediction_interpolation!r} "
-                              f"must be 'linear' or 'nearest'")
+                              f"must be one of {', '.join(allowed)}")
         logger.info("model %s, configuration %s, folds %s, device %s, %s, post-processing: %s", name,
                     configuration.name, ", ".join(self.folds), self.device,
                     f"mirroring over axes {tta_mirror_axes(configuration)}" if use_mirroring else "no mirroring",
                     self.postprocessing.name)
-
-    def postprocess(self, mask: np.ndarray, images: list[np.ndarray] | None = None,
-                    spacing_zyx: Sequence[float] | None = None) -> np.ndarray:
-        """Component removal and, when chosen, the ADC cap and keeping the components that touch ``ZADC < -2``
-        (these need ``images``: the case's raw channels, float32 ``(z, y, x)`` in channel order) and the lesion
-        filter (``spacing_zyx``: the case's voxel spacing in mm); uint8 {0, 1} out."""
-        zadc = adc = None
-        if self.postprocessing.needs_images and images is not None:
-            zadc = images[self._zadc_channel] if self._zadc_channel is not None else None
-            adc = images[self._adc_channel] if self._adc_channel is not None else None
-        return apply_postprocessing(mask, self.postprocessing, zadc, adc, spacing_zyx)
 
     # ---------------------------------------------------------------------------------- construction
 
@@ -177,7 +164,7 @@ class Predictor(CasePredictor):
         plans = load_plans(path)
         parts = parse_model_dir_name(path.name)
         configuration = plans.configuration(parts.configuration if parts else None)
-        dataset = load_dataset_json(path) if (path / "dataset.json").is_file() else None
+        dataset = load_dataset_json(path) if ModelFolder(path).dataset_json.is_file() else None
         available = model_folds(path, checkpoint)
         chosen = [str(f) for f in folds] if folds else available
         missing = [f for f in chosen if f not in available]
@@ -190,8 +177,8 @@ class Predictor(CasePredictor):
         for fold in chosen:
             ckpt_path = path / f"fold_{fold}" / checkpoint
             state = load_checkpoint(ckpt_path)
-            check_trained_configuration(state, configuration, str(ckpt_path), path / "plans.json",
-                                        path / f"fold_{fold}" / "plans.json")
+            check_trained_configuration(state, configuration, str(ckpt_path), ModelFolder(path).plans,
+                                        ModelFolder(path).fold_plans(fold))
             weights[fold] = state["network_weights"]
         name = f"{path.parent.name}/{path.name}"
         post = load_postprocessing(path) if use_postprocessing else None

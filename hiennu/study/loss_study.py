@@ -16,7 +16,7 @@ method, rules included), ``progress.png`` (training curves side by side), ``slic
 axial slices of a few cases, cropped to the brain: the ADC image with the ground truth and each
 method's mask as contours) and, when every fold was run, ``postprocessing.md`` (each trainer's
 post-processing candidates scored by cross-validation, the choice stored as the model folder's
-``postprocessing.json``: :mod:`hiennu.evaluation.postprocessing_selection`).
+``postprocessing.json``: :mod:`hiennu.postprocessing`, the code ``hiennu_determine_postprocessing`` runs).
 
 Progress over the whole study is logged after each (trainer, fold) run: runs done out of the total,
 the run's time and an ETA (:class:`StudyProgress`). A finished fold is reused only when its record
@@ -37,15 +37,18 @@ import numpy as np
 from hiennu.errors import HiennuError
 from hiennu.evaluation import report
 from hiennu.evaluation.evaluate import evaluate_folders, write_per_case_csv
-from hiennu.evaluation.postprocessing_selection import postprocessing_table, select_postprocessing
 from hiennu.inference.baseline import ZadcThresholdBaseline
 from hiennu.io.atomic import read_json, write_text
 from hiennu.io.checkpoint import FINAL, LATEST
 from hiennu.io.dataset_json import load_dataset_json
+from hiennu.io.cases import channel_file_name
+from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
 from hiennu.paths import parse_model_dir_name, raw_root, resolve_dataset, results_root
 from hiennu.plans import PLANS_NAME
+from hiennu.postprocessing.commands import determine_postprocessing
+from hiennu.postprocessing.selection import postprocessing_table
 from hiennu.provenance import provenance_markdown
 from hiennu.study.fold_record import move_fold_aside, recorded_differences
 from hiennu.study.split_seeds import ensure_seed_splits
@@ -329,7 +332,7 @@ def choose_postprocessing(runs: dict[str, list[FoldRun]], raw_dir: Path, folds: 
         log.info("post-processing not chosen: it needs all %d folds, the study ran %s", NUM_FOLDS,
                  ", ".join(map(str, folds)))
         return {}
-    return {name: select_postprocessing(fold_runs[0].fold_dir.parent, raw_dir, folds)
+    return {name: determine_postprocessing(fold_runs[0].fold_dir.parent, raw_dir, folds, table=False)[0]
             for name, fold_runs in runs.items()}
 
 
@@ -373,11 +376,13 @@ def _slice_figure(raw_dir: Path, runs: dict[str, list[FoldRun]], per_case: dict[
     if not chosen:
         log.info("no validation case has a lesion: slices.png not drawn")
         return
-    ending = load_dataset_json(raw_dir).file_ending
+    dataset = load_dataset_json(raw_dir)
+    ending = dataset.file_ending
+    adc_k = adc_zadc_channels(dataset.channel_names)[0] or 0  # the ADC map, else the first channel
     adc, reference, spacing = {}, {}, {}
     predictions: dict[str, dict[str, np.ndarray]] = {}
     for case in chosen:
-        adc[case], geometry = read_image(raw_dir / "imagesTr" / f"{case}_0000{ending}")
+        adc[case], geometry = read_image(raw_dir / "imagesTr" / channel_file_name(case, adc_k, ending))
         reference[case], _ = read_image(raw_dir / "labelsTr" / f"{case}{ending}", dtype=np.uint8)
         spacing[case] = geometry.spacing_zyx
         for name, fold_runs in runs.items():
@@ -385,7 +390,7 @@ def _slice_figure(raw_dir: Path, runs: dict[str, list[FoldRun]], per_case: dict[
             predictions.setdefault(name, {})[case], _ = read_image(run.fold_dir / "validation" / f"{case}{ending}",
                                                                    dtype=np.uint8)
     report.plot_slices(adc, reference, predictions, path, spacing_zyx=spacing, title=title,
-                       channel_name=load_dataset_json(raw_dir).channel_names[0])
+                       channel_name=dataset.channel_names[adc_k])
 
 
 def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, list[dict]], tests: list[dict],

@@ -22,9 +22,9 @@ The filter is a logistic regression on the standardized features; a component is
 probability of overlapping a reference lesion is at least ``threshold``. It is fitted on the pooled
 cross-validation predictions of a model's training cases (each component labelled by whether it
 touches the reference) after the same steps that come before it at prediction (the ADC cap and
-the size rule, :func:`hiennu.inference.postprocessing.apply_postprocessing`), and the threshold is the one of a fixed grid that maximizes the mean
+the size rule, :func:`hiennu.postprocessing.record.apply_postprocessing`), and the threshold is the one of a fixed grid that maximizes the mean
 per-case Dice of those cases. Like the other post-processing, it is kept only when cross-validation
-says it helps (:mod:`hiennu.evaluation.postprocessing_selection`).
+says it helps (:mod:`hiennu.postprocessing.selection`).
 
 Written here rather than taken from scikit-learn, which is not a dependency: an L2-penalized
 logistic regression on three features is a few lines around :func:`scipy.optimize.minimize`
@@ -40,9 +40,8 @@ import numpy as np
 from scipy import ndimage, optimize, special
 
 from hiennu.errors import HiennuError
-from hiennu.inference.components import FULL_CONNECTIVITY
 from hiennu.log import get_logger
-from hiennu.masks import dice
+from hiennu.masks import FULL_CONNECTIVITY, dice
 
 log = get_logger(__name__)
 

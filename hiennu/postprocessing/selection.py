@@ -2,10 +2,10 @@
 
 The pooled cross-validation predictions of a trained model (every chosen fold's
 ``fold_K/validation/CASE<ending>``, made without post-processing) are compared with the raw labels.
-Each candidate of :func:`hiennu.inference.postprocessing.candidates` (components under k voxels
+Each candidate of :func:`hiennu.postprocessing.candidates.candidates` (components under k voxels
 removed, for k in 5, 10, 20, 50; only components touching the rule ``ZADC < -2`` kept; and both;
 an ADC cap at the 99 / 99.5 / 99.9th percentile of the ADC inside the reference lesions, alone and
-with each size; and the lesion filter of :mod:`hiennu.inference.lesion_filter`, fitted on the same
+with each size; and the lesion filter of :mod:`hiennu.postprocessing.lesion_filter`, fitted on the same
 cases after each cap and with none) is applied to every case and scored by Dice per case on the
 native grid; the candidate's score is the mean over cases. A candidate is kept only when it raises
 the mean Dice above "no post-processing" (nnU-Net's rule); the best kept candidate is chosen, else
@@ -14,7 +14,13 @@ none.
 The chosen candidate's pooled score is optimistic: it is the best of about 30 tried on the same
 cases, and the lesion filters are fitted on them too. :func:`nested_estimate` gives the honest number:
 for each fold, the caps are derived, the filters fitted and the candidate chosen on the other folds'
-cases only, then applied to the held-out fold. Both are stored.
+cases only, then applied to the held-out fold. Both are stored, with the number of candidates each
+choice was made among (``num_candidates``; per fold in ``nested.num_candidates``). Nothing derived from
+a held-out fold (caps, filter fits, their thresholds and feature scaling, the choice) enters its own
+estimate (``tests/test_postprocessing_package.py`` changes a held-out fold and checks its choice stays).
+
+Every candidate goes through :func:`hiennu.postprocessing.record.with_size_rule` with the plans'
+``min_component_voxels``, as the predictor applies it.
 
 The choice and its evidence go to ``MODEL_DIR/postprocessing.json`` (atomically)::
 
@@ -23,7 +29,7 @@ The choice and its evidence go to ``MODEL_DIR/postprocessing.json`` (atomically)
      "candidates": [{"name": ..., "min_component_voxels": ..., "keep_touching_rule": ..., "rule_threshold": ...,
                      "cv_dice": ..., "improvement": ...}, ...],
      "nested": {"cv_dice": 0.50, "choices": {"0": "remove < 10 vox", ...}},
-     "folds": [0, 1, 2, 3, 4], "num_cases": 37, "case_ids": [...], "metric": "...", "provenance": {...}}
+     "folds": [0, 1, 2, 3, 4], "num_candidates": 31, "num_cases": 37, "case_ids": [...], "metric": "...", "provenance": {...}}
 
 The ZADC image is the raw case's channel named ``ZADC`` in ``dataset.json`` (channel 1 of BONBID),
 read on its atlas z-score scale; the brain is where the ``ADC`` channel is non-zero.
@@ -38,18 +44,19 @@ from typing import Sequence
 import numpy as np
 
 from hiennu.errors import HiennuError
-from hiennu.inference.lesion_filter import FilterCase, fit_component_filter
-from hiennu.inference.postprocessing import (COMPONENT_SIZES, POSTPROCESSING_FILE, PostProcessing,
-                                             adc_cap_candidates, apply_postprocessing, candidates, channel_index)
 from hiennu.io.atomic import read_json, write_json
-from hiennu.io.checkpoint import BEST
 from hiennu.io.cases import channel_file_name
+from hiennu.io.channels import adc_zadc_channels
+from hiennu.io.checkpoint import BEST
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
 from hiennu.log import get_logger, progress
-from hiennu.masks import dice
-from hiennu.paths import parse_model_dir_name
+from hiennu.masks import brain_mask, dice
+from hiennu.paths import ModelFolder
 from hiennu.plans import load_plans
+from hiennu.postprocessing.candidates import COMPONENT_SIZES, adc_cap_candidates, candidates
+from hiennu.postprocessing.lesion_filter import FilterCase, fit_component_filter
+from hiennu.postprocessing.record import PostProcessing, apply_postprocessing, with_size_rule
 from hiennu.provenance import provenance
 
 log = get_logger(__name__)
@@ -61,19 +68,23 @@ def validation_cases(model_dir: Path, folds: Sequence[int], labels_dir: Path,
                      ending: str) -> tuple[dict[str, Path], dict[str, int]]:
     """(case id -> validation mask, case id -> fold) over ``folds``: each case's mask from the fold that held
     it out; each must have a label."""
+    model = ModelFolder(model_dir)
     masks: dict[str, Path] = {}
     fold_of: dict[str, int] = {}
     for fold in folds:
-        folder = model_dir / f"fold_{fold}" / "validation"
+        folder = model.validation_dir(fold)
+        if not model.fold_dir(fold).is_dir():
+            raise HiennuError(f"fold {fold}: {model.fold_dir(fold)} not found; train it (hiennu_train) or name the "
+                              f"folds that exist")
         files = sorted(p for p in folder.glob(f"*{ending}") if not p.name.startswith("."))
         if not files:
-            raise HiennuError(f"{folder}: no validation masks (*{ending}); train fold {fold} to the end (its "
-                              f"final validation writes them) before choosing post-processing")
+            raise HiennuError(f"fold {fold}: no validation masks (*{ending}) in {folder}; train fold {fold} to the end "
+                              f"(its final validation writes them) before choosing post-processing")
         for path in files:
             case = path.name[: -len(ending)]
             if not (labels_dir / f"{case}{ending}").is_file():
-                raise HiennuError(f"{path}: no label {labels_dir / (case + ending)} for this validation case; "
-                                  f"give the raw dataset the model was trained on")
+                raise HiennuError(f"fold {fold}, case {case}: no label {labels_dir / (case + ending)} for this "
+                                  f"validation mask; give the raw dataset the model was trained on")
             if case in masks:
                 raise HiennuError(f"case {case}: validation mask in two folds ({masks[case].parent.parent.name} and "
                                   f"fold_{fold}); the folds must hold out disjoint cases")
@@ -98,25 +109,37 @@ class CaseImages:
         return apply_postprocessing(self.pred, post, self.zadc, self.adc, self.spacing_zyx)
 
 
-def load_cases(masks: dict[str, Path], raw_dir: Path) -> dict[str, CaseImages]:
-    """Case id -> :class:`CaseImages` for the cases of ``masks`` (case id -> mask file), read from ``raw_dir``."""
+def load_cases(masks: dict[str, Path], raw_dir: Path, fold_of: dict[str, int] | None = None) -> dict[str, CaseImages]:
+    """Case id -> :class:`CaseImages` for the cases of ``masks`` (case id -> mask file), read from ``raw_dir``.
+
+    Each mask must lie on its label's grid (size, spacing, origin, direction); fold_of names the fold in errors.
+    """
     dataset = load_dataset_json(raw_dir)
     ending = dataset.file_ending
-    zadc_k = channel_index(dataset.channel_names, "zadc")
-    adc_k = channel_index(dataset.channel_names, "adc")
+    adc_k, zadc_k = adc_zadc_channels(dataset.channel_names)
     if zadc_k is None:
         raise HiennuError(f"{raw_dir / 'dataset.json'}: no channel named ZADC among {list(dataset.channel_names)}; "
                           f"the rule candidate needs it")
     out: dict[str, CaseImages] = {}
     for case, path in progress(sorted(masks.items()), desc="post-processing candidates"):
-        pred, _ = read_image(path, dtype=np.uint8)
+        where = f"fold {fold_of[case]}, case {case}" if fold_of and case in fold_of else f"case {case}"
+        pred, pred_geometry = read_image(path, dtype=np.uint8)
         ref, geometry = read_image(raw_dir / "labelsTr" / f"{case}{ending}", dtype=np.uint8)
-        if pred.shape != ref.shape:
-            raise HiennuError(f"case {case}: validation mask {path} has shape {pred.shape} (z, y, x), the label "
-                              f"{ref.shape}; validation masks must be in the label's native geometry")
-        zadc, _ = read_image(raw_dir / "imagesTr" / channel_file_name(case, zadc_k, ending))
-        adc = read_image(raw_dir / "imagesTr" / channel_file_name(case, adc_k, ending))[0] if adc_k is not None else None
-        out[case] = CaseImages(pred, ref != 0, zadc, adc, tuple(float(v) for v in geometry.spacing_zyx))
+        diffs = geometry.differences(pred_geometry)
+        if pred.shape != ref.shape or diffs:
+            raise HiennuError(f"{where}: validation mask {path} lies on another grid than its label "
+                              f"({'; '.join(diffs) or f'shape {pred.shape} vs {ref.shape}'}); validation masks must be "
+                              f"in the label's native geometry")
+        images = {}
+        for role, k in (("ZADC", zadc_k), ("ADC", adc_k)):
+            if k is None:
+                continue
+            file = raw_dir / "imagesTr" / channel_file_name(case, k, ending)
+            if not file.is_file():
+                raise HiennuError(f"{where}: {role} image {file} not found")
+            images[role] = read_image(file)[0]
+        out[case] = CaseImages(pred, ref != 0, images["ZADC"], images.get("ADC"),
+                               tuple(float(v) for v in geometry.spacing_zyx))
     return out
 
 
@@ -143,7 +166,7 @@ def filter_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str], cap
             case = cases[c]
             if case.adc is None:
                 return []
-            fit_cases.append(FilterCase(case.postprocessed(before), case.adc != 0, case.ref, case.spacing_zyx))
+            fit_cases.append(FilterCase(case.postprocessed(before), brain_mask(case.adc), case.ref, case.spacing_zyx))
         fitted = fit_component_filter(fit_cases)
         if fitted is not None:
             out.append(replace(before, component_filter=fitted))
@@ -154,14 +177,13 @@ def with_size_floor(options: list[PostProcessing], min_component_voxels: int) ->
     """``options`` as the predictor applies them: each removes at least the components under
     ``min_component_voxels`` (the plans' size rule), except ``options[0]``, the masks as they are (the
     cross-validation masks were predicted with that rule already)."""
-    k = int(min_component_voxels)
-    return options[:1] + [replace(p, min_component_voxels=max(p.min_component_voxels, k)) for p in options[1:]]
+    return options[:1] + [with_size_rule(p, min_component_voxels) for p in options[1:]]
 
 
 def all_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str],
                    sizes: Sequence[int] = COMPONENT_SIZES, min_component_voxels: int = 0) -> list[PostProcessing]:
     """Every candidate for a choice made on ``case_ids``: the fixed ones with the caps of their lesions
-    (:func:`hiennu.inference.postprocessing.candidates`), then the lesion filters fitted on them; each
+    (:func:`hiennu.postprocessing.candidates.candidates`), then the lesion filters fitted on them; each
     with at least the plans' size rule ``min_component_voxels`` (:func:`with_size_floor`)."""
     caps = caps_from(cases, case_ids)
     fixed = with_size_floor(candidates(sizes, caps), min_component_voxels)
@@ -179,29 +201,43 @@ def score(cases: dict[str, CaseImages], options: list[PostProcessing]) -> np.nda
     return scores
 
 
-def nested_estimate(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes: Sequence[int] = COMPONENT_SIZES,
-                    min_component_voxels: int = 0) -> tuple[dict[str, float], dict[int, PostProcessing]]:
-    """Per-case Dice of post-processing chosen without the case's own fold, and each fold's choice.
+@dataclass
+class FoldChoice:
+    """A fold's nested choice: the candidates built on the other folds' cases only (caps, filter fits), the
+    one chosen on them, and the fold's own (held-out) cases it is applied to."""
 
-    For each fold: caps from the other folds' lesions, lesion filters fitted on the other folds' cases,
-    candidates scored on them, :func:`choose` picks, and the pick is applied to the fold's own cases. With a
-    single fold there is nothing to choose on: the fold keeps no post-processing.
-    """
+    options: list[PostProcessing]
+    chosen: PostProcessing
+    held_out: list[str]
+
+
+def nested_choices(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes: Sequence[int] = COMPONENT_SIZES,
+                   min_component_voxels: int = 0) -> dict[int, FoldChoice]:
+    """Fold -> :class:`FoldChoice`: for each fold, caps from the other folds' lesions, lesion filters fitted on
+    the other folds' cases, candidates scored on them and one picked there by :func:`choose`; the fold's own cases are
+    never read for it. With a single fold there is nothing to choose on: the fold keeps no post-processing."""
     ids = sorted(cases)
-    per_case: dict[str, float] = {}
-    choices: dict[int, PostProcessing] = {}
+    out: dict[int, FoldChoice] = {}
     for fold in sorted(set(fold_of[c] for c in ids)):
         held = [c for c in ids if fold_of[c] == fold]
         rest = [c for c in ids if fold_of[c] != fold]
         if rest:
-            options = all_candidates(cases, rest, sizes, min_component_voxels)
-            chosen = options[choose(options, list(score({c: cases[c] for c in rest}, options).mean(axis=1)))]
+            seen = {c: cases[c] for c in rest}
+            options = all_candidates(seen, rest, sizes, min_component_voxels)
+            chosen = options[choose(options, list(score(seen, options).mean(axis=1)))]
         else:
-            chosen = PostProcessing()
-        choices[fold] = chosen
-        for c in held:
-            per_case[c] = float(score({c: cases[c]}, [chosen])[0, 0])
-    return per_case, choices
+            options, chosen = [PostProcessing()], PostProcessing()
+        out[fold] = FoldChoice(options, chosen, held)
+    return out
+
+
+def nested_estimate(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes: Sequence[int] = COMPONENT_SIZES,
+                    min_component_voxels: int = 0) -> tuple[dict[str, float], dict[int, PostProcessing]]:
+    """Per-case Dice of post-processing chosen without the case's own fold (:func:`nested_choices`), and each
+    fold's choice."""
+    folds = nested_choices(cases, fold_of, sizes, min_component_voxels)
+    per_case = {c: float(score({c: cases[c]}, [f.chosen])[0, 0]) for f in folds.values() for c in f.held_out}
+    return per_case, {fold: f.chosen for fold, f in folds.items()}
 
 
 def choose(options: list[PostProcessing], mean_dice: Sequence[float]) -> int:
@@ -224,12 +260,15 @@ def choose(options: list[PostProcessing], mean_dice: Sequence[float]) -> int:
 
 
 def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Sequence[int],
-                          sizes: Sequence[int] = COMPONENT_SIZES, write: bool = True) -> dict:
+                          sizes: Sequence[int] = COMPONENT_SIZES, write: bool = True,
+                          details: dict | None = None) -> dict:
     """Choose ``model_dir``'s post-processing on the pooled validation masks of ``folds``; return the record.
 
     model_dir: ``TRAINER__PLANS__CONFIG/``; raw_dir: the raw dataset (``dataset.json``,
     ``imagesTr/``, ``labelsTr/``); folds: the folds whose held-out cases are pooled (normally all
-    five). With ``write`` the record is written to ``model_dir/postprocessing.json`` (atomically).
+    five). With ``write`` the record is written to ``model_dir/postprocessing.json`` (atomically), only
+    after every check and computation passed. details: when given, filled with what the record summarizes
+    (``cases``, ``fold_of``, ``options``, ``nested``: :func:`nested_choices`), for tables.
     """
     model_dir, raw_dir = Path(model_dir), Path(raw_dir)
     folds = [int(f) for f in folds]
@@ -238,10 +277,12 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
     ending = load_dataset_json(raw_dir).file_ending
     masks, fold_of = validation_cases(model_dir, folds, raw_dir / "labelsTr", ending)
     size_rule = plans_size_rule(model_dir)
-    cases = load_cases(masks, raw_dir)
+    cases = load_cases(masks, raw_dir, fold_of)
     options = all_candidates(cases, list(cases), sizes, size_rule)
     means = score(cases, options).mean(axis=1)
-    nested, fold_choices = nested_estimate(cases, fold_of, sizes, size_rule)
+    folds_chosen = nested_choices(cases, fold_of, sizes, size_rule)
+    nested = {c: float(score({c: cases[c]}, [f.chosen])[0, 0]) for f in folds_chosen.values() for c in f.held_out}
+    fold_choices = {fold: f.chosen for fold, f in folds_chosen.items()}
     best = choose(options, list(means))
     chosen = options[best]
     record = {
@@ -249,11 +290,13 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
         "chosen_name": chosen.name,
         "baseline_dice": float(means[0]),
         "chosen_dice": float(means[best]),
+        "num_candidates": len(options),
         "candidates": [{"name": p.name, **p.to_dict(), "cv_dice": float(m), "improvement": float(m - means[0])}
                        for p, m in zip(options, means)],
         "nested": {"cv_dice": float(np.mean(list(nested.values()))),
                    "choices": {str(f): p.name for f, p in fold_choices.items()},
                    "chosen_per_fold": {str(f): p.to_dict() for f, p in fold_choices.items()},
+                   "num_candidates": {str(f): len(c.options) for f, c in folds_chosen.items()},
                    "per_case_dice": {c: nested[c] for c in sorted(nested)},
                    "how": "each fold's choice made on the other folds' cases only (caps and lesion filters "
                           "included), applied to it"},
@@ -267,21 +310,24 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
         "provenance": provenance({"model_dir": str(model_dir), "raw_dir": str(raw_dir), "folds": folds,
                                   "sizes": [int(k) for k in sizes]}),
     }
-    log.info("%s: post-processing chosen by CV over %d cases of folds %s: %s (mean Dice %.4f, without %.4f; "
-             "nested estimate %.4f)", model_dir.name, len(masks), ", ".join(map(str, folds)), chosen.name,
-             means[best], means[0], record["nested"]["cv_dice"])
+    log.info("%s: post-processing chosen by CV over %d cases of folds %s among %d candidates: %s (mean Dice %.4f, "
+             "without %.4f; nested estimate %.4f)", model_dir.name, len(masks), ", ".join(map(str, folds)),
+             len(options), chosen.name, means[best], means[0], record["nested"]["cv_dice"])
+    if details is not None:
+        details.update(cases=cases, fold_of=fold_of, options=options, nested=folds_chosen)
     if write:
-        write_json(record, model_dir / POSTPROCESSING_FILE)
+        write_json(record, ModelFolder(model_dir).postprocessing)
     return record
 
 
 def plans_size_rule(model_dir: Path) -> int:
     """The plans' ``min_component_voxels`` of the model folder's configuration (what the predictor removes
     before any chosen post-processing); 0 for a folder of validation masks without ``plans.json``."""
-    if not (Path(model_dir) / "plans.json").is_file():
+    model = ModelFolder(model_dir)
+    if not model.plans.is_file():
         return 0
-    parts = parse_model_dir_name(Path(model_dir).name)
-    plans = load_plans(Path(model_dir) / "plans.json")
+    parts = model.name
+    plans = load_plans(model.plans)
     return int(plans.configuration(parts.configuration if parts else None).min_component_voxels)
 
 
@@ -290,7 +336,7 @@ def validation_checkpoints(model_dir: Path, folds: Sequence[int]) -> dict[str, s
     ``checkpoint``; ``checkpoint_best.pth`` for summaries written before it was recorded; None without one)."""
     out: dict[str, str | None] = {}
     for fold in folds:
-        path = Path(model_dir) / f"fold_{fold}" / "validation" / "summary.json"
+        path = ModelFolder(model_dir).validation_summary(fold)
         out[str(fold)] = read_json(path).get("checkpoint", BEST) if path.is_file() else None
     return out
 

@@ -1,4 +1,4 @@
-"""Post-processing of predicted masks, chosen by cross-validation and stored with the model.
+"""The post-processing record: what is done to a predicted mask, stored with the model.
 
 A :class:`PostProcessing` says what is done to a binary mask on the native grid after the
 threshold, in this order:
@@ -6,40 +6,44 @@ threshold, in this order:
 0. ``max_adc``: voxels whose ADC (the raw ADC channel, 10^-6 mm^2/s) is above it are removed (None
    keeps all). Acute HIE lesions restrict diffusion; a voxel with a low ZADC but a CSF-like ADC is
    a misregistration or partial-volume artefact of the atlas, not a lesion. The candidate caps come
-   from the data (high quantiles of the ADC inside the training lesions: :func:`adc_cap_candidates`),
-   and a cap is kept only when cross-validation says it helps;
+   from the data (:func:`hiennu.postprocessing.candidates.adc_cap_candidates`), and a cap is kept only
+   when cross-validation says it helps;
 1. ``min_component_voxels``: 26-connected components with fewer voxels are removed (0 or 1 keeps all);
 2. ``keep_touching_rule``: only the components that overlap (share at least one voxel with) the
-   rule mask ``ZADC < rule_threshold`` inside the brain (``ADC != 0``) are kept. ZADC is read on
-   its raw atlas z-score scale (the input image, before any normalization);
+   rule mask ``ZADC < rule_threshold`` inside the brain (:func:`hiennu.masks.rule_mask`) are kept;
 3. ``component_filter``: a lesion filter fitted by cross-validation keeps or drops each remaining
    component by its volume (mm³), extent along the slice axis (mm) and contact with the edge of the brain
-   (:mod:`hiennu.inference.lesion_filter`; None keeps all).
+   (:mod:`hiennu.postprocessing.lesion_filter`; None keeps all).
 
-The model folder's ``postprocessing.json`` records the choice (``"chosen"``) next to the evidence
-(each candidate's cross-validated Dice); :func:`load_postprocessing` reads it, the predictor
-applies it. The choice itself is made by
-:func:`hiennu.evaluation.postprocessing_selection.select_postprocessing`.
+The component-size rule lives here and only here. A plans configuration may still carry a
+``min_component_voxels`` (a prediction-only field, 0 unless edited); :func:`with_size_rule` is the one
+place where it meets the record: the record applied removes at least the plans' components (the larger
+of the two sizes), or exactly a size the user forces (``--min-component-voxels``). The predictor applies
+what it returns; the selection fits and scores its candidates through it, so what was chosen is what runs.
+
+The model folder's ``postprocessing.json`` (:class:`hiennu.paths.ModelFolder`) records the choice
+(``"chosen"``) next to the evidence (each candidate's cross-validated Dice, the nested estimate, how many
+candidates it was chosen among); :func:`load_postprocessing` reads it, the predictor applies it. The
+choice itself is made by :func:`hiennu.postprocessing.selection.select_postprocessing`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from hiennu.errors import HiennuError
-from hiennu.inference.components import FULL_CONNECTIVITY, remove_small_components
-from hiennu.inference.lesion_filter import ComponentFilter
 from hiennu.io.atomic import read_json_file
+from hiennu.masks import RULE_THRESHOLD, brain_mask, rule_mask
+from hiennu.paths import POSTPROCESSING_FILE, ModelFolder
+from hiennu.postprocessing.components import keep_components_touching, remove_small_components
+from hiennu.postprocessing.lesion_filter import ComponentFilter
 
-POSTPROCESSING_FILE = "postprocessing.json"
-RULE_THRESHOLD = -2.0
-COMPONENT_SIZES = (5, 10, 20, 50)
-ADC_CAP_QUANTILES = (0.99, 0.995, 0.999)
+__all__ = ["POSTPROCESSING_FILE", "PostProcessing", "apply_postprocessing", "load_postprocessing",
+           "postprocessing_from_record", "with_size_rule"]
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,8 @@ class PostProcessing:
             raise HiennuError(f"{source}: min_component_voxels must be a whole number >= 0, got {k!r}")
         if not isinstance(touch, bool):
             raise HiennuError(f"{source}: keep_touching_rule must be true or false, got {touch!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise HiennuError(f"{source}: rule_threshold must be a number (ZADC z-score), got {threshold!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
+            raise HiennuError(f"{source}: rule_threshold must be a finite number (ZADC z-score), got {threshold!r}")
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
             raise HiennuError(f"{source}: max_adc must be null or a positive number (ADC, 10^-6 mm^2/s), got {cap!r}")
         lesion_filter = d.get("component_filter")
@@ -116,56 +120,11 @@ class PostProcessing:
 _FIELDS = ("min_component_voxels", "keep_touching_rule", "rule_threshold", "max_adc", "component_filter")
 
 
-def candidates(sizes: Sequence[int] = COMPONENT_SIZES, adc_caps: Sequence[float] = ()) -> list[PostProcessing]:
-    """Every candidate the selection measures: none, each size alone, the rule alone, the rule with each size,
-    then each ADC cap alone and with each size."""
-    out = [PostProcessing()]
-    out += [PostProcessing(min_component_voxels=int(k)) for k in sizes]
-    out += [PostProcessing(keep_touching_rule=True)]
-    out += [PostProcessing(min_component_voxels=int(k), keep_touching_rule=True) for k in sizes]
-    for cap in adc_caps:
-        out += [PostProcessing(max_adc=float(cap))]
-        out += [PostProcessing(min_component_voxels=int(k), max_adc=float(cap)) for k in sizes]
-    return out
-
-
-def adc_cap_candidates(lesion_adc: np.ndarray, quantiles: Sequence[float] = ADC_CAP_QUANTILES) -> list[float]:
-    """ADC caps to try: the ``quantiles`` of the ADC values inside reference lesions, rounded to whole units.
-
-    lesion_adc: the raw ADC (10^-6 mm^2/s) of every lesion voxel of the cases the choice is made on.
-    Returns the distinct caps in ascending order; none when there are no lesion voxels.
-    """
-    values = np.asarray(lesion_adc, dtype=np.float64).ravel()
-    if values.size == 0:
-        return []
-    return sorted({float(np.round(np.quantile(values, q))) for q in quantiles})
-
-
-def rule_mask(zadc: np.ndarray, adc: np.ndarray | None, threshold: float = RULE_THRESHOLD) -> np.ndarray:
-    """``ZADC < threshold`` inside the brain (``ADC != 0``; everywhere when ``adc`` is None); bool (z, y, x)."""
-    mask = np.asarray(zadc) < threshold
-    if adc is not None:
-        mask &= np.asarray(adc) != 0
-    return mask
-
-
-def keep_components_touching(mask: np.ndarray, marker: np.ndarray) -> np.ndarray:
-    """The 26-connected components of ``mask`` (z, y, x) that share at least one voxel with ``marker``; uint8 {0, 1}."""
-    mask = np.asarray(mask).astype(bool, copy=False)
-    if not mask.any():
-        return mask.astype(np.uint8)
-    labels, n = ndimage.label(mask, structure=FULL_CONNECTIVITY)
-    keep = np.zeros(n + 1, dtype=bool)
-    keep[np.unique(labels[np.asarray(marker, dtype=bool) & mask])] = True
-    keep[0] = False
-    return keep[labels].astype(np.uint8)
-
-
 def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarray | None = None,
                          adc: np.ndarray | None = None, spacing_zyx: Sequence[float] | None = None) -> np.ndarray:
     """``mask`` (z, y, x) after ``post``; ``zadc``/``adc`` (same shape, raw values) are needed for the rule part,
     ``adc`` for the ADC cap and the lesion filter, ``spacing_zyx`` (the case's voxel spacing in mm) for a
-    lesion filter in mm (:mod:`hiennu.inference.lesion_filter`)."""
+    lesion filter in mm (:mod:`hiennu.postprocessing.lesion_filter`)."""
     if post.needs_adc:
         if adc is None:
             raise HiennuError(f"post-processing {post.name!r} needs the case's ADC image, and none was given")
@@ -183,14 +142,8 @@ def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarra
                               f"{out.shape} (both (z, y, x) on the native grid)")
         out = keep_components_touching(out, rule_mask(zadc, adc, post.rule_threshold))
     if post.component_filter is not None:
-        out = post.component_filter.apply(out, np.asarray(adc) != 0, spacing_zyx)
+        out = post.component_filter.apply(out, brain_mask(adc), spacing_zyx)
     return out
-
-
-def channel_index(channel_names: Sequence[str], wanted: str) -> int | None:
-    """Index of the channel called ``wanted`` (case-insensitive), else None."""
-    lowered = [c.lower() for c in channel_names]
-    return lowered.index(wanted.lower()) if wanted.lower() in lowered else None
 
 
 def postprocessing_from_record(record: Any, source: str) -> PostProcessing:
@@ -203,8 +156,30 @@ def postprocessing_from_record(record: Any, source: str) -> PostProcessing:
 
 def load_postprocessing(model_dir: str | Path) -> PostProcessing | None:
     """The post-processing stored in ``model_dir/postprocessing.json``; None when there is no such file."""
-    path = Path(model_dir) / POSTPROCESSING_FILE
+    path = ModelFolder(model_dir).postprocessing
     if not path.is_file():
         return None
     record = read_json_file(path, "", "re-run the post-processing selection or delete the file")
     return postprocessing_from_record(record, str(path))
+
+
+def load_record_file(path: str | Path) -> PostProcessing:
+    """The chosen :class:`PostProcessing` of a ``postprocessing.json`` file given by path (it must exist)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HiennuError(f"{path}: post-processing record not found; choose one with hiennu_determine_postprocessing")
+    record = read_json_file(path, "", "give the postprocessing.json written by hiennu_determine_postprocessing")
+    return postprocessing_from_record(record, str(path))
+
+
+def with_size_rule(post: PostProcessing | None, plans_min_component_voxels: int = 0,
+                   forced: int | None = None) -> PostProcessing:
+    """The post-processing as it is applied: ``post`` (None: nothing chosen) removing the components under
+    the larger of its own size and the plans' ``min_component_voxels``, or under ``forced`` when given.
+
+    The one place where the plans' size rule and the record meet (the predictor and the selection both
+    go through it).
+    """
+    post = post or PostProcessing()
+    k = int(forced) if forced is not None else max(int(plans_min_component_voxels), post.min_component_voxels)
+    return replace(post, min_component_voxels=k)

@@ -1,0 +1,50 @@
+"""``hiennu_determine_postprocessing``: choose a trained model's post-processing on its folds' CV masks."""
+
+from __future__ import annotations
+
+import argparse
+
+from hiennu.cli._common import add_plans_name, make_parser, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser(
+        "hiennu_determine_postprocessing",
+        "Choose the post-processing of a trained model by cross-validation, as nnU-Net does: every candidate "
+        "(component sizes, the ZADC rule, ADC caps, lesion filters) is scored on the validation masks of the "
+        "trained folds against the raw labels; the best one that beats no post-processing is written to the "
+        "model folder's postprocessing.json, which hiennu_predict applies. Prints every candidate's pooled and "
+        "nested Dice, MASD and NSD.")
+    p.add_argument("-d", "--dataset", required=True, help="dataset name, DatasetNNN_Name or number")
+    p.add_argument("-tr", "--trainer", required=True, help="trainer class of the model")
+    p.add_argument("-c", "--configuration", default=None,
+                   help="configuration of the model (default: the only one trained with this trainer and plans)")
+    add_plans_name(p, "plans identifier of the model (-p of hiennu_train)")
+    p.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+                   help="folds whose validation masks are pooled")
+    p.add_argument("--split-seed", type=int, default=None, help="the model trained on the folds of this split seed")
+    p.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def go() -> int:
+        from hiennu.postprocessing.commands import determine_postprocessing, find_model_folder, raw_dataset_of
+        from hiennu.paths import ModelFolder
+        model_dir = find_model_folder(args.dataset, args.trainer, args.configuration, args.plans_name,
+                                      args.split_seed)
+        record, table = determine_postprocessing(model_dir, raw_dataset_of(args.dataset), args.folds,
+                                                 write=not args.dry_run)
+        print(table, end="")
+        print(f"chosen: {record['chosen_name']} (among {record['num_candidates']} candidates; nested CV Dice "
+              f"{record['nested']['cv_dice']:.4f})"
+              + ("" if args.dry_run else f"; written to {ModelFolder(model_dir).postprocessing}"))
+        return 0
+
+    return run(go, verbose=not args.quiet)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""What ``hiennu_determine_postprocessing`` and ``hiennu_apply_postprocessing`` do (the CLI only parses).
+
+:func:`determine_postprocessing` chooses a trained model's post-processing on the cross-validation masks
+of its folds, exactly as the loss study does (:func:`hiennu.postprocessing.selection.select_postprocessing`,
+so the two write the same ``postprocessing.json``), after checking that the folds exist and were trained
+with the model folder's plans; :func:`candidate_table` scores every candidate with Dice, MASD and NSD,
+pooled and nested. :func:`apply_to_folder` applies a record to masks already predicted.
+
+Bad input (a fold missing or trained with other plans, a validation mask missing or on another grid, a
+record with unknown fields, wrong types or NaN numbers, the images a record needs missing) is one
+:class:`~hiennu.errors.HiennuError` line naming the fold, case or field, raised before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hiennu.errors import HiennuError
+from hiennu.evaluation.metrics import case_metrics
+from hiennu.io.atomic import write_json
+from hiennu.io.cases import channel_file_name
+from hiennu.io.channels import adc_zadc_channels
+from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
+from hiennu.io.image import image_ending, read_image, write_image
+from hiennu.log import get_logger, progress
+from hiennu.paths import (DATASET_FILE, ModelFolder, model_dir_name, raw_root, resolve_dataset, results_root,
+                          split_seed_folder)
+from hiennu.plans import PLANS_NAME, PREDICTOR_IGNORED_FIELDS, configuration_differences, load_plans
+from hiennu.postprocessing.candidates import COMPONENT_SIZES
+from hiennu.postprocessing.record import PostProcessing, apply_postprocessing, load_record_file
+from hiennu.postprocessing.selection import CaseImages, select_postprocessing
+
+log = get_logger(__name__)
+
+DEFAULT_FOLDS = (0, 1, 2, 3, 4)
+TABLE_METRICS = ("dice", "masd", "nsd")
+
+
+def find_model_folder(dataset: str | int, trainer: str, configuration: str | None = None,
+                      plans_name: str = PLANS_NAME, split_seed: int | None = None) -> Path:
+    """``$hiennu_results/DatasetNNN_Name/[split_seed_S/]TRAINER__PLANS__CONFIG``; without ``configuration``, the
+    only one of that trainer and plans."""
+    root = results_root() / resolve_dataset(dataset, [results_root()])
+    if split_seed is not None:
+        root = root / split_seed_folder(split_seed)
+    if configuration is not None:
+        path = root / model_dir_name(trainer, plans_name, configuration)
+        if not path.is_dir():
+            raise HiennuError(f"model folder {path} not found; train its folds with hiennu_train first")
+        return path
+    found = sorted(p for p in root.glob(model_dir_name(trainer, plans_name, "*")) if p.is_dir())
+    if len(found) != 1:
+        raise HiennuError(f"{'no' if not found else len(found)} model folder(s) of {trainer} with plans {plans_name} "
+                          f"under {root}{': ' + ', '.join(p.name for p in found) if found else ''}; "
+                          f"name the configuration with -c")
+    return found[0]
+
+
+def check_folds(model_dir: Path, folds: Sequence[int]) -> None:
+    """Each fold's folder exists and its ``fold_K/plans.json`` (when kept) describes the model folder's
+    configuration (fields the predictor ignores aside); raises naming the fold and field."""
+    model = ModelFolder(model_dir)
+    if not model.plans.is_file():
+        raise HiennuError(f"{model.plans}: missing; {model_dir} is not a trained model folder")
+    parts = model.name
+    config = load_plans(model.plans).configuration(parts.configuration if parts else None)
+    for fold in folds:
+        if not model.fold_dir(fold).is_dir():
+            raise HiennuError(f"fold {fold}: {model.fold_dir(fold)} not found; train it (hiennu_train) or choose "
+                              f"with the folds that exist (-f)")
+        if model.fold_plans(fold).is_file():
+            fold_config = load_plans(model.fold_plans(fold)).configuration(config.name)
+            diffs = configuration_differences(dataclasses.asdict(fold_config), config, ignore=PREDICTOR_IGNORED_FIELDS)
+            if diffs:
+                raise HiennuError(f"fold {fold}: trained with other plans than {model.plans} ({'; '.join(diffs)}); "
+                                  f"retrain it, or leave it out with -f")
+
+
+def determine_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Sequence[int] = DEFAULT_FOLDS,
+                             sizes: Sequence[int] = COMPONENT_SIZES, write: bool = True,
+                             table: bool = True) -> tuple[dict, str]:
+    """Choose and (with ``write``) store ``model_dir``'s post-processing; return the record and, with ``table``,
+    the Markdown table of every candidate (:func:`candidate_table`)."""
+    model_dir, raw_dir = Path(model_dir), Path(raw_dir)
+    folds = [int(f) for f in folds]
+    check_folds(model_dir, folds)
+    if not (raw_dir / DATASET_FILE).is_file():
+        raise HiennuError(f"{raw_dir}: no {DATASET_FILE}; give the raw dataset the model was trained on")
+    details: dict = {}
+    record = select_postprocessing(model_dir, raw_dir, folds, sizes, write=False, details=details)
+    text = candidate_table(record, details) if table else ""
+    if write:
+        write_json(record, ModelFolder(model_dir).postprocessing)
+    return record, text
+
+
+def _recipe(post: PostProcessing, caps: Sequence[float]) -> str:
+    """A candidate's name with its ADC cap replaced by the cap's rank among ``caps`` and the lesion filter's
+    fitted numbers left out: what a candidate is across folds whose caps and filters were derived apart."""
+    name = post.name
+    if post.max_adc is not None:
+        rank = sorted(caps).index(post.max_adc) + 1 if post.max_adc in caps else 0
+        name = re.sub(r"ADC <= [^ ]+", f"ADC cap {rank}/{len(caps)}", name)
+    return name
+
+
+def _caps(options: Sequence[PostProcessing]) -> list[float]:
+    return sorted({p.max_adc for p in options if p.max_adc is not None})
+
+
+def _metrics(case: CaseImages, post: PostProcessing) -> dict[str, float]:
+    m = case_metrics(case.ref, case.postprocessed(post), case.spacing_zyx)
+    return {k: float(m[k]) for k in TABLE_METRICS}
+
+
+def _mean(rows: list[dict[str, float]], key: str) -> float:
+    values = [r[key] for r in rows if not math.isnan(r[key])]
+    return float(np.mean(values)) if values else math.nan
+
+
+def candidate_table(record: dict, details: dict) -> str:
+    """Markdown: one row per candidate, mean Dice, MASD (mm; defined cases) and NSD pooled over every case, and
+    nested (the candidate's caps and lesion filter derived on the other folds, applied to each held-out fold;
+    blank where a fold has no such candidate), then the chosen candidate and the nested choice."""
+    cases: dict[str, CaseImages] = details["cases"]
+    options: list[PostProcessing] = details["options"]
+    nested = details["nested"]
+    ids = sorted(cases)
+    pooled = [[_metrics(cases[c], post) for c in ids] for post in progress(options, desc="candidate table")]
+    caps = _caps(options)
+    nested_rows: dict[str, list[dict[str, float]]] = {}
+    complete: set[str] | None = None
+    for fold_choice in nested.values():
+        fold_caps = _caps(fold_choice.options)
+        keys = set()
+        for post in fold_choice.options:
+            key = _recipe(post, fold_caps)
+            keys.add(key)
+            nested_rows.setdefault(key, []).extend(_metrics(cases[c], post) for c in fold_choice.held_out)
+        complete = keys if complete is None else complete & keys
+    chosen_nested = [_metrics(cases[c], f.chosen) for f in nested.values() for c in f.held_out]
+
+    def cells(rows: list[dict[str, float]] | None) -> list[str]:
+        if rows is None:
+            return ["", "", ""]
+        return [f"{_mean(rows, 'dice'):.4f}", f"{_mean(rows, 'masd'):.2f}", f"{_mean(rows, 'nsd'):.4f}"]
+
+    header = ["candidate", "pooled Dice", "pooled MASD (mm)", "pooled NSD", "nested Dice", "nested MASD (mm)",
+              "nested NSD"]
+    lines = [f"Post-processing candidates of {len(ids)} cross-validation cases (folds "
+             f"{', '.join(map(str, record['folds']))}); chosen among {record['num_candidates']}: "
+             f"{record['chosen_name']}", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for post, rows in zip(options, pooled):
+        key = _recipe(post, caps)
+        lines.append("| " + " | ".join([post.name] + cells(rows)
+                                       + cells(nested_rows[key] if complete and key in complete else None)) + " |")
+    lines.append("| " + " | ".join([f"**chosen: {record['chosen_name']}**"]
+                                   + cells(pooled[[p.name for p in options].index(record["chosen_name"])])
+                                   + cells(chosen_nested)) + " |")
+    lines += ["", "Pooled: every candidate derived and scored on all cases (the chosen one's pooled score flatters "
+              "it); nested: each fold's caps, lesion filters and choice made on the other folds only. The last row's "
+              "nested numbers are the honest estimate of the chosen post-processing (nested Dice "
+              f"{record['nested']['cv_dice']:.4f})."]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ applying
+
+def _images_channels(images_dir: Path) -> tuple[int | None, int | None]:
+    """(ADC, ZADC) channel numbers of ``images_dir``'s ``CASE_XXXX`` files: from a ``dataset.json`` in it or
+    beside it, else BONBID's order."""
+    for folder in (images_dir, images_dir.parent):
+        if (folder / DATASET_FILE).is_file():
+            return adc_zadc_channels(load_dataset_json(folder).channel_names)
+    return adc_zadc_channels(BONBID_CHANNELS)
+
+
+def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str | Path,
+                    images_dir: str | Path | None = None) -> list[str]:
+    """Apply the record ``record_path`` (a ``postprocessing.json``) to every mask ``CASE.<ending>`` of
+    ``masks_dir``; write ``out_dir/CASE.<ending>`` with the mask's geometry. Returns the case ids.
+
+    images_dir: the cases' raw channels (``CASE_0000``, ``CASE_0001`` ..., ADC and ZADC found by their names in
+    a ``dataset.json`` of the folder or its parent, else BONBID's order), needed when the record reads images
+    (ADC cap, rule, lesion filter). Every input is read and checked before the first output is written.
+    """
+    masks_dir, out_dir = Path(masks_dir), Path(out_dir)
+    post = load_record_file(record_path)
+    if not masks_dir.is_dir():
+        raise HiennuError(f"-i {masks_dir}: folder of masks not found")
+    if out_dir.resolve() == masks_dir.resolve():
+        raise HiennuError(f"-o {out_dir} is the input folder; choose another so no mask is overwritten")
+    files = sorted(p for p in masks_dir.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and image_ending(p) is not None)
+    if not files:
+        raise HiennuError(f"-i {masks_dir}: no masks (CASE.mha, CASE.nii.gz ...)")
+    adc_k = zadc_k = None
+    if post.needs_images:
+        if images_dir is None:
+            raise HiennuError(f"{record_path}: its post-processing ({post.name}) reads the cases' images; give them "
+                              f"with --images DIR")
+        images_dir = Path(images_dir)
+        adc_k, zadc_k = _images_channels(images_dir)
+        if post.needs_adc and adc_k is None or post.keep_touching_rule and zadc_k is None:
+            raise HiennuError(f"{images_dir}: no ADC or ZADC channel named in its dataset.json, and the "
+                              f"post-processing ({post.name}) needs them")
+    results = []
+    for path in progress(files, desc="post-processing"):
+        ending = image_ending(path)
+        case = path.name[: -len(ending)]
+        mask, geometry = read_image(path, dtype=np.uint8)
+        if not set(np.unique(mask)) <= {0, 1}:
+            raise HiennuError(f"case {case}: {path} is not a binary mask (values {sorted(np.unique(mask))[:5]})")
+        channels = {}
+        for role, k in (("ADC", adc_k), ("ZADC", zadc_k)):
+            if k is None:
+                continue
+            file = next((images_dir / channel_file_name(case, k, e) for e in (ending, ".mha", ".nii.gz")
+                         if (images_dir / channel_file_name(case, k, e)).is_file()), None)
+            if file is None:
+                raise HiennuError(f"case {case}: no {role} image {channel_file_name(case, k, ending)} in {images_dir}; "
+                                  f"the post-processing ({post.name}) needs it")
+            image, image_geometry = read_image(file)
+            diffs = geometry.differences(image_geometry)
+            if diffs:
+                raise HiennuError(f"case {case}: {file.name} lies on another grid than the mask ({'; '.join(diffs)})")
+            channels[role] = image
+        out = apply_postprocessing(mask, post, channels.get("ZADC"), channels.get("ADC"), geometry.spacing_zyx)
+        results.append((out_dir / path.name, out, geometry))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for target, out, geometry in results:
+        write_image(out, geometry, target)
+    log.info("%s applied to %d mask(s) of %s, written to %s", post.name, len(results), masks_dir, out_dir)
+    return [t.name[: -len(image_ending(t))] for t, _, _ in results]
+
+
+def raw_dataset_of(dataset: str | int) -> Path:
+    """The raw dataset folder of ``dataset`` under ``$hiennu_raw``."""
+    return raw_root() / resolve_dataset(dataset, [raw_root()])
