@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file, write_json
+from hiennu.masks import RULE_THRESHOLD
 from hiennu.paths import DEFAULT_PLANS_NAME
 
 PLANS_NAME = DEFAULT_PLANS_NAME  # the default plans identifier (defined with the file names in hiennu.paths)
@@ -35,6 +36,7 @@ NORMALIZATION_SCHEMES = ("zscore_image", "zscore_brain", "global_zscore", "atlas
 NORM_TYPES = ("batch", "instance")
 RULE_PRIOR_MODES = ("add", "veto")
 IMAGE_INTERPOLATIONS = ("linear", "nearest")
+PREDICTION_INTERPOLATIONS = ("linear", "nearest")
 LR_SCHEDULES = ("exponential", "poly")
 SPATIAL_DIMS = (2, 3)
 
@@ -104,7 +106,7 @@ class NetworkPlan:
     norm: str = "batch"
     rule_prior: bool = False
     rule_prior_channel: int = 1
-    rule_prior_threshold: float = -2.0
+    rule_prior_threshold: float = RULE_THRESHOLD
     rule_prior_mode: str = "add"
     rule_prior_scale: float = 2.0
     rule_prior_cap: float | None = None
@@ -310,7 +312,7 @@ ENUMERATED_FIELDS: dict[str, tuple[str, ...]] = {
     "scheme": NORMALIZATION_SCHEMES,
     "image_interpolation": IMAGE_INTERPOLATIONS,
     "label_interpolation": ("nearest", "sdf"),
-    "prediction_interpolation": ("linear", "nearest"),
+    "prediction_interpolation": PREDICTION_INTERPOLATIONS,
     "optimizer": ("AdamW",),
     "early_stopping_metric": ("val_dice", "ema_val_dice"),
     "norm": NORM_TYPES,

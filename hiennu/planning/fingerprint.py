@@ -25,6 +25,7 @@ from hiennu.io.atomic import read_json, write_json
 from hiennu.io.cases import CaseFiles
 from hiennu.io.image import Geometry, read_image
 from hiennu.log import get_logger
+from hiennu.masks import FULL_CONNECTIVITY
 from hiennu.parallel import parallel_map, register_preload
 
 log = get_logger(__name__)
@@ -154,7 +155,7 @@ def fingerprint_case(case: CaseFiles, index: int, samples_per_case: int, seed: i
     if case.label_file is not None:
         label, _ = read_image(case.label_file, dtype=np.uint8)
         lesion = label > 0
-        _, components = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
+        _, components = ndimage.label(lesion, structure=FULL_CONNECTIVITY)
     rng = np.random.default_rng([seed, index])
     brain_idx = np.flatnonzero(brain)
     if brain_idx.size > samples_per_case:

@@ -33,6 +33,7 @@ from hiennu import __version__
 from hiennu.device import cpu_has_native_bf16
 from hiennu.errors import HiennuError
 from hiennu.log import get_logger
+from hiennu.masks import RULE_THRESHOLD
 from hiennu.planning.fingerprint import DatasetFingerprint
 from hiennu.planning.grid import grid_unit, lossless_grid, memory_grid, paper_grid
 from hiennu.planning.memory import estimate_training_memory
@@ -76,7 +77,6 @@ PRIOR_FOREGROUND = 0.1
 PRIOR_LEARNING_RATE = 1e-3
 PRIOR_LR_SCHEDULE = "poly"
 PRIOR_SCALE = 10.0
-RULE_THRESHOLD = -2.0
 # With the prior, no L1 penalty (it had shrunk every deep convolution to nothing, so the network was the rule)
 # and nearest-neighbour images (the grid then holds the rule's own voxels, so the loss does not ask the veto
 # for voxels trilinear ZADC lost): 5-fold CV on the 37 BONBID dev cases, results.md.
