@@ -45,6 +45,32 @@ def test_a_matching_finished_fold_is_reused(finished_fold):
     assert (finished_fold / ckpt.FINAL).stat().st_mtime_ns == before
 
 
+@pytest.mark.parametrize("recorded, revalidated", [(ckpt.BEST, True), (ckpt.FINAL, False)])
+def test_a_finished_fold_validated_with_another_checkpoint_is_revalidated_not_retrained(
+        finished_fold, monkeypatch, recorded, revalidated):
+    """CV masks predicted by checkpoint_best (chosen on the very cases) are predicted again with the requested
+    checkpoint_final, without training; masks already from checkpoint_final are reused as they are."""
+    import hiennu.training.trainer as trainer_module
+
+    calls = []
+
+    def fake_validation(model_dir, fold, case_ids, dataset_name, device, batch_size=None, cpu_bf16=False,
+                        checkpoint=ckpt.FINAL):
+        calls.append((fold, checkpoint))
+        (model_dir / f"fold_{fold}" / "validation" / "summary.json").write_text(json.dumps({"checkpoint": checkpoint}))
+        return None
+
+    monkeypatch.setattr(trainer_module, "predict_and_score_validation", fake_validation)
+    summary = finished_fold / "validation" / "summary.json"
+    summary.write_text(json.dumps({"checkpoint": recorded}))
+    before = (finished_fold / ckpt.FINAL).stat().st_mtime_ns
+    run = train_fold("TrainerDice", 0, "Tiny", _study_options())
+    assert not run.trained_now and run.epochs_trained == 1
+    assert (finished_fold / ckpt.FINAL).stat().st_mtime_ns == before and not (finished_fold / ckpt.LATEST).exists()
+    assert calls == ([(0, ckpt.FINAL)] if revalidated else [])
+    assert json.loads(summary.read_text()) == {"checkpoint": ckpt.FINAL}
+
+
 @pytest.mark.parametrize("change, field", [
     (dict(epochs=2), "training.max_epochs: trained with 1, requested 2"),
     (dict(iterations_per_epoch=2), "training.iterations_per_epoch: trained with 1, requested 2"),

@@ -16,7 +16,11 @@ method, rules included), ``progress.png`` (training curves side by side), ``slic
 axial slices of a few cases, cropped to the brain: the ADC image with the ground truth and each
 method's mask as contours) and, when every fold was run, ``postprocessing.md`` (each trainer's
 post-processing candidates scored by cross-validation, the choice stored as the model folder's
-``postprocessing.json``: :mod:`hiennu.postprocessing`, the code ``hiennu_determine_postprocessing`` runs).
+``postprocessing.json``: :mod:`hiennu.postprocessing`, the code ``hiennu_determine_postprocessing`` runs) and
+``postprocessed_vs_rule.md``/``postprocessed_vs_rule.csv`` (each trainer + its nested post-processing
+against the rule ZADC < -2 + its own nested post-processing over the same cases: the paired Wilcoxon
+test, Holm-corrected across Dice, MASD and NSD, with n beside it;
+:mod:`hiennu.study.postprocessed_comparison`; masks under ``postprocessed/``).
 
 Progress over the whole study is logged after each (trainer, fold) run: runs done out of the total,
 the run's time and an ETA (:class:`StudyProgress`). A finished fold is reused only when its record
@@ -51,6 +55,7 @@ from hiennu.postprocessing.commands import determine_postprocessing
 from hiennu.postprocessing.selection import postprocessing_table
 from hiennu.provenance import provenance_markdown
 from hiennu.study.fold_record import move_fold_aside, recorded_differences
+from hiennu.study.postprocessed_comparison import compare_models_with_rule
 from hiennu.study.split_seeds import ensure_seed_splits
 from hiennu.training.fold_layout import FoldLayout, fold_layout
 from hiennu.training.native_validation import validated_checkpoint
@@ -217,6 +222,7 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
     report.plot_dice_boxplot(per_case, out / "dice_boxplot.png", title=f"per-case Dice, {title}")
     post_records = choose_postprocessing(runs, raw_dir, opts.folds)
     write_text(_postprocessing_markdown(post_records, opts.folds), out / "postprocessing.md")
+    write_postprocessed_vs_rule(runs, post_records, raw_dir, out, opts)
     reference = opts.reference if opts.reference in runs else opts.trainers[0]
     tests = report.wilcoxon_vs_reference({m: per_case[m] for m in runs}, reference) if len(runs) > 1 else []
     report.write_wilcoxon_table(tests, out / "wilcoxon.md", out / "wilcoxon.csv",
@@ -349,6 +355,25 @@ def _postprocessing_markdown(records: dict[str, dict], folds: Sequence[int]) -> 
             "metric).\n\n" + postprocessing_table(records))
 
 
+def write_postprocessed_vs_rule(runs: dict[str, list[FoldRun]], records: dict[str, dict], raw_dir: Path, out: Path,
+                                opts: LossStudyOptions) -> None:
+    """``postprocessed_vs_rule.md``/``.csv``: each trainer + the post-processing chosen for it by nested CV
+    against the rule + its own nested post-processing, paired over the same cases (needs all folds, as the
+    choice does; otherwise the file says why not)."""
+    if not records:
+        write_text(f"Not compared: the post-processing of model and rule is chosen by nested cross-validation, "
+                   f"which needs all {NUM_FOLDS} folds; this study ran folds {', '.join(map(str, opts.folds))}.\n",
+                   out / "postprocessed_vs_rule.md")
+        write_text("method,reference,metric\n", out / "postprocessed_vs_rule.csv")
+        return
+    result = compare_models_with_rule({name: fold_runs[0].fold_dir.parent for name, fold_runs in runs.items()},
+                                      records, raw_dir, opts.folds, out / "postprocessed",
+                                      num_processes=opts.num_processes)
+    write_text(result["markdown"] + f"\nThe rule's nested choices per fold: {result['rule_choices']}.\n",
+               out / "postprocessed_vs_rule.md")
+    write_per_case_csv(result["tests"], out / "postprocessed_vs_rule.csv")
+
+
 def _fold_layout(trainer_name: str, fold: int, dataset: str, opts: LossStudyOptions) -> FoldLayout:
     """Where ``trainer_name``'s run of ``fold`` lives and what it validates on (a trainer's own class
     name, so ``module:Class`` names the class)."""
@@ -426,6 +451,8 @@ def _write_report(out: Path, title: str, rows: list[dict], per_case: dict[str, l
               (out / "wilcoxon.md").read_text().split("\n", 2)[-1].strip() if tests else "(one trainer only)", "",
               "## Post-processing chosen by cross-validation", "",
               (out / "postprocessing.md").read_text().strip(), "",
+              "## Model + post-processing against the rule + post-processing", "",
+              (out / "postprocessed_vs_rule.md").read_text().strip(), "",
               "## Figures", "", "Per-case Dice of every method:", "", "![Dice per case](dice_boxplot.png)", "",
               "![training curves](progress.png)", "",
               "Axial slices of the ADC image (cropped to the brain) with the ground truth (green) and each "

@@ -18,17 +18,18 @@ from hiennu.planning.fingerprint import FINGERPRINT_FILE, load_fingerprint
 from hiennu.planning.splits import write_splits_if_absent
 
 
-def ensure_seed_splits(dataset: str | int, split_seed: int | None) -> Path:
-    """The folds file of ``split_seed`` in the dataset's preprocessed folder, written when absent.
+def ensure_seed_splits(dataset: str | int, split_seed: int | None, splits_dir: str | Path | None = None) -> Path:
+    """The folds file of ``split_seed`` in the dataset's preprocessed folder (or in ``splits_dir``, e.g. to
+    leave a shared preprocessed folder unwritten), written when absent.
 
-    None (the default split) returns ``splits_final.json`` untouched (it is written by
-    ``hiennu_plan_and_preprocess``). Another seed needs ``dataset_fingerprint.json`` (a clear
+    None (the default split) returns the preprocessed folder's ``splits_final.json`` untouched (it is
+    written by ``hiennu_plan_and_preprocess``). Another seed needs ``dataset_fingerprint.json`` (a clear
     error names it when missing).
     """
     folder = preprocessed_root() / resolve_dataset(dataset)
-    path = folder / splits_file_name(split_seed)
     if split_seed is None:
-        return path
+        return folder / splits_file_name(None)
+    path = Path(splits_dir or folder) / splits_file_name(split_seed)
     fingerprint = load_fingerprint(folder / FINGERPRINT_FILE)
     write_splits_if_absent(path, {c.case_id: c.lesion_fraction for c in fingerprint.cases}, seed=int(split_seed))
     return path
