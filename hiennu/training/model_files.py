@@ -12,6 +12,7 @@ from pathlib import Path
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
 from hiennu.log import get_logger
+from hiennu.paths import DATASET_FILE, PLANS_FILE, ModelFolder
 from hiennu.plans import (PREDICTOR_IGNORED_FIELDS, Configuration, Plans, configuration_differences,
                                    load_plans, save_plans)
 
@@ -26,17 +27,18 @@ def publish_model_files(plans: Plans, config: Configuration, preprocessed_dir: P
     Other folds whose ``fold_K/plans.json`` now differs are named in a warning: the predictor
     refuses them (their checkpoints record the configuration they were trained with).
     """
-    shared = model_dir / "plans.json"
+    folder = ModelFolder(model_dir)
+    shared = folder.plans
     try:
         changed = shared.is_file() and load_plans(shared) != plans
     except HiennuError:  # an edited, invalid shared file: replaced by this fold's valid plans
         changed = True
     save_plans(plans, shared)
-    write_json(read_json(preprocessed_dir / "dataset.json"), model_dir / "dataset.json")
+    write_json(read_json(preprocessed_dir / DATASET_FILE), folder.dataset_json)
     if not changed:
         return
     stale = []
-    for other in sorted(model_dir.glob("fold_*/plans.json")):
+    for other in sorted(model_dir.glob(f"fold_*/{PLANS_FILE}")):
         if other.parent == fold_dir or not other.parent.name[len("fold_"):].isalnum():
             continue  # this fold, or a folder moved aside (fold_K.replaced-<timestamp>)
         try:

@@ -21,19 +21,16 @@ from hiennu.inference.predictor import Predictor
 from hiennu.io.atomic import read_json, write_json
 from hiennu.io.checkpoint import BEST, FINAL
 from hiennu.log import get_logger
-from hiennu.paths import raw_root
+from hiennu.paths import SUMMARY_FILE, VALIDATION_DIR, ModelFolder, raw_root
 
 log = get_logger(__name__)
-
-
-SUMMARY_FILE = "summary.json"
 
 
 def validated_checkpoint(fold_dir: Path) -> str | None:
     """The checkpoint file that made ``fold_dir/validation/``'s masks, as its ``summary.json`` records it;
     None when the fold has no validation summary. Summaries written before the choice existed were made
     with ``checkpoint_best.pth``, which is what they return."""
-    path = Path(fold_dir) / "validation" / SUMMARY_FILE
+    path = Path(fold_dir) / VALIDATION_DIR / SUMMARY_FILE
     if not path.is_file():
         return None
     recorded = read_json(path).get("checkpoint", BEST)
@@ -62,7 +59,7 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
                     "the checkpoints are complete, predict and score the validation cases later with "
                     "hiennu_predict and hiennu_evaluate", raw_dir)
         return None
-    out_dir = model_dir / f"fold_{fold}" / "validation"
+    out_dir = ModelFolder(model_dir).validation_dir(fold)
     predictor = Predictor.from_model_dir(model_dir, folds=[fold], checkpoint=checkpoint, device=device,
                                          use_postprocessing=False, batch_size=batch_size, cpu_bf16=cpu_bf16)
     (out_dir / SUMMARY_FILE).unlink(missing_ok=True)  # never a summary of one checkpoint beside another's masks

@@ -54,7 +54,7 @@ from hiennu.io.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_chec
 from hiennu.log import attach_file_handler, get_logger, progress
 from hiennu.masks import dice
 from hiennu.networks.unet import build_network
-from hiennu.paths import plans_file_name
+from hiennu.paths import PLANS_FILE, PROGRESS_FILE, VALIDATION_DIR, plans_file_name
 from hiennu.plans import configuration_differences, save_plans
 from hiennu.provenance import provenance
 from hiennu.training.checkpoint import (capture_rng_state, finish_checkpoints, restore_rng_state, resume_source,
@@ -420,7 +420,7 @@ class Trainer(abc.ABC):
         if improved:
             save_checkpoint(without_training_state(state), self.fold_dir / BEST)
         save_checkpoint(state, self.fold_dir / LATEST)
-        self.progress.save_json(self.fold_dir / "progress.json")
+        self.progress.save_json(self.fold_dir / PROGRESS_FILE)
         if time.perf_counter() - self._last_plot >= PLOT_EVERY_SECONDS:
             self._plot()
 
@@ -515,10 +515,10 @@ class Trainer(abc.ABC):
         changes what other folds predict with.
         """
         self.fold_dir.mkdir(parents=True, exist_ok=True)
-        fold_plans = self.fold_dir / "plans.json"
+        fold_plans = self.fold_dir / PLANS_FILE
         if new_training or not fold_plans.is_file():
             save_plans(self.plans, fold_plans)
-        if not (self.model_dir / "plans.json").is_file():
+        if not (self.model_dir / PLANS_FILE).is_file():
             publish_model_files(self.plans, self.config, self.preprocessed_dir, self.model_dir, self.fold_dir)
         if not new_training and self.resumed_finished and (self.fold_dir / "debug.json").is_file():
             return  # a finished training: its record stays as it was
@@ -584,7 +584,7 @@ class Trainer(abc.ABC):
         if summary is not None:
             m = summary["metrics"]
             log.info("validation in native geometry with %s (%d cases, %s): Dice %.4f, MASD %.3f mm (n=%d), NSD %.4f",
-                     checkpoint, summary["num_cases"], self.fold_dir / "validation", m["dice"]["mean"],
+                     checkpoint, summary["num_cases"], self.fold_dir / VALIDATION_DIR, m["dice"]["mean"],
                      m["masd"]["mean"], m["masd"]["n"], m["nsd"]["mean"])
 
 
