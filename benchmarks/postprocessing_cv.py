@@ -217,7 +217,7 @@ def run_split(folder: str, raw_dir: Path, ending: str, model: str | None, split_
     results = {}
     if model:
         model_dir = model_folder(folder, model, split_seed)
-        masks, fold_of = validation_cases(model_dir, range(5), raw_dir / "labelsTr", ending)
+        masks, fold_of = validation_cases(model_dir, sorted(set(rule_folds.values())), raw_dir / "labelsTr", ending)
         if rule_folds != fold_of:
             raise SystemExit(f"{model_dir}: the model's folds differ from {splits_path}; cannot compare on the same "
                              f"folds")
@@ -241,7 +241,7 @@ def run_split(folder: str, raw_dir: Path, ending: str, model: str | None, split_
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-d", "--dataset", required=True)
-    ap.add_argument("-m", "--model", help="model folder name TRAINER__PLANS__CONFIG (all 5 folds); without it, "
+    ap.add_argument("-m", "--model", help="model folder name TRAINER__PLANS__CONFIG (every fold of the split); without it, "
                     "only the rule is scored, on the folds of splits_final.json (or of --split-seed)")
     ap.add_argument("-o", "--out", required=True, type=Path)
     seeds = ap.add_mutually_exclusive_group()
