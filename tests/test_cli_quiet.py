@@ -52,8 +52,9 @@ def quiet_run(record: dict, name: str, main, argv: list[str]) -> None:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """Run every command once with -q on a tiny synthetic dataset; returns (tmp folder, console output per command)."""
-    from hiennu.cli import (convert_bonbid, demo, evaluate, export_model, install_model, loss_study, make_synthetic,
-                            plan_and_preprocess, predict, predict_challenge, train)
+    from hiennu.cli import (apply_postprocessing, convert_bonbid, demo, determine_postprocessing, evaluate,
+                            export_model, install_model, loss_study, make_synthetic, plan_and_preprocess, predict,
+                            predict_challenge, train)
     tmp = tmp_path_factory.mktemp("quiet")
     env = {name: str(tmp / name) for name in ("hiennu_raw", "hiennu_preprocessed", "hiennu_results")}
     out: dict[str, str] = {}
@@ -76,6 +77,13 @@ def pipeline(tmp_path_factory):
                                                     "-d", "901", "-p", "Wide", "-f", "0", "--device", "cpu"])
         quiet_run(out, "evaluate", evaluate.main, ["-ref", str(raw / "labelsTr"), "-pred", str(tmp / "pred"),
                                                    "-np", "1"])
+        quiet_run(out, "determine_postprocessing", determine_postprocessing.main,
+                  ["-d", "901", "-tr", "TrainerDice", "-f", "0", "--dry-run"])
+        record = tmp / "record" / "postprocessing.json"
+        record.parent.mkdir()
+        record.write_text('{"chosen": {"min_component_voxels": 2}}')
+        quiet_run(out, "apply_postprocessing", apply_postprocessing.main,
+                  ["-i", str(tmp / "pred"), "-o", str(tmp / "pred_pp"), "-pp", str(record)])
         quiet_run(out, "export_model", export_model.main, ["-d", "901", "-tr", "TrainerDice", "-p", "Wide",
                                                            "-o", str(tmp / "wide.zip")])
         mp.setenv("hiennu_results", str(tmp / "installed"))
@@ -106,7 +114,7 @@ def pipeline(tmp_path_factory):
 
 COMMANDS = ["make_synthetic", "plan_and_preprocess", "plan_and_preprocess -p", "train", "train -p", "predict",
             "predict -p", "evaluate", "export_model", "install_model", "predict_challenge", "loss_study",
-            "convert_bonbid", "demo"]
+            "convert_bonbid", "demo", "determine_postprocessing", "apply_postprocessing"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

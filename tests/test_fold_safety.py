@@ -86,7 +86,7 @@ def test_predictor_refuses_a_fold_trained_with_other_plans(tiny, field, value, n
     with pytest.raises(HiennuError) as info:
         Predictor.from_model_dir(model_dir, folds=[0], device="cpu")
     message = str(info.value)
-    assert named in message and "checkpoint_best.pth" in message and str(out / "plans.json") in message
+    assert named in message and "checkpoint_final.pth" in message and str(out / "plans.json") in message
 
 
 def test_training_only_edits_do_not_block_prediction(tiny):

@@ -102,7 +102,9 @@ def test_probabilities_do_not_overflow_for_huge_logits():
     assert p.tolist() == [0.0, 1.0]
 
 
-def test_a_fit_that_does_not_converge_is_reported(caplog):
+def test_a_fit_that_does_not_converge_is_reported(caplog, monkeypatch):
+    import logging
+    monkeypatch.setattr(logging.getLogger("hiennu"), "propagate", True)  # a CLI test may have turned it off
     cases = [_edge_speckle_case(s) for s in range(4)]
     with caplog.at_level("WARNING", logger="hiennu"):
         fitted = fit_component_filter(cases, max_iterations=1)

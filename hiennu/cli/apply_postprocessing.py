@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-pp", "--postprocessing", required=True, type=Path, help="the postprocessing.json to apply")
     p.add_argument("--images", type=Path, default=None,
                    help="folder of the cases' raw channels (CASE_0000 = ADC, CASE_0001 = ZADC unless a dataset.json "
-                        "in or beside it names them otherwise)")
+                        "in or beside it names them otherwise); needed when the record uses the images (default: none)")
     return p
 
 

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                                       args.split_seed)
         record, table = determine_postprocessing(model_dir, raw_dataset_of(args.dataset), args.folds,
                                                  write=not args.dry_run)
+        if args.quiet:  # -q: warnings and errors only; the table and the choice are in postprocessing.json
+            return 0
         print(table, end="")
         print(f"chosen: {record['chosen_name']} (among {record['num_candidates']} candidates; nested CV Dice "
               f"{record['nested']['cv_dice']:.4f})"
