@@ -137,7 +137,7 @@ def _write_model(tmp_path: Path, folds=5, n=15, raw_name="Dataset001_Tiny", size
 def test_determine_postprocessing_writes_what_the_selection_chooses_and_prints_every_candidate(tmp_path, capsys):
     raw, model = _write_model(tmp_path)
     with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
-        assert determine_cli.main(["-d", "Tiny", "-tr", "TrainerX", "-q"]) == 0
+        assert determine_cli.main(["-d", "Tiny", "-tr", "TrainerX"]) == 0
         out = capsys.readouterr().out
         written = ModelFolder(model).postprocessing.read_bytes()
         record = json.loads(written)
