@@ -109,6 +109,25 @@ def _fit_patch(start_zyx: Sequence[float], spacing_zyx: Sequence[float], max_ste
         target[axis] = patch[axis] - factor[axis]
 
 
+def _gpu_batch(network: NetworkPlan, patch: list[int], batch_range: tuple[int, int], dataset_voxels: float,
+               gpu_memory_gb: float):
+    """The largest batch in ``batch_range`` whose bf16 step fits ``gpu_memory_gb`` (GiB), capped so that one batch
+    holds at most :data:`BATCH_DATASET_FRACTION` of the dataset's voxels but never below the range's low end;
+    returns (batch, its memory estimate). Raises HiennuError when even the smallest batch does not fit."""
+    low, high = batch_range
+    cap = max(low, int(BATCH_DATASET_FRACTION * dataset_voxels / math.prod(patch)))
+    batch = low
+    for b in range(low, min(high, cap) + 1):
+        if estimate_training_memory(network, patch, b).total_gib <= gpu_memory_gb:
+            batch = b
+    estimate = estimate_training_memory(network, patch, batch)
+    if estimate.total_gib > gpu_memory_gb:
+        raise HiennuError(f"--gpu-memory-gb {gpu_memory_gb:g}: the GPU patch {patch} (z y x) at batch {batch} "
+                          f"needs an estimated {estimate.total_gib:.2f} GiB; give more memory or plan for the "
+                          f"CPU (--plan-for cpu), or edit the patch in plans.json")
+    return batch, estimate
+
+
 def plan_patch(median_box_zyx: Sequence[float], max_box_zyx: Sequence[float], spacing_zyx: Sequence[float],
                in_channels: int, plan_for: str, gpu_memory_gb: float, dataset_voxels: float) -> PatchPlan:
     """Plan the patch configuration's patch, network and batch for ``plan_for`` (``cpu`` or ``gpu``).
@@ -128,16 +147,7 @@ def plan_patch(median_box_zyx: Sequence[float], max_box_zyx: Sequence[float], sp
         return PatchPlan(patch, network, CPU_BATCH, reason)
     patch, kernels = _fit_patch(max_box_zyx, spacing_zyx, len(GPU_FEATURES) - 1, math.inf)
     network = _network(in_channels, GPU_FEATURES, kernels)
-    cap = max(GPU_BATCH_RANGE[0], int(BATCH_DATASET_FRACTION * dataset_voxels / math.prod(patch)))
-    batch = GPU_BATCH_RANGE[0]
-    for b in range(GPU_BATCH_RANGE[0], min(GPU_BATCH_RANGE[1], cap) + 1):
-        if estimate_training_memory(network, patch, b).total_gib <= gpu_memory_gb:
-            batch = b
-    estimate = estimate_training_memory(network, patch, batch)
-    if estimate.total_gib > gpu_memory_gb:
-        raise HiennuError(f"--gpu-memory-gb {gpu_memory_gb:g}: the GPU patch {patch} (z y x) at batch {batch} "
-                          f"needs an estimated {estimate.total_gib:.2f} GiB; give more memory or plan for the "
-                          f"CPU (--plan-for cpu), or edit the patch in plans.json")
+    batch, estimate = _gpu_batch(network, patch, GPU_BATCH_RANGE, dataset_voxels, gpu_memory_gb)
     reason = (f"planned for a GPU with {gpu_memory_gb:g} GiB: patch {patch} (z y x) covers the largest brain box "
               f"{[round(float(v)) for v in max_box_zyx]}, widths {network.features_per_stage}, instance norm, "
               f"pooling {kernels} by nnU-Net's spacing rule, batch {batch} (estimated {estimate.total_gib:.2f} GiB "
@@ -185,12 +195,7 @@ def plan_slice_patch(max_box_zyx: Sequence[float], spacing_zyx: Sequence[float],
                   f"{network.features_per_stage}, instance norm, in-plane pooling {kernels} (nnU-Net's rule), "
                   f"batch {batch} (about {CPU_SLICE_BATCH_VOXELS} voxels a step)")
         return PatchPlan(patch, network, batch, reason)
-    cap = max(SLICE_BATCH_RANGE[0], int(BATCH_DATASET_FRACTION * dataset_voxels / slice_voxels))
-    batch = SLICE_BATCH_RANGE[0]
-    for b in range(SLICE_BATCH_RANGE[0], min(SLICE_BATCH_RANGE[1], cap) + 1):
-        if estimate_training_memory(network, patch, b).total_gib <= gpu_memory_gb:
-            batch = b
-    estimate = estimate_training_memory(network, patch, batch)
+    batch, estimate = _gpu_batch(network, patch, SLICE_BATCH_RANGE, dataset_voxels, gpu_memory_gb)
     reason = (f"planned for a GPU with {gpu_memory_gb:g} GiB: patch {patch} (z y x) of {slab} slice(s) covers the largest "
               f"brain box in-plane, a 2D network of widths {network.features_per_stage}, instance norm, in-plane "
               f"pooling {kernels}, batch {batch} (estimated {estimate.total_gib:.2f} GiB; at most "
