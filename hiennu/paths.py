@@ -20,6 +20,18 @@ builder and the one parser of the convention). What a model folder holds, file b
             checkpoint_{latest,best,final}.pth, training_log.txt, progress.json, progress.png, debug.json
             validation/CASE.<ending>      the fold's cross-validation masks (no post-processing)
             validation/summary.json       their scores (and the checkpoint that predicted them)
+            validation/CASE.npz           with ``--npz``: the fold's sigmoid probabilities in native geometry
+
+Ensembles of configurations and the choice among them (``hiennu_find_best_configuration``) live beside the
+model folders, as nnU-Net has them; :class:`EnsembleFolder` is their layout::
+
+    DatasetNNN_Name/
+        inference_information.json        the configuration or ensemble chosen by CV, its scores, the predict command
+        ensembles/ensemble___M1___M2/     M1, M2 model folder names (TRAINER__PLANS__CONFIG), sorted
+            members.json                  the member model folders, folds and checkpoint
+            postprocessing.json           the post-processing chosen on the ensemble's CV masks
+            validation/CASE.<ending>      the ensemble's cross-validation masks (mean probability >= 0.5)
+            validation/summary.json       their scores
 """
 
 from __future__ import annotations
@@ -225,6 +237,63 @@ class ModelFolder:
 
     def validation_summary(self, fold: int | str) -> Path:
         return self.validation_dir(fold) / SUMMARY_FILE
+
+
+INFERENCE_INFORMATION_FILE = "inference_information.json"
+ENSEMBLES_DIR = "ensembles"
+ENSEMBLE_MEMBERS_FILE = "members.json"
+_ENSEMBLE_PREFIX, _ENSEMBLE_SEPARATOR = "ensemble", "___"
+
+
+def ensemble_dir_name(model_dir_names: list[str]) -> str:
+    """``ensemble___M1___M2...`` for the member model folder names (sorted, so the order given does not matter)."""
+    names = sorted(str(n) for n in model_dir_names)
+    if len(names) < 2 or len(set(names)) != len(names) or any(parse_model_dir_name(n) is None for n in names):
+        raise HiennuError(f"an ensemble needs two or more different model folders named TRAINER__PLANS__CONFIG, "
+                          f"got {names}")
+    return _ENSEMBLE_SEPARATOR.join([_ENSEMBLE_PREFIX, *names])
+
+
+def parse_ensemble_dir_name(name: str) -> list[str] | None:
+    """``ensemble___M1___M2...`` -> the member model folder names; anything else -> None."""
+    parts = name.split(_ENSEMBLE_SEPARATOR)
+    if parts[0] != _ENSEMBLE_PREFIX or len(parts) < 3 or any(parse_model_dir_name(p) is None for p in parts[1:]):
+        return None
+    return parts[1:]
+
+
+@dataclass(frozen=True)
+class EnsembleFolder:
+    """The layout of ``DatasetNNN_Name/ensembles/ensemble___M1___M2/`` (see the module docstring)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def of(cls, dataset_results_dir: str | Path, model_dir_names: list[str]) -> "EnsembleFolder":
+        return cls(Path(dataset_results_dir) / ENSEMBLES_DIR / ensemble_dir_name(model_dir_names))
+
+    @property
+    def members(self) -> Path:
+        return self.path / ENSEMBLE_MEMBERS_FILE
+
+    @property
+    def member_names(self) -> list[str] | None:
+        return parse_ensemble_dir_name(self.path.name)
+
+    @property
+    def postprocessing(self) -> Path:
+        return self.path / POSTPROCESSING_FILE
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.path / VALIDATION_DIR
+
+    @property
+    def validation_summary(self) -> Path:
+        return self.validation_dir / SUMMARY_FILE
 
 
 @contextlib.contextmanager
