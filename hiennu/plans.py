@@ -137,6 +137,9 @@ class TrainingPlan:
     weight_ema: decay per optimizer step of an exponential moving average of the weights
     (``w_avg <- d w_avg + (1 - d) w``; 0 = off). When on, validation and the best and final checkpoints
     use the averaged weights, which smooths the last steps' noise out of the shipped model.
+    batch_dice: the region terms of the loss sum over the whole batch before their ratio (nnU-Net's
+    ``batch_dice``, which its planner turns on for ``2d``): on one-slice samples a per-sample Dice
+    rewards emptying every lesion-free slice (:func:`hiennu.losses.base.use_batch_reduction`).
     """
 
     batch_size: int = 4
@@ -155,6 +158,7 @@ class TrainingPlan:
     lr_schedule: str = "exponential"
     cpu_bf16: bool = False
     weight_ema: float = 0.0
+    batch_dice: bool = False
 
 
 @dataclass

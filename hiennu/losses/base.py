@@ -5,6 +5,15 @@ A loss sees logits ``(B, 1, z, y, x)`` (any float dtype) and a binary target of 
 autocast switched off, and reduces over the batch: ``"mean"`` (default), ``"sum"`` or ``"none"``
 (the per-sample values, shape ``(B,)``). There is no state across calls or samples, so the losses
 behave the same under DistributedDataParallel as on one device.
+
+Batch mode (``loss.batch = True``, nnU-Net's ``batch_dice``, MONAI's ``batch=True``): the whole batch is
+one sample, so the sums of a region loss run over every voxel of every sample before the ratio is
+taken; ``reduction="none"`` then returns one value, shape ``(1,)``. On single 2D slices, most of which
+hold no lesion, a per-sample Dice is close to 1 for any predicted voxel on a lesion-free slice and
+pushes the network to empty such slices; summing over the batch removes that push. Only losses whose
+value is a function of voxel sums or voxel means support it (``supports_batch``); distance-transform
+losses are per sample by nature. :func:`use_batch_reduction` switches it on for every supporting
+part of a (compound) loss.
 """
 
 from __future__ import annotations
@@ -57,9 +66,12 @@ def prepare_inputs(name: str, logits: torch.Tensor, target: torch.Tensor) -> tup
 class SegmentationLoss(nn.Module, ABC):
     """Base: subclasses implement :meth:`per_sample` on float32 logits and target."""
 
+    supports_batch = True
+
     def __init__(self, reduction: str = "mean"):
         super().__init__()
         self.reduction = check_reduction(reduction)
+        self.batch = False
 
     @abstractmethod
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -67,11 +79,28 @@ class SegmentationLoss(nn.Module, ABC):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = prepare_inputs(type(self).__name__, logits, target)
+        if self.batch:
+            logits, target = logits.reshape(1, 1, -1), target.reshape(1, 1, -1)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             return reduce_batch(self.per_sample(logits, target), self.reduction)
 
     def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
+        return f"reduction={self.reduction!r}" + (", batch=True" if self.batch else "")
+
+
+def use_batch_reduction(loss: nn.Module) -> list[str]:
+    """Switch batch mode on (see the module docstring) for every part of ``loss`` that supports it; returns
+    the class names switched. A loss with no such part (a distance-transform loss alone) is an error."""
+    switched = []
+    for module in loss.modules():
+        if isinstance(module, SegmentationLoss) and module.supports_batch:
+            module.batch = True
+            switched.append(type(module).__name__)
+    if not switched:
+        raise HiennuError(f"plans: training.batch_dice is true but the loss {type(loss).__name__} has no region term "
+                          f"that can sum over the batch (distance-transform losses are per sample); set "
+                          f"training.batch_dice to false in the plans")
+    return switched
 
 
 def spatial_sum(x: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,8 @@ def _field_by_transforms(mask: torch.Tensor, spacing_zyx: tuple[float, float, fl
 class HausdorffDTLoss(SegmentationLoss):
     """Distance-transform approximation of the Hausdorff distance (see module docstring)."""
 
+    supports_batch = False  # a distance field is a property of one sample's geometry
+
     def __init__(self, alpha: float = 2.0, spacing: Sequence[float] | None = None, reduction: str = "mean",
                  backend: str = "auto"):
         super().__init__(reduction)

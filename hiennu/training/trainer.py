@@ -52,6 +52,7 @@ from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.io.atomic import write_json
 from hiennu.io.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
 from hiennu.log import attach_file_handler, get_logger, progress
+from hiennu.losses.base import use_batch_reduction
 from hiennu.masks import dice
 from hiennu.networks.unet import build_network
 from hiennu.paths import PLANS_FILE, PROGRESS_FILE, VALIDATION_DIR, plans_file_name
@@ -116,6 +117,8 @@ class Trainer(abc.ABC):
         self.network: nn.Module = network.to(self.device, memory_format=memory_format(self.device))
         self.model: nn.Module = self.network  # what the steps run: wrapped in DDP and/or torch.compile by _setup
         self.loss = self.build_loss()
+        if self.training.batch_dice:
+            use_batch_reduction(self.loss)
         self.params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = self.build_optimizer(self.params)
         self.average = WeightAverage(self.network, self.training.weight_ema) if self.training.weight_ema else None
