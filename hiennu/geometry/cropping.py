@@ -77,8 +77,9 @@ def resampled_size(box_size_zyx: Sequence[int], spacing_zyx: Sequence[float],
 
 def crop_and_resample(images: np.ndarray, spacing_zyx: Sequence[float],
                       target_spacing_zyx: Sequence[float | None], crop: bool = True,
-                      interpolation: str = "linear") -> tuple[np.ndarray, CropRecord]:
-    """Crop ``images`` (C, z, y, x; channel 0 is ADC) to the brain box and resample to the target spacing
+                      interpolation: str = "linear", brain_index: int = 0) -> tuple[np.ndarray, CropRecord]:
+    """Crop ``images`` (C, z, y, x) to the box of channel ``brain_index``'s non-zero voxels (the brain: the
+    caller says which channel, :func:`hiennu.io.channels.brain_channel`) and resample to the target spacing
     (``None`` on an axis: keep the case's own spacing there).
 
     Returns float32 ``(C, z', y', x')`` (``interpolation``: ``linear`` or ``nearest``, see
@@ -87,7 +88,7 @@ def crop_and_resample(images: np.ndarray, spacing_zyx: Sequence[float],
     """
     images = np.asarray(images, dtype=np.float32)
     native = [int(n) for n in images.shape[1:]]
-    bbox = brain_bbox(images[0]) if crop else [[0, n] for n in native]
+    bbox = brain_bbox(images[brain_index]) if crop else [[0, n] for n in native]
     box = crop_to_bbox(images, [[0, images.shape[0]]] + bbox)
     size = resampled_size(box.shape[1:], spacing_zyx, target_spacing_zyx)
     out = resample_image_to_grid(box, size, interpolation)

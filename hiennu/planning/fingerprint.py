@@ -25,6 +25,7 @@ from hiennu.io.atomic import read_json, write_json
 from hiennu.io.cases import CaseFiles
 from hiennu.io.image import Geometry, read_image
 from hiennu.log import get_logger
+from hiennu.io.channels import brain_channel
 from hiennu.masks import FULL_CONNECTIVITY
 from hiennu.parallel import parallel_map, register_preload
 
@@ -139,9 +140,10 @@ class DatasetFingerprint:
                    intensity, cases)
 
 
-def fingerprint_case(case: CaseFiles, index: int, samples_per_case: int, seed: int
+def fingerprint_case(case: CaseFiles, index: int, samples_per_case: int, seed: int, brain_index: int = 0
                      ) -> tuple[CaseFingerprint, list[np.ndarray]]:
-    """Fingerprint one case; also returns the sampled brain values of each channel."""
+    """Fingerprint one case; also returns the sampled brain values of each channel. ``brain_index``: the
+    channel whose non-zero voxels are the brain (:func:`hiennu.io.channels.brain_channel`)."""
     arrays = []
     geometry: Geometry | None = None
     for path in case.image_files:
@@ -149,7 +151,7 @@ def fingerprint_case(case: CaseFiles, index: int, samples_per_case: int, seed: i
         arrays.append(array)
         geometry = geometry or geo
     assert geometry is not None
-    brain = arrays[0] != 0
+    brain = arrays[brain_index] != 0
     lesion = np.zeros(brain.shape, bool)
     components = 0
     if case.label_file is not None:
@@ -165,7 +167,7 @@ def fingerprint_case(case: CaseFiles, index: int, samples_per_case: int, seed: i
     lesion_voxels = int(lesion.sum())
     fp = CaseFingerprint(case.case_id, geometry.to_dict(), brain_voxels, lesion_voxels,
                          lesion_voxels / brain_voxels if brain_voxels else 0.0, int(components),
-                         [IntensityStats.of(s) for s in samples], brain_bbox(arrays[0]))
+                         [IntensityStats.of(s) for s in samples], brain_bbox(arrays[brain_index]))
     return fp, samples
 
 
@@ -175,7 +177,7 @@ def compute_fingerprint(cases: list[CaseFiles], dataset_name: str, channel_names
     """Fingerprint the given training cases (every channel file present; labels optional)."""
     if not cases:
         raise HiennuError(f"dataset {dataset_name}: no training cases to fingerprint (imagesTr is empty)")
-    jobs = [(c, i, samples_per_case, seed) for i, c in enumerate(cases)]
+    jobs = [(c, i, samples_per_case, seed, brain_channel(channel_names)) for i, c in enumerate(cases)]
     results = parallel_map(fingerprint_case, jobs, num_processes, desc="fingerprint")
     pooled = [np.concatenate([r[1][ch] for r in results]) for ch in range(len(channel_names))]
     fp = DatasetFingerprint(dataset_name, list(channel_names), samples_per_case, seed,

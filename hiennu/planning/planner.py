@@ -33,6 +33,7 @@ from hiennu import __version__
 from hiennu.device import cpu_has_native_bf16
 from hiennu.errors import HiennuError
 from hiennu.log import get_logger
+from hiennu.io.channels import ADC, ZADC, channel_index
 from hiennu.masks import RULE_THRESHOLD
 from hiennu.planning.fingerprint import DatasetFingerprint
 from hiennu.planning.grid import grid_unit, lossless_grid, memory_grid, paper_grid
@@ -85,8 +86,13 @@ PRIOR_IMAGE_INTERPOLATION = "nearest"
 
 
 def is_zmap_channel(name: str) -> bool:
-    n = name.upper().replace("_", "").replace("-", "")
-    return "ZADC" in n or n.startswith("Z")
+    """A channel is the ZADC z-map when :mod:`hiennu.io.channels` says so (its name is ZADC)."""
+    return channel_index([name], ZADC) == 0
+
+
+def is_adc_channel(name: str) -> bool:
+    """A channel is the ADC map when :mod:`hiennu.io.channels` says so (its name is ADC)."""
+    return channel_index([name], ADC) == 0
 
 
 def choose_normalization(index: int, name: str, fp: DatasetFingerprint) -> tuple[ChannelNormalization, str]:
@@ -96,7 +102,7 @@ def choose_normalization(index: int, name: str, fp: DatasetFingerprint) -> tuple
         return (ChannelNormalization(name, "atlas_zscore", 0.0, 1.0, -ZADC_CLIP, ZADC_CLIP),
                 f"{name}: a z-map against an atlas (name), so atlas_zscore: clip to [-{ZADC_CLIP:g}, {ZADC_CLIP:g}] "
                 f"and keep its scale (ZADC < -2 keeps its meaning)")
-    if "ADC" in name.upper():
+    if is_adc_channel(name):
         return (ChannelNormalization(name, "global_zscore", stats.mean, max(stats.std, 1e-8),
                                      stats.percentile_00_5, stats.percentile_99_5),
                 f"{name}: a quantitative map (ADC, 10^-6 mm^2/s), so global_zscore with the dataset's brain "

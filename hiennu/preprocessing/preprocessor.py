@@ -35,6 +35,7 @@ from hiennu.geometry.cropping import CropRecord, crop_and_resample, crop_and_res
 from hiennu.geometry.resampling import resample_image_to_grid, resample_label_to_grid
 from hiennu.io.atomic import read_json, write_json, write_npy
 from hiennu.io.cases import CaseFiles
+from hiennu.io.channels import brain_channel
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
 from hiennu.parallel import parallel_map, register_preload
@@ -69,8 +70,8 @@ def preprocess_case(images: list[np.ndarray], config: Configuration, label: np.n
                     spacing_zyx=None) -> tuple[np.ndarray, np.ndarray | None, CropRecord | None]:
     """Resample, normalize and stack one case.
 
-    images: one native ``(z, y, x)`` array per channel (channel 0 is ADC: its non-zero voxels are
-    the brain). label: native ``(z, y, x)`` mask or None. spacing_zyx: the native spacing (mm,
+    images: one native ``(z, y, x)`` array per channel, in the order of ``config.normalization``; the
+    non-zero voxels of the brain channel (:func:`hiennu.io.channels.brain_channel`: ADC) are the brain. label: native ``(z, y, x)`` mask or None. spacing_zyx: the native spacing (mm,
     z y x); needed by patch configurations only.
     Returns data ``(C, z, y, x)`` float32, seg ``(1, z, y, x)`` uint8 (None without a label), and
     for a patch configuration the :class:`CropRecord` (None for a whole-volume grid). The spatial
@@ -78,17 +79,18 @@ def preprocess_case(images: list[np.ndarray], config: Configuration, label: np.n
     """
     _check_inputs(images, config, label)
     stacked = np.stack([np.asarray(a, np.float32) for a in images])
+    b = brain_channel([n.channel_name for n in config.normalization])
     record = None
     if config.is_patch_based:
         if spacing_zyx is None:
             raise ValueError(f"configuration {config.name} resamples to a target spacing: pass the case's spacing_zyx")
         grid, record = crop_and_resample(stacked, spacing_zyx, config.resampling_spacing_zyx, config.crop_to_brain,
-                                         config.image_interpolation)
-        brain = brain_mask_on_grid(crop_to_bbox(stacked[0], record.bbox_zyx), grid.shape[1:])
+                                         config.image_interpolation, brain_index=b)
+        brain = brain_mask_on_grid(crop_to_bbox(stacked[b], record.bbox_zyx), grid.shape[1:])
     else:
         size = config.target_size_zyx
         grid = resample_image_to_grid(stacked, size, config.image_interpolation)
-        brain = brain_mask_on_grid(images[0], size)
+        brain = brain_mask_on_grid(images[b], size)
     data = np.stack([normalize_channel(grid[c], brain, norm) for c, norm in enumerate(config.normalization)])
     seg = None
     if label is not None:
@@ -156,7 +158,7 @@ def preprocess_case_files(case: CaseFiles, config: Configuration, out_dir: str |
     if case.label_file is not None:
         label, _ = read_image(case.label_file, dtype=np.uint8)
     data, seg, record = preprocess_case(images, config, label, geometry.spacing_zyx)
-    brain_voxels = int(np.count_nonzero(images[0]))
+    brain_voxels = int(np.count_nonzero(images[brain_channel([n.channel_name for n in config.normalization])]))
     lesion_voxels = int(np.count_nonzero(label)) if label is not None else 0
     write_npy(data, out / f"{case.case_id}.npy")
     if seg is not None:
