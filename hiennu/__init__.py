@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _API = {
     "Predictor": "hiennu.inference.predictor",
+    "ConfigurationEnsemble": "hiennu.inference.configuration_ensemble",
     "evaluate_folders": "hiennu.evaluation.evaluate",
     "case_metrics": "hiennu.evaluation.metrics",
     **{name: "hiennu.losses" for name in (

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from hiennu.cli._common import add_alias, add_device, add_plans_name, make_parser, run
+from hiennu.cli._common import add_alias, add_device, make_parser, run
+from hiennu.paths import DEFAULT_PLANS_NAME
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,18 +14,28 @@ def build_parser() -> argparse.ArgumentParser:
         "Predict HIE lesion masks for every case in a folder (nnU-Net CASE_0000/CASE_0001 names, the "
         "official BONBID names flat or in 1ADC_ss/ + 2Z_ADC/, or the challenge layout; .mha, .nii.gz, "
         ".nii, .nrrd). Each mask has its input's exact size, spacing, origin and direction (uint8). "
-        "With no model named, the default model is used.")
+        "With no model named, the default model is used. Two or more models (-m A B, or -c 2d 3d_fullres) "
+        "predict as an ensemble of configurations.")
     p.add_argument("-i", "--input", required=True, help="input folder")
     p.add_argument("-o", "--output", required=True, help="output folder (not the input folder or inside it)")
-    p.add_argument("-m", "--model", help="a model folder (TRAINER__PLANS__CONFIG) or a zip from hiennu_export_model")
+    p.add_argument("-m", "--model", nargs="+", metavar="MODEL",
+                   help="a model folder (TRAINER__PLANS__CONFIG), an ensemble folder or a zip from hiennu_export_model; "
+                        "two or more models: an ensemble of configurations, their probabilities averaged")
     p.add_argument("-d", "--dataset", help="dataset name, DatasetNNN_Name or number (model under $hiennu_results)")
-    p.add_argument("-tr", "--trainer", help="trainer class of the model (with -d)")
-    p.add_argument("-c", "--configuration", help="configuration of the model (with -d), e.g. 3d_fullres")
-    add_plans_name(p, "plans identifier of the model (with -d): TRAINER__NAME__CONFIG")
-    p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (numbers or 'all'; default: every trained fold)")
+    p.add_argument("-tr", "--trainer", nargs="+", metavar="TRAINER",
+                   help="trainer class of the model (with -d); one for every configuration, or one per configuration")
+    p.add_argument("-c", "--configuration", nargs="+", metavar="CONFIG",
+                   help="configuration of the model (with -d), e.g. 3d_fullres; two or more (2d 3d_fullres): their "
+                        "ensemble")
+    p.add_argument("-p", "--plans-name", nargs="+", default=DEFAULT_PLANS_NAME, metavar="NAME",
+                   help="plans identifier of the model (with -d): TRAINER__NAME__CONFIG; one for every configuration, "
+                        "or one per configuration")
+    p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (numbers or 'all'; default: every trained fold; "
+                                                    "for an ensemble, the folds its members.json names)")
     p.add_argument("-chk", "--checkpoint", default=None,
                    help="final, best or a file name checkpoint_NAME.pth in each fold folder (default: final when "
-                        "every fold has it, as nnU-Net; else best, for models exported before final was the default)")
+                        "every fold has it, as nnU-Net; else best, for models exported before final was the default; "
+                        "for an ensemble, the one its members.json names)")
     add_device(p)
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (faster)")
     add_alias(p, "--disable_tta", dest="disable_tta", action="store_true")
@@ -53,10 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        from hiennu.inference.model_registry import model_checkpoint
         from hiennu.inference.predictor import build_predictor
-        checkpoint = (args.checkpoint or "best") if args.baseline else model_checkpoint(
-            args.checkpoint, args.model, args.dataset, args.trainer, args.configuration, args.plans_name)
+        from hiennu.io.checkpoint import checkpoint_file
+        checkpoint = checkpoint_file(args.checkpoint) if args.checkpoint and not args.baseline else None
         predictor = build_predictor(args.model, args.dataset, args.trainer, args.configuration, args.folds,
                                     checkpoint, args.device, not args.disable_tta, args.baseline,
                                     args.min_component_voxels, args.batch_size, plans_name=args.plans_name,

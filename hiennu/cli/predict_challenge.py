@@ -14,7 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(one case) and write OUTPUT/images/hie-lesion-segmentation/overlay.mha.")
     p.add_argument("--input", default="/input", help="input root")
     p.add_argument("--output", default="/output", help="output root")
-    p.add_argument("-m", "--model", help="model folder or zip (default: the default model)")
+    p.add_argument("-m", "--model", nargs="+", metavar="MODEL",
+                   help="model folder, ensemble folder or zip (default: the default model, which may be an ensemble); "
+                        "two or more: an ensemble of configurations")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every trained fold)")
     p.add_argument("-chk", "--checkpoint", default=None,
                    help="final, best or a file name in each fold folder (default: final when every fold has it, "
@@ -34,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         from hiennu.inference.challenge import run_challenge
-        from hiennu.inference.model_registry import model_checkpoint
         from hiennu.inference.predictor import build_predictor
-        checkpoint = (args.checkpoint or "best") if args.baseline else model_checkpoint(args.checkpoint, args.model)
+        from hiennu.io.checkpoint import checkpoint_file
+        checkpoint = checkpoint_file(args.checkpoint) if args.checkpoint and not args.baseline else None
         predictor = build_predictor(args.model, None, None, None, args.folds, checkpoint, args.device,
                                     not args.disable_tta, args.baseline, args.min_component_voxels)
         run_challenge(predictor, args.input, args.output)

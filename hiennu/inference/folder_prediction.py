@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from hiennu.errors import HiennuError
 from hiennu.inference.layouts import InputCase, discover_input_cases, nonfinite_problem, read_case
@@ -112,6 +113,18 @@ def write_probabilities(prob: np.ndarray, geometry: Geometry, path: Path) -> Non
         write_image(prob.astype(np.float32, copy=False), geometry, path)
 
 
+def check_postprocessing_channels(post: PostProcessing, channel_names: Sequence[str], name: str) -> None:
+    """Refuse post-processing that reads a channel (ZADC for the rule, ADC for the cap and the lesion filter)
+    the predictor's inputs do not have; ``name`` names the model (or ensemble) in the message."""
+    adc_channel, zadc_channel = adc_zadc_channels(channel_names)
+    for needed, label, missing in ((post.keep_touching_rule, "a ZADC", zadc_channel is None),
+                                   (post.needs_adc, "an ADC", adc_channel is None)):
+        if needed and missing:
+            raise HiennuError(f"{name}: its post-processing ({post.name}) needs {label} channel, but the model's "
+                              f"channels are {', '.join(channel_names)}; delete its postprocessing.json "
+                              f"(or pass use_postprocessing=False) to predict without it")
+
+
 class CasePredictor(ABC):
     """Base class of predictors: one case (:meth:`predict_case`) or a whole folder (:meth:`predict_folder`).
 
@@ -122,6 +135,7 @@ class CasePredictor(ABC):
 
     channel_names: Sequence[str] = ("ADC", "ZADC")
     batch_size: int = 1
+    name: str = "predictor"
     postprocessing: PostProcessing = PostProcessing()
 
     @property
@@ -174,6 +188,28 @@ class CasePredictor(ABC):
                                   f"predicting")
         mask, prob = self.predict_prepared([self.prepare(images, geometry)], [geometry], True)[0]
         return self.postprocess(mask, images, geometry.spacing_zyx), prob
+
+    def predict_files(self, adc: str | Path | sitk.Image, zadc: str | Path | sitk.Image) -> sitk.Image:
+        """The lesion mask of one case, for scripts: ADC and ZADC as file paths or SimpleITK images.
+
+        Returns a ``uint8`` SimpleITK image {0, 1} with the ADC's exact size, spacing, origin and
+        direction. The two maps must lie on the same grid.
+        """
+        if len(self.channel_names) != 2:
+            raise HiennuError(f"{self.name}: predict_files takes ADC and ZADC, but the model has "
+                              f"{len(self.channel_names)} channels ({', '.join(self.channel_names)}); use predict_case")
+        images, geometries = [], []
+        for label, item in (("ADC", adc), ("ZADC", zadc)):
+            image = item if isinstance(item, sitk.Image) else read_sitk(item)
+            if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+                raise HiennuError(f"{label}: expected a 3D image with one value per voxel")
+            geometries.append(Geometry.from_image(image))
+            images.append(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
+        diffs = geometries[0].differences(geometries[1])
+        if diffs:
+            raise HiennuError(f"ZADC lies on a different grid than ADC ({'; '.join(diffs)}); resample it onto the ADC's")
+        mask, _ = self.predict_case(images, geometries[0])
+        return geometries[0].apply_to(sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=np.uint8)))
 
     def predict_folder(self, in_dir: str | Path, out_dir: str | Path, save_probabilities: bool = False,
                        probability_format: str = "npz", continue_prediction: bool = False,

@@ -4,7 +4,12 @@ A model folder is ``$hiennu_results/DatasetNNN_Name/TRAINER__PLANS__CONFIG/`` ho
 ``plans.json``, ``dataset.json`` and ``fold_K/checkpoint_*.pth`` (``K`` a number or ``all``).
 The *default model* is the one recorded in ``$hiennu_results/default_model.json`` (written by
 ``hiennu_install_model --default``); without that file it is the only trained model under the
-root. :func:`resolve_model` turns the options of ``hiennu_predict`` into one model folder (or zip).
+root. :func:`resolve_model` turns the options of ``hiennu_predict`` into one model folder (or zip, or
+ensemble folder); :func:`resolve_models` into the one or more a configuration ensemble names.
+
+``default_model.json`` is ``{"model_dir": "DatasetNNN_Name/TRAINER__PLANS__CONFIG"}`` for one model, or, for
+an ensemble of configurations, ``{"ensemble_dir": "DatasetNNN_Name/ensembles/ensemble___M1___M2",
+"model_dirs": ["DatasetNNN_Name/M1", "DatasetNNN_Name/M2"]}`` (paths relative to the root when inside it).
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
+from hiennu.inference.ensemble_members import is_ensemble_dir, load_ensemble_members, member_dirs
 from hiennu.io.checkpoint import BEST, CHECKPOINT_PATTERN, FINAL, checkpoint_file
 from hiennu.paths import RESULTS_ENV, parse_dataset_folder_name, parse_model_dir_name, resolve_dataset, results_root
 from hiennu.plans import PLANS_NAME
@@ -88,33 +95,72 @@ def default_model_file(root: Path | None = None) -> Path:
     return (Path(root) if root is not None else results_root()) / DEFAULT_MODEL_FILE
 
 
+def _stored(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def set_default_model(model_dir: Path, root: Path | None = None) -> Path:
-    """Record ``model_dir`` as the default model (relative to the root when inside it); returns the file."""
+    """Record ``model_dir`` (a model folder, or an ensemble folder with its members) as the default model
+    (relative to the root when inside it); returns the file."""
     root = Path(root) if root is not None else results_root()
     model_dir = Path(model_dir).resolve()
-    if describe_model_dir(model_dir) is None:
+    if is_ensemble_dir(model_dir):
+        members = _checked_members(model_dir, "cannot make it the default model")
+        record = {"ensemble_dir": _stored(model_dir, root), "model_dirs": [_stored(m, root) for m in members]}
+    elif describe_model_dir(model_dir) is None:
         raise HiennuError(f"{model_dir} is not a trained model folder (TRAINER__PLANS__CONFIG with plans.json "
-                          f"and fold_K/checkpoint_*.pth); cannot make it the default model")
-    try:
-        stored = str(model_dir.relative_to(root.resolve()))
-    except ValueError:
-        stored = str(model_dir)
+                          f"and fold_K/checkpoint_*.pth) nor an ensemble folder; cannot make it the default model")
+    else:
+        record = {"model_dir": _stored(model_dir, root)}
     path = default_model_file(root)
-    write_json({"model_dir": stored}, path)
+    write_json(record, path)
     return path
 
 
+def _checked_members(ensemble_dir: Path, consequence: str) -> list[Path]:
+    """The member model folders of an ensemble folder, each a trained model folder, else a one-line error."""
+    members = member_dirs(ensemble_dir, load_ensemble_members(ensemble_dir))
+    for member in members:
+        if describe_model_dir(member) is None:
+            raise HiennuError(f"{ensemble_dir}: its member {member.name} is not a trained model folder at {member}; "
+                              f"{consequence} (train or install it first)")
+    return members
+
+
 def read_default_model(root: Path | None = None) -> Path | None:
-    """The recorded default model folder, or None when no default was installed."""
+    """The recorded default model folder (or ensemble folder), or None when no default was installed.
+
+    Both forms of ``default_model.json`` load (module docstring); the one-model form is the only one
+    hiennu wrote before ensembles of configurations.
+    """
     root = Path(root) if root is not None else results_root()
     path = default_model_file(root)
     if not path.is_file():
         return None
+    again = f"delete {path} or install a default again with hiennu_install_model MODEL.zip --default"
     try:
-        stored = Path(read_json(path)["model_dir"])
+        record = read_json(path)
+        if "ensemble_dir" in record:
+            stored = Path(record["ensemble_dir"])
+            listed = [Path(m) for m in record["model_dirs"]]
+        else:
+            stored, listed = Path(record["model_dir"]), None
     except (ValueError, KeyError, TypeError) as e:
         raise HiennuError(f"{path}: cannot be read ({e!r}); delete it or re-run hiennu_install_model --default") from None
     model_dir = stored if stored.is_absolute() else root / stored
+    if listed is not None:
+        if not is_ensemble_dir(model_dir):
+            raise HiennuError(f"{path} names {model_dir} as the default ensemble, but that is not an ensemble folder "
+                              f"with members.json (moved or deleted?); {again}")
+        members = _checked_members(model_dir, f"the default model cannot be used; {again}")
+        listed = [m if m.is_absolute() else root / m for m in listed]
+        if sorted(m.resolve() for m in members) != sorted(m.resolve() for m in listed):
+            raise HiennuError(f"{path} lists the models {', '.join(map(str, listed))}, but {model_dir}/members.json "
+                              f"names {', '.join(map(str, members))}; {again}")
+        return model_dir
     if describe_model_dir(model_dir) is None:
         raise HiennuError(f"{path} names {model_dir} as the default model, but that is not a trained model folder "
                           f"(moved or deleted?); delete {path} or install a default again with "
@@ -130,7 +176,7 @@ def resolve_model(model: str | Path | None = None, dataset: str | int | None = N
                   configuration: str | None = None, plans_name: str = PLANS_NAME) -> Path:
     """The model folder (or model zip) that the options name.
 
-    - ``model``: a model folder or a ``.zip`` exported by ``hiennu_export_model``.
+    - ``model``: a model folder, an ensemble folder or a ``.zip`` exported by ``hiennu_export_model``.
     - ``dataset`` [+ ``trainer``] [+ ``configuration``]: the one model of that dataset matching them.
     - nothing: the default model, else the only trained model under the results root.
     Raises :class:`HiennuError` listing the candidates and the options that pick one when the
@@ -143,6 +189,8 @@ def resolve_model(model: str | Path | None = None, dataset: str | int | None = N
         if path.is_file() and path.suffix.lower() == ".zip":
             return path
         if path.is_dir():
+            if is_ensemble_dir(path):
+                return path
             if describe_model_dir(path) is None:
                 raise HiennuError(f"{path} is not a trained model folder: expected TRAINER__PLANS__CONFIG/ with "
                                   f"plans.json, dataset.json and fold_K/checkpoint_*.pth")
@@ -179,6 +227,47 @@ def resolve_model(model: str | Path | None = None, dataset: str | int | None = N
     raise HiennuError(f"{len(models)} trained models match {asked}; add -tr/-c to pick one:\n{_listing(models)}")
 
 
+def _as_list(value: str | Sequence[str] | None) -> list[str | None]:
+    if value is None:
+        return [None]
+    return [value] if isinstance(value, (str, Path)) else list(value)
+
+
+def resolve_models(model: str | Path | Sequence[str | Path] | None = None, dataset: str | int | None = None,
+                   trainer: str | Sequence[str] | None = None, configuration: str | Sequence[str] | None = None,
+                   plans_name: str | Sequence[str] = PLANS_NAME) -> list[Path]:
+    """The model folders (or zips, or one ensemble folder) that ``hiennu_predict``'s options name: one path
+    for one model (:func:`resolve_model`), two or more for an ensemble of configurations.
+
+    ``model``: one or more folders or zips. Else ``dataset`` with ``trainer``, ``configuration`` and
+    ``plans_name`` each given once (the same for every model) or once per model, e.g. ``-c 2d 3d_fullres``
+    with one ``-tr`` and one ``-p``.
+    """
+    if model is not None and not isinstance(model, (str, Path)):
+        models = list(model)
+        if not models:
+            raise HiennuError("-m needs at least one model folder or zip")
+        if dataset is not None or trainer is not None:
+            raise HiennuError("give either -m MODEL_DIR_OR_ZIP ... or -d/-tr/-c, not both")
+        return [resolve_model(m) for m in models]
+    trainers, configurations, plans = _as_list(trainer), _as_list(configuration), _as_list(plans_name)
+    counts = {flag: len(values) for flag, values in (("-tr", trainers), ("-c", configurations), ("-p", plans))}
+    if len(set(counts.values()) - {1}) > 1:
+        raise HiennuError("-tr, -c and -p each take one value (for every model) or one per model, but "
+                          + ", ".join(f"{flag} names {k}" for flag, k in counts.items() if k > 1)
+                          + "; give the same number to each, or one")
+    n = max(counts.values())
+    if n == 1:
+        return [resolve_model(model, dataset, trainers[0], configurations[0], plans[0] or PLANS_NAME)]
+    if dataset is None:
+        raise HiennuError("several -tr/-c/-p name an ensemble; give -d DATASET as well")
+    def pick(values: list, i: int):
+        return values[i] if len(values) > 1 else values[0]
+
+    return [resolve_model(None, dataset, pick(trainers, i), pick(configurations, i), pick(plans, i) or PLANS_NAME)
+            for i in range(n)]
+
+
 def default_checkpoint(model_dir: Path) -> str:
     """The checkpoint a model folder predicts with when none is named: ``checkpoint_final.pth`` when every
     fold holding a checkpoint holds it (a finished training, or a model exported with the default), else
@@ -192,8 +281,11 @@ def model_checkpoint(choice: str | None, model: str | Path | None = None, datase
                      plans_name: str = PLANS_NAME) -> str:
     """The checkpoint file ``hiennu_predict`` loads: ``choice`` (``final``, ``best`` or a file name,
     :func:`hiennu.io.checkpoint.checkpoint_file`) when given, else :func:`default_checkpoint` of the model
-    the other options name (:func:`resolve_model`; a zip names its own, so any answer does)."""
+    the other options name (:func:`resolve_model`; a zip names its own, so any answer does; an ensemble
+    folder's ``members.json`` names its own)."""
     if choice is not None:
         return checkpoint_file(choice)
     path = resolve_model(model, dataset, trainer, configuration, plans_name)
-    return FINAL if path.is_file() else default_checkpoint(path)
+    if path.is_file():
+        return FINAL
+    return load_ensemble_members(path).checkpoint if is_ensemble_dir(path) else default_checkpoint(path)

@@ -8,6 +8,18 @@ A model zip holds one model folder and a manifest::
     DatasetNNN_Name/TRAINER__PLANS__CONFIG/postprocessing.json                 (when the model folder has one)
     DatasetNNN_Name/TRAINER__PLANS__CONFIG/fold_K/checkpoint_final.pth  {"network_weights": ..., "epoch": ...}
 
+A zip of an ensemble of configurations (``hiennu_export_model -m A B``) holds every member model folder
+as above (the same folds and checkpoint each) and the ensemble folder, under a manifest of format
+``hiennu-ensemble`` that lists them::
+
+    manifest.json                                  format, ensemble, models, checkpoint, folds, SHA-256 of every file
+    DatasetNNN_Name/T__P__2d/...                   as above, one folder per member
+    DatasetNNN_Name/T__P__3d_fullres/...
+    DatasetNNN_Name/ensembles/ensemble___T__P__2d___T__P__3d_fullres/members.json         members, folds, checkpoint
+    DatasetNNN_Name/ensembles/ensemble___T__P__2d___T__P__3d_fullres/postprocessing.json  (when the ensemble has one)
+
+A single model's zip keeps the format above exactly, so zips written before ensembles existed still load.
+
 The exported checkpoint is ``checkpoint_final.pth`` by default, as nnU-Net ships (``checkpoint_best.pth``
 was chosen on the fold's own validation cases); the manifest names it.
 
@@ -17,7 +29,8 @@ float32 or, with ``half=True``, float16 (floating-point tensors only; integer bu
 
 A zip from someone else is untrusted input. Before anything is extracted or loaded,
 :func:`verify_model_zip` refuses members with absolute paths, ``..`` components, drive letters,
-backslashes or symbolic links, members outside the model folder, a missing or malformed manifest,
+backslashes or symbolic links, members outside the model folder (or, for an ensemble, outside its
+member and ensemble folders), a missing or malformed manifest, a ``members.json`` that disagrees with it,
 files the manifest does not list (or lists but the zip lacks), any SHA-256 mismatch, and archives
 that unpack to more than :data:`MAX_UNPACKED_BYTES`. Checkpoints are only ever read with
 ``torch.load(..., weights_only=True)``, so a pickle that would run code is refused, not run.
@@ -33,20 +46,23 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import torch
 
 from hiennu.errors import HiennuError
-from hiennu.inference.model_registry import describe_model_dir, fold_sort_key, model_folds, set_default_model
+from hiennu.inference.ensemble_members import EnsembleMembers, is_ensemble_dir, load_ensemble_members, member_dirs
+from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, model_folds, resolve_models,
+                                             set_default_model)
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.atomic import atomic_path
-from hiennu.io.checkpoint import FINAL, load_checkpoint
+from hiennu.io.checkpoint import FINAL, checkpoint_file, load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
-from hiennu.paths import (DATASET_FILE, PLANS_FILE, POSTPROCESSING_FILE, ModelFolder, parse_dataset_folder_name,
+from hiennu.paths import (DATASET_FILE, ENSEMBLE_MEMBERS_FILE, ENSEMBLES_DIR, PLANS_FILE, POSTPROCESSING_FILE,
+                          EnsembleFolder, ModelFolder, parse_dataset_folder_name, parse_ensemble_dir_name,
                           parse_model_dir_name, preprocessed_root, raw_root, results_root)
 from hiennu.plans import Plans, load_plans
 from hiennu.postprocessing.record import PostProcessing, load_postprocessing, postprocessing_from_record
@@ -56,6 +72,8 @@ logger = get_logger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = "hiennu-model"
 FORMAT_VERSION = 1
+ENSEMBLE_FORMAT = "hiennu-ensemble"  # its own name, so an older hiennu refuses it by name instead of misreading it
+ENSEMBLE_FORMAT_VERSION = 1
 MAX_UNPACKED_BYTES = 4 * 1024 ** 3
 _PLAIN = (int, float, str, bool, type(None))
 
@@ -66,7 +84,9 @@ class ModelZipError(HiennuError):
 
 @dataclass
 class ModelZipContents:
-    """A verified model zip. model: ``DatasetNNN_Name/TRAINER__PLANS__CONFIG``; folds: fold names."""
+    """A verified model zip. model: ``DatasetNNN_Name/TRAINER__PLANS__CONFIG`` (for an ensemble: its folder
+    ``DatasetNNN_Name/ensembles/ensemble___M1___M2``); models: the model folders it holds (``[model]`` for one
+    model, the members for an ensemble); folds: fold names, the same for every model."""
 
     path: Path
     model: str
@@ -74,9 +94,17 @@ class ModelZipContents:
     folds: list[str]
     half_precision: bool
     files: dict[str, str]
+    models: list[str] = field(default_factory=list)
+    is_ensemble: bool = False
+
+    def __post_init__(self) -> None:
+        self.models = list(self.models) or [self.model]
 
     @property
     def configuration(self) -> str:
+        """The configuration of a single-model zip (an ensemble has one per member)."""
+        if self.is_ensemble:
+            raise HiennuError(f"{self.path} holds an ensemble of {', '.join(self.models)}, not one configuration")
         return parse_model_dir_name(self.model.split("/")[1]).configuration
 
     def member(self, relative: str) -> str:
@@ -89,15 +117,9 @@ def sha256_bytes(data: bytes) -> str:
 
 # ---------------------------------------------------------------------------------------------- export
 
-def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence[str | int] | None = None,
-                     checkpoint: str = FINAL, half: bool = False) -> Path:
-    """Write ``model_dir``'s plans, dataset.json, postprocessing.json (when present) and the chosen
-    folds' weights to ``out_zip`` (atomically).
-
-    folds: fold names or numbers (default: every fold holding ``checkpoint``); checkpoint: the file name
-    in each ``fold_K/`` (default ``checkpoint_final.pth``).
-    Returns the zip's path.
-    """
+def _model_members(model_dir: Path, folds: Sequence[str | int] | None, checkpoint: str,
+                   half: bool) -> tuple[str, list[str], dict[str, bytes]]:
+    """What a zip holds of one model folder: ``(DatasetNNN_Name/TRAINER__PLANS__CONFIG, folds, {member: bytes})``."""
     model_dir = Path(model_dir).resolve()
     model = describe_model_dir(model_dir)
     if model is None or not parse_dataset_folder_name(model_dir.parent.name):
@@ -134,23 +156,123 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
         buffer = io.BytesIO()
         torch.save(slim, buffer)
         members[f"{prefix}/fold_{fold}/{checkpoint}"] = buffer.getvalue()
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": prefix, "checkpoint": checkpoint,
-                "folds": sorted(chosen, key=fold_sort_key), "half_precision": bool(half),
-                "files": {name: sha256_bytes(data) for name, data in members.items()}}
-    out_zip = Path(out_zip)
+    return prefix, sorted(chosen, key=fold_sort_key), members
+
+
+def _write_zip(out_zip: Path, manifest: dict, members: dict[str, bytes], example_name: str) -> None:
     if out_zip.is_dir():
-        raise HiennuError(f"-o {out_zip} is a folder; give the zip file to write, e.g. {out_zip / (model_dir.name + '.zip')}")
+        raise HiennuError(f"-o {out_zip} is a folder; give the zip file to write, e.g. {out_zip / example_name}")
     with atomic_path(out_zip, suffix=".zip") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
             for name, data in members.items():
                 zf.writestr(name, data)
+
+
+def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence[str | int] | None = None,
+                     checkpoint: str = FINAL, half: bool = False) -> Path:
+    """Write ``model_dir``'s plans, dataset.json, postprocessing.json (when present) and the chosen
+    folds' weights to ``out_zip`` (atomically).
+
+    folds: fold names or numbers (default: every fold holding ``checkpoint``); checkpoint: the file name
+    in each ``fold_K/`` (default ``checkpoint_final.pth``).
+    Returns the zip's path.
+    """
+    prefix, chosen, members = _model_members(Path(model_dir), folds, checkpoint, half)
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": prefix, "checkpoint": checkpoint,
+                "folds": chosen, "half_precision": bool(half),
+                "files": {name: sha256_bytes(data) for name, data in members.items()}}
+    out_zip = Path(out_zip)
+    _write_zip(out_zip, manifest, members, Path(model_dir).name + ".zip")
     logger.info("exported %s (folds %s, %s) to %s (%.1f MB)", prefix, ", ".join(manifest["folds"]),
                 "float16" if half else "float32", out_zip, out_zip.stat().st_size / 1e6)
     return out_zip
 
 
+def export_ensemble_zip(model_dirs: Sequence[str | Path], out_zip: str | Path,
+                        folds: Sequence[str | int] | None = None, checkpoint: str = FINAL,
+                        half: bool = False) -> Path:
+    """Write an ensemble of configurations to one zip (atomically): every member model folder (as
+    :func:`export_model_zip` writes one; the same folds and checkpoint for each) and the ensemble folder
+    ``DatasetNNN_Name/ensembles/ensemble___M1___M2/`` (``members.json`` with the exported folds and checkpoint,
+    ``postprocessing.json`` when the ensemble folder beside the models has one).
+
+    folds: default the ensemble folder's ``members.json`` folds, else the folds every member holds
+    (members holding different folds are refused: name them with ``folds``). Returns the zip's path.
+    """
+    dirs = [Path(d).resolve() for d in model_dirs]
+    for d in dirs:
+        if describe_model_dir(d) is None or not parse_dataset_folder_name(d.parent.name):
+            raise HiennuError(f"{d} is not a trained model folder "
+                              f"($hiennu_results/DatasetNNN_Name/TRAINER__PLANS__CONFIG with plans.json and fold_K/)")
+    if len({d.parent for d in dirs}) != 1:
+        raise HiennuError("models of different datasets cannot be ensembled: " + ", ".join(
+            f"{d.name} ({d.parent.name})" for d in dirs) + "; give models trained on one dataset")
+    folder = EnsembleFolder.of(dirs[0].parent, [d.name for d in dirs])  # refuses fewer than two, or one twice
+    post_bytes = None
+    if is_ensemble_dir(folder.path):
+        record = load_ensemble_members(folder.path)
+        folds = folds or list(record.folds)
+        if load_postprocessing(folder.path) is not None:  # checked before it travels
+            post_bytes = folder.postprocessing.read_bytes()
+    if post_bytes is None:
+        logger.warning("%s: no ensemble postprocessing.json; the zip predicts without ensemble post-processing "
+                       "(choose it with hiennu_find_best_configuration, then export again)", folder.path)
+    if not folds:
+        held = {d.name: model_folds(d, checkpoint) for d in dirs}
+        if len({tuple(f) for f in held.values()}) > 1:
+            raise HiennuError(f"the ensemble's models hold different folds with {checkpoint} (" + "; ".join(
+                f"{name}: {', '.join(f) or 'none'}" for name, f in held.items()) + "); name the folds to export with -f")
+        folds = next(iter(held.values()))
+    members: dict[str, bytes] = {}
+    prefixes = []
+    for d in dirs:
+        prefix, chosen, files = _model_members(d, folds, checkpoint, half)
+        prefixes.append(prefix)
+        members.update(files)
+    record = EnsembleMembers(tuple(d.name for d in dirs), tuple(chosen), checkpoint)
+    ensemble = f"{dirs[0].parent.name}/{ENSEMBLES_DIR}/{record.dir_name}"
+    members[f"{ensemble}/{ENSEMBLE_MEMBERS_FILE}"] = json.dumps(record.to_dict(), indent=2).encode()
+    if post_bytes is not None:
+        members[f"{ensemble}/{POSTPROCESSING_FILE}"] = post_bytes
+    manifest = {"format": ENSEMBLE_FORMAT, "format_version": ENSEMBLE_FORMAT_VERSION, "ensemble": ensemble,
+                "models": sorted(prefixes), "checkpoint": checkpoint, "folds": chosen, "half_precision": bool(half),
+                "files": {name: sha256_bytes(data) for name, data in members.items()}}
+    out_zip = Path(out_zip)
+    _write_zip(out_zip, manifest, members, record.dir_name + ".zip")
+    logger.info("exported the ensemble %s (folds %s, %s) to %s (%.1f MB)", ensemble, ", ".join(chosen),
+                "float16" if half else "float32", out_zip, out_zip.stat().st_size / 1e6)
+    return out_zip
+
+
+def export_models(model: str | Path | Sequence[str | Path] | None, dataset: str | int | None,
+                  trainer: str | Sequence[str] | None, configuration: str | Sequence[str] | None,
+                  plans_name: str | Sequence[str], out_zip: str | Path, folds: Sequence[str | int] | None = None,
+                  checkpoint: str = "final", half: bool = False) -> Path:
+    """``hiennu_export_model``: the model (:func:`export_model_zip`) or the ensemble of configurations
+    (:func:`export_ensemble_zip`: two or more models, or one ensemble folder) that the options name
+    (:func:`~hiennu.inference.model_registry.resolve_models`), as one zip. checkpoint: ``final``, ``best``
+    or a file name."""
+    paths = resolve_models(model, dataset, trainer, configuration, plans_name)
+    checkpoint = checkpoint_file(checkpoint)
+    if len(paths) == 1 and is_ensemble_dir(paths[0]):
+        return export_ensemble_zip(member_dirs(paths[0]), out_zip, folds, checkpoint, half)
+    if len(paths) == 1:
+        return export_model_zip(paths[0], out_zip, folds, checkpoint, half)
+    return export_ensemble_zip(paths, out_zip, folds, checkpoint, half)
+
+
 # ---------------------------------------------------------------------------------------------- verify
+
+def is_ensemble_zip(path: str | Path) -> bool:
+    """Whether ``path`` is a zip whose manifest says it holds an ensemble (a cheap look at the manifest only;
+    the loaders verify everything). An unreadable zip answers False, so the single-model loader reports it."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return json.loads(zf.read(MANIFEST)).get("format") == ENSEMBLE_FORMAT
+    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+        return False
+
 
 def _unsafe_name_reason(info: zipfile.ZipInfo) -> str | None:
     name = info.filename
@@ -217,31 +339,45 @@ def verify_model_zip(path: str | Path) -> ModelZipContents:
         try:
             manifest = json.loads(zf.read(MANIFEST))
             files = {str(k): str(v) for k, v in manifest["files"].items()}
-            model, checkpoint = str(manifest["model"]), str(manifest["checkpoint"])
+            checkpoint = str(manifest["checkpoint"])
             folds = [str(f) for f in manifest["folds"]]
             half = bool(manifest.get("half_precision", False))
             fmt = manifest.get("format")
+            if fmt == ENSEMBLE_FORMAT:
+                model, models = str(manifest["ensemble"]), [str(m) for m in manifest["models"]]
+            else:
+                model = str(manifest["model"])
+                models = [model]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ModelZipError(f"{path}: refused: {MANIFEST} is malformed ({e!r})") from None
-        if fmt != FORMAT:
-            raise ModelZipError(f"{path}: refused: {MANIFEST} format is {fmt!r}, expected {FORMAT!r}")
-        parts = model.split("/")
-        if (len(parts) != 2 or not parse_dataset_folder_name(parts[0]) or not parse_model_dir_name(parts[1])
-                or any(p in ("", ".", "..") for p in parts)):
-            raise ModelZipError(f"{path}: refused: manifest model {model!r} is not DatasetNNN_Name/TRAINER__PLANS__CONFIG")
+        if fmt not in (FORMAT, ENSEMBLE_FORMAT):
+            raise ModelZipError(f"{path}: refused: {MANIFEST} format is {fmt!r}, expected {FORMAT!r} "
+                                f"(or {ENSEMBLE_FORMAT!r} for an ensemble)")
+        for m in models:
+            parts = m.split("/")
+            if (len(parts) != 2 or not parse_dataset_folder_name(parts[0]) or not parse_model_dir_name(parts[1])
+                    or any(p in ("", ".", "..") for p in parts)):
+                raise ModelZipError(f"{path}: refused: manifest model {m!r} is not DatasetNNN_Name/TRAINER__PLANS__CONFIG")
+        if fmt == ENSEMBLE_FORMAT:
+            _check_ensemble_manifest(path, model, models)
         if not checkpoint.endswith(".pth") or "/" in checkpoint or "\\" in checkpoint:
             raise ModelZipError(f"{path}: refused: manifest checkpoint {checkpoint!r} is not a plain .pth name")
         content = set(names) - {MANIFEST}
-        outside = sorted(n for n in content if not n.startswith(model + "/"))
+        folders = models + ([model] if fmt == ENSEMBLE_FORMAT else [])
+        outside = sorted(n for n in content if not any(n.startswith(f + "/") for f in folders))
         if outside:
-            raise ModelZipError(f"{path}: refused: member(s) outside the model folder {model}/: {', '.join(outside[:5])}")
+            raise ModelZipError(f"{path}: refused: member(s) outside the model folder{'s' if len(folders) > 1 else ''} "
+                                f"{', '.join(f + '/' for f in folders)}: {', '.join(outside[:5])}")
         unlisted = sorted(content - set(files))
         absent = sorted(set(files) - content)
         if unlisted:
             raise ModelZipError(f"{path}: refused: file(s) not listed in {MANIFEST}: {', '.join(unlisted[:5])}")
         if absent:
             raise ModelZipError(f"{path}: refused: file(s) listed in {MANIFEST} but missing: {', '.join(absent[:5])}")
-        expected = {f"{model}/{PLANS_FILE}", f"{model}/{DATASET_FILE}"} | {f"{model}/fold_{f}/{checkpoint}" for f in folds}
+        expected = {f"{m}/{name}" for m in models for name in
+                    [PLANS_FILE, DATASET_FILE] + [f"fold_{f}/{checkpoint}" for f in folds]}
+        if fmt == ENSEMBLE_FORMAT:
+            expected.add(f"{model}/{ENSEMBLE_MEMBERS_FILE}")
         if not expected <= content:
             raise ModelZipError(f"{path}: refused: incomplete model, missing "
                                 f"{', '.join(sorted(expected - content))}")
@@ -253,7 +389,36 @@ def verify_model_zip(path: str | Path) -> ModelZipContents:
             if digest.hexdigest() != files[name].lower():
                 raise ModelZipError(f"{path}: refused: {name} does not match its SHA-256 in {MANIFEST} "
                                     f"(tampered with or corrupted); get a fresh copy of the model")
-    return ModelZipContents(path, model, checkpoint, folds, half, files)
+        if fmt == ENSEMBLE_FORMAT:
+            _check_ensemble_record(path, zf, model, models, folds, checkpoint)
+    return ModelZipContents(path, model, checkpoint, folds, half, files, models, fmt == ENSEMBLE_FORMAT)
+
+
+def _check_ensemble_manifest(path: Path, ensemble: str, models: list[str]) -> None:
+    """An ensemble manifest names ``DatasetNNN_Name/ensembles/ensemble___M1___M2`` and exactly its members, of that dataset."""
+    parts = ensemble.split("/")
+    names = parse_ensemble_dir_name(parts[2]) if len(parts) == 3 else None
+    if (names is None or parts[1] != ENSEMBLES_DIR or not parse_dataset_folder_name(parts[0])
+            or sorted(names) != sorted(m.split("/")[1] for m in models)
+            or any(m.split("/")[0] != parts[0] for m in models) or len(set(models)) != len(models)):
+        raise ModelZipError(f"{path}: refused: manifest ensemble {ensemble!r} is not DatasetNNN_Name/{ENSEMBLES_DIR}/"
+                            f"ensemble___M1___M2 naming exactly its models {', '.join(models)} of that dataset")
+
+
+def _check_ensemble_record(path: Path, zf: zipfile.ZipFile, ensemble: str, models: list[str], folds: list[str],
+                           checkpoint: str) -> None:
+    """The zip's ``members.json`` (JSON only, never unpickled) names the manifest's members, folds and checkpoint."""
+    member = f"{ensemble}/{ENSEMBLE_MEMBERS_FILE}"
+    try:
+        record = EnsembleMembers.from_dict(json.loads(zf.read(member)), f"{path}:{member}")
+    except ValueError as e:  # HiennuError is not a ValueError; this is bad JSON
+        raise ModelZipError(f"{path}: refused: {member} is not valid JSON ({e})") from None
+    except HiennuError as e:
+        raise ModelZipError(f"{path}: refused: {e}") from None
+    expected = EnsembleMembers(tuple(m.split("/")[1] for m in models), tuple(folds), checkpoint)
+    if record != expected:
+        raise ModelZipError(f"{path}: refused: {member} ({record.to_dict()}) disagrees with {MANIFEST} "
+                            f"({expected.to_dict()}); re-export the ensemble")
 
 
 # ---------------------------------------------------------------------------------------------- load / install
@@ -275,20 +440,47 @@ def _float32(state: dict) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None) -> LoadedModel:
-    """Verify ``path`` and read its plans, dataset.json and weights into memory (nothing is extracted)."""
+def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None,
+                   model: str | None = None) -> LoadedModel:
+    """Verify ``path`` and read its plans, dataset.json and weights into memory (nothing is extracted).
+
+    model: for an ensemble zip, the member to read (``TRAINER__PLANS__CONFIG`` or
+    ``DatasetNNN_Name/TRAINER__PLANS__CONFIG``; :func:`load_ensemble_zip` reads them all); for a
+    single-model zip None or its own name.
+    """
     contents = verify_model_zip(path)
+    return _load_model(contents, _chosen_folds(contents, folds), _pick_model(contents, model))
+
+
+def _chosen_folds(contents: ModelZipContents, folds: Sequence[str | int] | None) -> list[str]:
     chosen = [str(f) for f in folds] if folds else contents.folds
     missing = [f for f in chosen if f not in contents.folds]
     if missing:
-        raise HiennuError(f"{path}: holds folds {', '.join(contents.folds)}, not {', '.join(missing)}")
+        raise HiennuError(f"{contents.path}: holds folds {', '.join(contents.folds)}, not {', '.join(missing)}")
+    return chosen
+
+
+def _pick_model(contents: ModelZipContents, model: str | None) -> str:
+    if model is None and not contents.is_ensemble:
+        return contents.model
+    matches = [m for m in contents.models if model in (m, m.split("/")[1])]
+    if len(matches) != 1:
+        asked = f"not {model!r}" if model is not None else "name one with model=, or load them all with load_ensemble_zip"
+        raise HiennuError(f"{contents.path} holds {'the ensemble of ' if contents.is_ensemble else ''}"
+                          f"{', '.join(contents.models)}; {asked}")
+    return matches[0]
+
+
+def _load_model(contents: ModelZipContents, chosen: list[str], model: str) -> LoadedModel:
+    """One model folder ``model`` of a verified zip, read into memory (folds ``chosen``)."""
+    path = contents.path
+    configuration = parse_model_dir_name(model.split("/")[1]).configuration
     with zipfile.ZipFile(contents.path) as zf:
         try:
-            plans = Plans.from_dict(json.loads(zf.read(contents.member(PLANS_FILE))),
-                                    source=f"{path}:{contents.member(PLANS_FILE)}")
-            dataset = DatasetJson.from_dict(json.loads(zf.read(contents.member(DATASET_FILE))),
-                                            source=f"{path}:{contents.member(DATASET_FILE)}")
-            post_member = contents.member(POSTPROCESSING_FILE)
+            plans = Plans.from_dict(json.loads(zf.read(f"{model}/{PLANS_FILE}")), source=f"{path}:{model}/{PLANS_FILE}")
+            dataset = DatasetJson.from_dict(json.loads(zf.read(f"{model}/{DATASET_FILE}")),
+                                            source=f"{path}:{model}/{DATASET_FILE}")
+            post_member = f"{model}/{POSTPROCESSING_FILE}"
             post = (postprocessing_from_record(json.loads(zf.read(post_member)), f"{path}:{post_member}")
                     if post_member in contents.files else None)
         except ValueError as e:
@@ -296,12 +488,43 @@ def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None) -
                                 f"({e})") from None
         weights = {}
         for fold in chosen:
-            member = contents.member(f"fold_{fold}/{contents.checkpoint}")
+            member = f"{model}/fold_{fold}/{contents.checkpoint}"
             ckpt = load_checkpoint(io.BytesIO(zf.read(member)), f"{path}:{member}")
-            check_trained_configuration(ckpt, plans.configuration(contents.configuration), f"{path}:{member}",
-                                        f"{path}:{contents.member(PLANS_FILE)}")
+            check_trained_configuration(ckpt, plans.configuration(configuration), f"{path}:{member}",
+                                        f"{path}:{model}/{PLANS_FILE}")
             weights[fold] = _float32(ckpt["network_weights"])
-    return LoadedModel(contents.model, plans, dataset, contents.configuration, weights, post)
+    return LoadedModel(model, plans, dataset, configuration, weights, post)
+
+
+@dataclass
+class LoadedEnsemble:
+    """An ensemble zip read into memory. name: ``DatasetNNN_Name/ensembles/ensemble___M1___M2``; members: one
+    :class:`LoadedModel` per member (sorted by name); postprocessing: the ensemble's choice (None when it has none)."""
+
+    name: str
+    members: list[LoadedModel]
+    record: EnsembleMembers
+    postprocessing: PostProcessing | None = None
+
+
+def load_ensemble_zip(path: str | Path, folds: Sequence[str | int] | None = None) -> LoadedEnsemble:
+    """Verify an ensemble zip (``hiennu_export_model -m A B``) and read every member and the ensemble's
+    ``members.json`` and ``postprocessing.json`` into memory (nothing is extracted)."""
+    contents = verify_model_zip(path)
+    if not contents.is_ensemble:
+        raise HiennuError(f"{path} holds one model ({contents.model}), not an ensemble; load it with load_model_zip")
+    chosen = _chosen_folds(contents, folds)
+    members = [_load_model(contents, chosen, m) for m in contents.models]
+    post_member = contents.member(POSTPROCESSING_FILE)
+    with zipfile.ZipFile(contents.path) as zf:
+        record = EnsembleMembers.from_dict(json.loads(zf.read(contents.member(ENSEMBLE_MEMBERS_FILE))),
+                                           f"{path}:{contents.member(ENSEMBLE_MEMBERS_FILE)}")
+        try:
+            post = (postprocessing_from_record(json.loads(zf.read(post_member)), f"{path}:{post_member}")
+                    if post_member in contents.files else None)
+        except ValueError as e:
+            raise ModelZipError(f"{path}: {post_member} is not valid JSON ({e})") from None
+    return LoadedEnsemble(contents.model, members, record, post)
 
 
 def check_dataset_id_free(dataset_folder: str, roots: Sequence[Path], source: str | Path) -> None:
@@ -341,58 +564,93 @@ def holds_model(folder: Path, contents: ModelZipContents, loaded: LoadedModel) -
     return True
 
 
+def holds_ensemble(folder: Path, loaded: LoadedEnsemble) -> bool:
+    """Whether the ensemble folder ``folder`` already holds the zip's ensemble: the same ``members.json`` and
+    post-processing, as loaded (its cross-validation masks and scores, if any, stay)."""
+    try:
+        return load_ensemble_members(folder) == loaded.record and load_postprocessing(folder) == loaded.postprocessing
+    except HiennuError:
+        return False
+
+
 def install_model_zip(path: str | Path, root: str | Path | None = None, overwrite: bool = False,
                       make_default: bool = False) -> Path:
     """Verify ``path``, check every checkpoint loads as plain weights, and extract it under the results root.
 
     The model lands in ``ROOT/DatasetNNN_Name/TRAINER__PLANS__CONFIG`` (moved into place in one
-    rename). An existing model folder of that name is only replaced with ``overwrite=True``, except
-    when it already holds this model (:func:`holds_model`, for example the training folder the zip was
-    exported from): then nothing is copied or removed, so its training history (progress, validation,
-    other checkpoints) stays. ``make_default`` records it in ``ROOT/default_model.json``. Returns the
-    installed folder.
+    rename); an ensemble zip's members land so too, each in its folder, and its ensemble folder in
+    ``ROOT/DatasetNNN_Name/ensembles/ensemble___M1___M2``. An existing folder of that name is only replaced
+    with ``overwrite=True``, except when it already holds this model (:func:`holds_model`, for example the
+    training folder the zip was exported from; :func:`holds_ensemble` for an ensemble folder): then nothing
+    is copied or removed, so its training history (progress, validation, other checkpoints) stays. Every
+    folder is checked before any is written. ``make_default`` records the model (or the ensemble) in
+    ``ROOT/default_model.json``. Returns the installed model folder (or ensemble folder).
     """
     root = Path(root) if root is not None else results_root()
     contents = verify_model_zip(path)
-    loaded = load_model_zip(path)  # every checkpoint must load with weights_only=True before anything is written
-    target = root / contents.model
+    # every checkpoint must load with weights_only=True before anything is written
+    ensemble = load_ensemble_zip(path) if contents.is_ensemble else None
+    loaded = dict(zip(contents.models, ensemble.members)) if ensemble else {contents.model: load_model_zip(path)}
     check_dataset_id_free(contents.model.split("/")[0], [root, raw_root(), preprocessed_root()], path)
-    if target.exists() and holds_model(target, contents, loaded):
-        logger.info("%s already holds this model (same plans, dataset.json, post-processing and weights of "
-                    "folds %s); nothing copied", target, ", ".join(contents.folds))
-        if make_default:
-            set_default_model(target, root)
-            logger.info("%s is now the default model", contents.model)
-        return target
-    if target.exists() and not overwrite:
-        raise HiennuError(f"{target} already exists and holds another model (its plans, dataset.json, "
-                          f"post-processing or weights differ); pass --overwrite to replace that whole folder, "
-                          f"its training history too, with the model in {path}, or install under another "
-                          f"hiennu_results")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".installing", dir=target.parent))
-    try:
-        with zipfile.ZipFile(contents.path) as zf:
-            for name in contents.files:
-                relative = name[len(contents.model) + 1:]
-                dest = staging / relative
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(name) as src, open(dest, "wb") as out:
-                    shutil.copyfileobj(src, out)
-        if target.exists():
-            old = target.with_name(f".{target.name}.replaced")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    logger.info("installed %s (folds %s) into %s", contents.model, ", ".join(contents.folds), target)
+    holds = {name: holds_model(root / name, contents, model) if (root / name).exists() else False
+             for name, model in loaded.items()}
+    if ensemble is not None:
+        holds[contents.model] = (root / contents.model).exists() and holds_ensemble(root / contents.model, ensemble)
+    clashes = [root / name for name, same in holds.items() if not same and (root / name).exists()]
+    if clashes and not overwrite:
+        if len(clashes) == 1 and ensemble is None:
+            raise HiennuError(f"{clashes[0]} already exists and holds another model (its plans, dataset.json, "
+                              f"post-processing or weights differ); pass --overwrite to replace that whole folder, "
+                              f"its training history too, with the model in {path}, or install under another "
+                              f"hiennu_results")
+        raise HiennuError(f"{', '.join(map(str, clashes))} already exist(s) and hold(s) another model or ensemble "
+                          f"(plans, dataset.json, members.json, post-processing or weights differ); pass --overwrite "
+                          f"to replace those whole folders, their training history too, with the ones in {path}, or "
+                          f"install under another hiennu_results")
+    for name, same in holds.items():
+        if same:
+            logger.info("%s already holds this %s (folds %s); nothing copied", root / name,
+                        "ensemble" if name == contents.model and ensemble else "model", ", ".join(contents.folds))
+    written = [name for name, same in holds.items() if not same]
+    _install_folders(contents, root, written)
+    target = root / contents.model
+    if written:
+        logger.info("installed %s (folds %s) into %s", contents.model, ", ".join(contents.folds), target)
     if make_default:
         set_default_model(target, root)
         logger.info("%s is now the default model", contents.model)
     return target
+
+
+def _install_folders(contents: ModelZipContents, root: Path, folders: list[str]) -> None:
+    """Unpack each of the zip's ``folders`` into a temporary folder beside its target, then rename each into
+    place (an existing target is moved aside first and removed once the new one is in)."""
+    staged: dict[str, Path] = {}
+    try:
+        with zipfile.ZipFile(contents.path) as zf:
+            for folder in folders:
+                target = root / folder
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".installing", dir=target.parent))
+                staged[folder] = staging
+                for name in contents.files:
+                    if name.startswith(folder + "/"):
+                        dest = staging / name[len(folder) + 1:]
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        with zf.open(name) as src, open(dest, "wb") as out:
+                            shutil.copyfileobj(src, out)
+        for folder, staging in staged.items():
+            target = root / folder
+            if target.exists():
+                old = target.with_name(f".{target.name}.replaced")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(target, old)
+                os.replace(staging, target)
+                shutil.rmtree(old)
+            else:
+                os.replace(staging, target)
+    finally:
+        for staging in staged.values():
+            if staging.exists():
+                shutil.rmtree(staging)

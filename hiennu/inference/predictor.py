@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from hiennu.device import resolve_device
@@ -45,15 +44,15 @@ from hiennu.geometry.cropping import CropRecord, restore_to_native
 from hiennu.geometry.resampling import resample_probabilities_to_native
 from hiennu.inference.baseline import make_baseline
 from hiennu.inference.ensemble import FoldEnsemble
-from hiennu.inference.folder_prediction import CasePredictor
-from hiennu.inference.model_registry import default_checkpoint, fold_sort_key, model_folds, resolve_model
-from hiennu.inference.model_zip import load_model_zip
+from hiennu.inference.ensemble_members import is_ensemble_dir
+from hiennu.inference.folder_prediction import CasePredictor, check_postprocessing_channels
+from hiennu.inference.model_registry import default_checkpoint, fold_sort_key, model_folds, resolve_models
+from hiennu.inference.model_zip import LoadedModel, is_ensemble_zip, load_model_zip
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.trained_configuration import check_trained_configuration
-from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.checkpoint import CHECKPOINT_PATTERN, load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
-from hiennu.io.image import Geometry, read_sitk
+from hiennu.io.image import Geometry
 from hiennu.log import get_logger
 from hiennu.networks.unet import build_network
 from hiennu.paths import ModelFolder, parse_model_dir_name
@@ -73,6 +72,13 @@ class PreparedCase:
 
     data: np.ndarray
     crop: CropRecord | None
+
+
+def threshold_probabilities(prob: torch.Tensor, need_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(mask uint8 {0, 1}, probabilities float32 or None)`` as numpy ``(z, y, x)`` from a native probability
+    map on any device: ``p >= 0.5`` is lesion (thresholded on the device, the map copied only when asked)."""
+    mask = (prob >= THRESHOLD).to(torch.uint8).cpu().numpy()
+    return mask, prob.cpu().numpy().astype(np.float32, copy=False) if need_probabilities else None
 
 
 def tta_mirror_axes(configuration: Configuration) -> tuple[int, ...]:
@@ -124,15 +130,7 @@ class Predictor(CasePredictor):
                                      cpu_bf16=cpu_bf16)
         self.batch_size = int(batch_size) if batch_size else (4 if self.device.type == "cuda" else 1)
         self.postprocessing = with_size_rule(postprocessing, configuration.min_component_voxels, min_component_voxels)
-        adc_channel, zadc_channel = adc_zadc_channels(self.channel_names)
-        if self.postprocessing.keep_touching_rule and zadc_channel is None:
-            raise HiennuError(f"{name}: its post-processing ({self.postprocessing.name}) needs a ZADC channel, but the "
-                              f"model's channels are {', '.join(self.channel_names)}; delete its postprocessing.json "
-                              f"(or pass use_postprocessing=False) to predict without it")
-        if self.postprocessing.needs_adc and adc_channel is None:
-            raise HiennuError(f"{name}: its post-processing ({self.postprocessing.name}) needs an ADC channel, but the "
-                              f"model's channels are {', '.join(self.channel_names)}; delete its postprocessing.json "
-                              f"(or pass use_postprocessing=False) to predict without it")
+        check_postprocessing_channels(self.postprocessing, self.channel_names, name)
         allowed = ENUMERATED_FIELDS["prediction_interpolation"]
         if configuration.prediction_interpolation not in allowed:
             raise HiennuError(f"{name}: plans prediction_interpolation {configuration.prediction_interpolation!r} "
@@ -188,21 +186,38 @@ class Predictor(CasePredictor):
     @classmethod
     def from_zip(cls, path: str | Path, folds: Sequence[int | str] | None = None,
                  device: str | torch.device | None = None, use_mirroring: bool = True,
-                 use_postprocessing: bool = True, **kwargs) -> "Predictor":
+                 use_postprocessing: bool = True, **kwargs) -> CasePredictor:
         """Load a zip written by ``hiennu_export_model`` (verified; nothing is extracted), with the
-        ``postprocessing.json`` it holds (when present and ``use_postprocessing``)."""
-        model = load_model_zip(path, folds)
+        ``postprocessing.json`` it holds (when present and ``use_postprocessing``). A zip of an ensemble
+        of configurations gives its :class:`~hiennu.inference.configuration_ensemble.ConfigurationEnsemble`."""
+        if is_ensemble_zip(path):
+            from hiennu.inference.configuration_ensemble import ConfigurationEnsemble
+            forced = kwargs.pop("min_component_voxels", None)
+            return ConfigurationEnsemble.from_zip(path, folds, use_postprocessing, forced, device=device,
+                                                  use_mirroring=use_mirroring, **kwargs)
+        return cls.from_loaded(load_model_zip(path, folds), device=device, use_mirroring=use_mirroring,
+                               use_postprocessing=use_postprocessing, **kwargs)
+
+    @classmethod
+    def from_loaded(cls, model: LoadedModel, use_postprocessing: bool = True, **kwargs) -> "Predictor":
+        """A model read from a zip (:class:`~hiennu.inference.model_zip.LoadedModel`), with its post-processing
+        when ``use_postprocessing``; ``kwargs`` as for the constructor."""
         return cls(model.plans, model.plans.configuration(model.configuration), model.dataset, model.weights,
-                   device=device, use_mirroring=use_mirroring, name=model.name,
-                   postprocessing=model.postprocessing if use_postprocessing else None, **kwargs)
+                   name=model.name, postprocessing=model.postprocessing if use_postprocessing else None, **kwargs)
 
     @classmethod
     def from_path(cls, path: str | Path, folds: Sequence[int | str] | None = None,
-                  checkpoint: str | None = None, **kwargs) -> "Predictor":
+                  checkpoint: str | None = None, **kwargs) -> CasePredictor:
         """A model folder or a model zip, whichever ``path`` is (checkpoint None: the folder's default,
-        :func:`~hiennu.inference.model_registry.default_checkpoint`)."""
+        :func:`~hiennu.inference.model_registry.default_checkpoint`). An ensemble folder or ensemble zip
+        gives its :class:`~hiennu.inference.configuration_ensemble.ConfigurationEnsemble`."""
         if Path(path).is_file():
             return cls.from_zip(path, folds, **kwargs)
+        if is_ensemble_dir(path):
+            from hiennu.inference.configuration_ensemble import ConfigurationEnsemble
+            forced = kwargs.pop("min_component_voxels", None)
+            return ConfigurationEnsemble.from_ensemble_dir(path, folds, checkpoint, min_component_voxels=forced,
+                                                           **kwargs)
         return cls.from_model_dir(path, folds, checkpoint, **kwargs)
 
     # ---------------------------------------------------------------------------------- prediction
@@ -214,21 +229,22 @@ class Predictor(CasePredictor):
 
     def predict_prepared(self, prepared: list[PreparedCase], geometries: list[Geometry],
                          need_probabilities: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        return [threshold_probabilities(prob, need_probabilities)
+                for prob in self.native_probabilities(prepared, geometries)]
+
+    def native_probabilities(self, prepared: list[PreparedCase], geometries: list[Geometry]) -> list[torch.Tensor]:
+        """The mean probability map (over folds and mirrorings) of each prepared case on its native grid:
+        float32 ``(z, y, x)`` tensors of ``geometry.size_zyx``, on the device (an ensemble of configurations
+        averages these, :mod:`~hiennu.inference.configuration_ensemble`)."""
         if self.configuration.is_patch_based:
-            native = [self._predict_patches(case) for case in prepared]
-        else:
-            batch = torch.from_numpy(np.stack([case.data for case in prepared]).astype(np.float32, copy=False))
-            if self.device.type == "cuda":
-                batch = batch.pin_memory()
-            probs = self.ensemble.predict_probabilities(batch)
-            native = [resample_probabilities_to_native(probs[i], geometry.size_zyx,
-                                                       mode=self.configuration.prediction_interpolation)
-                      for i, geometry in enumerate(geometries)]
-        results = []
-        for prob in native:
-            mask = (prob >= THRESHOLD).to(torch.uint8).cpu().numpy()
-            results.append((mask, prob.cpu().numpy().astype(np.float32, copy=False) if need_probabilities else None))
-        return results
+            return [self._predict_patches(case) for case in prepared]
+        batch = torch.from_numpy(np.stack([case.data for case in prepared]).astype(np.float32, copy=False))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        probs = self.ensemble.predict_probabilities(batch)
+        return [resample_probabilities_to_native(probs[i], geometry.size_zyx,
+                                                 mode=self.configuration.prediction_interpolation)
+                for i, geometry in enumerate(geometries)]
 
     def _predict_patches(self, case: PreparedCase) -> torch.Tensor:
         """Sliding-window probabilities of one cropped case, back on its native grid (a tensor on the device)."""
@@ -238,47 +254,31 @@ class Predictor(CasePredictor):
                                       windows_per_batch=self.batch_size)
         assert case.crop is not None
         return restore_to_native(prob, case.crop, self.configuration.prediction_interpolation)
-    def predict_files(self, adc: str | Path | sitk.Image, zadc: str | Path | sitk.Image) -> sitk.Image:
-        """The lesion mask of one case, for scripts: ADC and ZADC as file paths or SimpleITK images.
-
-        Returns a ``uint8`` SimpleITK image {0, 1} with the ADC's exact size, spacing, origin and
-        direction. The two maps must lie on the same grid.
-        """
-        if len(self.channel_names) != 2:
-            raise HiennuError(f"{self.name}: predict_files takes ADC and ZADC, but the model has "
-                              f"{len(self.channel_names)} channels ({', '.join(self.channel_names)}); use predict_case")
-        images, geometries = [], []
-        for label, item in (("ADC", adc), ("ZADC", zadc)):
-            image = item if isinstance(item, sitk.Image) else read_sitk(item)
-            if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-                raise HiennuError(f"{label}: expected a 3D image with one value per voxel")
-            geometries.append(Geometry.from_image(image))
-            images.append(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
-        diffs = geometries[0].differences(geometries[1])
-        if diffs:
-            raise HiennuError(f"ZADC lies on a different grid than ADC ({'; '.join(diffs)}); resample it onto the ADC's")
-        mask, _ = self.predict_case(images, geometries[0])
-        return geometries[0].apply_to(sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=np.uint8)))
 
 
-def build_predictor(model: str | Path | None = None, dataset: str | int | None = None, trainer: str | None = None,
-                    configuration: str | None = None, folds: Sequence[int | str] | None = None,
-                    checkpoint: str | None = None, device: str | None = None, use_mirroring: bool = True,
-                    baseline: str | None = None, min_component_voxels: int | None = None,
-                    batch_size: int | None = None, plans_name: str = PLANS_NAME, cpu_bf16: bool = False) -> CasePredictor:
+def build_predictor(model: str | Path | Sequence[str | Path] | None = None, dataset: str | int | None = None,
+                    trainer: str | Sequence[str] | None = None, configuration: str | Sequence[str] | None = None,
+                    folds: Sequence[int | str] | None = None, checkpoint: str | None = None,
+                    device: str | None = None, use_mirroring: bool = True, baseline: str | None = None,
+                    min_component_voxels: int | None = None, batch_size: int | None = None,
+                    plans_name: str | Sequence[str] = PLANS_NAME, cpu_bf16: bool = False) -> CasePredictor:
     """The predictor that ``hiennu_predict``'s options name.
 
-    ``baseline`` (``zadc``) needs no model; otherwise the model is ``model`` (folder or zip),
-    the model of ``dataset``/``trainer``/``configuration``, or the default model
-    (:func:`hiennu.inference.model_registry.resolve_model`).
+    ``baseline`` (``zadc``) needs no model; otherwise the model is ``model`` (folder or zip; several
+    for an ensemble of configurations), the model(s) of ``dataset``/``trainer``/``configuration``/``plans_name``
+    (several configurations, trainers or plans: an ensemble), or the default model, which may be an
+    ensemble (:func:`hiennu.inference.model_registry.resolve_models`). checkpoint: a file name, or None for
+    each model's default (:func:`~hiennu.inference.model_registry.default_checkpoint`; an ensemble folder's
+    ``members.json`` names its own).
     """
     if baseline is not None:
         if model is not None or dataset is not None:
             raise HiennuError("--baseline predicts without a model; drop -m/-d/-tr/-c")
         return make_baseline(baseline, min_component_voxels or 0)
-    path = resolve_model(model, dataset, trainer, configuration, plans_name)
-    kwargs = dict(device=device, use_mirroring=use_mirroring, min_component_voxels=min_component_voxels,
-                  batch_size=batch_size, cpu_bf16=cpu_bf16)
-    if path.is_file():
-        return Predictor.from_zip(path, folds, **kwargs)
-    return Predictor.from_model_dir(path, folds, checkpoint, **kwargs)
+    paths = resolve_models(model, dataset, trainer, configuration, plans_name)
+    kwargs = dict(device=device, use_mirroring=use_mirroring, batch_size=batch_size, cpu_bf16=cpu_bf16)
+    if len(paths) > 1:
+        from hiennu.inference.configuration_ensemble import ConfigurationEnsemble
+        return ConfigurationEnsemble.from_paths(paths, folds, checkpoint, min_component_voxels=min_component_voxels,
+                                                **kwargs)
+    return Predictor.from_path(paths[0], folds, checkpoint, min_component_voxels=min_component_voxels, **kwargs)
