@@ -195,6 +195,7 @@ POSTPROCESSING_FILE = "postprocessing.json"
 PROGRESS_FILE = "progress.json"
 VALIDATION_DIR = "validation"
 SUMMARY_FILE = "summary.json"
+PROBABILITIES_ENDING = ".npz"  # a validation case's probabilities: CASE.npz (nnU-Net's --npz)
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,10 @@ class ModelFolder:
 
     def validation_summary(self, fold: int | str) -> Path:
         return self.validation_dir(fold) / SUMMARY_FILE
+
+    def validation_probabilities(self, fold: int | str, case_id: str) -> Path:
+        """``fold_K/validation/CASE.npz``: the case's sigmoid probabilities kept by ``hiennu_train --npz``."""
+        return self.validation_dir(fold) / f"{case_id}{PROBABILITIES_ENDING}"
 
 
 INFERENCE_INFORMATION_FILE = "inference_information.json"

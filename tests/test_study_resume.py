@@ -55,7 +55,7 @@ def test_a_finished_fold_validated_with_another_checkpoint_is_revalidated_not_re
     calls = []
 
     def fake_validation(model_dir, fold, case_ids, dataset_name, device, batch_size=None, cpu_bf16=False,
-                        checkpoint=ckpt.FINAL):
+                        checkpoint=ckpt.FINAL, save_probabilities=False):
         calls.append((fold, checkpoint))
         (model_dir / f"fold_{fold}" / "validation" / "summary.json").write_text(json.dumps({"checkpoint": checkpoint}))
         return None
@@ -69,6 +69,29 @@ def test_a_finished_fold_validated_with_another_checkpoint_is_revalidated_not_re
     assert (finished_fold / ckpt.FINAL).stat().st_mtime_ns == before and not (finished_fold / ckpt.LATEST).exists()
     assert calls == ([(0, ckpt.FINAL)] if revalidated else [])
     assert json.loads(summary.read_text()) == {"checkpoint": ckpt.FINAL}
+
+
+def test_a_finished_fold_validated_without_probabilities_is_revalidated_with_them_for_npz(finished_fold, monkeypatch):
+    """--npz on a finished fold whose validation kept no probabilities predicts them, without training; a
+    validation that kept them is reused."""
+    import hiennu.training.trainer as trainer_module
+
+    calls = []
+
+    def fake_validation(model_dir, fold, case_ids, dataset_name, device, batch_size=None, cpu_bf16=False,
+                        checkpoint=ckpt.FINAL, save_probabilities=False):
+        calls.append((fold, checkpoint, save_probabilities))
+        (model_dir / f"fold_{fold}" / "validation" / "summary.json").write_text(
+            json.dumps({"checkpoint": checkpoint, "probabilities": save_probabilities}))
+        return None
+
+    monkeypatch.setattr(trainer_module, "predict_and_score_validation", fake_validation)
+    (finished_fold / "validation" / "summary.json").write_text(json.dumps({"checkpoint": ckpt.FINAL}))
+    before = (finished_fold / ckpt.FINAL).stat().st_mtime_ns
+    for _ in range(2):
+        run = train_fold("TrainerDice", 0, "Tiny", _study_options(save_probabilities=True))
+        assert not run.trained_now and (finished_fold / ckpt.FINAL).stat().st_mtime_ns == before
+    assert calls == [(0, ckpt.FINAL, True)]
 
 
 @pytest.mark.parametrize("change, field", [

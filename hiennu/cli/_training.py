@@ -67,6 +67,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, exclude: Collection[
     add("validation_only", "--val", action="store_true",
         help="do not train: re-run only the final validation of a finished fold (nnU-Net's --val), e.g. with "
              "another --checkpoint")
+    add("save_probabilities", "--npz", action="store_true",
+        help="the final validation also keeps each case's sigmoid probabilities in native geometry as "
+             "fold_K/validation/CASE.npz (nnU-Net's --npz), which hiennu_find_best_configuration averages to score "
+             "ensembles of configurations; with --val, re-validates a finished fold to keep them")
     add("split_seed", "--split-seed", type=int, default=None, metavar="S",
         help="folds from the stratified split with seed S (splits_seed{S}.json, written from "
              "dataset_fingerprint.json when absent; splits_final.json, seed 12345, is never rewritten); models "

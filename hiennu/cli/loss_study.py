@@ -23,6 +23,9 @@ STUDY_HELP = {
     "validation_checkpoint": "the checkpoint whose cross-validation masks the study scores: final (default, as "
                              "nnU-Net) or best (chosen on those same cases, so it flatters the model); a finished "
                              "fold validated with the other one is re-validated, not retrained",
+    "save_probabilities": "each fold's final validation also keeps its cases' probabilities (fold_K/validation/"
+                          "CASE.npz, nnU-Net's --npz) for hiennu_find_best_configuration; a finished fold validated "
+                          "without them is re-validated, not retrained",
     "split_seed": "study the folds of split seed S (splits_seed{S}.json, written when absent; models under "
                   "split_seed_S/, the study folder gets a _splitS suffix); default: splits_final.json",
     "plans_name": "plans identifier (as for hiennu_train): study the models trained with NAME.json; the study "

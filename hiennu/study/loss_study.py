@@ -58,7 +58,7 @@ from hiennu.study.fold_record import move_fold_aside, recorded_differences
 from hiennu.study.postprocessed_comparison import compare_models_with_rule
 from hiennu.study.split_seeds import ensure_seed_splits
 from hiennu.training.fold_layout import FoldLayout, fold_layout
-from hiennu.training.native_validation import validated_checkpoint
+from hiennu.training.native_validation import validated_checkpoint, validation_is_current
 from hiennu.training.options import NUM_FOLDS, TrainingOptions
 from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
 
@@ -306,9 +306,11 @@ def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOption
     finished = (fold_dir / FINAL).is_file() and not (fold_dir / LATEST).is_file()
     validated = validated_checkpoint(fold_dir)
     trained_now = not (finished and validated is not None)
-    if finished and validated is not None and validated != wanted:
-        log.info("%s fold %d: finished run found in %s, its validation masks came from %s; re-validating with %s",
-                 trainer_name, fold, fold_dir, validated, wanted)
+    if finished and validated is not None and not validation_is_current(fold_dir, wanted,
+                                                                        opts.training.save_probabilities):
+        log.info("%s fold %d: finished run found in %s, its validation masks came from %s%s; re-validating with %s%s",
+                 trainer_name, fold, fold_dir, validated, "" if validated != wanted else " without probabilities",
+                 wanted, " (--npz)" if opts.training.save_probabilities else "")
         cls(dataclasses.replace(opts.fold_options(dataset, fold, resume=False), validation_only=True)).run()
     elif not trained_now:
         log.info("%s fold %d: finished run found in %s, matches the request, reused", trainer_name, fold, fold_dir)

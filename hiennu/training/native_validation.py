@@ -6,11 +6,14 @@ cases) predicts its validation cases from their raw images exactly as ``hiennu_p
 (:class:`~hiennu.inference.predictor.Predictor`, folder prediction), and they are scored against
 the raw labels with the challenge metrics (:func:`~hiennu.evaluation.evaluate.evaluate_folders`).
 ``validation/summary.json`` records the checkpoint under ``"checkpoint"``
-(:func:`validated_checkpoint` reads it back).
+(:func:`validated_checkpoint` reads it back) and, under ``"probabilities"``, whether the cases' sigmoid
+probabilities were kept beside the masks as ``CASE.npz`` (``hiennu_train --npz``, nnU-Net's; what
+``hiennu_find_best_configuration`` averages to score ensembles without predicting again).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -22,6 +25,10 @@ from hiennu.io.atomic import read_json, write_json
 from hiennu.io.checkpoint import BEST, FINAL
 from hiennu.log import get_logger
 from hiennu.paths import SUMMARY_FILE, VALIDATION_DIR, ModelFolder, raw_root
+
+# hiennu_predict --save-probabilities npz names a case's probabilities CASE_prob.npz beside CASE.mha; a fold's
+# validation keeps them as CASE.npz, nnU-Net's name in its validation folders (ModelFolder.validation_probabilities)
+_PREDICTOR_PROBABILITIES = "{case}_prob.npz"
 
 log = get_logger(__name__)
 
@@ -39,15 +46,35 @@ def validated_checkpoint(fold_dir: Path) -> str | None:
     return recorded
 
 
+def validation_keeps_probabilities(fold_dir: Path) -> bool:
+    """Whether ``fold_dir/validation/summary.json`` says the validation kept each case's probabilities
+    (``CASE.npz``, ``--npz``); False without a summary, or for one written before the choice existed."""
+    path = Path(fold_dir) / VALIDATION_DIR / SUMMARY_FILE
+    return path.is_file() and read_json(path).get("probabilities") is True
+
+
+def validation_is_current(fold_dir: Path, checkpoint: str, probabilities: bool) -> bool:
+    """Whether the fold's validation was made with ``checkpoint`` (a file name) and, when ``probabilities``
+    is asked for, kept them: then a finished fold has nothing left to do."""
+    return validated_checkpoint(fold_dir) == checkpoint and (not probabilities
+                                                              or validation_keeps_probabilities(fold_dir))
+
+
 def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str], dataset_name: str,
                                  device: torch.device, batch_size: int | None = None, cpu_bf16: bool = False,
-                                 checkpoint: str = FINAL) -> dict | None:
+                                 checkpoint: str = FINAL, save_probabilities: bool = False) -> dict | None:
     """Predict the fold's validation cases from their raw images with the fold's ``checkpoint``
     (a file name in ``fold_K/``, default ``checkpoint_final.pth``), as ``hiennu_predict`` does (:meth:`~hiennu.inference.predictor.Predictor.predict_folder`, without
     post-processing: these are the predictions it is chosen on), in each case's native geometry,
     into ``fold_K/validation/CASE<ending>``, and score them against the raw labels with the
     challenge metrics (``validation/summary.json`` + per-case CSV). The summary records the
-    checkpoint's file name under ``"checkpoint"``.
+    checkpoint's file name under ``"checkpoint"`` and ``save_probabilities`` under ``"probabilities"``.
+
+    save_probabilities: also keep each case's sigmoid probabilities (float32 ``(z, y, x)`` on the case's
+    native grid) as ``validation/CASE.npz``, written by the predictor exactly as ``hiennu_predict
+    --save-probabilities npz`` writes them (key ``probabilities``, with the grid's ``spacing_xyz``,
+    ``origin_xyz`` and ``direction``); the mask is ``probabilities >= 0.5`` less the plans' small components.
+    Without it, probabilities of an earlier validation are removed, so none is left beside other masks.
 
     batch_size: cases (or sliding windows) per forward pass (None: the predictor's default).
     cpu_bf16: bfloat16 autocast on a CPU, as the fold was trained (the plans' ``training.cpu_bf16``).
@@ -59,15 +86,23 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
                     "the checkpoints are complete, predict and score the validation cases later with "
                     "hiennu_predict and hiennu_evaluate", raw_dir)
         return None
-    out_dir = ModelFolder(model_dir).validation_dir(fold)
+    model = ModelFolder(model_dir)
+    out_dir = model.validation_dir(fold)
     predictor = Predictor.from_model_dir(model_dir, folds=[fold], checkpoint=checkpoint, device=device,
                                          use_postprocessing=False, batch_size=batch_size, cpu_bf16=cpu_bf16)
     (out_dir / SUMMARY_FILE).unlink(missing_ok=True)  # never a summary of one checkpoint beside another's masks
-    report = predictor.predict_folder(raw_dir / "imagesTr", out_dir, case_ids=case_ids)
+    for case in case_ids:  # nor probabilities of another checkpoint
+        model.validation_probabilities(fold, case).unlink(missing_ok=True)
+    report = predictor.predict_folder(raw_dir / "imagesTr", out_dir, case_ids=case_ids,
+                                      save_probabilities=save_probabilities, probability_format="npz")
     if not report.ok:
         raise HiennuError(f"final validation: the validation cases could not all be predicted ({report.summary()})")
+    if save_probabilities:
+        for case in case_ids:
+            os.replace(out_dir / _PREDICTOR_PROBABILITIES.format(case=case), model.validation_probabilities(fold, case))
     summary = evaluate_folders(raw_dir / "labelsTr", out_dir, output_json=out_dir / SUMMARY_FILE,
                                images_dir=raw_dir / "imagesTr", case_ids=case_ids, num_processes=1)
-    summary["checkpoint"] = checkpoint
-    write_json({**read_json(out_dir / SUMMARY_FILE), "checkpoint": checkpoint}, out_dir / SUMMARY_FILE)
+    summary.update(checkpoint=checkpoint, probabilities=bool(save_probabilities))
+    write_json({**read_json(out_dir / SUMMARY_FILE), "checkpoint": checkpoint,
+                "probabilities": bool(save_probabilities)}, out_dir / SUMMARY_FILE)
     return summary

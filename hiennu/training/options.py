@@ -39,6 +39,9 @@ class TrainingOptions:
     ``split_seed_{S}/TRAINER__PLANS__CONFIG`` beside the default model folder, so its folds never mix
     with those of the default split.
     cpu_threads: torch's intra-op threads on a CPU (``--cpu-threads``; None: torch's default, one per core).
+    save_probabilities: the final validation also keeps each case's sigmoid probabilities in native geometry
+    as ``fold_K/validation/CASE.npz`` (``--npz``, nnU-Net's), which ``hiennu_find_best_configuration``
+    averages to score ensembles of configurations.
     """
 
     dataset: str
@@ -63,6 +66,7 @@ class TrainingOptions:
     validation_only: bool = False
     split_seed: int | None = None
     cpu_threads: int | None = None
+    save_probabilities: bool = False
 
     def __post_init__(self) -> None:
         self.fold = parse_fold(self.fold)
@@ -70,6 +74,9 @@ class TrainingOptions:
         if self.validation_only and (self.fold == "all" or not self.final_validation):
             raise HiennuError("--val re-runs the final validation of a fold 0-4; it cannot be combined with fold "
                               "'all' (no held-out cases) or --no-final-validation")
+        if self.save_probabilities and (self.fold == "all" or not self.final_validation):
+            raise HiennuError("--npz keeps the probabilities of the final validation of a fold 0-4; it cannot be "
+                              "combined with fold 'all' (no held-out cases) or --no-final-validation")
         if self.split_seed is not None and (isinstance(self.split_seed, bool) or int(self.split_seed) != self.split_seed
                                             or self.split_seed < 0):
             raise HiennuError(f"--split-seed must be a whole number >= 0, got {self.split_seed!r}")

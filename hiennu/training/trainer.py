@@ -67,7 +67,7 @@ from hiennu.training.early_stopping import EarlyStopping
 from hiennu.training.fold_layout import check_batch_split, fold_layout
 from hiennu.training.fold_lock import FoldLock
 from hiennu.training.model_files import publish_model_files
-from hiennu.training.native_validation import predict_and_score_validation, validated_checkpoint
+from hiennu.training.native_validation import predict_and_score_validation, validation_is_current
 from hiennu.training.options import TrainingOptions
 from hiennu.training.progress import ProgressLog, StepTimer
 from hiennu.training.weight_average import WeightAverage
@@ -199,7 +199,8 @@ class Trainer(abc.ABC):
                 publish_model_files(self.plans, self.config, self.preprocessed_dir, self.model_dir, self.fold_dir)
             barrier()
             if self.dist.is_main:
-                if not trained_now and validated_checkpoint(self.fold_dir) == self.options.validation_checkpoint_file:
+                if not trained_now and validation_is_current(self.fold_dir, self.options.validation_checkpoint_file,
+                                                             self.options.save_probabilities):
                     log.info("%s is finished and validated with %s; nothing to do", self.fold_dir,
                              self.options.validation_checkpoint_file)
                 else:
@@ -583,7 +584,8 @@ class Trainer(abc.ABC):
         # a whole-volume configuration: one case per forward pass, as the network saw them in training
         summary = predict_and_score_validation(self.model_dir, self.options.fold, self.val_cases, self.dataset_name,
                                                self.device, batch_size=None if self.config.is_patch_based else 1,
-                                               cpu_bf16=self.training.cpu_bf16, checkpoint=checkpoint)
+                                               cpu_bf16=self.training.cpu_bf16, checkpoint=checkpoint,
+                                               save_probabilities=self.options.save_probabilities)
         if summary is not None:
             m = summary["metrics"]
             log.info("validation in native geometry with %s (%d cases, %s): Dice %.4f, MASD %.3f mm (n=%d), NSD %.4f",
