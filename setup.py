@@ -26,6 +26,7 @@ SCRIPTS = {
     "hiennu_evaluate": "evaluate",
     "hiennu_determine_postprocessing": "determine_postprocessing",
     "hiennu_apply_postprocessing": "apply_postprocessing",
+    "hiennu_find_best_configuration": "find_best_configuration",
     "hiennu_export_model": "export_model",
     "hiennu_install_model": "install_model",
     "hiennu_loss_study": "loss_study",

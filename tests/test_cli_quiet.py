@@ -53,8 +53,8 @@ def quiet_run(record: dict, name: str, main, argv: list[str]) -> None:
 def pipeline(tmp_path_factory):
     """Run every command once with -q on a tiny synthetic dataset; returns (tmp folder, console output per command)."""
     from hiennu.cli import (apply_postprocessing, convert_bonbid, demo, determine_postprocessing, evaluate,
-                            export_model, install_model, loss_study, make_synthetic, plan_and_preprocess, predict,
-                            predict_challenge, train)
+                            export_model, find_best_configuration, install_model, loss_study, make_synthetic,
+                            plan_and_preprocess, predict, predict_challenge, train)
     tmp = tmp_path_factory.mktemp("quiet")
     env = {name: str(tmp / name) for name in ("hiennu_raw", "hiennu_preprocessed", "hiennu_results")}
     out: dict[str, str] = {}
@@ -68,7 +68,7 @@ def pipeline(tmp_path_factory):
         quiet_run(out, "plan_and_preprocess -p", plan_and_preprocess.main,
                   ["-d", "901", "-c", "3d_fullres", "--plan-for", "gpu", "-np", "1", "-p", "Wide"])
         common = ["--epochs", "1", "--iterations-per-epoch", "1", "--num-workers", "0", "-device", "cpu"]
-        quiet_run(out, "train", train.main, ["901", "TrainerDice", "0", *common])
+        quiet_run(out, "train", train.main, ["901", "TrainerDice", "0", *common, "--npz"])
         quiet_run(out, "train -p", train.main, ["901", "-tr", "TrainerDice", "0", "-p", "Wide", *common,
                                                 "--no-final-validation"])
         quiet_run(out, "predict", predict.main, ["-i", str(raw / "imagesTr"), "-o", str(tmp / "pred"), "-d", "901",
@@ -79,6 +79,10 @@ def pipeline(tmp_path_factory):
                                                    "-np", "1"])
         quiet_run(out, "determine_postprocessing", determine_postprocessing.main,
                   ["-d", "901", "-tr", "TrainerDice", "-f", "0", "--dry-run"])
+        quiet_run(out, "find_best_configuration", find_best_configuration.main,
+                  ["-d", "901", "-c", "3d_fullres", "-tr", "TrainerDice", "-f", "0", "-np", "1"])
+        # the post-processing it chose for the model would change what the tests below predict with it
+        (tmp / "hiennu_results" / DATASET / "TrainerDice__hiennuPlans__3d_fullres" / "postprocessing.json").unlink()
         record = tmp / "record" / "postprocessing.json"
         record.parent.mkdir()
         record.write_text('{"chosen": {"min_component_voxels": 2}}')
@@ -114,7 +118,7 @@ def pipeline(tmp_path_factory):
 
 COMMANDS = ["make_synthetic", "plan_and_preprocess", "plan_and_preprocess -p", "train", "train -p", "predict",
             "predict -p", "evaluate", "export_model", "install_model", "predict_challenge", "loss_study",
-            "convert_bonbid", "demo", "determine_postprocessing", "apply_postprocessing"]
+            "convert_bonbid", "demo", "determine_postprocessing", "apply_postprocessing", "find_best_configuration"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

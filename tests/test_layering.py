@@ -34,6 +34,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "postprocessing": GROUND | {"evaluation"},
     "inference": GROUND | {"geometry", "preprocessing", "networks", "postprocessing"},
     "training": GROUND | {"networks", "losses", "inference", "evaluation", "postprocessing"},
+    "ensembling": GROUND | {"evaluation", "postprocessing", "inference"},
     "study": GROUND | {"geometry", "datasets", "networks", "losses", "planning", "preprocessing", "pipeline",
                        "inference", "evaluation", "postprocessing", "training"},
 }

@@ -276,7 +276,26 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
         raise HiennuError("choosing post-processing needs at least one fold")
     ending = load_dataset_json(raw_dir).file_ending
     masks, fold_of = validation_cases(model_dir, folds, raw_dir / "labelsTr", ending)
-    size_rule = plans_size_rule(model_dir)
+    record = select_on_masks(masks, fold_of, raw_dir, plans_size_rule(model_dir),
+                             validation_checkpoints(model_dir, folds), model_dir, sizes, details)
+    if write:
+        write_json(record, ModelFolder(model_dir).postprocessing)
+    return record
+
+
+def select_on_masks(masks: dict[str, Path], fold_of: dict[str, int], raw_dir: Path, size_rule: int,
+                    checkpoints: dict[str, str | None], source: Path, sizes: Sequence[int] = COMPONENT_SIZES,
+                    details: dict | None = None) -> dict:
+    """The post-processing record chosen on cross-validation masks given file by file (nothing is written).
+
+    masks: case id -> mask on its label's grid (made without post-processing); fold_of: case id -> the fold
+    that held it out; raw_dir: the raw dataset; size_rule: the components the predictor removes before any
+    chosen post-processing (the plans' ``min_component_voxels``); checkpoints: fold -> the checkpoint that
+    predicted its masks (recorded as ``validation_checkpoints``); source: the folder the masks belong to
+    (a model folder, or an ensemble folder of ``hiennu_find_best_configuration``), for the log and provenance.
+    """
+    raw_dir, source = Path(raw_dir), Path(source)
+    folds = sorted(set(fold_of.values()))
     cases = load_cases(masks, raw_dir, fold_of)
     options = all_candidates(cases, list(cases), sizes, size_rule)
     means = score(cases, options).mean(axis=1)
@@ -301,22 +320,20 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
                    "how": "each fold's choice made on the other folds' cases only (caps and lesion filters "
                           "included), applied to it"},
         "folds": folds,
-        "validation_checkpoints": validation_checkpoints(model_dir, folds),
+        "validation_checkpoints": checkpoints,
         "plans_min_component_voxels": size_rule,
         "num_cases": len(masks),
         "case_ids": sorted(masks),
         "metric": METRIC,
         "rule": "a candidate is kept only when it raises the mean Dice above no post-processing; the best kept wins",
-        "provenance": provenance({"model_dir": str(model_dir), "raw_dir": str(raw_dir), "folds": folds,
+        "provenance": provenance({"model_dir": str(source), "raw_dir": str(raw_dir), "folds": folds,
                                   "sizes": [int(k) for k in sizes]}),
     }
     log.info("%s: post-processing chosen by CV over %d cases of folds %s among %d candidates: %s (mean Dice %.4f, "
-             "without %.4f; nested estimate %.4f)", model_dir.name, len(masks), ", ".join(map(str, folds)),
+             "without %.4f; nested estimate %.4f)", source.name, len(masks), ", ".join(map(str, folds)),
              len(options), chosen.name, means[best], means[0], record["nested"]["cv_dice"])
     if details is not None:
         details.update(cases=cases, fold_of=fold_of, options=options, nested=folds_chosen)
-    if write:
-        write_json(record, ModelFolder(model_dir).postprocessing)
     return record
 
 

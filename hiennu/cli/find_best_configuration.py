@@ -1,0 +1,57 @@
+"""``hiennu_find_best_configuration -d DATASET -c 2d 3d_fullres [-tr ...] [-p ...]``: choose among trained
+configurations and their ensembles by cross-validation."""
+
+from __future__ import annotations
+
+import argparse
+
+from hiennu.cli._common import make_parser, run
+from hiennu.paths import DEFAULT_PLANS_NAME
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hiennu.ensembling.best_configuration import DEFAULT_FOLDS, DEFAULT_TRAINER
+
+    p = make_parser(
+        "hiennu_find_best_configuration",
+        "Score every trained configuration and every ensemble of two or more (members' mean probability >= 0.5) "
+        "on the pooled cross-validation cases with Dice, MASD and NSD (95% bootstrap intervals), beside the rule "
+        "ZADC < -2; choose the best by mean Dice, then its post-processing (pooled and nested estimates); write "
+        "$hiennu_results/DatasetNNN_Name/inference_information.json and print the hiennu_predict command. Every "
+        "fold must have been trained with --npz (or re-validated: hiennu_train ... --val --npz), as nnU-Net's "
+        "nnUNetv2_find_best_configuration.")
+    p.add_argument("-d", "--dataset", required=True, help="dataset name, DatasetNNN_Name or number")
+    p.add_argument("-c", "--configurations", nargs="+", required=True, metavar="CONFIG",
+                   help="configurations to compare, e.g. 2d 3d_fullres")
+    p.add_argument("-tr", "--trainers", nargs="+", default=[DEFAULT_TRAINER], metavar="TRAINER",
+                   help="trainer classes of the models")
+    p.add_argument("-p", "--plans", nargs="+", default=[DEFAULT_PLANS_NAME], metavar="NAME",
+                   help="plans identifiers of the models (-p of hiennu_train)")
+    p.add_argument("-f", "--folds", nargs="+", type=int, default=list(DEFAULT_FOLDS),
+                   help="folds of splits_final.json whose validation cases are pooled")
+    p.add_argument("--no-ensembles", dest="ensembles", action="store_false",
+                   help="score the models alone (default: their ensembles too)")
+    p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for scoring the cases")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def go() -> int:
+        from hiennu.ensembling.best_configuration import FindBestOptions, find_best_configuration
+        from hiennu.ensembling.inference_information import table
+        result = find_best_configuration(FindBestOptions(
+            dataset=args.dataset, configurations=args.configurations, trainers=args.trainers, plans=args.plans,
+            folds=args.folds, ensembles=args.ensembles, num_processes=args.num_processes))
+        if args.quiet:  # -q: warnings and errors only; everything is in inference_information.json
+            return 0
+        print(table(result.information), end="")
+        print(f"written to {result.path}")
+        return 0
+
+    return run(go, verbose=not args.quiet)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

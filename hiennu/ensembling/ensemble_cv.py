@@ -1,0 +1,120 @@
+"""Ensembles of configurations on cross-validation: the candidates, the averaged probabilities, the masks,
+and the ensemble's folder.
+
+An ensemble of two or more trained models predicts a case with the mean of its members' sigmoid
+probabilities, every member weighing the same (each member's own folds already averaged, as
+``hiennu_predict`` averages them), thresholded at 0.5 (``p >= 0.5`` is lesion), less the components under
+the members' largest ``min_component_voxels`` (the plans' size rule). On cross-validation each case's
+probabilities are those its own fold kept (``fold_K/validation/CASE.npz``), so no case is predicted by a
+network that saw it.
+
+:class:`EnsembleStaging` writes every ensemble's CV masks into a hidden folder of the dataset's results and
+moves each into its :class:`~hiennu.paths.EnsembleFolder` only on :meth:`EnsembleStaging.commit`, so a run
+that fails part-way leaves no half-written ensemble (:meth:`EnsembleStaging.discard` removes the staging).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hiennu.inference.predictor import THRESHOLD
+from hiennu.io.atomic import write_json
+from hiennu.paths import VALIDATION_DIR, EnsembleFolder, ensemble_dir_name
+from hiennu.postprocessing.components import remove_small_components
+
+MODEL, ENSEMBLE = "model", "ensemble"
+
+
+def mean_probabilities(probabilities: Sequence[np.ndarray]) -> np.ndarray:
+    """The members' mean probability map, every member weighing the same; float32, same shape ``(z, y, x)``."""
+    if not probabilities:
+        raise ValueError("an ensemble needs at least one member's probabilities")
+    total = np.zeros(np.shape(probabilities[0]), dtype=np.float32)
+    for prob in probabilities:
+        total += np.asarray(prob, dtype=np.float32)
+    return total / np.float32(len(probabilities))
+
+
+def cv_mask(probabilities: np.ndarray, size_rule: int = 0) -> np.ndarray:
+    """``probabilities >= 0.5`` less the 26-connected components under ``size_rule`` voxels, as the predictor
+    makes a mask before any chosen post-processing; uint8 {0, 1} ``(z, y, x)``."""
+    return remove_small_components((np.asarray(probabilities) >= THRESHOLD).astype(np.uint8), int(size_rule))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One trained model, or an ensemble of several: ``members`` are model folder names
+    (``TRAINER__PLANS__CONFIG``), sorted."""
+
+    members: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", tuple(sorted(self.members)))
+
+    @property
+    def kind(self) -> str:
+        return MODEL if len(self.members) == 1 else ENSEMBLE
+
+    @property
+    def name(self) -> str:
+        """The model folder's name, or the ensemble folder's (``ensemble___M1___M2``)."""
+        return self.members[0] if len(self.members) == 1 else ensemble_dir_name(list(self.members))
+
+
+def candidates(model_names: Sequence[str], ensembles: bool = True) -> list[Candidate]:
+    """Every model alone, then (with ``ensembles``) every ensemble of two or more of them, smallest first."""
+    out = [Candidate((name,)) for name in model_names]
+    if ensembles:
+        for size in range(2, len(model_names) + 1):
+            out += [Candidate(tuple(c)) for c in itertools.combinations(model_names, size)]
+    return out
+
+
+def members_record(candidate: Candidate, folds: Sequence[int], checkpoint: str) -> dict:
+    """The ensemble's ``members.json``: its member model folders, the folds and the checkpoint each member
+    predicts with (what ``hiennu_predict -m`` reads for an ensemble)."""
+    return {"members": list(candidate.members), "folds": [int(f) for f in folds], "checkpoint": checkpoint}
+
+
+class EnsembleStaging:
+    """Ensemble CV outputs written first under ``DatasetNNN_Name/.find_best_configuration-XXXX/NAME/validation``,
+    then moved into ``ensembles/NAME/validation`` by :meth:`commit`."""
+
+    def __init__(self, dataset_results_dir: Path):
+        self.dataset_results_dir = Path(dataset_results_dir)
+        self.root = Path(tempfile.mkdtemp(prefix=".find_best_configuration-", dir=self.dataset_results_dir))
+
+    def validation_dir(self, candidate: Candidate) -> Path:
+        """Where the ensemble's CV masks and summary are written before :meth:`commit`."""
+        return self.root / candidate.name / VALIDATION_DIR
+
+    def folder(self, candidate: Candidate) -> EnsembleFolder:
+        """The ensemble's folder once committed."""
+        return EnsembleFolder.of(self.dataset_results_dir, list(candidate.members))
+
+    def commit(self, candidate: Candidate, members: dict) -> EnsembleFolder:
+        """Move the staged ``validation/`` into the ensemble folder (replacing an earlier one whole) and write
+        ``members.json``; returns the folder."""
+        folder = self.folder(candidate)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        old = None
+        if folder.validation_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=".validation.replaced-", dir=folder.path))
+            os.replace(folder.validation_dir, old / VALIDATION_DIR)
+        os.replace(self.validation_dir(candidate), folder.validation_dir)
+        write_json(members, folder.members)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def discard(self) -> None:
+        """Remove the staging folder and whatever is left in it."""
+        shutil.rmtree(self.root, ignore_errors=True)

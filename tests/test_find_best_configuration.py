@@ -1,0 +1,374 @@
+"""hiennu_find_best_configuration and the validation probabilities it averages (hiennu_train --npz).
+
+The model folders here are written directly (probabilities, masks, summaries), not trained, so every number is
+known by hand: two configurations whose false positives sit in different places, so their ensemble (mean
+probability >= 0.5) is exactly the label. One test trains tiny folds with --npz end to end (about 12 s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import tiny_plans
+from hiennu.cli import find_best_configuration as cli
+from hiennu.ensembling.best_configuration import FindBestOptions, choose_best, find_best_configuration
+from hiennu.ensembling.ensemble_cv import Candidate, candidates, cv_mask, mean_probabilities
+from hiennu.ensembling.inference_information import (ChosenConfiguration, candidate_scores,
+                                                     load_inference_information, predict_command)
+from hiennu.errors import HiennuError
+from hiennu.inference.folder_prediction import write_probabilities
+from hiennu.io.atomic import write_json
+from hiennu.io.checkpoint import BEST, FINAL
+from hiennu.io.dataset_json import DatasetJson, save_dataset_json
+from hiennu.io.image import Geometry, read_image, write_image
+from hiennu.paths import INFERENCE_INFORMATION_FILE, EnsembleFolder, ModelFolder
+from hiennu.plans import Plans, save_plans
+from hiennu.training.options import TrainingOptions
+
+DATASET = "Dataset001_Tiny"
+GEO = Geometry((12, 12, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+A, B = "TrainerX__hiennuPlans__3d_fullres", "TrainerX__hiennuPlans__3d_lowres"
+LESION = (slice(2, 4), slice(3, 7), slice(3, 7))        # 32 voxels
+FP_A = (slice(5, 6), slice(8, 10), slice(8, 10))        # 4 voxels: model A's false positive
+FP_B = (slice(5, 6), slice(1, 3), slice(8, 10))         # 4 voxels: model B's
+
+
+def _label(i: int) -> np.ndarray:
+    label = np.zeros(GEO.size_zyx, np.uint8)
+    if i % 3 != 2:  # every third case has no lesion
+        label[LESION] = 1
+    return label
+
+
+def _probabilities(model: str, i: int) -> np.ndarray:
+    """0.7 on the lesion, 0.8 on the model's own false positive and 0.1 on the other's: alone each marks its false
+    positive, their mean (0.45 there) does not."""
+    prob = np.full(GEO.size_zyx, 0.05, np.float32)
+    if i % 3 != 2:
+        prob[LESION] = 0.7
+    prob[FP_A], prob[FP_B] = (0.8, 0.1) if model == A else (0.1, 0.8)
+    return prob
+
+
+def _write_model(results: Path, name: str, split: list[list[str]], cases: dict[str, int]) -> Path:
+    model = ModelFolder(results / DATASET / name)
+    config = tiny_plans().configuration("3d_fullres")
+    save_plans(Plans(DATASET, ["ADC", "ZADC"], {"3d_fullres": config,
+                                                "3d_lowres": dataclasses.replace(config, name="3d_lowres")}),
+               model.plans)
+    save_dataset_json(DatasetJson("Tiny"), model.dataset_json)
+    for fold, val in enumerate(split):
+        for case in val:
+            prob = _probabilities(name, cases[case])
+            write_probabilities(prob, GEO, model.validation_probabilities(fold, case))
+            write_image(cv_mask(prob), GEO, model.validation_dir(fold) / f"{case}.mha")
+        write_json({"checkpoint": FINAL, "probabilities": True, "per_case": [{"case_id": c} for c in val]},
+                   model.validation_summary(fold))
+    return model.path
+
+
+@pytest.fixture
+def cv(hiennu_roots):
+    """A raw dataset of 9 cases in 3 folds and the CV of two models, A (3d_fullres) and B (3d_lowres)."""
+    raw = hiennu_roots["hiennu_raw"] / DATASET
+    results = hiennu_roots["hiennu_results"]
+    cases = {f"case{i}": i for i in range(9)}
+    for case, i in cases.items():
+        adc = np.full(GEO.size_zyx, 1000.0, np.float32)
+        adc[:, :, 0] = 0.0  # outside the brain
+        zadc = np.zeros(GEO.size_zyx, np.float32)
+        zadc[_label(i) == 1] = -4.0
+        zadc[0, 0:2, 5:7] = -3.0  # the rule's own false positive
+        write_image(adc, GEO, raw / "imagesTr" / f"{case}_0000.mha")
+        write_image(zadc, GEO, raw / "imagesTr" / f"{case}_0001.mha")
+        write_image(_label(i), GEO, raw / "labelsTr" / f"{case}.mha")
+    save_dataset_json(DatasetJson("Tiny", num_training=9), raw)
+    split = [[c for c in cases if cases[c] % 3 == k] for k in range(3)]
+    write_json([{"train": sorted(set(cases) - set(val)), "val": val} for val in split],
+               hiennu_roots["hiennu_preprocessed"] / DATASET / "splits_final.json")
+    for name in (A, B):
+        _write_model(results, name, split, cases)
+    return results / DATASET
+
+
+def _run(*argv: str) -> list[str]:
+    return ["-d", "Tiny", "-c", "3d_fullres", "3d_lowres", "-tr", "TrainerX", "-f", "0", "1", "2", "-np", "1", *argv]
+
+
+def _written(dataset_results: Path) -> set[str]:
+    """Everything find_best_configuration may write (or leave behind) under the dataset's results."""
+    found = {p.name for p in dataset_results.iterdir() if p.name.startswith(".") or p.name in
+             (INFERENCE_INFORMATION_FILE, "ensembles")}
+    return found | {p.name for p in dataset_results.glob("*/postprocessing.json")}
+
+
+# ------------------------------------------------------------------------------------------ averaging and choice
+
+def test_the_ensemble_mean_is_exact_and_thresholded_at_one_half():
+    a = np.array([0.4, 0.3, 0.9, 0.0], np.float32).reshape(1, 1, 4)
+    b = np.array([0.6, 0.6, 0.0, 0.2], np.float32).reshape(1, 1, 4)
+    mean = mean_probabilities([a, b])
+    assert mean.dtype == np.float32
+    np.testing.assert_allclose(mean.ravel(), [0.5, 0.45, 0.45, 0.1], rtol=0, atol=1e-7)
+    assert cv_mask(mean).ravel().tolist() == [1, 0, 0, 0]  # p >= 0.5 is lesion
+    three = mean_probabilities([a, b, np.ones_like(a)])
+    np.testing.assert_allclose(three.ravel(), [2 / 3, 1.9 / 3, 1.9 / 3, 1.2 / 3], atol=1e-6)
+
+
+def test_every_ensemble_of_two_or_more_is_a_candidate():
+    names = [c.name for c in candidates(["m__p__a", "m__p__b", "m__p__c"])]
+    assert names[:3] == ["m__p__a", "m__p__b", "m__p__c"]
+    assert names[3:] == ["ensemble___m__p__a___m__p__b", "ensemble___m__p__a___m__p__c",
+                         "ensemble___m__p__b___m__p__c", "ensemble___m__p__a___m__p__b___m__p__c"]
+    assert [c.name for c in candidates(["m__p__a", "m__p__b"], ensembles=False)] == ["m__p__a", "m__p__b"]
+    assert Candidate(("m__p__b", "m__p__a")).members == ("m__p__a", "m__p__b")
+
+
+def _scores(name, members, dice):
+    return candidate_scores(name, "ensemble" if len(members) > 1 else "model", members, name,
+                            {"dice": {"mean": dice}, "masd": {"mean": 1.0}, "nsd": {"mean": 0.5}})
+
+
+def test_the_choice_is_the_best_mean_dice_then_fewer_members_then_the_name():
+    a, b = _scores("T__P__b", ["T__P__b"], 0.7), _scores("T__P__a", ["T__P__a"], 0.7)
+    ens = _scores("ensemble___T__P__a___T__P__b", ["T__P__a", "T__P__b"], 0.7)
+    assert choose_best([ens, a, b]).name == "T__P__a"                      # a tie: fewer members, then the name
+    assert choose_best([a, _scores("ens", ["T__P__a", "T__P__b"], 0.71)]).name == "ens"  # better Dice wins
+    assert choose_best([_scores("x", ["x"], 0.2), a]).name == "T__P__b"
+
+
+def test_the_predict_command():
+    chosen = ChosenConfiguration(A, "model", (A,), (0, 1, 2, 3, 4), FINAL, A, {})
+    assert predict_command(DATASET, chosen, Path("/r")) == (
+        f"hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {DATASET} -tr TrainerX -c 3d_fullres -p hiennuPlans")
+    chosen = dataclasses.replace(chosen, folds=(0, 1), checkpoint=BEST)
+    assert predict_command(DATASET, chosen, Path("/r")).endswith("-p hiennuPlans -f 0 1 -chk best")
+    chosen = ChosenConfiguration("ensemble", "ensemble", (A, B), (0, 1, 2, 3, 4), FINAL, "ensembles/e", {})
+    assert predict_command(DATASET, chosen, Path("/r")) == (
+        f"hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m /r/{A} /r/{B}")
+
+
+# ------------------------------------------------------------------------------------------ the whole run
+
+def test_the_ensemble_wins_and_everything_is_written(cv, capsys):
+    assert cli.main(_run()) == 0
+    out = capsys.readouterr().out
+    folder = EnsembleFolder.of(cv, [B, A])
+    info = load_inference_information(cv)
+    by_name = {c.name: c for c in info.candidates}
+    assert set(by_name) == {A, B, folder.path.name}
+    # by hand: each model alone has a 4-voxel false positive on every case, the ensemble none
+    assert by_name[folder.path.name].mean("dice") == 1.0
+    assert by_name[A].mean("dice") == pytest.approx((6 * 64 / 68 + 3 * 0.0) / 9)
+    assert by_name[B].mean("dice") == by_name[A].mean("dice")
+    assert info.chosen.name == folder.path.name and info.chosen.kind == "ensemble"
+    assert info.chosen.members == (A, B) and info.chosen.folds == (0, 1, 2) and info.chosen.checkpoint == FINAL
+    assert info.reference is not None and info.reference.name == "rule: ZADC < -2"
+    assert 0 < info.reference.mean("dice") < 1
+    # the ensemble's CV masks: the label, case by case, on the label's grid
+    for i in range(9):
+        mask, geometry = read_image(folder.validation_dir / f"case{i}.mha", dtype=np.uint8)
+        expected = cv_mask(mean_probabilities([_probabilities(A, i), _probabilities(B, i)]))
+        assert np.array_equal(mask, expected) and np.array_equal(mask, _label(i))
+        assert not geometry.differences(GEO)
+    assert json.loads(folder.members.read_text()) == {"members": [A, B], "folds": [0, 1, 2], "checkpoint": FINAL}
+    summary = json.loads(folder.validation_summary.read_text())
+    assert summary["num_cases"] == 9 and summary["metrics"]["dice"]["mean"] == 1.0
+    record = json.loads(folder.postprocessing.read_text())
+    assert record["chosen_name"] == "none" and record["num_cases"] == 9
+    assert info.chosen.postprocessing["record"] == f"ensembles/{folder.path.name}/postprocessing.json"
+    assert info.chosen.postprocessing["nested"]["dice"]["mean"] == 1.0
+    # the file reads back to what the run returned, and the command is printed as written
+    raw = json.loads((cv / INFERENCE_INFORMATION_FILE).read_text())
+    assert raw["predict_command"] == (f"hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {cv.resolve() / A} "
+                                      f"{cv.resolve() / B}")
+    assert f"  {raw['predict_command']}\n" in out
+    assert re.search(r"\| \*\*ensemble___.*\*\* \(chosen\) \| ensemble \| 1\.0000 \[1\.0000, 1\.0000\] "
+                     r"\| 0\.00 \(9\)", out)
+    assert "rule: ZADC < -2 (reference, not chosen)" in out and ", nested |" in out and ", pooled |" in out
+    assert not any(p.name.startswith(".") for p in cv.iterdir())  # no staging left behind
+    assert not ModelFolder(cv / A).postprocessing.exists()
+
+
+def test_a_single_model_gets_its_postprocessing_once_and_an_existing_one_is_kept(cv, capsys):
+    options = FindBestOptions("Tiny", ["3d_fullres"], ["TrainerX"], folds=[0, 1, 2], num_processes=1)
+    first = find_best_configuration(options)
+    path = ModelFolder(cv / A).postprocessing
+    assert first.information.chosen.kind == "model" and first.postprocessing.action == "written"
+    record = json.loads(path.read_text())
+    assert record["chosen"]["min_component_voxels"] >= 5  # the 4-voxel false positives go
+    assert first.information.chosen.postprocessing["pooled"]["dice"]["mean"] > first.information.candidates[0].mean()
+    assert first.information.predict_command.endswith(
+        f"-d {DATASET} -tr TrainerX -c 3d_fullres -p hiennuPlans -f 0 1 2")
+    before = path.read_bytes()
+    assert find_best_configuration(options).postprocessing.action.startswith("identical")
+    assert path.read_bytes() == before
+    record["chosen"] = {"min_component_voxels": 50}
+    record["chosen_name"] = "remove < 50 vox"
+    write_json(record, path)
+    assert cli.main(["-d", "Tiny", "-c", "3d_fullres", "-tr", "TrainerX", "-f", "0", "1", "2", "-np", "1"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(path.read_text())["chosen_name"] == "remove < 50 vox"
+    assert "kept the existing record" in out and "this run would choose remove < 5 vox" in out
+    info = load_inference_information(cv)
+    assert info.chosen.postprocessing["chosen_name"] == "remove < 50 vox"
+    assert not (cv / "ensembles").exists()
+
+
+def test_inference_information_round_trips(cv):
+    result = find_best_configuration(FindBestOptions("Tiny", ["3d_fullres", "3d_lowres"], ["TrainerX"],
+                                                     folds=[0, 1, 2], num_processes=1))
+    assert load_inference_information(cv) == result.information
+    again = json.loads(json.dumps(result.information.to_dict()))
+    assert again == json.loads((cv / INFERENCE_INFORMATION_FILE).read_text())
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+def _break_fold(cv: Path) -> None:
+    shutil.rmtree(cv / B / "fold_2")
+
+
+def _break_npz(cv: Path) -> None:
+    (cv / B / "fold_1" / "validation" / "case4.npz").unlink()
+
+
+def _break_splits(cv: Path) -> None:
+    """B's case 3 validated in fold 1 instead of fold 0 (other splits)."""
+    model = ModelFolder(cv / B)
+    for suffix in (".npz", ".mha"):
+        (model.validation_dir(0) / f"case3{suffix}").rename(model.validation_dir(1) / f"case3{suffix}")
+    for fold, change in ((0, lambda cases: [c for c in cases if c != "case3"]), (1, lambda cases: cases + ["case3"])):
+        summary = json.loads(model.validation_summary(fold).read_text())
+        summary["per_case"] = [{"case_id": c} for c in change([r["case_id"] for r in summary["per_case"]])]
+        write_json(summary, model.validation_summary(fold))
+
+
+def _break_dataset(cv: Path) -> None:
+    save_dataset_json(DatasetJson("Tiny", channel_names=["ADC", "T2"]), ModelFolder(cv / B).dataset_json)
+
+
+def _break_checkpoint(cv: Path) -> None:
+    for fold in range(3):
+        summary = json.loads(ModelFolder(cv / B).validation_summary(fold).read_text())
+        write_json({**summary, "checkpoint": BEST}, ModelFolder(cv / B).validation_summary(fold))
+
+
+def _break_mask(cv: Path) -> None:
+    path = cv / A / "fold_2" / "validation" / "case8.mha"
+    mask, geometry = read_image(path, dtype=np.uint8)
+    mask[0, 0, 0] = 1
+    write_image(mask, geometry, path)
+
+
+@pytest.mark.parametrize("breaking, message", [
+    (_break_fold, rf"error: model {B}, fold 2: .*fold_2 not found; train it: hiennu_train Tiny TrainerX 2 -c 3d_lowres "
+                  r"--npz$"),
+    (_break_npz, rf"error: model {B}, fold 1, case case4: no probabilities .*case4\.npz \(its validation kept none\); "
+                 r"re-validate with them: hiennu_train Tiny TrainerX 1 -c 3d_lowres --val --npz$"),
+    (_break_splits, rf"error: model {B}, fold 0: validated other cases than {A}'s fold 0 \(missing: case3\); the two "
+                    r"were trained on different splits; retrain it on .*splits_final\.json: hiennu_train Tiny TrainerX "
+                    r"0 -c 3d_lowres --npz$"),
+    (_break_dataset, rf"error: model {B} was trained on another dataset than {A} \(channel_names \['ADC', 'ZADC'\] vs "
+                     r"\['ADC', 'T2'\]\); retrain it on Dataset001_Tiny: hiennu_train Tiny TrainerX 0 -c 3d_lowres "
+                     r"--npz"),
+    (_break_checkpoint, rf"error: model {B} was validated with checkpoint_best\.pth, {A} with checkpoint_final\.pth; "
+                        r"re-validate its folds alike, e\.g\. hiennu_train Tiny TrainerX 0 -c 3d_lowres --val --npz$"),
+    (_break_mask, rf"error: model {A}, fold 2, case case8: validation mask .*case8\.mha differs from its probabilities "
+                  r">= 0\.5 in 1 voxel\(s\).*re-validate: hiennu_train Tiny TrainerX 2 -c 3d_fullres --val --npz$"),
+])
+def test_bad_input_is_one_line_with_the_fix_and_nothing_is_written(cv, capsys, breaking, message):
+    breaking(cv)
+    before = _written(cv)
+    assert cli.main(_run("-q")) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert _written(cv) == before == set()
+
+
+def test_a_missing_model_or_fold_of_the_split_is_named(cv):
+    with pytest.raises(HiennuError, match=r"TrainerY__hiennuPlans__3d_fullres: .* not found; train its folds with "
+                                          r"probabilities, e\.g\. hiennu_train Tiny TrainerY 0 -c 3d_fullres --npz"):
+        find_best_configuration(FindBestOptions("Tiny", ["3d_fullres"], ["TrainerY"], folds=[0, 1, 2]))
+    with pytest.raises(HiennuError, match=r"splits_final\.json: has 3 folds, fold\(s\) 3, 4 do not exist"):
+        find_best_configuration(FindBestOptions("Tiny", ["3d_fullres"], ["TrainerX"]))
+    assert _written(cv) == set()
+
+
+# ------------------------------------------------------------------------------------------ hiennu_train --npz
+
+def test_npz_needs_a_final_validation_of_a_fold():
+    assert TrainingOptions(dataset="D", save_probabilities=True).save_probabilities
+    for kwargs in ({"fold": "all"}, {"final_validation": False}):
+        with pytest.raises(HiennuError, match="--npz"):
+            TrainingOptions(dataset="D", save_probabilities=True, **kwargs)
+
+
+def test_final_validation_keeps_the_probabilities_of_the_masks(hiennu_roots):
+    """predict_and_score_validation with save_probabilities: CASE.npz beside each mask, exactly the mask's
+    probabilities; validating again without them removes them."""
+    from helpers import make_model_dir, make_varied_raw_dataset
+    from hiennu.training.native_validation import (predict_and_score_validation, validation_is_current,
+                                                    validation_keeps_probabilities)
+    make_varied_raw_dataset(hiennu_roots["hiennu_raw"], num_cases=3, name="Dataset001_Tiny")
+    model_dir = make_model_dir(hiennu_roots["hiennu_results"], folds=(0,))
+    cases = ["case00", "case01", "case02"]
+    summary = predict_and_score_validation(model_dir, 0, cases, DATASET, "cpu", save_probabilities=True)
+    model = ModelFolder(model_dir)
+    assert summary["probabilities"] is True and validation_keeps_probabilities(model.fold_dir(0))
+    assert validation_is_current(model.fold_dir(0), FINAL, True)
+    for case in cases:
+        with np.load(model.validation_probabilities(0, case)) as f:
+            prob = f["probabilities"]
+            assert set(f.files) == {"probabilities", "spacing_xyz", "origin_xyz", "direction"}
+        mask, geometry = read_image(model.validation_dir(0) / f"{case}.mha", dtype=np.uint8)
+        assert prob.shape == mask.shape and np.array_equal(cv_mask(prob), mask)
+        assert not list(model.validation_dir(0).glob("*_prob.npz"))
+    predict_and_score_validation(model_dir, 0, cases, DATASET, "cpu")
+    assert not validation_keeps_probabilities(model.fold_dir(0)) and not validation_is_current(model.fold_dir(0),
+                                                                                               FINAL, True)
+    assert not list(model.validation_dir(0).glob("*.npz"))
+
+
+def test_tiny_configurations_trained_with_npz_are_compared_end_to_end(hiennu_roots, tmp_path, capsys):
+    """Plan 2d and 3d_fullres on a tiny raw dataset, train two folds of each (one of them without --npz, then
+    re-validated with hiennu_train --val --npz), find the best configuration and predict with the command it prints."""
+    from hiennu.cli import predict, train
+    from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    from test_2d_configuration import _write_raw
+    _write_raw(hiennu_roots["hiennu_raw"] / "Dataset001_Tiny2d")
+    plan_and_preprocess("Tiny2d", PlanAndPreprocessOptions(configurations=["2d", "3d_fullres"], plan_for="cpu",
+                                                           num_processes=1))
+    common = ["--epochs", "1", "--iterations-per-epoch", "1", "--num-workers", "0", "--device", "cpu", "-q"]
+    for config in ("2d", "3d_fullres"):
+        for fold in ("0", "1"):
+            npz = [] if (config, fold) == ("2d", "1") else ["--npz"]
+            assert train.main(["Tiny2d", "TrainerDiceFocal", fold, "-c", config, *common, *npz]) == 0
+    argv = ["-d", "Tiny2d", "-c", "2d", "3d_fullres", "-f", "0", "1", "-np", "1"]
+    assert cli.main(argv + ["-q"]) == 1
+    assert "hiennu_train Tiny2d TrainerDiceFocal 1 -c 2d --val --npz" in capsys.readouterr().err
+    assert train.main(["Tiny2d", "TrainerDiceFocal", "1", "-c", "2d", "--val", "--npz", *common]) == 0
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    results = hiennu_roots["hiennu_results"] / "Dataset001_Tiny2d"
+    info = load_inference_information(results)
+    assert len(info.candidates) == 3 and f"  {info.predict_command}\n" in out
+    assert (EnsembleFolder.of(results, ["TrainerDiceFocal__hiennuPlans__2d",
+                                        "TrainerDiceFocal__hiennuPlans__3d_fullres"]).members.is_file())
+    # the printed command predicts with the chosen configuration
+    images = hiennu_roots["hiennu_raw"] / "Dataset001_Tiny2d" / "imagesTr"
+    words = [{"INPUT_FOLDER": str(images), "OUTPUT_FOLDER": str(tmp_path / "pred")}.get(w, w)
+             for w in shlex.split(info.predict_command)]
+    assert words[0] == "hiennu_predict"
+    assert predict.main(words[1:] + ["--device", "cpu", "--disable-tta", "-q"]) == 0
+    labels = sorted(p.name for p in (hiennu_roots["hiennu_raw"] / "Dataset001_Tiny2d" / "labelsTr").iterdir())
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.mha")) == labels
