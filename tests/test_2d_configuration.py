@@ -157,14 +157,15 @@ def test_the_planner_writes_a_2d_configuration_beside_3d_fullres():
     plans = plan_experiment(fp, plan_for="cpu")
     slices, full = plans.configurations["2d"], plans.configurations["3d_fullres"]
     assert slices.is_2d and configuration_problems(slices) == []
-    depths = sorted(c.brain_box_zyx[0] for c in fp.cases)
-    assert slices.patch_size_zyx[0] == int(np.percentile(depths, 25)) and slices.network.spatial_dims == 2
+    # nnU-Net's 2d: single slices, a third on lesions, batch Dice
+    assert slices.patch_size_zyx[0] == 1 and slices.network.spatial_dims == 2
+    assert slices.training.batch_dice and not full.training.batch_dice
     assert slices.target_spacing_zyx[1:] == full.target_spacing_zyx[1:]
     assert slices.target_spacing_zyx[0] == pytest.approx(float(np.median([c.spacing_zyx[0] for c in fp.cases])))
     assert slices.network.rule_prior == full.network.rule_prior
     assert all(k[0] == 1 for k in slices.network.pool_kernel_sizes)
     assert slices.training.batch_size >= 2 and "each case keeps its own slices" in slices.notes
-    assert slices.training.foreground_oversampling == full.training.foreground_oversampling
+    assert slices.training.foreground_oversampling == pytest.approx(0.33)
     # the patch covers the largest brain box in-plane at the target spacing
     boxes = np.array([[b[1] * s[1] / full.target_spacing_zyx[1], b[2] * s[2] / full.target_spacing_zyx[2]]
                       for b, s in ((c.brain_box_zyx, c.spacing_zyx) for c in fp.cases)])

@@ -54,3 +54,16 @@ def test_distance_loss_alone_refuses_batch_mode():
 
 def test_plans_default_is_per_sample():
     assert TrainingPlan().batch_dice is False
+
+
+def test_the_trainer_switches_batch_dice_on_from_the_plans(hiennu_roots):
+    from hiennu.plans import load_plans, save_plans
+    from hiennu.training.trainers import TrainerDiceFocal
+    from helpers import DATASET, make_tiny_dataset, options
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], dropout=0.0)
+    assert not TrainerDiceFocal(options(epochs=1)).loss.batch
+    path = hiennu_roots["hiennu_preprocessed"] / DATASET / "plans.json"
+    plans = load_plans(path)
+    plans.configuration().training.batch_dice = True
+    save_plans(plans, path)
+    assert TrainerDiceFocal(options(epochs=1)).loss.batch
