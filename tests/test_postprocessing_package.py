@@ -97,7 +97,9 @@ def test_each_lesion_convention_is_defined_once():
         "rule threshold": (re.compile(r"(THRESHOLD|threshold)\s*(:\s*float\s*)?=\s*-2\.0"), {"masks.py"}),
         "26-connectivity": (re.compile(r"generate_binary_structure\(3,\s*3\)|np\.ones\(\(3,\s*3,\s*3\)"),
                             {"masks.py"}),
-        "channel by name": (re.compile(r"""\.index\(["'](z?adc)["']\)|lowered\.index\("""), {"io/channels.py"}),
+        "channel by name": (re.compile(r"""\.index\(["'](z?adc)["']\)|keys\.index\(|["']Z_?ADC["']\s+in\s"""),
+                            {"io/channels.py"}),
+        "brain channel": (re.compile(r"""def brain_channel"""), {"io/channels.py"}),
         "postprocessing.json": (re.compile(r"""=\s*["']postprocessing\.json["']"""), {"paths.py"}),
     }
     pending: set[str] = set()
