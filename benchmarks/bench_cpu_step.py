@@ -478,8 +478,9 @@ def main() -> None:
     for bf16 in [vb]:
         name = vname
         net = trainers[bf16].network
-        kinds = {"eager contiguous": (*make_bare(net, x_data, bf16, 1e-3), threads),
-                 "eager channels_last_3d": (*make_bare(net, x_data, bf16, 1e-3, layout="channels_last_3d"), threads)}
+        kinds = {"eager contiguous": (*make_bare(net, x_data, bf16, 1e-3), threads)}
+        if trainers[bf16].config.network.spatial_dims == 3:  # a 2D network's weights have no 3D layout
+            kinds["eager channels_last_3d"] = (*make_bare(net, x_data, bf16, 1e-3, layout="channels_last_3d"), threads)
         if threads != 1:
             kinds["eager contiguous, 1 thread"] = (kinds["eager contiguous"][0], None, 1)
         if not args.no_compile:
