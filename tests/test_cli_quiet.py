@@ -4,6 +4,7 @@ plan, train, predict and export."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -113,12 +114,23 @@ def pipeline(tmp_path_factory):
         quiet_run(out, "demo", demo.main, ["-o", str(tmp / "demo"), "--cases", "5", "--test-cases", "1",
                                            "--epochs", "1", "--iterations-per-epoch", "1", "--trainers",
                                            "TrainerDice", "--target-size", "16", "16", "16", "-np", "1"])
+        # the default model in one command, with a tiny recipe, into its own results root
+        from hiennu.cli import train_default_model
+        from hiennu.pipeline import default_model
+        mp.setenv("hiennu_results", str(tmp / "default_model_results"))
+        mp.setattr(default_model, "DEFAULT_RECIPE", (default_model.RecipeStep(
+            "3d_fullres", trainer="TrainerDice", epochs=1, iterations_per_epoch=1),))
+        fold_options = default_model.fold_options
+        mp.setattr(default_model, "fold_options",
+                   lambda *a, **k: dataclasses.replace(fold_options(*a, **k), num_workers=0))
+        quiet_run(out, "train_default_model", train_default_model.main, ["-d", "901", "--device", "cpu", "-np", "1"])
     return tmp, out
 
 
 COMMANDS = ["make_synthetic", "plan_and_preprocess", "plan_and_preprocess -p", "train", "train -p", "predict",
             "predict -p", "evaluate", "export_model", "install_model", "predict_challenge", "loss_study",
-            "convert_bonbid", "demo", "determine_postprocessing", "apply_postprocessing", "find_best_configuration"]
+            "convert_bonbid", "demo", "determine_postprocessing", "apply_postprocessing", "find_best_configuration",
+            "train_default_model"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

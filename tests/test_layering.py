@@ -29,7 +29,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "losses": GROUND,
     "planning": GROUND | {"geometry"},
     "preprocessing": GROUND | {"geometry"},
-    "pipeline": GROUND | {"geometry", "datasets", "planning", "preprocessing"},
+    # commands that chain several stages: plan_and_preprocess, and the default model (plan, train, choose, export)
+    "pipeline": GROUND | {"geometry", "datasets", "planning", "preprocessing", "inference", "training", "ensembling"},
     "evaluation": GROUND,
     "postprocessing": GROUND | {"evaluation"},
     "inference": GROUND | {"geometry", "preprocessing", "networks", "postprocessing"},

@@ -24,7 +24,7 @@ test, Holm-corrected across Dice, MASD and NSD, with n beside it;
 
 Progress over the whole study is logged after each (trainer, fold) run: runs done out of the total,
 the run's time and an ETA (:class:`StudyProgress`). A finished fold is reused only when its record
-matches the request (:mod:`hiennu.study.fold_record`).
+matches the request (:mod:`hiennu.training.fold_record`).
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ from hiennu.plans import PLANS_NAME
 from hiennu.postprocessing.commands import determine_postprocessing
 from hiennu.postprocessing.selection import postprocessing_table
 from hiennu.provenance import provenance_markdown
-from hiennu.study.fold_record import move_fold_aside, recorded_differences
 from hiennu.study.postprocessed_comparison import compare_models_with_rule
 from hiennu.study.split_seeds import ensure_seed_splits
 from hiennu.training.fold_layout import FoldLayout, fold_layout
+from hiennu.training.fold_record import move_fold_aside, recorded_differences
 from hiennu.training.native_validation import validated_checkpoint, validation_is_current
 from hiennu.training.options import NUM_FOLDS, TrainingOptions
 from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
@@ -83,7 +83,7 @@ class LossStudyOptions:
     reference: the trainer the Wilcoxon tests compare against. figure_cases: rows of slices.png.
     output_dir: where the study is written (default under the dataset's results folder).
     retrain_mismatched: a finished fold whose record (plans configuration, trainer, result-changing
-    training options, seed, hiennu version: :mod:`hiennu.study.fold_record`) differs from the
+    training options, seed, hiennu version: :mod:`hiennu.training.fold_record`) differs from the
     request is moved aside (``fold_K.replaced-<timestamp>``) and trained again; without it the study
     refuses, naming the fields.
     """
@@ -285,7 +285,7 @@ def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOption
     """Train one fold unless a finished run that matches the request exists; return what the study needs.
 
     A finished fold (``checkpoint_final.pth``) whose record differs from the request
-    (:func:`hiennu.study.fold_record.recorded_differences`) is refused, naming the fields, or with
+    (:func:`hiennu.training.fold_record.recorded_differences`) is refused, naming the fields, or with
     ``opts.retrain_mismatched`` moved aside and trained again. An unfinished fold
     (``checkpoint_latest.pth``) is continued (``--continue``).
     """

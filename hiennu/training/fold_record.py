@@ -1,7 +1,8 @@
-"""Is a finished fold the one the study asks for? Comparing a fold's record with the request.
+"""Is a finished fold the one asked for? Comparing a fold's record with the request.
 
-A finished fold (``checkpoint_final.pth``) is reused by the loss study only when what it recorded
-matches what the study would train now:
+A finished fold (``checkpoint_final.pth``) is reused by the loss study (:mod:`hiennu.study.loss_study`) and by
+``hiennu_train_default_model`` (:mod:`hiennu.pipeline.default_model`) only when what it recorded matches what
+would be trained now:
 
 - ``trainer``: the trainer class (``debug.json`` and the checkpoint's ``trainer_name``);
 - ``configuration.*``: the plans configuration it was trained with (the checkpoint's

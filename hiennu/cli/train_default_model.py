@@ -1,0 +1,53 @@
+"""``hiennu_train_default_model -d DATASET``: the default model in one resumable command (plan, train every
+configuration of the recipe on five folds, find the best configuration, export, install as the default)."""
+
+from __future__ import annotations
+
+import argparse
+
+from hiennu.cli._common import add_device, make_parser, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser(
+        "hiennu_train_default_model",
+        "Train the default model end to end, resumably, with one ETA over all of it: plan and preprocess the dataset "
+        "(unless done), train every configuration of the recipe (hiennu.pipeline.default_model.DEFAULT_RECIPE: "
+        "3d_fullres 30 epochs and 2d the plans' schedule, TrainerDiceFocal) on five folds with --npz, choose the "
+        "best configuration or ensemble by cross-validation (hiennu_find_best_configuration), export it to one zip "
+        "(hiennu_export_model) and install it as the default model (hiennu_install_model --default), so "
+        "hiennu_predict -i in/ -o out/ uses it. Run it again after an interruption: finished folds are reused, an "
+        "interrupted one is continued.")
+    p.add_argument("-d", "--dataset", required=True, help="dataset name (BONBID), folder name or number")
+    p.add_argument("-o", "--output", default=None, metavar="ZIP",
+                   help="the model zip to write (default: $hiennu_results/DatasetNNN_Name/default_model.zip)")
+    p.add_argument("--no-install", dest="install", action="store_false",
+                   help="export the zip only; do not install it as the default model")
+    add_device(p)
+    p.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch threads on a CPU while training (default: one per core), as hiennu_train --cpu-threads")
+    p.add_argument("-np", "--num-processes", type=int, default=2,
+                   help="worker processes of planning/preprocessing and of find_best_configuration")
+    p.add_argument("--retrain-mismatched", action="store_true",
+                   help="a fold trained otherwise than the recipe (other epochs, plans, seed, hiennu version ...) is "
+                        "moved aside (fold_K.replaced-<timestamp>) and trained again; without it the command refuses, "
+                        "naming the folds")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def go() -> int:
+        from hiennu.pipeline.default_model import DefaultModelOptions, train_default_model
+        train_default_model(DefaultModelOptions(
+            dataset=args.dataset, output=args.output, install=args.install, device=args.device,
+            cpu_threads=args.cpu_threads, num_processes=args.num_processes,
+            retrain_mismatched=args.retrain_mismatched))
+        return 0
+
+    return run(go, verbose=not args.quiet)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,500 @@
+"""The default model in one command (``hiennu_train_default_model -d BONBID``): plan, train, choose, export, install.
+
+The README's path "Train the default model on BONBID", run end to end by the library functions its commands
+call, so each step is what the command alone would do:
+
+1. **Plan and preprocess** (:func:`~hiennu.pipeline.plan_and_preprocess.plan_and_preprocess`, what
+   ``hiennu_plan_and_preprocess`` runs) the recipe's configurations, unless the plans and every case of them are
+   already there (then they are reused, and the log says so; a configuration whose cases are missing is
+   preprocessed with the existing plans).
+2. **Train** every configuration of :data:`DEFAULT_RECIPE`, five folds each, with ``--npz``: each fold through
+   :func:`hiennu.training.launch.train`, the code ``hiennu_train`` runs, with the step's overrides as
+   ``--epochs``/``--patience`` would give them (so ``debug.json`` records them as it records ``hiennu_train
+   --epochs``). Resumable: a finished fold whose validation kept its probabilities is skipped (no trainer is
+   built); an interrupted one (``checkpoint_latest.pth``) is continued (``--continue``); a finished one whose
+   validation lacks the probabilities is re-validated (``--continue --npz`` on a finished fold: nothing is
+   trained, the final validation runs again and keeps them). A finished or interrupted fold whose record
+   differs from the recipe (:func:`hiennu.training.fold_record.recorded_differences`: trainer, plans,
+   epochs, patience, steps, seed, hiennu version, validation cases) is refused before anything is trained,
+   or with ``retrain_mismatched`` moved aside (``fold_K.replaced-<timestamp>``) and trained again.
+3. **Choose** by cross-validation among the configurations and their ensemble
+   (:func:`~hiennu.ensembling.best_configuration.find_best_configuration` with its default options, what
+   ``hiennu_find_best_configuration -c ...`` runs).
+4. **Export** the chosen model or ensemble to one zip (:func:`~hiennu.inference.model_zip.export_models`, what
+   ``hiennu_export_model`` runs; default ``$hiennu_results/DatasetNNN_Name/default_model.zip``) and **install**
+   it as the default model (:func:`~hiennu.inference.model_zip.install_model_zip`, ``hiennu_install_model
+   --default``), so ``hiennu_predict -i in/ -o out/`` predicts with it.
+
+One ETA covers the whole training (:class:`RecipeProgress`): the plan is logged first (configurations, folds,
+steps per fold, what is reused), then after every fold ``fold k of N done ..., X min elapsed, about Y min
+left``. Bad input (unknown dataset, no raw dataset, a recipe fold trained otherwise, ``-o`` a folder) is one
+:class:`~hiennu.errors.HiennuError` line with the fix, raised before anything is written; every output of the
+steps is written atomically by the step itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from hiennu.ensembling.best_configuration import BestConfiguration, FindBestOptions, find_best_configuration
+from hiennu.errors import HiennuError
+from hiennu.inference.model_zip import export_models, install_model_zip
+from hiennu.io.atomic import read_json
+from hiennu.io.checkpoint import BEST, FINAL, LATEST
+from hiennu.log import get_logger
+from hiennu.paths import (DEFAULT_PLANS_NAME, PROGRESS_FILE, plans_file_name, preprocessed_data_name,
+                          preprocessed_root, raw_root, resolve_dataset, results_root)
+from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from hiennu.plans import load_plans
+from hiennu.training.fold_layout import FoldLayout, fold_layout, split_cases
+from hiennu.training.fold_record import move_fold_aside, recorded_differences
+from hiennu.training.launch import train
+from hiennu.training.native_validation import validation_is_current
+from hiennu.training.options import NUM_FOLDS, TrainingOptions
+from hiennu.training.trainers import get_trainer_class
+
+log = get_logger(__name__)
+
+DEFAULT_TRAINER = "TrainerDiceFocal"
+DEFAULT_ZIP_NAME = "default_model.zip"
+
+
+@dataclass(frozen=True)
+class RecipeStep:
+    """One configuration of the recipe: trained on five folds by ``trainer``; ``epochs``, ``patience`` and
+    ``iterations_per_epoch`` override the plans' values as ``hiennu_train --epochs/--patience/
+    --iterations-per-epoch`` do (None: the plans' value)."""
+
+    configuration: str
+    trainer: str = DEFAULT_TRAINER
+    epochs: int | None = None
+    patience: int | None = None
+    iterations_per_epoch: int | None = None
+
+
+# The recipe documentation/results.md measured (session 20, 2026-12-04, 2-core CPU): 3d_fullres is its recipe 4,
+# `hiennu_loss_study -d BONBID --trainers TrainerDiceFocal --folds all --epochs 30 --patience 1000`: 30 epochs of
+# the plans' 20 steps = 600 steps a fold, never stopped early (patience 1000 > 30 epochs; the same values, so folds
+# trained by that command are reused here); 2d is the plans' own schedule (on a CPU 20 epochs x 50 steps = 1000
+# steps, patience 20: never stopped early either). TrainerDiceFocal for both, five folds each, --npz.
+DEFAULT_RECIPE: tuple[RecipeStep, ...] = (
+    RecipeStep("3d_fullres", epochs=30, patience=1000),
+    RecipeStep("2d"),
+)
+
+# what happens to a fold (FoldTask.action)
+REUSE, REVALIDATE, CONTINUE, TRAIN = "reuse", "re-validate", "continue", "train"
+
+
+@dataclass
+class DefaultModelOptions:
+    """What ``hiennu_train_default_model`` runs. recipe: None reads :data:`DEFAULT_RECIPE` when the run starts.
+    output: the zip (default ``$hiennu_results/DatasetNNN_Name/default_model.zip``). install: make it the
+    default model. device / cpu_threads: as ``hiennu_train --device/--cpu-threads``. num_processes: worker
+    processes of planning/preprocessing and of ``find_best_configuration``. retrain_mismatched: move a fold
+    trained otherwise than the recipe aside and train it again, instead of refusing."""
+
+    dataset: str
+    recipe: Sequence[RecipeStep] | None = None
+    output: str | Path | None = None
+    install: bool = True
+    device: str | None = None
+    cpu_threads: int | None = None
+    num_processes: int = 2
+    retrain_mismatched: bool = False
+
+
+@dataclass
+class FoldTask:
+    """One fold of one recipe step: where it lives (``layout``), what will happen to it (``action``), the
+    epochs it already holds and, for a fold trained otherwise than the recipe, the differing fields."""
+
+    step: RecipeStep
+    options: TrainingOptions
+    layout: FoldLayout
+    action: str
+    epochs_done: int = 0
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def configuration(self) -> str:
+        return self.step.configuration
+
+    @property
+    def fold(self) -> int:
+        return int(self.options.fold)
+
+    @property
+    def steps_per_fold(self) -> int:
+        return int(self.layout.training.max_epochs) * int(self.layout.iterations_per_epoch)
+
+    @property
+    def steps_to_run(self) -> int:
+        """Optimization steps this invocation will run for the fold (at most: early stopping may cut them)."""
+        if self.action in (REUSE, REVALIDATE):
+            return 0
+        done = 0 if self.action == TRAIN else self.epochs_done * int(self.layout.iterations_per_epoch)
+        return max(0, self.steps_per_fold - done)
+
+
+@dataclass
+class DefaultModelResult:
+    """What a run did: the folds (in order), the choice, the zip, the installed folder (None with
+    ``install=False``) and the wall time of each stage in seconds."""
+
+    dataset: str
+    tasks: list[FoldTask]
+    best: BestConfiguration
+    zip_path: Path
+    installed: Path | None
+    seconds: dict[str, float]
+
+
+class RecipeProgress:
+    """One ETA over every fold of the recipe.
+
+    Each fold is done once trained, continued, re-validated or reused. The time left is, for every fold not
+    done yet, its configuration's measured time per optimization step times the steps the fold still has to
+    run (a fresh fold: its steps per fold, so this is the configuration's mean measured minutes per fold; an
+    interrupted one: the steps it lacks; reused and re-validated folds: none). A configuration's time per step
+    is the wall time of its folds trained in this invocation (their validation included) over their steps; a
+    configuration none of whose folds has been trained yet takes the other configurations' time per step
+    (said in the line), and before any fold has been trained the time left is unknown.
+    """
+
+    def __init__(self, tasks: Sequence[FoldTask], clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.start = clock()
+        self.total = len(tasks)
+        self.finished = 0
+        # (configuration, fold) -> (configuration, steps it still has to run) of every fold not done yet
+        self.pending: dict[tuple[str, int], tuple[str, int]] = {(t.configuration, t.fold): (t.configuration,
+                                                                                            t.steps_to_run)
+                                                               for t in tasks}
+        self.timed: dict[str, list[float]] = {}  # configuration -> [seconds, steps] of its folds trained here
+
+    def _rate(self, configuration: str) -> tuple[float | None, bool]:
+        """(seconds per step, whether borrowed from the other configurations) or (None, False)."""
+        own = self.timed.get(configuration)
+        if own and own[1] > 0:
+            return own[0] / own[1], False
+        seconds = sum(v[0] for v in self.timed.values())
+        steps = sum(v[1] for v in self.timed.values())
+        return (seconds / steps, True) if steps > 0 else (None, False)
+
+    def seconds_left(self) -> tuple[float | None, list[str]]:
+        """(seconds of training left, configurations whose time was borrowed), or (None, []) when unknown."""
+        total, borrowed = 0.0, []
+        for configuration, steps in self.pending.values():
+            if steps <= 0:
+                continue
+            rate, is_borrowed = self._rate(configuration)
+            if rate is None:
+                return None, []
+            total += rate * steps
+            if is_borrowed and configuration not in borrowed:
+                borrowed.append(configuration)
+        return total, borrowed
+
+    def done(self, task: FoldTask, seconds: float, steps_run: int, how: str) -> str:
+        """Record ``task`` as done (``steps_run`` steps trained in ``seconds``); return the line to log."""
+        self.finished += 1
+        self.pending.pop((task.configuration, task.fold), None)
+        if steps_run > 0:
+            spent = self.timed.setdefault(task.configuration, [0.0, 0])
+            spent[0] += float(seconds)
+            spent[1] += int(steps_run)
+        left, borrowed = self.seconds_left()
+        elapsed = (self.clock() - self.start) / 60
+        if not any(steps > 0 for _, steps in self.pending.values()):
+            eta = "no training left"
+        elif left is None:
+            eta = "time left unknown until a fold has been trained"
+        else:
+            eta = f"about {left / 60:.1f} min left"
+            if borrowed:
+                eta += f" ({', '.join(borrowed)} estimated from the time per step of the configurations trained so far)"
+        if how != "reused":
+            how = f"{how}, {seconds / 60:.1f} min"
+        return (f"fold {self.finished} of {self.total} done ({task.configuration} fold {task.fold}: {how}), "
+                f"{elapsed:.1f} min elapsed, {eta}")
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+def check_recipe(recipe: Sequence[RecipeStep]) -> tuple[RecipeStep, ...]:
+    """The recipe as a tuple: at least one step, each configuration once, one trainer for all (the choice
+    compares every trainer with every configuration), every trainer known."""
+    steps = tuple(recipe)
+    if not steps or not all(isinstance(s, RecipeStep) for s in steps):
+        raise HiennuError("the default recipe must be one or more RecipeStep(configuration, trainer, epochs, ...)")
+    configurations = [s.configuration for s in steps]
+    if len(set(configurations)) != len(configurations):
+        raise HiennuError(f"the default recipe names a configuration twice: {', '.join(configurations)}")
+    trainers = sorted({s.trainer for s in steps})
+    if len(trainers) != 1:
+        raise HiennuError(f"the default recipe trains with {', '.join(trainers)}; find_best_configuration compares "
+                          f"every trainer with every configuration, so give every step the same trainer")
+    for s in steps:
+        get_trainer_class(s.trainer)
+    return steps
+
+
+def raw_dataset(identifier: str) -> tuple[str, Path]:
+    """``(DatasetNNN_Name, raw folder)``: the raw dataset must be there, with ``imagesTr/`` and ``labelsTr/``
+    (each fold's validation is predicted from the raw images and scored against the raw labels)."""
+    dataset = resolve_dataset(identifier)
+    raw_dir = raw_root() / dataset
+    missing = [name for name in ("imagesTr", "labelsTr", "dataset.json") if not (raw_dir / name).exists()]
+    if missing:
+        raise HiennuError(f"{raw_dir}: the raw dataset ({', '.join(missing)} missing) is needed to preprocess it and "
+                          f"to score every fold's validation; convert it there (hiennu_convert_bonbid SOURCE -d "
+                          f"NNN) or point hiennu_raw at the folder that holds {dataset}")
+    return dataset, raw_dir
+
+
+def output_zip(output: str | Path | None, dataset: str) -> Path:
+    """The zip to write: ``output``, or ``$hiennu_results/DatasetNNN_Name/default_model.zip``; refused before
+    any training when it is a folder or sits in a file."""
+    path = Path(output) if output is not None else results_root() / dataset / DEFAULT_ZIP_NAME
+    if path.is_dir():
+        raise HiennuError(f"-o {path} is a folder; give the zip file to write, e.g. -o {path / DEFAULT_ZIP_NAME}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise HiennuError(f"-o {path}: {parent} is a file, not a folder; give a zip path in a folder")
+    return path
+
+
+def _plan_for(device: str | None) -> str | None:
+    """The planner's target for ``--device``: cpu, gpu for CUDA, else its own default."""
+    kind = (device or "").split(":")[0].lower()
+    return {"cpu": "cpu", "cuda": "gpu"}.get(kind)
+
+
+def _split_cases(preprocessed_dir: Path, dataset: str) -> list[str]:
+    """Every case of the five folds of ``splits_final.json``."""
+    cases: set[str] = set()
+    for fold in range(NUM_FOLDS):
+        train_cases, val_cases = split_cases(preprocessed_dir, dataset, fold)
+        cases.update(train_cases, val_cases)
+    return sorted(cases)
+
+
+def ensure_preprocessed(dataset: str, configurations: Sequence[str], device: str | None = None,
+                        num_processes: int = 2) -> str:
+    """Plan and preprocess ``configurations`` unless the plans and every case of them are there; returns what
+    was done (``planned``, ``preprocessed`` or ``reused``). Existing plans are never re-planned (they may have
+    been edited, and trained folds were trained with them)."""
+    pre_dir = preprocessed_root() / dataset
+    plans_path = pre_dir / plans_file_name(DEFAULT_PLANS_NAME)
+    if not plans_path.is_file():
+        plan_for = _plan_for(device)
+        log.info("no plans in %s yet: planning and preprocessing %s (hiennu_plan_and_preprocess -d %s -c %s%s)",
+                 pre_dir, ", ".join(configurations), dataset, " ".join(configurations),
+                 f" --plan-for {plan_for}" if plan_for else "")
+        plan_and_preprocess(dataset, PlanAndPreprocessOptions(configurations=list(configurations),
+                                                              num_processes=num_processes, plan_for=plan_for))
+        return "planned"
+    plans = load_plans(plans_path)
+    absent = [c for c in configurations if c not in plans.configurations]
+    if absent:
+        raise HiennuError(f"{plans_path} has no {', '.join(absent)} configuration (it holds "
+                          f"{', '.join(plans.configurations)}); re-plan with hiennu_plan_and_preprocess -d {dataset} "
+                          f"(folds trained with the old plans are then refused: move them away)")
+    cases = _split_cases(pre_dir, dataset)
+    incomplete = [c for c in configurations
+                  if not all((pre_dir / preprocessed_data_name(DEFAULT_PLANS_NAME, c) / f"{case}.npy").is_file()
+                             for case in cases)]
+    if incomplete:
+        log.info("plans reused from %s; preprocessing %s with them (hiennu_plan_and_preprocess -d %s -c %s "
+                 "--keep-plans)", plans_path, ", ".join(incomplete), dataset, " ".join(incomplete))
+        plan_and_preprocess(dataset, PlanAndPreprocessOptions(configurations=incomplete, keep_plans=True,
+                                                              num_processes=num_processes))
+        return "preprocessed"
+    log.info("plans and preprocessed cases reused from %s (%s: %d cases each)", pre_dir, ", ".join(configurations),
+             len(cases))
+    return "reused"
+
+
+# ------------------------------------------------------------------------------------------------ the folds
+
+def _epochs_done(fold_dir: Path) -> int:
+    path = fold_dir / PROGRESS_FILE
+    try:
+        return len(read_json(path).get("epoch", [])) if path.is_file() else 0
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def fold_options(step: RecipeStep, dataset: str, fold: int, opts: DefaultModelOptions) -> TrainingOptions:
+    """The options of one fold, as ``hiennu_train DATASET TRAINER FOLD -c CONFIG --npz [--epochs E] [--patience P]
+    [--iterations-per-epoch I] [--device D] [--cpu-threads N]`` would give them (``resume`` is set per fold)."""
+    return TrainingOptions(dataset=dataset, configuration=step.configuration, fold=fold, epochs=step.epochs,
+                           patience=step.patience, iterations_per_epoch=step.iterations_per_epoch,
+                           device=opts.device, cpu_threads=opts.cpu_threads, save_probabilities=True)
+
+
+def fold_task(step: RecipeStep, dataset: str, fold: int, opts: DefaultModelOptions) -> FoldTask:
+    """What will happen to one fold: reused, re-validated (probabilities missing), continued or trained."""
+    options = fold_options(step, dataset, fold, opts)
+    layout = fold_layout(get_trainer_class(step.trainer).__name__, options)
+    fold_dir = layout.fold_dir
+    finished = (fold_dir / FINAL).is_file() and not (fold_dir / LATEST).is_file()
+    interrupted = (fold_dir / LATEST).is_file()
+    if (fold_dir / BEST).is_file() and not finished and not interrupted:
+        raise HiennuError(f"{fold_dir} holds {BEST} but no {LATEST} or {FINAL} to continue from; move the folder "
+                          f"away to train {step.configuration} fold {fold} again from scratch")
+    differences = recorded_differences(fold_dir, layout) if finished or interrupted else []
+    if differences:
+        action = TRAIN  # after the folder is moved aside (retrain_mismatched), else refused before any training
+    elif finished:
+        action = REUSE if validation_is_current(fold_dir, FINAL, True) else REVALIDATE
+    elif interrupted:
+        action = CONTINUE
+    else:
+        action = TRAIN
+    return FoldTask(step, options, layout, action, _epochs_done(fold_dir) if interrupted else 0, differences)
+
+
+def check_mismatched(tasks: Sequence[FoldTask], retrain: bool) -> None:
+    """Refuse, before anything is trained, when a fold was trained otherwise than the recipe (unless ``retrain``)."""
+    mismatched = [t for t in tasks if t.differences]
+    if mismatched and not retrain:
+        first = mismatched[0]
+        raise HiennuError(
+            f"{len(mismatched)} fold(s) of the recipe were trained otherwise than it asks ("
+            + "; ".join(f"{t.configuration} fold {t.fold}" for t in mismatched) + f"), e.g. {first.layout.fold_dir}: "
+            + "; ".join(first.differences[:3]) + "; move those fold folders away, or pass --retrain-mismatched to "
+            "move them aside (fold_K.replaced-<timestamp>) and train them again")
+
+
+def _schedule(task: FoldTask) -> str:
+    """``E epochs x S steps = N steps per fold, patience P``, each override of the plans marked ``(recipe)``."""
+    step, training = task.step, task.layout.training
+
+    def mark(value) -> str:
+        return " (recipe)" if value is not None else ""
+
+    return (f"{training.max_epochs} epochs{mark(step.epochs)} x {task.layout.iterations_per_epoch} steps"
+            f"{mark(step.iterations_per_epoch)} = {task.steps_per_fold} steps per fold, patience {training.patience}"
+            f"{mark(step.patience)}")
+
+
+def _folds_text(folds: Sequence[int]) -> str:
+    return ("fold " if len(folds) == 1 else "folds ") + ", ".join(map(str, folds))
+
+
+def plan_lines(dataset: str, tasks: Sequence[FoldTask], preprocessing: str, out_zip: Path, install: bool) -> list[str]:
+    """The whole plan, logged before anything is trained."""
+    configurations = list(dict.fromkeys(t.configuration for t in tasks))
+    counts = Counter(t.action for t in tasks)
+    lines = [f"default model of {dataset}: {len(configurations)} configuration(s) x {NUM_FOLDS} folds = {len(tasks)} "
+             f"folds ({counts[REUSE]} reused, {counts[REVALIDATE]} to re-validate with --npz, {counts[CONTINUE]} to "
+             f"continue, {counts[TRAIN]} to train), then find_best_configuration over "
+             f"{', '.join(configurations)}, export to {out_zip}"
+             + (" and install as the default model" if install else " (not installed: --no-install)"),
+             f"  plans and preprocessed cases: {preprocessing}"]
+    for configuration in configurations:
+        mine = [t for t in tasks if t.configuration == configuration]
+        parts = []
+        for action, label in ((REUSE, "reused"), (REVALIDATE, "to re-validate with --npz (no training)"),
+                              (CONTINUE, None), (TRAIN, "to train")):
+            folds = [t for t in mine if t.action == action]
+            if action == CONTINUE:
+                parts += [f"fold {t.fold} to continue from epoch {t.epochs_done}" for t in folds]
+            elif folds:
+                moved = [t.fold for t in folds if t.differences]
+                parts.append(f"{_folds_text([t.fold for t in folds])} {label}"
+                             + (f" ({_folds_text(moved)} trained otherwise: moved aside first)" if moved else ""))
+        lines.append(f"  {configuration} ({mine[0].step.trainer}, {mine[0].layout.model_dir}): {_schedule(mine[0])}; "
+                     + "; ".join(parts))
+    return lines
+
+
+def run_fold(task: FoldTask) -> tuple[int, str]:
+    """Train, continue or re-validate one fold through :func:`hiennu.training.launch.train` (as ``hiennu_train``);
+    returns (steps trained, what happened)."""
+    fold_dir = task.layout.fold_dir
+    label = f"{task.configuration} fold {task.fold}"
+    if task.action == REUSE:  # finished, validated with probabilities: no trainer is built
+        return 0, "reused"
+    if task.differences:
+        moved = move_fold_aside(fold_dir)
+        log.warning("%s: trained otherwise than the recipe (%s); moved to %s, training again", label,
+                    "; ".join(task.differences), moved)
+    resume = any((fold_dir / name).is_file() for name in (LATEST, FINAL, BEST))
+    before = _epochs_done(fold_dir) if resume else 0
+    log.info("%s: %s", label, {REVALIDATE: "finished; re-validating to keep the probabilities (--continue --npz)",
+                               CONTINUE: f"continuing from epoch {before} (--continue --npz)"}.get(task.action,
+                                                                                                "training (--npz)"))
+    train(dataclasses.replace(task.options, resume=resume), task.step.trainer)
+    if not validation_is_current(fold_dir, FINAL, True):
+        raise HiennuError(f"{label}: training ended without a validation with probabilities in {fold_dir / 'validation'}"
+                          f"; see {fold_dir / 'training_log.txt'}, then run the command again")
+    steps = max(0, _epochs_done(fold_dir) - before) * int(task.layout.iterations_per_epoch)
+    how = {REVALIDATE: "re-validated", CONTINUE: f"continued, {steps} steps"}.get(task.action, f"trained, {steps} steps")
+    return steps, how
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
+    """Plan/preprocess, train every fold of the recipe, choose the best configuration or ensemble, export it to one
+    zip and install it as the default model (see the module docstring)."""
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    recipe = check_recipe(opts.recipe if opts.recipe is not None else DEFAULT_RECIPE)  # read now, not at import
+    if opts.num_processes < 1:
+        raise HiennuError(f"-np must be at least 1, got {opts.num_processes}")
+    if opts.cpu_threads is not None and (int(opts.cpu_threads) != opts.cpu_threads or opts.cpu_threads < 1):
+        raise HiennuError(f"--cpu-threads must be a positive whole number, got {opts.cpu_threads}")
+    dataset, _ = raw_dataset(opts.dataset)
+    out_zip = output_zip(opts.output, dataset)
+    configurations = [s.configuration for s in recipe]
+
+    t = time.perf_counter()
+    preprocessing = ensure_preprocessed(dataset, configurations, opts.device, opts.num_processes)
+    seconds["plan_and_preprocess"] = time.perf_counter() - t
+    tasks = [fold_task(step, dataset, fold, opts) for step in recipe for fold in range(NUM_FOLDS)]
+    check_mismatched(tasks, opts.retrain_mismatched)
+    for line in plan_lines(dataset, tasks, preprocessing, out_zip, opts.install):
+        log.info("%s", line)
+
+    t = time.perf_counter()
+    progress = RecipeProgress(tasks)
+    for task in tasks:
+        fold_started = time.perf_counter()
+        steps, how = run_fold(task)
+        log.info("%s", progress.done(task, time.perf_counter() - fold_started, steps, how))
+    seconds["training"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    log.info("choosing among %s and their ensemble by cross-validation (hiennu_find_best_configuration -d %s -c %s)",
+             ", ".join(configurations), dataset, " ".join(configurations))
+    best = find_best_configuration(FindBestOptions(dataset=dataset, configurations=configurations,
+                                                   trainers=[recipe[0].trainer], num_processes=opts.num_processes))
+    seconds["find_best_configuration"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    chosen = best.information.chosen
+    chosen_dir = results_root() / dataset / chosen.path
+    zip_path = export_models([chosen_dir], None, None, None, DEFAULT_PLANS_NAME, out_zip, list(chosen.folds),
+                             chosen.checkpoint)
+    seconds["export"] = time.perf_counter() - t
+    installed = None
+    if opts.install:
+        t = time.perf_counter()
+        installed = install_model_zip(zip_path, make_default=True)
+        seconds["install"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - started
+    log.info("default model of %s: %s (%s), exported to %s%s; %.1f min in all (%s)", dataset, chosen.name, chosen.kind,
+             zip_path, f", installed as the default model ({installed}): hiennu_predict -i INPUT_FOLDER -o "
+                       f"OUTPUT_FOLDER predicts with it" if installed else
+             f"; install it with hiennu_install_model {zip_path} --default", seconds["total"] / 60,
+             ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items() if k != "total"))
+    return DefaultModelResult(dataset, tasks, best, zip_path, installed, seconds)

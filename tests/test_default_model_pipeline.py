@@ -1,0 +1,253 @@
+"""hiennu_train_default_model: plan, train every configuration of the recipe on five folds, find the best, export,
+install; resumable, with one ETA over all of it.
+
+The end-to-end tests run a tiny recipe (one step an epoch) on the tiny raw dataset of the 2d tests (6 cases, planned
+for a CPU, so the plans hold both 2d and 3d_fullres). Which folds were trained is read from evidence that does not
+depend on timing: the log lines and the checkpoints' modification times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import types
+
+import pytest
+
+from hiennu.cli import predict
+from hiennu.cli import train as train_cli
+from hiennu.cli import train_default_model as cli
+from hiennu.errors import HiennuError
+from hiennu.io.atomic import read_json
+from hiennu.io.checkpoint import FINAL, LATEST
+from hiennu.pipeline import default_model as dm
+from hiennu.pipeline.default_model import DefaultModelOptions, RecipeProgress, RecipeStep, train_default_model
+
+DATASET = "Dataset001_Tiny2d"
+TINY_3D = RecipeStep("3d_fullres", epochs=1, iterations_per_epoch=1)
+TINY_2D = RecipeStep("2d", epochs=1, iterations_per_epoch=1)
+
+
+@pytest.fixture
+def tiny(hiennu_roots, monkeypatch):
+    """The tiny raw dataset (not planned yet); training without loader processes (not a result-changing option)."""
+    from test_2d_configuration import _write_raw
+    _write_raw(hiennu_roots["hiennu_raw"] / DATASET)
+    original = dm.fold_options
+    monkeypatch.setattr(dm, "fold_options", lambda *a, **k: dataclasses.replace(original(*a, **k), num_workers=0))
+    return hiennu_roots
+
+
+class Lines(logging.Handler):
+    """The package's log records, as text (the package logger does not propagate to pytest's caplog once a
+    command has configured it)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.text = ""
+
+    def emit(self, record):
+        self.text += record.getMessage() + "\n"
+
+
+def _run(log: Lines, **kw) -> tuple[dm.DefaultModelResult, str]:
+    logger = logging.getLogger("hiennu")
+    level = logger.level
+    log.text = ""
+    logger.addHandler(log)
+    logger.setLevel(logging.INFO)
+    try:
+        result = train_default_model(DefaultModelOptions(dataset="Tiny2d", device="cpu", num_processes=1, **kw))
+    finally:
+        logger.removeHandler(log)
+        logger.setLevel(level)
+    return result, log.text
+
+
+@pytest.fixture
+def lines() -> Lines:
+    return Lines()
+
+
+def _mtimes(results, configuration: str, skip: int | None = None) -> dict[int, int]:
+    """Each fold's checkpoint_final.pth modification time (the fold ``skip`` left out)."""
+    model = results / DATASET / f"TrainerDiceFocal__hiennuPlans__{configuration}"
+    return {k: (model / f"fold_{k}" / FINAL).stat().st_mtime_ns for k in range(5) if k != skip}
+
+
+# ------------------------------------------------------------------------------------------------ fast
+
+def test_the_recipe_is_the_measured_one():
+    assert dm.DEFAULT_RECIPE == (RecipeStep("3d_fullres", "TrainerDiceFocal", epochs=30, patience=1000),
+                                 RecipeStep("2d", "TrainerDiceFocal"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dm.DEFAULT_RECIPE[0].epochs = 3
+
+
+def _task(configuration: str, fold: int, steps: int):
+    return types.SimpleNamespace(configuration=configuration, fold=fold, steps_to_run=steps)
+
+
+def test_one_eta_over_every_configuration():
+    now = [0.0]
+    tasks = [_task("3d", 0, 0), _task("3d", 1, 100), _task("2d", 0, 50), _task("2d", 1, 50)]
+    progress = RecipeProgress(tasks, clock=lambda: now[0])
+    now[0] = 60.0
+    line = progress.done(tasks[0], 5.0, 0, "reused")
+    assert line == ("fold 1 of 4 done (3d fold 0: reused), 1.0 min elapsed, "
+                    "time left unknown until a fold has been trained")
+    now[0] = 660.0
+    line = progress.done(tasks[1], 600.0, 100, "trained, 100 steps")
+    # 2d has no fold trained yet: 3d's 6 s a step times 2d's 2 x 50 steps
+    assert line == ("fold 2 of 4 done (3d fold 1: trained, 100 steps, 10.0 min), 11.0 min elapsed, about 10.0 min "
+                    "left (2d estimated from the time per step of the configurations trained so far)")
+    now[0] = 760.0
+    line = progress.done(tasks[2], 100.0, 50, "trained, 50 steps")  # 2d's own time per step from now on: 2 s
+    assert line.endswith("12.7 min elapsed, about 1.7 min left")
+    now[0] = 860.0
+    assert progress.done(tasks[3], 100.0, 50, "trained, 50 steps").endswith("14.3 min elapsed, no training left")
+
+
+def test_a_continued_fold_counts_only_the_steps_it_lacks():
+    progress = RecipeProgress([_task("3d", 0, 100), _task("3d", 1, 30)], clock=lambda: 0.0)
+    assert progress.done(_task("3d", 0, 100), 200.0, 100, "trained").endswith("about 1.0 min left")
+
+
+def test_bad_input_is_one_line_and_writes_nothing(hiennu_roots, tmp_path, capsys):
+    assert cli.main(["-d", "Nowhere", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown dataset 'Nowhere'") and err.count("\n") == 1
+    (hiennu_roots["hiennu_preprocessed"] / DATASET).mkdir()  # known, but no raw dataset
+    assert cli.main(["-d", "Tiny2d", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "raw dataset" in err and "hiennu_raw" in err and err.count("\n") == 1
+    from test_2d_configuration import _write_raw
+    _write_raw(hiennu_roots["hiennu_raw"] / DATASET)
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert cli.main(["-d", "Tiny2d", "-o", str(folder), "-q"]) == 1
+    assert "is a folder" in capsys.readouterr().err
+    with pytest.raises(HiennuError, match="same trainer"):
+        train_default_model(DefaultModelOptions("Tiny2d", recipe=(TINY_3D, RecipeStep("2d", trainer="TrainerDice"))))
+    with pytest.raises(HiennuError, match="twice"):
+        train_default_model(DefaultModelOptions("Tiny2d", recipe=(TINY_3D, TINY_3D)))
+    assert not any((hiennu_roots["hiennu_preprocessed"] / DATASET).iterdir())
+    assert not any(hiennu_roots["hiennu_results"].iterdir())
+    assert not any(tmp_path.glob("**/*.zip"))
+
+
+def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_path, lines, monkeypatch):
+    """One configuration (3d_fullres), end to end: the default model predicts; a second run trains nothing; a
+    recipe that differs from what the folds were trained with is refused before anything is trained."""
+    results = tiny["hiennu_results"]
+    monkeypatch.setattr(dm, "DEFAULT_RECIPE", (TINY_3D,))
+    result, text = _run(lines)
+    assert "no plans in" in text and "planning and preprocessing 3d_fullres" in text
+    assert "3d_fullres (TrainerDiceFocal" in text and "1 epochs (recipe) x 1 steps (recipe) = 1 steps per fold, patience 10;" in text
+    assert "fold 1 of 5 done (3d_fullres fold 0: trained, 1 steps" in text and "min elapsed, about" in text
+    assert "fold 5 of 5 done (3d_fullres fold 4: trained" in text and "no training left" in text
+    model = results / DATASET / "TrainerDiceFocal__hiennuPlans__3d_fullres"
+    for k in range(5):
+        summary = read_json(model / f"fold_{k}" / "validation" / "summary.json")
+        assert summary["probabilities"] is True and summary["checkpoint"] == FINAL
+        debug = read_json(model / f"fold_{k}" / "debug.json")  # the override recorded as hiennu_train --epochs does
+        assert debug["options"]["epochs"] == 1 and debug["effective_training_plan"]["max_epochs"] == 1
+        assert debug["options"]["save_probabilities"] is True
+    assert result.zip_path == results / DATASET / "default_model.zip" and result.zip_path.is_file()
+    assert result.best.information.chosen.name == model.name
+    assert read_json(results / "default_model.json") == {"model_dir": f"{DATASET}/{model.name}"}
+    images = tiny["hiennu_raw"] / DATASET / "imagesTr"
+    assert predict.main(["-i", str(images), "-o", str(tmp_path / "pred"), "--device", "cpu", "--disable-tta",
+                         "-q"]) == 0
+    labels = sorted(p.name for p in (tiny["hiennu_raw"] / DATASET / "labelsTr").iterdir())
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.mha")) == labels
+
+    before = _mtimes(results, "3d_fullres")
+    _, text = _run(lines)
+    assert "plans and preprocessed cases reused" in text
+    assert "5 reused, 0 to re-validate with --npz, 0 to continue, 0 to train" in text
+    assert "fold 5 of 5 done (3d_fullres fold 4: reused)" in text and "training (--npz)" not in text
+    assert _mtimes(results, "3d_fullres") == before
+
+    monkeypatch.setattr(dm, "DEFAULT_RECIPE", (dataclasses.replace(TINY_3D, epochs=2),))
+    with pytest.raises(HiennuError, match=r"5 fold\(s\) of the recipe were trained otherwise.*max_epochs: trained "
+                                          r"with 1, requested 2.*--retrain-mismatched"):
+        _run(lines)
+    assert _mtimes(results, "3d_fullres") == before
+
+
+# ------------------------------------------------------------------------------------------------ slow
+
+@pytest.mark.slow
+def test_two_configurations_resume_revalidate_and_retrain_one_deleted_fold(tiny, tmp_path, lines, monkeypatch):
+    """2d + 3d_fullres and their ensemble: a fold trained beforehand without --npz is re-validated, a run
+    interrupted in the middle of a fold is continued there, a deleted fold is trained again alone."""
+    from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+    from hiennu.training.trainer import Trainer
+    results = tiny["hiennu_results"]
+    recipe_3d = dataclasses.replace(TINY_3D, epochs=2)
+    monkeypatch.setattr(dm, "DEFAULT_RECIPE", (recipe_3d, TINY_2D))
+    plan_and_preprocess("Tiny2d", PlanAndPreprocessOptions(configurations=["2d"], plan_for="cpu", num_processes=1))
+    # 2d fold 0 as hiennu_train trains it without --npz
+    assert train_cli.main(["Tiny2d", "TrainerDiceFocal", "0", "-c", "2d", "--epochs", "1", "--iterations-per-epoch",
+                           "1", "--num-workers", "0", "--device", "cpu", "-q"]) == 0
+    model_2d = results / DATASET / "TrainerDiceFocal__hiennuPlans__2d"
+    revalidated = (model_2d / "fold_0" / FINAL).stat().st_mtime_ns
+
+    # the first run is interrupted after epoch 0 of 3d_fullres fold 1
+    save_epoch = Trainer._save_epoch
+
+    def interrupting(self, epoch, improved, finished):
+        save_epoch(self, epoch, improved, finished)
+        if self.config.name == "3d_fullres" and self.options.fold == 1 and epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_epoch", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        _run(lines)
+    text = lines.text
+    assert "plans reused from" in text and "preprocessing 3d_fullres with them" in text  # 2d was there, 3d not
+    assert "2d (TrainerDiceFocal" in text and "fold 0 to re-validate with --npz (no training)" in text
+    model_3d = results / DATASET / "TrainerDiceFocal__hiennuPlans__3d_fullres"
+    assert (model_3d / "fold_1" / LATEST).is_file() and not (model_3d / "fold_1" / FINAL).is_file()
+    monkeypatch.setattr(Trainer, "_save_epoch", save_epoch)
+
+    result, text = _run(lines, output=tmp_path / "model.zip")
+    assert "plans and preprocessed cases reused" in text
+    assert "1 reused, 1 to re-validate with --npz, 1 to continue, 7 to train" in text
+    assert "fold 1 to continue from epoch 1" in text
+    assert "fold 2 of 10 done (3d_fullres fold 1: continued, 1 steps" in text
+    assert "(2d fold 0: re-validated" in text
+    assert "fold 10 of 10 done" in text
+    assert read_json(model_3d / "fold_1" / "progress.json")["epoch"] == [0, 1]
+    assert (model_2d / "fold_0" / FINAL).stat().st_mtime_ns == revalidated  # validated again, not retrained
+    assert read_json(model_2d / "fold_0" / "validation" / "summary.json")["probabilities"] is True
+    info = result.best.information
+    assert len(info.candidates) == 3 and result.zip_path == tmp_path / "model.zip"
+    default = read_json(results / "default_model.json")
+    assert default.get("model_dir", default.get("ensemble_dir")).endswith(info.chosen.path)
+
+    shutil.rmtree(model_2d / "fold_3")
+    before_3d, before_2d = _mtimes(results, "3d_fullres"), _mtimes(results, "2d", skip=3)
+    # whatever the tiny folds score, this time the ensemble is chosen: it is exported and installed as one zip
+    find_best = dm.find_best_configuration
+
+    def choosing_the_ensemble(options):
+        best = find_best(options)
+        ensemble = next(c for c in best.information.candidates if c.kind == "ensemble")
+        chosen = dataclasses.replace(best.information.chosen, name=ensemble.name, kind=ensemble.kind,
+                                     members=ensemble.members, path=ensemble.path)
+        return dataclasses.replace(best, information=dataclasses.replace(best.information, chosen=chosen))
+
+    monkeypatch.setattr(dm, "find_best_configuration", choosing_the_ensemble)
+    result, text = _run(lines, output=tmp_path / "ensemble.zip")
+    assert "9 reused, 0 to re-validate with --npz, 0 to continue, 1 to train" in text
+    assert "(2d fold 3: trained" in text and text.count(": trained") == 1
+    assert _mtimes(results, "3d_fullres") == before_3d and _mtimes(results, "2d", skip=3) == before_2d
+    assert (tmp_path / "ensemble.zip").is_file() and result.installed.parent.name == "ensembles"
+    assert read_json(results / "default_model.json")["ensemble_dir"] == f"{DATASET}/{result.best.information.chosen.path}"
+    images = tiny["hiennu_raw"] / DATASET / "imagesTr"
+    assert predict.main(["-i", str(images), "-o", str(tmp_path / "pred"), "--device", "cpu", "--disable-tta",
+                         "-q"]) == 0
+    assert len(list((tmp_path / "pred").glob("*.mha"))) == 6
