@@ -9,8 +9,9 @@ resulting masks are written and scored with ``evaluate_folders`` (Dice, MASD, NS
 intervals, HD95, lesion recall/precision, Dice by lesion-size band).
 
 The same is done for the plain rule ZADC < -2 inside the brain (every case predicted by the rule,
-folds from ``splits_final.json``), so that the gain of the post-processing is not mistaken for a gain
-of the network.
+folds from ``splits_final.json``; :mod:`hiennu.postprocessing.rule_reference`, as
+``hiennu_find_best_configuration`` does it), so that the gain of the post-processing is not mistaken for a
+gain of the network.
 
 Usage (the BONBID dev set as converted and preprocessed in results.md)::
 
@@ -47,7 +48,6 @@ from pathlib import Path
 import numpy as np
 
 from hiennu.evaluation.evaluate import evaluate_folders
-from hiennu.masks import rule_mask
 from hiennu.postprocessing.record import apply_postprocessing
 from hiennu.postprocessing.selection import (CaseImages, all_candidates, choose, load_cases, nested_estimate, score,
                                              validation_cases)
@@ -58,7 +58,8 @@ from hiennu.errors import HiennuError
 from hiennu.evaluation import report
 from hiennu.postprocessing.selection import plans_size_rule
 from hiennu.paths import splits_file_name
-from hiennu.study.postprocessed_comparison import PAIRED_NOTE, paired_against_rule, paired_markdown
+from hiennu.evaluation.paired_comparison import PAIRED_NOTE, paired_against_rule, paired_markdown
+from hiennu.postprocessing.rule_reference import load_rule_cases, rule_cases
 from hiennu.study.split_seeds import ensure_seed_splits
 from hiennu.training.fold_layout import model_folder
 
@@ -223,11 +224,8 @@ def run_split(folder: str, raw_dir: Path, ending: str, model: str | None, split_
                              f"folds")
         cases = load_cases(masks, raw_dir)
         results[model] = run_method("model", cases, fold_of, raw_dir, ending, out, plans_size_rule(model_dir))
-    elif "cases" not in rule_cache:  # the labels stand in for the predictions that the rule replaces below
-        cases = load_cases({case: raw_dir / "labelsTr" / f"{case}{ending}" for case in rule_folds}, raw_dir)
-    if "cases" not in rule_cache:
-        rule_cache["cases"] = {case: CaseImages(rule_mask(c.zadc, c.adc).astype(np.uint8), c.ref, c.zadc, c.adc,
-                                                c.spacing_zyx) for case, c in cases.items()}
+    if "cases" not in rule_cache:  # the rule's masks in place of the model's (hiennu.postprocessing.rule_reference)
+        rule_cache["cases"] = rule_cases(cases) if model else load_rule_cases(raw_dir, sorted(rule_folds))
     if set(rule_cache["cases"]) != set(rule_folds):
         raise SystemExit(f"{splits_path}: its cases differ from the other splits'; cannot compare the splits")
     results[RULE] = run_method("rule", rule_cache["cases"], rule_folds, raw_dir, ending, out,

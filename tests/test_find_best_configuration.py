@@ -2,7 +2,10 @@
 
 The model folders here are written directly (probabilities, masks, summaries), not trained, so every number is
 known by hand: two configurations whose false positives sit in different places, so their ensemble (mean
-probability >= 0.5) is exactly the label. One test trains tiny folds with --npz end to end (about 12 s).
+probability >= 0.5) is exactly the label. Post-processing (remove < 5 vox) cleans each model's 4-voxel false
+positives, so with it every candidate is exact; a model that misses part of each lesion instead (no false
+positive, a higher raw Dice, nothing for post-processing to fix) separates the default choice (nested Dice with
+post-processing) from nnU-Net's (raw Dice). One test trains tiny folds with --npz end to end (about 12 s).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 from helpers import tiny_plans
 from hiennu.cli import find_best_configuration as cli
 from hiennu.ensembling.best_configuration import FindBestOptions, choose_best, find_best_configuration
+from hiennu.ensembling.choice import Selection
 from hiennu.ensembling.ensemble_cv import Candidate, candidates, cv_mask, mean_probabilities
 from hiennu.ensembling.inference_information import (ChosenConfiguration, candidate_scores,
                                                      load_inference_information, predict_command)
@@ -36,7 +40,9 @@ from hiennu.training.options import TrainingOptions
 DATASET = "Dataset001_Tiny"
 GEO = Geometry((12, 12, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 A, B = "TrainerX__hiennuPlans__3d_fullres", "TrainerX__hiennuPlans__3d_lowres"
+C, D = "TrainerY__hiennuPlans__3d_fullres", "TrainerY__hiennuPlans__3d_lowres"
 LESION = (slice(2, 4), slice(3, 7), slice(3, 7))        # 32 voxels
+MISSED = (slice(2, 4), slice(3, 4), slice(3, 7))        # 8 of them: what an under-segmenting model misses
 FP_A = (slice(5, 6), slice(8, 10), slice(8, 10))        # 4 voxels: model A's false positive
 FP_B = (slice(5, 6), slice(1, 3), slice(8, 10))         # 4 voxels: model B's
 
@@ -58,7 +64,18 @@ def _probabilities(model: str, i: int) -> np.ndarray:
     return prob
 
 
-def _write_model(results: Path, name: str, split: list[list[str]], cases: dict[str, int]) -> Path:
+def _under_segmenting(model: str, i: int) -> np.ndarray:
+    """No false positive, but 8 of the 32 lesion voxels missed: Dice 48/56 on a lesion case, 1 on an empty one
+    (raw mean 0.905, above a model with false positives, 0.627), and nothing post-processing can add back."""
+    prob = np.full(GEO.size_zyx, 0.05, np.float32)
+    if i % 3 != 2:
+        prob[LESION] = 0.7
+        prob[MISSED] = 0.1
+    return prob
+
+
+def _write_model(results: Path, name: str, split: list[list[str]], cases: dict[str, int],
+                 probabilities=_probabilities) -> Path:
     model = ModelFolder(results / DATASET / name)
     config = tiny_plans().configuration("3d_fullres")
     save_plans(Plans(DATASET, ["ADC", "ZADC"], {"3d_fullres": config,
@@ -67,7 +84,7 @@ def _write_model(results: Path, name: str, split: list[list[str]], cases: dict[s
     save_dataset_json(DatasetJson("Tiny"), model.dataset_json)
     for fold, val in enumerate(split):
         for case in val:
-            prob = _probabilities(name, cases[case])
+            prob = probabilities(name, cases[case])
             write_probabilities(prob, GEO, model.validation_probabilities(fold, case))
             write_image(cv_mask(prob), GEO, model.validation_dir(fold) / f"{case}.mha")
         write_json({"checkpoint": FINAL, "probabilities": True, "per_case": [{"case_id": c} for c in val]},
@@ -97,6 +114,17 @@ def cv(hiennu_roots):
     for name in (A, B):
         _write_model(results, name, split, cases)
     return results / DATASET
+
+
+def _splits(cv: Path) -> tuple[list[list[str]], dict[str, int]]:
+    cases = {f"case{i}": i for i in range(9)}
+    return [[c for c in cases if cases[c] % 3 == k] for k in range(3)], cases
+
+
+def _replace_model(cv: Path, name: str, probabilities) -> None:
+    """Write model ``name`` anew (over any existing folder) with ``probabilities``."""
+    shutil.rmtree(cv / name, ignore_errors=True)
+    _write_model(cv.parent, name, *_splits(cv), probabilities=probabilities)
 
 
 def _run(*argv: str) -> list[str]:
@@ -132,17 +160,33 @@ def test_every_ensemble_of_two_or_more_is_a_candidate():
     assert Candidate(("m__p__b", "m__p__a")).members == ("m__p__a", "m__p__b")
 
 
-def _scores(name, members, dice):
+def _scores(name, members, dice, nested=None):
+    post = None if nested is None else {"chosen_name": "none", "nested": {"dice": {"mean": nested}}}
     return candidate_scores(name, "ensemble" if len(members) > 1 else "model", members, name,
-                            {"dice": {"mean": dice}, "masd": {"mean": 1.0}, "nsd": {"mean": 0.5}})
+                            {"dice": {"mean": dice}, "masd": {"mean": 1.0}, "nsd": {"mean": 0.5}}, post)
 
 
-def test_the_choice_is_the_best_mean_dice_then_fewer_members_then_the_name():
+def test_the_raw_choice_is_the_best_mean_dice_then_fewer_members_then_the_name():
     a, b = _scores("T__P__b", ["T__P__b"], 0.7), _scores("T__P__a", ["T__P__a"], 0.7)
     ens = _scores("ensemble___T__P__a___T__P__b", ["T__P__a", "T__P__b"], 0.7)
-    assert choose_best([ens, a, b]).name == "T__P__a"                      # a tie: fewer members, then the name
-    assert choose_best([a, _scores("ens", ["T__P__a", "T__P__b"], 0.71)]).name == "ens"  # better Dice wins
-    assert choose_best([_scores("x", ["x"], 0.2), a]).name == "T__P__b"
+    assert choose_best([ens, a, b], "raw").name == "T__P__a"                 # a tie: fewer members, then the name
+    assert choose_best([a, _scores("ens", ["T__P__a", "T__P__b"], 0.71)], "raw").name == "ens"  # better Dice wins
+    assert choose_best([_scores("x", ["x"], 0.2), a], "raw").name == "T__P__b"
+
+
+def test_the_default_choice_is_the_nested_dice_with_postprocessing_then_raw_dice_members_name():
+    ens = _scores("ensemble___T__P__a___T__P__b", ["T__P__a", "T__P__b"], 0.50, nested=0.51)
+    a = _scores("T__P__a", ["T__P__a"], 0.49, nested=0.61)
+    assert choose_best([ens, a]).name == "T__P__a" and choose_best([ens, a], "raw").name == ens.name
+    b = _scores("T__P__b", ["T__P__b"], 0.55, nested=0.61)
+    assert choose_best([ens, a, b]).name == "T__P__b"                          # a tie: the raw Dice
+    c = _scores("T__P__c", ["T__P__c"], 0.55, nested=0.61)
+    both = _scores("ensemble___T__P__b___T__P__c", ["T__P__b", "T__P__c"], 0.55, nested=0.61)
+    assert choose_best([both, c, b]).name == "T__P__b"                         # then fewer members, then name
+    without = _scores("T__P__d", ["T__P__d"], 0.9)                            # no nested estimate: ranks last
+    assert choose_best([without, ens]).name == ens.name
+    with pytest.raises(HiennuError, match="--select-by must be one of postprocessed, raw"):
+        choose_best([a], "pooled")
 
 
 def test_the_predict_command():
@@ -193,9 +237,20 @@ def test_the_ensemble_wins_and_everything_is_written(cv, capsys):
     assert f"  {raw['predict_command']}\n" in out
     assert re.search(r"\| \*\*ensemble___.*\*\* \(chosen\) \| ensemble \| 1\.0000 \[1\.0000, 1\.0000\] "
                      r"\| 0\.00 \(9\)", out)
-    assert "rule: ZADC < -2 (reference, not chosen)" in out and ", nested |" in out and ", pooled |" in out
+    assert "| rule: ZADC < -2 (reference, never chosen) | rule |" in out
+    assert "by the highest nested mean Dice with the candidate's own post-processing" in out
+    assert "the best of 3 candidates chosen on the same cases" in out
     assert not any(p.name.startswith(".") for p in cv.iterdir())  # no staging left behind
-    assert not ModelFolder(cv / A).postprocessing.exists()
+    # every candidate has its own post-processing; the model folders took theirs (they had none)
+    for name in (A, B):
+        model_record = json.loads(ModelFolder(cv / name).postprocessing.read_text())
+        assert model_record["chosen"]["min_component_voxels"] >= 5          # the 4-voxel false positives go
+        post = by_name[name].postprocessing
+        assert post["record"] == f"{name}/postprocessing.json" and post["action"] == "written"
+        assert post["nested"]["dice"]["mean"] == 1.0 and post["chosen_name"] == model_record["chosen_name"]
+    # all tie at 1.0 with post-processing: the raw Dice decides, so nnU-Net's rule agrees here
+    assert info.selection.criterion == "postprocessed" and info.selection.num_candidates == 3
+    assert info.selection.by_raw == info.selection.by_postprocessed == folder.path.name
 
 
 def test_a_single_model_gets_its_postprocessing_once_and_an_existing_one_is_kept(cv, capsys):
@@ -211,6 +266,19 @@ def test_a_single_model_gets_its_postprocessing_once_and_an_existing_one_is_kept
     before = path.read_bytes()
     assert find_best_configuration(options).postprocessing.action.startswith("identical")
     assert path.read_bytes() == before
+    # a record of an older version (no num_candidates) with the same choice is the same choice
+    older = {k: v for k, v in record.items() if k != "num_candidates"}
+    older["nested"] = {k: v for k, v in record["nested"].items() if k != "num_candidates"}
+    write_json(older, path)
+    before = path.read_bytes()
+    assert find_best_configuration(options).postprocessing.action == "identical choice already there"
+    assert path.read_bytes() == before
+    # the same name, another parameter in one fold's nested choice: another choice, kept and said
+    other = json.loads(json.dumps(record))
+    other["nested"]["chosen_per_fold"]["0"]["min_component_voxels"] = 6
+    write_json(other, path)
+    assert cli.main(["-d", "Tiny", "-c", "3d_fullres", "-tr", "TrainerX", "-f", "0", "1", "2", "-np", "1"]) == 0
+    assert "this run chooses the same by name, with other parameters" in capsys.readouterr().out
     record["chosen"] = {"min_component_voxels": 50}
     record["chosen_name"] = "remove < 50 vox"
     write_json(record, path)
@@ -223,12 +291,108 @@ def test_a_single_model_gets_its_postprocessing_once_and_an_existing_one_is_kept
     assert not (cv / "ensembles").exists()
 
 
-def test_inference_information_round_trips(cv):
+def test_inference_information_round_trips_with_the_rule_and_the_paired_test(cv):
     result = find_best_configuration(FindBestOptions("Tiny", ["3d_fullres", "3d_lowres"], ["TrainerX"],
                                                      folds=[0, 1, 2], num_processes=1))
     assert load_inference_information(cv) == result.information
     again = json.loads(json.dumps(result.information.to_dict()))
-    assert again == json.loads((cv / INFERENCE_INFORMATION_FILE).read_text())
+    raw = json.loads((cv / INFERENCE_INFORMATION_FILE).read_text())
+    assert again == raw
+    # the rule got the same nested post-processing, on the folds of splits_final.json, and is never written
+    rule = raw["reference"]["postprocessing"]
+    assert rule["record"] is None and rule["action"] == "reference, not written"
+    assert set(rule["nested_choices"]) == {"0", "1", "2"} and rule["nested"]["dice"]["n"] == 9
+    assert rule["chosen_name"] == "remove < 5 vox"                  # the rule's 4-voxel false positive goes
+    test = raw["paired_test"]
+    assert test["method"] == f"{raw['chosen']['name']} + post-processing (nested)"
+    assert test["reference"] == "rule: ZADC < -2 + post-processing (nested)" and test["num_cases"] == 9
+    assert [r["metric"] for r in test["rows"]] == ["dice", "masd", "nsd"]
+    assert all(r["n_pairs"] == 9 and r["mean_difference"] == 0.0 and r["p_holm"] == 1.0 for r in test["rows"])
+    assert raw["selection"] == {**raw["selection"], "criterion": "postprocessed", "num_candidates": 3}
+    assert all(c["postprocessing"]["nested"] is not None for c in raw["candidates"])
+
+
+def test_an_inference_information_of_an_older_run_still_loads(cv):
+    """Files written before every candidate had its post-processing: chosen by raw Dice, no paired test."""
+    result = find_best_configuration(FindBestOptions("Tiny", ["3d_fullres", "3d_lowres"], ["TrainerX"],
+                                                     folds=[0, 1, 2], num_processes=1))
+    old = result.information.to_dict()
+    for key in ("selection", "paired_test", "postprocessing_metrics"):
+        del old[key]
+    for candidate in old["candidates"] + [old["reference"]]:
+        del candidate["postprocessing"]
+    write_json(old, cv / INFERENCE_INFORMATION_FILE)
+    info = load_inference_information(cv)
+    assert info.selection == Selection("raw", 3, None, info.chosen.name) and info.paired_test is None
+    assert all(c.postprocessing is None for c in info.candidates) and info.chosen == result.information.chosen
+
+
+# ------------------------------------------------------------------------------------------ the choice on real runs
+
+def test_the_nested_postprocessed_choice_differs_from_nnunets_raw_choice(cv, capsys):
+    """B misses part of every lesion: the best raw Dice (nnU-Net ships it), but post-processing cannot add the
+    missed voxels, while A's false positives go with post-processing, so A ships by default."""
+    _replace_model(cv, B, _under_segmenting)
+    assert cli.main(_run()) == 0
+    out = capsys.readouterr().out
+    info = load_inference_information(cv)
+    by_name = {c.name: c for c in info.candidates}
+    ensemble = EnsembleFolder.of(cv, [A, B]).path.name
+    assert by_name[B].mean("dice") == pytest.approx((6 * 48 / 56 + 3) / 9)
+    assert by_name[A].mean("dice") == pytest.approx(6 * 64 / 68 / 9)
+    assert by_name[ensemble].mean("dice") == pytest.approx(by_name[B].mean("dice"))  # the mean drops A's false positive
+    assert by_name[A].nested_mean("dice") == 1.0
+    assert by_name[B].nested_mean("dice") == pytest.approx(by_name[B].mean("dice"))
+    assert info.chosen.name == A and info.selection.by_raw == B and info.selection.by_postprocessed == A
+    assert "by raw Dice (nnU-Net's rule, --select-by raw) the choice would be " + B in out
+    assert info.predict_command.endswith(f"-d {DATASET} -tr TrainerX -c 3d_fullres -p hiennuPlans -f 0 1 2")
+    # the paired test is of the chosen one (A + its nested post-processing) against the rule + its own
+    assert info.paired_test.method == f"{A} + post-processing (nested)"
+    # nnU-Net's rule, on request: the old choice
+    assert cli.main(_run("--select-by", "raw")) == 0
+    out = capsys.readouterr().out
+    info = load_inference_information(cv)
+    assert info.chosen.name == B and info.selection.criterion == "raw" and info.selection.by_postprocessed == A
+    assert "by the highest raw mean Dice, without post-processing (nnU-Net's rule)" in out
+    assert ("by nested Dice with post-processing (the default, --select-by postprocessed) the choice would be "
+            + A) in out
+    assert info.paired_test.method == f"{B} + post-processing (nested)"
+
+
+def test_every_ensemble_folder_gets_its_postprocessing_and_a_kept_model_record_is_reported(cv, capsys):
+    """Four models (two trainers, two configurations), eleven ensembles: each folder holds its own record, chosen
+    on its masks, so any of them predicts with it; a model's different existing record is kept, scored as in
+    force, and said."""
+    for name in (C, D):
+        _write_model(cv.parent, name, *_splits(cv), probabilities=_under_segmenting)
+    edited = json.loads(json.dumps(find_best_configuration(FindBestOptions(
+        "Tiny", ["3d_lowres"], ["TrainerX"], folds=[0, 1, 2], num_processes=1)).postprocessing.record))
+    edited.update(chosen={"min_component_voxels": 50}, chosen_name="remove < 50 vox")  # also removes the lesions
+    write_json(edited, ModelFolder(cv / B).postprocessing)
+    (cv / INFERENCE_INFORMATION_FILE).unlink()
+    assert cli.main(_run("-tr", "TrainerX", "TrainerY")) == 0
+    out = capsys.readouterr().out
+    info = load_inference_information(cv)
+    ensembles = [c for c in info.candidates if c.kind == "ensemble"]
+    assert len(info.candidates) == 15 and len(ensembles) == 11 and info.selection.num_candidates == 15
+    assert "the best of 15 candidates" in out
+    for c in ensembles:
+        folder = EnsembleFolder.of(cv, list(c.members))
+        record = json.loads(folder.postprocessing.read_text())
+        assert record["num_cases"] == 9 and record["nested"]["choices"].keys() == {"0", "1", "2"}
+        assert c.postprocessing["record"] == f"ensembles/{folder.path.name}/postprocessing.json"
+        assert c.postprocessing["chosen_name"] == record["chosen_name"] and c.postprocessing["action"] == "written"
+        assert json.loads(folder.members.read_text())["members"] == list(c.members)
+    b = next(c for c in info.candidates if c.name == B)
+    assert json.loads(ModelFolder(cv / B).postprocessing.read_text())["chosen_name"] == "remove < 50 vox"
+    assert b.postprocessing["action"] == "kept the existing record" and b.postprocessing["chosen_name"] == (
+        "remove < 50 vox")
+    assert b.postprocessing["this_run_choice"] == "remove < 5 vox"
+    assert b.postprocessing["pooled"]["dice"]["mean"] == pytest.approx(3 / 9)     # the record in force: lesions gone
+    assert (f"kept {B}/postprocessing.json (remove < 50 vox); this run would choose remove < 5 vox: delete the "
+            f"file and run again to replace it") in out
+    for name in (C, D):
+        assert json.loads(ModelFolder(cv / name).postprocessing.read_text())["chosen_name"] == "none"
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -262,6 +426,12 @@ def _break_checkpoint(cv: Path) -> None:
         write_json({**summary, "checkpoint": BEST}, ModelFolder(cv / B).validation_summary(fold))
 
 
+def _break_postprocessing_record(cv: Path) -> None:
+    """B's postprocessing.json cannot be applied: found while choosing the candidates' post-processing, after
+    the ensembles' masks were staged."""
+    write_json({"chosen": {"min_component_voxels": -3}, "chosen_name": "?"}, ModelFolder(cv / B).postprocessing)
+
+
 def _break_mask(cv: Path) -> None:
     path = cv / A / "fold_2" / "validation" / "case8.mha"
     mask, geometry = read_image(path, dtype=np.uint8)
@@ -282,6 +452,8 @@ def _break_mask(cv: Path) -> None:
                      r"--npz"),
     (_break_checkpoint, rf"error: model {B} was validated with checkpoint_best\.pth, {A} with checkpoint_final\.pth; "
                         r"re-validate its folds alike, e\.g\. hiennu_train Tiny TrainerX 0 -c 3d_lowres --val --npz$"),
+    (_break_postprocessing_record, rf"error: .*{B}/postprocessing\.json: min_component_voxels must be a whole "
+                                   r"number >= 0, got -3; delete it and run again to choose it anew$"),
     (_break_mask, rf"error: model {A}, fold 2, case case8: validation mask .*case8\.mha differs from its probabilities "
                   r">= 0\.5 in 1 voxel\(s\).*re-validate: hiennu_train Tiny TrainerX 2 -c 3d_fullres --val --npz$"),
 ])
@@ -292,7 +464,7 @@ def test_bad_input_is_one_line_with_the_fix_and_nothing_is_written(cv, capsys, b
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert re.search(message, err), err
-    assert _written(cv) == before == set()
+    assert _written(cv) == before == ({"postprocessing.json"} if breaking is _break_postprocessing_record else set())
 
 
 def test_a_missing_model_or_fold_of_the_split_is_named(cv):

@@ -5,9 +5,14 @@
   ``hiennu_train --npz``), collected and checked: folds, probabilities, same dataset, splits and checkpoint;
 - ``ensemble_cv``: the candidates, the members' mean probability and the masks, the ensemble's folder;
 - ``cv_scores``: every candidate and the ZADC rule scored on one case (challenge metrics), and the summaries;
-- ``chosen_postprocessing``: the chosen candidate's post-processing (``hiennu.postprocessing``'s selection);
-- ``inference_information``: ``inference_information.json``, the table and the ``hiennu_predict`` command;
-- ``best_configuration``: the whole run, in order: check, score, choose, then write.
+- ``candidate_postprocessing``: every candidate's post-processing chosen on its CV masks, and the rule's on its
+  masks (``hiennu.postprocessing``'s selection), where each record goes, and its pooled and nested scores;
+- ``choice``: which candidate ships (the nested Dice with post-processing by default; nnU-Net's raw Dice with
+  ``--select-by raw``), and why the default differs from nnU-Net;
+- ``rule_comparison``: the chosen one + its nested post-processing against the rule + its own, paired;
+- ``inference_information``: ``inference_information.json`` and the ``hiennu_predict`` command;
+- ``table``: the table the command prints;
+- ``best_configuration``: the whole run, in order: check, score, choose post-processing, choose, then write.
 
 May import: the ground floor, ``evaluation`` (the metrics), ``postprocessing`` (the selection) and ``inference``
 (the predictor's threshold). Never training, study or cli.

@@ -1,7 +1,9 @@
 """``hiennu_find_best_configuration``: every trained configuration and every ensemble of them, scored by
-cross-validation; the best chosen, its post-processing chosen on top, the prediction command written down.
+cross-validation, each with its own post-processing; the best chosen, the prediction command written down.
 
-nnU-Net's ``nnUNetv2_find_best_configuration``, on hiennu's files:
+nnU-Net's ``nnUNetv2_find_best_configuration``, on hiennu's files, with one difference (why:
+:mod:`hiennu.ensembling.choice`): every candidate gets its own post-processing, and the choice is by the nested
+Dice with it, not by the raw Dice (``--select-by raw`` restores nnU-Net's rule).
 
 1. The models are every combination of the trainers, plans and configurations asked for
    (``$hiennu_results/DatasetNNN_Name/TRAINER__PLANS__CONFIG``). Each is checked before anything is read
@@ -13,12 +15,14 @@ nnU-Net's ``nnUNetv2_find_best_configuration``, on hiennu's files:
    each ensemble of two or more (the members' mean probability >= 0.5,
    :mod:`hiennu.ensembling.ensemble_cv`) and, as a reference that is never chosen, the rule ZADC < -2 inside
    the brain.
-3. The best candidate by mean Dice is chosen (ties: fewer members, then the name), then its post-processing
-   on its CV masks (:mod:`hiennu.ensembling.chosen_postprocessing`), with the nested estimate beside the
-   pooled one.
-4. Only then is anything written: each ensemble's CV masks, ``summary.json`` and ``members.json`` into its
-   :class:`~hiennu.paths.EnsembleFolder` (staged in a hidden folder until then), the post-processing record,
-   and ``inference_information.json`` (:mod:`hiennu.ensembling.inference_information`) last.
+3. Every candidate's post-processing is chosen on its CV masks, and the rule's on its masks with the same folds
+   (:mod:`hiennu.ensembling.candidate_postprocessing`, one worker each), with pooled and nested scores.
+4. The best is chosen (:mod:`hiennu.ensembling.choice`), and its nested post-processed cases are tested against
+   the rule's, paired (:mod:`hiennu.ensembling.rule_comparison`).
+5. Only then is anything written: each ensemble's CV masks, ``summary.json``, ``members.json`` and
+   ``postprocessing.json`` into its :class:`~hiennu.paths.EnsembleFolder` (the masks staged in a hidden folder
+   until then), each model's ``postprocessing.json`` where it has none, and ``inference_information.json``
+   (:mod:`hiennu.ensembling.inference_information`) last.
 """
 
 from __future__ import annotations
@@ -27,14 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from hiennu.ensembling.chosen_postprocessing import PostprocessingOutcome, settle_postprocessing
+from hiennu.ensembling.candidate_postprocessing import (PostprocessingJob, PostprocessingOutcome,
+                                                        candidate_postprocessing)
+from hiennu.ensembling.choice import POSTPROCESSED, SELECT_BY, choose_best, select
 from hiennu.ensembling.cv_probabilities import (ModelCV, check_comparable, collect_model_cv, split_validation_cases,
                                                 train_command)
-from hiennu.ensembling.cv_scores import (RULE_NAME, CaseJob, EnsembleOutput, MemberFiles, json_safe, score_case,
-                                        summaries, write_cv_summary)
-from hiennu.ensembling.ensemble_cv import ENSEMBLE, MODEL, Candidate, EnsembleStaging, candidates, members_record
-from hiennu.ensembling.inference_information import (RULE, CandidateScores, ChosenConfiguration, InferenceInformation,
+from hiennu.ensembling.cv_scores import (RULE_NAME, CaseJob, EnsembleOutput, MemberFiles, score_case, summaries,
+                                        write_cv_summary)
+from hiennu.ensembling.ensemble_cv import (ENSEMBLE, MODEL, RULE, Candidate, EnsembleStaging, candidates,
+                                           members_record)
+from hiennu.ensembling.inference_information import (CandidateScores, ChosenConfiguration, InferenceInformation,
                                                      candidate_scores, predict_command)
+from hiennu.ensembling.rule_comparison import paired_test
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import write_json
 from hiennu.io.cases import channel_file_name
@@ -44,7 +52,6 @@ from hiennu.log import get_logger
 from hiennu.parallel import parallel_map
 from hiennu.paths import (DEFAULT_PLANS_NAME, ENSEMBLES_DIR, SUMMARY_FILE, ModelFolder, model_dir_name,
                           preprocessed_root, raw_root, resolve_dataset, results_root, splits_file_name)
-from hiennu.postprocessing.selection import select_on_masks, select_postprocessing
 from hiennu.provenance import provenance
 
 log = get_logger(__name__)
@@ -58,7 +65,8 @@ class FindBestOptions:
     """What ``hiennu_find_best_configuration`` compares. dataset: name, ``DatasetNNN_Name`` or number;
     configurations / trainers / plans: every combination is one model; folds: the folds of ``splits_final.json``
     pooled; ensembles: also score every ensemble of two or more models; num_processes: worker processes
-    for scoring the cases."""
+    for scoring the cases and choosing the candidates' post-processing; select_by: ``postprocessed`` (the nested
+    Dice with post-processing, the default) or ``raw`` (nnU-Net's rule), see :mod:`hiennu.ensembling.choice`."""
 
     dataset: str
     configurations: Sequence[str]
@@ -67,6 +75,7 @@ class FindBestOptions:
     folds: Sequence[int] = DEFAULT_FOLDS
     ensembles: bool = True
     num_processes: int = 2
+    select_by: str = POSTPROCESSED
 
     def __post_init__(self) -> None:
         self.configurations, self.trainers, self.plans = (list(dict.fromkeys(map(str, v))) for v in
@@ -78,6 +87,8 @@ class FindBestOptions:
         self.folds = sorted(set(int(f) for f in self.folds))
         if self.num_processes < 1:
             raise HiennuError(f"-np must be at least 1, got {self.num_processes}")
+        if self.select_by not in SELECT_BY:
+            raise HiennuError(f"--select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(model_dir_name(t, p, c) for t in self.trainers for p in self.plans
@@ -87,19 +98,17 @@ class FindBestOptions:
 @dataclass
 class BestConfiguration:
     """What a run found: the record it wrote (:class:`~hiennu.ensembling.inference_information.InferenceInformation`),
-    where, and the post-processing outcome."""
+    where, the chosen one's post-processing outcome, every candidate's (by name; the rule's under its name when
+    scored) and the ensemble folders written."""
 
     information: InferenceInformation
     path: Path
     postprocessing: PostprocessingOutcome
     ensemble_folders: list[Path] = field(default_factory=list)
+    outcomes: dict[str, PostprocessingOutcome] = field(default_factory=dict)
 
 
-def choose_best(scored: Sequence[CandidateScores]) -> CandidateScores:
-    """The candidate of the highest mean Dice; ties: fewer members, then the name (alphabetical)."""
-    if not scored:
-        raise HiennuError("no candidate to choose from")
-    return min(scored, key=lambda c: (-c.mean("dice"), len(c.members), c.name))
+__all__ = ["BestConfiguration", "FindBestOptions", "choose_best", "find_best_configuration"]
 
 
 def _raw_files(raw_dir: Path, raw: DatasetJson, case_ids: Sequence[str]) -> dict[str, tuple[Path, Path | None,
@@ -156,23 +165,27 @@ def _score(models: Sequence[ModelCV], all_candidates: Sequence[Candidate], stagi
     return scored, reference
 
 
-def _postprocessing(winner: Candidate, models: Sequence[ModelCV], staging: EnsembleStaging,
-                    raw_dir: Path, ending: str) -> PostprocessingOutcome:
-    """The winner's post-processing chosen on its CV masks (a model's validation masks, as
-    ``hiennu_determine_postprocessing`` chooses it; an ensemble's staged masks), and where it goes."""
+def _postprocessing_jobs(models: Sequence[ModelCV], all_candidates: Sequence[Candidate], staging: EnsembleStaging,
+                         raw_dir: Path, ending: str, with_rule: bool) -> list[PostprocessingJob]:
+    """One :class:`~hiennu.ensembling.candidate_postprocessing.PostprocessingJob` per candidate (a model's on its
+    validation masks, as ``hiennu_determine_postprocessing`` chooses it; an ensemble's on its staged masks) and,
+    with ``with_rule``, the rule's on its own masks over the same folds."""
     by_name = {m.name: m for m in models}
-    folds, fold_of, checkpoint = models[0].folds, models[0].fold_of, models[0].checkpoint
-    details: dict = {}
-    if winner.kind == MODEL:
-        model = by_name[winner.name]
-        record = select_postprocessing(model.path, raw_dir, folds, write=False, details=details)
-        return settle_postprocessing(record, ModelFolder(model.path).postprocessing, details["cases"], fold_of,
-                                     keep_existing=True)
-    masks = {case: staging.validation_dir(winner) / f"{case}{ending}" for case in fold_of}
-    folder = staging.folder(winner)
-    record = select_on_masks(masks, dict(fold_of), raw_dir, max(by_name[n].size_rule for n in winner.members),
-                             {str(f): checkpoint for f in folds}, folder.path, details=details)
-    return settle_postprocessing(record, folder.postprocessing, details["cases"], fold_of, keep_existing=False)
+    folds, fold_of, checkpoint = models[0].folds, dict(models[0].fold_of), models[0].checkpoint
+    jobs = []
+    for c in all_candidates:
+        if c.kind == MODEL:
+            path = by_name[c.name].path
+            jobs.append(PostprocessingJob(c.name, MODEL, fold_of, raw_dir, path, ModelFolder(path).postprocessing))
+        else:
+            folder = staging.folder(c)
+            jobs.append(PostprocessingJob(
+                c.name, ENSEMBLE, fold_of, raw_dir, folder.path, folder.postprocessing,
+                {case: staging.validation_dir(c) / f"{case}{ending}" for case in fold_of},
+                max(by_name[n].size_rule for n in c.members), {str(f): checkpoint for f in folds}))
+    if with_rule:
+        jobs.append(PostprocessingJob(RULE_NAME, RULE, fold_of, raw_dir, Path(RULE_NAME), None))
+    return jobs
 
 
 def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
@@ -192,24 +205,43 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
     checkpoint = models[0].checkpoint
     staging = EnsembleStaging(results_dir)
     try:
-        scored, reference = _score(models, all_candidates, staging, raw, raw_dir, dataset, options.num_processes)
-        best = choose_best(scored)
+        raw_scored, raw_reference = _score(models, all_candidates, staging, raw, raw_dir, dataset,
+                                           options.num_processes)
+        jobs = _postprocessing_jobs(models, all_candidates, staging, raw_dir, raw.file_ending,
+                                    raw_reference is not None)
+        outcomes = {job.name: outcome for job, outcome in zip(jobs, parallel_map(
+            candidate_postprocessing, [(job,) for job in jobs], options.num_processes,
+            desc="post-processing per candidate"))}
+        scored = [candidate_scores(s.name, s.kind, s.members, s.path, s.metrics,
+                                   outcomes[s.name].to_dict(results_dir)) for s in raw_scored]
+        reference = (None if raw_reference is None else
+                     candidate_scores(RULE_NAME, RULE, (), None, raw_reference.metrics,
+                                      outcomes[RULE_NAME].to_dict(results_dir)))
+        best, selection = select(scored, options.select_by)
         winner = next(c for c in all_candidates if c.name == best.name)
-        outcome = _postprocessing(winner, models, staging, raw_dir, raw.file_ending)
+        outcome = outcomes[winner.name]
         chosen = ChosenConfiguration(winner.name, winner.kind, winner.members, tuple(folds), checkpoint, best.path,
-                                     json_safe(outcome.to_dict(results_dir)))
+                                     best.postprocessing)
         information = InferenceInformation(
             dataset, tuple(folds), tuple(sorted(models[0].fold_of)), tuple(scored), reference, chosen,
-            predict_command(dataset, chosen, results_dir),
+            predict_command(dataset, chosen, results_dir), selection,
+            None if reference is None else paired_test(winner.name, outcome, RULE_NAME, outcomes[RULE_NAME]),
             provenance({"dataset": dataset, "configurations": options.configurations, "trainers": options.trainers,
-                        "plans": options.plans, "folds": folds, "ensembles": options.ensembles}))
+                        "plans": options.plans, "folds": folds, "ensembles": options.ensembles,
+                        "select_by": options.select_by}))
         # everything is computed and checked: now write, the record that points at the rest last
-        committed = [staging.commit(e, members_record(e, folds, checkpoint)).path for e in ensembles]
-        if outcome.to_write is not None:
-            write_json(outcome.to_write, outcome.path)
+        committed = []
+        for e in ensembles:
+            folder = staging.commit(e, members_record(e, folds, checkpoint))
+            write_json(outcomes[e.name].record, folder.postprocessing)
+            committed.append(folder.path)
+        for c in all_candidates:
+            if c.kind == MODEL and outcomes[c.name].to_write is not None:
+                write_json(outcomes[c.name].to_write, outcomes[c.name].path)
         path = information.save(results_dir)
     finally:
         staging.discard()
-    log.info("chosen by cross-validation: %s (mean Dice %.4f); post-processing %s (%s); written to %s",
-             best.name, best.mean("dice"), outcome.record["chosen_name"], outcome.action, path)
-    return BestConfiguration(information, path, outcome, committed)
+    log.info("chosen by cross-validation among %d candidates (%s): %s (nested Dice with post-processing %.4f, raw "
+             "%.4f); post-processing %s (%s); written to %s", selection.num_candidates, selection.criterion, best.name,
+             best.nested_mean("dice"), best.mean("dice"), outcome.record["chosen_name"], outcome.action, path)
+    return BestConfiguration(information, path, outcome, committed, outcomes)

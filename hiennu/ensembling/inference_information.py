@@ -1,23 +1,35 @@
-"""``inference_information.json``: what ``hiennu_find_best_configuration`` scored, what it chose, and how to
-predict with it; the table it prints.
+"""``inference_information.json``: what ``hiennu_find_best_configuration`` scored, what it chose and why, and
+how to predict with it.
 
 The file lies in the dataset's results folder (:data:`hiennu.paths.INFERENCE_INFORMATION_FILE`)::
 
     {"dataset": "Dataset001_BONBID", "folds": [0, 1, 2, 3, 4], "case_ids": [...],
      "metrics": "per case on the native grid: Dice, MASD (mm, cases where defined), NSD (2 mm); ...",
+     "postprocessing_metrics": "each candidate's own post-processing ...: pooled ..., nested ...",
      "candidates": [{"name": "TrainerDiceFocal__hiennuPlans__2d", "kind": "model", "members": [...],
                      "path": "TrainerDiceFocal__hiennuPlans__2d",
                      "metrics": {"dice": {"mean": ..., "ci95_low": ..., "ci95_high": ..., "n": ...},
-                                 "masd": ..., "nsd": ...}},
+                                 "masd": ..., "nsd": ...},                     # raw: no post-processing
+                     "postprocessing": {"record": "TrainerDiceFocal__hiennuPlans__2d/postprocessing.json",
+                                        "chosen_name": ..., "action": ..., "this_run_choice": ...,
+                                        "nested_choices": {"0": ..., ...}, "pooled": {...}, "nested": {...}}},
                     {"name": "ensemble___A___B", "kind": "ensemble", "path": "ensembles/ensemble___A___B", ...}],
-     "reference": {"name": "rule: ZADC < -2", "kind": "rule", ...},      # scored on the same cases, never chosen
+     "reference": {"name": "rule: ZADC < -2", "kind": "rule", "metrics": ...,   # same cases, never chosen
+                   "postprocessing": {"record": null, "action": "reference, not written", ...}},
+     "selection": {"criterion": "postprocessed" | "raw", "rule": "...", "num_candidates": 3,
+                   "by_postprocessed": ..., "by_raw": ..., "note": "..."},
      "chosen": {"name": ..., "kind": "model" | "ensemble", "members": [...], "folds": [...],
                 "checkpoint": "checkpoint_final.pth", "path": ...,
-                "postprocessing": {"record": "<path relative to the dataset results folder>", "chosen_name": ...,
-                                   "action": ..., "this_run_choice": ..., "pooled": {...}, "nested": {...}}},
+                "postprocessing": {... as the candidate's ...}},
+     "paired_test": {"method": "<chosen> + post-processing (nested)",
+                     "reference": "rule: ZADC < -2 + post-processing (nested)", "num_cases": 37,
+                     "metrics": ["dice", "masd", "nsd"], "note": "...",
+                     "rows": [{"metric": "dice", "n_pairs": 37, "mean_difference": ..., "median_difference": ...,
+                               "statistic": ..., "p_value": ..., "p_holm": ...}, ...]},
      "predict_command": "hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER ...", "provenance": {...}}
 
-Non-finite numbers are written as null.
+Non-finite numbers are written as null. Files written before candidates had their own post-processing (no
+``selection``, ``paired_test`` or per-candidate ``postprocessing``) still load: chosen by raw Dice, no test.
 """
 
 from __future__ import annotations
@@ -28,49 +40,67 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from hiennu.ensembling.cv_scores import TABLE_METRICS, json_safe
+from hiennu.ensembling.choice import RAW, Selection
+from hiennu.ensembling.cv_scores import json_safe
 from hiennu.ensembling.ensemble_cv import ENSEMBLE
+from hiennu.ensembling.rule_comparison import PairedTest
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file, write_json
 from hiennu.io.checkpoint import BEST, FINAL
 from hiennu.paths import INFERENCE_INFORMATION_FILE, parse_model_dir_name
 
-RULE = "rule"
 DEFAULT_PREDICT_FOLDS = (0, 1, 2, 3, 4)  # what hiennu_predict uses without -f (every trained fold)
 METRICS_NOTE = ("per case on the native grid: Dice, MASD (mm; mean over the cases where it is defined, n), NSD "
                 "(surface Dice at 2 mm); mean over the pooled cross-validation cases with a seeded 95 % bootstrap "
                 "interval of the mean; every candidate's mask is its probabilities (an ensemble's: the members' "
                 "mean) >= 0.5 less the plans' small components, without post-processing")
+POSTPROCESSING_NOTE = ("each candidate's own post-processing, chosen on its CV masks as "
+                       "hiennu_determine_postprocessing chooses it (the rule's on its rule masks, same folds), scored "
+                       "per case with the same metrics: pooled = its choice made and scored on every case (flatters "
+                       "it); nested = each fold's choice made on the other folds only, applied to the fold (the "
+                       "honest estimate of what ships)")
 
 
 @dataclass(frozen=True)
 class CandidateScores:
     """One scored row: a model, an ensemble or the reference rule. path: its folder relative to the dataset's
-    results folder (None for the rule); metrics: metric -> summary (mean, ci95_low, ci95_high, n ...)."""
+    results folder (None for the rule); metrics: metric -> summary (mean, ci95_low, ci95_high, n ...) without
+    post-processing; postprocessing: its own post-processing and the scores with it
+    (:meth:`hiennu.ensembling.candidate_postprocessing.PostprocessingOutcome.to_dict`; None in older files)."""
 
     name: str
     kind: str
     members: tuple[str, ...]
     path: str | None
     metrics: dict[str, dict]
+    postprocessing: dict[str, Any] | None = None
 
     def mean(self, metric: str = "dice") -> float:
-        value = self.metrics[metric]["mean"]
-        return math.nan if value is None else float(value)
+        """The raw mean (no post-processing)."""
+        return _mean(self.metrics, metric)
+
+    def nested_mean(self, metric: str = "dice") -> float:
+        """The mean with its post-processing, nested (NaN when there is none)."""
+        return _mean((self.postprocessing or {}).get("nested"), metric)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "members": list(self.members), "path": self.path,
-                "metrics": self.metrics}
+                "metrics": self.metrics, "postprocessing": self.postprocessing}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CandidateScores":
-        return cls(d["name"], d["kind"], tuple(d["members"]), d["path"], d["metrics"])
+        return cls(d["name"], d["kind"], tuple(d["members"]), d["path"], d["metrics"], d.get("postprocessing"))
+
+
+def _mean(metrics: dict[str, dict] | None, metric: str) -> float:
+    value = None if metrics is None else (metrics.get(metric) or {}).get("mean")
+    return math.nan if value is None else float(value)
 
 
 @dataclass(frozen=True)
 class ChosenConfiguration:
-    """The candidate chosen by mean Dice, what it predicts with and the post-processing in force
-    (:meth:`hiennu.ensembling.chosen_postprocessing.PostprocessingOutcome.to_dict`)."""
+    """The candidate chosen (:mod:`hiennu.ensembling.choice`), what it predicts with and the post-processing in
+    force (:meth:`hiennu.ensembling.candidate_postprocessing.PostprocessingOutcome.to_dict`)."""
 
     name: str
     kind: str
@@ -92,7 +122,9 @@ class ChosenConfiguration:
 
 @dataclass(frozen=True)
 class InferenceInformation:
-    """The content of ``inference_information.json`` (see the module docstring)."""
+    """The content of ``inference_information.json`` (see the module docstring). selection: how the chosen one
+    was chosen; paired_test: the chosen one + its nested post-processing against the rule + its own (None
+    without the rule's scores, or in older files)."""
 
     dataset: str
     folds: tuple[int, ...]
@@ -101,21 +133,30 @@ class InferenceInformation:
     reference: CandidateScores | None
     chosen: ChosenConfiguration
     predict_command: str
+    selection: Selection
+    paired_test: PairedTest | None = None
     provenance: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({"dataset": self.dataset, "folds": list(self.folds), "case_ids": list(self.case_ids),
-                          "metrics": METRICS_NOTE, "candidates": [c.to_dict() for c in self.candidates],
+                          "metrics": METRICS_NOTE, "postprocessing_metrics": POSTPROCESSING_NOTE,
+                          "candidates": [c.to_dict() for c in self.candidates],
                           "reference": None if self.reference is None else self.reference.to_dict(),
-                          "chosen": self.chosen.to_dict(), "predict_command": self.predict_command,
-                          "provenance": self.provenance})
+                          "selection": self.selection.to_dict(), "chosen": self.chosen.to_dict(),
+                          "paired_test": None if self.paired_test is None else self.paired_test.to_dict(),
+                          "predict_command": self.predict_command, "provenance": self.provenance})
 
     @classmethod
     def from_dict(cls, d: dict) -> "InferenceInformation":
-        return cls(d["dataset"], tuple(int(f) for f in d["folds"]), tuple(d["case_ids"]),
-                   tuple(CandidateScores.from_dict(c) for c in d["candidates"]),
+        candidates = tuple(CandidateScores.from_dict(c) for c in d["candidates"])
+        chosen = ChosenConfiguration.from_dict(d["chosen"])
+        selection = (Selection.from_dict(d["selection"]) if d.get("selection") is not None
+                     else Selection(RAW, len(candidates), None, chosen.name))  # older files: nnU-Net's rule
+        return cls(d["dataset"], tuple(int(f) for f in d["folds"]), tuple(d["case_ids"]), candidates,
                    None if d.get("reference") is None else CandidateScores.from_dict(d["reference"]),
-                   ChosenConfiguration.from_dict(d["chosen"]), d["predict_command"], d.get("provenance") or {})
+                   chosen, d["predict_command"], selection,
+                   None if d.get("paired_test") is None else PairedTest.from_dict(d["paired_test"]),
+                   d.get("provenance") or {})
 
     def save(self, dataset_results_dir: Path) -> Path:
         path = Path(dataset_results_dir) / INFERENCE_INFORMATION_FILE
@@ -155,48 +196,8 @@ def predict_command(dataset: str, chosen: ChosenConfiguration, dataset_results_d
     return " ".join(words)
 
 
-def _cells(metrics: dict[str, dict] | None) -> list[str]:
-    if metrics is None:
-        return ["", "", ""]
-
-    def number(summary: dict, key: str, digits: int) -> str:
-        value = summary.get(key)
-        return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-    dice, masd, nsd = (metrics[m] for m in TABLE_METRICS)
-    return [f"{number(dice, 'mean', 4)} [{number(dice, 'ci95_low', 4)}, {number(dice, 'ci95_high', 4)}]",
-            f"{number(masd, 'mean', 2)} ({masd.get('n', 0)})", number(nsd, "mean", 4)]
-
-
-def table(info: InferenceInformation) -> str:
-    """Markdown: every candidate and the reference rule (Dice with its 95 % interval, MASD with its number of
-    defined cases, NSD), then the chosen one with its post-processing, pooled and nested, and the command."""
-    header = ["candidate", "kind", "Dice [95% CI]", "MASD mm (n)", "NSD"]
-    lines = [f"Configurations of {info.dataset} scored on {len(info.case_ids)} cross-validation cases (folds "
-             f"{', '.join(map(str, info.folds))}), without post-processing:", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for c in info.candidates:
-        name = f"**{c.name}** (chosen)" if c.name == info.chosen.name else c.name
-        lines.append("| " + " | ".join([name, c.kind] + _cells(c.metrics)) + " |")
-    if info.reference is not None:
-        lines.append("| " + " | ".join([f"{info.reference.name} (reference, not chosen)", RULE]
-                                       + _cells(info.reference.metrics)) + " |")
-    post = info.chosen.postprocessing
-    for how in ("pooled", "nested"):
-        lines.append("| " + " | ".join([f"{info.chosen.name} + {post['chosen_name']}, {how}", info.chosen.kind]
-                                       + _cells(post[how])) + " |")
-    lines += ["", f"chosen: {info.chosen.name} ({info.chosen.kind}; best mean Dice; ties: fewer members, then name)",
-              f"post-processing: {post['chosen_name']} ({post['record']}: {post['action']})"
-              + ("" if post["this_run_choice"] == post["chosen_name"] else
-                 f"; this run would choose {post['this_run_choice']}: delete the file and run again to replace it"),
-              "pooled: chosen and scored on every case (flatters it); nested: each fold's choice made on the other "
-              "folds only (the honest estimate)",
-              "", "predict with:", f"  {info.predict_command}"]
-    return "\n".join(lines) + "\n"
-
-
-def candidate_scores(name: str, kind: str, members: Sequence[str], path: str | None,
-                     metrics: dict[str, dict]) -> CandidateScores:
+def candidate_scores(name: str, kind: str, members: Sequence[str], path: str | None, metrics: dict[str, dict],
+                     postprocessing: dict[str, Any] | None = None) -> CandidateScores:
     """A :class:`CandidateScores` with JSON-safe metrics (NaN as None), as it reads back from the file."""
-    return CandidateScores(name, kind, tuple(members), path, json_safe(metrics))
+    return CandidateScores(name, kind, tuple(members), path, json_safe(metrics), json_safe(postprocessing))
 

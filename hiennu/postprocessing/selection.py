@@ -294,9 +294,17 @@ def select_on_masks(masks: dict[str, Path], fold_of: dict[str, int], raw_dir: Pa
     predicted its masks (recorded as ``validation_checkpoints``); source: the folder the masks belong to
     (a model folder, or an ensemble folder of ``hiennu_find_best_configuration``), for the log and provenance.
     """
+    cases = load_cases(masks, Path(raw_dir), fold_of)
+    return select_on_cases(cases, fold_of, raw_dir, size_rule, checkpoints, source, sizes, details)
+
+
+def select_on_cases(cases: dict[str, CaseImages], fold_of: dict[str, int], raw_dir: Path, size_rule: int,
+                    checkpoints: dict[str, str | None], source: Path, sizes: Sequence[int] = COMPONENT_SIZES,
+                    details: dict | None = None) -> dict:
+    """:func:`select_on_masks` on cases already read (:func:`load_cases`), so that masks made in memory (the rule
+    ``ZADC < -2``'s, :mod:`hiennu.postprocessing.rule_reference`) get the very same choice as a model's."""
     raw_dir, source = Path(raw_dir), Path(source)
     folds = sorted(set(fold_of.values()))
-    cases = load_cases(masks, raw_dir, fold_of)
     options = all_candidates(cases, list(cases), sizes, size_rule)
     means = score(cases, options).mean(axis=1)
     folds_chosen = nested_choices(cases, fold_of, sizes, size_rule)
@@ -322,15 +330,15 @@ def select_on_masks(masks: dict[str, Path], fold_of: dict[str, int], raw_dir: Pa
         "folds": folds,
         "validation_checkpoints": checkpoints,
         "plans_min_component_voxels": size_rule,
-        "num_cases": len(masks),
-        "case_ids": sorted(masks),
+        "num_cases": len(cases),
+        "case_ids": sorted(cases),
         "metric": METRIC,
         "rule": "a candidate is kept only when it raises the mean Dice above no post-processing; the best kept wins",
         "provenance": provenance({"model_dir": str(source), "raw_dir": str(raw_dir), "folds": folds,
                                   "sizes": [int(k) for k in sizes]}),
     }
     log.info("%s: post-processing chosen by CV over %d cases of folds %s among %d candidates: %s (mean Dice %.4f, "
-             "without %.4f; nested estimate %.4f)", source.name, len(masks), ", ".join(map(str, folds)),
+             "without %.4f; nested estimate %.4f)", source.name, len(cases), ", ".join(map(str, folds)),
              len(options), chosen.name, means[best], means[0], record["nested"]["cv_dice"])
     if details is not None:
         details.update(cases=cases, fold_of=fold_of, options=options, nested=folds_chosen)

@@ -6,7 +6,8 @@ post-processing chosen by *nested* cross-validation (:func:`nested_estimate`: ea
 the other folds' cases only, ADC caps and lesion filters included, then applied to the fold). The masks
 are written, scored with :func:`hiennu.evaluation.evaluate.evaluate_folders`, and each model is tested
 against the rule by the paired two-sided Wilcoxon signed-rank test on Dice, MASD and NSD, Holm-corrected
-across the three (:func:`hiennu.evaluation.report.paired_test_across_metrics`). Pairs are the cases both
+across the three (:mod:`hiennu.evaluation.paired_comparison`, shared with ``hiennu_find_best_configuration``;
+the rule's masks come from :mod:`hiennu.postprocessing.rule_reference`). Pairs are the cases both
 scored with a defined value: every case for Dice and NSD; for MASD only the cases where both have it
 defined (it is undefined when exactly one of mask and reference is empty), so its n can be smaller.
 
@@ -15,36 +16,26 @@ Used by the loss study's report (``postprocessed_vs_rule.md``) and ``benchmarks/
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from hiennu.evaluation import report
+from hiennu.evaluation import paired_comparison, report
 from hiennu.evaluation.evaluate import evaluate_folders
+from hiennu.evaluation.paired_comparison import PAIRED_METRICS, PAIRED_NOTE, paired_markdown
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image, write_image
 from hiennu.log import get_logger
-from hiennu.masks import rule_mask
 from hiennu.postprocessing.record import PostProcessing
+from hiennu.postprocessing.rule_reference import rule_cases
 from hiennu.postprocessing.selection import CaseImages, load_cases, nested_estimate, plans_size_rule, validation_cases
 
 log = get_logger(__name__)
 
 RULE_METHOD = "rule: ZADC < -2 + post-processing"
-PAIRED_METRICS = ("dice", "masd", "nsd")
-PAIRED_NOTE = ("Paired two-sided Wilcoxon signed-rank test of each model + post-processing against the rule + "
-               "post-processing over the same cases (difference: model minus rule; for MASD lower is better), "
-               "p (Holm): Holm's step-down correction across the three metrics of one model. Pairs: every case "
-               "for Dice and NSD; MASD pairs only the cases where both masks give a defined MASD (it is undefined "
-               "when exactly one of mask and reference is empty), hence its smaller n.")
-
-
-def rule_cases(cases: Mapping[str, CaseImages]) -> dict[str, CaseImages]:
-    """The same cases with the rule ``ZADC < -2`` inside the brain as the prediction."""
-    return {case: CaseImages(rule_mask(c.zadc, c.adc).astype(np.uint8), c.ref, c.zadc, c.adc, c.spacing_zyx)
-            for case, c in cases.items()}
+__all__ = ["PAIRED_METRICS", "PAIRED_NOTE", "RULE_METHOD", "compare_models_with_rule", "comparison_markdown",
+           "paired_against_rule", "paired_markdown", "rule_cases", "score_nested", "write_masks"]
 
 
 def write_masks(masks: Mapping[str, np.ndarray], raw_dir: Path, ending: str, out_dir: Path) -> Path:
@@ -75,29 +66,8 @@ def score_nested(cases: Mapping[str, CaseImages], fold_of: Mapping[str, int], ra
 
 def paired_against_rule(per_case: Mapping[str, Sequence[dict]], rule: str = RULE_METHOD,
                         metrics: Sequence[str] = PAIRED_METRICS) -> list[dict]:
-    """:func:`report.paired_test_across_metrics` of every method of ``per_case`` but ``rule`` against ``rule``
-    (each method its own Holm family over ``metrics``)."""
-    rows: list[dict] = []
-    for method in per_case:
-        if method != rule:
-            rows += report.paired_test_across_metrics(per_case, method, rule, metrics)
-    return rows
-
-
-def _p(value: float) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4g}"
-
-
-def paired_markdown(rows: Sequence[dict]) -> str:
-    """Markdown table of :func:`paired_against_rule` rows: n (pairs) beside every test."""
-    header = ["method", "vs", "metric", "n (pairs)", "mean diff", "median diff", "W", "p", "p (Holm, across metrics)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join([
-            r["method"], r["reference"], report.METRIC_LABELS.get(r["metric"], r["metric"]), str(r["n_pairs"]),
-            f"{r['mean_difference']:+.4f}", f"{r['median_difference']:+.4f}", f"{r['statistic']:.1f}",
-            _p(r["p_value"]), _p(r.get("p_holm", float("nan")))]) + " |")
-    return "\n".join(lines) + "\n"
+    """:func:`hiennu.evaluation.paired_comparison.paired_against_rule`, against :data:`RULE_METHOD` by default."""
+    return paired_comparison.paired_against_rule(per_case, rule, metrics)
 
 
 def comparison_markdown(per_case: Mapping[str, Sequence[dict]], rule: str = RULE_METHOD) -> tuple[str, list[dict]]:

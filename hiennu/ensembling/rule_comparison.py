@@ -1,0 +1,51 @@
+"""The chosen candidate + its nested post-processing against the rule + its nested post-processing, paired.
+
+The raw rows compare a network with a bare threshold; the question that matters is whether the network beats
+the rule when both get the same treatment. Both sides here carry the post-processing chosen by nested
+cross-validation on their own CV masks (:mod:`hiennu.ensembling.candidate_postprocessing`; the rule's masks on
+the same folds of ``splits_final.json``), over the same cases, and the test is the one the loss study and
+``benchmarks/postprocessing_cv.py`` use (:mod:`hiennu.evaluation.paired_comparison`): the two-sided Wilcoxon
+signed-rank test on Dice, MASD and NSD, Holm-corrected across the three, with n (pairs) per metric (MASD pairs
+only the cases where both define it) and the mean of the differences (the chosen one minus the rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hiennu.ensembling.candidate_postprocessing import PostprocessingOutcome
+from hiennu.ensembling.cv_scores import json_safe
+from hiennu.evaluation.paired_comparison import PAIRED_METRICS, PAIRED_NOTE, paired_against_rule
+
+NESTED = " + post-processing (nested)"
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """The paired test's rows (:func:`hiennu.evaluation.paired_comparison.paired_against_rule`, JSON-safe: NaN as
+    None): method and reference as named in the rows, the number of cases each side was scored on."""
+
+    method: str
+    reference: str
+    num_cases: int
+    rows: tuple[dict, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "reference": self.reference, "num_cases": self.num_cases,
+                "metrics": list(PAIRED_METRICS), "note": PAIRED_NOTE, "rows": list(self.rows)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PairedTest":
+        return cls(d["method"], d["reference"], int(d["num_cases"]), tuple(d["rows"]))
+
+
+def paired_test(chosen_name: str, chosen: PostprocessingOutcome, rule_name: str,
+                rule: PostprocessingOutcome) -> PairedTest | None:
+    """The test of ``chosen`` against ``rule`` over their nested rows; None when either has no nested estimate
+    (a kept record without a choice per fold)."""
+    if chosen.nested_rows is None or rule.nested_rows is None:
+        return None
+    method, reference = f"{chosen_name}{NESTED}", f"{rule_name}{NESTED}"
+    rows = paired_against_rule({method: chosen.nested_rows, reference: rule.nested_rows}, reference)
+    return PairedTest(method, reference, len(chosen.nested_rows), tuple(json_safe(rows)))

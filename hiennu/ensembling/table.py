@@ -1,0 +1,88 @@
+"""The table ``hiennu_find_best_configuration`` prints: every candidate and the rule, raw and with their own
+post-processing, the choice and why, the paired test against the rule, and the command that predicts.
+
+Raw and post-processed columns sit side by side because on BONBID they can order the candidates differently
+(:mod:`hiennu.ensembling.choice`); the pooled Dice with post-processing stands beside the nested one so that
+an unstable choice (a large gap) shows.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hiennu.ensembling.candidate_postprocessing import KEPT
+from hiennu.ensembling.choice import POSTPROCESSED, RAW
+from hiennu.ensembling.cv_scores import TABLE_METRICS
+from hiennu.ensembling.inference_information import POSTPROCESSING_NOTE, CandidateScores, InferenceInformation
+from hiennu.evaluation.paired_comparison import PAIRED_NOTE, paired_markdown
+
+HEADER = ["candidate", "kind", "Dice [95% CI]", "MASD mm (n)", "NSD", "post-processing (pooled choice)",
+          "+pp nested Dice [95% CI]", "+pp nested MASD mm (n)", "+pp nested NSD", "+pp pooled Dice"]
+
+
+def _number(summary: dict | None, key: str, digits: int) -> str:
+    value = None if summary is None else summary.get(key)
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _cells(metrics: dict[str, dict] | None) -> list[str]:
+    """Dice [95 % CI], MASD (n), NSD of a metric -> summary mapping (blank without one)."""
+    if metrics is None:
+        return ["", "", ""]
+    dice, masd, nsd = (metrics[m] for m in TABLE_METRICS)
+    return [f"{_number(dice, 'mean', 4)} [{_number(dice, 'ci95_low', 4)}, {_number(dice, 'ci95_high', 4)}]",
+            f"{_number(masd, 'mean', 2)} ({masd.get('n', 0)})", _number(nsd, "mean", 4)]
+
+
+def _row(candidate: CandidateScores, name: str) -> str:
+    post = candidate.postprocessing
+    if post is None:
+        pp = ["(none chosen)", "", "", "", ""]
+    else:
+        pp = [post["chosen_name"], *_cells(post.get("nested")), _number((post.get("pooled") or {}).get("dice"),
+                                                                       "mean", 4)]
+    return "| " + " | ".join([name, candidate.kind, *_cells(candidate.metrics), *pp]) + " |"
+
+
+def _choice_lines(info: InferenceInformation) -> list[str]:
+    s = info.selection
+    lines = [f"chosen: {info.chosen.name} ({info.chosen.kind}) by {s.rule}; {s.note}"]
+    other = {POSTPROCESSED: (s.by_raw, "by raw Dice (nnU-Net's rule, --select-by raw)"),
+             RAW: (s.by_postprocessed, "by nested Dice with post-processing (the default, --select-by postprocessed)")}
+    name, how = other[s.criterion]
+    if name is not None and name != info.chosen.name:
+        lines.append(f"{how} the choice would be {name}")
+    post = info.chosen.postprocessing
+    lines.append(f"post-processing: {post['chosen_name']} ({post['record']}: {post['action']})")
+    for c in info.candidates:
+        p = c.postprocessing
+        if p is not None and p["action"] == KEPT:
+            other = (f"this run would choose {p['this_run_choice']}" if p["this_run_choice"] != p["chosen_name"]
+                     else "this run chooses the same by name, with other parameters (fitted on other masks?)")
+            lines.append(f"kept {p['record']} ({p['chosen_name']}); {other}: delete the file and run again to "
+                         f"replace it")
+    return lines
+
+
+def _paired_lines(info: InferenceInformation) -> list[str]:
+    test = info.paired_test
+    if test is None:
+        return ["paired test against the rule: not available (no nested post-processing on one side)"]
+    return [f"Paired test over the same {test.num_cases} cases, both with their nested post-processing "
+            f"(difference: {info.chosen.name} minus the rule):", "", paired_markdown(test.rows).rstrip("\n"), "",
+            PAIRED_NOTE]
+
+
+def table(info: InferenceInformation) -> str:
+    """Markdown: every candidate and the reference rule (raw: Dice with its 95 % interval, MASD with its number
+    of defined cases, NSD; with its own post-processing: nested Dice / MASD (n) / NSD and the pooled Dice), the
+    choice, the paired test against the rule, and the predict command."""
+    lines = [f"Configurations of {info.dataset} on {len(info.case_ids)} cross-validation cases (folds "
+             f"{', '.join(map(str, info.folds))}); raw: without post-processing; +pp: {POSTPROCESSING_NOTE}.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
+    for c in info.candidates:
+        lines.append(_row(c, f"**{c.name}** (chosen)" if c.name == info.chosen.name else c.name))
+    if info.reference is not None:
+        lines.append(_row(info.reference, f"{info.reference.name} (reference, never chosen)"))
+    lines += ["", *_choice_lines(info), "", *_paired_lines(info), "", "predict with:", f"  {info.predict_command}"]
+    return "\n".join(lines) + "\n"
