@@ -23,7 +23,7 @@ from hiennu.errors import HiennuError
 from hiennu.inference.challenge import CHALLENGE_OUTPUT
 from hiennu.inference.configuration_ensemble import ConfigurationEnsemble, ensemble_min_component_voxels
 from hiennu.inference.model_registry import read_default_model, resolve_models, set_default_model
-from hiennu.inference.model_zip import (MANIFEST, ModelZipError, export_model_zip, install_model_zip, load_model_zip,
+from hiennu.inference.model_zip import (MANIFEST, ModelZipError, export_model_zip, export_models, install_model_zip, load_model_zip,
                                         sha256_bytes, verify_model_zip)
 from hiennu.inference.predictor import Predictor, build_predictor
 from hiennu.io.checkpoint import FINAL
@@ -400,3 +400,22 @@ def test_an_ensemble_zip_whose_members_json_disagrees_is_refused(hiennu_roots, t
     with pytest.raises(ModelZipError, match="members.json .* disagrees with manifest.json"):
         install_model_zip(tampered, root=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_exporting_an_ensemble_folder_takes_its_checkpoint(hiennu_roots, tmp_path):
+    """The ensemble was scored (and its post-processing chosen) with members.json's checkpoint: the zip ships
+    that one by default, and another one is refused rather than shipped beside a record chosen for other weights."""
+    results = hiennu_roots["hiennu_results"]
+    a, b = _pair(results)
+    folder = _ensemble_folder(results, CAP)
+    record = json.loads(folder.members.read_text())
+    folder.members.write_text(json.dumps({**record, "checkpoint": "checkpoint_best.pth"}))
+    for d in (a, b):
+        for fold in (0, 1):
+            shutil.copy(d / f"fold_{fold}" / FINAL, d / f"fold_{fold}" / "checkpoint_best.pth")
+    out = tmp_path / "best.zip"
+    assert export_cli.main(["-m", str(folder.path), "-o", str(out), "-q"]) == 0
+    assert verify_model_zip(out).checkpoint == "checkpoint_best.pth"
+    with pytest.raises(HiennuError, match="export with -chk checkpoint_best.pth"):
+        export_models([folder.path], None, None, None, "hiennuPlans", tmp_path / "final.zip", None, "final")
+    assert not (tmp_path / "final.zip").exists()

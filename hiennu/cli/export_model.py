@@ -29,9 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "or one per configuration")
     p.add_argument("-f", "--folds", nargs="+", help="folds to export (default: every fold with the checkpoint; for an "
                                                     "ensemble, the folds its members.json names)")
-    p.add_argument("-chk", "--checkpoint", default=DEFAULT_CHECKPOINT_CHOICE,
-                   help="final (default, as nnU-Net ships), best (chosen on each fold's own validation cases) or a "
-                        "file name checkpoint_NAME.pth")
+    p.add_argument("-chk", "--checkpoint", default=None,
+                   help=f"{DEFAULT_CHECKPOINT_CHOICE} (default, as nnU-Net ships; for an ensemble folder, the checkpoint "
+                        "its members.json names), best (chosen on each fold's own validation cases) or a file name "
+                        "checkpoint_NAME.pth")
     p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     p.add_argument("-o", "--output", required=True, help="the zip to write")
     return p

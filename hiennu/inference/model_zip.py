@@ -190,7 +190,7 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
 
 
 def export_ensemble_zip(model_dirs: Sequence[str | Path], out_zip: str | Path,
-                        folds: Sequence[str | int] | None = None, checkpoint: str = FINAL,
+                        folds: Sequence[str | int] | None = None, checkpoint: str | None = None,
                         half: bool = False) -> Path:
     """Write an ensemble of configurations to one zip (atomically): every member model folder (as
     :func:`export_model_zip` writes one; the same folds and checkpoint for each) and the ensemble folder
@@ -198,7 +198,10 @@ def export_ensemble_zip(model_dirs: Sequence[str | Path], out_zip: str | Path,
     ``postprocessing.json`` when the ensemble folder beside the models has one).
 
     folds: default the ensemble folder's ``members.json`` folds, else the folds every member holds
-    (members holding different folds are refused: name them with ``folds``). Returns the zip's path.
+    (members holding different folds are refused: name them with ``folds``). checkpoint: default the
+    ``members.json`` checkpoint (its post-processing was chosen on that checkpoint's CV masks), else
+    ``checkpoint_final.pth``; another one than ``members.json`` names is refused, since the stored
+    post-processing would then ship with weights it was not chosen for. Returns the zip's path.
     """
     dirs = [Path(d).resolve() for d in model_dirs]
     for d in dirs:
@@ -213,8 +216,14 @@ def export_ensemble_zip(model_dirs: Sequence[str | Path], out_zip: str | Path,
     if is_ensemble_dir(folder.path):
         record = load_ensemble_members(folder.path)
         folds = folds or list(record.folds)
+        if checkpoint is not None and checkpoint != record.checkpoint:
+            raise HiennuError(f"{folder.members}: the ensemble was scored and its post-processing chosen with "
+                              f"{record.checkpoint}, not {checkpoint}; export with -chk {record.checkpoint}, or run "
+                              f"hiennu_find_best_configuration on {checkpoint}'s CV masks first")
+        checkpoint = record.checkpoint
         if load_postprocessing(folder.path) is not None:  # checked before it travels
             post_bytes = folder.postprocessing.read_bytes()
+    checkpoint = checkpoint or FINAL
     if post_bytes is None:
         logger.warning("%s: no ensemble postprocessing.json; the zip predicts without ensemble post-processing "
                        "(choose it with hiennu_find_best_configuration, then export again)", folder.path)
@@ -248,17 +257,17 @@ def export_ensemble_zip(model_dirs: Sequence[str | Path], out_zip: str | Path,
 def export_models(model: str | Path | Sequence[str | Path] | None, dataset: str | int | None,
                   trainer: str | Sequence[str] | None, configuration: str | Sequence[str] | None,
                   plans_name: str | Sequence[str], out_zip: str | Path, folds: Sequence[str | int] | None = None,
-                  checkpoint: str = "final", half: bool = False) -> Path:
+                  checkpoint: str | None = None, half: bool = False) -> Path:
     """``hiennu_export_model``: the model (:func:`export_model_zip`) or the ensemble of configurations
     (:func:`export_ensemble_zip`: two or more models, or one ensemble folder) that the options name
     (:func:`~hiennu.inference.model_registry.resolve_models`), as one zip. checkpoint: ``final``, ``best``
-    or a file name."""
+    or a file name; default: an ensemble's ``members.json`` checkpoint, else ``checkpoint_final.pth``."""
     paths = resolve_models(model, dataset, trainer, configuration, plans_name)
-    checkpoint = checkpoint_file(checkpoint)
+    checkpoint = None if checkpoint is None else checkpoint_file(checkpoint)
     if len(paths) == 1 and is_ensemble_dir(paths[0]):
         return export_ensemble_zip(member_dirs(paths[0]), out_zip, folds, checkpoint, half)
     if len(paths) == 1:
-        return export_model_zip(paths[0], out_zip, folds, checkpoint, half)
+        return export_model_zip(paths[0], out_zip, folds, checkpoint or FINAL, half)
     return export_ensemble_zip(paths, out_zip, folds, checkpoint, half)
 
 
