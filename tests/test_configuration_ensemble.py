@@ -419,3 +419,11 @@ def test_exporting_an_ensemble_folder_takes_its_checkpoint(hiennu_roots, tmp_pat
     with pytest.raises(HiennuError, match="export with -chk checkpoint_best.pth"):
         export_models([folder.path], None, None, None, "hiennuPlans", tmp_path / "final.zip", None, "final")
     assert not (tmp_path / "final.zip").exists()
+
+
+def test_m_with_c_is_refused_not_ignored(hiennu_roots):
+    a, b = _pair(hiennu_roots["hiennu_results"])
+    with pytest.raises(HiennuError, match="not both"):
+        resolve_models([a, b], configuration=["2d"])
+    with pytest.raises(HiennuError, match="not both"):
+        resolve_models(str(a), DATASET, "TrainerTest", ["3d_fullres", "3d_lowres"])

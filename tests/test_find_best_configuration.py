@@ -192,7 +192,8 @@ def test_the_default_choice_is_the_nested_dice_with_postprocessing_then_raw_dice
 def test_the_predict_command():
     chosen = ChosenConfiguration(A, "model", (A,), (0, 1, 2, 3, 4), FINAL, A, {})
     assert predict_command(DATASET, chosen, Path("/r")) == (
-        f"hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {DATASET} -tr TrainerX -c 3d_fullres -p hiennuPlans")
+        f"hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {DATASET} -tr TrainerX -c 3d_fullres -p hiennuPlans "
+        f"-f 0 1 2 3 4")  # always named: without -f a fold_all would join the five scored folds
     chosen = dataclasses.replace(chosen, folds=(0, 1), checkpoint=BEST)
     assert predict_command(DATASET, chosen, Path("/r")).endswith("-p hiennuPlans -f 0 1 -chk best")
     chosen = ChosenConfiguration("ensemble", "ensemble", (A, B), (0, 1, 2, 3, 4), FINAL, "ensembles/e", {})

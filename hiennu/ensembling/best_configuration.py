@@ -232,8 +232,7 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
         # everything is computed and checked: now write, the record that points at the rest last
         committed = []
         for e in ensembles:
-            folder = staging.commit(e, members_record(e, folds, checkpoint))
-            write_json(outcomes[e.name].record, folder.postprocessing)
+            folder = staging.commit(e, members_record(e, folds, checkpoint), outcomes[e.name].record)
             committed.append(folder.path)
         for c in all_candidates:
             if c.kind == MODEL and outcomes[c.name].to_write is not None:

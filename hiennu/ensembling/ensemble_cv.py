@@ -100,16 +100,21 @@ class EnsembleStaging:
         """The ensemble's folder once committed."""
         return EnsembleFolder.of(self.dataset_results_dir, list(candidate.members))
 
-    def commit(self, candidate: Candidate, members: dict) -> EnsembleFolder:
-        """Move the staged ``validation/`` into the ensemble folder (replacing an earlier one whole) and write
-        ``members.json``; returns the folder."""
+    def commit(self, candidate: Candidate, members: dict, postprocessing: dict) -> EnsembleFolder:
+        """Move the staged ``validation/`` into the ensemble folder (replacing an earlier one whole), then write
+        ``postprocessing.json`` and, last, ``members.json``; returns the folder. The earlier ``members.json`` and
+        ``postprocessing.json`` are removed first, so a run killed part-way leaves a folder that is not an
+        ensemble (no ``members.json``) rather than an old record beside new masks."""
         folder = self.folder(candidate)
         folder.path.mkdir(parents=True, exist_ok=True)
+        folder.members.unlink(missing_ok=True)
+        folder.postprocessing.unlink(missing_ok=True)
         old = None
         if folder.validation_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=".validation.replaced-", dir=folder.path))
             os.replace(folder.validation_dir, old / VALIDATION_DIR)
         os.replace(self.validation_dir(candidate), folder.validation_dir)
+        write_json(postprocessing, folder.postprocessing)
         write_json(members, folder.members)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -49,7 +49,6 @@ from hiennu.io.atomic import read_json_file, write_json
 from hiennu.io.checkpoint import BEST, FINAL
 from hiennu.paths import INFERENCE_INFORMATION_FILE, parse_model_dir_name
 
-DEFAULT_PREDICT_FOLDS = (0, 1, 2, 3, 4)  # what hiennu_predict uses without -f (every trained fold)
 METRICS_NOTE = ("per case on the native grid: Dice, MASD (mm; mean over the cases where it is defined, n), NSD "
                 "(surface Dice at 2 mm); mean over the pooled cross-validation cases with a seeded 95 % bootstrap "
                 "interval of the mean; every candidate's mask is its probabilities (an ensemble's: the members' "
@@ -178,8 +177,9 @@ def load_inference_information(dataset_results_dir: Path) -> InferenceInformatio
 def predict_command(dataset: str, chosen: ChosenConfiguration, dataset_results_dir: Path) -> str:
     """The ``hiennu_predict`` line that predicts with the chosen configuration and its post-processing.
 
-    One model: ``hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d DatasetNNN_Name -tr T -c C -p P`` (with ``-f``
-    when the folds are not 0-4, ``-chk`` when the checkpoint is not the final one); an ensemble: ``hiennu_predict
+    One model: ``hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d DatasetNNN_Name -tr T -c C -p P -f FOLDS``
+    (the folds always named: without ``-f`` the predictor takes every trained fold, ``fold_all`` included;
+    ``-chk`` when the checkpoint is not the final one); an ensemble: ``hiennu_predict
     -i INPUT_FOLDER -o OUTPUT_FOLDER -m MODEL_A MODEL_B ...`` with the members' absolute folders (its folds and
     checkpoint are in its ``members.json``, its post-processing in its folder).
     """
@@ -189,8 +189,7 @@ def predict_command(dataset: str, chosen: ChosenConfiguration, dataset_results_d
         return " ".join(words)
     parts = parse_model_dir_name(chosen.members[0])
     words += ["-d", dataset, "-tr", parts.trainer, "-c", parts.configuration, "-p", parts.plans]
-    if tuple(chosen.folds) != DEFAULT_PREDICT_FOLDS:
-        words += ["-f", *map(str, chosen.folds)]
+    words += ["-f", *map(str, chosen.folds)]
     if chosen.checkpoint != FINAL:
         words += ["-chk", "best" if chosen.checkpoint == BEST else chosen.checkpoint]
     return " ".join(words)

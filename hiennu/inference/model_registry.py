@@ -247,7 +247,7 @@ def resolve_models(model: str | Path | Sequence[str | Path] | None = None, datas
         models = list(model)
         if not models:
             raise HiennuError("-m needs at least one model folder or zip")
-        if dataset is not None or trainer is not None:
+        if dataset is not None or trainer is not None or configuration is not None:
             raise HiennuError("give either -m MODEL_DIR_OR_ZIP ... or -d/-tr/-c, not both")
         return [resolve_model(m) for m in models]
     trainers, configurations, plans = _as_list(trainer), _as_list(configuration), _as_list(plans_name)
@@ -257,6 +257,8 @@ def resolve_models(model: str | Path | Sequence[str | Path] | None = None, datas
                           + ", ".join(f"{flag} names {k}" for flag, k in counts.items() if k > 1)
                           + "; give the same number to each, or one")
     n = max(counts.values())
+    if model is not None and (n > 1 or configuration is not None):
+        raise HiennuError("give either -m MODEL_DIR_OR_ZIP ... or -d/-tr/-c, not both")
     if n == 1:
         return [resolve_model(model, dataset, trainers[0], configurations[0], plans[0] or PLANS_NAME)]
     if dataset is None:
