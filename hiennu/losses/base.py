@@ -4,11 +4,14 @@ A loss sees logits ``(B, 1, z, y, x)`` (any float dtype) and a binary target of 
 (float, integer or bool with values {0, 1}). It computes one value per sample in float32 (float64 for float64 logits), with
 autocast switched off, and reduces over the batch: ``"mean"`` (default), ``"sum"`` or ``"none"``
 (the per-sample values, shape ``(B,)``). There is no state across calls or samples, so the losses
-behave the same under DistributedDataParallel as on one device.
+behave the same under DistributedDataParallel as on one device (in batch mode, below, each rank sums over
+its own share of the batch; nnU-Net gathers the sums across GPUs, hiennu does not).
 
 Batch mode (``loss.batch = True``, nnU-Net's ``batch_dice``, MONAI's ``batch=True``): the whole batch is
 one sample, so the sums of a region loss run over every voxel of every sample before the ratio is
-taken; ``reduction="none"`` then returns one value, shape ``(1,)``. On single 2D slices, most of which
+taken; ``reduction="none"`` then returns one value, shape ``(1,)`` (a hybrid's per-sample distance term,
+shape ``(B,)``, is then added to it by broadcasting; with ``"mean"``, the trainer's, the weights are as
+documented). On single 2D slices, most of which
 hold no lesion, a per-sample Dice is close to 1 for any predicted voxel on a lesion-free slice and
 pushes the network to empty such slices; summing over the batch removes that push. Only losses whose
 value is a function of voxel sums or voxel means support it (``supports_batch``); distance-transform

@@ -93,6 +93,7 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
     (out_dir / SUMMARY_FILE).unlink(missing_ok=True)  # never a summary of one checkpoint beside another's masks
     for case in case_ids:  # nor probabilities of another checkpoint
         model.validation_probabilities(fold, case).unlink(missing_ok=True)
+        (out_dir / _PREDICTOR_PROBABILITIES.format(case=case)).unlink(missing_ok=True)  # left by a killed run
     report = predictor.predict_folder(raw_dir / "imagesTr", out_dir, case_ids=case_ids,
                                       save_probabilities=save_probabilities, probability_format="npz")
     if not report.ok:
