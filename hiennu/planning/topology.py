@@ -156,8 +156,8 @@ def plan_patch(median_box_zyx: Sequence[float], max_box_zyx: Sequence[float], sp
 
 
 # nnU-Net's 2d: wider and deeper than the 3D CPU network (a 3x3 convolution costs a third of a 3x3x3 one),
-# a batch of many slices. CPU: widths 16-256, as many slices as fit SLICE_BATCH_VOXELS (a step of about
-# the 3D patch's cost; documentation/benchmarks.md); GPU: nnU-Net's 2d widths, batch by the memory estimate.
+# a batch of many slices. CPU: widths 16-256, as many slices as fit CPU_SLICE_BATCH_VOXELS (a step of about
+# a fifth of the 3D patch step in bf16 on BONBID; documentation/benchmarks.md); GPU: nnU-Net's 2d widths, batch by the memory estimate.
 CPU_SLICE_FEATURES = (16, 32, 64, 128, 256)
 GPU_SLICE_FEATURES = (32, 64, 128, 256, 512, 512)
 CPU_SLICE_BATCH_VOXELS = 160_000  # 20 slices of 96 x 80 on BONBID: 0.33 s a bf16 step on 2 cores
@@ -165,18 +165,16 @@ SLICE_BATCH_RANGE = (2, 64)
 
 
 def plan_slice_patch(max_box_zyx: Sequence[float], spacing_zyx: Sequence[float], in_channels: int, plan_for: str,
-                     gpu_memory_gb: float, dataset_voxels: float, slab: int = 1) -> PatchPlan:
-    """Plan the ``2d`` configuration: a patch ``[slab, y, x]`` covering the largest brain box in-plane
+                     gpu_memory_gb: float, dataset_voxels: float) -> PatchPlan:
+    """Plan the ``2d`` configuration: a one-slice patch ``[1, y, x]`` covering the largest brain box in-plane
     (so one window per slice predicts a case), in-plane pooling by nnU-Net's rule, a 2D network and a batch
     sized for ``plan_for``.
 
     max_box_zyx: the largest brain box at the target spacing (voxels; z is ignored); spacing_zyx: the
     target spacing (mm; only y and x matter); dataset_voxels: the total voxels of every case's box (the
-    GPU batch cap, as in :func:`plan_patch`); slab: consecutive slices of one case per sample (1: single
-    slices, as nnU-Net).
+    GPU batch cap, as in :func:`plan_patch`). Slabs of k slices (an edited ``[k, y, x]`` in the plans) train
+    too, but the planner writes single slices, as nnU-Net.
     """
-    if slab < 1:
-        raise HiennuError(f"a 2d sample needs at least one slice, got {slab}")
     if plan_for not in PLAN_FOR:
         raise HiennuError(f"--plan-for must be one of {', '.join(PLAN_FOR)}, got {plan_for!r}")
     features = CPU_SLICE_FEATURES if plan_for == "cpu" else GPU_SLICE_FEATURES
@@ -184,19 +182,19 @@ def plan_slice_patch(max_box_zyx: Sequence[float], spacing_zyx: Sequence[float],
     flat_spacing = [math.inf, float(spacing_zyx[1]), float(spacing_zyx[2])]  # z never pools
     kernels = pool_kernels(in_plane, flat_spacing, len(features) - 1)
     patch = _round_up(in_plane, _factor(kernels))
-    patch[0] = int(slab)
+    patch[0] = 1
     network = _network(in_channels, features, kernels)
     network.spatial_dims = 2
     slice_voxels = math.prod(patch)
     if plan_for == "cpu":
         batch = int(min(max(CPU_SLICE_BATCH_VOXELS // slice_voxels, SLICE_BATCH_RANGE[0]), SLICE_BATCH_RANGE[1]))
-        reason = (f"planned for a CPU: patch {patch} (z y x) of {slab} slice(s) covers the largest brain box in-plane "
+        reason = (f"planned for a CPU: patch {patch} (z y x), one slice, covers the largest brain box in-plane "
                   f"{[round(float(v)) for v in max_box_zyx[1:]]}, a 2D network of widths "
                   f"{network.features_per_stage}, instance norm, in-plane pooling {kernels} (nnU-Net's rule), "
                   f"batch {batch} (about {CPU_SLICE_BATCH_VOXELS} voxels a step)")
         return PatchPlan(patch, network, batch, reason)
     batch, estimate = _gpu_batch(network, patch, SLICE_BATCH_RANGE, dataset_voxels, gpu_memory_gb)
-    reason = (f"planned for a GPU with {gpu_memory_gb:g} GiB: patch {patch} (z y x) of {slab} slice(s) covers the largest "
+    reason = (f"planned for a GPU with {gpu_memory_gb:g} GiB: patch {patch} (z y x), one slice, covers the largest "
               f"brain box in-plane, a 2D network of widths {network.features_per_stage}, instance norm, in-plane "
               f"pooling {kernels}, batch {batch} (estimated {estimate.total_gib:.2f} GiB; at most "
               f"{BATCH_DATASET_FRACTION:.0%} of the dataset's voxels per batch)")
