@@ -427,3 +427,31 @@ def test_m_with_c_is_refused_not_ignored(hiennu_roots):
         resolve_models([a, b], configuration=["2d"])
     with pytest.raises(HiennuError, match="not both"):
         resolve_models(str(a), DATASET, "TrainerTest", ["3d_fullres", "3d_lowres"])
+
+
+def test_a_failed_swap_puts_every_folder_back(tmp_path, monkeypatch):
+    """Installing several folders (an ensemble zip) is all or nothing: when the second rename fails, the first
+    new folder is taken out again and both old folders are back as they were."""
+    from hiennu.inference import model_zip
+    root = tmp_path / "results"
+    staged = {}
+    for name in ("D/A", "D/B"):
+        (root / name).mkdir(parents=True)
+        (root / name / "old.txt").write_text("old")
+        staging = tmp_path / f"staging_{name[-1]}"
+        staging.mkdir()
+        (staging / "new.txt").write_text("new")
+        staged[name] = staging
+    real_replace = model_zip.os.replace
+
+    def failing(src, dst):
+        if Path(src) == staged["D/B"]:
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(model_zip.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        model_zip._swap_in(root, staged)
+    for name in ("D/A", "D/B"):
+        assert sorted(p.name for p in (root / name).iterdir()) == ["old.txt"]
+    assert not list((root / "D").glob(".*replaced"))

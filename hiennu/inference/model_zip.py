@@ -631,9 +631,37 @@ def install_model_zip(path: str | Path, root: str | Path | None = None, overwrit
     return target
 
 
+def _swap_in(root: Path, staged: dict[str, Path]) -> None:
+    """Rename every staged folder into place, all or nothing: each existing target is moved aside first; when a
+    rename fails, the folders already swapped are taken out again and every moved-aside target is put back, so
+    the results folder holds either all the new folders or all the old ones."""
+    done: list[tuple[Path, Path | None]] = []  # (target, its moved-aside old copy or None)
+    try:
+        for folder, staging in staged.items():
+            target = root / folder
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.replaced")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(target, old)
+            done.append((target, old))
+            os.replace(staging, target)
+    except BaseException:
+        for target, old in reversed(done):
+            if target.exists():  # the new folder (a target moved aside is not there any more)
+                shutil.rmtree(target)
+            if old is not None and old.exists():
+                os.replace(old, target)
+        raise
+    for _, old in done:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def _install_folders(contents: ModelZipContents, root: Path, folders: list[str]) -> None:
-    """Unpack each of the zip's ``folders`` into a temporary folder beside its target, then rename each into
-    place (an existing target is moved aside first and removed once the new one is in)."""
+    """Unpack each of the zip's ``folders`` into a temporary folder beside its target, then rename them all
+    into place (:func:`_swap_in`: all or nothing)."""
     staged: dict[str, Path] = {}
     try:
         with zipfile.ZipFile(contents.path) as zf:
@@ -648,17 +676,7 @@ def _install_folders(contents: ModelZipContents, root: Path, folders: list[str])
                         dest.parent.mkdir(parents=True, exist_ok=True)
                         with zf.open(name) as src, open(dest, "wb") as out:
                             shutil.copyfileobj(src, out)
-        for folder, staging in staged.items():
-            target = root / folder
-            if target.exists():
-                old = target.with_name(f".{target.name}.replaced")
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(target, old)
-                os.replace(staging, target)
-                shutil.rmtree(old)
-            else:
-                os.replace(staging, target)
+        _swap_in(root, staged)
     finally:
         for staging in staged.values():
             if staging.exists():
