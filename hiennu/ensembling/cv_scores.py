@@ -22,7 +22,7 @@ import numpy as np
 from hiennu.ensembling.cv_probabilities import read_probabilities
 from hiennu.ensembling.ensemble_cv import cv_mask, mean_probabilities
 from hiennu.errors import HiennuError
-from hiennu.evaluation.evaluate import per_case_csv_path, summarize, write_per_case_csv
+from hiennu.evaluation.evaluate import json_safe, per_case_csv_path, summarize, write_per_case_csv
 from hiennu.evaluation.metrics import SUMMARY_METRICS, case_metrics
 from hiennu.io.atomic import write_json
 from hiennu.io.image import Geometry, read_image, write_image
@@ -145,14 +145,3 @@ def write_cv_summary(rows: Sequence[dict], path: Path, extra: dict) -> None:
     summary = {**extra, "num_cases": len(rows), "metrics": summaries(rows, SUMMARY_METRICS), "per_case": rows}
     write_per_case_csv(list(rows), per_case_csv_path(path))
     write_json(json_safe(summary), path)
-
-
-def json_safe(obj):
-    """``obj`` with NaN and infinities as None (JSON has no NaN)."""
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj

@@ -85,7 +85,7 @@ def members_record(candidate: Candidate, folds: Sequence[int], checkpoint: str) 
 
 
 class EnsembleStaging:
-    """Ensemble CV outputs written first under ``DatasetNNN_Name/.find_best_configuration-XXXX/NAME/validation``,
+    """Ensemble CV outputs written first under ``DatasetNNN_Name/.find_best_configuration-<random>/NAME/validation``,
     then moved into ``ensembles/NAME/validation`` by :meth:`commit`."""
 
     def __init__(self, dataset_results_dir: Path):

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hiennu.ensembling.choice import RAW, Selection
-from hiennu.ensembling.cv_scores import json_safe
+from hiennu.evaluation.evaluate import json_safe
 from hiennu.ensembling.ensemble_cv import ENSEMBLE
 from hiennu.ensembling.rule_comparison import PairedTest
 from hiennu.errors import HiennuError

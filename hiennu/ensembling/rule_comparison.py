@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hiennu.ensembling.candidate_postprocessing import PostprocessingOutcome
-from hiennu.ensembling.cv_scores import json_safe
+from hiennu.evaluation.evaluate import json_safe
 from hiennu.evaluation.paired_comparison import PAIRED_METRICS, PAIRED_NOTE, paired_against_rule
 
 NESTED = " + post-processing (nested)"

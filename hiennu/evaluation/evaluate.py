@@ -175,13 +175,14 @@ def _band_results(rows: list[dict]) -> dict:
     return bands
 
 
-def _json_safe(obj):
+def json_safe(obj):
+    """``obj`` with NaN and infinities as None (JSON has no NaN), dicts, lists and tuples walked."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -269,5 +270,5 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
                 means["masd"]["mean"], means["nsd"]["mean"], " (challenge-2023 spacing order)" if challenge_2023 else "")
     if output_json is not None:
         write_per_case_csv(rows, per_case_csv_path(output_json))
-        write_json(_json_safe(summary), output_json)
+        write_json(json_safe(summary), output_json)
     return summary

@@ -174,7 +174,7 @@ def candidate_table(record: dict, details: dict) -> str:
 # ------------------------------------------------------------------------------------------ applying
 
 def _images_channels(images_dir: Path) -> tuple[int | None, int | None]:
-    """(ADC, ZADC) channel numbers of ``images_dir``'s ``CASE_XXXX`` files: from a ``dataset.json`` in it or
+    """(ADC, ZADC) channel numbers of ``images_dir``'s ``CASE_NNNN`` files: from a ``dataset.json`` in it or
     beside it, else BONBID's order."""
     for folder in (images_dir, images_dir.parent):
         if (folder / DATASET_FILE).is_file():
