@@ -3,8 +3,9 @@
 For each case, every member model (a :class:`~hiennu.inference.predictor.Predictor` with its own plans,
 folds, checkpoint and mirroring TTA) preprocesses the case its own way from the same images (read once)
 and predicts its mean probability map over its folds and mirrorings, taken back to the case's native
-grid. The members' maps are averaged with an equal weight per member (nnU-Net's ensembling: a member
-with five folds counts as much as one with two) and thresholded there at 0.5 (``p >= 0.5`` is lesion).
+grid. The members' maps are averaged with an equal weight per member (nnU-Net's ensembling; the members
+built from folders or zips use the same folds, and a member built by hand with more folds would still
+count once) and thresholded there at 0.5 (``p >= 0.5`` is lesion).
 No member applies post-processing of its own: each member's ``postprocessing.json`` was chosen for that
 model alone. The ensemble's own ``postprocessing.json`` (chosen by ``hiennu_find_best_configuration`` on the
 ensemble's cross-validation masks, in its :class:`~hiennu.paths.EnsembleFolder`) is applied instead, through
