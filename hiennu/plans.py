@@ -172,6 +172,12 @@ class AugmentationPlan:
     elastic: elastic deformation, displacement magnitude ``elastic_alpha`` and smoothness
     ``elastic_sigma`` (voxels). mirror: random flips along ``mirror_axes`` (numpy axes of the
     spatial array, 0 = z) with probability ``p_mirror`` each (0 in the paper).
+    intensity_skip_channels: input channels (indices) that noise, blur, low resolution and gamma leave as
+    they are, while elastic deformation and mirroring move them with the others; empty (nnU-Net's habit):
+    every channel. For the channel a rule prior thresholds (``network.rule_prior_channel``): the
+    intensity transforms move a z-map across its threshold (simulated low resolution flips about 40 % of
+    the rule's voxels on a BONBID slice, gamma about 9 %), so in training the prior would no longer be the
+    rule that the labels and the validation cases see (results.md, session 22).
     """
 
     p_noise: float = 0.5
@@ -187,6 +193,7 @@ class AugmentationPlan:
     elastic_sigma: list[float] = field(default_factory=lambda: [9.0, 13.0])
     p_mirror: float = 0.0
     mirror_axes: list[int] = field(default_factory=lambda: [2])
+    intensity_skip_channels: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -416,6 +423,10 @@ def configuration_problems(config: Configuration) -> list[str]:
         problems.append(f"target_spacing_zyx must be three positive spacings in mm (z, y, x), got "
                         f"{config.target_spacing_zyx}")
     problems += _dimensionality_problems(config)
+    skip = config.augmentation.intensity_skip_channels
+    if any(not isinstance(c, int) or not 0 <= c < net.in_channels for c in skip):
+        problems.append(f"augmentation.intensity_skip_channels {skip} must be channel indices 0-{net.in_channels - 1} "
+                        f"(network.in_channels is {net.in_channels})")
     if problems:
         return problems
     factor = net.downsampling_factor_zyx

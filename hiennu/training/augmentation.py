@@ -56,12 +56,42 @@ class SliceTransforms(Compose):
     """A pipeline on 2D slices: :func:`augment_sample` drops the one-voxel z axis before it and restores it after."""
 
 
+class KeepChannels(AbstractTransform):
+    """Put ``channels`` of the data aside (before the intensity transforms), for :class:`RestoreChannels`.
+
+    The pair makes :attr:`AugmentationPlan.intensity_skip_channels` work without touching batchgenerators'
+    transforms: they still draw their random numbers for every channel, so the other channels are
+    augmented exactly as without the pair; only the kept channels' values are put back afterwards.
+    """
+
+    key = "hiennu_kept_channels"
+
+    def __init__(self, channels: tuple[int, ...]):
+        self.channels = list(channels)
+
+    def __call__(self, **data_dict):
+        data_dict[self.key] = np.array(data_dict["data"][:, self.channels], copy=True)
+        return data_dict
+
+
+class RestoreChannels(AbstractTransform):
+    """Write back the channels :class:`KeepChannels` put aside (after the intensity transforms)."""
+
+    def __init__(self, channels: tuple[int, ...]):
+        self.channels = list(channels)
+
+    def __call__(self, **data_dict):
+        data_dict["data"][:, self.channels] = data_dict.pop(KeepChannels.key)
+        return data_dict
+
+
 def build_transforms(plan: AugmentationPlan, grid_zyx: tuple[int, ...]) -> Compose:
     """The batchgenerators pipeline for ``plan`` on a fixed grid (z, y, x), in the GPU path's order.
 
     Elastic deformation (SpatialTransform, no rotation, no scaling, no cropping), Gaussian noise,
     Gaussian blur, simulated low resolution, gamma, mirroring. A probability of 0 leaves a
-    transform out. A grid of two sizes (y, x) builds the 2D pipeline (:class:`SliceTransforms`):
+    transform out. ``plan.intensity_skip_channels`` are put aside after the elastic deformation and
+    back before mirroring (:class:`KeepChannels`). A grid of two sizes (y, x) builds the 2D pipeline (:class:`SliceTransforms`):
     mirroring then keeps the plan's in-plane axes (1 = y, 2 = x) and drops z.
     """
     if len(grid_zyx) not in (2, 3):
@@ -75,6 +105,9 @@ def build_transforms(plan: AugmentationPlan, grid_zyx: tuple[int, ...]) -> Compo
             do_rotation=False, do_scale=False, random_crop=False,
             border_mode_data="nearest", order_data=1, border_mode_seg="constant", border_cval_seg=0,
             order_seg=0, p_el_per_sample=plan.p_elastic))
+    skip = tuple(int(c) for c in plan.intensity_skip_channels)
+    if skip:
+        transforms.append(KeepChannels(skip))
     if plan.p_noise > 0:
         # batchgenerators passes "noise_variance" to np.random.normal as the standard deviation
         transforms.append(GaussianNoiseTransform(noise_variance=(plan.noise_std, plan.noise_std),
@@ -92,6 +125,8 @@ def build_transforms(plan: AugmentationPlan, grid_zyx: tuple[int, ...]) -> Compo
         gamma_range = (math.exp(plan.log_gamma[0]), math.exp(plan.log_gamma[1]))
         transforms.append(GammaTransform(gamma_range=gamma_range, invert_image=False, per_channel=True,
                                          retain_stats=True, p_per_sample=plan.p_gamma))
+    if skip:
+        transforms.append(RestoreChannels(skip))
     axes = tuple(plan.mirror_axes) if dims == 3 else tuple(a - 1 for a in plan.mirror_axes if a > 0)
     if plan.p_mirror > 0 and axes:
         transforms.append(AxisFlipTransform(axes, plan.p_mirror))

@@ -18,6 +18,9 @@ reference in :mod:`hiennu.training.augmentation`, with the same parameters and d
    (1, exp(hi)) with probability 1/2 each, mean and std of the channel restored afterwards;
 6. mirroring: each axis in ``mirror_axes`` flipped with probability ``p_mirror``.
 
+``intensity_skip_channels`` are put aside after step 1 and written back after step 5, as in the CPU
+pipeline (steps 2-5 still draw their random numbers for every channel).
+
 Tensors are (B, C, z, y, x) float32 (image) and (B, 1, z, y, x) float32 {0, 1} (target); every
 random number comes from the ``torch.Generator`` passed in (on the tensors' device), so a seeded
 generator replays a batch exactly. The functions below with explicit parameters are the building
@@ -186,6 +189,9 @@ class GPUAugmenter:
                 data = data.index_copy(0, chosen, warp(data[chosen], disp, "bilinear", "border"))
                 target = target.index_copy(0, chosen, warp(target[chosen], disp, "nearest", "zeros"))
 
+        skip = [int(c) for c in p.intensity_skip_channels]
+        kept = data[:, skip].clone() if skip else None
+
         if p.p_noise > 0:
             chosen = (rand(b) < p.p_noise).to(data.dtype)
             noise = torch.randn(data.shape, generator=g, device=dev)
@@ -218,6 +224,10 @@ class GPUAugmenter:
                 gammas = g_lo + (g_hi - g_lo) * u
             if chosen.numel():
                 data = data.index_copy(0, chosen, gamma_correct(data[chosen], gammas[chosen]))
+
+        if skip:
+            data = data.clone()
+            data[:, skip] = kept
 
         if p.p_mirror > 0:
             for axis in p.mirror_axes:
