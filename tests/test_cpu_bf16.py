@@ -10,7 +10,7 @@ from torch import nn
 
 from hiennu.device import autocast
 from hiennu.inference.ensemble import FoldEnsemble
-from hiennu.networks.unet import build_network
+from hiennu.networks.unet import Conv3d, build_network
 from hiennu.plans import NetworkPlan
 from hiennu.training.fold_layout import effective_training_plan, fold_layout
 from hiennu.training.options import TrainingOptions
@@ -38,6 +38,38 @@ def test_ensemble_with_cpu_bf16_gives_float32_probabilities_close_to_float32():
     assert p16.dtype == torch.float32 and p16.shape == p32.shape
     assert float((p16 - p32).abs().max()) < 0.05  # bf16 keeps about 3 significant digits
     assert not torch.equal(p16, p32)  # the flag did take effect
+
+
+def test_bf16_gradients_of_a_convolution_on_two_slices_are_right_and_reproducible():
+    """The network of make_tiny_dataset pools 16 slices to 2 at its bottleneck. There oneDNN's bfloat16 backward
+    of a 3x3x3 convolution read memory it never wrote (torch 2.13 on an AVX512-BF16 CPU): weight gradients about
+    100% off float32's, different each time, NaN when the freed memory held NaN (the random divergence of the
+    training test below). hiennu's Conv3d runs such thin inputs in float32. Freed memory is filled with NaN
+    before each repeat so that a read of unwritten memory shows."""
+    torch.manual_seed(0)
+    conv = Conv3d(16, 32, 3, padding=1, bias=False)
+    x, grad_out = torch.randn(4, 16, 2, 4, 4), torch.randn(4, 32, 2, 4, 4)
+    conv(x).backward(grad_out)
+    reference = conv.weight.grad.clone()
+    first = None
+    for repeat in range(4):
+        junk = [torch.full((n,), float("nan")) for n in (1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20) for _ in range(3)]
+        del junk
+        conv.weight.grad = None
+        with autocast(CPU, cpu_bf16=True):
+            out = conv(x.bfloat16())
+        out.float().backward(grad_out)
+        grad = conv.weight.grad
+        assert torch.isfinite(grad).all(), f"repeat {repeat}: the weight gradient is not finite"
+        error = float((grad - reference).norm() / reference.norm())
+        assert error < 0.05, f"repeat {repeat}: the weight gradient is {error:.3f} off float32's (relative)"
+        assert first is None or torch.equal(grad, first), f"repeat {repeat}: the weight gradient changed"
+        first = grad.clone()
+    with autocast(CPU, cpu_bf16=True):  # only thin inputs run in float32
+        assert conv(torch.randn(1, 16, 2, 4, 4)).dtype == torch.float32
+        assert conv(torch.randn(1, 16, 3, 4, 4)).dtype == torch.bfloat16
+    plan = NetworkPlan(features_per_stage=[4, 8, 16, 32], dropout_per_stage=[0.0] * 4)
+    assert all(type(m) is Conv3d for m in build_network(plan).modules() if isinstance(m, nn.Conv3d))
 
 
 def test_the_option_overrides_the_plans_and_none_keeps_them(hiennu_roots):
