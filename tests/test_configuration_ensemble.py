@@ -455,3 +455,40 @@ def test_a_failed_swap_puts_every_folder_back(tmp_path, monkeypatch):
     for name in ("D/A", "D/B"):
         assert sorted(p.name for p in (root / name).iterdir()) == ["old.txt"]
     assert not list((root / "D").glob(".*replaced"))
+
+
+def test_each_file_of_a_zip_is_hashed_once_per_load(hiennu_roots, tmp_path, monkeypatch):
+    """Verifying a zip reads and hashes every file (checkpoints can be hundreds of MB); a load verifies once and
+    hands the answer down, however many loaders the zip passes through (an ensemble zip was hashed twice to
+    install or load by path, a single-model zip of an ensemble three times)."""
+    import collections
+    from hiennu.inference import model_zip
+    results = hiennu_roots["hiennu_results"]
+    a, b = _pair(results)
+    _ensemble_folder(results, CAP)
+    ensemble_zip = export_models([a, b], None, None, None, "hiennuPlans", tmp_path / "ensemble.zip")
+    single = [export_model_zip(m, tmp_path / f"{m.name}.zip") for m in (a, b)]
+    hashed = collections.Counter()
+    real = model_zip.member_sha256
+
+    def counting(zf, name):
+        hashed[(zf.filename, name)] += 1
+        return real(zf, name)
+
+    monkeypatch.setattr(model_zip, "member_sha256", counting)
+
+    def once(load, *zips):
+        hashed.clear()
+        load()
+        listed = set()
+        for z in zips:
+            with zipfile.ZipFile(z) as zf:
+                listed |= {(str(z), name) for name in json.loads(zf.read(MANIFEST))["files"]}
+        assert set(hashed) == listed and set(hashed.values()) == {1}, dict(hashed)
+
+    once(lambda: ConfigurationEnsemble.from_paths([ensemble_zip], **FAST), ensemble_zip)
+    once(lambda: Predictor.from_path(ensemble_zip, **FAST), ensemble_zip)
+    once(lambda: build_predictor(str(ensemble_zip), device="cpu", use_mirroring=False), ensemble_zip)
+    once(lambda: ConfigurationEnsemble.from_paths(single, **FAST), *single)
+    once(lambda: install_model_zip(ensemble_zip, root=tmp_path / "r1"), ensemble_zip)
+    once(lambda: install_model_zip(single[0], root=tmp_path / "r2"), single[0])

@@ -39,7 +39,7 @@ from hiennu.errors import HiennuError
 from hiennu.inference.ensemble_members import is_ensemble_dir, load_ensemble_members, member_dirs
 from hiennu.inference.folder_prediction import CasePredictor, check_postprocessing_channels
 from hiennu.inference.model_registry import default_checkpoint, describe_model_dir, model_folds
-from hiennu.inference.model_zip import load_ensemble_zip, verify_model_zip
+from hiennu.inference.model_zip import ModelZipContents, load_ensemble_zip, load_model_zip, verify_model_zip
 from hiennu.inference.predictor import PreparedCase, Predictor, threshold_probabilities
 from hiennu.io.image import Geometry
 from hiennu.log import get_logger
@@ -115,9 +115,10 @@ class ConfigurationEnsemble(CasePredictor):
         if len(paths) == 1 and paths[0].is_dir() and is_ensemble_dir(paths[0]):
             return cls.from_ensemble_dir(paths[0], folds, checkpoint, use_postprocessing, min_component_voxels,
                                          **kwargs)
-        if len(paths) == 1 and paths[0].is_file() and verify_model_zip(paths[0]).is_ensemble:
-            return cls.from_zip(paths[0], folds, use_postprocessing, min_component_voxels, **kwargs)
-        members = [_Member.of(p) for p in paths]
+        members = [_Member.of(p, alone=len(paths) == 1) for p in paths]  # each zip verified (hashed) here, once
+        if len(members) == 1 and members[0].contents is not None and members[0].contents.is_ensemble:
+            return cls.from_zip(paths[0], folds, use_postprocessing, min_component_voxels,
+                                verified=members[0].contents, **kwargs)
         _check_members(members)
         names = [m.name for m in members]
         folder = (EnsembleFolder.of(paths[0].resolve().parent, names)
@@ -140,8 +141,7 @@ class ConfigurationEnsemble(CasePredictor):
         folds = [str(f) for f in folds] if folds else _common_folds(members, checkpoint)
         for m in members:
             m.check_folds(folds, checkpoint)
-        predictors = [Predictor.from_path(m.path, folds, checkpoint, use_postprocessing=False, **kwargs)
-                      for m in members]
+        predictors = [m.predictor(folds, checkpoint, **kwargs) for m in members]
         return cls(predictors, post, min_component_voxels,
                    name=folder.path.name if folder is not None else None)
 
@@ -163,9 +163,11 @@ class ConfigurationEnsemble(CasePredictor):
 
     @classmethod
     def from_zip(cls, path: str | Path, folds: Sequence[int | str] | None = None, use_postprocessing: bool = True,
-                 min_component_voxels: int | None = None, **kwargs) -> "ConfigurationEnsemble":
-        """An ensemble zip written by ``hiennu_export_model -m A B`` (verified; nothing is extracted)."""
-        loaded = load_ensemble_zip(path, folds)
+                 min_component_voxels: int | None = None, verified: ModelZipContents | None = None,
+                 **kwargs) -> "ConfigurationEnsemble":
+        """An ensemble zip written by ``hiennu_export_model -m A B`` (verified, unless ``verified`` is the
+        caller's fresh verification of it; nothing is extracted)."""
+        loaded = load_ensemble_zip(path, folds, verified=verified)
         if loaded.postprocessing is None and use_postprocessing:
             logger.info("%s holds no ensemble postprocessing.json; predicting without it", path)
         predictors = [Predictor.from_loaded(m, use_postprocessing=False, **kwargs) for m in loaded.members]
@@ -197,20 +199,24 @@ class ConfigurationEnsemble(CasePredictor):
 # ---------------------------------------------------------------------------------------- members on disk
 
 class _Member:
-    """A member model given by path (folder or single-model zip): its name, dataset and folds, before loading."""
+    """A member model given by path (folder or single-model zip): its name, dataset and folds, before loading.
+    contents: a zip's verification (None for a folder), made once here and reused for its folds and its loading,
+    so that the zip is read and hashed once."""
 
-    def __init__(self, path: Path, name: str, dataset: str, is_dir: bool):
+    def __init__(self, path: Path, name: str, dataset: str, is_dir: bool, contents: ModelZipContents | None = None):
         self.path, self.name, self.dataset, self.is_dir = path, name, dataset, is_dir
+        self.contents = contents
 
     @classmethod
-    def of(cls, path: Path) -> "_Member":
+    def of(cls, path: Path, alone: bool = False) -> "_Member":
+        """``alone``: the only path given, so an ensemble zip is allowed (the caller loads it whole)."""
         if path.is_file():
             contents = verify_model_zip(path)
-            if contents.is_ensemble:
+            if contents.is_ensemble and not alone:
                 raise HiennuError(f"{path} holds an ensemble ({contents.model}); give it alone (-m {path}), not "
                                   f"with other models")
-            dataset, name = contents.model.split("/")
-            return cls(path, name, dataset, False)
+            dataset, name = contents.model.split("/")[0], contents.model.split("/")[-1]
+            return cls(path, name, dataset, False, contents)
         if describe_model_dir(path) is None:
             raise HiennuError(f"{path} is not a trained model folder: expected TRAINER__PLANS__CONFIG/ with plans.json, "
                               f"dataset.json and fold_K/checkpoint_*.pth")
@@ -220,9 +226,17 @@ class _Member:
         return cls(path, path.name, dataset, True)
 
     def folds(self, checkpoint: str | None) -> list[str]:
-        if not self.is_dir:
-            return verify_model_zip(self.path).folds
+        if self.contents is not None:
+            return list(self.contents.folds)
         return model_folds(self.path, checkpoint or default_checkpoint(self.path))
+
+    def predictor(self, folds: Sequence[str], checkpoint: str | None, **kwargs) -> Predictor:
+        """The member's predictor without its own post-processing (the ensemble applies its own): a folder's as
+        :meth:`Predictor.from_path` loads it, a zip's from its verification made in :meth:`of`."""
+        if self.contents is not None:
+            return Predictor.from_loaded(load_model_zip(self.path, folds, verified=self.contents),
+                                         use_postprocessing=False, **kwargs)
+        return Predictor.from_path(self.path, folds, checkpoint, use_postprocessing=False, **kwargs)
 
     def check_folds(self, folds: Sequence[str], checkpoint: str | None) -> None:
         if not self.is_dir:

@@ -115,6 +115,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def member_sha256(zf: zipfile.ZipFile, name: str) -> str:
+    """The SHA-256 of one member of an open zip, read in 1 MiB chunks. :func:`verify_model_zip` is the only caller:
+    a load verifies once and hands the answer (:class:`ModelZipContents`) down, so each file of a zip is hashed
+    once per load, however many loaders it passes through (a zip's checkpoints can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with zf.open(name) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------- export
 
 def _model_members(model_dir: Path, folds: Sequence[str | int] | None, checkpoint: str,
@@ -391,11 +402,7 @@ def verify_model_zip(path: str | Path) -> ModelZipContents:
             raise ModelZipError(f"{path}: refused: incomplete model, missing "
                                 f"{', '.join(sorted(expected - content))}")
         for name in sorted(content):
-            digest = hashlib.sha256()
-            with zf.open(name) as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-            if digest.hexdigest() != files[name].lower():
+            if member_sha256(zf, name) != files[name].lower():
                 raise ModelZipError(f"{path}: refused: {name} does not match its SHA-256 in {MANIFEST} "
                                     f"(tampered with or corrupted); get a fresh copy of the model")
         if fmt == ENSEMBLE_FORMAT:
@@ -449,15 +456,27 @@ def _float32(state: dict) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def _verified(path: str | Path, verified: ModelZipContents | None) -> ModelZipContents:
+    """``verified`` when it is the verification of ``path`` a caller has just made, else a fresh one. Why: checking
+    every SHA-256 reads the whole zip; a caller that had to verify first (to see what the zip holds) passes its
+    answer down instead of having the zip read and hashed again."""
+    if verified is None:
+        return verify_model_zip(path)
+    if Path(verified.path).resolve() != Path(path).resolve():
+        raise HiennuError(f"internal: the verification of {verified.path} was passed to load {path}")
+    return verified
+
+
 def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None,
-                   model: str | None = None) -> LoadedModel:
+                   model: str | None = None, verified: ModelZipContents | None = None) -> LoadedModel:
     """Verify ``path`` and read its plans, dataset.json and weights into memory (nothing is extracted).
 
     model: for an ensemble zip, the member to read (``TRAINER__PLANS__CONFIG`` or
     ``DatasetNNN_Name/TRAINER__PLANS__CONFIG``; :func:`load_ensemble_zip` reads them all); for a
-    single-model zip None or its own name.
+    single-model zip None or its own name. verified: :func:`verify_model_zip`'s answer for ``path`` when the
+    caller has just verified it (then it is not verified, so not hashed, again).
     """
-    contents = verify_model_zip(path)
+    contents = _verified(path, verified)
     return _load_model(contents, _chosen_folds(contents, folds), _pick_model(contents, model))
 
 
@@ -516,10 +535,12 @@ class LoadedEnsemble:
     postprocessing: PostProcessing | None = None
 
 
-def load_ensemble_zip(path: str | Path, folds: Sequence[str | int] | None = None) -> LoadedEnsemble:
+def load_ensemble_zip(path: str | Path, folds: Sequence[str | int] | None = None,
+                      verified: ModelZipContents | None = None) -> LoadedEnsemble:
     """Verify an ensemble zip (``hiennu_export_model -m A B``) and read every member and the ensemble's
-    ``members.json`` and ``postprocessing.json`` into memory (nothing is extracted)."""
-    contents = verify_model_zip(path)
+    ``members.json`` and ``postprocessing.json`` into memory (nothing is extracted). verified: as for
+    :func:`load_model_zip`."""
+    contents = _verified(path, verified)
     if not contents.is_ensemble:
         raise HiennuError(f"{path} holds one model ({contents.model}), not an ensemble; load it with load_model_zip")
     chosen = _chosen_folds(contents, folds)
@@ -598,8 +619,9 @@ def install_model_zip(path: str | Path, root: str | Path | None = None, overwrit
     root = Path(root) if root is not None else results_root()
     contents = verify_model_zip(path)
     # every checkpoint must load with weights_only=True before anything is written
-    ensemble = load_ensemble_zip(path) if contents.is_ensemble else None
-    loaded = dict(zip(contents.models, ensemble.members)) if ensemble else {contents.model: load_model_zip(path)}
+    ensemble = load_ensemble_zip(path, verified=contents) if contents.is_ensemble else None
+    loaded = (dict(zip(contents.models, ensemble.members)) if ensemble
+              else {contents.model: load_model_zip(path, verified=contents)})
     check_dataset_id_free(contents.model.split("/")[0], [root, raw_root(), preprocessed_root()], path)
     holds = {name: holds_model(root / name, contents, model) if (root / name).exists() else False
              for name, model in loaded.items()}
