@@ -1,10 +1,12 @@
-"""``hiennu_find_best_configuration -d DATASET -c 2d 3d_fullres [-tr ...] [-p ...] [--select-by ...]``: choose
-among trained configurations and their ensembles by cross-validation, each with its own post-processing.
+"""``hiennu_find_best_configuration -d DATASET -c 2d 3d_fullres [-tr ...] [-p ...] [--select-by ...]
+[--nested-choice]``: choose among trained configurations and their ensembles by cross-validation, each with its
+own post-processing.
 
 The default choice (``--select-by postprocessed``) differs from nnU-Net's: by the nested Dice with each
 candidate's own post-processing, because on BONBID post-processing carries most of the score and its nested
 estimate can lie 0.09 Dice under the pooled one (:mod:`hiennu.ensembling.choice`); ``--select-by raw`` is
-nnU-Net's rule."""
+nnU-Net's rule. ``--nested-choice`` also estimates the whole choice fully nested
+(:mod:`hiennu.ensembling.nested_choice`)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "what ships (on BONBID post-processing carries most of the score and its nested estimate "
                         "can lie 0.09 Dice under the pooled one); raw: the highest Dice without post-processing, "
                         "nnU-Net's rule")
+    p.add_argument("--nested-choice", action="store_true",
+                   help="also estimate the whole choice fully nested: for each fold, every candidate's post-processing "
+                        "and the candidate chosen on the other folds only (by --select-by), applied to the fold; "
+                        "pooled, it is what the choice scores on cases it never saw (the chosen one's own nested "
+                        "Dice is the best of K on the same cases). Needs 3 folds or more; adds about one more "
+                        "post-processing choice per candidate and fold pair")
     p.add_argument("-np", "--num-processes", type=int, default=2,
                    help="worker processes for scoring the cases and choosing each candidate's post-processing")
     return p
@@ -57,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         from hiennu.ensembling.table import table
         result = find_best_configuration(FindBestOptions(
             dataset=args.dataset, configurations=args.configurations, trainers=args.trainers, plans=args.plans,
-            folds=args.folds, ensembles=args.ensembles, num_processes=args.num_processes, select_by=args.select_by))
+            folds=args.folds, ensembles=args.ensembles, num_processes=args.num_processes, select_by=args.select_by,
+            nested_choice=args.nested_choice))
         if args.quiet:  # -q: warnings and errors only; everything is in inference_information.json
             return 0
         print(table(result.information), end="")

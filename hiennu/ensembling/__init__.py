@@ -10,6 +10,8 @@
 - ``choice``: which candidate ships (the nested Dice with post-processing by default; nnU-Net's raw Dice with
   ``--select-by raw``), and why the default differs from nnU-Net;
 - ``rule_comparison``: the chosen one + its nested post-processing against the rule + its own, paired;
+- ``nested_choice``: the whole choice (post-processing and candidate) made without each fold and applied to it, the
+  estimate of the choice that no choice on the same cases flatters (``--nested-choice``);
 - ``inference_information``: ``inference_information.json`` and the ``hiennu_predict`` command;
 - ``table``: the table the command prints;
 - ``best_configuration``: the whole run, in order: check, score, choose post-processing, choose, then write.

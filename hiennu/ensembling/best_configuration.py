@@ -18,7 +18,9 @@ Dice with it, not by the raw Dice (``--select-by raw`` restores nnU-Net's rule).
 3. Every candidate's post-processing is chosen on its CV masks, and the rule's on its masks with the same folds
    (:mod:`hiennu.ensembling.candidate_postprocessing`, one worker each), with pooled and nested scores.
 4. The best is chosen (:mod:`hiennu.ensembling.choice`), and its nested post-processed cases are tested against
-   the rule's, paired (:mod:`hiennu.ensembling.rule_comparison`).
+   the rule's, paired (:mod:`hiennu.ensembling.rule_comparison`). With ``--nested-choice``, the whole choice
+   (every candidate's post-processing and the candidate) is also made without each fold and applied to it, the
+   estimate of step 4 that no choice on the same cases flatters (:mod:`hiennu.ensembling.nested_choice`).
 5. Only then is anything written: each ensemble's CV masks, ``summary.json``, ``members.json`` and
    ``postprocessing.json`` into its :class:`~hiennu.paths.EnsembleFolder` (the masks staged in a hidden folder
    until then), each model's ``postprocessing.json`` where it has none, and ``inference_information.json``
@@ -42,6 +44,7 @@ from hiennu.ensembling.ensemble_cv import (ENSEMBLE, MODEL, RULE, Candidate, Ens
                                            members_record)
 from hiennu.ensembling.inference_information import (CandidateScores, ChosenConfiguration, InferenceInformation,
                                                      candidate_scores, predict_command)
+from hiennu.ensembling.nested_choice import NestedChoice, check_folds, nested_choice
 from hiennu.ensembling.rule_comparison import paired_test
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import write_json
@@ -66,7 +69,9 @@ class FindBestOptions:
     configurations / trainers / plans: every combination is one model; folds: the folds of ``splits_final.json``
     pooled; ensembles: also score every ensemble of two or more models; num_processes: worker processes
     for scoring the cases and choosing the candidates' post-processing; select_by: ``postprocessed`` (the nested
-    Dice with post-processing, the default) or ``raw`` (nnU-Net's rule), see :mod:`hiennu.ensembling.choice`."""
+    Dice with post-processing, the default) or ``raw`` (nnU-Net's rule), see :mod:`hiennu.ensembling.choice`;
+    nested_choice: also estimate the whole choice fully nested (:mod:`hiennu.ensembling.nested_choice`; three
+    folds or more)."""
 
     dataset: str
     configurations: Sequence[str]
@@ -76,6 +81,7 @@ class FindBestOptions:
     ensembles: bool = True
     num_processes: int = 2
     select_by: str = POSTPROCESSED
+    nested_choice: bool = False
 
     def __post_init__(self) -> None:
         self.configurations, self.trainers, self.plans = (list(dict.fromkeys(map(str, v))) for v in
@@ -89,6 +95,8 @@ class FindBestOptions:
             raise HiennuError(f"-np must be at least 1, got {self.num_processes}")
         if self.select_by not in SELECT_BY:
             raise HiennuError(f"--select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
+        if self.nested_choice:
+            check_folds(self.folds)
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(model_dir_name(t, p, c) for t in self.trainers for p in self.plans
@@ -166,26 +174,38 @@ def _score(models: Sequence[ModelCV], all_candidates: Sequence[Candidate], stagi
 
 
 def _postprocessing_jobs(models: Sequence[ModelCV], all_candidates: Sequence[Candidate], staging: EnsembleStaging,
-                         raw_dir: Path, ending: str, with_rule: bool) -> list[PostprocessingJob]:
+                         raw_dir: Path, ending: str, with_rule: bool,
+                         nested_choice: str | None = None) -> list[PostprocessingJob]:
     """One :class:`~hiennu.ensembling.candidate_postprocessing.PostprocessingJob` per candidate (a model's on its
     validation masks, as ``hiennu_determine_postprocessing`` chooses it; an ensemble's on its staged masks) and,
-    with ``with_rule``, the rule's on its own masks over the same folds."""
+    with ``with_rule``, the rule's on its own masks over the same folds; nested_choice: the criterion, when every
+    candidate's worker is to compute what the fully nested choice needs of it."""
     by_name = {m.name: m for m in models}
     folds, fold_of, checkpoint = models[0].folds, dict(models[0].fold_of), models[0].checkpoint
     jobs = []
     for c in all_candidates:
         if c.kind == MODEL:
             path = by_name[c.name].path
-            jobs.append(PostprocessingJob(c.name, MODEL, fold_of, raw_dir, path, ModelFolder(path).postprocessing))
+            jobs.append(PostprocessingJob(c.name, MODEL, fold_of, raw_dir, path, ModelFolder(path).postprocessing,
+                                          nested_choice=nested_choice))
         else:
             folder = staging.folder(c)
             jobs.append(PostprocessingJob(
                 c.name, ENSEMBLE, fold_of, raw_dir, folder.path, folder.postprocessing,
                 {case: staging.validation_dir(c) / f"{case}{ending}" for case in fold_of},
-                max(by_name[n].size_rule for n in c.members), {str(f): checkpoint for f in folds}))
+                max(by_name[n].size_rule for n in c.members), {str(f): checkpoint for f in folds}, nested_choice))
     if with_rule:
         jobs.append(PostprocessingJob(RULE_NAME, RULE, fold_of, raw_dir, Path(RULE_NAME), None))
     return jobs
+
+
+def _nested_choice(scored: Sequence[CandidateScores], outcomes: dict[str, PostprocessingOutcome],
+                   select_by: str) -> NestedChoice:
+    """The fully nested estimate of choosing among ``scored`` by ``select_by``, tested against the rule + its nested
+    post-processing when the rule was scored."""
+    rule = outcomes.get(RULE_NAME)
+    return nested_choice(scored, {s.name: outcomes[s.name].choice_inputs for s in scored}, select_by,
+                         None if rule is None else RULE_NAME, None if rule is None else rule.nested_rows)
 
 
 def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
@@ -208,7 +228,7 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
         raw_scored, raw_reference = _score(models, all_candidates, staging, raw, raw_dir, dataset,
                                            options.num_processes)
         jobs = _postprocessing_jobs(models, all_candidates, staging, raw_dir, raw.file_ending,
-                                    raw_reference is not None)
+                                    raw_reference is not None, options.select_by if options.nested_choice else None)
         outcomes = {job.name: outcome for job, outcome in zip(jobs, parallel_map(
             candidate_postprocessing, [(job,) for job in jobs], options.num_processes,
             desc="post-processing per candidate"))}
@@ -222,13 +242,15 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
         outcome = outcomes[winner.name]
         chosen = ChosenConfiguration(winner.name, winner.kind, winner.members, tuple(folds), checkpoint, best.path,
                                      best.postprocessing)
+        fully_nested = _nested_choice(scored, outcomes, options.select_by) if options.nested_choice else None
         information = InferenceInformation(
             dataset, tuple(folds), tuple(sorted(models[0].fold_of)), tuple(scored), reference, chosen,
             predict_command(dataset, chosen, results_dir), selection,
             None if reference is None else paired_test(winner.name, outcome, RULE_NAME, outcomes[RULE_NAME]),
             provenance({"dataset": dataset, "configurations": options.configurations, "trainers": options.trainers,
                         "plans": options.plans, "folds": folds, "ensembles": options.ensembles,
-                        "select_by": options.select_by}))
+                        "select_by": options.select_by, "nested_choice": options.nested_choice}),
+            fully_nested)
         # everything is computed and checked: now write, the record that points at the rest last
         committed = []
         for e in ensembles:
@@ -243,4 +265,8 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
     log.info("chosen by cross-validation among %d candidates (%s): %s (nested Dice with post-processing %.4f, raw "
              "%.4f); post-processing %s (%s); written to %s", selection.num_candidates, selection.criterion, best.name,
              best.nested_mean("dice"), best.mean("dice"), outcome.record["chosen_name"], outcome.action, path)
+    if fully_nested is not None:
+        log.info("fully nested choice (%s): mean Dice %.4f over %d cases; chosen per outer fold: %s",
+                 fully_nested.criterion, fully_nested.metrics["dice"]["mean"], len(fully_nested.per_case),
+                 ", ".join(f"{f}: {name}" for f, name in fully_nested.choices.items()))
     return BestConfiguration(information, path, outcome, committed, outcomes)

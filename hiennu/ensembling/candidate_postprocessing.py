@@ -20,7 +20,9 @@ other masks, or edited) it is kept and the difference said, so the user decides 
 replace it). The rule's record is never written: it is a
 reference. The scores reported are those of the record in force, case by case with the challenge metrics:
 pooled (its choice on every case) and nested (each fold's own choice on the fold's cases); the nested rows
-are kept for the paired test against the rule (:mod:`hiennu.ensembling.rule_comparison`).
+are kept for the paired test against the rule (:mod:`hiennu.ensembling.rule_comparison`). With ``--nested-choice``
+a candidate's worker also computes what the fully nested choice needs of it
+(:func:`hiennu.ensembling.nested_choice.choice_inputs`), on the cases it has read already.
 
 :func:`candidate_postprocessing` does one candidate; it runs in worker processes (``-np``), one candidate each.
 """
@@ -34,6 +36,7 @@ from typing import Any, Mapping
 
 from hiennu.ensembling.cv_scores import TABLE_METRICS, summaries
 from hiennu.ensembling.ensemble_cv import ENSEMBLE, MODEL, RULE
+from hiennu.ensembling.nested_choice import ChoiceInputs, choice_inputs
 from hiennu.errors import HiennuError
 from hiennu.evaluation.metrics import case_metrics
 from hiennu.io.atomic import read_json_file
@@ -57,7 +60,8 @@ class PostprocessingOutcome:
     new_choice: the name of this run's choice (differs from the record's when an existing record was kept);
     pooled / nested: metric -> summary over the cases of the record in force (nested None when the record has
     no choice for some fold); nested_rows: the per-case rows behind ``nested`` (``case_id``, ``fold``, Dice, MASD,
-    NSD), for the paired test.
+    NSD), for the paired test; choice_inputs: what the fully nested choice needs of this candidate (None unless
+    the job asked for it; never for the rule).
     """
 
     record: dict
@@ -67,6 +71,7 @@ class PostprocessingOutcome:
     pooled: dict[str, dict]
     nested: dict[str, dict] | None
     nested_rows: list[dict] | None = field(default=None, repr=False)
+    choice_inputs: ChoiceInputs | None = field(default=None, repr=False)
 
     @property
     def to_write(self) -> dict | None:
@@ -88,7 +93,8 @@ class PostprocessingJob:
     (``masks``: its staged CV masks; ``source``: its ensemble folder) or :data:`RULE` (the rule's masks are made
     from the raw cases); fold_of: case -> the fold that held it out; record_path: where the record goes (None for
     the rule); size_rule: the components removed before any post-processing (the plans'); checkpoints: fold ->
-    the checkpoint that predicted the masks (recorded in the record).
+    the checkpoint that predicted the masks (recorded in the record); nested_choice: the ``--select-by`` criterion
+    when the fully nested choice is wanted (:mod:`hiennu.ensembling.nested_choice`), else None.
     """
 
     name: str
@@ -100,27 +106,42 @@ class PostprocessingJob:
     masks: dict[str, Path] = field(default_factory=dict)
     size_rule: int = 0
     checkpoints: dict[str, str | None] = field(default_factory=dict)
+    nested_choice: str | None = None
 
 
 def candidate_postprocessing(job: PostprocessingJob) -> PostprocessingOutcome:
     """Choose ``job``'s post-processing on its CV masks, settle which record is in force and score it (nothing
-    is written)."""
+    is written); with ``job.nested_choice``, also the candidate's :class:`ChoiceInputs`."""
     details: dict = {}
     fold_of = dict(job.fold_of)
-    if job.kind == MODEL:
-        record = select_postprocessing(job.source, job.raw_dir, sorted(set(fold_of.values())), write=False,
-                                       details=details)
-        return settle_postprocessing(record, job.record_path, details["cases"], details["fold_of"], keep_existing=True)
-    if job.kind == ENSEMBLE:
-        record = select_on_masks(job.masks, fold_of, job.raw_dir, job.size_rule, job.checkpoints, job.source,
-                                 details=details)
-        return settle_postprocessing(record, job.record_path, details["cases"], fold_of, keep_existing=False)
+    if job.kind in (MODEL, ENSEMBLE):
+        if job.kind == MODEL:
+            record = select_postprocessing(job.source, job.raw_dir, sorted(set(fold_of.values())), write=False,
+                                           details=details)
+        else:
+            record = select_on_masks(job.masks, fold_of, job.raw_dir, job.size_rule, job.checkpoints, job.source,
+                                     details=details)
+        outcome = settle_postprocessing(record, job.record_path, details["cases"], details["fold_of"],
+                                        keep_existing=job.kind == MODEL)
+        if job.nested_choice is not None:
+            outcome.choice_inputs = _choice_inputs(record, outcome, details["cases"], details["fold_of"],
+                                                   job.nested_choice)
+        return outcome
     if job.kind == RULE:
         cases = load_rule_cases(job.raw_dir, sorted(fold_of), fold_of)
         record = select_on_cases(cases, fold_of, job.raw_dir, 0, {}, job.source)
         pooled, nested, nested_rows = _scores(record, cases, fold_of, job.name)
         return PostprocessingOutcome(record, None, REFERENCE, record["chosen_name"], pooled, nested, nested_rows)
     raise ValueError(f"unknown candidate kind {job.kind!r}")
+
+
+def _choice_inputs(new: dict, outcome: PostprocessingOutcome, cases: Mapping[str, CaseImages],
+                   fold_of: Mapping[str, int], criterion: str) -> ChoiceInputs:
+    """The candidate's :class:`ChoiceInputs` from this run's record ``new``: its nested rows are the outcome's
+    unless a different existing record was kept (then scored anew: the estimate is of this run's procedure)."""
+    rows = outcome.nested_rows if outcome.action != KEPT else record_rows(new, cases, fold_of)[1]
+    choices = {int(f): name for f, name in new["nested"]["choices"].items()}
+    return choice_inputs(cases, fold_of, int(new["plans_min_component_voxels"]), criterion, rows, choices)
 
 
 def _choice(record: Mapping) -> Any:

@@ -13,7 +13,8 @@ the pooled one is chosen and scored on the same cases and flatters unstable choi
 Dice, then fewer members, then the name.
 
 Choosing the best of K candidates on the same cases flatters the winner's nested estimate a little (the
-choice among candidates is not itself nested); K is recorded and printed beside it.
+choice among candidates is not itself nested); K is recorded and printed beside it, and ``--nested-choice``
+estimates the whole choice fully nested (:mod:`hiennu.ensembling.nested_choice`).
 
 ``--select-by raw`` is nnU-Net's rule: the raw mean Dice, ties to fewer members, then the name.
 """
@@ -36,7 +37,7 @@ RULES = {POSTPROCESSED: "the highest nested mean Dice with the candidate's own p
          RAW: "the highest raw mean Dice, without post-processing (nnU-Net's rule); ties: fewer members, then the "
               "name"}
 FLATTERY_NOTE = ("the best of {k} candidates chosen on the same cases: its estimate is flattered a little by that "
-                 "choice (not itself nested)")
+                 "choice (not itself nested; --nested-choice estimates the choice fully nested)")
 
 
 def _number(value: float | None) -> float:

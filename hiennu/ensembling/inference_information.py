@@ -26,10 +26,20 @@ The file lies in the dataset's results folder (:data:`hiennu.paths.INFERENCE_INF
                      "metrics": ["dice", "masd", "nsd"], "note": "...",
                      "rows": [{"metric": "dice", "n_pairs": 37, "mean_difference": ..., "median_difference": ...,
                                "statistic": ..., "p_value": ..., "p_holm": ...}, ...]},
-     "predict_command": "hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER ...", "provenance": {...}}
+     "predict_command": "hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER ...", "provenance": {...},
+     "nested_choice": null | {"method": "fully nested choice ...", "how": "...", "criterion": "postprocessed",
+                              "num_candidates": 3,
+                              "per_fold": [{"fold": 0, "chosen": ..., "raw_dice": ..., "nested_dice": ...,
+                                            "postprocessing": ..., "num_cases": 8, "dice": ...}, ...],
+                              "metrics": {"dice": {...}, "masd": {...}, "nsd": {...}},
+                              "per_case": [{"case_id": ..., "fold": 0, "candidate": ..., "dice": ..., "masd": ...,
+                                            "nsd": ...}, ...],
+                              "paired_test": {... as above, method "fully nested choice ..."}}}
 
-Non-finite numbers are written as null. Files written before candidates had their own post-processing (no
-``selection``, ``paired_test`` or per-candidate ``postprocessing``) still load: chosen by raw Dice, no test.
+``nested_choice`` (``--nested-choice``, :mod:`hiennu.ensembling.nested_choice`) is null when not asked for. Non-finite
+numbers are written as null. Files written before candidates had their own post-processing (no ``selection``,
+``paired_test`` or per-candidate ``postprocessing``) still load: chosen by raw Dice, no test; files without
+``nested_choice`` load without it.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from typing import Any, Sequence
 from hiennu.ensembling.choice import RAW, Selection
 from hiennu.evaluation.evaluate import json_safe
 from hiennu.ensembling.ensemble_cv import ENSEMBLE
+from hiennu.ensembling.nested_choice import NestedChoice
 from hiennu.ensembling.rule_comparison import PairedTest
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file, write_json
@@ -123,7 +134,8 @@ class ChosenConfiguration:
 class InferenceInformation:
     """The content of ``inference_information.json`` (see the module docstring). selection: how the chosen one
     was chosen; paired_test: the chosen one + its nested post-processing against the rule + its own (None
-    without the rule's scores, or in older files)."""
+    without the rule's scores, or in older files); nested_choice: the fully nested estimate of the choice (None
+    unless ``--nested-choice``)."""
 
     dataset: str
     folds: tuple[int, ...]
@@ -135,6 +147,7 @@ class InferenceInformation:
     selection: Selection
     paired_test: PairedTest | None = None
     provenance: dict = field(default_factory=dict, compare=False)
+    nested_choice: NestedChoice | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({"dataset": self.dataset, "folds": list(self.folds), "case_ids": list(self.case_ids),
@@ -143,7 +156,8 @@ class InferenceInformation:
                           "reference": None if self.reference is None else self.reference.to_dict(),
                           "selection": self.selection.to_dict(), "chosen": self.chosen.to_dict(),
                           "paired_test": None if self.paired_test is None else self.paired_test.to_dict(),
-                          "predict_command": self.predict_command, "provenance": self.provenance})
+                          "predict_command": self.predict_command, "provenance": self.provenance,
+                          "nested_choice": None if self.nested_choice is None else self.nested_choice.to_dict()})
 
     @classmethod
     def from_dict(cls, d: dict) -> "InferenceInformation":
@@ -155,7 +169,8 @@ class InferenceInformation:
                    None if d.get("reference") is None else CandidateScores.from_dict(d["reference"]),
                    chosen, d["predict_command"], selection,
                    None if d.get("paired_test") is None else PairedTest.from_dict(d["paired_test"]),
-                   d.get("provenance") or {})
+                   d.get("provenance") or {},
+                   None if d.get("nested_choice") is None else NestedChoice.from_dict(d["nested_choice"]))
 
     def save(self, dataset_results_dir: Path) -> Path:
         path = Path(dataset_results_dir) / INFERENCE_INFORMATION_FILE

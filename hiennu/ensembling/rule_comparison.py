@@ -12,11 +12,13 @@ only the cases where both define it) and the mean of the differences (the chosen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
-from hiennu.ensembling.candidate_postprocessing import PostprocessingOutcome
 from hiennu.evaluation.evaluate import json_safe
 from hiennu.evaluation.paired_comparison import PAIRED_METRICS, PAIRED_NOTE, paired_against_rule
+
+if TYPE_CHECKING:  # a type only: candidate_postprocessing imports nested_choice, which imports this module
+    from hiennu.ensembling.candidate_postprocessing import PostprocessingOutcome
 
 NESTED = " + post-processing (nested)"
 
@@ -46,6 +48,13 @@ def paired_test(chosen_name: str, chosen: PostprocessingOutcome, rule_name: str,
     (a kept record without a choice per fold)."""
     if chosen.nested_rows is None or rule.nested_rows is None:
         return None
-    method, reference = f"{chosen_name}{NESTED}", f"{rule_name}{NESTED}"
-    rows = paired_against_rule({method: chosen.nested_rows, reference: rule.nested_rows}, reference)
-    return PairedTest(method, reference, len(chosen.nested_rows), tuple(json_safe(rows)))
+    return paired_rows_test(f"{chosen_name}{NESTED}", chosen.nested_rows, f"{rule_name}{NESTED}", rule.nested_rows)
+
+
+def paired_rows_test(method: str, rows: Sequence[dict], reference: str,
+                     reference_rows: Sequence[dict]) -> PairedTest:
+    """The test of per-case ``rows`` (``case_id``, Dice, MASD, NSD) named ``method`` against ``reference_rows``,
+    paired by case: the test of :func:`paired_test`, for rows that are not one candidate's (the fully nested
+    choice of :mod:`hiennu.ensembling.nested_choice`, a candidate per fold)."""
+    tests = paired_against_rule({method: list(rows), reference: list(reference_rows)}, reference)
+    return PairedTest(method, reference, len(rows), tuple(json_safe(tests)))

@@ -1,5 +1,6 @@
 """The table ``hiennu_find_best_configuration`` prints: every candidate and the rule, raw and with their own
-post-processing, the choice and why, the paired test against the rule, and the command that predicts.
+post-processing, the choice and why, the paired test against the rule, the fully nested estimate of the choice
+(``--nested-choice``), and the command that predicts.
 
 Raw and post-processed columns sit side by side because on BONBID they can order the candidates differently
 (:mod:`hiennu.ensembling.choice`); the pooled Dice with post-processing stands beside the nested one so that
@@ -14,6 +15,8 @@ from hiennu.ensembling.candidate_postprocessing import KEPT
 from hiennu.ensembling.choice import POSTPROCESSED, RAW
 from hiennu.ensembling.cv_scores import TABLE_METRICS
 from hiennu.ensembling.inference_information import POSTPROCESSING_NOTE, CandidateScores, InferenceInformation
+from hiennu.ensembling.nested_choice import METHOD
+from hiennu.ensembling.rule_comparison import NESTED
 from hiennu.evaluation.paired_comparison import PAIRED_NOTE, paired_markdown
 
 HEADER = ["candidate", "kind", "Dice [95% CI]", "MASD mm (n)", "NSD", "post-processing (pooled choice)",
@@ -73,10 +76,45 @@ def _paired_lines(info: InferenceInformation) -> list[str]:
             PAIRED_NOTE]
 
 
+def _nested_choice_lines(info: InferenceInformation) -> list[str]:
+    """The fully nested estimate beside the chosen one's nested row and the rule's, which outer fold chose what,
+    and its paired test against the rule (nothing without ``--nested-choice``)."""
+    nested = info.nested_choice
+    if nested is None:
+        return []
+    by = "nested Dice with post-processing" if nested.criterion == POSTPROCESSED else "raw Dice"
+    head = ["estimate", "Dice [95% CI]", "MASD mm (n)", "NSD"]
+    lines = [f"Fully nested estimate of this choice (--nested-choice): for each outer fold, every candidate's "
+             f"post-processing and the candidate (by {by}, among {nested.num_candidates}) chosen on the other folds "
+             f"only, then applied to the fold; the {len(nested.per_case)} cases of the outer folds pooled. No choice "
+             f"is made on the cases it is scored on; the chosen one's nested row (the best of {nested.num_candidates} "
+             f"on the same cases) stands beside it.", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
+             "| " + " | ".join([f"**{METHOD}**", *_cells(nested.metrics)]) + " |",
+             "| " + " | ".join([f"{info.chosen.name}{NESTED}, chosen on all cases",
+                                *_cells((info.chosen.postprocessing or {}).get("nested"))]) + " |"]
+    if info.reference is not None and info.reference.postprocessing is not None:
+        lines.append("| " + " | ".join([f"{info.reference.name}{NESTED}",
+                                        *_cells(info.reference.postprocessing.get("nested"))]) + " |")
+    head = ["outer fold", "cases", "chosen on the other folds", "its raw Dice there", "its +pp nested Dice there",
+            "its post-processing (chosen on the other folds)", "Dice on the fold"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for f in nested.per_fold:
+        lines.append("| " + " | ".join([str(f["fold"]), str(f["num_cases"]), f["chosen"],
+                                        _number(f, "raw_dice", 4), _number(f, "nested_dice", 4), f["postprocessing"],
+                                        _number(f, "dice", 4)]) + " |")
+    test = nested.paired_test
+    if test is None:
+        return lines + ["", "paired test against the rule: not available (the rule was not scored)"]
+    return lines + ["", f"Paired test over the same {test.num_cases} cases (difference: the fully nested choice minus "
+                        f"the rule + its nested post-processing):", "", paired_markdown(test.rows).rstrip("\n")]
+
+
 def table(info: InferenceInformation) -> str:
     """Markdown: every candidate and the reference rule (raw: Dice with its 95 % interval, MASD with its number
     of defined cases, NSD; with its own post-processing: nested Dice / MASD (n) / NSD and the pooled Dice), the
-    choice, the paired test against the rule, and the predict command."""
+    choice, the paired test against the rule, the fully nested estimate when there is one, and the predict
+    command."""
     lines = [f"Configurations of {info.dataset} on {len(info.case_ids)} cross-validation cases (folds "
              f"{', '.join(map(str, info.folds))}); raw: without post-processing; +pp: {POSTPROCESSING_NOTE}.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
@@ -84,5 +122,7 @@ def table(info: InferenceInformation) -> str:
         lines.append(_row(c, f"**{c.name}** (chosen)" if c.name == info.chosen.name else c.name))
     if info.reference is not None:
         lines.append(_row(info.reference, f"{info.reference.name} (reference, never chosen)"))
-    lines += ["", *_choice_lines(info), "", *_paired_lines(info), "", "predict with:", f"  {info.predict_command}"]
+    lines += ["", *_choice_lines(info), "", *_paired_lines(info)]
+    nested = _nested_choice_lines(info)
+    lines += (["", *nested] if nested else []) + ["", "predict with:", f"  {info.predict_command}"]
     return "\n".join(lines) + "\n"

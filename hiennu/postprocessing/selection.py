@@ -212,19 +212,34 @@ class FoldChoice:
 
 
 def nested_choices(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes: Sequence[int] = COMPONENT_SIZES,
-                   min_component_voxels: int = 0) -> dict[int, FoldChoice]:
+                   min_component_voxels: int = 0, within: Sequence[int] | None = None,
+                   made: dict[frozenset, tuple[list[PostProcessing], PostProcessing]] | None = None
+                   ) -> dict[int, FoldChoice]:
     """Fold -> :class:`FoldChoice`: for each fold, caps from the other folds' lesions, lesion filters fitted on
     the other folds' cases, candidates scored on them and one picked there by :func:`choose`; the fold's own cases are
-    never read for it. With a single fold there is nothing to choose on: the fold keeps no post-processing."""
-    ids = sorted(cases)
+    never read for it. With a single fold there is nothing to choose on: the fold keeps no post-processing.
+
+    within: the folds that take part (default: every fold of the cases). The cases of the other folds are neither
+    chosen on nor scored, so this is the nested choice a run given only those folds would make; the fully nested
+    estimate of ``hiennu_find_best_configuration --nested-choice`` (:mod:`hiennu.ensembling.nested_choice`) runs it
+    once without each fold. made: choices already made, keyed by the folds they were made on (a frozenset), read
+    and filled in, so that the same choice asked for twice is made once (fold j without fold k is chosen on the
+    same folds as fold k without fold j); it must only ever see calls with the same cases, fold_of, sizes and
+    min_component_voxels.
+    """
+    ids = sorted(c for c in cases if within is None or fold_of[c] in within)
+    made = {} if made is None else made
     out: dict[int, FoldChoice] = {}
     for fold in sorted(set(fold_of[c] for c in ids)):
         held = [c for c in ids if fold_of[c] == fold]
         rest = [c for c in ids if fold_of[c] != fold]
         if rest:
-            seen = {c: cases[c] for c in rest}
-            options = all_candidates(seen, rest, sizes, min_component_voxels)
-            chosen = options[choose(options, list(score(seen, options).mean(axis=1)))]
+            key = frozenset(fold_of[c] for c in rest)
+            if key not in made:
+                seen = {c: cases[c] for c in rest}
+                options = all_candidates(seen, rest, sizes, min_component_voxels)
+                made[key] = (options, options[choose(options, list(score(seen, options).mean(axis=1)))])
+            options, chosen = made[key]
         else:
             options, chosen = [PostProcessing()], PostProcessing()
         out[fold] = FoldChoice(options, chosen, held)
@@ -232,10 +247,12 @@ def nested_choices(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes:
 
 
 def nested_estimate(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes: Sequence[int] = COMPONENT_SIZES,
-                    min_component_voxels: int = 0) -> tuple[dict[str, float], dict[int, PostProcessing]]:
-    """Per-case Dice of post-processing chosen without the case's own fold (:func:`nested_choices`), and each
-    fold's choice."""
-    folds = nested_choices(cases, fold_of, sizes, min_component_voxels)
+                    min_component_voxels: int = 0, within: Sequence[int] | None = None,
+                    made: dict[frozenset, tuple[list[PostProcessing], PostProcessing]] | None = None
+                    ) -> tuple[dict[str, float], dict[int, PostProcessing]]:
+    """Per-case Dice of post-processing chosen without the case's own fold (:func:`nested_choices`; within and
+    made as there: only the cases of the folds ``within`` are chosen on and scored), and each fold's choice."""
+    folds = nested_choices(cases, fold_of, sizes, min_component_voxels, within, made)
     per_case = {c: float(score({c: cases[c]}, [f.chosen])[0, 0]) for f in folds.values() for c in f.held_out}
     return per_case, {fold: f.chosen for fold, f in folds.items()}
 
