@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import types
 
@@ -138,8 +139,10 @@ def test_bad_input_is_one_line_and_writes_nothing(hiennu_roots, tmp_path, capsys
 
 
 def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_path, lines, monkeypatch):
-    """One configuration (3d_fullres), end to end: the default model predicts; a second run trains nothing; a
-    recipe that differs from what the folds were trained with is refused before anything is trained."""
+    """One configuration (3d_fullres), end to end: the default model predicts; a second run trains, chooses,
+    exports and installs nothing (the choice is not even called); --rechoose or a touched checkpoint makes it
+    choose again; a recipe that differs from what the folds were trained with is refused before anything is
+    trained."""
     results = tiny["hiennu_results"]
     monkeypatch.setattr(dm, "DEFAULT_RECIPE", (TINY_3D,))
     result, text = _run(lines)
@@ -155,7 +158,8 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
         assert debug["options"]["epochs"] == 1 and debug["effective_training_plan"]["max_epochs"] == 1
         assert debug["options"]["save_probabilities"] is True
     assert result.zip_path == results / DATASET / "default_model.zip" and result.zip_path.is_file()
-    assert result.best.information.chosen.name == model.name
+    assert result.information.chosen.name == model.name and result.best.information == result.information
+    assert result.reused == []
     assert read_json(results / "default_model.json") == {"model_dir": f"{DATASET}/{model.name}"}
     images = tiny["hiennu_raw"] / DATASET / "imagesTr"
     assert predict.main(["-i", str(images), "-o", str(tmp_path / "pred"), "--device", "cpu", "--disable-tta",
@@ -164,11 +168,42 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.mha")) == labels
 
     before = _mtimes(results, "3d_fullres")
-    _, text = _run(lines)
+    zip_time = result.zip_path.stat().st_mtime_ns
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("nothing changed: the choice, export and install must be reused")
+
+    originals = {name: getattr(dm, name) for name in ("find_best_configuration", "export_models", "install_model_zip")}
+    for name in originals:
+        monkeypatch.setattr(dm, name, not_again)
+    again, text = _run(lines)
     assert "plans and preprocessed cases reused" in text
     assert "5 reused, 0 to re-validate with --npz, 0 to continue, 0 to train" in text
     assert "fold 5 of 5 done (3d_fullres fold 4: reused)" in text and "training (--npz)" not in text
     assert _mtimes(results, "3d_fullres") == before
+    assert again.reused == ["choice", "export", "install"] and again.best is None
+    assert again.information == result.information and again.installed == result.installed
+    assert f"the choice of {DATASET} is reused: {model.name}" in text and "not installed again" in text
+    assert again.zip_path.stat().st_mtime_ns == zip_time
+
+    # --rechoose chooses again although nothing changed; so does any change to what the choice was made from
+    class Chosen(Exception):
+        pass
+
+    def choosing(options):
+        raise Chosen
+
+    monkeypatch.setattr(dm, "find_best_configuration", choosing)
+    with pytest.raises(Chosen):
+        _run(lines, rechoose=True)
+    assert "not reusing the last choice: --rechoose" in lines.text
+    touched = model / "fold_2" / FINAL
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10 ** 9))
+    with pytest.raises(Chosen):
+        _run(lines)
+    assert (f"not reusing the last choice: what it was made from changed: results/{DATASET}/{model.name}/fold_2/"
+            f"{FINAL} changed") in lines.text
+    before = _mtimes(results, "3d_fullres")
 
     monkeypatch.setattr(dm, "DEFAULT_RECIPE", (dataclasses.replace(TINY_3D, epochs=2),))
     with pytest.raises(HiennuError, match=r"5 fold\(s\) of the recipe were trained otherwise.*max_epochs: trained "
@@ -223,7 +258,7 @@ def test_two_configurations_resume_revalidate_and_retrain_one_deleted_fold(tiny,
     assert read_json(model_3d / "fold_1" / "progress.json")["epoch"] == [0, 1]
     assert (model_2d / "fold_0" / FINAL).stat().st_mtime_ns == revalidated  # validated again, not retrained
     assert read_json(model_2d / "fold_0" / "validation" / "summary.json")["probabilities"] is True
-    info = result.best.information
+    info = result.information
     assert len(info.candidates) == 3 and result.zip_path == tmp_path / "model.zip"
     default = read_json(results / "default_model.json")
     assert default.get("model_dir", default.get("ensemble_dir")).endswith(info.chosen.path)
@@ -246,7 +281,7 @@ def test_two_configurations_resume_revalidate_and_retrain_one_deleted_fold(tiny,
     assert "(2d fold 3: trained" in text and text.count(": trained") == 1
     assert _mtimes(results, "3d_fullres") == before_3d and _mtimes(results, "2d", skip=3) == before_2d
     assert (tmp_path / "ensemble.zip").is_file() and result.installed.parent.name == "ensembles"
-    assert read_json(results / "default_model.json")["ensemble_dir"] == f"{DATASET}/{result.best.information.chosen.path}"
+    assert read_json(results / "default_model.json")["ensemble_dir"] == f"{DATASET}/{result.information.chosen.path}"
     images = tiny["hiennu_raw"] / DATASET / "imagesTr"
     assert predict.main(["-i", str(images), "-o", str(tmp_path / "pred"), "--device", "cpu", "--disable-tta",
                          "-q"]) == 0

@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         "best configuration or ensemble by cross-validation (hiennu_find_best_configuration), export it to one zip "
         "(hiennu_export_model) and install it as the default model (hiennu_install_model --default), so "
         "hiennu_predict -i in/ -o out/ uses it. Run it again after an interruption: finished folds are reused, an "
-        "interrupted one is continued.")
+        "interrupted one is continued; when no fold changed, the last choice (inference_information.json), zip and "
+        "install are reused too.")
     p.add_argument("-d", "--dataset", required=True, help="dataset name (BONBID), folder name or number")
     p.add_argument("-o", "--output", default=None, metavar="ZIP",
                    help="the model zip to write (default: $hiennu_results/DatasetNNN_Name/default_model.zip)")
@@ -32,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fold trained otherwise than the recipe (other epochs, plans, seed, hiennu version ...) is "
                         "moved aside (fold_K.replaced-<timestamp>) and trained again; without it the command refuses, "
                         "naming the folds")
+    p.add_argument("--rechoose", action="store_true",
+                   help="choose by cross-validation, export and install again even when no fold, validation, plans, "
+                        "split or raw file changed since the last choice (which is otherwise reused; "
+                        "$hiennu_results/DatasetNNN_Name/default_model_state.json records what it was made from)")
     return p
 
 
@@ -43,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         train_default_model(DefaultModelOptions(
             dataset=args.dataset, output=args.output, install=args.install, device=args.device,
             cpu_threads=args.cpu_threads, num_processes=args.num_processes,
-            retrain_mismatched=args.retrain_mismatched))
+            retrain_mismatched=args.retrain_mismatched, rechoose=args.rechoose))
         return 0
 
     return run(go, verbose=not args.quiet)

@@ -25,6 +25,17 @@ call, so each step is what the command alone would do:
    it as the default model (:func:`~hiennu.inference.model_zip.install_model_zip`, ``hiennu_install_model
    --default``), so ``hiennu_predict -i in/ -o out/`` predicts with it.
 
+Steps 3 and 4 are not redone for nothing (the choice takes 2-5 min on BONBID): ``default_model_state.json`` in the
+dataset's results folder records what the last choice was made from (:func:`choice_inputs`: the size and
+modification time of every fold's ``checkpoint_final.pth`` and validation files, each model folder's plans and
+``dataset.json``, the split, the raw labels and images, the configurations, trainer and hiennu version), the
+files it wrote that export reads (``inference_information.json``, the chosen folder's ``postprocessing.json`` and
+``members.json``), the zip exported from it and the default model installed from that zip. When none of these
+changed, the choice in ``inference_information.json`` is reused, and the export and the install are skipped while
+the zip and the default model are still the recorded ones; the log says so. Anything changed (a fold trained,
+continued or re-validated, a file touched, ``inference_information.json`` rewritten by hand) makes the run choose
+again, export and install; ``rechoose`` (``--rechoose``) always does.
+
 One ETA covers the whole training (:class:`RecipeProgress`): the plan is logged first (configurations, folds,
 steps per fold, what is reused), then after every fold ``fold k of N done ..., X min elapsed, about Y min
 left``. Bad input (unknown dataset, no raw dataset, a recipe fold trained otherwise, ``-o`` a folder) is one
@@ -41,14 +52,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from hiennu import __version__
 from hiennu.ensembling.best_configuration import BestConfiguration, FindBestOptions, find_best_configuration
+from hiennu.ensembling.inference_information import InferenceInformation, load_inference_information
 from hiennu.errors import HiennuError
+from hiennu.inference.model_registry import read_default_model
 from hiennu.inference.model_zip import export_models, install_model_zip
-from hiennu.io.atomic import read_json
+from hiennu.io.atomic import read_json, write_json
 from hiennu.io.checkpoint import BEST, FINAL, LATEST
 from hiennu.log import get_logger
-from hiennu.paths import (DEFAULT_PLANS_NAME, PROGRESS_FILE, plans_file_name, preprocessed_data_name,
-                          preprocessed_root, raw_root, resolve_dataset, results_root)
+from hiennu.paths import (DATASET_FILE, DEFAULT_PLANS_NAME, ENSEMBLE_MEMBERS_FILE, INFERENCE_INFORMATION_FILE,
+                          PLANS_FILE, POSTPROCESSING_FILE, PROGRESS_FILE, model_dir_name, plans_file_name,
+                          preprocessed_data_name, preprocessed_root, raw_root, resolve_dataset, results_root,
+                          splits_file_name)
 from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from hiennu.plans import load_plans
 from hiennu.training.fold_layout import FoldLayout, fold_layout, split_cases
@@ -62,6 +78,8 @@ log = get_logger(__name__)
 
 DEFAULT_TRAINER = "TrainerDiceFocal"
 DEFAULT_ZIP_NAME = "default_model.zip"
+STATE_FILE = "default_model_state.json"  # in $hiennu_results/DatasetNNN_Name/: what the last choice, export, install
+                                         # were made from (module docstring)
 
 
 @dataclass(frozen=True)
@@ -97,7 +115,8 @@ class DefaultModelOptions:
     output: the zip (default ``$hiennu_results/DatasetNNN_Name/default_model.zip``). install: make it the
     default model. device / cpu_threads: as ``hiennu_train --device/--cpu-threads``. num_processes: worker
     processes of planning/preprocessing and of ``find_best_configuration``. retrain_mismatched: move a fold
-    trained otherwise than the recipe aside and train it again, instead of refusing."""
+    trained otherwise than the recipe aside and train it again, instead of refusing. rechoose: choose, export and
+    install again even when nothing the last choice was made from changed (module docstring)."""
 
     dataset: str
     recipe: Sequence[RecipeStep] | None = None
@@ -107,6 +126,7 @@ class DefaultModelOptions:
     cpu_threads: int | None = None
     num_processes: int = 2
     retrain_mismatched: bool = False
+    rechoose: bool = False
 
 
 @dataclass
@@ -144,15 +164,19 @@ class FoldTask:
 
 @dataclass
 class DefaultModelResult:
-    """What a run did: the folds (in order), the choice, the zip, the installed folder (None with
-    ``install=False``) and the wall time of each stage in seconds."""
+    """What a run did: the folds (in order), the choice (``information``, as in ``inference_information.json``;
+    ``best``, what find_best_configuration returned, is None when the last choice was reused), the zip, the
+    installed folder (None with ``install=False``), the wall time of each stage in seconds and the stages reused
+    from the last run (``choice``, ``export``, ``install``; see the module docstring)."""
 
     dataset: str
     tasks: list[FoldTask]
-    best: BestConfiguration
+    best: BestConfiguration | None
     zip_path: Path
     installed: Path | None
     seconds: dict[str, float]
+    information: InferenceInformation | None = None
+    reused: list[str] = field(default_factory=list)
 
 
 class RecipeProgress:
@@ -441,6 +465,113 @@ def run_fold(task: FoldTask) -> tuple[int, str]:
     return steps, how
 
 
+# ------------------------------------------------------------------------------------------------ choose once
+
+def _stat(path: Path) -> list[int] | None:
+    """``[size, modification time in ns]`` of a file, None when it is not there."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
+
+def choice_inputs(dataset: str, configurations: Sequence[str], trainer: str) -> dict:
+    """What find_best_configuration's choice is made from, cheaply: the configurations, trainer and hiennu
+    version, and ``[size, mtime_ns]`` (None: absent) of every file it reads or that stands for what it reads: each
+    fold's ``checkpoint_final.pth`` and validation folder (summary, masks, probabilities), each model folder's plans
+    and ``dataset.json``, the split, and the raw dataset's ``dataset.json``, labels and images. Keys are relative to
+    their root (``results/``, ``preprocessed/``, ``raw/``). Sizes and times, not hashes: a fold trained, continued
+    or re-validated rewrites them, and reading every probability file to hash it would cost a good part of what
+    skipping the choice saves."""
+    results, pre, raw = results_root(), preprocessed_root(), raw_root()
+    files: dict[str, list[int] | None] = {}
+
+    def add(root: Path, label: str, path: Path) -> None:
+        files[f"{label}/{path.relative_to(root).as_posix()}"] = _stat(path)
+
+    for configuration in configurations:
+        model = results / dataset / model_dir_name(trainer, DEFAULT_PLANS_NAME, configuration)
+        for name in (PLANS_FILE, DATASET_FILE):
+            add(results, "results", model / name)
+        for fold in range(NUM_FOLDS):
+            add(results, "results", model / f"fold_{fold}" / FINAL)
+            for path in _files(model / f"fold_{fold}" / "validation"):
+                add(results, "results", path)
+    add(pre, "preprocessed", pre / dataset / splits_file_name())
+    add(raw, "raw", raw / dataset / DATASET_FILE)
+    for folder in ("labelsTr", "imagesTr"):
+        for path in _files(raw / dataset / folder):
+            add(raw, "raw", path)
+    return {"hiennu_version": __version__, "configurations": list(configurations), "trainer": trainer,
+            "files": files}
+
+
+def _choice_outputs(dataset: str, information: InferenceInformation) -> dict[str, list[int] | None]:
+    """``[size, mtime_ns]`` of what the choice wrote that the export reads: ``inference_information.json`` and the
+    chosen folder's ``postprocessing.json`` and ``members.json`` (keys relative to the dataset's results folder)."""
+    results_dir = results_root() / dataset
+    names = [INFERENCE_INFORMATION_FILE] + [f"{information.chosen.path}/{name}"
+                                            for name in (POSTPROCESSING_FILE, ENSEMBLE_MEMBERS_FILE)]
+    return {name: _stat(results_dir / name) for name in names}
+
+
+def _differences(recorded: dict, current: dict, limit: int = 3) -> list[str]:
+    """The first ``limit`` keys whose values differ (``a changed``, ``b added``, ``c removed``) of two flat dicts."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        if recorded.get(key) != current.get(key):
+            what = "added" if recorded.get(key) is None else "removed" if current.get(key) is None else "changed"
+            out.append(f"{key} {what}")
+    return out[:limit] + ([f"{len(out) - limit} more"] if len(out) > limit else [])
+
+
+def _read_state(path: Path) -> dict:
+    """The state file, or {} when absent or unreadable (then everything is done again)."""
+    try:
+        state = read_json(path) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def reusable_choice(state: dict, inputs: dict, dataset: str) -> tuple[InferenceInformation | None, str]:
+    """(the recorded choice, why) when nothing it was made from or wrote changed since; (None, why not) else."""
+    choice = state.get("choice")
+    if not isinstance(choice, dict) or "inputs" not in choice:
+        return None, "no choice recorded yet"
+    recorded = choice["inputs"]
+    if not isinstance(recorded, dict):
+        return None, "the recorded choice cannot be read"
+    options = [k for k in ("hiennu_version", "configurations", "trainer") if recorded.get(k) != inputs[k]]
+    if options:
+        return None, f"{', '.join(options)} changed"
+    changed = _differences(recorded.get("files") or {}, inputs["files"])
+    if changed:
+        return None, "what it was made from changed: " + "; ".join(changed)
+    try:
+        information = load_inference_information(results_root() / dataset)
+    except HiennuError as e:
+        return None, str(e)
+    changed = _differences(choice.get("outputs") or {}, _choice_outputs(dataset, information))
+    if changed:
+        return None, "what it wrote changed: " + "; ".join(changed)
+    return information, ""
+
+
+def _is_default_model(folder: str | None) -> bool:
+    """Whether ``folder`` is the default model now (an unreadable ``default_model.json`` counts as no)."""
+    try:
+        default = read_default_model()
+    except HiennuError:
+        return False
+    return folder is not None and default is not None and default.resolve() == Path(folder).resolve()
+
+
 # ------------------------------------------------------------------------------------------------ the run
 
 def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
@@ -474,22 +605,58 @@ def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
     seconds["training"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    log.info("choosing among %s and their ensemble by cross-validation (hiennu_find_best_configuration -d %s -c %s)",
-             ", ".join(configurations), dataset, " ".join(configurations))
-    best = find_best_configuration(FindBestOptions(dataset=dataset, configurations=configurations,
-                                                   trainers=[recipe[0].trainer], num_processes=opts.num_processes))
+    trainer = recipe[0].trainer
+    state_path = results_root() / dataset / STATE_FILE
+    state = _read_state(state_path)
+    inputs = choice_inputs(dataset, configurations, trainer)
+    information, why = (None, "--rechoose") if opts.rechoose else reusable_choice(state, inputs, dataset)
+    reused: list[str] = []
+    best = None
+    if information is not None:
+        reused.append("choice")
+        log.info("the choice of %s is reused: %s (%s) from %s; nothing it was made from changed since it was made "
+                 "(checkpoints, validation files, plans, split, raw data; --rechoose makes it again)", dataset,
+                 information.chosen.name, information.chosen.kind,
+                 results_root() / dataset / INFERENCE_INFORMATION_FILE)
+    else:
+        log.info("choosing among %s and their ensemble by cross-validation (hiennu_find_best_configuration -d %s -c %s)"
+                 "%s", ", ".join(configurations), dataset, " ".join(configurations),
+                 f"; not reusing the last choice: {why}" if state else "")
+        best = find_best_configuration(FindBestOptions(dataset=dataset, configurations=configurations,
+                                                       trainers=[trainer], num_processes=opts.num_processes))
+        information = best.information
+        state = {"choice": {"inputs": inputs, "outputs": _choice_outputs(dataset, information)}}
+        write_json(state, state_path)  # export and install are recorded once done
     seconds["find_best_configuration"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    chosen = best.information.chosen
+    chosen = information.chosen
     chosen_dir = results_root() / dataset / chosen.path
-    zip_path = export_models([chosen_dir], None, None, None, DEFAULT_PLANS_NAME, out_zip, list(chosen.folds),
-                             chosen.checkpoint)
+    exported = state.get("export") or {}
+    if "choice" in reused and exported.get("zip") == str(out_zip) and exported.get("file") == _stat(out_zip):
+        zip_path = out_zip
+        reused.append("export")
+        log.info("%s is reused: exported from this choice and unchanged since", zip_path)
+    else:
+        zip_path = export_models([chosen_dir], None, None, None, DEFAULT_PLANS_NAME, out_zip, list(chosen.folds),
+                                 chosen.checkpoint)
+        state["export"] = {"zip": str(zip_path), "file": _stat(zip_path)}
+        state.pop("install", None)
+        write_json(state, state_path)
     seconds["export"] = time.perf_counter() - t
     installed = None
     if opts.install:
         t = time.perf_counter()
-        installed = install_model_zip(zip_path, make_default=True)
+        done = state.get("install") or {}
+        if ("export" in reused and done.get("zip") == str(zip_path) and done.get("file") == _stat(zip_path)
+                and _is_default_model(done.get("default"))):
+            installed = Path(done["default"])
+            reused.append("install")
+            log.info("%s is still the default model, installed from %s; not installed again", installed, zip_path)
+        else:
+            installed = install_model_zip(zip_path, make_default=True)
+            state["install"] = {"zip": str(zip_path), "file": _stat(zip_path), "default": str(installed)}
+            write_json(state, state_path)
         seconds["install"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
     log.info("default model of %s: %s (%s), exported to %s%s; %.1f min in all (%s)", dataset, chosen.name, chosen.kind,
@@ -497,4 +664,4 @@ def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
                        f"OUTPUT_FOLDER predicts with it" if installed else
              f"; install it with hiennu_install_model {zip_path} --default", seconds["total"] / 60,
              ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items() if k != "total"))
-    return DefaultModelResult(dataset, tasks, best, zip_path, installed, seconds)
+    return DefaultModelResult(dataset, tasks, best, zip_path, installed, seconds, information, reused)
