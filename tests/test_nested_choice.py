@@ -254,6 +254,8 @@ def test_select_by_raw_is_honoured_and_two_folds_are_refused(cv, capsys):
     assert info.nested_choice.criterion == "raw" and "by raw Dice, among 3" in out
     assert all(f["nested_dice"] is None for f in info.nested_choice.per_fold)
     assert set(info.nested_choice.choices.values()) == {info.chosen.name}     # the ensemble: raw Dice 1 everywhere
+    # one candidate chosen without every fold: its own nested rows, to the bootstrap interval
+    assert info.nested_choice.metrics == info.chosen.postprocessing["nested"]
     shutil.rmtree(cv / "ensembles")
     (cv / INFERENCE_INFORMATION_FILE).unlink()
     for name in (A, B):

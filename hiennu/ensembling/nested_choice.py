@@ -180,6 +180,7 @@ def nested_choice(scored: Sequence["CandidateScores"], inputs: Mapping[str, Choi
                          "nested_dice": best.nested_mean("dice"), "postprocessing": chosen.held_out_postprocessing[k],
                          "num_cases": len(rows), "dice": summarize(r["dice"] for r in rows)["mean"]})
         per_case += rows
+    per_case.sort(key=lambda r: r["case_id"])  # the order of every other row: the same cases bootstrap alike
     test = None
     if reference_name is not None and reference_rows is not None:
         test = paired_rows_test(METHOD, per_case, f"{reference_name}{NESTED}", reference_rows)
