@@ -73,6 +73,8 @@ def test_the_fully_nested_choice_by_hand():
     assert by_fold[0]["nested_dice"] == pytest.approx(0.7) and by_fold[1]["nested_dice"] == pytest.approx(2.2 / 3)
     assert by_fold[0]["raw_dice"] == pytest.approx(1.7 / 3)                      # b's raw Dice on folds 1-3
     assert by_fold[1]["postprocessing"] == "m__p__a pp without 1" and by_fold[2]["num_cases"] == 1
+    assert by_fold[0]["runner_up"] == "m__p__a" and by_fold[0]["scores"]["m__p__a"]["nested_dice"] == pytest.approx(0.4)
+    assert by_fold[1]["runner_up"] == "m__p__b" and by_fold[3]["scores"]["m__p__a"]["raw_dice"] == 0.5
     assert [r["dice"] for r in result.per_case] == [0.25, 0.05, 0.5, 0.7]
     assert [r["candidate"] for r in result.per_case] == ["m__p__b", "m__p__a", "m__p__b", "m__p__b"]
     assert result.metrics["dice"]["mean"] == pytest.approx(1.5 / 4)
@@ -219,7 +221,8 @@ def test_the_choice_made_without_each_fold_is_the_choice_of_a_run_on_the_other_f
     assert info == load_inference_information(cv)
     assert re.search(r"\| \*\*fully nested choice \(candidate \+ post-processing chosen without the fold\)\*\* "
                      r"\| 0\.6667 \[[0-9.]+, [0-9.]+\] \| 0\.00 \(6\) \| 0\.6667 \|", out)
-    assert f"| 2 | 3 | {B} | 1.0000 | 1.0000 | none | 0.0000 |" in out
+    assert f"| 2 | 3 | {B} | 1.0000 | 1.0000 | {ensemble} (1.0000) | none | 0.0000 |" in out
+    assert f"| 0 | 3 | {A} | " in out and by_fold[0]["scores"][B]["nested_dice"] == 0.5
     assert f"| {A} + post-processing (nested), chosen on all cases | 1.0000 [1.0000, 1.0000] | 0.00 (9) |" in out
     assert "(difference: the fully nested choice minus the rule + its nested post-processing)" in out
     # an existing record of A that this procedure would not make (its every choice removes the lesions) is kept and

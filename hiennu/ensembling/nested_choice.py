@@ -125,7 +125,9 @@ class NestedChoice:
     criterion: ``--select-by``; num_candidates: K, the candidates each outer fold chose among; per_fold: per outer
     fold, ``fold``, ``chosen`` (the candidate chosen on the other folds), ``raw_dice`` and ``nested_dice`` (its
     scores there, the criterion; ``nested_dice`` None with ``--select-by raw``), ``postprocessing`` (its
-    post-processing chosen on the other folds), ``num_cases`` and ``dice`` (mean Dice on the fold); metrics:
+    post-processing chosen on the other folds), ``num_cases`` and ``dice`` (mean Dice on the fold),
+    ``runner_up`` (the one the criterion ranks next there; None with one candidate) and ``scores`` (every
+    candidate's ``raw_dice`` and ``nested_dice`` there, so how close the choice was shows); metrics:
     metric -> summary over the pooled outer cases; per_case: ``case_id``, ``fold``, ``candidate``, Dice, MASD, NSD;
     paired_test: against the rule + its nested post-processing (None without the rule)."""
 
@@ -170,7 +172,10 @@ def nested_choice(scored: Sequence["CandidateScores"], inputs: Mapping[str, Choi
     check_folds(folds)
     per_fold, per_case = [], []
     for k in folds:
-        best = choose_best([_without(s, inputs[s.name].without_fold[k]) for s in scored], criterion)
+        seen = [_without(s, inputs[s.name].without_fold[k]) for s in scored]
+        best = choose_best(seen, criterion)
+        rest = [s for s in seen if s.name != best.name]
+        runner_up = choose_best(rest, criterion).name if rest else None
         chosen = inputs[best.name]
         rows = [{"case_id": r["case_id"], "fold": int(r["fold"]), "candidate": best.name,
                  **{m: r[m] for m in ("dice", "masd", "nsd")}} for r in chosen.held_out_rows if int(r["fold"]) == k]
@@ -178,7 +183,10 @@ def nested_choice(scored: Sequence["CandidateScores"], inputs: Mapping[str, Choi
             raise ValueError(f"nested choice: {best.name} has no held-out rows for fold {k}")
         per_fold.append({"fold": k, "chosen": best.name, "raw_dice": best.mean("dice"),
                          "nested_dice": best.nested_mean("dice"), "postprocessing": chosen.held_out_postprocessing[k],
-                         "num_cases": len(rows), "dice": summarize(r["dice"] for r in rows)["mean"]})
+                         "num_cases": len(rows), "dice": summarize(r["dice"] for r in rows)["mean"],
+                         "runner_up": runner_up, "scores": {s.name: {"raw_dice": s.mean("dice"),
+                                                                     "nested_dice": s.nested_mean("dice")}
+                                                            for s in seen}})
         per_case += rows
     per_case.sort(key=lambda r: r["case_id"])  # the order of every other row: the same cases bootstrap alike
     test = None

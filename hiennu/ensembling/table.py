@@ -96,13 +96,17 @@ def _nested_choice_lines(info: InferenceInformation) -> list[str]:
     if info.reference is not None and info.reference.postprocessing is not None:
         lines.append("| " + " | ".join([f"{info.reference.name}{NESTED}",
                                         *_cells(info.reference.postprocessing.get("nested"))]) + " |")
+    key = "nested_dice" if nested.criterion == POSTPROCESSED else "raw_dice"
     head = ["outer fold", "cases", "chosen on the other folds", "its raw Dice there", "its +pp nested Dice there",
-            "its post-processing (chosen on the other folds)", "Dice on the fold"]
+            f"next by {by} there", "its post-processing (chosen on the other folds)", "Dice on the fold"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for f in nested.per_fold:
+        runner_up = f.get("runner_up")
+        next_best = ("(none)" if runner_up is None else
+                     f"{runner_up} ({_number((f.get('scores') or {}).get(runner_up), key, 4)})")
         lines.append("| " + " | ".join([str(f["fold"]), str(f["num_cases"]), f["chosen"],
-                                        _number(f, "raw_dice", 4), _number(f, "nested_dice", 4), f["postprocessing"],
-                                        _number(f, "dice", 4)]) + " |")
+                                        _number(f, "raw_dice", 4), _number(f, "nested_dice", 4), next_best,
+                                        f["postprocessing"], _number(f, "dice", 4)]) + " |")
     test = nested.paired_test
     if test is None:
         return lines + ["", "paired test against the rule: not available (the rule was not scored)"]
