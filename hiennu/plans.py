@@ -140,6 +140,11 @@ class TrainingPlan:
     batch_dice: the region terms of the loss sum over the whole batch before their ratio (nnU-Net's
     ``batch_dice``, which its planner turns on for ``2d``): on one-slice samples a per-sample Dice
     rewards emptying every lesion-free slice (:func:`hiennu.losses.base.use_batch_reduction`).
+    time_budget_minutes: wall-clock budget of the training loop (steps and per-epoch validation, minutes;
+    None = no budget). With one, the schedule's progress is ``max(epoch / max_epochs, spent / budget)``
+    (the poly rate decays on it, so the rate reaches 0 when the time does) and training stops at the end
+    of the epoch in which the budget ran out, however many epochs are left: a fold costs what the user
+    can spend on the machine at hand, whatever its speed.
     """
 
     batch_size: int = 4
@@ -159,6 +164,7 @@ class TrainingPlan:
     cpu_bf16: bool = False
     weight_ema: float = 0.0
     batch_dice: bool = False
+    time_budget_minutes: float | None = None
 
 
 @dataclass
@@ -340,7 +346,7 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "learning_rate": (0, None, False), "weight_decay": (0, None, True), "lr_decay_gamma": (0, 1, False),
     "rule_prior_scale": (0, None, False), "rule_prior_cap": (0, None, False),
     "l1_lambda": (0, None, True), "grad_clip_norm": (0, None, False), "foreground_oversampling": (0, 1, True),
-    "weight_ema": (0, 0.99999, True),
+    "weight_ema": (0, 0.99999, True), "time_budget_minutes": (0, None, False),
     "in_channels": (1, None, True), "out_channels": (1, None, True), "kernel_size": (1, None, True),
     "min_component_voxels": (0, None, True),
     "p_noise": (0, 1, True), "p_lowres": (0, 1, True), "p_blur": (0, 1, True), "p_gamma": (0, 1, True),

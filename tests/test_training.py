@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -14,7 +15,7 @@ import torch
 from hiennu.errors import HiennuError
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.training.trainers import BUILTIN_TRAINERS
-from helpers import DATASET, GRID_ZYX, fold_dir, load, make_tiny_dataset, options, write_module
+from helpers import DATASET, GRID_ZYX, fold_dir, load, make_tiny_dataset, options, tiny_plans, write_module
 
 
 @pytest.fixture(params=["grid", "patch"])
@@ -352,3 +353,63 @@ def test_training_benchmark_script_runs_tiny_on_cpu(tmp_path):
     result = json.loads(out.read_text())
     assert result["epochs_run"] == 2 and result["network_only"]["flops_per_step"] > 0
     assert 0 <= result["data_wait_fraction_mean"] <= 1 and result["step_seconds_median"] > 0
+
+
+def _set_training_plan(preprocessed: Path, **values) -> None:
+    path = preprocessed / DATASET / "plans.json"
+    plans = json.loads(path.read_text())
+    for config in plans["configurations"].values():
+        config["training"].update(values)
+    path.write_text(json.dumps(plans))
+
+
+def test_a_time_budget_stops_training_and_the_poly_rate_decays_on_the_time_spent(tiny, tmp_path):
+    from hiennu.training.launch import train
+    _set_training_plan(tiny["hiennu_preprocessed"], lr_schedule="poly")
+    mod = write_module(tmp_path, "slow_trainers", """
+        import time
+        from hiennu.training.trainers import TrainerDice
+        class TrainerSlow(TrainerDice):
+            def _train_step(self, data, target):
+                time.sleep(0.05)
+                return super()._train_step(data, target)
+        """)
+    budget_min = 0.6 / 60
+    out = train(options(epochs=50, patience=50, iterations_per_epoch=2, time_budget_minutes=budget_min),
+                f"{mod}:TrainerSlow")
+    progress = json.loads((out / "progress.json").read_text())
+    seconds, lrs = progress["epoch_seconds"], progress["lr"]
+    n = len(progress["epoch"])
+    assert 1 <= n < 50  # stopped by the budget, long before max_epochs
+    assert sum(seconds[:-1]) < 60 * budget_min <= sum(seconds)  # at the end of the epoch in which it ran out
+    for e in range(n):  # lr = lr0 (1 - max(e / max_epochs, spent / budget)) ** 0.9, spent before epoch e
+        spent = max(e / 50, sum(seconds[:e]) / (60 * budget_min))
+        assert lrs[e] == pytest.approx(lrs[0] * max(0.0, 1 - spent) ** 0.9, rel=1e-9)
+    assert progress["val_dice"][-1] is not None  # the last epoch validated
+    assert (out / "checkpoint_final.pth").is_file()
+    log_text = (out / "training_log.txt").read_text()
+    assert "time budget of" in log_text and "early stopping" not in log_text
+
+
+def test_without_a_budget_the_poly_rate_follows_the_epochs(tiny):
+    from hiennu.training.launch import train
+    _set_training_plan(tiny["hiennu_preprocessed"], lr_schedule="poly")
+    out = train(options(epochs=4, iterations_per_epoch=1), "TrainerDice")
+    lrs = json.loads((out / "progress.json").read_text())["lr"]
+    assert lrs == pytest.approx([lrs[0] * (1 - e / 4) ** 0.9 for e in range(4)], rel=1e-9)
+
+
+@pytest.mark.parametrize("budget", [0, -1.0])
+def test_a_time_budget_must_be_positive(budget):
+    with pytest.raises(HiennuError, match="--time-budget"):
+        options(time_budget_minutes=budget)
+
+
+def test_plans_with_a_non_positive_time_budget_name_the_field():
+    from hiennu.plans import PlansError, TrainingPlan, plans_from_dict
+    d = dataclasses.asdict(tiny_plans())
+    for config in d["configurations"].values():
+        config["training"]["time_budget_minutes"] = 0
+    with pytest.raises(PlansError, match="time_budget_minutes"):
+        plans_from_dict(d)
+    assert TrainingPlan().time_budget_minutes is None

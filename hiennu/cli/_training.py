@@ -57,6 +57,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, exclude: Collection[
     add("cpu_threads", "--cpu-threads", type=int, default=None,
         help="torch threads on a CPU (default: one per core); 1 can be faster on 2 cores shared with the "
              "augmentation workers or other jobs (documentation/benchmarks.md)")
+    add("time_budget_minutes", "--time-budget", type=float, default=None, metavar="MIN",
+        help="wall-clock budget of the training loop in minutes (the plans' training.time_budget_minutes): the "
+             "poly learning rate decays on the fraction of it spent, and training stops at the end of the epoch "
+             "in which it ran out, however many epochs are left")
     add("val_every", "--val-every", type=int, default=1, help="validate every N epochs")
     add("final_validation", "--no-final-validation", action="store_false",
         help="skip predicting and scoring the validation cases in native geometry at the end")

@@ -80,7 +80,7 @@ def effective_training_plan(config: Configuration, options: TrainingOptions) -> 
     o = options
     overrides = {"max_epochs": o.epochs, "patience": o.patience, "batch_size": o.batch_size,
                  "learning_rate": o.learning_rate, "iterations_per_epoch": o.iterations_per_epoch,
-                 "num_workers": o.num_workers, "cpu_bf16": o.cpu_bf16}
+                 "num_workers": o.num_workers, "cpu_bf16": o.cpu_bf16, "time_budget_minutes": o.time_budget_minutes}
     plan = dataclasses.replace(config.training, **{k: v for k, v in overrides.items() if v is not None})
     if plan.early_stopping_metric not in EARLY_STOPPING_METRICS:
         raise HiennuError(f"plans: early_stopping_metric {plan.early_stopping_metric!r} is not one of "

@@ -42,6 +42,8 @@ class TrainingOptions:
     save_probabilities: the final validation also keeps each case's sigmoid probabilities in native geometry
     as ``fold_K/validation/CASE.npz`` (``--npz``, nnU-Net's), which ``hiennu_find_best_configuration``
     averages to score ensembles of configurations.
+    time_budget_minutes: the training loop's wall-clock budget (``--time-budget``, minutes), overriding the
+    plans' ``training.time_budget_minutes`` (:class:`hiennu.plans.TrainingPlan`).
     """
 
     dataset: str
@@ -67,6 +69,7 @@ class TrainingOptions:
     split_seed: int | None = None
     cpu_threads: int | None = None
     save_probabilities: bool = False
+    time_budget_minutes: float | None = None
 
     def __post_init__(self) -> None:
         self.fold = parse_fold(self.fold)
@@ -86,6 +89,8 @@ class TrainingOptions:
                 raise HiennuError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise HiennuError(f"--lr must be positive, got {self.learning_rate}")
+        if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
+            raise HiennuError(f"--time-budget must be a positive number of minutes, got {self.time_budget_minutes}")
         if self.num_gpus < 1 or self.val_every < 1:
             raise HiennuError("--num-gpus and --val-every must be at least 1")
 

@@ -20,9 +20,10 @@ optimization steps (:meth:`Trainer._train_step`), each on a global batch of ``ba
 AdamW on loss + L1 penalty (``l1_lambda * sum |w|``, applied as its gradient
 ``l1_lambda * sign(w)``), gradient-norm clipping; then the learning rate decays by
 ``lr_decay_gamma``. Validation (every ``val_every`` epochs and at the last) runs each validation
-case whole through the network on the preprocessed grid. Training stops after ``max_epochs`` or
+case whole through the network on the preprocessed grid. Training stops after ``max_epochs``,
 when the early-stopping metric has not improved for ``patience`` epochs
-(:class:`~hiennu.training.early_stopping.EarlyStopping`).
+(:class:`~hiennu.training.early_stopping.EarlyStopping`), or at the end of the epoch in which the
+plans' time budget (``training.time_budget_minutes``, ``--time-budget``) ran out.
 
 Subclasses override :meth:`Trainer.build_loss` (see ``hiennu.training.trainers``); the data,
 network and optimizer come from :meth:`build_batches`, :meth:`build_network` and
@@ -120,10 +121,11 @@ class Trainer(abc.ABC):
         if self.training.batch_dice:
             use_batch_reduction(self.loss)
         self.params = [p for p in self.network.parameters() if p.requires_grad]
+        # the state a checkpoint carries (replaced by _restore on --continue); the progress log first, since a
+        # time-budgeted schedule reads it
+        self.progress = ProgressLog()
         self.optimizer, self.scheduler = self.build_optimizer(self.params)
         self.average = WeightAverage(self.network, self.training.weight_ema) if self.training.weight_ema else None
-        # the state a checkpoint carries (replaced by _restore on --continue)
-        self.progress = ProgressLog()
         self.early_stopping = EarlyStopping()
         self.start_epoch = 0
         self.resumed_finished = False  # continued from the checkpoint of a finished training
@@ -139,19 +141,38 @@ class Trainer(abc.ABC):
 
     def build_optimizer(self, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:
         """AdamW with the plans' learning rate and weight decay; per epoch the rate decays exponentially
-        (``lr_decay_gamma``, the paper) or by nnU-Net's poly rule ``(1 - epoch / max_epochs) ** 0.9``."""
+        (``lr_decay_gamma``, the paper) or by nnU-Net's poly rule ``(1 - progress) ** 0.9``, where progress is
+        :meth:`schedule_progress` (``epoch / max_epochs``, or the spent share of a time budget when larger)."""
         if self.training.optimizer.lower() != "adamw":
             raise HiennuError(f"plans: optimizer {self.training.optimizer!r} is not supported; use 'AdamW'")
         optimizer = torch.optim.AdamW(params, lr=self.training.learning_rate,
                                       weight_decay=self.training.weight_decay)
         if self.training.lr_schedule == "poly":
-            total = self.training.max_epochs
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: max(0.0, 1 - e / total) ** 0.9)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda e: max(0.0, 1 - self.schedule_progress(e)) ** 0.9)
         elif self.training.lr_schedule == "exponential":
             scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.training.lr_decay_gamma)
         else:
             raise HiennuError(f"plans: lr_schedule {self.training.lr_schedule!r} is not one of 'exponential', 'poly'")
         return optimizer, scheduler
+
+    def schedule_progress(self, epoch: int) -> float:
+        """How far the schedule has come after ``epoch`` epochs, in [0, 1]: ``epoch / max_epochs``, or with a time
+        budget (``training.time_budget_minutes``) the share of it the epochs so far took, when that is larger."""
+        progress = epoch / self.training.max_epochs
+        if self.training.time_budget_minutes:
+            progress = max(progress, self._training_seconds() / (60.0 * self.training.time_budget_minutes))
+        return min(1.0, progress)
+
+    def _training_seconds(self, running_epoch_started: float | None = None) -> float:
+        """Wall-clock seconds of the training loop so far (the recorded epochs, resumed runs included, plus
+        the running epoch when its start is given)."""
+        spent = float(sum(self.progress.epoch_seconds))
+        return spent + (time.perf_counter() - running_epoch_started if running_epoch_started is not None else 0.0)
+
+    def _budget_spent(self, running_epoch_started: float | None) -> bool:
+        budget = self.training.time_budget_minutes
+        return bool(budget) and self._training_seconds(running_epoch_started) >= 60.0 * budget
 
     def build_batches(self) -> TrainingBatches:
         """The training loader: this rank's share of each global batch, on the device."""
@@ -230,7 +251,8 @@ class Trainer(abc.ABC):
         try:
             for epoch in range(self.start_epoch, self.training.max_epochs):
                 if self._run_epoch(batches, epoch):
-                    if epoch + 1 < self.training.max_epochs:
+                    if epoch + 1 < self.training.max_epochs and self.early_stopping.patience_spent(
+                            epoch, self.training.patience):
                         es = self.early_stopping
                         log.info("early stopping: no improvement of %s for %d epochs (best %.4f at epoch %d)",
                                  self.training.early_stopping_metric, self.training.patience, es.best_metric,
@@ -248,13 +270,18 @@ class Trainer(abc.ABC):
         started = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
         steps = self._train_steps(batches, epoch)
-        self.scheduler.step()
-        validation = self.validate() if self._validation_due(epoch) else None
+        out_of_time = self._budget_spent(started)
+        validation = self.validate() if self._validation_due(epoch) or out_of_time else None
         improved = validation is not None and self.early_stopping.update(validation[1], epoch,
                                                                          self.training.early_stopping_metric)
         self._record_epoch(epoch, lr, started, steps, validation, improved)
+        self.scheduler.step()  # after the epoch's record, so that a time budget's progress counts this epoch
+        out_of_time = out_of_time or self._budget_spent(None)  # its validation may have spent the rest
         stop = validation is not None and (self.early_stopping.patience_spent(epoch, self.training.patience)
-                                           or epoch + 1 == self.training.max_epochs)
+                                           or epoch + 1 == self.training.max_epochs or out_of_time)
+        if out_of_time and epoch + 1 < self.training.max_epochs:
+            log.info("time budget of %g min spent after epoch %d (%.1f min): training stops",
+                     self.training.time_budget_minutes, epoch, self._training_seconds() / 60)
         self._save_epoch(epoch, improved, finished=stop)
         return stop
 
