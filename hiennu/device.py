@@ -129,6 +129,13 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def memory_format(device: torch.device) -> torch.memory_format:
-    """``channels_last_3d`` on CUDA (faster cuDNN convolutions in bf16), contiguous elsewhere."""
-    return torch.channels_last_3d if device.type == "cuda" else torch.contiguous_format
+def memory_format(device: torch.device, network: torch.nn.Module | None = None) -> torch.memory_format:
+    """The layout of a network's weights and of its ``(B, C, z, y, x)`` input: ``channels_last_3d`` for a 3D
+    network on CUDA (faster cuDNN convolutions in bf16), contiguous elsewhere and for a 2D network (``2d``), whose
+    rank-4 convolution weights cannot take a 3D layout and whose input is reshaped into slices inside it
+    (on CUDA ``network.to(memory_format=channels_last_3d)`` raises for it)."""
+    if device.type != "cuda":
+        return torch.contiguous_format
+    if network is not None and any(p.ndim == 4 for p in network.parameters()):
+        return torch.contiguous_format
+    return torch.channels_last_3d

@@ -243,3 +243,24 @@ def test_2d_end_to_end_plans_trains_and_predicts_in_native_geometry(hiennu_roots
 def sitk_array(image):
     import SimpleITK as sitk
     return sitk.GetArrayFromImage(image)
+
+
+def test_the_cuda_layout_of_a_2d_network_is_one_its_weights_can_take():
+    """On CUDA a 3D network runs channels_last_3d; a 2D one cannot (rank-4 weights: `.to()` raises), which
+    stopped every 2d training on the lent H200 of 2026-12-04 before its first step."""
+    from hiennu.device import memory_format
+    from hiennu.inference.ensemble import FoldEnsemble
+    cuda = torch.device("cuda")
+    net2d = build_network(NetworkPlan(**SLICE_NET))
+    net3d = build_network(NetworkPlan(**{**SLICE_NET, "spatial_dims": 3,
+                                         "pool_kernel_sizes": [[2, 2, 2], [2, 2, 2]]}))
+    with pytest.raises(RuntimeError, match="rank 5"):
+        net2d.to(memory_format=torch.channels_last_3d)
+    assert memory_format(cuda, net2d) == torch.contiguous_format
+    assert memory_format(cuda, net3d) == torch.channels_last_3d
+    assert memory_format(torch.device("cpu"), net3d) == torch.contiguous_format
+    net2d.to(memory_format=memory_format(cuda, net2d))  # what the trainer and the predictor do; no error
+    # an ensemble of a 2D and a 3D network keeps one layout per network (on the CPU both are contiguous)
+    ens = FoldEnsemble([net2d, net3d], device="cpu")
+    probs = ens.predict_probabilities(torch.randn(1, 2, 4, 16, 16))
+    assert probs.shape == (1, 4, 16, 16) and torch.isfinite(probs).all()

@@ -40,8 +40,8 @@ class FoldEnsemble:
         if not networks:
             raise ValueError("an ensemble needs at least one network")
         self.device = torch.device(device)
-        self.memory_format = memory_format(self.device)
-        self.networks = [n.to(self.device, memory_format=self.memory_format).eval() for n in networks]
+        self.memory_formats = [memory_format(self.device, n) for n in networks]
+        self.networks = [n.to(self.device, memory_format=f).eval() for n, f in zip(networks, self.memory_formats)]
         self.flips = mirror_combinations(mirror_axes or ())
         self.cpu_bf16 = bool(cpu_bf16)
 
@@ -58,9 +58,10 @@ class FoldEnsemble:
         """
         if batch.ndim != 5:
             raise ValueError(f"expected a (B, C, z, y, x) batch, got shape {tuple(batch.shape)}")
-        x = batch.to(self.device, dtype=torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
-        total = torch.zeros((x.shape[0],) + tuple(x.shape[2:]), dtype=torch.float32, device=self.device)
-        for net in self.networks:
+        batch = batch.to(self.device, dtype=torch.float32, non_blocking=True)
+        total = torch.zeros((batch.shape[0],) + tuple(batch.shape[2:]), dtype=torch.float32, device=self.device)
+        for net, fmt in zip(self.networks, self.memory_formats):
+            x = batch.contiguous(memory_format=fmt)
             for flip in self.flips:
                 dims = [d + 2 for d in flip]
                 xin = torch.flip(x, dims) if dims else x

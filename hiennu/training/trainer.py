@@ -115,7 +115,8 @@ class Trainer(abc.ABC):
         network = self.build_network()
         if self.dist.enabled:
             network = convert_batchnorm(network, self.device.type)
-        self.network: nn.Module = network.to(self.device, memory_format=memory_format(self.device))
+        self.memory_format = memory_format(self.device, network)
+        self.network: nn.Module = network.to(self.device, memory_format=self.memory_format)
         self.model: nn.Module = self.network  # what the steps run: wrapped in DDP and/or torch.compile by _setup
         self.loss = self.build_loss()
         if self.training.batch_dice:
@@ -317,7 +318,7 @@ class Trainer(abc.ABC):
 
     def _train_step(self, data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """One optimizer step on this rank's batch; returns the segmentation loss (no L1 term)."""
-        data = data.to(self.device, non_blocking=True).contiguous(memory_format=memory_format(self.device))
+        data = data.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         target = target.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.training.cpu_bf16):
@@ -414,7 +415,7 @@ class Trainer(abc.ABC):
     def _validation_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(1, 1, z, y, x)`` float32 of a whole preprocessed case ``(1, C, z, y, x)``: one pass on a
         whole-volume grid, or a Gaussian-weighted sliding window of the patch size (no mirroring)."""
-        fmt = memory_format(self.device)
+        fmt = self.memory_format
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.training.cpu_bf16):
