@@ -4,7 +4,7 @@
 #   DEADLINE_S=540 CONFIGS="2d 3d_fullres" PLANS_JSON=gpu_data/K1.json PLANS_NAME=K1L bash benchmarks/gpu_cv.sh
 # Run from the repository root. Needs the BONBID dev cases at $BONBID_SRC (default gpu_data/BONBID2023_Train_dev),
 # and, where SimpleITK/batchgenerators/acvl_utils are missing, wheels in $WHEELS (gpu_data/wheels) and pure-Python
-# packages in $PYLIB (gpu_data/pylib). Steps: install; convert; plan + preprocess (the planner's own plans, or
+# packages in $PYLIB (gpu_data/pylib); `bash benchmarks/gpu_carry.sh [PLANS_JSON]` fills gpu_data/. Steps: install; convert; plan + preprocess (the planner's own plans, or
 # PLANS_JSON copied in as PLANS_NAME with the schedule below written into it); `pytest -m gpu` beside the
 # preprocessing; then every fold of every configuration in parallel, each with the time budget left before the
 # deadline (the trainer's --time-budget: the poly rate decays on the time spent); the final validation keeps
