@@ -66,3 +66,33 @@ def test_global_batchnorm_matches_batchnorm_over_the_whole_batch(tmp_path):
         torch.testing.assert_close(gbn.running_var, bn.running_var)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned ranks, ~30 s
+def test_under_a_time_budget_two_gloo_processes_take_the_same_rate_and_stop_together(hiennu_roots, tmp_path,
+                                                                                      monkeypatch):
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], dropout=0.0)
+    path = hiennu_roots["hiennu_preprocessed"] / "Dataset001_Tiny" / "plans.json"
+    plans = json.loads(path.read_text())
+    for config in plans["configurations"].values():
+        config["training"]["lr_schedule"] = "poly"
+    path.write_text(json.dumps(plans))
+    # rank 1 is slower than rank 0, so their own clocks would disagree on when the budget ran out
+    mod = write_module(tmp_path, "ddp_budget_trainers", """
+        import time
+        from hiennu.training.trainers import TrainerDice
+        class TrainerUneven(TrainerDice):
+            def _train_step(self, data, target):
+                time.sleep(0.05 + 0.1 * self.dist.rank)
+                return super()._train_step(data, target)
+        """)
+    from hiennu.training.launch import train
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    train(options(epochs=50, patience=50, iterations_per_epoch=2, num_gpus=2, time_budget_minutes=1.0 / 60),
+          f"{mod}:TrainerUneven")
+    out = fold_dir(hiennu_roots["hiennu_results"], "TrainerUneven")
+    final = load(out / "checkpoint_final.pth")
+    epochs = final["progress"]["epoch"]
+    assert final["world_size"] == 2 and 1 <= len(epochs) < 50
+    lrs = final["progress"]["lr"]
+    assert all(b < a for a, b in zip(lrs, lrs[1:]))  # the poly rate fell with the shared clock

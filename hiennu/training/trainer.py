@@ -167,9 +167,14 @@ class Trainer(abc.ABC):
 
     def _training_seconds(self, running_epoch_started: float | None = None) -> float:
         """Wall-clock seconds of the training loop so far (the recorded epochs, resumed runs included, plus
-        the running epoch when its start is given)."""
+        the running epoch when its start is given). Under DDP with a time budget, the mean over the ranks
+        (every rank calls this at the same point), so that all ranks take the same rate and stop together."""
         spent = float(sum(self.progress.epoch_seconds))
-        return spent + (time.perf_counter() - running_epoch_started if running_epoch_started is not None else 0.0)
+        spent += time.perf_counter() - running_epoch_started if running_epoch_started is not None else 0.0
+        if self.dist.enabled and self.training.time_budget_minutes:
+            shared = all_reduce_sum(torch.tensor([spent], dtype=torch.float64, device=self.device))
+            spent = float(shared[0]) / self.dist.world_size
+        return spent
 
     def _budget_spent(self, running_epoch_started: float | None) -> bool:
         budget = self.training.time_budget_minutes
