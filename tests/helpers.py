@@ -5,6 +5,7 @@ Imported by the test modules (``from helpers import ...``) and by ``conftest.py`
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import textwrap
@@ -23,6 +24,19 @@ from hiennu.io.image import Geometry, write_image
 from hiennu.networks.unet import build_network
 from hiennu.plans import (AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, Plans,
                                    TrainingPlan, save_plans)
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/NAME.py`` as a module (the benchmarks are scripts, not a package), registered in
+    ``sys.modules`` so that its dataclasses and pickling work."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 # ---------------------------------------------------------------- a tiny preprocessed dataset and its training
 

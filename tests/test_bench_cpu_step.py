@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
 import torch
 
 from hiennu.plans import PLANS_NAME
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu_step.py"
-
+from helpers import load_benchmark
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_cpu_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_cpu_step"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_cpu_step")
 
 
 def test_phased_step_matches_the_trainer_step(hiennu_roots):

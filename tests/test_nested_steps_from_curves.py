@@ -3,22 +3,15 @@ whole script reads a model folder and the preprocessed cases."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "nested_steps_from_curves.py"
+from helpers import load_benchmark
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("nested_steps_from_curves", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["nested_steps_from_curves"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("nested_steps_from_curves")
 
 
 def test_each_fold_is_chosen_on_the_other_folds_only():

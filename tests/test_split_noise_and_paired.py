@@ -5,10 +5,8 @@ tables of benchmarks/postprocessing_cv.py (MASD's n and over the common cases; m
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,18 +17,14 @@ from hiennu.planning import splits
 from hiennu.study import split_seeds
 from hiennu.study.postprocessed_comparison import (PAIRED_NOTE, RULE_METHOD, compare_models_with_rule,
                                                    comparison_markdown, paired_against_rule)
-from helpers import raw_and_model_with_false_positives
+from helpers import load_benchmark, raw_and_model_with_false_positives
 
 FRACTIONS = {f"case_{i:02d}": f for i, f in enumerate([0.0, 0.0, 0.003, 0.004, 0.008, 0.02, 0.03, 0.04, 0.06, 0.1,
                                                        0.001, 0.002])}
 
 
 def _benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "postprocessing_cv.py"
-    spec = importlib.util.spec_from_file_location("postprocessing_cv", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("postprocessing_cv")
 
 
 @pytest.fixture
