@@ -114,18 +114,20 @@ done; done; done
 for p in "${PIDS[@]}"; do wait "$p" || say "a training process ended with rc $?"; done
 say "training done"
 
-python3 - "$hiennu_results/Dataset001_BONBID" "$TRAINER" "$PLANS_NAME" "$CONFIGS" "$ITERS" >>"$LOG" 2>&1 <<'EOF'
-import json, statistics, sys
+python3 - "$hiennu_results/Dataset001_BONBID" "$TRAINER" "$PLANS_NAME" "$CONFIGS" >>"$LOG" 2>&1 <<'EOF'
+import json, math, statistics, sys
 from pathlib import Path
-root, trainer, plans, configs, iters = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split(), int(sys.argv[5])
+root, trainer, plans, configs = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split()
 for c in configs:
     for fold in sorted(root.glob(f"**/{trainer}__{plans}__{c}/fold_[0-9]")):
         f = str(fold.relative_to(root).parent.parent / fold.name)
         try:
             p = json.loads((fold / "progress.json").read_text())
             s = json.loads((fold / "validation" / "summary.json").read_text())["metrics"]
-            fold_plans = json.loads((fold / "plans.json").read_text())["configurations"][c]["training"]
-            print(c, f, "epochs", len(p["epoch"]), "steps", len(p["epoch"]) * (fold_plans["iterations_per_epoch"] or iters),
+            debug = json.loads((fold / "debug.json").read_text())  # the steps an epoch, as the trainer counted them
+            plan = debug["effective_training_plan"]
+            per_epoch = plan["iterations_per_epoch"] or math.ceil(len(debug["train_cases"]) / plan["batch_size"])
+            print(c, f, "epochs", len(p["epoch"]), "steps", len(p["epoch"]) * per_epoch,
                   "median step s", round(statistics.median(p["step_seconds"]), 4),
                   "data wait", round(statistics.median(p["data_wait_fraction"]), 3),
                   "train loss", round(p["train_loss"][0], 3), "->", round(p["train_loss"][-1], 3),

@@ -56,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     folds = sorted(args.model.glob("fold_[0-9]"))
     if len(folds) < 3:
         raise SystemExit(f"{args.model}: needs 3 folds or more, found {len(folds)}")
+    for f in folds:
+        for name in ("progress.json", "debug.json"):
+            if not (f / name).is_file():
+                raise SystemExit(f"{f / name} is missing: {f.name} has not been trained (or not by hiennu_train)")
     progress = [json.loads((f / "progress.json").read_text()) for f in folds]
-    splits = [json.loads((f / "debug.json").read_text()).get("val_cases") if (f / "debug.json").is_file() else None
-              for f in folds]
+    splits = [json.loads((f / "debug.json").read_text()).get("val_cases") for f in folds]
     epochs = min(len(p["val_dice"]) for p in progress)
     curves = np.array([[np.nan if v is None else v for v in p["val_dice"][:epochs]] for p in progress])
     if np.isnan(curves).any():

@@ -47,3 +47,12 @@ def test_the_script_reports_the_nested_choice_the_last_epoch_and_the_rule(tmp_pa
     out = capsys.readouterr().out
     pooled = [line for line in out.splitlines() if line.startswith("pooled")][0]
     assert "nested choice 0.500" in pooled and "last epoch 0.300" in pooled and "rule 1.000" in pooled
+
+
+def test_a_fold_without_its_training_files_is_named(tmp_path):
+    import pytest
+    model = tmp_path / "TrainerX__P__3d_fullres"
+    for k in range(3):
+        (model / f"fold_{k}").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"fold_0.progress\.json is missing: fold_0 has not been trained"):
+        _script().main([str(model), str(tmp_path)])
