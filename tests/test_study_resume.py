@@ -178,3 +178,25 @@ def test_the_study_checks_every_finished_fold_before_training_anything(finished_
                                           r"training.max_epochs: trained with 1, requested 2"):
         run_loss_study(opts)
     assert not (finished_fold.parent.parent / "TrainerTversky__hiennuPlans__3d_fullres").exists()  # nothing trained
+
+
+def _plans_with_batch_dice(hiennu_roots):
+    from hiennu.plans import load_plans, save_plans
+    path = hiennu_roots["hiennu_preprocessed"] / DATASET / "plans.json"
+    plans = load_plans(path)
+    plans.configuration().training.batch_dice = True
+    save_plans(plans, path)
+
+
+def test_the_study_refuses_a_loss_the_batch_dice_plans_cannot_train_before_training_anything(hiennu_roots):
+    from hiennu.study.loss_study import check_losses_fit_plans, run_loss_study
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
+    (hiennu_roots["hiennu_raw"] / DATASET / "labelsTr").mkdir(parents=True)
+    opts = _study_options(trainers=["TrainerDice", "TrainerHDT", "TrainerTverskyHDT"])
+    check_losses_fit_plans("Tiny", opts)  # per-sample plans: every loss trains
+    _plans_with_batch_dice(hiennu_roots)
+    with pytest.raises(HiennuError, match=r"batch_dice is true, and the loss of TrainerHDT \(HausdorffDTLoss\) has "
+                                          r"no region term.*nothing was trained"):
+        run_loss_study(opts)
+    assert not list(hiennu_roots["hiennu_results"].rglob("TrainerDice__*"))  # the first trainer did not start
+    check_losses_fit_plans("Tiny", _study_options(trainers=["TrainerDice", "TrainerTverskyHDT"]))  # hybrids fit

@@ -49,6 +49,7 @@ from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
+from hiennu.losses.base import use_batch_reduction
 from hiennu.paths import parse_model_dir_name, raw_root, resolve_dataset, results_root
 from hiennu.plans import PLANS_NAME
 from hiennu.postprocessing.commands import determine_postprocessing
@@ -173,8 +174,9 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
         raise HiennuError(f"{raw_dir}: raw dataset with labelsTr/ not found; the study scores validation "
                           f"predictions against the raw labels (hiennu_convert_bonbid / hiennu_make_synthetic)")
     ensure_seed_splits(dataset, opts.training.split_seed)
+    check_losses_fit_plans(dataset, opts)  # before hours of training, not after
     if not opts.retrain_mismatched:
-        check_finished_folds(dataset, opts)  # before hours of training, not after
+        check_finished_folds(dataset, opts)
     tracker = StudyProgress(len(opts.trainers) * len(opts.folds))
     runs: dict[str, list[FoldRun]] = {}
     for name in opts.trainers:
@@ -260,6 +262,35 @@ class StudyProgress:
             eta = "ETA unknown (no run trained yet)" if left else "ETA 0.0 min"
         how = f"in {seconds / 60:.1f} min" if trained else "(reused)"
         return f"run {self.finished}/{self.total} done: {trainer} fold {fold} {how}; {eta}"
+
+
+def check_losses_fit_plans(dataset: str, opts: LossStudyOptions) -> None:
+    """Refuse, before anything is trained, a trainer whose loss the plans cannot train.
+
+    With ``training.batch_dice`` (what the planner writes for ``2d``) a loss with no region term (the
+    distance-transform loss alone, ``TrainerHDT``) has nothing to sum over the batch, and its trainer
+    raises when it is built; in a six-loss study that came after hours of the other trainers' folds. A
+    custom trainer whose ``build_loss`` needs the trainer's state is not checked here (it still raises
+    when it is built).
+    """
+    problems = []
+    for name in opts.trainers:
+        cls = get_trainer_class(name)
+        if not _fold_layout(name, opts.folds[0], dataset, opts).training.batch_dice:
+            continue
+        try:
+            loss = cls.build_loss(object.__new__(cls))  # the built-in trainers' losses need no trainer state
+        except Exception:  # noqa: BLE001 - a custom build_loss that reads the trainer: checked when it trains
+            continue
+        try:
+            use_batch_reduction(loss)
+        except HiennuError:
+            problems.append(f"{name} ({type(loss).__name__})")
+    if problems:
+        raise HiennuError(f"plans {opts.plans_name!r}: training.batch_dice is true, and the loss of "
+                          f"{', '.join(problems)} has no region term to sum over the batch (distance-transform "
+                          f"losses are per sample); nothing was trained. Leave these trainers out of --trainers, "
+                          f"or study them with plans whose training.batch_dice is false (-p NAME)")
 
 
 def check_finished_folds(dataset: str, opts: LossStudyOptions) -> None:
