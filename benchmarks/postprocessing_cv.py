@@ -29,7 +29,8 @@ preprocessed dataset, written from the fingerprint when absent; ``splits_final.j
 a model's folds of that seed are read from ``$hiennu_results/DatasetNNN_Name/split_seed_S/MODEL``).
 ``--split-seeds default 0 1 2 3 4`` runs several splits in one call (``default``: ``splits_final.json``),
 each into ``OUT/split_<seed>/``, and writes ``OUT/split_seeds.md``: every split's numbers and their mean
-and SD (ddof=1) over the splits::
+and SD (ddof=1) over the splits, and with a model its margin over the rule split by split, with the margin's
+mean and SD over the splits and the number of splits where the model is the better::
 
     python benchmarks/postprocessing_cv.py -d BONBID -o /tmp/ppcv_splits --split-seeds default 0 1 2 3 4 \
         --splits-dir /tmp/ppcv_splits/splits     # leaves the preprocessed folder unwritten
@@ -180,6 +181,7 @@ def results_table(results: dict) -> str:
 SEED_COLUMNS = (("dice", "Dice", ".3f"), ("masd", "MASD (mm)", ".2f"), ("nsd", "NSD", ".3f"),
                 ("hd95", "HD95 (mm)", ".1f"), ("lesion_recall", "lesion recall", ".3f"),
                 ("lesion_precision", "lesion precision", ".3f"))
+LOWER_IS_BETTER = {"masd", "hd95"}
 
 
 def seeds_table(by_seed: dict[int | None, dict]) -> str:
@@ -204,9 +206,39 @@ def seeds_table(by_seed: dict[int | None, dict]) -> str:
             cells.append(f"{v.mean():{fmt}} ± {sd:{fmt}} [{v.min():{fmt}}, {v.max():{fmt}}]")
         lines.append("| " + " | ".join([f"**{method}**", f"mean ± SD [min, max] over {len(by_seed)} splits"]
                                        + cells + [""]) + " |")
-    return ("Post-processing chosen by nested CV on each split (each fold's choice made on the other folds only). "
+    text = ("Post-processing chosen by nested CV on each split (each fold's choice made on the other folds only). "
             "Splits: " + ", ".join(split_label(s) for s in by_seed) + " (default: splits_final.json, seed 12345). "
             "MASD is averaged over the cases where it is defined (its n per split).\n\n" + "\n".join(lines) + "\n")
+    models = [m for m in methods if m != RULE]
+    return text + "".join("\n" + difference_table(by_seed, m) for m in models)
+
+
+def difference_table(by_seed: dict[int | None, dict], model: str) -> str:
+    """``model`` + nested post-processing minus the rule + nested post-processing, split by split (the
+    difference of their means over the split's cases), the mean and SD (ddof=1) of each difference over the
+    splits, and in how many splits the model is the better (higher Dice, NSD, recall, precision; lower MASD,
+    HD95): a margin smaller than its SD over the splits is not one to claim."""
+    header = ["split"] + [label for _, label, _ in SEED_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    diffs: dict[str, list[float]] = {key: [] for key, _, _ in SEED_COLUMNS}
+    for seed, results in by_seed.items():
+        m, r = (results[x]["summaries"]["nested"]["metrics"] for x in (model, RULE))
+        cells = []
+        for key, _, fmt in SEED_COLUMNS:
+            d = float(m[key]["mean"]) - float(r[key]["mean"])
+            diffs[key].append(d)
+            cells.append(f"{d:+{fmt}}")
+        lines.append("| " + " | ".join([split_label(seed)] + cells) + " |")
+    summary, better = [], []
+    for key, _, fmt in SEED_COLUMNS:
+        v = np.asarray(diffs[key])
+        sd = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+        summary.append(f"{v.mean():+{fmt}} ± {sd:{fmt}}")
+        better.append(str(int(np.sum(v < 0 if key in LOWER_IS_BETTER else v > 0))))
+    lines.append("| " + " | ".join([f"**mean ± SD over {len(by_seed)} splits**"] + summary) + " |")
+    lines.append("| " + " | ".join([f"splits where the model is better (of {len(by_seed)})"] + better) + " |")
+    return (f"{model} + post-processing minus {RULE} + post-processing, both chosen by nested CV on each split "
+            f"(MASD: each method's mean over its own defined cases, n above):\n\n" + "\n".join(lines) + "\n")
 
 
 def run_split(folder: str, raw_dir: Path, ending: str, model: str | None, split_seed: int | None, out: Path,

@@ -191,3 +191,21 @@ def test_benchmark_seed_table_gives_mean_and_sd_over_the_splits():
     text = bench.seeds_table(by_seed)
     assert "| rule: ZADC < -2 | default | 0.600 |" in text and "| rule: ZADC < -2 | 1 | 0.800 |" in text
     assert "| **rule: ZADC < -2** | mean ± SD [min, max] over 3 splits | 0.700 ± 0.100 [0.600, 0.800] |" in text
+
+
+def test_benchmark_seed_table_gives_the_model_margin_over_the_rule_per_split_with_its_sd():
+    bench = _benchmark()
+    rows = [{"case_id": "a", "dice": 0.5, "masd": 1.0, "nsd": 0.5, "hd95": 1.0, "lesion_recall": 1.0,
+             "lesion_precision": 1.0}]
+    # model minus rule, Dice: +0.05, -0.01, +0.02 (mean +0.020, SD 0.030); MASD: -1.0, +0.5, -0.5 mm (mean -0.33)
+    by_seed = {seed: {"M": _method(rows, rows, dice=rule_dice + d, masd=3.0 + m),
+                      bench.RULE: _method(rows, rows, dice=rule_dice, masd=3.0)}
+               for seed, rule_dice, d, m in ((None, 0.6, 0.05, -1.0), (0, 0.7, -0.01, 0.5), (1, 0.5, 0.02, -0.5))}
+    text = bench.seeds_table(by_seed)
+    assert "| **M** | mean ± SD [min, max] over 3 splits |" in text   # the model's own rows stay
+    assert "M + post-processing minus rule: ZADC < -2 + post-processing" in text
+    assert "| default | +0.050 | -1.00 | +0.000 |" in text and "| 0 | -0.010 | +0.50 |" in text
+    assert "| **mean ± SD over 3 splits** | +0.020 ± 0.030 | -0.33 ± 0.76 | +0.000 ± 0.000 |" in text
+    assert "| splits where the model is better (of 3) | 2 | 2 | 0 |" in text    # lower MASD is better
+    rule_only = bench.seeds_table({seed: {bench.RULE: r[bench.RULE]} for seed, r in by_seed.items()})
+    assert "minus" not in rule_only
