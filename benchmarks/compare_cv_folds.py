@@ -27,6 +27,7 @@ import numpy as np
 from hiennu.evaluation.evaluate import read_per_case_csv
 from hiennu.evaluation.paired_comparison import paired_markdown
 from hiennu.evaluation.report import paired_test_across_metrics
+from hiennu.training.options import NUM_FOLDS
 
 METRICS = ("dice", "masd", "nsd")
 
@@ -34,7 +35,7 @@ METRICS = ("dice", "masd", "nsd")
 def finished_folds(model: Path) -> dict[int, list[dict]]:
     """Per-case rows of every fold of ``model`` whose final validation wrote its per-case table."""
     folds = {}
-    for k in range(5):
+    for k in range(NUM_FOLDS):
         table = model / f"fold_{k}" / "validation" / "summary_per_case.csv"
         if table.is_file():
             folds[k] = read_per_case_csv(table)
