@@ -164,12 +164,39 @@ def test_the_planner_writes_a_2d_configuration_beside_3d_fullres():
     assert slices.target_spacing_zyx[0] == pytest.approx(float(np.median([c.spacing_zyx[0] for c in fp.cases])))
     assert slices.network.rule_prior == full.network.rule_prior
     assert all(k[0] == 1 for k in slices.network.pool_kernel_sizes)
+    assert slices.network.features_per_stage == [12, 24, 48, 96, 192][:len(slices.network.features_per_stage)]
     assert slices.training.batch_size >= 2 and "each case keeps its own slices" in slices.notes
     assert slices.training.foreground_oversampling == pytest.approx(0.33)
     # the patch covers the largest brain box in-plane at the target spacing
     boxes = np.array([[b[1] * s[1] / full.target_spacing_zyx[1], b[2] * s[2] / full.target_spacing_zyx[2]]
                       for b, s in ((c.brain_box_zyx, c.spacing_zyx) for c in fp.cases)])
     assert slices.patch_size_zyx[1] >= boxes[:, 0].max() and slices.patch_size_zyx[2] >= boxes[:, 1].max()
+
+
+def _flops_per_voxel(plan: NetworkPlan, patch_zyx) -> float:
+    """Forward + backward FLOPs of ``plan``'s network on one patch, per voxel (torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    net = build_network(plan)
+    x = torch.zeros(1, plan.in_channels, *patch_zyx)
+    with FlopCounterMode(display=False) as counter:
+        out = net(x)
+        (out[0] if isinstance(out, (list, tuple)) else out).sum().backward()
+    return counter.get_total_flops() / float(np.prod(patch_zyx))
+
+
+def test_the_cpu_2d_network_costs_about_half_the_flops_per_voxel_of_the_cpu_3d_network():
+    # why the CPU 2d is narrower than nnU-Net's habit: at widths 16-256 a 2D step would cost about as much per
+    # voxel as the 3D one (each 2D level costs as much as the one above it), and its throughput gain would vanish
+    from hiennu.planning.topology import plan_patch, plan_slice_patch
+    three = plan_patch([48, 88, 72], [48, 88, 72], [2.0, 1.375, 1.375], 2, "cpu", 0.0, 1e9)
+    two = plan_slice_patch([48, 96, 80], [2.0, 1.375, 1.375], 2, "cpu", 0.0, 1e9)
+    assert two.network.features_per_stage == [12, 24, 48, 96, 192]
+    for plan in (three.network, two.network):
+        plan.dropout_per_stage = [0.0] * len(plan.features_per_stage)
+    ratio = _flops_per_voxel(two.network, two.patch_size_zyx) / _flops_per_voxel(three.network, [16, 32, 32])
+    assert 0.35 < ratio < 0.6
+    wide = dataclasses.replace(two.network, features_per_stage=[16, 32, 64, 128, 256])
+    assert _flops_per_voxel(wide, two.patch_size_zyx) / _flops_per_voxel(two.network, two.patch_size_zyx) > 1.6
 
 
 def _fingerprint():

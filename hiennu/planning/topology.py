@@ -155,12 +155,16 @@ def plan_patch(median_box_zyx: Sequence[float], max_box_zyx: Sequence[float], sp
     return PatchPlan(patch, network, batch, reason)
 
 
-# nnU-Net's 2d: wider and deeper than the 3D CPU network (a 3x3 convolution costs a third of a 3x3x3 one),
-# a batch of many slices. CPU: widths 16-256, as many slices as fit CPU_SLICE_BATCH_VOXELS (a step of about
-# a fifth of the 3D patch step in bf16 on BONBID; documentation/benchmarks.md); GPU: nnU-Net's 2d widths, batch by the memory estimate.
-CPU_SLICE_FEATURES = (16, 32, 64, 128, 256)
+# nnU-Net's 2d: deeper than the 3D CPU network, a batch of many slices. CPU: widths 12-192 over five stages,
+# as many slices as fit CPU_SLICE_BATCH_VOXELS. Narrower than nnU-Net's habit because each 2D level costs as
+# much per voxel as the one above it: widths 16-256 cost 276 k FLOPs a voxel (forward + backward), close to
+# the 3D CPU network's 323 k; 12-192 cost 156 k, a float32 step of 2.05x the voxels per second of 3d_fullres
+# (documentation/benchmarks.md), and trained better by 5-fold CV on the 37 BONBID dev cases (Dice 0.518 against 0.476 for 16-256,
+# paired Wilcoxon Holm p 0.044 on Dice, MASD and NSD; documentation/results.md, session 26, recipe 13).
+# GPU: nnU-Net's 2d widths, batch by the memory estimate.
+CPU_SLICE_FEATURES = (12, 24, 48, 96, 192)
 GPU_SLICE_FEATURES = (32, 64, 128, 256, 512, 512)
-CPU_SLICE_BATCH_VOXELS = 160_000  # 20 slices of 96 x 80 on BONBID: 0.33 s a bf16 step on 2 cores
+CPU_SLICE_BATCH_VOXELS = 160_000  # 20 slices of 96 x 80 on BONBID: 0.29 s a float32 step on 2 cores
 SLICE_BATCH_RANGE = (2, 64)
 
 
