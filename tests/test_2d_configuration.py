@@ -191,8 +191,6 @@ def test_the_cpu_2d_network_costs_about_half_the_flops_per_voxel_of_the_cpu_3d_n
     three = plan_patch([48, 88, 72], [48, 88, 72], [2.0, 1.375, 1.375], 2, "cpu", 0.0, 1e9)
     two = plan_slice_patch([48, 96, 80], [2.0, 1.375, 1.375], 2, "cpu", 0.0, 1e9)
     assert two.network.features_per_stage == [12, 24, 48, 96, 192]
-    for plan in (three.network, two.network):
-        plan.dropout_per_stage = [0.0] * len(plan.features_per_stage)
     ratio = _flops_per_voxel(two.network, two.patch_size_zyx) / _flops_per_voxel(three.network, [16, 32, 32])
     assert 0.35 < ratio < 0.6
     wide = dataclasses.replace(two.network, features_per_stage=[16, 32, 64, 128, 256])

@@ -159,8 +159,9 @@ def plan_patch(median_box_zyx: Sequence[float], max_box_zyx: Sequence[float], sp
 # as many slices as fit CPU_SLICE_BATCH_VOXELS. Narrower than nnU-Net's habit because each 2D level costs as
 # much per voxel as the one above it: widths 16-256 cost 276 k FLOPs a voxel (forward + backward), close to
 # the 3D CPU network's 323 k; 12-192 cost 156 k, a float32 step of 2.05x the voxels per second of 3d_fullres
-# (documentation/benchmarks.md), and trained better by 5-fold CV on the 37 BONBID dev cases (Dice 0.518 against 0.476 for 16-256,
-# paired Wilcoxon Holm p 0.044 on Dice, MASD and NSD; documentation/results.md, session 26, recipe 13).
+# (documentation/benchmarks.md), and trained better by 5-fold CV on the 37 BONBID dev cases (Dice 0.518
+# against 0.476 for 16-256, paired Wilcoxon Holm p 0.044 on Dice, MASD and NSD; documentation/results.md,
+# session 26, recipe 13).
 # GPU: nnU-Net's 2d widths, batch by the memory estimate.
 CPU_SLICE_FEATURES = (12, 24, 48, 96, 192)
 GPU_SLICE_FEATURES = (32, 64, 128, 256, 512, 512)
