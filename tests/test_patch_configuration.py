@@ -332,7 +332,8 @@ def test_rule_prior_cap_bounds_the_rule_logits_and_keeps_their_gradient():
 def test_the_veto_of_a_voxel_deep_in_the_rule_has_a_gradient_only_at_a_gentle_scale(scale):
     # What the prior's scale does to learning (results.md, session 22): a false positive of the rule at
     # ZADC -4 starts at the logit k (t - z) = 2k; the gradient of its probability through the head's bias is 64 voxels x sigmoid'(2k) x
-    # softplus'(0) = 32 sigmoid'(2k): 3.4 at k = 1, 6.6e-8 at k = 10 (0 in float32): no loss can teach that veto
+    # softplus'(0) = 32 sigmoid'(2k): 3.4 at k = 1, 6.6e-8 at k = 10 (0 in float32): no loss on probabilities (Dice, Tversky,
+    # the Hausdorff term) can teach that veto; the focal term, on logits, can (next test)
     plan = NetworkPlan(in_channels=2, features_per_stage=[4, 8], pool_kernel_sizes=[[2, 2, 2]],
                        dropout_per_stage=[0.0, 0.0], norm="instance", rule_prior=True, rule_prior_mode="veto",
                        rule_prior_scale=scale)
@@ -346,3 +347,20 @@ def test_the_veto_of_a_voxel_deep_in_the_rule_has_a_gradient_only_at_a_gentle_sc
         assert grad == pytest.approx(32 * float(s * (1 - s)), rel=1e-3)
     else:
         assert grad < 1e-7  # 6.6e-8 in exact arithmetic; float32's sigmoid(20) rounds to 1, so it is 0
+
+
+def test_the_focal_term_can_veto_a_voxel_deep_in_the_rule_at_k_10():
+    # The focal loss is computed from logits, so a false positive of the rule at logit 20 keeps its gradient:
+    # d/dL [sigmoid(L)^2 softplus(L)] = 1 at L = 20 (float32), the mean over the N voxels gives each 1/N, and the
+    # veto's d(out)/dn = -sigmoid(0) = -1/2 with the head at zero: the head's bias gets exactly -1/2
+    from hiennu.losses.focal import FocalLoss
+    plan = NetworkPlan(in_channels=2, features_per_stage=[4, 8], pool_kernel_sizes=[[2, 2, 2]],
+                       dropout_per_stage=[0.0, 0.0], norm="instance", rule_prior=True, rule_prior_mode="veto",
+                       rule_prior_scale=10.0)
+    net = build_network(plan).eval()
+    x = torch.zeros(1, 2, 4, 8, 8)
+    x[:, 1] = -4.0
+    logits = net(x)
+    assert float(logits.min()) == pytest.approx(20.0)
+    FocalLoss()(logits, torch.zeros_like(logits)).backward()
+    assert float(net.heads[-1].bias.grad) == pytest.approx(-0.5, rel=1e-5)
