@@ -151,7 +151,24 @@ def test_the_study_writes_the_comparison_or_says_why_not(tmp_path):
         SimpleNamespace(folds=(0, 1), num_processes=1))
     text = (out / "postprocessed_vs_rule.md").read_text()
     assert "| TrainerX + post-processing | rule: ZADC < -2 + post-processing | Dice | 4 |" in text
+    assert "hiennu_find_best_configuration" not in text  # one trainer: no choice to estimate
     assert "p_holm" in (out / "postprocessed_vs_rule.csv").read_text()
+
+
+def test_the_study_names_the_command_that_estimates_choosing_its_loss(tmp_path):
+    from hiennu.study.loss_study import loss_choice_command
+
+    def runs(*models):
+        return {m.split("__")[0]: [SimpleNamespace(fold_dir=tmp_path / m / "fold_0")] for m in models}
+
+    data = "Dataset001_BONBID/"
+    assert loss_choice_command(runs(data + "TrainerDice__hiennuPlans__2d", data + "TrainerTversky__hiennuPlans__2d")) == (
+        "hiennu_find_best_configuration -d Dataset001_BONBID -c 2d -tr TrainerDice TrainerTversky -p hiennuPlans "
+        "--no-ensembles --nested-choice")
+    assert loss_choice_command(runs(data + "TrainerDice__hiennuPlans__2d")) is None  # nothing to choose
+    assert loss_choice_command(runs(data + "TrainerDice__hiennuPlans__2d", data + "TrainerHDT__NoBD__2d")) is None
+    seed = "Dataset001_BONBID/split_seed_3/"
+    assert loss_choice_command(runs(seed + "TrainerDice__hiennuPlans__2d", seed + "TrainerHDT__hiennuPlans__2d")) is None
 
 
 def _summary(per_case, **means):

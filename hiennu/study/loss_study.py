@@ -20,7 +20,9 @@ post-processing candidates scored by cross-validation, the choice stored as the 
 ``postprocessed_vs_rule.md``/``postprocessed_vs_rule.csv`` (each trainer + its nested post-processing
 against the rule ZADC < -2 + its own nested post-processing over the same cases: the paired Wilcoxon
 test, Holm-corrected across Dice, MASD and NSD, with n beside it;
-:mod:`hiennu.study.postprocessed_comparison`; masks under ``postprocessed/``).
+:mod:`hiennu.study.postprocessed_comparison`; masks under ``postprocessed/``; with two trainers or more, the
+``hiennu_find_best_configuration --nested-choice`` command that estimates choosing one of them by that table
+fully nested, which the study does not run: on BONBID it took 7 min, 2026-12-05).
 
 Progress over the whole study is logged after each (trainer, fold) run: runs done out of the total,
 the run's time and an ETA (:class:`StudyProgress`). A finished fold is reused only when its record
@@ -402,9 +404,28 @@ def write_postprocessed_vs_rule(runs: dict[str, list[FoldRun]], records: dict[st
     result = compare_models_with_rule({name: fold_runs[0].fold_dir.parent for name, fold_runs in runs.items()},
                                       records, raw_dir, opts.folds, out / "postprocessed",
                                       num_processes=opts.num_processes)
-    write_text(result["markdown"] + f"\nThe rule's nested choices per fold: {result['rule_choices']}.\n",
+    command = loss_choice_command(runs)
+    honest = ("" if command is None else
+              "\nPicking the trainer with the best row above is itself a choice made on these cases, and flatters it. "
+              "Its fully nested estimate (the trainer and its post-processing chosen without each fold, then scored "
+              f"on it; the folds must have kept their probabilities, --npz):\n\n    {command}\n")
+    write_text(result["markdown"] + f"\nThe rule's nested choices per fold: {result['rule_choices']}.\n" + honest,
                out / "postprocessed_vs_rule.md")
     write_per_case_csv(result["tests"], out / "postprocessed_vs_rule.csv")
+
+
+def loss_choice_command(runs: dict[str, list[FoldRun]]) -> str | None:
+    """The ``hiennu_find_best_configuration`` command that estimates, fully nested, choosing one of the study's
+    trainers by its nested Dice with post-processing; ``None`` when there is no choice to estimate (one trainer),
+    or the models do not share one dataset folder, plans and configuration (a study on a split seed)."""
+    models = [fold_runs[0].fold_dir.parent for fold_runs in runs.values() if fold_runs]
+    names = [parse_model_dir_name(m.name) for m in models]
+    if len(models) < 2 or None in names or not models[0].parent.name.startswith("Dataset"):
+        return None
+    if len({m.parent for m in models}) > 1 or len({(n.plans, n.configuration) for n in names}) > 1:
+        return None
+    return (f"hiennu_find_best_configuration -d {models[0].parent.name} -c {names[0].configuration} "
+            f"-tr {' '.join(n.trainer for n in names)} -p {names[0].plans} --no-ensembles --nested-choice")
 
 
 def _fold_layout(trainer_name: str, fold: int, dataset: str, opts: LossStudyOptions) -> FoldLayout:
