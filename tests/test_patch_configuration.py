@@ -332,8 +332,8 @@ def test_rule_prior_cap_bounds_the_rule_logits_and_keeps_their_gradient():
 def test_the_veto_of_a_voxel_deep_in_the_rule_has_a_gradient_only_at_a_gentle_scale(scale):
     # What the prior's scale does to learning (results.md, session 22): a false positive of the rule at
     # ZADC -4 starts at the logit k (t - z) = 2k; the gradient of its probability through the head's bias is 64 voxels x sigmoid'(2k) x
-    # softplus'(0) = 32 sigmoid'(2k): 3.4 at k = 1, 6.6e-8 at k = 10 (0 in float32): no loss on probabilities (Dice, Tversky,
-    # the Hausdorff term) can teach that veto; the focal term, on logits, can (next test)
+    # softplus'(0) = 32 sigmoid'(2k): 3.4 at k = 1, 6.6e-8 at k = 10 (0 in float32): no loss on probabilities
+    # (Dice, Tversky, the Hausdorff term) can teach that veto; the focal term, on logits, can (next test)
     plan = NetworkPlan(in_channels=2, features_per_stage=[4, 8], pool_kernel_sizes=[[2, 2, 2]],
                        dropout_per_stage=[0.0, 0.0], norm="instance", rule_prior=True, rule_prior_mode="veto",
                        rule_prior_scale=scale)

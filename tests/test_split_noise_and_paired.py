@@ -158,17 +158,17 @@ def test_the_study_writes_the_comparison_or_says_why_not(tmp_path):
 def test_the_study_names_the_command_that_estimates_choosing_its_loss(tmp_path):
     from hiennu.study.loss_study import loss_choice_command
 
-    def runs(*models):
-        return {m.split("__")[0]: [SimpleNamespace(fold_dir=tmp_path / m / "fold_0")] for m in models}
+    def command(folder, *models):
+        runs = {m.split("__")[0]: [SimpleNamespace(fold_dir=tmp_path / folder / m / "fold_0")] for m in models}
+        return loss_choice_command(runs)
 
-    data = "Dataset001_BONBID/"
-    assert loss_choice_command(runs(data + "TrainerDice__hiennuPlans__2d", data + "TrainerTversky__hiennuPlans__2d")) == (
+    data, seed = "Dataset001_BONBID", "Dataset001_BONBID/split_seed_3"
+    assert command(data, "TrainerDice__hiennuPlans__2d", "TrainerTversky__hiennuPlans__2d") == (
         "hiennu_find_best_configuration -d Dataset001_BONBID -c 2d -tr TrainerDice TrainerTversky -p hiennuPlans "
         "--no-ensembles --nested-choice")
-    assert loss_choice_command(runs(data + "TrainerDice__hiennuPlans__2d")) is None  # nothing to choose
-    assert loss_choice_command(runs(data + "TrainerDice__hiennuPlans__2d", data + "TrainerHDT__NoBD__2d")) is None
-    seed = "Dataset001_BONBID/split_seed_3/"
-    assert loss_choice_command(runs(seed + "TrainerDice__hiennuPlans__2d", seed + "TrainerHDT__hiennuPlans__2d")) is None
+    assert command(data, "TrainerDice__hiennuPlans__2d") is None  # nothing to choose
+    assert command(data, "TrainerDice__hiennuPlans__2d", "TrainerHDT__NoBD__2d") is None  # two plans
+    assert command(seed, "TrainerDice__hiennuPlans__2d", "TrainerHDT__hiennuPlans__2d") is None
 
 
 def _summary(per_case, **means):
