@@ -477,6 +477,46 @@ def test_a_missing_model_or_fold_of_the_split_is_named(cv):
     assert _written(cv) == set()
 
 
+def test_models_named_with_m_need_not_be_every_combination(cv, capsys):
+    # two trainers on 3d_fullres, one on 3d_lowres: -c/-tr would need TrainerY on 3d_lowres as well
+    _write_model(cv.parent, C, *_splits(cv), probabilities=_under_segmenting)
+    with pytest.raises(HiennuError, match=rf"{D}: .* not found"):
+        find_best_configuration(FindBestOptions("Tiny", ["3d_fullres", "3d_lowres"], ["TrainerX", "TrainerY"],
+                                                folds=[0, 1, 2], num_processes=1))
+    with pytest.raises(HiennuError, match=r"-m names the models: leave out -c, -tr and -p"):
+        FindBestOptions("Tiny", ["3d_fullres"], models=[A])
+    assert FindBestOptions("Tiny", models=[A, C]).model_names() == [A, C]
+    argv = ["-d", "Tiny", "-m", A, B, C, A, "-f", "0", "1", "2", "-np", "1"]
+    assert cli.main(argv) == 0
+    info = load_inference_information(cv)
+    ensembles = [EnsembleFolder.of(cv, members).path.name for members in ([A, B], [A, C], [B, C], [A, B, C])]
+    assert {c.name for c in info.candidates} == {A, B, C, *ensembles}  # the repeated A counts once
+    assert info.selection.num_candidates == 7
+    assert info.provenance["options"]["models"] == [A, B, C]
+    assert info.provenance["options"]["trainers"] == ["TrainerX", "TrainerY"]
+    assert info.provenance["options"]["configurations"] == ["3d_fullres", "3d_lowres"]
+    # by hand, as above: C misses 8 of 32 voxels of each lesion and has no false positive
+    assert {c.name: c for c in info.candidates}[C].mean("dice") == pytest.approx((6 * 48 / 56 + 3 * 1.0) / 9)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-m", "TrainerX_hiennuPlans_3d_fullres"], r"error: -m: TrainerX_hiennuPlans_3d_fullres is not a model folder "
+                                                r"name TRAINER__PLANS__CONFIG, e\.g\. TrainerDiceFocal__hiennuPlans__2d$"),
+    (["-m", A, "-tr", "TrainerX"], r"-m names each model's trainer and plans: leave out -tr and -p$"),
+    (["-m", A, "-c", "3d_fullres"], r"argument -c/--configurations: not allowed with argument -m/--models$"),
+    ([], r"one of the arguments -c/--configurations -m/--models is required$"),
+])
+def test_m_names_bad_input_in_one_line(cv, capsys, argv, message):
+    try:
+        code = cli.main(["-d", "Tiny", "-f", "0", "1", "2", "-np", "1", *argv])
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    assert code in (1, 2)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(message, err), err
+    assert _written(cv) == set()
+
+
 # ------------------------------------------------------------------------------------------ hiennu_train --npz
 
 def test_npz_needs_a_final_validation_of_a_fold():

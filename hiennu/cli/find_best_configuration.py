@@ -1,6 +1,7 @@
 """``hiennu_find_best_configuration -d DATASET -c 2d 3d_fullres [-tr ...] [-p ...] [--select-by ...]
 [--nested-choice]``: choose among trained configurations and their ensembles by cross-validation, each with its
-own post-processing.
+own post-processing. ``-m TRAINER__PLANS__CONFIG ...`` names the models instead of every combination of ``-c``,
+``-tr`` and ``-p``.
 
 The default choice (``--select-by postprocessed``) differs from nnU-Net's: by the nested Dice with each
 candidate's own post-processing, because on BONBID post-processing carries most of the score and its nested
@@ -31,12 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
         "fold must have been trained with --npz (or re-validated: hiennu_train ... --val --npz), as nnU-Net's "
         "nnUNetv2_find_best_configuration.")
     p.add_argument("-d", "--dataset", required=True, help="dataset name, DatasetNNN_Name or number")
-    p.add_argument("-c", "--configurations", nargs="+", required=True, metavar="CONFIG",
-                   help="configurations to compare, e.g. 2d 3d_fullres")
-    p.add_argument("-tr", "--trainers", nargs="+", default=[DEFAULT_TRAINER], metavar="TRAINER",
-                   help="trainer classes of the models")
-    p.add_argument("-p", "--plans", nargs="+", default=[DEFAULT_PLANS_NAME], metavar="NAME",
-                   help="plans identifiers of the models (-p of hiennu_train)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("-c", "--configurations", nargs="+", metavar="CONFIG",
+                       help="configurations to compare, e.g. 2d 3d_fullres (every combination with -tr and -p is "
+                            "one model)")
+    which.add_argument("-m", "--models", nargs="+", metavar="MODEL",
+                       help="model folders by name, TRAINER__PLANS__CONFIG, instead of -c/-tr/-p: for a set that "
+                            "is not every combination, e.g. TrainerDiceFocal__hiennuPlans__2d "
+                            "TrainerDice__hiennuPlans__2d TrainerDiceFocal__hiennuPlans__3d_fullres")
+    p.add_argument("-tr", "--trainers", nargs="+", metavar="TRAINER",
+                   help=f"trainer classes of the models, with -c (default: {DEFAULT_TRAINER})")
+    p.add_argument("-p", "--plans", nargs="+", metavar="NAME",
+                   help=f"plans identifiers of the models (-p of hiennu_train), with -c "
+                        f"(default: {DEFAULT_PLANS_NAME})")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=list(DEFAULT_FOLDS),
                    help="folds of splits_final.json whose validation cases are pooled")
     p.add_argument("--no-ensembles", dest="ensembles", action="store_false",
@@ -59,13 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.models and (args.trainers or args.plans):
+        parser.error("-m names each model's trainer and plans: leave out -tr and -p")
 
     def go() -> int:
-        from hiennu.ensembling.best_configuration import FindBestOptions, find_best_configuration
+        from hiennu.ensembling.best_configuration import DEFAULT_TRAINER, FindBestOptions, find_best_configuration
         from hiennu.ensembling.table import table
         result = find_best_configuration(FindBestOptions(
-            dataset=args.dataset, configurations=args.configurations, trainers=args.trainers, plans=args.plans,
+            dataset=args.dataset, configurations=args.configurations or (), models=args.models or (),
+            trainers=args.trainers or (DEFAULT_TRAINER,), plans=args.plans or (DEFAULT_PLANS_NAME,),
             folds=args.folds, ensembles=args.ensembles, num_processes=args.num_processes, select_by=args.select_by,
             nested_choice=args.nested_choice))
         if args.quiet:  # -q: warnings and errors only; everything is in inference_information.json

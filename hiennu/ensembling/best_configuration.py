@@ -54,7 +54,8 @@ from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.parallel import parallel_map
 from hiennu.paths import (DEFAULT_PLANS_NAME, ENSEMBLES_DIR, SUMMARY_FILE, ModelFolder, model_dir_name,
-                          preprocessed_root, raw_root, resolve_dataset, results_root, splits_file_name)
+                          parse_model_dir_name, preprocessed_root, raw_root, resolve_dataset, results_root,
+                          splits_file_name)
 from hiennu.provenance import provenance
 
 log = get_logger(__name__)
@@ -66,17 +67,20 @@ DEFAULT_FOLDS = (0, 1, 2, 3, 4)
 @dataclass
 class FindBestOptions:
     """What ``hiennu_find_best_configuration`` compares. dataset: name, ``DatasetNNN_Name`` or number;
-    configurations / trainers / plans: every combination is one model; folds: the folds of ``splits_final.json``
-    pooled; ensembles: also score every ensemble of two or more models; num_processes: worker processes
-    for scoring the cases and choosing the candidates' post-processing; select_by: ``postprocessed`` (the nested
+    configurations / trainers / plans: every combination is one model; models: instead of them, the model folders
+    by name (``TRAINER__PLANS__CONFIG``), for a set that is not every combination (two trainers on one
+    configuration, one on the other); folds: the folds of ``splits_final.json`` pooled; ensembles: also score
+    every ensemble of two or more models; num_processes: worker processes for scoring the cases and choosing the
+    candidates' post-processing; select_by: ``postprocessed`` (the nested
     Dice with post-processing, the default) or ``raw`` (nnU-Net's rule), see :mod:`hiennu.ensembling.choice`;
     nested_choice: also estimate the whole choice fully nested (:mod:`hiennu.ensembling.nested_choice`; three
     folds or more)."""
 
     dataset: str
-    configurations: Sequence[str]
+    configurations: Sequence[str] = ()
     trainers: Sequence[str] = (DEFAULT_TRAINER,)
     plans: Sequence[str] = (DEFAULT_PLANS_NAME,)
+    models: Sequence[str] = ()
     folds: Sequence[int] = DEFAULT_FOLDS
     ensembles: bool = True
     num_processes: int = 2
@@ -84,6 +88,18 @@ class FindBestOptions:
     nested_choice: bool = False
 
     def __post_init__(self) -> None:
+        self.models = list(dict.fromkeys(map(str, self.models)))
+        if self.models:
+            if self.configurations:
+                raise HiennuError("-m names the models: leave out -c, -tr and -p (or name them with -c, -tr, -p alone)")
+            parts = [parse_model_dir_name(name) for name in self.models]
+            bad = [name for name, part in zip(self.models, parts) if part is None]
+            if bad:
+                raise HiennuError(f"-m: {', '.join(bad)} is not a model folder name TRAINER__PLANS__CONFIG, "
+                                  "e.g. TrainerDiceFocal__hiennuPlans__2d")
+            self.configurations = [part.configuration for part in parts]
+            self.trainers = [part.trainer for part in parts]
+            self.plans = [part.plans for part in parts]
         self.configurations, self.trainers, self.plans = (list(dict.fromkeys(map(str, v))) for v in
                                                           (self.configurations, self.trainers, self.plans))
         if not self.configurations or not self.trainers or not self.plans:
@@ -99,6 +115,8 @@ class FindBestOptions:
             check_folds(self.folds)
 
     def model_names(self) -> list[str]:
+        if self.models:
+            return list(self.models)
         return list(dict.fromkeys(model_dir_name(t, p, c) for t in self.trainers for p in self.plans
                                   for c in self.configurations))
 
@@ -248,8 +266,9 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
             predict_command(dataset, chosen, results_dir), selection,
             None if reference is None else paired_test(winner.name, outcome, RULE_NAME, outcomes[RULE_NAME]),
             provenance({"dataset": dataset, "configurations": options.configurations, "trainers": options.trainers,
-                        "plans": options.plans, "folds": folds, "ensembles": options.ensembles,
-                        "select_by": options.select_by, "nested_choice": options.nested_choice}),
+                        "plans": options.plans, "models": options.model_names(), "folds": folds,
+                        "ensembles": options.ensembles, "select_by": options.select_by,
+                        "nested_choice": options.nested_choice}),
             fully_nested)
         # everything is computed and checked: now write, the record that points at the rest last
         committed = []
