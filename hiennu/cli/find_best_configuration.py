@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("-m names each model's trainer and plans: leave out -tr and -p")
 
     def go() -> int:
-        from hiennu.ensembling.best_configuration import DEFAULT_TRAINER, FindBestOptions, find_best_configuration
+        from hiennu.ensembling.best_configuration import FindBestOptions, find_best_configuration
         from hiennu.ensembling.table import table
+        named = {key: value for key, value in (("trainers", args.trainers), ("plans", args.plans)) if value}
         result = find_best_configuration(FindBestOptions(
-            dataset=args.dataset, configurations=args.configurations or (), models=args.models or (),
-            trainers=args.trainers or (DEFAULT_TRAINER,), plans=args.plans or (DEFAULT_PLANS_NAME,),
+            dataset=args.dataset, configurations=args.configurations or (), models=args.models or (), **named,
             folds=args.folds, ensembles=args.ensembles, num_processes=args.num_processes, select_by=args.select_by,
             nested_choice=args.nested_choice))
         if args.quiet:  # -q: warnings and errors only; everything is in inference_information.json
