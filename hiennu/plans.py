@@ -178,6 +178,12 @@ class AugmentationPlan:
     elastic: elastic deformation, displacement magnitude ``elastic_alpha`` and smoothness
     ``elastic_sigma`` (voxels). mirror: random flips along ``mirror_axes`` (numpy axes of the
     spatial array, 0 = z) with probability ``p_mirror`` each (0 in the paper).
+    rotation: in-plane rotation (about the z axis, in the y-x plane) by an angle uniform in
+    ``rotation_degrees`` (degrees). scale: the sampling coordinates multiplied by one factor for every
+    axis, drawn as batchgenerators draws it: with probability 1/2 uniform in (``scale_range[0]``, 1)
+    (structures grow), otherwise uniform in (1, ``scale_range[1]``) (they shrink). Neither is in the
+    paper (probability 0); nnU-Net uses both with probability 0.2, rotation +-180 degrees in 2D and
+    scale (0.7, 1.4). Elastic deformation, rotation and scaling are one resampling of the sample.
     intensity_skip_channels: input channels (indices) that noise, blur, low resolution and gamma leave as
     they are, while elastic deformation and mirroring move them with the others; empty (nnU-Net's habit):
     every channel. For the channel a rule prior thresholds (``network.rule_prior_channel``): the
@@ -200,6 +206,10 @@ class AugmentationPlan:
     p_mirror: float = 0.0
     mirror_axes: list[int] = field(default_factory=lambda: [2])
     intensity_skip_channels: list[int] = field(default_factory=list)
+    p_rotation: float = 0.0
+    rotation_degrees: list[float] = field(default_factory=lambda: [-180.0, 180.0])
+    p_scale: float = 0.0
+    scale_range: list[float] = field(default_factory=lambda: [0.7, 1.4])
 
 
 @dataclass
@@ -350,7 +360,7 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "in_channels": (1, None, True), "out_channels": (1, None, True), "kernel_size": (1, None, True),
     "min_component_voxels": (0, None, True),
     "p_noise": (0, 1, True), "p_lowres": (0, 1, True), "p_blur": (0, 1, True), "p_gamma": (0, 1, True),
-    "p_elastic": (0, 1, True), "p_mirror": (0, 1, True),
+    "p_elastic": (0, 1, True), "p_mirror": (0, 1, True), "p_rotation": (0, 1, True), "p_scale": (0, 1, True),
 }
 
 
@@ -433,6 +443,7 @@ def configuration_problems(config: Configuration) -> list[str]:
     if any(not isinstance(c, int) or not 0 <= c < net.in_channels for c in skip):
         problems.append(f"augmentation.intensity_skip_channels {skip} must be channel indices 0-{net.in_channels - 1} "
                         f"(network.in_channels is {net.in_channels})")
+    problems += _spatial_augmentation_problems(config.augmentation)
     if problems:
         return problems
     factor = net.downsampling_factor_zyx
@@ -449,6 +460,19 @@ def configuration_problems(config: Configuration) -> list[str]:
             order = "(x, y, z)" if xyz else "(z, y, x)"
             problems.append(f"{name} {shown} {order} cannot be divided by the network's down-sampling factor "
                             f"{factor_shown} {order}: {', '.join(bad_axes)}; round each size to a multiple of its factor")
+    return problems
+
+
+def _spatial_augmentation_problems(aug: AugmentationPlan) -> list[str]:
+    """Rotation angles (lo <= hi, within +-180 degrees) and scale factors (0 < lo <= hi) as ranges."""
+    problems = []
+    deg = aug.rotation_degrees
+    if len(deg) != 2 or not -180 <= deg[0] <= deg[1] <= 180:
+        problems.append(f"augmentation.rotation_degrees {deg} must be [lowest, highest] in degrees, "
+                        f"-180 <= lowest <= highest <= 180")
+    scale = aug.scale_range
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        problems.append(f"augmentation.scale_range {scale} must be [lowest, highest] factors, 0 < lowest <= highest")
     return problems
 
 

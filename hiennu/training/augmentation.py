@@ -88,9 +88,11 @@ class RestoreChannels(AbstractTransform):
 def build_transforms(plan: AugmentationPlan, grid_zyx: tuple[int, ...]) -> Compose:
     """The batchgenerators pipeline for ``plan`` on a fixed grid (z, y, x), in the GPU path's order.
 
-    Elastic deformation (SpatialTransform, no rotation, no scaling, no cropping), Gaussian noise,
+    Elastic deformation, in-plane rotation and scaling (one SpatialTransform, no cropping), Gaussian noise,
     Gaussian blur, simulated low resolution, gamma, mirroring. A probability of 0 leaves a
-    transform out. ``plan.intensity_skip_channels`` are put aside after the elastic deformation and
+    transform out (rotation and scaling are then not even drawn, so the random numbers the other
+    transforms draw are those of a pipeline without them). On a 3D grid the rotation is batchgenerators'
+    ``angle_x`` (the y-x plane); its ``angle_y`` and ``angle_z`` stay 0. ``plan.intensity_skip_channels`` are put aside after the elastic deformation and
     back before mirroring (:class:`KeepChannels`). A grid of two sizes (y, x) builds the 2D pipeline (:class:`SliceTransforms`):
     mirroring then keeps the plan's in-plane axes (1 = y, 2 = x) and drops z.
     """
@@ -98,13 +100,16 @@ def build_transforms(plan: AugmentationPlan, grid_zyx: tuple[int, ...]) -> Compo
         raise ValueError(f"augmentation grid must be (z, y, x) or (y, x), got {tuple(grid_zyx)}")
     dims = len(grid_zyx)
     transforms: list[AbstractTransform] = []
-    if plan.p_elastic > 0:
+    if plan.p_elastic > 0 or plan.p_rotation > 0 or plan.p_scale > 0:
+        angle = tuple(math.radians(a) for a in plan.rotation_degrees)
         transforms.append(SpatialTransform(
             patch_size=tuple(int(n) for n in grid_zyx), patch_center_dist_from_border=None,
-            do_elastic_deform=True, alpha=tuple(plan.elastic_alpha), sigma=tuple(plan.elastic_sigma),
-            do_rotation=False, do_scale=False, random_crop=False,
+            do_elastic_deform=plan.p_elastic > 0, alpha=tuple(plan.elastic_alpha), sigma=tuple(plan.elastic_sigma),
+            do_rotation=plan.p_rotation > 0, angle_x=angle, angle_y=(0.0, 0.0), angle_z=(0.0, 0.0),
+            do_scale=plan.p_scale > 0, scale=tuple(plan.scale_range), random_crop=False,
             border_mode_data="nearest", order_data=1, border_mode_seg="constant", border_cval_seg=0,
-            order_seg=0, p_el_per_sample=plan.p_elastic))
+            order_seg=0, p_el_per_sample=plan.p_elastic, p_rot_per_sample=plan.p_rotation,
+            p_scale_per_sample=plan.p_scale))
     skip = tuple(int(c) for c in plan.intensity_skip_channels)
     if skip:
         transforms.append(KeepChannels(skip))

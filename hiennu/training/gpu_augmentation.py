@@ -6,8 +6,10 @@ reference in :mod:`hiennu.training.augmentation`, with the same parameters and d
 
 1. elastic deformation: uniform(-1, 1) noise per axis, Gaussian-smoothed (sigma uniform in
    ``elastic_sigma`` voxels, zero padding, truncated at 4 sigma like ``scipy.ndimage.gaussian_filter``),
-   scaled by alpha uniform in ``elastic_alpha``; images sampled trilinearly with border
-   replication, the target with nearest neighbour and zeros outside;
+   scaled by alpha uniform in ``elastic_alpha``; then, as batchgenerators composes them, in-plane
+   rotation (angle uniform in ``rotation_degrees``) and scaling (one factor for all axes, below 1 or
+   above 1 with probability 1/2 each) of the displaced coordinates about the centre of the grid; images
+   sampled trilinearly with border replication, the target with nearest neighbour and zeros outside;
 2. additive Gaussian noise, mean 0, std ``noise_std``;
 3. Gaussian blur, one sigma per channel uniform in ``blur_sigma`` (voxels), separable kernel
    truncated at 4 sigma, half-sample symmetric borders (scipy's ``reflect``);
@@ -17,6 +19,9 @@ reference in :mod:`hiennu.training.augmentation`, with the same parameters and d
 5. gamma per channel on the min-max rescaled intensities, gamma uniform in (exp(lo), 1) or
    (1, exp(hi)) with probability 1/2 each, mean and std of the channel restored afterwards;
 6. mirroring: each axis in ``mirror_axes`` flipped with probability ``p_mirror``.
+
+Without rotation and scaling (probability 0, the paper's plans) step 1 draws exactly the random numbers it
+drew before they existed, so a seeded batch of such plans is unchanged.
 
 ``intensity_skip_channels`` are put aside after step 1 and written back after step 5, as in the CPU
 pipeline (steps 2-5 still draw their random numbers for every channel).
@@ -134,6 +139,27 @@ def warp(x: torch.Tensor, displacement: torch.Tensor, mode: str, padding_mode: s
     return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
+def rotate_and_scale(displacement: torch.Tensor, angles: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The displacement (B, 3, z, y, x; voxels, z y x order) that samples each voxel at
+    ``centre + scale * R(angle) (index - centre + displacement)``: batchgenerators' ``augment_spatial``
+    order (elastic, then rotation, then scaling) with its centre ``(n - 1) / 2`` per axis.
+
+    ``R`` rotates the (y, x) components, as batchgenerators' ``rotate_coords_2d`` and the ``angle_x`` of
+    ``rotate_coords_3d`` do: ``y' = y cos a + x sin a``, ``x' = -y sin a + x cos a``; angles (B,) in
+    radians, scales (B,) factors.
+    """
+    size = displacement.shape[2:]
+    dtype, dev = displacement.dtype, displacement.device
+    axes = [torch.arange(n, device=dev, dtype=dtype) - (n - 1) / 2.0 for n in size]
+    centred = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None] + displacement  # (B, 3, z, y, x)
+    cos = torch.cos(angles).to(dtype)[:, None, None, None]
+    sin = torch.sin(angles).to(dtype)[:, None, None, None]
+    z, y, x = centred.unbind(1)
+    moved = torch.stack([z, y * cos + x * sin, -y * sin + x * cos], dim=1)
+    moved = moved * scales.to(dtype)[:, None, None, None, None]
+    return moved - centred + displacement
+
+
 def simulate_low_resolution(x: torch.Tensor, low_shape: tuple[int, int, int]) -> torch.Tensor:
     """Down-sample x (C, z, y, x) trilinearly to ``low_shape`` (z, y, x) and back by nearest neighbour."""
     low = F.interpolate(x[None], size=tuple(low_shape), mode="trilinear", align_corners=False)
@@ -179,7 +205,9 @@ class GPUAugmenter:
         def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
             return lo + (hi - lo) * rand(*shape)
 
-        if p.p_elastic > 0:
+        if p.p_rotation > 0 or p.p_scale > 0:
+            data, target = self._spatial(data, target, rand, uniform)
+        elif p.p_elastic > 0:
             chosen = _chosen(rand(b) < p.p_elastic)
             alpha = uniform(*p.elastic_alpha, b)
             sigma = uniform(*p.elastic_sigma, b)
@@ -236,6 +264,35 @@ class GPUAugmenter:
                 target = torch.where(flip, target.flip(2 + axis), target)
 
         return data.contiguous(), target.contiguous()
+
+    def _spatial(self, data: torch.Tensor, target: torch.Tensor, rand, uniform) -> tuple[torch.Tensor, torch.Tensor]:
+        """Elastic deformation, rotation and scaling of the samples that draw any of them, in one warp."""
+        p = self.plan
+        b, dev = data.shape[0], data.device
+        elastic = rand(b) < p.p_elastic
+        alpha = uniform(*p.elastic_alpha, b)
+        sigma = uniform(*p.elastic_sigma, b)
+        rotated = rand(b) < p.p_rotation
+        angles = torch.where(rotated, uniform(*(math.radians(a) for a in p.rotation_degrees), b),
+                             torch.zeros(b, device=dev))
+        scaled = rand(b) < p.p_scale
+        lo, hi = p.scale_range
+        below = (rand(b) < 0.5) & (lo < 1)
+        factors = torch.where(below, uniform(lo, 1.0, b), uniform(max(lo, 1.0), hi, b))
+        factors = torch.where(scaled, factors, torch.ones(b, device=dev))
+        chosen = _chosen(elastic | rotated | scaled)
+        if not chosen.numel():
+            return data, target
+        disp = torch.zeros(chosen.numel(), 3, *data.shape[2:], device=dev)
+        deformed = torch.nonzero(elastic[chosen], as_tuple=False).flatten()
+        if deformed.numel():
+            noise = rand(deformed.numel(), 3, *data.shape[2:]) * 2 - 1
+            which = chosen[deformed]
+            disp[deformed] = smooth_displacement(noise, alpha[which], sigma[which])
+        disp = rotate_and_scale(disp, angles[chosen], factors[chosen])
+        data = data.index_copy(0, chosen, warp(data[chosen], disp, "bilinear", "border"))
+        target = target.index_copy(0, chosen, warp(target[chosen], disp, "nearest", "zeros"))
+        return data, target
 
 
 def _chosen(mask: torch.Tensor) -> torch.Tensor:
