@@ -7,7 +7,8 @@ configuration's *training grid* (brain crop, resampled spacing), where the loss 
 
 1. For every case of the dataset, the rule against the reference on the preprocessed grid and in
    native geometry: voxels of the reference, of the rule, the rule's false positives (FP) and false
-   negatives (FN), and the Dice of the rule; and the untrained prior model's prediction (the rule
+   negatives (FN), the Dice of the rule, its voxel recall and the Dice of a perfect veto (every FP removed,
+   no FN recovered: about the ceiling of a veto network, which raises the rule's logits by log 2 at most); and the untrained prior model's prediction (the rule
    on the grid, back to native geometry with the plans' ``prediction_interpolation``) against the
    reference. Trilinear values between thick native slices smooth the z-map, lesion borders fall
    above the threshold, and FN grows on the grid; ``image_interpolation: nearest`` avoids that.
@@ -44,10 +45,15 @@ from hiennu.training.trainers import get_trainer_class
 
 
 def counts(rule: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """Voxel counts of the reference, the rule, FP (rule, not reference), FN (reference, not rule) and the Dice."""
+    """Voxel counts of the reference, the rule, FP (rule, not reference), FN (reference, not rule), the Dice;
+    and, for a case with a lesion, the rule's voxel recall and the Dice of a perfect veto (the rule's voxels
+    inside the reference: what a veto network could reach at best); NaN for a case without one."""
     rule, ref = rule.astype(bool), ref.astype(bool)
-    return {"ref": int(ref.sum()), "rule": int(rule.sum()), "fp": int((rule & ~ref).sum()),
-            "fn": int((ref & ~rule).sum()), "dice": dice(rule, ref)}
+    n_ref, hit = int(ref.sum()), int((rule & ref).sum())
+    return {"ref": n_ref, "rule": int(rule.sum()), "fp": int((rule & ~ref).sum()),
+            "fn": int((ref & ~rule).sum()), "dice": dice(rule, ref),
+            "recall": hit / n_ref if n_ref else math.nan,
+            "veto_dice": 2 * hit / (hit + n_ref) if n_ref else math.nan}
 
 
 def grid_and_native(trainer, raw_dir, ending: str, zadc_channel: int, adc_channel: int,
@@ -120,13 +126,15 @@ def main() -> None:
     rows = grid_and_native(trainer, raw_dir, ending, plan.rule_prior_channel, adc_channel, plan.rule_prior_threshold)
     print(f"## The rule ZADC < {plan.rule_prior_threshold:g} against the reference, {len(rows)} cases "
           f"(configuration {args.configuration or 'of the plans'}: training grid vs native geometry)\n")
-    print("| geometry | reference voxels | rule voxels | FP | FN | FN / reference | mean Dice of the rule |")
-    print("|---|---|---|---|---|---|---|")
+    print("| geometry | reference voxels | rule voxels | FP | FN | FN / reference | mean Dice of the rule | "
+          "mean voxel recall of the rule (cases with a lesion) | mean Dice of a perfect veto (cases with a lesion) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for k, name in ((1, "training grid"), (2, "native"), (3, "untrained prior model, back to native")):
         ref, rule = sum(r[k]["ref"] for r in rows), sum(r[k]["rule"] for r in rows)
         fp, fn = sum(r[k]["fp"] for r in rows), sum(r[k]["fn"] for r in rows)
         print(f"| {name} | {ref} | {rule} | {fp} | {fn} | {fn / max(ref, 1):.3f} | "
-              f"{np.mean([r[k]['dice'] for r in rows]):.3f} |")
+              f"{np.mean([r[k]['dice'] for r in rows]):.3f} | {np.nanmean([r[k]['recall'] for r in rows]):.3f} | "
+              f"{np.nanmean([r[k]['veto_dice'] for r in rows]):.3f} |")
     more_fn = sum(r[1]["fn"] > r[1]["fp"] for r in rows if r[1]["ref"])
     print(f"\ncases with a lesion where FN > FP on the grid: {more_fn} of {sum(1 for r in rows if r[1]['ref'])}\n")
 
