@@ -8,10 +8,11 @@ configuration's *training grid* (brain crop, resampled spacing), where the loss 
 1. For every case of the dataset, the rule against the reference on the preprocessed grid and in
    native geometry: voxels of the reference, of the rule, the rule's false positives (FP) and false
    negatives (FN), the Dice of the rule, its voxel recall and the Dice of a perfect veto (every FP removed,
-   no FN recovered: about the ceiling of a veto network, which raises the rule's logits by log 2 at most); and the untrained prior model's prediction (the rule
-   on the grid, back to native geometry with the plans' ``prediction_interpolation``) against the
-   reference. Trilinear values between thick native slices smooth the z-map, lesion borders fall
-   above the threshold, and FN grows on the grid; ``image_interpolation: nearest`` avoids that.
+   no FN recovered: about the ceiling of a veto network, which raises the rule's logits by log 2 at most);
+   and the untrained prior model's prediction (the rule on the grid, back to native geometry with the
+   plans' ``prediction_interpolation``) against the reference. Trilinear values between thick native
+   slices smooth the z-map, lesion borders fall above the threshold, and FN grows on the grid;
+   ``image_interpolation: nearest`` avoids that.
 2. On ``--batches`` training batches as the trainer samples them (augmented patches), the training
    loss of the rule prior, of the best a veto can do (every FP set to -20 logits, every FN raised by
    the veto's log 2), and of the reference itself (+-20 logits).

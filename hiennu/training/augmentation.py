@@ -92,9 +92,10 @@ def build_transforms(plan: AugmentationPlan, grid_zyx: tuple[int, ...]) -> Compo
     Gaussian blur, simulated low resolution, gamma, mirroring. A probability of 0 leaves a
     transform out (rotation and scaling are then not even drawn, so the random numbers the other
     transforms draw are those of a pipeline without them). On a 3D grid the rotation is batchgenerators'
-    ``angle_x`` (the y-x plane); its ``angle_y`` and ``angle_z`` stay 0. ``plan.intensity_skip_channels`` are put aside after the elastic deformation and
-    back before mirroring (:class:`KeepChannels`). A grid of two sizes (y, x) builds the 2D pipeline (:class:`SliceTransforms`):
-    mirroring then keeps the plan's in-plane axes (1 = y, 2 = x) and drops z.
+    ``angle_x`` (the y-x plane); its ``angle_y`` and ``angle_z`` stay 0. ``plan.intensity_skip_channels``
+    are put aside after the elastic deformation and back before mirroring (:class:`KeepChannels`). A grid
+    of two sizes (y, x) builds the 2D pipeline (:class:`SliceTransforms`): mirroring then keeps the plan's
+    in-plane axes (1 = y, 2 = x) and drops z.
     """
     if len(grid_zyx) not in (2, 3):
         raise ValueError(f"augmentation grid must be (z, y, x) or (y, x), got {tuple(grid_zyx)}")
