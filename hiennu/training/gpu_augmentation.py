@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -205,17 +206,8 @@ class GPUAugmenter:
         def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
             return lo + (hi - lo) * rand(*shape)
 
-        if p.p_rotation > 0 or p.p_scale > 0:
+        if p.p_elastic > 0 or p.p_rotation > 0 or p.p_scale > 0:
             data, target = self._spatial(data, target, rand, uniform)
-        elif p.p_elastic > 0:
-            chosen = _chosen(rand(b) < p.p_elastic)
-            alpha = uniform(*p.elastic_alpha, b)
-            sigma = uniform(*p.elastic_sigma, b)
-            if chosen.numel():
-                noise = rand(chosen.numel(), 3, *data.shape[2:]) * 2 - 1
-                disp = smooth_displacement(noise, alpha[chosen], sigma[chosen])
-                data = data.index_copy(0, chosen, warp(data[chosen], disp, "bilinear", "border"))
-                target = target.index_copy(0, chosen, warp(target[chosen], disp, "nearest", "zeros"))
 
         skip = [int(c) for c in p.intensity_skip_channels]
         kept = data[:, skip].clone() if skip else None
@@ -265,21 +257,30 @@ class GPUAugmenter:
 
         return data.contiguous(), target.contiguous()
 
-    def _spatial(self, data: torch.Tensor, target: torch.Tensor, rand, uniform) -> tuple[torch.Tensor, torch.Tensor]:
-        """Elastic deformation, rotation and scaling of the samples that draw any of them, in one warp."""
+    def _spatial(self, data: torch.Tensor, target: torch.Tensor, rand: Callable[..., torch.Tensor],
+                 uniform: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Elastic deformation, rotation and scaling of the samples that draw any of them, in one warp.
+
+        Rotation and scaling draw their random numbers only when their probability is above 0, so
+        elastic-only plans draw exactly what they drew before the two existed.
+        """
         p = self.plan
         b, dev = data.shape[0], data.device
-        elastic = rand(b) < p.p_elastic
-        alpha = uniform(*p.elastic_alpha, b)
-        sigma = uniform(*p.elastic_sigma, b)
-        rotated = rand(b) < p.p_rotation
-        angles = torch.where(rotated, uniform(*(math.radians(a) for a in p.rotation_degrees), b),
-                             torch.zeros(b, device=dev))
-        scaled = rand(b) < p.p_scale
-        lo, hi = p.scale_range
-        below = (rand(b) < 0.5) & (lo < 1)
-        factors = torch.where(below, uniform(lo, 1.0, b), uniform(max(lo, 1.0), hi, b))
-        factors = torch.where(scaled, factors, torch.ones(b, device=dev))
+        none = torch.zeros(b, dtype=torch.bool, device=dev)
+        elastic = rand(b) < p.p_elastic if p.p_elastic > 0 else none
+        alpha = uniform(*p.elastic_alpha, b) if p.p_elastic > 0 else None
+        sigma = uniform(*p.elastic_sigma, b) if p.p_elastic > 0 else None
+        rotated, angles = none, torch.zeros(b, device=dev)
+        if p.p_rotation > 0:
+            rotated = rand(b) < p.p_rotation
+            angles = torch.where(rotated, uniform(*(math.radians(a) for a in p.rotation_degrees), b), angles)
+        scaled, factors = none, torch.ones(b, device=dev)
+        if p.p_scale > 0:
+            scaled = rand(b) < p.p_scale
+            lo, hi = p.scale_range
+            below = (rand(b) < 0.5) & (lo < 1)
+            drawn = torch.where(below, uniform(lo, 1.0, b), uniform(max(lo, 1.0), hi, b))
+            factors = torch.where(scaled, drawn, factors)
         chosen = _chosen(elastic | rotated | scaled)
         if not chosen.numel():
             return data, target
@@ -289,7 +290,8 @@ class GPUAugmenter:
             noise = rand(deformed.numel(), 3, *data.shape[2:]) * 2 - 1
             which = chosen[deformed]
             disp[deformed] = smooth_displacement(noise, alpha[which], sigma[which])
-        disp = rotate_and_scale(disp, angles[chosen], factors[chosen])
+        if p.p_rotation > 0 or p.p_scale > 0:
+            disp = rotate_and_scale(disp, angles[chosen], factors[chosen])
         data = data.index_copy(0, chosen, warp(data[chosen], disp, "bilinear", "border"))
         target = target.index_copy(0, chosen, warp(target[chosen], disp, "nearest", "zeros"))
         return data, target
