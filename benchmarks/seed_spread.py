@@ -15,8 +15,11 @@ recipe (``fold_K/validation/summary_per_case.csv``, native geometry, no post-pro
    here);
 4. every further recipe against the first: the difference of the seed means per metric, Welch's t-test on
    the trainings' scores (each training one sample: the test that sees the seed spread, weak with few
-   seeds), and the paired Wilcoxon signed-rank test (Holm across the three metrics) on each case's score
-   averaged over each recipe's trainings (per case; still blind to the seed spread that averaging leaves).
+   seeds); where both recipes hold trainings of the same seed, the differences within each shared seed (a
+   seed draws the initial weights and the batches, so within a seed only what the recipe changes differs),
+   their mean ± SD and the paired t-test over the seeds; and the paired Wilcoxon signed-rank test (Holm
+   across the three metrics) on each case's score averaged over each recipe's trainings (per case; still
+   blind to the seed spread that averaging leaves).
 
 All trainings must hold the same cases in each common fold (the same split), as in ``compare_cv_folds.py``.
 Why a script of its own: nothing else in hiennu groups trainings by recipe; the study and the choice
@@ -208,12 +211,42 @@ def report(recipes: list[Recipe]) -> str:
             else:
                 t_cell = p_cell = "n/a"
             lines.append(f"| {LABELS[metric]} | {diff:+.{digits}f} | {t_cell} | {p_cell} |")
+        lines += paired_by_seed(base, other, scores)
         per_case = {other.name: averaged_rows([tables[id(t)] for t in other.trainings]),
                     base.name: averaged_rows([tables[id(t)] for t in base.trainings])}
         lines += ["", "Paired two-sided Wilcoxon on each case's score averaged over each recipe's trainings, Holm "
                   "across the three metrics:", "",
                   paired_markdown(paired_test_across_metrics(per_case, other.name, base.name, METRICS)).rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def paired_by_seed(base: Recipe, other: Recipe, scores: dict[int, dict[str, float]]) -> list[str]:
+    """Rows for the trainings of the two recipes that share a seed: the same seed draws the same initial weights
+    and the same batches (only what the recipe changes differs), so the difference within a seed is free of
+    most of the seed spread. Per shared seed the difference, then their mean ± SD and the paired t-test over
+    the seeds (n/a with fewer than two)."""
+    by_seed = {t.seeds[0]: t for t in base.trainings if len(t.seeds) == 1}
+    pairs = [(t.seeds[0], t, by_seed[t.seeds[0]]) for t in other.trainings if len(t.seeds) == 1 and t.seeds[0] in by_seed]
+    if not pairs:
+        return []
+    lines = ["", f"Paired by seed ({len(pairs)} shared: {', '.join(str(s) for s, _, _ in pairs)}): {other.name} minus "
+             f"{base.name} within each seed; mean ± SD over the seeds and the paired t-test (n/a with fewer than two "
+             "seeds, or no spread):", "", "| metric | " + " | ".join(f"seed {s}" for s, _, _ in pairs) +
+             " | mean ± SD | paired t | p |", "|---|" + "---|" * (len(pairs) + 3)]
+    for metric in METRICS:
+        digits = 2 if metric == "masd" else 3
+        a = np.array([scores[id(t)][metric] for _, t, _ in pairs])
+        b = np.array([scores[id(u)][metric] for _, _, u in pairs])
+        d = a - b
+        summary = f"{d.mean():+.{digits}f}" + (f" ± {d.std(ddof=1):.{digits}f}" if len(d) > 1 else "")
+        if len(d) > 1 and d.std(ddof=1) > 0:
+            test = stats.ttest_rel(a, b)
+            t_cell, p_cell = f"{test.statistic:.2f}", f"{test.pvalue:.3g}"
+        else:
+            t_cell = p_cell = "n/a"
+        lines.append(f"| {LABELS[metric]} | " + " | ".join(f"{v:+.{digits}f}" for v in d) +
+                     f" | {summary} | {t_cell} | {p_cell} |")
+    return lines
 
 
 def parse_recipes(groups: list[list[str]]) -> list[Recipe]:

@@ -95,3 +95,23 @@ def test_different_splits_missing_folds_and_bad_arguments_are_refused(bench, tmp
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no finished fold"):
         bench.parse_recipes([["a", str(tmp_path / "empty")]])
+
+
+def test_trainings_of_the_same_seed_are_paired(bench, tmp_path):
+    def model(name, seed, dice):
+        return str(_training(tmp_path, name, seed, {0: [("x", dice, 1.0 + dice, dice)]}))
+    recipes = bench.parse_recipes([["a", model("A1", 1, 0.40), model("A2", 2, 0.50), model("A3", 3, 0.60)],
+                                   ["b", model("B1", 1, 0.45), model("B2", 2, 0.58), model("B9", 9, 0.90)]])
+    text = bench.report(recipes)
+    # seeds 1 and 2 are shared (3 and 9 are not): differences +0.05 and +0.08, mean +0.065, SD 0.0212
+    assert "Paired by seed (2 shared: 1, 2): b minus a within each seed" in text
+    from scipy import stats
+    expected = stats.ttest_rel([0.45, 0.58], [0.40, 0.50])
+    assert f"| Dice | +0.050 | +0.080 | +0.065 ± 0.021 | {expected.statistic:.2f} | {expected.pvalue:.3g} |" in text
+    assert "| MASD (mm) | +0.05 | +0.08 | +0.07 ± 0.02 |" in text
+
+
+def test_no_shared_seed_means_no_paired_rows(bench, tmp_path):
+    a = _training(tmp_path, "A", 1, {0: [("x", 0.4, 2.0, 0.5)]})
+    b = _training(tmp_path, "B", 2, {0: [("x", 0.5, 1.0, 0.6)]})
+    assert "Paired by seed" not in bench.report(bench.parse_recipes([["a", str(a)], ["b", str(b)]]))
