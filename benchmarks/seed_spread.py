@@ -127,12 +127,12 @@ def training_scores(table: dict[str, dict], masd_cases: set[str]) -> dict[str, f
     return out
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 3) -> str:
     """``mean ± SD [min, max]`` (SD with ddof 1; a single value has no SD)."""
     v = np.asarray(values, dtype=float)
     if len(v) == 1:
-        return f"{v[0]:.3f} (one training)"
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f} [{v.min():.3f}, {v.max():.3f}]"
+        return f"{v[0]:.{digits}f} (one training)"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f} [{v.min():.{digits}f}, {v.max():.{digits}f}]"
 
 
 def averaged_rows(tables: list[dict[str, dict]]) -> list[dict]:
@@ -178,7 +178,7 @@ def report(recipes: list[Recipe]) -> str:
               "| recipe | trainings | Dice | MASD (mm) | NSD | case spread of Dice (SD) | cases moving > "
               f"{BIG_MOVE} |", "|---|---|---|---|---|---|---|"]
     for r in recipes:
-        cells = [spread([scores[id(t)][m] for t in r.trainings]) for m in METRICS]
+        cells = [spread([scores[id(t)][m] for t in r.trainings], 2 if m == "masd" else 3) for m in METRICS]
         if len(r.trainings) > 1:
             sd, moving = case_spread([tables[id(t)] for t in r.trainings])
             extra = [f"{sd:.3f}", f"{moving} of {len(cases)}"]

@@ -50,9 +50,9 @@ def test_recipe_spread_case_spread_and_fold_means(bench, tmp_path):
     text = bench.report(_recipes(bench, tmp_path))
     # Dice 0.6 and 0.4: mean 0.5, SD (ddof 1) sqrt(0.02) = 0.1414; per-case SDs: x 0.1414, y 0, z 0.2828, mean 0.1414;
     # the ranges 0.2, 0 and 0.4: only z moves by more than 0.2
-    assert "| a | 2 | 0.500 ± 0.141 [0.400, 0.600] | 2.500 ± 0.000 [2.500, 2.500] | 0.600 ± 0.141 [0.500, 0.700] " \
+    assert "| a | 2 | 0.500 ± 0.141 [0.400, 0.600] | 2.50 ± 0.00 [2.50, 2.50] | 0.600 ± 0.141 [0.500, 0.700] " \
            "| 0.141 | 1 of 3 |" in text
-    assert "| b | 1 | 0.700 (one training) | 1.500 (one training) | 0.767 (one training) | n/a | n/a |" in text
+    assert "| b | 1 | 0.700 (one training) | 1.50 (one training) | 0.767 (one training) | n/a | n/a |" in text
     assert "| a | A2 | 0.400 | 0.400 |" in text                                  # fold 0: (0.2 + 0.6) / 2; fold 1: 0.4
 
 
