@@ -15,11 +15,12 @@ recipe (``fold_K/validation/summary_per_case.csv``, native geometry, no post-pro
    here);
 4. every further recipe against the first: the difference of the seed means per metric, Welch's t-test on
    the trainings' scores (each training one sample: the test that sees the seed spread, weak with few
-   seeds); where both recipes hold trainings of the same seed, the differences within each shared seed (a
-   seed draws the initial weights and the batches, so within a seed only what the recipe changes differs),
-   their mean ± SD and the paired t-test over the seeds; and the paired Wilcoxon signed-rank test (Holm
-   across the three metrics) on each case's score averaged over each recipe's trainings (per case; still
-   blind to the seed spread that averaging leaves).
+   seeds); where both recipes hold trainings of the same seed, the differences within each shared seed
+   (for the same network a seed draws the same initial weights and batches, so within a seed much of what
+   differs is what the recipe changes; the report says when the networks differ), their mean ± SD and the
+   paired t-test over the seeds; and the paired Wilcoxon signed-rank test (Holm across the three metrics)
+   on each case's score averaged over each recipe's trainings (per case; still blind to the seed spread
+   that averaging leaves).
 
 All trainings must hold the same cases in each common fold (the same split), as in ``compare_cv_folds.py``.
 Why a script of its own: nothing else in hiennu groups trainings by recipe; the study and the choice
@@ -36,7 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ class Training:
     model: Path
     seeds: list[int]
     folds: dict[int, list[dict]]
+    networks: list[str] = field(default_factory=list)  # the network plans the folds recorded, as JSON text
 
     @property
     def seed_text(self) -> str:
@@ -77,7 +79,7 @@ def _defined(value) -> bool:
 
 def load_training(model: Path) -> Training:
     """The finished folds of ``model`` (those whose final validation wrote its per-case table) and their seeds."""
-    folds, seeds = {}, set()
+    folds, seeds, networks = {}, set(), set()
     for k in range(NUM_FOLDS):
         fold = model / f"fold_{k}"
         table = fold / "validation" / "summary_per_case.csv"
@@ -85,13 +87,16 @@ def load_training(model: Path) -> Training:
             folds[k] = read_per_case_csv(table)
             debug = fold / "debug.json"
             if debug.is_file():
-                seed = json.loads(debug.read_text()).get("seed")
-                if seed is not None:
-                    seeds.add(int(seed))
+                record = json.loads(debug.read_text())
+                if record.get("seed") is not None:
+                    seeds.add(int(record["seed"]))
+                network = (record.get("configuration") or {}).get("network")
+                if network is not None:
+                    networks.add(json.dumps(network, sort_keys=True))
     if not folds:
         raise SystemExit(f"{model}: no finished fold (no fold_K/validation/summary_per_case.csv); train it with "
                          f"hiennu_train, or check the folder")
-    return Training(model, sorted(seeds), folds)
+    return Training(model, sorted(seeds), folds, sorted(networks))
 
 
 def common_folds(recipes: list[Recipe]) -> list[int]:
@@ -221,17 +226,20 @@ def report(recipes: list[Recipe]) -> str:
 
 
 def paired_by_seed(base: Recipe, other: Recipe, scores: dict[int, dict[str, float]]) -> list[str]:
-    """Rows for the trainings of the two recipes that share a seed: the same seed draws the same initial weights
-    and the same batches (only what the recipe changes differs), so the difference within a seed is free of
-    most of the seed spread. Per shared seed the difference, then their mean ± SD and the paired t-test over
+    """Rows for the trainings of the two recipes that share a seed: where the recipes build the same network
+    (``debug.json`` records it) and read the same cases, the same seed draws the same initial weights and batches,
+    so the difference within a seed is free of much of the seed spread. Per shared seed the difference, then their mean ± SD and the paired t-test over
     the seeds (n/a with fewer than two)."""
     by_seed = {t.seeds[0]: t for t in base.trainings if len(t.seeds) == 1}
     pairs = [(t.seeds[0], t, by_seed[t.seeds[0]]) for t in other.trainings if len(t.seeds) == 1 and t.seeds[0] in by_seed]
     if not pairs:
         return []
-    lines = ["", f"Paired by seed ({len(pairs)} shared: {', '.join(str(s) for s, _, _ in pairs)}): {other.name} minus "
-             f"{base.name} within each seed; mean ± SD over the seeds and the paired t-test (n/a with fewer than two "
-             "seeds, or no spread):", "", "| metric | " + " | ".join(f"seed {s}" for s, _, _ in pairs) +
+    same_network = all(t.networks and t.networks == u.networks for _, t, u in pairs)
+    shared = ("the same initial weights and batches" if same_network else
+              "not the same initial weights (the recipes build different networks): little is paired")
+    lines = ["", f"Paired by seed ({len(pairs)} shared: {', '.join(str(s) for s, _, _ in pairs)}; a shared seed means "
+             f"{shared}): {other.name} minus {base.name} within each seed; mean ± SD over the seeds and the paired "
+             "t-test (n/a with fewer than two seeds, or no spread):", "", "| metric | " + " | ".join(f"seed {s}" for s, _, _ in pairs) +
              " | mean ± SD | paired t | p |", "|---|" + "---|" * (len(pairs) + 3)]
     for metric in METRICS:
         digits = 2 if metric == "masd" else 3

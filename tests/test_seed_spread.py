@@ -11,15 +11,17 @@ from hiennu.evaluation.evaluate import write_per_case_csv
 from helpers import load_benchmark
 
 
-def _training(root, name, seed, folds):
-    """A model folder whose folds hold ``{fold: [(case, dice, masd, nsd), ...]}`` and record ``seed``."""
+def _training(root, name, seed, folds, network=None):
+    """A model folder whose folds hold ``{fold: [(case, dice, masd, nsd), ...]}`` and record ``seed`` (and the
+    configuration's ``network`` plan, default a fixed one)."""
     model = root / name
     for k, rows in folds.items():
         folder = model / f"fold_{k}" / "validation"
         folder.mkdir(parents=True)
         write_per_case_csv([{"case_id": c, "dice": d, "masd": m, "nsd": n} for c, d, m, n in rows],
                            folder / "summary_per_case.csv")
-        (model / f"fold_{k}" / "debug.json").write_text(json.dumps({"seed": seed}))
+        (model / f"fold_{k}" / "debug.json").write_text(json.dumps(
+            {"seed": seed, "configuration": {"network": network or {"features_per_stage": [8, 16]}}}))
     return model
 
 
@@ -104,7 +106,8 @@ def test_trainings_of_the_same_seed_are_paired(bench, tmp_path):
                                    ["b", model("B1", 1, 0.45), model("B2", 2, 0.58), model("B9", 9, 0.90)]])
     text = bench.report(recipes)
     # seeds 1 and 2 are shared (3 and 9 are not): differences +0.05 and +0.08, mean +0.065, SD 0.0212
-    assert "Paired by seed (2 shared: 1, 2): b minus a within each seed" in text
+    assert "Paired by seed (2 shared: 1, 2; a shared seed means the same initial weights and batches): b minus a " \
+           "within each seed" in text
     from scipy import stats
     expected = stats.ttest_rel([0.45, 0.58], [0.40, 0.50])
     assert f"| Dice | +0.050 | +0.080 | +0.065 ± 0.021 | {expected.statistic:.2f} | {expected.pvalue:.3g} |" in text
@@ -115,3 +118,11 @@ def test_no_shared_seed_means_no_paired_rows(bench, tmp_path):
     a = _training(tmp_path, "A", 1, {0: [("x", 0.4, 2.0, 0.5)]})
     b = _training(tmp_path, "B", 2, {0: [("x", 0.5, 1.0, 0.6)]})
     assert "Paired by seed" not in bench.report(bench.parse_recipes([["a", str(a)], ["b", str(b)]]))
+
+
+def test_pairs_of_different_networks_share_batches_only(bench, tmp_path):
+    a = _training(tmp_path, "A", 1, {0: [("x", 0.4, 2.0, 0.5)]}, network={"features_per_stage": [8, 16]})
+    b = _training(tmp_path, "B", 1, {0: [("x", 0.5, 1.0, 0.6)]}, network={"features_per_stage": [12, 24]})
+    text = bench.report(bench.parse_recipes([["a", str(a)], ["b", str(b)]]))
+    assert "a shared seed means not the same initial weights (the recipes build different networks): little is " \
+           "paired" in text
