@@ -1,4 +1,4 @@
-"""Training-seed spread: one recipe trained several times with different ``--seed``, and recipes compared over their seeds.
+"""Training-seed spread: a recipe trained with several ``--seed`` values, and recipes compared over their seeds.
 
 A 5-fold CV score of one training is one draw: the same plans trained with ``hiennu_train ... --seed 1``
 instead of the default 12345 scored 0.468 instead of 0.518 Dice on the 37 BONBID dev cases (results.md,
@@ -228,10 +228,11 @@ def report(recipes: list[Recipe]) -> str:
 def paired_by_seed(base: Recipe, other: Recipe, scores: dict[int, dict[str, float]]) -> list[str]:
     """Rows for the trainings of the two recipes that share a seed: where the recipes build the same network
     (``debug.json`` records it) and read the same cases, the same seed draws the same initial weights and batches,
-    so the difference within a seed is free of much of the seed spread. Per shared seed the difference, then their mean ± SD and the paired t-test over
-    the seeds (n/a with fewer than two)."""
+    so the difference within a seed is free of much of the seed spread. Per shared seed the difference, then
+    their mean ± SD and the paired t-test over the seeds (n/a with fewer than two)."""
     by_seed = {t.seeds[0]: t for t in base.trainings if len(t.seeds) == 1}
-    pairs = [(t.seeds[0], t, by_seed[t.seeds[0]]) for t in other.trainings if len(t.seeds) == 1 and t.seeds[0] in by_seed]
+    pairs = [(t.seeds[0], t, by_seed[t.seeds[0]]) for t in other.trainings
+             if len(t.seeds) == 1 and t.seeds[0] in by_seed]
     if not pairs:
         return []
     same_network = all(t.networks and t.networks == u.networks for _, t, u in pairs)
@@ -239,8 +240,8 @@ def paired_by_seed(base: Recipe, other: Recipe, scores: dict[int, dict[str, floa
               "not the same initial weights (the recipes build different networks): little is paired")
     lines = ["", f"Paired by seed ({len(pairs)} shared: {', '.join(str(s) for s, _, _ in pairs)}; a shared seed means "
              f"{shared}): {other.name} minus {base.name} within each seed; mean ± SD over the seeds and the paired "
-             "t-test (n/a with fewer than two seeds, or no spread):", "", "| metric | " + " | ".join(f"seed {s}" for s, _, _ in pairs) +
-             " | mean ± SD | paired t | p |", "|---|" + "---|" * (len(pairs) + 3)]
+             "t-test (n/a with fewer than two seeds, or no spread):", "",
+             "| metric | " + " | ".join(f"seed {s}" for s, _, _ in pairs) + " | mean ± SD | paired t | p |", "|---|" + "---|" * (len(pairs) + 3)]
     for metric in METRICS:
         digits = 2 if metric == "masd" else 3
         a = np.array([scores[id(t)][metric] for _, t, _ in pairs])
