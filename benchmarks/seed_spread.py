@@ -241,7 +241,8 @@ def paired_by_seed(base: Recipe, other: Recipe, scores: dict[int, dict[str, floa
     lines = ["", f"Paired by seed ({len(pairs)} shared: {', '.join(str(s) for s, _, _ in pairs)}; a shared seed means "
              f"{shared}): {other.name} minus {base.name} within each seed; mean ± SD over the seeds and the paired "
              "t-test (n/a with fewer than two seeds, or no spread):", "",
-             "| metric | " + " | ".join(f"seed {s}" for s, _, _ in pairs) + " | mean ± SD | paired t | p |", "|---|" + "---|" * (len(pairs) + 3)]
+             "| metric | " + " | ".join(f"seed {s}" for s, _, _ in pairs) + " | mean ± SD | paired t | p |",
+             "|---|" + "---|" * (len(pairs) + 3)]
     for metric in METRICS:
         digits = 2 if metric == "masd" else 3
         a = np.array([scores[id(t)][metric] for _, t, _ in pairs])
