@@ -7,7 +7,8 @@ fixed, so they cannot see that spread. This script reads the final validation of
 recipe (``fold_K/validation/summary_per_case.csv``, native geometry, no post-processing) and prints
 
 1. every training: its seed (``fold_K/debug.json``) and its score over the common folds' cases (mean Dice and
-   NSD over the cases; MASD, in mm, over the cases where every training shown defines it, n beside it);
+   NSD over the cases; MASD, in mm, over the cases where every training shown defines it, their count
+   in the line above the table);
 2. per recipe: mean ± SD (ddof 1) [min, max] of those scores over its trainings, and the case-level spread:
    the mean over cases of the per-case SD of Dice across the trainings, and how many cases move by more
    than 0.2 Dice between two trainings;
