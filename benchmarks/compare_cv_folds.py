@@ -24,22 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hiennu.evaluation.evaluate import read_per_case_csv
 from hiennu.evaluation.paired_comparison import paired_markdown
 from hiennu.evaluation.report import paired_test_across_metrics
-from hiennu.training.options import NUM_FOLDS
+from hiennu.training.fold_layout import finished_validations
 
 METRICS = ("dice", "masd", "nsd")
-
-
-def finished_folds(model: Path) -> dict[int, list[dict]]:
-    """Per-case rows of every fold of ``model`` whose final validation wrote its per-case table."""
-    folds = {}
-    for k in range(NUM_FOLDS):
-        table = model / f"fold_{k}" / "validation" / "summary_per_case.csv"
-        if table.is_file():
-            folds[k] = read_per_case_csv(table)
-    return folds
 
 
 def _defined(value) -> bool:
@@ -61,7 +50,7 @@ def fold_means(rows_a: list[dict], rows_b: list[dict]) -> dict[str, tuple[float,
 
 def compare(model_a: Path, model_b: Path) -> str:
     """The Markdown report (see the module docstring); raises ``SystemExit`` when nothing can be compared."""
-    a, b = finished_folds(model_a), finished_folds(model_b)
+    a, b = finished_validations(model_a), finished_validations(model_b)
     common = sorted(set(a) & set(b))
     if not common:
         raise SystemExit(f"no fold is finished in both {model_a} (folds {sorted(a)}) and {model_b} (folds {sorted(b)})")

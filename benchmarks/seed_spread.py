@@ -44,10 +44,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from hiennu.evaluation.evaluate import read_per_case_csv
 from hiennu.evaluation.paired_comparison import paired_markdown
 from hiennu.evaluation.report import paired_test_across_metrics
-from hiennu.training.options import NUM_FOLDS
+from hiennu.training.fold_layout import finished_validations
 
 METRICS = ("dice", "masd", "nsd")
 LABELS = {"dice": "Dice", "masd": "MASD (mm)", "nsd": "NSD"}
@@ -80,20 +79,20 @@ def _defined(value) -> bool:
 
 def load_training(model: Path) -> Training:
     """The finished folds of ``model`` (those whose final validation wrote its per-case table) and their seeds."""
-    folds, seeds, networks = {}, set(), set()
-    for k in range(NUM_FOLDS):
-        fold = model / f"fold_{k}"
-        table = fold / "validation" / "summary_per_case.csv"
-        if table.is_file():
-            folds[k] = read_per_case_csv(table)
-            debug = fold / "debug.json"
-            if debug.is_file():
+    folds, seeds, networks = finished_validations(model), set(), set()
+    for k in folds:
+        debug = model / f"fold_{k}" / "debug.json"
+        if debug.is_file():
+            try:
                 record = json.loads(debug.read_text())
-                if record.get("seed") is not None:
-                    seeds.add(int(record["seed"]))
-                network = (record.get("configuration") or {}).get("network")
-                if network is not None:
-                    networks.add(json.dumps(network, sort_keys=True))
+            except ValueError as error:
+                raise SystemExit(f"{debug}: not readable JSON ({error}); the fold's record is damaged and its seed "
+                                 f"unknown: leave this training out, or train the fold again") from None
+            if record.get("seed") is not None:
+                seeds.add(int(record["seed"]))
+            network = (record.get("configuration") or {}).get("network")
+            if network is not None:
+                networks.add(json.dumps(network, sort_keys=True))
     if not folds:
         raise SystemExit(f"{model}: no finished fold (no fold_K/validation/summary_per_case.csv); train it with "
                          f"hiennu_train, or check the folder")

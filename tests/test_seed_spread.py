@@ -126,3 +126,10 @@ def test_pairs_of_different_networks_share_batches_only(bench, tmp_path):
     text = bench.report(bench.parse_recipes([["a", str(a)], ["b", str(b)]]))
     assert "a shared seed means not the same initial weights (the recipes build different networks): little is " \
            "paired" in text
+
+
+def test_a_damaged_fold_record_is_named(bench, tmp_path):
+    a = _training(tmp_path, "A", 1, {0: [("x", 0.4, 2.0, 0.5)]})
+    (a / "fold_0" / "debug.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="debug.json: not readable JSON"):
+        bench.parse_recipes([["a", str(a)]])

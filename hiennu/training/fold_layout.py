@@ -95,6 +95,16 @@ def model_folder(dataset_name: str, model_dir: str, split_seed: int | None = Non
     return (base if split_seed is None else base / split_seed_folder(split_seed)) / model_dir
 
 
+def finished_validations(model_dir: Path) -> dict[int, list[dict]]:
+    """Per-case rows of every fold of ``model_dir`` (a ``TRAINER__PLANS__CONFIG`` folder) whose final validation
+    wrote its table, ``fold_K/validation/summary_per_case.csv`` (native geometry, no post-processing), by fold."""
+    from hiennu.evaluation.evaluate import read_per_case_csv
+    from hiennu.training.options import NUM_FOLDS
+
+    tables = {k: Path(model_dir) / f"fold_{k}" / "validation" / "summary_per_case.csv" for k in range(NUM_FOLDS)}
+    return {k: read_per_case_csv(table) for k, table in tables.items() if table.is_file()}
+
+
 def split_cases(preprocessed_dir: Path, dataset_name: str, fold: int | str,
                 split_seed: int | None = None) -> tuple[list[str], list[str]]:
     """(training cases, validation cases) of ``fold`` from ``splits_final.json`` (``splits_seed{S}.json``

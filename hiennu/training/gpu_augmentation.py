@@ -267,9 +267,11 @@ class GPUAugmenter:
         p = self.plan
         b, dev = data.shape[0], data.device
         none = torch.zeros(b, dtype=torch.bool, device=dev)
-        elastic = rand(b) < p.p_elastic if p.p_elastic > 0 else none
-        alpha = uniform(*p.elastic_alpha, b) if p.p_elastic > 0 else None
-        sigma = uniform(*p.elastic_sigma, b) if p.p_elastic > 0 else None
+        elastic, alpha, sigma = none, None, None
+        if p.p_elastic > 0:
+            elastic = rand(b) < p.p_elastic
+            alpha = uniform(*p.elastic_alpha, b)
+            sigma = uniform(*p.elastic_sigma, b)
         rotated, angles = none, torch.zeros(b, device=dev)
         if p.p_rotation > 0:
             rotated = rand(b) < p.p_rotation
