@@ -88,6 +88,10 @@ class NetworkPlan:
     rule_prior_mode: how the network's output ``n`` corrects the prior ``r``: ``add`` (``r + n``, free
     corrections) or ``veto`` (``r - softplus(n) + log 2``: the network can lower the rule's logits
     without bound but raise them by at most log 2, so it mostly removes what the rule over-calls).
+    context_slices: for a 2D network, how many neighbouring slices on either side each slice sees as extra
+    input channels ("2.5D"; 0, nnU-Net's 2d, sees its own slice only). A training patch then needs
+    ``patch_size_zyx[0] >= 2 * context_slices + 1``: its outer context slices are input only and the loss
+    is taken on the slices between them; prediction repeats a case's edge slices as their missing neighbours.
     rule_prior_cap: upper bound of the prior's logits (``min(k (t - z), cap)``), or None for no bound.
     A sharp prior (large ``k``) saturates the sigmoid inside the rule (``k = 10`` puts a voxel one
     z-score past the threshold at probability 0.99995), where a Dice loss has almost no gradient
@@ -111,6 +115,7 @@ class NetworkPlan:
     rule_prior_scale: float = 2.0
     rule_prior_cap: float | None = None
     spatial_dims: int = 3
+    context_slices: int = 0
 
     @property
     def downsampling_factor_zyx(self) -> tuple[int, int, int]:
@@ -228,8 +233,10 @@ class Configuration:
       its own slice spacing (only y and x are resampled; ``target_spacing_zyx[0]`` is the median slice
       spacing, for information) and the network is 2D (``network.spatial_dims`` 2). A training sample is
       ``patch_size_zyx`` ``[k, y, x]``: k consecutive slices of one case, each run alone through the 2D
-      network, the loss taken over the k slices together (one slice when k is 1, as in nnU-Net).
-      Prediction runs the 2D network on every slice of the brain box.
+      network, the loss taken over the k slices together (one slice when k is 1, as in nnU-Net); with
+      ``network.context_slices`` c the outer c slices on either side are the neighbours the others see, and
+      the loss is over the k - 2c between them. The augmentation of a 2D sample is in-plane: one elastic
+      field, rotation and mirroring for all its slices. Prediction runs the 2D network on every slice of the brain box.
 
     grid_policy: how the grid or spacing was chosen (``memory``, ``paper``, ``forced``, ``spacing``).
     planned_for: the device the network and patch were sized for (``cpu`` or ``gpu``).
@@ -352,7 +359,7 @@ ENUMERATED_FIELDS: dict[str, tuple[str, ...]] = {
 # Numeric ranges, by field name: (lowest, highest, lowest allowed itself); None = unbounded.
 NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "batch_size": (1, None, True), "max_epochs": (1, None, True), "patience": (1, None, True),
-    "iterations_per_epoch": (1, None, True), "num_workers": (0, None, True),
+    "iterations_per_epoch": (1, None, True), "num_workers": (0, None, True), "context_slices": (0, None, True),
     "learning_rate": (0, None, False), "weight_decay": (0, None, True), "lr_decay_gamma": (0, 1, False),
     "rule_prior_scale": (0, None, False), "rule_prior_cap": (0, None, False),
     "l1_lambda": (0, None, True), "grad_clip_norm": (0, None, False), "foreground_oversampling": (0, 1, True),
@@ -482,8 +489,16 @@ def _dimensionality_problems(config: Configuration) -> list[str]:
     if net.spatial_dims not in SPATIAL_DIMS:
         return [f"network.spatial_dims is {net.spatial_dims}; choose 2 (slice-wise, nnU-Net's 2d) or 3"]
     patch = config.patch_size_zyx
+    context = int(net.context_slices)
+    if context and net.spatial_dims != 2:
+        return [f"network.context_slices is {context}, but network.spatial_dims is {net.spatial_dims}: neighbouring "
+                f"slices as channels are for a 2D network; set network.context_slices to 0"]
     if net.spatial_dims == 2:
         problems = []
+        if patch is not None and len(patch) == 3 and int(patch[0]) < 2 * context + 1:
+            problems.append(f"patch_size_zyx {list(patch)} has {int(patch[0])} slice(s), but network.context_slices "
+                            f"{context} needs {2 * context + 1} (the slice and its neighbours on either side): set "
+                            f"patch_size_zyx[0] to {2 * context + 1}")
         if patch is None:
             problems.append("network.spatial_dims 2 needs a patch configuration: set patch_size_zyx to [1, y, x] "
                             "and target_spacing_zyx (a 2D network cannot take a whole-volume grid)")

@@ -138,8 +138,16 @@ def test_2d_augmentation_runs_in_plane_and_keeps_the_slice_axis():
     assert d.shape == (2, 1, 16, 12) and s.shape == (1, 1, 16, 12) and set(np.unique(s)) <= {0.0, 1.0}
     d2, _ = augment_sample(transform, data, seg, seed=3)
     np.testing.assert_array_equal(d, d2)
-    with pytest.raises(ValueError, match="one-slice"):
-        augment_sample(transform, np.zeros((2, 3, 16, 12), np.float32), np.zeros((1, 3, 16, 12), np.float32), 0)
+    # a sample of three slices (a slab, or a 2.5D network's context) is deformed in-plane, the same way for every
+    # slice: three identical slices stay identical, in the image and in the target
+    same = np.repeat(data, 3, axis=1)
+    d3, s3 = augment_sample(build_transforms(AugmentationPlan(p_noise=0, p_lowres=0, p_blur=0, p_gamma=0,
+                                                              p_elastic=1.0, p_mirror=1.0), (16, 12)),
+                            same, np.repeat(seg, 3, axis=1), seed=3)
+    assert d3.shape == (2, 3, 16, 12) and s3.shape == (1, 3, 16, 12)
+    assert not np.allclose(d3[:, 0], data[:, 0])
+    np.testing.assert_array_equal(d3[:, 0], d3[:, 2])
+    np.testing.assert_array_equal(s3[:, 0], s3[:, 1])
 
 
 def test_2d_mirroring_without_noise_flips_x():

@@ -18,6 +18,14 @@ once in prediction. With
 ``deep_supervision`` in training mode the output is a list: full resolution first, then one
 lower-resolution logit map per decoder stage below it.
 
+``plan.context_slices`` c > 0 (2D only, "2.5D") gives each slice its c neighbours on either side as extra
+input channels: the 2D network's first convolution takes ``in_channels * (2c + 1)`` channels, stacked by
+slice offset (-c first, each offset with every input channel) so a slice can tell a one-slice speck from a
+lesion that goes on. In training mode the outer c slices of the input on either side are context only and
+the output has ``z - 2c`` slices (the trainer's target is cropped to match); in eval mode (validation,
+prediction) the input is first padded by c slices that repeat the edge slices, so the output has all z
+slices and a case of one slice still predicts.
+
 With ``plan.rule_prior`` the full-resolution logits get ``k * (t - x[:, c])`` added: the
 challenge's ZADC < t rule as a logit prior (``c`` the ZADC channel, on its atlas z-score scale;
 ``k`` a learnable scale, initialised to ``plan.rule_prior_scale``). The output convolutions then start
@@ -116,12 +124,16 @@ class UNet(nn.Module):
         if dims == 2 and any(int(k[0]) != 1 for k in plan.pool_kernel_sizes):
             raise ValueError(f"network plan: a 2D network cannot pool along z; pool kernels "
                              f"{plan.pool_kernel_sizes} need z = 1")
+        context = int(plan.context_slices)
+        if context < 0 or (context and dims != 2):
+            raise ValueError(f"network plan: context_slices {plan.context_slices} needs a 2D network "
+                             f"(spatial_dims 2) and a value >= 0; a 3D network sees its neighbours already")
         conv, transpose, pool_layer = _LAYERS[dims][:3]
         self.plan = plan
         k, slope = plan.kernel_size, plan.negative_slope
         self.encoder = nn.ModuleList()
         self.pools = nn.ModuleList()
-        in_ch = plan.in_channels
+        in_ch = plan.in_channels * (2 * context + 1)
         for s, f in enumerate(feats):
             if s > 0:
                 self.pools.append(pool_layer(self._kernel(plan.pool_kernel_sizes[s - 1])))
@@ -153,8 +165,9 @@ class UNet(nn.Module):
         return kernel[1:] if self.plan.spatial_dims == 2 else kernel
 
     def rule_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The prior ``k * (t - x[:, c])``, at most ``rule_prior_cap`` when set, as ``(B, 1, *spatial)`` logits."""
-        c = self.plan.rule_prior_channel
+        """The prior ``k * (t - x[:, c])``, at most ``rule_prior_cap`` when set, as ``(B, 1, *spatial)`` logits.
+        With context slices ``x`` is the stacked input and ``c`` the centre slice's channel."""
+        c = self.plan.rule_prior_channel + int(self.plan.context_slices) * self.plan.in_channels
         prior = self.rule_scale * (self.plan.rule_prior_threshold - x[:, c:c + 1])
         if self.plan.rule_prior_cap is not None:
             prior = prior.clamp(max=self.plan.rule_prior_cap)
@@ -172,10 +185,25 @@ class UNet(nn.Module):
             return self._forward(x)
         if x.dim() != 5:
             raise ValueError(f"expected a (B, C, z, y, x) input, got shape {tuple(x.shape)}")
+        x = self._with_context(x)
         b, c, z, h, w = x.shape
         out = self._forward(x.transpose(1, 2).reshape(b * z, c, h, w))
         unfold = lambda t: t.reshape(b, z, *t.shape[1:]).transpose(1, 2)  # noqa: E731
         return [unfold(t) for t in out] if isinstance(out, list) else unfold(out)
+
+    def _with_context(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, z, y, x)`` -> ``(B, C * (2c + 1), z', y, x)``: each output slice with its c neighbours either
+        side as channels (offset -c first); z' = z - 2c in training, z in eval (edge slices repeated)."""
+        context = int(self.plan.context_slices)
+        if not context:
+            return x
+        if not self.training:
+            x = F.pad(x, (0, 0, 0, 0, context, context), mode="replicate")
+        depth = x.shape[2] - 2 * context
+        if depth < 1:
+            raise ValueError(f"a training input needs more than 2 x context_slices ({context}) slices, got "
+                             f"{x.shape[2]}: set patch_size_zyx[0] to at least {2 * context + 1}")
+        return torch.cat([x[:, :, i:i + depth] for i in range(2 * context + 1)], dim=1)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         prior = self.rule_logits(x) if self.plan.rule_prior else None

@@ -8,8 +8,10 @@ seed, so the result depends on nothing but (sample, seed): not on the worker tha
 the number of workers, or the rank.
 
 Arrays: data (C, z, y, x) float32, seg (1, z, y, x); batchgenerators sees (1, C, z, y, x). A
-pipeline built for a 2D grid (y, x) (the ``2d`` configuration's one-slice patches) runs on the slice:
-batchgenerators sees (1, C, y, x), so the elastic field, blur and low resolution stay in-plane.
+pipeline built for a 2D grid (y, x) (the ``2d`` configuration's samples) runs on the slices folded into
+the channels: batchgenerators sees (1, C * z, y, x) and a seg of z channels, so the elastic field, blur
+and low resolution stay in-plane and every slice of a sample (a 2.5D network's context slices too) gets
+the same deformation and mirroring.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class AxisFlipTransform(AbstractTransform):
 
 
 class SliceTransforms(Compose):
-    """A pipeline on 2D slices: :func:`augment_sample` drops the one-voxel z axis before it and restores it after."""
+    """A pipeline on 2D slices: :func:`augment_sample` folds the z axis into the channels before it and
+    unfolds it after."""
 
 
 class KeepChannels(AbstractTransform):
@@ -70,8 +73,18 @@ class KeepChannels(AbstractTransform):
         self.channels = list(channels)
 
     def __call__(self, **data_dict):
-        data_dict[self.key] = np.array(data_dict["data"][:, self.channels], copy=True)
+        data_dict[self.key] = np.array(data_dict["data"][:, folded_channels(self.channels, data_dict)], copy=True)
         return data_dict
+
+
+SLICES_KEY = "hiennu_slices_per_channel"
+
+
+def folded_channels(channels: list[int], data_dict: dict) -> list[int]:
+    """The array channels of input ``channels`` when :func:`augment_sample` folded each channel's slices into
+    the channels (channel-major, ``data_dict[SLICES_KEY]`` slices each); ``channels`` itself otherwise."""
+    depth = int(data_dict.get(SLICES_KEY, 1))
+    return [c * depth + j for c in channels for j in range(depth)]
 
 
 class RestoreChannels(AbstractTransform):
@@ -81,7 +94,7 @@ class RestoreChannels(AbstractTransform):
         self.channels = list(channels)
 
     def __call__(self, **data_dict):
-        data_dict["data"][:, self.channels] = data_dict.pop(KeepChannels.key)
+        data_dict["data"][:, folded_channels(self.channels, data_dict)] = data_dict.pop(KeepChannels.key)
         return data_dict
 
 
@@ -148,15 +161,16 @@ def augment_sample(transform: AbstractTransform, data: np.ndarray, seg: np.ndarr
     """
     np.random.seed(seed % 2**32)
     random.seed(seed)
-    slices = isinstance(transform, SliceTransforms)
-    if slices and np.shape(data)[1] != 1:
-        raise ValueError(f"a 2D augmentation pipeline takes one-slice samples (C, 1, y, x), got {np.shape(data)}")
+    shape = np.shape(data)
     data = np.array(data, dtype=np.float32)[None]
     seg = np.array(seg, dtype=np.float32)[None]
-    if slices:
-        data, seg = data[:, :, 0], seg[:, :, 0]
-    out = transform(data=data, seg=seg)
+    extra = {}
+    if isinstance(transform, SliceTransforms):  # in-plane: each channel's slices become channels
+        channels, depth, height, width = shape
+        data, seg = data.reshape(1, channels * depth, height, width), seg.reshape(1, depth, height, width)
+        extra = {SLICES_KEY: depth}
+    out = transform(data=data, seg=seg, **extra)
     data, seg = out["data"][0], out["seg"][0]
-    if slices:
-        data, seg = data[:, None], seg[:, None]
+    if extra:
+        data, seg = data.reshape(shape), seg.reshape(1, *shape[1:])
     return np.ascontiguousarray(data, dtype=np.float32), np.ascontiguousarray(seg, dtype=np.float32)

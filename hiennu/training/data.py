@@ -246,8 +246,7 @@ class TrainingBatches:
         elif self.on_device:
             cpu_transform = None
         else:
-            slices = config.is_2d and config.input_size_zyx[0] == 1  # one-slice samples: in-plane augmentation
-            grid = config.input_size_zyx[1:] if slices else config.input_size_zyx
+            grid = config.input_size_zyx[1:] if config.is_2d else config.input_size_zyx  # 2D: in-plane augmentation
             cpu_transform = transform if transform is not None else build_transforms(config.augmentation, grid)
         patch = tuple(int(v) for v in config.patch_size_zyx) if config.is_patch_based else None
         self._maker = _BatchMaker(self.case_dir, self.case_ids, cpu_transform, patch,  # type: ignore[arg-type]
@@ -307,7 +306,7 @@ class TrainingBatches:
             if self._gpu_augmenter is not None:
                 generator = torch.Generator(device=self.device)
                 generator.manual_seed(_derive_seed(self.seed, epoch, self.rank, it))
-                data, target = self._gpu_augmenter(data, target, generator)
+                data, target = self._gpu_augmenter(data, target, generator, in_plane=self.config.is_2d)
             yield data, target
 
     def _items(self, cases: np.ndarray, seeds: np.ndarray, foreground: np.ndarray,

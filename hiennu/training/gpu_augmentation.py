@@ -190,9 +190,26 @@ class GPUAugmenter:
 
     plan: AugmentationPlan
 
-    def __call__(self, data: torch.Tensor, target: torch.Tensor,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment data (B, C, z, y, x) float and target (B, 1, z, y, x) {0, 1}; returns new tensors."""
+    def __call__(self, data: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None,
+                 in_plane: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment data (B, C, z, y, x) float and target (B, 1, z, y, x) {0, 1}; returns new tensors.
+
+        in_plane: the samples are stacks of 2D slices (a ``2d`` configuration's k-slice samples): the slices
+        are folded into the channels, so one in-plane field, blur and mirroring serve every slice of a sample
+        (as :func:`hiennu.training.augmentation.augment_sample` does on the CPU)."""
+        b, c, depth = data.shape[:3]
+        if not in_plane or depth == 1:
+            return self._augment(data, target, generator, 1)
+        height, width = data.shape[3:]
+        data, target = self._augment(data.reshape(b, c * depth, 1, height, width),
+                                     target.reshape(b, depth, 1, height, width), generator, depth)
+        return (data.reshape(b, c, depth, height, width).contiguous(),
+                target.reshape(b, 1, depth, height, width).contiguous())
+
+    def _augment(self, data: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None,
+                 slices_per_channel: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`__call__` on tensors whose channels may be folded slices (``slices_per_channel`` of each
+        input channel, channel-major), which the skipped channels are counted in."""
         p = self.plan
         g = generator
         data = data.float()
@@ -209,7 +226,7 @@ class GPUAugmenter:
         if p.p_elastic > 0 or p.p_rotation > 0 or p.p_scale > 0:
             data, target = self._spatial(data, target, rand, uniform)
 
-        skip = [int(c) for c in p.intensity_skip_channels]
+        skip = [int(c) * slices_per_channel + j for c in p.intensity_skip_channels for j in range(slices_per_channel)]
         kept = data[:, skip].clone() if skip else None
 
         if p.p_noise > 0:

@@ -324,7 +324,7 @@ class Trainer(abc.ABC):
     def _train_step(self, data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """One optimizer step on this rank's batch; returns the segmentation loss (no L1 term)."""
         data = data.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        target = target.to(self.device, non_blocking=True)
+        target = self._supervised_slices(target.to(self.device, non_blocking=True))
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.training.cpu_bf16):
             output = self.model(data)
@@ -337,6 +337,12 @@ class Trainer(abc.ABC):
         if self.average is not None:
             self.average.update(self.network)
         return loss
+
+    def _supervised_slices(self, target: torch.Tensor) -> torch.Tensor:
+        """The target ``(B, 1, z, y, x)`` without the context slices of a 2.5D network
+        (``network.context_slices`` on either side), which the network's training output leaves out."""
+        context = int(self.config.network.context_slices)
+        return target[:, :, context:target.shape[2] - context] if context else target
 
     @property
     def predicting_network(self) -> nn.Module:
