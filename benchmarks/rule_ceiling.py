@@ -1,0 +1,134 @@
+"""What the ZADC rule leaves within reach: the best Dice a network that starts from it could score.
+
+hiennu's networks start from the challenge's rule ``ZADC < t`` (``network.rule_prior``). In ``veto`` mode
+(the planner's) a network can remove the rule's voxels but hardly add any (at most log 2 logits, a few
+hundredths of a z-score past ``t`` at ``k`` = 10), so a case's Dice can never exceed that of the *perfect
+veto*, the rule's voxels that are lesion: ``2 |R ∩ G| / (|R ∩ G| + |G|)``. And most of what post-processing
+removes are whole components, so the *perfect component filter* (the rule's components that touch the
+reference, all of them kept whole) bounds what a lesion filter can do. This script prints, for each
+threshold ``t`` (``--thresholds``), over the cases of a raw dataset (``imagesTr``, ``labelsTr``):
+
+- the rule's mean Dice and the share of lesion voxels it finds (voxel sensitivity, pooled over cases);
+- the mean Dice of the perfect veto of the rule;
+- the mean Dice of the perfect component filter on the rule (26-connected components), and with
+  ``--max-adc A`` the same after the ADC cap (voxels with ADC > A dropped first, as the post-processing's cap).
+
+Means are over cases, each case's Dice as :func:`hiennu.masks.dice` (1 when rule and reference are both
+empty). These are ceilings computed with the reference, not scores: no model reaches them. Why a script of its
+own: it reads only the raw cases, and a reader judging a score goal against the veto design needs the ceiling.
+
+    python benchmarks/rule_ceiling.py -d BONBID --max-adc 1392
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from hiennu.errors import HiennuError
+from hiennu.io.cases import channel_file_name
+from hiennu.io.channels import adc_zadc_channels
+from hiennu.io.dataset_json import load_dataset_json
+from hiennu.io.image import read_image
+from hiennu.masks import FULL_CONNECTIVITY, dice, rule_mask
+from hiennu.paths import raw_root, resolve_dataset
+
+THRESHOLDS = (-3.0, -2.5, -2.0, -1.5, -1.0)
+
+
+@dataclass
+class CaseCeiling:
+    """One case at one threshold: Dice of the rule, of its perfect veto and of its perfect component filter
+    (without and with the ADC cap), and the lesion voxels found and present."""
+
+    rule: float
+    veto: float
+    components: float
+    components_capped: float | None
+    found: int
+    lesion: int
+
+
+def perfect_component_filter(mask: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The 26-connected components of ``mask`` that share a voxel with ``ref``, kept whole; bool (z, y, x)."""
+    labels, _ = ndimage.label(mask, structure=FULL_CONNECTIVITY)
+    touched = np.unique(labels[ref & (labels > 0)])
+    return np.isin(labels, touched[touched > 0])
+
+
+def case_ceiling(zadc: np.ndarray, adc: np.ndarray, ref: np.ndarray, threshold: float,
+                 max_adc: float | None = None) -> CaseCeiling:
+    """The ceilings of one case (arrays (z, y, x) on one grid: raw ZADC, raw ADC, reference mask)."""
+    ref = np.asarray(ref) != 0
+    rule = rule_mask(zadc, adc, threshold)
+    hit = rule & ref
+    capped = None
+    if max_adc is not None:
+        capped = dice(ref, perfect_component_filter(rule & (np.asarray(adc) <= max_adc), ref))
+    return CaseCeiling(dice(ref, rule), dice(ref, hit), dice(ref, perfect_component_filter(rule, ref)), capped,
+                       int(hit.sum()), int(ref.sum()))
+
+
+def load_case(raw_dir: Path, case: str, channels: tuple[int, int], ending: str) -> tuple[np.ndarray, ...]:
+    """Raw ZADC, ADC and reference of ``case``; an image on another grid than its label is refused by name."""
+    adc_k, zadc_k = channels
+    ref, geometry = read_image(raw_dir / "labelsTr" / f"{case}{ending}")
+    out = []
+    for k in (zadc_k, adc_k):
+        file = raw_dir / "imagesTr" / channel_file_name(case, k, ending)
+        image, image_geometry = read_image(file)
+        if image.shape != ref.shape or geometry.differences(image_geometry):
+            raise HiennuError(f"case {case}: {file} lies on another grid than its label")
+        out.append(image)
+    return out[0], out[1], ref
+
+
+def ceilings(raw_dir: Path, thresholds: Sequence[float], max_adc: float | None) -> dict[float, list[CaseCeiling]]:
+    dataset = load_dataset_json(raw_dir)
+    channels = adc_zadc_channels(dataset.channel_names, required=True, source=str(raw_dir / "dataset.json"))
+    cases = sorted(p.name[:-len(dataset.file_ending)] for p in (raw_dir / "labelsTr").glob(f"*{dataset.file_ending}"))
+    if not cases:
+        raise HiennuError(f"{raw_dir / 'labelsTr'} holds no {dataset.file_ending} labels")
+    out: dict[float, list[CaseCeiling]] = {t: [] for t in thresholds}
+    for case in cases:
+        zadc, adc, ref = load_case(raw_dir, case, channels, dataset.file_ending)
+        for t in thresholds:
+            out[t].append(case_ceiling(zadc, adc, ref, t, max_adc))
+    return out
+
+
+def table(results: dict[float, list[CaseCeiling]], max_adc: float | None) -> str:
+    capped = f" | perfect component filter after ADC <= {max_adc:g}" if max_adc is not None else ""
+    lines = [f"| ZADC < t | cases | rule Dice | lesion voxels found | perfect veto Dice | perfect component filter{capped} |",
+             "|---|---|---|---|---|---|" + ("---|" if max_adc is not None else "")]
+    for t, rows in results.items():
+        found = sum(r.found for r in rows) / max(sum(r.lesion for r in rows), 1)
+        line = (f"| {t:g} | {len(rows)} | {np.mean([r.rule for r in rows]):.3f} | {found:.3f} | "
+                f"{np.mean([r.veto for r in rows]):.3f} | {np.mean([r.components for r in rows]):.3f} |")
+        if max_adc is not None:
+            line += f" {np.mean([r.components_capped for r in rows]):.3f} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-d", "--dataset", required=True, help="dataset name or number under $hiennu_raw")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
+    parser.add_argument("--max-adc", type=float, default=None, help="ADC cap (10^-6 mm^2/s) for the last column")
+    args = parser.parse_args(argv)
+    try:
+        raw_dir = raw_root() / resolve_dataset(args.dataset, [raw_root()])
+        print(table(ceilings(raw_dir, args.thresholds, args.max_adc), args.max_adc))
+    except HiennuError as error:
+        parser.exit(1, f"rule_ceiling.py: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
