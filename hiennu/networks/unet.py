@@ -125,9 +125,11 @@ class UNet(nn.Module):
             raise ValueError(f"network plan: a 2D network cannot pool along z; pool kernels "
                              f"{plan.pool_kernel_sizes} need z = 1")
         context = int(plan.context_slices)
-        if context < 0 or (context and dims != 2):
-            raise ValueError(f"network plan: context_slices {plan.context_slices} needs a 2D network "
-                             f"(spatial_dims 2) and a value >= 0; a 3D network sees its neighbours already")
+        if context < 0:
+            raise ValueError(f"network plan: context_slices must be 0 or more, got {plan.context_slices}")
+        if context and dims != 2:
+            raise ValueError(f"network plan: context_slices {context} needs a 2D network (spatial_dims 2); "
+                             f"a 3D network sees its neighbours already")
         conv, transpose, pool_layer = _LAYERS[dims][:3]
         self.plan = plan
         k, slope = plan.kernel_size, plan.negative_slope

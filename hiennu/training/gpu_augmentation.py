@@ -195,7 +195,7 @@ class GPUAugmenter:
         """Augment data (B, C, z, y, x) float and target (B, 1, z, y, x) {0, 1}; returns new tensors.
 
         in_plane: the samples are stacks of 2D slices (a ``2d`` configuration's k-slice samples): the slices
-        are folded into the channels, so one in-plane field, blur and mirroring serve every slice of a sample
+        are folded into the channels, so one in-plane field, zoom and mirroring serve every slice of a sample
         (as :func:`hiennu.training.augmentation.augment_sample` does on the CPU)."""
         b, c, depth = data.shape[:3]
         if not in_plane or depth == 1:
