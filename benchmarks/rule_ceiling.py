@@ -16,6 +16,9 @@ threshold ``t`` (``--thresholds``), over the cases of a raw dataset (``imagesTr`
 Means are over cases, each case's Dice as :func:`hiennu.masks.dice` (1 when rule and reference are both
 empty). These are ceilings computed with the reference, not scores: no model reaches them. Why a script of its
 own: it reads only the raw cases, and a reader judging a score goal against the veto design needs the ceiling.
+The cases are read by :func:`hiennu.postprocessing.rule_reference.load_rule_cases`, the components kept by
+:func:`hiennu.postprocessing.components.keep_components_touching` and the cap applied by
+:func:`hiennu.postprocessing.record.apply_postprocessing`, the code the post-processing itself runs.
 
     python benchmarks/rule_ceiling.py -d BONBID --max-adc 1392
 """
@@ -28,15 +31,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from hiennu.errors import HiennuError
-from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import load_dataset_json
-from hiennu.io.image import read_image
-from hiennu.masks import FULL_CONNECTIVITY, dice, rule_mask
+from hiennu.masks import dice, rule_mask
 from hiennu.paths import raw_root, resolve_dataset
+from hiennu.postprocessing.components import keep_components_touching
+from hiennu.postprocessing.record import PostProcessing, apply_postprocessing
+from hiennu.postprocessing.rule_reference import load_rule_cases
 
 THRESHOLDS = (-3.0, -2.5, -2.0, -1.5, -1.0)
 
@@ -54,13 +57,6 @@ class CaseCeiling:
     lesion: int
 
 
-def perfect_component_filter(mask: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """The 26-connected components of ``mask`` that share a voxel with ``ref``, kept whole; bool (z, y, x)."""
-    labels, _ = ndimage.label(mask, structure=FULL_CONNECTIVITY)
-    touched = np.unique(labels[ref & (labels > 0)])
-    return np.isin(labels, touched[touched > 0])
-
-
 def case_ceiling(zadc: np.ndarray, adc: np.ndarray, ref: np.ndarray, threshold: float,
                  max_adc: float | None = None) -> CaseCeiling:
     """The ceilings of one case (arrays (z, y, x) on one grid: raw ZADC, raw ADC, reference mask)."""
@@ -69,37 +65,20 @@ def case_ceiling(zadc: np.ndarray, adc: np.ndarray, ref: np.ndarray, threshold: 
     hit = rule & ref
     capped = None
     if max_adc is not None:
-        capped = dice(ref, perfect_component_filter(rule & (np.asarray(adc) <= max_adc), ref))
-    return CaseCeiling(dice(ref, rule), dice(ref, hit), dice(ref, perfect_component_filter(rule, ref)), capped,
+        capped = dice(ref, keep_components_touching(apply_postprocessing(rule, PostProcessing(max_adc=max_adc),
+                                                                         adc=adc), ref))
+    return CaseCeiling(dice(ref, rule), dice(ref, hit), dice(ref, keep_components_touching(rule, ref)), capped,
                        int(hit.sum()), int(ref.sum()))
-
-
-def load_case(raw_dir: Path, case: str, channels: tuple[int, int], ending: str) -> tuple[np.ndarray, ...]:
-    """Raw ZADC, ADC and reference of ``case``; an image on another grid than its label is refused by name."""
-    adc_k, zadc_k = channels
-    ref, geometry = read_image(raw_dir / "labelsTr" / f"{case}{ending}")
-    out = []
-    for k in (zadc_k, adc_k):
-        file = raw_dir / "imagesTr" / channel_file_name(case, k, ending)
-        image, image_geometry = read_image(file)
-        if image.shape != ref.shape or geometry.differences(image_geometry):
-            raise HiennuError(f"case {case}: {file} lies on another grid than its label")
-        out.append(image)
-    return out[0], out[1], ref
 
 
 def ceilings(raw_dir: Path, thresholds: Sequence[float], max_adc: float | None) -> dict[float, list[CaseCeiling]]:
     dataset = load_dataset_json(raw_dir)
-    channels = adc_zadc_channels(dataset.channel_names, required=True, source=str(raw_dir / "dataset.json"))
+    adc_zadc_channels(dataset.channel_names, required=True, source=str(raw_dir / "dataset.json"))
     cases = sorted(p.name[:-len(dataset.file_ending)] for p in (raw_dir / "labelsTr").glob(f"*{dataset.file_ending}"))
     if not cases:
         raise HiennuError(f"{raw_dir / 'labelsTr'} holds no {dataset.file_ending} labels")
-    out: dict[float, list[CaseCeiling]] = {t: [] for t in thresholds}
-    for case in cases:
-        zadc, adc, ref = load_case(raw_dir, case, channels, dataset.file_ending)
-        for t in thresholds:
-            out[t].append(case_ceiling(zadc, adc, ref, t, max_adc))
-    return out
+    loaded = load_rule_cases(raw_dir, cases)  # raw ZADC, ADC and label, each image checked against its label's grid
+    return {t: [case_ceiling(c.zadc, c.adc, c.ref, t, max_adc) for c in loaded.values()] for t in thresholds}
 
 
 def table(results: dict[float, list[CaseCeiling]], max_adc: float | None) -> str:

@@ -16,22 +16,18 @@ import pytest
 import torch
 
 from hiennu.networks.unet import build_network
-from hiennu.plans import (AugmentationPlan, ChannelNormalization, Configuration, NetworkPlan, PlansError,
-                          configuration_from_dict, configuration_problems)
+from hiennu.plans import (AugmentationPlan, Configuration, NetworkPlan, PlansError, configuration_from_dict,
+                          configuration_problems)
 from hiennu.training.augmentation import augment_sample, build_transforms
 from hiennu.training.gpu_augmentation import GPUAugmenter
+from test_2d_configuration import SLICE_NET, _slice_config, _write_case, _write_raw, sitk_array
 
-NET = dict(in_channels=2, features_per_stage=[4, 8, 16], pool_kernel_sizes=[[1, 2, 2], [1, 2, 2]],
-           dropout_per_stage=[0.0, 0.0, 0.0], norm="instance", spatial_dims=2, context_slices=1)
+NET = dict(SLICE_NET, context_slices=1)
 
 
 def _config(**changes) -> Configuration:
-    base = Configuration(name="2d", target_size_xyz=None, grid_policy="spacing",
-                         normalization=[ChannelNormalization("ADC", "zscore_image"),
-                                        ChannelNormalization("ZADC", "atlas_zscore")],
-                         target_spacing_zyx=[4.0, 1.0, 1.0], crop_to_brain=True, patch_size_zyx=[3, 16, 16],
-                         network=NetworkPlan(**NET))
-    return dataclasses.replace(base, **changes)
+    """test_2d_configuration's slice configuration with one context slice either side and a three-slice patch."""
+    return _slice_config(**{"patch_size_zyx": [3, 16, 16], "network": NetworkPlan(**NET), **changes})
 
 
 # ------------------------------------------------------------------------------------------- plans
@@ -148,7 +144,6 @@ def test_device_augmentation_in_plane_deforms_every_slice_alike_and_keeps_skippe
 # ------------------------------------------------------------------------------------- end to end
 
 def test_a_context_2d_trains_on_three_slice_samples_and_predicts_in_native_geometry(hiennu_roots, tmp_path):
-    from test_2d_configuration import _write_case, _write_raw, sitk_array
     from hiennu.inference.predictor import Predictor
     from hiennu.io.image import Geometry
     from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess

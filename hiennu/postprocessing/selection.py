@@ -112,7 +112,8 @@ class CaseImages:
 def load_cases(masks: dict[str, Path], raw_dir: Path, fold_of: dict[str, int] | None = None) -> dict[str, CaseImages]:
     """Case id -> :class:`CaseImages` for the cases of ``masks`` (case id -> mask file), read from ``raw_dir``.
 
-    Each mask must lie on its label's grid (size, spacing, origin, direction); fold_of names the fold in errors.
+    Each mask and each image must lie on its label's grid (size, spacing, origin, direction); fold_of names the
+    fold in errors.
     """
     dataset = load_dataset_json(raw_dir)
     ending = dataset.file_ending
@@ -137,7 +138,13 @@ def load_cases(masks: dict[str, Path], raw_dir: Path, fold_of: dict[str, int] | 
             file = raw_dir / "imagesTr" / channel_file_name(case, k, ending)
             if not file.is_file():
                 raise HiennuError(f"{where}: {role} image {file} not found")
-            images[role] = read_image(file)[0]
+            image, image_geometry = read_image(file)
+            image_diffs = geometry.differences(image_geometry)
+            if image.shape != ref.shape or image_diffs:
+                raise HiennuError(f"{where}: {role} image {file} lies on another grid than its label "
+                                  f"({'; '.join(image_diffs) or f'shape {image.shape} vs {ref.shape}'}); every "
+                                  f"channel of a case must share its label's grid")
+            images[role] = image
         out[case] = CaseImages(pred, ref != 0, images["ZADC"], images.get("ADC"),
                                tuple(float(v) for v in geometry.spacing_zyx))
     return out
