@@ -160,6 +160,19 @@ def test_every_ensemble_of_two_or_more_is_a_candidate():
     assert Candidate(("m__p__b", "m__p__a")).members == ("m__p__a", "m__p__b")
 
 
+def test_only_the_ensemble_of_all_models_or_none_is_a_candidate_when_asked():
+    three = ["m__p__a", "m__p__b", "m__p__c"]
+    assert [c.name for c in candidates(three, "all")] == [*three, "ensemble___m__p__a___m__p__b___m__p__c"]
+    assert [c.name for c in candidates(["m__p__a"], "all")] == ["m__p__a"]
+    assert [c.name for c in candidates(three, "none")] == three
+    assert len(candidates(three, "every")) == len(candidates(three, True)) == 7
+    with pytest.raises(HiennuError, match=r"--ensembles must be one of every, all, none, got 'some'"):
+        candidates(three, "some")
+    with pytest.raises(HiennuError, match=r"--ensembles must be one of"):
+        FindBestOptions("Tiny", models=["m__p__a"], ensembles="pairs")
+    assert FindBestOptions("Tiny", models=["m__p__a"], ensembles=False).ensembles == "none"
+
+
 def _scores(name, members, dice, nested=None):
     post = None if nested is None else {"chosen_name": "none", "nested": {"dice": {"mean": nested}}}
     return candidate_scores(name, "ensemble" if len(members) > 1 else "model", members, name,
@@ -497,6 +510,18 @@ def test_models_named_with_m_need_not_be_every_combination(cv, capsys):
     assert info.provenance["options"]["configurations"] == ["3d_fullres", "3d_lowres"]
     # by hand, as above: C misses 8 of 32 voxels of each lesion and has no false positive
     assert {c.name: c for c in info.candidates}[C].mean("dice") == pytest.approx((6 * 48 / 56 + 3 * 1.0) / 9)
+
+
+
+def test_ensembles_all_scores_the_ensemble_of_every_model_and_no_subset(cv, capsys):
+    _write_model(cv.parent, C, *_splits(cv), probabilities=_under_segmenting)
+    assert cli.main(["-d", "Tiny", "-m", A, B, C, "-f", "0", "1", "2", "-np", "1", "--ensembles", "all"]) == 0
+    info = load_inference_information(cv)
+    full = EnsembleFolder.of(cv, [A, B, C]).path.name
+    assert [c.name for c in info.candidates if c.kind == "ensemble"] == [full]
+    assert info.selection.num_candidates == 4
+    assert info.provenance["options"]["ensembles"] == "all"
+    assert sorted(p.name for p in (cv / "ensembles").iterdir()) == [full]
 
 
 @pytest.mark.parametrize("argv, message", [

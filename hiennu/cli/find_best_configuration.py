@@ -20,10 +20,12 @@ from hiennu.paths import DEFAULT_PLANS_NAME
 def build_parser() -> argparse.ArgumentParser:
     from hiennu.ensembling.best_configuration import DEFAULT_FOLDS, DEFAULT_TRAINER
     from hiennu.ensembling.choice import POSTPROCESSED, SELECT_BY
+    from hiennu.ensembling.ensemble_cv import ENSEMBLE_SETS, EVERY, NO_ENSEMBLES
 
     p = make_parser(
         "hiennu_find_best_configuration",
-        "Score every trained configuration and every ensemble of two or more (members' mean probability >= 0.5) "
+        "Score every trained configuration and (by default) every ensemble of two or more (members' mean "
+        "probability >= 0.5) "
         "on the pooled cross-validation cases with Dice, MASD and NSD (95% bootstrap intervals), each also with its "
         "own post-processing chosen on its CV masks (pooled and nested estimates), beside the rule ZADC < -2 given "
         "the same; choose the best (by default by the nested Dice with post-processing, see --select-by), test it "
@@ -47,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {DEFAULT_PLANS_NAME})")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=list(DEFAULT_FOLDS),
                    help="folds of splits_final.json whose validation cases are pooled")
-    p.add_argument("--no-ensembles", dest="ensembles", action="store_false",
-                   help="score the models alone (default: their ensembles too)")
+    ensembles = p.add_mutually_exclusive_group()
+    ensembles.add_argument("--ensembles", choices=ENSEMBLE_SETS, default=EVERY,
+                           help="which ensembles are candidates beside the models: every one of two or more models "
+                                "(nnU-Net's), only the one of all the models (an ensemble fixed in advance, scored "
+                                "without choosing among subsets), or none")
+    ensembles.add_argument("--no-ensembles", dest="ensembles", action="store_const", const=NO_ENSEMBLES,
+                           help="the same as --ensembles none: score the models alone")
     p.add_argument("--select-by", choices=SELECT_BY, default=POSTPROCESSED,
                    help="postprocessed (default): the highest nested Dice with the candidate's own post-processing, "
                         "what ships (on BONBID post-processing carries most of the score and its nested estimate "

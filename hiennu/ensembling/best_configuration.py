@@ -40,8 +40,8 @@ from hiennu.ensembling.cv_probabilities import (ModelCV, check_comparable, colle
                                                 train_command)
 from hiennu.ensembling.cv_scores import (RULE_NAME, CaseJob, EnsembleOutput, MemberFiles, score_case, summaries,
                                         write_cv_summary)
-from hiennu.ensembling.ensemble_cv import (ENSEMBLE, MODEL, RULE, Candidate, EnsembleStaging, candidates,
-                                           members_record)
+from hiennu.ensembling.ensemble_cv import (ENSEMBLE, EVERY, MODEL, RULE, Candidate, EnsembleStaging, candidates,
+                                           ensemble_set, members_record)
 from hiennu.ensembling.inference_information import (CandidateScores, ChosenConfiguration, InferenceInformation,
                                                      candidate_scores, predict_command)
 from hiennu.ensembling.nested_choice import NestedChoice, check_folds, nested_choice
@@ -69,8 +69,10 @@ class FindBestOptions:
     """What ``hiennu_find_best_configuration`` compares. dataset: name, ``DatasetNNN_Name`` or number;
     configurations / trainers / plans: every combination is one model; models: instead of them, the model folders
     by name (``TRAINER__PLANS__CONFIG``), for a set that is not every combination (two trainers on one
-    configuration, one on the other); folds: the folds of ``splits_final.json`` pooled; ensembles: also score
-    every ensemble of two or more models; num_processes: worker processes for scoring the cases and choosing the
+    configuration, one on the other); folds: the folds of ``splits_final.json`` pooled; ensembles: which
+    ensembles are candidates beside the models, ``every`` one of two or more models, only the one of ``all`` the
+    models, or ``none`` (:func:`~hiennu.ensembling.ensemble_cv.ensemble_set`; True and False are ``every`` and
+    ``none``); num_processes: worker processes for scoring the cases and choosing the
     candidates' post-processing; select_by: ``postprocessed`` (the nested
     Dice with post-processing, the default) or ``raw`` (nnU-Net's rule), see :mod:`hiennu.ensembling.choice`;
     nested_choice: also estimate the whole choice fully nested (:mod:`hiennu.ensembling.nested_choice`; three
@@ -82,7 +84,7 @@ class FindBestOptions:
     plans: Sequence[str] = (DEFAULT_PLANS_NAME,)
     models: Sequence[str] = ()
     folds: Sequence[int] = DEFAULT_FOLDS
-    ensembles: bool = True
+    ensembles: bool | str = EVERY
     num_processes: int = 2
     select_by: str = POSTPROCESSED
     nested_choice: bool = False
@@ -109,6 +111,7 @@ class FindBestOptions:
         self.folds = sorted(set(int(f) for f in self.folds))
         if self.num_processes < 1:
             raise HiennuError(f"-np must be at least 1, got {self.num_processes}")
+        self.ensembles = ensemble_set(self.ensembles)
         if self.select_by not in SELECT_BY:
             raise HiennuError(f"--select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
         if self.nested_choice:

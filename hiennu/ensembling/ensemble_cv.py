@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from hiennu.errors import HiennuError
 from hiennu.inference.predictor import THRESHOLD
 from hiennu.io.atomic import write_json
 from hiennu.paths import VALIDATION_DIR, EnsembleFolder, ensemble_dir_name
@@ -69,12 +70,32 @@ class Candidate:
         return self.members[0] if len(self.members) == 1 else ensemble_dir_name(list(self.members))
 
 
-def candidates(model_names: Sequence[str], ensembles: bool = True) -> list[Candidate]:
-    """Every model alone, then (with ``ensembles``) every ensemble of two or more of them, smallest first."""
+EVERY = "every"  # every ensemble of two or more models (nnU-Net's find_best_configuration)
+ALL_MODELS = "all"  # only the ensemble of all the models, e.g. an ensemble fixed before looking at the scores
+NO_ENSEMBLES = "none"
+ENSEMBLE_SETS = (EVERY, ALL_MODELS, NO_ENSEMBLES)
+
+
+def ensemble_set(ensembles: bool | str) -> str:
+    """``ensembles`` as one of :data:`ENSEMBLE_SETS`; True is :data:`EVERY` and False :data:`NO_ENSEMBLES` (the
+    boolean of earlier versions). Anything else raises :class:`HiennuError`."""
+    if isinstance(ensembles, bool):
+        return EVERY if ensembles else NO_ENSEMBLES
+    if ensembles not in ENSEMBLE_SETS:
+        raise HiennuError(f"--ensembles must be one of {', '.join(ENSEMBLE_SETS)}, got {ensembles!r}")
+    return str(ensembles)
+
+
+def candidates(model_names: Sequence[str], ensembles: bool | str = EVERY) -> list[Candidate]:
+    """Every model alone, then the ensembles ``ensembles`` asks for (:func:`ensemble_set`): every ensemble of two
+    or more of them, smallest first; only the ensemble of all of them (when there are two or more); or none."""
+    which = ensemble_set(ensembles)
     out = [Candidate((name,)) for name in model_names]
-    if ensembles:
+    if which == EVERY:
         for size in range(2, len(model_names) + 1):
             out += [Candidate(tuple(c)) for c in itertools.combinations(model_names, size)]
+    elif which == ALL_MODELS and len(model_names) > 1:
+        out.append(Candidate(tuple(model_names)))
     return out
 
 
