@@ -17,6 +17,11 @@ Usage (the BONBID dev set as converted and preprocessed in results.md)::
 
     python benchmarks/postprocessing_cv.py -d BONBID -m TrainerDiceFocal__Veto__3d_fullres -o /tmp/ppcv
     python benchmarks/postprocessing_cv.py -d BONBID -o /tmp/ppcv_rule      # the rule alone, no model
+    python benchmarks/postprocessing_cv.py -d BONBID -m MODEL -o /tmp/ppcv_fixed --candidates cap-filter
+
+``--candidates cap-filter`` makes every choice (the model's and the rule's, pooled and nested) between one recipe
+and none, the ADC cap at the 99.5th percentile followed by the lesion filter (``hiennu_determine_postprocessing
+--candidates``), instead of among about 30.
 
 With a model, the model + its nested post-processing is tested against the rule + its own nested
 post-processing over the same cases: the paired two-sided Wilcoxon signed-rank test on Dice, MASD and NSD,
@@ -49,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from hiennu.evaluation.evaluate import evaluate_folders
+from hiennu.postprocessing.candidates import ALL_CANDIDATES, CANDIDATE_SETS
 from hiennu.postprocessing.record import apply_postprocessing
 from hiennu.postprocessing.selection import (CaseImages, all_candidates, choose, load_cases, nested_estimate, score,
                                              validation_cases)
@@ -73,21 +79,25 @@ def _write(mask: np.ndarray, like: Path, out: Path) -> None:
 
 
 def run_method(name: str, cases: dict[str, CaseImages], fold_of: dict[str, int], raw_dir: Path, ending: str,
-               out: Path, min_component_voxels: int = 0, reuse: dict | None = None) -> dict:
+               out: Path, min_component_voxels: int = 0, reuse: dict | None = None,
+               candidate_set: str = ALL_CANDIDATES) -> dict:
     """Pooled and nested choice for one method's CV masks; writes both mask sets and scores them.
 
     min_component_voxels: the plans' size rule the masks were predicted with (as ``select_postprocessing``).
     reuse: a dict kept between calls on the same masks with other folds: the pooled choice and the plain
-    masks' scores do not depend on the folds, so they are computed once.
+    masks' scores do not depend on the folds, so they are computed once. candidate_set: what every choice is made
+    among (``hiennu.postprocessing.selection.all_candidates``).
     """
     reuse = {} if reuse is None else reuse
     if "pooled" not in reuse:
-        options = all_candidates(cases, list(cases), min_component_voxels=min_component_voxels)
+        options = all_candidates(cases, list(cases), min_component_voxels=min_component_voxels,
+                                 candidate_set=candidate_set)
         means = score(cases, options).mean(axis=1)
         best = choose(options, list(means))
         reuse["pooled"] = (options[best].name, float(means[best]), float(means[0]))
     pooled_name, pooled_dice, plain_dice = reuse["pooled"]
-    _, choices = nested_estimate(cases, fold_of, min_component_voxels=min_component_voxels)
+    _, choices = nested_estimate(cases, fold_of, min_component_voxels=min_component_voxels,
+                                 candidate_set=candidate_set)
     labels = raw_dir / "labelsTr"
     plain_dir, nested_dir = out / name / "plain", out / name / "nested"
     for d in (plain_dir, nested_dir):
@@ -242,7 +252,7 @@ def difference_table(by_seed: dict[int | None, dict], model: str) -> str:
 
 
 def run_split(folder: str, raw_dir: Path, ending: str, model: str | None, split_seed: int | None, out: Path,
-              rule_cache: dict, splits_dir: Path | None = None) -> dict:
+              rule_cache: dict, splits_dir: Path | None = None, candidate_set: str = ALL_CANDIDATES) -> dict:
     """Score the rule (and ``model``'s CV masks) with post-processing chosen by nested CV on the folds of
     ``split_seed``; writes ``out/table.md``. ``rule_cache`` keeps the rule's cases, pooled choice and plain
     scores between splits (they do not depend on the folds)."""
@@ -255,14 +265,16 @@ def run_split(folder: str, raw_dir: Path, ending: str, model: str | None, split_
             raise SystemExit(f"{model_dir}: the model's folds differ from {splits_path}; cannot compare on the same "
                              f"folds")
         cases = load_cases(masks, raw_dir)
-        results[model] = run_method("model", cases, fold_of, raw_dir, ending, out, plans_size_rule(model_dir))
+        results[model] = run_method("model", cases, fold_of, raw_dir, ending, out, plans_size_rule(model_dir),
+                                    candidate_set=candidate_set)
     if "cases" not in rule_cache:  # the rule's masks in place of the model's (hiennu.postprocessing.rule_reference)
         rule_cache["cases"] = rule_cases(cases) if model else load_rule_cases(raw_dir, sorted(rule_folds))
     if set(rule_cache["cases"]) != set(rule_folds):
         raise SystemExit(f"{splits_path}: its cases differ from the other splits'; cannot compare the splits")
     results[RULE] = run_method("rule", rule_cache["cases"], rule_folds, raw_dir, ending, out,
-                               reuse=rule_cache.setdefault("reuse", {}))
-    text = f"Folds: {splits_path.name} (split {split_label(split_seed)}).\n\n" + results_table(results)
+                               reuse=rule_cache.setdefault("reuse", {}), candidate_set=candidate_set)
+    text = (f"Folds: {splits_path.name} (split {split_label(split_seed)}). Post-processing candidates: "
+            f"{candidate_set}.\n\n" + results_table(results))
     (out / "table.md").write_text(text)
     print(text)
     return results
@@ -286,6 +298,10 @@ def main() -> None:
                     help="read and write the other seeds' splits_seed{S}.json in DIR instead of the preprocessed "
                          "dataset folder (which then stays unwritten); the default split is always the "
                          "preprocessed folder's splits_final.json")
+    ap.add_argument("--candidates", choices=CANDIDATE_SETS, default=ALL_CANDIDATES,
+                    help="what each post-processing choice is made among (hiennu_determine_postprocessing "
+                         "--candidates): all, or cap-filter (the ADC cap at the 99.5th percentile + the lesion filter, "
+                         "against none)")
     args = ap.parse_args()
     if args.split_seeds and len(set(args.split_seeds)) != len(args.split_seeds):
         ap.error("--split-seeds: a split is named twice")
@@ -295,13 +311,15 @@ def main() -> None:
     rule_cache: dict = {}
     if not args.split_seeds:
         args.out.mkdir(parents=True, exist_ok=True)
-        run_split(folder, raw_dir, ending, args.model, args.split_seed, args.out, rule_cache, args.splits_dir)
+        run_split(folder, raw_dir, ending, args.model, args.split_seed, args.out, rule_cache, args.splits_dir,
+                  args.candidates)
         return
     by_seed = {}
     for seed in args.split_seeds:
         out = args.out / f"split_{split_label(seed)}"
         out.mkdir(parents=True, exist_ok=True)
-        by_seed[seed] = run_split(folder, raw_dir, ending, args.model, seed, out, rule_cache, args.splits_dir)
+        by_seed[seed] = run_split(folder, raw_dir, ending, args.model, seed, out, rule_cache, args.splits_dir,
+                                  args.candidates)
     text = seeds_table(by_seed)
     (args.out / "split_seeds.md").write_text(text)
     print(text)

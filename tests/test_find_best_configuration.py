@@ -513,6 +513,20 @@ def test_models_named_with_m_need_not_be_every_combination(cv, capsys):
 
 
 
+def test_postprocessing_candidates_cap_filter_reach_every_candidate_the_rule_and_the_nested_choice(cv, capsys):
+    argv = _run("--postprocessing-candidates", "cap-filter", "--nested-choice")
+    assert cli.main(argv) == 0
+    info = load_inference_information(cv)
+    assert info.provenance["options"]["postprocessing_candidates"] == "cap-filter"
+    folder = EnsembleFolder.of(cv, [A, B])
+    for path in (ModelFolder(cv / A).postprocessing, ModelFolder(cv / B).postprocessing, folder.postprocessing):
+        record = json.loads(path.read_text())
+        assert record["candidate_set"] == "cap-filter" and record["num_candidates"] <= 2
+    assert info.nested_choice is not None and info.nested_choice.num_candidates == 3
+    with pytest.raises(HiennuError, match=r"post-processing candidates must be one of all, cap-filter"):
+        FindBestOptions("Tiny", models=[A], postprocessing_candidates="few")
+
+
 def test_ensembles_all_scores_the_ensemble_of_every_model_and_no_subset(cv, capsys):
     _write_model(cv.parent, C, *_splits(cv), probabilities=_under_segmenting)
     assert cli.main(["-d", "Tiny", "-m", A, B, C, "-f", "0", "1", "2", "-np", "1", "--ensembles", "all"]) == 0

@@ -12,6 +12,7 @@ import pytest
 import hiennu
 from hiennu.cli import apply_postprocessing as apply_cli
 from hiennu.cli import determine_postprocessing as determine_cli
+from hiennu.errors import HiennuError
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, read_image, write_image
 from hiennu.masks import RULE_THRESHOLD
@@ -86,6 +87,64 @@ def test_the_record_says_how_many_candidates_it_chose_among(tmp_path):
     assert record["num_candidates"] == len(record["candidates"]) > 20
     assert set(record["nested"]["num_candidates"]) == {"0", "1", "2"}
     assert all(n > 1 for n in record["nested"]["num_candidates"].values())
+
+
+def test_the_cap_filter_set_is_one_recipe_against_none_fitted_on_the_cases_of_the_choice():
+    """--candidates cap-filter: no post-processing, then the cap at the 99.5th percentile of exactly these cases'
+    lesion ADC followed by the lesion filter fitted after it, with the plans' size rule; nested, each fold's recipe is
+    derived without it, and a held-out fold still never reaches its own choice."""
+    cases, fold_of = _cases()
+    for c in cases.values():  # false positives dark enough to pass the cap, so that a filter is fitted after it
+        c.adc[(c.pred > 0) & ~c.ref] = 760.0
+    ids = sorted(cases)
+    options = all_candidates(cases, ids, min_component_voxels=3, candidate_set="cap-filter")
+    lesion_adc = np.concatenate([cases[c].adc[cases[c].ref] for c in ids])
+    assert len(options) == 2 and options[0].is_identity
+    recipe = options[1]
+    assert recipe.max_adc == float(np.round(np.quantile(lesion_adc, 0.995)))
+    assert recipe.component_filter is not None and recipe.min_component_voxels == 3
+    assert not recipe.keep_touching_rule
+    # the same cap and filter as the full set's candidate with that cap
+    full = all_candidates(cases, ids, min_component_voxels=3)
+    assert recipe.to_dict() in _as_dicts(full)
+    before = nested_choices(cases, fold_of, candidate_set="cap-filter")
+    changed = dict(cases)
+    rng = np.random.default_rng(5)
+    for c in [c for c in cases if fold_of[c] == 2]:
+        pred, ref, adc, zadc = _case(rng, 1, cases[c].pred.shape)
+        changed[c] = CaseImages(pred, ref != 0, zadc, adc * 1.3, (4.0, 0.8, 0.8))
+    after = nested_choices(changed, fold_of, candidate_set="cap-filter")
+    assert _as_dicts(after[2].options) == _as_dicts(before[2].options) and after[2].chosen == before[2].chosen
+    assert all(len(f.options) == 2 for f in before.values())
+    with pytest.raises(HiennuError, match=r"post-processing candidates must be one of all, cap-filter, got 'some'"):
+        all_candidates(cases, ids, candidate_set="some")
+
+
+def test_the_cap_filter_set_falls_back_to_the_cap_alone_or_to_none():
+    cases, _ = _cases()
+    ids = sorted(cases)
+    # every component touches a lesion: no filter can be fitted, so the recipe is the cap alone
+    clean = {c: replace(cases[c], pred=cases[c].ref.astype(np.uint8)) for c in ids}
+    options = all_candidates(clean, ids, min_component_voxels=2, candidate_set="cap-filter")
+    assert len(options) == 2 and options[1].component_filter is None and options[1].max_adc is not None
+    assert options[1].min_component_voxels == 2
+    # no lesion voxels to derive a cap from: nothing but no post-processing
+    empty = {c: replace(cases[c], ref=np.zeros_like(cases[c].ref)) for c in ids}
+    assert _as_dicts(all_candidates(empty, ids, candidate_set="cap-filter")) == [PostProcessing().to_dict()]
+
+
+def test_determine_postprocessing_with_cap_filter_records_the_set(tmp_path, capsys):
+    raw, model = _write_model(tmp_path, folds=3)
+    with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
+        assert determine_cli.main(["-d", "Tiny", "-tr", "TrainerX", "-f", "0", "1", "2", "--candidates", "cap-filter"]) == 0
+        record = json.loads(ModelFolder(model).postprocessing.read_text())
+        assert record["candidate_set"] == "cap-filter" and record["num_candidates"] == 2
+        assert record["provenance"]["options"]["candidate_set"] == "cap-filter"
+        assert set(record["nested"]["num_candidates"].values()) == {2}
+        assert "among 2 candidates" in capsys.readouterr().out
+        with pytest.raises(SystemExit):
+            determine_cli.main(["-d", "Tiny", "-tr", "TrainerX", "--candidates", "pairs"])
+        assert "invalid choice: 'pairs'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ one home

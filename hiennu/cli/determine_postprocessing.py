@@ -8,6 +8,8 @@ from hiennu.cli._common import add_plans_name, make_parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hiennu.postprocessing.candidates import ALL_CANDIDATES, CANDIDATE_SETS
+
     p = make_parser(
         "hiennu_determine_postprocessing",
         "Choose the post-processing of a trained model by cross-validation, as nnU-Net does: every candidate "
@@ -23,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
                    help="folds whose validation masks are pooled")
     p.add_argument("--split-seed", type=int, default=None, help="the model trained on the folds of this split seed")
+    p.add_argument("--candidates", choices=CANDIDATE_SETS, default=ALL_CANDIDATES,
+                   help="what the choice is made among: all (about 30: component sizes, the ZADC rule, three ADC "
+                        "caps, lesion filters) or cap-filter (one recipe against none: the ADC cap at the 99.5th "
+                        "percentile of the lesions' ADC, then the lesion filter fitted after it; fewer ways to "
+                        "fit the noise of a few dozen cases)")
     p.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
     return p
 
@@ -36,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = find_model_folder(args.dataset, args.trainer, args.configuration, args.plans_name,
                                       args.split_seed)
         record, table = determine_postprocessing(model_dir, raw_dataset_of(args.dataset), args.folds,
-                                                 write=not args.dry_run)
+                                                 write=not args.dry_run, candidate_set=args.candidates)
         if args.quiet:  # -q: warnings and errors only; the table and the choice are in postprocessing.json
             return 0
         print(table, end="")

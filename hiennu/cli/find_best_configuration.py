@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hiennu.ensembling.best_configuration import DEFAULT_FOLDS, DEFAULT_TRAINER
     from hiennu.ensembling.choice import POSTPROCESSED, SELECT_BY
     from hiennu.ensembling.ensemble_cv import ENSEMBLE_SETS, EVERY, NO_ENSEMBLES
+    from hiennu.postprocessing.candidates import ALL_CANDIDATES, CANDIDATE_SETS
 
     p = make_parser(
         "hiennu_find_best_configuration",
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "Dice is the best of K on the same cases). Needs 3 folds or more; off by default because "
                         "it makes the run 1.6-2x longer (K(K-1)/2 more post-processing choices per candidate; on "
                         "the 37 BONBID dev cases with 3 candidates 7.9 min instead of 4.9)")
+    p.add_argument("--postprocessing-candidates", choices=CANDIDATE_SETS, default=ALL_CANDIDATES,
+                   help="what each candidate's (and the rule's) post-processing is chosen among, as "
+                        "hiennu_determine_postprocessing --candidates: all, or cap-filter (the ADC cap at the 99.5th "
+                        "percentile + the lesion filter, against none). A model folder's existing postprocessing.json "
+                        "chosen otherwise is kept and the difference said; delete it to replace it")
     p.add_argument("-np", "--num-processes", type=int, default=2,
                    help="worker processes for scoring the cases and choosing each candidate's post-processing")
     return p
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         result = find_best_configuration(FindBestOptions(
             dataset=args.dataset, configurations=args.configurations or (), models=args.models or (), **named,
             folds=args.folds, ensembles=args.ensembles, num_processes=args.num_processes, select_by=args.select_by,
-            nested_choice=args.nested_choice))
+            nested_choice=args.nested_choice, postprocessing_candidates=args.postprocessing_candidates))
         if args.quiet:  # -q: warnings and errors only; everything is in inference_information.json
             return 0
         print(table(result.information), end="")

@@ -56,6 +56,7 @@ from hiennu.parallel import parallel_map
 from hiennu.paths import (DEFAULT_PLANS_NAME, ENSEMBLES_DIR, SUMMARY_FILE, ModelFolder, model_dir_name,
                           parse_model_dir_name, preprocessed_root, raw_root, resolve_dataset, results_root,
                           splits_file_name)
+from hiennu.postprocessing.candidates import ALL_CANDIDATES, check_candidate_set
 from hiennu.provenance import provenance
 
 log = get_logger(__name__)
@@ -76,7 +77,8 @@ class FindBestOptions:
     candidates' post-processing; select_by: ``postprocessed`` (the nested
     Dice with post-processing, the default) or ``raw`` (nnU-Net's rule), see :mod:`hiennu.ensembling.choice`;
     nested_choice: also estimate the whole choice fully nested (:mod:`hiennu.ensembling.nested_choice`; three
-    folds or more)."""
+    folds or more); postprocessing_candidates: what every candidate's (and the rule's) post-processing is chosen
+    among (:func:`hiennu.postprocessing.selection.all_candidates`)."""
 
     dataset: str
     configurations: Sequence[str] = ()
@@ -88,6 +90,7 @@ class FindBestOptions:
     num_processes: int = 2
     select_by: str = POSTPROCESSED
     nested_choice: bool = False
+    postprocessing_candidates: str = ALL_CANDIDATES
 
     def __post_init__(self) -> None:
         self.models = list(dict.fromkeys(map(str, self.models)))
@@ -112,6 +115,7 @@ class FindBestOptions:
         if self.num_processes < 1:
             raise HiennuError(f"-np must be at least 1, got {self.num_processes}")
         self.ensembles = ensemble_set(self.ensembles)
+        check_candidate_set(self.postprocessing_candidates)
         if self.select_by not in SELECT_BY:
             raise HiennuError(f"--select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
         if self.nested_choice:
@@ -195,12 +199,13 @@ def _score(models: Sequence[ModelCV], all_candidates: Sequence[Candidate], stagi
 
 
 def _postprocessing_jobs(models: Sequence[ModelCV], all_candidates: Sequence[Candidate], staging: EnsembleStaging,
-                         raw_dir: Path, ending: str, with_rule: bool,
-                         nested_choice: str | None = None) -> list[PostprocessingJob]:
+                         raw_dir: Path, ending: str, with_rule: bool, nested_choice: str | None = None,
+                         candidate_set: str = ALL_CANDIDATES) -> list[PostprocessingJob]:
     """One :class:`~hiennu.ensembling.candidate_postprocessing.PostprocessingJob` per candidate (a model's on its
     validation masks, as ``hiennu_determine_postprocessing`` chooses it; an ensemble's on its staged masks) and,
     with ``with_rule``, the rule's on its own masks over the same folds; nested_choice: the criterion, when every
-    candidate's worker is to compute what the fully nested choice needs of it."""
+    candidate's worker is to compute what the fully nested choice needs of it; candidate_set: what every
+    post-processing choice is made among."""
     by_name = {m.name: m for m in models}
     folds, fold_of, checkpoint = models[0].folds, dict(models[0].fold_of), models[0].checkpoint
     jobs = []
@@ -208,15 +213,17 @@ def _postprocessing_jobs(models: Sequence[ModelCV], all_candidates: Sequence[Can
         if c.kind == MODEL:
             path = by_name[c.name].path
             jobs.append(PostprocessingJob(c.name, MODEL, fold_of, raw_dir, path, ModelFolder(path).postprocessing,
-                                          nested_choice=nested_choice))
+                                          nested_choice=nested_choice, candidate_set=candidate_set))
         else:
             folder = staging.folder(c)
             jobs.append(PostprocessingJob(
                 c.name, ENSEMBLE, fold_of, raw_dir, folder.path, folder.postprocessing,
                 {case: staging.validation_dir(c) / f"{case}{ending}" for case in fold_of},
-                max(by_name[n].size_rule for n in c.members), {str(f): checkpoint for f in folds}, nested_choice))
+                max(by_name[n].size_rule for n in c.members), {str(f): checkpoint for f in folds}, nested_choice,
+                candidate_set))
     if with_rule:
-        jobs.append(PostprocessingJob(RULE_NAME, RULE, fold_of, raw_dir, Path(RULE_NAME), None))
+        jobs.append(PostprocessingJob(RULE_NAME, RULE, fold_of, raw_dir, Path(RULE_NAME), None,
+                                      candidate_set=candidate_set))
     return jobs
 
 
@@ -249,7 +256,8 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
         raw_scored, raw_reference = _score(models, all_candidates, staging, raw, raw_dir, dataset,
                                            options.num_processes)
         jobs = _postprocessing_jobs(models, all_candidates, staging, raw_dir, raw.file_ending,
-                                    raw_reference is not None, options.select_by if options.nested_choice else None)
+                                    raw_reference is not None, options.select_by if options.nested_choice else None,
+                                    options.postprocessing_candidates)
         outcomes = {job.name: outcome for job, outcome in zip(jobs, parallel_map(
             candidate_postprocessing, [(job,) for job in jobs], options.num_processes,
             desc="post-processing per candidate"))}
@@ -271,7 +279,8 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
             provenance({"dataset": dataset, "configurations": options.configurations, "trainers": options.trainers,
                         "plans": options.plans, "models": options.model_names(), "folds": folds,
                         "ensembles": options.ensembles, "select_by": options.select_by,
-                        "nested_choice": options.nested_choice}),
+                        "nested_choice": options.nested_choice,
+                        "postprocessing_candidates": options.postprocessing_candidates}),
             fully_nested)
         # everything is computed and checked: now write, the record that points at the rest last
         committed = []

@@ -41,6 +41,7 @@ from hiennu.errors import HiennuError
 from hiennu.evaluation.metrics import case_metrics
 from hiennu.io.atomic import read_json_file
 from hiennu.parallel import register_preload
+from hiennu.postprocessing.candidates import ALL_CANDIDATES
 from hiennu.postprocessing.record import PostProcessing, postprocessing_from_record
 from hiennu.postprocessing.rule_reference import load_rule_cases
 from hiennu.postprocessing.selection import CaseImages, select_on_cases, select_on_masks, select_postprocessing
@@ -94,7 +95,8 @@ class PostprocessingJob:
     from the raw cases); fold_of: case -> the fold that held it out; record_path: where the record goes (None for
     the rule); size_rule: the components removed before any post-processing (the plans'); checkpoints: fold ->
     the checkpoint that predicted the masks (recorded in the record); nested_choice: the ``--select-by`` criterion
-    when the fully nested choice is wanted (:mod:`hiennu.ensembling.nested_choice`), else None.
+    when the fully nested choice is wanted (:mod:`hiennu.ensembling.nested_choice`), else None; candidate_set: what
+    every post-processing choice is made among (:func:`hiennu.postprocessing.selection.all_candidates`).
     """
 
     name: str
@@ -107,6 +109,7 @@ class PostprocessingJob:
     size_rule: int = 0
     checkpoints: dict[str, str | None] = field(default_factory=dict)
     nested_choice: str | None = None
+    candidate_set: str = ALL_CANDIDATES
 
 
 def candidate_postprocessing(job: PostprocessingJob) -> PostprocessingOutcome:
@@ -117,31 +120,32 @@ def candidate_postprocessing(job: PostprocessingJob) -> PostprocessingOutcome:
     if job.kind in (MODEL, ENSEMBLE):
         if job.kind == MODEL:
             record = select_postprocessing(job.source, job.raw_dir, sorted(set(fold_of.values())), write=False,
-                                           details=details)
+                                           details=details, candidate_set=job.candidate_set)
         else:
             record = select_on_masks(job.masks, fold_of, job.raw_dir, job.size_rule, job.checkpoints, job.source,
-                                     details=details)
+                                     details=details, candidate_set=job.candidate_set)
         outcome = settle_postprocessing(record, job.record_path, details["cases"], details["fold_of"],
                                         keep_existing=job.kind == MODEL)
         if job.nested_choice is not None:
             outcome.choice_inputs = _choice_inputs(record, outcome, details["cases"], details["fold_of"],
-                                                   job.nested_choice)
+                                                   job.nested_choice, job.candidate_set)
         return outcome
     if job.kind == RULE:
         cases = load_rule_cases(job.raw_dir, sorted(fold_of), fold_of)
-        record = select_on_cases(cases, fold_of, job.raw_dir, 0, {}, job.source)
+        record = select_on_cases(cases, fold_of, job.raw_dir, 0, {}, job.source, candidate_set=job.candidate_set)
         pooled, nested, nested_rows = _scores(record, cases, fold_of, job.name)
         return PostprocessingOutcome(record, None, REFERENCE, record["chosen_name"], pooled, nested, nested_rows)
     raise ValueError(f"unknown candidate kind {job.kind!r}")
 
 
 def _choice_inputs(new: dict, outcome: PostprocessingOutcome, cases: Mapping[str, CaseImages],
-                   fold_of: Mapping[str, int], criterion: str) -> ChoiceInputs:
+                   fold_of: Mapping[str, int], criterion: str, candidate_set: str = ALL_CANDIDATES) -> ChoiceInputs:
     """The candidate's :class:`ChoiceInputs` from this run's record ``new``: its nested rows are the outcome's
     unless a different existing record was kept (then scored anew: the estimate is of this run's procedure)."""
     rows = outcome.nested_rows if outcome.action != KEPT else record_rows(new, cases, fold_of)[1]
     choices = {int(f): name for f, name in new["nested"]["choices"].items()}
-    return choice_inputs(cases, fold_of, int(new["plans_min_component_voxels"]), criterion, rows, choices)
+    return choice_inputs(cases, fold_of, int(new["plans_min_component_voxels"]), criterion, rows, choices,
+                         candidate_set)
 
 
 def _choice(record: Mapping) -> Any:

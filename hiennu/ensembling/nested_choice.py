@@ -42,6 +42,7 @@ from hiennu.ensembling.rule_comparison import NESTED, PairedTest, paired_rows_te
 from hiennu.errors import HiennuError
 from hiennu.evaluation.evaluate import json_safe, summarize
 from hiennu.masks import dice
+from hiennu.postprocessing.candidates import ALL_CANDIDATES
 from hiennu.postprocessing.selection import CaseImages, nested_estimate
 
 if TYPE_CHECKING:
@@ -88,11 +89,12 @@ class ChoiceInputs:
 
 
 def choice_inputs(cases: Mapping[str, CaseImages], fold_of: Mapping[str, int], size_rule: int, criterion: str,
-                  held_out_rows: Sequence[dict], held_out_postprocessing: Mapping[int, str]) -> ChoiceInputs:
+                  held_out_rows: Sequence[dict], held_out_postprocessing: Mapping[int, str],
+                  candidate_set: str = ALL_CANDIDATES) -> ChoiceInputs:
     """:class:`ChoiceInputs` of one candidate: ``cases`` its CV masks
     (:func:`hiennu.postprocessing.selection.load_cases`), ``size_rule`` the plans' components removed before any
     post-processing (as its own selection got it), and ``held_out_rows`` / ``held_out_postprocessing`` its nested
-    post-processing of this run."""
+    post-processing of this run; ``candidate_set`` what each inner post-processing choice is made among."""
     if criterion not in SELECT_BY:
         raise HiennuError(f"--select-by must be one of {', '.join(SELECT_BY)}, got {criterion!r}")
     cases, fold_of = dict(cases), dict(fold_of)
@@ -105,7 +107,8 @@ def choice_inputs(cases: Mapping[str, CaseImages], fold_of: Mapping[str, int], s
         others = [f for f in folds if f != k]
         nested = None
         if criterion == POSTPROCESSED:
-            nested, _ = nested_estimate(cases, fold_of, min_component_voxels=size_rule, within=others, made=made)
+            nested, _ = nested_estimate(cases, fold_of, min_component_voxels=size_rule, within=others, made=made,
+                                        candidate_set=candidate_set)
         without[k] = WithoutFold({c: raw[c] for c in raw if fold_of[c] != k}, nested)
     return ChoiceInputs(without, [dict(r) for r in held_out_rows], {int(f): str(n) for f, n in
                                                                     held_out_postprocessing.items()})

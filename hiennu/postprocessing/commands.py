@@ -32,7 +32,7 @@ from hiennu.log import get_logger, progress
 from hiennu.paths import (DATASET_FILE, ModelFolder, model_dir_name, raw_root, resolve_dataset, results_root,
                           split_seed_folder)
 from hiennu.plans import PLANS_NAME, PREDICTOR_IGNORED_FIELDS, configuration_differences, load_plans
-from hiennu.postprocessing.candidates import COMPONENT_SIZES
+from hiennu.postprocessing.candidates import ALL_CANDIDATES, COMPONENT_SIZES
 from hiennu.postprocessing.record import PostProcessing, apply_postprocessing, load_record_file
 from hiennu.postprocessing.selection import CaseImages, select_postprocessing
 
@@ -84,16 +84,18 @@ def check_folds(model_dir: Path, folds: Sequence[int]) -> None:
 
 def determine_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Sequence[int] = DEFAULT_FOLDS,
                              sizes: Sequence[int] = COMPONENT_SIZES, write: bool = True,
-                             table: bool = True) -> tuple[dict, str]:
-    """Choose and (with ``write``) store ``model_dir``'s post-processing; return the record and, with ``table``,
-    the Markdown table of every candidate (:func:`candidate_table`)."""
+                             table: bool = True, candidate_set: str = ALL_CANDIDATES) -> tuple[dict, str]:
+    """Choose and (with ``write``) store ``model_dir``'s post-processing among the candidates of ``candidate_set``
+    (:func:`hiennu.postprocessing.selection.all_candidates`); return the record and, with ``table``, the Markdown
+    table of every candidate (:func:`candidate_table`)."""
     model_dir, raw_dir = Path(model_dir), Path(raw_dir)
     folds = [int(f) for f in folds]
     check_folds(model_dir, folds)
     if not (raw_dir / DATASET_FILE).is_file():
         raise HiennuError(f"{raw_dir}: no {DATASET_FILE}; give the raw dataset the model was trained on")
     details: dict = {}
-    record = select_postprocessing(model_dir, raw_dir, folds, sizes, write=False, details=details)
+    record = select_postprocessing(model_dir, raw_dir, folds, sizes, write=False, details=details,
+                                   candidate_set=candidate_set)
     text = candidate_table(record, details) if table else ""
     if write:
         write_json(record, ModelFolder(model_dir).postprocessing)

@@ -11,6 +11,11 @@ native grid; the candidate's score is the mean over cases. A candidate is kept o
 the mean Dice above "no post-processing" (nnU-Net's rule); the best kept candidate is chosen, else
 none.
 
+``candidate_set`` "cap-filter" (``--candidates cap-filter``; :data:`hiennu.postprocessing.candidates.CAP_AND_FILTER`)
+narrows the choice to one recipe against none: the ADC cap at the 99.5th percentile, then the lesion filter fitted
+after it. Its parameters are still derived from the cases, but no recipe is chosen among the others, which on the
+37 BONBID dev cases moved one held-out fold of the rule by 0.2 Dice (results.md, session 33).
+
 The chosen candidate's pooled score is optimistic: it is the best of about 30 tried on the same
 cases, and the lesion filters are fitted on them too. :func:`nested_estimate` gives the honest number:
 for each fold, the caps are derived, the filters fitted and the candidate chosen on the other folds'
@@ -54,7 +59,9 @@ from hiennu.log import get_logger, progress
 from hiennu.masks import brain_mask, dice
 from hiennu.paths import ModelFolder
 from hiennu.plans import load_plans
-from hiennu.postprocessing.candidates import COMPONENT_SIZES, adc_cap_candidates, candidates
+from hiennu.postprocessing.candidates import (ADC_CAP_QUANTILES, ALL_CANDIDATES, CAP_AND_FILTER, COMPONENT_SIZES,
+                                             FIXED_CAP_QUANTILE, adc_cap_candidates, candidates,
+                                             check_candidate_set)
 from hiennu.postprocessing.lesion_filter import FilterCase, fit_component_filter
 from hiennu.postprocessing.record import PostProcessing, apply_postprocessing, with_size_rule
 from hiennu.provenance import provenance
@@ -150,23 +157,26 @@ def load_cases(masks: dict[str, Path], raw_dir: Path, fold_of: dict[str, int] | 
     return out
 
 
-def caps_from(cases: dict[str, CaseImages], case_ids: Sequence[str]) -> list[float]:
-    """ADC cap candidates from the lesion voxels of ``case_ids`` (none without an ADC channel)."""
+def caps_from(cases: dict[str, CaseImages], case_ids: Sequence[str],
+              quantiles: Sequence[float] = ADC_CAP_QUANTILES) -> list[float]:
+    """ADC cap candidates, the ``quantiles`` of the lesion voxels' ADC of ``case_ids`` (none without an ADC
+    channel)."""
     values = [cases[c].adc[cases[c].ref] for c in case_ids if cases[c].adc is not None]
-    return adc_cap_candidates(np.concatenate(values)) if values else []
+    return adc_cap_candidates(np.concatenate(values), quantiles) if values else []
 
 
 def filter_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str], caps: Sequence[float],
-                      min_component_voxels: int = 0) -> list[PostProcessing]:
-    """The lesion filter fitted on ``case_ids`` after no cap and after each of ``caps``: one candidate per cap
-    whose components are not all of one kind; none without an ADC channel (the filter needs the brain).
+                      min_component_voxels: int = 0, uncapped: bool = True) -> list[PostProcessing]:
+    """The lesion filter fitted on ``case_ids`` after no cap (unless ``uncapped`` is False) and after each of
+    ``caps``: one candidate per cap whose components are not all of one kind; none without an ADC channel (the
+    filter needs the brain).
 
     Each filter is fitted on the masks as they reach it at prediction: capped, then without the components
     under ``min_component_voxels`` (the plans' size rule, which the predictor applies before the filter), and
     the candidate carries that size, so fitting and applying see the same components.
     """
     out = []
-    for cap in [None, *caps]:
+    for cap in [None, *caps] if uncapped else list(caps):
         before = PostProcessing(min_component_voxels=int(min_component_voxels), max_adc=cap)
         fit_cases = []
         for c in case_ids:
@@ -188,10 +198,24 @@ def with_size_floor(options: list[PostProcessing], min_component_voxels: int) ->
 
 
 def all_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str],
-                   sizes: Sequence[int] = COMPONENT_SIZES, min_component_voxels: int = 0) -> list[PostProcessing]:
-    """Every candidate for a choice made on ``case_ids``: the fixed ones with the caps of their lesions
-    (:func:`hiennu.postprocessing.candidates.candidates`), then the lesion filters fitted on them; each
-    with at least the plans' size rule ``min_component_voxels`` (:func:`with_size_floor`)."""
+                   sizes: Sequence[int] = COMPONENT_SIZES, min_component_voxels: int = 0,
+                   candidate_set: str = ALL_CANDIDATES) -> list[PostProcessing]:
+    """Every candidate for a choice made on ``case_ids``, "no post-processing" first.
+
+    With ``candidate_set`` :data:`~hiennu.postprocessing.candidates.ALL_CANDIDATES`: the fixed ones with the caps
+    of their lesions (:func:`hiennu.postprocessing.candidates.candidates`), then the lesion filters fitted on them.
+    With :data:`~hiennu.postprocessing.candidates.CAP_AND_FILTER`: only the ADC cap at the
+    :data:`~hiennu.postprocessing.candidates.FIXED_CAP_QUANTILE` quantile of their lesions' ADC followed by the
+    lesion filter fitted after it (the cap alone when no filter can be fitted: components all of one kind; nothing
+    without lesion voxels or an ADC channel). Each with at least the plans' size rule ``min_component_voxels``
+    (:func:`with_size_floor`).
+    """
+    if check_candidate_set(candidate_set) == CAP_AND_FILTER:
+        caps = caps_from(cases, case_ids, (FIXED_CAP_QUANTILE,))
+        if not caps:
+            return [PostProcessing()]
+        recipe = filter_candidates(cases, case_ids, caps, min_component_voxels, uncapped=False)
+        return [PostProcessing()] + (recipe or [with_size_rule(PostProcessing(max_adc=caps[0]), min_component_voxels)])
     caps = caps_from(cases, case_ids)
     fixed = with_size_floor(candidates(sizes, caps), min_component_voxels)
     return fixed + filter_candidates(cases, case_ids, caps, min_component_voxels)
@@ -220,8 +244,8 @@ class FoldChoice:
 
 def nested_choices(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes: Sequence[int] = COMPONENT_SIZES,
                    min_component_voxels: int = 0, within: Sequence[int] | None = None,
-                   made: dict[frozenset, tuple[list[PostProcessing], PostProcessing]] | None = None
-                   ) -> dict[int, FoldChoice]:
+                   made: dict[frozenset, tuple[list[PostProcessing], PostProcessing]] | None = None,
+                   candidate_set: str = ALL_CANDIDATES) -> dict[int, FoldChoice]:
     """Fold -> :class:`FoldChoice`: for each fold, caps from the other folds' lesions, lesion filters fitted on
     the other folds' cases, candidates scored on them and one picked there by :func:`choose`; the fold's own cases are
     never read for it. With a single fold there is nothing to choose on: the fold keeps no post-processing.
@@ -231,8 +255,8 @@ def nested_choices(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes:
     estimate of ``hiennu_find_best_configuration --nested-choice`` (:mod:`hiennu.ensembling.nested_choice`) runs it
     once without each fold. made: choices already made, keyed by the folds they were made on (a frozenset), read
     and filled in, so that the same choice asked for twice is made once (fold j without fold k is chosen on the
-    same folds as fold k without fold j); it must only ever see calls with the same cases, fold_of, sizes and
-    min_component_voxels.
+    same folds as fold k without fold j); it must only ever see calls with the same cases, fold_of, sizes,
+    min_component_voxels and candidate_set (:func:`all_candidates`).
     """
     ids = sorted(c for c in cases if within is None or fold_of[c] in within)
     made = {} if made is None else made
@@ -244,7 +268,7 @@ def nested_choices(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes:
             key = frozenset(fold_of[c] for c in rest)
             if key not in made:
                 seen = {c: cases[c] for c in rest}
-                options = all_candidates(seen, rest, sizes, min_component_voxels)
+                options = all_candidates(seen, rest, sizes, min_component_voxels, candidate_set)
                 made[key] = (options, options[choose(options, list(score(seen, options).mean(axis=1)))])
             options, chosen = made[key]
         else:
@@ -255,11 +279,12 @@ def nested_choices(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes:
 
 def nested_estimate(cases: dict[str, CaseImages], fold_of: dict[str, int], sizes: Sequence[int] = COMPONENT_SIZES,
                     min_component_voxels: int = 0, within: Sequence[int] | None = None,
-                    made: dict[frozenset, tuple[list[PostProcessing], PostProcessing]] | None = None
-                    ) -> tuple[dict[str, float], dict[int, PostProcessing]]:
-    """Per-case Dice of post-processing chosen without the case's own fold (:func:`nested_choices`; within and
-    made as there: only the cases of the folds ``within`` are chosen on and scored), and each fold's choice."""
-    folds = nested_choices(cases, fold_of, sizes, min_component_voxels, within, made)
+                    made: dict[frozenset, tuple[list[PostProcessing], PostProcessing]] | None = None,
+                    candidate_set: str = ALL_CANDIDATES) -> tuple[dict[str, float], dict[int, PostProcessing]]:
+    """Per-case Dice of post-processing chosen without the case's own fold (:func:`nested_choices`; within, made and
+    candidate_set as there: only the cases of the folds ``within`` are chosen on and scored), and each fold's
+    choice."""
+    folds = nested_choices(cases, fold_of, sizes, min_component_voxels, within, made, candidate_set)
     per_case = {c: float(score({c: cases[c]}, [f.chosen])[0, 0]) for f in folds.values() for c in f.held_out}
     return per_case, {fold: f.chosen for fold, f in folds.items()}
 
@@ -285,14 +310,15 @@ def choose(options: list[PostProcessing], mean_dice: Sequence[float]) -> int:
 
 def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Sequence[int],
                           sizes: Sequence[int] = COMPONENT_SIZES, write: bool = True,
-                          details: dict | None = None) -> dict:
+                          details: dict | None = None, candidate_set: str = ALL_CANDIDATES) -> dict:
     """Choose ``model_dir``'s post-processing on the pooled validation masks of ``folds``; return the record.
 
     model_dir: ``TRAINER__PLANS__CONFIG/``; raw_dir: the raw dataset (``dataset.json``,
     ``imagesTr/``, ``labelsTr/``); folds: the folds whose held-out cases are pooled (normally all
     five). With ``write`` the record is written to ``model_dir/postprocessing.json`` (atomically), only
     after every check and computation passed. details: when given, filled with what the record summarizes
-    (``cases``, ``fold_of``, ``options``, ``nested``: :func:`nested_choices`), for tables.
+    (``cases``, ``fold_of``, ``options``, ``nested``: :func:`nested_choices`), for tables. candidate_set: which
+    candidates the choice is made among (:func:`all_candidates`).
     """
     model_dir, raw_dir = Path(model_dir), Path(raw_dir)
     folds = [int(f) for f in folds]
@@ -301,7 +327,7 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
     ending = load_dataset_json(raw_dir).file_ending
     masks, fold_of = validation_cases(model_dir, folds, raw_dir / "labelsTr", ending)
     record = select_on_masks(masks, fold_of, raw_dir, plans_size_rule(model_dir),
-                             validation_checkpoints(model_dir, folds), model_dir, sizes, details)
+                             validation_checkpoints(model_dir, folds), model_dir, sizes, details, candidate_set)
     if write:
         write_json(record, ModelFolder(model_dir).postprocessing)
     return record
@@ -309,29 +335,30 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
 
 def select_on_masks(masks: dict[str, Path], fold_of: dict[str, int], raw_dir: Path, size_rule: int,
                     checkpoints: dict[str, str | None], source: Path, sizes: Sequence[int] = COMPONENT_SIZES,
-                    details: dict | None = None) -> dict:
+                    details: dict | None = None, candidate_set: str = ALL_CANDIDATES) -> dict:
     """The post-processing record chosen on cross-validation masks given file by file (nothing is written).
 
     masks: case id -> mask on its label's grid (made without post-processing); fold_of: case id -> the fold
     that held it out; raw_dir: the raw dataset; size_rule: the components the predictor removes before any
     chosen post-processing (the plans' ``min_component_voxels``); checkpoints: fold -> the checkpoint that
     predicted its masks (recorded as ``validation_checkpoints``); source: the folder the masks belong to
-    (a model folder, or an ensemble folder of ``hiennu_find_best_configuration``), for the log and provenance.
+    (a model folder, or an ensemble folder of ``hiennu_find_best_configuration``), for the log and provenance;
+    candidate_set: which candidates the choice is made among (:func:`all_candidates`).
     """
     cases = load_cases(masks, Path(raw_dir), fold_of)
-    return select_on_cases(cases, fold_of, raw_dir, size_rule, checkpoints, source, sizes, details)
+    return select_on_cases(cases, fold_of, raw_dir, size_rule, checkpoints, source, sizes, details, candidate_set)
 
 
 def select_on_cases(cases: dict[str, CaseImages], fold_of: dict[str, int], raw_dir: Path, size_rule: int,
                     checkpoints: dict[str, str | None], source: Path, sizes: Sequence[int] = COMPONENT_SIZES,
-                    details: dict | None = None) -> dict:
+                    details: dict | None = None, candidate_set: str = ALL_CANDIDATES) -> dict:
     """:func:`select_on_masks` on cases already read (:func:`load_cases`), so that masks made in memory (the rule
     ``ZADC < -2``'s, :mod:`hiennu.postprocessing.rule_reference`) get the very same choice as a model's."""
     raw_dir, source = Path(raw_dir), Path(source)
     folds = sorted(set(fold_of.values()))
-    options = all_candidates(cases, list(cases), sizes, size_rule)
+    options = all_candidates(cases, list(cases), sizes, size_rule, candidate_set)
     means = score(cases, options).mean(axis=1)
-    folds_chosen = nested_choices(cases, fold_of, sizes, size_rule)
+    folds_chosen = nested_choices(cases, fold_of, sizes, size_rule, candidate_set=candidate_set)
     nested = {c: float(score({c: cases[c]}, [f.chosen])[0, 0]) for f in folds_chosen.values() for c in f.held_out}
     fold_choices = {fold: f.chosen for fold, f in folds_chosen.items()}
     best = choose(options, list(means))
@@ -342,6 +369,7 @@ def select_on_cases(cases: dict[str, CaseImages], fold_of: dict[str, int], raw_d
         "baseline_dice": float(means[0]),
         "chosen_dice": float(means[best]),
         "num_candidates": len(options),
+        "candidate_set": candidate_set,
         "candidates": [{"name": p.name, **p.to_dict(), "cv_dice": float(m), "improvement": float(m - means[0])}
                        for p, m in zip(options, means)],
         "nested": {"cv_dice": float(np.mean(list(nested.values()))),
@@ -359,7 +387,7 @@ def select_on_cases(cases: dict[str, CaseImages], fold_of: dict[str, int], raw_d
         "metric": METRIC,
         "rule": "a candidate is kept only when it raises the mean Dice above no post-processing; the best kept wins",
         "provenance": provenance({"model_dir": str(source), "raw_dir": str(raw_dir), "folds": folds,
-                                  "sizes": [int(k) for k in sizes]}),
+                                  "sizes": [int(k) for k in sizes], "candidate_set": candidate_set}),
     }
     log.info("%s: post-processing chosen by CV over %d cases of folds %s among %d candidates: %s (mean Dice %.4f, "
              "without %.4f; nested estimate %.4f)", source.name, len(cases), ", ".join(map(str, folds)),
