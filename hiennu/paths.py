@@ -192,6 +192,7 @@ def parse_model_dir_name(name: str) -> ModelDirName | None:
 PLANS_FILE = "plans.json"
 DATASET_FILE = "dataset.json"
 POSTPROCESSING_FILE = "postprocessing.json"
+RULE_DIR = "baseline_zadc"  # the rule ZADC < -2's own post-processing record: DatasetNNN_Name/baseline_zadc/
 PROGRESS_FILE = "progress.json"
 VALIDATION_DIR = "validation"
 SUMMARY_FILE = "summary.json"

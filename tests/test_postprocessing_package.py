@@ -12,14 +12,17 @@ import pytest
 import hiennu
 from hiennu.cli import apply_postprocessing as apply_cli
 from hiennu.cli import determine_postprocessing as determine_cli
+from hiennu.cli import predict as predict_cli
 from hiennu.errors import HiennuError
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, read_image, write_image
-from hiennu.masks import RULE_THRESHOLD
+from hiennu.masks import RULE_THRESHOLD, rule_mask
 from hiennu.paths import ModelFolder, use_roots
 from hiennu.plans import save_plans
-from hiennu.postprocessing.record import PostProcessing, apply_postprocessing, with_size_rule
-from hiennu.postprocessing.selection import (CaseImages, all_candidates, nested_choices, select_postprocessing)
+from hiennu.postprocessing.record import PostProcessing, apply_postprocessing, postprocessing_from_record, with_size_rule
+from hiennu.postprocessing.rule_reference import rule_cases
+from hiennu.postprocessing.selection import (CaseImages, all_candidates, load_cases, nested_choices, select_on_cases,
+                                             select_postprocessing)
 
 from helpers import tiny_plans
 
@@ -233,6 +236,53 @@ def test_determine_postprocessing_refuses_bad_folds_and_writes_nothing(tmp_path,
         assert "error: fold 1, case case05: validation mask" in err and "another grid" in err
         assert len(err.strip().splitlines()) == 1
     assert not ModelFolder(model).postprocessing.exists()
+
+
+def test_the_rules_own_postprocessing_is_chosen_written_and_applied_by_the_baseline(tmp_path, capsys):
+    """--rule chooses on the rule's masks over the folds of splits_final.json, exactly as the reference row of
+    find_best does (select_on_cases on rule_cases); hiennu_predict --baseline zadc --postprocessing applies it."""
+    raw, _ = _write_model(tmp_path, folds=3)
+    cases = sorted(p.name[:-len(".mha")] for p in (raw / "labelsTr").glob("*.mha"))
+    splits = [{"train": [c for j, c in enumerate(cases) if j % 3 != f], "val": cases[f::3]} for f in range(3)]
+    (tmp_path / "pre" / "Dataset001_Tiny").mkdir(parents=True)
+    (tmp_path / "pre" / "Dataset001_Tiny" / "splits_final.json").write_text(json.dumps(splits))
+    path = tmp_path / "results" / "Dataset001_Tiny" / "baseline_zadc" / "postprocessing.json"
+    with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
+        assert determine_cli.main(["-d", "Tiny", "--rule", "-f", "0", "1", "2", "--candidates", "cap-filter"]) == 0
+        out = capsys.readouterr().out
+        record = json.loads(path.read_text())
+        fold_of = {c: f for f in range(3) for c in splits[f]["val"]}
+        expected = select_on_cases(rule_cases(load_cases({c: raw / "labelsTr" / f"{c}.mha" for c in cases}, raw)),
+                                   fold_of, raw, 0, {}, Path("baseline_zadc"), candidate_set="cap-filter")
+        assert record["chosen"] == expected["chosen"] and record["nested"] == expected["nested"]
+        assert record["candidate_set"] == "cap-filter"
+        assert f"--baseline zadc --postprocessing {path}" in out
+        # the baseline applies it, with the images, case by case
+        images = tmp_path / "in"
+        images.mkdir()
+        for c in cases[:3]:
+            for k in (0, 1):
+                (images / f"{c}_000{k}.mha").write_bytes((raw / "imagesTr" / f"{c}_000{k}.mha").read_bytes())
+        assert predict_cli.main(["-i", str(images), "-o", str(tmp_path / "out"), "--baseline", "zadc",
+                                 "--postprocessing", str(path), "-q"]) == 0
+        post = postprocessing_from_record(record, str(path))
+        for c in cases[:3]:
+            adc, geo = read_image(images / f"{c}_0000.mha")
+            zadc = read_image(images / f"{c}_0001.mha")[0]
+            out_mask = read_image(tmp_path / "out" / f"{c}.mha", dtype=np.uint8)[0]
+            assert np.array_equal(out_mask, apply_postprocessing(rule_mask(zadc, adc).astype(np.uint8), post, zadc,
+                                                                 adc, geo.spacing_zyx))
+        # bad input: a model with --postprocessing, --rule with -c, a missing record; nothing written
+        assert predict_cli.main(["-i", str(images), "-o", str(tmp_path / "o2"), "-d", "Tiny", "--postprocessing",
+                                 str(path), "-q"]) == 1
+        assert "--postprocessing is for --baseline" in capsys.readouterr().err
+        assert predict_cli.main(["-i", str(images), "-o", str(tmp_path / "o3"), "--baseline", "zadc",
+                                 "--postprocessing", str(tmp_path / "none.json"), "-q"]) == 1
+        assert "none.json: post-processing record not found" in capsys.readouterr().err
+        assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+        with pytest.raises(SystemExit):
+            determine_cli.main(["-d", "Tiny", "--rule", "-c", "3d_fullres"])
+        assert "--rule is chosen on the folds of splits_final.json" in capsys.readouterr().err
 
 
 def _record(tmp_path: Path, post: PostProcessing, **extra) -> Path:

@@ -18,7 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
         "model folder's postprocessing.json, which hiennu_predict applies. Prints every candidate's pooled and "
         "nested Dice, MASD and NSD.")
     p.add_argument("-d", "--dataset", required=True, help="dataset name, DatasetNNN_Name or number")
-    p.add_argument("-tr", "--trainer", required=True, help="trainer class of the model")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("-tr", "--trainer", help="trainer class of the model")
+    which.add_argument("--rule", action="store_true",
+                       help="choose the rule ZADC < -2's own post-processing instead, on its masks over the folds of "
+                            "splits_final.json, and write it to $hiennu_results/DatasetNNN_Name/baseline_zadc/"
+                            "postprocessing.json, which hiennu_predict --baseline zadc --postprocessing applies")
     p.add_argument("-c", "--configuration", default=None,
                    help="configuration of the model (default: the only one trained with this trainer and plans)")
     add_plans_name(p, "plans identifier of the model (-p of hiennu_train)")
@@ -35,9 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.rule and (args.configuration or args.split_seed is not None):
+        parser.error("--rule is chosen on the folds of splits_final.json: leave out -c and --split-seed")
 
     def go() -> int:
+        if args.rule:
+            return rule()
         from hiennu.postprocessing.commands import determine_postprocessing, find_model_folder, raw_dataset_of
         from hiennu.paths import ModelFolder
         model_dir = find_model_folder(args.dataset, args.trainer, args.configuration, args.plans_name,
@@ -50,6 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chosen: {record['chosen_name']} (among {record['num_candidates']} candidates; nested CV Dice "
               f"{record['nested']['cv_dice']:.4f})"
               + ("" if args.dry_run else f"; written to {ModelFolder(model_dir).postprocessing}"))
+        return 0
+
+    def rule() -> int:
+        from hiennu.postprocessing.commands import determine_rule_postprocessing
+        record, table, path = determine_rule_postprocessing(args.dataset, args.folds, write=not args.dry_run,
+                                                            candidate_set=args.candidates)
+        if args.quiet:
+            return 0
+        print(table, end="")
+        print(f"chosen for the rule ZADC < -2: {record['chosen_name']} (among {record['num_candidates']} candidates; "
+              f"nested CV Dice {record['nested']['cv_dice']:.4f})"
+              + ("" if args.dry_run else f"; written to {path}\npredict with:\n  hiennu_predict -i INPUT_FOLDER "
+                                         f"-o OUTPUT_FOLDER --baseline zadc --postprocessing {path}"))
         return 0
 
     return run(go, verbose=not args.quiet)

@@ -46,9 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continue-prediction", action="store_true", help="skip cases whose outputs already exist")
     add_alias(p, "--continue_prediction", dest="continue_prediction", action="store_true")
     p.add_argument("--baseline", choices=["zadc"], help="predict ZADC < -2 inside the brain instead of using a model")
+    p.add_argument("--postprocessing", metavar="FILE",
+                   help="with --baseline: a postprocessing.json to apply to its masks (hiennu_determine_postprocessing "
+                        "--rule writes the rule's, e.g. $hiennu_results/Dataset001_BONBID/baseline_zadc/"
+                        "postprocessing.json)")
     p.add_argument("--min-component-voxels", type=int,
                    help="remove lesion components smaller than this (default: the larger of the plans' value and the "
-                        "model's postprocessing.json choice; 0 for --baseline)")
+                        "model's postprocessing.json choice; for --baseline, that of --postprocessing, else 0)")
     p.add_argument("--batch-size", type=int, help="cases per forward pass (default 4 on CUDA, 1 on CPU)")
     p.add_argument("--cpu-bf16", action="store_true",
                    help="on a CPU, run the network under bfloat16 autocast: faster on CPUs with native bf16 "
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor = build_predictor(args.model, args.dataset, args.trainer, args.configuration, args.folds,
                                     checkpoint, args.device, not args.disable_tta, args.baseline,
                                     args.min_component_voxels, args.batch_size, plans_name=args.plans_name,
-                                    cpu_bf16=args.cpu_bf16)
+                                    cpu_bf16=args.cpu_bf16, baseline_postprocessing=args.postprocessing)
         report = predictor.predict_folder(args.input, args.output, save_probabilities=bool(args.save_probabilities),
                                           probability_format=args.save_probabilities or "npz",
                                           continue_prediction=args.continue_prediction,

@@ -17,7 +17,7 @@ from hiennu.inference.folder_prediction import CasePredictor
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.image import Geometry
 from hiennu.masks import RULE_THRESHOLD, rule_mask
-from hiennu.postprocessing.record import PostProcessing
+from hiennu.postprocessing.record import PostProcessing, with_size_rule
 
 BASELINES = ("zadc",)
 
@@ -45,8 +45,13 @@ class ZadcThresholdBaseline(CasePredictor):
         return [(m, m.astype(np.float32) if need_probabilities else None) for m in prepared]
 
 
-def make_baseline(name: str, min_component_voxels: int = 0) -> ZadcThresholdBaseline:
-    """The baseline called ``name`` (``zadc``)."""
+def make_baseline(name: str, min_component_voxels: int | None = None,
+                  postprocessing: PostProcessing | None = None) -> ZadcThresholdBaseline:
+    """The baseline called ``name`` (``zadc``). postprocessing: a record chosen for it on cross-validation
+    (``hiennu_determine_postprocessing --rule``: ADC cap, lesion filter, ...), applied to every mask with the images;
+    min_component_voxels, when given, replaces its component size (:func:`~hiennu.postprocessing.record.with_size_rule`)."""
     if name != "zadc":
         raise HiennuError(f"unknown baseline {name!r}; available: {', '.join(BASELINES)}")
-    return ZadcThresholdBaseline(min_component_voxels=min_component_voxels)
+    baseline = ZadcThresholdBaseline()
+    baseline.postprocessing = with_size_rule(postprocessing, 0, forced=min_component_voxels)
+    return baseline

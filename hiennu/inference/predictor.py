@@ -57,7 +57,7 @@ from hiennu.log import get_logger
 from hiennu.networks.unet import build_network
 from hiennu.paths import ModelFolder, parse_model_dir_name
 from hiennu.plans import ENUMERATED_FIELDS, PLANS_NAME, Configuration, Plans, load_plans
-from hiennu.postprocessing.record import PostProcessing, load_postprocessing, with_size_rule
+from hiennu.postprocessing.record import PostProcessing, load_postprocessing, load_record_file, with_size_rule
 from hiennu.preprocessing.preprocessor import preprocess_case
 
 logger = get_logger(__name__)
@@ -261,7 +261,8 @@ def build_predictor(model: str | Path | Sequence[str | Path] | None = None, data
                     folds: Sequence[int | str] | None = None, checkpoint: str | None = None,
                     device: str | None = None, use_mirroring: bool = True, baseline: str | None = None,
                     min_component_voxels: int | None = None, batch_size: int | None = None,
-                    plans_name: str | Sequence[str] = PLANS_NAME, cpu_bf16: bool = False) -> CasePredictor:
+                    plans_name: str | Sequence[str] = PLANS_NAME, cpu_bf16: bool = False,
+                    baseline_postprocessing: str | Path | None = None) -> CasePredictor:
     """The predictor that ``hiennu_predict``'s options name.
 
     ``baseline`` (``zadc``) needs no model; otherwise the model is ``model`` (folder or zip; several
@@ -269,12 +270,17 @@ def build_predictor(model: str | Path | Sequence[str | Path] | None = None, data
     (several configurations, trainers or plans: an ensemble), or the default model, which may be an
     ensemble (:func:`hiennu.inference.model_registry.resolve_models`). checkpoint: a file name, or None for
     each model's default (:func:`~hiennu.inference.model_registry.default_checkpoint`; an ensemble folder's
-    ``members.json`` names its own).
+    ``members.json`` names its own). baseline_postprocessing: a ``postprocessing.json`` the baseline applies
+    (``hiennu_determine_postprocessing --rule`` writes one); a model applies its own.
     """
     if baseline is not None:
         if model is not None or dataset is not None:
             raise HiennuError("--baseline predicts without a model; drop -m/-d/-tr/-c")
-        return make_baseline(baseline, min_component_voxels or 0)
+        post = None if baseline_postprocessing is None else load_record_file(baseline_postprocessing)
+        return make_baseline(baseline, min_component_voxels, post)
+    if baseline_postprocessing is not None:
+        raise HiennuError("--postprocessing is for --baseline; a model applies its own postprocessing.json (choose "
+                          "it with hiennu_determine_postprocessing)")
     paths = resolve_models(model, dataset, trainer, configuration, plans_name)
     kwargs = dict(device=device, use_mirroring=use_mirroring, batch_size=batch_size, cpu_bf16=cpu_bf16)
     if len(paths) > 1:
