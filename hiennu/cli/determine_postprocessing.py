@@ -63,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def rule() -> int:
+        from hiennu.ensembling.cv_probabilities import split_validation_cases
+        from hiennu.paths import preprocessed_root, raw_root, resolve_dataset
         from hiennu.postprocessing.commands import determine_rule_postprocessing
-        record, table, path = determine_rule_postprocessing(args.dataset, args.folds, write=not args.dry_run,
+        dataset = resolve_dataset(args.dataset, [raw_root()])
+        fold_cases = split_validation_cases(preprocessed_root() / dataset, args.folds)
+        record, table, path = determine_rule_postprocessing(dataset, fold_cases, write=not args.dry_run,
                                                             candidate_set=args.candidates)
         if args.quiet:
             return 0

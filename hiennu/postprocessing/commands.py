@@ -18,7 +18,7 @@ import dataclasses
 import math
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -30,8 +30,8 @@ from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
 from hiennu.io.image import image_ending, read_image, write_image
 from hiennu.log import get_logger, progress
-from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RULE_DIR, ModelFolder, model_dir_name, preprocessed_root,
-                          raw_root, resolve_dataset, results_root, split_seed_folder)
+from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RULE_DIR, ModelFolder, model_dir_name, raw_root,
+                          resolve_dataset, results_root, split_seed_folder)
 from hiennu.plans import PLANS_NAME, PREDICTOR_IGNORED_FIELDS, configuration_differences, load_plans
 from hiennu.postprocessing.candidates import ALL_CANDIDATES, COMPONENT_SIZES
 from hiennu.postprocessing.record import PostProcessing, apply_postprocessing, load_record_file
@@ -104,27 +104,23 @@ def determine_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: 
     return record, text
 
 
-def determine_rule_postprocessing(dataset: str | int, folds: Sequence[int] = DEFAULT_FOLDS, write: bool = True,
+def determine_rule_postprocessing(dataset: str, fold_cases: Mapping[int, Sequence[str]], write: bool = True,
                                   table: bool = True, candidate_set: str = ALL_CANDIDATES) -> tuple[dict, str, Path]:
-    """Choose the rule ``ZADC < -2``'s own post-processing on its masks over the folds of the dataset's
-    ``splits_final.json`` (:mod:`hiennu.postprocessing.rule_reference`, the reference row of
-    ``hiennu_find_best_configuration``), and with ``write`` store it in
+    """Choose the rule ``ZADC < -2``'s own post-processing on its masks over the folds ``fold_cases`` (fold -> its
+    held-out cases, those of the dataset's ``splits_final.json``; :mod:`hiennu.postprocessing.rule_reference`, the
+    reference row of ``hiennu_find_best_configuration``), and with ``write`` store it in
     ``$hiennu_results/DatasetNNN_Name/baseline_zadc/postprocessing.json``, which ``hiennu_predict --baseline zadc
-    --postprocessing`` applies. Returns the record, the table of every candidate (with ``table``) and the path."""
-    from hiennu.ensembling.cv_probabilities import split_validation_cases  # it imports this module
-
-    name = resolve_dataset(dataset, [raw_root()])
-    raw_dir = raw_root() / name
+    --postprocessing`` applies. dataset: the ``DatasetNNN_Name`` folder. Returns the record, the table of every
+    candidate (with ``table``) and the path."""
+    raw_dir = raw_root() / dataset
     if not (raw_dir / DATASET_FILE).is_file():
         raise HiennuError(f"{raw_dir}: no {DATASET_FILE}; convert or stage the raw dataset first")
-    folds = [int(f) for f in folds]
-    fold_of = {case: f for f, cases in split_validation_cases(preprocessed_root() / name, folds).items()
-               for case in cases}
+    fold_of = {str(case): int(f) for f, cases in fold_cases.items() for case in cases}
     cases = load_rule_cases(raw_dir, sorted(fold_of), fold_of)
     details: dict = {}
     record = select_on_cases(cases, fold_of, raw_dir, 0, {}, Path(RULE_DIR), details=details,
                              candidate_set=candidate_set)
-    path = results_root() / name / RULE_DIR / POSTPROCESSING_FILE
+    path = results_root() / dataset / RULE_DIR / POSTPROCESSING_FILE
     text = candidate_table(record, details) if table else ""
     if write:
         write_json(record, path)
