@@ -2,6 +2,7 @@
 hiennu_determine_postprocessing and hiennu_apply_postprocessing (bad input included)."""
 
 import json
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -123,7 +124,7 @@ def test_the_cap_filter_set_is_one_recipe_against_none_fitted_on_the_cases_of_th
         all_candidates(cases, ids, candidate_set="some")
 
 
-def test_the_cap_filter_set_falls_back_to_the_cap_alone_or_to_none():
+def test_the_cap_filter_set_falls_back_to_the_cap_alone_or_to_none(caplog):
     cases, _ = _cases()
     ids = sorted(cases)
     # every component touches a lesion: no filter can be fitted, so the recipe is the cap alone
@@ -134,6 +135,11 @@ def test_the_cap_filter_set_falls_back_to_the_cap_alone_or_to_none():
     # no lesion voxels to derive a cap from: nothing but no post-processing
     empty = {c: replace(cases[c], ref=np.zeros_like(cases[c].ref)) for c in ids}
     assert _as_dicts(all_candidates(empty, ids, candidate_set="cap-filter")) == [PostProcessing().to_dict()]
+    fold_of = {c: i % 3 for i, c in enumerate(ids)}
+    with caplog.at_level(logging.WARNING, logger="hiennu"):
+        record = select_on_cases(empty, fold_of, Path("raw"), 0, {}, Path("nothing"), candidate_set="cap-filter")
+    assert record["chosen_name"] == "none" and record["num_candidates"] == 1
+    assert "nothing: --candidates cap-filter has no recipe to offer" in caplog.text
 
 
 def test_determine_postprocessing_with_cap_filter_records_the_set(tmp_path, capsys):

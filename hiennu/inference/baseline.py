@@ -25,14 +25,17 @@ BASELINES = ("zadc",)
 class ZadcThresholdBaseline(CasePredictor):
     """Mask = (ZADC < threshold) and (ADC != 0), on the native grid; no model involved.
 
-    channel_names: the channel order of the inputs; must contain ``ADC`` and ``ZADC``.
+    channel_names: the channel order of the inputs; must contain ``ADC`` and ``ZADC``. postprocessing: a record
+    chosen for the rule on cross-validation (``hiennu_determine_postprocessing --rule``: ADC cap, lesion filter, ...),
+    applied to every mask with the case's images; min_component_voxels, when given, replaces its component size
+    (:func:`~hiennu.postprocessing.record.with_size_rule`).
     """
 
-    def __init__(self, threshold: float = RULE_THRESHOLD, min_component_voxels: int = 0,
-                 channel_names: Sequence[str] = ("ADC", "ZADC")):
+    def __init__(self, threshold: float = RULE_THRESHOLD, min_component_voxels: int | None = None,
+                 channel_names: Sequence[str] = ("ADC", "ZADC"), postprocessing: PostProcessing | None = None):
         adc, zadc = adc_zadc_channels(channel_names, required=True, source="the ZADC baseline's inputs")
         self.threshold = float(threshold)
-        self.postprocessing = PostProcessing(min_component_voxels=int(min_component_voxels))
+        self.postprocessing = with_size_rule(postprocessing, 0, forced=min_component_voxels)
         self.channel_names = tuple(channel_names)
         self._adc, self._zadc = adc, zadc
         self.batch_size = 1
@@ -47,11 +50,8 @@ class ZadcThresholdBaseline(CasePredictor):
 
 def make_baseline(name: str, min_component_voxels: int | None = None,
                   postprocessing: PostProcessing | None = None) -> ZadcThresholdBaseline:
-    """The baseline called ``name`` (``zadc``). postprocessing: a record chosen for it on cross-validation
-    (``hiennu_determine_postprocessing --rule``: ADC cap, lesion filter, ...), applied to every mask with the images;
-    min_component_voxels, when given, replaces its component size (:func:`~hiennu.postprocessing.record.with_size_rule`)."""
+    """The baseline called ``name`` (``zadc``), with ``postprocessing`` and ``min_component_voxels`` as
+    :class:`ZadcThresholdBaseline` takes them."""
     if name != "zadc":
         raise HiennuError(f"unknown baseline {name!r}; available: {', '.join(BASELINES)}")
-    baseline = ZadcThresholdBaseline()
-    baseline.postprocessing = with_size_rule(postprocessing, 0, forced=min_component_voxels)
-    return baseline
+    return ZadcThresholdBaseline(min_component_voxels=min_component_voxels, postprocessing=postprocessing)

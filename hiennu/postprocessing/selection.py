@@ -357,6 +357,10 @@ def select_on_cases(cases: dict[str, CaseImages], fold_of: dict[str, int], raw_d
     raw_dir, source = Path(raw_dir), Path(source)
     folds = sorted(set(fold_of.values()))
     options = all_candidates(cases, list(cases), sizes, size_rule, candidate_set)
+    if candidate_set == CAP_AND_FILTER and len(options) == 1:
+        log.warning("%s: --candidates cap-filter has no recipe to offer (no ADC channel, or no lesion voxel to derive "
+                    "the cap from), so no post-processing can be chosen; --candidates all also tries component sizes "
+                    "and the rule", source.name)
     means = score(cases, options).mean(axis=1)
     folds_chosen = nested_choices(cases, fold_of, sizes, size_rule, candidate_set=candidate_set)
     nested = {c: float(score({c: cases[c]}, [f.chosen])[0, 0]) for f in folds_chosen.values() for c in f.held_out}
