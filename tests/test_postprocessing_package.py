@@ -136,8 +136,12 @@ def test_the_cap_filter_set_falls_back_to_the_cap_alone_or_to_none(caplog):
     empty = {c: replace(cases[c], ref=np.zeros_like(cases[c].ref)) for c in ids}
     assert _as_dicts(all_candidates(empty, ids, candidate_set="cap-filter")) == [PostProcessing().to_dict()]
     fold_of = {c: i % 3 for i, c in enumerate(ids)}
-    with caplog.at_level(logging.WARNING, logger="hiennu"):
+    logger = logging.getLogger("hiennu")  # attached to directly: once a command configured it, it stops propagating
+    logger.addHandler(caplog.handler)
+    try:
         record = select_on_cases(empty, fold_of, Path("raw"), 0, {}, Path("nothing"), candidate_set="cap-filter")
+    finally:
+        logger.removeHandler(caplog.handler)
     assert record["chosen_name"] == "none" and record["num_candidates"] == 1
     assert "nothing: --candidates cap-filter has no recipe to offer" in caplog.text
 
