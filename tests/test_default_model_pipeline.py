@@ -9,21 +9,28 @@ depend on timing: the log lines and the checkpoints' modification times.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
 import types
+import zipfile
 
+import numpy as np
 import pytest
 
 from hiennu.cli import predict
 from hiennu.cli import train as train_cli
 from hiennu.cli import train_default_model as cli
+from hiennu.ensembling import best_configuration as bc
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json
+from hiennu.io.image import read_image
+from hiennu.masks import rule_mask
 from hiennu.io.checkpoint import FINAL, LATEST
 from hiennu.pipeline import default_model as dm
 from hiennu.pipeline.default_model import DefaultModelOptions, RecipeProgress, RecipeStep, train_default_model
+from hiennu.postprocessing.record import apply_postprocessing, postprocessing_from_record
 
 DATASET = "Dataset001_Tiny2d"
 TINY_3D = RecipeStep("3d_fullres", epochs=1, iterations_per_epoch=1)
@@ -141,11 +148,12 @@ def test_bad_input_is_one_line_and_writes_nothing(hiennu_roots, tmp_path, capsys
 def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_path, lines, monkeypatch):
     """One configuration (3d_fullres), end to end: the default model predicts; a second run trains, chooses,
     exports and installs nothing (the choice is not even called); --rechoose or a touched checkpoint makes it
-    choose again; a recipe that differs from what the folds were trained with is refused before anything is
+    choose again; other choice options choose again, and a rule chosen ships as a rule zip, installed as the
+    default; a recipe that differs from what the folds were trained with is refused before anything is
     trained."""
     results = tiny["hiennu_results"]
     monkeypatch.setattr(dm, "DEFAULT_RECIPE", (TINY_3D,))
-    result, text = _run(lines)
+    result, text = _run(lines, rule_candidate=False)
     assert "no plans in" in text and "planning and preprocessing 3d_fullres" in text
     assert "3d_fullres (TrainerDiceFocal" in text and "1 epochs (recipe) x 1 steps (recipe) = 1 steps per fold, patience 10;" in text
     assert "fold 1 of 5 done (3d_fullres fold 0: trained, 1 steps" in text and "min elapsed, about" in text
@@ -176,7 +184,7 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     originals = {name: getattr(dm, name) for name in ("find_best_configuration", "export_models", "install_model_zip")}
     for name in originals:
         monkeypatch.setattr(dm, name, not_again)
-    again, text = _run(lines)
+    again, text = _run(lines, rule_candidate=False)
     assert "plans and preprocessed cases reused" in text
     assert "5 reused, 0 to re-validate with --npz, 0 to continue, 0 to train" in text
     assert "fold 5 of 5 done (3d_fullres fold 4: reused)" in text and "training (--npz)" not in text
@@ -195,20 +203,48 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
 
     monkeypatch.setattr(dm, "find_best_configuration", choosing)
     with pytest.raises(Chosen):
-        _run(lines, rechoose=True)
+        _run(lines, rule_candidate=False, rechoose=True)
     assert "not reusing the last choice: --rechoose" in lines.text
     touched = model / "fold_2" / FINAL
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10 ** 9))
     with pytest.raises(Chosen):
-        _run(lines)
+        _run(lines, rule_candidate=False)
     assert (f"not reusing the last choice: what it was made from changed: results/{DATASET}/{model.name}/fold_2/"
             f"{FINAL} changed") in lines.text
     before = _mtimes(results, "3d_fullres")
 
+    # the default choice lets the rule with its post-processing compete (another option: chosen again); when it wins
+    # (forced here, whatever the tiny folds score) the rule folder is exported, installed and predicts
+    for name, original in originals.items():
+        monkeypatch.setattr(dm, name, original)
+    select = bc.select
+
+    def the_rule(pool, select_by):
+        best, selection = select(pool, select_by)
+        return next(c for c in pool if c.kind == "rule"), selection
+
+    monkeypatch.setattr(bc, "select", the_rule)
+    ruled, text = _run(lines)
+    assert "not reusing the last choice: find_best changed" in text
+    assert ruled.information.chosen.kind == "rule" and zipfile.is_zipfile(ruled.zip_path)
+    assert json.loads(zipfile.ZipFile(ruled.zip_path).read("manifest.json"))["format"] == "hiennu-rule"
+    assert ruled.installed == results / DATASET / "baseline_zadc"
+    assert read_json(results / "default_model.json") == {"rule_dir": f"{DATASET}/baseline_zadc"}
+    record = read_json(results / DATASET / "baseline_zadc" / "postprocessing.json")
+    assert record["candidate_set"] == "cap-filter"
+    assert predict.main(["-i", str(images), "-o", str(tmp_path / "pred_rule"), "-q"]) == 0
+    post = postprocessing_from_record(record, "r")
+    for name in labels:
+        case = name[: -len(".mha")]
+        adc, geo = read_image(images / f"{case}_0000.mha")
+        zadc = read_image(images / f"{case}_0001.mha")[0]
+        expected = apply_postprocessing(rule_mask(zadc, adc).astype(np.uint8), post, zadc, adc, geo.spacing_zyx)
+        assert np.array_equal(read_image(tmp_path / "pred_rule" / name, dtype=np.uint8)[0], expected)
+
     monkeypatch.setattr(dm, "DEFAULT_RECIPE", (dataclasses.replace(TINY_3D, epochs=2),))
     with pytest.raises(HiennuError, match=r"5 fold\(s\) of the recipe were trained otherwise.*max_epochs: trained "
                                           r"with 1, requested 2.*--retrain-mismatched"):
-        _run(lines)
+        _run(lines, rule_candidate=False)
     assert _mtimes(results, "3d_fullres") == before
 
 
@@ -240,7 +276,7 @@ def test_two_configurations_resume_revalidate_and_retrain_one_deleted_fold(tiny,
 
     monkeypatch.setattr(Trainer, "_save_epoch", interrupting)
     with pytest.raises(KeyboardInterrupt):
-        _run(lines)
+        _run(lines, rule_candidate=False)
     text = lines.text
     assert "plans reused from" in text and "preprocessing 3d_fullres with them" in text  # 2d was there, 3d not
     assert "2d (TrainerDiceFocal" in text and "fold 0 to re-validate with --npz (no training)" in text
@@ -248,7 +284,7 @@ def test_two_configurations_resume_revalidate_and_retrain_one_deleted_fold(tiny,
     assert (model_3d / "fold_1" / LATEST).is_file() and not (model_3d / "fold_1" / FINAL).is_file()
     monkeypatch.setattr(Trainer, "_save_epoch", save_epoch)
 
-    result, text = _run(lines, output=tmp_path / "model.zip")
+    result, text = _run(lines, rule_candidate=False, output=tmp_path / "model.zip")
     assert "plans and preprocessed cases reused" in text
     assert "1 reused, 1 to re-validate with --npz, 1 to continue, 7 to train" in text
     assert "fold 1 to continue from epoch 1" in text
@@ -276,7 +312,7 @@ def test_two_configurations_resume_revalidate_and_retrain_one_deleted_fold(tiny,
         return dataclasses.replace(best, information=dataclasses.replace(best.information, chosen=chosen))
 
     monkeypatch.setattr(dm, "find_best_configuration", choosing_the_ensemble)
-    result, text = _run(lines, output=tmp_path / "ensemble.zip")
+    result, text = _run(lines, rule_candidate=False, output=tmp_path / "ensemble.zip")
     assert "9 reused, 0 to re-validate with --npz, 0 to continue, 1 to train" in text
     assert "(2d fold 3: trained" in text and text.count(": trained") == 1
     assert _mtimes(results, "3d_fullres") == before_3d and _mtimes(results, "2d", skip=3) == before_2d

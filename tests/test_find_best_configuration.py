@@ -22,6 +22,7 @@ import pytest
 
 from helpers import tiny_plans
 from hiennu.cli import find_best_configuration as cli
+from hiennu.cli import predict as predict_cli
 from hiennu.ensembling.best_configuration import FindBestOptions, choose_best, find_best_configuration
 from hiennu.ensembling.choice import Selection
 from hiennu.ensembling.ensemble_cv import Candidate, candidates, cv_mask, mean_probabilities
@@ -35,6 +36,8 @@ from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, read_image, write_image
 from hiennu.paths import INFERENCE_INFORMATION_FILE, EnsembleFolder, ModelFolder
 from hiennu.plans import Plans, save_plans
+from hiennu.postprocessing.record import postprocessing_from_record
+from hiennu.postprocessing.rule_folder import load_rule_folder
 from hiennu.training.options import TrainingOptions
 
 DATASET = "Dataset001_Tiny"
@@ -525,6 +528,46 @@ def test_postprocessing_candidates_cap_filter_reach_every_candidate_the_rule_and
     assert info.nested_choice is not None and info.nested_choice.num_candidates == 3
     with pytest.raises(HiennuError, match=r"post-processing candidates must be one of all, cap-filter"):
         FindBestOptions("Tiny", models=[A], postprocessing_candidates="few")
+
+
+def test_the_rule_as_a_candidate_wins_over_models_that_miss_lesion_and_ships_as_a_rule_folder(cv, capsys, tmp_path):
+    """Both models miss a quarter of every lesion, which no post-processing adds back; the rule finds every lesion
+    voxel and its one false positive (4 voxels) goes with post-processing. Without --rule-candidate the rule is only
+    the reference and nothing is written for it; with it, the rule is chosen, written as a rule folder, the best
+    model is tested against it, and the printed command predicts the rule + its post-processing."""
+    _replace_model(cv, A, _under_segmenting)
+    _replace_model(cv, B, _under_segmenting)
+    assert cli.main(_run("--no-ensembles")) == 0
+    info = load_inference_information(cv)
+    assert info.chosen.kind == "model" and info.reference.path is None and not (cv / "baseline_zadc").exists()
+    capsys.readouterr()
+    assert cli.main(_run("--no-ensembles", "--rule-candidate", "--nested-choice")) == 0
+    out = capsys.readouterr().out
+    info = load_inference_information(cv)
+    folder = cv / "baseline_zadc"
+    assert info.chosen.kind == "rule" and info.chosen.path == "baseline_zadc" and info.chosen.checkpoint is None
+    assert info.selection.num_candidates == 3 and info.reference.nested_mean("dice") == 1.0
+    assert info.chosen.postprocessing["record"] == "baseline_zadc/postprocessing.json"
+    assert info.chosen.postprocessing["action"] == "written"
+    assert info.paired_test.method == f"{A} + post-processing (nested)"  # A and B tie; A by name
+    assert info.paired_test.rows[0]["mean_difference"] < 0
+    assert set(info.nested_choice.choices.values()) == {"rule: ZADC < -2"}
+    assert "**(chosen)**" in out and f"-m {folder.resolve()}" in out
+    rule = load_rule_folder(folder)
+    record = json.loads((folder / "postprocessing.json").read_text())
+    assert record["candidate_set"] == "all" and rule.postprocessing == postprocessing_from_record(record, "r")
+    assert rule.dataset.channel_names == ["ADC", "ZADC"]
+    # the printed command predicts the rule with that post-processing
+    images = tmp_path / "in"
+    images.mkdir()
+    raw = cv.parent.parent / "hiennu_raw" / DATASET
+    for k in (0, 1):
+        shutil.copy(raw / "imagesTr" / f"case0_000{k}.mha", images / f"case0_000{k}.mha")
+    argv = shlex.split(info.predict_command.replace("INPUT_FOLDER", str(images)).replace(
+        "OUTPUT_FOLDER", str(tmp_path / "out")))
+    assert argv[0] == "hiennu_predict" and predict_cli.main(argv[1:] + ["-q"]) == 0
+    mask = read_image(tmp_path / "out" / "case0.mha", dtype=np.uint8)[0]
+    assert np.array_equal(mask, read_image(raw / "labelsTr" / "case0.mha", dtype=np.uint8)[0])
 
 
 def test_ensembles_all_scores_the_ensemble_of_every_model_and_no_subset(cv, capsys):

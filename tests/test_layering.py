@@ -30,7 +30,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "planning": GROUND | {"geometry"},
     "preprocessing": GROUND | {"geometry"},
     # commands that chain several stages: plan_and_preprocess, and the default model (plan, train, choose, export)
-    "pipeline": GROUND | {"geometry", "datasets", "planning", "preprocessing", "inference", "training", "ensembling"},
+    "pipeline": GROUND | {"geometry", "datasets", "planning", "preprocessing", "inference", "training", "ensembling",
+                          "postprocessing"},
     "evaluation": GROUND,
     "postprocessing": GROUND | {"evaluation"},
     "inference": GROUND | {"geometry", "preprocessing", "networks", "postprocessing"},

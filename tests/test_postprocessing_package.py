@@ -248,7 +248,7 @@ def test_determine_postprocessing_refuses_bad_folds_and_writes_nothing(tmp_path,
     assert not ModelFolder(model).postprocessing.exists()
 
 
-def test_the_rules_own_postprocessing_is_chosen_written_and_applied_by_the_baseline(tmp_path, capsys):
+def test_the_rules_own_postprocessing_is_chosen_written_as_a_rule_folder_and_applied(tmp_path, capsys):
     """--rule chooses on the rule's masks over the folds of splits_final.json, exactly as the reference row of
     find_best does (select_on_cases on rule_cases); hiennu_predict --baseline zadc --postprocessing applies it."""
     raw, _ = _write_model(tmp_path, folds=3)
@@ -266,7 +266,8 @@ def test_the_rules_own_postprocessing_is_chosen_written_and_applied_by_the_basel
                                    fold_of, raw, 0, {}, Path("baseline_zadc"), candidate_set="cap-filter")
         assert record["chosen"] == expected["chosen"] and record["nested"] == expected["nested"]
         assert record["candidate_set"] == "cap-filter"
-        assert f"--baseline zadc --postprocessing {path}" in out
+        assert f"-m {path.parent}" in out
+        assert (path.parent / "rule.json").is_file() and (path.parent / "dataset.json").is_file()
         # the baseline applies it, with the images, case by case
         images = tmp_path / "in"
         images.mkdir()
@@ -282,6 +283,11 @@ def test_the_rules_own_postprocessing_is_chosen_written_and_applied_by_the_basel
             out_mask = read_image(tmp_path / "out" / f"{c}.mha", dtype=np.uint8)[0]
             assert np.array_equal(out_mask, apply_postprocessing(rule_mask(zadc, adc).astype(np.uint8), post, zadc,
                                                                  adc, geo.spacing_zyx))
+        # the rule folder predicts like a model (-m), the same masks
+        assert predict_cli.main(["-i", str(images), "-o", str(tmp_path / "out_m"), "-m", str(path.parent), "-q"]) == 0
+        for c in cases[:3]:
+            assert np.array_equal(read_image(tmp_path / "out_m" / f"{c}.mha", dtype=np.uint8)[0],
+                                  read_image(tmp_path / "out" / f"{c}.mha", dtype=np.uint8)[0])
         # bad input: a model with --postprocessing, --rule with -c, a missing record; nothing written
         assert predict_cli.main(["-i", str(images), "-o", str(tmp_path / "o2"), "-d", "Tiny", "--postprocessing",
                                  str(path), "-q"]) == 1

@@ -22,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("-tr", "--trainer", help="trainer class of the model")
     which.add_argument("--rule", action="store_true",
                        help="choose the rule ZADC < -2's own post-processing instead, on its masks over the folds of "
-                            "splits_final.json, and write it to $hiennu_results/DatasetNNN_Name/baseline_zadc/"
-                            "postprocessing.json, which hiennu_predict --baseline zadc --postprocessing applies")
+                            "splits_final.json, and write the rule folder $hiennu_results/DatasetNNN_Name/baseline_zadc/ "
+                            "(postprocessing.json, dataset.json, rule.json), which predicts like a model: hiennu_predict "
+                            "-m FOLDER, hiennu_export_model -m FOLDER")
     p.add_argument("-c", "--configuration", default=None,
                    help="configuration of the model (default: the only one trained with this trainer and plans)")
     add_plans_name(p, "plans identifier of the model (-p of hiennu_train)")
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         print(table, end="")
         print(f"chosen for the rule ZADC < -2: {record['chosen_name']} (among {record['num_candidates']} candidates; "
               f"nested CV Dice {record['nested']['cv_dice']:.4f})"
-              + ("" if args.dry_run else f"; written to {path}\npredict with:\n  hiennu_predict -i INPUT_FOLDER "
-                                         f"-o OUTPUT_FOLDER --baseline zadc --postprocessing {path}"))
+              + ("" if args.dry_run else f"; written to {path.parent} (a rule folder: {path.name}, dataset.json, "
+                                         f"rule.json)\npredict with:\n  hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER "
+                                         f"-m {path.parent}\nor ship it: hiennu_export_model -m {path.parent} -o RULE.zip"))
         return 0
 
     return run(go, verbose=not args.quiet)

@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "hiennu_determine_postprocessing --candidates: all, or cap-filter (the ADC cap at the 99.5th "
                         "percentile + the lesion filter, against none). A model folder's existing postprocessing.json "
                         "chosen otherwise is kept and the difference said; delete it to replace it")
+    p.add_argument("--rule-candidate", action="store_true",
+                   help="the rule ZADC < -2 with its own post-processing (chosen the same way) competes with the "
+                        "models instead of being only the reference; when it wins it is written as the rule folder "
+                        "$hiennu_results/DatasetNNN_Name/baseline_zadc/ (predicts with hiennu_predict -m, exports "
+                        "with hiennu_export_model like a model) and the best model is tested against it")
     p.add_argument("-np", "--num-processes", type=int, default=2,
                    help="worker processes for scoring the cases and choosing each candidate's post-processing")
     return p
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         result = find_best_configuration(FindBestOptions(
             dataset=args.dataset, configurations=args.configurations or (), models=args.models or (), **named,
             folds=args.folds, ensembles=args.ensembles, num_processes=args.num_processes, select_by=args.select_by,
-            nested_choice=args.nested_choice, postprocessing_candidates=args.postprocessing_candidates))
+            nested_choice=args.nested_choice, postprocessing_candidates=args.postprocessing_candidates,
+            rule_candidate=args.rule_candidate))
         if args.quiet:  # -q: warnings and errors only; everything is in inference_information.json
             return 0
         print(table(result.information), end="")

@@ -1,4 +1,4 @@
-"""``hiennu_install_model``: verify a model zip and unpack it under ``$hiennu_results``."""
+"""``hiennu_install_model``: verify a model zip (or a rule zip) and unpack it under ``$hiennu_results``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from hiennu.cli._common import make_parser, run
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("hiennu_install_model",
                     "Check a model zip (safe member names, SHA-256 manifest, weights that load without running "
-                    "code) and install it under $hiennu_results.")
-    p.add_argument("zip", help="model zip written by hiennu_export_model")
-    p.add_argument("--default", action="store_true", help="make it the model hiennu_predict uses when none is named")
-    p.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")
+                    "code) and install it under $hiennu_results. A rule zip (the rule ZADC < -2 with its "
+                    "post-processing, from hiennu_export_model -m DatasetNNN_Name/baseline_zadc) installs the same "
+                    "way, into DatasetNNN_Name/baseline_zadc.")
+    p.add_argument("zip", help="model, ensemble or rule zip written by hiennu_export_model")
+    p.add_argument("--default", action="store_true",
+                   help="make it (a model, an ensemble or the rule) the model hiennu_predict uses when none is named")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an installed model (or rule folder) of the same name")
     return p
 
 

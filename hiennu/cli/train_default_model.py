@@ -9,13 +9,14 @@ from hiennu.cli._common import add_device, make_parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hiennu.postprocessing.candidates import CANDIDATE_SETS, CAP_AND_FILTER
     p = make_parser(
         "hiennu_train_default_model",
         "Train the default model end to end, resumably, with one ETA over all of it: plan and preprocess the dataset "
         "(unless done), train every configuration of the recipe (hiennu.pipeline.default_model.DEFAULT_RECIPE: "
         "3d_fullres 30 epochs and 2d the plans' schedule, TrainerDiceFocal) on five folds with --npz, choose the "
-        "best configuration or ensemble by cross-validation (hiennu_find_best_configuration), export it to one zip "
-        "(hiennu_export_model) and install it as the default model (hiennu_install_model --default), so "
+        "best configuration, ensemble or the rule ZADC < -2 with its post-processing by cross-validation "
+        "(hiennu_find_best_configuration), export it to one zip (hiennu_export_model) and install it as the default model (hiennu_install_model --default), so "
         "hiennu_predict -i in/ -o out/ uses it. Run it again after an interruption: finished folds are reused, an "
         "interrupted one is continued; when no fold changed, the last choice (inference_information.json), zip and "
         "install are reused too.")
@@ -33,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fold trained otherwise than the recipe (other epochs, plans, seed, hiennu version ...) is "
                         "moved aside (fold_K.replaced-<timestamp>) and trained again; without it the command refuses, "
                         "naming the folds")
+    p.add_argument("--no-rule-candidate", dest="rule_candidate", action="store_false",
+                   help="the rule ZADC < -2 with its post-processing is only the reference of the choice, never chosen "
+                        "(by default it competes, hiennu_find_best_configuration --rule-candidate, and ships as a rule "
+                        "folder when it wins)")
+    p.add_argument("--postprocessing-candidates", choices=CANDIDATE_SETS, default=CAP_AND_FILTER,
+                   help="what each candidate's post-processing is chosen among, as hiennu_find_best_configuration "
+                        "--postprocessing-candidates (default: cap-filter, the ADC cap + the lesion filter against none)")
     p.add_argument("--rechoose", action="store_true",
                    help="choose by cross-validation, export and install again even when no fold, validation, plans, "
                         "split or raw file changed since the last choice (which is otherwise reused; "
@@ -48,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         train_default_model(DefaultModelOptions(
             dataset=args.dataset, output=args.output, install=args.install, device=args.device,
             cpu_threads=args.cpu_threads, num_processes=args.num_processes,
-            retrain_mismatched=args.retrain_mismatched, rechoose=args.rechoose))
+            retrain_mismatched=args.retrain_mismatched, rechoose=args.rechoose, rule_candidate=args.rule_candidate,
+            postprocessing_candidates=args.postprocessing_candidates))
         return 0
 
     return run(go, verbose=not args.quiet)

@@ -13,18 +13,21 @@ Dice with it, not by the raw Dice (``--select-by raw`` restores nnU-Net's rule).
 2. Every case of the pooled folds is scored (:func:`hiennu.ensembling.cv_scores.score_case`, in ``-np``
    worker processes) for each model alone (its probabilities >= 0.5, which must be its validation masks),
    each ensemble of two or more (the members' mean probability >= 0.5,
-   :mod:`hiennu.ensembling.ensemble_cv`) and, as a reference that is never chosen, the rule ZADC < -2 inside
-   the brain.
+   :mod:`hiennu.ensembling.ensemble_cv`) and, as a reference, the rule ZADC < -2 inside the brain (a candidate
+   too with ``--rule-candidate``).
 3. Every candidate's post-processing is chosen on its CV masks, and the rule's on its masks with the same folds
    (:mod:`hiennu.ensembling.candidate_postprocessing`, one worker each), with pooled and nested scores.
 4. The best is chosen (:mod:`hiennu.ensembling.choice`), and its nested post-processed cases are tested against
-   the rule's, paired (:mod:`hiennu.ensembling.rule_comparison`). With ``--nested-choice``, the whole choice
+   the rule's, paired (:mod:`hiennu.ensembling.rule_comparison`). With ``--rule-candidate`` the rule with its own
+   post-processing competes by the same criterion; when it wins, the best model or ensemble is the one tested
+   against it, so the record says by how much the networks lose. With ``--nested-choice``, the whole choice
    (every candidate's post-processing and the candidate) is also made without each fold and applied to it, the
    estimate of step 4 that no choice on the same cases flatters (:mod:`hiennu.ensembling.nested_choice`).
 5. Only then is anything written: each ensemble's CV masks, ``summary.json``, ``members.json`` and
    ``postprocessing.json`` into its :class:`~hiennu.paths.EnsembleFolder` (the masks staged in a hidden folder
-   until then), each model's ``postprocessing.json`` where it has none, and ``inference_information.json``
-   (:mod:`hiennu.ensembling.inference_information`) last.
+   until then), each model's ``postprocessing.json`` where it has none, the rule folder
+   ``baseline_zadc/`` when the rule is chosen (:mod:`hiennu.postprocessing.rule_folder`; rewritten with this run's
+   choice), and ``inference_information.json`` (:mod:`hiennu.ensembling.inference_information`) last.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from hiennu.ensembling.candidate_postprocessing import (PostprocessingJob, PostprocessingOutcome,
+from hiennu.ensembling.candidate_postprocessing import (WRITTEN, PostprocessingJob, PostprocessingOutcome,
                                                         candidate_postprocessing)
 from hiennu.ensembling.choice import POSTPROCESSED, SELECT_BY, choose_best, select
 from hiennu.ensembling.cv_probabilities import (ModelCV, check_comparable, collect_model_cv, split_validation_cases,
@@ -53,10 +56,11 @@ from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.parallel import parallel_map
-from hiennu.paths import (DEFAULT_PLANS_NAME, ENSEMBLES_DIR, SUMMARY_FILE, ModelFolder, model_dir_name,
-                          parse_model_dir_name, preprocessed_root, raw_root, resolve_dataset, results_root,
-                          splits_file_name)
+from hiennu.paths import (DEFAULT_PLANS_NAME, ENSEMBLES_DIR, POSTPROCESSING_FILE, RULE_DIR, SUMMARY_FILE, ModelFolder,
+                          model_dir_name, parse_model_dir_name, preprocessed_root, raw_root, resolve_dataset,
+                          results_root, splits_file_name)
 from hiennu.postprocessing.candidates import ALL_CANDIDATES, check_candidate_set
+from hiennu.postprocessing.rule_folder import write_rule_folder
 from hiennu.provenance import provenance
 
 log = get_logger(__name__)
@@ -78,7 +82,9 @@ class FindBestOptions:
     Dice with post-processing, the default) or ``raw`` (nnU-Net's rule), see :mod:`hiennu.ensembling.choice`;
     nested_choice: also estimate the whole choice fully nested (:mod:`hiennu.ensembling.nested_choice`; three
     folds or more); postprocessing_candidates: what every candidate's (and the rule's) post-processing is chosen
-    among (:func:`hiennu.postprocessing.selection.all_candidates`)."""
+    among (:func:`hiennu.postprocessing.selection.all_candidates`); rule_candidate: the rule ``ZADC < -2`` with its
+    own post-processing is a candidate too, not only the reference (chosen, it is written as a rule folder,
+    :mod:`hiennu.postprocessing.rule_folder`, that predicts and ships like a model)."""
 
     dataset: str
     configurations: Sequence[str] = ()
@@ -91,6 +97,7 @@ class FindBestOptions:
     select_by: str = POSTPROCESSED
     nested_choice: bool = False
     postprocessing_candidates: str = ALL_CANDIDATES
+    rule_candidate: bool = False
 
     def __post_init__(self) -> None:
         self.models = list(dict.fromkeys(map(str, self.models)))
@@ -200,12 +207,12 @@ def _score(models: Sequence[ModelCV], all_candidates: Sequence[Candidate], stagi
 
 def _postprocessing_jobs(models: Sequence[ModelCV], all_candidates: Sequence[Candidate], staging: EnsembleStaging,
                          raw_dir: Path, ending: str, with_rule: bool, nested_choice: str | None = None,
-                         candidate_set: str = ALL_CANDIDATES) -> list[PostprocessingJob]:
+                         candidate_set: str = ALL_CANDIDATES, rule_candidate: bool = False) -> list[PostprocessingJob]:
     """One :class:`~hiennu.ensembling.candidate_postprocessing.PostprocessingJob` per candidate (a model's on its
     validation masks, as ``hiennu_determine_postprocessing`` chooses it; an ensemble's on its staged masks) and,
     with ``with_rule``, the rule's on its own masks over the same folds; nested_choice: the criterion, when every
-    candidate's worker is to compute what the fully nested choice needs of it; candidate_set: what every
-    post-processing choice is made among."""
+    candidate's worker is to compute what the fully nested choice needs of it (the rule's too when
+    ``rule_candidate``); candidate_set: what every post-processing choice is made among."""
     by_name = {m.name: m for m in models}
     folds, fold_of, checkpoint = models[0].folds, dict(models[0].fold_of), models[0].checkpoint
     jobs = []
@@ -223,6 +230,7 @@ def _postprocessing_jobs(models: Sequence[ModelCV], all_candidates: Sequence[Can
                 candidate_set))
     if with_rule:
         jobs.append(PostprocessingJob(RULE_NAME, RULE, fold_of, raw_dir, Path(RULE_NAME), None,
+                                      nested_choice=nested_choice if rule_candidate else None,
                                       candidate_set=candidate_set))
     return jobs
 
@@ -255,32 +263,45 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
     try:
         raw_scored, raw_reference = _score(models, all_candidates, staging, raw, raw_dir, dataset,
                                            options.num_processes)
+        if options.rule_candidate and raw_reference is None:
+            raise HiennuError(f"--rule-candidate: {raw_dir / 'dataset.json'} has no ADC and ZADC channels for the rule "
+                              f"ZADC < -2; leave out --rule-candidate")
         jobs = _postprocessing_jobs(models, all_candidates, staging, raw_dir, raw.file_ending,
                                     raw_reference is not None, options.select_by if options.nested_choice else None,
-                                    options.postprocessing_candidates)
+                                    options.postprocessing_candidates, options.rule_candidate)
         outcomes = {job.name: outcome for job, outcome in zip(jobs, parallel_map(
             candidate_postprocessing, [(job,) for job in jobs], options.num_processes,
             desc="post-processing per candidate"))}
         scored = [candidate_scores(s.name, s.kind, s.members, s.path, s.metrics,
                                    outcomes[s.name].to_dict(results_dir)) for s in raw_scored]
         reference = (None if raw_reference is None else
-                     candidate_scores(RULE_NAME, RULE, (), None, raw_reference.metrics,
-                                      outcomes[RULE_NAME].to_dict(results_dir)))
-        best, selection = select(scored, options.select_by)
-        winner = next(c for c in all_candidates if c.name == best.name)
-        outcome = outcomes[winner.name]
-        chosen = ChosenConfiguration(winner.name, winner.kind, winner.members, tuple(folds), checkpoint, best.path,
-                                     best.postprocessing)
-        fully_nested = _nested_choice(scored, outcomes, options.select_by) if options.nested_choice else None
+                     candidate_scores(RULE_NAME, RULE, (), RULE_DIR if options.rule_candidate else None,
+                                      raw_reference.metrics, outcomes[RULE_NAME].to_dict(results_dir)))
+        pool = list(scored) + ([reference] if options.rule_candidate else [])
+        best, selection = select(pool, options.select_by)
+        outcome = outcomes[best.name]
+        if best.kind == RULE:  # chosen, the rule's record is written into its folder
+            outcome.path, outcome.action = results_dir / RULE_DIR / POSTPROCESSING_FILE, WRITTEN
+            reference = best = candidate_scores(RULE_NAME, RULE, (), RULE_DIR, raw_reference.metrics,
+                                                outcome.to_dict(results_dir))
+            chosen = ChosenConfiguration(RULE_NAME, RULE, (), tuple(folds), None, RULE_DIR, best.postprocessing)
+            runner_up = choose_best(scored, options.select_by)  # the test: the best model or ensemble against it
+            test = paired_test(runner_up.name, outcomes[runner_up.name], RULE_NAME, outcome)
+        else:
+            winner = next(c for c in all_candidates if c.name == best.name)
+            chosen = ChosenConfiguration(winner.name, winner.kind, winner.members, tuple(folds), checkpoint,
+                                         best.path, best.postprocessing)
+            test = None if reference is None else paired_test(winner.name, outcome, RULE_NAME, outcomes[RULE_NAME])
+        fully_nested = _nested_choice(pool, outcomes, options.select_by) if options.nested_choice else None
         information = InferenceInformation(
             dataset, tuple(folds), tuple(sorted(models[0].fold_of)), tuple(scored), reference, chosen,
-            predict_command(dataset, chosen, results_dir), selection,
-            None if reference is None else paired_test(winner.name, outcome, RULE_NAME, outcomes[RULE_NAME]),
+            predict_command(dataset, chosen, results_dir), selection, test,
             provenance({"dataset": dataset, "configurations": options.configurations, "trainers": options.trainers,
                         "plans": options.plans, "models": options.model_names(), "folds": folds,
                         "ensembles": options.ensembles, "select_by": options.select_by,
                         "nested_choice": options.nested_choice,
-                        "postprocessing_candidates": options.postprocessing_candidates}),
+                        "postprocessing_candidates": options.postprocessing_candidates,
+                        "rule_candidate": options.rule_candidate}),
             fully_nested)
         # everything is computed and checked: now write, the record that points at the rest last
         committed = []
@@ -290,6 +311,8 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
         for c in all_candidates:
             if c.kind == MODEL and outcomes[c.name].to_write is not None:
                 write_json(outcomes[c.name].to_write, outcomes[c.name].path)
+        if chosen.kind == RULE:
+            write_rule_folder(results_dir / RULE_DIR, raw, outcome.record)
         path = information.save(results_dir)
     finally:
         staging.discard()

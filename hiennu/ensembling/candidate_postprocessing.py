@@ -17,8 +17,9 @@ Where it goes: an ensemble's folder always takes the new record. A model folder 
 pooled post-processing and the same choice for every fold, parameters included; bookkeeping that later versions
 added, such as ``num_candidates``, does not count) it stays as it is, and when it records another (chosen on
 other masks, or edited) it is kept and the difference said, so the user decides (delete it and run again to
-replace it). The rule's record is never written: it is a
-reference. The scores reported are those of the record in force, case by case with the challenge metrics:
+replace it). The rule's record is not written here: it is a
+reference, unless ``--rule-candidate`` makes the rule a candidate and it is chosen; then
+:mod:`hiennu.ensembling.best_configuration` writes it as a rule folder (:mod:`hiennu.postprocessing.rule_folder`). The scores reported are those of the record in force, case by case with the challenge metrics:
 pooled (its choice on every case) and nested (each fold's own choice on the fold's cases); the nested rows
 are kept for the paired test against the rule (:mod:`hiennu.ensembling.rule_comparison`). With ``--nested-choice``
 a candidate's worker also computes what the fully nested choice needs of it
@@ -62,7 +63,7 @@ class PostprocessingOutcome:
     pooled / nested: metric -> summary over the cases of the record in force (nested None when the record has
     no choice for some fold); nested_rows: the per-case rows behind ``nested`` (``case_id``, ``fold``, Dice, MASD,
     NSD), for the paired test; choice_inputs: what the fully nested choice needs of this candidate (None unless
-    the job asked for it; never for the rule).
+    the job asked for it; for the rule only when it is a candidate, ``--rule-candidate``).
     """
 
     record: dict
@@ -134,7 +135,11 @@ def candidate_postprocessing(job: PostprocessingJob) -> PostprocessingOutcome:
         cases = load_rule_cases(job.raw_dir, sorted(fold_of), fold_of)
         record = select_on_cases(cases, fold_of, job.raw_dir, 0, {}, job.source, candidate_set=job.candidate_set)
         pooled, nested, nested_rows = _scores(record, cases, fold_of, job.name)
-        return PostprocessingOutcome(record, None, REFERENCE, record["chosen_name"], pooled, nested, nested_rows)
+        outcome = PostprocessingOutcome(record, None, REFERENCE, record["chosen_name"], pooled, nested, nested_rows)
+        if job.nested_choice is not None:  # the rule is a candidate (--rule-candidate)
+            outcome.choice_inputs = _choice_inputs(record, outcome, cases, fold_of, job.nested_choice,
+                                                   job.candidate_set)
+        return outcome
     raise ValueError(f"unknown candidate kind {job.kind!r}")
 
 

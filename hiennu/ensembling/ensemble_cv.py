@@ -31,7 +31,7 @@ from hiennu.io.atomic import write_json
 from hiennu.paths import VALIDATION_DIR, EnsembleFolder, ensemble_dir_name
 from hiennu.postprocessing.components import remove_small_components
 
-MODEL, ENSEMBLE, RULE = "model", "ensemble", "rule"  # the kinds of row: RULE is the reference, never chosen
+MODEL, ENSEMBLE, RULE = "model", "ensemble", "rule"  # the kinds of row: RULE the reference (a candidate only with --rule-candidate)
 
 
 def mean_probabilities(probabilities: Sequence[np.ndarray]) -> np.ndarray:

@@ -14,12 +14,13 @@ The file lies in the dataset's results folder (:data:`hiennu.paths.INFERENCE_INF
                                         "chosen_name": ..., "action": ..., "this_run_choice": ...,
                                         "nested_choices": {"0": ..., ...}, "pooled": {...}, "nested": {...}}},
                     {"name": "ensemble___A___B", "kind": "ensemble", "path": "ensembles/ensemble___A___B", ...}],
-     "reference": {"name": "rule: ZADC < -2", "kind": "rule", "metrics": ...,   # same cases, never chosen
+     "reference": {"name": "rule: ZADC < -2", "kind": "rule", "metrics": ...,   # same cases
+                   "path": null | "baseline_zadc",                     # a folder when --rule-candidate
                    "postprocessing": {"record": null, "action": "reference, not written", ...}},
      "selection": {"criterion": "postprocessed" | "raw", "rule": "...", "num_candidates": 3,
                    "by_postprocessed": ..., "by_raw": ..., "note": "..."},
-     "chosen": {"name": ..., "kind": "model" | "ensemble", "members": [...], "folds": [...],
-                "checkpoint": "checkpoint_final.pth", "path": ...,
+     "chosen": {"name": ..., "kind": "model" | "ensemble" | "rule", "members": [...], "folds": [...],
+                "checkpoint": "checkpoint_final.pth" (null for the rule), "path": ...,
                 "postprocessing": {... as the candidate's ...}},
      "paired_test": {"method": "<chosen> + post-processing (nested)",
                      "reference": "rule: ZADC < -2 + post-processing (nested)", "num_cases": 37,
@@ -36,7 +37,10 @@ The file lies in the dataset's results folder (:data:`hiennu.paths.INFERENCE_INF
                                             "nsd": ...}, ...],
                               "paired_test": {... as above, method "fully nested choice ..."}}}
 
-``nested_choice`` (``--nested-choice``, :mod:`hiennu.ensembling.nested_choice`) is null when not asked for. Non-finite
+``nested_choice`` (``--nested-choice``, :mod:`hiennu.ensembling.nested_choice`) is null when not asked for. With
+``--rule-candidate`` the reference rule competes too; when it is chosen, ``chosen`` is the rule (kind ``rule``, path
+``baseline_zadc``, its record written there as a rule folder) and ``paired_test`` tests the best model or ensemble
+against it. Non-finite
 numbers are written as null. Files written before candidates had their own post-processing (no ``selection``,
 ``paired_test`` or per-candidate ``postprocessing``) still load: chosen by raw Dice, no test; files without
 ``nested_choice`` load without it.
@@ -52,7 +56,7 @@ from typing import Any, Sequence
 
 from hiennu.ensembling.choice import RAW, Selection
 from hiennu.evaluation.evaluate import json_safe
-from hiennu.ensembling.ensemble_cv import ENSEMBLE
+from hiennu.ensembling.ensemble_cv import ENSEMBLE, RULE
 from hiennu.ensembling.nested_choice import NestedChoice
 from hiennu.ensembling.rule_comparison import PairedTest
 from hiennu.errors import HiennuError
@@ -110,13 +114,14 @@ def _mean(metrics: dict[str, dict] | None, metric: str) -> float:
 @dataclass(frozen=True)
 class ChosenConfiguration:
     """The candidate chosen (:mod:`hiennu.ensembling.choice`), what it predicts with and the post-processing in
-    force (:meth:`hiennu.ensembling.candidate_postprocessing.PostprocessingOutcome.to_dict`)."""
+    force (:meth:`hiennu.ensembling.candidate_postprocessing.PostprocessingOutcome.to_dict`); checkpoint is None for
+    the rule, which has none."""
 
     name: str
     kind: str
     members: tuple[str, ...]
     folds: tuple[int, ...]
-    checkpoint: str
+    checkpoint: str | None
     path: str
     postprocessing: dict[str, Any]
 
@@ -196,9 +201,11 @@ def predict_command(dataset: str, chosen: ChosenConfiguration, dataset_results_d
     (the folds always named: without ``-f`` the predictor takes every trained fold, ``fold_all`` included;
     ``-chk`` when the checkpoint is not the final one); an ensemble: ``hiennu_predict
     -i INPUT_FOLDER -o OUTPUT_FOLDER -m MODEL_A MODEL_B ...`` with the members' absolute folders (its folds and
-    checkpoint are in its ``members.json``, its post-processing in its folder).
+    checkpoint are in its ``members.json``, its post-processing in its folder); the rule: ``-m`` its rule folder.
     """
     words = ["hiennu_predict", "-i", "INPUT_FOLDER", "-o", "OUTPUT_FOLDER"]
+    if chosen.kind == RULE:
+        return " ".join(words + ["-m", shlex.quote(str((Path(dataset_results_dir) / chosen.path).resolve()))])
     if chosen.kind == ENSEMBLE:
         words += ["-m", *(shlex.quote(str((Path(dataset_results_dir) / m).resolve())) for m in chosen.members)]
         return " ".join(words)

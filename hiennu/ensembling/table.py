@@ -15,6 +15,7 @@ from hiennu.ensembling.candidate_postprocessing import KEPT
 from hiennu.ensembling.choice import POSTPROCESSED, RAW
 from hiennu.ensembling.cv_scores import TABLE_METRICS
 from hiennu.ensembling.inference_information import POSTPROCESSING_NOTE, CandidateScores, InferenceInformation
+from hiennu.ensembling.ensemble_cv import RULE
 from hiennu.ensembling.nested_choice import METHOD
 from hiennu.ensembling.rule_comparison import NESTED
 from hiennu.evaluation.paired_comparison import PAIRED_NOTE, paired_markdown
@@ -71,8 +72,10 @@ def _paired_lines(info: InferenceInformation) -> list[str]:
     test = info.paired_test
     if test is None:
         return ["paired test against the rule: not available (no nested post-processing on one side)"]
+    method = test.method.removesuffix(NESTED)
     return [f"Paired test over the same {test.num_cases} cases, both with their nested post-processing "
-            f"(difference: {info.chosen.name} minus the rule):", "", paired_markdown(test.rows).rstrip("\n"), "",
+            f"(difference: {method} minus the rule"
+            + (", the best model or ensemble, since the rule was chosen" if info.chosen.kind == RULE else "") + "):", "", paired_markdown(test.rows).rstrip("\n"), "",
             PAIRED_NOTE]
 
 
@@ -125,7 +128,9 @@ def table(info: InferenceInformation) -> str:
     for c in info.candidates:
         lines.append(_row(c, f"**{c.name}** (chosen)" if c.name == info.chosen.name else c.name))
     if info.reference is not None:
-        lines.append(_row(info.reference, f"{info.reference.name} (reference, never chosen)"))
+        role = ("**(chosen)**" if info.chosen.kind == RULE else
+                "(a candidate, --rule-candidate)" if info.reference.path is not None else "(reference, never chosen)")
+        lines.append(_row(info.reference, f"{info.reference.name} {role}"))
     lines += ["", *_choice_lines(info), "", *_paired_lines(info)]
     nested = _nested_choice_lines(info)
     lines += (["", *nested] if nested else []) + ["", "predict with:", f"  {info.predict_command}"]

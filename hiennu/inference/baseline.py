@@ -4,6 +4,10 @@ The brain is where the ADC map is non-zero (the maps are skull-stripped, backgro
 Optional removal of components smaller than ``min_component_voxels`` (26-connected); on the 37
 dev cases, removing components under 10 voxels gave the best simple rule (see the design card).
 The "probability" of a voxel is its mask value (0.0 or 1.0): the rule has no soft output.
+
+A rule folder or rule zip (:mod:`hiennu.postprocessing.rule_folder`: the rule with the post-processing chosen for it
+by cross-validation) predicts through :func:`rule_predictor`, so ``hiennu_predict -m FOLDER_OR_ZIP``, the default
+model and the challenge container treat it like a model.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.image import Geometry
 from hiennu.masks import RULE_THRESHOLD, rule_mask
 from hiennu.postprocessing.record import PostProcessing, with_size_rule
+from hiennu.postprocessing.rule_folder import RuleFolder
 
 BASELINES = ("zadc",)
 
@@ -55,3 +60,10 @@ def make_baseline(name: str, min_component_voxels: int | None = None,
     if name != "zadc":
         raise HiennuError(f"unknown baseline {name!r}; available: {', '.join(BASELINES)}")
     return ZadcThresholdBaseline(min_component_voxels=min_component_voxels, postprocessing=postprocessing)
+
+
+def rule_predictor(rule: RuleFolder, min_component_voxels: int | None = None) -> ZadcThresholdBaseline:
+    """The predictor of a rule folder or rule zip read into memory: its threshold, its dataset's channel order and
+    its post-processing (``min_component_voxels``, when given, replaces the record's component size)."""
+    return ZadcThresholdBaseline(rule.spec.threshold, min_component_voxels, rule.dataset.channel_names,
+                                 rule.postprocessing)

@@ -5,11 +5,13 @@ A model folder is ``$hiennu_results/DatasetNNN_Name/TRAINER__PLANS__CONFIG/`` ho
 The *default model* is the one recorded in ``$hiennu_results/default_model.json`` (written by
 ``hiennu_install_model --default``); without that file it is the only trained model under the
 root. :func:`resolve_model` turns the options of ``hiennu_predict`` into one model folder (or zip, or
-ensemble folder); :func:`resolve_models` into the one or more a configuration ensemble names.
+ensemble folder, or rule folder); :func:`resolve_models` into the one or more a configuration ensemble names.
 
 ``default_model.json`` is ``{"model_dir": "DatasetNNN_Name/TRAINER__PLANS__CONFIG"}`` for one model, or, for
 an ensemble of configurations, ``{"ensemble_dir": "DatasetNNN_Name/ensembles/ensemble___M1___M2",
-"model_dirs": ["DatasetNNN_Name/M1", "DatasetNNN_Name/M2"]}`` (paths relative to the root when inside it).
+"model_dirs": ["DatasetNNN_Name/M1", "DatasetNNN_Name/M2"]}``, or, for the rule ZADC < -2 with its post-processing
+(:mod:`hiennu.postprocessing.rule_folder`), ``{"rule_dir": "DatasetNNN_Name/baseline_zadc"}`` (paths relative to
+the root when inside it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from hiennu.inference.ensemble_members import is_ensemble_dir, load_ensemble_mem
 from hiennu.io.checkpoint import BEST, CHECKPOINT_PATTERN, FINAL, checkpoint_file
 from hiennu.paths import RESULTS_ENV, parse_dataset_folder_name, parse_model_dir_name, resolve_dataset, results_root
 from hiennu.plans import PLANS_NAME
+from hiennu.postprocessing.rule_folder import is_rule_dir, load_rule_folder
 
 DEFAULT_MODEL_FILE = "default_model.json"
 _FOLD_RE = re.compile(r"^fold_(?P<fold>\d+|all)$")
@@ -103,16 +106,20 @@ def _stored(path: Path, root: Path) -> str:
 
 
 def set_default_model(model_dir: Path, root: Path | None = None) -> Path:
-    """Record ``model_dir`` (a model folder, or an ensemble folder with its members) as the default model
-    (relative to the root when inside it); returns the file."""
+    """Record ``model_dir`` (a model folder, an ensemble folder with its members, or a rule folder, read first so a
+    malformed one is refused) as the default model (relative to the root when inside it); returns the file."""
     root = Path(root) if root is not None else results_root()
     model_dir = Path(model_dir).resolve()
     if is_ensemble_dir(model_dir):
         members = _checked_members(model_dir, "cannot make it the default model")
         record = {"ensemble_dir": _stored(model_dir, root), "model_dirs": [_stored(m, root) for m in members]}
+    elif is_rule_dir(model_dir):
+        load_rule_folder(model_dir)
+        record = {"rule_dir": _stored(model_dir, root)}
     elif describe_model_dir(model_dir) is None:
         raise HiennuError(f"{model_dir} is not a trained model folder (TRAINER__PLANS__CONFIG with plans.json "
-                          f"and fold_K/checkpoint_*.pth) nor an ensemble folder; cannot make it the default model")
+                          f"and fold_K/checkpoint_*.pth), an ensemble folder nor a rule folder; cannot make it the "
+                          f"default model")
     else:
         record = {"model_dir": _stored(model_dir, root)}
     path = default_model_file(root)
@@ -131,9 +138,9 @@ def _checked_members(ensemble_dir: Path, consequence: str) -> list[Path]:
 
 
 def read_default_model(root: Path | None = None) -> Path | None:
-    """The recorded default model folder (or ensemble folder), or None when no default was installed.
+    """The recorded default model folder (or ensemble folder, or rule folder), or None when no default was installed.
 
-    Both forms of ``default_model.json`` load (module docstring); the one-model form is the only one
+    Every form of ``default_model.json`` loads (module docstring); the one-model form is the only one
     hiennu wrote before ensembles of configurations.
     """
     root = Path(root) if root is not None else results_root()
@@ -147,10 +154,15 @@ def read_default_model(root: Path | None = None) -> Path | None:
             stored = Path(record["ensemble_dir"])
             listed = [Path(m) for m in record["model_dirs"]]
         else:
-            stored, listed = Path(record["model_dir"]), None
+            stored, listed = Path(record["rule_dir"] if "rule_dir" in record else record["model_dir"]), None
     except (ValueError, KeyError, TypeError) as e:
         raise HiennuError(f"{path}: cannot be read ({e!r}); delete it or re-run hiennu_install_model --default") from None
     model_dir = stored if stored.is_absolute() else root / stored
+    if "rule_dir" in record:
+        if not is_rule_dir(model_dir):
+            raise HiennuError(f"{path} names {model_dir} as the default model, a rule folder, but it holds no "
+                              f"rule.json (moved or deleted?); {again}")
+        return model_dir
     if listed is not None:
         if not is_ensemble_dir(model_dir):
             raise HiennuError(f"{path} names {model_dir} as the default ensemble, but that is not an ensemble folder "
@@ -176,7 +188,8 @@ def resolve_model(model: str | Path | None = None, dataset: str | int | None = N
                   configuration: str | None = None, plans_name: str = PLANS_NAME) -> Path:
     """The model folder (or model zip) that the options name.
 
-    - ``model``: a model folder, an ensemble folder or a ``.zip`` exported by ``hiennu_export_model``.
+    - ``model``: a model folder, an ensemble folder, a rule folder (``DatasetNNN_Name/baseline_zadc``) or a
+      ``.zip`` exported by ``hiennu_export_model``.
     - ``dataset`` [+ ``trainer``] [+ ``configuration``]: the one model of that dataset matching them.
     - nothing: the default model, else the only trained model under the results root.
     Raises :class:`HiennuError` listing the candidates and the options that pick one when the
@@ -189,11 +202,12 @@ def resolve_model(model: str | Path | None = None, dataset: str | int | None = N
         if path.is_file() and path.suffix.lower() == ".zip":
             return path
         if path.is_dir():
-            if is_ensemble_dir(path):
+            if is_ensemble_dir(path) or is_rule_dir(path):
                 return path
             if describe_model_dir(path) is None:
                 raise HiennuError(f"{path} is not a trained model folder: expected TRAINER__PLANS__CONFIG/ with "
-                                  f"plans.json, dataset.json and fold_K/checkpoint_*.pth")
+                                  f"plans.json, dataset.json and fold_K/checkpoint_*.pth (or an ensemble folder "
+                                  f"with members.json, or a rule folder with rule.json)")
             return path
         raise HiennuError(f"model {path} not found (neither a model folder nor a .zip file)")
     root = results_root()
@@ -273,7 +287,10 @@ def resolve_models(model: str | Path | Sequence[str | Path] | None = None, datas
 def default_checkpoint(model_dir: Path) -> str:
     """The checkpoint a model folder predicts with when none is named: ``checkpoint_final.pth`` when every
     fold holding a checkpoint holds it (a finished training, or a model exported with the default), else
-    ``checkpoint_best.pth`` (models exported or installed before final became the default)."""
+    ``checkpoint_best.pth`` (models exported or installed before final became the default). A rule folder has no
+    checkpoint: ``checkpoint_final.pth``, as for a zip (any answer does)."""
+    if is_rule_dir(model_dir):
+        return FINAL
     folds = model_folds(Path(model_dir))
     return FINAL if folds and model_folds(Path(model_dir), FINAL) == folds else BEST
 
@@ -283,11 +300,11 @@ def model_checkpoint(choice: str | None, model: str | Path | None = None, datase
                      plans_name: str = PLANS_NAME) -> str:
     """The checkpoint file ``hiennu_predict`` loads: ``choice`` (``final``, ``best`` or a file name,
     :func:`hiennu.io.checkpoint.checkpoint_file`) when given, else :func:`default_checkpoint` of the model
-    the other options name (:func:`resolve_model`; a zip names its own, so any answer does; an ensemble
-    folder's ``members.json`` names its own)."""
+    the other options name (:func:`resolve_model`; a zip names its own and a rule folder has none, so any answer
+    does; an ensemble folder's ``members.json`` names its own)."""
     if choice is not None:
         return checkpoint_file(choice)
     path = resolve_model(model, dataset, trainer, configuration, plans_name)
-    if path.is_file():
+    if path.is_file() or is_rule_dir(path):
         return FINAL
     return load_ensemble_members(path).checkpoint if is_ensemble_dir(path) else default_checkpoint(path)

@@ -1,4 +1,4 @@
-"""Sharing trained models as zip files: export, verify, load and install.
+"""Sharing trained models (and the rule folder) as zip files: export, verify, load and install.
 
 A model zip holds one model folder and a manifest::
 
@@ -20,6 +20,18 @@ as above (the same folds and checkpoint each) and the ensemble folder, under a m
 
 A single model's zip keeps the format above exactly, so zips written before ensembles existed still load.
 
+A rule folder (:mod:`hiennu.postprocessing.rule_folder`: the rule ZADC < -2 with the post-processing chosen for it,
+no weights) ships as a zip of format ``hiennu-rule`` (:func:`export_rule_zip`; it cannot be ensembled with models)::
+
+    manifest.json                                  format, format_version, rule, SHA-256 of every file
+    DatasetNNN_Name/baseline_zadc/rule.json
+    DatasetNNN_Name/baseline_zadc/dataset.json
+    DatasetNNN_Name/baseline_zadc/postprocessing.json                          (when the rule folder has one)
+
+:func:`verify_rule_zip` and :func:`load_rule_zip` read it; :func:`install_model_zip` installs it like a model.
+Each loader refuses the other kind by name (a rule zip given to :func:`load_model_zip`, a model zip given to
+:func:`load_rule_zip`).
+
 The exported checkpoint is ``checkpoint_final.pth`` by default, as nnU-Net ships (``checkpoint_best.pth``
 was chosen on the fold's own validation cases); the manifest names it.
 
@@ -32,7 +44,9 @@ A zip from someone else is untrusted input. Before anything is extracted or load
 backslashes or symbolic links, members outside the model folder (or, for an ensemble, outside its
 member and ensemble folders), a missing or malformed manifest, a ``members.json`` that disagrees with it,
 files the manifest does not list (or lists but the zip lacks), any SHA-256 mismatch, and archives
-that unpack to more than :data:`MAX_UNPACKED_BYTES`. Checkpoints are only ever read with
+that unpack to more than :data:`MAX_UNPACKED_BYTES`; :func:`verify_rule_zip` makes the same checks (the shared
+ones in :func:`_checked_zip` and :func:`_check_files`), with members only ``rule.json``, ``dataset.json`` and
+``postprocessing.json`` inside the rule folder. Checkpoints are only ever read with
 ``torch.load(..., weights_only=True)``, so a pickle that would run code is refused, not run.
 """
 
@@ -46,9 +60,10 @@ import shutil
 import stat
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -62,10 +77,12 @@ from hiennu.io.checkpoint import FINAL, checkpoint_file, load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.paths import (DATASET_FILE, ENSEMBLE_MEMBERS_FILE, ENSEMBLES_DIR, PLANS_FILE, POSTPROCESSING_FILE,
-                          EnsembleFolder, ModelFolder, parse_dataset_folder_name, parse_ensemble_dir_name,
+                          RULE_DIR, EnsembleFolder, ModelFolder, parse_dataset_folder_name, parse_ensemble_dir_name,
                           parse_model_dir_name, preprocessed_root, raw_root, results_root)
 from hiennu.plans import Plans, load_plans
 from hiennu.postprocessing.record import PostProcessing, load_postprocessing, postprocessing_from_record
+from hiennu.postprocessing.rule_folder import (RULE_FILE, RuleFolder, RuleSpec, check_rule_dataset,
+                                               is_rule_dir, load_rule_folder)
 
 logger = get_logger(__name__)
 
@@ -74,6 +91,9 @@ FORMAT = "hiennu-model"
 FORMAT_VERSION = 1
 ENSEMBLE_FORMAT = "hiennu-ensemble"  # its own name, so an older hiennu refuses it by name instead of misreading it
 ENSEMBLE_FORMAT_VERSION = 1
+RULE_ZIP_FORMAT = "hiennu-rule"  # a rule folder (hiennu.postprocessing.rule_folder)
+RULE_ZIP_FORMAT_VERSION = 1
+_RULE_MEMBERS = (RULE_FILE, DATASET_FILE, POSTPROCESSING_FILE)
 MAX_UNPACKED_BYTES = 4 * 1024 ** 3
 _PLAIN = (int, float, str, bool, type(None))
 
@@ -265,15 +285,41 @@ def export_ensemble_zip(model_dirs: Sequence[str | Path], out_zip: str | Path,
     return out_zip
 
 
+def export_rule_zip(rule_dir: str | Path, out_zip: str | Path) -> Path:
+    """Write a rule folder (``DatasetNNN_Name/baseline_zadc``: ``rule.json``, ``dataset.json`` and
+    ``postprocessing.json`` when it has one) to ``out_zip`` (atomically), under a manifest of format
+    ``hiennu-rule``. The folder is read first (:func:`~hiennu.postprocessing.rule_folder.load_rule_folder`), so a
+    malformed one is refused before anything is written; it lands as ``DatasetNNN_Name/baseline_zadc`` whatever
+    its own name. Returns the zip's path."""
+    rule_dir = Path(rule_dir).resolve()
+    loaded = load_rule_folder(rule_dir)
+    if not parse_dataset_folder_name(rule_dir.parent.name):
+        raise HiennuError(f"{rule_dir}: a rule folder is exported from its dataset's results folder "
+                          f"($hiennu_results/DatasetNNN_Name/{RULE_DIR}), not from {rule_dir.parent}; move it there")
+    prefix = f"{rule_dir.parent.name}/{RULE_DIR}"
+    names = [RULE_FILE, DATASET_FILE] + ([POSTPROCESSING_FILE] if loaded.postprocessing is not None else [])
+    members = {f"{prefix}/{name}": (rule_dir / name).read_bytes() for name in names}
+    manifest = {"format": RULE_ZIP_FORMAT, "format_version": RULE_ZIP_FORMAT_VERSION, "rule": prefix,
+                "files": {name: sha256_bytes(data) for name, data in members.items()}}
+    out_zip = Path(out_zip)
+    _write_zip(out_zip, manifest, members, f"{rule_dir.parent.name}_{RULE_DIR}.zip")
+    logger.info("exported the rule %s (threshold %g, post-processing %s) to %s", prefix, loaded.spec.threshold,
+                loaded.postprocessing.name if loaded.postprocessing else "none", out_zip)
+    return out_zip
+
+
 def export_models(model: str | Path | Sequence[str | Path] | None, dataset: str | int | None,
                   trainer: str | Sequence[str] | None, configuration: str | Sequence[str] | None,
                   plans_name: str | Sequence[str], out_zip: str | Path, folds: Sequence[str | int] | None = None,
                   checkpoint: str | None = None, half: bool = False) -> Path:
-    """``hiennu_export_model``: the model (:func:`export_model_zip`) or the ensemble of configurations
-    (:func:`export_ensemble_zip`: two or more models, or one ensemble folder) that the options name
-    (:func:`~hiennu.inference.model_registry.resolve_models`), as one zip. checkpoint: ``final``, ``best``
-    or a file name; default: an ensemble's ``members.json`` checkpoint, else ``checkpoint_final.pth``."""
+    """``hiennu_export_model``: the model (:func:`export_model_zip`), the ensemble of configurations
+    (:func:`export_ensemble_zip`: two or more models, or one ensemble folder) or the rule folder
+    (:func:`export_rule_zip`, alone) that the options name (:func:`~hiennu.inference.model_registry.resolve_models`),
+    as one zip. checkpoint: ``final``, ``best`` or a file name; default: an ensemble's ``members.json`` checkpoint,
+    else ``checkpoint_final.pth``."""
     paths = resolve_models(model, dataset, trainer, configuration, plans_name)
+    if any(is_rule_dir(p) for p in paths):
+        return _export_rule(paths, out_zip, folds, checkpoint)
     checkpoint = None if checkpoint is None else checkpoint_file(checkpoint)
     if len(paths) == 1 and is_ensemble_dir(paths[0]):
         return export_ensemble_zip(member_dirs(paths[0]), out_zip, folds, checkpoint, half)
@@ -282,16 +328,38 @@ def export_models(model: str | Path | Sequence[str | Path] | None, dataset: str 
     return export_ensemble_zip(paths, out_zip, folds, checkpoint, half)
 
 
+def _export_rule(paths: list[Path], out_zip: str | Path, folds: Sequence[str | int] | None,
+                 checkpoint: str | None) -> Path:
+    """:func:`export_models` for a rule folder: alone, and without folds or a checkpoint (it has no weights)."""
+    rule = next(p for p in paths if is_rule_dir(p))
+    if len(paths) > 1:
+        raise HiennuError(f"{rule} is the rule ZADC < -2 with its post-processing; the rule cannot be ensembled with "
+                          f"models; export it alone (-m {rule})")
+    if folds or checkpoint is not None:
+        raise HiennuError(f"{rule} is a rule folder, which has no folds or checkpoints; export it without -f/-chk")
+    return export_rule_zip(rule, out_zip)
+
+
 # ---------------------------------------------------------------------------------------------- verify
 
-def is_ensemble_zip(path: str | Path) -> bool:
-    """Whether ``path`` is a zip whose manifest says it holds an ensemble (a cheap look at the manifest only;
-    the loaders verify everything). An unreadable zip answers False, so the single-model loader reports it."""
+def _manifest_format(path: str | Path) -> str | None:
+    """The format a zip's manifest names (a cheap look at the manifest only; the loaders verify everything), or
+    None when the zip or its manifest cannot be read, so the single-model loader reports it."""
     try:
         with zipfile.ZipFile(path) as zf:
-            return json.loads(zf.read(MANIFEST)).get("format") == ENSEMBLE_FORMAT
+            return json.loads(zf.read(MANIFEST)).get("format")
     except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
-        return False
+        return None
+
+
+def is_ensemble_zip(path: str | Path) -> bool:
+    """Whether ``path`` is a zip whose manifest says it holds an ensemble (:func:`_manifest_format`)."""
+    return _manifest_format(path) == ENSEMBLE_FORMAT
+
+
+def is_rule_zip(path: str | Path) -> bool:
+    """Whether ``path`` is a zip whose manifest says it holds a rule folder (:func:`_manifest_format`)."""
+    return _manifest_format(path) == RULE_ZIP_FORMAT
 
 
 def _unsafe_name_reason(info: zipfile.ZipInfo) -> str | None:
@@ -329,9 +397,11 @@ def _member_clash(names: list[str]) -> str | None:
     return None
 
 
-def verify_model_zip(path: str | Path) -> ModelZipContents:
-    """Check a model zip without extracting or unpickling anything; raises :class:`ModelZipError`."""
-    path = Path(path)
+@contextmanager
+def _checked_zip(path: Path) -> Iterator[tuple[zipfile.ZipFile, set[str], dict]]:
+    """Open the zip ``path`` and make the checks every format shares: safe member names, the unpacked size, no
+    name twice, no clashing names and a manifest that is a JSON object. Yields the open zip, its file members
+    other than the manifest, and the manifest; raises :class:`ModelZipError`."""
     if not path.is_file():
         raise HiennuError(f"model zip {path} not found")
     try:
@@ -358,11 +428,52 @@ def verify_model_zip(path: str | Path) -> ModelZipContents:
                                 f"listing the SHA-256 of every file); re-export the model")
         try:
             manifest = json.loads(zf.read(MANIFEST))
+        except ValueError as e:
+            raise ModelZipError(f"{path}: refused: {MANIFEST} is malformed ({e!r})") from None
+        if not isinstance(manifest, dict):
+            raise ModelZipError(f"{path}: refused: {MANIFEST} is malformed (it holds {type(manifest).__name__}, "
+                                f"not an object)")
+        yield zf, set(names) - {MANIFEST}, manifest
+
+
+def _check_files(path: Path, zf: zipfile.ZipFile, content: set[str], files: dict[str, str], folders: list[str],
+                 expected: set[str], kind: str) -> None:
+    """The checks of a zip's files every format shares: each inside one of ``folders``, listed in the manifest
+    (``files``) and present, the ``expected`` ones among them, and each matching its SHA-256. kind: ``model`` or
+    ``rule``, for the messages."""
+    outside = sorted(n for n in content if not any(n.startswith(f + "/") for f in folders))
+    if outside:
+        raise ModelZipError(f"{path}: refused: member(s) outside the {kind} folder{'s' if len(folders) > 1 else ''} "
+                            f"{', '.join(f + '/' for f in folders)}: {', '.join(outside[:5])}")
+    unlisted = sorted(content - set(files))
+    absent = sorted(set(files) - content)
+    if unlisted:
+        raise ModelZipError(f"{path}: refused: file(s) not listed in {MANIFEST}: {', '.join(unlisted[:5])}")
+    if absent:
+        raise ModelZipError(f"{path}: refused: file(s) listed in {MANIFEST} but missing: {', '.join(absent[:5])}")
+    if not expected <= content:
+        raise ModelZipError(f"{path}: refused: incomplete {kind}, missing {', '.join(sorted(expected - content))}")
+    for name in sorted(content):
+        if member_sha256(zf, name) != files[name].lower():
+            raise ModelZipError(f"{path}: refused: {name} does not match its SHA-256 in {MANIFEST} "
+                                f"(tampered with or corrupted); get a fresh copy of the {kind}")
+
+
+def verify_model_zip(path: str | Path) -> ModelZipContents:
+    """Check a model zip without extracting or unpickling anything; raises :class:`ModelZipError` (a rule zip
+    too: :func:`verify_rule_zip` checks those)."""
+    path = Path(path)
+    with _checked_zip(path) as (zf, content, manifest):
+        fmt = manifest.get("format")
+        if fmt == RULE_ZIP_FORMAT:
+            raise ModelZipError(f"{path} holds the rule {manifest.get('rule')!r} (format {RULE_ZIP_FORMAT!r}), not "
+                                f"a trained model; predict with it by hiennu_predict -m {path}, install it with "
+                                f"hiennu_install_model, or read it with load_rule_zip")
+        try:
             files = {str(k): str(v) for k, v in manifest["files"].items()}
             checkpoint = str(manifest["checkpoint"])
             folds = [str(f) for f in manifest["folds"]]
             half = bool(manifest.get("half_precision", False))
-            fmt = manifest.get("format")
             if fmt == ENSEMBLE_FORMAT:
                 model, models = str(manifest["ensemble"]), [str(m) for m in manifest["models"]]
             else:
@@ -372,7 +483,7 @@ def verify_model_zip(path: str | Path) -> ModelZipContents:
             raise ModelZipError(f"{path}: refused: {MANIFEST} is malformed ({e!r})") from None
         if fmt not in (FORMAT, ENSEMBLE_FORMAT):
             raise ModelZipError(f"{path}: refused: {MANIFEST} format is {fmt!r}, expected {FORMAT!r} "
-                                f"(or {ENSEMBLE_FORMAT!r} for an ensemble)")
+                                f"(or {ENSEMBLE_FORMAT!r} for an ensemble, {RULE_ZIP_FORMAT!r} for a rule)")
         for m in models:
             parts = m.split("/")
             if (len(parts) != 2 or not parse_dataset_folder_name(parts[0]) or not parse_model_dir_name(parts[1])
@@ -382,32 +493,57 @@ def verify_model_zip(path: str | Path) -> ModelZipContents:
             _check_ensemble_manifest(path, model, models)
         if not checkpoint.endswith(".pth") or "/" in checkpoint or "\\" in checkpoint:
             raise ModelZipError(f"{path}: refused: manifest checkpoint {checkpoint!r} is not a plain .pth name")
-        content = set(names) - {MANIFEST}
-        folders = models + ([model] if fmt == ENSEMBLE_FORMAT else [])
-        outside = sorted(n for n in content if not any(n.startswith(f + "/") for f in folders))
-        if outside:
-            raise ModelZipError(f"{path}: refused: member(s) outside the model folder{'s' if len(folders) > 1 else ''} "
-                                f"{', '.join(f + '/' for f in folders)}: {', '.join(outside[:5])}")
-        unlisted = sorted(content - set(files))
-        absent = sorted(set(files) - content)
-        if unlisted:
-            raise ModelZipError(f"{path}: refused: file(s) not listed in {MANIFEST}: {', '.join(unlisted[:5])}")
-        if absent:
-            raise ModelZipError(f"{path}: refused: file(s) listed in {MANIFEST} but missing: {', '.join(absent[:5])}")
         expected = {f"{m}/{name}" for m in models for name in
                     [PLANS_FILE, DATASET_FILE] + [f"fold_{f}/{checkpoint}" for f in folds]}
         if fmt == ENSEMBLE_FORMAT:
             expected.add(f"{model}/{ENSEMBLE_MEMBERS_FILE}")
-        if not expected <= content:
-            raise ModelZipError(f"{path}: refused: incomplete model, missing "
-                                f"{', '.join(sorted(expected - content))}")
-        for name in sorted(content):
-            if member_sha256(zf, name) != files[name].lower():
-                raise ModelZipError(f"{path}: refused: {name} does not match its SHA-256 in {MANIFEST} "
-                                    f"(tampered with or corrupted); get a fresh copy of the model")
+        _check_files(path, zf, content, files, models + ([model] if fmt == ENSEMBLE_FORMAT else []), expected,
+                     "model")
         if fmt == ENSEMBLE_FORMAT:
             _check_ensemble_record(path, zf, model, models, folds, checkpoint)
     return ModelZipContents(path, model, checkpoint, folds, half, files, models, fmt == ENSEMBLE_FORMAT)
+
+
+@dataclass
+class RuleZipContents:
+    """A verified rule zip. rule: ``DatasetNNN_Name/baseline_zadc``; files: member -> SHA-256."""
+
+    path: Path
+    rule: str
+    files: dict[str, str]
+
+    def member(self, relative: str) -> str:
+        return f"{self.rule}/{relative}"
+
+
+def verify_rule_zip(path: str | Path) -> RuleZipContents:
+    """Check a rule zip (``format: hiennu-rule``) as :func:`verify_model_zip` checks a model zip, without
+    extracting anything: the shared safety checks, a manifest naming ``DatasetNNN_Name/baseline_zadc``, only
+    ``rule.json``, ``dataset.json`` (both required) and ``postprocessing.json`` in that folder, every SHA-256.
+    A model or ensemble zip is refused by name; raises :class:`ModelZipError`."""
+    path = Path(path)
+    with _checked_zip(path) as (zf, content, manifest):
+        fmt = manifest.get("format")
+        if fmt != RULE_ZIP_FORMAT:
+            raise ModelZipError(f"{path}: {MANIFEST} format is {fmt!r}, not a rule zip ({RULE_ZIP_FORMAT!r}); a "
+                                f"model or ensemble zip loads with load_model_zip / load_ensemble_zip")
+        if manifest.get("format_version") != RULE_ZIP_FORMAT_VERSION:
+            raise ModelZipError(f"{path}: refused: rule zip version {manifest.get('format_version')!r}; this hiennu "
+                                f"reads {RULE_ZIP_FORMAT_VERSION} (update hiennu, or export the rule again)")
+        try:
+            files = {str(k): str(v) for k, v in manifest["files"].items()}
+            rule = str(manifest["rule"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelZipError(f"{path}: refused: {MANIFEST} is malformed ({e!r})") from None
+        parts = rule.split("/")
+        if len(parts) != 2 or not parse_dataset_folder_name(parts[0]) or parts[1] != RULE_DIR:
+            raise ModelZipError(f"{path}: refused: manifest rule {rule!r} is not DatasetNNN_Name/{RULE_DIR}")
+        unknown = sorted(n for n in content if n.startswith(rule + "/") and n[len(rule) + 1:] not in _RULE_MEMBERS)
+        if unknown:
+            raise ModelZipError(f"{path}: refused: unexpected member(s) {', '.join(unknown[:5])}; a rule zip holds "
+                                f"only {', '.join(_RULE_MEMBERS)} in {rule}/")
+        _check_files(path, zf, content, files, [rule], {f"{rule}/{RULE_FILE}", f"{rule}/{DATASET_FILE}"}, "rule")
+    return RuleZipContents(path, rule, files)
 
 
 def _check_ensemble_manifest(path: Path, ensemble: str, models: list[str]) -> None:
@@ -456,12 +592,14 @@ def _float32(state: dict) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def _verified(path: str | Path, verified: ModelZipContents | None) -> ModelZipContents:
-    """``verified`` when it is the verification of ``path`` a caller has just made, else a fresh one. Why: checking
-    every SHA-256 reads the whole zip; a caller that had to verify first (to see what the zip holds) passes its
-    answer down instead of having the zip read and hashed again."""
+def _verified(path: str | Path, verified: ModelZipContents | RuleZipContents | None,
+              verify: Callable[[str | Path], ModelZipContents | RuleZipContents] = verify_model_zip):
+    """``verified`` when it is the verification of ``path`` a caller has just made, else a fresh one (``verify``:
+    :func:`verify_model_zip` or :func:`verify_rule_zip`). Why: checking every SHA-256 reads the whole zip; a caller
+    that had to verify first (to see what the zip holds) passes its answer down instead of having the zip read and
+    hashed again."""
     if verified is None:
-        return verify_model_zip(path)
+        return verify(path)
     if Path(verified.path).resolve() != Path(path).resolve():
         raise HiennuError(f"internal: the verification of {verified.path} was passed to load {path}")
     return verified
@@ -557,6 +695,32 @@ def load_ensemble_zip(path: str | Path, folds: Sequence[str | int] | None = None
     return LoadedEnsemble(contents.model, members, record, post)
 
 
+def _zip_json(zf: zipfile.ZipFile, path: Path, member: str):
+    """One JSON member of a verified zip, parsed; bad JSON is a one-line :class:`ModelZipError` naming it."""
+    try:
+        return json.loads(zf.read(member))
+    except ValueError as e:
+        raise ModelZipError(f"{path}: {member} is not valid JSON ({e}); get a fresh copy or export it again") from None
+
+
+def load_rule_zip(path: str | Path, verified: RuleZipContents | None = None) -> RuleFolder:
+    """Verify a rule zip (:func:`verify_rule_zip`) and read its rule, dataset.json (ADC and ZADC must be among its
+    channels) and post-processing into memory (nothing is extracted); the :class:`RuleFolder`'s path is the zip.
+    verified: as for :func:`load_model_zip`."""
+    contents = _verified(path, verified, verify_rule_zip)
+    path = contents.path
+    with zipfile.ZipFile(path) as zf:
+        source = f"{path}:{contents.member(RULE_FILE)}"
+        spec = RuleSpec.from_dict(_zip_json(zf, path, contents.member(RULE_FILE)), source)
+        source = f"{path}:{contents.member(DATASET_FILE)}"
+        dataset = DatasetJson.from_dict(_zip_json(zf, path, contents.member(DATASET_FILE)), source=source)
+        check_rule_dataset(dataset, source)
+        post_member = contents.member(POSTPROCESSING_FILE)
+        post = (postprocessing_from_record(_zip_json(zf, path, post_member), f"{path}:{post_member}")
+                if post_member in contents.files else None)
+    return RuleFolder(Path(path), spec, dataset, post)
+
+
 def check_dataset_id_free(dataset_folder: str, roots: Sequence[Path], source: str | Path) -> None:
     """Refuse when another dataset under ``roots`` uses ``dataset_folder``'s number under another name.
 
@@ -603,6 +767,16 @@ def holds_ensemble(folder: Path, loaded: LoadedEnsemble) -> bool:
         return False
 
 
+def holds_rule(folder: Path, loaded: RuleFolder) -> bool:
+    """Whether ``folder`` already holds the zip's rule: the same rule, dataset.json and post-processing, as loaded
+    (so formatting does not matter). A folder that is not a readable rule folder counts as different."""
+    try:
+        local = load_rule_folder(folder)
+    except HiennuError:
+        return False
+    return (local.spec, local.dataset, local.postprocessing) == (loaded.spec, loaded.dataset, loaded.postprocessing)
+
+
 def install_model_zip(path: str | Path, root: str | Path | None = None, overwrite: bool = False,
                       make_default: bool = False) -> Path:
     """Verify ``path``, check every checkpoint loads as plain weights, and extract it under the results root.
@@ -615,8 +789,13 @@ def install_model_zip(path: str | Path, root: str | Path | None = None, overwrit
     is copied or removed, so its training history (progress, validation, other checkpoints) stays. Every
     folder is checked before any is written. ``make_default`` records the model (or the ensemble) in
     ``ROOT/default_model.json``. Returns the installed model folder (or ensemble folder).
+
+    A rule zip (:func:`export_rule_zip`) lands in ``ROOT/DatasetNNN_Name/baseline_zadc`` the same way
+    (:func:`_install_rule_zip`).
     """
     root = Path(root) if root is not None else results_root()
+    if is_rule_zip(path):
+        return _install_rule_zip(Path(path), root, overwrite, make_default)
     contents = verify_model_zip(path)
     # every checkpoint must load with weights_only=True before anything is written
     ensemble = load_ensemble_zip(path, verified=contents) if contents.is_ensemble else None
@@ -653,6 +832,30 @@ def install_model_zip(path: str | Path, root: str | Path | None = None, overwrit
     return target
 
 
+def _install_rule_zip(path: Path, root: Path, overwrite: bool, make_default: bool) -> Path:
+    """:func:`install_model_zip` for a rule zip: verify and read it, then unpack it into
+    ``ROOT/DatasetNNN_Name/baseline_zadc`` in one rename, unless that folder already holds this rule
+    (:func:`holds_rule`: nothing copied). Another rule there is only replaced with ``overwrite``."""
+    contents = verify_rule_zip(path)
+    loaded = load_rule_zip(path, verified=contents)
+    check_dataset_id_free(contents.rule.split("/")[0], [root, raw_root(), preprocessed_root()], path)
+    target = root / contents.rule
+    same = target.exists() and holds_rule(target, loaded)
+    if target.exists() and not same and not overwrite:
+        raise HiennuError(f"{target} already exists and holds another rule (its rule.json, dataset.json or "
+                          f"post-processing differ, or it is not a rule folder); pass --overwrite to replace that "
+                          f"whole folder with the rule in {path}, or install under another hiennu_results")
+    if same:
+        logger.info("%s already holds this rule; nothing copied", target)
+    else:
+        _install_folders(contents, root, [contents.rule])
+        logger.info("installed the rule %s into %s", contents.rule, target)
+    if make_default:
+        set_default_model(target, root)
+        logger.info("the rule %s is now the default model", contents.rule)
+    return target
+
+
 def _swap_in(root: Path, staged: dict[str, Path]) -> None:
     """Rename every staged folder into place, all or nothing: each existing target is moved aside first; when a
     rename fails, the folders already swapped are taken out again and every moved-aside target is put back, so
@@ -681,7 +884,7 @@ def _swap_in(root: Path, staged: dict[str, Path]) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _install_folders(contents: ModelZipContents, root: Path, folders: list[str]) -> None:
+def _install_folders(contents: ModelZipContents | RuleZipContents, root: Path, folders: list[str]) -> None:
     """Unpack each of the zip's ``folders`` into a temporary folder beside its target, then rename them all
     into place (:func:`_swap_in`: all or nothing)."""
     staged: dict[str, Path] = {}

@@ -42,12 +42,12 @@ from hiennu.device import resolve_device
 from hiennu.errors import HiennuError
 from hiennu.geometry.cropping import CropRecord, restore_to_native
 from hiennu.geometry.resampling import resample_probabilities_to_native
-from hiennu.inference.baseline import make_baseline
+from hiennu.inference.baseline import make_baseline, rule_predictor
 from hiennu.inference.ensemble import FoldEnsemble
 from hiennu.inference.ensemble_members import is_ensemble_dir
 from hiennu.inference.folder_prediction import CasePredictor, check_postprocessing_channels
 from hiennu.inference.model_registry import default_checkpoint, fold_sort_key, model_folds, resolve_models
-from hiennu.inference.model_zip import LoadedModel, is_ensemble_zip, load_model_zip
+from hiennu.inference.model_zip import LoadedModel, is_ensemble_zip, is_rule_zip, load_model_zip, load_rule_zip
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.checkpoint import CHECKPOINT_PATTERN, load_checkpoint
@@ -58,6 +58,7 @@ from hiennu.networks.unet import build_network
 from hiennu.paths import ModelFolder, parse_model_dir_name
 from hiennu.plans import ENUMERATED_FIELDS, PLANS_NAME, Configuration, Plans, load_plans
 from hiennu.postprocessing.record import PostProcessing, load_postprocessing, load_record_file, with_size_rule
+from hiennu.postprocessing.rule_folder import is_rule_dir, load_rule_folder
 from hiennu.preprocessing.preprocessor import preprocess_case
 
 logger = get_logger(__name__)
@@ -271,7 +272,9 @@ def build_predictor(model: str | Path | Sequence[str | Path] | None = None, data
     ensemble (:func:`hiennu.inference.model_registry.resolve_models`). checkpoint: a file name, or None for
     each model's default (:func:`~hiennu.inference.model_registry.default_checkpoint`; an ensemble folder's
     ``members.json`` names its own). baseline_postprocessing: a ``postprocessing.json`` the baseline applies
-    (``hiennu_determine_postprocessing --rule`` writes one); a model applies its own.
+    (``hiennu_determine_postprocessing --rule`` writes one); a model applies its own. A rule folder or rule zip
+    (:mod:`hiennu.postprocessing.rule_folder`) named or installed as the default predicts the rule with its own
+    post-processing (:func:`hiennu.inference.baseline.rule_predictor`); it cannot be ensembled with models.
     """
     if baseline is not None:
         if model is not None or dataset is not None:
@@ -282,6 +285,13 @@ def build_predictor(model: str | Path | Sequence[str | Path] | None = None, data
         raise HiennuError("--postprocessing is for --baseline; a model applies its own postprocessing.json (choose "
                           "it with hiennu_determine_postprocessing)")
     paths = resolve_models(model, dataset, trainer, configuration, plans_name)
+    rules = [p for p in paths if is_rule_dir(p) or (Path(p).is_file() and is_rule_zip(p))]
+    if rules:
+        if len(paths) > 1:
+            raise HiennuError(f"{rules[0]} is the rule ZADC < -2 with its post-processing, which cannot be ensembled "
+                              f"with models; predict with it alone (-m {rules[0]})")
+        rule = load_rule_folder(paths[0]) if is_rule_dir(paths[0]) else load_rule_zip(paths[0])
+        return rule_predictor(rule, min_component_voxels)
     kwargs = dict(device=device, use_mirroring=use_mirroring, batch_size=batch_size, cpu_bf16=cpu_bf16)
     if len(paths) > 1:
         from hiennu.inference.configuration_ensemble import ConfigurationEnsemble

@@ -17,10 +17,10 @@ call, so each step is what the command alone would do:
    differs from the recipe (:func:`hiennu.training.fold_record.recorded_differences`: trainer, plans,
    epochs, patience, steps, seed, hiennu version, validation cases) is refused before anything is trained,
    or with ``retrain_mismatched`` moved aside (``fold_K.replaced-<timestamp>``) and trained again.
-3. **Choose** by cross-validation among the configurations and their ensemble
-   (:func:`~hiennu.ensembling.best_configuration.find_best_configuration` with its default options, what
-   ``hiennu_find_best_configuration -c ...`` runs).
-4. **Export** the chosen model or ensemble to one zip (:func:`~hiennu.inference.model_zip.export_models`, what
+3. **Choose** by cross-validation among the configurations, their ensemble and the rule ZADC < -2
+   (:func:`~hiennu.ensembling.best_configuration.find_best_configuration`, what ``hiennu_find_best_configuration
+   -c ... --rule-candidate --postprocessing-candidates cap-filter`` runs; :data:`DEFAULT_CHOICE` says why).
+4. **Export** the chosen model, ensemble or rule folder to one zip (:func:`~hiennu.inference.model_zip.export_models`, what
    ``hiennu_export_model`` runs; default ``$hiennu_results/DatasetNNN_Name/default_model.zip``) and **install**
    it as the default model (:func:`~hiennu.inference.model_zip.install_model_zip`, ``hiennu_install_model
    --default``), so ``hiennu_predict -i in/ -o out/`` predicts with it.
@@ -28,7 +28,8 @@ call, so each step is what the command alone would do:
 Steps 3 and 4 are not redone for nothing (the choice takes 2-5 min on BONBID): ``default_model_state.json`` in the
 dataset's results folder records what the last choice was made from (:func:`choice_inputs`: the size and
 modification time of every fold's ``checkpoint_final.pth`` and validation files, each model folder's plans and
-``dataset.json``, the split, the raw labels and images, the configurations, trainer and hiennu version), the
+``dataset.json``, the split, the raw labels and images, the configurations, trainer, choice options and hiennu
+version), the
 files it wrote that export reads (``inference_information.json``, the chosen folder's ``postprocessing.json`` and
 ``members.json``), the zip exported from it and the default model installed from that zip. When none of these
 changed, the choice in ``inference_information.json`` is reused, and the export and the install are skipped while
@@ -54,6 +55,7 @@ from typing import Callable, Sequence
 
 from hiennu import __version__
 from hiennu.ensembling.best_configuration import BestConfiguration, FindBestOptions, find_best_configuration
+from hiennu.ensembling.ensemble_cv import RULE
 from hiennu.ensembling.inference_information import InferenceInformation, load_inference_information
 from hiennu.errors import HiennuError
 from hiennu.inference.model_registry import read_default_model
@@ -66,6 +68,7 @@ from hiennu.paths import (DATASET_FILE, DEFAULT_PLANS_NAME, ENSEMBLE_MEMBERS_FIL
                           preprocessed_data_name, preprocessed_root, raw_root, resolve_dataset, results_root,
                           splits_file_name)
 from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from hiennu.postprocessing.candidates import CAP_AND_FILTER, check_candidate_set
 from hiennu.plans import load_plans
 from hiennu.training.fold_layout import FoldLayout, fold_layout, split_cases
 from hiennu.training.fold_record import move_fold_aside, recorded_differences
@@ -105,6 +108,13 @@ DEFAULT_RECIPE: tuple[RecipeStep, ...] = (
     RecipeStep("2d"),
 )
 
+# How the default path chooses (documentation/results.md, sessions 33-34): every candidate's post-processing between
+# none and one recipe (the ADC cap + the lesion filter; choosing among about 30 moved one held-out fold of the rule by
+# 0.2 Dice), and the rule ZADC < -2 with that post-processing competing with the networks. On the 37 BONBID dev cases
+# the rule so treated scored above every network trained (nested Dice 0.626 against 0.599-0.623 for three seeds of
+# 3d_fullres), so a run on BONBID ships the rule folder unless its networks now beat it by cross-validation.
+DEFAULT_CHOICE = {"rule_candidate": True, "postprocessing_candidates": CAP_AND_FILTER}
+
 # what happens to a fold (FoldTask.action)
 REUSE, REVALIDATE, CONTINUE, TRAIN = "reuse", "re-validate", "continue", "train"
 
@@ -116,7 +126,9 @@ class DefaultModelOptions:
     default model. device / cpu_threads: as ``hiennu_train --device/--cpu-threads``. num_processes: worker
     processes of planning/preprocessing and of ``find_best_configuration``. retrain_mismatched: move a fold
     trained otherwise than the recipe aside and train it again, instead of refusing. rechoose: choose, export and
-    install again even when nothing the last choice was made from changed (module docstring)."""
+    install again even when nothing the last choice was made from changed (module docstring). rule_candidate and
+    postprocessing_candidates: ``hiennu_find_best_configuration --rule-candidate`` and
+    ``--postprocessing-candidates`` (:data:`DEFAULT_CHOICE`)."""
 
     dataset: str
     recipe: Sequence[RecipeStep] | None = None
@@ -127,6 +139,11 @@ class DefaultModelOptions:
     num_processes: int = 2
     retrain_mismatched: bool = False
     rechoose: bool = False
+    rule_candidate: bool = True
+    postprocessing_candidates: str = CAP_AND_FILTER
+
+    def __post_init__(self) -> None:
+        check_candidate_set(self.postprocessing_candidates)
 
 
 @dataclass
@@ -480,9 +497,10 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
 
 
-def choice_inputs(dataset: str, configurations: Sequence[str], trainer: str) -> dict:
-    """What find_best_configuration's choice is made from, cheaply: the configurations, trainer and hiennu
-    version, and ``[size, mtime_ns]`` (None: absent) of every file it reads or that stands for what it reads: each
+def choice_inputs(dataset: str, configurations: Sequence[str], trainer: str,
+                  find_best: dict | None = None) -> dict:
+    """What find_best_configuration's choice is made from, cheaply: the configurations, trainer, its options
+    ``find_best`` (default :data:`DEFAULT_CHOICE`) and hiennu version, and ``[size, mtime_ns]`` (None: absent) of every file it reads or that stands for what it reads: each
     fold's ``checkpoint_final.pth`` and validation folder (summary, masks, probabilities), each model folder's plans
     and ``dataset.json``, the split, and the raw dataset's ``dataset.json``, labels and images. Keys are relative to
     their root (``results/``, ``preprocessed/``, ``raw/``). Sizes and times, not hashes: a fold trained, continued
@@ -508,7 +526,7 @@ def choice_inputs(dataset: str, configurations: Sequence[str], trainer: str) -> 
         for path in _files(raw / dataset / folder):
             add(raw, "raw", path)
     return {"hiennu_version": __version__, "configurations": list(configurations), "trainer": trainer,
-            "files": files}
+            "find_best": dict(DEFAULT_CHOICE if find_best is None else find_best), "files": files}
 
 
 def _choice_outputs(dataset: str, information: InferenceInformation) -> dict[str, list[int] | None]:
@@ -547,7 +565,7 @@ def reusable_choice(state: dict, inputs: dict, dataset: str) -> tuple[InferenceI
     recorded = choice["inputs"]
     if not isinstance(recorded, dict):
         return None, "the recorded choice cannot be read"
-    options = [k for k in ("hiennu_version", "configurations", "trainer") if recorded.get(k) != inputs[k]]
+    options = [k for k in ("hiennu_version", "configurations", "trainer", "find_best") if recorded.get(k) != inputs[k]]
     if options:
         return None, f"{', '.join(options)} changed"
     changed = _differences(recorded.get("files") or {}, inputs["files"])
@@ -608,7 +626,8 @@ def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
     trainer = recipe[0].trainer
     state_path = results_root() / dataset / STATE_FILE
     state = _read_state(state_path)
-    inputs = choice_inputs(dataset, configurations, trainer)
+    find_best = {"rule_candidate": opts.rule_candidate, "postprocessing_candidates": opts.postprocessing_candidates}
+    inputs = choice_inputs(dataset, configurations, trainer, find_best)
     information, why = (None, "--rechoose") if opts.rechoose else reusable_choice(state, inputs, dataset)
     reused: list[str] = []
     best = None
@@ -623,7 +642,8 @@ def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
                  "%s", ", ".join(configurations), dataset, " ".join(configurations),
                  f"; not reusing the last choice: {why}" if state else "")
         best = find_best_configuration(FindBestOptions(dataset=dataset, configurations=configurations,
-                                                       trainers=[trainer], num_processes=opts.num_processes))
+                                                       trainers=[trainer], num_processes=opts.num_processes,
+                                                       **find_best))
         information = best.information
         state = {"choice": {"inputs": inputs, "outputs": _choice_outputs(dataset, information)}}
         write_json(state, state_path)  # export and install are recorded once done
@@ -638,8 +658,9 @@ def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
         reused.append("export")
         log.info("%s is reused: exported from this choice and unchanged since", zip_path)
     else:
-        zip_path = export_models([chosen_dir], None, None, None, DEFAULT_PLANS_NAME, out_zip, list(chosen.folds),
-                                 chosen.checkpoint)
+        rule = chosen.kind == RULE  # a rule folder has no folds or checkpoint
+        zip_path = export_models([chosen_dir], None, None, None, DEFAULT_PLANS_NAME, out_zip,
+                                 None if rule else list(chosen.folds), None if rule else chosen.checkpoint)
         state["export"] = {"zip": str(zip_path), "file": _stat(zip_path)}
         state.pop("install", None)
         write_json(state, state_path)

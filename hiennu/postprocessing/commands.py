@@ -36,6 +36,7 @@ from hiennu.plans import PLANS_NAME, PREDICTOR_IGNORED_FIELDS, configuration_dif
 from hiennu.postprocessing.candidates import ALL_CANDIDATES, COMPONENT_SIZES
 from hiennu.postprocessing.record import PostProcessing, apply_postprocessing, load_record_file
 from hiennu.postprocessing.rule_reference import load_rule_cases
+from hiennu.postprocessing.rule_folder import write_rule_folder
 from hiennu.postprocessing.selection import CaseImages, select_on_cases, select_postprocessing
 
 log = get_logger(__name__)
@@ -108,10 +109,11 @@ def determine_rule_postprocessing(dataset: str, fold_cases: Mapping[int, Sequenc
                                   table: bool = True, candidate_set: str = ALL_CANDIDATES) -> tuple[dict, str, Path]:
     """Choose the rule ``ZADC < -2``'s own post-processing on its masks over the folds ``fold_cases`` (fold -> its
     held-out cases, those of the dataset's ``splits_final.json``; :mod:`hiennu.postprocessing.rule_reference`, the
-    reference row of ``hiennu_find_best_configuration``), and with ``write`` store it in
-    ``$hiennu_results/DatasetNNN_Name/baseline_zadc/postprocessing.json``, which ``hiennu_predict --baseline zadc
-    --postprocessing`` applies. dataset: the ``DatasetNNN_Name`` folder. Returns the record, the table of every
-    candidate (with ``table``) and the path."""
+    reference row of ``hiennu_find_best_configuration``), and with ``write`` store it in the rule folder
+    ``$hiennu_results/DatasetNNN_Name/baseline_zadc/`` (:mod:`hiennu.postprocessing.rule_folder`: ``postprocessing.json``
+    beside the dataset's ``dataset.json`` and ``rule.json``), which ``hiennu_predict -m FOLDER`` predicts with, as does
+    ``hiennu_predict --baseline zadc --postprocessing FOLDER/postprocessing.json``. dataset: the ``DatasetNNN_Name``
+    folder. Returns the record, the table of every candidate (with ``table``) and the ``postprocessing.json`` path."""
     raw_dir = raw_root() / dataset
     if not (raw_dir / DATASET_FILE).is_file():
         raise HiennuError(f"{raw_dir}: no {DATASET_FILE}; convert or stage the raw dataset first")
@@ -123,7 +125,7 @@ def determine_rule_postprocessing(dataset: str, fold_cases: Mapping[int, Sequenc
     path = results_root() / dataset / RULE_DIR / POSTPROCESSING_FILE
     text = candidate_table(record, details) if table else ""
     if write:
-        write_json(record, path)
+        write_rule_folder(path.parent, load_dataset_json(raw_dir), record)
     return record, text, path
 
 

@@ -1,0 +1,215 @@
+"""The rule folder (ZADC < -2 with its post-processing) shipped like a model: export, verify, load, install,
+default model, ``-m``, and the attacks a rule zip must refuse as a model zip does."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from hiennu.errors import HiennuError
+from hiennu.inference.model_registry import (default_checkpoint, model_checkpoint, read_default_model, resolve_model,
+                                             set_default_model)
+from hiennu.inference.model_zip import (MANIFEST, RULE_ZIP_FORMAT, ModelZipError, export_model_zip, export_models,
+                                        export_rule_zip, install_model_zip, is_ensemble_zip, is_rule_zip,
+                                        load_ensemble_zip, load_model_zip, load_rule_zip, sha256_bytes,
+                                        verify_model_zip, verify_rule_zip)
+from hiennu.io.checkpoint import FINAL
+from hiennu.io.dataset_json import DatasetJson, save_dataset_json
+from hiennu.paths import RULE_DIR
+from hiennu.postprocessing.record import postprocessing_from_record
+from hiennu.postprocessing.rule_folder import RuleSpec, load_rule_folder, write_rule_folder
+from helpers import MODEL, make_model_dir
+
+DATASET = "Dataset007_Rule"
+RULE = f"{DATASET}/{RULE_DIR}"
+RECORD = {"chosen": {"min_component_voxels": 3, "keep_touching_rule": False, "rule_threshold": -2.0,
+                     "max_adc": 1400.0, "component_filter": None}}
+
+
+def _rule_dir(results: Path, record: dict | None = RECORD, spec: RuleSpec = RuleSpec(),
+              dataset: str = DATASET) -> Path:
+    return write_rule_folder(results / dataset / RULE_DIR, DatasetJson(name="Rule", channel_names=["ADC", "ZADC"]),
+                             record, spec)
+
+
+def _members(out: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(out) as zf:
+        return {n: zf.read(n) for n in zf.namelist() if n != MANIFEST}
+
+
+def _rezip(path: Path, members: dict[str, bytes], manifest: dict | None = None) -> Path:
+    """A zip of ``members`` under ``manifest`` (default: a rule manifest with their true SHA-256)."""
+    manifest = manifest or {"format": RULE_ZIP_FORMAT, "format_version": 1, "rule": RULE,
+                            "files": {n: sha256_bytes(d) for n, d in members.items()}}
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(MANIFEST, json.dumps(manifest))
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_the_record_is_valid():
+    assert postprocessing_from_record(RECORD, "test").max_adc == 1400.0
+
+
+def test_export_verify_load_round_trip(tmp_path):
+    folder = _rule_dir(tmp_path / "results")
+    out = export_rule_zip(folder, tmp_path / "rule.zip")
+    assert is_rule_zip(out) and not is_ensemble_zip(out)
+    contents = verify_rule_zip(out)
+    assert contents.rule == RULE
+    assert sorted(contents.files) == [f"{RULE}/dataset.json", f"{RULE}/postprocessing.json", f"{RULE}/rule.json"]
+    loaded, local = load_rule_zip(out, verified=contents), load_rule_folder(folder)
+    assert loaded.path == out
+    assert (loaded.spec, loaded.dataset, loaded.postprocessing) == (local.spec, local.dataset, local.postprocessing)
+    bare = export_rule_zip(_rule_dir(tmp_path / "bare", record=None), tmp_path / "bare.zip")
+    assert load_rule_zip(bare).postprocessing is None and len(verify_rule_zip(bare).files) == 2
+
+
+def test_export_install_and_install_again(tmp_path, hiennu_roots):
+    folder = _rule_dir(tmp_path / "elsewhere")
+    out = export_rule_zip(folder, tmp_path / "rule.zip")
+    target = install_model_zip(out)
+    root = hiennu_roots["hiennu_results"]
+    assert target == root / RULE
+    installed, local = load_rule_folder(target), load_rule_folder(folder)
+    assert (installed.spec, installed.dataset, installed.postprocessing) == \
+           (local.spec, local.dataset, local.postprocessing)
+    (target / "notes.txt").write_text("kept")  # the same rule again: nothing copied, nothing removed
+    assert install_model_zip(out, make_default=True) == target
+    assert (target / "notes.txt").read_text() == "kept"
+    assert sorted(p.name for p in target.parent.iterdir()) == [RULE_DIR]  # no staging or backup left behind
+    assert read_default_model() == target == resolve_model()
+    assert model_checkpoint(None) == FINAL == default_checkpoint(target)
+
+
+def test_install_over_another_rule_needs_overwrite(tmp_path, hiennu_roots):
+    root = hiennu_roots["hiennu_results"]
+    _rule_dir(root, spec=RuleSpec(threshold=-2.5))
+    before = {p.name: p.read_bytes() for p in (root / RULE).iterdir()}
+    out = export_rule_zip(_rule_dir(tmp_path / "src"), tmp_path / "rule.zip")
+    with pytest.raises(HiennuError, match="already exists and holds another rule.*--overwrite"):
+        install_model_zip(out)
+    assert {p.name: p.read_bytes() for p in (root / RULE).iterdir()} == before
+    assert install_model_zip(out, overwrite=True) == root / RULE
+    assert load_rule_folder(root / RULE).spec == RuleSpec()
+    assert sorted(p.name for p in (root / DATASET).iterdir()) == [RULE_DIR]
+
+
+def test_install_refuses_a_dataset_id_used_by_another_dataset(tmp_path, hiennu_roots):
+    (hiennu_roots["hiennu_raw"] / "Dataset007_Other").mkdir()
+    out = export_rule_zip(_rule_dir(tmp_path / "src"), tmp_path / "rule.zip")
+    with pytest.raises(HiennuError, match="id 007"):
+        install_model_zip(out)
+    assert not any(hiennu_roots["hiennu_results"].iterdir())
+
+
+def test_tampered_member_is_refused(tmp_path, hiennu_roots):
+    out = export_rule_zip(_rule_dir(tmp_path / "src"), tmp_path / "rule.zip")
+    members = _members(out)
+    manifest = json.loads(zipfile.ZipFile(out).read(MANIFEST))
+    members[f"{RULE}/rule.json"] = json.dumps(RuleSpec(threshold=5.0).to_dict()).encode()
+    evil = _rezip(tmp_path / "evil.zip", members, manifest)
+    with pytest.raises(ModelZipError, match="rule.json does not match its SHA-256"):
+        load_rule_zip(evil)
+    with pytest.raises(ModelZipError, match="SHA-256"):
+        install_model_zip(evil)
+    assert not any(hiennu_roots["hiennu_results"].iterdir())
+
+
+@pytest.mark.parametrize("name, words", [(f"{DATASET}/other/rule.json", "outside the rule folder"),
+                                         (f"{RULE}/run.py", "unexpected member"),
+                                         ("../escaped.txt", "unsafe name")])
+def test_member_outside_the_folder_is_refused(tmp_path, hiennu_roots, name, words):
+    members = _members(export_rule_zip(_rule_dir(tmp_path / "src"), tmp_path / "rule.zip"))
+    members[name] = b"{}"
+    evil = _rezip(tmp_path / "evil.zip", members)
+    with pytest.raises(ModelZipError, match=words):
+        install_model_zip(evil)
+    assert not any(hiennu_roots["hiennu_results"].iterdir())
+
+
+def test_incomplete_or_misnamed_rule_zip_is_refused(tmp_path):
+    members = _members(export_rule_zip(_rule_dir(tmp_path / "src"), tmp_path / "rule.zip"))
+    without = {n: d for n, d in members.items() if not n.endswith("dataset.json")}
+    with pytest.raises(ModelZipError, match="incomplete rule, missing .*dataset.json"):
+        verify_rule_zip(_rezip(tmp_path / "incomplete.zip", without))
+    manifest = {"format": RULE_ZIP_FORMAT, "format_version": 1, "rule": f"{DATASET}/elsewhere",
+                "files": {n: sha256_bytes(d) for n, d in members.items()}}
+    with pytest.raises(ModelZipError, match="is not DatasetNNN_Name/baseline_zadc"):
+        verify_rule_zip(_rezip(tmp_path / "misnamed.zip", members, manifest))
+
+
+def test_each_loader_refuses_the_other_kind(tmp_path):
+    rule_zip = export_rule_zip(_rule_dir(tmp_path / "src"), tmp_path / "rule.zip")
+    for load in (load_model_zip, load_ensemble_zip, verify_model_zip):
+        with pytest.raises(ModelZipError, match=r"holds the rule .*not a trained model.*load_rule_zip") as e:
+            load(rule_zip)
+        assert "\n" not in str(e.value)
+    model_zip = export_model_zip(make_model_dir(tmp_path / "results", folds=(0,)), tmp_path / "m.zip")
+    with pytest.raises(ModelZipError, match="format is 'hiennu-model', not a rule zip"):
+        load_rule_zip(model_zip)
+    members = _members(rule_zip)  # a model-looking manifest over a rule's files
+    looks_like_a_model = {"format": "hiennu-model", "format_version": 1, "model": MODEL, "checkpoint": FINAL,
+                          "folds": ["0"], "files": {n: sha256_bytes(d) for n, d in members.items()}}
+    with pytest.raises(ModelZipError, match="not a rule zip"):
+        load_rule_zip(_rezip(tmp_path / "disguised.zip", members, looks_like_a_model))
+
+
+def test_default_model_round_trip_and_a_moved_folder(tmp_path, hiennu_roots):
+    root = hiennu_roots["hiennu_results"]
+    folder = _rule_dir(root)
+    path = set_default_model(folder)
+    assert json.loads(path.read_text()) == {"rule_dir": RULE}
+    assert read_default_model() == folder
+    outside = _rule_dir(tmp_path / "outside")
+    set_default_model(outside)
+    assert json.loads(path.read_text()) == {"rule_dir": str(outside.resolve())} and read_default_model() == outside
+    set_default_model(folder)
+    (folder / "rule.json").unlink()
+    with pytest.raises(HiennuError, match=r"names .*baseline_zadc as the default model, a rule folder, but it holds "
+                                          r"no rule.json.*delete .*default_model.json") as e:
+        read_default_model()
+    assert "\n" not in str(e.value)
+
+
+def test_existing_default_records_still_load(tmp_path, hiennu_roots):
+    root = hiennu_roots["hiennu_results"]
+    model_dir = make_model_dir(root, folds=(0,))
+    (root / "default_model.json").write_text(json.dumps({"model_dir": MODEL}))
+    assert read_default_model() == root / MODEL == model_dir
+
+
+def test_resolve_model_names_a_rule_folder(tmp_path, hiennu_roots):
+    folder = _rule_dir(hiennu_roots["hiennu_results"])
+    assert resolve_model(model=folder) == folder
+    assert model_checkpoint(None, model=folder) == FINAL
+    with pytest.raises(HiennuError, match="or a rule folder with rule.json"):
+        resolve_model(model=tmp_path)
+
+
+def test_export_models(tmp_path, hiennu_roots):
+    results = hiennu_roots["hiennu_results"]
+    folder = _rule_dir(results)
+    assert is_rule_zip(export_models([folder], None, None, None, "hiennuPlans", tmp_path / "rule.zip"))
+    model_dir = make_model_dir(results, folds=(0,))
+    with pytest.raises(HiennuError, match="the rule cannot be ensembled with models; export it alone"):
+        export_models([model_dir, folder], None, None, None, "hiennuPlans", tmp_path / "both.zip")
+    with pytest.raises(HiennuError, match="no folds or checkpoints"):
+        export_models([folder], None, None, None, "hiennuPlans", tmp_path / "f.zip", folds=[0])
+    assert not (tmp_path / "both.zip").exists() and not (tmp_path / "f.zip").exists()
+
+
+def test_export_refuses_a_folder_without_zadc_or_outside_a_dataset(tmp_path):
+    folder = _rule_dir(tmp_path / "results")
+    save_dataset_json(DatasetJson(name="Rule", channel_names=["ADC"]), folder / "dataset.json")
+    with pytest.raises(HiennuError, match="must hold an ADC and a ZADC channel"):
+        export_rule_zip(folder, tmp_path / "rule.zip")
+    loose = write_rule_folder(tmp_path / "loose" / RULE_DIR, DatasetJson(name="Rule", channel_names=["ADC", "ZADC"]),
+                              RECORD)
+    with pytest.raises(HiennuError, match="exported from its dataset's results folder"):
+        export_rule_zip(loose, tmp_path / "rule.zip")
+    assert not (tmp_path / "rule.zip").exists()
