@@ -213,3 +213,34 @@ def test_export_refuses_a_folder_without_zadc_or_outside_a_dataset(tmp_path):
     with pytest.raises(HiennuError, match="exported from its dataset's results folder"):
         export_rule_zip(loose, tmp_path / "rule.zip")
     assert not (tmp_path / "rule.zip").exists()
+
+
+def test_an_installed_rule_zip_is_the_default_that_predict_and_the_challenge_container_use(tmp_path, hiennu_roots):
+    """The rule with its post-processing (cap at ADC 1400, components under 3 voxels removed), installed as the
+    default from its zip: hiennu_predict without -m and hiennu_predict_challenge write exactly that mask."""
+    import numpy as np
+    from hiennu.cli import install_model, predict, predict_challenge
+    from hiennu.io.image import Geometry, read_image, write_image
+    geo = Geometry((8, 8, 4), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    adc = np.full(geo.size_zyx, 1000.0, np.float32)
+    zadc = np.zeros(geo.size_zyx, np.float32)
+    zadc[1:3, 2:5, 2:5] = -3.0       # a lesion of 18 voxels: kept
+    zadc[0, 6, 6:8] = -3.0           # 2 voxels: under the size rule
+    zadc[3, 0:2, 0:2] = -3.0         # 4 voxels, but ADC above the cap
+    adc[3, 0:2, 0:2] = 2000.0
+    expected = np.zeros(geo.size_zyx, np.uint8)
+    expected[1:3, 2:5, 2:5] = 1
+    out = export_rule_zip(_rule_dir(tmp_path / "results"), tmp_path / "rule.zip")
+    assert install_model.main([str(out), "--default", "-q"]) == 0
+    flat = tmp_path / "in"
+    write_image(adc, geo, flat / "case_0000.mha")
+    write_image(zadc, geo, flat / "case_0001.mha")
+    assert predict.main(["-i", str(flat), "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert np.array_equal(read_image(tmp_path / "out" / "case.mha", dtype=np.uint8)[0], expected)
+    challenge = tmp_path / "challenge_in" / "images"
+    write_image(adc, geo, challenge / "skull-stripped-adc-brain-mri" / "case.mha")
+    write_image(zadc, geo, challenge / "z-score-adc" / "case.mha")
+    assert predict_challenge.main(["--input", str(tmp_path / "challenge_in"), "--output", str(tmp_path / "challenge_out"),
+                                   "-q"]) == 0
+    overlay = tmp_path / "challenge_out" / "images" / "hie-lesion-segmentation" / "overlay.mha"
+    assert np.array_equal(read_image(overlay, dtype=np.uint8)[0], expected)
