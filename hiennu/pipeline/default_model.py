@@ -638,9 +638,11 @@ def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
                  information.chosen.name, information.chosen.kind,
                  results_root() / dataset / INFERENCE_INFORMATION_FILE)
     else:
-        log.info("choosing among %s and their ensemble by cross-validation (hiennu_find_best_configuration -d %s -c %s)"
-                 "%s", ", ".join(configurations), dataset, " ".join(configurations),
-                 f"; not reusing the last choice: {why}" if state else "")
+        flags = (" --rule-candidate" if opts.rule_candidate else "") + (
+            f" --postprocessing-candidates {opts.postprocessing_candidates}")
+        log.info("choosing among %s, their ensemble%s by cross-validation (hiennu_find_best_configuration -d %s -c %s%s)"
+                 "%s", ", ".join(configurations), " and the rule ZADC < -2" if opts.rule_candidate else "", dataset,
+                 " ".join(configurations), flags, f"; not reusing the last choice: {why}" if state else "")
         best = find_best_configuration(FindBestOptions(dataset=dataset, configurations=configurations,
                                                        trainers=[trainer], num_processes=opts.num_processes,
                                                        **find_best))
