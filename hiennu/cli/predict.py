@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="input folder")
     p.add_argument("-o", "--output", required=True, help="output folder (not the input folder or inside it)")
     p.add_argument("-m", "--model", nargs="+", metavar="MODEL",
-                   help="a model folder (TRAINER__PLANS__CONFIG), an ensemble folder or a zip from hiennu_export_model; "
+                   help="a model folder (TRAINER__PLANS__CONFIG), an ensemble folder, a rule folder (DatasetNNN_Name/"
+                        "baseline_zadc: the rule ZADC < -2 with its post-processing) or a zip from hiennu_export_model; "
                         "two or more models: an ensemble of configurations, their probabilities averaged")
     p.add_argument("-d", "--dataset", help="dataset name, DatasetNNN_Name or number (model under $hiennu_results)")
     p.add_argument("-tr", "--trainer", nargs="+", metavar="TRAINER",

@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default="/input", help="input root")
     p.add_argument("--output", default="/output", help="output root")
     p.add_argument("-m", "--model", nargs="+", metavar="MODEL",
-                   help="model folder, ensemble folder or zip (default: the default model, which may be an ensemble); "
+                   help="model folder, ensemble folder, rule folder (DatasetNNN_Name/baseline_zadc) or zip (default: the "
+                        "default model, which may be an ensemble or the rule); "
                         "two or more: an ensemble of configurations")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every trained fold)")
     p.add_argument("-chk", "--checkpoint", default=None,
