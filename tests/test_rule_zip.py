@@ -189,6 +189,30 @@ def test_resolve_model_names_a_rule_folder(tmp_path, hiennu_roots):
     assert model_checkpoint(None, model=folder) == FINAL
     with pytest.raises(HiennuError, match="or a rule folder with rule.json"):
         resolve_model(model=tmp_path)
+    (folder / "rule.json").unlink()  # a rule folder written before rule.json existed: how to complete it
+    with pytest.raises(HiennuError, match="run hiennu_determine_postprocessing --rule again to complete it"):
+        resolve_model(model=folder)
+
+
+def test_the_default_path_command_takes_the_choice_options_of_its_options_class(monkeypatch):
+    from hiennu.cli import train_default_model as cli
+    from hiennu.pipeline import default_model
+    seen = []
+    monkeypatch.setattr(default_model, "train_default_model", seen.append)
+    assert cli.main(["-d", "BONBID", "-q"]) == 0
+    assert (seen[0].rule_candidate, seen[0].postprocessing_candidates) == (True, "cap-filter")
+    assert cli.main(["-d", "BONBID", "--no-rule-candidate", "--postprocessing-candidates", "all", "-q"]) == 0
+    assert (seen[1].rule_candidate, seen[1].postprocessing_candidates) == (False, "all")
+
+
+def test_a_rule_folder_with_a_broken_file_is_named(tmp_path):
+    folder = _rule_dir(tmp_path / "results")
+    (folder / "postprocessing.json").write_text("{not json")
+    with pytest.raises(HiennuError, match=r"postprocessing.json: not valid JSON"):
+        load_rule_folder(folder)
+    (folder / "rule.json").write_text("[]")
+    with pytest.raises(HiennuError, match=r"rule.json: not a rule record"):
+        load_rule_folder(folder)
 
 
 def test_export_models(tmp_path, hiennu_roots):

@@ -9,7 +9,7 @@ from hiennu.cli._common import add_device, make_parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hiennu.postprocessing.candidates import CANDIDATE_SETS, CAP_AND_FILTER
+    from hiennu.postprocessing.candidates import CANDIDATE_SETS
     p = make_parser(
         "hiennu_train_default_model",
         "Train the default model end to end, resumably, with one ETA over all of it: plan and preprocess the dataset "
@@ -34,11 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fold trained otherwise than the recipe (other epochs, plans, seed, hiennu version ...) is "
                         "moved aside (fold_K.replaced-<timestamp>) and trained again; without it the command refuses, "
                         "naming the folds")
-    p.add_argument("--no-rule-candidate", dest="rule_candidate", action="store_false",
+    p.add_argument("--no-rule-candidate", dest="rule_candidate", action="store_false", default=None,
                    help="the rule ZADC < -2 with its post-processing is only the reference of the choice, never chosen "
                         "(by default it competes, hiennu_find_best_configuration --rule-candidate, and ships as a rule "
                         "folder when it wins)")
-    p.add_argument("--postprocessing-candidates", choices=CANDIDATE_SETS, default=CAP_AND_FILTER,
+    p.add_argument("--postprocessing-candidates", choices=CANDIDATE_SETS, default=None,
                    help="what each candidate's post-processing is chosen among, as hiennu_find_best_configuration "
                         "--postprocessing-candidates (default: cap-filter, the ADC cap + the lesion filter against none)")
     p.add_argument("--rechoose", action="store_true",
@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         train_default_model(DefaultModelOptions(
             dataset=args.dataset, output=args.output, install=args.install, device=args.device,
             cpu_threads=args.cpu_threads, num_processes=args.num_processes,
-            retrain_mismatched=args.retrain_mismatched, rechoose=args.rechoose, rule_candidate=args.rule_candidate,
-            postprocessing_candidates=args.postprocessing_candidates))
+            retrain_mismatched=args.retrain_mismatched, rechoose=args.rechoose,
+            **{k: v for k, v in (("rule_candidate", args.rule_candidate),
+                                 ("postprocessing_candidates", args.postprocessing_candidates)) if v is not None}))
         return 0
 
     return run(go, verbose=not args.quiet)

@@ -25,7 +25,8 @@ from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
 from hiennu.inference.ensemble_members import is_ensemble_dir, load_ensemble_members, member_dirs
 from hiennu.io.checkpoint import BEST, CHECKPOINT_PATTERN, FINAL, checkpoint_file
-from hiennu.paths import RESULTS_ENV, parse_dataset_folder_name, parse_model_dir_name, resolve_dataset, results_root
+from hiennu.paths import (RESULTS_ENV, RULE_DIR, parse_dataset_folder_name, parse_model_dir_name, resolve_dataset,
+                          results_root)
 from hiennu.plans import PLANS_NAME
 from hiennu.postprocessing.rule_folder import is_rule_dir, load_rule_folder
 
@@ -207,7 +208,9 @@ def resolve_model(model: str | Path | None = None, dataset: str | int | None = N
             if describe_model_dir(path) is None:
                 raise HiennuError(f"{path} is not a trained model folder: expected TRAINER__PLANS__CONFIG/ with "
                                   f"plans.json, dataset.json and fold_K/checkpoint_*.pth (or an ensemble folder "
-                                  f"with members.json, or a rule folder with rule.json)")
+                                  f"with members.json, or a rule folder with rule.json: a {RULE_DIR}/ written before "
+                                  f"rule folders existed holds only postprocessing.json; run "
+                                  f"hiennu_determine_postprocessing --rule again to complete it)")
             return path
         raise HiennuError(f"model {path} not found (neither a model folder nor a .zip file)")
     root = results_root()

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from hiennu.errors import HiennuError
-from hiennu.io.atomic import read_json, write_json
+from hiennu.io.atomic import read_json_file, write_json
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.masks import RULE_THRESHOLD
 from hiennu.paths import DATASET_FILE, POSTPROCESSING_FILE
-from hiennu.postprocessing.record import PostProcessing, postprocessing_from_record
+from hiennu.postprocessing.record import PostProcessing, load_record_file, postprocessing_from_record
 
 RULE_FILE = "rule.json"
 RULE_FORMAT = "hiennu-rule"
@@ -104,18 +104,11 @@ def load_rule_folder(folder: str | Path) -> RuleFolder:
     if not is_rule_dir(folder):
         raise HiennuError(f"{folder}: no {RULE_FILE}; not a rule folder (hiennu_determine_postprocessing --rule or "
                           f"hiennu_find_best_configuration --rule-candidate writes one)")
-    try:
-        spec = RuleSpec.from_dict(read_json(folder / RULE_FILE), str(folder / RULE_FILE))
-    except ValueError as e:
-        raise HiennuError(f"{folder / RULE_FILE}: not valid JSON ({e})") from None
+    again = "write the folder again with hiennu_determine_postprocessing --rule"
+    spec = RuleSpec.from_dict(read_json_file(folder / RULE_FILE, again, again), str(folder / RULE_FILE))
     if not (folder / DATASET_FILE).is_file():
-        raise HiennuError(f"{folder / DATASET_FILE}: missing; a rule folder needs the dataset's channel names")
+        raise HiennuError(f"{folder / DATASET_FILE}: missing; a rule folder needs the dataset's channel names ({again})")
     dataset = load_dataset_json(folder)
     check_rule_dataset(dataset, str(folder / DATASET_FILE))
-    post = None
-    if (folder / POSTPROCESSING_FILE).is_file():
-        try:
-            post = postprocessing_from_record(read_json(folder / POSTPROCESSING_FILE), str(folder / POSTPROCESSING_FILE))
-        except ValueError as e:
-            raise HiennuError(f"{folder / POSTPROCESSING_FILE}: not valid JSON ({e})") from None
+    post = load_record_file(folder / POSTPROCESSING_FILE) if (folder / POSTPROCESSING_FILE).is_file() else None
     return RuleFolder(folder, spec, dataset, post)
