@@ -54,13 +54,12 @@ from pathlib import Path
 import numpy as np
 
 from hiennu.evaluation.evaluate import evaluate_folders
-from hiennu.postprocessing.candidates import ALL_CANDIDATES, CANDIDATE_SETS
-from hiennu.postprocessing.record import apply_postprocessing
+from hiennu.postprocessing.candidates import ALL_CANDIDATES, CANDIDATE_SETS, needs_probabilities, rule_candidate_set
 from hiennu.postprocessing.selection import (CaseImages, all_candidates, choose, load_cases, nested_estimate, score,
                                              validation_cases)
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image, write_image
-from hiennu.paths import preprocessed_root, raw_root, resolve_dataset, results_root
+from hiennu.paths import ModelFolder, preprocessed_root, raw_root, resolve_dataset, results_root
 from hiennu.errors import HiennuError
 from hiennu.evaluation import report
 from hiennu.postprocessing.selection import plans_size_rule
@@ -264,7 +263,9 @@ def run_split(folder: str, raw_dir: Path, ending: str, model: str | None, split_
         if rule_folds != fold_of:
             raise SystemExit(f"{model_dir}: the model's folds differ from {splits_path}; cannot compare on the same "
                              f"folds")
-        cases = load_cases(masks, raw_dir)
+        probabilities = ({c: [ModelFolder(model_dir).validation_probabilities(fold_of[c], c)] for c in masks}
+                         if needs_probabilities(candidate_set) else None)
+        cases = load_cases(masks, raw_dir, None, probabilities)
         results[model] = run_method("model", cases, fold_of, raw_dir, ending, out, plans_size_rule(model_dir),
                                     candidate_set=candidate_set)
     if "cases" not in rule_cache:  # the rule's masks in place of the model's (hiennu.postprocessing.rule_reference)
@@ -272,7 +273,7 @@ def run_split(folder: str, raw_dir: Path, ending: str, model: str | None, split_
     if set(rule_cache["cases"]) != set(rule_folds):
         raise SystemExit(f"{splits_path}: its cases differ from the other splits'; cannot compare the splits")
     results[RULE] = run_method("rule", rule_cache["cases"], rule_folds, raw_dir, ending, out,
-                               reuse=rule_cache.setdefault("reuse", {}), candidate_set=candidate_set)
+                               reuse=rule_cache.setdefault("reuse", {}), candidate_set=rule_candidate_set(candidate_set))
     text = (f"Folds: {splits_path.name} (split {split_label(split_seed)}). Post-processing candidates: "
             f"{candidate_set}.\n\n" + results_table(results))
     (out / "table.md").write_text(text)
@@ -300,9 +301,12 @@ def main() -> None:
                          "preprocessed folder's splits_final.json")
     ap.add_argument("--candidates", choices=CANDIDATE_SETS, default=ALL_CANDIDATES,
                     help="what each post-processing choice is made among (hiennu_determine_postprocessing "
-                         "--candidates): all, or cap-filter (the ADC cap at the 99.5th percentile + the lesion filter, "
-                         "against none)")
+                         "--candidates): all, cap-filter (the ADC cap at the 99.5th percentile + the lesion filter, "
+                         "against none) or judged-rule (the rule's components judged by the model's probabilities; "
+                         "needs -m and the folds' CASE.npz; the rule gets cap-filter)")
     args = ap.parse_args()
+    if needs_probabilities(args.candidates) and not args.model:
+        ap.error(f"--candidates {args.candidates} asks a model's probabilities: name the model with -m")
     if args.split_seeds and len(set(args.split_seeds)) != len(args.split_seeds):
         ap.error("--split-seeds: a split is named twice")
     folder = resolve_dataset(args.dataset)

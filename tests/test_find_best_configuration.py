@@ -530,6 +530,49 @@ def test_postprocessing_candidates_cap_filter_reach_every_candidate_the_rule_and
         FindBestOptions("Tiny", models=[A], postprocessing_candidates="few")
 
 
+def test_judged_rule_asks_each_model_its_own_and_each_ensemble_its_mean_probabilities(cv, capsys):
+    """--postprocessing-candidates judged-rule: every model and the ensemble get the rule's components judged by a
+    filter that asks the network, the ensemble's fitted on its members' mean probabilities; the rule, with no network
+    to ask, gets cap-filter (the same recipe without the network)."""
+    from hiennu.postprocessing.lesion_filter import FEATURES_WITH_PROBABILITY
+    from hiennu.postprocessing.selection import select_on_masks
+
+    def b_marks_the_rules_false_positive(model, i):
+        prob = _probabilities(model, i)
+        prob[0, 0:2, 5:7] = 0.6   # where the rule has its own false positive; A says 0.05 there
+        return prob
+
+    _replace_model(cv, B, b_marks_the_rules_false_positive)
+    assert cli.main(_run("--postprocessing-candidates", "judged-rule", "--nested-choice")) == 0
+    out = capsys.readouterr().out
+    info = load_inference_information(cv)
+    assert info.provenance["options"]["postprocessing_candidates"] == "judged-rule"
+    folder = EnsembleFolder.of(cv, [A, B])
+    records = {n: json.loads(p.read_text()) for n, p in
+               ((A, ModelFolder(cv / A).postprocessing), (B, ModelFolder(cv / B).postprocessing),
+                ("ensemble", folder.postprocessing))}
+    for record in records.values():  # none, and the one recipe (the ensemble, perfect raw, keeps none)
+        none, judged = record["candidates"]
+        assert record["candidate_set"] == "judged-rule" and judged["start_from_rule"] is True
+        assert judged["component_filter"]["features"] == list(FEATURES_WITH_PROBABILITY)
+        assert judged["cv_dice"] == pytest.approx(1.0)   # the rule's false positive is judged away
+    assert records[A]["chosen"] == {k: v for k, v in records[A]["candidates"][1].items()
+                                    if k not in ("name", "cv_dice", "improvement")}
+    split, cases = _splits(cv)
+    fold_of = {c: k for k, val in enumerate(split) for c in val}
+    raw = cv.parents[1] / "hiennu_raw" / DATASET
+    masks = {c: folder.path / "validation" / f"{c}.mha" for c in fold_of}
+    both = {c: (ModelFolder(cv / A).validation_probabilities(fold_of[c], c),
+                ModelFolder(cv / B).validation_probabilities(fold_of[c], c)) for c in fold_of}
+    again = select_on_masks(masks, fold_of, raw, 0, {}, folder.path, candidate_set="judged-rule", probabilities=both)
+    assert again["candidates"] == records["ensemble"]["candidates"]
+    only_a = {c: both[c][:1] for c in fold_of}
+    assert select_on_masks(masks, fold_of, raw, 0, {}, folder.path, candidate_set="judged-rule",
+                           probabilities=only_a)["candidates"] != records["ensemble"]["candidates"]
+    rule_row = next(line for line in out.splitlines() if line.startswith("| rule: ZADC < -2"))
+    assert "lesion filter" in rule_row and "asking the network" not in rule_row and "components" not in rule_row
+
+
 def test_the_rule_as_a_candidate_wins_over_models_that_miss_lesion_and_ships_as_a_rule_folder(cv, capsys, tmp_path):
     """Both models miss a quarter of every lesion, which no post-processing adds back; the rule finds every lesion
     voxel and its one false positive (4 voxels) goes with post-processing. Without --rule-candidate the rule is only

@@ -120,7 +120,7 @@ def test_the_cap_filter_set_is_one_recipe_against_none_fitted_on_the_cases_of_th
     after = nested_choices(changed, fold_of, candidate_set="cap-filter")
     assert _as_dicts(after[2].options) == _as_dicts(before[2].options) and after[2].chosen == before[2].chosen
     assert all(len(f.options) == 2 for f in before.values())
-    with pytest.raises(HiennuError, match=r"post-processing candidates must be one of all, cap-filter, got 'some'"):
+    with pytest.raises(HiennuError, match=r"post-processing candidates must be one of all, cap-filter, judged-rule, got 'some'"):
         all_candidates(cases, ids, candidate_set="some")
 
 

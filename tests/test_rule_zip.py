@@ -200,9 +200,12 @@ def test_the_default_path_command_takes_the_choice_options_of_its_options_class(
     seen = []
     monkeypatch.setattr(default_model, "train_default_model", seen.append)
     assert cli.main(["-d", "BONBID", "-q"]) == 0
-    assert (seen[0].rule_candidate, seen[0].postprocessing_candidates) == (True, "cap-filter")
+    assert (seen[0].rule_candidate, seen[0].postprocessing_candidates) == (
+        default_model.DEFAULT_CHOICE["rule_candidate"], default_model.DEFAULT_CHOICE["postprocessing_candidates"])
     assert cli.main(["-d", "BONBID", "--no-rule-candidate", "--postprocessing-candidates", "all", "-q"]) == 0
     assert (seen[1].rule_candidate, seen[1].postprocessing_candidates) == (False, "all")
+    assert cli.main(["-d", "BONBID", "--rule-candidate", "--postprocessing-candidates", "judged-rule", "-q"]) == 0
+    assert (seen[2].rule_candidate, seen[2].postprocessing_candidates) == (True, "judged-rule")
 
 
 def test_a_rule_folder_with_a_broken_file_is_named(tmp_path):

@@ -33,9 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=None, help="the model trained on the folds of this split seed")
     p.add_argument("--candidates", choices=CANDIDATE_SETS, default=ALL_CANDIDATES,
                    help="what the choice is made among: all (about 30: component sizes, the ZADC rule, three ADC "
-                        "caps, lesion filters) or cap-filter (one recipe against none: the ADC cap at the 99.5th "
+                        "caps, lesion filters), cap-filter (one recipe against none: the ADC cap at the 99.5th "
                         "percentile of the lesions' ADC, then the lesion filter fitted after it; fewer ways to "
-                        "fit the noise of a few dozen cases)")
+                        "fit the noise of a few dozen cases) or judged-rule (one recipe too: the rule's mask in place "
+                        "of the model's, the same cap, then a lesion filter that also asks the network, its mean "
+                        "probability over each component; needs the folds' probabilities, hiennu_train --npz; not "
+                        "for --rule, which has no network)")
     p.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
     return p
 

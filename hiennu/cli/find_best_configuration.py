@@ -71,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the 37 BONBID dev cases with 3 candidates 7.9 min instead of 4.9)")
     p.add_argument("--postprocessing-candidates", choices=CANDIDATE_SETS, default=ALL_CANDIDATES,
                    help="what each candidate's (and the rule's) post-processing is chosen among, as "
-                        "hiennu_determine_postprocessing --candidates: all, or cap-filter (the ADC cap at the 99.5th "
-                        "percentile + the lesion filter, against none). A model folder's existing postprocessing.json "
+                        "hiennu_determine_postprocessing --candidates: all, cap-filter (the ADC cap at the 99.5th "
+                        "percentile + the lesion filter, against none), or judged-rule (the rule's components after "
+                        "that cap, each kept or dropped by a lesion filter that also asks the network: its mean "
+                        "probability over the component; an ensemble asks the mean of its members; the rule itself, "
+                        "with no network to ask, gets cap-filter). A model folder's existing postprocessing.json "
                         "chosen otherwise is kept and the difference said; delete it to replace it")
     p.add_argument("--rule-candidate", action="store_true",
                    help="the rule ZADC < -2 with its own post-processing (chosen the same way) competes with the "

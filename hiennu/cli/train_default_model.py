@@ -34,13 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fold trained otherwise than the recipe (other epochs, plans, seed, hiennu version ...) is "
                         "moved aside (fold_K.replaced-<timestamp>) and trained again; without it the command refuses, "
                         "naming the folds")
-    p.add_argument("--no-rule-candidate", dest="rule_candidate", action="store_false", default=None,
-                   help="the rule ZADC < -2 with its post-processing is only the reference of the choice, never chosen "
-                        "(by default it competes, hiennu_find_best_configuration --rule-candidate, and ships as a rule "
-                        "folder when it wins)")
+    p.add_argument("--rule-candidate", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the rule ZADC < -2 with its post-processing competes with the networks "
+                        "(hiennu_find_best_configuration --rule-candidate; it ships as a rule folder when it wins) or is "
+                        "only the reference of the choice (default: the options' DEFAULT_CHOICE, see "
+                        "documentation/training.md)")
     p.add_argument("--postprocessing-candidates", choices=CANDIDATE_SETS, default=None,
                    help="what each candidate's post-processing is chosen among, as hiennu_find_best_configuration "
-                        "--postprocessing-candidates (default: cap-filter, the ADC cap + the lesion filter against none)")
+                        "--postprocessing-candidates (default: cap-filter, the ADC cap + the lesion filter against "
+                        "none; judged-rule lets the networks judge the rule's components)")
     p.add_argument("--rechoose", action="store_true",
                    help="choose by cross-validation, export and install again even when no fold, validation, plans, "
                         "split or raw file changed since the last choice (which is otherwise reused; "

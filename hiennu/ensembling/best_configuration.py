@@ -59,7 +59,8 @@ from hiennu.parallel import parallel_map
 from hiennu.paths import (DEFAULT_PLANS_NAME, ENSEMBLES_DIR, POSTPROCESSING_FILE, RULE_DIR, SUMMARY_FILE, ModelFolder,
                           model_dir_name, parse_model_dir_name, preprocessed_root, raw_root, resolve_dataset,
                           results_root, splits_file_name)
-from hiennu.postprocessing.candidates import ALL_CANDIDATES, check_candidate_set
+from hiennu.postprocessing.candidates import (ALL_CANDIDATES, check_candidate_set, needs_probabilities,
+                                             rule_candidate_set)
 from hiennu.postprocessing.rule_folder import write_rule_folder
 from hiennu.provenance import provenance
 
@@ -227,11 +228,13 @@ def _postprocessing_jobs(models: Sequence[ModelCV], all_candidates: Sequence[Can
                 c.name, ENSEMBLE, fold_of, raw_dir, folder.path, folder.postprocessing,
                 {case: staging.validation_dir(c) / f"{case}{ending}" for case in fold_of},
                 max(by_name[n].size_rule for n in c.members), {str(f): checkpoint for f in folds}, nested_choice,
-                candidate_set))
+                candidate_set,
+                {case: tuple(by_name[n].probabilities(case) for n in c.members) for case in fold_of}
+                if needs_probabilities(candidate_set) else None))
     if with_rule:
         jobs.append(PostprocessingJob(RULE_NAME, RULE, fold_of, raw_dir, Path(RULE_NAME), None,
                                       nested_choice=nested_choice if rule_candidate else None,
-                                      candidate_set=candidate_set))
+                                      candidate_set=rule_candidate_set(candidate_set)))
     return jobs
 
 

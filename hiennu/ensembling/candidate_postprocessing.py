@@ -97,7 +97,9 @@ class PostprocessingJob:
     the rule); size_rule: the components removed before any post-processing (the plans'); checkpoints: fold ->
     the checkpoint that predicted the masks (recorded in the record); nested_choice: the ``--select-by`` criterion
     when the fully nested choice is wanted (:mod:`hiennu.ensembling.nested_choice`), else None; candidate_set: what
-    every post-processing choice is made among (:func:`hiennu.postprocessing.selection.all_candidates`).
+    every post-processing choice is made among (:func:`hiennu.postprocessing.selection.all_candidates`);
+    probabilities: for an ensemble whose choice asks the network (``judged-rule``), case -> its members' ``CASE.npz``
+    files (their mean is the ensemble's probability map); None otherwise.
     """
 
     name: str
@@ -111,6 +113,7 @@ class PostprocessingJob:
     checkpoints: dict[str, str | None] = field(default_factory=dict)
     nested_choice: str | None = None
     candidate_set: str = ALL_CANDIDATES
+    probabilities: dict[str, tuple[Path, ...]] | None = None
 
 
 def candidate_postprocessing(job: PostprocessingJob) -> PostprocessingOutcome:
@@ -124,7 +127,8 @@ def candidate_postprocessing(job: PostprocessingJob) -> PostprocessingOutcome:
                                            details=details, candidate_set=job.candidate_set)
         else:
             record = select_on_masks(job.masks, fold_of, job.raw_dir, job.size_rule, job.checkpoints, job.source,
-                                     details=details, candidate_set=job.candidate_set)
+                                     details=details, candidate_set=job.candidate_set,
+                                     probabilities=job.probabilities)
         outcome = settle_postprocessing(record, job.record_path, details["cases"], details["fold_of"],
                                         keep_existing=job.kind == MODEL)
         if job.nested_choice is not None:

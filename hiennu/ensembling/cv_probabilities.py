@@ -15,18 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file
 from hiennu.io.checkpoint import BEST, FINAL
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
-from hiennu.io.image import Geometry
+from hiennu.io.probabilities import PROBABILITIES_KEY, read_probabilities
 from hiennu.paths import DEFAULT_PLANS_NAME, ModelFolder, parse_dataset_folder_name, splits_file_name
 from hiennu.postprocessing.commands import check_folds
 from hiennu.postprocessing.selection import plans_size_rule
 
-PROBABILITIES_KEY = "probabilities"  # the array's key in a CASE.npz (hiennu_predict --save-probabilities npz)
 
 
 @dataclass(frozen=True)
@@ -210,29 +207,6 @@ def _same_cases(expected: list[str], found: list[str], where: str, what: str, fi
         shown = "; ".join(part for part in (f"not in {what}: {', '.join(extra[:5])}" if extra else "",
                                             f"missing: {', '.join(missing[:5])}" if missing else "") if part)
         raise HiennuError(f"{where}: validated other cases than {what} ({shown}); {fix}")
-
-
-def read_probabilities(path: Path, reference: Geometry, where: str) -> np.ndarray:
-    """A ``CASE.npz``'s probability map (float32 ``(z, y, x)``), which must lie on ``reference``'s grid (the
-    label's): same size and, within :func:`hiennu.io.image.grid_differences`' tolerance, spacing, origin and
-    direction (stored beside it). where: the model, fold and case, for errors."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            prob = np.asarray(f[PROBABILITIES_KEY], dtype=np.float32)
-            geometry = Geometry(tuple(int(v) for v in reversed(prob.shape)),
-                                tuple(float(v) for v in f["spacing_xyz"]), tuple(float(v) for v in f["origin_xyz"]),
-                                tuple(float(v) for v in f["direction"]))
-    except (OSError, KeyError, ValueError) as e:
-        raise HiennuError(f"{where}: {path} is not a probability map of hiennu_train --npz ({e})") from None
-    if prob.ndim != 3:
-        raise HiennuError(f"{where}: {path} holds a {prob.ndim}D array, not a 3D probability map (z, y, x)")
-    diffs = reference.differences(geometry)
-    if diffs:
-        raise HiennuError(f"{where}: probabilities {path} lie on another grid than the label "
-                          f"({'; '.join(diffs)}, label first)")
-    if not (np.isfinite(prob).all() and prob.min(initial=0.0) >= 0.0 and prob.max(initial=0.0) <= 1.0):
-        raise HiennuError(f"{where}: {path} holds values outside [0, 1] or not finite; it is not a probability map")
-    return prob
 
 
 __all__ = ["ModelCV", "PROBABILITIES_KEY", "check_comparable", "collect_model_cv", "read_probabilities",

@@ -117,7 +117,7 @@ def check_postprocessing_channels(post: PostProcessing, channel_names: Sequence[
     """Refuse post-processing that reads a channel (ZADC for the rule, ADC for the cap and the lesion filter)
     the predictor's inputs do not have; ``name`` names the model (or ensemble) in the message."""
     adc_channel, zadc_channel = adc_zadc_channels(channel_names)
-    for needed, label, missing in ((post.keep_touching_rule, "a ZADC", zadc_channel is None),
+    for needed, label, missing in ((post.needs_zadc, "a ZADC", zadc_channel is None),
                                    (post.needs_adc, "an ADC", adc_channel is None)):
         if needed and missing:
             raise HiennuError(f"{name}: its post-processing ({post.name}) needs {label} channel, but the model's "
@@ -154,12 +154,14 @@ class CasePredictor(ABC):
         probability maps (float32, native ``(z, y, x)``) for a batch of prepared cases."""
 
     def postprocess(self, mask: np.ndarray, images: list[np.ndarray] | None = None,
-                    spacing_zyx: Sequence[float] | None = None) -> np.ndarray:
+                    spacing_zyx: Sequence[float] | None = None,
+                    probabilities: np.ndarray | None = None) -> np.ndarray:
         """``self.postprocessing`` applied to one mask (writer thread); uint8 {0, 1} out.
 
         images: the case's input channels (float32 ``(z, y, x)``, raw values, channel order), for
         post-processing that looks at them (the trained model's ``postprocessing.json``); spacing_zyx:
-        the case's voxel spacing (mm), for post-processing that measures in mm.
+        the case's voxel spacing (mm), for post-processing that measures in mm; probabilities: the
+        prediction's sigmoid probabilities (native ``(z, y, x)``), for a lesion filter that asks the network.
         """
         post = self.postprocessing
         zadc = adc = None
@@ -167,7 +169,7 @@ class CasePredictor(ABC):
             adc_k, zadc_k = adc_zadc_channels(self.channel_names)
             zadc = images[zadc_k] if zadc_k is not None else None
             adc = images[adc_k] if adc_k is not None else None
-        return apply_postprocessing(mask, post, zadc, adc, spacing_zyx)
+        return apply_postprocessing(mask, post, zadc, adc, spacing_zyx, probabilities)
 
     def predict_case(self, images: list[np.ndarray], geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
         """``(mask uint8 (z, y, x), probabilities float32 (z, y, x))`` on the native grid of ``geometry``.
@@ -187,7 +189,7 @@ class CasePredictor(ABC):
                 raise HiennuError(f"channel {c} ({self.channel_names[c]}) has {problem}; replace them before "
                                   f"predicting")
         mask, prob = self.predict_prepared([self.prepare(images, geometry)], [geometry], True)[0]
-        return self.postprocess(mask, images, geometry.spacing_zyx), prob
+        return self.postprocess(mask, images, geometry.spacing_zyx, prob), prob
 
     def predict_files(self, adc: str | Path | sitk.Image, zadc: str | Path | sitk.Image) -> sitk.Image:
         """The lesion mask of one case, for scripts: ADC and ZADC as file paths or SimpleITK images.
@@ -308,7 +310,7 @@ class CasePredictor(ABC):
                         return
                     case, geometry, mask, prob, images = item
                     try:
-                        mask = self.postprocess(mask, images, geometry.spacing_zyx)
+                        mask = self.postprocess(mask, images, geometry.spacing_zyx, prob)
                         geometry_out = Geometry(geometry.size_xyz, geometry.spacing_xyz, geometry.origin_xyz,
                                                 geometry.direction, "8-bit unsigned integer")
                         write_image(mask.astype(np.uint8, copy=False), geometry_out, out_dir / case.output_name())
@@ -349,7 +351,8 @@ class CasePredictor(ABC):
                     else:
                         batch.append((case, prepared, geometry, images))
                 if batch and (len(batch) >= self.batch_size or finished):
-                    results = self.predict_prepared([b[1] for b in batch], [b[2] for b in batch], save_probabilities)
+                    results = self.predict_prepared([b[1] for b in batch], [b[2] for b in batch],
+                                                    save_probabilities or self.postprocessing.needs_probabilities)
                     for (case, _, geometry, images), (mask, prob) in zip(batch, results):
                         if not put(write_q, (case, geometry, mask, prob, images)):
                             break

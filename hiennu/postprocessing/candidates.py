@@ -17,10 +17,29 @@ ADC_CAP_QUANTILES = (0.99, 0.995, 0.999)
 # cap at FIXED_CAP_QUANTILE of the lesion ADC followed by the lesion filter fitted after it, kept only when it beats
 # no post-processing; its cap and filter are still derived from the cases of the choice, but there is no choice
 # between recipes, which on 30 cases can swing a held-out fold by 0.2 Dice (results.md, session 33).
+# JUDGED_RULE: one recipe too, the rule's components judged by the network: the model's mask replaced by the rule's
+# (ZADC < -2 in the brain), the same ADC cap, then the lesion filter with a fourth feature, the network's mean
+# probability over each component (lesion_filter.FEATURES_WITH_PROBABILITY); it needs every case's probabilities
+# (hiennu_train --npz). Why: a network that can only veto the rule's voxels decides its components hardly better
+# than three hand-made features, yet its mean probability over a component adds to them (results.md, sessions
+# 34-35).
 ALL_CANDIDATES = "all"
 CAP_AND_FILTER = "cap-filter"
-CANDIDATE_SETS = (ALL_CANDIDATES, CAP_AND_FILTER)
+JUDGED_RULE = "judged-rule"
+CANDIDATE_SETS = (ALL_CANDIDATES, CAP_AND_FILTER, JUDGED_RULE)
 FIXED_CAP_QUANTILE = 0.995
+
+
+def needs_probabilities(candidate_set: str) -> bool:
+    """Whether the choice among ``candidate_set`` reads the network's cross-validation probabilities."""
+    return check_candidate_set(candidate_set) == JUDGED_RULE
+
+
+def rule_candidate_set(candidate_set: str) -> str:
+    """What the rule ``ZADC < -2``'s own choice is made among when the models' is ``candidate_set``: the same set,
+    except :data:`JUDGED_RULE`, which has no network to ask on the rule's masks and becomes :data:`CAP_AND_FILTER`,
+    the same recipe without the network (so the comparison with the rule isolates what the network adds)."""
+    return CAP_AND_FILTER if check_candidate_set(candidate_set) == JUDGED_RULE else candidate_set
 
 
 def check_candidate_set(candidate_set: str) -> str:

@@ -33,7 +33,8 @@ from hiennu.log import get_logger, progress
 from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RULE_DIR, ModelFolder, model_dir_name, raw_root,
                           resolve_dataset, results_root, split_seed_folder)
 from hiennu.plans import PLANS_NAME, PREDICTOR_IGNORED_FIELDS, configuration_differences, load_plans
-from hiennu.postprocessing.candidates import ALL_CANDIDATES, COMPONENT_SIZES
+from hiennu.postprocessing.candidates import (ALL_CANDIDATES, COMPONENT_SIZES, needs_probabilities,
+                                             rule_candidate_set)
 from hiennu.postprocessing.record import PostProcessing, apply_postprocessing, load_record_file
 from hiennu.postprocessing.rule_reference import load_rule_cases
 from hiennu.postprocessing.rule_folder import write_rule_folder
@@ -114,6 +115,10 @@ def determine_rule_postprocessing(dataset: str, fold_cases: Mapping[int, Sequenc
     beside the dataset's ``dataset.json`` and ``rule.json``), which ``hiennu_predict -m FOLDER`` predicts with, as does
     ``hiennu_predict --baseline zadc --postprocessing FOLDER/postprocessing.json``. dataset: the ``DatasetNNN_Name``
     folder. Returns the record, the table of every candidate (with ``table``) and the ``postprocessing.json`` path."""
+    if needs_probabilities(candidate_set):
+        raise HiennuError(f"--candidates {candidate_set} asks a network about the rule's components, and the rule alone "
+                          f"has none; choose the rule's post-processing with --candidates "
+                          f"{rule_candidate_set(candidate_set)} (the same recipe without the network)")
     raw_dir = raw_root() / dataset
     if not (raw_dir / DATASET_FILE).is_file():
         raise HiennuError(f"{raw_dir}: no {DATASET_FILE}; convert or stage the raw dataset first")
@@ -218,10 +223,16 @@ def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str
 
     images_dir: the cases' raw channels (``CASE_0000``, ``CASE_0001`` ..., ADC and ZADC found by their names in
     a ``dataset.json`` of the folder or its parent, else BONBID's order), needed when the record reads images
-    (ADC cap, rule, lesion filter). Every input is read and checked before the first output is written.
+    (ADC cap, rule, lesion filter). Every input is read and checked before the first output is written. A record
+    whose lesion filter asks the network (``judged-rule``) is refused: masks carry no probabilities.
     """
     masks_dir, out_dir = Path(masks_dir), Path(out_dir)
     post = load_record_file(record_path)
+    if post.needs_probabilities:
+        raise HiennuError(f"{record_path}: its post-processing ({post.name}) asks the network's probabilities about "
+                          f"each component, which masks alone do not carry; predict with the model instead "
+                          f"(hiennu_predict applies its postprocessing.json), or choose a record without the network "
+                          f"(hiennu_determine_postprocessing --candidates cap-filter)")
     if not masks_dir.is_dir():
         raise HiennuError(f"-i {masks_dir}: folder of masks not found")
     if out_dir.resolve() == masks_dir.resolve():
@@ -237,7 +248,7 @@ def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str
                               f"with --images DIR")
         images_dir = Path(images_dir)
         adc_k, zadc_k = _images_channels(images_dir)
-        if post.needs_adc and adc_k is None or post.keep_touching_rule and zadc_k is None:
+        if post.needs_adc and adc_k is None or post.needs_zadc and zadc_k is None:
             raise HiennuError(f"{images_dir}: no ADC or ZADC channel named in its dataset.json, and the "
                               f"post-processing ({post.name}) needs them")
     results = []

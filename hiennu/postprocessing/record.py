@@ -3,6 +3,10 @@
 A :class:`PostProcessing` says what is done to a binary mask on the native grid after the
 threshold, in this order:
 
+-. ``start_from_rule``: the mask is replaced by the rule's, ``ZADC < rule_threshold`` inside the brain
+   (:func:`hiennu.masks.rule_mask`), so that the steps below, and a lesion filter that asks the network
+   (:data:`hiennu.postprocessing.lesion_filter.FEATURES_WITH_PROBABILITY`), judge the rule's whole components
+   instead of the network's voxels (the "judged-rule" candidates, :mod:`hiennu.postprocessing.candidates`);
 0. ``max_adc``: voxels whose ADC (the raw ADC channel, 10^-6 mm^2/s) is above it are removed (None
    keeps all). Acute HIE lesions restrict diffusion; a voxel with a low ZADC but a CSF-like ADC is
    a misregistration or partial-volume artefact of the atlas, not a lesion. The candidate caps come
@@ -12,8 +16,9 @@ threshold, in this order:
 2. ``keep_touching_rule``: only the components that overlap (share at least one voxel with) the
    rule mask ``ZADC < rule_threshold`` inside the brain (:func:`hiennu.masks.rule_mask`) are kept;
 3. ``component_filter``: a lesion filter fitted by cross-validation keeps or drops each remaining
-   component by its volume (mm³), extent along the slice axis (mm) and contact with the edge of the brain
-   (:mod:`hiennu.postprocessing.lesion_filter`; None keeps all).
+   component by its volume (mm³), extent along the slice axis (mm) and contact with the edge of the brain,
+   and, when fitted so, the network's mean probability over it (:mod:`hiennu.postprocessing.lesion_filter`;
+   None keeps all).
 
 The component-size rule lives here and only here. A plans configuration may still carry a
 ``min_component_voxels`` (a prediction-only field, 0 unless edited); :func:`with_size_rule` is the one
@@ -55,12 +60,15 @@ class PostProcessing:
     rule_threshold: float = RULE_THRESHOLD
     max_adc: float | None = None
     component_filter: ComponentFilter | None = None
+    start_from_rule: bool = False
 
     @property
     def name(self) -> str:
-        """A short human name: ``none``, ``ADC <= 1400``, ``remove < 10 vox``, ``touch ZADC<-2``, ``lesion filter``,
-        joined by ``+``."""
+        """A short human name: ``none``, ``ZADC<-2 components``, ``ADC <= 1400``, ``remove < 10 vox``,
+        ``touch ZADC<-2``, ``lesion filter`` (``lesion filter asking the network``), joined by ``+``."""
         parts = []
+        if self.start_from_rule:
+            parts.append(f"ZADC<{self.rule_threshold:g} components")
         if self.max_adc is not None:
             parts.append(f"ADC <= {self.max_adc:g}")
         if self.min_component_voxels > 1:
@@ -68,28 +76,44 @@ class PostProcessing:
         if self.keep_touching_rule:
             parts.append(f"touch ZADC<{self.rule_threshold:g}")
         if self.component_filter is not None:
-            parts.append("lesion filter")
+            parts.append("lesion filter asking the network" if self.component_filter.needs_probabilities
+                         else "lesion filter")
         return " + ".join(parts) or "none"
 
     @property
     def is_identity(self) -> bool:
         return (self.min_component_voxels <= 1 and not self.keep_touching_rule and self.max_adc is None
-                and self.component_filter is None)
+                and self.component_filter is None and not self.start_from_rule)
 
     @property
     def needs_adc(self) -> bool:
-        """Whether it reads the case's ADC (the cap, and the brain of the lesion filter)."""
-        return self.max_adc is not None or self.component_filter is not None
+        """Whether it reads the case's ADC (the cap, the brain of the lesion filter and of the rule)."""
+        return self.max_adc is not None or self.component_filter is not None or self.start_from_rule
+
+    @property
+    def needs_zadc(self) -> bool:
+        """Whether it reads the case's ZADC (the rule's mask, or its components to touch)."""
+        return self.keep_touching_rule or self.start_from_rule
 
     @property
     def needs_images(self) -> bool:
         """Whether it reads the case's raw channels (ZADC for the rule, ADC for the cap and the lesion filter)."""
-        return self.keep_touching_rule or self.needs_adc
+        return self.needs_zadc or self.needs_adc
+
+    @property
+    def needs_probabilities(self) -> bool:
+        """Whether it reads the network's probabilities (a lesion filter that asks the network)."""
+        return self.component_filter is not None and self.component_filter.needs_probabilities
 
     def to_dict(self) -> dict[str, Any]:
-        return {"min_component_voxels": self.min_component_voxels, "keep_touching_rule": self.keep_touching_rule,
-                "rule_threshold": self.rule_threshold, "max_adc": self.max_adc,
-                "component_filter": None if self.component_filter is None else self.component_filter.to_dict()}
+        out = {"min_component_voxels": self.min_component_voxels, "keep_touching_rule": self.keep_touching_rule,
+               "rule_threshold": self.rule_threshold, "max_adc": self.max_adc,
+               "component_filter": None if self.component_filter is None else self.component_filter.to_dict()}
+        # Written only when set, so the records of every other choice read exactly as before it existed (records
+        # are compared as JSON when a run meets one already there).
+        if self.start_from_rule:
+            out["start_from_rule"] = True
+        return out
 
     @classmethod
     def from_dict(cls, d: Any, source: str) -> "PostProcessing":
@@ -112,37 +136,46 @@ class PostProcessing:
             raise HiennuError(f"{source}: rule_threshold must be a finite number (ZADC z-score), got {threshold!r}")
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
             raise HiennuError(f"{source}: max_adc must be null or a positive number (ADC, 10^-6 mm^2/s), got {cap!r}")
+        start = d.get("start_from_rule", False)
+        if not isinstance(start, bool):
+            raise HiennuError(f"{source}: start_from_rule must be true or false, got {start!r}")
         lesion_filter = d.get("component_filter")
         lesion_filter = None if lesion_filter is None else ComponentFilter.from_dict(lesion_filter, source)
-        return cls(int(k), touch, float(threshold), None if cap is None else float(cap), lesion_filter)
+        return cls(int(k), touch, float(threshold), None if cap is None else float(cap), lesion_filter, start)
 
 
-_FIELDS = ("min_component_voxels", "keep_touching_rule", "rule_threshold", "max_adc", "component_filter")
+_FIELDS = ("min_component_voxels", "keep_touching_rule", "rule_threshold", "max_adc", "component_filter",
+           "start_from_rule")
 
 
 def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarray | None = None,
-                         adc: np.ndarray | None = None, spacing_zyx: Sequence[float] | None = None) -> np.ndarray:
-    """``mask`` (z, y, x) after ``post``; ``zadc``/``adc`` (same shape, raw values) are needed for the rule part,
+                         adc: np.ndarray | None = None, spacing_zyx: Sequence[float] | None = None,
+                         probabilities: np.ndarray | None = None) -> np.ndarray:
+    """``mask`` (z, y, x) after ``post``; ``zadc``/``adc`` (same shape, raw values) are needed for the rule parts,
     ``adc`` for the ADC cap and the lesion filter, ``spacing_zyx`` (the case's voxel spacing in mm) for a
-    lesion filter in mm (:mod:`hiennu.postprocessing.lesion_filter`)."""
+    lesion filter in mm (:mod:`hiennu.postprocessing.lesion_filter`), ``probabilities`` (the network's sigmoid
+    probabilities, same shape) for a lesion filter that asks the network."""
+    if post.needs_zadc:
+        if zadc is None:
+            raise HiennuError(f"post-processing {post.name!r} needs the case's ZADC image, and none was given")
+        if np.shape(zadc) != np.shape(mask):
+            raise HiennuError(f"post-processing {post.name!r}: ZADC shape {np.shape(zadc)} differs from the mask's "
+                              f"{np.shape(mask)} (both (z, y, x) on the native grid)")
     if post.needs_adc:
         if adc is None:
             raise HiennuError(f"post-processing {post.name!r} needs the case's ADC image, and none was given")
         if np.shape(adc) != np.shape(mask):
             raise HiennuError(f"post-processing {post.name!r}: ADC shape {np.shape(adc)} differs from the mask's "
                               f"{np.shape(mask)} (both (z, y, x) on the native grid)")
+    if post.start_from_rule:
+        mask = rule_mask(zadc, adc, post.rule_threshold).astype(np.uint8)
     if post.max_adc is not None:
         mask = np.where(np.asarray(adc) > post.max_adc, 0, np.asarray(mask)).astype(np.uint8)
     out = remove_small_components(mask, post.min_component_voxels)
     if post.keep_touching_rule:
-        if zadc is None:
-            raise HiennuError(f"post-processing {post.name!r} needs the case's ZADC image, and none was given")
-        if np.shape(zadc) != out.shape:
-            raise HiennuError(f"post-processing {post.name!r}: ZADC shape {np.shape(zadc)} differs from the mask's "
-                              f"{out.shape} (both (z, y, x) on the native grid)")
         out = keep_components_touching(out, rule_mask(zadc, adc, post.rule_threshold))
     if post.component_filter is not None:
-        out = post.component_filter.apply(out, brain_mask(adc), spacing_zyx)
+        out = post.component_filter.apply(out, brain_mask(adc), spacing_zyx, probabilities)
     return out
 
 

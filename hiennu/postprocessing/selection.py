@@ -16,6 +16,11 @@ narrows the choice to one recipe against none: the ADC cap at the 99.5th percent
 after it. Its parameters are still derived from the cases, but no recipe is chosen among the others, which on the
 37 BONBID dev cases moved one held-out fold of the rule by 0.2 Dice (results.md, session 33).
 
+``candidate_set`` "judged-rule" (:data:`hiennu.postprocessing.candidates.JUDGED_RULE`) is one recipe against none as
+well: the rule's mask in place of the model's, the same cap, then a lesion filter whose fourth feature is the
+network's mean probability over each component. It reads each validation case's probabilities (``CASE.npz``, kept
+by ``hiennu_train --npz``); a case without them is an error naming the fold and the command that keeps them.
+
 The chosen candidate's pooled score is optimistic: it is the best of about 30 tried on the same
 cases, and the lesion filters are fitted on them too. :func:`nested_estimate` gives the honest number:
 for each fold, the caps are derived, the filters fitted and the candidate chosen on the other folds'
@@ -54,15 +59,16 @@ from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.checkpoint import BEST
 from hiennu.io.dataset_json import load_dataset_json
-from hiennu.io.image import read_image
+from hiennu.io.image import Geometry, read_image
+from hiennu.io.probabilities import read_probabilities
 from hiennu.log import get_logger, progress
 from hiennu.masks import brain_mask, dice
 from hiennu.paths import ModelFolder
 from hiennu.plans import load_plans
 from hiennu.postprocessing.candidates import (ADC_CAP_QUANTILES, ALL_CANDIDATES, CAP_AND_FILTER, COMPONENT_SIZES,
-                                             FIXED_CAP_QUANTILE, adc_cap_candidates, candidates,
-                                             check_candidate_set)
-from hiennu.postprocessing.lesion_filter import FilterCase, fit_component_filter
+                                             FIXED_CAP_QUANTILE, JUDGED_RULE, adc_cap_candidates, candidates,
+                                             check_candidate_set, needs_probabilities)
+from hiennu.postprocessing.lesion_filter import FEATURES, FEATURES_WITH_PROBABILITY, FilterCase, fit_component_filter
 from hiennu.postprocessing.record import PostProcessing, apply_postprocessing, with_size_rule
 from hiennu.provenance import provenance
 
@@ -103,24 +109,29 @@ def validation_cases(model_dir: Path, folds: Sequence[int], labels_dir: Path,
 @dataclass
 class CaseImages:
     """One case's native arrays for scoring post-processing: prediction, reference, ZADC and ADC (z, y, x),
-    and its voxel spacing ``(z, y, x)`` in mm (the lesion filter measures components in mm)."""
+    its voxel spacing ``(z, y, x)`` in mm (the lesion filter measures components in mm) and, when kept, the
+    network's sigmoid probabilities (float32 (z, y, x); a lesion filter that asks the network needs them)."""
 
     pred: np.ndarray
     ref: np.ndarray
     zadc: np.ndarray
     adc: np.ndarray | None
     spacing_zyx: tuple[float, float, float] | None = None
+    probabilities: np.ndarray | None = None
 
     def postprocessed(self, post: PostProcessing) -> np.ndarray:
         """The prediction after ``post`` (uint8 {0, 1}, (z, y, x))."""
-        return apply_postprocessing(self.pred, post, self.zadc, self.adc, self.spacing_zyx)
+        return apply_postprocessing(self.pred, post, self.zadc, self.adc, self.spacing_zyx, self.probabilities)
 
 
-def load_cases(masks: dict[str, Path], raw_dir: Path, fold_of: dict[str, int] | None = None) -> dict[str, CaseImages]:
+def load_cases(masks: dict[str, Path], raw_dir: Path, fold_of: dict[str, int] | None = None,
+               probabilities: dict[str, Sequence[Path]] | None = None) -> dict[str, CaseImages]:
     """Case id -> :class:`CaseImages` for the cases of ``masks`` (case id -> mask file), read from ``raw_dir``.
 
     Each mask and each image must lie on its label's grid (size, spacing, origin, direction); fold_of names the
-    fold in errors.
+    fold in errors. probabilities: case id -> the ``.npz`` files (key ``probabilities``, float32 (z, y, x) on the
+    native grid, as validation keeps them) whose mean is the case's probability map (one file for a model, one
+    per member for an ensemble); None reads none.
     """
     dataset = load_dataset_json(raw_dir)
     ending = dataset.file_ending
@@ -152,9 +163,25 @@ def load_cases(masks: dict[str, Path], raw_dir: Path, fold_of: dict[str, int] | 
                                   f"({'; '.join(image_diffs) or f'shape {image.shape} vs {ref.shape}'}); every "
                                   f"channel of a case must share its label's grid")
             images[role] = image
+        prob = None if probabilities is None else case_probabilities(probabilities[case], geometry, where)
         out[case] = CaseImages(pred, ref != 0, images["ZADC"], images.get("ADC"),
-                               tuple(float(v) for v in geometry.spacing_zyx))
+                               tuple(float(v) for v in geometry.spacing_zyx), prob)
     return out
+
+
+def case_probabilities(files: Sequence[Path], geometry: Geometry, where: str) -> np.ndarray:
+    """The mean of the probability maps in ``files`` (``.npz``, :func:`hiennu.io.probabilities.read_probabilities`:
+    each on the label's grid ``geometry``, values in [0, 1]); a missing file is an error naming ``where`` and the
+    command that keeps them."""
+    if not files:
+        raise HiennuError(f"{where}: no probabilities given; keep them with hiennu_train ... --npz")
+    maps = []
+    for file in files:
+        if not Path(file).is_file():
+            raise HiennuError(f"{where}: probabilities {file} not found; keep them with hiennu_train ... --npz "
+                              f"(--val --npz redoes only the validation)")
+        maps.append(read_probabilities(Path(file), geometry, where))
+    return maps[0] if len(maps) == 1 else np.mean(maps, axis=0, dtype=np.float32)
 
 
 def caps_from(cases: dict[str, CaseImages], case_ids: Sequence[str],
@@ -166,7 +193,8 @@ def caps_from(cases: dict[str, CaseImages], case_ids: Sequence[str],
 
 
 def filter_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str], caps: Sequence[float],
-                      min_component_voxels: int = 0, uncapped: bool = True) -> list[PostProcessing]:
+                      min_component_voxels: int = 0, uncapped: bool = True,
+                      judged_rule: bool = False) -> list[PostProcessing]:
     """The lesion filter fitted on ``case_ids`` after no cap (unless ``uncapped`` is False) and after each of
     ``caps``: one candidate per cap whose components are not all of one kind; none without an ADC channel (the
     filter needs the brain).
@@ -174,17 +202,23 @@ def filter_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str], cap
     Each filter is fitted on the masks as they reach it at prediction: capped, then without the components
     under ``min_component_voxels`` (the plans' size rule, which the predictor applies before the filter), and
     the candidate carries that size, so fitting and applying see the same components.
+
+    judged_rule: each filter is fitted on the rule's mask in place of the model's (``start_from_rule``) with the
+    network's mean probability as a fourth feature (every case needs its probabilities).
     """
     out = []
+    features = FEATURES_WITH_PROBABILITY if judged_rule else FEATURES
     for cap in [None, *caps] if uncapped else list(caps):
-        before = PostProcessing(min_component_voxels=int(min_component_voxels), max_adc=cap)
+        before = PostProcessing(min_component_voxels=int(min_component_voxels), max_adc=cap,
+                                start_from_rule=judged_rule)
         fit_cases = []
         for c in case_ids:
             case = cases[c]
             if case.adc is None:
                 return []
-            fit_cases.append(FilterCase(case.postprocessed(before), brain_mask(case.adc), case.ref, case.spacing_zyx))
-        fitted = fit_component_filter(fit_cases)
+            fit_cases.append(FilterCase(case.postprocessed(before), brain_mask(case.adc), case.ref, case.spacing_zyx,
+                                        case.probabilities))
+        fitted = fit_component_filter(fit_cases, features=features)
         if fitted is not None:
             out.append(replace(before, component_filter=fitted))
     return out
@@ -207,15 +241,23 @@ def all_candidates(cases: dict[str, CaseImages], case_ids: Sequence[str],
     With :data:`~hiennu.postprocessing.candidates.CAP_AND_FILTER`: only the ADC cap at the
     :data:`~hiennu.postprocessing.candidates.FIXED_CAP_QUANTILE` quantile of their lesions' ADC followed by the
     lesion filter fitted after it (the cap alone when no filter can be fitted: components all of one kind; nothing
-    without lesion voxels or an ADC channel). Each with at least the plans' size rule ``min_component_voxels``
-    (:func:`with_size_floor`).
+    without lesion voxels or an ADC channel). With :data:`~hiennu.postprocessing.candidates.JUDGED_RULE`: the same
+    on the rule's mask, the filter asking the network (every case must carry its probabilities). Each with at least
+    the plans' size rule ``min_component_voxels`` (:func:`with_size_floor`).
     """
-    if check_candidate_set(candidate_set) == CAP_AND_FILTER:
+    if check_candidate_set(candidate_set) in (CAP_AND_FILTER, JUDGED_RULE):
+        judged = candidate_set == JUDGED_RULE
+        if judged:
+            missing = [c for c in case_ids if cases[c].probabilities is None]
+            if missing:
+                raise HiennuError(f"post-processing candidates {JUDGED_RULE} need each case's network probabilities; "
+                                  f"case(s) {', '.join(missing[:3])} have none; keep them with hiennu_train ... --npz")
         caps = caps_from(cases, case_ids, (FIXED_CAP_QUANTILE,))
         if not caps:
             return [PostProcessing()]
-        recipe = filter_candidates(cases, case_ids, caps, min_component_voxels, uncapped=False)
-        return [PostProcessing()] + (recipe or [with_size_rule(PostProcessing(max_adc=caps[0]), min_component_voxels)])
+        recipe = filter_candidates(cases, case_ids, caps, min_component_voxels, uncapped=False, judged_rule=judged)
+        fallback = PostProcessing(max_adc=caps[0], start_from_rule=judged)
+        return [PostProcessing()] + (recipe or [with_size_rule(fallback, min_component_voxels)])
     caps = caps_from(cases, case_ids)
     fixed = with_size_floor(candidates(sizes, caps), min_component_voxels)
     return fixed + filter_candidates(cases, case_ids, caps, min_component_voxels)
@@ -326,8 +368,11 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
         raise HiennuError("choosing post-processing needs at least one fold")
     ending = load_dataset_json(raw_dir).file_ending
     masks, fold_of = validation_cases(model_dir, folds, raw_dir / "labelsTr", ending)
+    probabilities = ({c: [ModelFolder(model_dir).validation_probabilities(fold_of[c], c)] for c in masks}
+                     if needs_probabilities(candidate_set) else None)
     record = select_on_masks(masks, fold_of, raw_dir, plans_size_rule(model_dir),
-                             validation_checkpoints(model_dir, folds), model_dir, sizes, details, candidate_set)
+                             validation_checkpoints(model_dir, folds), model_dir, sizes, details, candidate_set,
+                             probabilities)
     if write:
         write_json(record, ModelFolder(model_dir).postprocessing)
     return record
@@ -335,7 +380,8 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
 
 def select_on_masks(masks: dict[str, Path], fold_of: dict[str, int], raw_dir: Path, size_rule: int,
                     checkpoints: dict[str, str | None], source: Path, sizes: Sequence[int] = COMPONENT_SIZES,
-                    details: dict | None = None, candidate_set: str = ALL_CANDIDATES) -> dict:
+                    details: dict | None = None, candidate_set: str = ALL_CANDIDATES,
+                    probabilities: dict[str, Sequence[Path]] | None = None) -> dict:
     """The post-processing record chosen on cross-validation masks given file by file (nothing is written).
 
     masks: case id -> mask on its label's grid (made without post-processing); fold_of: case id -> the fold
@@ -343,9 +389,13 @@ def select_on_masks(masks: dict[str, Path], fold_of: dict[str, int], raw_dir: Pa
     chosen post-processing (the plans' ``min_component_voxels``); checkpoints: fold -> the checkpoint that
     predicted its masks (recorded as ``validation_checkpoints``); source: the folder the masks belong to
     (a model folder, or an ensemble folder of ``hiennu_find_best_configuration``), for the log and provenance;
-    candidate_set: which candidates the choice is made among (:func:`all_candidates`).
+    candidate_set: which candidates the choice is made among (:func:`all_candidates`); probabilities: case id ->
+    the ``.npz`` files whose mean is its probability map (:func:`load_cases`), needed by ``judged-rule``.
     """
-    cases = load_cases(masks, Path(raw_dir), fold_of)
+    if needs_probabilities(candidate_set) and probabilities is None:
+        raise HiennuError(f"{source.name}: post-processing candidates {candidate_set} need the cases' network "
+                          f"probabilities, and none were given")
+    cases = load_cases(masks, Path(raw_dir), fold_of, probabilities)
     return select_on_cases(cases, fold_of, raw_dir, size_rule, checkpoints, source, sizes, details, candidate_set)
 
 

@@ -1,0 +1,44 @@
+"""Reading a case's probability map kept as ``.npz`` (``hiennu_train --npz``'s ``CASE.npz``, ``hiennu_predict
+--save-probabilities npz``): the sigmoid probabilities, float32 ``(z, y, x)`` on the case's native grid, with the
+grid (``spacing_xyz``, ``origin_xyz``, ``direction``) stored beside them.
+
+One reader for every stage that reads them back: the configurations' scoring and ensembles
+(:mod:`hiennu.ensembling`) and the post-processing that asks the network (:mod:`hiennu.postprocessing.selection`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hiennu.errors import HiennuError
+from hiennu.io.image import Geometry
+
+PROBABILITIES_KEY = "probabilities"  # the array's key in a CASE.npz (hiennu_predict --save-probabilities npz)
+
+
+def read_probabilities(path: Path, reference: Geometry, where: str) -> np.ndarray:
+    """A ``CASE.npz``'s probability map (float32 ``(z, y, x)``), which must lie on ``reference``'s grid (the
+    label's): same size and, within :func:`hiennu.io.image.grid_differences`' tolerance, spacing, origin and
+    direction (stored beside it). where: the model, fold and case, for errors."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            prob = np.asarray(f[PROBABILITIES_KEY], dtype=np.float32)
+            geometry = Geometry(tuple(int(v) for v in reversed(prob.shape)),
+                                tuple(float(v) for v in f["spacing_xyz"]), tuple(float(v) for v in f["origin_xyz"]),
+                                tuple(float(v) for v in f["direction"]))
+    except (OSError, KeyError, ValueError) as e:
+        raise HiennuError(f"{where}: {path} is not a probability map of hiennu_train --npz ({e})") from None
+    if prob.ndim != 3:
+        raise HiennuError(f"{where}: {path} holds a {prob.ndim}D array, not a 3D probability map (z, y, x)")
+    diffs = reference.differences(geometry)
+    if diffs:
+        raise HiennuError(f"{where}: probabilities {path} lie on another grid than the label "
+                          f"({'; '.join(diffs)}, label first)")
+    if not (np.isfinite(prob).all() and prob.min(initial=0.0) >= 0.0 and prob.max(initial=0.0) <= 1.0):
+        raise HiennuError(f"{where}: {path} holds values outside [0, 1] or not finite; it is not a probability map")
+    return prob
+
+
+__all__ = ["PROBABILITIES_KEY", "read_probabilities"]
