@@ -169,6 +169,7 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     assert result.information.chosen.name == model.name and result.best.information == result.information
     assert result.reused == []
     assert read_json(results / "default_model.json") == {"model_dir": f"{DATASET}/{model.name}"}
+    assert read_json(model / "postprocessing.json")["candidate_set"] == dm.DEFAULT_CHOICE["postprocessing_candidates"]
     images = tiny["hiennu_raw"] / DATASET / "imagesTr"
     assert predict.main(["-i", str(images), "-o", str(tmp_path / "pred"), "--device", "cpu", "--disable-tta",
                          "-q"]) == 0
@@ -213,8 +214,9 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
             f"{FINAL} changed") in lines.text
     before = _mtimes(results, "3d_fullres")
 
-    # the default choice lets the rule with its post-processing compete (another option: chosen again); when it wins
-    # (forced here, whatever the tiny folds score) the rule folder is exported, installed and predicts
+    # the rule with its post-processing competing (--rule-candidate --postprocessing-candidates cap-filter, other
+    # options: chosen again); when it wins (forced here, whatever the tiny folds score) the rule folder is exported,
+    # installed and predicts
     for name, original in originals.items():
         monkeypatch.setattr(dm, name, original)
     select = bc.select
@@ -224,7 +226,7 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
         return next(c for c in pool if c.kind == "rule"), selection
 
     monkeypatch.setattr(bc, "select", the_rule)
-    ruled, text = _run(lines)
+    ruled, text = _run(lines, rule_candidate=True, postprocessing_candidates="cap-filter")
     assert "not reusing the last choice: find_best changed" in text
     assert ruled.information.chosen.kind == "rule" and zipfile.is_zipfile(ruled.zip_path)
     assert json.loads(zipfile.ZipFile(ruled.zip_path).read("manifest.json"))["format"] == "hiennu-rule"
@@ -232,6 +234,11 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     assert read_json(results / "default_model.json") == {"rule_dir": f"{DATASET}/baseline_zadc"}
     record = read_json(results / DATASET / "baseline_zadc" / "postprocessing.json")
     assert record["candidate_set"] == "cap-filter"
+    # the model's record of the default choice was chosen among other candidates: set aside, not kept and shipped
+    aside = list(model.glob("postprocessing.json.replaced-*"))
+    assert len(aside) == 1 and read_json(aside[0])["candidate_set"] == dm.DEFAULT_CHOICE["postprocessing_candidates"]
+    assert read_json(model / "postprocessing.json")["candidate_set"] == "cap-filter"
+    assert f"{model.name}/postprocessing.json was chosen among other post-processing candidates" in text
     assert predict.main(["-i", str(images), "-o", str(tmp_path / "pred_rule"), "-q"]) == 0
     post = postprocessing_from_record(record, "r")
     for name in labels:

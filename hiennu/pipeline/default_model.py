@@ -17,9 +17,11 @@ call, so each step is what the command alone would do:
    differs from the recipe (:func:`hiennu.training.fold_record.recorded_differences`: trainer, plans,
    epochs, patience, steps, seed, hiennu version, validation cases) is refused before anything is trained,
    or with ``retrain_mismatched`` moved aside (``fold_K.replaced-<timestamp>``) and trained again.
-3. **Choose** by cross-validation among the configurations, their ensemble and the rule ZADC < -2
+3. **Choose** by cross-validation among the configurations and their ensemble, each with the rule's components
+   judged by its probabilities as post-processing, the rule ZADC < -2 as the reference
    (:func:`~hiennu.ensembling.best_configuration.find_best_configuration`, what ``hiennu_find_best_configuration
-   -c ... --rule-candidate --postprocessing-candidates cap-filter`` runs; :data:`DEFAULT_CHOICE` says why).
+   -c ... --postprocessing-candidates judged-rule`` runs; :data:`DEFAULT_CHOICE` says why; ``--rule-candidate``
+   lets the rule compete).
 4. **Export** the chosen model, ensemble or rule folder to one zip (:func:`~hiennu.inference.model_zip.export_models`, what
    ``hiennu_export_model`` runs; default ``$hiennu_results/DatasetNNN_Name/default_model.zip``) and **install**
    it as the default model (:func:`~hiennu.inference.model_zip.install_model_zip`, ``hiennu_install_model
@@ -68,7 +70,7 @@ from hiennu.paths import (DATASET_FILE, DEFAULT_PLANS_NAME, ENSEMBLE_MEMBERS_FIL
                           preprocessed_data_name, preprocessed_root, raw_root, resolve_dataset, results_root,
                           splits_file_name)
 from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
-from hiennu.postprocessing.candidates import CAP_AND_FILTER, check_candidate_set
+from hiennu.postprocessing.candidates import ALL_CANDIDATES, JUDGED_RULE, check_candidate_set
 from hiennu.plans import load_plans
 from hiennu.training.fold_layout import FoldLayout, fold_layout, split_cases
 from hiennu.training.fold_record import move_fold_aside, recorded_differences
@@ -108,15 +110,16 @@ DEFAULT_RECIPE: tuple[RecipeStep, ...] = (
     RecipeStep("2d"),
 )
 
-# How the default path chooses (documentation/results.md, sessions 33-34): every candidate's post-processing between
-# none and one recipe (the ADC cap + the lesion filter; choosing among about 30 moved one held-out fold of the rule by
-# 0.2 Dice), and the rule ZADC < -2 with that post-processing competing with the networks. On the 37 BONBID dev cases
-# the rule so treated scored above every network trained (nested Dice 0.626 against 0.599-0.623 for three seeds of
-# 3d_fullres, 0.606 for the 2d + 3d_fullres ensemble), so a run on BONBID ships the rule folder unless its networks
-# now beat it by cross-validation. The choice among four on 30 cases is noisy: estimated fully nested it scores 0.568
-# (session 34), below the rule's 0.626 and below choosing among the networks alone (0.591); what it ships is the
-# better pipeline, the way it is picked is not proven better.
-DEFAULT_CHOICE = {"rule_candidate": True, "postprocessing_candidates": CAP_AND_FILTER}
+# How the default path chooses (documentation/results.md, sessions 33-35): among the networks and their ensemble, each
+# with one post-processing recipe against none, "judged-rule": the rule ZADC < -2's components after the ADC cap, each
+# kept or dropped by the lesion filter with the network's mean probability over it as a fourth feature; the rule with
+# the same recipe without the network (cap-filter) is the reference. On the 37 BONBID dev cases this choice, estimated
+# fully nested, scores 0.634 (it picks the 3d_fullres, nested 0.652; three 3d_fullres seeds 0.652-0.662), against 0.626
+# for the rule + cap-filter that session 34's default shipped and 0.568 for that default's choice procedure; letting the
+# rule compete as well lowers it to 0.609 (one outer fold picks the rule and loses there). The gain over the rule is
+# carried by a few cases (median difference 0; one lesion-free case judged empty by every seed), so it is small and
+# not significant; the rule ships only when cross-validation says so (--rule-candidate).
+DEFAULT_CHOICE = {"rule_candidate": False, "postprocessing_candidates": JUDGED_RULE}
 
 # what happens to a fold (FoldTask.action)
 REUSE, REVALIDATE, CONTINUE, TRAIN = "reuse", "re-validate", "continue", "train"
@@ -500,6 +503,30 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
 
 
+def set_aside_other_records(dataset: str, configurations: Sequence[str], trainer: str,
+                            candidate_set: str) -> list[tuple[Path, Path]]:
+    """Move aside each recipe model's ``postprocessing.json`` that was chosen among another post-processing candidate
+    set than ``candidate_set`` (a record without ``candidate_set`` was chosen among all of them), renamed
+    ``postprocessing.json.replaced-<timestamp>``; returns (old path, new path) pairs.
+
+    ``hiennu_find_best_configuration`` never replaces a model's existing record (it may have been edited), so without
+    this a default path run after the default choice changed, or with ``--postprocessing-candidates``, would ship the
+    old record. A record of the same set stays, edited or not; one that cannot be read is left for the choice to
+    report."""
+    moved = []
+    for configuration in configurations:
+        path = results_root() / dataset / model_dir_name(trainer, DEFAULT_PLANS_NAME, configuration) / POSTPROCESSING_FILE
+        if not path.is_file():
+            continue
+        try:
+            record = read_json(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("candidate_set", ALL_CANDIDATES) != candidate_set:
+            moved.append((path, move_fold_aside(path)))
+    return moved
+
+
 def choice_inputs(dataset: str, configurations: Sequence[str], trainer: str,
                   find_best: dict | None = None) -> dict:
     """What find_best_configuration's choice is made from, cheaply: the configurations, trainer, its options
@@ -646,6 +673,10 @@ def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
         log.info("choosing among %s, their ensemble%s by cross-validation (hiennu_find_best_configuration -d %s -c %s%s)"
                  "%s", ", ".join(configurations), " and the rule ZADC < -2" if opts.rule_candidate else "", dataset,
                  " ".join(configurations), flags, f"; not reusing the last choice: {why}" if state else "")
+        for old, new in set_aside_other_records(dataset, configurations, trainer, opts.postprocessing_candidates):
+            log.info("%s was chosen among other post-processing candidates than this choice's (%s): moved aside to "
+                     "%s, so the choice writes its own", old.relative_to(results_root()), opts.postprocessing_candidates,
+                     new.name)
         best = find_best_configuration(FindBestOptions(dataset=dataset, configurations=configurations,
                                                        trainers=[trainer], num_processes=opts.num_processes,
                                                        **find_best))

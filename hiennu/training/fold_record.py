@@ -95,7 +95,9 @@ def recorded_differences(fold_dir: Path, trainer: Any) -> list[str]:
 
 
 def move_fold_aside(fold_dir: Path) -> Path:
-    """Rename ``fold_dir`` to ``fold_K.replaced-YYYYmmdd-HHMMSS`` (``-2``, ``-3`` ... if taken); return the new path."""
+    """Rename ``fold_dir`` to ``fold_K.replaced-YYYYmmdd-HHMMSS`` (``-2``, ``-3`` ... if taken); return the new path.
+    Any file or folder can be set aside so (the default path also sets aside a model's outdated
+    ``postprocessing.json``)."""
     fold_dir = Path(fold_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = fold_dir.with_name(f"{fold_dir.name}.replaced-{stamp}")
