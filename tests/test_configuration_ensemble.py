@@ -178,6 +178,33 @@ def test_the_ensembles_own_postprocessing_is_applied_and_the_members_are_not(tmp
     assert ConfigurationEnsemble.from_paths([a, b], min_component_voxels=0, **FAST).postprocessing.min_component_voxels == 0
 
 
+def test_an_ensemble_judges_the_rules_components_by_its_mean_probability_in_case_and_folder_prediction(tmp_path):
+    """An ensemble record that asks the network (judged-rule) is applied with the members' mean probabilities, the
+    same ones the ensemble returns, case by case and in folder prediction (which must ask for them although it
+    saves none)."""
+    from hiennu.postprocessing.lesion_filter import FEATURES_WITH_PROBABILITY, ComponentFilter
+    results = tmp_path / "results"
+    a, b = _pair(results)
+    # keeps a component of the rule when the mean probability over it is at least 0.5 (here about half of them)
+    judge = ComponentFilter((0.0,) * 4, (1.0,) * 4, (0.0, 0.0, 0.0, 20.0), -10.0, 0.5, FEATURES_WITH_PROBABILITY)
+    post = PostProcessing(component_filter=judge, start_from_rule=True)
+    _ensemble_folder(results, post, folds=(1,))
+    ensemble = ConfigurationEnsemble.from_paths([a, b], **FAST)
+    assert ensemble.postprocessing == post
+    images = case_arrays()
+    mask, prob = ensemble.predict_case(images, GEOM)
+    expected = apply_postprocessing(np.zeros(GEOM.size_zyx, np.uint8), post, images[1], images[0], GEOM.spacing_zyx,
+                                    prob)
+    assert np.array_equal(mask, expected)
+    rule = apply_postprocessing(np.zeros(GEOM.size_zyx, np.uint8), PostProcessing(start_from_rule=True), images[1],
+                                images[0])
+    assert 0 < mask.sum() < rule.sum()   # the judge keeps some of the rule's components, not all
+    _write_cases(tmp_path / "in", n=1)
+    assert ensemble.predict_folder(tmp_path / "in", tmp_path / "out").ok
+    assert np.array_equal(_masks(tmp_path / "out")["case0.mha"], mask)
+    assert not list((tmp_path / "out").glob("*.npz"))
+
+
 def test_the_largest_plans_size_rule_of_the_members_applies(tmp_path):
     a = _model(tmp_path, min_component_voxels=4)
     b = _model(tmp_path, "3d_lowres", (12, 12, 8), min_component_voxels=7)

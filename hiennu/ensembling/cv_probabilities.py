@@ -25,7 +25,6 @@ from hiennu.postprocessing.commands import check_folds
 from hiennu.postprocessing.selection import plans_size_rule
 
 
-
 @dataclass(frozen=True)
 class ModelCV:
     """One trained model's cross-validation, checked.

@@ -3,19 +3,19 @@
 A :class:`PostProcessing` says what is done to a binary mask on the native grid after the
 threshold, in this order:
 
--. ``start_from_rule``: the mask is replaced by the rule's, ``ZADC < rule_threshold`` inside the brain
+0. ``start_from_rule``: the mask is replaced by the rule's, ``ZADC < rule_threshold`` inside the brain
    (:func:`hiennu.masks.rule_mask`), so that the steps below, and a lesion filter that asks the network
    (:data:`hiennu.postprocessing.lesion_filter.FEATURES_WITH_PROBABILITY`), judge the rule's whole components
    instead of the network's voxels (the "judged-rule" candidates, :mod:`hiennu.postprocessing.candidates`);
-0. ``max_adc``: voxels whose ADC (the raw ADC channel, 10^-6 mm^2/s) is above it are removed (None
+1. ``max_adc``: voxels whose ADC (the raw ADC channel, 10^-6 mm^2/s) is above it are removed (None
    keeps all). Acute HIE lesions restrict diffusion; a voxel with a low ZADC but a CSF-like ADC is
    a misregistration or partial-volume artefact of the atlas, not a lesion. The candidate caps come
    from the data (:func:`hiennu.postprocessing.candidates.adc_cap_candidates`), and a cap is kept only
    when cross-validation says it helps;
-1. ``min_component_voxels``: 26-connected components with fewer voxels are removed (0 or 1 keeps all);
-2. ``keep_touching_rule``: only the components that overlap (share at least one voxel with) the
+2. ``min_component_voxels``: 26-connected components with fewer voxels are removed (0 or 1 keeps all);
+3. ``keep_touching_rule``: only the components that overlap (share at least one voxel with) the
    rule mask ``ZADC < rule_threshold`` inside the brain (:func:`hiennu.masks.rule_mask`) are kept;
-3. ``component_filter``: a lesion filter fitted by cross-validation keeps or drops each remaining
+4. ``component_filter``: a lesion filter fitted by cross-validation keeps or drops each remaining
    component by its volume (mm³), extent along the slice axis (mm) and contact with the edge of the brain,
    and, when fitted so, the network's mean probability over it (:mod:`hiennu.postprocessing.lesion_filter`;
    None keeps all).
