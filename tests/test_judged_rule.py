@@ -391,15 +391,38 @@ def test_judged_rule_is_chosen_on_the_validation_probabilities_of_the_model(hien
     assert select_postprocessing(model_dir, raw, [0, 1], write=False, candidate_set="cap-filter")["num_candidates"] == 2
 
 
-def test_applying_a_judged_record_to_masks_alone_is_refused_up_front(tmp_path):
-    """hiennu_apply_postprocessing has masks, not probabilities: a record that asks the network is refused before
-    anything is read or written, and says to predict with the model instead."""
+def test_applying_a_judged_record_to_masks_needs_and_reads_their_probabilities(tmp_path):
+    """hiennu_apply_postprocessing with a record that asks the network: without --probabilities it is refused before
+    anything is read; with them (CASE_prob.npz beside the masks, as hiennu_predict --save-probabilities npz writes
+    them) each mask gets exactly apply_postprocessing with its case's probabilities; a case without them stops the
+    run before anything is written."""
+    from helpers import GEOM, case_arrays
+    from hiennu.inference.folder_prediction import write_probabilities
+    from hiennu.io.image import read_image, write_image
     from hiennu.postprocessing.commands import apply_to_folder
     record = tmp_path / POSTPROCESSING_FILE
-    post = PostProcessing(max_adc=1392.0, component_filter=ASK_THE_NETWORK, start_from_rule=True)
+    post = PostProcessing(component_filter=ASK_THE_NETWORK, start_from_rule=True)
     record.write_text(json.dumps({"chosen": post.to_dict()}))
-    masks = tmp_path / "masks"
-    masks.mkdir()
-    with pytest.raises(HiennuError, match=r"asks the network's probabilities.*hiennu_predict"):
-        apply_to_folder(masks, tmp_path / "out", record)
+    masks, images = tmp_path / "masks", tmp_path / "images"
+    expected = {}
+    for i in range(2):
+        adc, zadc = case_arrays(GEOM, seed=i)
+        for c, array in enumerate((adc, zadc)):
+            write_image(array, GEOM, images / f"case{i}_{c:04d}.mha")
+        write_image(np.zeros(GEOM.size_zyx, np.uint8), GEOM, masks / f"case{i}.mha")
+        prob = np.random.default_rng(i).uniform(0.3, 0.7, GEOM.size_zyx).astype(np.float32)
+        write_probabilities(prob, GEOM, masks / f"case{i}_prob.npz")
+        expected[f"case{i}.mha"] = apply_postprocessing(np.zeros(GEOM.size_zyx, np.uint8), post, zadc, adc,
+                                                        GEOM.spacing_zyx, prob)
+    with pytest.raises(HiennuError, match=r"asks the network's probabilities.*--probabilities DIR"):
+        apply_to_folder(masks, tmp_path / "out", record, images)
     assert not (tmp_path / "out").exists()
+    assert apply_to_folder(masks, tmp_path / "out", record, images, masks) == ["case0", "case1"]
+    rule = rule_mask(*case_arrays(GEOM, seed=0)[::-1])
+    for name, want in expected.items():
+        assert np.array_equal(read_image(tmp_path / "out" / name, dtype=np.uint8)[0], want)
+    assert 0 < expected["case0.mha"].sum() < rule.sum()   # the judge keeps some of the rule's components
+    (masks / "case1_prob.npz").unlink()
+    with pytest.raises(HiennuError, match=r"case case1: no case1_prob.npz .*--save-probabilities npz"):
+        apply_to_folder(masks, tmp_path / "out2", record, images, masks)
+    assert not (tmp_path / "out2").exists()

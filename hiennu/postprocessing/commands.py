@@ -28,7 +28,8 @@ from hiennu.io.atomic import write_json
 from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
-from hiennu.io.image import image_ending, read_image, write_image
+from hiennu.io.image import Geometry, image_ending, read_image, write_image
+from hiennu.io.probabilities import read_probabilities
 from hiennu.log import get_logger, progress
 from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RULE_DIR, ModelFolder, model_dir_name, raw_root,
                           resolve_dataset, results_root, split_seed_folder)
@@ -217,22 +218,23 @@ def _images_channels(images_dir: Path) -> tuple[int | None, int | None]:
 
 
 def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str | Path,
-                    images_dir: str | Path | None = None) -> list[str]:
+                    images_dir: str | Path | None = None, probabilities_dir: str | Path | None = None) -> list[str]:
     """Apply the record ``record_path`` (a ``postprocessing.json``) to every mask ``CASE.<ending>`` of
     ``masks_dir``; write ``out_dir/CASE.<ending>`` with the mask's geometry. Returns the case ids.
 
     images_dir: the cases' raw channels (``CASE_0000``, ``CASE_0001`` ..., ADC and ZADC found by their names in
     a ``dataset.json`` of the folder or its parent, else BONBID's order), needed when the record reads images
-    (ADC cap, rule, lesion filter). Every input is read and checked before the first output is written. A record
-    whose lesion filter asks the network (``judged-rule``) is refused: masks carry no probabilities.
+    (ADC cap, rule, lesion filter). probabilities_dir: the network's probabilities of each case, ``CASE_prob.npz``
+    (``hiennu_predict --save-probabilities npz``) or ``CASE.npz`` (``hiennu_train --npz``'s validation), on the mask's
+    grid; needed when the record's lesion filter asks the network (``judged-rule``). Every input is read and checked
+    before the first output is written.
     """
     masks_dir, out_dir = Path(masks_dir), Path(out_dir)
     post = load_record_file(record_path)
-    if post.needs_probabilities:
+    if post.needs_probabilities and probabilities_dir is None:
         raise HiennuError(f"{record_path}: its post-processing ({post.name}) asks the network's probabilities about "
-                          f"each component, which masks alone do not carry; predict with the model instead "
-                          f"(hiennu_predict applies its postprocessing.json), or choose a record without the network "
-                          f"(hiennu_determine_postprocessing --candidates cap-filter)")
+                          f"each component; give them with --probabilities DIR (CASE_prob.npz, as hiennu_predict "
+                          f"--save-probabilities npz writes them), or predict with the model, which applies it itself")
     if not masks_dir.is_dir():
         raise HiennuError(f"-i {masks_dir}: folder of masks not found")
     if out_dir.resolve() == masks_dir.resolve():
@@ -272,13 +274,23 @@ def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str
             if diffs:
                 raise HiennuError(f"case {case}: {file.name} lies on another grid than the mask ({'; '.join(diffs)})")
             channels[role] = image
-        out = apply_postprocessing(mask, post, channels.get("ZADC"), channels.get("ADC"), geometry.spacing_zyx)
+        prob = _case_probabilities(Path(probabilities_dir), case, geometry) if post.needs_probabilities else None
+        out = apply_postprocessing(mask, post, channels.get("ZADC"), channels.get("ADC"), geometry.spacing_zyx, prob)
         results.append((out_dir / path.name, out, geometry))
     out_dir.mkdir(parents=True, exist_ok=True)
     for target, out, geometry in results:
         write_image(out, geometry, target)
     log.info("%s applied to %d mask(s) of %s, written to %s", post.name, len(results), masks_dir, out_dir)
     return [t.name[: -len(image_ending(t))] for t, _, _ in results]
+
+
+def _case_probabilities(folder: Path, case: str, geometry: Geometry) -> np.ndarray:
+    """Case ``case``'s probabilities in ``folder`` (``CASE_prob.npz``, else ``CASE.npz``), on the mask's grid."""
+    file = next((folder / name for name in (f"{case}_prob.npz", f"{case}.npz") if (folder / name).is_file()), None)
+    if file is None:
+        raise HiennuError(f"case {case}: no {case}_prob.npz (or {case}.npz) in --probabilities {folder}; predict the "
+                          f"case with hiennu_predict --save-probabilities npz")
+    return read_probabilities(file, geometry, f"case {case}")
 
 
 def raw_dataset_of(dataset: str | int) -> Path:
