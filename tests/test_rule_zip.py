@@ -271,3 +271,24 @@ def test_an_installed_rule_zip_is_the_default_that_predict_and_the_challenge_con
                                    "-q"]) == 0
     overlay = tmp_path / "challenge_out" / "images" / "hie-lesion-segmentation" / "overlay.mha"
     assert np.array_equal(read_image(overlay, dtype=np.uint8)[0], expected)
+
+
+def test_a_record_that_asks_a_network_never_enters_a_rule_folder_or_zip(tmp_path):
+    """A judged-rule record (chosen for a model's probabilities) is refused when a rule folder is written, and when
+    a folder or zip holding one (edited, or copied in by hand) is read, naming the file, before any prediction."""
+    from hiennu.postprocessing.lesion_filter import FEATURES_WITH_PROBABILITY, ComponentFilter
+    from hiennu.postprocessing.record import PostProcessing
+    judge = ComponentFilter((0.0,) * 4, (1.0,) * 4, (0.0, 0.0, 0.0, 20.0), -10.0, 0.5, FEATURES_WITH_PROBABILITY)
+    judged = {"chosen": PostProcessing(component_filter=judge, start_from_rule=True).to_dict()}
+    with pytest.raises(HiennuError, match=r"the record for .*postprocessing.json: the ZADC rule has no network to ask"):
+        _rule_dir(tmp_path / "written", record=judged)
+    assert not (tmp_path / "written" / DATASET / RULE_DIR / "rule.json").exists()
+    folder = _rule_dir(tmp_path / "results")
+    out = export_rule_zip(folder, tmp_path / "rule.zip")
+    (folder / "postprocessing.json").write_text(json.dumps(judged))
+    with pytest.raises(HiennuError, match=r"baseline_zadc/postprocessing.json: the ZADC rule has no network to ask"):
+        load_rule_folder(folder)
+    members = _members(out)
+    members[next(n for n in members if n.endswith("postprocessing.json"))] = json.dumps(judged).encode()
+    with pytest.raises(HiennuError, match=r"rule_judged.zip:.*postprocessing.json: the ZADC rule has no network"):
+        load_rule_zip(_rezip(tmp_path / "rule_judged.zip", members))

@@ -27,21 +27,12 @@ import numpy as np
 
 from hiennu.errors import HiennuError
 from hiennu.inference.predictor import THRESHOLD
+from hiennu.io.probabilities import mean_probabilities
 from hiennu.io.atomic import write_json
 from hiennu.paths import VALIDATION_DIR, EnsembleFolder, ensemble_dir_name
 from hiennu.postprocessing.components import remove_small_components
 
 MODEL, ENSEMBLE, RULE = "model", "ensemble", "rule"  # the kinds of row: RULE the reference (a candidate only with --rule-candidate)
-
-
-def mean_probabilities(probabilities: Sequence[np.ndarray]) -> np.ndarray:
-    """The members' mean probability map, every member weighing the same; float32, same shape ``(z, y, x)``."""
-    if not probabilities:
-        raise ValueError("an ensemble needs at least one member's probabilities")
-    total = np.zeros(np.shape(probabilities[0]), dtype=np.float32)
-    for prob in probabilities:
-        total += np.asarray(prob, dtype=np.float32)
-    return total / np.float32(len(probabilities))
 
 
 def cv_mask(probabilities: np.ndarray, size_rule: int = 0) -> np.ndarray:

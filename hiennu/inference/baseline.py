@@ -22,7 +22,7 @@ from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.image import Geometry
 from hiennu.masks import RULE_THRESHOLD, rule_mask
 from hiennu.postprocessing.record import PostProcessing, with_size_rule
-from hiennu.postprocessing.rule_folder import RuleFolder
+from hiennu.postprocessing.rule_folder import RuleFolder, check_rule_postprocessing
 
 BASELINES = ("zadc",)
 
@@ -41,10 +41,7 @@ class ZadcThresholdBaseline(CasePredictor):
         adc, zadc = adc_zadc_channels(channel_names, required=True, source="the ZADC baseline's inputs")
         self.threshold = float(threshold)
         self.postprocessing = with_size_rule(postprocessing, 0, forced=min_component_voxels)
-        if self.postprocessing.needs_probabilities:
-            raise HiennuError(f"the ZADC rule has no network to ask, so it cannot apply the post-processing "
-                              f"{self.postprocessing.name!r} (chosen for a model's probabilities); give it a record "
-                              f"chosen for the rule (hiennu_determine_postprocessing --rule)")
+        check_rule_postprocessing(self.postprocessing, "the ZADC rule's post-processing")
         self.channel_names = tuple(channel_names)
         self._adc, self._zadc = adc, zadc
         self.batch_size = 1

@@ -82,6 +82,7 @@ from hiennu.paths import (DATASET_FILE, ENSEMBLE_MEMBERS_FILE, ENSEMBLES_DIR, PL
 from hiennu.plans import Plans, load_plans
 from hiennu.postprocessing.record import PostProcessing, load_postprocessing, postprocessing_from_record
 from hiennu.postprocessing.rule_folder import (RULE_FILE, RuleFolder, RuleSpec, check_rule_dataset,
+                                               check_rule_postprocessing,
                                                is_rule_dir, load_rule_folder)
 
 logger = get_logger(__name__)
@@ -718,6 +719,7 @@ def load_rule_zip(path: str | Path, verified: RuleZipContents | None = None) -> 
         post_member = contents.member(POSTPROCESSING_FILE)
         post = (postprocessing_from_record(_zip_json(zf, path, post_member), f"{path}:{post_member}")
                 if post_member in contents.files else None)
+        check_rule_postprocessing(post, f"{path}:{post_member}")
     return RuleFolder(Path(path), spec, dataset, post)
 
 

@@ -1,14 +1,16 @@
-"""Reading a case's probability map kept as ``.npz`` (``hiennu_train --npz``'s ``CASE.npz``, ``hiennu_predict
+"""Probability maps: reading a case's map kept as ``.npz`` (``hiennu_train --npz``'s ``CASE.npz``, ``hiennu_predict
 --save-probabilities npz``): the sigmoid probabilities, float32 ``(z, y, x)`` on the case's native grid, with the
 grid (``spacing_xyz``, ``origin_xyz``, ``direction``) stored beside them.
 
-One reader for every stage that reads them back: the configurations' scoring and ensembles
-(:mod:`hiennu.ensembling`) and the post-processing that asks the network (:mod:`hiennu.postprocessing.selection`).
+and averaging the maps of an ensemble's members. One reader and one mean for every stage that uses them: the
+configurations' scoring and ensembles (:mod:`hiennu.ensembling`) and the post-processing that asks the network
+(:mod:`hiennu.postprocessing.selection`), so an ensemble's judge sees exactly the map its CV masks were made from.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -41,4 +43,14 @@ def read_probabilities(path: Path, reference: Geometry, where: str) -> np.ndarra
     return prob
 
 
-__all__ = ["PROBABILITIES_KEY", "read_probabilities"]
+def mean_probabilities(probabilities: Sequence[np.ndarray]) -> np.ndarray:
+    """The members' mean probability map, every member weighing the same; float32, same shape ``(z, y, x)``."""
+    if not probabilities:
+        raise ValueError("an ensemble needs at least one member's probabilities")
+    total = np.zeros(np.shape(probabilities[0]), dtype=np.float32)
+    for prob in probabilities:
+        total += np.asarray(prob, dtype=np.float32)
+    return total / np.float32(len(probabilities))
+
+
+__all__ = ["PROBABILITIES_KEY", "mean_probabilities", "read_probabilities"]

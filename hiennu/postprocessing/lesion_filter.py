@@ -79,8 +79,10 @@ def check_spacing(spacing_zyx: Sequence[float] | None, features: Sequence[str] =
 
 
 def check_probabilities(probabilities: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
-    """``probabilities`` as float32 when they are finite values in [0, 1] of ``shape`` ``(z, y, x)``; otherwise
-    :class:`HiennuError` saying what is wrong (a filter with ``mean_probability`` needs the network's map)."""
+    """``probabilities`` as float32 when given with ``shape`` ``(z, y, x)``; otherwise :class:`HiennuError` saying
+    what is wrong (a filter with ``mean_probability`` needs the network's map). Their values are checked where they
+    are read (:func:`check_probability_values`): a full scan on every call would be repeated for each candidate
+    and case of a choice."""
     if probabilities is None:
         raise HiennuError(f"lesion filter: its feature {PROBABILITY_FEATURE} needs the network's probabilities on the "
                           f"case's native grid, and none were given (the rule and masks alone cannot be judged; "
@@ -89,6 +91,11 @@ def check_probabilities(probabilities: np.ndarray | None, shape: tuple[int, ...]
     if values.shape != tuple(shape):
         raise HiennuError(f"lesion filter: probabilities of shape {values.shape} differ from the mask's {tuple(shape)} "
                           f"(both (z, y, x) on the native grid)")
+    return values
+
+
+def check_probability_values(values: np.ndarray) -> np.ndarray:
+    """``values`` when they are finite and in [0, 1]; otherwise :class:`HiennuError`."""
     if not np.isfinite(values).all() or values.min(initial=0.0) < 0 or values.max(initial=0.0) > 1:
         raise HiennuError("lesion filter: the network's probabilities must be finite values in [0, 1]")
     return values
@@ -139,7 +146,7 @@ def component_features(mask: np.ndarray, brain: np.ndarray, spacing_zyx: Sequenc
         out[i - 1, :3] = (np.log(component.sum() * voxel_mm3), np.unique(np.nonzero(component)[0]).size * slice_mm,
                           1.0 - padded_brain[window][shell].mean())
     if with_probability:
-        out[:, 3] = ndimage.mean(probabilities[box], labels[box], np.arange(1, n + 1))
+        out[:, 3] = ndimage.mean(check_probability_values(probabilities[box]), labels[box], np.arange(1, n + 1))
     return labels, out
 
 

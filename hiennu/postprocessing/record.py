@@ -155,18 +155,14 @@ def apply_postprocessing(mask: np.ndarray, post: PostProcessing, zadc: np.ndarra
     ``adc`` for the ADC cap and the lesion filter, ``spacing_zyx`` (the case's voxel spacing in mm) for a
     lesion filter in mm (:mod:`hiennu.postprocessing.lesion_filter`), ``probabilities`` (the network's sigmoid
     probabilities, same shape) for a lesion filter that asks the network."""
-    if post.needs_zadc:
-        if zadc is None:
-            raise HiennuError(f"post-processing {post.name!r} needs the case's ZADC image, and none was given")
-        if np.shape(zadc) != np.shape(mask):
-            raise HiennuError(f"post-processing {post.name!r}: ZADC shape {np.shape(zadc)} differs from the mask's "
-                              f"{np.shape(mask)} (both (z, y, x) on the native grid)")
-    if post.needs_adc:
-        if adc is None:
-            raise HiennuError(f"post-processing {post.name!r} needs the case's ADC image, and none was given")
-        if np.shape(adc) != np.shape(mask):
-            raise HiennuError(f"post-processing {post.name!r}: ADC shape {np.shape(adc)} differs from the mask's "
-                              f"{np.shape(mask)} (both (z, y, x) on the native grid)")
+    for role, image, needed in (("ZADC", zadc, post.needs_zadc), ("ADC", adc, post.needs_adc)):
+        if not needed:
+            continue
+        if image is None:
+            raise HiennuError(f"post-processing {post.name!r} needs the case's {role} image, and none was given")
+        if np.shape(image) != np.shape(mask):
+            raise HiennuError(f"post-processing {post.name!r}: {role} shape {np.shape(image)} differs from the "
+                              f"mask's {np.shape(mask)} (both (z, y, x) on the native grid)")
     if post.start_from_rule:
         mask = rule_mask(zadc, adc, post.rule_threshold).astype(np.uint8)
     if post.max_adc is not None:

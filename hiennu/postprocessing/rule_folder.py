@@ -72,6 +72,15 @@ class RuleFolder:
     postprocessing: PostProcessing | None
 
 
+def check_rule_postprocessing(post: PostProcessing | None, source: str) -> None:
+    """A rule has no network to ask: a post-processing whose lesion filter reads a network's probabilities
+    (``judged-rule``, chosen for a model) is a one-line error naming ``source``."""
+    if post is not None and post.needs_probabilities:
+        raise HiennuError(f"{source}: the ZADC rule has no network to ask, so it cannot apply the post-processing "
+                          f"{post.name!r} (chosen for a model's probabilities); give it a record chosen for the rule "
+                          f"(hiennu_determine_postprocessing --rule)")
+
+
 def is_rule_dir(path: str | Path) -> bool:
     """Whether ``path`` is a folder holding ``rule.json`` (a complete rule folder; :func:`load_rule_folder` checks it)."""
     return (Path(path) / RULE_FILE).is_file()
@@ -89,7 +98,8 @@ def write_rule_folder(folder: str | Path, dataset: DatasetJson, record: dict | N
     folder = Path(folder)
     check_rule_dataset(dataset, f"{folder / DATASET_FILE}")
     if record is not None:
-        postprocessing_from_record(record, f"the record for {folder / POSTPROCESSING_FILE}")
+        source = f"the record for {folder / POSTPROCESSING_FILE}"
+        check_rule_postprocessing(postprocessing_from_record(record, source), source)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(dataset.to_dict(), folder / DATASET_FILE)
     if record is not None:
@@ -111,4 +121,5 @@ def load_rule_folder(folder: str | Path) -> RuleFolder:
     dataset = load_dataset_json(folder)
     check_rule_dataset(dataset, str(folder / DATASET_FILE))
     post = load_record_file(folder / POSTPROCESSING_FILE) if (folder / POSTPROCESSING_FILE).is_file() else None
+    check_rule_postprocessing(post, str(folder / POSTPROCESSING_FILE))
     return RuleFolder(folder, spec, dataset, post)

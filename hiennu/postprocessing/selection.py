@@ -60,7 +60,7 @@ from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.checkpoint import BEST
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import Geometry, read_image
-from hiennu.io.probabilities import read_probabilities
+from hiennu.io.probabilities import mean_probabilities, read_probabilities
 from hiennu.log import get_logger, progress
 from hiennu.masks import brain_mask, dice
 from hiennu.paths import ModelFolder
@@ -181,7 +181,7 @@ def case_probabilities(files: Sequence[Path], geometry: Geometry, where: str) ->
             raise HiennuError(f"{where}: probabilities {file} not found; keep them with hiennu_train ... --npz "
                               f"(--val --npz redoes only the validation)")
         maps.append(read_probabilities(Path(file), geometry, where))
-    return maps[0] if len(maps) == 1 else np.mean(maps, axis=0, dtype=np.float32)
+    return maps[0] if len(maps) == 1 else mean_probabilities(maps)
 
 
 def caps_from(cases: dict[str, CaseImages], case_ids: Sequence[str],
