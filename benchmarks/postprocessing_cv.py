@@ -193,6 +193,13 @@ SEED_COLUMNS = (("dice", "Dice", ".3f"), ("masd", "MASD (mm)", ".2f"), ("nsd", "
 LOWER_IS_BETTER = {"masd", "hd95"}
 
 
+def mean_and_sd(values: np.ndarray, fmt: str) -> str:
+    """``"mean ± SD"`` (ddof=1) of ``values`` in ``fmt``; ``"mean (one split: no SD)"`` for a single value."""
+    if values.size < 2:
+        return f"{values.mean():{fmt}} (one split: no SD)"
+    return f"{values.mean():{fmt}} ± {float(values.std(ddof=1)):{fmt.lstrip('+')}}"
+
+
 def seeds_table(by_seed: dict[int | None, dict]) -> str:
     """Each split's post-processing chosen by nested CV, per method, and the mean and SD (ddof=1) of each metric
     over the splits (MASD's n per split beside it)."""
@@ -211,8 +218,7 @@ def seeds_table(by_seed: dict[int | None, dict]) -> str:
         cells = []
         for key, _, fmt in SEED_COLUMNS:
             v = np.asarray(values[key])
-            sd = float(v.std(ddof=1)) if v.size > 1 else float("nan")
-            cells.append(f"{v.mean():{fmt}} ± {sd:{fmt}} [{v.min():{fmt}}, {v.max():{fmt}}]")
+            cells.append(f"{mean_and_sd(v, fmt)} [{v.min():{fmt}}, {v.max():{fmt}}]")
         lines.append("| " + " | ".join([f"**{method}**", f"mean ± SD [min, max] over {len(by_seed)} splits"]
                                        + cells + [""]) + " |")
     text = ("Post-processing chosen by nested CV on each split (each fold's choice made on the other folds only). "
@@ -241,8 +247,7 @@ def difference_table(by_seed: dict[int | None, dict], model: str) -> str:
     summary, better = [], []
     for key, _, fmt in SEED_COLUMNS:
         v = np.asarray(diffs[key])
-        sd = float(v.std(ddof=1)) if v.size > 1 else float("nan")
-        summary.append(f"{v.mean():+{fmt}} ± {sd:{fmt}}")
+        summary.append(mean_and_sd(v, "+" + fmt))
         better.append(str(int(np.sum(v < 0 if key in LOWER_IS_BETTER else v > 0))))
     lines.append("| " + " | ".join([f"**mean ± SD over {len(by_seed)} splits**"] + summary) + " |")
     lines.append("| " + " | ".join([f"splits where the model is better (of {len(by_seed)})"] + better) + " |")

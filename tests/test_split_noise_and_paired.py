@@ -226,3 +226,7 @@ def test_benchmark_seed_table_gives_the_model_margin_over_the_rule_per_split_wit
     assert "| splits where the model is better (of 3) | 2 | 2 | 0 |" in text    # lower MASD is better
     rule_only = bench.seeds_table({seed: {bench.RULE: r[bench.RULE]} for seed, r in by_seed.items()})
     assert "minus" not in rule_only
+    one_split = bench.seeds_table({1: by_seed[1]})   # one split has no SD: said so, not "± nan"
+    assert "nan" not in one_split
+    assert "| **mean ± SD over 1 splits** | +0.020 (one split: no SD) | -0.50 (one split: no SD) |" in one_split
+    assert "| **M** | mean ± SD [min, max] over 1 splits | 0.520 (one split: no SD) [0.520, 0.520] |" in one_split
