@@ -193,11 +193,13 @@ SEED_COLUMNS = (("dice", "Dice", ".3f"), ("masd", "MASD (mm)", ".2f"), ("nsd", "
 LOWER_IS_BETTER = {"masd", "hd95"}
 
 
-def mean_and_sd(values: np.ndarray, fmt: str) -> str:
-    """``"mean ± SD"`` (ddof=1) of ``values`` in ``fmt``; ``"mean (one split: no SD)"`` for a single value."""
+def mean_and_sd(values: np.ndarray, fmt: str, signed: bool = False) -> str:
+    """The mean ± SD (ddof=1) of ``values`` with ``fmt``'s digits (:func:`hiennu.evaluation.report.format_mean_std`);
+    a single value (one split) has no SD and says so."""
+    digits = int(fmt.strip(".f"))
     if values.size < 2:
-        return f"{values.mean():{fmt}} (one split: no SD)"
-    return f"{values.mean():{fmt}} ± {float(values.std(ddof=1)):{fmt.lstrip('+')}}"
+        return report.format_mean_std(float(values.mean()), float("nan"), digits, signed) + " (one split: no SD)"
+    return report.format_mean_std(float(values.mean()), float(values.std(ddof=1)), digits, signed)
 
 
 def seeds_table(by_seed: dict[int | None, dict]) -> str:
@@ -247,7 +249,7 @@ def difference_table(by_seed: dict[int | None, dict], model: str) -> str:
     summary, better = [], []
     for key, _, fmt in SEED_COLUMNS:
         v = np.asarray(diffs[key])
-        summary.append(mean_and_sd(v, "+" + fmt))
+        summary.append(mean_and_sd(v, fmt, signed=True))
         better.append(str(int(np.sum(v < 0 if key in LOWER_IS_BETTER else v > 0))))
     lines.append("| " + " | ".join([f"**mean ± SD over {len(by_seed)} splits**"] + summary) + " |")
     lines.append("| " + " | ".join([f"splits where the model is better (of {len(by_seed)})"] + better) + " |")

@@ -107,3 +107,11 @@ def test_paired_test_is_holm_corrected_across_the_metrics():
     assert report.paired_test_across_metrics(per_case, "TrainerA", "TrainerDice")[1]["n_pairs"] == 11
     with pytest.raises(ValueError, match="'nope' not among"):
         report.paired_test_across_metrics(per_case, "nope", "TrainerDice")
+
+
+def test_format_mean_std_signs_differences_and_drops_an_undefined_std():
+    format_mean_std = report.format_mean_std
+    assert format_mean_std(0.5, 0.12) == "0.500 ± 0.120"
+    assert format_mean_std(0.02, 0.03, 3, signed=True) == "+0.020 ± 0.030"
+    assert format_mean_std(-0.5, float("nan"), 2, signed=True) == "-0.50"
+    assert format_mean_std(float("nan"), 0.1) == "n/a"

@@ -41,13 +41,15 @@ EXTRA_LABELS = {"epochs": "epochs to stop", "steps": "steps per fold", "train_mi
                 "train_min_total": "training min, all folds"}
 
 
-def format_mean_std(mean: float, std: float, digits: int = 3) -> str:
-    """``"0.500 ± 0.120"``; ``"n/a"`` for an undefined mean, no ``±`` part for an undefined std."""
+def format_mean_std(mean: float, std: float, digits: int = 3, signed: bool = False) -> str:
+    """``"0.500 ± 0.120"`` (``"+0.500 ± 0.120"`` with ``signed``, for differences); ``"n/a"`` for an undefined mean,
+    no ``±`` part for an undefined std."""
     if mean is None or math.isnan(mean):
         return "n/a"
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
     if std is None or math.isnan(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+        return text
+    return f"{text} ± {std:.{digits}f}"
 
 
 def _values(rows: Sequence[dict], metric: str) -> list[float]:

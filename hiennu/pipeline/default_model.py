@@ -120,9 +120,8 @@ DEFAULT_RECIPE: tuple[RecipeStep, ...] = (
 # for the rule + cap-filter that session 34's default shipped and 0.568 for that default's choice procedure; letting the
 # rule compete as well lowers it to 0.609 (one outer fold picks the rule and loses there). The gain over the rule moves
 # with the split: +0.026 on splits_final.json (median 0, one lesion-free case judged empty by every seed; not
-# significant), +0.061 on split seed 1 (11 cases up, 2 down; Holm 0.028),
-# +0.023 on split seed 2 (Holm 0.69; session 36). The rule ships only when cross-validation
-# says so (--rule-candidate).
+# significant), +0.061 on split seed 1 (11 cases up, 2 down; Holm 0.028), +0.023 on split seed 2 (Holm 0.69; session
+# 36). The rule ships only when cross-validation says so (--rule-candidate).
 DEFAULT_CHOICE = {"rule_candidate": False, "postprocessing_candidates": JUDGED_RULE}
 
 # what happens to a fold (FoldTask.action)
