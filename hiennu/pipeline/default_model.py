@@ -106,7 +106,8 @@ class RecipeStep:
 # trained by that command are reused here); 2d is the plans' own schedule (on a CPU 20 epochs x 50 steps = 1000
 # steps, patience 20: never stopped early either). TrainerDiceFocal for both, five folds each, --npz.
 # The plans' own 200 steps for 3d_fullres (a third of the cost, for CPUs without AVX-512) made a worse judge for
-# judged-rule: nested 0.648 and 0.618 over two seeds against 0.652-0.662 at 600 (results.md, session 36).
+# judged-rule: nested 0.648 and 0.618 over two seeds against 0.652-0.662 at 600 (results.md, session 36); so did
+# half the widths (8-64, a 2.2x faster float32 step): 0.625, the rule's level (session 37).
 DEFAULT_RECIPE: tuple[RecipeStep, ...] = (
     RecipeStep("3d_fullres", epochs=30, patience=1000),
     RecipeStep("2d"),
