@@ -60,9 +60,9 @@ BOOTSTRAP = 2000
 
 @dataclass
 class Components:
-    """The held-out components of one fold's run, pooled: the case each belongs to, whether it touches the
+    """Every fold's held-out components, pooled, one row each: the case it belongs to, whether it touches the
     reference, its volume in mm³, its features (:data:`FEATURES_WITH_PROBABILITY` order) and the two filters'
-    scores."""
+    scores (probabilities of being a lesion, fitted on the other folds)."""
 
     case: np.ndarray
     lesion: np.ndarray
@@ -79,6 +79,8 @@ def capped_rule(c: CaseImages, cap: float | None) -> np.ndarray:
 
 
 def filter_case(c: CaseImages, cap: float | None) -> FilterCase:
+    """The case as the judged-rule filter sees it: the capped rule's mask, the brain, the reference, the spacing
+    and the network's probabilities."""
     return FilterCase(capped_rule(c, cap), brain_mask(c.adc), c.ref, c.spacing_zyx, c.probabilities)
 
 
