@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_dir = Path(name) if Path(name).is_dir() else results_root() / dataset / name
             cases, fold_of = load_model(model_dir, raw_dir, args.folds, dataset)
             comp = held_out_components(cases, fold_of)
-            print(f"\n{model_dir.name}: {len(cases)} cases, folds {sorted(set(fold_of.values()))}, the rule's "
+            print(f"\n{name}: {len(cases)} cases, folds {sorted(set(fold_of.values()))}, the rule's "
                   f"components after each fold's ADC cap, scored by filters fitted on the other folds\n")
             print(table(comp, args.seed))
             print("\n".join(lesion_free_lines(comp, cases)))
