@@ -22,8 +22,8 @@ ADC_CAP_QUANTILES = (0.99, 0.995, 0.999)
 # probability over each component (lesion_filter.FEATURES_WITH_PROBABILITY); it needs every case's probabilities
 # (hiennu_train --npz). Why: a network that can only veto the rule's voxels decides its components hardly better
 # than three hand-made features, yet its mean probability over a component adds to them (results.md, sessions
-# 34-35): as a ranking, little over all components and 0.04-0.06 ROC AUC among the small ones (session 37,
-# benchmarks/component_judgment.py).
+# 34-35): as a ranking, little over all components, and 0.04-0.06 ROC AUC among the small ones for four of five
+# 600-step 3d_fullres trainings (session 37, benchmarks/component_judgment.py).
 ALL_CANDIDATES = "all"
 CAP_AND_FILTER = "cap-filter"
 JUDGED_RULE = "judged-rule"
