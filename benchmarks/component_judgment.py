@@ -117,14 +117,13 @@ def held_out_components(cases: dict[str, CaseImages], fold_of: dict[str, int]) -
 
 
 def auc(score: np.ndarray, lesion: np.ndarray) -> float:
-    """ROC AUC of ``score`` for ``lesion`` (ties count half: the Mann-Whitney U over n1 n0); nan without both
-    kinds."""
+    """ROC AUC of ``score`` for ``lesion``: scipy's Mann-Whitney U of the lesions' scores over n1 n0 (ties count
+    half); nan without both kinds."""
     lesion = np.asarray(lesion, bool)
     n1, n0 = int(lesion.sum()), int((~lesion).sum())
     if n1 == 0 or n0 == 0:
         return float("nan")
-    ranks = stats.rankdata(score)
-    return float((ranks[lesion].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return float(stats.mannwhitneyu(score[lesion], score[~lesion], method="asymptotic").statistic / (n1 * n0))
 
 
 def resamples(comp: Components, select: np.ndarray, seed: int = 0, rounds: int = BOOTSTRAP):

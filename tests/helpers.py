@@ -209,6 +209,29 @@ def make_varied_raw_dataset(raw_root, num_cases: int = 5, name: str = "Dataset00
     return folder
 
 
+TINY_FOLD_CASES = {0: ["case00", "case01", "case02"], 1: ["case03", "case04", "case05"]}
+
+
+def tiny_model_with_validation_probabilities(roots: dict) -> tuple[Path, Path]:
+    """(raw dataset, model folder) under ``roots`` (the ``hiennu_roots`` fixture): six varied cases, whose lesion
+    cases (1, 3, 5) each get one brighter lesion voxel (ADC 1100) so that the ADC cap lies above the rule's false
+    specks (ADC < 1000), and a two-fold model whose validation kept each case's probabilities (``CASE.npz``), folds
+    as :data:`TINY_FOLD_CASES`."""
+    from hiennu.io.image import read_image
+    from hiennu.training.native_validation import predict_and_score_validation
+
+    raw = make_varied_raw_dataset(roots["hiennu_raw"], num_cases=6, name="Dataset001_Tiny")
+    for i in (1, 3, 5):
+        path = raw / "imagesTr" / f"case{i:02d}_0000.mha"
+        adc, geometry = read_image(path)
+        adc[1, 5, 5] = 1100.0
+        write_image(adc, geometry, path)
+    model_dir = make_model_dir(roots["hiennu_results"], folds=tuple(TINY_FOLD_CASES))
+    for fold, cases in TINY_FOLD_CASES.items():
+        predict_and_score_validation(model_dir, fold, cases, "Dataset001_Tiny", "cpu", save_probabilities=True)
+    return raw, model_dir
+
+
 # ---------------------------------------------------------------- post-processing choice and a stubbed network
 
 IDENTITY_GEOMETRY = Geometry((12, 12, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))

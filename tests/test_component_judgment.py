@@ -104,20 +104,10 @@ def test_lesion_free_lines(bench):
 
 
 def test_the_command_on_a_tiny_model_and_a_case_without_probabilities(hiennu_roots, bench, capsys):
-    from helpers import make_model_dir, make_varied_raw_dataset
-    from hiennu.io.image import read_image, write_image
+    from helpers import tiny_model_with_validation_probabilities
     from hiennu.paths import ModelFolder
-    from hiennu.training.native_validation import predict_and_score_validation
 
-    raw = make_varied_raw_dataset(hiennu_roots["hiennu_raw"], num_cases=6, name="Dataset001_Tiny")
-    for i in (1, 3, 5):   # one brighter lesion voxel per lesion: a cap above the rule's false specks (ADC < 1000)
-        path = raw / "imagesTr" / f"case{i:02d}_0000.mha"
-        adc, geometry = read_image(path)
-        adc[1, 5, 5] = 1100.0
-        write_image(adc, geometry, path)
-    model_dir = make_model_dir(hiennu_roots["hiennu_results"], folds=(0, 1))
-    for fold, cases in {0: ["case00", "case01", "case02"], 1: ["case03", "case04", "case05"]}.items():
-        predict_and_score_validation(model_dir, fold, cases, "Dataset001_Tiny", "cpu", save_probabilities=True)
+    _, model_dir = tiny_model_with_validation_probabilities(hiennu_roots)
     assert bench.main(["-d", "Tiny", "-m", model_dir.name, "-f", "0", "1"]) == 0
     out = capsys.readouterr().out
     assert f"{model_dir.name}: 6 cases, folds [0, 1]" in out

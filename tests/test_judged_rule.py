@@ -353,22 +353,11 @@ def test_a_model_with_a_judged_record_predicts_the_judged_rule(tmp_path):
 
 
 def test_judged_rule_is_chosen_on_the_validation_probabilities_of_the_model(hiennu_roots):
-    from helpers import make_model_dir, make_varied_raw_dataset
-    from hiennu.io.image import read_image, write_image
+    from helpers import tiny_model_with_validation_probabilities
     from hiennu.paths import ModelFolder
     from hiennu.postprocessing.selection import load_cases, select_postprocessing, validation_cases
-    from hiennu.training.native_validation import predict_and_score_validation
 
-    raw = make_varied_raw_dataset(hiennu_roots["hiennu_raw"], num_cases=6, name="Dataset001_Tiny")
-    for i in (1, 3, 5):   # one brighter lesion voxel per lesion: a cap above the rule's false positives (ADC < 1000)
-        path = raw / "imagesTr" / f"case{i:02d}_0000.mha"
-        adc, geometry = read_image(path)
-        adc[1, 5, 5] = 1100.0
-        write_image(adc, geometry, path)
-    model_dir = make_model_dir(hiennu_roots["hiennu_results"], folds=(0, 1))
-    fold_cases = {0: ["case00", "case01", "case02"], 1: ["case03", "case04", "case05"]}
-    for fold, cases in fold_cases.items():
-        predict_and_score_validation(model_dir, fold, cases, "Dataset001_Tiny", "cpu", save_probabilities=True)
+    raw, model_dir = tiny_model_with_validation_probabilities(hiennu_roots)
     record = select_postprocessing(model_dir, raw, [0, 1], write=False, candidate_set="judged-rule")
     assert record["candidate_set"] == "judged-rule" and record["num_candidates"] == 2
     recipe = record["candidates"][1]
