@@ -181,3 +181,69 @@ def test_matches_monai():
              (LogHausdorffDTLoss(), monai_losses.LogHausdorffDTLoss(sigmoid=True))]
     for ours, theirs in pairs:
         assert ours(logits, target).item() == pytest.approx(theirs(logits, target).item(), rel=1e-5), type(ours)
+
+
+# ---------------------------------------------------------------- blob loss
+
+def test_blob_dice_hand_computed():
+    from hiennu.losses import BlobDiceLoss
+    # x: p = [0.75, 0.75, 0.5, 0.25, 0.75], g = [1, 0, 0, 1, 1]: blobs {0} and {3, 4} (split by two background
+    # voxels), probability off the lesions 0.75 + 0.5 = 1.25.
+    # blob 1: Σp y = 0.75, size 1 -> 1 - 1.5 / (1.25 + 0.75 + 1); blob 2: Σp y = 1.0, size 2 -> 1 - 2 / (1.25 + 1 + 2)
+    logits = _line([L3, L3, 0.0, -L3, L3])
+    target = _line([1, 0, 0, 1, 1])
+    blob1 = 1 - (1.5 + EPS) / (3.0 + EPS)
+    blob2 = 1 - (2.0 + EPS) / (4.25 + EPS)
+    assert BlobDiceLoss()(logits, target).item() == pytest.approx((blob1 + blob2) / 2, rel=1e-6)
+    # the same two lesions joined by target voxels are one blob: the plain soft Dice of the sample
+    joined = _line([1, 1, 1, 1, 1])
+    assert BlobDiceLoss()(logits, joined).item() == pytest.approx(DiceLoss()(logits, joined).item(), rel=1e-6)
+
+
+def test_blob_dice_counts_each_lesion_once_and_every_false_positive_in_each():
+    from hiennu.losses import BlobDiceLoss
+    # two 3D lesions, a big one found and a one-voxel one missed: the blob loss is the mean of about 0 and about 1,
+    # where the plain Dice barely notices the small one
+    target = torch.zeros(1, 1, 4, 8, 8)
+    target[0, 0, 0:3, 0:4, 0:4] = 1
+    target[0, 0, 3, 7, 7] = 1
+    logits = torch.where(target > 0, 20.0, -20.0)
+    logits[0, 0, 3, 7, 7] = -20.0
+    assert BlobDiceLoss()(logits, target).item() == pytest.approx(0.5, abs=1e-4)
+    assert DiceLoss()(logits, target).item() == pytest.approx(1 - 96 / 97, abs=1e-4)
+    # a false-positive speck far from both lesions enters both blobs' denominators
+    logits[0, 0, 3, 0, 7] = 20.0
+    big = 1 - 96 / 97.0
+    assert BlobDiceLoss()(logits, target).item() == pytest.approx((big + 1.0) / 2, abs=1e-4)
+    # diagonal neighbours are one blob (full connectivity)
+    diagonal = torch.zeros(1, 1, 2, 2, 2)
+    diagonal[0, 0, 0, 0, 0] = diagonal[0, 0, 1, 1, 1] = 1
+    from hiennu.losses.blob import blob_labels
+    assert blob_labels(diagonal)[1] == [1]
+
+
+def test_blob_dice_is_zero_without_a_lesion_and_per_sample():
+    from hiennu.losses import BlobDiceLoss
+    logits = torch.full((2, 1, 1, 2, 3), L3, requires_grad=True)
+    target = torch.zeros(2, 1, 1, 2, 3)
+    target[1, 0, 0, 0, 0] = 1
+    values = BlobDiceLoss(reduction="none")(logits, target)
+    assert values[0].item() == 0.0 and values[1].item() > 0.5
+    values.sum().backward()
+    assert logits.grad[0].abs().sum().item() == 0.0 and logits.grad[1].abs().sum().item() > 0.0
+
+
+def test_blob_dice_focal_is_its_weighted_parts_and_keeps_the_blob_term_per_sample_in_batch_mode():
+    from hiennu.losses import BlobDiceFocalLoss, BlobDiceLoss
+    from hiennu.losses.base import use_batch_reduction
+    logits, target = _batch()
+    expected = 2 * DiceFocalLoss()(logits, target) + BlobDiceLoss()(logits, target)
+    assert BlobDiceFocalLoss()(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    loss = BlobDiceFocalLoss()
+    assert use_batch_reduction(loss) == ["DiceFocalLoss"]
+    batch_focal = DiceFocalLoss()
+    use_batch_reduction(batch_focal)
+    assert loss(logits, target).item() == pytest.approx(
+        (2 * batch_focal(logits, target) + BlobDiceLoss()(logits, target)).item(), rel=1e-6)
+    with pytest.raises(HiennuError, match="batch_dice"):
+        use_batch_reduction(BlobDiceLoss())

@@ -31,13 +31,13 @@ ALL_TRAINERS = list(BUILTIN_TRAINERS)
 def test_builtin_trainers_come_from_the_loss_registry():
     from hiennu.losses import LOSSES
     from hiennu.training import trainers
-    assert len(ALL_TRAINERS) == len(trainers.TRAINER_LOSSES) == 6
+    assert len(ALL_TRAINERS) == len(trainers.TRAINER_LOSSES) == 7
     for short, loss in trainers.TRAINER_LOSSES.items():
         cls = getattr(trainers, f"Trainer{short}")
         assert BUILTIN_TRAINERS[f"Trainer{short}"] is cls and cls.__module__ == "hiennu.training.trainers"
         assert type(cls.build_loss(None)) is LOSSES[loss]
     assert ALL_TRAINERS == ["TrainerDice", "TrainerDiceFocal", "TrainerTversky", "TrainerHDT", "TrainerDiceFocalHDT",
-                            "TrainerTverskyHDT"]
+                            "TrainerTverskyHDT", "TrainerBlobDiceFocal"]
     # a new loss is one registry line: its trainer follows, after the others
     assert list(trainers.trainer_losses({**LOSSES, "Mine": object}).items())[-1] == ("Mine", "Mine")
 

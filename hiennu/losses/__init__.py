@@ -10,6 +10,7 @@ API that the Hausdorff losses use like any other caller.
 May import: the ground floor only (no file I/O, no training code).
 """
 
+from hiennu.losses.blob import BlobDiceFocalLoss, BlobDiceLoss
 from hiennu.losses.compound import DiceFocalHDTLoss, DiceFocalLoss, RegionPlusLogHDTLoss, TverskyHDTLoss
 from hiennu.losses.dice import DiceLoss
 from hiennu.losses.distance import euclidean_distance_transform, squared_euclidean_distance_transform
@@ -26,10 +27,12 @@ LOSSES = {
     "LogHausdorffDT": LogHausdorffDTLoss,
     "DiceFocalHDT": DiceFocalHDTLoss,
     "TverskyHDT": TverskyHDTLoss,
+    "BlobDice": BlobDiceLoss,
+    "BlobDiceFocal": BlobDiceFocalLoss,
 }
 
 __all__ = [
     "DiceLoss", "FocalLoss", "DiceFocalLoss", "TverskyLoss", "HausdorffDTLoss", "LogHausdorffDTLoss",
-    "DiceFocalHDTLoss", "TverskyHDTLoss", "RegionPlusLogHDTLoss", "LOSSES",
+    "DiceFocalHDTLoss", "TverskyHDTLoss", "RegionPlusLogHDTLoss", "BlobDiceLoss", "BlobDiceFocalLoss", "LOSSES",
     "euclidean_distance_transform", "squared_euclidean_distance_transform", "hausdorff_distance_field",
 ]

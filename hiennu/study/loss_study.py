@@ -67,7 +67,9 @@ from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
 
 log = get_logger(__name__)
 
-STUDY_TRAINERS = tuple(BUILTIN_TRAINERS)
+#: The paper's six losses; further built-in trainers (TrainerBlobDiceFocal) join a study when named with --trainers.
+STUDY_TRAINERS = ("TrainerDice", "TrainerDiceFocal", "TrainerTversky", "TrainerHDT", "TrainerDiceFocalHDT",
+                  "TrainerTverskyHDT")
 RULE_ZADC = "rule: ZADC < -2"
 RULE_ZADC_CC = "rule: ZADC < -2, components < 10 vox removed"
 RULES = {RULE_ZADC: 0, RULE_ZADC_CC: 10}

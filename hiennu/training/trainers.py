@@ -3,8 +3,9 @@
 ``Trainer<NAME>`` trains with the loss ``LOSSES[TRAINER_LOSSES[NAME]]`` of :mod:`hiennu.losses`
 and changes nothing else (its ``build_loss`` builds that loss with its defaults): TrainerDice,
 TrainerDiceFocal, TrainerTversky, TrainerHDT, TrainerDiceFocalHDT, TrainerTverskyHDT (the paper's
-best). A new loss is its module in ``hiennu/losses/`` and its line in ``LOSSES``: its trainer
-``Trainer<NAME>`` follows (unless it is listed in :data:`COMPONENT_LOSSES`).
+best; these six are the loss study's), and TrainerBlobDiceFocal (the blob loss, beyond the paper). A new loss
+is its module in ``hiennu/losses/`` and its line in ``LOSSES``: its trainer ``Trainer<NAME>`` follows (unless
+it is listed in :data:`COMPONENT_LOSSES`).
 
 A trainer that changes more than the loss is a subclass of :class:`hiennu.training.trainer.Trainer`
 written out, here or in a module of the user's own, named on the command line as
@@ -21,7 +22,7 @@ from hiennu.losses import LOSSES
 from hiennu.training.trainer import Trainer
 
 #: Losses of :data:`hiennu.losses.LOSSES` that are parts of compound losses, not trained alone.
-COMPONENT_LOSSES = ("Focal", "LogHausdorffDT")
+COMPONENT_LOSSES = ("Focal", "LogHausdorffDT", "BlobDice")
 #: Trainer names that are not their loss's name: the paper calls the HausdorffDT trainer "HDT".
 TRAINER_NAMES = {"HausdorffDT": "HDT"}
 
