@@ -281,7 +281,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of fold 0's judge (fold k: seed + k)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     try:
         dataset = resolve_dataset(args.dataset, [raw_root()])
         source = Path(args.model) if Path(args.model).is_dir() else results_root() / dataset / args.model

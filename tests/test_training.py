@@ -38,6 +38,9 @@ def test_builtin_trainers_come_from_the_loss_registry():
         assert type(cls.build_loss(None)) is LOSSES[loss]
     assert ALL_TRAINERS == ["TrainerDice", "TrainerDiceFocal", "TrainerTversky", "TrainerHDT", "TrainerDiceFocalHDT",
                             "TrainerTverskyHDT", "TrainerBlobDiceFocal"]
+    # the loss study's default trainers are the paper's six; the blob loss joins only when named
+    from hiennu.study.loss_study import STUDY_TRAINERS
+    assert STUDY_TRAINERS == tuple(ALL_TRAINERS[:6])
     # a new loss is one registry line: its trainer follows, after the others
     assert list(trainers.trainer_losses({**LOSSES, "Mine": object}).items())[-1] == ("Mine", "Mine")
 
