@@ -18,8 +18,12 @@ folds kept their validation probabilities, ``hiennu_train --npz``) and each fold
 Pooled over the folds, each score's ROC AUC (lesion against false component) is printed with a 95 % interval from
 resampling whole cases (components of one case are not independent), for every single feature (oriented so that
 higher means lesion: the outside-shell share counts negatively) and for both fitted filters, over all components and
-over the small ones (below the median volume of all components, where the decisions are hard), with the AUC the
-network adds to the three features; then every component of the cases without a lesion, with its mean probability.
+over the small ones (below the median volume of all components, where the decisions are hard), and over all of them
+with each (lesion, false component) pair weighted by how much of its case's Dice each decision moves (the component's
+volume over its case's lesion volume, at most 1, and 1 in a lesion-free case: Dice is a mean over cases, so a speck
+in a case with a small lesion or none counts as much as a large component elsewhere), each with the AUC the network
+adds to the three features; then every component of the
+cases without a lesion, with its mean probability.
 
 Why a script of its own: the post-processing's choice reports Dice after a threshold, which two lesion-free cases can
 move by 0.05; a reader deciding whether the network's judgment carries to new cases needs the ranking itself. The
@@ -61,8 +65,8 @@ BOOTSTRAP = 2000
 @dataclass
 class Components:
     """Every fold's held-out components, pooled, one row each: the case it belongs to, whether it touches the
-    reference, its volume in mm³, its features (:data:`FEATURES_WITH_PROBABILITY` order) and the two filters'
-    scores (probabilities of being a lesion, fitted on the other folds)."""
+    reference, its volume in mm³, its features (:data:`FEATURES_WITH_PROBABILITY` order), the two filters'
+    scores (probabilities of being a lesion, fitted on the other folds) and the reference volume of its case in mm³."""
 
     case: np.ndarray
     lesion: np.ndarray
@@ -70,6 +74,15 @@ class Components:
     features: np.ndarray
     hand: np.ndarray
     judged: np.ndarray
+    case_lesion_mm3: np.ndarray
+
+    @property
+    def dice_weight(self) -> np.ndarray:
+        """Roughly how much of its case's Dice one decision on the component moves: its volume over its case's
+        lesion volume, at most 1 (1 in a case without a lesion, where keeping any component makes the Dice 0)."""
+        share = np.divide(self.volume_mm3, self.case_lesion_mm3, out=np.ones_like(self.volume_mm3),
+                          where=self.case_lesion_mm3 > 0)
+        return np.minimum(share, 1.0)
 
 
 def capped_rule(c: CaseImages, cap: float | None) -> np.ndarray:
@@ -86,7 +99,7 @@ def filter_case(c: CaseImages, cap: float | None) -> FilterCase:
 
 def held_out_components(cases: dict[str, CaseImages], fold_of: dict[str, int]) -> Components:
     """Every fold's components scored by the filters fitted on the other folds (see the module docstring)."""
-    rows: dict[str, list] = {k: [] for k in ("case", "lesion", "volume", "features", "hand", "judged")}
+    rows: dict[str, list] = {k: [] for k in ("case", "lesion", "volume", "features", "hand", "judged", "reference")}
     for fold in sorted(set(fold_of.values())):
         train = [c for c in sorted(cases) if fold_of[c] != fold]
         caps = caps_from(cases, train, (FIXED_CAP_QUANTILE,))
@@ -110,10 +123,12 @@ def held_out_components(cases: dict[str, CaseImages], fold_of: dict[str, int]) -
             rows["features"].append(x)
             rows["hand"].append(hand.probabilities(x[:, :len(FEATURES)]))
             rows["judged"].append(judged.probabilities(x))
+            rows["reference"].append(np.full(n, f.ref.sum() * float(np.prod(f.spacing_zyx))))
     if not rows["lesion"]:
         raise HiennuError("the rule has no component in any case after the ADC cap; nothing to judge")
     return Components(np.asarray(rows["case"]), np.concatenate(rows["lesion"]), np.concatenate(rows["volume"]),
-                      np.concatenate(rows["features"]), np.concatenate(rows["hand"]), np.concatenate(rows["judged"]))
+                      np.concatenate(rows["features"]), np.concatenate(rows["hand"]), np.concatenate(rows["judged"]),
+                      np.concatenate(rows["reference"]))
 
 
 def auc(score: np.ndarray, lesion: np.ndarray) -> float:
@@ -124,6 +139,22 @@ def auc(score: np.ndarray, lesion: np.ndarray) -> float:
     if n1 == 0 or n0 == 0:
         return float("nan")
     return float(stats.mannwhitneyu(score[lesion], score[~lesion], method="asymptotic").statistic / (n1 * n0))
+
+
+def weighted_auc(score: np.ndarray, lesion: np.ndarray, weight: np.ndarray) -> float:
+    """ROC AUC with each (lesion, false component) pair weighted by the product of the two components' weights: the
+    weighted share of the pairs ranked right (ties count half); with equal weights it is :func:`auc`. nan without
+    both kinds."""
+    lesion = np.asarray(lesion, bool)
+    weight = np.asarray(weight, float)
+    w1, w0 = weight[lesion].sum(), weight[~lesion].sum()
+    if not lesion.any() or lesion.all():
+        return float("nan")
+    values, index = np.unique(score, return_inverse=True)
+    false_at = np.bincount(index, weights=np.where(lesion, 0.0, weight), minlength=len(values))
+    false_below = np.cumsum(false_at) - false_at
+    ranked_right = (false_below[index] + 0.5 * false_at[index])[lesion]
+    return float((weight[lesion] * ranked_right).sum() / (w1 * w0))
 
 
 def resamples(comp: Components, select: np.ndarray, seed: int = 0, rounds: int = BOOTSTRAP):
@@ -153,16 +184,23 @@ def scores_of(comp: Components) -> dict[str, np.ndarray]:
     return out
 
 
-def auc_intervals(comp: Components, select: np.ndarray, seed: int = 0,
-                  rounds: int = BOOTSTRAP) -> dict[str, tuple[float, float, float]]:
-    """Each score's AUC over the components ``select``, with its case-resampled 95 % interval, and the judged
-    filter's minus the hand-made one's (paired: the same resamples), as (point, low, high)."""
+def auc_intervals(comp: Components, select: np.ndarray, seed: int = 0, rounds: int = BOOTSTRAP,
+                  by_dice_weight: bool = False) -> dict[str, tuple[float, float, float]]:
+    """Each score's AUC over the components ``select`` (:func:`weighted_auc` by :attr:`Components.dice_weight` when
+    ``by_dice_weight``), with its case-resampled 95 % interval, and the judged filter's minus the hand-made one's
+    (paired: the same resamples), as (point, low, high)."""
     scores = scores_of(comp)
+
+    def area(s: np.ndarray, rows: np.ndarray) -> float:
+        if by_dice_weight:
+            return weighted_auc(s[rows], comp.lesion[rows], comp.dice_weight[rows])
+        return auc(s[rows], comp.lesion[rows])
+
     draws: dict[str, list[float]] = {k: [] for k in scores}
     for take in resamples(comp, select, seed, rounds):
         for k, s in scores.items():
-            draws[k].append(auc(s[take], comp.lesion[take]))
-    out = {k: interval(auc(s[select], comp.lesion[select]), draws[k]) for k, s in scores.items()}
+            draws[k].append(area(s, take))
+    out = {k: interval(area(s, np.nonzero(select)[0]), draws[k]) for k, s in scores.items()}
     out[GAIN] = interval(out[JUDGED][0] - out[HAND][0], np.subtract(draws[JUDGED], draws[HAND]))
     return out
 
@@ -172,10 +210,11 @@ def table(comp: Components, seed: int = 0) -> str:
     median = float(np.median(comp.volume_mm3))
     small = comp.volume_mm3 < median
     every = np.ones(len(comp.lesion), bool)
-    results = [auc_intervals(comp, every, seed), auc_intervals(comp, small, seed)]
+    results = [auc_intervals(comp, every, seed), auc_intervals(comp, small, seed),
+               auc_intervals(comp, every, seed, by_dice_weight=True)]
     lines = [f"| score | AUC, all {every.sum()} components ({int(comp.lesion.sum())} lesion) [95 % CI] | "
              f"AUC, the {int(small.sum())} below {median:.0f} mm³ ({int(comp.lesion[small].sum())} lesion) "
-             f"[95 % CI] |", "|---|---|---|"]
+             f"[95 % CI] | AUC, all, weighted by their share of the case's Dice [95 % CI] |", "|---|---|---|---|"]
     for k in results[0]:
         sign = "+" if k == GAIN else ""
         lines.append(f"| {k} | " + " | ".join(f"{r[k][0]:{sign}.3f} [{r[k][1]:{sign}.3f}, {r[k][2]:{sign}.3f}]"

@@ -65,6 +65,9 @@ def test_held_out_components_by_hand(bench):
     assert comp.features[:, 2] == pytest.approx([50 / 82, 9 / 26] * 4)
     assert ((comp.hand > 0) & (comp.hand < 1)).all() and ((comp.judged > 0) & (comp.judged < 1)).all()
     assert (comp.hand[comp.lesion] > comp.hand[~comp.lesion]).all()           # size alone tells them apart here
+    # each case's lesion is the 36 mm³ block: the block decides all of its case's Dice, the speck 2/36 of it
+    assert comp.case_lesion_mm3 == pytest.approx([36.0] * 8)
+    assert comp.dice_weight == pytest.approx([1.0, 2 / 36] * 4)
 
 
 def test_no_fold_s_own_reference_reaches_the_filters_that_score_it(bench):
@@ -99,6 +102,7 @@ def test_lesion_free_lines(bench):
     cases, fold_of = _four_cases()
     cases["d"] = _case(0.6, 0.4, shift=3, with_lesion=False)
     comp = bench.held_out_components(cases, fold_of)
+    assert comp.dice_weight[comp.case == "d"] == pytest.approx([1.0, 1.0])   # any component kept there zeroes its Dice
     lines = bench.lesion_free_lines(comp, cases)
     assert len(lines) == 1 and lines[0].startswith("- d (no lesion): 2 component(s) after the cap: 36 mm³ p 0.600")
 
@@ -118,3 +122,16 @@ def test_the_command_on_a_tiny_model_and_a_case_without_probabilities(hiennu_roo
         bench.main(["-d", "Tiny", "-m", model_dir.name, "-f", "0", "1"])
     err = capsys.readouterr().err
     assert "fold 1, case case04" in err and "no probabilities" in err
+
+
+def test_weighted_auc_by_hand(bench):
+    lesion = np.array([1, 1, 0, 0], bool)
+    score = np.array([0.9, 0.2, 0.5, 0.1])
+    # pairs (lesion, false): (0.9 vs 0.5) right, (0.9 vs 0.1) right, (0.2 vs 0.5) wrong, (0.2 vs 0.1) right
+    assert bench.weighted_auc(score, lesion, np.ones(4)) == pytest.approx(0.75)
+    assert bench.weighted_auc(score, lesion, np.ones(4)) == pytest.approx(bench.auc(score, lesion))
+    # weights 10, 1 (lesions) and 1, 100 (false): pair weights 10, 1000, 1, 100 of 1111; the wrong pair weighs 1
+    assert bench.weighted_auc(score, lesion, np.array([10.0, 1.0, 1.0, 100.0])) == pytest.approx(1110 / 1111)
+    # a tie counts half, whatever the weights
+    assert bench.weighted_auc(np.array([0.5, 0.5]), np.array([1, 0], bool), np.array([3.0, 7.0])) == 0.5
+    assert np.isnan(bench.weighted_auc(score, np.ones(4, bool), np.ones(4)))
