@@ -33,7 +33,9 @@ MONAI_EQUIVALENT = {
 def make_inputs(shape, device, noisy: bool, seed: int = 0):
     b, z, y, x = shape
     g = torch.Generator().manual_seed(seed)
-    grid = torch.stack(torch.meshgrid(*(torch.linspace(-1, 1, n) for n in (z, y, x)), indexing="ij"))
+    # a single slice (a 2D batch, z = 1) lies at the centre, so its lesions cut through it
+    grid = torch.stack(torch.meshgrid(*(torch.linspace(-1, 1, n) if n > 1 else torch.zeros(1) for n in (z, y, x)),
+                                      indexing="ij"))
     target = torch.zeros(b, 1, z, y, x)
     for i in range(b):
         centre = (torch.rand(3, generator=g) - 0.5) * 0.8
@@ -41,7 +43,8 @@ def make_inputs(shape, device, noisy: bool, seed: int = 0):
         target[i, 0] = ((((grid - centre.view(3, 1, 1, 1)) / radii.view(3, 1, 1, 1)) ** 2).sum(0) < 1).float()
     noise = torch.randn(b, 1, z, y, x, generator=g)
     if not noisy:
-        noise = F.avg_pool3d(noise, 5, stride=1, padding=2) * 5
+        kernel = tuple(min(5, n) - (1 - min(5, n) % 2) for n in (z, y, x))   # odd, at most 5, at most the axis
+        noise = F.avg_pool3d(noise, kernel, stride=1, padding=tuple(k // 2 for k in kernel)) * 5
     logits = noise + 4 * (target - 0.5)
     return logits.to(device), target.to(device)
 
