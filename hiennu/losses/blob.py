@@ -13,10 +13,11 @@ voxel off the lesions (a false-positive speck) counts in each blob's denominator
 blob, and the blob's size. A sample without a lesion has no blob and scores 0 (its false positives are the global
 term's business). s_nr = s_dr = 1e-5 as :class:`~hiennu.losses.dice.DiceLoss`.
 
-``BlobDiceFocal = 2 · DiceFocal + 1 · BlobDice`` (the paper's α = 2 for the global term, β = 1 for the blob term;
-DiceFocal as :class:`~hiennu.losses.compound.DiceFocalLoss`). Each part is reduced over the batch first, as in the
-other hybrids; under batch mode (``training.batch_dice``) the DiceFocal part sums over the batch and the blob part
-stays per sample (a blob belongs to one sample), like the distance terms.
+``BlobDiceFocal = 2 · DiceFocal + 1 · BlobDice``: the paper's form α · global + β · blob, with α = 2 and β = 1
+chosen here before any training and not tuned; DiceFocal as :class:`~hiennu.losses.compound.DiceFocalLoss`. Each
+part is reduced over the batch first, as in the other hybrids; under batch mode (``training.batch_dice``) the
+DiceFocal part sums over the batch and the blob part stays per sample (a blob belongs to one sample), like the
+distance terms.
 
 Why hand-written: MONAI and nnU-Net have no blob loss; the components are labelled on the CPU by
 ``scipy.ndimage.label`` (the target carries no gradient), the sums are one ``index_add`` per sample on the logits'
@@ -80,7 +81,7 @@ class BlobDiceLoss(SegmentationLoss):
 
 
 class BlobDiceFocalLoss(nn.Module):
-    """``global_weight · DiceFocal + blob_weight · BlobDice`` (defaults 2 and 1, the paper's α and β), both
+    """``global_weight · DiceFocal + blob_weight · BlobDice`` (defaults 2 and 1: α and β of the paper's form), both
     reduced the same way."""
 
     def __init__(self, global_weight: float = 2.0, blob_weight: float = 1.0, reduction: str = "mean"):
