@@ -94,7 +94,7 @@ def _scores(model_dir, fold, case):
         return f["probabilities"]
 
 
-def test_the_judged_model_folder_on_a_tiny_model(hiennu_roots, bench, capsys):
+def test_the_judged_model_folder_on_a_tiny_model(hiennu_roots, bench):
     from helpers import TINY_FOLD_CASES, tiny_model_with_validation_probabilities
     from hiennu.errors import HiennuError
     from hiennu.io.image import read_image, write_image
