@@ -37,7 +37,7 @@ import argparse
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -50,12 +50,12 @@ from hiennu.ensembling.cv_probabilities import collect_model_cv
 from hiennu.errors import HiennuError
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image
-from hiennu.io.probabilities import PROBABILITIES_KEY
-from hiennu.masks import FULL_CONNECTIVITY, brain_mask, dice, rule_mask
+from hiennu.inference.folder_prediction import write_probabilities
+from hiennu.masks import brain_mask, dice, rule_mask
 from hiennu.paths import ModelFolder, raw_root, resolve_dataset, results_root
 from hiennu.postprocessing.candidates import FIXED_CAP_QUANTILE
-from hiennu.postprocessing.lesion_filter import FEATURES, component_features
-from hiennu.postprocessing.record import PostProcessing, apply_postprocessing
+from hiennu.postprocessing.lesion_filter import FEATURES, FEATURES_WITH_PROBABILITY, component_features
+from hiennu.postprocessing.record import PostProcessing
 from hiennu.postprocessing.selection import CaseImages, caps_from, load_cases
 
 CROP = (16, 32, 32)          # samples (z, y, x) the network sees
@@ -66,6 +66,7 @@ SCALARS = len(FEATURES) + 3
 EPOCHS = 30
 BATCH = 32
 DECISION = 0.5               # the balanced loss's break-even, for the CNN deciding alone
+FOLDS = (0, 1, 2, 3, 4)
 
 
 @dataclass
@@ -211,24 +212,24 @@ def own_decision_dice(cases: dict[str, CaseImages], fold_of: dict[str, int],
     out = {}
     for fold in sorted(set(fold_of.values())):
         caps = caps_from(cases, [c for c in cases if fold_of[c] != fold], (FIXED_CAP_QUANTILE,))
+        capped_rule = PostProcessing(start_from_rule=True, max_adc=caps[0] if caps else None)
         for case in sorted(c for c in cases if fold_of[c] == fold):
             c = cases[case]
-            rule = rule_mask(c.zadc, c.adc)
-            capped = apply_postprocessing(rule, PostProcessing(max_adc=caps[0]), adc=c.adc) if caps else rule
-            labels, n = ndimage.label(capped, structure=FULL_CONNECTIVITY)
-            keep = np.zeros(n + 1, bool)
-            keep[1:] = np.asarray(ndimage.mean(c.probabilities, labels, np.arange(1, n + 1))) >= threshold
-            out[case] = float(dice(c.ref.astype(bool), keep[labels]))
+            labels, x = component_features(c.postprocessed(capped_rule), brain_mask(c.adc), c.spacing_zyx,
+                                           FEATURES_WITH_PROBABILITY, c.probabilities)
+            keep = np.concatenate([[False], x[:, 3] >= threshold])
+            out[case] = float(dice(c.ref, keep[labels]))
     return out
 
 
 def write_judged_model(source: Path, out: Path, dataset: str, seed: int = 0, epochs: int = EPOCHS,
-                       log=print) -> None:
+                       log=print, folds: Sequence[int] = FOLDS) -> tuple[dict[str, CaseImages], dict[str, int]]:
     """Train one judge per fold of ``source``'s split and write the model folder ``out`` (see the module
-    docstring). ``out`` must not exist; it appears only when every fold is written."""
+    docstring). ``out`` must not exist; it appears only when every fold is written. Returns the cases read, each
+    with its judge's scores as ``probabilities``, and the fold that held each out."""
     if out.exists():
         raise HiennuError(f"{out} exists; choose another -o or remove it (it is never overwritten)")
-    cv = collect_model_cv(source, sorted(set(_folds_of(source))), dataset)
+    cv = collect_model_cv(source, folds, dataset)
     raw = raw_root() / dataset
     ending = load_dataset_json(raw).file_ending
     cases = load_cases({c: raw / "labelsTr" / f"{c}{ending}" for c in cv.fold_of}, raw, cv.fold_of)
@@ -246,29 +247,24 @@ def write_judged_model(source: Path, out: Path, dataset: str, seed: int = 0, epo
             train = pooled([parts[c] for c in sorted(parts) if cv.fold_of[c] != fold])
             held_out = cv.cases_of(fold)
             log(f"fold {fold}: {len(train.lesion)} training components ({int(train.lesion.sum())} lesion)")
-            scores = train_and_score(train, pooled([parts[c] for c in held_out]), seed + fold, epochs, log)
+            try:
+                scores = train_and_score(train, pooled([parts[c] for c in held_out]), seed + fold, epochs, log)
+            except HiennuError as error:
+                raise HiennuError(f"fold {fold}: {error}") from None
             first = 0
             for case in held_out:
                 n = len(parts[case].lesion)
-                g = read_image(raw / "labelsTr" / f"{case}{ending}", dtype=None)[1]
-                np.savez_compressed(ModelFolder(partial).validation_probabilities(fold, case),
-                                    **{PROBABILITIES_KEY: painted(parts[case].labels, scores[first:first + n]),
-                                       "spacing_xyz": np.asarray(g.spacing_xyz), "origin_xyz": np.asarray(g.origin_xyz),
-                                       "direction": np.asarray(g.direction)})
+                prob = painted(parts[case].labels, scores[first:first + n])
                 first += n
+                geometry = read_image(raw / "labelsTr" / f"{case}{ending}", dtype=None)[1]
+                write_probabilities(prob, geometry, ModelFolder(partial).validation_probabilities(fold, case))
+                cases[case] = replace(cases[case], probabilities=prob)
             log(f"fold {fold}: {len(held_out)} cases scored in {time.time() - tic:.0f} s")
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     partial.rename(out)
-
-
-def _folds_of(model: Path) -> list[int]:
-    """The fold numbers of a model folder's ``fold_K`` subfolders (every one is scored)."""
-    folds = [int(p.name[5:]) for p in Path(model).glob("fold_*") if p.name[5:].isdigit()]
-    if not folds:
-        raise HiennuError(f"{model}: no fold_K folder; train the model's folds with --npz first")
-    return folds
+    return cases, cv.fold_of
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the model folder (TRAINER__PLANS__CONFIG, trained with --npz) whose split and "
                              "validation masks the judge's folder takes")
     parser.add_argument("-o", "--out", required=True, help="name of the new model folder beside it")
+    parser.add_argument("-f", "--folds", type=int, nargs="+", default=list(FOLDS))
     parser.add_argument("--seed", type=int, default=0, help="seed of fold 0's judge (fold k: seed + k)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     args = parser.parse_args(argv)
@@ -285,13 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = resolve_dataset(args.dataset, [raw_root()])
         source = Path(args.model) if Path(args.model).is_dir() else results_root() / dataset / args.model
         out = source.parent / args.out
-        write_judged_model(source, out, dataset, args.seed, args.epochs, log=lambda s: print(s, flush=True))
-        cv = collect_model_cv(out, _folds_of(out), dataset)
-        raw = raw_root() / dataset
-        ending = load_dataset_json(raw).file_ending
-        cases = load_cases({c: raw / "labelsTr" / f"{c}{ending}" for c in cv.fold_of}, raw, cv.fold_of,
-                           {c: [cv.probabilities(c)] for c in cv.fold_of})
-        scores = own_decision_dice(cases, cv.fold_of)
+        cases, fold_of = write_judged_model(source, out, dataset, args.seed, args.epochs,
+                                            log=lambda s: print(s, flush=True), folds=args.folds)
+        scores = own_decision_dice(cases, fold_of)
         print(f"wrote {out}\nthe judge deciding alone (score >= {DECISION} after each fold's ADC cap), nested Dice "
               f"over {len(scores)} cases: {np.mean(list(scores.values())):.4f}")
     except HiennuError as error:

@@ -46,12 +46,12 @@ from scipy import ndimage, stats
 from hiennu.ensembling.cv_probabilities import collect_model_cv
 from hiennu.errors import HiennuError
 from hiennu.io.dataset_json import load_dataset_json
-from hiennu.masks import brain_mask, rule_mask
+from hiennu.masks import brain_mask
 from hiennu.paths import raw_root, resolve_dataset, results_root
 from hiennu.postprocessing.candidates import FIXED_CAP_QUANTILE
 from hiennu.postprocessing.lesion_filter import (FEATURES, FEATURES_WITH_PROBABILITY, FilterCase,
                                                  component_features, fit_component_filter)
-from hiennu.postprocessing.record import PostProcessing, apply_postprocessing
+from hiennu.postprocessing.record import PostProcessing
 from hiennu.postprocessing.selection import CaseImages, caps_from, load_cases
 
 # +1: a higher value means a lesion more likely; -1: a lower one (a component mostly ringed by non-brain is a rim speck).
@@ -86,9 +86,9 @@ class Components:
 
 
 def capped_rule(c: CaseImages, cap: float | None) -> np.ndarray:
-    """The rule ``ZADC < -2`` in the brain, after the ADC cap ``cap`` (none when None); bool (z, y, x)."""
-    rule = rule_mask(c.zadc, c.adc)
-    return rule if cap is None else apply_postprocessing(rule, PostProcessing(max_adc=cap), adc=c.adc).astype(bool)
+    """The rule ``ZADC < -2`` in the brain, after the ADC cap ``cap`` (none when None), as judged-rule's record
+    makes it (``start_from_rule``, then the cap); bool (z, y, x)."""
+    return c.postprocessed(PostProcessing(start_from_rule=True, max_adc=cap)).astype(bool)
 
 
 def filter_case(c: CaseImages, cap: float | None) -> FilterCase:

@@ -103,7 +103,7 @@ def test_the_judged_model_folder_on_a_tiny_model(hiennu_roots, bench):
 
     raw, model_dir = tiny_model_with_validation_probabilities(hiennu_roots)
     out = model_dir.parent / "Judge__hiennuPlans__3d_fullres"
-    bench.write_judged_model(model_dir, out, "Dataset001_Tiny", epochs=2, log=lambda s: None)
+    bench.write_judged_model(model_dir, out, "Dataset001_Tiny", epochs=2, log=lambda s: None, folds=(0, 1))
     assert not out.with_name(out.name + ".partial").exists()
     for fold, cases in TINY_FOLD_CASES.items():
         for case in cases:
@@ -124,21 +124,21 @@ def test_the_judged_model_folder_on_a_tiny_model(hiennu_roots, bench):
         assert rule_mask(zadc, adc).any()
         write_image(((label > 0) | rule_mask(zadc, adc)).astype(np.uint8), geometry, raw / "labelsTr" / f"{case}.mha")
     again = model_dir.parent / "Judge2__hiennuPlans__3d_fullres"
-    bench.write_judged_model(model_dir, again, "Dataset001_Tiny", epochs=2, log=lambda s: None)
+    bench.write_judged_model(model_dir, again, "Dataset001_Tiny", epochs=2, log=lambda s: None, folds=(0, 1))
     for case in TINY_FOLD_CASES[0]:
         np.testing.assert_array_equal(_scores(again, 0, case), _scores(out, 0, case))
     assert any(not np.array_equal(_scores(again, 1, c), _scores(out, 1, c)) for c in TINY_FOLD_CASES[1])
     with pytest.raises(HiennuError, match="exists; choose another -o"):
-        bench.write_judged_model(model_dir, out, "Dataset001_Tiny", epochs=2, log=lambda s: None)
+        bench.write_judged_model(model_dir, out, "Dataset001_Tiny", epochs=2, log=lambda s: None, folds=(0, 1))
 
 
 def test_the_command_on_a_tiny_model(hiennu_roots, bench, capsys):
     from helpers import tiny_model_with_validation_probabilities
 
     _, model_dir = tiny_model_with_validation_probabilities(hiennu_roots)
-    assert bench.main(["-d", "Tiny", "-m", model_dir.name, "-o", "Judge__hiennuPlans__3d_fullres", "--epochs", "1"]) == 0
+    assert bench.main(["-d", "Tiny", "-m", model_dir.name, "-o", "Judge__hiennuPlans__3d_fullres", "--epochs", "1", "-f", "0", "1"]) == 0
     out = capsys.readouterr().out
     assert "fold 1: 3 cases scored" in out and "nested Dice over 6 cases" in out
     with pytest.raises(SystemExit):
-        bench.main(["-d", "Tiny", "-m", model_dir.name, "-o", "Judge__hiennuPlans__3d_fullres"])
+        bench.main(["-d", "Tiny", "-m", model_dir.name, "-o", "Judge__hiennuPlans__3d_fullres", "-f", "0", "1"])
     assert "exists; choose another -o" in capsys.readouterr().err
