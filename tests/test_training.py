@@ -31,13 +31,16 @@ ALL_TRAINERS = list(BUILTIN_TRAINERS)
 def test_builtin_trainers_come_from_the_loss_registry():
     from hiennu.losses import LOSSES
     from hiennu.training import trainers
-    assert len(ALL_TRAINERS) == len(trainers.TRAINER_LOSSES) == 7
+    assert len(trainers.TRAINER_LOSSES) == 7 and len(ALL_TRAINERS) == 8  # plus the rule-component target trainer
     for short, loss in trainers.TRAINER_LOSSES.items():
         cls = getattr(trainers, f"Trainer{short}")
         assert BUILTIN_TRAINERS[f"Trainer{short}"] is cls and cls.__module__ == "hiennu.training.trainers"
         assert type(cls.build_loss(None)) is LOSSES[loss]
     assert ALL_TRAINERS == ["TrainerDice", "TrainerDiceFocal", "TrainerTversky", "TrainerHDT", "TrainerDiceFocalHDT",
-                            "TrainerTverskyHDT", "TrainerBlobDiceFocal"]
+                            "TrainerTverskyHDT", "TrainerBlobDiceFocal", "TrainerDiceFocalRuleComponents"]
+    rule_components = BUILTIN_TRAINERS["TrainerDiceFocalRuleComponents"]
+    assert issubclass(rule_components, BUILTIN_TRAINERS["TrainerDiceFocal"])
+    assert type(rule_components.build_loss(None)) is LOSSES["DiceFocal"]
     # the loss study's default trainers are the paper's six; the blob loss joins only when named
     from hiennu.study.loss_study import STUDY_TRAINERS
     assert STUDY_TRAINERS == tuple(ALL_TRAINERS[:6])

@@ -28,7 +28,7 @@ import math
 import signal
 import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -136,6 +136,11 @@ def patch_bbox(shape_zyx: tuple[int, ...], patch_zyx: tuple[int, ...], rng: np.r
     return [[s, s + int(p)] for s, p in zip(starts, patch_zyx)]
 
 
+#: ``target_of(case_id, data, seg) -> target``: a case's training target from its loaded arrays (C, z, y, x) and
+#: (1, z, y, x), uint8 (1, z, y, x); must be picklable (the loader's worker processes get a copy).
+TargetFunction = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
+
+
 class _BatchMaker:
     """Loads (and on the CPU path augments) the samples of one batch; runs in the workers.
 
@@ -145,12 +150,14 @@ class _BatchMaker:
 
     def __init__(self, case_dir: Path, case_ids: list[str], transform: AbstractTransform | None,
                  patch_size_zyx: tuple[int, int, int] | None = None,
-                 lesion_locations: dict[int, np.ndarray] | None = None):
+                 lesion_locations: dict[int, np.ndarray] | None = None,
+                 target_of: TargetFunction | None = None):
         self.case_dir = case_dir
         self.case_ids = case_ids
         self.transform = transform
         self.patch_size_zyx = patch_size_zyx
         self.lesion_locations = lesion_locations or {}
+        self.target_of = target_of
 
     def make(self, iteration: int, cases: np.ndarray, seeds: np.ndarray,
              foreground: np.ndarray | None = None) -> dict[str, Any]:
@@ -159,6 +166,8 @@ class _BatchMaker:
             flags = foreground.tolist() if foreground is not None else [False] * len(cases)
             for case_index, seed, fg in zip(cases.tolist(), seeds.tolist(), flags):
                 d, s, _ = load_preprocessed_case(self.case_dir, self.case_ids[case_index], mmap=True)
+                if self.target_of is not None:  # from the whole case, before the patch is cut
+                    s = self.target_of(self.case_ids[case_index], d, s)
                 if self.patch_size_zyx is not None:
                     rng = np.random.default_rng([int(seed), 1])
                     box = patch_bbox(d.shape[1:], self.patch_size_zyx, rng,
@@ -214,12 +223,14 @@ class TrainingBatches:
     batches are delivered (``cuda`` switches augmentation to the device); augment: False gives the
     unaugmented cases. ``transform`` replaces the planned batchgenerators pipeline on the CPU path;
     ``device_augmentation`` forces the torch path on (or off) whatever the device (default: on for CUDA).
+    ``target_of`` replaces each case's reference by a target made from the whole loaded case (before the patch
+    is cut; :data:`TargetFunction`); forced-foreground patches still centre on the reference's lesion voxels.
     """
 
     def __init__(self, case_dir: Path, case_ids: list[str], config: Configuration, batch_size: int, seed: int,
                  num_workers: int, device: torch.device, augment: bool = True, rank: int = 0,
                  world_size: int = 1, *, transform: AbstractTransform | None = None,
-                 device_augmentation: bool | None = None):
+                 device_augmentation: bool | None = None, target_of: TargetFunction | None = None):
         if not case_ids:
             raise HiennuError(f"{case_dir}: no training cases given; check splits_final.json of the dataset")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
@@ -250,7 +261,7 @@ class TrainingBatches:
             cpu_transform = transform if transform is not None else build_transforms(config.augmentation, grid)
         patch = tuple(int(v) for v in config.patch_size_zyx) if config.is_patch_based else None
         self._maker = _BatchMaker(self.case_dir, self.case_ids, cpu_transform, patch,  # type: ignore[arg-type]
-                                  lesion_locations if patch else None)
+                                  lesion_locations if patch else None, target_of)
         self._gpu_augmenter = GPUAugmenter(config.augmentation) if self.on_device else None
         self._augmenter: MultiThreadedAugmenter | None = None
 

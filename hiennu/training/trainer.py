@@ -61,7 +61,7 @@ from hiennu.plans import configuration_differences, save_plans
 from hiennu.provenance import provenance
 from hiennu.training.checkpoint import (capture_rng_state, finish_checkpoints, restore_rng_state, resume_source,
                                         seed_everything, without_training_state)
-from hiennu.training.data import TrainingBatches, load_preprocessed_case
+from hiennu.training.data import TargetFunction, TrainingBatches, load_preprocessed_case
 from hiennu.training.distributed import (DistContext, all_gather_objects, all_reduce_sum, barrier,
                                          convert_batchnorm)
 from hiennu.training.early_stopping import EarlyStopping
@@ -185,7 +185,12 @@ class Trainer(abc.ABC):
         return TrainingBatches(self.case_dir, self.train_cases, self.config,
                                batch_size=self.training.batch_size // self.dist.world_size, seed=self.options.seed,
                                num_workers=self.training.num_workers, device=self.device, augment=True,
-                               rank=self.dist.rank, world_size=self.dist.world_size)
+                               rank=self.dist.rank, world_size=self.dist.world_size,
+                               target_of=self.build_training_targets())
+
+    def build_training_targets(self) -> TargetFunction | None:
+        """What replaces each training case's reference as the target (None: the reference itself)."""
+        return None
 
     def load_validation_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(data (C,z,y,x) float32, seg (1,z,y,x)) of a case on the preprocessed grid."""

@@ -7,6 +7,10 @@ best; these six are the loss study's), and TrainerBlobDiceFocal (the blob loss, 
 is its module in ``hiennu/losses/`` and its line in ``LOSSES``: its trainer ``Trainer<NAME>`` follows (unless
 it is listed in :data:`COMPONENT_LOSSES`).
 
+One built-in trainer changes the target instead of the loss: :class:`TrainerDiceFocalRuleComponents`
+(TrainerDiceFocal trained on the rule's components that touch the reference, kept whole; see
+:mod:`hiennu.training.rule_component_targets`).
+
 A trainer that changes more than the loss is a subclass of :class:`hiennu.training.trainer.Trainer`
 written out, here or in a module of the user's own, named on the command line as
 ``--trainer-module my_module MyTrainer`` or ``my_module:MyTrainer`` (the module must be importable,
@@ -18,8 +22,13 @@ from __future__ import annotations
 import importlib
 
 from hiennu.errors import HiennuError
+from hiennu.io.channels import adc_zadc_channels
+from hiennu.log import get_logger
 from hiennu.losses import LOSSES
+from hiennu.training.rule_component_targets import RuleComponentTargets, lesion_adc_quantile
 from hiennu.training.trainer import Trainer
+
+logger = get_logger(__name__)
 
 #: Losses of :data:`hiennu.losses.LOSSES` that are parts of compound losses, not trained alone.
 COMPONENT_LOSSES = ("Focal", "LogHausdorffDT", "BlobDice")
@@ -52,6 +61,36 @@ def loss_trainer(name: str, loss_name: str) -> type[Trainer]:
 BUILTIN_TRAINERS: dict[str, type[Trainer]] = {
     f"Trainer{short}": loss_trainer(f"Trainer{short}", loss) for short, loss in TRAINER_LOSSES.items()}
 globals().update(BUILTIN_TRAINERS)  # importable by name: from hiennu.training.trainers import TrainerTverskyHDT
+
+
+class TrainerDiceFocalRuleComponents(BUILTIN_TRAINERS["TrainerDiceFocal"]):  # type: ignore[misc, valid-type]
+    """TrainerDiceFocal whose target is the rule's components that touch the reference, each kept whole.
+
+    The rule is the plans' ``network.rule_prior_channel < rule_prior_threshold`` (ZADC < -2 as the planner
+    writes it); voxels above the fold's ADC cap (the 99.5th percentile of the ADC inside its training cases'
+    lesions, the post-processing's cap) are dropped before the components are formed. So the network learns
+    which of the rule's components are lesion, not their borders; validation and every score stay against
+    the reference. Only the targets change (:meth:`build_training_targets`); see
+    :mod:`hiennu.training.rule_component_targets`.
+    """
+
+    def build_training_targets(self) -> RuleComponentTargets:
+        network = self.config.network
+        adc_channel, _ = adc_zadc_channels(self.plans.channel_names)
+        cap = None
+        if adc_channel is None:
+            logger.warning("%s: the dataset has no ADC channel, so its targets are the rule's components "
+                           "without an ADC cap", self.trainer_name)
+        else:
+            cap = lesion_adc_quantile(self.case_dir, self.train_cases, adc_channel)
+        logger.info("%s: targets are the components of %s < %g%s that touch the reference", self.trainer_name,
+                    self.plans.channel_names[network.rule_prior_channel], network.rule_prior_threshold,
+                    "" if cap is None else f" with normalized ADC <= {cap:.4f} (the 99.5th percentile inside the "
+                                           f"{len(self.train_cases)} training cases' lesions)")
+        return RuleComponentTargets(network.rule_prior_channel, network.rule_prior_threshold, adc_channel, cap)
+
+
+BUILTIN_TRAINERS["TrainerDiceFocalRuleComponents"] = TrainerDiceFocalRuleComponents
 __all__ = ["BUILTIN_TRAINERS", "COMPONENT_LOSSES", "TRAINER_LOSSES", "TRAINER_NAMES", "get_trainer_class",
            "loss_trainer", "trainer_losses", *BUILTIN_TRAINERS]
 
