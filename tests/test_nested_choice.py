@@ -86,7 +86,13 @@ def test_the_fully_nested_choice_by_hand():
     assert test["dice"]["n_pairs"] == 4
     assert test["dice"]["mean_difference"] == pytest.approx((0.05 - 0.05 + 0 + 0.1) / 4)
     assert test["masd"]["n_pairs"] == 3                                          # a's undefined MASD is not paired
+    # the same choices without post-processing: b's raw Dice on the cases of folds 0, 2, 3 and a's on fold 1's
+    assert [r["raw_dice"] for r in result.per_case] == [0.4, 0.5, 0.4, 0.9]
+    assert result.raw_metrics["dice"]["mean"] == pytest.approx(2.2 / 4)
+    assert [by_fold[k]["raw_dice_on_fold"] for k in FOLDS] == [0.4, 0.5, 0.4, 0.9]
     assert NestedChoice.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    older = {k: v for k, v in result.to_dict().items() if k != "raw_metrics"}  # a file written before it was kept
+    assert NestedChoice.from_dict(older).raw_metrics is None
 
 
 def test_the_fully_nested_choice_honours_select_by_raw():
@@ -98,6 +104,8 @@ def test_the_fully_nested_choice_honours_select_by_raw():
     assert result.choices == {0: "m__p__b", 1: "m__p__b", 2: "m__p__b", 3: "m__p__a"}
     assert result.metrics["dice"]["mean"] == pytest.approx((0.25 + 0.85 + 0.5 + 0.65) / 4)
     assert result.paired_test is None and all(f["nested_dice"] is None for f in result.per_fold)
+    # what the choice by raw Dice is for: the chosen ones' raw Dice on the folds they never saw, b, b, b then a
+    assert result.raw_metrics["dice"]["mean"] == pytest.approx((0.4 + 0.4 + 0.4 + 0.5) / 4)
     # a tie on the criterion goes as the command's does: fewer members, then the name
     tie = {n: ChoiceInputs({k: WithoutFold({c: 0.5 for c in w.raw_dice}, None) for k, w in i.without_fold.items()},
                            i.held_out_rows, i.held_out_postprocessing) for n, i in inputs.items()}
@@ -221,7 +229,10 @@ def test_the_choice_made_without_each_fold_is_the_choice_of_a_run_on_the_other_f
     assert info == load_inference_information(cv)
     assert re.search(r"\| \*\*fully nested choice \(candidate \+ post-processing chosen without the fold\)\*\* "
                      r"\| 0\.6667 \[[0-9.]+, [0-9.]+\] \| 0\.00 \(6\) \| 0\.6667 \|", out)
-    assert f"| 2 | 3 | {B} | 1.0000 | 1.0000 | {ensemble} (1.0000) | none | 0.0000 |" in out
+    # fold 2's B keeps its false positive raw too: its raw Dice there (new column) and with post-processing are 0
+    assert f"| 2 | 3 | {B} | 1.0000 | 1.0000 | {ensemble} (1.0000) | none | 0.0000 | 0.0000 |" in out
+    assert by_fold[2]["raw_dice_on_fold"] == 0.0 and {r["raw_dice"] for r in nested.per_case if r["fold"] == 2} == {0.0}
+    assert "| the same choices without post-processing (Dice only) | " in out
     assert f"| 0 | 3 | {A} | " in out and by_fold[0]["scores"][B]["nested_dice"] == 0.5
     assert f"| {A} + post-processing (nested), chosen on all cases | 1.0000 [1.0000, 1.0000] | 0.00 (9) |" in out
     assert "(difference: the fully nested choice minus the rule + its nested post-processing)" in out

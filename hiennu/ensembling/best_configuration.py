@@ -323,7 +323,8 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
              "%.4f); post-processing %s (%s); written to %s", selection.num_candidates, selection.criterion, best.name,
              best.nested_mean("dice"), best.mean("dice"), outcome.record["chosen_name"], outcome.action, path)
     if fully_nested is not None:
-        log.info("fully nested choice (%s): mean Dice %.4f over %d cases; chosen per outer fold: %s",
-                 fully_nested.criterion, fully_nested.metrics["dice"]["mean"], len(fully_nested.per_case),
+        log.info("fully nested choice (%s): mean Dice %.4f over %d cases (%.4f without post-processing); chosen "
+                 "per outer fold: %s", fully_nested.criterion, fully_nested.metrics["dice"]["mean"],
+                 len(fully_nested.per_case), fully_nested.raw_metrics["dice"]["mean"],
                  ", ".join(f"{f}: {name}" for f, name in fully_nested.choices.items()))
     return BestConfiguration(information, path, outcome, committed, outcomes)

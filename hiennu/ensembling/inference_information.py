@@ -31,11 +31,13 @@ The file lies in the dataset's results folder (:data:`hiennu.paths.INFERENCE_INF
      "nested_choice": null | {"method": "fully nested choice ...", "how": "...", "criterion": "postprocessed",
                               "num_candidates": 3,
                               "per_fold": [{"fold": 0, "chosen": ..., "raw_dice": ..., "nested_dice": ...,
-                                            "postprocessing": ..., "num_cases": 8, "dice": ...}, ...],
+                                            "raw_dice_on_fold": ..., "postprocessing": ..., "num_cases": 8,
+                                            "dice": ...}, ...],
                               "metrics": {"dice": {...}, "masd": {...}, "nsd": {...}},
                               "per_case": [{"case_id": ..., "fold": 0, "candidate": ..., "dice": ..., "masd": ...,
-                                            "nsd": ...}, ...],
-                              "paired_test": {... as above, method "fully nested choice ..."}}}
+                                            "nsd": ..., "raw_dice": ...}, ...],
+                              "paired_test": {... as above, method "fully nested choice ..."},
+                              "raw_metrics": {"dice": {...}}}}
 
 ``nested_choice`` (``--nested-choice``, :mod:`hiennu.ensembling.nested_choice`) is null when not asked for. With
 ``--rule-candidate`` the reference rule competes too; when it is chosen, ``chosen`` is the rule (kind ``rule``, path

@@ -18,7 +18,9 @@ is made on the cases it is scored on. For each outer fold k the whole selection 
 The K outer folds' cases are pooled and summarized as every other row (Dice with a bootstrap 95 % interval, MASD
 over the cases where it is defined with n, NSD), and tested, paired, against the rule + its nested post-processing
 (:mod:`hiennu.ensembling.rule_comparison`): the honest estimate of what the command's choice scores on cases it
-never saw. Fold k's cases reach neither the candidate chosen for them nor its post-processing.
+never saw. Fold k's cases reach neither the candidate chosen for them nor its post-processing. The same choices'
+Dice without post-processing is pooled beside it (``raw_metrics``): with ``--select-by raw`` that is the number the
+choice is made for (a network-alone goal), and the chosen candidate's raw Dice on all cases is the best of K.
 
 What is estimated is the procedure, this run's choices: a model's existing ``postprocessing.json`` that records
 another choice is kept by the command (:mod:`hiennu.ensembling.candidate_postprocessing`), but it was not made by
@@ -130,9 +132,13 @@ class NestedChoice:
     scores there, the criterion; ``nested_dice`` None with ``--select-by raw``), ``postprocessing`` (its
     post-processing chosen on the other folds), ``num_cases`` and ``dice`` (mean Dice on the fold),
     ``runner_up`` (the one the criterion ranks next there; None with one candidate) and ``scores`` (every
-    candidate's ``raw_dice`` and ``nested_dice`` there, so how close the choice was shows); metrics:
-    metric -> summary over the pooled outer cases; per_case: ``case_id``, ``fold``, ``candidate``, Dice, MASD, NSD;
-    paired_test: against the rule + its nested post-processing (None without the rule)."""
+    candidate's ``raw_dice`` and ``nested_dice`` there, so how close the choice was shows) and
+    ``raw_dice_on_fold`` (the chosen candidate's mean Dice on the fold without post-processing); metrics:
+    metric -> summary over the pooled outer cases; per_case: ``case_id``, ``fold``, ``candidate``, Dice, MASD, NSD
+    and ``raw_dice`` (the chosen candidate's Dice on the case without post-processing); paired_test: against the
+    rule + its nested post-processing (None without the rule); raw_metrics: ``{"dice": summary}`` of the chosen
+    candidates' Dice without post-processing over the pooled outer cases, what ``--select-by raw`` is after
+    (None in files written before it was recorded)."""
 
     criterion: str
     num_candidates: int
@@ -140,6 +146,7 @@ class NestedChoice:
     metrics: dict[str, dict]
     per_case: tuple[dict, ...]
     paired_test: PairedTest | None = None
+    raw_metrics: dict[str, dict] | None = None
 
     @property
     def choices(self) -> dict[int, str]:
@@ -149,14 +156,16 @@ class NestedChoice:
     def to_dict(self) -> dict[str, Any]:
         return {"method": METHOD, "how": HOW, "criterion": self.criterion, "num_candidates": self.num_candidates,
                 "per_fold": list(self.per_fold), "metrics": self.metrics, "per_case": list(self.per_case),
-                "paired_test": None if self.paired_test is None else self.paired_test.to_dict()}
+                "paired_test": None if self.paired_test is None else self.paired_test.to_dict(),
+                "raw_metrics": self.raw_metrics}
 
     @classmethod
     def from_dict(cls, d: dict) -> "NestedChoice":
         if d["criterion"] not in SELECT_BY:
             raise ValueError(f"nested choice criterion {d['criterion']!r} is not one of {SELECT_BY}")
         return cls(d["criterion"], int(d["num_candidates"]), tuple(d["per_fold"]), d["metrics"], tuple(d["per_case"]),
-                   None if d.get("paired_test") is None else PairedTest.from_dict(d["paired_test"]))
+                   None if d.get("paired_test") is None else PairedTest.from_dict(d["paired_test"]),
+                   d.get("raw_metrics"))
 
 
 def nested_choice(scored: Sequence["CandidateScores"], inputs: Mapping[str, ChoiceInputs], criterion: str,
@@ -181,10 +190,12 @@ def nested_choice(scored: Sequence["CandidateScores"], inputs: Mapping[str, Choi
         runner_up = choose_best(rest, criterion).name if rest else None
         chosen = inputs[best.name]
         rows = [{"case_id": r["case_id"], "fold": int(r["fold"]), "candidate": best.name,
-                 **{m: r[m] for m in ("dice", "masd", "nsd")}} for r in chosen.held_out_rows if int(r["fold"]) == k]
+                 **{m: r[m] for m in ("dice", "masd", "nsd")}, "raw_dice": _raw_dice(chosen, r["case_id"], k)}
+                for r in chosen.held_out_rows if int(r["fold"]) == k]
         if not rows:
             raise ValueError(f"nested choice: {best.name} has no held-out rows for fold {k}")
         per_fold.append({"fold": k, "chosen": best.name, "raw_dice": best.mean("dice"),
+                         "raw_dice_on_fold": summarize(r["raw_dice"] for r in rows)["mean"],
                          "nested_dice": best.nested_mean("dice"), "postprocessing": chosen.held_out_postprocessing[k],
                          "num_cases": len(rows), "dice": summarize(r["dice"] for r in rows)["mean"],
                          "runner_up": runner_up, "scores": {s.name: {"raw_dice": s.mean("dice"),
@@ -196,4 +207,13 @@ def nested_choice(scored: Sequence["CandidateScores"], inputs: Mapping[str, Choi
     if reference_name is not None and reference_rows is not None:
         test = paired_rows_test(METHOD, per_case, f"{reference_name}{NESTED}", reference_rows)
     return NestedChoice(criterion, len(scored), tuple(json_safe(per_fold)), json_safe(summaries(per_case)),
-                        tuple(json_safe(per_case)), test)
+                        tuple(json_safe(per_case)), test,
+                        json_safe({"dice": summarize(r["raw_dice"] for r in per_case)}))
+
+
+def _raw_dice(inputs: ChoiceInputs, case_id: str, fold: int) -> float:
+    """A held-out case's raw Dice: every selection without another fold saw it (there are at least two others)."""
+    for k, seen in inputs.without_fold.items():
+        if k != fold and case_id in seen.raw_dice:
+            return seen.raw_dice[case_id]
+    raise ValueError(f"nested choice: no raw Dice of case {case_id} (fold {fold})")

@@ -99,9 +99,15 @@ def _nested_choice_lines(info: InferenceInformation) -> list[str]:
     if info.reference is not None and info.reference.postprocessing is not None:
         lines.append("| " + " | ".join([f"{info.reference.name}{NESTED}",
                                         *_cells(info.reference.postprocessing.get("nested"))]) + " |")
+    if nested.raw_metrics is not None:
+        dice = nested.raw_metrics["dice"]
+        lines.append("| " + " | ".join(["the same choices without post-processing (Dice only)",
+                                        f"{_number(dice, 'mean', 4)} [{_number(dice, 'ci95_low', 4)}, "
+                                        f"{_number(dice, 'ci95_high', 4)}]", "", ""]) + " |")
     key = "nested_dice" if nested.criterion == POSTPROCESSED else "raw_dice"
     head = ["outer fold", "cases", "chosen on the other folds", "its raw Dice there", "its +pp nested Dice there",
-            f"next by {by} there", "its post-processing (chosen on the other folds)", "Dice on the fold"]
+            f"next by {by} there", "its post-processing (chosen on the other folds)", "raw Dice on the fold",
+            "Dice on the fold"]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for f in nested.per_fold:
         runner_up = f.get("runner_up")
@@ -109,7 +115,8 @@ def _nested_choice_lines(info: InferenceInformation) -> list[str]:
                      f"{runner_up} ({_number((f.get('scores') or {}).get(runner_up), key, 4)})")
         lines.append("| " + " | ".join([str(f["fold"]), str(f["num_cases"]), f["chosen"],
                                         _number(f, "raw_dice", 4), _number(f, "nested_dice", 4), next_best,
-                                        f["postprocessing"], _number(f, "dice", 4)]) + " |")
+                                        f["postprocessing"], _number(f, "raw_dice_on_fold", 4),
+                                        _number(f, "dice", 4)]) + " |")
     test = nested.paired_test
     if test is None:
         return lines + ["", "paired test against the rule: not available (the rule was not scored)"]
