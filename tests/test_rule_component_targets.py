@@ -141,3 +141,26 @@ def test_the_loader_trains_on_the_targets_cut_from_the_whole_case(hiennu_roots):
     finally:
         batches.close()
         plain.close()
+
+
+def test_the_trainer_takes_its_cap_from_its_training_cases_only(hiennu_roots):
+    """The fold's cap is the 99.5th percentile of the lesion ADC of the fold's training cases: raising the ADC
+    inside a validation case's lesion changes nothing; the rule is the plans' prior channel and threshold."""
+    from helpers import make_tiny_dataset, options
+    from hiennu.training.trainers import TrainerDiceFocalRuleComponents
+
+    root = make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], n_cases=6, patch=True)
+    trainer = TrainerDiceFocalRuleComponents(options())
+    targets = trainer.build_training_targets()
+    network = trainer.config.network
+    assert (targets.zadc_channel, targets.threshold, targets.adc_channel) == (network.rule_prior_channel,
+                                                                           network.rule_prior_threshold, 0)
+    assert targets.adc_cap == pytest.approx(lesion_adc_quantile(trainer.case_dir, trainer.train_cases, 0))
+    held_out = trainer.val_cases[0]
+    path = root / "3d_fullres" / f"{held_out}.npy"
+    data, seg = np.load(path), np.load(root / "3d_fullres" / f"{held_out}_seg.npy")
+    data[0][seg[0] != 0] = 50.0
+    np.save(path, data)
+    assert TrainerDiceFocalRuleComponents(options()).build_training_targets().adc_cap == targets.adc_cap
+    every = lesion_adc_quantile(trainer.case_dir, trainer.train_cases + trainer.val_cases, 0)
+    assert every != pytest.approx(targets.adc_cap)
