@@ -164,3 +164,17 @@ def test_the_trainer_takes_its_cap_from_its_training_cases_only(hiennu_roots):
     assert TrainerDiceFocalRuleComponents(options()).build_training_targets().adc_cap == targets.adc_cap
     every = lesion_adc_quantile(trainer.case_dir, trainer.train_cases + trainer.val_cases, 0)
     assert every != pytest.approx(targets.adc_cap)
+
+
+def test_a_rule_channel_the_dataset_lacks_is_named_before_training(hiennu_roots):
+    from helpers import make_tiny_dataset, options
+    from hiennu.plans import load_plans, save_plans
+    from hiennu.training.trainers import TrainerDiceFocalRuleComponents
+
+    root = make_tiny_dataset(hiennu_roots["hiennu_preprocessed"], n_cases=6)
+    plans = load_plans(root / "plans.json")
+    plans.configurations["3d_fullres"].network.rule_prior_channel = 2
+    save_plans(plans, root / "plans.json")
+    with pytest.raises(HiennuError, match=r"configurations\.3d_fullres\.network\.rule_prior_channel = 2, but the "
+                                          r"dataset has 2 channel\(s\) \(ADC, ZADC\)"):
+        TrainerDiceFocalRuleComponents(options()).build_training_targets()

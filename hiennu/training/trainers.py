@@ -76,7 +76,13 @@ class TrainerDiceFocalRuleComponents(BUILTIN_TRAINERS["TrainerDiceFocal"]):  # t
 
     def build_training_targets(self) -> RuleComponentTargets:
         network = self.config.network
-        adc_channel, _ = adc_zadc_channels(self.plans.channel_names)
+        channels = self.plans.channel_names
+        if not 0 <= network.rule_prior_channel < len(channels):
+            raise HiennuError(f"{self.trainer_name}: its targets are components of the rule on channel "
+                              f"configurations.{self.config.name}.network.rule_prior_channel = "
+                              f"{network.rule_prior_channel}, but the dataset has {len(channels)} channel(s) "
+                              f"({', '.join(channels)}); set it to the ZADC channel's index in the plans")
+        adc_channel, _ = adc_zadc_channels(channels)
         cap = None
         if adc_channel is None:
             logger.warning("%s: the dataset has no ADC channel, so its targets are the rule's components "
@@ -84,7 +90,7 @@ class TrainerDiceFocalRuleComponents(BUILTIN_TRAINERS["TrainerDiceFocal"]):  # t
         else:
             cap = lesion_adc_quantile(self.case_dir, self.train_cases, adc_channel)
         logger.info("%s: targets are the components of %s < %g%s that touch the reference", self.trainer_name,
-                    self.plans.channel_names[network.rule_prior_channel], network.rule_prior_threshold,
+                    channels[network.rule_prior_channel], network.rule_prior_threshold,
                     "" if cap is None else f" with normalized ADC <= {cap:.4f} (the 99.5th percentile inside the "
                                            f"{len(self.train_cases)} training cases' lesions)")
         return RuleComponentTargets(network.rule_prior_channel, network.rule_prior_threshold, adc_channel, cap)
