@@ -251,13 +251,27 @@ ENSEMBLE_MEMBERS_FILE = "members.json"
 _ENSEMBLE_PREFIX, _ENSEMBLE_SEPARATOR = "ensemble", "___"
 
 
+#: The longest file name most file systems take (bytes; ext4, XFS, APFS, NTFS): an ensemble folder's name lists its
+#: members, so an ensemble of many models can exceed it.
+MAX_FILE_NAME_BYTES = 255
+
+
 def ensemble_dir_name(model_dir_names: list[str]) -> str:
-    """``ensemble___M1___M2...`` for the member model folder names (sorted, so the order given does not matter)."""
+    """``ensemble___M1___M2...`` for the member model folder names (sorted, so the order given does not matter).
+
+    A name longer than :data:`MAX_FILE_NAME_BYTES` raises :class:`HiennuError` saying how many members fit: the
+    name is what :func:`parse_ensemble_dir_name` reads the members back from, so it is not shortened."""
     names = sorted(str(n) for n in model_dir_names)
     if len(names) < 2 or len(set(names)) != len(names) or any(parse_model_dir_name(n) is None for n in names):
         raise HiennuError(f"an ensemble needs two or more different model folders named TRAINER__PLANS__CONFIG, "
                           f"got {names}")
-    return _ENSEMBLE_SEPARATOR.join([_ENSEMBLE_PREFIX, *names])
+    name = _ENSEMBLE_SEPARATOR.join([_ENSEMBLE_PREFIX, *names])
+    if len(name.encode()) > MAX_FILE_NAME_BYTES:
+        raise HiennuError(f"an ensemble of {len(names)} models would be named {name[:60]}... ({len(name.encode())} "
+                          f"bytes), longer than the {MAX_FILE_NAME_BYTES} a file name may have; ensemble fewer models "
+                          f"(hiennu_find_best_configuration -m with fewer, or --ensembles none) or give their plans "
+                          f"shorter identifiers (-p)")
+    return name
 
 
 def parse_ensemble_dir_name(name: str) -> list[str] | None:

@@ -53,3 +53,20 @@ def test_model_folder_name_is_built_and_parsed_in_one_place():
     assert paths.parse_model_dir_name(name) == paths.ModelDirName("TrainerDice", "Wide", "3d_fullres")
     for bad in ("TrainerDice__3d_fullres", "a__b__c__d", "a____c", "TrainerDice"):
         assert paths.parse_model_dir_name(bad) is None
+
+
+def test_an_ensemble_name_longer_than_a_file_name_may_be_is_refused_saying_what_to_do(tmp_path):
+    """Seven 3d_fullres models of BONBID make a name over 255 bytes, more than the file system takes, so it is
+    refused before anything is written (it is also where the members are read back from, so it is not shortened)."""
+    from hiennu.errors import HiennuError
+    members = [paths.model_dir_name("TrainerDiceFocal", plans, "3d_fullres")
+               for plans in ("hiennuPlans", "SEED1", "SEED2", "NARROW", "S200", "S200SEED1", "K1")]
+    fits = paths.ensemble_dir_name(members[:5])
+    assert len(fits) <= paths.MAX_FILE_NAME_BYTES and paths.parse_ensemble_dir_name(fits) == sorted(members[:5])
+    (tmp_path / fits).mkdir()  # and the file system takes it
+    with pytest.raises(HiennuError, match=r"an ensemble of 7 models would be named ensemble___.*\(\d+ bytes\), longer "
+                                          r"than the 255 a file name may have; ensemble fewer models"):
+        paths.ensemble_dir_name(members)
+    long_name = "___".join(["ensemble", *sorted(members)])
+    with pytest.raises(OSError):  # what the refusal stands in for
+        (tmp_path / long_name).mkdir()
