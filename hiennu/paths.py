@@ -259,8 +259,9 @@ MAX_FILE_NAME_BYTES = 255
 def ensemble_dir_name(model_dir_names: list[str]) -> str:
     """``ensemble___M1___M2...`` for the member model folder names (sorted, so the order given does not matter).
 
-    A name longer than :data:`MAX_FILE_NAME_BYTES` raises :class:`HiennuError` saying how many members fit: the
-    name is what :func:`parse_ensemble_dir_name` reads the members back from, so it is not shortened."""
+    A name longer than :data:`MAX_FILE_NAME_BYTES` raises :class:`HiennuError` naming the number of members, the
+    length and the fixes: the name is what :func:`parse_ensemble_dir_name` reads the members back from, so it is
+    not shortened."""
     names = sorted(str(n) for n in model_dir_names)
     if len(names) < 2 or len(set(names)) != len(names) or any(parse_model_dir_name(n) is None for n in names):
         raise HiennuError(f"an ensemble needs two or more different model folders named TRAINER__PLANS__CONFIG, "
