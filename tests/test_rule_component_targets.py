@@ -156,6 +156,12 @@ def test_the_trainer_takes_its_cap_from_its_training_cases_only(hiennu_roots):
     assert (targets.zadc_channel, targets.threshold, targets.adc_channel) == (network.rule_prior_channel,
                                                                            network.rule_prior_threshold, 0)
     assert targets.adc_cap == pytest.approx(lesion_adc_quantile(trainer.case_dir, trainer.train_cases, 0))
+    # every training case is labelled once, before the workers start (they are started anew each epoch)
+    assert set(targets._cache) == set(trainer.train_cases)
+    data, seg = np.load(root / "3d_fullres" / f"{trainer.train_cases[0]}.npy"), np.load(
+        root / "3d_fullres" / f"{trainer.train_cases[0]}_seg.npy")
+    np.testing.assert_array_equal(targets._cache[trainer.train_cases[0]],
+                                  rule_component_target(data, seg, 1, network.rule_prior_threshold, 0, targets.adc_cap))
     held_out = trainer.val_cases[0]
     path = root / "3d_fullres" / f"{held_out}.npy"
     data, seg = np.load(path), np.load(root / "3d_fullres" / f"{held_out}_seg.npy")

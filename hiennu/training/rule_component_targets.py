@@ -18,7 +18,8 @@ post-processing's own.
 
 Why a module of its own: the target has to be made from the whole case (a patch would cut components), in
 the loader's worker processes, so it is a picklable callable (:class:`RuleComponentTargets`) that the loader
-applies to each case before it cuts the patch, caching one target per case.
+applies to each case before it cuts the patch; the trainer labels every training case once beforehand
+(:meth:`RuleComponentTargets.fill`), so the workers only look the targets up.
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ def lesion_adc_quantile(case_dir: Path, case_ids: Sequence[str], adc_channel: in
 class RuleComponentTargets:
     """Replaces a loaded case's reference by :func:`rule_component_target` (the loader calls it per case).
 
-    ``case_id`` keys a cache, so each worker process labels a case once. Picklable: the loader's worker
-    processes get a copy.
+    ``case_id`` keys a cache of the targets. The loader's worker processes get a copy and are started anew each
+    epoch, so what they add to it lasts one epoch: :meth:`fill` labels the training cases once, in the main
+    process, before the workers start. Picklable.
     """
 
     zadc_channel: int
@@ -89,6 +91,13 @@ class RuleComponentTargets:
     adc_channel: int | None = None
     adc_cap: float | None = None
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def fill(self, case_dir: Path, case_ids: Sequence[str]) -> "RuleComponentTargets":
+        """Label the target of every case of ``case_ids`` (read from ``case_dir``) into the cache; returns self."""
+        for case_id in case_ids:
+            data, seg, _ = load_preprocessed_case(Path(case_dir), case_id, mmap=True)
+            self(case_id, data, seg)
+        return self
 
     def __call__(self, case_id: str, data: np.ndarray, seg: np.ndarray) -> np.ndarray:
         target = self._cache.get(case_id)

@@ -93,7 +93,8 @@ class TrainerDiceFocalRuleComponents(BUILTIN_TRAINERS["TrainerDiceFocal"]):  # t
                     channels[network.rule_prior_channel], network.rule_prior_threshold,
                     "" if cap is None else f" with normalized ADC <= {cap:.4f} (the 99.5th percentile inside the "
                                            f"{len(self.train_cases)} training cases' lesions)")
-        return RuleComponentTargets(network.rule_prior_channel, network.rule_prior_threshold, adc_channel, cap)
+        return RuleComponentTargets(network.rule_prior_channel, network.rule_prior_threshold, adc_channel,
+                                    cap).fill(self.case_dir, self.train_cases)
 
 
 BUILTIN_TRAINERS["TrainerDiceFocalRuleComponents"] = TrainerDiceFocalRuleComponents
