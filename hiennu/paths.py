@@ -27,7 +27,8 @@ model folders, as nnU-Net has them; :class:`EnsembleFolder` is their layout::
 
     DatasetNNN_Name/
         inference_information.json        the configuration or ensemble chosen by CV, its scores, the predict command
-        ensembles/ensemble___M1___M2/     M1, M2 model folder names (TRAINER__PLANS__CONFIG), sorted
+        ensembles/ensemble___M1___M2/     M1, M2 model folder names (TRAINER__PLANS__CONFIG), sorted; an ensemble
+                                          too many to list in a file name: ensemble___N-models-DIGEST
             members.json                  the member model folders, folds and checkpoint
             postprocessing.json           the post-processing chosen on the ensemble's CV masks
             validation/CASE.<ending>      the ensemble's cross-validation masks (mean probability >= 0.5)
@@ -37,6 +38,7 @@ model folders, as nnU-Net has them; :class:`EnsembleFolder` is their layout::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -252,35 +254,43 @@ _ENSEMBLE_PREFIX, _ENSEMBLE_SEPARATOR = "ensemble", "___"
 
 
 #: The longest file name most file systems take (bytes; ext4, XFS, APFS, NTFS): an ensemble folder's name lists its
-#: members, so an ensemble of many models can exceed it.
+#: members when they fit in it.
 MAX_FILE_NAME_BYTES = 255
+_HASHED_ENSEMBLE_RE = re.compile(r"^ensemble___(\d+)-models-([0-9a-f]{16})$")
 
 
 def ensemble_dir_name(model_dir_names: list[str]) -> str:
-    """``ensemble___M1___M2...`` for the member model folder names (sorted, so the order given does not matter).
+    """The ensemble folder's name for the member model folder names (sorted, so the order given does not matter).
 
-    A name longer than :data:`MAX_FILE_NAME_BYTES` raises :class:`HiennuError` naming the number of members, the
-    length and the fixes: the name is what :func:`parse_ensemble_dir_name` reads the members back from, so it is
-    not shortened."""
+    ``ensemble___M1___M2...`` when that fits in :data:`MAX_FILE_NAME_BYTES` (with BONBID's model names, up to five
+    or six members); else ``ensemble___N-models-H``, N the number of members and H the first 16 hex digits of the
+    SHA-256 of their sorted names, one per line. Why a digest: the listing would be longer than a file name may
+    be, and a digest of the members keeps the name a function of them, so a ``members.json`` that disagrees with
+    its folder is still caught (:func:`hiennu.inference.ensemble_members.load_ensemble_members`); such a folder's
+    members are read from its ``members.json`` only."""
     names = sorted(str(n) for n in model_dir_names)
     if len(names) < 2 or len(set(names)) != len(names) or any(parse_model_dir_name(n) is None for n in names):
         raise HiennuError(f"an ensemble needs two or more different model folders named TRAINER__PLANS__CONFIG, "
                           f"got {names}")
     name = _ENSEMBLE_SEPARATOR.join([_ENSEMBLE_PREFIX, *names])
-    if len(name.encode()) > MAX_FILE_NAME_BYTES:
-        raise HiennuError(f"an ensemble of {len(names)} models would be named {name[:60]}... ({len(name.encode())} "
-                          f"bytes), longer than the {MAX_FILE_NAME_BYTES} a file name may have; ensemble fewer models "
-                          f"(hiennu_find_best_configuration -m with fewer, or --ensembles none) or give their plans "
-                          f"shorter identifiers (-p)")
-    return name
+    if len(name.encode()) <= MAX_FILE_NAME_BYTES:
+        return name
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    return f"{_ENSEMBLE_PREFIX}{_ENSEMBLE_SEPARATOR}{len(names)}-models-{digest}"
 
 
 def parse_ensemble_dir_name(name: str) -> list[str] | None:
-    """``ensemble___M1___M2...`` -> the member model folder names; anything else -> None."""
+    """``ensemble___M1___M2...`` -> the member model folder names it lists; a digest name
+    (``ensemble___N-models-H``, see :func:`ensemble_dir_name`) or anything else -> None."""
     parts = name.split(_ENSEMBLE_SEPARATOR)
     if parts[0] != _ENSEMBLE_PREFIX or len(parts) < 3 or any(parse_model_dir_name(p) is None for p in parts[1:]):
         return None
     return parts[1:]
+
+
+def is_ensemble_dir_name(name: str) -> bool:
+    """Whether ``name`` has the form of an ensemble folder's name: listing its members, or a digest of them."""
+    return parse_ensemble_dir_name(name) is not None or _HASHED_ENSEMBLE_RE.match(name) is not None
 
 
 @dataclass(frozen=True)
@@ -299,10 +309,6 @@ class EnsembleFolder:
     @property
     def members(self) -> Path:
         return self.path / ENSEMBLE_MEMBERS_FILE
-
-    @property
-    def member_names(self) -> list[str] | None:
-        return parse_ensemble_dir_name(self.path.name)
 
     @property
     def postprocessing(self) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -320,6 +321,53 @@ def test_ensemble_zip_round_trip(hiennu_roots, tmp_path, monkeypatch):
     assert install_model_zip(out, overwrite=True) == ensemble_dir
     assert json.loads((ensemble_dir / "postprocessing.json").read_text())["chosen"] == CAP.to_dict()
     assert sorted(p.name for p in (fresh / DATASET).iterdir()) == sorted([A, B, "ensembles"])  # nothing staged left
+
+
+def test_an_ensemble_too_large_to_list_in_a_file_name_goes_by_a_digest_of_its_members(hiennu_roots, tmp_path):
+    """Seven models whose names together pass the 255 bytes a file name may have: the folder is named
+    ensemble___7-models-DIGEST, its members come from members.json, and it predicts, exports to one zip, installs
+    and predicts again like any ensemble; a members.json naming other models, or a zip whose manifest names
+    another digest, is refused."""
+    results = hiennu_roots["hiennu_results"]
+    plans = [f"Plans{k}WithALongIdentifierForThisTest" for k in range(7)]
+    models = [_model(results, plans=p, seed=10 * k, folds=(0,)) for k, p in enumerate(plans)]
+    names = sorted(m.name for m in models)
+    folder = _ensemble_folder(results, CAP, folds=(0,), names=names)
+    assert len("___".join(["ensemble", *names]).encode()) > 255
+    assert re.fullmatch(r"ensemble___7-models-[0-9a-f]{16}", folder.path.name)
+    assert EnsembleFolder.of(results / DATASET, list(reversed(names))).path == folder.path  # order-free
+    assert EnsembleFolder.of(results / DATASET, names[:6] + [A]).path != folder.path
+    from hiennu.inference.ensemble_members import is_ensemble_dir, load_ensemble_members
+    assert is_ensemble_dir(folder.path) and load_ensemble_members(folder.path).members == tuple(names)
+    _write_cases(tmp_path / "in", 1)
+    assert predict_cli.main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "e"), "-m", str(folder.path),
+                             "--disable-tta", "-q"]) == 0
+    expected = ConfigurationEnsemble.from_paths(models, **FAST)
+    assert expected.name == folder.path.name and expected.postprocessing == CAP
+    mask = expected.predict_case(case_arrays(GEOM), GEOM)[0]
+    assert np.array_equal(_masks(tmp_path / "e")["case0.mha"], mask) and 0 < mask.sum()
+    out = tmp_path / "seven.zip"
+    assert export_cli.main(["-m", str(folder.path), "-o", str(out), "-q"]) == 0
+    contents = verify_model_zip(out)
+    assert contents.model == f"{DATASET}/ensembles/{folder.path.name}" and len(contents.models) == 7
+    installed = install_model_zip(out, root=tmp_path / "fresh")
+    assert installed == tmp_path / "fresh" / contents.model
+    assert np.array_equal(ConfigurationEnsemble.from_ensemble_dir(installed, **FAST).predict_case(
+        case_arrays(GEOM), GEOM)[0], mask)
+    with zipfile.ZipFile(out) as zf:  # the manifest names another digest: refused before anything is written
+        members = {n: zf.read(n) for n in zf.namelist()}
+    manifest = json.loads(members.pop(MANIFEST))
+    other = f"{DATASET}/ensembles/ensemble___7-models-{'0' * 16}"
+    members = {n.replace(manifest["ensemble"], other): v for n, v in members.items()}
+    manifest["files"] = {n.replace(manifest["ensemble"], other): v for n, v in manifest["files"].items()}
+    manifest["ensemble"] = other
+    with pytest.raises(ModelZipError, match="is not DatasetNNN_Name/ensembles/ensemble___M1___M2 naming exactly"):
+        install_model_zip(zip_with(tmp_path / "other.zip", members, manifest), root=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    record = json.loads(folder.members.read_text())  # members.json naming six of them and another model
+    folder.members.write_text(json.dumps({**record, "members": sorted(names[:6] + [A])}))
+    with pytest.raises(HiennuError, match=f"but its folder is {folder.path.name}"):
+        load_ensemble_members(folder.path)
 
 
 def test_challenge_with_an_ensemble_as_the_default_model(hiennu_roots, tmp_path):

@@ -7,8 +7,9 @@
      "checkpoint": "checkpoint_final.pth"}                              # from each fold_K/
 
 The members are model folders of one dataset, beside the ``ensembles/`` folder (``DatasetNNN_Name/NAME``);
-the folder's own name (``ensemble___M1___M2``) names the same members, and a record that disagrees
-with it is refused. ``hiennu_find_best_configuration`` writes it when it scores the ensemble; a model zip
+the folder's own name (``ensemble___M1___M2``, or for an ensemble too large to list in a file name
+``ensemble___N-models-DIGEST``, a digest of the members: :func:`hiennu.paths.ensemble_dir_name`) is made from the
+same members, and a record that disagrees with it is refused. ``hiennu_find_best_configuration`` writes it when it scores the ensemble; a model zip
 of an ensemble carries it with the folds and checkpoint it exported.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file
-from hiennu.paths import EnsembleFolder, ensemble_dir_name, parse_model_dir_name
+from hiennu.paths import EnsembleFolder, ensemble_dir_name, is_ensemble_dir_name, parse_model_dir_name
 
 FOLD_ALL = "all"
 
@@ -41,7 +42,7 @@ class EnsembleMembers:
 
     @property
     def dir_name(self) -> str:
-        """``ensemble___M1___M2``: the name of the ensemble folder these members belong in."""
+        """``ensemble___M1___M2`` (or its digest form): the name of the ensemble folder these members belong in."""
         return ensemble_dir_name(list(self.members))
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,9 +83,10 @@ def load_ensemble_members(ensemble_dir: str | Path) -> EnsembleMembers:
 
 
 def is_ensemble_dir(path: str | Path) -> bool:
-    """Whether ``path`` is an ensemble folder (``ensemble___M1___M2`` holding ``members.json``)."""
+    """Whether ``path`` is an ensemble folder (``ensemble___M1___M2`` or ``ensemble___N-models-DIGEST`` holding
+    ``members.json``)."""
     folder = EnsembleFolder(Path(path))
-    return folder.path.is_dir() and folder.member_names is not None and folder.members.is_file()
+    return folder.path.is_dir() and is_ensemble_dir_name(folder.path.name) and folder.members.is_file()
 
 
 def member_dirs(ensemble_dir: str | Path, record: EnsembleMembers | None = None) -> list[Path]:

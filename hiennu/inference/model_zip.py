@@ -77,7 +77,7 @@ from hiennu.io.checkpoint import FINAL, checkpoint_file, load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.paths import (DATASET_FILE, ENSEMBLE_MEMBERS_FILE, ENSEMBLES_DIR, PLANS_FILE, POSTPROCESSING_FILE,
-                          RULE_DIR, EnsembleFolder, ModelFolder, parse_dataset_folder_name, parse_ensemble_dir_name,
+                          RULE_DIR, EnsembleFolder, ModelFolder, ensemble_dir_name, parse_dataset_folder_name,
                           parse_model_dir_name, preprocessed_root, raw_root, results_root)
 from hiennu.plans import Plans, load_plans
 from hiennu.postprocessing.record import PostProcessing, load_postprocessing, postprocessing_from_record
@@ -548,12 +548,16 @@ def verify_rule_zip(path: str | Path) -> RuleZipContents:
 
 
 def _check_ensemble_manifest(path: Path, ensemble: str, models: list[str]) -> None:
-    """An ensemble manifest names ``DatasetNNN_Name/ensembles/ensemble___M1___M2`` and exactly its members, of that dataset."""
+    """An ensemble manifest names ``DatasetNNN_Name/ensembles/NAME``, NAME the ensemble folder name of exactly its
+    members (:func:`~hiennu.paths.ensemble_dir_name`: their listing, or their digest), of that dataset."""
     parts = ensemble.split("/")
-    names = parse_ensemble_dir_name(parts[2]) if len(parts) == 3 else None
-    if (names is None or parts[1] != ENSEMBLES_DIR or not parse_dataset_folder_name(parts[0])
-            or sorted(names) != sorted(m.split("/")[1] for m in models)
-            or any(m.split("/")[0] != parts[0] for m in models) or len(set(models)) != len(models)):
+    try:
+        expected = ensemble_dir_name([m.split("/")[-1] for m in models])
+    except HiennuError:
+        expected = None
+    if (len(parts) != 3 or parts[2] != expected or parts[1] != ENSEMBLES_DIR
+            or not parse_dataset_folder_name(parts[0])
+            or any(len(m.split("/")) != 2 or m.split("/")[0] != parts[0] for m in models)):
         raise ModelZipError(f"{path}: refused: manifest ensemble {ensemble!r} is not DatasetNNN_Name/{ENSEMBLES_DIR}/"
                             f"ensemble___M1___M2 naming exactly its models {', '.join(models)} of that dataset")
 
