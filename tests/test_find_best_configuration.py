@@ -624,6 +624,43 @@ def test_ensembles_all_scores_the_ensemble_of_every_model_and_no_subset(cv, caps
     assert sorted(p.name for p in (cv / "ensembles").iterdir()) == [full]
 
 
+def test_max_ensemble_size_keeps_the_small_ensembles_and_many_ensembles_are_announced(cv, capsys, monkeypatch, caplog):
+    """--max-ensemble-size 2 scores nnU-Net's pairs only; n models make 2^n - n - 1 ensembles of any size, and more
+    than MANY_ENSEMBLES of them are announced, with their number and the ways to fewer, before the scoring starts."""
+    from hiennu.ensembling import best_configuration, ensemble_cv
+    four = ["m__p__a", "m__p__b", "m__p__c", "m__p__d"]
+    pairs = [c.name for c in candidates(four, "every", max_ensemble_size=2)]
+    assert pairs[:4] == four and len(pairs) == 4 + 6 and all(n.count("___") == 2 for n in pairs[4:])
+    assert len(candidates(four, "every", max_ensemble_size=9)) == len(candidates(four)) == 4 + 11
+    assert [ensemble_cv.count_ensembles(n) for n in (1, 2, 3, 7, 10)] == [0, 1, 4, 120, 1013]
+    assert ensemble_cv.count_ensembles(10, 2) == 45 and ensemble_cv.count_ensembles(10, 3) == 165
+    for bad in (1, 0, 2.5, True, "2"):
+        with pytest.raises(HiennuError, match="--max-ensemble-size must be a whole number of at least 2"):
+            candidates(four, "every", max_ensemble_size=bad)
+    with pytest.raises(HiennuError, match="--max-ensemble-size limits --ensembles every; with --ensembles all"):
+        FindBestOptions("Tiny", models=four, ensembles="all", max_ensemble_size=2)
+    _write_model(cv.parent, C, *_splits(cv), probabilities=_under_segmenting)
+    monkeypatch.setattr(best_configuration, "MANY_ENSEMBLES", 3)
+    assert cli.main(["-d", "Tiny", "-m", A, B, C, "-f", "0", "1", "2", "-np", "1", "--max-ensemble-size", "2"]) == 0
+    info = load_inference_information(cv)
+    assert sorted(c.name for c in info.candidates if c.kind == "ensemble") == sorted(
+        EnsembleFolder.of(cv, list(p)).path.name for p in ((A, B), (A, C), (B, C)))
+    assert info.selection.num_candidates == 6 and info.provenance["options"]["max_ensemble_size"] == 2
+    assert len(list((cv / "ensembles").iterdir())) == 3
+    assert "ensembles to score" not in capsys.readouterr().err  # 3 pairs: not more than 3
+    shutil.rmtree(cv / "ensembles")
+    assert cli.main(["-d", "Tiny", "-m", A, B, C, "-f", "0", "1", "2", "-np", "1"]) == 0
+    assert ("3 models make 4 ensembles to score, each with its own post-processing chosen and 9 CV masks written; "
+            "for fewer: --max-ensemble-size 2 (nnU-Net's pairs: 3), --ensembles all (one ensemble of all 3) or "
+            "fewer models with -m") in capsys.readouterr().err
+    assert len(list((cv / "ensembles").iterdir())) == 4
+    try:
+        code = cli.main(["-d", "Tiny", "-m", A, B, "-f", "0", "1", "2", "--max-ensemble-size", "1"])
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 1 and "--max-ensemble-size must be a whole number of at least 2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["-m", "TrainerX_hiennuPlans_3d_fullres"], r"error: -m: TrainerX_hiennuPlans_3d_fullres is not a model folder "
                                                 r"name TRAINER__PLANS__CONFIG, e\.g\. TrainerDiceFocal__hiennuPlans__2d$"),

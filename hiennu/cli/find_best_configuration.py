@@ -53,10 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     ensembles = p.add_mutually_exclusive_group()
     ensembles.add_argument("--ensembles", choices=ENSEMBLE_SETS, default=EVERY,
                            help="which ensembles are candidates beside the models: every one of two or more models "
-                                "(nnU-Net's), only the one of all the models (an ensemble fixed in advance, scored "
+                                "(nnU-Net's scores pairs only: --max-ensemble-size 2), only the one of all the models (an ensemble fixed in advance, scored "
                                 "without choosing among subsets), or none")
     ensembles.add_argument("--no-ensembles", dest="ensembles", action="store_const", const=NO_ENSEMBLES,
                            help="the same as --ensembles none: score the models alone")
+    p.add_argument("--max-ensemble-size", type=int, metavar="K",
+                   help="with --ensembles every: ensembles of at most K models (2: nnU-Net's pairs); n models make "
+                        "2^n - n - 1 ensembles of any size, each scored with its own post-processing (default: any "
+                        "size)")
     p.add_argument("--select-by", choices=SELECT_BY, default=POSTPROCESSED,
                    help="postprocessed (default): the highest nested Dice with the candidate's own post-processing, "
                         "what ships (on BONBID post-processing carries most of the score and its nested estimate "
@@ -99,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         named = {key: value for key, value in (("trainers", args.trainers), ("plans", args.plans)) if value}
         result = find_best_configuration(FindBestOptions(
             dataset=args.dataset, configurations=args.configurations or (), models=args.models or (), **named,
-            folds=args.folds, ensembles=args.ensembles, num_processes=args.num_processes, select_by=args.select_by,
+            folds=args.folds, ensembles=args.ensembles, max_ensemble_size=args.max_ensemble_size,
+            num_processes=args.num_processes, select_by=args.select_by,
             nested_choice=args.nested_choice, postprocessing_candidates=args.postprocessing_candidates,
             rule_candidate=args.rule_candidate))
         if args.quiet:  # -q: warnings and errors only; everything is in inference_information.json

@@ -43,8 +43,9 @@ from hiennu.ensembling.cv_probabilities import (ModelCV, check_comparable, colle
                                                 train_command)
 from hiennu.ensembling.cv_scores import (RULE_NAME, CaseJob, EnsembleOutput, MemberFiles, score_case, summaries,
                                         write_cv_summary)
-from hiennu.ensembling.ensemble_cv import (ENSEMBLE, EVERY, MODEL, RULE, Candidate, EnsembleStaging, candidates,
-                                           ensemble_set, members_record)
+from hiennu.ensembling.ensemble_cv import (ENSEMBLE, EVERY, MANY_ENSEMBLES, MODEL, RULE, Candidate, EnsembleStaging,
+                                           candidates, check_max_ensemble_size, count_ensembles, ensemble_set,
+                                           members_record)
 from hiennu.ensembling.inference_information import (CandidateScores, ChosenConfiguration, InferenceInformation,
                                                      candidate_scores, predict_command)
 from hiennu.ensembling.nested_choice import NestedChoice, check_folds, nested_choice
@@ -78,7 +79,8 @@ class FindBestOptions:
     configuration, one on the other); folds: the folds of ``splits_final.json`` pooled; ensembles: which
     ensembles are candidates beside the models, ``every`` one of two or more models, only the one of ``all`` the
     models, or ``none`` (:func:`~hiennu.ensembling.ensemble_cv.ensemble_set`; True and False are ``every`` and
-    ``none``); num_processes: worker processes for scoring the cases and choosing the
+    ``none``); max_ensemble_size: with ``every``, ensembles of at most this many members (None: any size; 2 is
+    nnU-Net's pairs; n models make 2^n - n - 1 ensembles of any size); num_processes: worker processes for scoring the cases and choosing the
     candidates' post-processing; select_by: ``postprocessed`` (the nested
     Dice with post-processing, the default) or ``raw`` (nnU-Net's rule), see :mod:`hiennu.ensembling.choice`;
     nested_choice: also estimate the whole choice fully nested (:mod:`hiennu.ensembling.nested_choice`; three
@@ -94,6 +96,7 @@ class FindBestOptions:
     models: Sequence[str] = ()
     folds: Sequence[int] = DEFAULT_FOLDS
     ensembles: bool | str = EVERY
+    max_ensemble_size: int | None = None
     num_processes: int = 2
     select_by: str = POSTPROCESSED
     nested_choice: bool = False
@@ -123,6 +126,10 @@ class FindBestOptions:
         if self.num_processes < 1:
             raise HiennuError(f"-np must be at least 1, got {self.num_processes}")
         self.ensembles = ensemble_set(self.ensembles)
+        check_max_ensemble_size(self.max_ensemble_size)
+        if self.max_ensemble_size is not None and self.ensembles != EVERY:
+            raise HiennuError(f"--max-ensemble-size limits --ensembles every; with --ensembles {self.ensembles} "
+                              f"leave it out")
         check_candidate_set(self.postprocessing_candidates)
         if self.select_by not in SELECT_BY:
             raise HiennuError(f"--select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
@@ -259,8 +266,13 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
     models = [collect_model_cv(results_dir / name, folds, dataset) for name in options.model_names()]
     raw = load_dataset_json(raw_dir)
     check_comparable(models, split_cases, raw, dataset, preprocessed_dir / splits_file_name())
-    all_candidates = candidates([m.name for m in models], options.ensembles)
+    all_candidates = candidates([m.name for m in models], options.ensembles, options.max_ensemble_size)
     ensembles = [c for c in all_candidates if c.kind == ENSEMBLE]
+    if len(ensembles) > MANY_ENSEMBLES:
+        log.warning("%d models make %d ensembles to score, each with its own post-processing chosen and %d CV masks "
+                    "written; for fewer: --max-ensemble-size 2 (nnU-Net's pairs: %d), --ensembles all (one ensemble "
+                    "of all %d) or fewer models with -m", len(models), len(ensembles),
+                    sum(len(c) for c in split_cases.values()), count_ensembles(len(models), 2), len(models))
     checkpoint = models[0].checkpoint
     staging = EnsembleStaging(results_dir)
     try:
@@ -301,7 +313,8 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
             predict_command(dataset, chosen, results_dir), selection, test,
             provenance({"dataset": dataset, "configurations": options.configurations, "trainers": options.trainers,
                         "plans": options.plans, "models": options.model_names(), "folds": folds,
-                        "ensembles": options.ensembles, "select_by": options.select_by,
+                        "ensembles": options.ensembles, "max_ensemble_size": options.max_ensemble_size,
+                        "select_by": options.select_by,
                         "nested_choice": options.nested_choice,
                         "postprocessing_candidates": options.postprocessing_candidates,
                         "rule_candidate": options.rule_candidate}),

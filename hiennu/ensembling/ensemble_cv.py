@@ -16,6 +16,7 @@ that fails part-way leaves no half-written ensemble (:meth:`EnsembleStaging.disc
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import shutil
 import tempfile
@@ -61,7 +62,7 @@ class Candidate:
         return self.members[0] if len(self.members) == 1 else ensemble_dir_name(list(self.members))
 
 
-EVERY = "every"  # every ensemble of two or more models (nnU-Net's find_best_configuration)
+EVERY = "every"  # every ensemble of two or more models (nnU-Net's find_best_configuration scores pairs only)
 ALL_MODELS = "all"  # only the ensemble of all the models, e.g. an ensemble fixed before looking at the scores
 NO_ENSEMBLES = "none"
 ENSEMBLE_SETS = (EVERY, ALL_MODELS, NO_ENSEMBLES)
@@ -77,17 +78,39 @@ def ensemble_set(ensembles: bool | str) -> str:
     return str(ensembles)
 
 
-def candidates(model_names: Sequence[str], ensembles: bool | str = EVERY) -> list[Candidate]:
+#: Above this many ensembles, ``every`` is said to be large before the scoring starts (seven models make 120).
+MANY_ENSEMBLES = 64
+
+
+def candidates(model_names: Sequence[str], ensembles: bool | str = EVERY,
+               max_ensemble_size: int | None = None) -> list[Candidate]:
     """Every model alone, then the ensembles ``ensembles`` asks for (:func:`ensemble_set`): every ensemble of two
-    or more of them, smallest first; only the ensemble of all of them (when there are two or more); or none."""
+    or more of them, smallest first (of at most ``max_ensemble_size`` members when given; 2 is nnU-Net's pairs);
+    only the ensemble of all of them (when there are two or more); or none."""
     which = ensemble_set(ensembles)
+    check_max_ensemble_size(max_ensemble_size)
     out = [Candidate((name,)) for name in model_names]
     if which == EVERY:
-        for size in range(2, len(model_names) + 1):
+        largest = len(model_names) if max_ensemble_size is None else min(max_ensemble_size, len(model_names))
+        for size in range(2, largest + 1):
             out += [Candidate(tuple(c)) for c in itertools.combinations(model_names, size)]
     elif which == ALL_MODELS and len(model_names) > 1:
         out.append(Candidate(tuple(model_names)))
     return out
+
+
+def check_max_ensemble_size(max_ensemble_size: int | None) -> None:
+    """None, or a whole number >= 2; anything else raises :class:`HiennuError`."""
+    if max_ensemble_size is not None and (isinstance(max_ensemble_size, bool) or not isinstance(max_ensemble_size, int)
+                                          or max_ensemble_size < 2):
+        raise HiennuError(f"--max-ensemble-size must be a whole number of at least 2 (an ensemble has two or more "
+                          f"models), got {max_ensemble_size!r}")
+
+
+def count_ensembles(num_models: int, max_ensemble_size: int | None = None) -> int:
+    """How many ensembles of two or more of ``num_models`` models there are (of at most ``max_ensemble_size``)."""
+    largest = num_models if max_ensemble_size is None else min(max_ensemble_size, num_models)
+    return sum(math.comb(num_models, k) for k in range(2, largest + 1))
 
 
 def members_record(candidate: Candidate, folds: Sequence[int], checkpoint: str) -> dict:
