@@ -27,6 +27,7 @@ SCRIPTS = {
     "hiennu_determine_postprocessing": "determine_postprocessing",
     "hiennu_apply_postprocessing": "apply_postprocessing",
     "hiennu_find_best_configuration": "find_best_configuration",
+    "hiennu_ensemble": "ensemble",
     "hiennu_train_default_model": "train_default_model",
     "hiennu_export_model": "export_model",
     "hiennu_install_model": "install_model",

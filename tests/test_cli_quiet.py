@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 
@@ -53,7 +54,7 @@ def quiet_run(record: dict, name: str, main, argv: list[str]) -> None:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """Run every command once with -q on a tiny synthetic dataset; returns (tmp folder, console output per command)."""
-    from hiennu.cli import (apply_postprocessing, convert_bonbid, demo, determine_postprocessing, evaluate,
+    from hiennu.cli import (apply_postprocessing, convert_bonbid, demo, determine_postprocessing, ensemble, evaluate,
                             export_model, find_best_configuration, install_model, loss_study, make_synthetic,
                             plan_and_preprocess, predict, predict_challenge, train)
     tmp = tmp_path_factory.mktemp("quiet")
@@ -89,6 +90,10 @@ def pipeline(tmp_path_factory):
         record.write_text('{"chosen": {"min_component_voxels": 2}}')
         quiet_run(out, "apply_postprocessing", apply_postprocessing.main,
                   ["-i", str(tmp / "pred"), "-o", str(tmp / "pred_pp"), "-pp", str(record)])
+        validation = tmp / "hiennu_results" / DATASET / "TrainerDice__hiennuPlans__3d_fullres" / "fold_0" / "validation"
+        shutil.copytree(validation, tmp / "validation_copy")
+        quiet_run(out, "ensemble", ensemble.main, ["-i", str(validation), str(tmp / "validation_copy"), "-o",
+                                                   str(tmp / "ensembled"), "--save-probabilities"])
         quiet_run(out, "export_model", export_model.main, ["-d", "901", "-tr", "TrainerDice", "-p", "Wide",
                                                            "-o", str(tmp / "wide.zip")])
         mp.setenv("hiennu_results", str(tmp / "installed"))
@@ -130,7 +135,7 @@ def pipeline(tmp_path_factory):
 COMMANDS = ["make_synthetic", "plan_and_preprocess", "plan_and_preprocess -p", "train", "train -p", "predict",
             "predict -p", "evaluate", "export_model", "install_model", "predict_challenge", "loss_study",
             "convert_bonbid", "demo", "determine_postprocessing", "apply_postprocessing", "find_best_configuration",
-            "train_default_model"]
+            "ensemble", "train_default_model"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

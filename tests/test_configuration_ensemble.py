@@ -259,6 +259,29 @@ def test_predict_with_m_and_with_several_configurations(hiennu_roots, tmp_path, 
     assert np.array_equal(_masks(tmp_path / "t")["case0.mha"], tta.predict_case(case_arrays(GEOM), GEOM)[0])
 
 
+def test_hiennu_ensemble_of_separate_predictions_is_hiennu_predict_with_both_models(hiennu_roots, tmp_path):
+    """nnU-Net's habit: predict with each model on its own (--save-probabilities npz), then hiennu_ensemble the
+    folders; the masks and mean maps are those of hiennu_predict -m A B (with TTA), bit for bit."""
+    from hiennu.cli import ensemble as ensemble_cli
+    from hiennu.io.probabilities import read_probability_map
+    a, b = _pair(hiennu_roots["hiennu_results"])
+    _write_cases(tmp_path / "in")
+    for name, models in (("a", [a]), ("b", [b]), ("ab", [a, b])):
+        assert predict_cli.main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / name), "-m", *map(str, models),
+                                 "--save-probabilities", "--device", "cpu", "-q"]) == 0
+    assert ensemble_cli.main(["-i", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "e"),
+                              "--save-probabilities", "-q"]) == 0
+    together, separate = _masks(tmp_path / "ab"), _masks(tmp_path / "e")
+    assert together.keys() == separate.keys() == {"case0.mha", "case1.mha"}
+    for k in together:
+        assert np.array_equal(together[k], separate[k]) and 0 < together[k].sum() < together[k].size
+        assert _geometry(tmp_path / "e" / k) == _geometry(tmp_path / "ab" / k)
+        case = k[: -len(".mha")]
+        mean, geometry = read_probability_map(tmp_path / "e" / f"{case}_prob.npz", case)
+        assert np.array_equal(mean, read_probability_map(tmp_path / "ab" / f"{case}_prob.npz", case)[0])
+        assert not np.array_equal(mean, read_probability_map(tmp_path / "a" / f"{case}_prob.npz", case)[0])
+
+
 def test_resolve_models_pairs_the_options(hiennu_roots):
     results = hiennu_roots["hiennu_results"]
     a, b = _pair(results)

@@ -9,6 +9,7 @@ configurations' scoring and ensembles (:mod:`hiennu.ensembling`) and the post-pr
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -20,26 +21,34 @@ from hiennu.io.image import Geometry
 PROBABILITIES_KEY = "probabilities"  # the array's key in a CASE.npz (hiennu_predict --save-probabilities npz)
 
 
-def read_probabilities(path: Path, reference: Geometry, where: str) -> np.ndarray:
-    """A ``CASE.npz``'s probability map (float32 ``(z, y, x)``), which must lie on ``reference``'s grid (the
-    label's): same size and, within :func:`hiennu.io.image.grid_differences`' tolerance, spacing, origin and
-    direction (stored beside it). where: the model, fold and case, for errors."""
+def read_probability_map(path: Path, where: str) -> tuple[np.ndarray, Geometry]:
+    """A ``CASE.npz``'s probability map (float32 ``(z, y, x)``, finite, in [0, 1]) and the grid stored beside it.
+    where: the model, fold, folder or case, for errors (:class:`HiennuError`, one line naming the file)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             prob = np.asarray(f[PROBABILITIES_KEY], dtype=np.float32)
             geometry = Geometry(tuple(int(v) for v in reversed(prob.shape)),
                                 tuple(float(v) for v in f["spacing_xyz"]), tuple(float(v) for v in f["origin_xyz"]),
                                 tuple(float(v) for v in f["direction"]))
-    except (OSError, KeyError, ValueError) as e:
-        raise HiennuError(f"{where}: {path} is not a probability map of hiennu_train --npz ({e})") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise HiennuError(f"{where}: {path} is not a probability map of hiennu_train --npz or hiennu_predict "
+                          f"--save-probabilities npz ({e})") from None
     if prob.ndim != 3:
         raise HiennuError(f"{where}: {path} holds a {prob.ndim}D array, not a 3D probability map (z, y, x)")
+    if not (np.isfinite(prob).all() and prob.min(initial=0.0) >= 0.0 and prob.max(initial=0.0) <= 1.0):
+        raise HiennuError(f"{where}: {path} holds values outside [0, 1] or not finite; it is not a probability map")
+    return prob, geometry
+
+
+def read_probabilities(path: Path, reference: Geometry, where: str) -> np.ndarray:
+    """A ``CASE.npz``'s probability map (float32 ``(z, y, x)``, :func:`read_probability_map`), which must lie on
+    ``reference``'s grid (the label's): same size and, within :func:`hiennu.io.image.grid_differences`' tolerance,
+    spacing, origin and direction (stored beside it). where: the model, fold and case, for errors."""
+    prob, geometry = read_probability_map(path, where)
     diffs = reference.differences(geometry)
     if diffs:
         raise HiennuError(f"{where}: probabilities {path} lie on another grid than the label "
                           f"({'; '.join(diffs)}, label first)")
-    if not (np.isfinite(prob).all() and prob.min(initial=0.0) >= 0.0 and prob.max(initial=0.0) <= 1.0):
-        raise HiennuError(f"{where}: {path} holds values outside [0, 1] or not finite; it is not a probability map")
     return prob
 
 
@@ -53,4 +62,4 @@ def mean_probabilities(probabilities: Sequence[np.ndarray]) -> np.ndarray:
     return total / np.float32(len(probabilities))
 
 
-__all__ = ["PROBABILITIES_KEY", "mean_probabilities", "read_probabilities"]
+__all__ = ["PROBABILITIES_KEY", "mean_probabilities", "read_probabilities", "read_probability_map"]
