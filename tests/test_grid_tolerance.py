@@ -199,6 +199,23 @@ def test_truncated_image_is_not_reported_as_missing(tmp_path):
     assert "truncated" in str(info.value)
 
 
+def test_a_corrupt_gzip_stream_skips_its_case_and_predicts_the_others(tmp_path):
+    """A .nii.gz whose deflate data is damaged (one byte flipped) is one unreadable case, named, not a crash of the
+    whole folder (zlib's error is neither an OSError nor a ValueError)."""
+    for case in ("a", "b", "c"):
+        write_image(np.full(GEO.size_zyx, 1300, np.float32), GEO, tmp_path / "in" / f"{case}_0000.nii.gz")
+        write_image(np.full(GEO.size_zyx, -5, np.float32), GEO, tmp_path / "in" / f"{case}_0001.nii.gz")
+    damaged = tmp_path / "in" / "b_0001.nii.gz"
+    data = bytearray(damaged.read_bytes())
+    data[11] ^= 0xA5
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match=r"b_0001\.nii\.gz: cannot be read as an image"):
+        read_image(damaged)
+    report = make_baseline("zadc").predict_folder(tmp_path / "in", tmp_path / "out")
+    assert report.predicted == ["a", "c"] and "b" in report.skipped
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "c.nii.gz"]
+
+
 # ----------------------------------------------------------------------------- §3: bad voxels
 
 def test_all_zero_image_in_a_labelled_case_fails_the_integrity_check(tmp_path):

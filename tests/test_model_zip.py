@@ -185,6 +185,29 @@ def test_tampered_file_is_refused(tmp_path, hiennu_roots):
     assert not any(hiennu_roots["hiennu_results"].iterdir())
 
 
+@pytest.mark.parametrize("member", ["plans.json", MANIFEST])
+def test_corrupted_compressed_data_is_refused_by_name(tmp_path, hiennu_roots, member):
+    """A byte flipped inside a deflated member (a damaged download) is refused as corrupted, naming the zip, not
+    raised as zlib's or zipfile's own error; the manifest's own damage makes the zip unreadable as a rule zip too."""
+    from hiennu.inference.model_zip import is_ensemble_zip, is_rule_zip
+    path = export_model_zip(make_model_dir(tmp_path / "src", folds=(0,)), tmp_path / "m.zip")
+    name = MANIFEST if member == MANIFEST else f"{MODEL}/{member}"
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    data = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0xFF
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelZipError, match=r"bad\.zip: refused: its data is corrupted .*get a fresh copy"):
+        verify_model_zip(bad)
+    with pytest.raises(ModelZipError, match="its data is corrupted"):
+        install_model_zip(bad)
+    assert not is_rule_zip(bad) and not is_ensemble_zip(bad)
+    assert not any(hiennu_roots["hiennu_results"].iterdir())
+
+
 def test_missing_manifest_and_unlisted_files_are_refused(tmp_path, hiennu_roots):
     members = good_members(tmp_path)
     with pytest.raises(ModelZipError, match="no manifest.json"):

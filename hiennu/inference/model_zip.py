@@ -60,6 +60,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -349,7 +350,7 @@ def _manifest_format(path: str | Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as zf:
             return json.loads(zf.read(MANIFEST)).get("format")
-    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+    except (OSError, KeyError, ValueError, AttributeError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
 
 
@@ -409,7 +410,7 @@ def _checked_zip(path: Path) -> Iterator[tuple[zipfile.ZipFile, set[str], dict]]
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise ModelZipError(f"{path}: not a readable zip file ({e})") from None
-    with zf:
+    with zf, _corrupt_data_refused(path):
         infos = zf.infolist()
         for info in infos:
             reason = _unsafe_name_reason(info)
@@ -435,6 +436,17 @@ def _checked_zip(path: Path) -> Iterator[tuple[zipfile.ZipFile, set[str], dict]]
             raise ModelZipError(f"{path}: refused: {MANIFEST} is malformed (it holds {type(manifest).__name__}, "
                                 f"not an object)")
         yield zf, set(names) - {MANIFEST}, manifest
+
+
+@contextmanager
+def _corrupt_data_refused(path: Path) -> Iterator[None]:
+    """A member whose compressed data is damaged (a bad CRC, a broken deflate stream, cut short) raises
+    :class:`ModelZipError` naming the zip, as a tampered one does, instead of zipfile's or zlib's own error."""
+    try:
+        yield
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise ModelZipError(f"{path}: refused: its data is corrupted ({e}); nothing was extracted; get a fresh copy "
+                            f"of the zip or export it again") from None
 
 
 def _check_files(path: Path, zf: zipfile.ZipFile, content: set[str], files: dict[str, str], folders: list[str],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -195,7 +196,7 @@ def header_spacing(path: str | os.PathLike) -> tuple[float, ...] | None:
                     return tuple(float(v) for v in struct.unpack(order + "3f", head[80:92]))
                 if size == 540:
                     return tuple(float(v) for v in struct.unpack(order + "3d", head[112:136]))
-    except (OSError, ValueError, struct.error, EOFError):
+    except (OSError, ValueError, struct.error, EOFError, zlib.error):  # a corrupt file: SimpleITK says why below
         return None
     return None
 
