@@ -18,7 +18,7 @@ from hiennu.datasets.bonbid import convert_bonbid
 from hiennu.datasets.integrity import check_raw_dataset
 from hiennu.errors import HiennuError, ImageReadError
 from hiennu.evaluation.evaluate import evaluate_folders
-from hiennu.inference.baseline import make_baseline
+from hiennu.inference.baseline import ZadcThresholdBaseline, make_baseline
 from hiennu.inference.layouts import CaseInputError, discover_input_cases, read_case
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, grid_differences, read_image, same_grid, write_image
@@ -122,6 +122,18 @@ def test_prediction_takes_the_adc_geometry_exactly(tmp_path):
     out = sitk.ReadImage(str(tmp_path / "out" / "c.mha"))
     ref = sitk.ReadImage(str(tmp_path / "in" / "c_0000.mha"))
     assert out.GetOrigin() == ref.GetOrigin() and out.GetDirection() == ref.GetDirection()
+
+
+def test_predict_files_hands_adc_and_zadc_to_the_model_in_its_own_channel_order():
+    """A dataset.json may list ZADC first: predict_files(adc, zadc) still gives each map to its channel (the rule
+    ZADC < -2 finds the 27-voxel lesion both ways; handed over in the wrong order it found none)."""
+    adc = np.full((8, 9, 10), 1300.0, np.float32)
+    zadc = np.zeros((8, 9, 10), np.float32)
+    zadc[2:5, 2:5, 2:5] = -3.0
+    images = (sitk.GetImageFromArray(adc), sitk.GetImageFromArray(zadc))
+    for names in (("ADC", "ZADC"), ("ZADC", "ADC")):
+        mask = sitk.GetArrayFromImage(ZadcThresholdBaseline(channel_names=names).predict_files(*images))
+        assert int(mask.sum()) == 27, names
 
 
 def test_evaluation_accepts_a_prediction_on_the_zadc_grid(tmp_path):

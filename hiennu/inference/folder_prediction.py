@@ -200,6 +200,7 @@ class CasePredictor(ABC):
         if len(self.channel_names) != 2:
             raise HiennuError(f"{self.name}: predict_files takes ADC and ZADC, but the model has "
                               f"{len(self.channel_names)} channels ({', '.join(self.channel_names)}); use predict_case")
+        adc_k, zadc_k = adc_zadc_channels(self.channel_names, required=True, source=f"{self.name}'s dataset.json")
         images, geometries = [], []
         for label, item in (("ADC", adc), ("ZADC", zadc)):
             image = item if isinstance(item, sitk.Image) else read_sitk(item)
@@ -210,7 +211,9 @@ class CasePredictor(ABC):
         diffs = geometries[0].differences(geometries[1])
         if diffs:
             raise HiennuError(f"ZADC lies on a different grid than ADC ({'; '.join(diffs)}); resample it onto the ADC's")
-        mask, _ = self.predict_case(images, geometries[0])
+        ordered = [None, None]
+        ordered[adc_k], ordered[zadc_k] = images  # the model's channel order, whatever it is
+        mask, _ = self.predict_case(ordered, geometries[0])
         return geometries[0].apply_to(sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=np.uint8)))
 
     def predict_folder(self, in_dir: str | Path, out_dir: str | Path, save_probabilities: bool = False,
