@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,10 @@ def test_converts_labelled_split_exactly(fake_src, hiennu_roots):
         lb, glb = read_image(out / "labelsTr" / f"{case.case_id}.mha", dtype=None)
         assert lb.dtype == np.uint8 and glb.size_xyz == GEO.size_xyz and glb.direction == GEO.direction
         np.testing.assert_array_equal(la.astype(np.uint8), lb)
+    # the dataset folder is staged and renamed into place with the mode a plain mkdir gives (not tempfile's 0700)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
 
 
 def test_unlabelled_split_goes_to_imagesTs(tmp_path, hiennu_roots):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 import zipfile
 from pathlib import Path
@@ -97,6 +98,9 @@ def test_install_and_default(tmp_path, hiennu_roots):
     assert all(torch.equal(v, load_model_zip(other).weights["1"][k])
                for k, v in _weights(target / "fold_1" / "checkpoint_final.pth").items())
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no staging or backup left behind
+    umask = os.umask(0)  # staged and renamed into place: the mode a plain mkdir gives, not tempfile's 0700
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask
 
 
 def test_install_over_the_folder_it_was_exported_from_keeps_its_history(tmp_path, hiennu_roots):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from hiennu.errors import HiennuError
+from hiennu.io.atomic import staging_dir
 from hiennu.log import get_logger
 from hiennu.paths import parse_dataset_folder_name
 
@@ -40,7 +41,7 @@ def staged_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]
     target = Path(target)
     check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = staging_dir(target.parent, prefix=f".{target.name}.tmp-")
     try:
         yield tmp
         old = None

@@ -58,7 +58,6 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -73,7 +72,7 @@ from hiennu.inference.ensemble_members import EnsembleMembers, is_ensemble_dir, 
 from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, model_folds, resolve_models,
                                              set_default_model)
 from hiennu.inference.trained_configuration import check_trained_configuration
-from hiennu.io.atomic import atomic_path
+from hiennu.io.atomic import atomic_path, staging_dir
 from hiennu.io.checkpoint import FINAL, checkpoint_file, load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
@@ -911,7 +910,7 @@ def _install_folders(contents: ModelZipContents | RuleZipContents, root: Path, f
             for folder in folders:
                 target = root / folder
                 target.parent.mkdir(parents=True, exist_ok=True)
-                staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".installing", dir=target.parent))
+                staging = staging_dir(target.parent, prefix=f".{target.name}.", suffix=".installing")
                 staged[folder] = staging
                 for name in contents.files:
                     if name.startswith(folder + "/"):

@@ -25,7 +25,19 @@ def _current_umask() -> int:
 
 
 # Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
-_FILE_MODE = 0o666 & ~_current_umask()
+_UMASK = _current_umask()
+_FILE_MODE = 0o666 & ~_UMASK
+_DIR_MODE = 0o777 & ~_UMASK
+
+
+def staging_dir(parent: str | os.PathLike, prefix: str, suffix: str = "") -> Path:
+    """A new empty folder in ``parent`` with a unique hidden name, to be filled and then renamed into place.
+    Why not bare :func:`tempfile.mkdtemp`: it creates the folder 0700, so a folder renamed into place from it (an
+    installed model, a converted dataset) would be readable by its writer alone; this one gets the mode a plain
+    ``mkdir`` would give it under the current umask."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(path, _DIR_MODE)
+    return path
 
 
 @contextlib.contextmanager
