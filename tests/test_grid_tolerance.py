@@ -273,6 +273,22 @@ def test_continue_prediction_redoes_damaged_outputs(tmp_path, damage):
     assert report.already_done == ["c"]
 
 
+def test_two_cases_that_would_write_one_file_are_refused_before_predicting(tmp_path):
+    """Case A's probability map saved as an image is A_prob.mha, the mask of a case named A_prob: one would silently
+    overwrite the other, so the run is refused naming both; as npz (the default) the names differ."""
+    for case, z in (("A", -5.0), ("A_prob", 0.0)):
+        write_image(np.full(GEO.size_zyx, 1300, np.float32), GEO, tmp_path / "in" / f"{case}_0000.mha")
+        write_image(np.full(GEO.size_zyx, z, np.float32), GEO, tmp_path / "in" / f"{case}_0001.mha")
+    with pytest.raises(HiennuError, match=r"cases A and A_prob would both write .*A_prob\.mha; rename one"):
+        make_baseline("zadc").predict_folder(tmp_path / "in", tmp_path / "out", save_probabilities=True,
+                                             probability_format="image")
+    assert not (tmp_path / "out").exists()
+    report = make_baseline("zadc").predict_folder(tmp_path / "in", tmp_path / "out", save_probabilities=True)
+    assert report.predicted == ["A", "A_prob"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["A.mha", "A_prob.mha", "A_prob.npz",
+                                                                   "A_prob_prob.npz"]
+
+
 def test_output_folder_that_is_a_file_is_refused_before_predicting(tmp_path):
     write_image(np.full(GEO.size_zyx, 1300, np.float32), GEO, tmp_path / "in" / "c_0000.mha")
     write_image(np.zeros(GEO.size_zyx, np.float32), GEO, tmp_path / "in" / "c_0001.mha")

@@ -239,11 +239,17 @@ class CasePredictor(ABC):
             cases = [c for c in cases if c.case_id in set(case_ids)]
         report = PredictionReport(out_dir)
         inputs = {f.resolve() for c in cases for f in c.files if f is not None}
+        planned: dict[Path, str] = {}
         todo: list[InputCase] = []
         for case in cases:
             outputs = [out_dir / case.output_name()]
             if save_probabilities:
                 outputs.append(probability_path(out_dir, case, probability_format))
+            for o in outputs if not case.problem else ():  # e.g. A's map A_prob.mha and the mask of case A_prob
+                other = planned.setdefault(o.resolve(), case.case_id)
+                if other != case.case_id:
+                    raise HiennuError(f"cases {other} and {case.case_id} would both write {o}; rename one of them "
+                                      f"or save the probabilities as npz (--save-probabilities npz)")
             if case.problem:
                 report.skipped[case.case_id] = case.problem
                 logger.error("case %s skipped: %s", case.case_id, case.problem)
