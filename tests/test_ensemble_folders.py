@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,26 @@ def _nan(dirs):
     write_probabilities(prob, GEO, dirs[1] / "c2_prob.npz")
 
 
+def _npy(dirs):
+    with open(dirs[1] / "c2_prob.npz", "wb") as f:   # a bare .npy saved under the .npz name
+        np.save(f, np.zeros(GEO.size_zyx, np.float32))
+
+
+def _short_grid(dirs):
+    np.savez(dirs[1] / "c2_prob.npz", probabilities=np.zeros(GEO.size_zyx, np.float32), spacing_xyz=[1.0, 1.0],
+             origin_xyz=[0.0, 0.0, 0.0], direction=np.eye(3).ravel())
+
+
+def _deflate(dirs):
+    """One byte of the compressed map flipped mid-stream: a broken deflate stream or a bad CRC-32."""
+    path = dirs[1] / "c2_prob.npz"
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("probabilities.npy")
+    data = bytearray(path.read_bytes())
+    data[info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def _missing(dirs):
     (dirs[1] / "c2_prob.npz").unlink()
 
@@ -135,6 +156,9 @@ def _empty(dirs):
 @pytest.mark.parametrize("breaking, message", [
     (_corrupt, r"case c2: .*b/c2_prob\.npz is not a probability map of hiennu_train --npz or hiennu_predict"),
     (_nan, r"case c2: .*b/c2_prob\.npz holds values outside \[0, 1\] or not finite"),
+    (_npy, r"case c2: .*b/c2_prob\.npz is not a probability map .*not an \.npz archive|File is not a zip file"),
+    (_short_grid, r"case c2: .*b/c2_prob\.npz is not a probability map .*spacing_xyz has 2 values, not 3"),
+    (_deflate, r"case c2: .*b/c2_prob\.npz is not a probability map of hiennu_train --npz"),
     (_missing, r"-i .*/b lacks case\(s\) c2; every folder must hold the maps of the same cases"),
     (_extra, r"-i .*/b has case\(s\) c3 that .*/a lacks"),
     (_other_grid, r"case c2: .*b/c2_prob\.npz lies on another grid than .*a/c2_prob\.npz \(spacing"),

@@ -9,7 +9,9 @@ configurations' scoring and ensembles (:mod:`hiennu.ensembling`) and the post-pr
 
 from __future__ import annotations
 
+import io
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -19,22 +21,31 @@ from hiennu.errors import HiennuError
 from hiennu.io.image import Geometry
 
 PROBABILITIES_KEY = "probabilities"  # the array's key in a CASE.npz (hiennu_predict --save-probabilities npz)
+GRID_KEYS = {"spacing_xyz": 3, "origin_xyz": 3, "direction": 9}  # stored beside it, with their number of values
 
 
 def read_probability_map(path: Path, where: str) -> tuple[np.ndarray, Geometry]:
     """A ``CASE.npz``'s probability map (float32 ``(z, y, x)``, finite, in [0, 1]) and the grid stored beside it.
     where: the model, fold, folder or case, for errors (:class:`HiennuError`, one line naming the file)."""
+    not_a_map = (f"{where}: {path} is not a probability map of hiennu_train --npz or hiennu_predict "
+                 f"--save-probabilities npz")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            prob = np.asarray(f[PROBABILITIES_KEY], dtype=np.float32)
-            geometry = Geometry(tuple(int(v) for v in reversed(prob.shape)),
-                                tuple(float(v) for v in f["spacing_xyz"]), tuple(float(v) for v in f["origin_xyz"]),
-                                tuple(float(v) for v in f["direction"]))
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise HiennuError(f"{where}: {path} is not a probability map of hiennu_train --npz or hiennu_predict "
-                          f"--save-probabilities npz ({e})") from None
+        # zipfile reads each array to its end, which checks its CRC-32; np.load stops at the array's last byte,
+        # so a damaged archive could be read as other numbers without a word
+        with zipfile.ZipFile(path) as zf:
+            arrays = {key: np.lib.format.read_array(io.BytesIO(zf.read(f"{key}.npy")), allow_pickle=False)
+                      for key in (PROBABILITIES_KEY, *GRID_KEYS)}
+        prob = np.asarray(arrays[PROBABILITIES_KEY], dtype=np.float32)
+        grid = {key: np.asarray(arrays[key], dtype=np.float64).ravel() for key in GRID_KEYS}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise HiennuError(f"{not_a_map} ({e})") from None
     if prob.ndim != 3:
         raise HiennuError(f"{where}: {path} holds a {prob.ndim}D array, not a 3D probability map (z, y, x)")
+    wrong = [f"{key} has {grid[key].size} values, not {n}" for key, n in GRID_KEYS.items() if grid[key].size != n]
+    if wrong or not all(np.isfinite(v).all() for v in grid.values()):
+        raise HiennuError(f"{not_a_map} (its grid: {'; '.join(wrong) or 'values not finite'})")
+    geometry = Geometry(tuple(int(v) for v in reversed(prob.shape)), tuple(map(float, grid["spacing_xyz"])),
+                        tuple(map(float, grid["origin_xyz"])), tuple(map(float, grid["direction"])))
     if not (np.isfinite(prob).all() and prob.min(initial=0.0) >= 0.0 and prob.max(initial=0.0) <= 1.0):
         raise HiennuError(f"{where}: {path} holds values outside [0, 1] or not finite; it is not a probability map")
     return prob, geometry
