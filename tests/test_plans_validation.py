@@ -159,5 +159,15 @@ def test_dataset_json_label_values_must_be_numbers(tmp_path):
         load_dataset_json(tmp_path)
 
 
+@pytest.mark.parametrize("key, value", [("labels", [0, 1]), ("labels", None), ("labels", "lesion"),
+                                        ("channel_names", ["ADC", "ZADC"]), ("channel_names", None)])
+def test_dataset_json_labels_and_channels_must_be_objects(tmp_path, key, value):
+    d = DatasetJson(name="T", num_training=8).to_dict()
+    d[key] = value
+    (tmp_path / "dataset.json").write_text(json.dumps(d))
+    with pytest.raises(HiennuError, match=r"dataset.json: malformed .*it needs 'channel_names' as"):
+        load_dataset_json(tmp_path)
+
+
 def test_plans_errors_are_hiennu_errors():
     assert issubclass(PlansError, HiennuError)

@@ -58,6 +58,8 @@ class DatasetJson:
             if not isinstance(d, dict):
                 raise TypeError(f"the file holds {type(d).__name__}, not an object")
             channels = d["channel_names"]
+            if not isinstance(channels, dict) or not isinstance(d["labels"], dict):
+                raise TypeError("'channel_names' and 'labels' must be objects")
             names = [channels[str(i)] for i in range(len(channels))]
             if not all(isinstance(n, str) for n in names):
                 raise TypeError("channel names must be text")
