@@ -282,6 +282,26 @@ def test_hiennu_ensemble_of_separate_predictions_is_hiennu_predict_with_both_mod
         assert not np.array_equal(mean, read_probability_map(tmp_path / "a" / f"{case}_prob.npz", case)[0])
 
 
+def test_a_model_folder_given_as_a_relative_path_predicts_as_given_absolutely(hiennu_roots, tmp_path, monkeypatch):
+    """``hiennu_predict -m .`` inside a model folder (and ``-m ../M``): the folder's own name says what it is, so
+    the path is resolved first; "." has no name and was refused as "not a trained model folder"."""
+    a, b = _pair(hiennu_roots["hiennu_results"])
+    _write_cases(tmp_path / "in", 1)
+    assert predict_cli.main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "abs"), "-m", str(b), "--disable-tta",
+                             "-q"]) == 0
+    monkeypatch.chdir(b)
+    assert predict_cli.main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "dot"), "-m", ".", "--disable-tta",
+                             "-q"]) == 0
+    monkeypatch.chdir(b / "fold_0")
+    assert predict_cli.main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "up"), "-m", "..", str(a),
+                             "--disable-tta", "-q"]) == 0
+    assert Predictor.from_model_dir("..", **FAST).configuration.name == "3d_lowres"
+    dot, absolute = _masks(tmp_path / "dot"), _masks(tmp_path / "abs")
+    assert dot.keys() == absolute.keys() == {"case0.mha"} and np.array_equal(dot["case0.mha"], absolute["case0.mha"])
+    ensemble = ConfigurationEnsemble.from_paths([b, a], **FAST).predict_case(case_arrays(GEOM), GEOM)[0]
+    assert np.array_equal(_masks(tmp_path / "up")["case0.mha"], ensemble)
+
+
 def test_resolve_models_pairs_the_options(hiennu_roots):
     results = hiennu_roots["hiennu_results"]
     a, b = _pair(results)

@@ -200,6 +200,8 @@ def resolve_model(model: str | Path | None = None, dataset: str | int | None = N
         if dataset is not None or trainer is not None:
             raise HiennuError("give either -m MODEL_DIR_OR_ZIP or -d/-tr/-c, not both")
         path = Path(model).expanduser()
+        if path.is_dir():  # "-m ." or "-m ../M": the folder's own name says what it is
+            path = path.resolve()
         if path.is_file() and path.suffix.lower() == ".zip":
             return path
         if path.is_dir():

@@ -156,9 +156,10 @@ class Predictor(CasePredictor):
         checkpoint records another configuration than these plans is refused, naming the field
         (:func:`~hiennu.inference.trained_configuration.check_trained_configuration`).
         """
-        path = Path(path)
+        path = Path(path).expanduser()
         if not path.is_dir():
             raise HiennuError(f"model folder {path} not found")
+        path = path.resolve()  # "." has no name to read the configuration from
         checkpoint = checkpoint or default_checkpoint(path)
         plans = load_plans(path)
         parts = parse_model_dir_name(path.name)
