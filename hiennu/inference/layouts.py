@@ -210,7 +210,7 @@ def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
     Raises :class:`CaseInputError` naming the case and file when a channel is missing or
     unreadable, holds NaN or infinite voxels, or when the channels lie on different grids
     (:func:`hiennu.io.image.grid_differences`; within its tolerance the first channel's geometry is
-    returned, so outputs take the ADC's geometry exactly).
+    returned, so outputs take channel 0's geometry exactly: the ADC's in BONBID's order, ADC then ZADC).
     """
     if case.problem:
         raise CaseInputError(f"case {case.case_id}: {case.problem}")
