@@ -415,3 +415,21 @@ def test_applying_a_judged_record_to_masks_needs_and_reads_their_probabilities(t
     with pytest.raises(HiennuError, match=r"case case1: no case1_prob.npz .*--save-probabilities npz"):
         apply_to_folder(masks, tmp_path / "out2", record, images, masks)
     assert not (tmp_path / "out2").exists()
+
+
+def test_apply_postprocessing_refuses_a_mask_that_is_not_binary_instead_of_cutting_it(tmp_path):
+    """A probability map given as the mask (0.9 where the lesion is) was read as uint8, cut to 0 and passed the
+    0/1 check: an empty mask without a word. It is refused, showing its values, and nothing is written."""
+    from helpers import GEOM
+    from hiennu.io.image import write_image
+    from hiennu.postprocessing.commands import apply_to_folder
+    record = tmp_path / POSTPROCESSING_FILE
+    record.write_text(json.dumps({"chosen": {"min_component_voxels": 2}}))
+    mask = np.zeros(GEOM.size_zyx, np.float32)
+    mask[1:3, 2:4, 2:4] = 0.9
+    mask[0, 0, 0] = 1.0
+    write_image(mask, GEOM, tmp_path / "masks" / "A.mha")
+    with pytest.raises(HiennuError, match=r"case A: .*masks/A\.mha is not a binary mask \(values 0, 0\.9, 1\)"):
+        apply_to_folder(tmp_path / "masks", tmp_path / "out", record)
+    assert not (tmp_path / "out").exists()
+

@@ -26,7 +26,7 @@ from hiennu.evaluation.metrics import CHALLENGE_2023_NOTE, NSD_TOLERANCE_MM, SUM
 from hiennu.io.atomic import write_json, write_text
 from hiennu.io.bonbid_names import BONBID_ADC_DIR, bonbid_role
 from hiennu.io.cases import parse_channel_file_name
-from hiennu.io.image import image_ending, read_image, strip_ending
+from hiennu.io.image import image_ending, read_binary_mask, read_image, strip_ending
 from hiennu.log import get_logger, progress
 from hiennu.masks import NO_LESION_BAND, VOLUME_BANDS
 from hiennu.provenance import provenance
@@ -100,12 +100,7 @@ def _brain_image_files(images_dir: Path) -> dict[str, Path]:
 
 
 def _binary_mask(path: Path, case_id: str, what: str):
-    array, geometry = read_image(path, dtype=None)
-    if array.dtype != bool and np.any((array != 0) & (array != 1)):
-        values = np.unique(array)
-        shown = ", ".join(f"{v:g}" for v in values[:6]) + (" ..." if values.size > 6 else "")
-        raise HiennuError(f"case {case_id}: {what} file {path} is not a binary mask (values {shown}); "
-                          f"masks must hold 0 (background) and 1 (lesion) only")
+    array, geometry = read_binary_mask(path, f"case {case_id}: {what} file")
     return array != 0, geometry
 
 

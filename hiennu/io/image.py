@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from hiennu.errors import ImageReadError
+from hiennu.errors import HiennuError, ImageReadError
 from hiennu.io.atomic import atomic_path
 
 IMAGE_ENDINGS = (".nii.gz", ".mha", ".mhd", ".nii", ".nrrd")
@@ -256,6 +256,19 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = np.float32) -> 
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return array, Geometry.from_image(image)
+
+
+def read_binary_mask(path: str | os.PathLike, what: str) -> tuple[np.ndarray, Geometry]:
+    """Read a lesion mask as ``(uint8 array (z, y, x) of 0 and 1, Geometry)``. Any other value (a probability
+    map given by mistake, a label of several classes) raises :class:`HiennuError` showing the values, rather than
+    being cut to 0 or 1 by the cast. what: names the file in the message, e.g. ``"case A: prediction file"``."""
+    array, geometry = read_image(path, dtype=None)
+    if array.dtype != bool and np.any((array != 0) & (array != 1)):
+        values = np.unique(array)
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (" ..." if values.size > 6 else "")
+        raise HiennuError(f"{what} {path} is not a binary mask (values {shown}); masks must hold 0 (background) and "
+                          f"1 (lesion) only")
+    return array.astype(np.uint8, copy=False), geometry
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, compress: bool = True) -> None:

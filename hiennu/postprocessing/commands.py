@@ -28,7 +28,7 @@ from hiennu.io.atomic import write_json
 from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
-from hiennu.io.image import Geometry, image_ending, read_image, write_image
+from hiennu.io.image import Geometry, image_ending, read_binary_mask, read_image, write_image
 from hiennu.io.probabilities import read_probabilities
 from hiennu.log import get_logger, progress
 from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RULE_DIR, ModelFolder, model_dir_name, raw_root,
@@ -257,9 +257,7 @@ def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str
     for path in progress(files, desc="post-processing"):
         ending = image_ending(path)
         case = path.name[: -len(ending)]
-        mask, geometry = read_image(path, dtype=np.uint8)
-        if not set(np.unique(mask)) <= {0, 1}:
-            raise HiennuError(f"case {case}: {path} is not a binary mask (values {sorted(np.unique(mask))[:5]})")
+        mask, geometry = read_binary_mask(path, f"case {case}:")
         channels = {}
         for role, k in (("ADC", adc_k), ("ZADC", zadc_k)):
             if k is None:

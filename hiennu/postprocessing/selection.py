@@ -59,7 +59,7 @@ from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.checkpoint import BEST
 from hiennu.io.dataset_json import load_dataset_json
-from hiennu.io.image import Geometry, read_image
+from hiennu.io.image import Geometry, read_binary_mask, read_image
 from hiennu.io.probabilities import mean_probabilities, read_probabilities
 from hiennu.log import get_logger, progress
 from hiennu.masks import brain_mask, dice
@@ -142,8 +142,8 @@ def load_cases(masks: dict[str, Path], raw_dir: Path, fold_of: dict[str, int] | 
     out: dict[str, CaseImages] = {}
     for case, path in progress(sorted(masks.items()), desc="post-processing candidates"):
         where = f"fold {fold_of[case]}, case {case}" if fold_of and case in fold_of else f"case {case}"
-        pred, pred_geometry = read_image(path, dtype=np.uint8)
-        ref, geometry = read_image(raw_dir / "labelsTr" / f"{case}{ending}", dtype=np.uint8)
+        pred, pred_geometry = read_binary_mask(path, f"{where}: validation mask")
+        ref, geometry = read_binary_mask(raw_dir / "labelsTr" / f"{case}{ending}", f"{where}: label")
         diffs = geometry.differences(pred_geometry)
         if pred.shape != ref.shape or diffs:
             raise HiennuError(f"{where}: validation mask {path} lies on another grid than its label "
