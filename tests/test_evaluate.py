@@ -131,6 +131,12 @@ def test_case_subset(folders):
     (pred / "case_d.mha").unlink()
     summary = evaluate_folders(ref, pred, num_processes=1, case_ids=["case_a", "case_b"])
     assert [r["case_id"] for r in summary["per_case"]] == ["case_a", "case_b"]
+    # a case named twice would count twice in every mean; none at all would score nothing
+    with pytest.raises(HiennuError, match=r"case\(s\) case_a named twice in case_ids / --cases"):
+        evaluate_folders(ref, pred, num_processes=1, case_ids=["case_a", "case_a", "case_b"])
+    with pytest.raises(HiennuError, match="no case to score: case_ids is empty"):
+        evaluate_folders(ref, pred, num_processes=1, case_ids=[], output_json=ref.parent / "s.json")
+    assert not (ref.parent / "s.json").exists()
 
 
 def test_official_bonbid_names(tmp_path):

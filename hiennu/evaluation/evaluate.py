@@ -137,6 +137,12 @@ def _jobs(ref_dir: Path, pred_dir: Path, images_dir: Path | None, case_ids: Sequ
             raise HiennuError(f"reference folder {ref_dir} holds no mask files (.mha, .nii.gz, .nii, .nrrd, .mhd)")
     else:
         wanted = list(case_ids)
+        if not wanted:
+            raise HiennuError("no case to score: case_ids is empty (leave it out to score every reference case)")
+        twice = sorted({c for c in wanted if wanted.count(c) > 1})
+        if twice:
+            raise HiennuError(f"case(s) {', '.join(twice)} named twice in case_ids / --cases; each would count twice "
+                              f"in every mean")
         no_ref = [c for c in wanted if c not in refs]
         if no_ref:
             raise HiennuError(f"no reference mask for case(s) {', '.join(no_ref)} in {ref_dir}")
