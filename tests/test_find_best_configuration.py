@@ -493,6 +493,26 @@ def test_a_missing_model_or_fold_of_the_split_is_named(cv):
     assert _written(cv) == set()
 
 
+def test_a_split_whose_folds_share_a_validation_case_is_refused(cv, hiennu_roots):
+    """A damaged splits_final.json that holds case0 out in two folds: the rule's reference (which reads its folds
+    from the split alone) would score it with one fold's choice and fit the other's on it; refused, naming it."""
+    from hiennu.ensembling.cv_probabilities import split_validation_cases
+    path = hiennu_roots["hiennu_preprocessed"] / DATASET / "splits_final.json"
+    splits = json.loads(path.read_text())
+    assert split_validation_cases(path.parent, [0, 1, 2])[0] == ["case0", "case3", "case6"]
+    splits[1]["val"].append("case0")
+    write_json(splits, path)
+    with pytest.raises(HiennuError, match=r"splits_final\.json: case case0 is a validation case of fold 0 and of "
+                                          r"fold 1; the folds must hold out disjoint cases"):
+        split_validation_cases(path.parent, [0, 1, 2])
+    assert cli.main(_run("-q")) == 1 and _written(cv) == set()
+    splits[1]["val"].remove("case0")
+    splits[0]["val"].append("case0")  # twice within one fold
+    write_json(splits, path)
+    with pytest.raises(HiennuError, match=r"case case0 is a validation case of fold 0 and of fold 0"):
+        split_validation_cases(path.parent, [0])
+
+
 def test_models_named_with_m_need_not_be_every_combination(cv, capsys):
     # two trainers on 3d_fullres, one on 3d_lowres: -c/-tr would need TrainerY on 3d_lowres as well
     _write_model(cv.parent, C, *_splits(cv), probabilities=_under_segmenting)

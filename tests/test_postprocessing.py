@@ -93,6 +93,8 @@ def test_select_postprocessing_on_pooled_folds_writes_the_record(tmp_path):
     assert record["validation_checkpoints"] == {"0": "checkpoint_best.pth", "1": None}
     assert record["plans_min_component_voxels"] == 0
     assert set(record["nested"]["chosen_per_fold"]) == {"0", "1"}
+    # -f 0 0 1 is folds 0 and 1 (it was read as fold 0 twice and blamed on the split: "validation mask in two folds")
+    assert select_postprocessing(model, raw, folds=[0, 0, 1], write=False) == record
 
 
 def test_select_postprocessing_names_what_is_missing(tmp_path):

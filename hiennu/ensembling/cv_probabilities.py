@@ -91,7 +91,16 @@ def split_validation_cases(preprocessed_dir: Path, folds: Sequence[int]) -> dict
     if missing:
         raise HiennuError(f"{path}: has {len(splits)} folds, fold(s) {', '.join(map(str, missing))} do not exist; "
                           f"choose folds with -f among 0-{len(splits) - 1}")
-    return {f: sorted(str(c) for c in splits[f]["val"]) for f in folds}
+    out = {f: sorted(str(c) for c in splits[f]["val"]) for f in folds}
+    seen: dict[str, int] = {}
+    for f, cases in out.items():
+        for case in cases:
+            other = seen.setdefault(case, f)
+            if other != f or cases.count(case) > 1:
+                raise HiennuError(f"{path}: case {case} is a validation case of fold {other} and of fold {f}; the "
+                                  f"folds must hold out disjoint cases (restore the splits_final.json the models "
+                                  f"were trained with)")
+    return out
 
 
 def collect_model_cv(model_dir: Path, folds: Sequence[int], dataset: str) -> ModelCV:

@@ -94,7 +94,7 @@ def determine_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: 
     (:func:`hiennu.postprocessing.selection.all_candidates`); return the record and, with ``table``, the Markdown
     table of every candidate (:func:`candidate_table`)."""
     model_dir, raw_dir = Path(model_dir), Path(raw_dir)
-    folds = [int(f) for f in folds]
+    folds = sorted(set(int(f) for f in folds))
     check_folds(model_dir, folds)
     if not (raw_dir / DATASET_FILE).is_file():
         raise HiennuError(f"{raw_dir}: no {DATASET_FILE}; give the raw dataset the model was trained on")

@@ -363,7 +363,7 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
     candidates the choice is made among (:func:`all_candidates`).
     """
     model_dir, raw_dir = Path(model_dir), Path(raw_dir)
-    folds = [int(f) for f in folds]
+    folds = sorted(set(int(f) for f in folds))  # -f 0 0 1 is folds 0 and 1, as hiennu_find_best_configuration takes it
     if not folds:
         raise HiennuError("choosing post-processing needs at least one fold")
     ending = load_dataset_json(raw_dir).file_ending
