@@ -67,6 +67,8 @@ def test_export_verify_load_round_trip(tmp_path):
     assert (loaded.spec, loaded.dataset, loaded.postprocessing) == (local.spec, local.dataset, local.postprocessing)
     bare = export_rule_zip(_rule_dir(tmp_path / "bare", record=None), tmp_path / "bare.zip")
     assert load_rule_zip(bare).postprocessing is None and len(verify_rule_zip(bare).files) == 2
+    # rewritten without a record, a folder that had one is the plain rule, not the old record
+    assert load_rule_folder(_rule_dir(tmp_path / "results", record=None)).postprocessing is None
 
 
 def test_export_install_and_install_again(tmp_path, hiennu_roots):

@@ -94,7 +94,9 @@ def check_rule_dataset(dataset: DatasetJson, source: str) -> None:
 def write_rule_folder(folder: str | Path, dataset: DatasetJson, record: dict | None,
                       spec: RuleSpec = RuleSpec()) -> Path:
     """Write (or rewrite) a rule folder: ``dataset.json``, ``postprocessing.json`` when ``record`` is given (a
-    post-processing record, checked first), then ``rule.json``, each atomically; returns the folder."""
+    post-processing record, checked first; without one, an earlier ``postprocessing.json`` is removed, so the
+    rewritten folder is the plain rule and not the old record), then ``rule.json``, each atomically; returns the
+    folder."""
     folder = Path(folder)
     check_rule_dataset(dataset, f"{folder / DATASET_FILE}")
     if record is not None:
@@ -104,6 +106,8 @@ def write_rule_folder(folder: str | Path, dataset: DatasetJson, record: dict | N
     write_json(dataset.to_dict(), folder / DATASET_FILE)
     if record is not None:
         write_json(record, folder / POSTPROCESSING_FILE)
+    else:
+        (folder / POSTPROCESSING_FILE).unlink(missing_ok=True)
     write_json(spec.to_dict(), folder / RULE_FILE)
     return folder
 
