@@ -2,7 +2,8 @@
 
 nnU-Net's ``nnUNetv2_find_best_configuration`` chooses the configuration by its raw mean CV Dice and only
 then chooses post-processing for the winner. That is a fine rule when post-processing adds little. On BONBID
-it carries most of the score (the rule ``ZADC < -2`` goes from 0.47 to 0.58 Dice with it), and how well a
+it carries most of the score (the rule ``ZADC < -2`` goes from 0.47 to 0.63-0.70 Dice with it, nested, by the
+candidates it is chosen among; results.md), and how well a
 candidate's post-processing carries from fold to fold differs between candidates: the 2d + 3d_fullres
 ensemble scored 0.502 raw against 0.499 for 3d_fullres alone, so nnU-Net's rule ships it, but with
 post-processing its nested estimate is 0.508 (pooled 0.597, 0.09 above) against 0.606 for 3d_fullres (pooled

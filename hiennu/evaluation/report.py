@@ -242,7 +242,7 @@ def wilcoxon_vs_reference(per_case: Mapping[str, Sequence[dict]], reference: str
 
     Pairs are the cases both methods scored with a defined value. Rows: ``method``, ``reference``,
     ``metric``, ``n_pairs``, ``mean_difference`` and ``median_difference`` (method minus
-    reference), ``statistic``, ``p_value`` (NaN with fewer than 1 non-zero difference; 1.0 when
+    reference), ``statistic``, ``p_value`` (NaN when there is no pair; 1.0 when
     every difference is zero) and ``p_holm``: Holm-corrected over the family of one metric's tests
     (every method against the reference), :func:`holm_adjust`.
     """

@@ -1,7 +1,7 @@
 """The rule ``ZADC < -2`` inside the brain as a cross-validation "model", so it gets the same post-processing.
 
 Post-processing chosen by cross-validation lifts the plain rule as much as it lifts a network (on the 37
-BONBID dev cases from 0.47 to 0.58 Dice, nested), so "above the rule" only means something when the rule gets
+BONBID dev cases from 0.47 to 0.63-0.70 Dice, nested, by the candidates it is chosen among), so "above the rule" only means something when the rule gets
 the same treatment: its masks stand where a model's validation masks stand
 (:class:`~hiennu.postprocessing.selection.CaseImages`), the folds are the model's (``splits_final.json``), and
 the choice is :func:`hiennu.postprocessing.selection.select_on_cases` or
