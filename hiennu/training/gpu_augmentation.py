@@ -63,8 +63,9 @@ def gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
     return k.to(torch.float32)
 
 
-def _separable_filter(x: torch.Tensor, kernels: torch.Tensor, padding_mode: str) -> torch.Tensor:
-    """Filter each channel of x (N, z, y, x) with its own 1D kernel (N, K) along z, y and x.
+def _separable_filter(x: torch.Tensor, kernels: torch.Tensor, padding_mode: str,
+                      axes: tuple[int, ...] = (0, 1, 2)) -> torch.Tensor:
+    """Filter each channel of x (N, z, y, x) with its own 1D kernel (N, K) along ``axes`` (0 = z, 1 = y, 2 = x).
 
     padding_mode ``zeros`` (scipy ``constant``, cval 0) or ``symmetric`` (scipy ``reflect``).
     Kernels longer than an axis are cut to the taps that can reach real voxels (exact for zeros).
@@ -72,7 +73,7 @@ def _separable_filter(x: torch.Tensor, kernels: torch.Tensor, padding_mode: str)
     n = x.shape[0]
     radius = (kernels.shape[1] - 1) // 2
     out = x[None]  # (1, N, z, y, x): one group per channel
-    for axis in range(3):
+    for axis in axes:
         length = out.shape[2 + axis]
         r = min(radius, length - 1) if padding_mode == "zeros" else radius
         k = kernels[:, radius - r: radius + r + 1]
@@ -119,13 +120,21 @@ def smooth_displacement(uniform_noise: torch.Tensor, alpha: torch.Tensor, sigma:
     """Elastic displacement in voxels (B, 3, z, y, x) from noise uniform in [-1, 1] (B, 3, z, y, x).
 
     Each sample's three components are Gaussian-smoothed with its sigma (B,) (zero padding) and
-    scaled by its alpha (B,): batchgenerators' ``elastic_deform_coordinates``.
+    scaled by its alpha (B,): batchgenerators' ``elastic_deform_coordinates``. Samples of one slice (z = 1, a
+    ``2d`` configuration's) are deformed in-plane as batchgenerators deforms a 2D grid: smoothed along y and x
+    only (smoothing along an axis of length 1 would keep only the kernel's centre tap, about 1/25 of the field at
+    sigma 10) and with no z component (which would move the single slice out of itself).
     """
     b = uniform_noise.shape[0]
     radius = int(_TRUNCATE * float(sigma.max()) + 0.5)
     kernels = gaussian_kernels(sigma.repeat_interleave(3), radius)
-    smooth = _separable_filter(uniform_noise.reshape(b * 3, *uniform_noise.shape[2:]), kernels, "zeros")
-    return smooth.reshape(uniform_noise.shape) * alpha.to(smooth.dtype)[:, None, None, None, None]
+    in_plane = uniform_noise.shape[2] == 1
+    smooth = _separable_filter(uniform_noise.reshape(b * 3, *uniform_noise.shape[2:]), kernels, "zeros",
+                               (1, 2) if in_plane else (0, 1, 2))
+    smooth = smooth.reshape(uniform_noise.shape) * alpha.to(smooth.dtype)[:, None, None, None, None]
+    if in_plane:
+        smooth[:, 0] = 0
+    return smooth
 
 
 def warp(x: torch.Tensor, displacement: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
