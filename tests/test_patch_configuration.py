@@ -96,6 +96,33 @@ def test_crop_then_uncrop_is_the_identity_at_native_spacing():
                                       label > 0)
 
 
+def test_the_plans_label_interpolation_reaches_a_patch_configurations_labels():
+    """``label_interpolation: sdf`` in a patch configuration's plans changes its preprocessed labels, as it does a
+    grid configuration's (it was read, hashed into the preprocessing signature and then ignored: always nearest);
+    each equals the crop + resample of the label by that interpolation."""
+    from hiennu.geometry.resampling import resample_label_to_grid
+    rng = np.random.default_rng(0)
+    adc = np.zeros((12, 40, 40), np.float32)
+    adc[2:10, 5:35, 5:35] = 1200
+    zadc = rng.normal(size=adc.shape).astype(np.float32) * (adc > 0)
+    label = np.zeros(adc.shape, np.uint8)
+    label[4:8, 12:19, 14:23] = 1
+    label[5, 25, 25] = 1
+    norm = [ChannelNormalization("ADC", "zscore_brain"), ChannelNormalization("ZADC", "atlas_zscore")]
+    net = NetworkPlan(features_per_stage=[8, 16], pool_kernel_sizes=[[1, 2, 2]], dropout_per_stage=[0, 0])
+    config = Configuration(name="3d_fullres", target_size_xyz=None, grid_policy="spacing", normalization=norm,
+                           target_spacing_zyx=[1.3, 0.7, 0.7], crop_to_brain=True, patch_size_zyx=[4, 16, 16],
+                           network=net)
+    segs = {}
+    for mode in ("nearest", "sdf"):
+        _, seg, record = preprocess_case([adc, zadc], dataclasses.replace(config, label_interpolation=mode), label,
+                                         (2.0, 1.0, 1.0))
+        box = label[tuple(slice(a, b) for a, b in record.bbox_zyx)]
+        np.testing.assert_array_equal(seg[0], resample_label_to_grid(box > 0, record.resampled_size_zyx, mode))
+        segs[mode] = seg
+    assert not np.array_equal(segs["nearest"], segs["sdf"])
+
+
 def test_resampled_box_size_follows_the_spacing():
     volume = np.ones((10, 20, 20), np.float32)
     data, record = crop_and_resample(volume[None], (4.0, 1.0, 1.0), (2.0, 2.0, 2.0))

@@ -95,10 +95,12 @@ def crop_and_resample(images: np.ndarray, spacing_zyx: Sequence[float],
     return out, CropRecord(native, bbox, list(size))
 
 
-def crop_and_resample_label(label: np.ndarray, record: CropRecord) -> np.ndarray:
-    """A native mask ``(z, y, x)`` cropped to ``record``'s box and resampled (nearest) to its size; uint8 {0, 1}."""
+def crop_and_resample_label(label: np.ndarray, record: CropRecord, interpolation: str = "nearest") -> np.ndarray:
+    """A native mask ``(z, y, x)`` cropped to ``record``'s box and resampled to its size; uint8 {0, 1}.
+    interpolation: ``nearest`` or ``sdf`` (the plans' ``label_interpolation``;
+    :func:`~hiennu.geometry.resampling.resample_label_to_grid`)."""
     box = crop_to_bbox(np.asarray(label) > 0, record.bbox_zyx)
-    return resample_label_to_grid(box, record.resampled_size_zyx, "nearest")
+    return resample_label_to_grid(box, record.resampled_size_zyx, interpolation)
 
 
 def restore_to_native(values: np.ndarray | torch.Tensor, record: CropRecord,

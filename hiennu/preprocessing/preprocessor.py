@@ -95,7 +95,7 @@ def preprocess_case(images: list[np.ndarray], config: Configuration, label: np.n
     seg = None
     if label is not None:
         if record is not None:
-            seg = crop_and_resample_label(label, record)[None]
+            seg = crop_and_resample_label(label, record, config.label_interpolation)[None]
         else:
             seg = resample_label_to_grid(np.asarray(label) > 0, config.target_size_zyx, config.label_interpolation)[None]
     return data.astype(np.float32, copy=False), seg, record
