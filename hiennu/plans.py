@@ -450,7 +450,8 @@ def configuration_problems(config: Configuration) -> list[str]:
     if any(not isinstance(c, int) or not 0 <= c < net.in_channels for c in skip):
         problems.append(f"augmentation.intensity_skip_channels {skip} must be channel indices 0-{net.in_channels - 1} "
                         f"(network.in_channels is {net.in_channels})")
-    problems += _spatial_augmentation_problems(config.augmentation)
+    problems += _network_problems(config)
+    problems += _augmentation_problems(config.augmentation)
     if problems:
         return problems
     factor = net.downsampling_factor_zyx
@@ -468,6 +469,45 @@ def configuration_problems(config: Configuration) -> list[str]:
             problems.append(f"{name} {shown} {order} cannot be divided by the network's down-sampling factor "
                             f"{factor_shown} {order}: {', '.join(bad_axes)}; round each size to a multiple of its factor")
     return problems
+
+
+def _network_problems(config: Configuration) -> list[str]:
+    """Channel counts, dropout probabilities, the rule prior's channel and one normalization per input channel."""
+    net, problems = config.network, []
+    if any(f < 1 for f in net.features_per_stage):
+        problems.append(f"network.features_per_stage {net.features_per_stage} must be channel counts >= 1")
+    if any(not 0 <= d < 1 for d in net.dropout_per_stage):
+        problems.append(f"network.dropout_per_stage {net.dropout_per_stage} must be probabilities, 0 <= p < 1")
+    if net.rule_prior and not 0 <= net.rule_prior_channel < net.in_channels:
+        problems.append(f"network.rule_prior_channel {net.rule_prior_channel} is not one of the "
+                        f"{net.in_channels} input channels (0-{net.in_channels - 1})")
+    if len(config.normalization) != net.in_channels:
+        problems.append(f"normalization has {len(config.normalization)} entries but network.in_channels is "
+                        f"{net.in_channels}; give one per input channel")
+    return problems
+
+
+def _range_problem(name: str, values: Sequence[float], lowest: float, strict: bool) -> str | None:
+    """``augmentation.NAME`` must be ``[lo, hi]`` with ``lowest <= lo <= hi`` (``lowest < lo`` when strict)."""
+    ok = len(values) == 2 and values[0] <= values[1] and (values[0] > lowest if strict else values[0] >= lowest)
+    return None if ok else (f"augmentation.{name} {list(values)} must be [lowest, highest] with "
+                            f"{lowest:g} {'<' if strict else '<='} lowest <= highest")
+
+
+def _augmentation_problems(aug: AugmentationPlan) -> list[str]:
+    """Every range field as ``[lo, hi]`` within its bounds, the noise level, the mirror axes; then rotation and
+    scaling (:func:`_spatial_augmentation_problems`). Why here: these are read only when a batch is augmented,
+    where a bad value surfaced as an IndexError or a division by zero mid-training."""
+    problems = [p for p in (_range_problem("lowres_factor", aug.lowres_factor, 0.0, True),
+                            _range_problem("blur_sigma", aug.blur_sigma, 0.0, False),
+                            _range_problem("log_gamma", aug.log_gamma, -math.inf, False),
+                            _range_problem("elastic_alpha", aug.elastic_alpha, 0.0, False),
+                            _range_problem("elastic_sigma", aug.elastic_sigma, 0.0, True)) if p]
+    if aug.noise_std < 0:
+        problems.append(f"augmentation.noise_std {aug.noise_std} must be >= 0")
+    if any(a not in (0, 1, 2) for a in aug.mirror_axes) or len(set(aug.mirror_axes)) != len(aug.mirror_axes):
+        problems.append(f"augmentation.mirror_axes {aug.mirror_axes} must be different axes among 0, 1, 2 (z, y, x)")
+    return problems + _spatial_augmentation_problems(aug)
 
 
 def _spatial_augmentation_problems(aug: AugmentationPlan) -> list[str]:

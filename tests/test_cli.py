@@ -206,3 +206,8 @@ def test_every_training_option_is_one_flag_of_train_and_of_the_study():
         "D", 2, 0.01, 3, True, 2, False, "Mine")
     study = TrainingOptions.from_args(parser_of("loss_study").parse_args(["-d", "D", "--seed", "3"]))
     assert (study.dataset, study.seed, study.learning_rate, study.resume) == ("D", 3, None, False)
+    # a seed numpy cannot take was accepted and failed after the network was built
+    from hiennu.errors import HiennuError
+    for seed in (-1, 2 ** 32, 1.5, True):
+        with pytest.raises(HiennuError, match=r"--seed must be a whole number 0 <= seed < 2\^32"):
+            TrainingOptions(dataset="D", seed=seed)

@@ -63,6 +63,31 @@ def test_wrong_types_name_the_json_path(tmp_path, path, value, expected):
     assert shown in message and expected in message and "plans.json" in message
 
 
+@pytest.mark.parametrize("path, value, expected", [
+    (f"{CFG}.augmentation.lowres_factor", [2.0], r"augmentation.lowres_factor \[2.0\] must be \[lowest, highest\] "
+                                                 r"with 0 < lowest <= highest"),
+    (f"{CFG}.augmentation.lowres_factor", [0, 2], r"lowres_factor \[0.0, 2.0\] must be .*0 < lowest"),
+    (f"{CFG}.augmentation.blur_sigma", [0.5, 0.1], r"blur_sigma \[0.5, 0.1\] must be .*0 <= lowest <= highest"),
+    (f"{CFG}.augmentation.log_gamma", [0.3, -0.3], r"log_gamma \[0.3, -0.3\] must be \[lowest, highest\]"),
+    (f"{CFG}.augmentation.elastic_alpha", [-5, 200], r"elastic_alpha \[-5.0, 200.0\] must be .*0 <= lowest"),
+    (f"{CFG}.augmentation.elastic_sigma", [10], r"elastic_sigma \[10.0\] must be .*0 < lowest"),
+    (f"{CFG}.augmentation.noise_std", -1, r"augmentation.noise_std -1.0 must be >= 0"),
+    (f"{CFG}.augmentation.mirror_axes", [3], r"mirror_axes \[3\] must be different axes among 0, 1, 2"),
+    (f"{CFG}.augmentation.mirror_axes", [2, 2], r"mirror_axes \[2, 2\] must be different axes"),
+    (f"{CFG}.network.dropout_per_stage", [0.0, 0.1, 0.2, 0.3, 1.5], r"dropout_per_stage .* must be probabilities"),
+    (f"{CFG}.network.features_per_stage", [0, 64, 128, 256, 320], r"features_per_stage .* must be channel counts"),
+    (f"{CFG}.network.rule_prior_channel", 5, r"network.rule_prior_channel 5 is not one of the 2 input channels"),
+    (f"{CFG}.network.in_channels", 3, r"normalization has 2 entries but network.in_channels is 3"),
+])
+def test_values_read_only_while_training_are_checked_when_the_plans_load(tmp_path, path, value, expected):
+    """Each of these loaded, then surfaced mid-training as an IndexError, a ZeroDivisionError or a ValueError."""
+    d = _edit(path, value)
+    if path.endswith("rule_prior_channel"):
+        d["configurations"]["3d_fullres"]["network"]["rule_prior"] = True
+    with pytest.raises(PlansError, match=expected):
+        _load(tmp_path, d)
+
+
 def test_ints_are_accepted_where_numbers_are_expected(tmp_path):
     plans = _load(tmp_path, _edit(f"{CFG}.training.learning_rate", 1))
     lr = plans.configuration().training.learning_rate

@@ -80,6 +80,8 @@ class TrainingOptions:
         if self.save_probabilities and (self.fold == "all" or not self.final_validation):
             raise HiennuError("--npz keeps the probabilities of the final validation of a fold 0-4; it cannot be "
                               "combined with fold 'all' (no held-out cases) or --no-final-validation")
+        if isinstance(self.seed, bool) or int(self.seed) != self.seed or not 0 <= self.seed < 2 ** 32:
+            raise HiennuError(f"--seed must be a whole number 0 <= seed < 2^32 (numpy's seeds), got {self.seed!r}")
         if self.split_seed is not None and (isinstance(self.split_seed, bool) or int(self.split_seed) != self.split_seed
                                             or self.split_seed < 0):
             raise HiennuError(f"--split-seed must be a whole number >= 0, got {self.split_seed!r}")
