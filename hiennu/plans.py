@@ -33,6 +33,7 @@ PAPER_CONFIGURATION = "3d_paper"
 LOSSLESS_CONFIGURATION = "3d_lossless"
 
 NORMALIZATION_SCHEMES = ("zscore_image", "zscore_brain", "global_zscore", "atlas_zscore", "none")
+RULE_CHANNEL_SCHEMES = ("atlas_zscore", "none")  # keep ZADC in its own units, where the rule's -2 is meant
 NORM_TYPES = ("batch", "instance")
 RULE_PRIOR_MODES = ("add", "veto")
 IMAGE_INTERPOLATIONS = ("linear", "nearest")
@@ -481,6 +482,13 @@ def _network_problems(config: Configuration) -> list[str]:
     if net.rule_prior and not 0 <= net.rule_prior_channel < net.in_channels:
         problems.append(f"network.rule_prior_channel {net.rule_prior_channel} is not one of the "
                         f"{net.in_channels} input channels (0-{net.in_channels - 1})")
+    elif (net.rule_prior and net.rule_prior_channel < len(config.normalization)
+          and config.normalization[net.rule_prior_channel].scheme not in RULE_CHANNEL_SCHEMES):
+        norm = config.normalization[net.rule_prior_channel]
+        problems.append(f"network.rule_prior thresholds channel {net.rule_prior_channel} ({norm.channel_name}) at "
+                        f"{net.rule_prior_threshold:g} in ZADC units, but normalization[{net.rule_prior_channel}] is "
+                        f"{norm.scheme}, which moves that threshold; use {' or '.join(RULE_CHANNEL_SCHEMES)} for it "
+                        f"or set network.rule_prior false")
     if len(config.normalization) != net.in_channels:
         problems.append(f"normalization has {len(config.normalization)} entries but network.in_channels is "
                         f"{net.in_channels}; give one per input channel")

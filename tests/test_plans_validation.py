@@ -78,11 +78,13 @@ def test_wrong_types_name_the_json_path(tmp_path, path, value, expected):
     (f"{CFG}.network.features_per_stage", [0, 64, 128, 256, 320], r"features_per_stage .* must be channel counts"),
     (f"{CFG}.network.rule_prior_channel", 5, r"network.rule_prior_channel 5 is not one of the 2 input channels"),
     (f"{CFG}.network.in_channels", 3, r"normalization has 2 entries but network.in_channels is 3"),
+    (f"{CFG}.normalization.1.scheme", "zscore_image", r"network.rule_prior thresholds channel 1 \(ZADC\) at -2 in ZADC "
+                                                      r"units, but normalization\[1\] is zscore_image"),
 ])
 def test_values_read_only_while_training_are_checked_when_the_plans_load(tmp_path, path, value, expected):
     """Each of these loaded, then surfaced mid-training as an IndexError, a ZeroDivisionError or a ValueError."""
     d = _edit(path, value)
-    if path.endswith("rule_prior_channel"):
+    if path.endswith(("rule_prior_channel", "normalization.1.scheme")):
         d["configurations"]["3d_fullres"]["network"]["rule_prior"] = True
     with pytest.raises(PlansError, match=expected):
         _load(tmp_path, d)

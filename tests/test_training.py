@@ -148,7 +148,7 @@ def test_nan_loss_stops_naming_epoch_and_batch_and_keeps_the_last_good_checkpoin
     with pytest.raises(TrainingDivergedError) as err:
         train(options(epochs=3, iterations_per_epoch=2), f"{mod}:TrainerNaN")
     out = fold_dir(tiny["hiennu_results"], "TrainerNaN")
-    assert "epoch 1, batch 1" in str(err.value) and str(out) in str(err.value)
+    assert "the training loss became nan at epoch 1, batch 1" in str(err.value) and str(out) in str(err.value)
     state = load(out / "checkpoint_latest.pth")
     assert state["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in state["network_weights"].values() if v.is_floating_point())

@@ -359,8 +359,9 @@ class Trainer(abc.ABC):
         """The L1 penalty ``l1_lambda * sum |w|`` as its gradient ``l1_lambda * sign(w)``, added after
         the DDP all-reduce (identical to adding the penalty to the loss)."""
         if self.training.l1_lambda:
-            used = [p for p in self.params if p.grad is not None]
-            torch._foreach_add_([p.grad for p in used], torch._foreach_sign(used), alpha=self.training.l1_lambda)
+            with torch.no_grad():  # else the gradients carry an autograd graph of sign(w) into the step
+                used = [p for p in self.params if p.grad is not None]
+                torch._foreach_add_([p.grad for p in used], torch._foreach_sign(used), alpha=self.training.l1_lambda)
 
     def _l1_norm(self) -> float:
         """``sum |w|`` over the trainable parameters (logged as ``l1_norm``)."""
@@ -391,7 +392,8 @@ class Trainer(abc.ABC):
             kept = (f"the last good checkpoint {self.fold_dir / LATEST} (end of epoch {last}) is kept"
                     if last >= 0 else "no checkpoint was written yet")
             raise TrainingDivergedError(
-                f"{self.fold_dir}: the training loss became {float(losses[i]) if bad[i] else 'non-finite'} "
+                f"{self.fold_dir}: the training loss became "
+                f"{float(losses[i]) if not torch.isfinite(losses[i]) else 'non-finite on another process'} "
                 f"at epoch {epoch}, batch {i} (both counted from 0); training stopped and {kept}. "
                 f"Lower the learning rate (--lr), check the preprocessed data of the training cases for "
                 f"NaN values, or resume with --continue to retry from the checkpoint.")
