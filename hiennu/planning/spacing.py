@@ -7,8 +7,9 @@ thick-slice neonatal DWI is, the median out-of-plane spacing would throw away th
 resolution, so nnU-Net (``ExperimentPlanner.determine_fullres_target_spacing``) takes the 10th
 percentile along that axis instead, never finer than the coarsest other axis. "Strongly
 anisotropic" means both: the coarsest median spacing is more than :data:`ANISOTROPY_THRESHOLD`
-times the finest, and that axis has fewer than 1/threshold as many voxels (median brain box) as
-the smallest other axis.
+times the finest other one, and that axis has fewer than 1/threshold as many voxels (median brain box) as
+the smallest other axis. (nnU-Net v2 compares with the coarsest other spacing, v1 with the finest, as here; with
+equal in-plane spacings, as in BONBID, the two agree.)
 """
 
 from __future__ import annotations

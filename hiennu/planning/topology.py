@@ -4,7 +4,9 @@ All sizes are voxels in numpy order (z, y, x); spacings are mm (z, y, x).
 
 Pooling (nnU-Net's rule, ``get_pool_and_conv_props``): at each down-sampling step an axis is pooled
 by 2 when its current spacing is at most twice the finest current spacing (a coarse axis waits until
-the others have caught up) and its feature map still has at least ``2 * MIN_FEATURE_MAP`` voxels.
+the others have caught up) and its feature map still has at least ``2 * MIN_FEATURE_MAP`` voxels. (nnU-Net asks
+for less than twice: an axis at exactly twice the finest spacing pools here one step earlier than there; BONBID's
+2.0 x 1.375 x 1.375 mm pools alike.)
 The patch is a multiple of the resulting down-sampling factor on every axis.
 
 Patch size: start from the median brain box at the target spacing, rounded up to the factor; while
