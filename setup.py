@@ -24,6 +24,7 @@ SCRIPTS = {
     "hiennu_predict": "predict",
     "hiennu_predict_challenge": "predict_challenge",
     "hiennu_evaluate": "evaluate",
+    "hiennu_plot_overlay": "plot_overlay",
     "hiennu_determine_postprocessing": "determine_postprocessing",
     "hiennu_apply_postprocessing": "apply_postprocessing",
     "hiennu_find_best_configuration": "find_best_configuration",

@@ -56,7 +56,7 @@ def pipeline(tmp_path_factory):
     """Run every command once with -q on a tiny synthetic dataset; returns (tmp folder, console output per command)."""
     from hiennu.cli import (apply_postprocessing, convert_bonbid, demo, determine_postprocessing, ensemble, evaluate,
                             export_model, find_best_configuration, install_model, loss_study, make_synthetic,
-                            plan_and_preprocess, predict, predict_challenge, train)
+                            plan_and_preprocess, plot_overlay, predict, predict_challenge, train)
     tmp = tmp_path_factory.mktemp("quiet")
     env = {name: str(tmp / name) for name in ("hiennu_raw", "hiennu_preprocessed", "hiennu_results")}
     out: dict[str, str] = {}
@@ -77,6 +77,8 @@ def pipeline(tmp_path_factory):
                                                  "-tr", "TrainerDice", "-f", "0", "--disable_tta", "-device", "cpu"])
         quiet_run(out, "predict -p", predict.main, ["-i", str(raw / "imagesTr"), "-o", str(tmp / "pred_wide"),
                                                     "-d", "901", "-p", "Wide", "-f", "0", "--device", "cpu"])
+        quiet_run(out, "plot_overlay", plot_overlay.main, ["-i", str(raw / "imagesTr"), "-p", str(tmp / "pred"),
+                                                           "-r", str(raw / "labelsTr"), "-o", str(tmp / "overlay")])
         quiet_run(out, "evaluate", evaluate.main, ["-ref", str(raw / "labelsTr"), "-pred", str(tmp / "pred"),
                                                    "-np", "1"])
         quiet_run(out, "determine_postprocessing", determine_postprocessing.main,
@@ -135,7 +137,7 @@ def pipeline(tmp_path_factory):
 COMMANDS = ["make_synthetic", "plan_and_preprocess", "plan_and_preprocess -p", "train", "train -p", "predict",
             "predict -p", "evaluate", "export_model", "install_model", "predict_challenge", "loss_study",
             "convert_bonbid", "demo", "determine_postprocessing", "apply_postprocessing", "find_best_configuration",
-            "ensemble", "train_default_model"]
+            "ensemble", "plot_overlay", "train_default_model"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

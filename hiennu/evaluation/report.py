@@ -308,7 +308,8 @@ def write_wilcoxon_table(rows: Sequence[dict], md_path: str | os.PathLike, csv_p
     write_text(_csv_text(rows) if rows else "method,reference,metric\n", csv_path)
 
 
-def _save_png(figure: Figure, path: str | os.PathLike) -> None:
+def save_png(figure: Figure, path: str | os.PathLike) -> None:
+    """Write ``figure`` as a PNG at its own dpi, tightly cropped, atomically."""
     FigureCanvasAgg(figure)
     with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png", dpi=figure.dpi, bbox_inches="tight")
@@ -335,7 +336,7 @@ def plot_progress_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], pa
             ax.legend(fontsize=7)
     if title:
         figure.suptitle(title)
-    _save_png(figure, path)
+    save_png(figure, path)
 
 
 def plot_dice_boxplot(per_case: Mapping[str, Sequence[dict]], path: str | os.PathLike, metric: str = "dice",
@@ -358,7 +359,7 @@ def plot_dice_boxplot(per_case: Mapping[str, Sequence[dict]], path: str | os.Pat
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    _save_png(figure, path)
+    save_png(figure, path)
 
 
 def brain_box_yx(image: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
@@ -444,4 +445,4 @@ def plot_slices(adc: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarra
                   bbox_to_anchor=(0.5, -0.02))
     if title:
         figure.suptitle(title)
-    _save_png(figure, path)
+    save_png(figure, path)
