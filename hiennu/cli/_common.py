@@ -25,7 +25,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("%(default)" in text or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS)
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))  # its name says it
+        if ("%(default)" in text or "default" in text.lower() or flag
+                or any(action.default is v for v in (None, False, argparse.SUPPRESS))  # "is": a default of 0 shows
                 or (not action.option_strings and action.nargs not in ("?", "*"))):
             return text
         return text + " (default: %(default)s)"

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         "preprocess its training cases into $hiennu_preprocessed.")
     p.add_argument("-d", "--dataset", required=True, help="dataset name (BONBID), folder name or number")
     p.add_argument("-c", "--configurations", nargs="+", default=None,
-                   help="configurations to preprocess (default: all planned: 3d_fullres 3d_lossless 3d_paper)")
+                   help="configurations to preprocess (default: all planned: 3d_fullres 2d 3d_lossless 3d_paper)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes")
     p.add_argument("--target-size", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
                    help="force this grid (x y z voxels) on the whole-volume configurations; 192 192 32 is the paper's")

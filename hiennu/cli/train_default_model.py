@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Train the default model end to end, resumably, with one ETA over all of it: plan and preprocess the dataset "
         "(unless done), train every configuration of the recipe (hiennu.pipeline.default_model.DEFAULT_RECIPE: "
         "3d_fullres 30 epochs and 2d the plans' schedule, TrainerDiceFocal) on five folds with --npz, choose the "
-        "best configuration, ensemble or the rule ZADC < -2 with its post-processing by cross-validation "
+        "best configuration or ensemble, each with its post-processing, by cross-validation, the rule ZADC < -2 "
+        "given the same as the reference (--rule-candidate lets it compete) "
         "(hiennu_find_best_configuration), export it to one zip (hiennu_export_model) and install it as the default model (hiennu_install_model --default), so "
         "hiennu_predict -i in/ -o out/ uses it. Run it again after an interruption: finished folds are reused, an "
         "interrupted one is continued; when no fold changed, the last choice (inference_information.json), zip and "
@@ -41,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "documentation/training.md)")
     p.add_argument("--postprocessing-candidates", choices=CANDIDATE_SETS, default=None,
                    help="what each candidate's post-processing is chosen among, as hiennu_find_best_configuration "
-                        "--postprocessing-candidates (default: cap-filter, the ADC cap + the lesion filter against "
-                        "none; judged-rule lets the networks judge the rule's components)")
+                        "--postprocessing-candidates (default: the options' DEFAULT_CHOICE, judged-rule: the rule's "
+                        "components after the ADC cap, each judged by the network; cap-filter: the ADC cap + the "
+                        "lesion filter against none)")
     p.add_argument("--rechoose", action="store_true",
                    help="choose by cross-validation, export and install again even when no fold, validation, plans, "
                         "split or raw file changed since the last choice (which is otherwise reused; "
