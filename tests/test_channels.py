@@ -35,3 +35,32 @@ def test_crop_follows_the_brain_channel():
     out, record = crop_and_resample(np.stack([zadc, adc]), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), brain_index=1)
     assert record.bbox_zyx == [[2, 4], [3, 6], [1, 4]]
     assert out.shape == (2, 2, 3, 3)
+
+
+def test_the_planners_round_trip_crops_by_the_adc_wherever_it_is(tmp_path, monkeypatch):
+    """The crop round trip measured while planning takes its brain box from the ADC file, as preprocessing does,
+    also when dataset.json lists ZADC first (it took channel 0's file)."""
+    from hiennu.io.cases import CaseFiles
+    from hiennu.io.dataset_json import DatasetJson, save_dataset_json
+    from hiennu.pipeline import plan_and_preprocess as pipeline
+    save_dataset_json(DatasetJson(name="T", channel_names=["ZADC", "ADC"], num_training=1), tmp_path)
+    case = CaseFiles("c", [tmp_path / "c_0000.mha", tmp_path / "c_0001.mha"], tmp_path / "c.mha")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(fp, cfg, with_adc, opts):
+        seen.update(with_adc)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "compute_fingerprint", lambda *a, **k: object())
+    monkeypatch.setattr(pipeline, "save_fingerprint", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "plan_experiment", lambda *a, **k: type("P", (), {
+        "configurations": {pipeline.DEFAULT_CONFIGURATION: object()}, "plans_name": None})())
+    monkeypatch.setattr(pipeline, "_heed_patch_roundtrip", capture)
+    try:
+        pipeline.make_plans(tmp_path, tmp_path, [case], pipeline.PlanAndPreprocessOptions())
+    except Stop:
+        pass
+    assert seen == {"c": (tmp_path / "c_0001.mha", tmp_path / "c.mha")}

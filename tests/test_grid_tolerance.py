@@ -7,6 +7,7 @@ direction cosines) are reproduced synthetically.
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 from pathlib import Path
 
@@ -221,11 +222,72 @@ def test_a_corrupt_gzip_stream_skips_its_case_and_predicts_the_others(tmp_path):
     data = bytearray(damaged.read_bytes())
     data[11] ^= 0xA5
     damaged.write_bytes(bytes(data))
-    with pytest.raises(ImageReadError, match=r"b_0001\.nii\.gz: cannot be read as an image"):
+    with pytest.raises(ImageReadError, match=r"b_0001\.nii\.gz: its compressed voxel data is corrupt"):
         read_image(damaged)
     report = make_baseline("zadc").predict_folder(tmp_path / "in", tmp_path / "out")
     assert report.predicted == ["a", "c"] and "b" in report.skipped
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "c.nii.gz"]
+
+
+def _flip_mid_stream(path: Path, offset: int = 0) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset + (len(data) - offset) // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nii.gz"])
+def test_a_flipped_bit_in_compressed_voxels_is_refused_not_decoded_to_other_voxels(tmp_path, ending):
+    """SimpleITK inflates a damaged stream without checking its checksum, into other voxels; the reader, the
+    integrity check and the converter's reads refuse it instead, naming the file."""
+    from hiennu.datasets.integrity import check_raw_dataset
+    from hiennu.io.image import compressed_data_problem
+    rng = np.random.default_rng(0)
+    label = (rng.uniform(size=GEO.size_zyx) < 0.3).astype(np.uint8)
+    path = tmp_path / f"lab{ending}"
+    write_image(label, GEO, path)
+    assert compressed_data_problem(path) is None and np.array_equal(read_image(path, dtype=np.uint8)[0], label)
+    offset = path.read_bytes().index(b"ElementDataFile = LOCAL\n") + 24 if ending == ".mha" else 20
+    _flip_mid_stream(path, offset)
+    if ending == ".mha":   # what SimpleITK alone makes of it: other voxels, no error
+        assert not np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), label)
+    with pytest.raises(ImageReadError, match=rf"lab{re.escape(ending)}: its compressed voxel data is corrupt"):
+        read_image(path)
+    root = tmp_path / "Dataset014_T"
+    write_image(np.full(GEO.size_zyx, 1300, np.float32), GEO, root / "imagesTr" / "c_0000.mha")
+    write_image(np.random.default_rng(1).uniform(-3, 3, GEO.size_zyx).astype(np.float32), GEO,
+                root / "imagesTr" / "c_0001.mha")
+    (root / "labelsTr").mkdir(parents=True)
+    (root / "labelsTr" / "c.mha").write_bytes((tmp_path / "lab.mha").read_bytes() if ending == ".mha" else b"")
+    save_dataset_json(DatasetJson(name="T", num_training=1), root / "dataset.json")
+    if ending == ".mha":
+        problems = check_raw_dataset(root)
+        assert len(problems) == 1 and "c.mha: its compressed voxel data is corrupt" in problems[0], problems
+
+
+def test_a_compressed_metaimage_cut_short_or_of_the_wrong_length_is_refused(tmp_path):
+    from hiennu.io.image import compressed_data_problem
+    path = tmp_path / "a.mha"
+    write_image(np.arange(np.prod(GEO.size_zyx), dtype=np.float32).reshape(GEO.size_zyx), GEO, path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-20])
+    assert "ends early" in compressed_data_problem(path)
+    head, _, body = whole.partition(b"ElementDataFile = LOCAL\n")
+    size = head.split(b"DimSize = ")[1].split(b"\n")[0]
+    path.write_bytes(head.replace(b"DimSize = " + size, b"DimSize = 4 4 4") + b"ElementDataFile = LOCAL\n" + body)
+    assert re.fullmatch(r"it inflates to \d+ bytes, its header says 256", compressed_data_problem(path))
+
+
+def test_a_broken_link_in_a_dataset_is_one_problem_naming_the_case(tmp_path):
+    from hiennu.datasets.integrity import check_raw_dataset
+    root = tmp_path / "Dataset015_T"
+    write_image(np.full(GEO.size_zyx, 1300, np.float32), GEO, root / "imagesTr" / "c_0000.mha")
+    write_image(np.random.default_rng(1).uniform(-3, 3, GEO.size_zyx).astype(np.float32), GEO,
+                root / "imagesTr" / "c_0001.mha")
+    (root / "labelsTr").mkdir(parents=True)
+    (root / "labelsTr" / "c.mha").symlink_to(tmp_path / "gone.mha")
+    save_dataset_json(DatasetJson(name="T", num_training=1), root / "dataset.json")
+    problems = check_raw_dataset(root)
+    assert problems == [f"case c: {root / 'labelsTr' / 'c.mha'} not found (a broken link?); re-copy the file"]
 
 
 # ----------------------------------------------------------------------------- §3: bad voxels

@@ -21,13 +21,15 @@ import SimpleITK as sitk
 from hiennu.errors import DataIntegrityError, HiennuError
 from hiennu.io.cases import CaseFiles, channel_file_name, discover_cases, parse_channel_file_name
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
-from hiennu.io.image import Geometry, header_spacing, image_ending, sitk_reason, spacing_problem, strip_ending
+from hiennu.io.image import Geometry, compressed_data_problem, header_spacing, image_ending, sitk_reason, spacing_problem, strip_ending
 from hiennu.log import get_logger, progress
 
 log = get_logger(__name__)
 
 def _read_header(path: Path, case_id: str) -> tuple[sitk.ImageFileReader | None, Geometry | None, str | None]:
     """Reader with its header read, the geometry, or a problem string naming case and file."""
+    if not path.is_file():  # a link whose target is gone is listed with the folder but cannot be read
+        return None, None, f"case {case_id}: {path} not found (a broken link?); re-copy the file"
     if path.stat().st_size == 0:
         return None, None, f"case {case_id}: {path} is empty (0 bytes); re-export or re-copy it"
     reader = sitk.ImageFileReader()
@@ -49,6 +51,9 @@ def _read_header(path: Path, case_id: str) -> tuple[sitk.ImageFileReader | None,
     for spacing in (header_spacing(path), geometry.spacing_xyz):
         if spacing is not None and spacing_problem(spacing, path):
             return None, None, f"case {case_id}: {spacing_problem(spacing, path)}"
+    damaged = compressed_data_problem(path)
+    if damaged:
+        return None, None, f"case {case_id}: {path}: its compressed voxel data is corrupt ({damaged}); re-copy it"
     return reader, geometry, None
 
 

@@ -15,6 +15,7 @@ from hiennu.datasets.integrity import verify_raw_dataset
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
 from hiennu.io.cases import CaseFiles, discover_cases
+from hiennu.io.channels import brain_channel
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.log import get_logger
 from hiennu.parallel import start_workers_early
@@ -80,7 +81,8 @@ def make_plans(raw_dir: Path, out_dir: Path, cases: list[CaseFiles], opts: PlanA
     plans = plan_experiment(fp, opts.grid_policy, opts.gpu_memory_gb, opts.target_size_xyz, opts.plan_for)
     plans.plans_name = opts.plans_name
     labels = {c.case_id: c.label_file for c in cases if c.label_file is not None}
-    with_adc = {c.case_id: (c.image_files[0], c.label_file) for c in cases if c.label_file is not None}
+    brain = brain_channel(dj.channel_names)  # the round trip crops where preprocessing crops: the ADC's brain box
+    with_adc = {c.case_id: (c.image_files[brain], c.label_file) for c in cases if c.label_file is not None}
     for name in list(plans.configurations):
         cfg = plans.configurations[name]
         if name == DEFAULT_CONFIGURATION:
