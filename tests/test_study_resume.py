@@ -104,10 +104,44 @@ def test_a_finished_fold_validated_without_probabilities_is_revalidated_with_the
 ])
 def test_a_mismatched_finished_fold_is_refused_naming_the_field(finished_fold, change, field):
     opts = _study_options(**change)
-    with pytest.raises(HiennuError, match="TrainerDice fold 0: the finished run .* trained otherwise") as err:
+    with pytest.raises(HiennuError, match="TrainerDice fold 0: the finished run .* started otherwise") as err:
         train_fold("TrainerDice", 0, "Tiny", opts)
     assert field in str(err.value) and "--retrain-mismatched" in str(err.value)
     assert (finished_fold / ckpt.FINAL).is_file()  # nothing moved or overwritten
+
+
+def test_an_interrupted_fold_started_otherwise_is_refused_and_a_resume_is_recorded_beside_its_start(
+        hiennu_roots, monkeypatch):
+    """An interrupted fold was continued under whatever the study asked and then recorded as trained so; it is
+    refused like a finished one. hiennu_train --c (nnU-Net's habit) may still continue it with other options: the
+    record keeps how the fold was started and lists the resumption with the options it went on under."""
+    from hiennu.training.launch import train
+    from hiennu.training.trainer import Trainer
+    make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
+    save_epoch = Trainer._save_epoch
+
+    def stop_after_the_first_epoch(self, epoch, improved, finished):
+        save_epoch(self, epoch, improved, finished)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_epoch", stop_after_the_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(options(epochs=3, iterations_per_epoch=1, final_validation=True), "TrainerDice")
+    monkeypatch.setattr(Trainer, "_save_epoch", save_epoch)
+    folder = fold_dir(hiennu_roots["hiennu_results"], "TrainerDice")
+    assert (folder / ckpt.LATEST).is_file() and not (folder / ckpt.FINAL).exists()
+    with pytest.raises(HiennuError, match=r"TrainerDice fold 0: the interrupted run .* started otherwise than requested "
+                                          r"\(seed: trained with 7, requested 8\)"):
+        train_fold("TrainerDice", 0, "Tiny", _study_options(epochs=3, seed=8))
+    assert (folder / ckpt.LATEST).is_file() and not (folder / ckpt.FINAL).exists()   # nothing moved or continued
+    started = json.loads((folder / "debug.json").read_text())
+    train(options(epochs=4, iterations_per_epoch=1, resume=True, final_validation=True), "TrainerDice")
+    record = json.loads((folder / "debug.json").read_text())
+    assert (folder / ckpt.FINAL).is_file()
+    assert {k: v for k, v in record.items() if k != "resumed"} == started
+    assert [r["options"]["epochs"] for r in record["resumed"]] == [4] and record["options"]["epochs"] == 3
+    with pytest.raises(HiennuError, match=r"training.max_epochs: trained with 3, requested 4"):
+        train_fold("TrainerDice", 0, "Tiny", _study_options(epochs=4))
 
 
 def test_a_record_from_before_a_training_field_existed_matches_that_fields_default(finished_fold):
@@ -174,7 +208,7 @@ def test_the_study_checks_every_finished_fold_before_training_anything(finished_
     from hiennu.study.loss_study import run_loss_study
     (hiennu_roots["hiennu_raw"] / DATASET / "labelsTr").mkdir(parents=True)
     opts = _study_options(epochs=2, trainers=["TrainerTversky", "TrainerDice"])
-    with pytest.raises(HiennuError, match=r"(?s)1 finished run\(s\) were trained otherwise.*TrainerDice fold 0 .*"
+    with pytest.raises(HiennuError, match=r"(?s)1 finished or interrupted run\(s\) were started otherwise.*TrainerDice fold 0 .*"
                                           r"training.max_epochs: trained with 1, requested 2"):
         run_loss_study(opts)
     assert not (finished_fold.parent.parent / "TrainerTversky__hiennuPlans__3d_fullres").exists()  # nothing trained

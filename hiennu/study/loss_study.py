@@ -297,8 +297,15 @@ def check_losses_fit_plans(dataset: str, opts: LossStudyOptions) -> None:
                           f"or study them with plans whose training.batch_dice is false (-p NAME)")
 
 
+def _started(fold_dir: Path) -> bool:
+    """A finished (``checkpoint_final.pth``) or interrupted (``checkpoint_latest.pth``) run: its record says how it
+    was started, and continuing it under other options would mix two recipes in one fold."""
+    return (fold_dir / FINAL).is_file() or (fold_dir / LATEST).is_file()
+
+
 def check_finished_folds(dataset: str, opts: LossStudyOptions) -> None:
-    """Refuse, before anything is trained, when any finished fold of the study differs from the request.
+    """Refuse, before anything is trained, when any finished or interrupted fold of the study differs from the
+    request.
 
     The error lists every such fold with its differing fields (see :func:`train_fold`).
     """
@@ -306,12 +313,12 @@ def check_finished_folds(dataset: str, opts: LossStudyOptions) -> None:
     for name in opts.trainers:
         for fold in opts.folds:
             layout = _fold_layout(name, fold, dataset, opts)
-            if (layout.fold_dir / FINAL).is_file() and not (layout.fold_dir / LATEST).is_file():
+            if _started(layout.fold_dir):
                 diffs = recorded_differences(layout.fold_dir, layout)
                 if diffs:
                     problems.append(f"{name} fold {fold} ({layout.fold_dir}): {'; '.join(diffs)}")
     if problems:
-        raise HiennuError(f"{len(problems)} finished run(s) were trained otherwise than requested:\n  - "
+        raise HiennuError(f"{len(problems)} finished or interrupted run(s) were started otherwise than requested:\n  - "
                           + "\n  - ".join(problems) + "\nrerun the study with the options they were trained with, "
                           "or pass --retrain-mismatched to move them aside and train them again")
 
@@ -319,23 +326,24 @@ def check_finished_folds(dataset: str, opts: LossStudyOptions) -> None:
 def train_fold(trainer_name: str, fold: int, dataset: str, opts: LossStudyOptions) -> FoldRun:
     """Train one fold unless a finished run that matches the request exists; return what the study needs.
 
-    A finished fold (``checkpoint_final.pth``) whose record differs from the request
-    (:func:`hiennu.training.fold_record.recorded_differences`) is refused, naming the fields, or with
-    ``opts.retrain_mismatched`` moved aside and trained again. An unfinished fold
-    (``checkpoint_latest.pth``) is continued (``--continue``).
+    A finished (``checkpoint_final.pth``) or interrupted (``checkpoint_latest.pth``) fold whose record differs
+    from the request (:func:`hiennu.training.fold_record.recorded_differences`) is refused, naming the fields, or
+    with ``opts.retrain_mismatched`` moved aside and trained again. An interrupted fold that matches is continued
+    (``--continue``).
     """
     cls = get_trainer_class(trainer_name)
     layout = _fold_layout(trainer_name, fold, dataset, opts)
     fold_dir = layout.fold_dir
-    if (fold_dir / FINAL).is_file() and not (fold_dir / LATEST).is_file():
+    if _started(fold_dir):
         diffs = recorded_differences(fold_dir, layout)
         if diffs and not opts.retrain_mismatched:
-            raise HiennuError(f"{trainer_name} fold {fold}: the finished run in {fold_dir} was trained otherwise than "
-                              f"requested ({'; '.join(diffs)}); rerun the study with the options it was trained "
+            status = "interrupted" if (fold_dir / LATEST).is_file() else "finished"
+            raise HiennuError(f"{trainer_name} fold {fold}: the {status} run in {fold_dir} was started otherwise than "
+                              f"requested ({'; '.join(diffs)}); rerun the study with the options it was started "
                               f"with, or pass --retrain-mismatched to move it aside and train it again")
         if diffs:
             moved = move_fold_aside(fold_dir)
-            log.warning("%s fold %d: finished run differs from the request (%s); moved to %s, training again",
+            log.warning("%s fold %d: the run differs from the request (%s); moved to %s, training again",
                         trainer_name, fold, "; ".join(diffs), moved)
     wanted = opts.training.validation_checkpoint_file
     finished = (fold_dir / FINAL).is_file() and not (fold_dir / LATEST).is_file()

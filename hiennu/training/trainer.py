@@ -50,7 +50,7 @@ from torch import nn
 from hiennu.device import autocast, configure_cpu_threads, configure_device, memory_format, select_device
 from hiennu.errors import HiennuError
 from hiennu.inference.sliding_window import sliding_window_predict
-from hiennu.io.atomic import write_json
+from hiennu.io.atomic import read_json, write_json
 from hiennu.io.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
 from hiennu.log import attach_file_handler, get_logger, progress
 from hiennu.losses.base import use_batch_reduction
@@ -570,8 +570,19 @@ class Trainer(abc.ABC):
             save_plans(self.plans, fold_plans)
         if not (self.model_dir / PLANS_FILE).is_file():
             publish_model_files(self.plans, self.config, self.preprocessed_dir, self.model_dir, self.fold_dir)
-        if not new_training and self.resumed_finished and (self.fold_dir / "debug.json").is_file():
-            return  # a finished training: its record stays as it was
+        record_file = self.fold_dir / "debug.json"
+        if not new_training and record_file.is_file():
+            if self.resumed_finished:
+                return  # a finished training: its record stays as it was
+            # an interrupted one: the record keeps how it was started (what recorded_differences compares a request
+            # with) and lists each resumption with the options it went on under
+            record = read_json(record_file)
+            record.setdefault("resumed", []).append({
+                "at": time.strftime("%Y-%m-%d %H:%M:%S"), "options": dataclasses.asdict(self.options),
+                "effective_training_plan": dataclasses.asdict(self.training), "device": str(self.device),
+                "torch_threads": torch.get_num_threads(), "hostname": platform.node()})
+            write_json(record, record_file)
+            return
         write_json({
             "trainer": self.trainer_name,
             "trainer_module": type(self).__module__,
