@@ -133,6 +133,7 @@ def test_loss_study_folds_all():
     args = build_parser().parse_args(["-d", "D", "--folds", "all"])
     assert LossStudyOptions(dataset="D", folds=args.folds).folds == (0, 1, 2, 3, 4)
     assert LossStudyOptions(dataset="D", folds=["1", "3"]).folds == (1, 3)
+    assert LossStudyOptions(dataset="D", folds=["3", "1", "3"]).folds == (1, 3)   # each fold's cases counted once
     assert LossStudyOptions(dataset="D").folds == (0, 1, 2, 3, 4)
     with pytest.raises(HiennuError, match="0-4 or 'all'"):
         LossStudyOptions(dataset="D", folds=["5"])

@@ -76,6 +76,26 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "user data"
 
 
+@pytest.mark.parametrize("bad, message", [(dict(folds=[7]), r"--folds takes fold numbers 0-4 or 'all', got 7"),
+                                          (dict(trainers=["TrainerDice", "TrainerNope"]), "TrainerNope"),
+                                          (dict(seed=-1), "--seed must be a whole number")])
+def test_demo_options_are_checked_before_its_folder_is_emptied(tmp_path, bad, message):
+    """A previous demo's folder is emptied only once the options are known to work (a bad --folds emptied it and
+    made a fresh dataset before the study refused)."""
+    out = prepare_output_dir(tmp_path / "demo")
+    (out / "previous.txt").write_text("an earlier demo's result")
+    with pytest.raises(HiennuError, match=message):
+        run_demo(DemoOptions(output_dir=out, num_cases=6, test_cases=2, epochs=1, iterations_per_epoch=2,
+                             num_processes=1, **bad))
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "previous.txt"])
+
+
+def test_the_demo_predicts_with_the_folder_its_trainer_class_names(hiennu_roots):
+    from hiennu.study.demo import demo_model_dir
+    path = demo_model_dir("Dataset990_SyntheticDemo", "hiennu.training.trainers:TrainerDiceFocal")
+    assert path == hiennu_roots["hiennu_results"] / "Dataset990_SyntheticDemo" / "TrainerDiceFocal__hiennuPlans__3d_fullres"
+
+
 def test_figure_cases_spread_over_lesion_sizes():
     rows = [{"case_id": f"c{i}", "ref_voxels": v} for i, v in enumerate([0, 5, 50, 500, 5000, 0])]
     assert figure_cases(rows, 3) == ["c1", "c3", "c4"]

@@ -27,6 +27,7 @@ from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_a
 from hiennu.plans import DEFAULT_CONFIGURATION, PLANS_NAME
 from hiennu.study.loss_study import LossStudyOptions, run_loss_study
 from hiennu.training.options import TrainingOptions
+from hiennu.training.trainers import get_trainer_class
 
 log = get_logger(__name__)
 
@@ -99,10 +100,26 @@ def prepare_output_dir(path: Path) -> Path:
     return path
 
 
+def demo_model_dir(dataset: str, trainer: str) -> Path:
+    """The model folder the demo predicts with: ``trainer``'s, named by its class (``MODULE:CLASS`` too, as the
+    study names its folders)."""
+    return results_root() / dataset / model_dir_name(get_trainer_class(trainer).__name__, PLANS_NAME,
+                                                      DEFAULT_CONFIGURATION)
+
+
 def run_demo(opts: DemoOptions) -> DemoResult:
-    out = prepare_output_dir(opts.output_dir)
-    seconds: dict[str, float] = {}
     dataset = dataset_folder_name(DEMO_DATASET_ID, DEMO_DATASET_NAME)
+    # every option checked before the output folder is emptied or anything is made (folds, trainers, seed ...)
+    training = TrainingOptions(dataset=dataset, epochs=opts.epochs, iterations_per_epoch=opts.iterations_per_epoch,
+                               num_workers=opts.num_workers, device=opts.device, seed=opts.seed)
+    study_options = LossStudyOptions(
+        dataset=dataset, trainers=opts.trainers, folds=opts.folds, training=training, reference=opts.trainers[0],
+        figure_cases=3, num_processes=opts.num_processes, output_dir=Path(opts.output_dir) / "loss_study")
+    for trainer in opts.trainers:
+        get_trainer_class(trainer)
+    out = prepare_output_dir(opts.output_dir)
+    study_options.output_dir = out / "loss_study"
+    seconds: dict[str, float] = {}
     with use_roots(out / "hiennu_raw", out / "hiennu_preprocessed", out / "hiennu_results"):
         t = time.perf_counter()
         make_synthetic_dataset(DEMO_DATASET_ID, num_cases=opts.num_cases, seed=opts.seed, preset=opts.preset,
@@ -119,16 +136,12 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         seconds["plan and preprocess"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        training = TrainingOptions(dataset=dataset, epochs=opts.epochs, iterations_per_epoch=opts.iterations_per_epoch,
-                                   num_workers=opts.num_workers, device=opts.device, seed=opts.seed)
-        study = run_loss_study(LossStudyOptions(
-            dataset=dataset, trainers=opts.trainers, folds=opts.folds, training=training, reference=opts.trainers[0],
-            figure_cases=3, num_processes=opts.num_processes, output_dir=out / "loss_study"))
+        study = run_loss_study(study_options)
         seconds["train + loss study"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        model_dir = results_root() / dataset / model_dir_name(opts.trainers[-1], PLANS_NAME, DEFAULT_CONFIGURATION)
-        predictor = Predictor.from_model_dir(model_dir, folds=list(opts.folds), device=opts.device)
+        model_dir = demo_model_dir(dataset, opts.trainers[-1])
+        predictor = Predictor.from_model_dir(model_dir, folds=list(study_options.folds), device=opts.device)
         predictions = out / "test_predictions"
         predictor.predict_folder(test_dir / "imagesTr", predictions)
         seconds["predict test cases"] = time.perf_counter() - t

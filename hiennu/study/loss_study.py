@@ -131,7 +131,8 @@ class LossStudyOptions:
 
 
 def study_folds(folds: Sequence[int | str] | str) -> tuple[int, ...]:
-    """Fold numbers 0-4; ``"all"`` (alone or in the list) means every one of them."""
+    """Fold numbers 0-4, each once and in order (``0 0 1`` is 0 and 1: a fold named twice would count its cases
+    twice in every mean and no longer pair with the rules' rows); ``"all"`` (alone or in the list) means every one."""
     items = [folds] if isinstance(folds, (str, int)) else list(folds)
     if any(str(f).strip().lower() == "all" for f in items):
         return tuple(range(NUM_FOLDS))
@@ -141,7 +142,7 @@ def study_folds(folds: Sequence[int | str] | str) -> tuple[int, ...]:
         numbers = ()
     if not numbers or not all(0 <= f < NUM_FOLDS for f in numbers):
         raise HiennuError(f"--folds takes fold numbers 0-{NUM_FOLDS - 1} or 'all', got {' '.join(map(str, items))}")
-    return numbers
+    return tuple(sorted(set(numbers)))
 
 
 @dataclass
