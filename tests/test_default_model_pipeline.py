@@ -329,3 +329,21 @@ def test_two_configurations_resume_revalidate_and_retrain_one_deleted_fold(tiny,
     assert predict.main(["-i", str(images), "-o", str(tmp_path / "pred"), "--device", "cpu", "--disable-tta",
                          "-q"]) == 0
     assert len(list((tmp_path / "pred").glob("*.mha"))) == 6
+
+
+def test_preprocessing_is_reused_only_when_the_preprocessor_counts_every_case_done(tiny):
+    """A preprocessing cut off after a case's arrays (CASE.json, written last, missing) or a case whose raw file
+    changed since is preprocessed again before any fold trains; it was reused on the strength of CASE.npy alone,
+    and training failed hours later on the missing file."""
+    assert dm.ensure_preprocessed(DATASET, ["3d_fullres", "2d"], device="cpu", num_processes=1) == "planned"
+    assert dm.ensure_preprocessed(DATASET, ["3d_fullres", "2d"], num_processes=1) == "reused"
+    pre = tiny["hiennu_preprocessed"] / DATASET / "2d"
+    case = sorted(pre.glob("*.json"))[0]
+    case.unlink()
+    (pre / f"{case.stem}_seg.npy").unlink()
+    assert dm.ensure_preprocessed(DATASET, ["3d_fullres", "2d"], num_processes=1) == "preprocessed"
+    assert case.is_file() and (pre / f"{case.stem}_seg.npy").is_file()
+    assert dm.ensure_preprocessed(DATASET, ["3d_fullres", "2d"], num_processes=1) == "reused"
+    image = sorted((tiny["hiennu_raw"] / DATASET / "imagesTr").glob("*_0000.*"))[0]
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10 ** 9))   # the file changed
+    assert dm.ensure_preprocessed(DATASET, ["3d_fullres", "2d"], num_processes=1) == "preprocessed"

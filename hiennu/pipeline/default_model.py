@@ -69,7 +69,8 @@ from hiennu.paths import (DATASET_FILE, DEFAULT_PLANS_NAME, ENSEMBLE_MEMBERS_FIL
                           PLANS_FILE, POSTPROCESSING_FILE, PROGRESS_FILE, model_dir_name, plans_file_name,
                           preprocessed_data_name, preprocessed_root, raw_root, resolve_dataset, results_root,
                           splits_file_name)
-from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
+from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess, training_cases
+from hiennu.preprocessing.preprocessor import is_preprocessed
 from hiennu.postprocessing.candidates import ALL_CANDIDATES, JUDGED_RULE, check_candidate_set
 from hiennu.plans import load_plans
 from hiennu.training.fold_layout import FoldLayout, fold_layout, split_cases
@@ -358,8 +359,16 @@ def ensure_preprocessed(dataset: str, configurations: Sequence[str], device: str
                           f"{', '.join(plans.configurations)}); re-plan with hiennu_plan_and_preprocess -d {dataset} "
                           f"(folds trained with the old plans are then refused: move them away)")
     cases = _split_cases(pre_dir, dataset)
+    raw = {c.case_id: c for c in training_cases(raw_root() / dataset)}
+    missing = [c for c in cases if c not in raw]
+    if missing:
+        raise HiennuError(f"{pre_dir / 'splits_final.json'} names case(s) {', '.join(missing[:5])} that "
+                          f"{raw_root() / dataset / 'imagesTr'} does not hold; restore the raw cases the folds were "
+                          f"made from")
+    # up to date as the preprocessor judges it (CASE.json written last, same files and plans), not just CASE.npy
     incomplete = [c for c in configurations
-                  if not all((pre_dir / preprocessed_data_name(DEFAULT_PLANS_NAME, c) / f"{case}.npy").is_file()
+                  if not all(is_preprocessed(raw[case], plans.configurations[c],
+                                             pre_dir / preprocessed_data_name(DEFAULT_PLANS_NAME, c))
                              for case in cases)]
     if incomplete:
         log.info("plans reused from %s; preprocessing %s with them (hiennu_plan_and_preprocess -d %s -c %s "

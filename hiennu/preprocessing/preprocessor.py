@@ -143,6 +143,13 @@ def _is_up_to_date(out_dir: Path, case: CaseFiles, signature: dict) -> bool:
         return False
 
 
+def is_preprocessed(case: CaseFiles, config: Configuration, out_dir: str | os.PathLike) -> bool:
+    """Whether ``out_dir`` holds ``case`` preprocessed with ``config`` from its current files: its arrays and, written
+    last, its ``CASE.json`` with the same source signature (:func:`source_signature`; an interrupted preprocessing
+    or edited plans or files make it False)."""
+    return _is_up_to_date(Path(out_dir), case, source_signature(case, config))
+
+
 def preprocess_case_files(case: CaseFiles, config: Configuration, out_dir: str | os.PathLike) -> bool:
     """Preprocess one case's files into ``out_dir``; returns False when it was already up to date."""
     out = Path(out_dir)
