@@ -212,3 +212,16 @@ def test_every_training_option_is_one_flag_of_train_and_of_the_study():
     for seed in (-1, 2 ** 32, 1.5, True):
         with pytest.raises(HiennuError, match=r"--seed must be a whole number 0 <= seed < 2\^32"):
             TrainingOptions(dataset="D", seed=seed)
+
+
+def test_a_loss_study_reference_outside_the_trainers_is_refused_not_replaced():
+    """A mistyped --reference was silently replaced by the first trainer; named explicitly, it must be studied."""
+    from hiennu.cli.loss_study import build_parser
+    from hiennu.errors import HiennuError
+    from hiennu.study.loss_study import LossStudyOptions
+    with pytest.raises(HiennuError, match=r"--reference TrainerDcie is not among --trainers \(TrainerDice, "
+                                          r"TrainerDiceFocal\)"):
+        LossStudyOptions(dataset="D", trainers=["TrainerDice", "TrainerDiceFocal"], reference="TrainerDcie")
+    args = build_parser().parse_args(["-d", "D", "--trainers", "TrainerDiceFocal", "TrainerTversky"])
+    assert args.reference is None   # the study then takes TrainerDice when studied, else the first trainer
+    assert LossStudyOptions(dataset="D", trainers=["TrainerDice"], reference="TrainerDice").reference == "TrainerDice"

@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", nargs="+", default=["all"],
                    help="folds to train and score: numbers 0-4, or 'all' for all five")
     add_training_arguments(p, exclude=NOT_STUDY_OPTIONS, help=STUDY_HELP)
-    p.add_argument("--reference", default="TrainerDice", help="trainer the Wilcoxon tests compare against")
+    p.add_argument("--reference", default=None,
+                   help="trainer the Wilcoxon tests compare against, one of --trainers (default: TrainerDice when "
+                        "studied, else the first trainer)")
     p.add_argument("--figure-cases", type=int, default=4, help="cases (rows) in the slices figure")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for scoring")
     p.add_argument("-o", "--output", type=Path, default=None, help="study folder (default: under the results folder)")

@@ -75,6 +75,9 @@ RULE_ZADC_CC = "rule: ZADC < -2, components < 10 vox removed"
 RULES = {RULE_ZADC: 0, RULE_ZADC_CC: 10}
 
 
+DEFAULT_REFERENCE = "TrainerDice"
+
+
 @dataclass
 class LossStudyOptions:
     """What to study.
@@ -85,7 +88,8 @@ class LossStudyOptions:
     training: how every fold is trained (configuration, plans identifier ``-p``, epochs, seed ...;
     ``None`` values take the plans'); its dataset, fold and ``resume`` are set by the study per run.
     Default: ``TrainingOptions(dataset)``.
-    reference: the trainer the Wilcoxon tests compare against. figure_cases: rows of slices.png.
+    reference: the trainer the Wilcoxon tests compare against, one of ``trainers`` (None: :data:`DEFAULT_REFERENCE`
+    when studied, else the first trainer). figure_cases: rows of slices.png.
     output_dir: where the study is written (default under the dataset's results folder).
     retrain_mismatched: a finished fold whose record (plans configuration, trainer, result-changing
     training options, seed, hiennu version: :mod:`hiennu.training.fold_record`) differs from the
@@ -97,7 +101,7 @@ class LossStudyOptions:
     trainers: Sequence[str] = STUDY_TRAINERS
     folds: Sequence[int] = (0, 1, 2, 3, 4)
     training: TrainingOptions | None = None
-    reference: str = "TrainerDice"
+    reference: str | None = None
     figure_cases: int = 4
     num_processes: int = 2
     output_dir: Path | None = None
@@ -105,6 +109,10 @@ class LossStudyOptions:
 
     def __post_init__(self) -> None:
         self.folds = study_folds(self.folds)
+        if self.reference is not None and self.reference not in self.trainers:
+            raise HiennuError(f"--reference {self.reference} is not among --trainers ({', '.join(self.trainers)}); "
+                              f"name one of them, or leave --reference out ({DEFAULT_REFERENCE} when studied, else "
+                              f"the first trainer)")
         if self.training is None:
             self.training = TrainingOptions(dataset=self.dataset)
 
@@ -230,7 +238,7 @@ def run_loss_study(opts: LossStudyOptions) -> LossStudyResult:
     post_records = choose_postprocessing(runs, raw_dir, opts.folds)
     write_text(_postprocessing_markdown(post_records, opts.folds), out / "postprocessing.md")
     write_postprocessed_vs_rule(runs, post_records, raw_dir, out, opts)
-    reference = opts.reference if opts.reference in runs else opts.trainers[0]
+    reference = opts.reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE in runs else opts.trainers[0])
     tests = report.wilcoxon_vs_reference({m: per_case[m] for m in runs}, reference) if len(runs) > 1 else []
     report.write_wilcoxon_table(tests, out / "wilcoxon.md", out / "wilcoxon.csv",
                                 title=f"Paired Wilcoxon signed-rank tests against {reference}")
