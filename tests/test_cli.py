@@ -225,3 +225,36 @@ def test_a_loss_study_reference_outside_the_trainers_is_refused_not_replaced():
     args = build_parser().parse_args(["-d", "D", "--trainers", "TrainerDiceFocal", "TrainerTversky"])
     assert args.reference is None   # the study then takes TrainerDice when studied, else the first trainer
     assert LossStudyOptions(dataset="D", trainers=["TrainerDice"], reference="TrainerDice").reference == "TrainerDice"
+
+
+def test_sigterm_unwinds_a_command_and_its_worker_processes_end_with_it(tmp_path):
+    """kill (SIGTERM) is handled as Ctrl-C: the command prints 'terminated' and exits 143, and the worker processes
+    it started end with it (killed outright, hiennu_train left its data-loading workers running on their own); a
+    forked worker that inherits the handler ends as SIGTERM ends it by default, without a traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    script, pid_file = tmp_path / "command.py", tmp_path / "worker.pid"
+    script.write_text(
+        "import multiprocessing as mp, sys, time\n"
+        "from pathlib import Path\n"
+        "from hiennu.cli._common import run\n"
+        "def sleeper():\n    time.sleep(60)\n"
+        "def main():\n"
+        "    worker = mp.get_context('fork').Process(target=sleeper, daemon=True)\n"
+        "    worker.start()\n"
+        "    Path(sys.argv[1]).write_text(str(worker.pid))\n"
+        "    time.sleep(60)\n"
+        "raise SystemExit(run(main))\n")
+    command = subprocess.Popen([sys.executable, str(script), str(pid_file)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    command.send_signal(signal.SIGTERM)
+    assert command.wait(20) == 143
+    assert command.stderr.read() == "terminated\n"
+    time.sleep(0.3)
+    assert not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z"

@@ -10,7 +10,10 @@ turns user errors (:class:`HiennuError`) and file-system errors (:class:`OSError
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from typing import Any, Callable
 
 import hiennu
@@ -79,12 +82,34 @@ def os_error_line(e: OSError) -> str:
     return reason
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler's time limit), raised where the command is, as Ctrl-C is."""
+
+
+_COMMAND_PID: list[int] = []  # the process that installed the handler (forked workers inherit it)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    if _COMMAND_PID and os.getpid() != _COMMAND_PID[-1]:  # a forked worker: end as SIGTERM ends it by default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
 def run(func: Callable[[], int | None], verbose: bool = True) -> int:
     """Call ``func`` with logging set up; print user and file-system errors as ``error: ...`` (exit code 1).
 
-    ``verbose`` False (``-q``) shows warnings and errors only and draws no progress bars.
+    ``verbose`` False (``-q``) shows warnings and errors only and draws no progress bars. SIGTERM is handled as
+    Ctrl-C (exit code 143 instead of 130): the command unwinds, so what a ``finally`` or an interrupted training
+    cleans up is cleaned up, and Python's exit ends the worker processes it started (killed outright, the process
+    left its data-loading workers running on their own).
     """
     configure(verbose=verbose, show_progress=verbose)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        _COMMAND_PID.append(os.getpid())
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = func()
     except HiennuError as e:
@@ -93,7 +118,12 @@ def run(func: Callable[[], int | None], verbose: bool = True) -> int:
     except OSError as e:
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+            _COMMAND_PID.pop()
     return int(code or 0)
