@@ -93,7 +93,7 @@ def _no_reference(tmp_path):
 @pytest.mark.parametrize("breaking, message", [
     (_nonbinary, r"case b: prediction .*masks/b\.mha is not a binary mask \(values 0\.7\)"),
     (_other_grid, r"case b: .*masks/b\.mha lies on another grid than the case's image \(origin"),
-    (_no_image, r"case b: no images in .*images"),
+    (_no_image, r"case b: no ADC image b_0000\.<ending> in .*images"),
     (_no_reference, r"case b: no reference b\.<ending> in -r .*labels"),
 ])
 def test_bad_input_is_one_line_naming_the_case_and_no_picture_is_written(tmp_path, capsys, breaking, message):

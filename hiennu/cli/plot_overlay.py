@@ -18,8 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
         "title when the reference is given: OUT/CASE.png per case. Every case is checked (images found, masks binary "
         "and on the image's grid) before any picture is written.")
     p.add_argument("-i", "--images", required=True, type=Path,
-                   help="the cases' images (CASE_0000.mha ... or any layout hiennu_predict reads; channel names from a "
-                        "dataset.json in or beside the folder, else ADC, ZADC)")
+                   help="the cases' images, CASE_0000.mha ... (nnU-Net's layout; channel names from a dataset.json in or "
+                        "beside the folder, else ADC, ZADC)")
     p.add_argument("-p", "--predictions", required=True, type=Path, help="folder of masks CASE.mha ...")
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for the PNGs (apart from the inputs)")
     p.add_argument("-r", "--references", type=Path, default=None, help="folder of reference masks CASE.mha ...")

@@ -8,8 +8,8 @@ non-zero voxels), at the voxel spacing's aspect ratio; the reference as a green 
 one; the title names the case, the slice and, with a reference, the case's Dice over the whole volume. Arrays are
 ``(z, y, x)`` on the case's native grid.
 
-Every case is read and checked first (the image found in any layout ``hiennu_predict`` reads, the mask binary and on
-the image's grid, the reference too), keeping only the slice to draw; the PNGs are written after, each atomically,
+Every case is read and checked first (the image channel found as ``CASE_000K.<ending>``, nnU-Net's layout, the mask
+binary and on the image's grid, the reference too), keeping only the slice to draw; the PNGs are written after, each atomically,
 so a bad case stops the run before any picture is written. Inputs are never written to.
 """
 
@@ -25,10 +25,10 @@ from matplotlib.lines import Line2D
 
 from hiennu.errors import HiennuError
 from hiennu.evaluation.report import brain_box_yx, save_png
-from hiennu.inference.layouts import discover_input_cases, read_case
+from hiennu.io.cases import discover_cases
 from hiennu.io.channels import channel_index
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
-from hiennu.io.image import IMAGE_ENDINGS, read_binary_mask
+from hiennu.io.image import IMAGE_ENDINGS, read_binary_mask, read_image
 from hiennu.log import get_logger, progress
 from hiennu.masks import dice
 from hiennu.paths import DATASET_FILE
@@ -145,7 +145,7 @@ def plot_overlays(images_dir: str | Path, pred_dir: str | Path, out_dir: str | P
                   labels_dir: str | Path | None = None, channel: str = "ADC",
                   case_ids: Sequence[str] | None = None) -> list[str]:
     """``OUT/CASE.png`` for every mask ``CASE.<ending>`` of ``pred_dir`` (or ``case_ids`` among them); see the
-    module docstring. images_dir: the cases' images in any layout ``hiennu_predict`` reads; labels_dir: the
+    module docstring. images_dir: the cases' images, ``CASE_0000.<ending>`` ... (nnU-Net's layout); labels_dir: the
     references ``CASE.<ending>`` (every plotted case needs one); channel: the image channel drawn. Returns the
     case ids plotted."""
     images_dir, pred_dir, out_dir = Path(images_dir), Path(pred_dir), Path(out_dir)
@@ -164,15 +164,14 @@ def plot_overlays(images_dir: str | Path, pred_dir: str | Path, out_dir: str | P
         masks = {c: masks[c] for c in case_ids}
     if not masks:
         raise HiennuError(f"-p {pred_dir}: no masks (CASE.mha, CASE.nii.gz ...)")
-    inputs = {c.case_id: c for c in discover_input_cases(images_dir, names)}
+    inputs = {c.case_id: c for c in discover_cases(images_dir, len(names))}
     references = {} if labels_dir is None else _mask_files(labels_dir)
     cases = []
     for case_id, mask_file in progress(sorted(masks.items()), desc="checking"):
         found = inputs.get(case_id)
-        if found is None:
-            raise HiennuError(f"case {case_id}: no images in {images_dir} (CASE_0000.* ... in any layout "
-                              f"hiennu_predict reads)")
-        images, geometry = read_case(found)
+        if found is None or found.image_files[k] is None:
+            raise HiennuError(f"case {case_id}: no {names[k]} image {case_id}_{k:04d}.<ending> in {images_dir}")
+        image, geometry = read_image(found.image_files[k])
         prediction, mask_geometry = read_binary_mask(mask_file, f"case {case_id}: prediction")
         reference = None
         if labels_dir is not None:
@@ -181,7 +180,7 @@ def plot_overlays(images_dir: str | Path, pred_dir: str | Path, out_dir: str | P
             reference, reference_geometry = read_binary_mask(references[case_id], f"case {case_id}: reference")
             _same_grid(case_id, references[case_id], reference_geometry, geometry)
         _same_grid(case_id, mask_file, mask_geometry, geometry)
-        cases.append(overlay_case(case_id, images[k], prediction, geometry.spacing_zyx, reference, names[k]))
+        cases.append(overlay_case(case_id, image, prediction, geometry.spacing_zyx, reference, names[k]))
     out_dir.mkdir(parents=True, exist_ok=True)
     for case in progress(cases, desc="plotting"):
         plot_overlay(case, out_dir / f"{case.case_id}.png")
