@@ -132,7 +132,7 @@ def phased_step(tr, data: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
     """:meth:`Trainer._train_step` line for line, with a clock between the phases (CPU ops are synchronous)."""
     t0 = now()
     data = data.to(tr.device, non_blocking=True).contiguous(memory_format=memory_format(tr.device))
-    target = target.to(tr.device, non_blocking=True)
+    target = tr._supervised_slices(target.to(tr.device, non_blocking=True))
     t1 = now()
     tr.optimizer.zero_grad(set_to_none=True)
     with autocast(tr.device, tr.training.cpu_bf16):
@@ -147,6 +147,8 @@ def phased_step(tr, data: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
         nn.utils.clip_grad_norm_(tr.params, tr.training.grad_clip_norm)
     t5 = now()
     tr.optimizer.step()
+    if tr.average is not None:
+        tr.average.update(tr.network)
     t6 = now()
     return loss, {"copy": t1 - t0, "forward": t2 - t1, "loss": t3 - t2, "backward": t4 - t3,
                   "l1_clip": t5 - t4, "optimizer": t6 - t5}

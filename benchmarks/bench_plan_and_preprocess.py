@@ -68,8 +68,10 @@ def main() -> int:
         cmds = {
             "hiennu": ["hiennu_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres",
                        "-np", str(args.num_processes), "-q"],
+            # -npfp too: nnU-Net's fingerprint and integrity check otherwise start 8 processes whatever -np says
             "nnU-Net v2": ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres",
-                           "-np", str(args.num_processes), "--verify_dataset_integrity"],
+                           "-np", str(args.num_processes), "-npfp", str(args.num_processes),
+                           "--verify_dataset_integrity"],
         }
         outputs = {"hiennu": roots["hiennu_preprocessed"] / raw.name,
                    "nnU-Net v2": roots["nnUNet_preprocessed"] / raw.name}

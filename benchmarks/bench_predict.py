@@ -21,6 +21,7 @@ thresholded at 0.5; Dice against the native label is reported per grid.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hiennu.device import autocast
 from hiennu.geometry.resampling import resample_image_to_grid, resample_probabilities_to_native
 from hiennu.inference.layouts import discover_input_cases, read_case
 from hiennu.inference.predictor import Predictor
@@ -40,7 +42,8 @@ from hiennu.networks.unet import build_network
 from hiennu.plans import ChannelNormalization, Configuration, NetworkPlan, Plans, save_plans
 from hiennu.preprocessing.preprocessor import preprocess_case
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "BONBID2023_Train_dev"
+DATA = Path(os.environ.get("BONBID_SRC") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data" /
+            "BONBID2023_Train_dev")
 
 
 def make_model(root: Path, size_xyz: list[int]) -> Path:
@@ -109,8 +112,9 @@ def time_monai(network: torch.nn.Module, case_dir: Path, out_root: Path, size_xy
         arrays = [torch.from_numpy(sitk.GetArrayFromImage(i).astype(np.float32))[None] for i in images]
         native_zyx = tuple(arrays[0].shape[1:])
         x = torch.cat([torch.as_tensor(norm(to_grid(a))) for a in arrays])
-        with torch.inference_mode():
-            prob = torch.sigmoid(network(x[None].to(next(network.parameters()).device))[0]).cpu()
+        device = next(network.parameters()).device
+        with torch.inference_mode(), autocast(device):  # bf16 on CUDA, as hiennu's predictor runs it
+            prob = torch.sigmoid(network(x[None].to(device))[0].float()).cpu()
         back = torch.as_tensor(Resize(spatial_size=native_zyx, mode="trilinear")(prob))
         out = sitk.GetImageFromArray((back[0] >= 0.5).to(torch.uint8).numpy())
         out.CopyInformation(images[0])
@@ -189,7 +193,13 @@ def main() -> None:
     p.add_argument("--tta", action="store_true", help="mirroring TTA (8 passes) in hiennu's timing")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU figure)")
     p.add_argument("--interpolation-study", action="store_true")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the BONBID dev cases (1ADC_ss/, 2Z_ADC/, 3LABEL/); default $BONBID_SRC, else "
+                        "../shared/data/BONBID2023_Train_dev beside the checkout")
     args = p.parse_args()
+    if args.data is not None:
+        global DATA
+        DATA = args.data
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.interpolation_study:
         interpolation_study(args)

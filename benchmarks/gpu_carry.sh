@@ -24,7 +24,8 @@ for pkg in batchgenerators acvl_utils; do
     rm -rf "gpu_data/pylib/$pkg" && cp -r "$dir" gpu_data/pylib/
 done
 find gpu_data/pylib -name __pycache__ -prune -exec rm -rf {} +
-[ -d "$SRC/1ADC_ss" ] && rm -rf gpu_data/BONBID2023_Train_dev && cp -r "$SRC" gpu_data/BONBID2023_Train_dev
+[ -d "$SRC/1ADC_ss" ] || { echo "no BONBID dev cases at $SRC (set BONBID_SRC)" >&2; exit 1; }
+rm -rf gpu_data/BONBID2023_Train_dev && cp -r "$SRC" gpu_data/BONBID2023_Train_dev
 [ $# -ge 1 ] && cp "$1" gpu_data/
 total=$(( $(du -sb gpu_data | cut -f1) + $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) ))
 echo "gpu_data/ ready; the working tree that travels is about $(( total / 1048576 )) MiB of the 64 MiB a call carries"

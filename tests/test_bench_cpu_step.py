@@ -48,3 +48,29 @@ def test_phased_step_matches_the_trainer_step(hiennu_roots):
 
     step, first = bench.make_bare(own.network, data, False, 1e-3, layout="channels_last_3d")
     assert first > 0 and len(bench.bare_block(step, 2, 1)) == 2
+
+
+def test_phased_step_updates_the_weight_average_as_the_trainer_step_does(hiennu_roots):
+    """With training.weight_ema the trainer's step also updates the averaged weights; the timed copy must too (it
+    had fallen behind the trainer: no average update, no context-slice crop of the target)."""
+    bench = _bench()
+    base = bench.default_configuration()
+    config = dataclasses.replace(
+        base, patch_size_zyx=[8, 16, 16],
+        network=dataclasses.replace(base.network, features_per_stage=[4, 8, 16, 32]),
+        training=dataclasses.replace(base.training, num_workers=0, cpu_bf16=False, weight_ema=0.9))
+    name = bench.make_random_dataset(hiennu_roots["hiennu_preprocessed"], config, n_cases=5)
+    args = argparse.Namespace(dataset=name, config="3d_fullres", workers=0, plans_name=PLANS_NAME,
+                              trainer="TrainerDiceFocal")
+    own, phased = bench.build_trainer(args, False), bench.build_trainer(args, False)
+    assert own.average is not None
+    data, target = next(iter(bench.batches_for(own, 0).epoch(0, 1)))
+    before = [p.detach().clone() for p in own.predicting_network.parameters()]
+    torch.manual_seed(1)
+    own._train_step(data, target)
+    torch.manual_seed(1)
+    bench.phased_step(phased, data, target)
+    averaged = list(own.predicting_network.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(averaged, before))   # the average moved
+    for a, b in zip(averaged, phased.predicting_network.parameters()):
+        assert torch.equal(a, b)
