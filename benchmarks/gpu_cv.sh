@@ -13,7 +13,8 @@
 # logs.tar (the logs, the plans used and each fold's timings and scores).
 # Split noise (issue 24): SPLIT_SEEDS="default 0 1 2 3" trains every fold of every listed split seed at once
 # (--split-seed; "default" is splits_final.json); SCHEDULE=plans keeps PLANS_JSON's own schedule (a recipe
-# reproduced step for step, no time budget; the deadline still stops it); PPCV=1 then runs
+# reproduced step for step, no time budget; the deadline still stops it); PPCV=1 (PPCV_CANDIDATES, default
+# judged-rule, the default path's) then runs
 # benchmarks/postprocessing_cv.py on the machine for each configuration and seed at once (the nested
 # post-processing of model and rule, paired tests), whose table.md files come back in logs.tar (the mean and
 # SD over the seeds are read from them); NPZ_BACK=0 leaves the probabilities there (25 folds' would not fit what comes back).
@@ -34,6 +35,7 @@ DEVICE="${DEVICE:-cuda}"
 SPLIT_SEEDS="${SPLIT_SEEDS:-default}"
 SCHEDULE="${SCHEDULE:-budget}"   # budget (time budget, max_epochs set high) or plans (the plans' own schedule)
 PPCV="${PPCV:-0}"
+PPCV_CANDIDATES="${PPCV_CANDIDATES:-judged-rule}"   # the default path's post-processing candidates
 NPZ_BACK="${NPZ_BACK:-1}"
 CKPT_CONFIGS="${CKPT_CONFIGS:-3d_fullres}"  # 5 checkpoints of one configuration fit what comes back
 elapsed() { echo $(( $(date +%s) - T0 )); }
@@ -140,7 +142,8 @@ if [ "$PPCV" = 1 ]; then  # one process per configuration and split seed, all at
     PP_PIDS=()
     for c in $CONFIGS; do for seed in $SPLIT_SEEDS; do
         SEED_ARGS=(); [ "$seed" != default ] && SEED_ARGS=(--split-seed "$seed")
-        timeout $(( DEADLINE_S - $(elapsed) - 30 )) python3 benchmarks/postprocessing_cv.py -d BONBID \
+        PP_LEFT=$(( DEADLINE_S - $(elapsed) - 30 )); [ "$PP_LEFT" -ge 1 ] || PP_LEFT=1   # timeout 0 would not limit
+        timeout "$PP_LEFT" python3 benchmarks/postprocessing_cv.py -d BONBID --candidates "$PPCV_CANDIDATES" \
             -m "${TRAINER}__${PLANS_NAME}__$c" -o "$WORK/ppcv_${c}_$seed" "${SEED_ARGS[@]}" \
             >"$LOGS/ppcv_${c}_$seed.log" 2>&1 &
         PP_PIDS+=($!)
