@@ -300,6 +300,15 @@ def test_a_model_folder_given_as_a_relative_path_predicts_as_given_absolutely(hi
     assert dot.keys() == absolute.keys() == {"case0.mha"} and np.array_equal(dot["case0.mha"], absolute["case0.mha"])
     ensemble = ConfigurationEnsemble.from_paths([b, a], **FAST).predict_case(case_arrays(GEOM), GEOM)[0]
     assert np.array_equal(_masks(tmp_path / "up")["case0.mha"], ensemble)
+    # a link named TRAINER__PLANS__CONFIG to a folder stored under another name keeps its own name
+    store = tmp_path / "store" / "run42"
+    store.parent.mkdir()
+    b.rename(store)
+    b.symlink_to(store, target_is_directory=True)
+    assert predict_cli.main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "link"), "-m", str(b), "--disable-tta",
+                             "-q"]) == 0
+    assert Predictor.from_model_dir(b, **FAST).configuration.name == "3d_lowres"
+    assert np.array_equal(_masks(tmp_path / "link")["case0.mha"], absolute["case0.mha"])
 
 
 def test_resolve_models_pairs_the_options(hiennu_roots):
@@ -411,6 +420,24 @@ def test_an_ensemble_too_large_to_list_in_a_file_name_goes_by_a_digest_of_its_me
     folder.members.write_text(json.dumps({**record, "members": sorted(names[:6] + [A])}))
     with pytest.raises(HiennuError, match=f"but its folder is {folder.path.name}"):
         load_ensemble_members(folder.path)
+
+
+def test_an_ensemble_whose_listed_name_nearly_fills_a_file_name_installs_and_reinstalls(hiennu_roots, tmp_path):
+    """A listed name of up to 255 bytes is a valid folder name, so installing must not stage or set aside the folder
+    under a longer one (".NAME.XXXXXXXX.installing" was 21 bytes longer and failed with "File name too long")."""
+    results = hiennu_roots["hiennu_results"]
+    plans = [f"P{k}" + "x" * 19 for k in range(5)]   # 5 members: a listed name of 148 + 5 * 20 = 248 bytes
+    models = [_model(results, plans=p, seed=10 * k, folds=(0,)) for k, p in enumerate(plans)]
+    folder = _ensemble_folder(results, CAP, folds=(0,), names=sorted(m.name for m in models))
+    assert 240 <= len(folder.path.name.encode()) <= 255 and folder.path.name.count("___") == 5
+    out = export_models([folder.path], None, None, None, "hiennuPlans", tmp_path / "e.zip")
+    fresh = tmp_path / "fresh"
+    installed = install_model_zip(out, root=fresh)
+    assert installed.name == folder.path.name
+    (installed / "postprocessing.json").write_text(json.dumps({"chosen": {"min_component_voxels": 3}}))
+    assert install_model_zip(out, root=fresh, overwrite=True) == installed   # the old folder set aside, then removed
+    assert json.loads((installed / "postprocessing.json").read_text())["chosen"] == CAP.to_dict()
+    assert not [p for p in (fresh / DATASET / "ensembles").iterdir() if p.name.startswith(".")]
 
 
 def test_challenge_with_an_ensemble_as_the_default_model(hiennu_roots, tmp_path):
@@ -572,7 +599,7 @@ def test_a_failed_swap_puts_every_folder_back(tmp_path, monkeypatch):
         model_zip._swap_in(root, staged)
     for name in ("D/A", "D/B"):
         assert sorted(p.name for p in (root / name).iterdir()) == ["old.txt"]
-    assert not list((root / "D").glob(".*replaced"))
+    assert not list((root / "D").glob(".hiennu-*"))   # no staging or set-aside folder left
 
 
 def test_each_file_of_a_zip_is_hashed_once_per_load(hiennu_roots, tmp_path, monkeypatch):

@@ -66,13 +66,17 @@ def test_the_masks_take_the_ending_of_the_first_folders_masks_or_the_one_asked(t
                                                                      "c2_prob.npz"]
 
 
-def test_a_folds_validation_maps_are_read_and_a_predicted_map_wins_over_one(tmp_path):
-    d = tmp_path / "val"
-    write_probabilities(np.full(GEO.size_zyx, 0.1, np.float32), GEO, d / "c1.npz")
-    write_probabilities(np.full(GEO.size_zyx, 0.9, np.float32), GEO, d / "c1_prob.npz")
-    write_probabilities(np.full(GEO.size_zyx, 0.3, np.float32), GEO, d / "c2.npz")
-    (d / "notes.txt").write_text("not a map")
-    assert probability_files(d) == {"c1": d / "c1_prob.npz", "c2": d / "c2.npz"}
+def test_a_folder_is_read_as_predictions_or_as_a_folds_validation_never_mixing_the_two(tmp_path):
+    """CASE_prob.npz in a prediction folder, CASE.npz in a fold's validation folder: a validation case named
+    c1_prob is its own case there, not a second map of c1 (it once replaced c1's)."""
+    val, pred = tmp_path / "val", tmp_path / "pred"
+    for name in ("c1.npz", "c1_prob.npz", "c2.npz"):
+        write_probabilities(np.full(GEO.size_zyx, 0.1, np.float32), GEO, val / name)
+    for name in ("c1_prob.npz", "c1_prob_prob.npz"):
+        write_probabilities(np.full(GEO.size_zyx, 0.1, np.float32), GEO, pred / name)
+    (val / "notes.txt").write_text("not a map")
+    assert probability_files(val) == {"c1": val / "c1.npz", "c1_prob": val / "c1_prob.npz", "c2": val / "c2.npz"}
+    assert probability_files(pred) == {"c1": pred / "c1_prob.npz", "c1_prob": pred / "c1_prob_prob.npz"}
 
 
 def test_its_output_feeds_a_judged_postprocessing_with_the_mean_maps(tmp_path):

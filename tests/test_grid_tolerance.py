@@ -277,6 +277,31 @@ def test_a_compressed_metaimage_cut_short_or_of_the_wrong_length_is_refused(tmp_
     assert re.fullmatch(r"it inflates to \d+ bytes, its header says 256", compressed_data_problem(path))
 
 
+def test_what_simpleitk_reads_whole_is_not_called_corrupt(tmp_path):
+    """The checksum pass lets through what SimpleITK reads correctly: an uncompressed NIfTI named .nii.gz, bytes
+    after a .nii.gz's gzip stream, and a MetaImage whose data is gzip- rather than zlib-wrapped."""
+    import gzip as gz
+    import shutil
+    from hiennu.io.image import compressed_data_problem
+    a = (np.random.default_rng(0).random((4, 5, 6)) * 100).astype(np.float32)
+    image = sitk.GetImageFromArray(a)
+    sitk.WriteImage(image, str(tmp_path / "plain.nii"), False)
+    shutil.copy(tmp_path / "plain.nii", tmp_path / "misnamed.nii.gz")
+    sitk.WriteImage(image, str(tmp_path / "t.nii.gz"), True)
+    (tmp_path / "tail.nii.gz").write_bytes((tmp_path / "t.nii.gz").read_bytes() + b"JUNKJUNK")
+    sitk.WriteImage(image, str(tmp_path / "a.mha"), True)
+    whole = (tmp_path / "a.mha").read_bytes()
+    head = whole[: whole.index(b"\n", whole.index(b"ElementDataFile")) + 1]
+    body = gz.compress(a.tobytes())
+    head = b"\n".join(line if not line.startswith(b"CompressedDataSize") else b"CompressedDataSize = %d" % len(body)
+                      for line in head.split(b"\n"))
+    (tmp_path / "g.mha").write_bytes(head + body)
+    for name in ("misnamed.nii.gz", "tail.nii.gz", "g.mha"):
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name))), a), name
+        assert compressed_data_problem(tmp_path / name) is None, name
+        assert np.array_equal(read_image(tmp_path / name)[0], a), name
+
+
 def test_a_broken_link_in_a_dataset_is_one_problem_naming_the_case(tmp_path):
     from hiennu.datasets.integrity import check_raw_dataset
     root = tmp_path / "Dataset015_T"

@@ -142,6 +142,9 @@ def test_an_interrupted_fold_started_otherwise_is_refused_and_a_resume_is_record
     assert [r["options"]["epochs"] for r in record["resumed"]] == [4] and record["options"]["epochs"] == 3
     with pytest.raises(HiennuError, match=r"training.max_epochs: trained with 3, requested 4"):
         train_fold("TrainerDice", 0, "Tiny", _study_options(epochs=4))
+    # nor is it taken for the recipe it was started with: part of it trained under the other one
+    with pytest.raises(HiennuError, match=r"training.max_epochs: continued \(.*\) with 4, requested 3"):
+        train_fold("TrainerDice", 0, "Tiny", _study_options(epochs=3))
 
 
 def test_a_record_from_before_a_training_field_existed_matches_that_fields_default(finished_fold):

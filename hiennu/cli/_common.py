@@ -94,6 +94,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM while unwinding would cut the cleanup short
     raise Terminated()
 
 
@@ -106,10 +107,12 @@ def run(func: Callable[[], int | None], verbose: bool = True) -> int:
     left its data-loading workers running on their own).
     """
     configure(verbose=verbose, show_progress=verbose)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
+    installed, previous = False, None
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN):  # a parent that ignores it keeps it ignored
         _COMMAND_PID.append(os.getpid())
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        installed = True
     try:
         code = func()
     except HiennuError as e:
@@ -123,7 +126,7 @@ def run(func: Callable[[], int | None], verbose: bool = True) -> int:
         print("terminated" if terminated else "interrupted", file=sys.stderr)
         return 143 if terminated else 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
             _COMMAND_PID.pop()
     return int(code or 0)

@@ -2,7 +2,7 @@
 
 Each input folder holds the probability maps of one model's (or ensemble's) predictions of the same cases, as
 ``hiennu_predict --save-probabilities npz`` writes them (``CASE_prob.npz``; a fold's ``hiennu_train --npz``
-validation ``CASE.npz`` is read too): float32 sigmoid probabilities ``(z, y, x)`` on the case's native grid, with
+validation ``CASE.npz`` is read too, :func:`probability_files` tells the two kinds of folder apart): float32 sigmoid probabilities ``(z, y, x)`` on the case's native grid, with
 the grid stored beside them. The ensemble of a case is the mean of its maps, every folder weighing the same, and
 its mask is ``mean >= 0.5`` (``uint8`` {0, 1}) on that grid: the same mean and threshold as ``hiennu_predict -m A
 B`` (:mod:`hiennu.inference.configuration_ensemble`) and ``hiennu_find_best_configuration``'s ensembles, so
@@ -40,16 +40,15 @@ DEFAULT_MASK_ENDING = ".mha"
 
 
 def probability_files(folder: Path) -> dict[str, Path]:
-    """Case id -> its probability map in ``folder``: ``CASE_prob.npz``, else ``CASE.npz`` (not both for a case)."""
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or not path.name.endswith(VALIDATION_ENDING):
-            continue
-        if path.name.endswith(PREDICTED_ENDING):
-            found[path.name[: -len(PREDICTED_ENDING)]] = path
-        else:
-            found.setdefault(path.name[: -len(VALIDATION_ENDING)], path)
-    return found
+    """Case id -> its probability map in ``folder``. A folder whose maps all end in ``_prob.npz`` is a prediction
+    folder (``hiennu_predict --save-probabilities npz``: ``CASE_prob.npz``, so ``A_prob_prob.npz`` is case
+    ``A_prob``); any other is a fold's validation folder (``CASE.npz``, so ``A_prob.npz`` there is case ``A_prob``,
+    never a second map of case ``A``)."""
+    maps = sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.name.endswith(VALIDATION_ENDING))
+    predicted = bool(maps) and all(p.name.endswith(PREDICTED_ENDING) for p in maps)
+    ending = PREDICTED_ENDING if predicted else VALIDATION_ENDING
+    return {p.name[: -len(ending)]: p for p in maps}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ the root when inside it).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,8 +201,8 @@ def resolve_model(model: str | Path | None = None, dataset: str | int | None = N
         if dataset is not None or trainer is not None:
             raise HiennuError("give either -m MODEL_DIR_OR_ZIP or -d/-tr/-c, not both")
         path = Path(model).expanduser()
-        if path.is_dir():  # "-m ." or "-m ../M": the folder's own name says what it is
-            path = path.resolve()
+        if path.is_dir():  # "-m ." or "-m ../M": the folder's own name says what it is (a link keeps its own name)
+            path = Path(os.path.abspath(path))
         if path.is_file() and path.suffix.lower() == ".zip":
             return path
         if path.is_dir():

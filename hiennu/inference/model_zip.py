@@ -883,9 +883,9 @@ def _swap_in(root: Path, staged: dict[str, Path]) -> None:
             target = root / folder
             old = None
             if target.exists():
-                old = target.with_name(f".{target.name}.replaced")
-                if old.exists():
-                    shutil.rmtree(old)
+                # set aside inside a short-named hidden folder: a name made from the target's own would pass the
+                # 255 bytes a file name may have for the longest ensemble names (paths.MAX_FILE_NAME_BYTES)
+                old = staging_dir(target.parent, prefix=".hiennu-replaced-") / "previous"
                 os.replace(target, old)
             done.append((target, old))
             os.replace(staging, target)
@@ -895,10 +895,12 @@ def _swap_in(root: Path, staged: dict[str, Path]) -> None:
                 shutil.rmtree(target)
             if old is not None and old.exists():
                 os.replace(old, target)
+            if old is not None:
+                shutil.rmtree(old.parent, ignore_errors=True)
         raise
     for _, old in done:
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def _install_folders(contents: ModelZipContents | RuleZipContents, root: Path, folders: list[str]) -> None:
@@ -910,7 +912,7 @@ def _install_folders(contents: ModelZipContents | RuleZipContents, root: Path, f
             for folder in folders:
                 target = root / folder
                 target.parent.mkdir(parents=True, exist_ok=True)
-                staging = staging_dir(target.parent, prefix=f".{target.name}.", suffix=".installing")
+                staging = staging_dir(target.parent, prefix=".hiennu-installing-")  # short: see _swap_in
                 staged[folder] = staging
                 for name in contents.files:
                     if name.startswith(folder + "/"):

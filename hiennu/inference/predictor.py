@@ -31,6 +31,7 @@ Usage from Python::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -159,7 +160,7 @@ class Predictor(CasePredictor):
         path = Path(path).expanduser()
         if not path.is_dir():
             raise HiennuError(f"model folder {path} not found")
-        path = path.resolve()  # "." has no name to read the configuration from
+        path = Path(os.path.abspath(path))  # "." has no name to read the configuration from; a link keeps its own
         checkpoint = checkpoint or default_checkpoint(path)
         plans = load_plans(path)
         parts = parse_model_dir_name(path.name)

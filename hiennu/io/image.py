@@ -214,16 +214,18 @@ def compressed_data_problem(path: str | os.PathLike) -> str | None:
     compressed MetaImage's zlib stream (Adler-32), so a flipped bit decodes to other voxels without a word, and a
     converter would copy them on with a fresh, valid checksum. Here the stream is inflated in 1 MiB pieces (the
     voxels are not kept): it must pass its checksum, reach its end, and, for a MetaImage, hold exactly the bytes its
-    header's ``DimSize``, ``ElementType`` and ``ElementNumberOfChannels`` say.
+    header's ``DimSize``, ``ElementType`` and ``ElementNumberOfChannels`` say. What SimpleITK reads besides is let
+    through as it reads it: a ``.nii.gz`` that is not gzipped at all, bytes after its gzip stream, a MetaImage whose
+    data is gzip- rather than zlib-wrapped (both are inflated), a ``LIST`` of data files (not checked).
     """
     path = Path(path)
     ending = image_ending(path)
     try:
         if ending == ".nii.gz":
-            with gzip.open(path, "rb") as f:
-                while f.read(_CHUNK):
-                    pass
-            return None
+            with open(path, "rb") as f:
+                if f.read(2) != b"\x1f\x8b":
+                    return None
+            return _inflate_problem(path, 0, wbits=31)
         if ending not in (".mha", ".mhd"):
             return None
         with open(path, "rb") as f:
@@ -238,6 +240,8 @@ def compressed_data_problem(path: str | os.PathLike) -> str | None:
         if fields.get("CompressedData", "False").lower() != "true" or "ElementDataFile" not in fields:
             return None
         source = fields["ElementDataFile"]
+        if source.split()[0] == "LIST" or "%" in source:
+            return None
         if source == "LOCAL":
             offset = head.index(b"ElementDataFile")
             offset = head.index(b"\n", offset) + 1
@@ -247,20 +251,27 @@ def compressed_data_problem(path: str | os.PathLike) -> str | None:
         expected = (int(np.prod([int(v) for v in fields.get("DimSize", "").split()]))
                     * _META_ELEMENT_BYTES.get(fields.get("ElementType", ""), 0)
                     * int(fields.get("ElementNumberOfChannels", "1")))
-        inflater, total = zlib.decompressobj(), 0
-        with open(data_file, "rb") as f:
-            f.seek(offset)
-            while not inflater.eof and (chunk := f.read(_CHUNK)):
-                while chunk and not inflater.eof:
-                    total += len(inflater.decompress(chunk, _CHUNK))
-                    chunk = inflater.unconsumed_tail
-        if not inflater.eof:
-            return "the compressed stream ends early (truncated file?)"
-        if expected and total != expected:
-            return f"it inflates to {total} bytes, its header says {expected}"
-        return None
+        return _inflate_problem(data_file, offset, wbits=47, expected=expected)
     except (OSError, EOFError, zlib.error, ValueError) as e:
         return str(e) or type(e).__name__
+
+
+def _inflate_problem(path: Path, offset: int, wbits: int, expected: int = 0) -> str | None:
+    """Inflate the stream that starts at ``offset`` of ``path`` (wbits 31: gzip; 47: zlib or gzip) to its end, in
+    1 MiB pieces, checking its checksum; what follows the stream is not read. None when it is whole (and, with
+    ``expected``, inflates to exactly that many bytes)."""
+    inflater, total = zlib.decompressobj(wbits), 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while not inflater.eof and (chunk := f.read(_CHUNK)):
+            while chunk and not inflater.eof:
+                total += len(inflater.decompress(chunk, _CHUNK))
+                chunk = inflater.unconsumed_tail
+    if not inflater.eof:
+        return "the compressed stream ends early (truncated file?)"
+    if expected and total != expected:
+        return f"it inflates to {total} bytes, its header says {expected}"
+    return None
 
 
 def read_sitk(path: str | os.PathLike) -> sitk.Image:

@@ -13,6 +13,10 @@ would be trained now:
   ``num_workers``, which does not change the result;
 - ``seed``, ``hiennu_version`` and ``val_cases`` (the fold's held-out cases, from the splits).
 
+A fold continued with ``hiennu_train --c`` keeps the record of its start in ``debug.json`` and one ``resumed`` entry
+per continuation; each continuation is compared too (``"FIELD: continued (TIME) with X, requested Y"``), so a
+fold trained partly under other options is never taken for either recipe.
+
 :func:`recorded_differences` lists each differing field as ``"FIELD: trained with X, requested Y"``;
 :func:`move_fold_aside` renames a fold folder to ``fold_K.replaced-YYYYmmdd-HHMMSS`` (never deletes it).
 """
@@ -91,6 +95,18 @@ def recorded_differences(fold_dir: Path, trainer: Any) -> list[str]:
                           ("val_cases", debug.get("val_cases"))):
         if recorded != want[key]:
             diffs.append(f"{key}: trained with {_show(recorded)}, requested {_show(want[key])}")
+    for entry in debug.get("resumed") or []:  # each --c continuation (trainer.py) trained part of the fold too
+        if not isinstance(entry, dict):
+            continue
+        when = entry.get("at", "?")
+        continued = {**TRAINING_DEFAULTS, **(entry.get("effective_training_plan") or {})}
+        for key, value in want["training"].items():
+            if continued.get(key) != value:
+                diffs.append(f"training.{key}: continued ({when}) with {_show(continued.get(key))}, requested "
+                             f"{_show(value)}")
+        seed = (entry.get("options") or {}).get("seed")
+        if seed != want["seed"]:
+            diffs.append(f"seed: continued ({when}) with {_show(seed)}, requested {_show(want['seed'])}")
     return diffs
 
 
