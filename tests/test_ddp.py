@@ -45,17 +45,23 @@ def test_two_gloo_processes_match_a_single_process(hiennu_roots, tmp_path, monke
     assert len(ddp["rng_states"]) == 2  # every rank's random state, for an exact --continue
 
 
-def test_global_batchnorm_matches_batchnorm_over_the_whole_batch(tmp_path):
+@pytest.mark.parametrize("dims", [3, 2])
+def test_global_batchnorm_matches_batchnorm_over_the_whole_batch(tmp_path, dims):
     """The CPU stand-in for SyncBatchNorm, checked without processes: with one rank it must equal
-    BatchNorm3d in output, gradients and running statistics."""
+    BatchNorm3d (a 3D network's) or BatchNorm2d (a 2D network's slices) in output, gradients and running
+    statistics; the conversion reaches both (BatchNorm2d was left per process on CPU)."""
     import torch.distributed as dist
-    from hiennu.training.distributed import GlobalBatchNorm3d
+    from hiennu.training.distributed import GlobalBatchNorm2d, GlobalBatchNorm3d, convert_batchnorm
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
     try:
         torch.manual_seed(0)
-        x = torch.randn(3, 4, 5, 6, 7, requires_grad=True)
-        bn, gbn = torch.nn.BatchNorm3d(4), GlobalBatchNorm3d(4)
+        plain, synced = (torch.nn.BatchNorm3d, GlobalBatchNorm3d) if dims == 3 else (torch.nn.BatchNorm2d,
+                                                                                    GlobalBatchNorm2d)
+        x = torch.randn(3, 4, *(5, 6, 7)[3 - dims:], requires_grad=True)
+        bn = plain(4)
+        gbn = convert_batchnorm(torch.nn.Sequential(plain(4)), "cpu")[0]
+        assert type(gbn) is synced
         y1, y2 = bn(x), gbn(x)
         torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-5)
         w = torch.randn_like(y1)

@@ -108,13 +108,14 @@ class _AllReduceSum(torch.autograd.Function):
         return out
 
 
-class GlobalBatchNorm3d(nn.BatchNorm3d):
-    """BatchNorm3d whose training statistics cover the samples of all ranks (works on CPU/gloo).
+class _GlobalBatchNorm:
+    """Batch norm whose training statistics cover the samples of all ranks (works on CPU/gloo), for inputs
+    ``(B, C, ...)`` of any rank (BatchNorm3d's 5D, BatchNorm2d's 4D: a 2D network's slices).
 
     Per channel, the sums of x and x² and the voxel count are all-reduced (differentiably), giving
     the global mean and biased variance used to normalize; running statistics are updated with
-    the unbiased variance as in BatchNorm3d. Outside training, or without a process group, it is
-    plain BatchNorm3d.
+    the unbiased variance as batch norm does. Outside training, or without a process group, it is
+    plain batch norm.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,8 +123,8 @@ class GlobalBatchNorm3d(nn.BatchNorm3d):
             return super().forward(x)
         c = x.shape[1]
         xf = x.float()
-        local = torch.cat([xf.sum(dim=(0, 2, 3, 4)), (xf * xf).sum(dim=(0, 2, 3, 4)),
-                           xf.new_tensor([x.numel() / c])])
+        dims = (0, *range(2, x.dim()))
+        local = torch.cat([xf.sum(dim=dims), (xf * xf).sum(dim=dims), xf.new_tensor([x.numel() / c])])
         total = _AllReduceSum.apply(local)
         n = total[-1]
         mean = total[:c] / n
@@ -134,24 +135,35 @@ class GlobalBatchNorm3d(nn.BatchNorm3d):
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
                 self.num_batches_tracked.add_(1)
-        shape = (1, c, 1, 1, 1)
+        shape = (1, c) + (1,) * (x.dim() - 2)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
 
 
+class GlobalBatchNorm3d(_GlobalBatchNorm, nn.BatchNorm3d):
+    """BatchNorm3d synchronized over the ranks (:class:`_GlobalBatchNorm`)."""
+
+
+class GlobalBatchNorm2d(_GlobalBatchNorm, nn.BatchNorm2d):
+    """BatchNorm2d synchronized over the ranks (:class:`_GlobalBatchNorm`): a 2D network's."""
+
+
+_GLOBAL_FORMS = {nn.BatchNorm3d: GlobalBatchNorm3d, nn.BatchNorm2d: GlobalBatchNorm2d}
+
+
 def convert_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
-    """Replace every BatchNorm3d by its synchronized form (SyncBatchNorm on CUDA, else global)."""
+    """Replace every BatchNorm3d and BatchNorm2d by its synchronized form (SyncBatchNorm on CUDA, else global)."""
     if device_type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return _convert_to_global(module)
 
 
 def _convert_to_global(module: nn.Module) -> nn.Module:
-    if isinstance(module, nn.BatchNorm3d) and not isinstance(module, GlobalBatchNorm3d):
-        new = GlobalBatchNorm3d(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats)
+    form = _GLOBAL_FORMS.get(type(module))
+    if form is not None:
+        new = form(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         new.load_state_dict(module.state_dict())
         new.to(next(iter(module.state_dict().values())).device)
         new.train(module.training)
