@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import torch
@@ -77,6 +79,9 @@ def test_the_option_overrides_the_plans_and_none_keeps_them(hiennu_roots):
     layout = fold_layout("TrainerDice", options())
     assert layout.training.cpu_bf16 is False
     assert effective_training_plan(layout.config, TrainingOptions(dataset=DATASET, cpu_bf16=True)).cpu_bf16 is True
+    on = dataclasses.replace(layout.config, training=dataclasses.replace(layout.config.training, cpu_bf16=True))
+    assert effective_training_plan(on, TrainingOptions(dataset=DATASET, cpu_bf16=None)).cpu_bf16 is True   # kept
+    assert effective_training_plan(on, TrainingOptions(dataset=DATASET, cpu_bf16=False)).cpu_bf16 is False
 
 
 def test_training_with_cpu_bf16_runs_and_records_it(hiennu_roots):
@@ -87,3 +92,9 @@ def test_training_with_cpu_bf16_runs_and_records_it(hiennu_roots):
     assert debug["effective_training_plan"]["cpu_bf16"] is True
     progress = json.loads((folder / "progress.json").read_text())
     assert len(progress["train_loss"]) == 1 and np.isfinite(progress["train_loss"][0])
+    # the steps really ran in bfloat16: the same seed in float32 ends at other weights
+    bf16 = torch.load(folder / "checkpoint_final.pth", weights_only=True)["network_weights"]
+    shutil.move(folder, folder.with_name("bf16"))
+    fp32 = torch.load(train(options(epochs=1, iterations_per_epoch=2, cpu_bf16=False), "TrainerDice")
+                      / "checkpoint_final.pth", weights_only=True)["network_weights"]
+    assert bf16.keys() == fp32.keys() and any(not torch.equal(bf16[k], fp32[k]) for k in bf16)

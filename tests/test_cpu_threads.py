@@ -21,10 +21,11 @@ def restore_threads():
 
 
 def test_configure_cpu_threads_sets_and_none_keeps(restore_threads):
-    configure_cpu_threads(1)
-    assert torch.get_num_threads() == 1
+    torch.set_num_threads(1)   # the test session runs with 1 (conftest), so ask for another count
+    configure_cpu_threads(2)
+    assert torch.get_num_threads() == 2
     configure_cpu_threads(None)
-    assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
     with pytest.raises(ValueError, match="positive whole number"):
         configure_cpu_threads(0)
 
@@ -37,7 +38,8 @@ def test_options_refuse_zero_threads():
 def test_a_cpu_run_uses_and_records_the_threads(hiennu_roots, restore_threads):
     from hiennu.cli.train import main
     make_tiny_dataset(hiennu_roots["hiennu_preprocessed"])
-    assert main(["Tiny", "TrainerDice", "0", "--device", "cpu", "--epochs", "1", "--cpu-threads", "1",
+    torch.set_num_threads(1)   # not the count asked for below, so the run must set it
+    assert main(["Tiny", "TrainerDice", "0", "--device", "cpu", "--epochs", "1", "--cpu-threads", "2",
                  "--num-workers", "0", "--no-final-validation", "-q"]) == 0
     debug = json.loads((fold_dir(hiennu_roots["hiennu_results"], "TrainerDice") / "debug.json").read_text())
-    assert debug["torch_threads"] == 1 and debug["options"]["cpu_threads"] == 1
+    assert debug["torch_threads"] == 2 and debug["options"]["cpu_threads"] == 2

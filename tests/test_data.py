@@ -174,6 +174,7 @@ def test_device_augmentation_path_runs_and_replays(dataset):
     case_dir, ids = dataset
     config = make_config(p_mirror=0.5)
     tb = TrainingBatches(case_dir, ids, config, 2, 1, 0, torch.device("cpu"), device_augmentation=True)
+    assert tb.on_device   # the torch path, not batchgenerators' (which would pass the checks below too)
     first = list(tb.epoch(0, 2))
     second = list(tb.epoch(0, 2))
     for (d, t), (d2, t2) in zip(first, second):
@@ -181,6 +182,8 @@ def test_device_augmentation_path_runs_and_replays(dataset):
         assert d.shape == (2, 2, *GRID_ZYX) and set(torch.unique(t).tolist()) <= {0.0, 1.0}
     plain = list(TrainingBatches(case_dir, ids, config, 2, 1, 0, torch.device("cpu"), augment=False).epoch(0, 2))
     assert any(not torch.equal(a[0], b[0]) for a, b in zip(first, plain))
+    host = list(TrainingBatches(case_dir, ids, config, 2, 1, 0, torch.device("cpu")).epoch(0, 2))
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(first, host))   # other draws than the CPU path's
 
 
 # ---------- worker failures ----------

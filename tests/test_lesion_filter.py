@@ -174,6 +174,12 @@ def test_the_nested_choice_fits_the_filter_without_the_held_out_fold():
     per_case, choices = nested_estimate(big, fold_of, sizes=(5,))
     assert all(p.component_filter is not None for p in choices.values())
     assert all(v == pytest.approx(1.0) for v in per_case.values())
+    # what fold 0's cases hold cannot change fold 0's own choice (fitted on folds 1 and 2), only the others'
+    blind = {n: (CaseImages(c.pred, np.zeros_like(c.ref), c.zadc, c.adc, c.spacing_zyx) if fold_of[n] == 0 else c)
+             for n, c in big.items()}
+    _, blind_choices = nested_estimate(blind, fold_of, sizes=(5,))
+    assert blind_choices[0] == choices[0]
+    assert any(blind_choices[f] != choices[f] for f in (1, 2))
 
 
 def test_predictor_applies_a_stored_filter_in_case_and_zip_prediction(tmp_path):

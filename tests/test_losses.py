@@ -92,8 +92,15 @@ def test_reductions(name):
     mean = LOSSES[name]()(logits, target)
     total = LOSSES[name](reduction="sum")(logits, target)
     assert mean.dim() == 0 and mean.dtype == torch.float32
-    if "HDT" in name or name == "LogHausdorffDT":
-        return  # the log is taken after the reduction; checked below
+    if name == "LogHausdorffDT":
+        return  # the log is taken after the reduction: test_log_hausdorff_is_log_of_reduced_value
+    if "HDT" in name:   # region + log HDT, each part reduced the same way (the log after its own reduction)
+        region = {"DiceFocalHDT": DiceFocalLoss, "TverskyHDT": TverskyLoss}[name]
+        for reduction, reduce in (("none", lambda t: t), ("mean", torch.mean), ("sum", torch.sum)):
+            hdt = HausdorffDTLoss(reduction="none")(logits, target)
+            want = 0.9 * reduce(region(reduction="none")(logits, target)) + 0.1 * torch.log1p(reduce(hdt))
+            torch.testing.assert_close(LOSSES[name](reduction=reduction)(logits, target), want, rtol=1e-5, atol=1e-6)
+        return
     assert mean.item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
     assert total.item() == pytest.approx(per_sample.sum().item(), rel=1e-6)
 

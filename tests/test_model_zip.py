@@ -63,8 +63,8 @@ def test_half_precision_export(tmp_path):
 
 def test_export_refuses_missing_fold_or_checkpoint(tmp_path):
     model_dir = make_model_dir(tmp_path / "results", folds=(0,), checkpoint="checkpoint_best.pth")
-    with pytest.raises(HiennuError, match="fold"):
-        export_model_zip(model_dir, tmp_path / "m.zip", folds=[3])
+    with pytest.raises(HiennuError, match=r"no checkpoint_best\.pth for fold\(s\) 3; folds with checkpoint_best\.pth: 0"):
+        export_model_zip(model_dir, tmp_path / "m.zip", folds=[3], checkpoint="checkpoint_best.pth")
     with pytest.raises(HiennuError, match="checkpoint_final.pth"):
         export_model_zip(model_dir, tmp_path / "m.zip", checkpoint="checkpoint_final.pth")
     with pytest.raises(HiennuError, match="no checkpoint_final.pth.*--checkpoint best"):
