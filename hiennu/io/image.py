@@ -240,8 +240,8 @@ def compressed_data_problem(path: str | os.PathLike) -> str | None:
         if fields.get("CompressedData", "False").lower() != "true" or "ElementDataFile" not in fields:
             return None
         source = fields["ElementDataFile"]
-        if source.split()[0] == "LIST" or "%" in source:
-            return None
+        if not source or source.split()[0] == "LIST" or "%" in source:
+            return None   # no data file named (SimpleITK will say so), or a list or pattern of them
         if source == "LOCAL":
             offset = head.index(b"ElementDataFile")
             offset = head.index(b"\n", offset) + 1
