@@ -247,6 +247,16 @@ class ModelFolder:
         return self.validation_dir(fold) / f"{case_id}{PROBABILITIES_ENDING}"
 
 
+def named_path(path: str | os.PathLike) -> Path:
+    """``path`` absolute, with its parent resolved on disk and its own name kept: a model folder reached through a
+    link keeps the link's name (which names its trainer, plans and configuration), while ``..`` after a link and
+    ``.``, ``..`` or ``""`` as the folder itself are followed as the file system follows them."""
+    path = Path(path).expanduser()
+    if path.name in ("", ".", ".."):
+        return path.resolve()
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
 INFERENCE_INFORMATION_FILE = "inference_information.json"
 ENSEMBLES_DIR = "ensembles"
 ENSEMBLE_MEMBERS_FILE = "members.json"

@@ -258,3 +258,55 @@ def test_sigterm_unwinds_a_command_and_its_worker_processes_end_with_it(tmp_path
     assert command.stderr.read() == "terminated\n"
     time.sleep(0.3)
     assert not os.path.exists(f"/proc/{worker}") or open(f"/proc/{worker}/stat").read().split()[2] == "Z"
+
+
+def _run_script(tmp_path, body: str, preexec=None):
+    import subprocess
+    import sys
+    script = tmp_path / "command.py"
+    script.write_text("import os, signal, sys, time\nfrom pathlib import Path\nfrom hiennu.cli._common import run\n"
+                      + body)
+    return subprocess.Popen([sys.executable, str(script), str(tmp_path / "ready")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+
+
+def _wait_ready(tmp_path):
+    import time
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "ready").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_second_sigterm_does_not_cut_the_cleanup_short_and_a_parents_sig_ign_is_kept(tmp_path):
+    """The first SIGTERM unwinds the command; one arriving during its cleanup is ignored, so the cleanup finishes.
+    A command started with SIGTERM ignored (by its parent) keeps ignoring it, and after run() the handler that was
+    there is back."""
+    import signal
+    command = _run_script(tmp_path, (
+        "def main():\n"
+        "    Path(sys.argv[1]).write_text('ready')\n"
+        "    try:\n"
+        "        time.sleep(60)\n"
+        "    finally:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(0.5)\n"
+        "        print('cleanup finished', flush=True)\n"
+        "code = run(main)\n"
+        "print('handler restored', signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)\n"
+        "raise SystemExit(code)\n"))
+    _wait_ready(tmp_path)
+    command.send_signal(signal.SIGTERM)
+    out, err = command.communicate(timeout=30)
+    assert command.returncode == 143 and err == "terminated\n"
+    assert out == "cleanup finished\nhandler restored True\n"
+    (tmp_path / "ready").unlink()
+    ignoring = _run_script(tmp_path, (
+        "def main():\n"
+        "    Path(sys.argv[1]).write_text('ready')\n"
+        "    time.sleep(1.5)\n"
+        "    print('finished', flush=True)\n"
+        "raise SystemExit(run(main))\n"), preexec=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+    _wait_ready(tmp_path)
+    ignoring.send_signal(signal.SIGTERM)
+    out, _ = ignoring.communicate(timeout=30)
+    assert ignoring.returncode == 0 and out == "finished\n"

@@ -309,6 +309,23 @@ def test_a_model_folder_given_as_a_relative_path_predicts_as_given_absolutely(hi
                              "-q"]) == 0
     assert Predictor.from_model_dir(b, **FAST).configuration.name == "3d_lowres"
     assert np.array_equal(_masks(tmp_path / "link")["case0.mha"], absolute["case0.mha"])
+    # ".." after a link goes where the file system goes; an ensemble folder reached through a link elsewhere finds
+    # its members beside its real folder
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "to_fold").symlink_to(a / "fold_0", target_is_directory=True)
+    via = tmp_path / "elsewhere" / "to_fold" / ".." / ".." / a.name
+    assert resolve_models([str(via)]) == [a]
+
+
+def test_an_ensemble_folder_reached_through_a_link_elsewhere_finds_its_members(hiennu_roots, tmp_path):
+    a, b = _pair(hiennu_roots["hiennu_results"])
+    folder = _ensemble_folder(hiennu_roots["hiennu_results"], CAP)
+    (tmp_path / "shortcuts").mkdir()
+    (tmp_path / "shortcuts" / folder.path.name).symlink_to(folder.path, target_is_directory=True)
+    (path,) = resolve_models([str(tmp_path / "shortcuts" / folder.path.name)])
+    assert path == folder.path.resolve()
+    linked = ConfigurationEnsemble.from_paths([path], **FAST)
+    assert linked.postprocessing == CAP and len(linked.members) == 2
 
 
 def test_resolve_models_pairs_the_options(hiennu_roots):

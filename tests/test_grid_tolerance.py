@@ -302,6 +302,25 @@ def test_what_simpleitk_reads_whole_is_not_called_corrupt(tmp_path):
         assert np.array_equal(read_image(tmp_path / name)[0], a), name
 
 
+def test_every_gzip_member_of_a_nii_gz_is_checked(tmp_path):
+    """A .nii.gz may hold several gzip members back to back (bgzip, concatenation), and readers take them all: a
+    damaged second member is refused like a damaged first one; whole, they read as one image."""
+    import gzip as gz
+    from hiennu.io.image import compressed_data_problem
+    a = (np.arange(8 * 9 * 10) % 97).astype(np.float32).reshape(8, 9, 10)
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / "plain.nii"), False)
+    raw = (tmp_path / "plain.nii").read_bytes()
+    first, second = gz.compress(raw[: len(raw) // 2], compresslevel=0), bytearray(gz.compress(raw[len(raw) // 2:],
+                                                                                              compresslevel=0))
+    (tmp_path / "two.nii.gz").write_bytes(first + bytes(second))
+    assert compressed_data_problem(tmp_path / "two.nii.gz") is None
+    assert np.array_equal(read_image(tmp_path / "two.nii.gz")[0], a)
+    second[len(second) // 2] ^= 0x40   # stored data: only the CRC-32 can tell
+    (tmp_path / "two_bad.nii.gz").write_bytes(first + bytes(second))
+    with pytest.raises(ImageReadError, match=r"two_bad\.nii\.gz: its compressed voxel data is corrupt"):
+        read_image(tmp_path / "two_bad.nii.gz")
+
+
 def test_a_broken_link_in_a_dataset_is_one_problem_naming_the_case(tmp_path):
     from hiennu.datasets.integrity import check_raw_dataset
     root = tmp_path / "Dataset015_T"

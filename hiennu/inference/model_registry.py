@@ -16,7 +16,6 @@ the root when inside it).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,8 @@ from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
 from hiennu.inference.ensemble_members import is_ensemble_dir, load_ensemble_members, member_dirs
 from hiennu.io.checkpoint import BEST, CHECKPOINT_PATTERN, FINAL, checkpoint_file
-from hiennu.paths import (RESULTS_ENV, RULE_DIR, parse_dataset_folder_name, parse_model_dir_name, resolve_dataset,
-                          results_root)
+from hiennu.paths import (RESULTS_ENV, RULE_DIR, named_path, parse_dataset_folder_name, parse_model_dir_name,
+                          resolve_dataset, results_root)
 from hiennu.plans import PLANS_NAME
 from hiennu.postprocessing.rule_folder import is_rule_dir, load_rule_folder
 
@@ -202,12 +201,12 @@ def resolve_model(model: str | Path | None = None, dataset: str | int | None = N
             raise HiennuError("give either -m MODEL_DIR_OR_ZIP or -d/-tr/-c, not both")
         path = Path(model).expanduser()
         if path.is_dir():  # "-m ." or "-m ../M": the folder's own name says what it is (a link keeps its own name)
-            path = Path(os.path.abspath(path))
+            path = named_path(path)
         if path.is_file() and path.suffix.lower() == ".zip":
             return path
         if path.is_dir():
             if is_ensemble_dir(path) or is_rule_dir(path):
-                return path
+                return path.resolve()   # their members and dataset are found beside the real folder
             if describe_model_dir(path) is None:
                 raise HiennuError(f"{path} is not a trained model folder: expected TRAINER__PLANS__CONFIG/ with "
                                   f"plans.json, dataset.json and fold_K/checkpoint_*.pth (or an ensemble folder "

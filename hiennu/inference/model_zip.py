@@ -883,10 +883,16 @@ def _swap_in(root: Path, staged: dict[str, Path]) -> None:
             target = root / folder
             old = None
             if target.exists():
-                # set aside inside a short-named hidden folder: a name made from the target's own would pass the
-                # 255 bytes a file name may have for the longest ensemble names (paths.MAX_FILE_NAME_BYTES)
-                old = staging_dir(target.parent, prefix=".hiennu-replaced-") / "previous"
-                os.replace(target, old)
+                # set aside under a short hidden name in the same folder (renamed onto an empty folder made for
+                # it): a name made from the target's own would pass the 255 bytes a file name may have for the
+                # longest ensemble names (paths.MAX_FILE_NAME_BYTES), and another parent folder would need write
+                # permission on the target itself (a read-only installed model)
+                old = staging_dir(target.parent, prefix=".hiennu-replaced-")
+                try:
+                    os.replace(target, old)
+                except OSError:
+                    old.rmdir()
+                    raise
             done.append((target, old))
             os.replace(staging, target)
     except BaseException:
@@ -895,12 +901,10 @@ def _swap_in(root: Path, staged: dict[str, Path]) -> None:
                 shutil.rmtree(target)
             if old is not None and old.exists():
                 os.replace(old, target)
-            if old is not None:
-                shutil.rmtree(old.parent, ignore_errors=True)
         raise
     for _, old in done:
         if old is not None:
-            shutil.rmtree(old.parent, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _install_folders(contents: ModelZipContents | RuleZipContents, root: Path, folders: list[str]) -> None:

@@ -31,7 +31,6 @@ Usage from Python::
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -56,7 +55,7 @@ from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry
 from hiennu.log import get_logger
 from hiennu.networks.unet import build_network
-from hiennu.paths import ModelFolder, parse_model_dir_name
+from hiennu.paths import ModelFolder, named_path, parse_model_dir_name
 from hiennu.plans import ENUMERATED_FIELDS, PLANS_NAME, Configuration, Plans, load_plans
 from hiennu.postprocessing.record import PostProcessing, load_postprocessing, load_record_file, with_size_rule
 from hiennu.postprocessing.rule_folder import is_rule_dir, load_rule_folder
@@ -160,7 +159,7 @@ class Predictor(CasePredictor):
         path = Path(path).expanduser()
         if not path.is_dir():
             raise HiennuError(f"model folder {path} not found")
-        path = Path(os.path.abspath(path))  # "." has no name to read the configuration from; a link keeps its own
+        path = named_path(path)  # "." has no name to read the configuration from; a link keeps its own
         checkpoint = checkpoint or default_checkpoint(path)
         plans = load_plans(path)
         parts = parse_model_dir_name(path.name)

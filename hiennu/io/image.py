@@ -225,7 +225,7 @@ def compressed_data_problem(path: str | os.PathLike) -> str | None:
             with open(path, "rb") as f:
                 if f.read(2) != b"\x1f\x8b":
                     return None
-            return _inflate_problem(path, 0, wbits=31)
+            return _inflate_problem(path, 0, wbits=31, members=True)
         if ending not in (".mha", ".mhd"):
             return None
         with open(path, "rb") as f:
@@ -256,19 +256,33 @@ def compressed_data_problem(path: str | os.PathLike) -> str | None:
         return str(e) or type(e).__name__
 
 
-def _inflate_problem(path: Path, offset: int, wbits: int, expected: int = 0) -> str | None:
+def _inflate_problem(path: Path, offset: int, wbits: int, expected: int = 0, members: bool = False) -> str | None:
     """Inflate the stream that starts at ``offset`` of ``path`` (wbits 31: gzip; 47: zlib or gzip) to its end, in
-    1 MiB pieces, checking its checksum; what follows the stream is not read. None when it is whole (and, with
-    ``expected``, inflates to exactly that many bytes)."""
-    inflater, total = zlib.decompressobj(wbits), 0
+    1 MiB pieces, checking its checksum. With ``members`` (gzip), each further gzip member that follows is checked
+    too (bgzip and concatenated files hold several, and readers take them all); other bytes after a stream are not
+    read, as zlib's gzread ignores them. None when all is whole (and, with ``expected``, inflates to exactly that
+    many bytes)."""
+    total = 0
     with open(path, "rb") as f:
         f.seek(offset)
-        while not inflater.eof and (chunk := f.read(_CHUNK)):
-            while chunk and not inflater.eof:
+        pending = b""
+        while True:
+            inflater = zlib.decompressobj(wbits)
+            chunk = pending
+            while not inflater.eof:
+                if not chunk:
+                    chunk = f.read(_CHUNK)
+                    if not chunk:
+                        return "the compressed stream ends early (truncated file?)"
                 total += len(inflater.decompress(chunk, _CHUNK))
                 chunk = inflater.unconsumed_tail
-    if not inflater.eof:
-        return "the compressed stream ends early (truncated file?)"
+            pending = inflater.unused_data
+            if not members:
+                break
+            if len(pending) < 2:
+                pending += f.read(2 - len(pending))
+            if pending[:2] != b"\x1f\x8b":   # no further member: what follows is not data
+                break
     if expected and total != expected:
         return f"it inflates to {total} bytes, its header says {expected}"
     return None
