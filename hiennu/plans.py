@@ -92,7 +92,8 @@ class NetworkPlan:
     context_slices: for a 2D network, how many neighbouring slices on either side each slice sees as extra
     input channels ("2.5D"; 0, nnU-Net's 2d, sees its own slice only). A training patch then needs
     ``patch_size_zyx[0] >= 2 * context_slices + 1``: its outer context slices are input only and the loss
-    is taken on the slices between them; prediction repeats a case's edge slices as their missing neighbours.
+    is taken on the slices between them; prediction gives a case's edge slices zero slices as their missing
+    neighbours, as a training patch is zero-padded beyond its case.
     rule_prior_cap: upper bound of the prior's logits (``min(k (t - z), cap)``), or None for no bound.
     A sharp prior (large ``k``) saturates the sigmoid inside the rule (``k = 10`` puts a voxel one
     z-score past the threshold at probability 0.99995), where a Dice loss has almost no gradient

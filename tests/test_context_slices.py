@@ -1,7 +1,7 @@
 """2.5D: a 2D network that sees each slice's neighbours as extra channels (``network.context_slices``).
 
 Plans checks naming the field, the network's training output without the context slices and its eval output
-on every slice (edge slices repeated), the rule prior read on the centre slice, in-plane augmentation shared by
+on every slice (zero slices beyond the edges, as a training patch is padded), the rule prior read on the centre slice, in-plane augmentation shared by
 a sample's slices (CPU and device paths, skipped channels included), and a tiny end-to-end run that trains on
 three-slice samples and predicts a one-slice case and a thin-sliced one in native geometry.
 """
@@ -84,11 +84,25 @@ def test_training_output_leaves_out_the_context_slices_and_eval_output_keeps_eve
     assert train_out.shape == (2, 1, 4, 16, 12) and eval_out.shape == (2, 1, 6, 16, 12)
     # no dropout, instance norm without running statistics: the two modes agree where both have the neighbours
     torch.testing.assert_close(train_out, eval_out[:, :, 1:5], rtol=1e-5, atol=1e-5)
-    # the first slice's missing neighbour is the slice itself
-    padded = torch.cat([x[:, :, :1], x[:, :, :2]], dim=2)
+    # the edge slices' missing neighbours are zeros, as in a training patch padded beyond its case
+    padded = torch.cat([torch.zeros_like(x[:, :, :1]), x, torch.zeros_like(x[:, :, :1])], dim=2)
     with torch.no_grad():
-        first = net.train()(padded)
-    torch.testing.assert_close(first, eval_out[:, :, :1], rtol=1e-5, atol=1e-5)
+        edges = net.train()(padded)
+    torch.testing.assert_close(edges, eval_out, rtol=1e-5, atol=1e-5)
+
+
+def test_an_edge_slice_sees_in_prediction_what_a_training_patch_padded_beyond_its_case_holds():
+    from hiennu.training.data import patch_bbox
+    from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+    net = _trained_looking(NetworkPlan(**NET))
+    case = np.random.default_rng(1).normal(size=(2, 4, 16, 12)).astype(np.float32)
+    # a foreground patch centred on a lesion voxel of the first slice reaches one slice beyond the case
+    box = patch_bbox(case.shape[1:], (3, 16, 12), np.random.default_rng(0), centre_on=np.array([[0, 8, 6]]))
+    patch = torch.from_numpy(crop_and_pad_nd(case, box, pad_value=0)[None])
+    with torch.no_grad():
+        trained_on = net.train()(patch)
+        predicted = net.eval()(torch.from_numpy(case[None]))
+    torch.testing.assert_close(trained_on, predicted[:, :, :1], rtol=1e-5, atol=1e-5)
 
 
 def test_a_slice_sees_its_neighbours_and_nothing_further():
@@ -171,3 +185,12 @@ def test_a_context_2d_trains_on_three_slice_samples_and_predicts_in_native_geome
         _write_case(test_dir, None, case, geometry, rng)
         mask = sitk_array(predictor.predict_files(test_dir / f"{case}_0000.mha", test_dir / f"{case}_0001.mha"))
         assert np.shape(mask) == geometry.size_zyx and set(np.unique(mask)) <= {0, 1}
+
+
+def test_a_2d_configuration_mirrors_in_plane_only_at_test_time():
+    from hiennu.inference.predictor import tta_mirror_axes
+    config = _config()
+    config.augmentation.p_mirror, config.augmentation.mirror_axes = 0.5, [0, 2]
+    assert tta_mirror_axes(config) == (2,)  # training mirrors (y, x) only, so z is left out here too
+    config.augmentation.p_mirror = 0.0
+    assert tta_mirror_axes(config) == (1, 2)  # trained without mirroring: every in-plane axis

@@ -18,7 +18,8 @@ applied: its ADC cap, its component size (the larger of it and the plans' ``min_
 
 Mirroring axes: the axes the plans trained with (``augmentation.mirror_axes`` when
 ``augmentation.p_mirror > 0``); when the plans trained without mirroring (the paper's setting),
-all three spatial axes (8 passes per fold), as nnU-Net does.
+all three spatial axes (8 passes per fold), as nnU-Net does; a ``2d`` configuration mirrors in-plane only
+(y and x; z neither in its training nor in nnU-Net's 2d).
 
 Usage from Python::
 
@@ -83,11 +84,16 @@ def threshold_probabilities(prob: torch.Tensor, need_probabilities: bool) -> tup
 
 
 def tta_mirror_axes(configuration: Configuration) -> tuple[int, ...]:
-    """Spatial axes (0 = z) for mirroring TTA: the trained mirror axes, or all three when none were trained."""
+    """Spatial axes (0 = z) for mirroring TTA: the trained mirror axes, or all three when none were trained.
+
+    A 2D configuration mirrors in-plane only (y, x; nnU-Net's 2d does the same): its training mirrors only
+    those (:func:`hiennu.training.augmentation.build_transforms`), a flip along z changes nothing for a network
+    that sees one slice at a time but doubles the passes, and a 2.5D network would see its neighbours in an
+    order it never trained on.
+    """
     aug = configuration.augmentation
-    if aug.p_mirror > 0 and aug.mirror_axes:
-        return tuple(sorted(set(int(a) for a in aug.mirror_axes)))
-    return (0, 1, 2)
+    axes = sorted(set(int(a) for a in aug.mirror_axes)) if aug.p_mirror > 0 and aug.mirror_axes else [0, 1, 2]
+    return tuple(a for a in axes if a > 0) if configuration.is_2d else tuple(axes)
 
 
 class Predictor(CasePredictor):

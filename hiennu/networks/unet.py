@@ -23,8 +23,10 @@ input channels: the 2D network's first convolution takes ``in_channels * (2c + 1
 slice offset (-c first, each offset with every input channel) so a slice can tell a one-slice speck from a
 lesion that goes on. In training mode the outer c slices of the input on either side are context only and
 the output has ``z - 2c`` slices (the trainer's target is cropped to match); in eval mode (validation,
-prediction) the input is first padded by c slices that repeat the edge slices, so the output has all z
-slices and a case of one slice still predicts.
+prediction) the input is first padded by c zero slices on either side, so the output has all z slices and a
+case of one slice still predicts. Zero is what a training patch holds beyond its case's brain box (the patch is
+padded with zeros there, and normalization puts every voxel outside the brain at 0), so an edge slice sees the
+same missing neighbours in prediction as in training.
 
 With ``plan.rule_prior`` the full-resolution logits get ``k * (t - x[:, c])`` added: the
 challenge's ZADC < t rule as a logit prior (``c`` the ZADC channel, on its atlas z-score scale;
@@ -195,12 +197,13 @@ class UNet(nn.Module):
 
     def _with_context(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, z, y, x)`` -> ``(B, C * (2c + 1), z', y, x)``: each output slice with its c neighbours either
-        side as channels (offset -c first); z' = z - 2c in training, z in eval (edge slices repeated)."""
+        side as channels (offset -c first); z' = z - 2c in training, z in eval (c zero slices added either side, as
+        training pads a patch beyond its case)."""
         context = int(self.plan.context_slices)
         if not context:
             return x
         if not self.training:
-            x = F.pad(x, (0, 0, 0, 0, context, context), mode="replicate")
+            x = F.pad(x, (0, 0, 0, 0, context, context))
         depth = x.shape[2] - 2 * context
         if depth < 1:
             raise ValueError(f"a training input needs more than 2 x context_slices ({context}) slices, got "
