@@ -244,3 +244,17 @@ def test_planning_with_a_forced_spacing(tmp_path, monkeypatch):
     assert config.grid_policy == "forced" and config.target_spacing_zyx == [2.0, 2.0, 2.0]
     assert config.roundtrip_dice_worst == round(at_forced.worst, 4)
     assert "LABEL ROUND TRIP BELOW THE THRESHOLDS" in config.notes and "f0 (native 1 x 1 x 1 mm" in config.notes
+
+
+def test_the_crop_roundtrip_takes_the_label_there_with_the_plans_label_interpolation():
+    from hiennu.geometry.cropping import CropRecord, brain_bbox, crop_and_resample_label, restore_to_native
+    from hiennu.masks import dice
+    adc = np.full((12, 24, 24), 1000.0, np.float32)
+    zz, yy, xx = np.mgrid[:12, :24, :24]
+    label = (((zz - 6) / 2.5) ** 2 + ((yy - 11.3) / 4.2) ** 2 + ((xx - 12.6) / 3.1) ** 2 <= 1).astype(np.uint8)
+    values = {m: crop_roundtrip_dice(adc, label, (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), "linear", m) for m in ("nearest", "sdf")}
+    assert values["nearest"] == crop_roundtrip_dice(adc, label, (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), "linear")
+    record = CropRecord(list(adc.shape), brain_bbox(adc), [6, 12, 12])
+    there = crop_and_resample_label(label, record, "sdf").astype(np.float32)
+    assert values["sdf"] == dice(label, restore_to_native(there, record, "linear") >= 0.5)
+    assert values["sdf"] != values["nearest"]

@@ -92,7 +92,7 @@ def make_plans(raw_dir: Path, out_dir: Path, cases: list[CaseFiles], opts: PlanA
                 plans.configurations[SLICE_CONFIGURATION] = plan_2d_configuration(fp, cfg, opts.gpu_memory_gb)
         elif cfg.is_patch_based:
             trip = measure_crop_roundtrip(with_adc, cfg.resampling_spacing_zyx, cfg.prediction_interpolation,
-                                          opts.num_processes)
+                                          opts.num_processes, cfg.label_interpolation)
         else:
             workers = opts.num_processes if cfg.label_interpolation == "sdf" else 1
             trip = measure_roundtrip(labels, cfg.target_size_zyx, cfg.label_interpolation, workers)
@@ -110,7 +110,8 @@ def _heed_patch_roundtrip(fp: DatasetFingerprint, cfg: Configuration,
         cfg = force_spacing(fp, cfg, opts.target_spacing_zyx, opts.gpu_memory_gb)
 
     def measure(spacing_zyx):
-        return measure_crop_roundtrip(with_adc, spacing_zyx, cfg.prediction_interpolation, opts.num_processes)
+        return measure_crop_roundtrip(with_adc, spacing_zyx, cfg.prediction_interpolation, opts.num_processes,
+                                      cfg.label_interpolation)
 
     return heed_roundtrip(fp, cfg, measure, opts.gpu_memory_gb, forced=opts.target_spacing_zyx is not None)
 

@@ -7,7 +7,8 @@ native grid, so the planner records it for each configuration. Dice is :func:`hi
 - whole-volume grid: the label goes to the grid with the configuration's label interpolation and
   comes back with the same mode (:func:`measure_roundtrip`).
 - brain crop + target spacing (``3d_fullres``): the label is cropped to the brain box of the ADC map,
-  resampled to the target spacing by nearest neighbour (as preprocessing does), then taken back the
+  resampled to the target spacing with the configuration's label interpolation (as preprocessing does;
+  the planner writes ``nearest``), then taken back the
   way prediction takes probabilities: resampled to the box with the configuration's
   ``prediction_interpolation``, pasted into the native volume, thresholded at 0.5
   (:func:`measure_crop_roundtrip`).
@@ -70,28 +71,32 @@ def measure_roundtrip(label_files: dict[str, str | os.PathLike], size_zyx: Seque
 
 
 def crop_roundtrip_dice(adc: np.ndarray, label: np.ndarray, spacing_zyx: Sequence[float],
-                        target_spacing_zyx: Sequence[float], mode: str) -> float:
-    """Dice between a native label and its trip through brain crop + target spacing and back (module docstring)."""
+                        target_spacing_zyx: Sequence[float], mode: str, label_mode: str = "nearest") -> float:
+    """Dice between a native label and its trip through brain crop + target spacing and back (module docstring).
+
+    mode: the way back (``prediction_interpolation``); label_mode: the way there (``label_interpolation``)."""
     bbox = brain_bbox(adc)  # the record crop_and_resample would make, without resampling the image
     box = [e - s for s, e in bbox]
     record = CropRecord(list(np.shape(adc)), bbox, list(resampled_size(box, spacing_zyx, target_spacing_zyx)))
-    on_target = crop_and_resample_label(label, record).astype(np.float32)
+    on_target = crop_and_resample_label(label, record, label_mode).astype(np.float32)
     back = restore_to_native(on_target, record, mode) >= 0.5
     return dice(label, back)
 
 
 def _file_crop_roundtrip(adc_path: str | os.PathLike, label_path: str | os.PathLike,
-                         target_spacing_zyx: tuple[float, float, float], mode: str) -> float:
+                         target_spacing_zyx: tuple[float, float, float], mode: str, label_mode: str) -> float:
     adc, geometry = read_image(adc_path)
     label, _ = read_image(label_path, dtype=np.uint8)
-    return crop_roundtrip_dice(adc, label, geometry.spacing_zyx, target_spacing_zyx, mode)
+    return crop_roundtrip_dice(adc, label, geometry.spacing_zyx, target_spacing_zyx, mode, label_mode)
 
 
 def measure_crop_roundtrip(cases: dict[str, tuple[str | os.PathLike, str | os.PathLike]],
-                           target_spacing_zyx: Sequence[float], mode: str, num_processes: int = 1) -> RoundTrip:
-    """Round-trip Dice through brain crop + target spacing of every case (case id -> (ADC file, label file))."""
+                           target_spacing_zyx: Sequence[float], mode: str, num_processes: int = 1,
+                           label_mode: str = "nearest") -> RoundTrip:
+    """Round-trip Dice through brain crop + target spacing of every case (case id -> (ADC file, label file));
+    ``mode`` the way back, ``label_mode`` the way there (:func:`crop_roundtrip_dice`)."""
     spacing = tuple(None if s is None else float(s) for s in target_spacing_zyx)  # None: keep the case's own
     ids = sorted(cases)
-    values = parallel_map(_file_crop_roundtrip, [(*cases[i], spacing, mode) for i in ids], num_processes,
+    values = parallel_map(_file_crop_roundtrip, [(*cases[i], spacing, mode, label_mode) for i in ids], num_processes,
                           desc=f"round trip crop + spacing {spacing} mm")
     return RoundTrip((0, 0, 0), f"crop+spacing, back {mode}", dict(zip(ids, values)))  # type: ignore[arg-type]
