@@ -2,8 +2,9 @@
 
 Per sample, with p = sigmoid(logits), g the target and sums over all voxels:
 ``Dice = 1 - (2 Σ p g + smooth_nr) / (Σ p + Σ g + smooth_dr)``, smooth_nr = smooth_dr = 1e-5.
-An empty target with an empty prediction gives 0; an empty target with any predicted mass gives
-nearly 1 (no NaN: the denominator is at least smooth_dr).
+An empty target gives ``1 - smooth / (Σ p + smooth)``: 0 only when the predicted mass Σ p is far below
+smooth (1e-5), which sigmoid outputs over a patch hardly ever are, so in practice nearly 1 whatever the
+prediction (a lesion-free sample pushes its probabilities down; no NaN: the denominator is at least smooth_dr).
 """
 
 from __future__ import annotations
