@@ -126,3 +126,25 @@ def test_real_bonbid_release_layout(real_bonbid_dir):
     assert all(c.problem is None and c.layout == "bonbid_folders" for c in cases)
     images, geometry = read_case(cases[0])
     assert images[0].shape == geometry.size_zyx == images[1].shape
+
+
+def test_outputs_take_the_adc_files_geometry_and_ending_whatever_the_channel_order(tmp_path):
+    # the ZADC within the grid tolerance of the ADC but not bit-identical (as MGHNICU_331's is in the release)
+    near = Geometry(GEOM.size_xyz, (1.50001, 1.5, 3.0), GEOM.origin_xyz, GEOM.direction)
+    _write(tmp_path / "a_0000.nii.gz", -3, near)  # a model whose dataset.json lists ZADC first
+    _write(tmp_path / "a_0001.mha", 1000)
+    (case,) = discover_input_cases(tmp_path, ("ZADC", "ADC"))
+    assert case.reference == 1 and case.output_name() == "a.mha"
+    _, geometry = read_case(case)
+    assert geometry.spacing_xyz == GEOM.spacing_xyz
+    (case,) = discover_input_cases(tmp_path, ("T1", "T2"))  # no ADC channel: channel 0 gives the geometry
+    zadc_spacing = read_case(case)[1].spacing_xyz
+    assert case.reference == 0 and zadc_spacing != GEOM.spacing_xyz and abs(zadc_spacing[0] - 1.50001) < 1e-6
+
+
+def test_a_channel_off_the_adcs_grid_is_named_against_the_adc_file(tmp_path):
+    _write(tmp_path / "a_0000.mha", -3, Geometry(GEOM.size_xyz, (2.0, 1.5, 3.0), GEOM.origin_xyz, GEOM.direction))
+    _write(tmp_path / "a_0001.mha", 1000)
+    (case,) = discover_input_cases(tmp_path, ("ZADC", "ADC"))
+    with pytest.raises(CaseInputError, match="a_0000.mha lies on a different grid than a_0001.mha"):
+        read_case(case)

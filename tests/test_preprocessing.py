@@ -159,3 +159,18 @@ def test_cli_check_only_and_errors(hiennu_roots, capsys):
     out = hiennu_roots["hiennu_preprocessed"] / "Dataset009_TINY"
     assert load_plans(out).configuration("3d_paper").target_size_xyz == [16, 16, 16]
     assert not (out / "3d_fullres").exists()
+
+
+def test_a_case_keeps_the_adc_files_geometry_whatever_the_channel_order(tmp_path):
+    from hiennu.io.cases import CaseFiles
+    from hiennu.preprocessing.preprocessor import preprocess_case_files
+    adc_geometry = Geometry((8, 6, 4), (1.5, 1.5, 3.0), (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    near = Geometry((8, 6, 4), (1.50001, 1.5, 3.0), (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_image(np.full((4, 6, 8), -3, np.float32), near, tmp_path / "a_0000.mha")  # ZADC first, within tolerance
+    write_image(np.full((4, 6, 8), 1000, np.float32), adc_geometry, tmp_path / "a_0001.mha")
+    config = Configuration("3d_fullres", [8, 6, 4], "forced",
+                           [ChannelNormalization("ZADC", "none"), ChannelNormalization("ADC", "none")])
+    case = CaseFiles("a", [tmp_path / "a_0000.mha", tmp_path / "a_0001.mha"])
+    assert preprocess_case_files(case, config, tmp_path / "out")
+    props = json.loads((tmp_path / "out" / "a.json").read_text())
+    assert props["geometry"]["spacing_xyz"] == [1.5, 1.5, 3.0] and props["brain_voxels"] == 192

@@ -32,7 +32,7 @@ import numpy as np
 from hiennu.errors import HiennuError, ImageReadError
 from hiennu.io.bonbid_names import BONBID_ADC_DIR, BONBID_ZADC_DIR, bonbid_role
 from hiennu.io.cases import parse_channel_file_name
-from hiennu.io.channels import adc_zadc_channels
+from hiennu.io.channels import adc_zadc_channels, brain_channel
 from hiennu.io.image import Geometry, image_ending, read_image, strip_ending
 from hiennu.log import get_logger
 
@@ -52,7 +52,9 @@ class InputCase:
 
     files: one path per model channel (None where the channel file is missing);
     layout: ``nnunet``, ``bonbid``, ``bonbid_folders`` or ``challenge``;
-    problem: why the case cannot be predicted (None when it can, as far as names tell).
+    problem: why the case cannot be predicted (None when it can, as far as names tell);
+    reference: the channel whose file gives the outputs their geometry and ending: the ADC's when the model has
+    an ADC channel, whatever its position (:func:`hiennu.io.channels.brain_channel`), else channel 0.
     """
 
     case_id: str
@@ -60,15 +62,18 @@ class InputCase:
     layout: str
     problem: str | None = None
     extra_files: list[Path] = field(default_factory=list)
+    reference: int = 0
 
     @property
     def output_ending(self) -> str:
-        first = next((f for f in self.files if f is not None), None)
-        ending = image_ending(first) if first is not None else None
+        present = [f for f in self.files if f is not None]
+        chosen = self.files[self.reference] if self.reference < len(self.files) else None
+        chosen = chosen if chosen is not None else (present[0] if present else None)
+        ending = image_ending(chosen) if chosen is not None else None
         return ".mha" if ending in (None, ".mhd") else ending
 
     def output_name(self) -> str:
-        """``CASE.ext``: the mask's file name, with the ending of the case's first channel file."""
+        """``CASE.ext``: the mask's file name, with the ending of the case's reference (ADC) file."""
         return f"{self.case_id}{self.output_ending}"
 
 
@@ -107,7 +112,7 @@ def _finish(case_id: str, per_channel: dict[int, list[Path]], num_channels: int,
     if extra:
         problems.append(f"the model takes {num_channels} channel(s), but there are also "
                         f"{', '.join(p.name for p in extra)}")
-    return InputCase(case_id, files, layout, "; ".join(problems) or None, extra)
+    return InputCase(case_id, files, layout, "; ".join(problems) or None, extra, brain_channel(channel_names))
 
 
 def _flat_cases(folder: Path, num_channels: int, channel_names: Sequence[str]) -> list[InputCase]:
@@ -205,12 +210,12 @@ def nonfinite_problem(array: np.ndarray) -> str | None:
 
 
 def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
-    """Read every channel of ``case`` as float32 ``(z, y, x)``; returns ``(images, geometry of channel 0)``.
+    """Read every channel of ``case`` as float32 ``(z, y, x)``; returns ``(images, geometry of the reference)``.
 
     Raises :class:`CaseInputError` naming the case and file when a channel is missing or
     unreadable, holds NaN or infinite voxels, or when the channels lie on different grids
-    (:func:`hiennu.io.image.grid_differences`; within its tolerance the first channel's geometry is
-    returned, so outputs take channel 0's geometry exactly: the ADC's in BONBID's order, ADC then ZADC).
+    (:func:`hiennu.io.image.grid_differences`; within its tolerance the reference channel's geometry is
+    returned, so outputs take the ADC's geometry exactly, whatever the model's channel order).
     """
     if case.problem:
         raise CaseInputError(f"case {case.case_id}: {case.problem}")
@@ -226,10 +231,11 @@ def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
                                  f"brain) before predicting")
         images.append(array)
         geometries.append(geometry)
-    for c in range(1, len(geometries)):
-        diffs = geometries[0].differences(geometries[c])
+    ref = case.reference
+    for c in range(len(geometries)):
+        diffs = geometries[ref].differences(geometries[c]) if c != ref else []
         if diffs:
             raise CaseInputError(
-                f"case {case.case_id}: {case.files[c].name} lies on a different grid than {case.files[0].name} "
-                f"({'; '.join(diffs)}); resample it onto the first channel's grid")
-    return images, geometries[0]
+                f"case {case.case_id}: {case.files[c].name} lies on a different grid than {case.files[ref].name} "
+                f"({'; '.join(diffs)}); resample it onto {case.files[ref].name}'s grid")
+    return images, geometries[ref]

@@ -156,16 +156,18 @@ def preprocess_case_files(case: CaseFiles, config: Configuration, out_dir: str |
     signature = source_signature(case, config)
     if _is_up_to_date(out, case, signature):
         return False
-    images, geometry = [], None
+    images, geometries = [], []
     for path in case.image_files:
         array, geo = read_image(path)
         images.append(array)
-        geometry = geometry or geo
+        geometries.append(geo)
+    reference = brain_channel([n.channel_name for n in config.normalization])
+    geometry = geometries[reference]  # the ADC's, as prediction's outputs take (inference.layouts.read_case)
     label = None
     if case.label_file is not None:
         label, _ = read_image(case.label_file, dtype=np.uint8)
     data, seg, record = preprocess_case(images, config, label, geometry.spacing_zyx)
-    brain_voxels = int(np.count_nonzero(images[brain_channel([n.channel_name for n in config.normalization])]))
+    brain_voxels = int(np.count_nonzero(images[reference]))
     lesion_voxels = int(np.count_nonzero(label)) if label is not None else 0
     write_npy(data, out / f"{case.case_id}.npy")
     if seg is not None:
