@@ -8,6 +8,7 @@ half-written dataset (at most a hidden ``.DatasetNNN_Name.tmp-*`` folder, remove
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,11 +22,35 @@ from hiennu.paths import parse_dataset_folder_name
 log = get_logger(__name__)
 
 
+#: what a raw dataset folder holds (nnU-Net's layout); anything else in it is the user's, and is never replaced
+DATASET_ENTRIES = {"dataset.json", "imagesTr", "labelsTr", "imagesTs", "labelsTs"}
+
+
 def check_target(target: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing dataset (unless ``overwrite``) or to reuse its number under another name."""
-    if target.exists() and not overwrite:
-        raise HiennuError(f"{target}: dataset already exists; pass --overwrite (overwrite=True) to replace it, "
-                          f"or choose another dataset id")
+    """Refuse to replace an existing dataset (unless ``overwrite``) or to reuse its number under another name.
+
+    Whatever ``overwrite`` says, only a dataset is ever replaced: a target that is a file, a folder without
+    ``dataset.json``, a dataset folder that also holds other files, or a folder that holds the current working
+    folder is refused, so that ``--overwrite`` cannot delete what the user keeps there.
+    """
+    if target.exists() or target.is_symlink():
+        if not target.is_dir() or target.is_symlink():
+            raise HiennuError(f"{target}: exists and is not a dataset folder (a file or a link); choose another "
+                              f"output folder")
+        if not (target / "dataset.json").is_file():
+            raise HiennuError(f"{target}: exists and is not a dataset (no dataset.json), so it is not replaced even "
+                              f"with --overwrite; choose another output folder, or empty it yourself")
+        others = sorted(p.name for p in target.iterdir() if p.name not in DATASET_ENTRIES)
+        if overwrite and others:
+            raise HiennuError(f"{target}: the dataset folder also holds {', '.join(others[:5])}"
+                              f"{' ...' if len(others) > 5 else ''}, which a dataset does not; move them out before "
+                              f"replacing it with --overwrite")
+        if overwrite and Path.cwd().resolve().is_relative_to(target.resolve()):
+            raise HiennuError(f"{target}: holds the current working folder, so it cannot be replaced; run the "
+                              f"command from outside it")
+        if not overwrite:
+            raise HiennuError(f"{target}: dataset already exists; pass --overwrite (overwrite=True) to replace it, "
+                              f"or choose another dataset id")
     parsed = parse_dataset_folder_name(target.name)
     if parsed is not None and target.parent.is_dir():
         clashes = [p.name for p in target.parent.iterdir() if p.is_dir() and p.name != target.name
@@ -38,7 +63,7 @@ def check_target(target: Path, overwrite: bool) -> None:
 @contextlib.contextmanager
 def staged_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces ``target`` (see module docstring)."""
-    target = Path(target)
+    target = Path(os.path.abspath(target))  # "." and ".." by name, so the folder has a name to rename
     check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(target.parent, prefix=f".{target.name}.tmp-")
@@ -47,7 +72,11 @@ def staged_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            target.rename(old / target.name)
+            try:
+                target.rename(old / target.name)
+            except OSError:
+                old.rmdir()
+                raise
         try:
             tmp.rename(target)
         except OSError:
