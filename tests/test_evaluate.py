@@ -208,6 +208,21 @@ def test_cli_writes_default_summary_and_reports_errors(folders, capsys):
     assert "case_a" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("case", ["same folder", "onto a reference", "onto a prediction", "into labels",
+                                  "csv into images"])
+def test_no_summary_lands_on_or_among_the_inputs(folders, case):
+    ref, pred, img = folders
+    before = {p: p.read_bytes() for folder in folders for p in folder.iterdir()}
+    args = {"same folder": (ref, ref, None), "onto a reference": (ref, pred, ref / "case_a.mha"),
+            "onto a prediction": (ref, pred, pred / "case_a.mha"), "into labels": (ref, pred, ref / "s.json"),
+            "csv into images": (ref, pred, img / "s.json")}[case]
+    words = {"same folder": "same folder", "onto a reference": "image name", "onto a prediction": "image name",
+             "into labels": "into the -ref folder", "csv into images": "into the -img folder"}[case]
+    with pytest.raises(HiennuError, match=words):
+        evaluate_folders(args[0], args[1], output_json=args[2], images_dir=img, num_processes=1)
+    assert {p: p.read_bytes() for folder in folders for p in folder.iterdir()} == before
+
+
 # ---------------------------------------------------------------- report helpers
 
 

@@ -224,6 +224,29 @@ def read_per_case_csv(path: str | os.PathLike) -> list[dict]:
         return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def _check_folders(ref_dir: Path, pred_dir: Path, images: Path | None, output_json: str | os.PathLike | None) -> None:
+    """Refuse a comparison of a folder with itself, and a summary that would overwrite an input or land in the
+    references' or images' folder (where it would break a dataset); the predictions' folder takes it by default."""
+    if ref_dir.resolve() == pred_dir.resolve():
+        raise HiennuError(f"-ref and -pred are the same folder ({ref_dir}): the masks would be scored against "
+                          f"themselves; give the folder of predicted masks as -pred")
+    if output_json is None:
+        return
+    out = Path(output_json)
+    if out.is_dir():
+        raise HiennuError(f"-o {output_json} is a folder; give the summary file to write, e.g. {out / 'summary.json'}")
+    if image_ending(out) is not None:
+        raise HiennuError(f"-o {output_json} is an image name; the summary is JSON: give e.g. "
+                          f"{pred_dir / 'summary.json'} (inputs are never overwritten)")
+    for written in (out, per_case_csv_path(out)):
+        where = written.resolve().parent
+        for name, folder in (("-ref", ref_dir), ("-img", images)):
+            if folder is not None and where.is_relative_to(folder.resolve()):
+                raise HiennuError(f"-o {output_json}: {written.name} would be written into the {name} folder "
+                                  f"{folder}, among the inputs; write the summary elsewhere (by default "
+                                  f"{pred_dir / 'summary.json'})")
+
+
 def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
                      output_json: str | os.PathLike | None = None, images_dir: str | os.PathLike | None = None,
                      challenge_2023: bool = False, num_processes: int = 2,
@@ -243,9 +266,7 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     images = Path(images_dir) if images_dir is not None else None
-    if output_json is not None and Path(output_json).is_dir():
-        raise HiennuError(f"-o {output_json} is a folder; give the summary file to write, e.g. "
-                          f"{Path(output_json) / 'summary.json'}")
+    _check_folders(ref_dir, pred_dir, images, output_json)
     jobs = _jobs(ref_dir, pred_dir, images, case_ids, challenge_2023)
     if num_processes > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs))) as pool:
