@@ -433,3 +433,25 @@ def test_apply_postprocessing_refuses_a_mask_that_is_not_binary_instead_of_cutti
         apply_to_folder(tmp_path / "masks", tmp_path / "out", record)
     assert not (tmp_path / "out").exists()
 
+
+
+@pytest.mark.parametrize("where", ["the masks", "inside the masks", "the images", "around the images",
+                                   "the probabilities"])
+def test_apply_postprocessing_writes_apart_from_every_input(tmp_path, where):
+    """The output folder was refused only when it was -i itself: masks landed among a dataset's channels
+    (--images), inside the masks' folder or over the masks beside saved probabilities."""
+    from helpers import GEOM
+    from hiennu.io.image import write_image
+    from hiennu.postprocessing.commands import apply_to_folder
+    record = tmp_path / POSTPROCESSING_FILE
+    record.write_text(json.dumps({"chosen": {"min_component_voxels": 2}}))
+    masks, images, probs = tmp_path / "masks", tmp_path / "data" / "imagesTr", tmp_path / "probs"
+    write_image(np.zeros(GEOM.size_zyx, np.uint8), GEOM, masks / "A.mha")
+    write_image(np.zeros(GEOM.size_zyx, np.float32), GEOM, images / "A_0000.mha")
+    probs.mkdir()
+    out = {"the masks": masks, "inside the masks": masks / "pp", "the images": images,
+           "around the images": tmp_path / "data", "the probabilities": probs}[where]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(HiennuError, match="apart from every input"):
+        apply_to_folder(masks, out, record, images, probs)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before

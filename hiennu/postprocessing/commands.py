@@ -217,6 +217,20 @@ def _images_channels(images_dir: Path) -> tuple[int | None, int | None]:
     return adc_zadc_channels(BONBID_CHANNELS)
 
 
+def _check_apart(out_dir: Path, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an output folder that is an input folder, lies inside one or holds one: no input is overwritten
+    and no mask lands among a dataset's channels."""
+    out = out_dir.resolve()
+    for option, folder in inputs.items():
+        if folder is None:
+            continue
+        d = Path(folder).resolve()
+        if out == d or out.is_relative_to(d) or d.is_relative_to(out):
+            where = "is" if out == d else "lies inside" if out.is_relative_to(d) else "holds"
+            raise HiennuError(f"-o {out_dir} {where} the {option} folder {folder}; choose an output folder apart "
+                              f"from every input so no input can be overwritten")
+
+
 def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str | Path,
                     images_dir: str | Path | None = None, probabilities_dir: str | Path | None = None) -> list[str]:
     """Apply the record ``record_path`` (a ``postprocessing.json``) to every mask ``CASE.<ending>`` of
@@ -237,8 +251,7 @@ def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str
                           f"--save-probabilities npz writes them), or predict with the model, which applies it itself")
     if not masks_dir.is_dir():
         raise HiennuError(f"-i {masks_dir}: folder of masks not found")
-    if out_dir.resolve() == masks_dir.resolve():
-        raise HiennuError(f"-o {out_dir} is the input folder; choose another so no mask is overwritten")
+    _check_apart(out_dir, {"-i": masks_dir, "--images": images_dir, "--probabilities": probabilities_dir})
     files = sorted(p for p in masks_dir.iterdir() if p.is_file() and not p.name.startswith(".")
                    and image_ending(p) is not None)
     if not files:
