@@ -156,7 +156,7 @@ def test_normalization_choice_by_channel_name():
 def test_fingerprint_statistics_and_components(tmp_path):
     geo = Geometry((6, 5, 4), (1.0, 1.0, 3.0), (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     adc = np.zeros((4, 5, 6), np.float32)
-    adc[1:3, 1:4, 1:5] = np.arange(24, dtype=np.float32).reshape(2, 3, 4) + 1
+    adc[1:3, 1:4, 1:5] = np.arange(24, dtype=np.float32).reshape(2, 3, 4) + 1001  # 10^-6 mm^2/s
     zadc = np.where(adc > 0, -1.0, 0.0).astype(np.float32)
     label = np.zeros((4, 5, 6), np.uint8)
     label[1, 1, 1] = label[2, 2, 2] = 1  # diagonal neighbours: one 26-connected component
@@ -170,11 +170,11 @@ def test_fingerprint_statistics_and_components(tmp_path):
     assert (case.brain_voxels, case.lesion_voxels, case.lesion_components) == (24, 3, 2)
     assert case.lesion_fraction == pytest.approx(3 / 24)
     assert case.geometry["spacing_xyz"] == (1.0, 1.0, 3.0)
-    assert fp.intensity[0].mean == pytest.approx(12.5) and fp.intensity[0].min == 1 and fp.intensity[0].max == 24
+    assert fp.intensity[0].mean == pytest.approx(1012.5) and fp.intensity[0].min == 1001 and fp.intensity[0].max == 1024
     assert fp.intensity[1].std == pytest.approx(0.0)
     save_fingerprint(fp, tmp_path / "fp.json")
     back = load_fingerprint(tmp_path / "fp.json")
-    assert back.cases[0].lesion_components == 2 and back.intensity[0].mean == pytest.approx(12.5)
+    assert back.cases[0].lesion_components == 2 and back.intensity[0].mean == pytest.approx(1012.5)
 
 
 def test_roundtrip_dice_of_a_lost_lesion():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hiennu.cli.plan_and_preprocess import main as cli_main
-from hiennu.errors import DataIntegrityError
+from hiennu.errors import DataIntegrityError, HiennuError
 from hiennu.io.image import Geometry, write_image
 from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from hiennu.plans import ChannelNormalization, Configuration, load_plans, save_plans
@@ -174,3 +174,39 @@ def test_a_case_keeps_the_adc_files_geometry_whatever_the_channel_order(tmp_path
     assert preprocess_case_files(case, config, tmp_path / "out")
     props = json.loads((tmp_path / "out" / "a.json").read_text())
     assert props["geometry"]["spacing_xyz"] == [1.5, 1.5, 3.0] and props["brain_voxels"] == 192
+
+
+def test_swapped_channel_names_are_refused_before_anything_is_written(hiennu_roots):
+    folder = make_varied_raw_dataset(hiennu_roots["hiennu_raw"])
+    dj = json.loads((folder / "dataset.json").read_text())
+    dj["channel_names"] = {"0": "ZADC", "1": "ADC"}
+    (folder / "dataset.json").write_text(json.dumps(dj))
+    with pytest.raises(HiennuError, match=r"channel 1 \(ADC\) is -?0\.\d+ and .*channel 0 \(ZADC\) is 1[34]\d\d.*look "
+                                          r"swapped; fix channel_names in dataset.json"):
+        plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1))
+    assert list(hiennu_roots["hiennu_preprocessed"].iterdir()) == []
+
+
+@pytest.mark.parametrize("scale, words", [(1e-6, "in 10\\^-6 mm\\^2/s .*multiply a map in mm\\^2/s by 10\\^6"),
+                                          (None, "channel 1 \\(ZADC\\) is 1[34]\\d\\d, beyond \\+-5: a ZADC map is a z-score")])
+def test_a_channel_whose_values_contradict_its_name_is_named(hiennu_roots, scale, words):
+    from hiennu.io.image import read_image
+    folder = make_varied_raw_dataset(hiennu_roots["hiennu_raw"])
+    for f in sorted((folder / "imagesTr").glob("*_000?.mha")):
+        adc_file = f.name.endswith("_0000.mha")
+        if scale is not None and adc_file:  # the ADC in mm^2/s
+            array, geometry = read_image(f)
+            write_image(array * scale, geometry, f)
+        elif scale is None and not adc_file:  # the ZADC file holding an ADC map
+            array, geometry = read_image(f.with_name(f.name.replace("_0001", "_0000")))
+            write_image(array, geometry, f)
+    with pytest.raises(HiennuError, match=words):
+        plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1))
+    assert list(hiennu_roots["hiennu_preprocessed"].iterdir()) == []
+
+
+def test_too_few_cases_for_five_folds_are_refused_before_anything_is_written(hiennu_roots):
+    make_varied_raw_dataset(hiennu_roots["hiennu_raw"], num_cases=4)
+    with pytest.raises(HiennuError, match="4 training case\\(s\\) cannot be split into 5 folds; add cases"):
+        plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1))
+    assert list(hiennu_roots["hiennu_preprocessed"].iterdir()) == []

@@ -24,7 +24,7 @@ from hiennu.planning.fingerprint import FINGERPRINT_FILE, DatasetFingerprint, co
 from hiennu.planning.planner import DEFAULT_GPU_MEMORY_GB, plan_2d_configuration, plan_experiment, record_roundtrip
 from hiennu.planning.roundtrip import RoundTrip, measure_crop_roundtrip, measure_roundtrip
 from hiennu.planning.spacing_refinement import force_spacing, heed_roundtrip, validate_target_spacing
-from hiennu.planning.splits import SPLITS_FILE, write_splits_if_absent
+from hiennu.planning.splits import DEFAULT_FOLDS, SPLITS_FILE, write_splits_if_absent
 from hiennu.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION, PLANS_NAME,
                           SLICE_CONFIGURATION,
                           Configuration, Plans, load_plans, save_plans)
@@ -77,6 +77,8 @@ def make_plans(raw_dir: Path, out_dir: Path, cases: list[CaseFiles], opts: PlanA
     """
     dj = load_dataset_json(raw_dir)
     fp = compute_fingerprint(cases, raw_dir.name, dj.channel_names, opts.num_processes)
+    out_dir.mkdir(parents=True, exist_ok=True)  # the first write, after the fingerprint's checks
+    write_json(read_json(raw_dir / "dataset.json"), out_dir / "dataset.json")
     save_fingerprint(fp, out_dir / FINGERPRINT_FILE)
     plans = plan_experiment(fp, opts.grid_policy, opts.gpu_memory_gb, opts.target_size_xyz, opts.plan_for)
     plans.plans_name = opts.plans_name
@@ -142,8 +144,9 @@ def plan_and_preprocess(dataset: str | int, opts: PlanAndPreprocessOptions | Non
         plans = load_plans(out_dir / plans_file_name(opts.plans_name))
         log.info("using the existing %s", out_dir / plans_file_name(opts.plans_name))
     else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(read_json(raw_dir / "dataset.json"), out_dir / "dataset.json")
+        if len(cases) < DEFAULT_FOLDS and not (out_dir / SPLITS_FILE).exists():  # before anything is written
+            raise HiennuError(f"{raw_dir}: {len(cases)} training case(s) cannot be split into {DEFAULT_FOLDS} folds; "
+                              f"add cases (at least {DEFAULT_FOLDS}), or give your own {SPLITS_FILE} in {out_dir}")
         plans = make_plans(raw_dir, out_dir, cases, opts)
     if not opts.preprocess:
         return out_dir

@@ -25,7 +25,7 @@ from hiennu.io.atomic import read_json, write_json
 from hiennu.io.cases import CaseFiles
 from hiennu.io.image import Geometry, read_image
 from hiennu.log import get_logger
-from hiennu.io.channels import brain_channel
+from hiennu.io.channels import adc_zadc_channels, brain_channel
 from hiennu.masks import FULL_CONNECTIVITY
 from hiennu.parallel import parallel_map, register_preload
 
@@ -185,7 +185,44 @@ def compute_fingerprint(cases: list[CaseFiles], dataset_name: str, channel_names
     log.info("fingerprint: %d cases; %s", len(cases), "; ".join(
         f"{n} brain mean {s.mean:.4g} std {s.std:.4g} [0.5%, 99.5%] = [{s.percentile_00_5:.4g}, {s.percentile_99_5:.4g}]"
         for n, s in zip(channel_names, fp.intensity)))
+    problem = channel_scale_problem(channel_names, fp.intensity)
+    if problem:
+        raise HiennuError(f"dataset {dataset_name}: {problem}")
     return fp
+
+
+#: brain medians that an ADC map in 10^-6 mm^2/s (BONBID's unit; neonatal brain about 800-2000) and a z-score map
+#: cannot have: the planner's normalization, the rule ZADC < -2 and the post-processing's ADC caps rely on both
+ADC_MEDIAN_RANGE = (100.0, 10000.0)
+ZADC_MAX_ABS_MEDIAN = 5.0
+
+
+def channel_scale_problem(channel_names: list[str], intensity: list[IntensityStats]) -> str | None:
+    """Why the brain values contradict the channels' names (ADC in 10^-6 mm^2/s, ZADC a z-score), or None.
+
+    Hand-written because nothing else would notice: swapped ``channel_names`` in ``dataset.json`` (the ADC read as
+    the z-map) or an ADC in mm^2/s plan and train without an error, with a rule prior that never fires and ADC
+    caps that keep everything.
+    """
+    adc, zadc = adc_zadc_channels(channel_names)
+    adc_median = intensity[adc].median if adc is not None and intensity[adc].num_samples else None
+    zadc_median = intensity[zadc].median if zadc is not None and intensity[zadc].num_samples else None
+    adc_off = adc_median is not None and not ADC_MEDIAN_RANGE[0] <= adc_median <= ADC_MEDIAN_RANGE[1]
+    zadc_off = zadc_median is not None and abs(zadc_median) > ZADC_MAX_ABS_MEDIAN
+    medians = (f"the brain median of channel {adc} ({channel_names[adc]}) is {adc_median:.4g}" if adc_off else None,
+               f"the brain median of channel {zadc} ({channel_names[zadc]}) is {zadc_median:.4g}" if zadc_off else None)
+    said = " and ".join(m for m in medians if m)
+    if adc_off and zadc_off:
+        return (f"{said}: the two look swapped; fix channel_names in dataset.json so that each file number names its "
+                f"map (an ADC in 10^-6 mm^2/s, brain median about 800-2000; a ZADC z-score map, median near 0)")
+    if adc_off:
+        return (f"{said}, outside {ADC_MEDIAN_RANGE[0]:g}-{ADC_MEDIAN_RANGE[1]:g}: an ADC map is expected in "
+                f"10^-6 mm^2/s (neonatal brain about 800-2000; multiply a map in mm^2/s by 10^6), or the channel is "
+                f"not the ADC: check channel_names in dataset.json")
+    if zadc_off:
+        return (f"{said}, beyond +-{ZADC_MAX_ABS_MEDIAN:g}: a ZADC map is a z-score against an atlas (median near 0), "
+                f"or the channel is not the ZADC: check channel_names in dataset.json")
+    return None
 
 
 def save_fingerprint(fp: DatasetFingerprint, path: str | os.PathLike) -> None:
