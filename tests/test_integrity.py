@@ -168,3 +168,26 @@ def test_real_converted_dataset_is_clean(real_bonbid_dir, hiennu_roots):
     from hiennu.datasets.bonbid import convert_bonbid
     out = convert_bonbid(real_bonbid_dir, 1)
     assert check_raw_dataset(out) == []
+
+
+def test_a_singular_direction_is_named_as_such_not_as_a_corrupt_file(raw, tmp_path):
+    from hiennu.errors import ImageReadError
+    from hiennu.io.image import read_image
+    path = raw / "imagesTr" / "caseA_0000.mha"
+    write_image(np.ones(GEO.size_zyx, np.float32), GEO, path, compress=False)
+    path.write_bytes(path.read_bytes().replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1", b"TransformMatrix = 1 0 0 1 0 0 0 0 1"))
+    problem = _one_problem(raw, "case caseA", "caseA_0000.mha", "direction matrix in its header", "is singular",
+                           "fix the header")
+    assert "corrupt" not in problem
+    with pytest.raises(ImageReadError, match="is singular"):
+        read_image(path)
+
+
+def test_an_upper_case_ending_reads_like_its_lower_case_twin(raw):
+    from hiennu.io.image import read_image
+    for case in CASES:
+        for name in (f"imagesTr/{case}_0000", f"imagesTr/{case}_0001", f"labelsTr/{case}"):
+            (raw / f"{name}.mha").rename(raw / f"{name}.MHA")
+    assert check_raw_dataset(raw) == []
+    array, geometry = read_image(raw / "imagesTr" / "caseA_0000.MHA")
+    assert array.shape == GEO.size_zyx and geometry.spacing_xyz == GEO.spacing_xyz

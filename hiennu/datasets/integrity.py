@@ -21,7 +21,8 @@ import SimpleITK as sitk
 from hiennu.errors import DataIntegrityError, HiennuError
 from hiennu.io.cases import CaseFiles, channel_file_name, discover_cases, parse_channel_file_name
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
-from hiennu.io.image import Geometry, compressed_data_problem, header_spacing, image_ending, sitk_reason, spacing_problem, strip_ending
+from hiennu.io.image import (Geometry, compressed_data_problem, direction_problem, header_spacing, image_ending,
+                             image_reader, sitk_reason, spacing_problem, strip_ending)
 from hiennu.log import get_logger, progress
 
 log = get_logger(__name__)
@@ -32,14 +33,15 @@ def _read_header(path: Path, case_id: str) -> tuple[sitk.ImageFileReader | None,
         return None, None, f"case {case_id}: {path} not found (a broken link?); re-copy the file"
     if path.stat().st_size == 0:
         return None, None, f"case {case_id}: {path} is empty (0 bytes); re-export or re-copy it"
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader = image_reader(path)
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
         return None, None, f"case {case_id}: {path} cannot be read as an image: {sitk_reason(e)}"
     if reader.GetDimension() != 3:
         return None, None, f"case {case_id}: {path} is {reader.GetDimension()}D; hiennu needs 3D images"
+    if direction_problem(reader.GetDirection(), path):
+        return None, None, f"case {case_id}: {direction_problem(reader.GetDirection(), path)}"
     if reader.GetNumberOfComponents() != 1:
         return None, None, (f"case {case_id}: {path} has {reader.GetNumberOfComponents()} values per voxel; "
                             f"hiennu needs one (a scalar image)")

@@ -13,6 +13,7 @@ import struct
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -288,6 +289,32 @@ def _inflate_problem(path: Path, offset: int, wbits: int, expected: int = 0, mem
     return None
 
 
+#: ITK's reader for each ending: named, so that an upper-case ending (CASE.MHA), which ITK's factory matches
+#: case-sensitively and then refuses as unreadable, is read like its lower-case twin
+IMAGE_IO = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO",
+            ".nrrd": "NrrdImageIO"}
+
+
+def image_reader(path: str | os.PathLike) -> sitk.ImageFileReader:
+    """A SimpleITK reader of ``path`` with ITK's reader chosen by the (case-insensitive) ending (:data:`IMAGE_IO`)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    ending = image_ending(path)
+    if ending is not None:
+        reader.SetImageIO(IMAGE_IO[ending])
+    return reader
+
+
+def direction_problem(direction: Sequence[float], path: str | os.PathLike) -> str | None:
+    """Why a header's direction matrix (9 numbers, row-major) cannot orient the image (singular), or None."""
+    matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(matrix).all() or abs(np.linalg.det(matrix)) < 1e-6:
+        return (f"{path}: the direction matrix in its header ({' '.join(f'{v:g}' for v in direction)}) is singular, "
+                f"so the image has no orientation; fix the header (e.g. TransformMatrix of a .mha, the sform/qform "
+                f"of a NIfTI) or re-export the image")
+    return None
+
+
 def read_sitk(path: str | os.PathLike) -> sitk.Image:
     """Read ``path`` as a SimpleITK image, raising :class:`ImageReadError` with the file named.
 
@@ -308,8 +335,13 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
     damaged = compressed_data_problem(path)
     if damaged:
         raise ImageReadError(f"{path}: its compressed voxel data is corrupt ({damaged}); re-export or re-copy it")
+    reader = image_reader(path)
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        problem = direction_problem(reader.GetDirection(), path) if reader.GetDimension() == 3 else None
+        if problem:
+            raise ImageReadError(problem)
+        image = reader.Execute()
     except RuntimeError as e:
         raise ImageReadError(f"{path}: cannot be read as an image: {sitk_reason(e)}") from None
     if image.GetDimension() != 3:
