@@ -148,3 +148,11 @@ def test_a_channel_off_the_adcs_grid_is_named_against_the_adc_file(tmp_path):
     (case,) = discover_input_cases(tmp_path, ("ZADC", "ADC"))
     with pytest.raises(CaseInputError, match="a_0000.mha lies on a different grid than a_0001.mha"):
         read_case(case)
+
+
+def test_an_all_zero_adc_is_refused_naming_the_file(tmp_path):
+    _write(tmp_path / "a_0000.mha", 0)
+    _write(tmp_path / "a_0001.mha", -3)
+    (case,) = discover_input_cases(tmp_path)
+    with pytest.raises(CaseInputError, match="case a: .*a_0000.mha is all zero, so the case has no brain"):
+        read_case(case)

@@ -213,7 +213,8 @@ def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
     """Read every channel of ``case`` as float32 ``(z, y, x)``; returns ``(images, geometry of the reference)``.
 
     Raises :class:`CaseInputError` naming the case and file when a channel is missing or
-    unreadable, holds NaN or infinite voxels, or when the channels lie on different grids
+    unreadable, holds NaN or infinite voxels, when the reference (brain) channel is all zero (no brain: training's
+    integrity check refuses it too), or when the channels lie on different grids
     (:func:`hiennu.io.image.grid_differences`; within its tolerance the reference channel's geometry is
     returned, so outputs take the ADC's geometry exactly, whatever the model's channel order).
     """
@@ -232,6 +233,9 @@ def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
         images.append(array)
         geometries.append(geometry)
     ref = case.reference
+    if not np.any(images[ref]):
+        raise CaseInputError(f"case {case.case_id}: {case.files[ref]} is all zero, so the case has no brain to segment "
+                             f"(the brain is where this channel is non-zero); check that the right map was exported")
     for c in range(len(geometries)):
         diffs = geometries[ref].differences(geometries[c]) if c != ref else []
         if diffs:
