@@ -157,3 +157,15 @@ def test_real_cases_survive_exactly(real_bonbid_dir, hiennu_roots):
                 np.testing.assert_allclose(getattr(a, attr)(), getattr(b, attr)(), atol=1e-4)
             np.testing.assert_array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
         assert sitk.ReadImage(str(out / f"labelsTr/{case.case_id}.mha")).GetPixelID() == sitk.sitkUInt8
+
+
+def test_the_suggested_label_map_converts_when_given_as_it_is(tmp_path, hiennu_roots):
+    """The message once suggested --label-map 2:1 3:1, which then failed on the background value 0."""
+    import re
+    src = tmp_path / "src"
+    _fake_case(src, "MGHNICU_001-VISIT_01", np.random.default_rng(2), label_values=(0.0, 1.0, 2.0))
+    with pytest.raises(HiennuError) as e:
+        convert_bonbid(src, 5)
+    suggested = re.search(r"--label-map ((?:\S+:[01] ?)+)", str(e.value)).group(1).split()
+    assert suggested == ["0:0", "1:1", "2:1"]
+    assert convert_main([str(src), "-d", "5", "-q", "--label-map", *suggested]) == 0

@@ -100,16 +100,20 @@ def binarize_label(array: np.ndarray, path: Path, mapping: dict[float, int] | No
     (source value -> 0 or 1) every value present must be a key. Otherwise raises naming ``path``.
     """
     values = np.unique(array)
+    # every value present needs a target, so the example maps them all (0 to background, the rest to lesion)
+    example = " ".join(f"{float(v):g}:{0 if v == 0 else 1}" for v in values)
     if mapping is None:
         bad = [v for v in values if v not in (0, 1)]
         if bad:
-            raise HiennuError(f"{path}: label values must be 0 and 1, found {_fmt_values(bad)}; pass a mapping "
-                              f"(--label-map VALUE:0|1 ..., e.g. --label-map 2:1 3:1) to convert them")
+            raise HiennuError(f"{path}: label values must be 0 and 1, found {_fmt_values(bad)} (values present: "
+                              f"{_fmt_values(values)}); pass a mapping that gives every value present a target 0 or "
+                              f"1, e.g. --label-map {example}")
         return (array == 1).astype(np.uint8)
     unmapped = [v for v in values if float(v) not in mapping]
     if unmapped:
         raise HiennuError(f"{path}: label values {_fmt_values(unmapped)} are not in the label mapping "
-                          f"{mapping}; add them (--label-map VALUE:0|1)")
+                          f"{mapping}; every value present ({_fmt_values(values)}) needs a target 0 or 1, e.g. "
+                          f"--label-map {example}")
     targets = set(mapping.values())
     if not targets <= {0, 1}:
         raise HiennuError(f"label mapping {mapping}: targets must be 0 or 1")
