@@ -106,24 +106,75 @@ def resolve_dataset(identifier: str | int, roots: list[Path] | None = None) -> s
     """
     ident = str(identifier).strip()
     candidates = known_datasets(roots)
+    matches = _matches(ident, candidates)
+    if len(matches) == 1:
+        return matches[0]
+    where = ", ".join(str(r) for r in (roots if roots is not None else [raw_root(), preprocessed_root(), results_root()]))
+    known = ", ".join(candidates) if candidates else "none"
+    if not matches:
+        elsewhere = _found_in_other_roots(ident, roots)
+        if elsewhere:
+            raise DatasetNotFoundError(f"dataset {ident!r} is not under {where}, but {elsewhere}")
+        raise DatasetNotFoundError(
+            f"unknown dataset {ident!r}: no DatasetNNN_Name folder matches it under {where}. "
+            f"Known datasets: {known}. Create one with hiennu_make_synthetic or hiennu_convert_bonbid, "
+            f"or point the environment variables {RAW_ENV}/{PREPROCESSED_ENV}/{RESULTS_ENV} at your folders.")
+    raise DatasetNotFoundError(
+        f"dataset {ident!r} is ambiguous: it matches {', '.join(matches)}; give the full folder name"
+        f"{'' if ident.isdigit() else ' or the number'}.")
+
+
+def _matches(ident: str, candidates: list[str]) -> list[str]:
+    """The folder names among ``candidates`` that ``ident`` (a folder name, number or name) names."""
     if parse_dataset_folder_name(ident):
         matches = [c for c in candidates if c == ident]
     elif ident.isdigit():
         matches = [c for c in candidates if parse_dataset_folder_name(c)[0] == int(ident)]
     else:
         matches = [c for c in candidates if parse_dataset_folder_name(c)[1].lower() == ident.lower()]
-    matches = sorted(set(matches))
-    if len(matches) == 1:
-        return matches[0]
-    where = ", ".join(str(r) for r in (roots if roots is not None else [raw_root(), preprocessed_root(), results_root()]))
-    known = ", ".join(candidates) if candidates else "none"
-    if not matches:
-        raise DatasetNotFoundError(
-            f"unknown dataset {ident!r}: no DatasetNNN_Name folder matches it under {where}. "
-            f"Known datasets: {known}. Create one with hiennu_make_synthetic or hiennu_convert_bonbid, "
-            f"or point the environment variables {RAW_ENV}/{PREPROCESSED_ENV}/{RESULTS_ENV} at your folders.")
-    raise DatasetNotFoundError(
-        f"dataset {ident!r} is ambiguous: it matches {', '.join(matches)}; give the full folder name or the number.")
+    return sorted(set(matches))
+
+
+def _found_in_other_roots(ident: str, roots: list[Path] | None) -> str | None:
+    """When ``ident`` was looked up under some of the three roots only: where else it is, and what is missing."""
+    if roots is None:
+        return None
+    searched = {Path(r).resolve() for r in roots}
+    found = {}
+    for stage, root in (("raw", raw_root()), ("preprocessed", preprocessed_root()), ("results", results_root())):
+        if root.resolve() in searched:
+            continue
+        there = _matches(ident, known_datasets([root]))
+        if len(there) == 1:
+            found[stage] = (root, there[0])
+    if not found:
+        return None
+    stage, (root, name) = next(iter(found.items()))
+    plan = f"hiennu_plan_and_preprocess -d {ident}"
+    train = f"hiennu_train {ident} TRAINER FOLD (or hiennu_train_default_model -d {ident})"
+    if results_root().resolve() in searched:
+        todo = train if "preprocessed" in found else f"{plan}, then {train}"
+        return f"{name} is in {root}: it has no trained model yet; run {todo}"
+    if preprocessed_root().resolve() in searched and "raw" in found:
+        return f"{name} is in {root}: it has not been planned and preprocessed yet; run {plan}"
+    return (f"{name} is in {root}: its raw data are not under {raw_root()}; point {RAW_ENV} at the folder that "
+            f"holds {name}")
+    steps = ((raw_root(), "has not been planned and preprocessed yet: run hiennu_plan_and_preprocess -d {ident}"),
+             (preprocessed_root(), "has no trained model yet: train one with hiennu_train {ident} TRAINER FOLD "
+                                   "(or hiennu_train_default_model -d {ident})"))
+    searched = {Path(r).resolve() for r in roots}
+    for root, step in steps:
+        if root.resolve() in searched:
+            continue
+        try:
+            name = resolve_dataset(ident, [root])
+        except DatasetNotFoundError:
+            continue
+        later = [r for r, _ in steps if r.resolve() not in searched and r != root]
+        if any(r.resolve() == root.resolve() for r in later):
+            continue
+        return f"{name} is in {root} and {step.format(ident=ident)}"
+    return None
 
 
 def raw_dataset_dir(identifier: str | int) -> Path:

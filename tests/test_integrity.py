@@ -191,3 +191,10 @@ def test_an_upper_case_ending_reads_like_its_lower_case_twin(raw):
     assert check_raw_dataset(raw) == []
     array, geometry = read_image(raw / "imagesTr" / "caseA_0000.MHA")
     assert array.shape == GEO.size_zyx and geometry.spacing_xyz == GEO.spacing_xyz
+
+
+def test_a_missing_num_training_is_called_missing(raw):
+    d = json.loads((raw / "dataset.json").read_text())
+    del d["numTraining"]
+    (raw / "dataset.json").write_text(json.dumps(d))
+    _one_problem(raw, "has no numTraining; add \"numTraining\": 2")

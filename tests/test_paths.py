@@ -76,3 +76,26 @@ def test_an_ensemble_too_large_to_list_in_a_file_name_is_named_by_a_digest_of_it
                     "TrainerDiceFocal__SEED1__3d_fullres", "ensemble___TrainerDiceFocal__SEED1__3d_fullres"):
         assert not paths.is_ensemble_dir_name(not_one), not_one
     (tmp_path / name).mkdir()  # the file system takes it
+
+
+def test_an_ambiguous_number_asks_for_the_folder_name_only(hiennu_roots):
+    (hiennu_roots["hiennu_raw"] / "Dataset081_A").mkdir()
+    (hiennu_roots["hiennu_raw"] / "Dataset081_B").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="give the full folder name\\.$"):
+        paths.resolve_dataset("81")
+    (hiennu_roots["hiennu_results"] / "Dataset082_A").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="give the full folder name or the number\\.$"):
+        paths.resolve_dataset("A")
+
+
+@pytest.mark.parametrize("where, searched, words", [
+    ("hiennu_raw", "hiennu_results", "it has no trained model yet; run hiennu_plan_and_preprocess -d 5, then "
+                                     "hiennu_train 5"),
+    ("hiennu_preprocessed", "hiennu_results", "it has no trained model yet; run hiennu_train 5 TRAINER FOLD"),
+    ("hiennu_raw", "hiennu_preprocessed", "it has not been planned and preprocessed yet; run hiennu_plan_and_preprocess"),
+    ("hiennu_preprocessed", "hiennu_raw", "its raw data are not under .*hiennu_raw; point hiennu_raw at"),
+])
+def test_a_dataset_found_at_another_stage_says_which_step_is_missing(hiennu_roots, where, searched, words):
+    (hiennu_roots[where] / "Dataset005_X").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=f"dataset '5' is not under .*{searched}, but Dataset005_X is in .*{where}: {words}"):
+        paths.resolve_dataset("5", [hiennu_roots[searched]])

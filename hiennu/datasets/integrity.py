@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from hiennu.errors import DataIntegrityError, HiennuError
+from hiennu.io.atomic import read_json
 from hiennu.io.cases import CaseFiles, channel_file_name, discover_cases, parse_channel_file_name
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import (Geometry, compressed_data_problem, direction_problem, header_spacing, image_ending,
@@ -184,7 +185,10 @@ def check_raw_dataset(raw_dir: str | Path) -> list[str]:
     problems += _extra_files(images_tr, dj, False, with_images)
     problems += _extra_files(labels_tr, dj, True, with_images)
     problems += _extra_files(images_ts, dj, False, set())
-    if len(with_images) != dj.num_training:
+    if "numTraining" not in read_json(raw_dir / "dataset.json"):
+        problems.append(f"{raw_dir / 'dataset.json'}: has no numTraining; add \"numTraining\": {len(with_images)} "
+                        f"(the count of cases in imagesTr/)")
+    elif len(with_images) != dj.num_training:
         problems.append(f"{raw_dir / 'dataset.json'}: numTraining is {dj.num_training} but imagesTr/ holds "
                         f"{len(with_images)} case(s); fix numTraining")
     jobs = [(c, True) for c in train if c.case_id in with_images] + [(c, False) for c in test]
