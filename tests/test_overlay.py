@@ -93,8 +93,8 @@ def _no_reference(tmp_path):
 @pytest.mark.parametrize("breaking, message", [
     (_nonbinary, r"case b: prediction .*masks/b\.mha is not a binary mask \(values 0\.7\)"),
     (_other_grid, r"case b: .*masks/b\.mha lies on another grid than the case's image \(origin"),
-    (_no_image, r"case b: no ADC image b_0000\.<ending> in .*images"),
-    (_no_reference, r"case b: no reference b\.<ending> in -r .*labels"),
+    (_no_image, r"case b: no ADC image b_0000\.<ending> or BONBID-named ADC file in .*images"),
+    (_no_reference, r"case b: no reference b\.<ending> or b_lesion\.<ending> in -r .*labels"),
 ])
 def test_bad_input_is_one_line_naming_the_case_and_no_picture_is_written(tmp_path, capsys, breaking, message):
     _case(tmp_path, "a", 2)
@@ -122,3 +122,20 @@ def test_folders_and_options_that_cannot_work_are_refused(tmp_path):
         plot_overlays(*args, tmp_path / "png", labels_dir=tmp_path / "nope")
     assert not (tmp_path / "png").exists() and not (tmp_path / "masks" / "png").exists()
     assert plot_overlays(*args, tmp_path / "png", channel="ZADC") == ["a"]   # an all-zero channel still draws
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_bonbids_own_names_are_read_as_hiennu_predict_and_hiennu_evaluate_read_them(tmp_path, flat):
+    _case(tmp_path, "MGHNICU_010-VISIT_01", 2)
+    case = "MGHNICU_010-VISIT_01"
+    release = tmp_path / "release"
+    adc_dir, zadc_dir = (release, release) if flat else (release / "1ADC_ss", release / "2Z_ADC")
+    adc_dir.mkdir(parents=True, exist_ok=True)
+    zadc_dir.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "images" / f"{case}_0000.mha").rename(adc_dir / f"{case}-ADC_ss.mha")
+    (tmp_path / "images" / f"{case}_0001.mha").rename(zadc_dir / f"Zmap_{case}-ADC_smooth2mm_clipped10.mha")
+    (tmp_path / "labels" / f"{case}.mha").rename(tmp_path / "labels" / f"{case}_lesion.mha")
+    for channel in ("ADC", "ZADC"):
+        out = tmp_path / f"png_{channel}"
+        assert plot_overlays(release, tmp_path / "masks", out, tmp_path / "labels", channel=channel) == [case]
+        assert (out / f"{case}.png").is_file()

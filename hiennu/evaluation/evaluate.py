@@ -63,7 +63,7 @@ def summarize(values: Iterable[float], seed: int = BOOTSTRAP_SEED, samples: int 
     return out
 
 
-def _mask_files(folder: Path, what: str) -> dict[str, Path]:
+def mask_files(folder: Path, what: str) -> dict[str, Path]:
     """Case id -> mask file in ``folder`` (nnU-Net ``CASE.ext`` or BONBID ``CASE_lesion.ext``)."""
     if not folder.is_dir():
         raise HiennuError(f"{what} folder {folder} does not exist; check the path")
@@ -129,8 +129,8 @@ def _score_case(job: tuple) -> dict:
 
 def _jobs(ref_dir: Path, pred_dir: Path, images_dir: Path | None, case_ids: Sequence[str] | None,
           challenge_2023: bool) -> list[tuple]:
-    refs = _mask_files(ref_dir, "reference")
-    preds = _mask_files(pred_dir, "prediction")
+    refs = mask_files(ref_dir, "reference")
+    preds = mask_files(pred_dir, "prediction")
     if case_ids is None:
         wanted = sorted(refs)
         if not wanted:

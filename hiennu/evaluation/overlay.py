@@ -24,11 +24,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from hiennu.errors import HiennuError
+from hiennu.evaluation.evaluate import mask_files
 from hiennu.evaluation.report import brain_box_yx, save_png
+from hiennu.io.bonbid_names import BONBID_ADC_DIR, BONBID_ZADC_DIR, bonbid_role
 from hiennu.io.cases import discover_cases
-from hiennu.io.channels import channel_index
+from hiennu.io.channels import ADC, ZADC, channel_index
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
-from hiennu.io.image import IMAGE_ENDINGS, read_binary_mask, read_image
+from hiennu.io.image import IMAGE_ENDINGS, image_ending, read_binary_mask, read_image
 from hiennu.log import get_logger, progress
 from hiennu.masks import dice
 from hiennu.paths import DATASET_FILE
@@ -127,6 +129,20 @@ def _mask_files(folder: Path) -> dict[str, Path]:
     return found
 
 
+def _bonbid_images(images_dir: Path, role: str) -> dict[str, Path]:
+    """Case id -> its ``role`` (ADC or ZADC) file under BONBID's own names, flat in ``images_dir`` or in the
+    release's ``1ADC_ss/`` and ``2Z_ADC/`` (as hiennu_predict and hiennu_evaluate read them)."""
+    found: dict[str, Path] = {}
+    for folder in (images_dir, images_dir / BONBID_ADC_DIR, images_dir / BONBID_ZADC_DIR):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            parsed = bonbid_role(path) if path.is_file() and image_ending(path) else None
+            if parsed is not None and parsed[0] == role:
+                found.setdefault(parsed[1], path)
+    return found
+
+
 def _check_folders(images_dir: Path, pred_dir: Path, out_dir: Path, labels_dir: Path | None) -> None:
     """Each input folder exists, and the output folder is none of them nor inside one (or around one)."""
     out = out_dir.resolve()
@@ -145,8 +161,9 @@ def plot_overlays(images_dir: str | Path, pred_dir: str | Path, out_dir: str | P
                   labels_dir: str | Path | None = None, channel: str = "ADC",
                   case_ids: Sequence[str] | None = None) -> list[str]:
     """``OUT/CASE.png`` for every mask ``CASE.<ending>`` of ``pred_dir`` (or ``case_ids`` among them); see the
-    module docstring. images_dir: the cases' images, ``CASE_0000.<ending>`` ... (nnU-Net's layout); labels_dir: the
-    references ``CASE.<ending>`` (every plotted case needs one); channel: the image channel drawn. Returns the
+    module docstring. images_dir: the cases' images, ``CASE_0000.<ending>`` ... (nnU-Net's layout) or, for ADC and
+    ZADC, BONBID's own names (flat or in the release's ``1ADC_ss/`` and ``2Z_ADC/``); labels_dir: the references
+    ``CASE.<ending>`` or ``CASE_lesion.<ending>`` (every plotted case needs one); channel: the image channel drawn. Returns the
     case ids plotted."""
     images_dir, pred_dir, out_dir = Path(images_dir), Path(pred_dir), Path(out_dir)
     labels_dir = None if labels_dir is None else Path(labels_dir)
@@ -164,19 +181,23 @@ def plot_overlays(images_dir: str | Path, pred_dir: str | Path, out_dir: str | P
         masks = {c: masks[c] for c in case_ids}
     if not masks:
         raise HiennuError(f"-p {pred_dir}: no masks (CASE.mha, CASE.nii.gz ...)")
-    inputs = {c.case_id: c for c in discover_cases(images_dir, len(names))}
-    references = {} if labels_dir is None else _mask_files(labels_dir)
+    images = {c.case_id: c.image_files[k] for c in discover_cases(images_dir, len(names)) if c.image_files[k]}
+    role = next((r for r in (ADC, ZADC) if channel_index([names[k]], r) is not None), None)
+    if role is not None:  # BONBID's own names too, as hiennu_predict and hiennu_evaluate read them
+        images = {**_bonbid_images(images_dir, role), **images}
+    references = {} if labels_dir is None else mask_files(labels_dir, "reference")
     cases = []
     for case_id, mask_file in progress(sorted(masks.items()), desc="checking"):
-        found = inputs.get(case_id)
-        if found is None or found.image_files[k] is None:
-            raise HiennuError(f"case {case_id}: no {names[k]} image {case_id}_{k:04d}.<ending> in {images_dir}")
-        image, geometry = read_image(found.image_files[k])
+        if case_id not in images:
+            raise HiennuError(f"case {case_id}: no {names[k]} image {case_id}_{k:04d}.<ending>"
+                              f"{' or BONBID-named ' + role + ' file' if role else ''} in {images_dir}")
+        image, geometry = read_image(images[case_id])
         prediction, mask_geometry = read_binary_mask(mask_file, f"case {case_id}: prediction")
         reference = None
         if labels_dir is not None:
             if case_id not in references:
-                raise HiennuError(f"case {case_id}: no reference {case_id}.<ending> in -r {labels_dir}")
+                raise HiennuError(f"case {case_id}: no reference {case_id}.<ending> or {case_id}_lesion.<ending> in "
+                                  f"-r {labels_dir}")
             reference, reference_geometry = read_binary_mask(references[case_id], f"case {case_id}: reference")
             _same_grid(case_id, references[case_id], reference_geometry, geometry)
         _same_grid(case_id, mask_file, mask_geometry, geometry)
