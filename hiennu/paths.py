@@ -149,32 +149,16 @@ def _found_in_other_roots(ident: str, roots: list[Path] | None) -> str | None:
             found[stage] = (root, there[0])
     if not found:
         return None
-    stage, (root, name) = next(iter(found.items()))
+    root, name = list(found.values())[-1]  # the latest stage it reached
     plan = f"hiennu_plan_and_preprocess -d {ident}"
     train = f"hiennu_train {ident} TRAINER FOLD (or hiennu_train_default_model -d {ident})"
     if results_root().resolve() in searched:
         todo = train if "preprocessed" in found else f"{plan}, then {train}"
         return f"{name} is in {root}: it has no trained model yet; run {todo}"
     if preprocessed_root().resolve() in searched and "raw" in found:
-        return f"{name} is in {root}: it has not been planned and preprocessed yet; run {plan}"
+        return f"{name} is in {found['raw'][0]}: it has not been planned and preprocessed yet; run {plan}"
     return (f"{name} is in {root}: its raw data are not under {raw_root()}; point {RAW_ENV} at the folder that "
             f"holds {name}")
-    steps = ((raw_root(), "has not been planned and preprocessed yet: run hiennu_plan_and_preprocess -d {ident}"),
-             (preprocessed_root(), "has no trained model yet: train one with hiennu_train {ident} TRAINER FOLD "
-                                   "(or hiennu_train_default_model -d {ident})"))
-    searched = {Path(r).resolve() for r in roots}
-    for root, step in steps:
-        if root.resolve() in searched:
-            continue
-        try:
-            name = resolve_dataset(ident, [root])
-        except DatasetNotFoundError:
-            continue
-        later = [r for r, _ in steps if r.resolve() not in searched and r != root]
-        if any(r.resolve() == root.resolve() for r in later):
-            continue
-        return f"{name} is in {root} and {step.format(ident=ident)}"
-    return None
 
 
 def raw_dataset_dir(identifier: str | int) -> Path:
