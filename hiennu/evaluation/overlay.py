@@ -163,8 +163,8 @@ def plot_overlays(images_dir: str | Path, pred_dir: str | Path, out_dir: str | P
     """``OUT/CASE.png`` for every mask ``CASE.<ending>`` of ``pred_dir`` (or ``case_ids`` among them); see the
     module docstring. images_dir: the cases' images, ``CASE_0000.<ending>`` ... (nnU-Net's layout) or, for ADC and
     ZADC, BONBID's own names (flat or in the release's ``1ADC_ss/`` and ``2Z_ADC/``); labels_dir: the references
-    ``CASE.<ending>`` or ``CASE_lesion.<ending>`` (every plotted case needs one); channel: the image channel drawn. Returns the
-    case ids plotted."""
+    ``CASE.<ending>`` or ``CASE_lesion.<ending>`` (every plotted case needs one); channel: the image channel drawn.
+    Returns the case ids plotted."""
     images_dir, pred_dir, out_dir = Path(images_dir), Path(pred_dir), Path(out_dir)
     labels_dir = None if labels_dir is None else Path(labels_dir)
     _check_folders(images_dir, pred_dir, out_dir, labels_dir)
