@@ -674,6 +674,13 @@ def test_max_ensemble_size_keeps_the_small_ensembles_and_many_ensembles_are_anno
             "for fewer: --max-ensemble-size 2 (nnU-Net's pairs: 3), --ensembles all (one ensemble of all 3) or "
             "fewer models with -m") in capsys.readouterr().err
     assert len(list((cv / "ensembles").iterdir())) == 4
+    shutil.rmtree(cv / "ensembles")
+    assert cli.main(["-d", "Tiny", "-m", A, B, C, "-f", "0", "1", "2", "-np", "1", "--disable_ensembling"]) == 0
+    assert not (cv / "ensembles").exists() and "among the models and no ensemble; nnU-Net chooses by raw Dice among " \
+        "the models and their pairs (--select-by raw --max-ensemble-size 2)" in capsys.readouterr().err
+    assert cli.main(["-d", "Tiny", "-m", A, B, C, "-f", "0", "1", "2", "-np", "1", "--select-by", "raw",
+                     "--max-ensemble-size", "2"]) == 0
+    assert "nnU-Net chooses" not in capsys.readouterr().err  # nnU-Net's own choice: nothing to say
     try:
         code = cli.main(["-d", "Tiny", "-m", A, B, "-f", "0", "1", "2", "--max-ensemble-size", "1"])
     except SystemExit as stop:

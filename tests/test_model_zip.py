@@ -241,3 +241,29 @@ def test_export_and_install_commands(tmp_path, hiennu_roots):
     installed = hiennu_roots["hiennu_results"] / MODEL
     assert read_default_model() == installed
     assert [p.name for p in installed.iterdir() if p.name.startswith("fold_")] == ["fold_1"]
+
+
+def test_without_folds_named_the_numbered_folds_are_used_and_an_unfinished_one_is_named(tmp_path):
+    """nnU-Net's spellings gave other models than nnU-Net: with no -f, fold_all joined the five folds, a fold still
+    training was left out of an export without a word, and it switched every fold's prediction to checkpoint_best."""
+    from hiennu.inference.model_registry import default_folds, select_folds
+    from hiennu.inference.predictor import Predictor
+    done = make_model_dir(tmp_path / "done", folds=(0, 1, 2, "all"))
+    assert default_folds(done) == ["0", "1", "2"]
+    assert verify_model_zip(export_model_zip(done, tmp_path / "d.zip")).folds == ["0", "1", "2"]
+    assert Predictor.from_path(done, device="cpu").folds == ["0", "1", "2"]
+    assert Predictor.from_path(done, ["all"], device="cpu").folds == ["all"]
+    only_all = make_model_dir(tmp_path / "only_all", folds=("all",))
+    assert default_folds(only_all) == ["all"]
+    training = make_model_dir(tmp_path / "training", folds=(0, 1, 2))
+    (training / "fold_2" / "checkpoint_final.pth").unlink()  # fold 2 still training: best only
+    assert default_checkpoint(training) == "checkpoint_final.pth"
+    unfinished = r"fold\(s\) 2 hold no checkpoint_final\.pth \(training not finished\?\), fold\(s\) 0, 1 do.*-f 0 1"
+    with pytest.raises(HiennuError, match=unfinished):
+        Predictor.from_path(training, device="cpu")
+    with pytest.raises(HiennuError, match=unfinished + r".*--checkpoint best\|final"):
+        export_model_zip(training, tmp_path / "t.zip")
+    assert not (tmp_path / "t.zip").exists()
+    assert Predictor.from_path(training, ["0", "1"], device="cpu").folds == ["0", "1"]
+    assert default_checkpoint(training, ["2"]) == "checkpoint_best.pth"  # a fold with best alone: the old default
+    assert select_folds(training, None, "checkpoint_best.pth", "-chk NAME") == ["0", "1", "2"]

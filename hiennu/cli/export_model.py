@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plans identifier of the model (with -d): TRAINER__NAME__CONFIG; one for every configuration, "
                         "or one per configuration")
     p.add_argument("-f", "--folds", nargs="+",
-                   help="folds to export (default: every fold with the checkpoint; for an ensemble, the folds its "
+                   help="folds to export (default: the numbered folds, fold_all only when it is the only one, a "
+                        "fold without the checkpoint refused; for an ensemble, the folds its "
                         "members.json names; not for a rule folder)")
     p.add_argument("-chk", "--checkpoint", default=None,
                    help=f"{DEFAULT_CHECKPOINT_CHOICE} (default, as nnU-Net ships; for an ensemble folder, the checkpoint "

@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="which ensembles are candidates beside the models: every one of two or more models "
                                 "(nnU-Net's scores pairs only: --max-ensemble-size 2), only the one of all the models (an ensemble fixed in advance, scored "
                                 "without choosing among subsets), or none")
-    ensembles.add_argument("--no-ensembles", dest="ensembles", action="store_const", const=NO_ENSEMBLES,
-                           help="the same as --ensembles none: score the models alone")
+    ensembles.add_argument("--no-ensembles", "--disable_ensembling", dest="ensembles", action="store_const",
+                           const=NO_ENSEMBLES, help="the same as --ensembles none: score the models alone "
+                                                    "(--disable_ensembling: nnU-Net's spelling)")
     p.add_argument("--max-ensemble-size", type=int, metavar="K",
                    help="with --ensembles every: ensembles of at most K models (2: nnU-Net's pairs); n models make "
                         "2^n - n - 1 ensembles of any size, each scored with its own post-processing (default: any "

@@ -31,11 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--plans-name", nargs="+", default=DEFAULT_PLANS_NAME, metavar="NAME",
                    help="plans identifier of the model (with -d): TRAINER__NAME__CONFIG; one for every configuration, "
                         "or one per configuration")
-    p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (numbers or 'all'; default: every trained fold; "
-                                                    "for an ensemble, the folds its members.json names)")
+    p.add_argument("-f", "--folds", nargs="+",
+                   help="folds to ensemble (numbers or 'all'; default: the numbered folds, fold_all only when it is the "
+                        "only one, a fold whose training has not finished refused; for an ensemble, the folds its "
+                        "members.json names)")
     p.add_argument("-chk", "--checkpoint", default=None,
-                   help="final, best or a file name checkpoint_NAME.pth in each fold folder (default: final when "
-                        "every fold has it, as nnU-Net; else best, for models exported before final was the default; "
+                   help="final, best or a file name checkpoint_NAME.pth in each fold folder (default: final, "
+                        "as nnU-Net; best when none of the folds has final, for models exported before final was the "
+                        "default; "
                         "for an ensemble, the one its members.json names)")
     add_device(p)
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (faster)")

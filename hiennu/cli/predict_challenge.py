@@ -18,10 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model folder, ensemble folder, rule folder (DatasetNNN_Name/baseline_zadc) or zip (default: the "
                         "default model, which may be an ensemble or the rule); "
                         "two or more: an ensemble of configurations")
-    p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every trained fold)")
+    p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: the numbered folds, fold_all only "
+                                                    "when it is the only one; a fold whose training has not finished "
+                                                    "is refused)")
     p.add_argument("-chk", "--checkpoint", default=None,
-                   help="final, best or a file name in each fold folder (default: final when every fold has it, "
-                        "else best)")
+                   help="final, best or a file name in each fold folder (default: final; best when none of "
+                        "the folds has final)")
     add_device(p)
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
     add_alias(p, "--disable_tta", dest="disable_tta", action="store_true")

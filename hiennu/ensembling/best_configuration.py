@@ -38,7 +38,7 @@ from typing import Sequence
 
 from hiennu.ensembling.candidate_postprocessing import (WRITTEN, PostprocessingJob, PostprocessingOutcome,
                                                         candidate_postprocessing)
-from hiennu.ensembling.choice import POSTPROCESSED, SELECT_BY, choose_best, select
+from hiennu.ensembling.choice import POSTPROCESSED, RAW, RULES, SELECT_BY, choose_best, select
 from hiennu.ensembling.cv_probabilities import (ModelCV, check_comparable, collect_model_cv, split_validation_cases,
                                                 train_command)
 from hiennu.ensembling.cv_scores import (RULE_NAME, CaseJob, EnsembleOutput, MemberFiles, score_case, summaries,
@@ -273,6 +273,10 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
                     "written; for fewer: --max-ensemble-size 2 (nnU-Net's pairs: %d), --ensembles all (one ensemble "
                     "of all %d) or fewer models with -m", len(models), len(ensembles),
                     sum(len(c) for c in split_cases.values()), count_ensembles(len(models), 2), len(models))
+    if options.select_by != RAW or (options.ensembles == EVERY and options.max_ensemble_size != 2):
+        log.info("choosing by %s, among the models and %s; nnU-Net chooses by raw Dice among the models and their "
+                 "pairs (--select-by raw --max-ensemble-size 2)", RULES[options.select_by],
+                 f"{len(ensembles)} ensemble(s)" if ensembles else "no ensemble")
     checkpoint = models[0].checkpoint
     staging = EnsembleStaging(results_dir)
     try:

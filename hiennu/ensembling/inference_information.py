@@ -200,7 +200,7 @@ def predict_command(dataset: str, chosen: ChosenConfiguration, dataset_results_d
     """The ``hiennu_predict`` line that predicts with the chosen configuration and its post-processing.
 
     One model: ``hiennu_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d DatasetNNN_Name -tr T -c C -p P -f FOLDS``
-    (the folds always named: without ``-f`` the predictor takes every trained fold, ``fold_all`` included;
+    (the folds always named, so that the command reproduces exactly the folds that were scored;
     ``-chk`` when the checkpoint is not the final one); an ensemble: ``hiennu_predict
     -i INPUT_FOLDER -o OUTPUT_FOLDER -m MODEL_A MODEL_B ...`` with the members' absolute folders (its folds and
     checkpoint are in its ``members.json``, its post-processing in its folder); the rule: ``-m`` its rule folder.

@@ -38,7 +38,7 @@ import torch
 from hiennu.errors import HiennuError
 from hiennu.inference.ensemble_members import is_ensemble_dir, load_ensemble_members, member_dirs
 from hiennu.inference.folder_prediction import CasePredictor, check_postprocessing_channels
-from hiennu.inference.model_registry import default_checkpoint, describe_model_dir, model_folds
+from hiennu.inference.model_registry import default_checkpoint, describe_model_dir, model_folds, select_folds
 from hiennu.inference.model_zip import ModelZipContents, load_ensemble_zip, load_model_zip, verify_model_zip
 from hiennu.inference.predictor import PreparedCase, Predictor, threshold_probabilities
 from hiennu.io.image import Geometry
@@ -228,7 +228,7 @@ class _Member:
     def folds(self, checkpoint: str | None) -> list[str]:
         if self.contents is not None:
             return list(self.contents.folds)
-        return model_folds(self.path, checkpoint or default_checkpoint(self.path))
+        return select_folds(self.path, None, checkpoint or default_checkpoint(self.path), "-chk NAME")
 
     def predictor(self, folds: Sequence[str], checkpoint: str | None, **kwargs) -> Predictor:
         """The member's predictor without its own post-processing (the ensemble applies its own): a folder's as

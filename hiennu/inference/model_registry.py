@@ -289,15 +289,50 @@ def resolve_models(model: str | Path | Sequence[str | Path] | None = None, datas
             for i in range(n)]
 
 
-def default_checkpoint(model_dir: Path) -> str:
-    """The checkpoint a model folder predicts with when none is named: ``checkpoint_final.pth`` when every
-    fold holding a checkpoint holds it (a finished training, or a model exported with the default), else
-    ``checkpoint_best.pth`` (models exported or installed before final became the default). A rule folder has no
-    checkpoint: ``checkpoint_final.pth``, as for a zip (any answer does)."""
+def default_folds(model_dir: Path, checkpoint: str | None = None) -> list[str]:
+    """The folds a model folder predicts with when none are named: its numbered folds holding ``checkpoint`` (any
+    checkpoint if None), and ``all`` only when it is the only one (nnU-Net's auto-detection leaves ``fold_all`` out
+    too: it was trained on every case, the numbered folds on parts of them)."""
+    folds = model_folds(Path(model_dir), checkpoint)
+    return [f for f in folds if f != "all"] or folds
+
+
+def default_checkpoint(model_dir: Path, folds: Sequence[str | int] | None = None) -> str:
+    """The checkpoint a model folder predicts with when none is named: ``checkpoint_final.pth`` unless none of the
+    folds (``folds``, else :func:`default_folds`) holds it, then ``checkpoint_best.pth`` (models exported or installed
+    before final became the default). When some hold final and others only other checkpoints (a training not
+    finished), final: :func:`select_folds` then names the unfinished folds instead of switching every fold to best.
+    A rule folder has no checkpoint: ``checkpoint_final.pth``, as for a zip (any answer does)."""
     if is_rule_dir(model_dir):
         return FINAL
-    folds = model_folds(Path(model_dir))
-    return FINAL if folds and model_folds(Path(model_dir), FINAL) == folds else BEST
+    wanted = [str(f) for f in folds] if folds else default_folds(Path(model_dir))
+    with_final = set(model_folds(Path(model_dir), FINAL))
+    return BEST if wanted and not with_final.intersection(wanted) else FINAL
+
+
+def select_folds(model_dir: Path, folds: Sequence[str | int] | None, checkpoint: str, fix: str) -> list[str]:
+    """The folds to load from ``model_dir``: ``folds`` when given, else :func:`default_folds`; each must hold
+    ``checkpoint``. Without ``folds`` a numbered fold that holds other checkpoints but not this one (a training not
+    finished) is refused, naming it, rather than left out without a word, as nnU-Net refuses a missing fold.
+    fix: how to name another checkpoint in the caller's options (``-chk best``)."""
+    model_dir = Path(model_dir)
+    available = model_folds(model_dir, checkpoint)
+    if folds:
+        chosen = [str(f) for f in folds]
+    else:
+        chosen = default_folds(model_dir, checkpoint)
+        unfinished = [f for f in default_folds(model_dir) if f not in available]
+        if unfinished and chosen:
+            raise HiennuError(f"{model_dir}: fold(s) {', '.join(unfinished)} hold no {checkpoint} (training not "
+                              f"finished?), fold(s) {', '.join(chosen)} do; wait for them, name the finished folds "
+                              f"(-f {' '.join(chosen)}), or another checkpoint ({fix})")
+    missing = [f for f in chosen if f not in available]
+    if missing or not chosen:
+        others = sorted({p.name for p in model_dir.glob(f"fold_*/{CHECKPOINT_PATTERN}")})
+        raise HiennuError(f"{model_dir}: no {checkpoint} for fold(s) {', '.join(missing) or '(any)'}; folds with "
+                          f"{checkpoint}: {', '.join(available) or 'none'}; checkpoints present: "
+                          f"{', '.join(others) or 'none'} (pick one with {fix})")
+    return chosen
 
 
 def model_checkpoint(choice: str | None, model: str | Path | None = None, dataset: str | int | None = None,

@@ -69,7 +69,7 @@ import torch
 
 from hiennu.errors import HiennuError
 from hiennu.inference.ensemble_members import EnsembleMembers, is_ensemble_dir, load_ensemble_members, member_dirs
-from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, model_folds, resolve_models,
+from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, resolve_models, select_folds,
                                              set_default_model)
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.atomic import atomic_path, staging_dir
@@ -162,12 +162,7 @@ def _model_members(model_dir: Path, folds: Sequence[str | int] | None, checkpoin
             raise HiennuError(f"{model_dir / needed}: missing; a model folder needs plans.json and dataset.json")
     plans = load_plans(model_dir)
     load_dataset_json(model_dir)
-    available = model_folds(model_dir, checkpoint)
-    chosen = [str(f) for f in folds] if folds else available
-    missing = [f for f in chosen if f not in available]
-    if missing or not chosen:
-        raise HiennuError(f"{model_dir}: no {checkpoint} for fold(s) {', '.join(missing) or '(any)'}; folds with "
-                          f"{checkpoint}: {', '.join(available) or 'none'} (pick another with --checkpoint best|final)")
+    chosen = select_folds(model_dir, folds, checkpoint, "--checkpoint best|final")
     prefix = f"{model_dir.parent.name}/{model_dir.name}"
     folder = ModelFolder(model_dir)
     members: dict[str, bytes] = {f"{prefix}/{PLANS_FILE}": folder.plans.read_bytes(),
@@ -206,7 +201,8 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
     """Write ``model_dir``'s plans, dataset.json, postprocessing.json (when present) and the chosen
     folds' weights to ``out_zip`` (atomically).
 
-    folds: fold names or numbers (default: every fold holding ``checkpoint``); checkpoint: the file name
+    folds: fold names or numbers (default: the numbered folds, every one holding ``checkpoint``:
+    :func:`~hiennu.inference.model_registry.select_folds`); checkpoint: the file name
     in each ``fold_K/`` (default ``checkpoint_final.pth``).
     Returns the zip's path.
     """
@@ -260,7 +256,7 @@ def export_ensemble_zip(model_dirs: Sequence[str | Path], out_zip: str | Path,
         logger.warning("%s: no ensemble postprocessing.json; the zip predicts without ensemble post-processing "
                        "(choose it with hiennu_find_best_configuration, then export again)", folder.path)
     if not folds:
-        held = {d.name: model_folds(d, checkpoint) for d in dirs}
+        held = {d.name: select_folds(d, None, checkpoint, "--checkpoint best|final") for d in dirs}
         if len({tuple(f) for f in held.values()}) > 1:
             raise HiennuError(f"the ensemble's models hold different folds with {checkpoint} (" + "; ".join(
                 f"{name}: {', '.join(f) or 'none'}" for name, f in held.items()) + "); name the folds to export with -f")

@@ -47,11 +47,11 @@ from hiennu.inference.baseline import make_baseline, rule_predictor
 from hiennu.inference.ensemble import FoldEnsemble
 from hiennu.inference.ensemble_members import is_ensemble_dir
 from hiennu.inference.folder_prediction import CasePredictor, check_postprocessing_channels
-from hiennu.inference.model_registry import default_checkpoint, fold_sort_key, model_folds, resolve_models
+from hiennu.inference.model_registry import default_checkpoint, fold_sort_key, resolve_models, select_folds
 from hiennu.inference.model_zip import LoadedModel, is_ensemble_zip, is_rule_zip, load_model_zip, load_rule_zip
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.trained_configuration import check_trained_configuration
-from hiennu.io.checkpoint import CHECKPOINT_PATTERN, load_checkpoint
+from hiennu.io.checkpoint import load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry
 from hiennu.log import get_logger
@@ -157,7 +157,8 @@ class Predictor(CasePredictor):
         ``postprocessing.json`` when present and ``use_postprocessing``; cross-validation predictions
         are made without it, since they are what it is chosen on).
 
-        folds: fold numbers or ``"all"`` (default: every fold holding ``checkpoint``). The
+        folds: fold numbers or ``"all"`` (default: the numbered folds, :func:`~hiennu.inference.model_registry.select_folds`,
+        which refuses a fold whose training has not finished). The
         configuration is the folder name's CONFIG part (else the plans' default). A fold whose
         checkpoint records another configuration than these plans is refused, naming the field
         (:func:`~hiennu.inference.trained_configuration.check_trained_configuration`).
@@ -166,19 +167,13 @@ class Predictor(CasePredictor):
         if not path.is_dir():
             raise HiennuError(f"model folder {path} not found")
         path = named_path(path)  # "." has no name to read the configuration from; a link keeps its own
-        checkpoint = checkpoint or default_checkpoint(path)
+        checkpoint = checkpoint or default_checkpoint(path, folds)
         plans = load_plans(path)
         parts = parse_model_dir_name(path.name)
         configuration = plans.configuration(parts.configuration if parts else None)
         dataset = load_dataset_json(path) if ModelFolder(path).dataset_json.is_file() else None
-        available = model_folds(path, checkpoint)
-        chosen = [str(f) for f in folds] if folds else available
-        missing = [f for f in chosen if f not in available]
-        if missing or not chosen:
-            others = sorted({p.name for p in path.glob(f"fold_*/{CHECKPOINT_PATTERN}")})
-            raise HiennuError(f"{path}: no {checkpoint} for fold(s) {', '.join(missing) or '(any)'}; folds with "
-                              f"{checkpoint}: {', '.join(available) or 'none'}; checkpoints present: "
-                              f"{', '.join(others) or 'none'} (pick one with -chk NAME)")
+        chosen = select_folds(path, folds, checkpoint, "-chk NAME")
+        logger.info("%s: folds %s, %s", path.name, ", ".join(chosen), checkpoint)
         weights = {}
         for fold in chosen:
             ckpt_path = path / f"fold_{fold}" / checkpoint
