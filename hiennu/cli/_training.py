@@ -33,14 +33,14 @@ def add_training_arguments(parser: argparse.ArgumentParser, exclude: Collection[
     if "plans_name" not in exclude:
         add_plans_name(parser, texts.pop("plans_name", "plans identifier (-p of hiennu_plan_and_preprocess): reads "
                                                        "NAME.json, trains into TRAINER__NAME__CONFIG"))
-    add("epochs", "--epochs", type=int, default=None, help="maximum epochs (default: the plans', 100)")
+    add("epochs", "--epochs", type=int, default=None, help="maximum epochs (default: the plans')")
     add("patience", "--patience", type=int, default=None,
-        help="stop after this many epochs without improvement of validation Dice (default: the plans', 10)")
-    add("batch_size", "--batch-size", type=int, default=None, help="global batch size (default: the plans', 4)")
+        help="stop after this many epochs without improvement of validation Dice (default: the plans')")
+    add("batch_size", "--batch-size", type=int, default=None, help="global batch size (default: the plans')")
     add("learning_rate", "--lr", type=float, default=None, metavar="LR",
-        help="initial learning rate (default: the plans', 1e-3)")
+        help="initial learning rate (default: the plans')")
     add("iterations_per_epoch", "--iterations-per-epoch", type=int, default=None,
-        help="steps per epoch (default: the plans', one pass over the training cases)")
+        help="steps per epoch (default: the plans'; none there: one pass over the training cases)")
     add("num_workers", "--num-workers", type=int, default=None,
         help="data-augmentation worker processes (default: the plans', 2)")
     if "device" not in exclude:

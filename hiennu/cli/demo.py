@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trainers of the small loss study; the last one predicts the test cases")
     p.add_argument("--folds", nargs="+", type=int, default=list(d.folds), help="folds each trainer trains")
     p.add_argument("--target-size", nargs=3, type=int, default=d.target_size_xyz, metavar=("X", "Y", "Z"),
-                   help="grid, small enough for a CPU")
+                   help="grid of the whole-volume configurations (3d_paper, 3d_lossless), which the demo does not "
+                        "train: its 3d_fullres plans its own spacing")
     add_device(p, default=d.device, help="cpu, cuda, cuda:N or mps")
     p.add_argument("-np", "--num-processes", type=int, default=d.num_processes,
                    help="worker processes for preprocessing and scoring")

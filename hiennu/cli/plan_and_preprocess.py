@@ -13,7 +13,7 @@ from hiennu.planning.topology import PLAN_FOR
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(
         "hiennu_plan_and_preprocess",
-        "Check a raw dataset, fingerprint it, write plans.json (3d_fullres, 3d_lossless, 3d_paper) and "
+        "Check a raw dataset, fingerprint it, write plans.json (3d_fullres, 2d, 3d_lossless, 3d_paper) and "
         "preprocess its training cases into $hiennu_preprocessed.")
     p.add_argument("-d", "--dataset", required=True, help="dataset name (BONBID), folder name or number")
     p.add_argument("-c", "--configurations", nargs="+", default=None,

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = make_parser(
         "hiennu_train",
-        "Train the plans' 3D U-Net on one fold of a preprocessed dataset with the loss the trainer names. "
+        "Train the plans' U-Net (3D, or 2D for -c 2d) on one fold of a preprocessed dataset with the loss the trainer names. "
         "Output: $hiennu_results/DatasetNNN_Name/TRAINER__PLANS__CONFIG/fold_K/.\n"
         "The trainer is the second positional argument or -tr TRAINER (nnU-Net's order: DATASET -c CONFIG "
         "-tr TRAINER FOLD).")
