@@ -49,6 +49,26 @@ def test_no_abbreviations():
         parser_of("train").parse_args(["D", "TrainerDice", "--epoch", "3"])
 
 
+@pytest.mark.parametrize("module, argv, word", [
+    ("predict", ["-i", "a", "-o", "b", "-part_id", "0"], "-part_id (not read as -p art_id)"),
+    ("plan_and_preprocess", ["-d", "1", "-pl", "X"], "-pl (not read as -p l)"),
+    ("train", ["1", "TrainerDice", "0", "-t", "X"], "-t"),
+    ("evaluate", ["-r", "gt", "-pred", "p"], "-r"),
+])
+def test_single_dash_options_are_read_only_as_spelled(module, argv, word, capsys):
+    """argparse read nnU-Net's -part_id as -p art_id, -pl as -p l and -t as -tr even with allow_abbrev off."""
+    with pytest.raises(SystemExit):
+        parser_of(module).parse_args(argv)
+    assert f"unrecognized option {word}: options are taken only as --help spells them" in capsys.readouterr().err
+
+
+def test_negative_numbers_and_equals_forms_still_parse():
+    p = parser_of("plan_and_preprocess")
+    assert p.parse_args(["-d", "1", "-np=3"]).num_processes == 3
+    q = parser_of("predict")
+    assert q.parse_args(["-i", "a", "-o", "b", "-f", "-1"]).folds == ["-1"]  # refused later, by the fold check
+
+
 def test_nnunet_spellings_of_predict():
     args = parser_of("predict").parse_args(["-i", "in", "-o", "out", "-device", "cuda:1", "--disable_tta",
                                             "--save_probabilities", "--continue_prediction", "-npp", "2"])

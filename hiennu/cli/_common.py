@@ -36,11 +36,40 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+class ExactParser(argparse.ArgumentParser):
+    """An argument parser that reads single-dash options only as spelled.
+
+    ``allow_abbrev=False`` stops abbreviated ``--long`` options only: argparse still reads ``-part_id 0`` as
+    ``-p art_id``, ``-pl X`` as ``-p l`` and ``-t`` as ``-tr``, so nnU-Net's spellings that hiennu lacks set
+    another option or fail on the wrong word. A single-dash token that is no option here (nor a number) is
+    refused, named.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 (argparse's signature)
+        argv = list(sys.argv[1:] if args is None else args)
+        for token in argv:
+            if token == "--":
+                break
+            if (token.startswith("-") and not token.startswith("--") and len(token) >= 2 and not _is_number(token)
+                    and token.split("=", 1)[0] not in self._option_string_actions):
+                read_as = (f" (not read as {token[:2]} {token[2:]})"
+                           if len(token) > 2 and token[:2] in self._option_string_actions else "")
+                self.error(f"unrecognized option {token}{read_as}: options are taken only as --help spells them")
+        return super().parse_known_args(argv, namespace)
+
+
 def make_parser(prog: str, description: str, quiet_help: str = "warnings and errors only, no progress bars"
                 ) -> argparse.ArgumentParser:
     """An argument parser with the flags every hiennu command shares: ``--version`` and ``-q/--quiet``."""
-    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter,
-                                allow_abbrev=False)
+    p = ExactParser(prog=prog, description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--version", action="version", version=f"%(prog)s (hiennu) {hiennu.__version__}",
                    help="print the hiennu version and exit")
     p.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
