@@ -69,6 +69,17 @@ def test_negative_numbers_and_equals_forms_still_parse():
     assert q.parse_args(["-i", "a", "-o", "b", "-f", "-1"]).folds == ["-1"]  # refused later, by the fold check
 
 
+def test_more_nnunet_spellings():
+    plan = parser_of("plan_and_preprocess").parse_args(
+        ["-d", "1", "-overwrite_target_spacing", "2", "1", "1", "--no_pp", "-gpu_memory_target", "12",
+         "-overwrite_plans_name", "X", "--verify_dataset_integrity"])
+    assert (plan.target_spacing, plan.no_preprocess, plan.gpu_memory_gb, plan.plans_name) == ([2.0, 1.0, 1.0], True,
+                                                                                              12.0, "X")
+    assert parser_of("predict").parse_args(["-i", "a", "-o", "b", "--c"]).continue_prediction is True
+    assert parser_of("train").parse_args(["1", "TrainerDice", "0", "--val", "--val_best"]).validation_checkpoint == "best"
+    assert parser_of("train").parse_args(["1", "TrainerDice", "0"]).validation_checkpoint == "final"
+
+
 def test_nnunet_spellings_of_predict():
     args = parser_of("predict").parse_args(["-i", "in", "-o", "out", "-device", "cuda:1", "--disable_tta",
                                             "--save_probabilities", "--continue_prediction", "-npp", "2"])

@@ -68,6 +68,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, exclude: Collection[
         help="the checkpoint that predicts the fold's validation cases at the end (the cross-validation masks): "
              "final (default, as nnU-Net) or best (chosen by validation Dice on those same cases, so its scores "
              "flatter it); validation/summary.json records which")
+    if "validation_checkpoint" not in exclude:  # nnU-Net's --val_best
+        add_alias(parser, "--val_best", dest="validation_checkpoint", action="store_const", const="best")
     add("validation_only", "--val", action="store_true",
         help="do not train: re-run only the final validation of a finished fold (nnU-Net's --val), e.g. with "
              "another --checkpoint")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hiennu.cli._common import add_plans_name, make_parser, run
+from hiennu.cli._common import add_alias, add_plans_name, make_parser, run
 from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess
 from hiennu.planning.planner import DEFAULT_GPU_MEMORY_GB, GRID_POLICIES
 from hiennu.planning.topology import PLAN_FOR
@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preprocess with the existing plans file (after editing it) instead of re-planning")
     add_plans_name(p, "plans identifier: written as NAME.json (the default as plans.json), so an edited plan "
                       "can live beside the original; train, predict and export take the same -p")
+    # nnU-Net's spellings (its integrity check is optional, hiennu's always runs: --verify_dataset_integrity is a no-op)
+    add_alias(p, "-overwrite_target_spacing", dest="target_spacing", type=float, nargs=3)
+    add_alias(p, "--no_pp", dest="no_preprocess", action="store_true")
+    add_alias(p, "-gpu_memory_target", dest="gpu_memory_gb", type=float)
+    add_alias(p, "-overwrite_plans_name", dest="plans_name")
+    add_alias(p, "--verify_dataset_integrity", dest="verify_dataset_integrity", action="store_true")
     return p
 
 

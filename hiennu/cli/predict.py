@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(image) per case")
     add_alias(p, "--save_probabilities", dest="save_probabilities", nargs="?", const="npz", choices=["npz", "image"])
     p.add_argument("--continue-prediction", action="store_true", help="skip cases whose outputs already exist")
-    add_alias(p, "--continue_prediction", dest="continue_prediction", action="store_true")
+    add_alias(p, "--continue_prediction", "--c", dest="continue_prediction", action="store_true")
     p.add_argument("--baseline", choices=["zadc"], help="predict ZADC < -2 inside the brain instead of using a model")
     p.add_argument("--postprocessing", metavar="FILE",
                    help="with --baseline: a postprocessing.json to apply to its masks (hiennu_determine_postprocessing "
