@@ -12,6 +12,7 @@ Orders: ``target_size_xyz`` is SimpleITK order (x, y, z); everything that descri
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -736,3 +737,20 @@ def save_plans(plans: Plans, path: str | os.PathLike) -> None:
     if path.is_dir():
         path = path / "plans.json"
     write_json(plans.to_dict(), path)
+
+
+#: bumped when preprocessing changes what it writes for the same configuration
+PREPROCESSING_VERSION = 2
+
+
+def preprocessing_hash(config: Configuration) -> str:
+    """Hash of everything in ``config`` that changes the preprocessed arrays (recorded in each ``CASE.json``, so
+    that preprocessing skips up-to-date cases and training refuses cases preprocessed under other plans)."""
+    relevant = {"version": PREPROCESSING_VERSION,
+                "target_size_xyz": list(config.target_size_xyz) if config.target_size_xyz is not None else None,
+                "target_spacing_zyx": config.target_spacing_zyx, "crop_to_brain": config.crop_to_brain,
+                "resampling_spacing_zyx": config.resampling_spacing_zyx,
+                "normalization": [vars(n) for n in config.normalization],
+                "image_interpolation": config.image_interpolation,
+                "label_interpolation": config.label_interpolation}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -210,3 +210,26 @@ def test_too_few_cases_for_five_folds_are_refused_before_anything_is_written(hie
     with pytest.raises(HiennuError, match="4 training case\\(s\\) cannot be split into 5 folds; add cases"):
         plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1))
     assert list(hiennu_roots["hiennu_preprocessed"].iterdir()) == []
+
+
+def test_training_refuses_cases_preprocessed_under_other_plans(hiennu_roots):
+    """An interrupted --keep-plans re-preprocessing after an edit leaves cases of both plans; training on the mix
+    went ahead without a word (only CASE.npy was checked)."""
+    from hiennu.training.fold_layout import fold_layout
+    from hiennu.training.options import TrainingOptions
+    make_varied_raw_dataset(hiennu_roots["hiennu_raw"])
+    out = plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_fullres"]))
+    options = TrainingOptions(dataset="TINY", fold=0, configuration="3d_fullres")
+    fold_layout("TrainerDice", options).check_preprocessed_cases()
+    plans = load_plans(out)
+    plans.configuration("3d_fullres").normalization[0].mean += 100.0  # the plans edited ...
+    save_plans(plans, out / "plans.json")
+    with pytest.raises(HiennuError, match=r"5 of 5 case\(s\) .* were preprocessed under other plans than "
+                                          r"hiennuPlans's 3d_fullres .*--keep-plans"):
+        fold_layout("TrainerDice", options).check_preprocessed_cases()
+    plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_fullres"],
+                                                         keep_plans=True))  # ... and every case preprocessed again
+    fold_layout("TrainerDice", options).check_preprocessed_cases()
+    (out / "3d_fullres" / "case01.json").unlink()  # arrays without their record: interrupted
+    with pytest.raises(HiennuError, match="preprocessed files missing for case\\(s\\) case01"):
+        fold_layout("TrainerDice", options).check_preprocessed_cases()

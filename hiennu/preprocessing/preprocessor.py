@@ -23,7 +23,6 @@ its properties exist with the current signature. Re-running skips such cases.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -39,13 +38,12 @@ from hiennu.io.channels import brain_channel
 from hiennu.io.image import read_image
 from hiennu.log import get_logger
 from hiennu.parallel import parallel_map, register_preload
-from hiennu.plans import Configuration
+from hiennu.plans import Configuration, preprocessing_hash
 from hiennu.preprocessing.normalization import normalize_channel
 
 log = get_logger(__name__)
 register_preload(__name__)  # its case functions run in worker processes
 
-PREPROCESSING_VERSION = 2
 LESION_LOCATIONS = 10000
 LOCATION_SEED = 1234
 
@@ -113,26 +111,14 @@ def lesion_locations(seg: np.ndarray, seed: int = LOCATION_SEED, limit: int = LE
     return coords.astype(int).tolist()
 
 
-def configuration_hash(config: Configuration) -> str:
-    """Hash of everything in ``config`` that changes the preprocessed arrays."""
-    relevant = {"version": PREPROCESSING_VERSION,
-                "target_size_xyz": list(config.target_size_xyz) if config.target_size_xyz is not None else None,
-                "target_spacing_zyx": config.target_spacing_zyx, "crop_to_brain": config.crop_to_brain,
-                "resampling_spacing_zyx": config.resampling_spacing_zyx,
-                "normalization": [vars(n) for n in config.normalization],
-                "image_interpolation": config.image_interpolation,
-                "label_interpolation": config.label_interpolation}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def source_signature(case: CaseFiles, config: Configuration) -> dict:
-    """Sizes and modification times of the case's files plus :func:`configuration_hash`."""
+    """Sizes and modification times of the case's files plus :func:`hiennu.plans.preprocessing_hash`."""
     files = [p for p in case.image_files] + ([case.label_file] if case.label_file else [])
     entries = []
     for p in files:
         st = os.stat(p)
         entries.append([Path(p).name, st.st_size, st.st_mtime_ns])
-    return {"files": entries, "configuration": configuration_hash(config)}
+    return {"files": entries, "configuration": preprocessing_hash(config)}
 
 
 def _is_up_to_date(out_dir: Path, case: CaseFiles, signature: dict) -> bool:

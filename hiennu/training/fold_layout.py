@@ -18,7 +18,7 @@ from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file
 from hiennu.paths import (model_dir_name, plans_file_name, preprocessed_data_name, preprocessed_root,
                           resolve_dataset, results_root, split_seed_folder, splits_file_name)
-from hiennu.plans import Configuration, Plans, TrainingPlan, load_plans
+from hiennu.plans import PLANS_NAME, Configuration, Plans, TrainingPlan, load_plans, preprocessing_hash
 from hiennu.training.options import TrainingOptions
 
 EARLY_STOPPING_METRICS = ("val_dice", "ema_val_dice")
@@ -47,12 +47,32 @@ class FoldLayout:
     iterations_per_epoch: int
 
     def check_preprocessed_cases(self) -> None:
-        """Raise HiennuError naming the cases of the split whose preprocessed array is missing."""
-        missing = [c for c in self.train_cases + self.val_cases if not (self.case_dir / f"{c}.npy").is_file()]
+        """Raise HiennuError naming the cases of the split whose preprocessed files are missing, or were written
+        under other plans than these (:func:`hiennu.plans.preprocessing_hash`, which hiennu's preprocessing records
+        in each ``CASE.json``, written last; a ``CASE.json`` written by other tools has no record and passes):
+        an interrupted re-preprocessing after an edit of the plans leaves some cases of each, and a fold trained
+        on such a mix of normalizations would say nothing."""
+        rerun = (f"re-run hiennu_plan_and_preprocess -d {self.dataset_name} -c {self.config.name}"
+                 f"{'' if self.plans.plans_name == PLANS_NAME else ' -p ' + self.plans.plans_name}"
+                 f" (--keep-plans after editing the plans)")
+        cases = self.train_cases + self.val_cases
+        missing = [c for c in cases if not (self.case_dir / f"{c}.npy").is_file()
+                   or not (self.case_dir / f"{c}.json").is_file()]
         if missing:
             raise HiennuError(f"{self.case_dir}: preprocessed files missing for case(s) {', '.join(missing[:5])}"
-                              f"{' ...' if len(missing) > 5 else ''}; re-run hiennu_plan_and_preprocess -d "
-                              f"{self.dataset_name} -c {self.config.name}")
+                              f"{' ...' if len(missing) > 5 else ''}; {rerun}")
+        expected = preprocessing_hash(self.config)
+        def recorded(case: str) -> object:
+            props = read_json_file(self.case_dir / f"{case}.json", rerun, rerun)
+            signature = props.get("source_signature") if isinstance(props, dict) else None
+            return signature.get("configuration") if isinstance(signature, dict) else None
+
+        stale = [c for c in cases if recorded(c) not in (None, expected)]  # None: not written by hiennu, no record
+        if stale:
+            raise HiennuError(f"{self.case_dir}: {len(stale)} of {len(cases)} case(s) ({', '.join(stale[:5])}"
+                              f"{' ...' if len(stale) > 5 else ''}) were preprocessed under other plans than "
+                              f"{self.plans.plans_name}'s {self.config.name} (an interrupted or older "
+                              f"preprocessing); {rerun}")
 
 
 def fold_layout(trainer_name: str, options: TrainingOptions) -> FoldLayout:
