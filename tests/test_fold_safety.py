@@ -69,6 +69,30 @@ def test_a_failed_start_leaves_the_shared_plans_alone(tiny, monkeypatch):
     assert Predictor.from_model_dir(model_dir, folds=[0], device="cpu").configuration.target_size_xyz == [32, 32, 16]
 
 
+def test_a_fold_stopped_as_it_finishes_is_published_when_continued(tiny, monkeypatch):
+    """Killed between checkpoint_final.pth and the shared plans, a fold was 'finished' for --c, which never published
+    them: its own model could not predict. The shared files now come first, and a continued run publishes again."""
+    import hiennu.training.trainer as trainer_module
+    model_dir = _train().parent
+    _edit_preprocessed_plans(tiny, **{"training.learning_rate": 3e-4})
+    real = trainer_module.finish_checkpoints
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # the run ends as the final checkpoint is written
+
+    monkeypatch.setattr(trainer_module, "finish_checkpoints", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _train(fold=1)
+    assert not (model_dir / "fold_1" / "checkpoint_final.pth").exists()
+    assert load_plans(model_dir / "plans.json") == load_plans(model_dir / "fold_1" / "plans.json")
+    monkeypatch.setattr(trainer_module, "finish_checkpoints", real)
+    (model_dir / "plans.json").write_bytes((model_dir / "fold_0" / "plans.json").read_bytes())  # as if unpublished
+    _train(fold=1, resume=True)
+    assert (model_dir / "fold_1" / "checkpoint_final.pth").is_file()
+    assert load_plans(model_dir / "plans.json") == load_plans(model_dir / "fold_1" / "plans.json")
+    assert Predictor.from_model_dir(model_dir, folds=[1], device="cpu").folds == ["1"]
+
+
 @pytest.mark.parametrize("field, value, named", [
     ("target_size_xyz", [32, 32, 32], "target_size_xyz: trained with [32, 32, 16], now [32, 32, 32]"),
     ("normalization", None, "normalization[0].scheme"),

@@ -226,9 +226,10 @@ class Trainer(abc.ABC):
                 self._train_epochs()
             rng = all_gather_objects(capture_rng_state())
             if self.dist.is_main and (trained_now or not (self.fold_dir / FINAL).is_file()):
-                self._save_final(rng)
-            if self.dist.is_main and trained_now:
+                # the shared files before the final checkpoint: a run stopped between the two (published, no final)
+                # publishes again when continued, while a final checkpoint always means a published fold
                 publish_model_files(self.plans, self.config, self.preprocessed_dir, self.model_dir, self.fold_dir)
+                self._save_final(rng)
             barrier()
             if self.dist.is_main:
                 if not trained_now and validation_is_current(self.fold_dir, self.options.validation_checkpoint_file,
