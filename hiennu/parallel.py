@@ -6,7 +6,8 @@ of every pool. The fork server imports the case workers' modules once and forks 
 from itself. A module whose functions run in workers says so when it is imported, with
 ``register_preload(__name__)``; the fork server preloads every module registered before it starts
 (:func:`start_workers_early`, or the first pool). Each worker limits torch to one thread so
-``num_processes`` workers use ``num_processes`` cores.
+``num_processes`` workers use ``num_processes`` cores, and ends itself when the process that started its pool
+is gone (killed outright, which leaves the pool no chance to stop it).
 
 A utility of the ground floor: it imports nothing of hiennu but the logging helper, and knows
 none of its callers.
@@ -17,6 +18,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
@@ -36,10 +39,40 @@ def preloaded_modules() -> list[str]:
     return list(_PRELOAD)
 
 
-def _init_worker() -> None:
+#: seconds between a worker's checks that the process that started its pool is still there
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed and not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:  # no /proc (not Linux): os.kill's answer
+        return True
+
+
+def _watch_parent(pid: int) -> None:
+    while _alive(pid):
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
+
+
+def _init_worker(parent_pid: int | None = None) -> None:
+    """One torch thread per worker, and a watch on the process that started the pool: killed outright (SIGKILL:
+    the OOM killer, a scheduler's hard limit), it cannot stop its pool, whose workers (children of the fork server)
+    would wait for jobs forever, holding memory and the command's output pipe open."""
     import torch
 
     torch.set_num_threads(1)
+    if parent_pid is not None:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="hiennu-parent-watch").start()
 
 
 def _main_is_importable() -> bool:
@@ -77,7 +110,7 @@ def parallel_map(func: Callable[..., Any], jobs: Sequence[tuple], num_processes:
         return results
     ctx = _context()
     with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)), mp_context=ctx,
-                             initializer=_init_worker) as pool:
+                             initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(func, *job): i for i, job in enumerate(jobs)}
         try:
             for future in progress(as_completed(futures), total=len(futures), desc=desc):

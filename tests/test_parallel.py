@@ -1,0 +1,67 @@
+"""Worker pools (``hiennu.parallel``): the workers end when the process that started them is killed outright."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from hiennu.parallel import _alive, parallel_map
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_parallel_map_keeps_the_order_of_the_jobs():
+    assert parallel_map(_square, [(i,) for i in range(7)], 2) == [i * i for i in range(7)]
+
+
+def test_a_dead_or_zombie_process_is_not_alive():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(0.5)  # exited, not yet reaped: a zombie
+    assert _alive(os.getpid()) and not _alive(child.pid)
+    child.wait()
+    assert not _alive(child.pid)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_workers_end_when_their_command_is_killed_outright(tmp_path):
+    """SIGKILL (the OOM killer, a scheduler's hard limit) cannot let the pool stop its workers; they waited for jobs
+    forever, holding memory and the command's output pipe open."""
+    (tmp_path / "slow_jobs.py").write_text(textwrap.dedent(f"""
+        import os, time
+        def job(i):
+            open(os.path.join({str(tmp_path)!r}, f"worker_{{os.getpid()}}"), "w").close()
+            time.sleep(60)
+    """))
+    (tmp_path / "main.py").write_text(textwrap.dedent("""
+        from hiennu.parallel import parallel_map
+        import slow_jobs
+        if __name__ == "__main__":
+            parallel_map(slow_jobs.job, [(i,) for i in range(4)], 2)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    main = subprocess.Popen([sys.executable, str(tmp_path / "main.py")], env=env, cwd=tmp_path)
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("worker_*"))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        workers = [int(p.name.split("_")[1]) for p in tmp_path.glob("worker_*")]
+        assert len(workers) == 2
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+        deadline = time.time() + 15
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        main.kill()
+        for w in [int(p.name.split("_")[1]) for p in tmp_path.glob("worker_*")]:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
