@@ -159,13 +159,19 @@ def test_real_cases_survive_exactly(real_bonbid_dir, hiennu_roots):
         assert sitk.ReadImage(str(out / f"labelsTr/{case.case_id}.mha")).GetPixelID() == sitk.sitkUInt8
 
 
-def test_the_suggested_label_map_converts_when_given_as_it_is(tmp_path, hiennu_roots):
-    """The message once suggested --label-map 2:1 3:1, which then failed on the background value 0."""
-    import re
+@pytest.mark.parametrize("values, expected", [
+    ((0.0, 1.0, 2.0), ["0:0", "1:1", "2:1"]),
+    ((0.0, 1 / 3, 1.0), ["0:0", f"{float(np.float32(1 / 3))!r}:1", "1:1"]),
+    ((-1.0, 0.0, 1.0), [" -1:1", "0:0", "1:1"]),
+])
+def test_the_suggested_label_map_converts_when_pasted_as_it_is(tmp_path, hiennu_roots, values, expected):
+    """The message once suggested --label-map 2:1 3:1, which then failed on the background value 0; then a fraction
+    cut to six digits, which matched no voxel, and -1:1, which argparse reads as an option."""
+    import shlex
     src = tmp_path / "src"
-    _fake_case(src, "MGHNICU_001-VISIT_01", np.random.default_rng(2), label_values=(0.0, 1.0, 2.0))
+    _fake_case(src, "MGHNICU_001-VISIT_01", np.random.default_rng(2), label_values=values)
     with pytest.raises(HiennuError) as e:
         convert_bonbid(src, 5)
-    suggested = re.search(r"--label-map ((?:\S+:[01] ?)+)", str(e.value)).group(1).split()
-    assert suggested == ["0:0", "1:1", "2:1"]
+    suggested = shlex.split(str(e.value).split("e.g. --label-map ", 1)[1])
+    assert suggested == expected
     assert convert_main([str(src), "-d", "5", "-q", "--label-map", *suggested]) == 0

@@ -62,3 +62,14 @@ def test_a_dataset_holding_other_files_or_the_working_folder_is_not_replaced(tmp
     monkeypatch.chdir(tmp_path)
     _write_one(os.path.join("ds", "..", "ds"), True)
     assert (target / "dataset.json").read_text() == '{"new": 1}'
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_empty_folder_is_taken_and_hidden_files_do_not_block_overwrite(tmp_path, overwrite):
+    (tmp_path / "empty").mkdir()
+    _write_one(tmp_path / "empty", overwrite)
+    assert (tmp_path / "empty" / "dataset.json").is_file()
+    target = _dataset(tmp_path / "ds")
+    (target / ".DS_Store").write_text("finder")
+    _write_one(target, True)
+    assert (target / "dataset.json").read_text() == '{"new": 1}'

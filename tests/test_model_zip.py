@@ -267,3 +267,13 @@ def test_without_folds_named_the_numbered_folds_are_used_and_an_unfinished_one_i
     assert Predictor.from_path(training, ["0", "1"], device="cpu").folds == ["0", "1"]
     assert default_checkpoint(training, ["2"]) == "checkpoint_best.pth"  # a fold with best alone: the old default
     assert select_folds(training, None, "checkpoint_best.pth", "-chk NAME") == ["0", "1", "2"]
+    # a finished fold_all beside a numbered fold still training: the numbered one is named, not used with best
+    mixed = make_model_dir(tmp_path / "mixed", folds=("all",))
+    make_model_dir(tmp_path / "mixed", folds=(0,), checkpoint=("checkpoint_best.pth", "checkpoint_latest.pth"))
+    assert default_checkpoint(mixed) == "checkpoint_final.pth"
+    with pytest.raises(HiennuError, match=r"fold\(s\) 0 hold no checkpoint_final\.pth .*fold\(s\) all do.*-f all"):
+        Predictor.from_path(mixed, device="cpu")
+    # a zip exported with fold_all among its folds predicts with the same folds as once installed
+    old = export_model_zip(done, tmp_path / "old.zip", folds=["0", "1", "2", "all"])
+    assert Predictor.from_path(old, device="cpu").folds == ["0", "1", "2"]
+    assert Predictor.from_path(old, ["all"], device="cpu").folds == ["all"]

@@ -59,11 +59,18 @@ class ExactParser(argparse.ArgumentParser):
             if token == "--":
                 break
             if (token.startswith("-") and not token.startswith("--") and len(token) >= 2 and not _is_number(token)
-                    and token.split("=", 1)[0] not in self._option_string_actions):
-                read_as = (f" (not read as {token[:2]} {token[2:]})"
-                           if len(token) > 2 and token[:2] in self._option_string_actions else "")
-                self.error(f"unrecognized option {token}{read_as}: options are taken only as --help spells them")
+                    and token.split("=", 1)[0] not in self._option_string_actions
+                    and not self._attached_number(token)):
+                hint = (f" (for {token[:2]} {token[2:]}, write it with a space)"
+                        if len(token) > 2 and token[:2] in self._option_string_actions else "")
+                self.error(f"unrecognized option {token}: options are taken only as --help spells them{hint}")
         return super().parse_known_args(argv, namespace)
+
+    def _attached_number(self, token: str) -> bool:
+        """``-f0``, ``-d5``: a one-letter option that takes a value, with a number attached (argparse's own short
+        form, unambiguous); ``-pXYZ`` stays refused, since ``-part_id``, ``-pl`` ... are nnU-Net's other options."""
+        action = self._option_string_actions.get(token[:2])
+        return action is not None and action.nargs != 0 and _is_number(token[2:])
 
 
 def make_parser(prog: str, description: str, quiet_help: str = "warnings and errors only, no progress bars"

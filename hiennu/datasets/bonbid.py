@@ -18,6 +18,7 @@ geometry, so every file of a converted case shares one grid exactly.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,8 +101,7 @@ def binarize_label(array: np.ndarray, path: Path, mapping: dict[float, int] | No
     (source value -> 0 or 1) every value present must be a key. Otherwise raises naming ``path``.
     """
     values = np.unique(array)
-    # every value present needs a target, so the example maps them all (0 to background, the rest to lesion)
-    example = " ".join(f"{float(v):g}:{0 if v == 0 else 1}" for v in values)
+    example = _example_mapping(values)
     if mapping is None:
         bad = [v for v in values if v not in (0, 1)]
         if bad:
@@ -122,6 +122,19 @@ def binarize_label(array: np.ndarray, path: Path, mapping: dict[float, int] | No
         if mapping[float(value)] == 1:
             out[array == value] = 1
     return out
+
+
+def _example_mapping(values) -> str:
+    """``--label-map`` items for every value present (0 to background, the rest to lesion), written so that the
+    command converts when pasted: each value exactly as it is read back (``repr`` of a fraction, ``:g`` cut it to six
+    digits), a negative one as ``' -1:1'`` (the leading space keeps argparse from reading it as an option)."""
+    items = []
+    for v in values:
+        x = float(v)
+        source = f"{x:g}" if x.is_integer() else repr(x)
+        item = f"{source}:{0 if x == 0 else 1}"
+        items.append(shlex.quote(" " + item) if x < 0 else item)
+    return " ".join(items)
 
 
 def _fmt_values(values) -> str:

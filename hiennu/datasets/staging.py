@@ -29,26 +29,29 @@ DATASET_ENTRIES = {"dataset.json", "imagesTr", "labelsTr", "imagesTs", "labelsTs
 def check_target(target: Path, overwrite: bool) -> None:
     """Refuse to replace an existing dataset (unless ``overwrite``) or to reuse its number under another name.
 
-    Whatever ``overwrite`` says, only a dataset is ever replaced: a target that is a file, a folder without
-    ``dataset.json``, a dataset folder that also holds other files, or a folder that holds the current working
-    folder is refused, so that ``--overwrite`` cannot delete what the user keeps there.
+    Whatever ``overwrite`` says, only a dataset or an empty folder is ever replaced: a target that is a file, a
+    folder without ``dataset.json``, a dataset folder that also holds other files (hidden ones such as ``.DS_Store``
+    aside), or a folder that holds the current working folder is refused, so that ``--overwrite`` cannot delete what
+    the user keeps there.
     """
     if target.exists() or target.is_symlink():
         if not target.is_dir() or target.is_symlink():
             raise HiennuError(f"{target}: exists and is not a dataset folder (a file or a link); choose another "
                               f"output folder")
-        if not (target / "dataset.json").is_file():
+        if Path.cwd().resolve().is_relative_to(target.resolve()):
+            raise HiennuError(f"{target}: holds the current working folder, so it cannot be replaced; run the "
+                              f"command from outside it")
+        empty = not any(target.iterdir())
+        if not empty and not (target / "dataset.json").is_file():
             raise HiennuError(f"{target}: exists and is not a dataset (no dataset.json), so it is not replaced even "
-                              f"with --overwrite; choose another output folder, or empty it yourself")
-        others = sorted(p.name for p in target.iterdir() if p.name not in DATASET_ENTRIES)
+                              f"with --overwrite; choose another output folder, or delete it yourself")
+        others = sorted(p.name for p in target.iterdir()
+                        if p.name not in DATASET_ENTRIES and not p.name.startswith("."))  # .DS_Store and the like
         if overwrite and others:
             raise HiennuError(f"{target}: the dataset folder also holds {', '.join(others[:5])}"
                               f"{' ...' if len(others) > 5 else ''}, which a dataset does not; move them out before "
                               f"replacing it with --overwrite")
-        if overwrite and Path.cwd().resolve().is_relative_to(target.resolve()):
-            raise HiennuError(f"{target}: holds the current working folder, so it cannot be replaced; run the "
-                              f"command from outside it")
-        if not overwrite:
+        if not overwrite and not empty:
             raise HiennuError(f"{target}: dataset already exists; pass --overwrite (overwrite=True) to replace it, "
                               f"or choose another dataset id")
     parsed = parse_dataset_folder_name(target.name)

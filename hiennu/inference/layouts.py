@@ -13,7 +13,7 @@ Supported layouts (detected per folder; one folder may mix the two flat ones):
   paired by identical name; when each folder holds exactly one file, those two are a case.
 
 Endings: ``.mha``, ``.nii.gz``, ``.nii``, ``.nrrd`` (and ``.mhd``). The output of a case keeps the
-ending of its first channel file. Discovery only looks at names; :func:`read_case` reads the files
+ending and geometry of its ADC file (channel 0 for a model without an ADC channel). Discovery only looks at names; :func:`read_case` reads the files
 and checks that all channels lie on the same grid.
 
 Channel order follows the model's ``dataset.json`` channel names: the BONBID and challenge

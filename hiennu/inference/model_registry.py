@@ -299,15 +299,16 @@ def default_folds(model_dir: Path, checkpoint: str | None = None) -> list[str]:
 
 def default_checkpoint(model_dir: Path, folds: Sequence[str | int] | None = None) -> str:
     """The checkpoint a model folder predicts with when none is named: ``checkpoint_final.pth`` unless none of the
-    folds (``folds``, else :func:`default_folds`) holds it, then ``checkpoint_best.pth`` (models exported or installed
-    before final became the default). When some hold final and others only other checkpoints (a training not
+    folds (``folds``, else every fold, ``fold_all`` included) holds it, then ``checkpoint_best.pth`` (models exported or
+    installed before final became the default). When some hold final and others only other checkpoints (a training not
     finished), final: :func:`select_folds` then names the unfinished folds instead of switching every fold to best.
     A rule folder has no checkpoint: ``checkpoint_final.pth``, as for a zip (any answer does)."""
     if is_rule_dir(model_dir):
         return FINAL
-    wanted = [str(f) for f in folds] if folds else default_folds(Path(model_dir))
     with_final = set(model_folds(Path(model_dir), FINAL))
-    return BEST if wanted and not with_final.intersection(wanted) else FINAL
+    if folds:  # the folds asked for: best when none of them holds final
+        return BEST if not with_final.intersection(str(f) for f in folds) else FINAL
+    return BEST if model_folds(Path(model_dir)) and not with_final else FINAL
 
 
 def select_folds(model_dir: Path, folds: Sequence[str | int] | None, checkpoint: str, fix: str) -> list[str]:

@@ -631,7 +631,11 @@ def load_model_zip(path: str | Path, folds: Sequence[str | int] | None = None,
 
 
 def _chosen_folds(contents: ModelZipContents, folds: Sequence[str | int] | None) -> list[str]:
-    chosen = [str(f) for f in folds] if folds else contents.folds
+    numbered = [f for f in contents.folds if f != "all"]
+    # an ensemble predicts with the folds its record names; a model with its numbered folds (fold_all only when it
+    # is the only one), as the same model does once installed (model_registry.default_folds)
+    default = contents.folds if contents.is_ensemble else (numbered or contents.folds)
+    chosen = [str(f) for f in folds] if folds else default
     missing = [f for f in chosen if f not in contents.folds]
     if missing:
         raise HiennuError(f"{contents.path}: holds folds {', '.join(contents.folds)}, not {', '.join(missing)}")
