@@ -432,6 +432,10 @@ def configuration_problems(config: Configuration) -> list[str]:
     n = len(net.features_per_stage)
     if n < 1:
         return ["network.features_per_stage is empty; give one channel count per stage"]
+    if n < 2:
+        problems.append(f"network.features_per_stage {net.features_per_stage} has one stage: the U-Net needs two or "
+                        f"more (an encoder stage, at least one down-sampling step and a decoder); give another "
+                        f"stage and a pool kernel")
     if len(net.pool_kernel_sizes) != n - 1:
         problems.append(f"network.pool_kernel_sizes has {len(net.pool_kernel_sizes)} entries but "
                         f"network.features_per_stage has {n} stages, so {n - 1} pool kernels are needed")

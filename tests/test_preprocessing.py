@@ -233,3 +233,63 @@ def test_training_refuses_cases_preprocessed_under_other_plans(hiennu_roots):
     (out / "3d_fullres" / "case01.json").unlink()  # arrays without their record: interrupted
     with pytest.raises(HiennuError, match="preprocessed files missing for case\\(s\\) case01"):
         fold_layout("TrainerDice", options).check_preprocessed_cases()
+
+
+def _flat_dataset(raw_root, size_zyx, name="Dataset012_FLAT", cases=5, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+                  spacing_xyz=(1.0, 1.0, 5.0)):
+    """A raw dataset of ``cases`` cases of one size (ADC ~1300, ZADC z-scores, a lesion in the middle)."""
+    from hiennu.io.dataset_json import DatasetJson, save_dataset_json
+    folder = raw_root / name
+    geometry = Geometry(tuple(reversed(size_zyx)), spacing_xyz, (0.0, 0.0, 0.0), direction)
+    rng = np.random.default_rng(0)
+    for i in range(cases):
+        adc = rng.normal(1300, 50, size_zyx).astype(np.float32)
+        label = np.zeros(size_zyx, np.uint8)
+        label[..., size_zyx[1] // 2, size_zyx[2] // 2] = 1
+        adc[label > 0] = 700
+        write_image(adc, geometry, folder / "imagesTr" / f"c{i}_0000.mha")
+        write_image(((adc - 1300) / 170).astype(np.float32), geometry, folder / "imagesTr" / f"c{i}_0001.mha")
+        write_image(label, geometry, folder / "labelsTr" / f"c{i}.mha")
+    save_dataset_json(DatasetJson(name="FLAT", num_training=cases), folder)
+    return folder
+
+
+def test_single_slice_cases_plan_no_3d_configuration_and_the_plans_load(hiennu_roots):
+    """The planner wrote a 3D network on a one-slice patch, which the plans' own check then refused when read: the
+    whole file was refused and no configuration could train."""
+    import logging
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("hiennu").addHandler(handler)  # the package logger stops propagating once a command ran
+    try:
+        _flat_dataset(hiennu_roots["hiennu_raw"], (1, 40, 40))
+        out = plan_and_preprocess("FLAT", PlanAndPreprocessOptions(num_processes=1, configurations=["2d"]))
+    finally:
+        logging.getLogger("hiennu").removeHandler(handler)
+    plans = load_plans(out)
+    assert "3d_fullres" not in plans.configurations and "2d" in plans.configurations
+    assert plans.default_configuration == "2d"
+    assert any("configuration 3d_fullres is not planned for this dataset" in r for r in records)
+
+
+def test_a_network_of_one_stage_is_refused_naming_the_field():
+    from hiennu.plans import NetworkPlan, configuration_problems
+    config = Configuration("3d_fullres", None, "spacing", [ChannelNormalization("ADC", "none")],
+                           patch_size_zyx=[4, 8, 8], target_spacing_zyx=[1.0, 1.0, 1.0],
+                           network=NetworkPlan(in_channels=1, features_per_stage=[16], pool_kernel_sizes=[],
+                                               dropout_per_stage=[0.0], rule_prior=False))
+    assert any("has one stage: the U-Net needs two or more" in p for p in configuration_problems(config))
+
+
+@pytest.mark.parametrize("direction, axes, words", [
+    ((1, 0, 0, 0, 1, 0, 0, 0, 1), [2], "mirroring along x only"),
+    ((0, -1, 0, 1, 0, 0, 0, 0, 1), [1], "mirroring along y only"),   # array x runs along world y, array y along x
+])
+def test_the_mirrored_axis_is_the_one_the_directions_put_left_right(hiennu_roots, direction, axes, words):
+    """The planner mirrored array x whatever the images' directions, and its notes called x left-right."""
+    _flat_dataset(hiennu_roots["hiennu_raw"], (12, 40, 40), direction=direction, spacing_xyz=(1.0, 1.0, 1.0))
+    out = plan_and_preprocess("FLAT", PlanAndPreprocessOptions(num_processes=1, preprocess=False))
+    config = load_plans(out).configuration("3d_fullres")
+    assert config.augmentation.mirror_axes == axes and words in config.notes
+

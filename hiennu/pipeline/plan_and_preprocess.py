@@ -26,8 +26,7 @@ from hiennu.planning.roundtrip import RoundTrip, measure_crop_roundtrip, measure
 from hiennu.planning.spacing_refinement import force_spacing, heed_roundtrip, validate_target_spacing
 from hiennu.planning.splits import DEFAULT_FOLDS, SPLITS_FILE, write_splits_if_absent
 from hiennu.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION, PLANS_NAME,
-                          SLICE_CONFIGURATION,
-                          Configuration, Plans, load_plans, save_plans)
+                          SLICE_CONFIGURATION, Configuration, Plans, configuration_problems, load_plans, save_plans)
 from hiennu.preprocessing.preprocessor import preprocess_dataset
 
 log = get_logger(__name__)
@@ -99,9 +98,28 @@ def make_plans(raw_dir: Path, out_dir: Path, cases: list[CaseFiles], opts: PlanA
             workers = opts.num_processes if cfg.label_interpolation == "sdf" else 1
             trip = measure_roundtrip(labels, cfg.target_size_zyx, cfg.label_interpolation, workers)
         record_roundtrip(cfg, trip)
+    _drop_unbuildable(plans, raw_dir)
     save_plans(plans, out_dir / plans_file_name(opts.plans_name))
     write_splits_if_absent(out_dir / SPLITS_FILE, {c.case_id: c.lesion_fraction for c in fp.cases})
     return plans
+
+
+def _drop_unbuildable(plans: Plans, raw_dir: Path) -> None:
+    """Leave out of the plans each configuration the network cannot be built for on this dataset (nnU-Net plans no
+    3D configuration for 2D data either), saying why; the plans would otherwise be written and then refused whole
+    when read, so that no configuration could train. The default becomes the first one left."""
+    for name in list(plans.configurations):
+        problems = configuration_problems(plans.configurations[name])
+        if problems:
+            log.warning("%s: configuration %s is not planned for this dataset: %s", raw_dir.name, name,
+                        "; ".join(problems))
+            del plans.configurations[name]
+    if not plans.configurations:
+        raise HiennuError(f"{raw_dir}: no configuration can be planned for these cases (see the warnings above); "
+                          f"their brains are too small or too flat for a U-Net at the planned spacing")
+    if plans.default_configuration not in plans.configurations:
+        plans.default_configuration = next(iter(plans.configurations))
+        log.warning("%s: the plans' default configuration is now %s", raw_dir.name, plans.default_configuration)
 
 
 def _heed_patch_roundtrip(fp: DatasetFingerprint, cfg: Configuration,

@@ -57,7 +57,9 @@ PREDICTION_NOTE = ("probabilities back to the native grid by nearest neighbour: 
 # about an hour); the GPU one is nnU-Net's 250-step epoch.
 PATCH_SCHEDULE = {"cpu": {"iterations_per_epoch": 20, "max_epochs": 10, "patience": 10},
                   "gpu": {"iterations_per_epoch": 250, "max_epochs": 100, "patience": 15}}
-PATCH_MIRROR_AXES = [2]
+PATCH_MIRROR_AXES = [2]  # the array's x axis, left-right in BONBID's images (chosen from each dataset's directions)
+# the smallest |cosine| between an array axis and world left-right for it to count as the left-right axis (45 degrees)
+LEFT_RIGHT_ALIGNMENT = 0.7
 # The 2d configuration's schedule: a step costs a fraction of a 3D one, so many more of them (CPU: 1000
 # steps, about 40 min for five folds in bf16 on 2 cores, documentation/results.md); the GPU one is nnU-Net's.
 SLICE_SCHEDULE = {"cpu": {"iterations_per_epoch": 50, "max_epochs": 20, "patience": 20},
@@ -250,14 +252,14 @@ def plan_patch_configuration(fp: DatasetFingerprint, norms: list[ChannelNormaliz
     training = TrainingPlan(batch_size=patch.batch_size, foreground_oversampling=foreground,
                             learning_rate=learning_rate, lr_schedule=lr_schedule, l1_lambda=l1_lambda,
                             cpu_bf16=cpu_bf16, **schedule)
-    augmentation = AugmentationPlan(p_mirror=0.5, mirror_axes=list(PATCH_MIRROR_AXES))
+    mirror_axes, mirror_note = left_right_axis(fp)
+    augmentation = AugmentationPlan(p_mirror=0.5, mirror_axes=mirror_axes)
     notes = [f"target spacing: {spacing_reason}", f"patch and network: {patch.reason}",
              f"schedule: {schedule['iterations_per_epoch']} iterations per epoch (a patch epoch), at most "
              f"{schedule['max_epochs']} epochs, early stopping after {schedule['patience']} without improvement",
              prior_note,
              _precision_note(plan_for, cpu_bf16),
-             "mirroring along x (left-right) only, in training (p 0.5) and as test-time augmentation: the brain is "
-             "left-right symmetric, the other axes are not",
+             mirror_note,
              *norm_reasons,
              "labels nearest neighbour to the target spacing; probabilities back to the native grid by nearest "
              "neighbour: on the 37 BONBID dev cases it matched linear with a trained model and beat it on the label "
@@ -267,6 +269,35 @@ def plan_patch_configuration(fp: DatasetFingerprint, norms: list[ChannelNormaliz
         target_spacing_zyx=spacing, crop_to_brain=True, patch_size_zyx=patch.patch_size_zyx, planned_for=plan_for,
         network=network, training=training, augmentation=augmentation, image_interpolation=image_interpolation,
         label_interpolation="nearest", prediction_interpolation="nearest", notes="; ".join(notes))
+
+
+def left_right_axis(fp: DatasetFingerprint) -> tuple[list[int], str]:
+    """The array axis (0 = z, 1 = y, 2 = x) that runs left-right in the cases, from the directions the fingerprint
+    recorded, as ``(mirror_axes, note)``; the brain is mirror-symmetric across that axis only.
+
+    Hand-written because the planner is the one place that sees every case's direction (SimpleITK's, row-major:
+    column c is the world direction of index axis c, i.e. of array axis 2 - c; world x is left-right in LPS and RAS).
+    The axis most aligned with world x in most cases is mirrored; with no case aligned within 45 degrees, the
+    array's x axis is kept and the note says that the directions do not tell.
+    """
+    votes: dict[int, list[float]] = {}
+    for case in fp.cases:
+        direction = np.abs(np.asarray(case.geometry.get("direction", (1, 0, 0, 0, 1, 0, 0, 0, 1)), float).reshape(3, 3))
+        column = int(np.argmax(direction[0]))
+        votes.setdefault(2 - column, []).append(float(direction[0, column]))
+    if not votes:
+        return list(PATCH_MIRROR_AXES), "mirroring along x (no case to read a direction from)"
+    axis = max(votes, key=lambda a: (len(votes[a]), a))
+    aligned = [v for v in votes[axis] if v >= LEFT_RIGHT_ALIGNMENT]
+    name = "zyx"[axis]
+    if not aligned:
+        return (list(PATCH_MIRROR_AXES), "mirroring along x, in training (p 0.5) and as test-time augmentation: no "
+                "array axis of the cases runs left-right within 45 degrees, so the directions do not say which axis "
+                "the brain is symmetric across (edit augmentation.mirror_axes if you know it)")
+    agree = f"{len(votes[axis])} of {len(fp.cases)} cases" if len(votes) > 1 else "every case"
+    return ([axis], f"mirroring along {name} only, in training (p 0.5) and as test-time augmentation: in {agree} the "
+                    f"array's {name} axis runs left-right (the image directions), and the brain is left-right "
+                    f"symmetric, the other axes are not")
 
 
 def plan_2d_configuration(fp: DatasetFingerprint, fullres: Configuration, gpu_memory_gb: float) -> Configuration:

@@ -142,9 +142,13 @@ def plan_patch(median_box_zyx: Sequence[float], max_box_zyx: Sequence[float], sp
     if plan_for == "cpu":
         patch, kernels = _fit_patch(median_box_zyx, spacing_zyx, len(CPU_FEATURES) - 1, CPU_PATCH_VOXELS)
         network = _network(in_channels, CPU_FEATURES, kernels)
-        reason = (f"planned for a CPU: patch {patch} (z y x) covers the median brain box "
-                  f"{[round(float(v)) for v in median_box_zyx]} at most {CPU_PATCH_VOXELS} voxels "
-                  f"(about 3 s per fp32 step at batch {CPU_BATCH} on 2 cores), widths "
+        box = [round(float(v)) for v in median_box_zyx]
+        covers = all(p >= b for p, b in zip(patch, box))
+        fit = (f"covers the median brain box {box}" if covers else
+               f"does not cover the median brain box {box} (which holds {math.prod(box) / math.prod(patch):.1f} "
+               f"patches of voxels: training sees parts of a brain, prediction slides several windows over it)")
+        reason = (f"planned for a CPU: patch {patch} (z y x), at most {CPU_PATCH_VOXELS} voxels, {fit} "
+                  f"(about 3 s per fp32 step at batch {CPU_BATCH} on 2 cores for BONBID's patch), widths "
                   f"{network.features_per_stage}, instance norm, pooling {kernels} by nnU-Net's spacing rule")
         return PatchPlan(patch, network, CPU_BATCH, reason)
     patch, kernels = _fit_patch(max_box_zyx, spacing_zyx, len(GPU_FEATURES) - 1, math.inf)
@@ -198,7 +202,8 @@ def plan_slice_patch(max_box_zyx: Sequence[float], spacing_zyx: Sequence[float],
         reason = (f"planned for a CPU: patch {patch} (z y x), one slice, covers the largest brain box in-plane "
                   f"{[round(float(v)) for v in max_box_zyx[1:]]}, a 2D network of widths "
                   f"{network.features_per_stage}, instance norm, in-plane pooling {kernels} (nnU-Net's rule), "
-                  f"batch {batch} (about {CPU_SLICE_BATCH_VOXELS} voxels a step)")
+                  f"batch {batch} ({batch * slice_voxels} voxels a step; the CPU target is about "
+                  f"{CPU_SLICE_BATCH_VOXELS}, and a batch holds {SLICE_BATCH_RANGE[0]} slices at least)")
         return PatchPlan(patch, network, batch, reason)
     batch, estimate = _gpu_batch(network, patch, SLICE_BATCH_RANGE, dataset_voxels, gpu_memory_gb)
     reason = (f"planned for a GPU with {gpu_memory_gb:g} GiB: patch {patch} (z y x), one slice, covers the largest "
