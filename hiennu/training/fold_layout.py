@@ -62,6 +62,7 @@ class FoldLayout:
             raise HiennuError(f"{self.case_dir}: preprocessed files missing for case(s) {', '.join(missing[:5])}"
                               f"{' ...' if len(missing) > 5 else ''}; {rerun}")
         expected = preprocessing_hash(self.config)
+
         def recorded(case: str) -> object:
             props = read_json_file(self.case_dir / f"{case}.json", rerun, rerun)
             signature = props.get("source_signature") if isinstance(props, dict) else None
