@@ -522,11 +522,15 @@ def test_models_named_with_m_need_not_be_every_combination(cv, capsys):
     with pytest.raises(HiennuError, match=r"-m names the models: leave out -c, -tr and -p"):
         FindBestOptions("Tiny", ["3d_fullres"], models=[A])
     assert FindBestOptions("Tiny", models=[A, C]).model_names() == [A, C]
-    argv = ["-d", "Tiny", "-m", A, B, C, A, "-f", "0", "1", "2", "-np", "1"]
+    before = sorted(str(p) for p in cv.rglob("*"))
+    assert cli.main(["-d", "Tiny", "-m", A, B, C, A, "-f", "0", "1", "2", "-np", "1"]) == 1  # a typo is not dropped
+    assert f"-m: {A} named twice; name each model once" in capsys.readouterr().err
+    assert sorted(str(p) for p in cv.rglob("*")) == before
+    argv = ["-d", "Tiny", "-m", A, B, C, "-f", "0", "1", "2", "-np", "1"]
     assert cli.main(argv) == 0
     info = load_inference_information(cv)
     ensembles = [EnsembleFolder.of(cv, members).path.name for members in ([A, B], [A, C], [B, C], [A, B, C])]
-    assert {c.name for c in info.candidates} == {A, B, C, *ensembles}  # the repeated A counts once
+    assert {c.name for c in info.candidates} == {A, B, C, *ensembles}
     assert info.selection.num_candidates == 7
     assert info.provenance["options"]["models"] == [A, B, C]
     assert info.provenance["options"]["trainers"] == ["TrainerX", "TrainerY"]
@@ -774,3 +778,19 @@ def test_tiny_configurations_trained_with_npz_are_compared_end_to_end(hiennu_roo
     assert predict.main(words[1:] + ["--device", "cpu", "--disable-tta", "-q"]) == 0
     labels = sorted(p.name for p in (hiennu_roots["hiennu_raw"] / "Dataset001_Tiny2d" / "labelsTr").iterdir())
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.mha")) == labels
+
+
+def test_an_ensemble_folder_left_half_written_is_named_not_taken_for_no_ensemble(cv):
+    """Killed between postprocessing.json and members.json, an ensemble folder was read as no ensemble at all:
+    prediction and export went ahead without the post-processing chosen for it."""
+    from hiennu.inference.ensemble_members import check_ensemble_complete
+    from hiennu.inference.model_registry import resolve_model
+    assert cli.main(["-d", "Tiny", "-m", A, B, "-f", "0", "1", "2", "-np", "1", "-q"]) == 0
+    folder = EnsembleFolder.of(cv, [A, B])
+    check_ensemble_complete(folder.path)  # whole: nothing to say
+    folder.members.unlink()
+    with pytest.raises(HiennuError, match=r"half-written by an interrupted hiennu_find_best_configuration \(no "
+                                          r"members.json\); run it again: hiennu_find_best_configuration"):
+        check_ensemble_complete(folder.path, "hiennu_find_best_configuration -d Tiny -m A B")
+    with pytest.raises(HiennuError, match="half-written"):
+        resolve_model(folder.path)

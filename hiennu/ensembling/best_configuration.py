@@ -104,7 +104,11 @@ class FindBestOptions:
     rule_candidate: bool = False
 
     def __post_init__(self) -> None:
-        self.models = list(dict.fromkeys(map(str, self.models)))
+        twice = sorted({m for m in map(str, self.models) if list(map(str, self.models)).count(m) > 1})
+        if twice:
+            raise HiennuError(f"-m: {', '.join(twice)} named twice; name each model once (a typo for another model "
+                              f"would turn the choice into one among fewer models)")
+        self.models = list(map(str, self.models))
         if self.models:
             if self.configurations:
                 raise HiennuError("-m names the models: leave out -c, -tr and -p (or name them with -c, -tr, -p alone)")

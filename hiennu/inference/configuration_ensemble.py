@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from hiennu.errors import HiennuError
-from hiennu.inference.ensemble_members import is_ensemble_dir, load_ensemble_members, member_dirs
+from hiennu.inference.ensemble_members import (check_ensemble_complete, is_ensemble_dir, load_ensemble_members,
+                                               member_dirs)
 from hiennu.inference.folder_prediction import CasePredictor, check_postprocessing_channels
 from hiennu.inference.model_registry import default_checkpoint, describe_model_dir, model_folds, select_folds
 from hiennu.inference.model_zip import ModelZipContents, load_ensemble_zip, load_model_zip, verify_model_zip
@@ -125,6 +126,8 @@ class ConfigurationEnsemble(CasePredictor):
                   if all(m.is_dir for m in members) and len({p.resolve().parent for p in paths}) == 1 else None)
         post = None
         command = find_best_configuration_command(names, members[0].dataset)
+        if folder is not None:
+            check_ensemble_complete(folder.path, command)
         if folder is not None and is_ensemble_dir(folder.path):
             record = load_ensemble_members(folder.path)
             folds = folds or list(record.folds)

@@ -89,6 +89,17 @@ def is_ensemble_dir(path: str | Path) -> bool:
     return folder.path.is_dir() and is_ensemble_dir_name(folder.path.name) and folder.members.is_file()
 
 
+def check_ensemble_complete(path: str | Path, command: str | None = None) -> None:
+    """Refuse an ensemble folder left half-written by an interrupted ``hiennu_find_best_configuration`` (its masks
+    or post-processing without ``members.json``, which is written last): read as no ensemble at all, it predicted
+    and exported without the post-processing chosen for it. command: the run that completes it."""
+    folder = EnsembleFolder(Path(path))
+    if (folder.path.is_dir() and is_ensemble_dir_name(folder.path.name) and not folder.members.is_file()
+            and any(folder.path.iterdir())):
+        raise HiennuError(f"{folder.path}: half-written by an interrupted hiennu_find_best_configuration (no "
+                          f"members.json); run it again{': ' + command if command else ''}, or delete the folder")
+
+
 def member_dirs(ensemble_dir: str | Path, record: EnsembleMembers | None = None) -> list[Path]:
     """The member model folders of an ensemble folder: ``DatasetNNN_Name/NAME`` beside its ``ensembles/``."""
     ensemble_dir = Path(ensemble_dir)

@@ -23,7 +23,8 @@ from typing import Sequence
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
-from hiennu.inference.ensemble_members import is_ensemble_dir, load_ensemble_members, member_dirs
+from hiennu.inference.ensemble_members import (check_ensemble_complete, is_ensemble_dir, load_ensemble_members,
+                                               member_dirs)
 from hiennu.io.checkpoint import BEST, CHECKPOINT_PATTERN, FINAL, checkpoint_file
 from hiennu.paths import (RESULTS_ENV, RULE_DIR, named_path, parse_dataset_folder_name, parse_model_dir_name,
                           resolve_dataset, results_root)
@@ -205,6 +206,7 @@ def resolve_model(model: str | Path | None = None, dataset: str | int | None = N
         if path.is_file() and path.suffix.lower() == ".zip":
             return path
         if path.is_dir():
+            check_ensemble_complete(path)
             if is_ensemble_dir(path) or is_rule_dir(path):
                 return path.resolve()   # their members and dataset are found beside the real folder
             if describe_model_dir(path) is None:

@@ -68,7 +68,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from hiennu.errors import HiennuError
-from hiennu.inference.ensemble_members import EnsembleMembers, is_ensemble_dir, load_ensemble_members, member_dirs
+from hiennu.inference.ensemble_members import (EnsembleMembers, check_ensemble_complete, is_ensemble_dir,
+                                               load_ensemble_members, member_dirs)
 from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, resolve_models, select_folds,
                                              set_default_model)
 from hiennu.inference.trained_configuration import check_trained_configuration
@@ -241,6 +242,7 @@ def export_ensemble_zip(model_dirs: Sequence[str | Path], out_zip: str | Path,
             f"{d.name} ({d.parent.name})" for d in dirs) + "; give models trained on one dataset")
     folder = EnsembleFolder.of(dirs[0].parent, [d.name for d in dirs])  # refuses fewer than two, or one twice
     post_bytes = None
+    check_ensemble_complete(folder.path)
     if is_ensemble_dir(folder.path):
         record = load_ensemble_members(folder.path)
         folds = folds or list(record.folds)
