@@ -745,6 +745,35 @@ def test_final_validation_keeps_the_probabilities_of_the_masks(hiennu_roots):
     assert not list(model.validation_dir(0).glob("*.npz"))
 
 
+def test_a_fold_trained_again_after_its_validation_is_named_not_scored(hiennu_roots):
+    """The validation summary records the checkpoint's SHA-256: a fold trained again without validating kept the
+    earlier masks beside new weights, which the choice by CV scored and shipped in their place."""
+    import torch
+    from helpers import make_model_dir, make_varied_raw_dataset
+    from hiennu.ensembling.cv_probabilities import _validated_cases
+    from hiennu.io.checkpoint import checkpoint_digest
+    from hiennu.postprocessing.commands import check_folds
+    from hiennu.training.native_validation import predict_and_score_validation, validation_is_current
+    make_varied_raw_dataset(hiennu_roots["hiennu_raw"], num_cases=3, name="Dataset001_Tiny")
+    model_dir = make_model_dir(hiennu_roots["hiennu_results"], folds=(0,))
+    summary = predict_and_score_validation(model_dir, 0, ["case00", "case01", "case02"], DATASET, "cpu",
+                                           save_probabilities=True)
+    model = ModelFolder(model_dir)
+    assert summary["checkpoint_sha256"] == checkpoint_digest(model.fold_dir(0) / FINAL)
+    assert validation_is_current(model.fold_dir(0), FINAL, True)
+    _validated_cases(model_dir, 0, DATASET)
+    check_folds(model_dir, [0])
+    state = torch.load(model.fold_dir(0) / FINAL, weights_only=True)
+    state["epoch"] = 99  # trained again, not validated
+    torch.save(state, model.fold_dir(0) / FINAL)
+    assert not validation_is_current(model.fold_dir(0), FINAL, True)  # --c validates it again
+    with pytest.raises(HiennuError, match=r"fold 0: its validation masks were made by an earlier "
+                                          r"checkpoint_final.pth .*re-validate it: hiennu_train Tiny TrainerTest 0 .*--val"):
+        _validated_cases(model_dir, 0, DATASET)
+    with pytest.raises(HiennuError, match=r"fold 0: its validation masks were made by an earlier"):
+        check_folds(model_dir, [0])
+
+
 def test_tiny_configurations_trained_with_npz_are_compared_end_to_end(hiennu_roots, tmp_path, capsys):
     """Plan 2d and 3d_fullres on a tiny raw dataset, train two folds of each (one of them without --npz, then
     re-validated with hiennu_train --val --npz), find the best configuration and predict with the command it prints."""

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file
-from hiennu.io.checkpoint import BEST, FINAL
+from hiennu.io.checkpoint import BEST, FINAL, stale_validation_problem
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.probabilities import PROBABILITIES_KEY, read_probabilities
 from hiennu.paths import DEFAULT_PLANS_NAME, ModelFolder, parse_dataset_folder_name, splits_file_name
@@ -163,6 +163,9 @@ def _validated_cases(model_dir: Path, fold: int, dataset: str) -> tuple[list[str
     if (not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and isinstance(r.get("case_id"), str)
                                                            for r in rows) or not isinstance(checkpoint, str)):
         raise HiennuError(f"{where}: {path} names no validated cases or checkpoint; re-validate it: {fix}")
+    stale = stale_validation_problem(ModelFolder(model_dir).fold_dir(fold), path)
+    if stale:
+        raise HiennuError(f"{where}: {stale}; re-validate it: {train_command(dataset, model_dir, fold, True, checkpoint)}")
     return sorted(r["case_id"] for r in rows), checkpoint
 
 

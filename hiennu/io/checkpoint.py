@@ -19,13 +19,14 @@ torch is imported when a checkpoint is read or written, so the command-line pars
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
 from typing import Any
 
 from hiennu.errors import HiennuError
-from hiennu.io.atomic import atomic_path
+from hiennu.io.atomic import atomic_path, read_json
 
 LATEST, BEST, FINAL = "checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"
 CHECKPOINT_PATTERN = "checkpoint_*.pth"  # any checkpoint in a fold folder
@@ -93,3 +94,33 @@ def first_line(error: BaseException, with_type: bool = True) -> str:
     if not text:
         return type(error).__name__
     return f"{type(error).__name__}: {text.splitlines()[0]}" if with_type else text.splitlines()[0]
+
+
+def checkpoint_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a checkpoint file: which weights a fold's validation masks came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stale_validation_problem(fold_dir: str | os.PathLike, summary_path: str | os.PathLike) -> str | None:
+    """Why a fold's validation masks are not those of its checkpoint now, or None.
+
+    The validation summary records the checkpoint's SHA-256 (``checkpoint_sha256``); a fold trained again after it
+    was validated (``--no-final-validation``, or a retraining stopped before its validation) keeps the earlier
+    masks beside new weights, which a choice by cross-validation would then score in their place. Summaries
+    written before the digest was recorded cannot tell, and pass.
+    """
+    summary = read_json(summary_path)
+    recorded = summary.get("checkpoint_sha256") if isinstance(summary, dict) else None
+    if not isinstance(recorded, str):
+        return None
+    name = summary.get("checkpoint", BEST)
+    checkpoint = Path(fold_dir) / str(name)
+    if not checkpoint.is_file():
+        return f"its validation was made with {checkpoint}, which is gone"
+    if checkpoint_digest(checkpoint) != recorded:
+        return f"its validation masks were made by an earlier {name} (the fold was trained again after it was validated)"
+    return None

@@ -25,6 +25,7 @@ import numpy as np
 from hiennu.errors import HiennuError
 from hiennu.evaluation.metrics import case_metrics
 from hiennu.io.atomic import write_json
+from hiennu.io.checkpoint import stale_validation_problem
 from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
@@ -85,6 +86,11 @@ def check_folds(model_dir: Path, folds: Sequence[int]) -> None:
             if diffs:
                 raise HiennuError(f"fold {fold}: trained with other plans than {model.plans} ({'; '.join(diffs)}); "
                                   f"retrain it, or leave it out with -f")
+        if model.validation_summary(fold).is_file():
+            stale = stale_validation_problem(model.fold_dir(fold), model.validation_summary(fold))
+            if stale:
+                raise HiennuError(f"fold {fold}: {stale}; re-validate it (hiennu_train ... {fold} --val), or leave "
+                                  f"it out with -f")
 
 
 def determine_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Sequence[int] = DEFAULT_FOLDS,

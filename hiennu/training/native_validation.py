@@ -22,7 +22,7 @@ from hiennu.errors import HiennuError
 from hiennu.evaluation.evaluate import evaluate_folders
 from hiennu.inference.predictor import Predictor
 from hiennu.io.atomic import read_json, write_json
-from hiennu.io.checkpoint import BEST, FINAL
+from hiennu.io.checkpoint import BEST, FINAL, checkpoint_digest, stale_validation_problem
 from hiennu.log import get_logger
 from hiennu.paths import SUMMARY_FILE, VALIDATION_DIR, ModelFolder, raw_root
 
@@ -54,10 +54,12 @@ def validation_keeps_probabilities(fold_dir: Path) -> bool:
 
 
 def validation_is_current(fold_dir: Path, checkpoint: str, probabilities: bool) -> bool:
-    """Whether the fold's validation was made with ``checkpoint`` (a file name) and, when ``probabilities``
-    is asked for, kept them: then a finished fold has nothing left to do."""
-    return validated_checkpoint(fold_dir) == checkpoint and (not probabilities
-                                                              or validation_keeps_probabilities(fold_dir))
+    """Whether the fold's validation was made with ``checkpoint`` (a file name) as it is now (its SHA-256, when the
+    summary records it) and, when ``probabilities`` is asked for, kept them: then a finished fold has nothing left
+    to do."""
+    return (validated_checkpoint(fold_dir) == checkpoint
+            and (not probabilities or validation_keeps_probabilities(fold_dir))
+            and stale_validation_problem(fold_dir, Path(fold_dir) / VALIDATION_DIR / SUMMARY_FILE) is None)
 
 
 def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str], dataset_name: str,
@@ -103,7 +105,8 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
             os.replace(out_dir / _PREDICTOR_PROBABILITIES.format(case=case), model.validation_probabilities(fold, case))
     summary = evaluate_folders(raw_dir / "labelsTr", out_dir, output_json=out_dir / SUMMARY_FILE,
                                images_dir=raw_dir / "imagesTr", case_ids=case_ids, num_processes=1)
-    summary.update(checkpoint=checkpoint, probabilities=bool(save_probabilities))
-    write_json({**read_json(out_dir / SUMMARY_FILE), "checkpoint": checkpoint,
+    digest = checkpoint_digest(model.fold_dir(fold) / checkpoint)
+    summary.update(checkpoint=checkpoint, checkpoint_sha256=digest, probabilities=bool(save_probabilities))
+    write_json({**read_json(out_dir / SUMMARY_FILE), "checkpoint": checkpoint, "checkpoint_sha256": digest,
                 "probabilities": bool(save_probabilities)}, out_dir / SUMMARY_FILE)
     return summary
