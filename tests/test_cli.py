@@ -344,3 +344,31 @@ def test_a_second_sigterm_does_not_cut_the_cleanup_short_and_a_parents_sig_ign_i
     ignoring.send_signal(signal.SIGTERM)
     out, _ = ignoring.communicate(timeout=30)
     assert ignoring.returncode == 0 and out == "finished\n"
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"learning_rate": float("inf")}, "--lr must be a finite positive number, got inf"),
+    ({"num_workers": -1}, "--num-workers must be a whole number >= 0"),
+    ({"val_every": 0}, "--val-every must be at least 1, got 0"),
+    ({"num_gpus": 0}, "--num-gpus must be at least 1, got 0"),
+    ({"validation_checkpoint": "best", "final_validation": False}, "--checkpoint best .* no effect with "
+                                                                   "--no-final-validation"),
+])
+def test_training_options_that_cannot_work_are_named(kwargs, words):
+    """--lr inf trained to NaN weights and exited 0; --num-workers -1 passed as 0; --checkpoint best did nothing
+    without a final validation; one message named --num-gpus and --val-every for either."""
+    from hiennu.errors import HiennuError
+    from hiennu.training.options import TrainingOptions
+    with pytest.raises(HiennuError, match=words):
+        TrainingOptions(dataset="D", **kwargs)
+    assert TrainingOptions(dataset="D", num_workers=0, learning_rate=1e-3).num_workers == 0
+
+
+@pytest.mark.parametrize("kwargs, words", [({"figure_cases": 0}, "--figure-cases must be a whole number >= 1"),
+                                           ({"num_processes": 0}, "-np must be a whole number >= 1")])
+def test_loss_study_options_that_cannot_work_are_named(kwargs, words):
+    """--figure-cases 0 ran, said no validation case had a lesion and linked a slices.png it never drew."""
+    from hiennu.errors import HiennuError
+    from hiennu.study.loss_study import LossStudyOptions
+    with pytest.raises(HiennuError, match=words):
+        LossStudyOptions(dataset="D", **kwargs)

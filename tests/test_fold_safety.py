@@ -93,6 +93,19 @@ def test_a_fold_stopped_as_it_finishes_is_published_when_continued(tiny, monkeyp
     assert Predictor.from_model_dir(model_dir, folds=[1], device="cpu").folds == ["1"]
 
 
+def test_a_refused_run_leaves_nothing_behind(tiny):
+    """A second training of a finished fold wrote a 'training ...' line into its log before it was refused, and --val
+    of a fold never trained left a fold folder and a log."""
+    out0 = _train()
+    log_before = (out0 / "training_log.txt").read_text()
+    with pytest.raises(HiennuError, match="already holds a training"):
+        _train()
+    assert (out0 / "training_log.txt").read_text() == log_before
+    with pytest.raises(HiennuError, match="--val: .*fold_1 has no checkpoint_final.pth"):
+        _train(fold=1, validation_only=True, final_validation=True)
+    assert not (out0.parent / "fold_1").exists()
+
+
 @pytest.mark.parametrize("field, value, named", [
     ("target_size_xyz", [32, 32, 32], "target_size_xyz: trained with [32, 32, 16], now [32, 32, 32]"),
     ("normalization", None, "normalization[0].scheme"),

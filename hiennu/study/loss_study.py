@@ -109,6 +109,11 @@ class LossStudyOptions:
 
     def __post_init__(self) -> None:
         self.folds = study_folds(self.folds)
+        if isinstance(self.figure_cases, bool) or int(self.figure_cases) != self.figure_cases or self.figure_cases < 1:
+            raise HiennuError(f"--figure-cases must be a whole number >= 1 (rows of slices.png), got "
+                              f"{self.figure_cases!r}")
+        if int(self.num_processes) != self.num_processes or self.num_processes < 1:
+            raise HiennuError(f"-np must be a whole number >= 1, got {self.num_processes!r}")
         if self.reference is not None and self.reference not in self.trainers:
             raise HiennuError(f"--reference {self.reference} is not among --trainers ({', '.join(self.trainers)}); "
                               f"name one of them, or leave --reference out ({DEFAULT_REFERENCE} when studied, else "

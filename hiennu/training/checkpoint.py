@@ -48,6 +48,18 @@ def finish_checkpoints(state: dict[str, Any], fold_dir: str | os.PathLike) -> No
     (fold_dir / LATEST).unlink(missing_ok=True)
 
 
+def refuse_before_start(fold_dir: Path, resume: bool, validation_only: bool) -> None:
+    """What the fold's files alone refuse, checked before a lock, a log line or a training process exists, so a
+    refused run leaves nothing behind: ``--val`` of a fold whose training has not finished, and a new training of
+    a fold that holds one (:func:`resume_source`)."""
+    if validation_only:
+        if not (Path(fold_dir) / FINAL).is_file():
+            raise HiennuError(f"--val: {fold_dir} has no {FINAL}, so its training has not finished; train it "
+                              f"to the end first (hiennu_train without --val, --continue to resume)")
+    elif not resume:
+        resume_source(Path(fold_dir), False)
+
+
 def resume_source(fold_dir: Path, resume: bool) -> Path | None:
     """The checkpoint of ``fold_dir`` to continue from (None: a new training), or refuse to touch finished work.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from hiennu.errors import HiennuError
 from hiennu.log import configure, is_verbose
 from hiennu.device import best_device_type
+from hiennu.training.checkpoint import refuse_before_start
 from hiennu.training.distributed import (DistContext, destroy_process_group, init_process_group, spawn,
                                          torchrun_context)
 from hiennu.device import select_device
@@ -34,6 +35,7 @@ def train(options: TrainingOptions, trainer: str, trainer_module: str | None = N
         raise HiennuError("--num-gpus > 1 is not supported on MPS; use --device cuda or cpu")
     # Check what the ranks will need (dataset, plans, split, preprocessed cases, batch split, device) before spawning.
     layout = fold_layout(cls.__name__, options)
+    refuse_before_start(layout.fold_dir, options.resume, options.validation_only)
     layout.check_preprocessed_cases()
     check_batch_split(layout.training.batch_size, options.num_gpus)
     select_device(options.device, 0)

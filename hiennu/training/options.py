@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from hiennu.errors import HiennuError
-from hiennu.io.checkpoint import DEFAULT_CHECKPOINT_CHOICE, checkpoint_file
+from hiennu.io.checkpoint import DEFAULT_CHECKPOINT_CHOICE, FINAL as FINAL_CHECKPOINT, checkpoint_file
 from hiennu.plans import PLANS_NAME
 
 NUM_FOLDS = 5
@@ -89,12 +90,19 @@ class TrainingOptions:
             value = getattr(self, name)
             if value is not None and (int(value) != value or value < 1):
                 raise HiennuError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise HiennuError(f"--lr must be positive, got {self.learning_rate}")
+        if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
+            raise HiennuError(f"--lr must be a finite positive number, got {self.learning_rate}")
         if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
             raise HiennuError(f"--time-budget must be a positive number of minutes, got {self.time_budget_minutes}")
-        if self.num_gpus < 1 or self.val_every < 1:
-            raise HiennuError("--num-gpus and --val-every must be at least 1")
+        if self.num_workers is not None and (int(self.num_workers) != self.num_workers or self.num_workers < 0):
+            raise HiennuError(f"--num-workers must be a whole number >= 0 (0: load in this process), got "
+                              f"{self.num_workers}")
+        for flag, value in (("--num-gpus", self.num_gpus), ("--val-every", self.val_every)):
+            if value < 1:
+                raise HiennuError(f"{flag} must be at least 1, got {value}")
+        if self.validation_checkpoint_file != FINAL_CHECKPOINT and not self.final_validation:
+            raise HiennuError(f"--checkpoint {self.validation_checkpoint} chooses the checkpoint of the final "
+                              f"validation; it has no effect with --no-final-validation: leave one of them out")
 
     @property
     def validation_checkpoint_file(self) -> str:

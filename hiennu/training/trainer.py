@@ -59,8 +59,8 @@ from hiennu.networks.unet import build_network
 from hiennu.paths import PLANS_FILE, PROGRESS_FILE, VALIDATION_DIR, plans_file_name
 from hiennu.plans import configuration_differences, save_plans
 from hiennu.provenance import provenance
-from hiennu.training.checkpoint import (capture_rng_state, finish_checkpoints, restore_rng_state, resume_source,
-                                        seed_everything, without_training_state)
+from hiennu.training.checkpoint import (capture_rng_state, finish_checkpoints, refuse_before_start, restore_rng_state,
+                                        resume_source, seed_everything, without_training_state)
 from hiennu.training.data import TargetFunction, TrainingBatches, load_preprocessed_case
 from hiennu.training.distributed import (DistContext, all_gather_objects, all_reduce_sum, barrier,
                                          convert_batchnorm)
@@ -205,6 +205,8 @@ class Trainer(abc.ABC):
         The main process holds the fold's lock (:class:`~hiennu.training.fold_lock.FoldLock`) for
         the whole run, so a second run of the same fold refuses instead of interleaving with it.
         """
+        if self.dist.is_main:
+            refuse_before_start(self.fold_dir, self.options.resume, self.options.validation_only)
         lock = FoldLock(self.fold_dir) if self.dist.is_main else None
         if lock is not None:
             lock.acquire()
