@@ -770,8 +770,12 @@ def test_a_fold_trained_again_after_its_validation_is_named_not_scored(hiennu_ro
     with pytest.raises(HiennuError, match=r"fold 0: its validation masks were made by an earlier "
                                           r"checkpoint_final.pth .*re-validate it: hiennu_train Tiny TrainerTest 0 .*--val"):
         _validated_cases(model_dir, 0, DATASET)
-    with pytest.raises(HiennuError, match=r"fold 0: its validation masks were made by an earlier"):
+    with pytest.raises(HiennuError, match=r"fold 0: its validation masks were made by an earlier .*re-validate it: "
+                                          r"hiennu_train Tiny TrainerTest 0 -c 3d_fullres --val, or leave"):
         check_folds(model_dir, [0])
+    from hiennu.ensembling.cv_probabilities import collect_model_cv
+    with pytest.raises(HiennuError, match=r"re-validate it: hiennu_train Tiny TrainerTest 0 -c 3d_fullres --val --npz"):
+        collect_model_cv(model_dir, [0], DATASET)  # find_best's path: the command that also keeps probabilities
 
 
 def test_tiny_configurations_trained_with_npz_are_compared_end_to_end(hiennu_roots, tmp_path, capsys):

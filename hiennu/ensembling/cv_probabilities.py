@@ -122,7 +122,7 @@ def collect_model_cv(model_dir: Path, folds: Sequence[int], dataset: str) -> Mod
             raise HiennuError(f"model {name}, fold {fold}: {model.fold_dir(fold)} not found; train it: "
                               f"{train_command(dataset, model_dir, fold, validate_only=False)}")
     try:
-        check_folds(model_dir, folds)
+        check_folds(model_dir, folds, validation=False)  # _validated_cases names a stale one, with --npz
     except HiennuError as e:
         raise HiennuError(f"model {name}, {e}") from None
     if not model.dataset_json.is_file():

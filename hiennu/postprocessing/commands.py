@@ -24,16 +24,16 @@ import numpy as np
 
 from hiennu.errors import HiennuError
 from hiennu.evaluation.metrics import case_metrics
-from hiennu.io.atomic import write_json
-from hiennu.io.checkpoint import stale_validation_problem
+from hiennu.io.atomic import read_json, write_json
+from hiennu.io.checkpoint import BEST, stale_validation_problem
 from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
 from hiennu.io.image import Geometry, image_ending, read_binary_mask, read_image, write_image
 from hiennu.io.probabilities import read_probabilities
 from hiennu.log import get_logger, progress
-from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RULE_DIR, ModelFolder, model_dir_name, raw_root,
-                          resolve_dataset, results_root, split_seed_folder)
+from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RULE_DIR, ModelFolder, model_dir_name,
+                          parse_dataset_folder_name, raw_root, resolve_dataset, results_root, split_seed_folder)
 from hiennu.plans import PLANS_NAME, PREDICTOR_IGNORED_FIELDS, configuration_differences, load_plans
 from hiennu.postprocessing.candidates import (ALL_CANDIDATES, COMPONENT_SIZES, needs_probabilities,
                                              rule_candidate_set)
@@ -68,9 +68,10 @@ def find_model_folder(dataset: str | int, trainer: str, configuration: str | Non
     return found[0]
 
 
-def check_folds(model_dir: Path, folds: Sequence[int]) -> None:
+def check_folds(model_dir: Path, folds: Sequence[int], validation: bool = True) -> None:
     """Each fold's folder exists and its ``fold_K/plans.json`` (when kept) describes the model folder's
-    configuration (fields the predictor ignores aside); raises naming the fold and field."""
+    configuration (fields the predictor ignores aside); with ``validation``, its validation masks are those of its
+    checkpoint now (:func:`~hiennu.io.checkpoint.stale_validation_problem`); raises naming the fold and field."""
     model = ModelFolder(model_dir)
     if not model.plans.is_file():
         raise HiennuError(f"{model.plans}: missing; {model_dir} is not a trained model folder")
@@ -86,11 +87,26 @@ def check_folds(model_dir: Path, folds: Sequence[int]) -> None:
             if diffs:
                 raise HiennuError(f"fold {fold}: trained with other plans than {model.plans} ({'; '.join(diffs)}); "
                                   f"retrain it, or leave it out with -f")
-        if model.validation_summary(fold).is_file():
+        if validation and model.validation_summary(fold).is_file():
             stale = stale_validation_problem(model.fold_dir(fold), model.validation_summary(fold))
             if stale:
-                raise HiennuError(f"fold {fold}: {stale}; re-validate it (hiennu_train ... {fold} --val), or leave "
-                                  f"it out with -f")
+                raise HiennuError(f"fold {fold}: {stale}; re-validate it: {_revalidate_command(model_dir, fold)}, "
+                                  f"or leave it out with -f")
+
+
+def _revalidate_command(model_dir: Path, fold: int) -> str:
+    """``hiennu_train NAME TRAINER FOLD -c CONFIG [-p PLANS] --val [--checkpoint best]``: the fold validated again
+    with the checkpoint its summary records."""
+    model = ModelFolder(model_dir)
+    parts, parsed = model.name, parse_dataset_folder_name(Path(model_dir).resolve().parent.name)
+    words = ["hiennu_train", parsed[1] if parsed else Path(model_dir).resolve().parent.name,
+             parts.trainer if parts else "TRAINER", str(fold)]
+    if parts is not None:
+        words += ["-c", parts.configuration] + (["-p", parts.plans] if parts.plans != PLANS_NAME else [])
+    words.append("--val")
+    if read_json(model.validation_summary(fold)).get("checkpoint") == BEST:
+        words += ["--checkpoint", "best"]
+    return " ".join(words)
 
 
 def determine_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Sequence[int] = DEFAULT_FOLDS,
