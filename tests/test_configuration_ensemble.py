@@ -441,7 +441,8 @@ def test_an_ensemble_too_large_to_list_in_a_file_name_goes_by_a_digest_of_its_me
 
 def test_an_ensemble_whose_listed_name_nearly_fills_a_file_name_installs_and_reinstalls(hiennu_roots, tmp_path):
     """A listed name of up to 255 bytes is a valid folder name, so installing must not stage or set aside the folder
-    under a longer one (".NAME.<8 random characters>.installing" was 21 bytes longer and failed with "File name too long")."""
+    under a longer one (".NAME.<8 random characters>.installing" was 21 bytes longer and failed with "File name
+    too long")."""
     results = hiennu_roots["hiennu_results"]
     plans = [f"P{k}" + "x" * 19 for k in range(5)]   # 5 members: a listed name of 148 + 5 * 20 = 248 bytes
     models = [_model(results, plans=p, seed=10 * k, folds=(0,)) for k, p in enumerate(plans)]
