@@ -141,3 +141,15 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     write_json({"a": 1}, tmp_path / "p.json")
     mode = (tmp_path / "p.json").stat().st_mode & 0o777
     assert mode == 0o666 & ~mask, oct(mode)
+
+
+def test_folder_relation_compares_the_folders_on_disk(tmp_path):
+    from hiennu.io.folders import AROUND, INSIDE, IS, folder_relation
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    assert folder_relation(tmp_path / "in", tmp_path / "in" / ".." / "in") == IS
+    assert folder_relation(tmp_path / "link", tmp_path / "in") == IS  # a link is its target
+    assert folder_relation(tmp_path / "link" / "sub" / "out", tmp_path / "in") == INSIDE
+    assert folder_relation(tmp_path, tmp_path / "in") == AROUND
+    assert folder_relation(tmp_path / "other", tmp_path / "in") is None

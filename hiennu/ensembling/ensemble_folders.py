@@ -29,6 +29,7 @@ import numpy as np
 from hiennu.ensembling.ensemble_cv import cv_mask
 from hiennu.errors import HiennuError
 from hiennu.inference.folder_prediction import write_probabilities
+from hiennu.io.folders import IS, folder_relation
 from hiennu.io.image import IMAGE_ENDINGS, Geometry, write_image
 from hiennu.io.probabilities import mean_probabilities, read_probability_map
 from hiennu.log import get_logger, progress
@@ -69,7 +70,6 @@ def plan_ensemble(input_dirs: Sequence[str | Path], out_dir: str | Path,
     mask_ending: the masks' file ending (``.mha``, ``.nii.gz`` ...); default: the ending of the case's mask beside
     its map in the first folder (``CASE.<ending>``, as ``hiennu_predict`` leaves it), else ``.mha``."""
     dirs = [Path(d) for d in input_dirs]
-    out = Path(out_dir).resolve()
     if len(dirs) < 2:
         raise HiennuError(f"-i: an ensemble needs two or more folders of probability maps, got {len(dirs)}")
     resolved = [d.resolve() for d in dirs]
@@ -79,9 +79,11 @@ def plan_ensemble(input_dirs: Sequence[str | Path], out_dir: str | Path,
     for d, r in zip(dirs, resolved):
         if not d.is_dir():
             raise HiennuError(f"-i: {d} is not a folder")
-        if out == r or r in out.parents or out in r.parents:
-            raise HiennuError(f"-o {out_dir} is {'the input folder' if out == r else 'inside or around the input folder'}"
-                              f" {d}; choose an output folder apart from every input so no input can be overwritten")
+        relation = folder_relation(out_dir, d)
+        if relation is not None:
+            where = "the input folder" if relation == IS else "inside or around the input folder"
+            raise HiennuError(f"-o {out_dir} is {where} {d}; choose an output folder apart from every input so no "
+                              f"input can be overwritten")
     if mask_ending is not None and mask_ending not in IMAGE_ENDINGS:
         raise HiennuError(f"--file-ending {mask_ending}: not an image ending hiennu writes; use one of "
                           f"{', '.join(IMAGE_ENDINGS)}")

@@ -30,6 +30,7 @@ from hiennu.io.bonbid_names import BONBID_ADC_DIR, BONBID_ZADC_DIR, bonbid_role
 from hiennu.io.cases import discover_cases
 from hiennu.io.channels import ADC, ZADC, channel_index
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
+from hiennu.io.folders import folder_relation
 from hiennu.io.image import IMAGE_ENDINGS, image_ending, read_binary_mask, read_image
 from hiennu.log import get_logger, progress
 from hiennu.masks import dice
@@ -145,14 +146,12 @@ def _bonbid_images(images_dir: Path, role: str) -> dict[str, Path]:
 
 def _check_folders(images_dir: Path, pred_dir: Path, out_dir: Path, labels_dir: Path | None) -> None:
     """Each input folder exists, and the output folder is none of them nor inside one (or around one)."""
-    out = out_dir.resolve()
     for flag, folder in (("-i", images_dir), ("-p", pred_dir), ("-r", labels_dir)):
         if folder is None:
             continue
         if not folder.is_dir():
             raise HiennuError(f"{flag} {folder}: folder not found")
-        inside = folder.resolve()
-        if out == inside or inside in out.parents or out in inside.parents:
+        if folder_relation(out_dir, folder) is not None:
             raise HiennuError(f"-o {out_dir} is, holds or lies in the input folder {folder} ({flag}); choose an "
                               f"output folder apart from the inputs")
 

@@ -28,6 +28,7 @@ from hiennu.errors import HiennuError
 from hiennu.inference.layouts import InputCase, discover_input_cases, nonfinite_problem, read_case
 from hiennu.io.atomic import atomic_path
 from hiennu.io.channels import adc_zadc_channels
+from hiennu.io.folders import INSIDE, IS, folder_relation
 from hiennu.io.image import Geometry, read_sitk, write_image
 from hiennu.log import get_logger, progress
 from hiennu.postprocessing.record import PostProcessing, apply_postprocessing
@@ -67,15 +68,17 @@ class PredictionReport:
 def check_output_folder(in_dir: Path, out_dir: Path) -> None:
     """Refuse an output folder equal to, or inside, the input folder (outputs must never touch inputs),
     or one that is (or lies below) an existing file."""
-    src, dst = Path(in_dir).resolve(), Path(out_dir).resolve()
+    dst = Path(out_dir).resolve()
     if dst.exists() and not dst.is_dir():
         raise HiennuError(f"output folder {out_dir} is an existing file, not a folder; give a folder for the masks")
     blocking = next((p for p in dst.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise HiennuError(f"output folder {out_dir} cannot be created: {blocking} is a file, not a folder")
-    if dst == src or src in dst.parents:
-        raise HiennuError(f"output folder {out_dir} is {'the input folder' if dst == src else 'inside the input folder'} "
-                          f"{in_dir}; choose an output folder outside it so no input can be overwritten")
+    relation = folder_relation(out_dir, in_dir)
+    if relation in (IS, INSIDE):  # around it is fine: the outputs land beside the input folder, not in it
+        where = "the input folder" if relation == IS else "inside the input folder"
+        raise HiennuError(f"output folder {out_dir} is {where} {in_dir}; choose an output folder outside it so no "
+                          f"input can be overwritten")
 
 
 def probability_path(out_dir: Path, case: InputCase, fmt: str) -> Path:

@@ -26,6 +26,7 @@ from hiennu.errors import HiennuError
 from hiennu.evaluation.metrics import case_metrics
 from hiennu.io.atomic import read_json, write_json
 from hiennu.io.checkpoint import BEST, stale_validation_problem
+from hiennu.io.folders import AROUND, INSIDE, IS, folder_relation
 from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
@@ -242,13 +243,10 @@ def _images_channels(images_dir: Path) -> tuple[int | None, int | None]:
 def _check_apart(out_dir: Path, inputs: dict[str, str | Path | None]) -> None:
     """Refuse an output folder that is an input folder, lies inside one or holds one: no input is overwritten
     and no mask lands among a dataset's channels."""
-    out = out_dir.resolve()
     for option, folder in inputs.items():
-        if folder is None:
-            continue
-        d = Path(folder).resolve()
-        if out == d or out.is_relative_to(d) or d.is_relative_to(out):
-            where = "is" if out == d else "lies inside" if out.is_relative_to(d) else "holds"
+        relation = folder_relation(out_dir, folder) if folder is not None else None
+        if relation is not None:
+            where = {IS: "is", INSIDE: "lies inside", AROUND: "holds"}[relation]
             raise HiennuError(f"-o {out_dir} {where} the {option} folder {folder}; choose an output folder apart "
                               f"from every input so no input can be overwritten")
 
