@@ -16,6 +16,7 @@ from typing import Iterator
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import staging_dir
+from hiennu.io.folders import INSIDE, IS, folder_relation
 from hiennu.log import get_logger
 from hiennu.paths import parse_dataset_folder_name
 
@@ -38,7 +39,7 @@ def check_target(target: Path, overwrite: bool) -> None:
         if not target.is_dir() or target.is_symlink():
             raise HiennuError(f"{target}: exists and is not a dataset folder (a file or a link); choose another "
                               f"output folder")
-        if Path.cwd().resolve().is_relative_to(target.resolve()):
+        if folder_relation(Path.cwd(), target) in (IS, INSIDE):
             raise HiennuError(f"{target}: holds the current working folder, so it cannot be replaced; run the "
                               f"command from outside it")
         empty = not any(target.iterdir())

@@ -26,6 +26,7 @@ from hiennu.evaluation.metrics import CHALLENGE_2023_NOTE, NSD_TOLERANCE_MM, SUM
 from hiennu.io.atomic import write_json, write_text
 from hiennu.io.bonbid_names import BONBID_ADC_DIR, bonbid_role
 from hiennu.io.cases import parse_channel_file_name
+from hiennu.io.folders import INSIDE, IS, folder_relation
 from hiennu.io.image import image_ending, read_binary_mask, read_image, strip_ending
 from hiennu.log import get_logger, progress
 from hiennu.masks import NO_LESION_BAND, VOLUME_BANDS
@@ -239,9 +240,8 @@ def _check_folders(ref_dir: Path, pred_dir: Path, images: Path | None, output_js
         raise HiennuError(f"-o {output_json} is an image name; the summary is JSON: give e.g. "
                           f"{pred_dir / 'summary.json'} (inputs are never overwritten)")
     for written in (out, per_case_csv_path(out)):
-        where = written.resolve().parent
         for name, folder in (("-ref", ref_dir), ("-img", images)):
-            if folder is not None and where.is_relative_to(folder.resolve()):
+            if folder is not None and folder_relation(written.parent, folder) in (IS, INSIDE):
                 raise HiennuError(f"-o {output_json}: {written.name} would be written into the {name} folder "
                                   f"{folder}, among the inputs; write the summary elsewhere (by default "
                                   f"{pred_dir / 'summary.json'})")
