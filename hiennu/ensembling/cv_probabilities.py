@@ -81,15 +81,26 @@ def train_command(dataset: str, model_dir: Path, fold: int, validate_only: bool 
 
 def split_validation_cases(preprocessed_dir: Path, folds: Sequence[int]) -> dict[int, list[str]]:
     """Fold -> its validation cases in the dataset's ``splits_final.json``; every fold asked for must be there."""
-    path = Path(preprocessed_dir) / splits_file_name()
     dataset = Path(preprocessed_dir).name
-    splits = read_json_file(path, f"the folds of the models are read from it; run hiennu_plan_and_preprocess -d "
-                                  f"{dataset}", "restore the splits_final.json the models were trained with")
+    return splits_file_validation_cases(
+        Path(preprocessed_dir) / splits_file_name(), folds,
+        f"the folds of the models are read from it; run hiennu_plan_and_preprocess -d {dataset}",
+        "restore the splits_final.json the models were trained with")
+
+
+def splits_file_validation_cases(path: Path, folds: Sequence[int] | None, missing: str,
+                                 invalid: str) -> dict[int, list[str]]:
+    """Fold -> its validation cases in the folds file ``path`` (a list of ``{"train": [...], "val": [...]}``, as
+    hiennu and nnU-Net write ``splits_final.json``); folds None: every fold of the file. missing / invalid: how to fix
+    a missing file / one that is no such list or holds a case out twice."""
+    path = Path(path)
+    splits = read_json_file(path, missing, invalid)
     if not (isinstance(splits, list) and all(isinstance(s, dict) and isinstance(s.get("val"), list) for s in splits)):
-        raise HiennuError(f"{path}: must be a list of {{\"train\": [...], \"val\": [...]}} entries")
-    missing = [f for f in folds if not 0 <= f < len(splits)]
-    if missing:
-        raise HiennuError(f"{path}: has {len(splits)} folds, fold(s) {', '.join(map(str, missing))} do not exist; "
+        raise HiennuError(f"{path}: must be a list of {{\"train\": [...], \"val\": [...]}} entries; {invalid}")
+    folds = range(len(splits)) if folds is None else folds
+    missing_folds = [f for f in folds if not 0 <= f < len(splits)]
+    if missing_folds:
+        raise HiennuError(f"{path}: has {len(splits)} folds, fold(s) {', '.join(map(str, missing_folds))} do not exist; "
                           f"choose folds with -f among 0-{len(splits) - 1}")
     out = {f: sorted(str(c) for c in splits[f]["val"]) for f in folds}
     seen: dict[str, int] = {}
@@ -98,8 +109,7 @@ def split_validation_cases(preprocessed_dir: Path, folds: Sequence[int]) -> dict
             other = seen.setdefault(case, f)
             if other != f or cases.count(case) > 1:
                 raise HiennuError(f"{path}: case {case} is a validation case of fold {other} and of fold {f}; the "
-                                  f"folds must hold out disjoint cases (restore the splits_final.json the models "
-                                  f"were trained with)")
+                                  f"folds must hold out disjoint cases ({invalid})")
     return out
 
 

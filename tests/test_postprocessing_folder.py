@@ -1,0 +1,141 @@
+"""hiennu_determine_postprocessing -i FOLDER: the choice on a folder of cross-validation masks (nnU-Net's
+``nnUNetv2_determine_postprocessing -i -ref``) is the choice made on a model's validation masks, and bad input is
+one line with nothing written."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hiennu.cli import apply_postprocessing as apply_cli
+from hiennu.cli import determine_postprocessing as determine_cli
+from hiennu.io.image import read_image
+from hiennu.paths import ModelFolder, use_roots
+
+from test_postprocessing_package import _write_model
+
+CHOICE_FIELDS = ("chosen", "chosen_name", "baseline_dice", "chosen_dice", "num_candidates", "candidates", "nested",
+                 "folds", "num_cases", "case_ids")
+
+
+def _folder_of_masks(tmp_path: Path, folds=5, n=15) -> tuple[Path, Path, Path, list[str]]:
+    """A model's validation masks copied into one folder, and the splits_final.json of its folds."""
+    raw, model = _write_model(tmp_path, folds=folds, n=n)
+    crossval = tmp_path / "crossval"
+    crossval.mkdir()
+    for mask in sorted(model.glob("fold_*/validation/*.mha")):
+        shutil.copy(mask, crossval / mask.name)
+    cases = sorted(p.name[:-len(".mha")] for p in crossval.glob("*.mha"))
+    splits = [{"train": [c for j, c in enumerate(cases) if j % folds != f], "val": cases[f::folds]}
+              for f in range(folds)]
+    (tmp_path / "pre" / raw.name).mkdir(parents=True)
+    (tmp_path / "pre" / raw.name / "splits_final.json").write_text(json.dumps(splits))
+    return raw, model, crossval, cases
+
+
+def test_a_folder_of_cv_masks_gets_the_choice_its_model_gets_and_the_record_applies(tmp_path, capsys):
+    raw, model, crossval, cases = _folder_of_masks(tmp_path)
+    with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
+        assert determine_cli.main(["-d", "Tiny", "-tr", "TrainerX", "-q"]) == 0
+        by_model = json.loads(ModelFolder(model).postprocessing.read_text())
+        assert determine_cli.main(["-i", str(crossval), "-d", "Tiny"]) == 0
+        out = capsys.readouterr().out
+        record = json.loads((crossval / "postprocessing.json").read_text())
+        for field in CHOICE_FIELDS:
+            assert record[field] == by_model[field], field
+        assert record["splits"] == str(tmp_path / "pre" / raw.name / "splits_final.json")
+        assert f"chosen: {record['chosen_name']}" in out and "nested MASD (mm)" in out
+        assert f"hiennu_apply_postprocessing -i MASKS -o OUTPUT -pp {crossval / 'postprocessing.json'}" in out
+        # nnU-Net's spelling: -ref the dataset's labelsTr instead of -d, the record elsewhere with -o
+        assert determine_cli.main(["-i", str(crossval), "-ref", str(raw / "labelsTr"), "-o",
+                                   str(tmp_path / "pp.json"), "-q"]) == 0
+        assert json.loads((tmp_path / "pp.json").read_text())["chosen"] == record["chosen"]
+        # a record of its own is replaced when chosen again
+        assert determine_cli.main(["-i", str(crossval), "-d", "Tiny", "-q"]) == 0
+        # the record applies to the masks it was chosen on
+        assert apply_cli.main(["-i", str(crossval), "-o", str(tmp_path / "post"), "-pp",
+                               str(crossval / "postprocessing.json"), "--images", str(raw / "imagesTr"), "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "post").iterdir()) == [f"{c}.mha" for c in cases]
+
+
+def test_masks_of_another_tools_folds_are_placed_by_its_splits_file(tmp_path):
+    """--splits: the folds file of the tool that predicted the masks (nnU-Net's format), not the dataset's own."""
+    raw, _, crossval, cases = _folder_of_masks(tmp_path)
+    (tmp_path / "pre" / raw.name / "splits_final.json").unlink()
+    other = [{"train": [], "val": cases[:7]}, {"train": [], "val": cases[7:]}]
+    (tmp_path / "nnunet_splits.json").write_text(json.dumps(other))
+    with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
+        assert determine_cli.main(["-i", str(crossval), "-d", "Tiny", "--splits", str(tmp_path / "nnunet_splits.json"),
+                                   "--dry-run", "-q"]) == 0
+    assert not (crossval / "postprocessing.json").exists()
+
+
+def _refused(capsys, argv: list[str], *words: str) -> None:
+    assert determine_cli.main(argv + ["-q"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_bad_folders_are_refused_on_one_line_and_nothing_is_written(tmp_path, capsys):
+    raw, _, crossval, cases = _folder_of_masks(tmp_path)
+    splits = tmp_path / "pre" / raw.name / "splits_final.json"
+    before = sorted(p.name for p in crossval.iterdir())
+    with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
+        i = ["-i", str(crossval)]
+        _refused(capsys, i + ["-d", "Tiny", "-o", str(raw / "pp.json")], "lies in the raw dataset")
+        _refused(capsys, i + ["-d", "Tiny", "-o", str(crossval / "case01.mha")], "name a .json file")
+        _refused(capsys, i + ["-d", "Tiny", "-o", str(tmp_path)], "name a .json file")
+        # nnU-Net writes its own postprocessing.json into its cross-validation folder: never replaced
+        nnunet = {"postprocessing_fns": ["remove_all_but_largest_component_from_segmentation"],
+                  "postprocessing_kwargs": [{"labels_or_regions": 1}]}
+        (crossval / "postprocessing.json").write_text(json.dumps(nnunet))
+        before = sorted(p.name for p in crossval.iterdir())
+        _refused(capsys, i + ["-d", "Tiny"], "is no record of hiennu_determine_postprocessing", "-o")
+        assert json.loads((crossval / "postprocessing.json").read_text()) == nnunet
+        (crossval / "postprocessing.json").unlink()
+        before.remove("postprocessing.json")
+        _refused(capsys, i + ["-ref", str(raw / "imagesTr")], "must be the labelsTr folder of a raw dataset")
+        _refused(capsys, i + ["-ref", str(tmp_path / "nowhere")], "folder of reference labels not found")
+        _refused(capsys, ["-i", str(tmp_path / "empty"), "-d", "Tiny"], "folder of masks not found")
+        (tmp_path / "empty").mkdir()
+        _refused(capsys, ["-i", str(tmp_path / "empty"), "-d", "Tiny"], "no masks")
+        _refused(capsys, i + ["-d", "Tiny", "--candidates", "judged-rule"], "case case00: no case00_prob.npz",
+                 "--candidates all or cap-filter")
+        # a mask that no fold holds out, then folds that hold every mask out in one fold
+        data = json.loads(splits.read_text())
+        data[0]["val"].remove("case05")
+        splits.write_text(json.dumps(data))
+        _refused(capsys, i + ["-d", "Tiny"], "case(s) case05 of -i are no validation case", "--splits")
+        splits.write_text(json.dumps([{"train": [], "val": cases}]))
+        _refused(capsys, i + ["-d", "Tiny"], "all held out by fold 0", "two folds or more")
+        splits.unlink()
+        _refused(capsys, i + ["-d", "Tiny"], "splits_final.json: not found", "--splits")
+        # a mask on another grid than its label
+        mask, geometry = read_image(crossval / "case03.mha", dtype=np.uint8)
+        from hiennu.io.image import Geometry, write_image
+        write_image(mask, Geometry(geometry.size_xyz, (0.5, 0.5, 1.0), geometry.origin_xyz, geometry.direction),
+                    crossval / "case03.mha")
+        splits.write_text(json.dumps([{"train": [], "val": cases[::2]}, {"train": [], "val": cases[1::2]}]))
+        _refused(capsys, i + ["-d", "Tiny"], "case case03: validation mask", "another grid")
+    assert sorted(p.name for p in crossval.iterdir()) == before
+    assert not (raw / "pp.json").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-d", "Tiny", "-tr", "TrainerX", "-o", "x.json"], "-o only go with -i FOLDER"),
+    (["-d", "Tiny", "--rule", "--splits", "s.json"], "--splits only go with -i FOLDER"),
+    (["-i", "masks", "-d", "Tiny", "-c", "3d_fullres"], "-c choose a trained model's folds"),
+    (["-i", "masks", "-d", "Tiny", "-f", "0", "1"], "-f choose a trained model's folds"),
+    (["-i", "masks"], "-d DATASET or -ref ITS_labelsTr"),
+    (["-tr", "TrainerX"], "required: -d/--dataset"),
+    (["-i", "masks", "-tr", "TrainerX", "-d", "Tiny"], "not allowed with argument"),
+])
+def test_options_that_do_not_go_together_are_refused_by_the_parser(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        determine_cli.main(argv)
+    assert e.value.code == 2
+    assert words in capsys.readouterr().err
