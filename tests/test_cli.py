@@ -372,3 +372,44 @@ def test_loss_study_options_that_cannot_work_are_named(kwargs, words):
     from hiennu.study.loss_study import LossStudyOptions
     with pytest.raises(HiennuError, match=words):
         LossStudyOptions(dataset="D", **kwargs)
+
+
+def test_nnunets_positional_dataset_and_folders(tmp_path, capsys):
+    """nnUNetv2_find_best_configuration DATASET and nnUNetv2_evaluate_folder GT PRED, beside hiennu's flags."""
+    import json
+
+    import numpy as np
+
+    from hiennu.cli import evaluate, find_best_configuration
+    from hiennu.io.image import Geometry, write_image
+    from hiennu.paths import use_roots
+
+    geometry = Geometry((6, 5, 4), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    mask = np.zeros((4, 5, 6), np.uint8)
+    mask[1:3, 1:4, 2:5] = 1
+    write_image(mask, geometry, tmp_path / "gt" / "c1.mha")
+    write_image(mask[:, :, ::-1].copy(), geometry, tmp_path / "pred" / "c1.mha")
+    gt, pred = str(tmp_path / "gt"), str(tmp_path / "pred")
+    assert evaluate.main([gt, pred, "-o", str(tmp_path / "a.json"), "-q"]) == 0
+    assert evaluate.main(["-ref", gt, "-pred", pred, "-o", str(tmp_path / "b.json"), "-q"]) == 0
+    a, b = (json.loads((tmp_path / n).read_text())["metrics"] for n in ("a.json", "b.json"))
+    assert a == b and 0 < a["dice"]["mean"] < 1
+    with pytest.raises(SystemExit):
+        evaluate.main([gt, pred, "-ref", pred])
+    assert "-ref " + pred + " and the positional " + gt + " both given" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main([gt])
+    assert "required: -pred" in capsys.readouterr().err
+    with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
+        assert find_best_configuration.main(["7", "-c", "2d", "-q"]) == 1  # parsed; no dataset 7 there
+        err = capsys.readouterr().err
+        assert "7" in err and "required" not in err
+        assert parser_of("find_best_configuration").parse_args(["-d", "7", "-c", "2d"]).dataset == "7"
+        with pytest.raises(SystemExit):
+            find_best_configuration.main(["-c", "2d"])
+        assert "required: -d/--dataset" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            find_best_configuration.main(["7", "-d", "8", "-c", "2d"])
+        assert "both given" in capsys.readouterr().err
+        assert find_best_configuration.main(["7", "-d", "7", "-c", "2d", "-q"]) == 1  # spelled alike: one dataset
+        assert "both given" not in capsys.readouterr().err

@@ -88,6 +88,26 @@ def add_alias(parser: argparse.ArgumentParser, *flags: str, dest: str, **kwargs:
     parser.add_argument(*flags, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
 
 
+def add_positional_spelling(parser: argparse.ArgumentParser, dest: str, metavar: str, help: str,
+                            type: Any = str) -> None:
+    """nnU-Net's positional spelling of an option hiennu names with a flag (``hiennu_find_best_configuration 1``,
+    ``hiennu_evaluate REF PRED``); :func:`merge_positional` fills the option from it after parsing."""
+    parser.add_argument(f"{dest}_positional", nargs="?", default=None, metavar=metavar, help=help, type=type)
+
+
+def merge_positional(parser: argparse.ArgumentParser, args: argparse.Namespace, dest: str, flag: str) -> None:
+    """``args.<dest>`` from the flag ``flag`` or from its positional spelling (:func:`add_positional_spelling`): both
+    given (unless spelled alike), or neither, is the parser's usage error naming them."""
+    positional = getattr(args, f"{dest}_positional")
+    delattr(args, f"{dest}_positional")
+    given = getattr(args, dest)
+    if positional is not None and given is not None and str(positional) != str(given):
+        parser.error(f"{flag} {given} and the positional {positional} both given; give the {dest} once")
+    if positional is None and given is None:
+        parser.error(f"the following arguments are required: {flag} (or its positional spelling, as nnU-Net's)")
+    setattr(args, dest, given if given is not None else positional)
+
+
 def device_arg(text: str) -> str:
     """argparse type of ``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hiennu.cli._common import make_parser, run
+from hiennu.cli._common import add_positional_spelling, make_parser, merge_positional, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,8 +14,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Dice, MASD, NSD (2 mm), HD95, volume difference and lesion detection of predicted masks "
         "against reference masks (matched by case id), on each case's native grid. Writes "
         "summary.json and a per-case CSV beside it.")
-    parser.add_argument("-ref", required=True, type=Path, help="folder of reference masks (CASE.mha or CASE_lesion.mha)")
-    parser.add_argument("-pred", required=True, type=Path, help="folder of predicted masks (CASE.mha, ...)")
+    parser.add_argument("-ref", type=Path, default=None, help="folder of reference masks (CASE.mha or CASE_lesion.mha)")
+    parser.add_argument("-pred", type=Path, default=None, help="folder of predicted masks (CASE.mha, ...)")
+    add_positional_spelling(parser, "ref", "REF", "nnUNetv2_evaluate_folder's positional gt_folder: -ref", Path)
+    add_positional_spelling(parser, "pred", "PRED", "nnUNetv2_evaluate_folder's positional pred_folder: -pred", Path)
     parser.add_argument("-o", type=Path, default=None, help="summary JSON to write (default: PRED/summary.json)")
     parser.add_argument("-img", type=Path, default=None,
                         help="folder of the cases' ADC maps (CASE_0000.* or official names): brain volumes for "
@@ -28,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    merge_positional(parser, args, "ref", "-ref")
+    merge_positional(parser, args, "pred", "-pred")
 
     def _run() -> int:
         from hiennu.evaluation.evaluate import evaluate_folders, per_case_csv_path

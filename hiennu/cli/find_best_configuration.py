@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from hiennu.cli._common import make_parser, run
+from hiennu.cli._common import add_positional_spelling, make_parser, merge_positional, run
 from hiennu.paths import DEFAULT_PLANS_NAME
 
 
@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         "$hiennu_results/DatasetNNN_Name/inference_information.json and print the hiennu_predict command. Every "
         "fold must have been trained with --npz (or re-validated: hiennu_train ... --val --npz), as nnU-Net's "
         "nnUNetv2_find_best_configuration.")
-    p.add_argument("-d", "--dataset", required=True, help="dataset name, DatasetNNN_Name or number")
+    p.add_argument("-d", "--dataset", default=None, help="dataset name, DatasetNNN_Name or number")
+    add_positional_spelling(p, "dataset", "DATASET", "the dataset, as nnU-Net's positional dataset_name_or_id "
+                                                     "(hiennu_find_best_configuration 1 -c 2d 3d_fullres); or -d")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("-c", "--configurations", nargs="+", metavar="CONFIG",
                        help="configurations to compare, e.g. 2d 3d_fullres (every combination with -tr and -p is "
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    merge_positional(parser, args, "dataset", "-d/--dataset")
     if args.models and (args.trainers or args.plans):
         parser.error("-m names each model's trainer and plans: leave out -tr and -p")
 
