@@ -73,3 +73,34 @@ def test_an_empty_folder_is_taken_and_hidden_files_do_not_block_overwrite(tmp_pa
     (target / ".DS_Store").write_text("finder")
     _write_one(target, True)
     assert (target / "dataset.json").read_text() == '{"new": 1}'
+
+
+def test_a_staging_folder_left_by_a_killed_process_is_removed_by_the_next_run_and_no_other_is(tmp_path):
+    """SIGKILL cannot be cleaned up after; the next staging into the same folder removes what a process of this
+    host that no longer runs left, and leaves a live run's staging, another host's, and other hidden folders."""
+    import signal
+    import subprocess
+    import sys
+
+    from hiennu.io.atomic import _owner_tag, staging_dir
+
+    script = ("import os, signal, sys; from hiennu.io.atomic import staging_dir; "
+              "d = staging_dir(sys.argv[1], '.ds.tmp-'); (d / 'half.mha').write_bytes(b'x' * 1000); "
+              "print(d, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == -signal.SIGKILL
+    killed = tmp_path / run.stdout.split("/")[-1].strip()
+    assert killed.is_dir() and killed.name.startswith(".ds.tmp-")
+    mine = staging_dir(tmp_path, ".ds.tmp-")  # this process runs: its staging stays
+    host = _owner_tag().split("h", 1)[1]
+    dead_pid = killed.name[len(".ds.tmp-"):].split("h")[0]
+    other_host = tmp_path / f".ds.tmp-{dead_pid}h{'0' if host[0] != '0' else '1'}{host[1:]}abc"  # same pid, other host
+    other_host.mkdir()
+    moved_aside = tmp_path / ".ds.old-xyz"
+    moved_aside.mkdir()
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset.json").write_text("{}")
+    _write_one(tmp_path / "ds", True)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert killed.name not in left
+    assert {mine.name, other_host.name, moved_aside.name, "ds"} == set(left)

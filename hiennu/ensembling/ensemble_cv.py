@@ -29,7 +29,7 @@ import numpy as np
 from hiennu.errors import HiennuError
 from hiennu.inference.predictor import THRESHOLD
 from hiennu.io.probabilities import mean_probabilities
-from hiennu.io.atomic import write_json
+from hiennu.io.atomic import staging_dir, write_json
 from hiennu.paths import VALIDATION_DIR, EnsembleFolder, ensemble_dir_name
 from hiennu.postprocessing.components import remove_small_components
 
@@ -125,7 +125,7 @@ class EnsembleStaging:
 
     def __init__(self, dataset_results_dir: Path):
         self.dataset_results_dir = Path(dataset_results_dir)
-        self.root = Path(tempfile.mkdtemp(prefix=".find_best_configuration-", dir=self.dataset_results_dir))
+        self.root = staging_dir(self.dataset_results_dir, prefix=".find_best_configuration-")
 
     def validation_dir(self, candidate: Candidate) -> Path:
         """Where the ensemble's CV masks and summary are written before :meth:`commit`."""

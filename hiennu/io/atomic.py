@@ -9,13 +9,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import socket
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from hiennu.errors import HiennuError
+from hiennu.log import get_logger
+
+log = get_logger(__name__)
 
 
 def _current_umask() -> int:
@@ -30,12 +36,59 @@ _FILE_MODE = 0o666 & ~_UMASK
 _DIR_MODE = 0o777 & ~_UMASK
 
 
+def _owner_tag() -> str:
+    """``<pid>h<host>-``: which process of which host made a staging folder (the host as 6 hex digits of a hash
+    of its name, short so that the folder name stays well under the 255 bytes a name may have)."""
+    return f"{os.getpid()}h{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFF:06x}-"
+
+
+def _process_ended(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this host (one of another user runs: not ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
+def remove_abandoned_staging(parent: str | os.PathLike, prefix: str) -> list[Path]:
+    """Remove the folders :func:`staging_dir` made in ``parent`` with ``prefix`` whose process has ended (killed
+    with SIGKILL or by a power loss before it could clean up); return them.
+
+    Why: such a folder holds a half-written copy of what it was to become (a converted dataset, an unpacked model)
+    and is hidden, so a user would not find it. Only folders of this host are removed, and only when their process
+    no longer runs, so a concurrent run's staging, or one made on another machine sharing the disk, stays; a
+    folder of another name (an older hiennu's, a moved-aside original) is never touched."""
+    parent = Path(parent)
+    host = _owner_tag().split("h", 1)[1]
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        owner = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
+        pid, _, rest = owner.partition("h")
+        if not (pid.isdigit() and rest.startswith(host) and entry.is_dir() and not entry.is_symlink()):
+            continue
+        if _process_ended(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def staging_dir(parent: str | os.PathLike, prefix: str, suffix: str = "") -> Path:
-    """A new empty folder in ``parent`` with a unique hidden name, to be filled and then renamed into place.
+    """A new empty folder in ``parent`` with a unique hidden name, to be filled and then renamed into place: the
+    name is ``prefix``, the process id and host (:func:`remove_abandoned_staging` removes the folders of ``prefix``
+    that a killed process left, before making a new one) and random characters.
     Why not bare :func:`tempfile.mkdtemp`: it creates the folder 0700, so a folder renamed into place from it (an
     installed model, a converted dataset) would be readable by its writer alone; this one gets the mode a plain
     ``mkdir`` would give it under the current umask."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    for folder in remove_abandoned_staging(parent, prefix):
+        log.info("removed %s, left half-written by a process that no longer runs", folder)
+    path = Path(tempfile.mkdtemp(prefix=prefix + _owner_tag(), suffix=suffix, dir=parent))
     os.chmod(path, _DIR_MODE)
     return path
 
