@@ -122,6 +122,31 @@ def test_install_over_the_folder_it_was_exported_from_keeps_its_history(tmp_path
         install_model_zip(out)
 
 
+def _left_by_a_killed_process(parent: Path, prefix: str, holds_original: bool) -> Path:
+    """A staging folder of ``prefix`` made by a process that was then killed with SIGKILL."""
+    import signal
+    import subprocess
+    import sys
+    script = ("import os, signal, sys; from hiennu.io.atomic import staging_dir; "
+              f"d = staging_dir(sys.argv[1], {prefix!r}, holds_original={holds_original}); (d / 'fold_0').mkdir(); "
+              "print(d.name, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    run = subprocess.run([sys.executable, "-c", script, str(parent)], capture_output=True, text=True)
+    assert run.returncode == -signal.SIGKILL
+    return parent / run.stdout.strip()
+
+
+def test_an_install_sweeps_a_killed_installs_staging_and_never_a_moved_aside_original(tmp_path, hiennu_roots):
+    """Killed between moving the installed model aside and renaming the new one in, the moved-aside folder holds
+    the only copy of the old model: a later install must leave it; the half-unpacked staging goes."""
+    out = export_model_zip(make_model_dir(tmp_path / "elsewhere"), tmp_path / "m.zip")
+    target = install_model_zip(out)
+    original = _left_by_a_killed_process(target.parent, ".hiennu-replaced-", True)
+    unpacked = _left_by_a_killed_process(target.parent, ".hiennu-installing-", False)
+    other = export_model_zip(make_model_dir(tmp_path / "other", seed=7), tmp_path / "other.zip")
+    assert install_model_zip(other, overwrite=True) == target
+    assert (original / "fold_0").is_dir() and not unpacked.exists()
+
+
 # ------------------------------------------------------------------------------------------ attacks
 
 class _RunsCode:

@@ -889,7 +889,7 @@ def _swap_in(root: Path, staged: dict[str, Path]) -> None:
                 # it): a name made from the target's own would pass the 255 bytes a file name may have for the
                 # longest ensemble names (paths.MAX_FILE_NAME_BYTES), and another parent folder would need write
                 # permission on the target itself (a read-only installed model)
-                old = staging_dir(target.parent, prefix=".hiennu-replaced-")
+                old = staging_dir(target.parent, prefix=".hiennu-replaced-", holds_original=True)
                 try:
                     os.replace(target, old)
                 except OSError:

@@ -79,14 +79,16 @@ def remove_abandoned_staging(parent: str | os.PathLike, prefix: str) -> list[Pat
     return removed
 
 
-def staging_dir(parent: str | os.PathLike, prefix: str, suffix: str = "") -> Path:
+def staging_dir(parent: str | os.PathLike, prefix: str, suffix: str = "", holds_original: bool = False) -> Path:
     """A new empty folder in ``parent`` with a unique hidden name, to be filled and then renamed into place: the
-    name is ``prefix``, the process id and host (:func:`remove_abandoned_staging` removes the folders of ``prefix``
-    that a killed process left, before making a new one) and random characters.
+    name is ``prefix``, the process id and host and random characters. Before making it, the folders of ``prefix``
+    that a killed process left are removed (:func:`remove_abandoned_staging`), unless ``holds_original``: a folder
+    that an original is moved aside into while its replacement is renamed in may hold the only copy of it when the
+    process was killed between the two renames, so those are never removed unasked.
     Why not bare :func:`tempfile.mkdtemp`: it creates the folder 0700, so a folder renamed into place from it (an
     installed model, a converted dataset) would be readable by its writer alone; this one gets the mode a plain
     ``mkdir`` would give it under the current umask."""
-    for folder in remove_abandoned_staging(parent, prefix):
+    for folder in ([] if holds_original else remove_abandoned_staging(parent, prefix)):
         log.info("removed %s, left half-written by a process that no longer runs", folder)
     path = Path(tempfile.mkdtemp(prefix=prefix + _owner_tag(), suffix=suffix, dir=parent))
     os.chmod(path, _DIR_MODE)
