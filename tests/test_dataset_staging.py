@@ -104,4 +104,3 @@ def test_a_staging_folder_left_by_a_killed_process_is_removed_by_the_next_run_an
     left = sorted(p.name for p in tmp_path.iterdir())
     assert killed.name not in left
     assert {mine.name, other_host.name, moved_aside.name, "ds"} == set(left)
-
