@@ -397,6 +397,14 @@ def test_nnunets_positional_dataset_and_folders(tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate.main([gt, pred, "-ref", pred])
     assert "-ref " + pred + " and the positional " + gt + " both given" in capsys.readouterr().err
+    # nnU-Net's parser reads options between the two folders, and one positional fills the flag left out
+    assert evaluate.main([gt, "-np", "1", pred, "-o", str(tmp_path / "c.json"), "-q"]) == 0
+    assert evaluate.main(["-ref", gt, pred, "-o", str(tmp_path / "d.json"), "-q"]) == 0
+    for name in ("c.json", "d.json"):
+        assert json.loads((tmp_path / name).read_text())["metrics"] == a
+    with pytest.raises(SystemExit):
+        evaluate.main([gt, pred, pred])
+    assert "too many folders" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate.main([gt])
     assert "required: -pred" in capsys.readouterr().err

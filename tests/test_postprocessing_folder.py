@@ -3,6 +3,7 @@
 one line with nothing written."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def test_a_folder_of_cv_masks_gets_the_choice_its_model_gets_and_the_record_appl
         assert json.loads((tmp_path / "pp.json").read_text())["chosen"] == record["chosen"]
         # a record of its own is replaced when chosen again
         assert determine_cli.main(["-i", str(crossval), "-d", "Tiny", "-q"]) == 0
+        # -ref spelled relative to the working folder, as a user types it in the dataset
+        os.chdir(raw)
+        try:
+            assert determine_cli.main(["-i", str(crossval), "-ref", "labelsTr", "--dry-run", "-q"]) == 0
+            os.chdir(raw / "labelsTr")
+            assert determine_cli.main(["-i", str(crossval), "-ref", ".", "-d", "Tiny", "--dry-run", "-q"]) == 0
+        finally:
+            os.chdir(tmp_path)
         # the record applies to the masks it was chosen on
         assert apply_cli.main(["-i", str(crossval), "-o", str(tmp_path / "post"), "-pp",
                                str(crossval / "postprocessing.json"), "--images", str(raw / "imagesTr"), "-q"]) == 0
@@ -96,8 +105,16 @@ def test_bad_folders_are_refused_on_one_line_and_nothing_is_written(tmp_path, ca
         before = sorted(p.name for p in crossval.iterdir())
         _refused(capsys, i + ["-d", "Tiny"], "is no record of hiennu_determine_postprocessing", "-o")
         assert json.loads((crossval / "postprocessing.json").read_text()) == nnunet
+        assert determine_cli.main(i + ["-d", "Tiny", "--dry-run", "-q"]) == 0  # writes nothing: nothing to refuse
+        # nor a file whose keys look like a record's: hiennu_find_best_configuration's inference_information.json
+        (tmp_path / "inference_information.json").write_text(json.dumps({"chosen": {}, "candidates": []}))
+        _refused(capsys, i + ["-d", "Tiny", "-o", str(tmp_path / "inference_information.json")], "is no record")
         (crossval / "postprocessing.json").unlink()
         before.remove("postprocessing.json")
+        # a mask that is a link to nothing is named, not left out
+        (crossval / "case99.mha").symlink_to(tmp_path / "gone.mha")
+        _refused(capsys, i + ["-d", "Tiny"], "case99.mha is a link to", "does not exist")
+        (crossval / "case99.mha").unlink()
         _refused(capsys, i + ["-ref", str(raw / "imagesTr")], "must be the labelsTr folder of a raw dataset")
         _refused(capsys, i + ["-ref", str(tmp_path / "nowhere")], "folder of reference labels not found")
         _refused(capsys, ["-i", str(tmp_path / "empty"), "-d", "Tiny"], "folder of masks not found")
@@ -128,9 +145,11 @@ def test_bad_folders_are_refused_on_one_line_and_nothing_is_written(tmp_path, ca
 @pytest.mark.parametrize("argv, words", [
     (["-d", "Tiny", "-tr", "TrainerX", "-o", "x.json"], "-o only go with -i FOLDER"),
     (["-d", "Tiny", "--rule", "--splits", "s.json"], "--splits only go with -i FOLDER"),
-    (["-i", "masks", "-d", "Tiny", "-c", "3d_fullres"], "-c choose a trained model's folds"),
-    (["-i", "masks", "-d", "Tiny", "-f", "0", "1"], "-f choose a trained model's folds"),
+    (["-i", "masks", "-d", "Tiny", "-c", "3d_fullres"], "-c name a trained model's folds or plans"),
+    (["-i", "masks", "-d", "Tiny", "-f", "0", "1"], "-f name a trained model's folds or plans"),
     (["-i", "masks"], "-d DATASET or -ref ITS_labelsTr"),
+    (["-i", "masks", "-d", "Tiny", "-p", "OtherPlans"], "-p name a trained model's folds or plans"),
+    (["-i", "masks", "-d", "Tiny", "--probabilities", "p"], "--probabilities is read by --candidates judged-rule only"),
     (["-tr", "TrainerX"], "required: -d/--dataset"),
     (["-i", "masks", "-tr", "TrainerX", "-d", "Tiny"], "not allowed with argument"),
 ])

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hiennu.paths import DEFAULT_PLANS_NAME
+    from hiennu.postprocessing.candidates import JUDGED_RULE
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.rule and (args.configuration or args.split_seed is not None):
@@ -75,10 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{', '.join(folder_only)} only go with -i FOLDER (a folder of cross-validation masks)")
     if args.input is not None:
         model_only = [flag for flag, value in (("-c", args.configuration), ("--split-seed", args.split_seed))
-                      if value is not None] + (["-f"] if args.folds != [0, 1, 2, 3, 4] else [])
+                      if value is not None] + (["-f"] if args.folds != [0, 1, 2, 3, 4] else []) \
+            + (["-p"] if args.plans_name != DEFAULT_PLANS_NAME else [])
         if model_only:
-            parser.error(f"{', '.join(model_only)} choose a trained model's folds; with -i the folds are those of "
+            parser.error(f"{', '.join(model_only)} name a trained model's folds or plans; with -i the folds are those of "
                          f"--splits that hold the folder's masks out")
+        if args.probabilities is not None and args.candidates != JUDGED_RULE:
+            parser.error(f"--probabilities is read by --candidates {JUDGED_RULE} only (its lesion filter asks the "
+                         f"network); leave it out, or choose with --candidates {JUDGED_RULE}")
         if args.dataset is None and args.reference is None:
             parser.error("-i needs the raw dataset the masks are scored against: -d DATASET or -ref ITS_labelsTr")
     elif args.dataset is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hiennu.cli._common import add_positional_spelling, make_parser, merge_positional, run
+from hiennu.cli._common import make_parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,8 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
         "summary.json and a per-case CSV beside it.")
     parser.add_argument("-ref", type=Path, default=None, help="folder of reference masks (CASE.mha or CASE_lesion.mha)")
     parser.add_argument("-pred", type=Path, default=None, help="folder of predicted masks (CASE.mha, ...)")
-    add_positional_spelling(parser, "ref", "REF", "nnUNetv2_evaluate_folder's positional gt_folder: -ref", Path)
-    add_positional_spelling(parser, "pred", "PRED", "nnUNetv2_evaluate_folder's positional pred_folder: -pred", Path)
+    parser.add_argument("folders", nargs="*", type=Path, default=[], metavar="REF PRED",
+                        help="nnUNetv2_evaluate_folder's positional gt_folder pred_folder: the same as -ref REF -pred "
+                             "PRED (options may stand between them)")
     parser.add_argument("-o", type=Path, default=None, help="summary JSON to write (default: PRED/summary.json)")
     parser.add_argument("-img", type=Path, default=None,
                         help="folder of the cases' ADC maps (CASE_0000.* or official names): brain volumes for "
@@ -29,11 +30,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def take_positional_folders(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill ``-ref`` / ``-pred`` from the positional folders: two are REF PRED; one fills whichever of the two flags
+    is missing (``-ref L P``); anything else is the parser's usage error saying what is missing or extra."""
+    folders = list(args.folders)
+    del args.folders
+    missing = [flag for flag in ("ref", "pred") if getattr(args, flag) is None]
+    if len(folders) > 2 or len(folders) > len(missing) and len(folders) != 2:
+        parser.error(f"too many folders: {' '.join(map(str, folders))}; give REF PRED, or -ref REF -pred PRED")
+    if len(folders) == 2:
+        for flag, folder in zip(("ref", "pred"), folders):
+            given = getattr(args, flag)
+            if given is not None and given != folder:
+                parser.error(f"-{flag} {given} and the positional {folder} both given; give the {flag} folder once")
+            setattr(args, flag, folder)
+    else:
+        for flag, folder in zip(missing, folders):
+            setattr(args, flag, folder)
+    still = [f"-{flag}" for flag in ("ref", "pred") if getattr(args, flag) is None]
+    if still:
+        parser.error(f"the following arguments are required: {', '.join(still)} (or the folders positionally, as "
+                     f"nnU-Net's: REF PRED)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    merge_positional(parser, args, "ref", "-ref")
-    merge_positional(parser, args, "pred", "-pred")
+    args = parser.parse_intermixed_args(argv)  # nnU-Net's "GT -np 2 PRED": options between the two folders
+    take_positional_folders(parser, args)
 
     def _run() -> int:
         from hiennu.evaluation.evaluate import evaluate_folders, per_case_csv_path

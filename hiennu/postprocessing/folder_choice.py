@@ -22,6 +22,7 @@ one :class:`~hiennu.errors.HiennuError` line, raised before anything is written.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hiennu.errors import HiennuError
@@ -36,13 +37,16 @@ from hiennu.postprocessing.record import postprocessing_from_record
 from hiennu.postprocessing.selection import select_on_masks
 
 
+CHOSEN_ON = "a folder of cross-validation masks (hiennu_determine_postprocessing -i)"
+
+
 def folder_raw_dataset(dataset: str | int | None, reference: str | Path | None) -> Path:
     """The raw dataset the masks are scored against: ``-ref``'s parent (``-ref`` a dataset's ``labelsTr``), else
     ``-d``'s folder under ``$hiennu_raw``; both given, they must agree."""
     by_dataset = raw_dataset_of(dataset) if dataset is not None else None
     if reference is None:
         return by_dataset
-    reference = Path(reference)
+    reference = Path(os.path.abspath(reference))  # "labelsTr", "." or "../labelsTr" by name; links kept as links
     if not reference.is_dir():
         raise HiennuError(f"-ref {reference}: folder of reference labels not found")
     raw_dir = reference.parent
@@ -70,7 +74,12 @@ def folder_masks(masks_dir: Path) -> dict[str, Path]:
         raise HiennuError(f"-i {masks_dir}: folder of masks not found")
     masks: dict[str, Path] = {}
     for path in sorted(masks_dir.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and image_ending(path) is not None:
+        if path.name.startswith(".") or image_ending(path) is None:
+            continue
+        if path.is_symlink() and not path.exists():
+            raise HiennuError(f"-i {masks_dir}: {path.name} is a link to {os.readlink(path)}, which does not exist; "
+                              f"restore the mask or remove the link")
+        if path.is_file():
             case = strip_ending(path)
             if case in masks:
                 raise HiennuError(f"-i {masks_dir}: case {case} has two masks, {masks[case].name} and {path.name}; "
@@ -128,12 +137,14 @@ def output_problem(out_path: Path, masks: dict[str, Path], raw_dir: Path) -> str
 
 
 def _is_hiennu_record(path: Path) -> bool:
-    """Whether ``path`` holds a record this command wrote (so writing it again replaces nothing else)."""
+    """Whether ``path`` holds a record this command wrote with ``-i`` (so writing it again replaces nothing else: not
+    nnU-Net's ``postprocessing.json``, a model's, nor ``hiennu_find_best_configuration``'s
+    ``inference_information.json``, whose keys look alike)."""
     try:
         record = read_json(path)
     except (OSError, ValueError):
         return False
-    return isinstance(record, dict) and "chosen" in record and "candidates" in record
+    return isinstance(record, dict) and record.get("chosen_on") == CHOSEN_ON
 
 
 def determine_folder_postprocessing(masks_dir: str | Path, raw_dir: str | Path, fold_cases: dict[int, list[str]],
@@ -155,7 +166,7 @@ def determine_folder_postprocessing(masks_dir: str | Path, raw_dir: str | Path, 
     load_dataset_json(raw_dir)
     masks = folder_masks(masks_dir)
     out_path = Path(out_path) if out_path is not None else masks_dir / POSTPROCESSING_FILE
-    problem = output_problem(out_path, masks, raw_dir)
+    problem = output_problem(out_path, masks, raw_dir) if write else None
     if problem:
         raise HiennuError(problem)
     fold_of = folds_of_cases(sorted(masks), fold_cases, splits_path)
@@ -164,6 +175,7 @@ def determine_folder_postprocessing(masks_dir: str | Path, raw_dir: str | Path, 
         probabilities = case_probability_files(Path(probabilities_dir or masks_dir), sorted(masks))
     record = select_on_masks(masks, fold_of, raw_dir, 0, {}, masks_dir, COMPONENT_SIZES, details, candidate_set,
                              probabilities)
+    record["chosen_on"] = CHOSEN_ON
     record["splits"] = str(splits_path)
     if write:
         write_json(record, out_path)
