@@ -302,3 +302,75 @@ def test_without_folds_named_the_numbered_folds_are_used_and_an_unfinished_one_i
     old = export_model_zip(done, tmp_path / "old.zip", folds=["0", "1", "2", "all"])
     assert Predictor.from_path(old, device="cpu").folds == ["0", "1", "2"]
     assert Predictor.from_path(old, ["all"], device="cpu").folds == ["all"]
+
+
+@pytest.mark.parametrize("call", [1, 2, 3, 4])
+@pytest.mark.parametrize("after", [False, True])
+def test_an_interrupted_overwrite_leaves_the_installed_model_as_it_was(tmp_path, hiennu_roots, monkeypatch, call, after):
+    """Ctrl-C or SIGTERM may land before or right after any rename of the swap (before its bookkeeping): the
+    installed model is then put back whole, and the next install goes through."""
+    import hiennu.inference.model_zip as model_zip
+    out = export_model_zip(make_model_dir(tmp_path / "a"), tmp_path / "a.zip")
+    target = install_model_zip(out)
+    before = _weights(target / "fold_0" / "checkpoint_final.pth")
+    other = export_model_zip(make_model_dir(tmp_path / "b", seed=7), tmp_path / "b.zip")
+    real, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(src)
+        if len(calls) == call and not after:
+            raise KeyboardInterrupt
+        real(src, dst)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_zip.os, "replace", interrupted)
+    try:
+        install_model_zip(other, overwrite=True)
+    except KeyboardInterrupt:
+        interrupted_swap = True
+    else:
+        interrupted_swap = False  # the swap took fewer renames than `call`: installed whole
+    monkeypatch.setattr(model_zip.os, "replace", real)
+    now = _weights(target / "fold_0" / "checkpoint_final.pth")
+    if interrupted_swap and call <= 2:  # the swap's two renames: the old model is back
+        assert all(torch.equal(now[k], before[k]) for k in before)
+    else:  # interrupted while the old copy is removed: the new model stays
+        assert all(torch.equal(now[k], load_model_zip(other).weights["0"][k]) for k in now)
+    assert install_model_zip(other, overwrite=True) == target
+    if call <= 2:  # undone: nothing of the swap is left beside the model
+        left = [p.name for p in target.parent.iterdir() if p.name != target.name and p.name.startswith(".hiennu-")]
+        assert not [n for n in left if n.startswith(".hiennu-replaced-")], left
+
+
+def test_an_installed_default_predicts_as_its_zip_or_is_refused(tmp_path, hiennu_roots, capsys):
+    """A folder that holds the zip's weights but more folds or another default checkpoint would, as the default,
+    predict otherwise than the zip: --default is refused (naming the folds and checkpoints), --overwrite installs
+    exactly the zip, and without --default a warning says how to predict as the zip does."""
+    model_dir = make_model_dir(hiennu_roots["hiennu_results"], folds=(0, 1))  # training folder: best and final
+    best = export_model_zip(model_dir, tmp_path / "best.zip", checkpoint="checkpoint_best.pth")
+    with pytest.raises(HiennuError, match="predicts with folds 0, 1 and checkpoint_final.pth, the zip with folds 0, "
+                                          "1 and checkpoint_best.pth"):
+        install_model_zip(best, make_default=True)
+    fold0 = export_model_zip(model_dir, tmp_path / "fold0.zip", folds=[0])
+    with pytest.raises(HiennuError, match="-f 0 -chk checkpoint_final.pth"):
+        install_model_zip(fold0, make_default=True)
+    capsys.readouterr()
+    assert install_model_zip(fold0) == model_dir
+    assert "predict from it with -f 0" in capsys.readouterr().err and (model_dir / "fold_1").is_dir()
+    assert install_model_zip(fold0, overwrite=True, make_default=True) == model_dir
+    assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith("fold_")) == ["fold_0"]
+    assert read_default_model() == model_dir
+    everything = export_model_zip(model_dir, tmp_path / "all.zip")  # now the folder predicts as its zip
+    assert install_model_zip(everything, make_default=True) == model_dir
+
+
+def test_export_never_writes_into_a_folder_it_exports_from(tmp_path):
+    model_dir = make_model_dir(tmp_path / "results")
+    checkpoint = model_dir / "fold_0" / "checkpoint_final.pth"
+    before = checkpoint.read_bytes()
+    for out in (checkpoint, model_dir / "model.zip", model_dir / "fold_1" / "x.zip"):
+        with pytest.raises(HiennuError, match="lies inside .* which it is exported from"):
+            export_model_zip(model_dir, out)
+    assert checkpoint.read_bytes() == before and not (model_dir / "model.zip").exists()
+    assert export_model_zip(model_dir, model_dir.parent / "model.zip").is_file()  # beside it is fine

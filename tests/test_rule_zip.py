@@ -294,3 +294,18 @@ def test_a_record_that_asks_a_network_never_enters_a_rule_folder_or_zip(tmp_path
     members[next(n for n in members if n.endswith("postprocessing.json"))] = json.dumps(judged).encode()
     with pytest.raises(HiennuError, match=r"rule_judged.zip:.*postprocessing.json: the ZADC rule has no network"):
         load_rule_zip(_rezip(tmp_path / "rule_judged.zip", members))
+
+
+def test_a_rule_has_no_folds_or_checkpoints_to_predict_with(tmp_path):
+    """-f / -chk with a rule folder or rule zip are refused, as export refuses them, not dropped without a word."""
+    from hiennu.inference.predictor import build_predictor
+    folder = _rule_dir(tmp_path / "results")
+    out = export_rule_zip(folder, tmp_path / "rule.zip")
+    for model in (folder, out):
+        assert build_predictor(model) is not None
+        for folds, checkpoint in (([0], None), (None, "checkpoint_best.pth")):
+            with pytest.raises(HiennuError, match="has no folds or checkpoints; predict with it without -f/-chk"):
+                build_predictor(model, folds=folds, checkpoint=checkpoint)
+    with pytest.raises(HiennuError, match="lies inside .* which it is exported from"):
+        export_rule_zip(folder, folder / "rule.json")
+    assert load_rule_folder(folder).postprocessing is not None

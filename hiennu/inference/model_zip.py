@@ -52,6 +52,7 @@ ones in :func:`_checked_zip` and :func:`_check_files`), with members only ``rule
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -70,11 +71,12 @@ import torch
 from hiennu.errors import HiennuError
 from hiennu.inference.ensemble_members import (EnsembleMembers, check_ensemble_complete, is_ensemble_dir,
                                                load_ensemble_members, member_dirs)
-from hiennu.inference.model_registry import (describe_model_dir, fold_sort_key, resolve_models, select_folds,
-                                             set_default_model)
+from hiennu.inference.model_registry import (default_checkpoint, default_folds, describe_model_dir, fold_sort_key,
+                                             resolve_models, select_folds, set_default_model)
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.atomic import atomic_path, staging_dir
 from hiennu.io.checkpoint import FINAL, checkpoint_file, load_checkpoint
+from hiennu.io.folders import INSIDE, IS, folder_relation
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.paths import (DATASET_FILE, ENSEMBLE_MEMBERS_FILE, ENSEMBLES_DIR, PLANS_FILE, POSTPROCESSING_FILE,
@@ -187,9 +189,16 @@ def _model_members(model_dir: Path, folds: Sequence[str | int] | None, checkpoin
     return prefix, sorted(chosen, key=fold_sort_key), members
 
 
-def _write_zip(out_zip: Path, manifest: dict, members: dict[str, bytes], example_name: str) -> None:
+def _write_zip(out_zip: Path, manifest: dict, members: dict[str, bytes], example_name: str,
+               sources: Sequence[Path]) -> None:
+    """Write the zip atomically; ``-o`` may be neither a folder nor inside a folder it is exported from
+    (``sources``), where it could replace a checkpoint, ``rule.json`` or ``members.json`` it was made from."""
     if out_zip.is_dir():
         raise HiennuError(f"-o {out_zip} is a folder; give the zip file to write, e.g. {out_zip / example_name}")
+    for source in sources:
+        if folder_relation(out_zip.parent, source) in (IS, INSIDE):
+            raise HiennuError(f"-o {out_zip} lies inside {source}, which it is exported from; write the zip elsewhere, "
+                              f"e.g. {Path.cwd() / example_name}")
     with atomic_path(out_zip, suffix=".zip") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
@@ -212,7 +221,7 @@ def export_model_zip(model_dir: str | Path, out_zip: str | Path, folds: Sequence
                 "folds": chosen, "half_precision": bool(half),
                 "files": {name: sha256_bytes(data) for name, data in members.items()}}
     out_zip = Path(out_zip)
-    _write_zip(out_zip, manifest, members, Path(model_dir).name + ".zip")
+    _write_zip(out_zip, manifest, members, Path(model_dir).name + ".zip", [Path(model_dir)])
     logger.info("exported %s (folds %s, %s) to %s (%.1f MB)", prefix, ", ".join(manifest["folds"]),
                 "float16" if half else "float32", out_zip, out_zip.stat().st_size / 1e6)
     return out_zip
@@ -278,7 +287,7 @@ def export_ensemble_zip(model_dirs: Sequence[str | Path], out_zip: str | Path,
                 "models": sorted(prefixes), "checkpoint": checkpoint, "folds": chosen, "half_precision": bool(half),
                 "files": {name: sha256_bytes(data) for name, data in members.items()}}
     out_zip = Path(out_zip)
-    _write_zip(out_zip, manifest, members, record.dir_name + ".zip")
+    _write_zip(out_zip, manifest, members, record.dir_name + ".zip", [*dirs, folder.path])
     logger.info("exported the ensemble %s (folds %s, %s) to %s (%.1f MB)", ensemble, ", ".join(chosen),
                 "float16" if half else "float32", out_zip, out_zip.stat().st_size / 1e6)
     return out_zip
@@ -301,7 +310,7 @@ def export_rule_zip(rule_dir: str | Path, out_zip: str | Path) -> Path:
     manifest = {"format": RULE_ZIP_FORMAT, "format_version": RULE_ZIP_FORMAT_VERSION, "rule": prefix,
                 "files": {name: sha256_bytes(data) for name, data in members.items()}}
     out_zip = Path(out_zip)
-    _write_zip(out_zip, manifest, members, f"{rule_dir.parent.name}_{RULE_DIR}.zip")
+    _write_zip(out_zip, manifest, members, f"{rule_dir.parent.name}_{RULE_DIR}.zip", [rule_dir])
     logger.info("exported the rule %s (threshold %g, post-processing %s) to %s", prefix, loaded.spec.threshold,
                 loaded.postprocessing.name if loaded.postprocessing else "none", out_zip)
     return out_zip
@@ -777,6 +786,19 @@ def holds_model(folder: Path, contents: ModelZipContents, loaded: LoadedModel) -
     return True
 
 
+def _predicts_otherwise(folder: Path, contents: ModelZipContents) -> str | None:
+    """How a model folder that holds the zip's weights (:func:`holds_model`) predicts otherwise when no folds or
+    checkpoint are named (it holds more folds, or another checkpoint is its default), or None when it predicts as the
+    zip does."""
+    checkpoint = default_checkpoint(folder)
+    folds = default_folds(folder, checkpoint)
+    if checkpoint == contents.checkpoint and sorted(folds, key=fold_sort_key) == sorted(contents.folds,
+                                                                                       key=fold_sort_key):
+        return None
+    return (f"without -f/-chk it predicts with folds {', '.join(folds)} and {checkpoint}, the zip with folds "
+            f"{', '.join(contents.folds)} and {contents.checkpoint}")
+
+
 def holds_ensemble(folder: Path, loaded: LoadedEnsemble) -> bool:
     """Whether the ensemble folder ``folder`` already holds the zip's ensemble: the same ``members.json`` and
     post-processing, as loaded (its cross-validation masks and scores, if any, stay)."""
@@ -825,11 +847,26 @@ def install_model_zip(path: str | Path, root: str | Path | None = None, overwrit
              for name, model in loaded.items()}
     if ensemble is not None:
         holds[contents.model] = (root / contents.model).exists() and holds_ensemble(root / contents.model, ensemble)
+    if ensemble is None and holds[contents.model]:
+        other = _predicts_otherwise(root / contents.model, contents)
+        if other and overwrite:
+            holds[contents.model] = False  # replaced by exactly the zip's model, as --overwrite says
+        elif other and make_default:
+            raise HiennuError(f"{root / contents.model} already holds this model's weights, but {other}; as the "
+                              f"default it would not predict as {path} does. Pass --overwrite to replace that folder "
+                              f"with exactly the zip's model (its training history too), install under another "
+                              f"hiennu_results, or predict from the folder with -m {root / contents.model} -f "
+                              f"{' '.join(contents.folds)} -chk {contents.checkpoint}")
+        elif other:
+            logger.warning("%s already holds this model's weights, but %s: predict from it with -f %s -chk %s to "
+                           "predict as %s does", root / contents.model, other, " ".join(contents.folds),
+                           contents.checkpoint, path)
     clashes = [root / name for name, same in holds.items() if not same and (root / name).exists()]
     if clashes and not overwrite:
         if len(clashes) == 1 and ensemble is None:
             raise HiennuError(f"{clashes[0]} already exists and holds another model (its plans, dataset.json, "
-                              f"post-processing or weights differ); pass --overwrite to replace that whole folder, "
+                              f"post-processing or weights differ, or it lacks a fold of the zip); pass --overwrite to "
+                              f"replace that whole folder, "
                               f"its training history too, with the model in {path}, or install under another "
                               f"hiennu_results")
         raise HiennuError(f"{', '.join(map(str, clashes))} already exist(s) and hold(s) another model or ensemble "
@@ -877,36 +914,48 @@ def _install_rule_zip(path: Path, root: Path, overwrite: bool, make_default: boo
 
 def _swap_in(root: Path, staged: dict[str, Path]) -> None:
     """Rename every staged folder into place, all or nothing: each existing target is moved aside first; when a
-    rename fails, the folders already swapped are taken out again and every moved-aside target is put back, so
-    the results folder holds either all the new folders or all the old ones."""
-    done: list[tuple[Path, Path | None]] = []  # (target, its moved-aside old copy or None)
+    rename fails or the run is interrupted (Ctrl-C, SIGTERM) at any point, the folders already swapped are taken
+    out again and every moved-aside target is put back (:func:`_undo_swap`, which reads where each folder is from
+    the disk, so an interrupt between a rename and its bookkeeping loses nothing), so the results folder holds
+    either all the new folders or all the old ones."""
+    steps: list[tuple[Path, Path, Path | None]] = []  # (target, its staging, the folder it is moved aside into)
     try:
         for folder, staging in staged.items():
             target = root / folder
-            old = None
-            if target.exists():
-                # set aside under a short hidden name in the same folder (renamed onto an empty folder made for
-                # it): a name made from the target's own would pass the 255 bytes a file name may have for the
-                # longest ensemble names (paths.MAX_FILE_NAME_BYTES), and another parent folder would need write
-                # permission on the target itself (a read-only installed model)
-                old = staging_dir(target.parent, prefix=".hiennu-replaced-", holds_original=True)
-                try:
-                    os.replace(target, old)
-                except OSError:
-                    old.rmdir()
-                    raise
-            done.append((target, old))
+            # set aside under a short hidden name in the same folder (renamed onto an empty folder made for it): a
+            # name made from the target's own would pass the 255 bytes a file name may have for the longest
+            # ensemble names (paths.MAX_FILE_NAME_BYTES), and another parent folder would need write permission on
+            # the target itself (a read-only installed model)
+            aside = (staging_dir(target.parent, prefix=".hiennu-replaced-", holds_original=True)
+                     if target.exists() else None)
+            steps.append((target, staging, aside))  # recorded before anything moves
+            if aside is not None:
+                os.replace(target, aside)
             os.replace(staging, target)
     except BaseException:
-        for target, old in reversed(done):
-            if target.exists():  # the new folder (a target moved aside is not there any more)
-                shutil.rmtree(target)
-            if old is not None and old.exists():
-                os.replace(old, target)
+        for target, staging, aside in reversed(steps):
+            _undo_swap(target, staging, aside)
         raise
-    for _, old in done:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    for target, _, aside in steps:
+        if aside is not None:  # the old copy, now garbage: renamed to a staging name first, so that an interrupted
+            trash = staging_dir(target.parent, prefix=".hiennu-installing-")  # removal is swept by a later run
+            os.replace(aside, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+def _undo_swap(target: Path, staging: Path, aside: Path | None) -> None:
+    """Put ``target`` back as it was before :func:`_swap_in` touched it, from what lies on disk: the staging folder
+    gone means the new folder was renamed in (removed again); an ``aside`` folder that is not the empty one made for
+    it holds the original (renamed back); an empty one is only removed."""
+    if not staging.exists() and target.exists():
+        shutil.rmtree(target)
+    if aside is None or not aside.exists():
+        return
+    if target.exists():  # never moved aside: the original is still in place, the folder made for it empty
+        with contextlib.suppress(OSError):
+            aside.rmdir()
+        return
+    os.replace(aside, target)
 
 
 def _install_folders(contents: ModelZipContents | RuleZipContents, root: Path, folders: list[str]) -> None:

@@ -292,6 +292,9 @@ def build_predictor(model: str | Path | Sequence[str | Path] | None = None, data
         if len(paths) > 1:
             raise HiennuError(f"{rules[0]} is the rule ZADC < -2 with its post-processing, which cannot be ensembled "
                               f"with models; predict with it alone (-m {rules[0]})")
+        if folds or checkpoint is not None:
+            raise HiennuError(f"{paths[0]} is the rule ZADC < -2 with its post-processing, which has no folds or "
+                              f"checkpoints; predict with it without -f/-chk")
         rule = load_rule_folder(paths[0]) if is_rule_dir(paths[0]) else load_rule_zip(paths[0])
         return rule_predictor(rule, min_component_voxels)
     kwargs = dict(device=device, use_mirroring=use_mirroring, batch_size=batch_size, cpu_bf16=cpu_bf16)
