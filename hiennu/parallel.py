@@ -64,6 +64,13 @@ def _watch_parent(pid: int) -> None:
     os._exit(1)
 
 
+def start_parent_watch(parent_pid: int) -> None:
+    """In a worker process: a daemon thread that ends the process (``os._exit``) once ``parent_pid`` no longer runs.
+    A parent killed outright (SIGKILL: the OOM killer, a scheduler's hard limit) cannot stop its workers, which would
+    otherwise wait for work, or to hand over a batch, forever, holding memory and the command's output pipe open."""
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="hiennu-parent-watch").start()
+
+
 def _init_worker(parent_pid: int | None = None) -> None:
     """One torch thread per worker, and a watch on the process that started the pool: killed outright (SIGKILL:
     the OOM killer, a scheduler's hard limit), it cannot stop its pool, whose workers (children of the fork server)
@@ -72,7 +79,7 @@ def _init_worker(parent_pid: int | None = None) -> None:
 
     torch.set_num_threads(1)
     if parent_pid is not None:
-        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="hiennu-parent-watch").start()
+        start_parent_watch(parent_pid)
 
 
 def _main_is_importable() -> bool:

@@ -227,3 +227,56 @@ def test_case_file_vanishing_mid_run_names_it(dataset):
     (case_dir / f"{ids[3]}_seg.npy").unlink()
     with pytest.raises(HiennuError, match=rf"{ids[3]}_seg\.npy is missing"):
         list(tb.epoch(0, 3))
+
+
+def test_augmentation_workers_end_when_the_training_is_killed_outright(dataset, tmp_path):
+    """batchgenerators' workers outlived a training killed with SIGKILL (the OOM killer, a scheduler's hard limit),
+    blocked on handing over a batch, about 420 MB each; each now watches the training and ends with it."""
+    import subprocess
+    import sys
+    import time
+
+    from hiennu.parallel import _alive
+
+    case_dir, ids = dataset
+    marker = tmp_path / "workers.txt"
+    (tmp_path / "main.py").write_text(f"""
+import os, pathlib, sys, time, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_data import make_config
+from hiennu.training.data import TrainingBatches
+batches = TrainingBatches(pathlib.Path({str(case_dir)!r}), {ids!r}, make_config(), 2, 0, 2, torch.device("cpu"))
+epoch = batches.epoch(0, 50)  # kept: a generator dropped closes its workers
+next(epoch)
+def parent(p):
+    try:
+        return open(f"/proc/{{p}}/stat").read().rsplit(")", 1)[1].split()[1]
+    except OSError:
+        return None
+family, grown = {{str(os.getpid())}}, True
+while grown:  # the workers are children of the training process, or of the fork server it started
+    found = {{p for p in os.listdir("/proc") if p.isdigit() and parent(p) in family}}
+    grown, family = not found <= family, family | found
+pathlib.Path({str(marker)!r}).write_text(" ".join(sorted(family - {{str(os.getpid())}})))
+time.sleep(120)
+""")
+    main = subprocess.Popen([sys.executable, str(tmp_path / "main.py")])
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 60
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)
+        workers = [int(w) for w in marker.read_text().split()]
+        assert len(workers) >= 2 and all(_alive(w) for w in workers)
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+        deadline = time.time() + 15
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        main.kill()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)

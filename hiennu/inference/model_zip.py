@@ -73,6 +73,7 @@ from hiennu.inference.ensemble_members import (EnsembleMembers, check_ensemble_c
                                                load_ensemble_members, member_dirs)
 from hiennu.inference.model_registry import (default_checkpoint, default_folds, describe_model_dir, fold_sort_key,
                                              resolve_models, select_folds, set_default_model)
+from hiennu.inference.network_builder import NETWORK_BUILDER_KEY
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.atomic import atomic_path, staging_dir
 from hiennu.io.checkpoint import FINAL, checkpoint_file, load_checkpoint
@@ -609,6 +610,7 @@ class LoadedModel:
     configuration: str
     weights: dict[str, dict[str, torch.Tensor]]
     postprocessing: PostProcessing | None = None
+    network_builder: str | None = None  # the trainer whose network_for builds the network (network_builder.py)
 
 
 def _float32(state: dict) -> dict:
@@ -679,14 +681,19 @@ def _load_model(contents: ModelZipContents, chosen: list[str], model: str) -> Lo
         except ValueError as e:
             raise ModelZipError(f"{path}: plans.json, dataset.json or {POSTPROCESSING_FILE} is not valid JSON "
                                 f"({e})") from None
-        weights = {}
+        weights, builders = {}, {}
         for fold in chosen:
             member = f"{model}/fold_{fold}/{contents.checkpoint}"
             ckpt = load_checkpoint(io.BytesIO(zf.read(member)), f"{path}:{member}")
             check_trained_configuration(ckpt, plans.configuration(configuration), f"{path}:{member}",
                                         f"{path}:{model}/{PLANS_FILE}")
             weights[fold] = _float32(ckpt["network_weights"])
-    return LoadedModel(model, plans, dataset, configuration, weights, post)
+            builders[fold] = ckpt.get(NETWORK_BUILDER_KEY)
+    if len(set(builders.values())) > 1:
+        raise ModelZipError(f"{path}: the folds of {model} were trained with different networks ("
+                            + ", ".join(f"fold {f}: {b or 'the plans'}" for f, b in builders.items()) + ")")
+    return LoadedModel(model, plans, dataset, configuration, weights, post,
+                       next(iter(builders.values()), None))
 
 
 @dataclass

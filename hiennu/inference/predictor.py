@@ -49,13 +49,13 @@ from hiennu.inference.ensemble_members import is_ensemble_dir
 from hiennu.inference.folder_prediction import CasePredictor, check_postprocessing_channels
 from hiennu.inference.model_registry import default_checkpoint, fold_sort_key, resolve_models, select_folds
 from hiennu.inference.model_zip import LoadedModel, is_ensemble_zip, is_rule_zip, load_model_zip, load_rule_zip
+from hiennu.inference.network_builder import NETWORK_BUILDER_KEY, NetworkFactory, network_factory, plans_network
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.checkpoint import load_checkpoint
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.image import Geometry
 from hiennu.log import get_logger
-from hiennu.networks.unet import build_network
 from hiennu.paths import ModelFolder, named_path, parse_model_dir_name
 from hiennu.plans import ENUMERATED_FIELDS, PLANS_NAME, Configuration, Plans, load_plans
 from hiennu.postprocessing.record import PostProcessing, load_postprocessing, load_record_file, with_size_rule
@@ -112,7 +112,8 @@ class Predictor(CasePredictor):
                  fold_weights: dict[str, dict[str, torch.Tensor]], device: str | torch.device | None = None,
                  use_mirroring: bool = True, batch_size: int | None = None,
                  min_component_voxels: int | None = None, name: str = "model",
-                 postprocessing: PostProcessing | None = None, cpu_bf16: bool = False):
+                 postprocessing: PostProcessing | None = None, cpu_bf16: bool = False,
+                 network_for: NetworkFactory = plans_network):
         if not fold_weights:
             raise HiennuError(f"{name}: no fold weights to predict with")
         self.plans, self.configuration, self.name = plans, configuration, name
@@ -124,12 +125,13 @@ class Predictor(CasePredictor):
         self.folds = sorted(fold_weights, key=fold_sort_key)
         networks = []
         for fold in self.folds:
-            net = build_network(configuration.network)
+            net = network_for(configuration)
             try:
                 net.load_state_dict(fold_weights[fold], strict=True)
             except RuntimeError as e:
-                raise HiennuError(f"{name} fold {fold}: the weights do not fit the network that plans.json "
-                                  f"describes (configuration {configuration.name!r}): "
+                built = "plans.json describes" if network_for is plans_network else "its trainer's network_for builds"
+                raise HiennuError(f"{name} fold {fold}: the weights do not fit the network that {built} "
+                                  f"(configuration {configuration.name!r}): "
                                   f"{str(e).splitlines()[0]}; were the plans edited after training?") from None
             networks.append(net)
         self.use_mirroring = use_mirroring
@@ -174,17 +176,18 @@ class Predictor(CasePredictor):
         dataset = load_dataset_json(path) if ModelFolder(path).dataset_json.is_file() else None
         chosen = select_folds(path, folds, checkpoint, "-chk NAME")
         logger.info("%s: folds %s, %s", path.name, ", ".join(chosen), checkpoint)
-        weights = {}
+        states = {}
         for fold in chosen:
             ckpt_path = path / f"fold_{fold}" / checkpoint
             state = load_checkpoint(ckpt_path)
             check_trained_configuration(state, configuration, str(ckpt_path), ModelFolder(path).plans,
                                         ModelFolder(path).fold_plans(fold))
-            weights[fold] = state["network_weights"]
+            states[fold] = state
         name = f"{path.parent.name}/{path.name}"
         post = load_postprocessing(path) if use_postprocessing else None
-        return cls(plans, configuration, dataset, weights, device=device, use_mirroring=use_mirroring,
-                   name=name, postprocessing=post, **kwargs)
+        return cls(plans, configuration, dataset, {f: s["network_weights"] for f, s in states.items()}, device=device,
+                   use_mirroring=use_mirroring, name=name, postprocessing=post,
+                   network_for=network_factory(states, str(path)), **kwargs)
 
     @classmethod
     def from_zip(cls, path: str | Path, folds: Sequence[int | str] | None = None,
@@ -206,7 +209,9 @@ class Predictor(CasePredictor):
         """A model read from a zip (:class:`~hiennu.inference.model_zip.LoadedModel`), with its post-processing
         when ``use_postprocessing``; ``kwargs`` as for the constructor."""
         return cls(model.plans, model.plans.configuration(model.configuration), model.dataset, model.weights,
-                   name=model.name, postprocessing=model.postprocessing if use_postprocessing else None, **kwargs)
+                   name=model.name, postprocessing=model.postprocessing if use_postprocessing else None,
+                   network_for=network_factory({f: {NETWORK_BUILDER_KEY: model.network_builder} for f in model.weights},
+                                               model.name), **kwargs)
 
     @classmethod
     def from_path(cls, path: str | Path, folds: Sequence[int | str] | None = None,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import traceback
 from pathlib import Path
@@ -38,6 +39,7 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform
 
 from hiennu.errors import HiennuError
 from hiennu.log import get_logger
+from hiennu.parallel import start_parent_watch
 from hiennu.plans import Configuration
 from hiennu.training.augmentation import augment_sample, build_transforms
 from hiennu.training.gpu_augmentation import GPUAugmenter
@@ -199,10 +201,15 @@ class _EpochLoader:
         self.num_workers = num_workers
         self.thread_id = 0
         self._next = 0
+        self.parent_pid = os.getpid()  # the training process, which made this loader
 
     def set_thread_id(self, thread_id: int) -> None:
+        """Called by batchgenerators in each worker process before its first batch: also watch the training process
+        there, since batchgenerators' workers outlive a training killed with SIGKILL (waiting to hand over a batch)."""
         self.thread_id = thread_id
         self._next = thread_id
+        if os.getpid() != self.parent_pid:
+            start_parent_watch(self.parent_pid)
 
     def __iter__(self) -> "_EpochLoader":
         return self

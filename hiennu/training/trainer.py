@@ -49,6 +49,7 @@ from torch import nn
 
 from hiennu.device import autocast, configure_cpu_threads, configure_device, memory_format, select_device
 from hiennu.errors import HiennuError
+from hiennu.inference.network_builder import NETWORK_BUILDER_KEY
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.io.atomic import read_json, write_json
 from hiennu.io.checkpoint import BEST, FINAL, LATEST, load_checkpoint, save_checkpoint
@@ -57,7 +58,7 @@ from hiennu.losses.base import use_batch_reduction
 from hiennu.masks import dice
 from hiennu.networks.unet import build_network
 from hiennu.paths import PLANS_FILE, PROGRESS_FILE, VALIDATION_DIR, plans_file_name
-from hiennu.plans import configuration_differences, save_plans
+from hiennu.plans import Configuration, configuration_differences, save_plans
 from hiennu.provenance import provenance
 from hiennu.training.checkpoint import (capture_rng_state, finish_checkpoints, refuse_before_start, restore_rng_state,
                                         resume_source, seed_everything, without_training_state)
@@ -91,10 +92,21 @@ class EpochSteps(NamedTuple):
     data_wait_fraction: float
 
 
+def check_trainer_class(cls: type) -> None:
+    """Refuse a trainer class that overrides :meth:`Trainer.build_network`: validation and prediction rebuild a
+    fold's network without a run, from :meth:`Trainer.network_for`, so a network built otherwise would be trained
+    and never predicted with (its weights refused, or, fitting, scored as a network that was never trained)."""
+    if cls.build_network is not Trainer.build_network:
+        raise HiennuError(f"trainer {cls.__module__}:{cls.__qualname__} overrides build_network; override the class "
+                          f"method network_for(cls, configuration) instead, which validation and hiennu_predict build "
+                          f"each fold's network with (documentation/training.md)")
+
+
 class Trainer(abc.ABC):
     """Trains one fold; subclasses choose the loss by overriding :meth:`build_loss`."""
 
     def __init__(self, options: TrainingOptions, dist_ctx: DistContext | None = None):
+        check_trainer_class(type(self))
         self.options = options
         self.dist = dist_ctx or DistContext()
         self.trainer_name = type(self).__name__
@@ -137,8 +149,26 @@ class Trainer(abc.ABC):
     def build_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The loss: ``loss(logits (B,1,z,y,x) float32, target (B,1,z,y,x) {0,1}) -> scalar``."""
 
+    @classmethod
+    def network_for(cls, configuration: Configuration) -> nn.Module:
+        """The network this trainer trains for ``configuration`` (the plans' U-Net). Override it to train another:
+        validation, ``hiennu_predict``, exported zips and ensembles build each fold's network with the trainer class
+        its checkpoint names (:mod:`hiennu.inference.network_builder`), as nnU-Net's predictor calls the trainer's
+        ``build_network_architecture``; so it may read only ``configuration`` (and the class), not the run."""
+        return build_network(configuration.network)
+
     def build_network(self) -> nn.Module:
-        return build_network(self.config.network)
+        """The network of this run: :meth:`network_for` of the plans' configuration. Not to be overridden (prediction
+        could not rebuild what it builds): :func:`check_trainer_class` refuses a trainer that does."""
+        return self.network_for(self.config)
+
+    @classmethod
+    def network_builder(cls) -> str | None:
+        """``module:QualName`` of this class when it overrides :meth:`network_for` (recorded in its checkpoints), else
+        None (the plans' network: nothing to import at prediction)."""
+        if cls.network_for.__func__ is Trainer.network_for.__func__:
+            return None
+        return f"{cls.__module__}:{cls.__qualname__}"
 
     def build_optimizer(self, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:
         """AdamW with the plans' learning rate and weight decay; per epoch the rate decays exponentially
@@ -491,7 +521,9 @@ class Trainer(abc.ABC):
         self._last_plot = time.perf_counter()
 
     def _state(self, epoch: int, rng: list[dict], finished: bool) -> dict[str, Any]:
+        builder = {NETWORK_BUILDER_KEY: type(self).network_builder()} if type(self).network_builder() else {}
         return {
+            **builder,
             "trainer_name": self.trainer_name,
             "plans_name": self.plans.plans_name,
             "configuration_name": self.config.name,

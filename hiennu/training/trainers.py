@@ -26,7 +26,7 @@ from hiennu.io.channels import adc_zadc_channels
 from hiennu.log import get_logger
 from hiennu.losses import LOSSES
 from hiennu.training.rule_component_targets import RuleComponentTargets, lesion_adc_quantile
-from hiennu.training.trainer import Trainer
+from hiennu.training.trainer import Trainer, check_trainer_class
 
 logger = get_logger(__name__)
 
@@ -128,4 +128,5 @@ def get_trainer_class(name: str, module: str | None = None) -> type[Trainer]:
                           f"{', '.join(found) or 'none'}; built-in trainers: {', '.join(BUILTIN_TRAINERS)}")
     if getattr(cls, "__abstractmethods__", None):
         raise HiennuError(f"trainer {module}:{name} does not define build_loss(); {how}")
+    check_trainer_class(cls)
     return cls
