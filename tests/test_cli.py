@@ -421,3 +421,25 @@ def test_nnunets_positional_dataset_and_folders(tmp_path, capsys):
         assert "both given" in capsys.readouterr().err
         assert find_best_configuration.main(["7", "-d", "7", "-c", "2d", "-q"]) == 1  # spelled alike: one dataset
         assert "both given" not in capsys.readouterr().err
+
+
+def test_commands_without_a_network_start_without_torch(tmp_path):
+    """hiennu_evaluate and the post-processing commands never run a network; importing torch cost them ~1.4 s a run."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from hiennu.io.image import Geometry, write_image
+
+    geometry = Geometry((6, 5, 4), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    mask = np.zeros((4, 5, 6), np.uint8)
+    mask[1:3, 1:4, 2:5] = 1
+    for folder in ("gt", "pred"):
+        write_image(mask, geometry, tmp_path / folder / "c1.mha")
+    script = ("import sys; from hiennu.cli import evaluate, determine_postprocessing, apply_postprocessing; "
+              f"code = evaluate.main([{str(tmp_path / 'gt')!r}, {str(tmp_path / 'pred')!r}, '-q', '-np', '1']); "
+              "determine_postprocessing.build_parser(); apply_postprocessing.build_parser(); "
+              "print(code, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["0", "False"], run.stdout + run.stderr

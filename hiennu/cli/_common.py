@@ -17,7 +17,6 @@ import threading
 from typing import Any, Callable
 
 import hiennu
-from hiennu.device import DEVICE_HELP, parse_device
 from hiennu.errors import HiennuError
 from hiennu.log import configure
 from hiennu.paths import DEFAULT_PLANS_NAME
@@ -110,6 +109,8 @@ def merge_positional(parser: argparse.ArgumentParser, args: argparse.Namespace, 
 
 def device_arg(text: str) -> str:
     """argparse type of ``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    from hiennu.device import parse_device  # here, not above: hiennu.device imports torch, which a command that
+    # needs no network (hiennu_evaluate, the post-processing commands) would pay about 1.4 s to start for
     try:
         kind, index = parse_device(text)
     except HiennuError as e:
@@ -117,9 +118,12 @@ def device_arg(text: str) -> str:
     return kind if index is None else f"{kind}:{index}"
 
 
-def add_device(parser: argparse.ArgumentParser, default: str | None = None, help: str = DEVICE_HELP) -> None:
-    """``--device`` (and nnU-Net's ``-device``) with the one syntax every command accepts."""
-    parser.add_argument("--device", type=device_arg, default=default, metavar="DEVICE", help=help)
+def add_device(parser: argparse.ArgumentParser, default: str | None = None, help: str | None = None) -> None:
+    """``--device`` (and nnU-Net's ``-device``) with the one syntax every command accepts (help: default
+    :data:`hiennu.device.DEVICE_HELP`)."""
+    from hiennu.device import DEVICE_HELP
+    parser.add_argument("--device", type=device_arg, default=default, metavar="DEVICE",
+                        help=DEVICE_HELP if help is None else help)
     add_alias(parser, "-device", dest="device", type=device_arg)
 
 
