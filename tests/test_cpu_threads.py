@@ -43,3 +43,24 @@ def test_a_cpu_run_uses_and_records_the_threads(hiennu_roots, restore_threads):
                  "--num-workers", "0", "--no-final-validation", "-q"]) == 0
     debug = json.loads((fold_dir(hiennu_roots["hiennu_results"], "TrainerDice") / "debug.json").read_text())
     assert debug["torch_threads"] == 2 and debug["options"]["cpu_threads"] == 2
+
+
+def test_prediction_keeps_freed_memory_where_glibc_allows_it(monkeypatch, tmp_path):
+    """hiennu_predict and the challenge command fix glibc's malloc thresholds first (1.26x faster, benchmarks.md);
+    elsewhere nothing is done and nothing fails."""
+    import platform
+    import sys
+
+    import hiennu.device as device
+    from hiennu.cli import predict, predict_challenge
+
+    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+        assert device.keep_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(device, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert predict.main(["-i", str(tmp_path / "none"), "-o", str(tmp_path / "out"), "-q"]) == 1
+    assert predict_challenge.main(["--input", str(tmp_path / "none"), "--output", str(tmp_path / "out2"), "-q"]) == 1
+    assert calls == [1, 1]
+    monkeypatch.undo()
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert device.keep_freed_memory() is False
