@@ -20,10 +20,7 @@ Ground floor: imports nothing of hiennu but its errors.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import platform
 import re
-import sys
 from typing import ContextManager
 
 import torch
@@ -109,31 +106,6 @@ def configure_cpu_threads(threads: int | None) -> None:
         if int(threads) != threads or threads < 1:
             raise ValueError(f"CPU threads must be a positive whole number, got {threads}")
         torch.set_num_threads(int(threads))
-
-
-# glibc's mallopt parameters and the values hiennu_predict sets (the largest mmap threshold glibc allows on 64 bits)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES = 32 << 20, 1 << 30
-
-
-def keep_freed_memory() -> bool:
-    """On Linux with glibc, fix malloc's mmap threshold at 32 MiB and its trim threshold at 1 GiB for this process
-    (and the processes it forks); return whether it was done (False elsewhere: musl, macOS, Windows).
-
-    Why: with glibc's adaptive thresholds every forward of the network on the CPU handed its large buffers back to
-    the kernel and faulted them in again; measured with ``hiennu_predict`` (the default ``3d_fullres``, five folds, 4
-    BONBID cases, 2 cores, 2026-12-07, benchmarks.md): 4.3-4.7 million minor page faults and 8-9 s of kernel time a
-    run, against 0.2-2.1 million and 0.6-3.9 s with the thresholds fixed, 1.26x faster, masks identical, 50-100 MB
-    more resident memory. Both must be set: either alone was slower (a helper's measurement).
-    """
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
-    except (OSError, AttributeError):
-        return False
 
 
 def autocast(device: torch.device, cpu_bf16: bool = False) -> ContextManager:
