@@ -365,6 +365,23 @@ def test_an_installed_default_predicts_as_its_zip_or_is_refused(tmp_path, hiennu
     assert install_model_zip(everything, make_default=True) == model_dir
 
 
+
+def test_a_zip_with_fold_all_installs_as_the_default_of_the_folder_it_came_from(tmp_path, hiennu_roots):
+    """fold_all travels in the zip but neither it nor the folder predicts with it by default; its weights are still
+    compared before the folder is taken as holding the zip's model."""
+    model_dir = make_model_dir(hiennu_roots["hiennu_results"], folds=(0, 1, "all"))
+    out = export_model_zip(model_dir, tmp_path / "m.zip", folds=[0, 1, "all"])
+    assert install_model_zip(out, make_default=True) == model_dir
+    other = make_model_dir(tmp_path / "other", folds=(0, 1, "all"), seed=7)
+    torch.save(torch.load(model_dir / "fold_0" / "checkpoint_final.pth", weights_only=True),
+               other / "fold_0" / "checkpoint_final.pth")
+    torch.save(torch.load(model_dir / "fold_1" / "checkpoint_final.pth", weights_only=True),
+               other / "fold_1" / "checkpoint_final.pth")
+    differs_in_all = export_model_zip(other, tmp_path / "other.zip", folds=[0, 1, "all"])
+    with pytest.raises(HiennuError, match="already exists and holds another model"):
+        install_model_zip(differs_in_all)
+
+
 def test_export_never_writes_into_a_folder_it_exports_from(tmp_path):
     model_dir = make_model_dir(tmp_path / "results")
     checkpoint = model_dir / "fold_0" / "checkpoint_final.pth"

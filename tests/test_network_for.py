@@ -30,6 +30,15 @@ MODULE_SOURCE = """
     class OldStyleTrainer(TrainerDice):
         def build_network(self):
             return super().build_network()
+
+    class PlainMethodTrainer(TrainerDice):
+        def network_for(self, configuration):
+            return build_network(configuration.network)
+
+    def local_trainer():
+        class LocalWide(WideTrainer):
+            pass
+        return LocalWide
     """
 
 
@@ -69,3 +78,8 @@ def test_a_trainer_overriding_build_network_is_refused_before_anything_is_writte
     assert main(["Tiny", f"{module}:OldStyleTrainer", "0", "--epochs", "1", "--device", "cpu", "-q"]) == 1
     assert "override the class method network_for" in capsys.readouterr().err
     assert not fold_dir(hiennu_roots["hiennu_results"], "OldStyleTrainer").parent.exists()
+    with pytest.raises(HiennuError, match="network_for must be a class method"):
+        get_trainer_class("PlainMethodTrainer", module)
+    from hiennu.training.trainer import check_trainer_class
+    with pytest.raises(HiennuError, match="prediction imports by name; define the class at the top level"):
+        check_trainer_class(sys.modules[module].local_trainer())

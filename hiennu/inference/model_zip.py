@@ -798,12 +798,12 @@ def _predicts_otherwise(folder: Path, contents: ModelZipContents) -> str | None:
     checkpoint are named (it holds more folds, or another checkpoint is its default), or None when it predicts as the
     zip does."""
     checkpoint = default_checkpoint(folder)
-    folds = default_folds(folder, checkpoint)
-    if checkpoint == contents.checkpoint and sorted(folds, key=fold_sort_key) == sorted(contents.folds,
-                                                                                       key=fold_sort_key):
+    folds = sorted(default_folds(folder, checkpoint), key=fold_sort_key)
+    zip_folds = sorted(_chosen_folds(contents, None), key=fold_sort_key)  # the zip predicts without fold_all too
+    if checkpoint == contents.checkpoint and folds == zip_folds:
         return None
     return (f"without -f/-chk it predicts with folds {', '.join(folds)} and {checkpoint}, the zip with folds "
-            f"{', '.join(contents.folds)} and {contents.checkpoint}")
+            f"{', '.join(zip_folds)} and {contents.checkpoint}")
 
 
 def holds_ensemble(folder: Path, loaded: LoadedEnsemble) -> bool:
@@ -848,7 +848,7 @@ def install_model_zip(path: str | Path, root: str | Path | None = None, overwrit
     # every checkpoint must load with weights_only=True before anything is written
     ensemble = load_ensemble_zip(path, verified=contents) if contents.is_ensemble else None
     loaded = (dict(zip(contents.models, ensemble.members)) if ensemble
-              else {contents.model: load_model_zip(path, verified=contents)})
+              else {contents.model: load_model_zip(path, contents.folds, verified=contents)})  # every fold compared
     check_dataset_id_free(contents.model.split("/")[0], [root, raw_root(), preprocessed_root()], path)
     holds = {name: holds_model(root / name, contents, model) if (root / name).exists() else False
              for name, model in loaded.items()}

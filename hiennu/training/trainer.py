@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import logging
 import math
 import platform
@@ -96,10 +97,18 @@ def check_trainer_class(cls: type) -> None:
     """Refuse a trainer class that overrides :meth:`Trainer.build_network`: validation and prediction rebuild a
     fold's network without a run, from :meth:`Trainer.network_for`, so a network built otherwise would be trained
     and never predicted with (its weights refused, or, fitting, scored as a network that was never trained)."""
+    name = f"{cls.__module__}:{cls.__qualname__}"
     if cls.build_network is not Trainer.build_network:
-        raise HiennuError(f"trainer {cls.__module__}:{cls.__qualname__} overrides build_network; override the class "
-                          f"method network_for(cls, configuration) instead, which validation and hiennu_predict build "
-                          f"each fold's network with (documentation/training.md)")
+        raise HiennuError(f"trainer {name} overrides build_network; override the class method "
+                          f"network_for(cls, configuration) instead, which validation and hiennu_predict build each "
+                          f"fold's network with (documentation/training.md)")
+    if not isinstance(inspect.getattr_static(cls, "network_for"), classmethod):
+        raise HiennuError(f"trainer {name}: network_for must be a class method (@classmethod def network_for(cls, "
+                          f"configuration)); prediction calls it on the class, without a run")
+    if cls.network_builder() is not None and (cls.__module__ == "__main__" or "<locals>" in cls.__qualname__):
+        raise HiennuError(f"trainer {name} builds its own network, which prediction imports by name; define the class "
+                          f"at the top level of a module of yours (not the script you run, nor inside a function) and "
+                          f"name it as MODULE:CLASS")
 
 
 class Trainer(abc.ABC):
