@@ -69,6 +69,17 @@ def configure(verbose: bool = True, show_progress: bool | None = None) -> None:
     logger.propagate = False
 
 
+def progress_shown() -> bool:
+    """Whether :func:`progress` draws bars in this process (what worker processes are told to follow)."""
+    return _show_progress
+
+
+def show_progress(on: bool) -> None:
+    """Draw progress bars in this process or not (a worker process follows its command's ``-q`` with it)."""
+    global _show_progress
+    _show_progress = bool(on)
+
+
 def is_verbose() -> bool:
     """Whether the console shows INFO lines (a :func:`configure` with ``verbose=True`` and no ``-q``)."""
     handler = _console_handler(logging.getLogger(_LOGGER_NAME))

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
-from hiennu.log import progress
+from hiennu.log import progress, progress_shown, show_progress
 
 _PRELOAD: list[str] = []
 
@@ -71,13 +71,16 @@ def start_parent_watch(parent_pid: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="hiennu-parent-watch").start()
 
 
-def _init_worker(parent_pid: int | None = None) -> None:
-    """One torch thread per worker, and a watch on the process that started the pool: killed outright (SIGKILL:
-    the OOM killer, a scheduler's hard limit), it cannot stop its pool, whose workers (children of the fork server)
-    would wait for jobs forever, holding memory and the command's output pipe open."""
+def _init_worker(parent_pid: int | None = None, bars: bool = True) -> None:
+    """One torch thread per worker, progress bars as the command draws them (``bars``: none under ``-q``; a worker
+    is a fresh process, which would draw them whatever the command was told), and a watch on the process that
+    started the pool: killed outright (SIGKILL: the OOM killer, a scheduler's hard limit), it cannot stop its pool,
+    whose workers (children of the fork server) would wait for jobs forever, holding memory and the command's output
+    pipe open."""
     import torch
 
     torch.set_num_threads(1)
+    show_progress(bars)
     if parent_pid is not None:
         start_parent_watch(parent_pid)
 
@@ -117,7 +120,7 @@ def parallel_map(func: Callable[..., Any], jobs: Sequence[tuple], num_processes:
         return results
     ctx = _context()
     with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+                             initializer=_init_worker, initargs=(os.getpid(), progress_shown())) as pool:
         futures = {pool.submit(func, *job): i for i, job in enumerate(jobs)}
         try:
             for future in progress(as_completed(futures), total=len(futures), desc=desc):

@@ -66,3 +66,30 @@ def test_workers_end_when_their_command_is_killed_outright(tmp_path):
         for w in [int(p.name.split("_")[1]) for p in tmp_path.glob("worker_*")]:
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+def test_workers_draw_progress_bars_only_when_the_command_does(tmp_path):
+    """A worker is a fresh process: it drew its own bars under -q (hiennu_find_best_configuration -q printed seven)."""
+    (tmp_path / "barred_jobs.py").write_text(textwrap.dedent("""
+        import time
+        from hiennu.log import progress
+        def job(i):
+            for _ in progress(range(3), desc="inner bar"):
+                time.sleep(0.05)
+            return i
+    """))
+    (tmp_path / "main.py").write_text(textwrap.dedent("""
+        import sys
+        from hiennu.log import configure
+        from hiennu.parallel import parallel_map
+        import barred_jobs
+        if __name__ == "__main__":
+            configure(verbose=sys.argv[1] == "verbose")
+            assert parallel_map(barred_jobs.job, [(i,) for i in range(4)], 2) == [0, 1, 2, 3]
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    quiet, verbose = (subprocess.run([sys.executable, str(tmp_path / "main.py"), mode], env=env, cwd=tmp_path,
+                                     capture_output=True, text=True, timeout=120) for mode in ("quiet", "verbose"))
+    assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert "inner bar" not in quiet.stderr and quiet.stderr.strip() == ""
+    assert "inner bar" in verbose.stderr
