@@ -597,6 +597,19 @@ def test_judged_rule_asks_each_model_its_own_and_each_ensemble_its_mean_probabil
     assert "lesion filter" in rule_row and "asking the network" not in rule_row and "components" not in rule_row
 
 
+def test_a_judged_rule_record_kept_in_a_model_folder_is_scored_by_a_later_run_of_another_candidate_set(cv, capsys):
+    """The README's sequence: find_best with judged-rule writes the models' records; a later run with the default
+    candidates keeps them and scores them, which needs the folds' probabilities (it stopped, saying there were none)."""
+    assert cli.main(_run("--postprocessing-candidates", "judged-rule")) == 0
+    judged = {m: json.loads(ModelFolder(cv / m).postprocessing.read_text()) for m in (A, B)}
+    assert all(r["candidate_set"] == "judged-rule" for r in judged.values())
+    capsys.readouterr()
+    for candidates in ("all", "cap-filter"):
+        assert cli.main(_run("--postprocessing-candidates", candidates)) == 0, capsys.readouterr().err
+        for m in (A, B):  # kept, not replaced
+            assert json.loads(ModelFolder(cv / m).postprocessing.read_text()) == judged[m]
+
+
 def test_the_rule_as_a_candidate_wins_over_models_that_miss_lesion_and_ships_as_a_rule_folder(cv, capsys, tmp_path):
     """Both models miss a quarter of every lesion, which no post-processing adds back; the rule finds every lesion
     voxel and its one false positive (4 voxels) goes with post-processing. Without --rule-candidate the rule is only

@@ -124,7 +124,8 @@ def candidate_postprocessing(job: PostprocessingJob) -> PostprocessingOutcome:
     if job.kind in (MODEL, ENSEMBLE):
         if job.kind == MODEL:
             record = select_postprocessing(job.source, job.raw_dir, sorted(set(fold_of.values())), write=False,
-                                           details=details, candidate_set=job.candidate_set)
+                                           details=details, candidate_set=job.candidate_set,
+                                           with_probabilities=_record_asks_network(job.record_path))
         else:
             record = select_on_masks(job.masks, fold_of, job.raw_dir, job.size_rule, job.checkpoints, job.source,
                                      details=details, candidate_set=job.candidate_set,
@@ -145,6 +146,18 @@ def candidate_postprocessing(job: PostprocessingJob) -> PostprocessingOutcome:
                                                    job.candidate_set)
         return outcome
     raise ValueError(f"unknown candidate kind {job.kind!r}")
+
+
+def _record_asks_network(path: Path | None) -> bool:
+    """Whether the record already at ``path`` (kept in force, :func:`settle_postprocessing`) has a lesion filter that
+    asks the network, so the cases it is scored on need their probabilities whatever this run chooses among; a
+    record that cannot be read answers False (:func:`settle_postprocessing` names it)."""
+    if path is None or not path.is_file():
+        return False
+    try:
+        return postprocessing_from_record(read_json_file(path, "", ""), str(path)).needs_probabilities
+    except HiennuError:
+        return False
 
 
 def _choice_inputs(new: dict, outcome: PostprocessingOutcome, cases: Mapping[str, CaseImages],

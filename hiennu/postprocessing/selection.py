@@ -352,7 +352,8 @@ def choose(options: list[PostProcessing], mean_dice: Sequence[float]) -> int:
 
 def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Sequence[int],
                           sizes: Sequence[int] = COMPONENT_SIZES, write: bool = True,
-                          details: dict | None = None, candidate_set: str = ALL_CANDIDATES) -> dict:
+                          details: dict | None = None, candidate_set: str = ALL_CANDIDATES,
+                          with_probabilities: bool = False) -> dict:
     """Choose ``model_dir``'s post-processing on the pooled validation masks of ``folds``; return the record.
 
     model_dir: ``TRAINER__PLANS__CONFIG/``; raw_dir: the raw dataset (``dataset.json``,
@@ -360,7 +361,9 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
     five). With ``write`` the record is written to ``model_dir/postprocessing.json`` (atomically), only
     after every check and computation passed. details: when given, filled with what the record summarizes
     (``cases``, ``fold_of``, ``options``, ``nested``: :func:`nested_choices`), for tables. candidate_set: which
-    candidates the choice is made among (:func:`all_candidates`).
+    candidates the choice is made among (:func:`all_candidates`). with_probabilities: read the folds' validation
+    probabilities into the cases even when the candidates do not ask for them (a record already in force that asks
+    the network is scored on the same cases).
     """
     model_dir, raw_dir = Path(model_dir), Path(raw_dir)
     folds = sorted(set(int(f) for f in folds))  # -f 0 0 1 is folds 0 and 1, as hiennu_find_best_configuration takes it
@@ -369,7 +372,7 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
     ending = load_dataset_json(raw_dir).file_ending
     masks, fold_of = validation_cases(model_dir, folds, raw_dir / "labelsTr", ending)
     probabilities = ({c: [ModelFolder(model_dir).validation_probabilities(fold_of[c], c)] for c in masks}
-                     if needs_probabilities(candidate_set) else None)
+                     if needs_probabilities(candidate_set) or with_probabilities else None)
     record = select_on_masks(masks, fold_of, raw_dir, plans_size_rule(model_dir),
                              validation_checkpoints(model_dir, folds), model_dir, sizes, details, candidate_set,
                              probabilities)
