@@ -43,14 +43,17 @@ def preloaded_modules() -> list[str]:
 PARENT_CHECK_SECONDS = 1.0
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, killed and not yet reaped, does not)."""
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie, killed and not yet reaped, does not; one of another user
+    does). The one answer for a pool's workers, a fold's lock and the staging folders a killed run left."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
+    except OSError:
+        return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
@@ -59,7 +62,7 @@ def _alive(pid: int) -> bool:
 
 
 def _watch_parent(pid: int) -> None:
-    while _alive(pid):
+    while process_alive(pid):
         time.sleep(PARENT_CHECK_SECONDS)
     os._exit(1)
 

@@ -271,3 +271,27 @@ def stub_network(predictor: Predictor) -> Predictor:
     predictor.predict_prepared = lambda prepared, geometries, need: [
         (network_mask(), network_mask().astype(np.float32)) for _ in prepared]
     return predictor
+
+
+def expect_workers_end_with(main: "subprocess.Popen", workers: list[int], within: float = 15.0) -> None:
+    """SIGKILL ``main`` (which leaves it no chance to stop anything) and assert that every process of ``workers``
+    ends within ``within`` seconds, as their watch on it makes them; whatever still runs is killed afterwards."""
+    import os
+    import signal
+    import time
+
+    from hiennu.parallel import process_alive
+    try:
+        assert workers and all(process_alive(w) for w in workers), workers
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+        deadline = time.time() + within
+        while any(process_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(process_alive(w) for w in workers)
+    finally:
+        main.kill()
+        for w in workers:
+            if process_alive(w):
+                os.kill(w, signal.SIGKILL)
+

@@ -236,7 +236,7 @@ def test_augmentation_workers_end_when_the_training_is_killed_outright(dataset, 
     import sys
     import time
 
-    from hiennu.parallel import _alive
+    from helpers import expect_workers_end_with
 
     case_dir, ids = dataset
     marker = tmp_path / "workers.txt"
@@ -268,15 +268,6 @@ time.sleep(120)
             time.sleep(0.1)
         time.sleep(0.2)
         workers = [int(w) for w in marker.read_text().split()]
-        assert len(workers) >= 2 and all(_alive(w) for w in workers)
-        main.send_signal(signal.SIGKILL)
-        main.wait()
-        deadline = time.time() + 15
-        while any(_alive(w) for w in workers) and time.time() < deadline:
-            time.sleep(0.2)
-        assert not any(_alive(w) for w in workers)
     finally:
-        main.kill()
-        for w in workers:
-            if _alive(w):
-                os.kill(w, signal.SIGKILL)
+        expect_workers_end_with(main, workers)
+    assert len(workers) >= 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,9 @@ import time
 
 import pytest
 
-from hiennu.parallel import _alive, parallel_map
+from hiennu.parallel import parallel_map, process_alive
+
+from helpers import expect_workers_end_with
 
 
 def _square(x: int) -> int:
@@ -26,9 +27,9 @@ def test_parallel_map_keeps_the_order_of_the_jobs():
 def test_a_dead_or_zombie_process_is_not_alive():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     time.sleep(0.5)  # exited, not yet reaped: a zombie
-    assert _alive(os.getpid()) and not _alive(child.pid)
+    assert process_alive(os.getpid()) and not process_alive(child.pid)
     child.wait()
-    assert not _alive(child.pid)
+    assert not process_alive(child.pid)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
@@ -53,19 +54,10 @@ def test_workers_end_when_their_command_is_killed_outright(tmp_path):
         deadline = time.time() + 60
         while len(list(tmp_path.glob("worker_*"))) < 2 and time.time() < deadline:
             time.sleep(0.1)
-        workers = [int(p.name.split("_")[1]) for p in tmp_path.glob("worker_*")]
-        assert len(workers) == 2
-        main.send_signal(signal.SIGKILL)
-        main.wait()
-        deadline = time.time() + 15
-        while any(_alive(w) for w in workers) and time.time() < deadline:
-            time.sleep(0.2)
-        assert not any(_alive(w) for w in workers)
     finally:
-        main.kill()
-        for w in [int(p.name.split("_")[1]) for p in tmp_path.glob("worker_*")]:
-            if _alive(w):
-                os.kill(w, signal.SIGKILL)
+        workers = [int(p.name.split("_")[1]) for p in tmp_path.glob("worker_*")]
+        expect_workers_end_with(main, workers)
+    assert len(workers) == 2
 
 
 def test_workers_draw_progress_bars_only_when_the_command_does(tmp_path):

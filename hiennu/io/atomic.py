@@ -20,6 +20,7 @@ import numpy as np
 
 from hiennu.errors import HiennuError
 from hiennu.log import get_logger
+from hiennu.parallel import process_alive
 
 log = get_logger(__name__)
 
@@ -42,17 +43,6 @@ def _owner_tag() -> str:
     return f"{os.getpid()}h{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFF:06x}-"
 
 
-def _process_ended(pid: int) -> bool:
-    """Whether no process ``pid`` runs on this host (one of another user runs: not ended)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):
-        return False
-    return False
-
-
 def remove_abandoned_staging(parent: str | os.PathLike, prefix: str) -> list[Path]:
     """Remove the folders :func:`staging_dir` made in ``parent`` with ``prefix`` whose process has ended (killed
     with SIGKILL or by a power loss before it could clean up); return them.
@@ -73,7 +63,7 @@ def remove_abandoned_staging(parent: str | os.PathLike, prefix: str) -> list[Pat
         pid, _, rest = owner.partition("h")
         if not (pid.isdigit() and rest.startswith(host) and entry.is_dir() and not entry.is_symlink()):
             continue
-        if _process_ended(int(pid)):
+        if not process_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed

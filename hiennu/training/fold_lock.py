@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hiennu.errors import HiennuError
 from hiennu.log import get_logger
+from hiennu.parallel import process_alive
 
 log = get_logger(__name__)
 
@@ -40,24 +41,12 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def holder_is_alive(holder: dict) -> bool | None:
     """True/False for a holder on this host (pid alive and, where known, the same process); None on another host."""
     if holder.get("hostname") != platform.node():
         return None
     pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0 or not _pid_alive(pid):
+    if not isinstance(pid, int) or pid <= 0 or not process_alive(pid):
         return False
     recorded = holder.get("process_start")
     current = _process_start(pid)
