@@ -73,7 +73,7 @@ from hiennu.inference.ensemble_members import (EnsembleMembers, check_ensemble_c
                                                load_ensemble_members, member_dirs)
 from hiennu.inference.model_registry import (default_checkpoint, default_folds, describe_model_dir, fold_sort_key,
                                              resolve_models, select_folds, set_default_model)
-from hiennu.inference.network_builder import NETWORK_BUILDER_KEY
+from hiennu.inference.network_builder import NETWORK_BUILDER_KEY, agreed_builder
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.atomic import atomic_path, staging_dir
 from hiennu.io.checkpoint import FINAL, checkpoint_file, load_checkpoint
@@ -689,11 +689,8 @@ def _load_model(contents: ModelZipContents, chosen: list[str], model: str) -> Lo
                                         f"{path}:{model}/{PLANS_FILE}")
             weights[fold] = _float32(ckpt["network_weights"])
             builders[fold] = ckpt.get(NETWORK_BUILDER_KEY)
-    if len(set(builders.values())) > 1:
-        raise ModelZipError(f"{path}: the folds of {model} were trained with different networks ("
-                            + ", ".join(f"fold {f}: {b or 'the plans'}" for f, b in builders.items()) + ")")
     return LoadedModel(model, plans, dataset, configuration, weights, post,
-                       next(iter(builders.values()), None))
+                       agreed_builder(builders, f"{path}:{model}"))
 
 
 @dataclass

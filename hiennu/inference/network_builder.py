@@ -34,20 +34,26 @@ def plans_network(configuration: Configuration) -> nn.Module:
     return build_network(configuration.network)
 
 
-def network_factory(states: Mapping[str, Mapping], where: str) -> NetworkFactory:
-    """The function that builds the network of the folds whose checkpoints are ``states`` (fold -> checkpoint
-    dict): the trainer class their ``network_builder`` names (its ``network_for``), else :func:`plans_network`.
-    Folds that name different builders, or a builder that cannot be imported, are one error naming ``where``."""
-    names = {state.get(NETWORK_BUILDER_KEY) for state in states.values()}
+def agreed_builder(builders: Mapping[str, object], where: str) -> str | None:
+    """The ``network_builder`` every fold's checkpoint names (fold -> the entry, None where it has none), or None for
+    the plans' network; folds that name different builders are one error naming ``where``."""
+    names = set(builders.values())
     if len(names) > 1:
         raise HiennuError(f"{where}: its folds were trained with different networks ("
-                          + ", ".join(f"fold {f}: {s.get(NETWORK_BUILDER_KEY) or 'the plans'}" for f, s in states.items())
+                          + ", ".join(f"fold {f}: {b or 'the plans'}" for f, b in builders.items())
                           + "); predict with the folds of one trainer (-f)")
     name = names.pop() if names else None
+    if name is not None and (not isinstance(name, str) or ":" not in name):
+        raise HiennuError(f"{where}: its checkpoints name the network builder {name!r}, not MODULE:CLASS")
+    return name
+
+
+def network_factory(name: str | None, where: str) -> NetworkFactory:
+    """The function that builds the network of folds whose checkpoints name the builder ``name``
+    (:func:`agreed_builder`): that trainer class's ``network_for``, else :func:`plans_network`. A builder that cannot
+    be imported is one error naming ``where``."""
     if name is None:
         return plans_network
-    if not isinstance(name, str) or ":" not in name:
-        raise HiennuError(f"{where}: its checkpoints name the network builder {name!r}, not MODULE:CLASS")
     module_name, _, qualname = name.partition(":")
     try:
         target = importlib.import_module(module_name)

@@ -49,7 +49,8 @@ from hiennu.inference.ensemble_members import is_ensemble_dir
 from hiennu.inference.folder_prediction import CasePredictor, check_postprocessing_channels
 from hiennu.inference.model_registry import default_checkpoint, fold_sort_key, resolve_models, select_folds
 from hiennu.inference.model_zip import LoadedModel, is_ensemble_zip, is_rule_zip, load_model_zip, load_rule_zip
-from hiennu.inference.network_builder import NETWORK_BUILDER_KEY, NetworkFactory, network_factory, plans_network
+from hiennu.inference.network_builder import (NETWORK_BUILDER_KEY, NetworkFactory, agreed_builder, network_factory,
+                                              plans_network)
 from hiennu.inference.sliding_window import sliding_window_predict
 from hiennu.inference.trained_configuration import check_trained_configuration
 from hiennu.io.checkpoint import load_checkpoint
@@ -185,9 +186,10 @@ class Predictor(CasePredictor):
             states[fold] = state
         name = f"{path.parent.name}/{path.name}"
         post = load_postprocessing(path) if use_postprocessing else None
+        builder = agreed_builder({f: s.get(NETWORK_BUILDER_KEY) for f, s in states.items()}, str(path))
         return cls(plans, configuration, dataset, {f: s["network_weights"] for f, s in states.items()}, device=device,
                    use_mirroring=use_mirroring, name=name, postprocessing=post,
-                   network_for=network_factory(states, str(path)), **kwargs)
+                   network_for=network_factory(builder, str(path)), **kwargs)
 
     @classmethod
     def from_zip(cls, path: str | Path, folds: Sequence[int | str] | None = None,
@@ -210,8 +212,7 @@ class Predictor(CasePredictor):
         when ``use_postprocessing``; ``kwargs`` as for the constructor."""
         return cls(model.plans, model.plans.configuration(model.configuration), model.dataset, model.weights,
                    name=model.name, postprocessing=model.postprocessing if use_postprocessing else None,
-                   network_for=network_factory({f: {NETWORK_BUILDER_KEY: model.network_builder} for f in model.weights},
-                                               model.name), **kwargs)
+                   network_for=network_factory(model.network_builder, model.name), **kwargs)
 
     @classmethod
     def from_path(cls, path: str | Path, folds: Sequence[int | str] | None = None,

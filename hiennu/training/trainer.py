@@ -530,9 +530,9 @@ class Trainer(abc.ABC):
         self._last_plot = time.perf_counter()
 
     def _state(self, epoch: int, rng: list[dict], finished: bool) -> dict[str, Any]:
-        builder = {NETWORK_BUILDER_KEY: type(self).network_builder()} if type(self).network_builder() else {}
+        builder = type(self).network_builder()
         return {
-            **builder,
+            **({NETWORK_BUILDER_KEY: builder} if builder else {}),
             "trainer_name": self.trainer_name,
             "plans_name": self.plans.plans_name,
             "configuration_name": self.config.name,
