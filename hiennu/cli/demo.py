@@ -58,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        from hiennu.memory import keep_freed_memory
-        keep_freed_memory()  # the network's buffers reused, not faulted in again every step (bf16 1.18x, benchmarks.md)
         result = run_demo(DemoOptions(
             output_dir=args.output, num_cases=args.cases, test_cases=args.test_cases, trainers=args.trainers,
             folds=args.folds, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(summary_lines(result)))
         return 0
 
-    return run(go, verbose=not args.quiet)
+    return run(go, verbose=not args.quiet, runs_networks=True)
 
 
 if __name__ == "__main__":

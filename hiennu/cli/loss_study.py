@@ -57,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        from hiennu.memory import keep_freed_memory
-        keep_freed_memory()  # the network's buffers reused, not faulted in again every step (bf16 1.18x, benchmarks.md)
         result = run_loss_study(LossStudyOptions(
             dataset=args.dataset, trainers=args.trainers, folds=args.folds, training=TrainingOptions.from_args(args),
             reference=args.reference, figure_cases=args.figure_cases, num_processes=args.num_processes,
@@ -67,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"loss study report: {result.output_dir / 'report.md'}")
         return 0
 
-    return run(go, verbose=not args.quiet)
+    return run(go, verbose=not args.quiet, runs_networks=True)
 
 
 if __name__ == "__main__":

@@ -72,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        from hiennu.memory import keep_freed_memory
-        keep_freed_memory()  # the network's buffers reused, not faulted in again every forward (1.34x, benchmarks.md)
         from hiennu.inference.predictor import build_predictor
         from hiennu.io.checkpoint import checkpoint_file
         checkpoint = checkpoint_file(args.checkpoint) if args.checkpoint and not args.baseline else None
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                                           queue_size=args.preprocess_ahead)
         return 0 if report.ok else 1
 
-    return run(go, verbose=not args.quiet)
+    return run(go, verbose=not args.quiet, runs_networks=True)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        from hiennu.memory import keep_freed_memory
-        keep_freed_memory()  # the network's buffers reused, not faulted in again every forward (1.34x, benchmarks.md)
         from hiennu.inference.challenge import run_challenge
         from hiennu.inference.predictor import build_predictor
         from hiennu.io.checkpoint import checkpoint_file
@@ -49,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         run_challenge(predictor, args.input, args.output)
         return 0
 
-    return run(go, verbose=not args.quiet)
+    return run(go, verbose=not args.quiet, runs_networks=True)
 
 
 if __name__ == "__main__":

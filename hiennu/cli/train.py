@@ -60,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     trainer, fold = trainer_and_fold(parser, args)
 
     def go() -> None:
-        from hiennu.memory import keep_freed_memory
-        keep_freed_memory()  # the network's buffers reused, not faulted in again every step (bf16 1.18x, benchmarks.md)
         from hiennu.study.split_seeds import ensure_seed_splits
         from hiennu.training.launch import train
         from hiennu.training.options import TrainingOptions
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_seed_splits(options.dataset, options.split_seed)
         train(options, trainer, args.trainer_module)
 
-    return run(go, verbose=not args.quiet)
+    return run(go, verbose=not args.quiet, runs_networks=True)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        from hiennu.memory import keep_freed_memory
-        keep_freed_memory()  # the network's buffers reused, not faulted in again every step (bf16 1.18x, benchmarks.md)
         from hiennu.pipeline.default_model import DefaultModelOptions, train_default_model
         train_default_model(DefaultModelOptions(
             dataset=args.dataset, output=args.output, install=args.install, device=args.device,
@@ -67,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                                  ("postprocessing_candidates", args.postprocessing_candidates)) if v is not None}))
         return 0
 
-    return run(go, verbose=not args.quiet)
+    return run(go, verbose=not args.quiet, runs_networks=True)
 
 
 if __name__ == "__main__":
