@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -30,7 +31,7 @@ from hiennu.io.folders import AROUND, INSIDE, IS, folder_relation
 from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
-from hiennu.io.image import Geometry, image_ending, read_binary_mask, read_image, write_image
+from hiennu.io.image import Geometry, image_ending, read_binary_mask, read_image, strip_ending, write_image
 from hiennu.io.probabilities import read_probabilities
 from hiennu.log import get_logger, progress
 from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RULE_DIR, ModelFolder, model_dir_name,
@@ -269,13 +270,8 @@ def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str
         raise HiennuError(f"{record_path}: its post-processing ({post.name}) asks the network's probabilities about "
                           f"each component; give them with --probabilities DIR (CASE_prob.npz, as hiennu_predict "
                           f"--save-probabilities npz writes them), or predict with the model, which applies it itself")
-    if not masks_dir.is_dir():
-        raise HiennuError(f"-i {masks_dir}: folder of masks not found")
     _check_apart(out_dir, {"-i": masks_dir, "--images": images_dir, "--probabilities": probabilities_dir})
-    files = sorted(p for p in masks_dir.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and image_ending(p) is not None)
-    if not files:
-        raise HiennuError(f"-i {masks_dir}: no masks (CASE.mha, CASE.nii.gz ...)")
+    files = list(folder_masks(masks_dir).values())
     adc_k = zadc_k = None
     if post.needs_images:
         if images_dir is None:
@@ -315,9 +311,37 @@ def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str
     return [t.name[: -len(image_ending(t))] for t, _, _ in results]
 
 
+def probability_file(folder: Path, case: str) -> Path | None:
+    """Case ``case``'s probability map in ``folder``: ``CASE_prob.npz`` (``hiennu_predict --save-probabilities npz``),
+    else ``CASE.npz`` (a fold's validation, ``hiennu_train --npz``; nnU-Net's ``--npz``), else None."""
+    return next((folder / name for name in (f"{case}_prob.npz", f"{case}.npz") if (folder / name).is_file()), None)
+
+
+def folder_masks(masks_dir: Path) -> dict[str, Path]:
+    """Case id -> mask file of every ``CASE<ending>`` in ``masks_dir`` (hidden files and other files left out)."""
+    if not masks_dir.is_dir():
+        raise HiennuError(f"-i {masks_dir}: folder of masks not found")
+    masks: dict[str, Path] = {}
+    for path in sorted(masks_dir.iterdir()):
+        if path.name.startswith(".") or image_ending(path) is None:
+            continue
+        if path.is_symlink() and not path.exists():
+            raise HiennuError(f"-i {masks_dir}: {path.name} is a link to {os.readlink(path)}, which does not exist; "
+                              f"restore the mask or remove the link")
+        if path.is_file():
+            case = strip_ending(path)
+            if case in masks:
+                raise HiennuError(f"-i {masks_dir}: case {case} has two masks, {masks[case].name} and {path.name}; "
+                                  f"keep one")
+            masks[case] = path
+    if not masks:
+        raise HiennuError(f"-i {masks_dir}: no masks (CASE.mha, CASE.nii.gz ...)")
+    return masks
+
+
 def _case_probabilities(folder: Path, case: str, geometry: Geometry) -> np.ndarray:
-    """Case ``case``'s probabilities in ``folder`` (``CASE_prob.npz``, else ``CASE.npz``), on the mask's grid."""
-    file = next((folder / name for name in (f"{case}_prob.npz", f"{case}.npz") if (folder / name).is_file()), None)
+    """Case ``case``'s probabilities in ``folder`` (:func:`probability_file`), on the mask's grid."""
+    file = probability_file(folder, case)
     if file is None:
         raise HiennuError(f"case {case}: no {case}_prob.npz (or {case}.npz) in --probabilities {folder}; predict the "
                           f"case with hiennu_predict --save-probabilities npz")

@@ -29,10 +29,9 @@ from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json, write_json
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.folders import INSIDE, IS, folder_relation
-from hiennu.io.image import image_ending, strip_ending
 from hiennu.paths import DATASET_FILE, POSTPROCESSING_FILE
 from hiennu.postprocessing.candidates import ALL_CANDIDATES, COMPONENT_SIZES, needs_probabilities
-from hiennu.postprocessing.commands import raw_dataset_of
+from hiennu.postprocessing.commands import folder_masks, probability_file, raw_dataset_of
 from hiennu.postprocessing.record import postprocessing_from_record
 from hiennu.postprocessing.selection import select_on_masks
 
@@ -68,28 +67,6 @@ def apply_command(record: dict, record_path: Path) -> str:
             + (" --probabilities PROBABILITIES" if post.needs_probabilities else ""))
 
 
-def folder_masks(masks_dir: Path) -> dict[str, Path]:
-    """Case id -> mask file of every ``CASE<ending>`` in ``masks_dir`` (hidden files and other files left out)."""
-    if not masks_dir.is_dir():
-        raise HiennuError(f"-i {masks_dir}: folder of masks not found")
-    masks: dict[str, Path] = {}
-    for path in sorted(masks_dir.iterdir()):
-        if path.name.startswith(".") or image_ending(path) is None:
-            continue
-        if path.is_symlink() and not path.exists():
-            raise HiennuError(f"-i {masks_dir}: {path.name} is a link to {os.readlink(path)}, which does not exist; "
-                              f"restore the mask or remove the link")
-        if path.is_file():
-            case = strip_ending(path)
-            if case in masks:
-                raise HiennuError(f"-i {masks_dir}: case {case} has two masks, {masks[case].name} and {path.name}; "
-                                  f"keep one")
-            masks[case] = path
-    if not masks:
-        raise HiennuError(f"-i {masks_dir}: no masks (CASE.mha, CASE.nii.gz ...)")
-    return masks
-
-
 def folds_of_cases(cases: list[str], fold_cases: dict[int, list[str]], splits_path: Path) -> dict[str, int]:
     """Case id -> the fold of ``fold_cases`` (fold -> validation cases) that holds it out; every case must be held
     out by one, and the cases must come from at least two folds (the nested estimate chooses on the others)."""
@@ -107,11 +84,11 @@ def folds_of_cases(cases: list[str], fold_cases: dict[int, list[str]], splits_pa
 
 
 def case_probability_files(prob_dir: Path, cases: list[str]) -> dict[str, list[Path]]:
-    """Case id -> ``[CASE_prob.npz]`` (``hiennu_predict --save-probabilities npz``) or ``[CASE.npz]`` (validation,
-    nnU-Net's ``--npz``) in ``prob_dir``; a case with neither is an error naming it."""
+    """Case id -> ``[its probability file]`` in ``prob_dir`` (:func:`~hiennu.postprocessing.commands.probability_file`);
+    a case without one is an error naming it."""
     out = {}
     for case in cases:
-        file = next((prob_dir / n for n in (f"{case}_prob.npz", f"{case}.npz") if (prob_dir / n).is_file()), None)
+        file = probability_file(prob_dir, case)
         if file is None:
             raise HiennuError(f"case {case}: no {case}_prob.npz or {case}.npz in {prob_dir}; --candidates judged-rule "
                               f"asks the network's probabilities (hiennu_predict --save-probabilities npz, hiennu_train "
