@@ -158,3 +158,15 @@ def test_options_that_do_not_go_together_are_refused_by_the_parser(argv, words, 
         determine_cli.main(argv)
     assert e.value.code == 2
     assert words in capsys.readouterr().err
+
+
+def test_apply_postprocessing_names_a_mask_that_is_a_dead_link(tmp_path, capsys):
+    """hiennu_apply_postprocessing lists its masks as the -i mode does (commands.folder_masks): a dead link is named,
+    not left out."""
+    raw, _, crossval, _ = _folder_of_masks(tmp_path)
+    record = tmp_path / "pp.json"
+    record.write_text(json.dumps({"chosen": {"min_component_voxels": 5}}))
+    (crossval / "case99.mha").symlink_to(tmp_path / "gone.mha")
+    assert apply_cli.main(["-i", str(crossval), "-o", str(tmp_path / "post"), "-pp", str(record), "-q"]) == 1
+    assert "case99.mha is a link to" in capsys.readouterr().err
+    assert not (tmp_path / "post").exists()

@@ -32,6 +32,7 @@ Dice with it, not by the raw Dice (``--select-by raw`` restores nnU-Net's rule).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -104,11 +105,11 @@ class FindBestOptions:
     rule_candidate: bool = False
 
     def __post_init__(self) -> None:
-        twice = sorted({m for m in map(str, self.models) if list(map(str, self.models)).count(m) > 1})
+        self.models = list(map(str, self.models))
+        twice = sorted(m for m, n in Counter(self.models).items() if n > 1)
         if twice:
             raise HiennuError(f"-m: {', '.join(twice)} named twice; name each model once (a typo for another model "
                               f"would turn the choice into one among fewer models)")
-        self.models = list(map(str, self.models))
         if self.models:
             if self.configurations:
                 raise HiennuError("-m names the models: leave out -c, -tr and -p (or name them with -c, -tr, -p alone)")

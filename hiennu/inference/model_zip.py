@@ -860,10 +860,10 @@ def install_model_zip(path: str | Path, root: str | Path | None = None, overwrit
                               f"default it would not predict as {path} does. Pass --overwrite to replace that folder "
                               f"with exactly the zip's model (its training history too), install under another "
                               f"hiennu_results, or predict from the folder with -m {root / contents.model} -f "
-                              f"{' '.join(contents.folds)} -chk {contents.checkpoint}")
+                              f"{' '.join(_chosen_folds(contents, None))} -chk {contents.checkpoint}")
         elif other:
             logger.warning("%s already holds this model's weights, but %s: predict from it with -f %s -chk %s to "
-                           "predict as %s does", root / contents.model, other, " ".join(contents.folds),
+                           "predict as %s does", root / contents.model, other, " ".join(_chosen_folds(contents, None)),
                            contents.checkpoint, path)
     clashes = [root / name for name, same in holds.items() if not same and (root / name).exists()]
     if clashes and not overwrite:
