@@ -840,3 +840,38 @@ def test_an_ensemble_folder_left_half_written_is_named_not_taken_for_no_ensemble
         check_ensemble_complete(folder.path, "hiennu_find_best_configuration -d Tiny -m A B")
     with pytest.raises(HiennuError, match="half-written"):
         resolve_model(folder.path)
+
+
+def test_a_signal_while_an_ensemble_is_committed_is_held_until_its_record_is_written(tmp_path, monkeypatch):
+    """Ctrl-C landing between the renames that replace an ensemble's validation masks is delivered once the new
+    masks and records are in place; no hidden copy of the old masks is left in the ensemble's folder."""
+    import os
+    import signal
+    import hiennu.ensembling.ensemble_cv as ensemble_cv
+    from hiennu.ensembling.ensemble_cv import Candidate, EnsembleStaging
+
+    candidate = Candidate(("A__p__2d", "B__p__3d_fullres"))
+    for round_ in ("old", "new"):
+        staging = EnsembleStaging(tmp_path)
+        staging.validation_dir(candidate).mkdir(parents=True)
+        (staging.validation_dir(candidate) / "summary.json").write_text(round_)
+        real, calls = os.replace, []
+
+        def replace(src, dst):
+            real(src, dst)
+            calls.append(dst)
+            if round_ == "new" and len(calls) == 1:  # the old masks just moved aside
+                os.kill(os.getpid(), signal.SIGINT)
+
+        monkeypatch.setattr(ensemble_cv.os, "replace", replace)
+        if round_ == "old":
+            folder = staging.commit(candidate, {"members": list(candidate.members)}, {"round": round_})
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                staging.commit(candidate, {"members": list(candidate.members)}, {"round": round_})
+        monkeypatch.setattr(ensemble_cv.os, "replace", real)
+        staging.discard()
+    assert (folder.validation_dir / "summary.json").read_text() == "new"
+    assert json.loads(folder.postprocessing.read_text()) == {"round": "new"} and folder.members.is_file()
+    assert sorted(p.name for p in folder.path.iterdir()) == sorted([folder.validation_dir.name, folder.members.name,
+                                                                    folder.postprocessing.name])

@@ -153,3 +153,35 @@ def test_folder_relation_compares_the_folders_on_disk(tmp_path):
     assert folder_relation(tmp_path / "link" / "sub" / "out", tmp_path / "in") == INSIDE
     assert folder_relation(tmp_path, tmp_path / "in") == AROUND
     assert folder_relation(tmp_path / "other", tmp_path / "in") is None
+
+
+def test_interrupts_are_held_until_the_block_ends_and_ignored_ones_stay_ignored():
+    """SIGTERM and Ctrl-C raised inside the block reach the handler in place only after the block, once (the first
+    received); the handlers are restored; a signal that was ignored is not caught or delivered."""
+    import os
+    import signal
+
+    from hiennu.io.atomic import interrupts_deferred
+    seen, steps = [], []
+    previous = signal.signal(signal.SIGTERM, lambda number, _frame: seen.append((number, list(steps))))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                steps.append("after SIGINT")
+                os.kill(os.getpid(), signal.SIGTERM)
+                steps.append("after SIGTERM")
+        assert steps == ["after SIGINT", "after SIGTERM"] and seen == []  # the first one received is delivered
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("inside")
+            assert seen == []
+        assert seen == [(signal.SIGTERM, ["after SIGINT", "after SIGTERM", "inside"])]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with interrupts_deferred():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -343,6 +343,42 @@ def test_an_interrupted_overwrite_leaves_the_installed_model_as_it_was(tmp_path,
         assert not [n for n in left if n.startswith(".hiennu-replaced-")], left
 
 
+@pytest.mark.parametrize("when", ["swap", "old copy"])
+def test_a_signal_during_the_swap_is_held_until_it_is_done(tmp_path, hiennu_roots, monkeypatch, when):
+    """A real Ctrl-C landing while the folders are renamed (or right after the swap, before the old copy is renamed
+    for removal) is delivered once the renames are done: the new model is in place, no hidden copy of the old one
+    is left beside it (it was never removed, since it cannot be told from an original whose swap failed), and the
+    command still ends with KeyboardInterrupt."""
+    import signal
+    import hiennu.inference.model_zip as model_zip
+    target = install_model_zip(export_model_zip(make_model_dir(tmp_path / "a"), tmp_path / "a.zip"))
+    other = export_model_zip(make_model_dir(tmp_path / "b", seed=7), tmp_path / "b.zip")
+    real_replace, real_staging, swapped = os.replace, model_zip.staging_dir, []
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if Path(dst) == target:  # the new model just renamed in
+            swapped.append(dst)
+            if when == "swap":
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def staging(parent, prefix, **kwargs):
+        if when == "old copy" and swapped and prefix == ".hiennu-installing-":  # after the swap, before the rename
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_staging(parent, prefix, **kwargs)
+
+    monkeypatch.setattr(model_zip.os, "replace", replace)
+    monkeypatch.setattr(model_zip, "staging_dir", staging)
+    with pytest.raises(KeyboardInterrupt):
+        install_model_zip(other, overwrite=True)
+    monkeypatch.setattr(model_zip.os, "replace", real_replace)
+    monkeypatch.setattr(model_zip, "staging_dir", real_staging)
+    now = _weights(target / "fold_0" / "checkpoint_final.pth")
+    assert all(torch.equal(now[k], load_model_zip(other).weights["0"][k]) for k in now)
+    assert not [p.name for p in target.parent.iterdir() if p.name.startswith(".hiennu-")]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_an_installed_default_predicts_as_its_zip_or_is_refused(tmp_path, hiennu_roots, capsys):
     """A folder that holds the zip's weights but more folds or another default checkpoint would, as the default,
     predict otherwise than the zip: --default is refused (naming the folds and checkpoints), --overwrite installs

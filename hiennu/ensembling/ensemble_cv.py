@@ -29,7 +29,7 @@ import numpy as np
 from hiennu.errors import HiennuError
 from hiennu.inference.predictor import THRESHOLD
 from hiennu.io.probabilities import mean_probabilities
-from hiennu.io.atomic import staging_dir, write_json
+from hiennu.io.atomic import interrupts_deferred, staging_dir, write_json
 from hiennu.paths import VALIDATION_DIR, EnsembleFolder, ensemble_dir_name
 from hiennu.postprocessing.components import remove_small_components
 
@@ -142,17 +142,20 @@ class EnsembleStaging:
         ensemble (no ``members.json``) rather than an old record beside new masks."""
         folder = self.folder(candidate)
         folder.path.mkdir(parents=True, exist_ok=True)
-        folder.members.unlink(missing_ok=True)
-        folder.postprocessing.unlink(missing_ok=True)
         old = None
-        if folder.validation_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=".validation.replaced-", dir=folder.path))
-            os.replace(folder.validation_dir, old / VALIDATION_DIR)
-        os.replace(self.validation_dir(candidate), folder.validation_dir)
-        write_json(postprocessing, folder.postprocessing)
-        write_json(members, folder.members)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            with interrupts_deferred():  # an interrupt between the renames left the old masks in a hidden folder
+                folder.members.unlink(missing_ok=True)
+                folder.postprocessing.unlink(missing_ok=True)
+                if folder.validation_dir.exists():
+                    old = Path(tempfile.mkdtemp(prefix=".validation.replaced-", dir=folder.path))
+                    os.replace(folder.validation_dir, old / VALIDATION_DIR)
+                os.replace(self.validation_dir(candidate), folder.validation_dir)
+                write_json(postprocessing, folder.postprocessing)
+                write_json(members, folder.members)
+        finally:
+            if old is not None and folder.validation_dir.exists():  # replaced: the old masks are garbage
+                shutil.rmtree(old, ignore_errors=True)
         return folder
 
     def discard(self) -> None:

@@ -75,7 +75,7 @@ from hiennu.inference.model_registry import (default_checkpoint, default_folds, 
                                              resolve_models, select_folds, set_default_model)
 from hiennu.inference.network_builder import NETWORK_BUILDER_KEY, agreed_builder
 from hiennu.inference.trained_configuration import check_trained_configuration
-from hiennu.io.atomic import atomic_path, staging_dir
+from hiennu.io.atomic import atomic_path, interrupts_deferred, staging_dir
 from hiennu.io.checkpoint import FINAL, checkpoint_file, load_checkpoint
 from hiennu.io.folders import INSIDE, IS, folder_relation
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
@@ -918,33 +918,40 @@ def _install_rule_zip(path: Path, root: Path, overwrite: bool, make_default: boo
 
 def _swap_in(root: Path, staged: dict[str, Path]) -> None:
     """Rename every staged folder into place, all or nothing: each existing target is moved aside first; when a
-    rename fails or the run is interrupted (Ctrl-C, SIGTERM) at any point, the folders already swapped are taken
-    out again and every moved-aside target is put back (:func:`_undo_swap`, which reads where each folder is from
-    the disk, so an interrupt between a rename and its bookkeeping loses nothing), so the results folder holds
-    either all the new folders or all the old ones."""
+    rename fails, the folders already swapped are taken out again and every moved-aside target is put back
+    (:func:`_undo_swap`, which reads where each folder is from the disk, so a failure between a rename and its
+    bookkeeping loses nothing), so the results folder holds either all the new folders or all the old ones.
+    Ctrl-C and SIGTERM are held until the renames are done (:func:`interrupts_deferred`), the old copies' renames
+    for removal included: an interrupt between the swap and those renames left the old model under its hidden
+    set-aside name, which is never removed because it cannot be told from an original whose swap failed."""
     steps: list[tuple[Path, Path, Path | None]] = []  # (target, its staging, the folder it is moved aside into)
+    trash: list[Path] = []
     try:
-        for folder, staging in staged.items():
-            target = root / folder
-            # set aside under a short hidden name in the same folder (renamed onto an empty folder made for it): a
-            # name made from the target's own would pass the 255 bytes a file name may have for the longest
-            # ensemble names (paths.MAX_FILE_NAME_BYTES), and another parent folder would need write permission on
-            # the target itself (a read-only installed model)
-            aside = (staging_dir(target.parent, prefix=".hiennu-replaced-", holds_original=True)
-                     if target.exists() else None)
-            steps.append((target, staging, aside))  # recorded before anything moves
-            if aside is not None:
-                os.replace(target, aside)
-            os.replace(staging, target)
-    except BaseException:
-        for target, staging, aside in reversed(steps):
-            _undo_swap(target, staging, aside)
-        raise
-    for target, _, aside in steps:
-        if aside is not None:  # the old copy, now garbage: renamed to a staging name first, so that an interrupted
-            trash = staging_dir(target.parent, prefix=".hiennu-installing-")  # removal is swept by a later run
-            os.replace(aside, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+        with interrupts_deferred():
+            try:
+                for folder, staging in staged.items():
+                    target = root / folder
+                    # set aside under a short hidden name in the same folder (renamed onto an empty folder made for
+                    # it): a name made from the target's own would pass the 255 bytes a file name may have for the
+                    # longest ensemble names (paths.MAX_FILE_NAME_BYTES), and another parent folder would need write
+                    # permission on the target itself (a read-only installed model)
+                    aside = (staging_dir(target.parent, prefix=".hiennu-replaced-", holds_original=True)
+                             if target.exists() else None)
+                    steps.append((target, staging, aside))  # recorded before anything moves
+                    if aside is not None:
+                        os.replace(target, aside)
+                    os.replace(staging, target)
+            except BaseException:
+                for target, staging, aside in reversed(steps):
+                    _undo_swap(target, staging, aside)
+                raise
+            for target, _, aside in steps:
+                if aside is not None:  # the old copy, now garbage: renamed to a staging name, so that a removal
+                    trash.append(staging_dir(target.parent, prefix=".hiennu-installing-"))  # cut short is swept
+                    os.replace(aside, trash[-1])  # by a later run
+    finally:
+        for folder in trash:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _undo_swap(target: Path, staging: Path, aside: Path | None) -> None:

@@ -10,8 +10,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -83,6 +85,35 @@ def staging_dir(parent: str | os.PathLike, prefix: str, suffix: str = "", holds_
     path = Path(tempfile.mkdtemp(prefix=prefix + _owner_tag(), suffix=suffix, dir=parent))
     os.chmod(path, _DIR_MODE)
     return path
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then deliver the first one received.
+
+    For a few renames that must not be split (a model folder swapped in, its old copy set aside and renamed for
+    removal): an interrupt landing between two of them would leave a state that no later run can tell from another
+    (an old model under a hidden name, kept forever because it may be the only copy). The handlers in place are
+    restored on the way out and the signal is raised again, so the command ends as it would have, after the block.
+    Signals that are ignored stay ignored; outside the main thread (where Python cannot set handlers) nothing is
+    held. SIGKILL cannot be held: the rename sequence is still written so that it loses nothing then."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is signal.SIG_IGN or handler is None:  # None: set from C, cannot be restored from Python
+            continue
+        previous[signum] = signal.signal(signum, lambda number, _frame: received.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 @contextlib.contextmanager
