@@ -59,7 +59,7 @@ from hiennu.postprocessing.selection import (CaseImages, all_candidates, choose,
                                              validation_cases)
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.io.image import read_image, write_image
-from hiennu.paths import ModelFolder, preprocessed_root, raw_root, resolve_dataset, results_root
+from hiennu.paths import ModelFolder, raw_root, resolve_dataset
 from hiennu.errors import HiennuError
 from hiennu.evaluation import report
 from hiennu.postprocessing.selection import plans_size_rule

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 import textwrap
 import zipfile
@@ -273,7 +274,7 @@ def stub_network(predictor: Predictor) -> Predictor:
     return predictor
 
 
-def expect_workers_end_with(main: "subprocess.Popen", workers: list[int], within: float = 15.0) -> None:
+def expect_workers_end_with(main: subprocess.Popen, workers: list[int], within: float = 15.0) -> None:
     """SIGKILL ``main`` (which leaves it no chance to stop anything) and assert that every process of ``workers``
     ends within ``within`` seconds, as their watch on it makes them; whatever still runs is killed afterwards."""
     import os

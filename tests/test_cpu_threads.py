@@ -10,7 +10,7 @@ import torch
 from hiennu.device import configure_cpu_threads
 from hiennu.errors import HiennuError
 from hiennu.training.options import TrainingOptions
-from helpers import fold_dir, make_tiny_dataset, options
+from helpers import fold_dir, make_tiny_dataset
 
 
 @pytest.fixture

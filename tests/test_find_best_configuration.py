@@ -25,7 +25,8 @@ from hiennu.cli import find_best_configuration as cli
 from hiennu.cli import predict as predict_cli
 from hiennu.ensembling.best_configuration import FindBestOptions, choose_best, find_best_configuration
 from hiennu.ensembling.choice import Selection
-from hiennu.ensembling.ensemble_cv import Candidate, candidates, cv_mask, mean_probabilities
+from hiennu.ensembling.ensemble_cv import Candidate, candidates, cv_mask
+from hiennu.io.probabilities import mean_probabilities
 from hiennu.ensembling.inference_information import (ChosenConfiguration, candidate_scores,
                                                      load_inference_information, predict_command)
 from hiennu.errors import HiennuError
@@ -604,8 +605,8 @@ def test_a_judged_rule_record_kept_in_a_model_folder_is_scored_by_a_later_run_of
     judged = {m: json.loads(ModelFolder(cv / m).postprocessing.read_text()) for m in (A, B)}
     assert all(r["candidate_set"] == "judged-rule" for r in judged.values())
     capsys.readouterr()
-    for candidates in ("all", "cap-filter"):
-        assert cli.main(_run("--postprocessing-candidates", candidates)) == 0, capsys.readouterr().err
+    for candidate_set in ("all", "cap-filter"):
+        assert cli.main(_run("--postprocessing-candidates", candidate_set)) == 0, capsys.readouterr().err
         for m in (A, B):  # kept, not replaced
             assert json.loads(ModelFolder(cv / m).postprocessing.read_text()) == judged[m]
 

@@ -9,11 +9,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from hiennu.errors import HiennuError
 from hiennu.plans import AugmentationPlan
-from tests.test_augmentation import SHAPE, blob_mask, run_cpu, run_torch, smooth_image
+from tests.test_augmentation import blob_mask, run_cpu, run_torch, smooth_image
 from tests.test_plans_validation import CFG, _edit, _load
 
 INTENSITY = dict(p_noise=1.0, p_blur=1.0, p_lowres=1.0, p_gamma=1.0, noise_std=0.5)

@@ -105,7 +105,6 @@ def test_refinement_triggers_improves_and_stops_when_both_thresholds_hold():
 
 
 def test_refinement_stops_within_the_budget_and_says_which_cases_lose(monkeypatch, caplog):
-    import logging
     monkeypatch.setattr(logging.getLogger("hiennu"), "propagate", True)  # a CLI test may have turned it off
     fp = _fingerprint()
     config = _patch_config(fp)

@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from hiennu.ensembling.cv_probabilities import read_probabilities
-from hiennu.ensembling.ensemble_cv import cv_mask, mean_probabilities
+from hiennu.ensembling.ensemble_cv import cv_mask
+from hiennu.io.probabilities import mean_probabilities
 from hiennu.errors import HiennuError
 from hiennu.evaluation.evaluate import json_safe, per_case_csv_path, summarize, write_per_case_csv
 from hiennu.evaluation.metrics import SUMMARY_METRICS, case_metrics

@@ -28,7 +28,6 @@ import numpy as np
 
 from hiennu.errors import HiennuError
 from hiennu.inference.predictor import THRESHOLD
-from hiennu.io.probabilities import mean_probabilities
 from hiennu.io.atomic import interrupts_deferred, staging_dir, write_json
 from hiennu.paths import VALIDATION_DIR, EnsembleFolder, ensemble_dir_name
 from hiennu.postprocessing.components import remove_small_components

@@ -23,7 +23,6 @@ its properties exist with the current signature. Re-running skips such cases.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

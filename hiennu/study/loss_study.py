@@ -63,7 +63,7 @@ from hiennu.training.fold_layout import FoldLayout, fold_layout
 from hiennu.training.fold_record import move_fold_aside, recorded_differences
 from hiennu.training.native_validation import validated_checkpoint, validation_is_current
 from hiennu.training.options import NUM_FOLDS, TrainingOptions
-from hiennu.training.trainers import BUILTIN_TRAINERS, get_trainer_class
+from hiennu.training.trainers import get_trainer_class
 
 log = get_logger(__name__)
 
