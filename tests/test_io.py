@@ -72,7 +72,7 @@ def test_read_errors_name_the_file(tmp_path):
     with pytest.raises(ImageReadError, match="empty.mha: file is empty"):
         read_image(tmp_path / "empty.mha")
     (tmp_path / "junk.mha").write_bytes(b"ObjectType = Image\nNDims = 3\nthis is not an image")
-    with pytest.raises(ImageReadError, match="junk.mha: cannot be read"):
+    with pytest.raises(ImageReadError, match="junk.mha: its MetaImage header ends before its ElementDataFile line"):
         read_image(tmp_path / "junk.mha")
     (tmp_path / "x.png").write_bytes(b"abc")
     with pytest.raises(ImageReadError, match="unsupported file ending"):
@@ -185,3 +185,77 @@ def test_interrupts_are_held_until_the_block_ends_and_ignored_ones_stay_ignored(
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_a_cut_off_metaimage_is_one_line_without_itks_own_complaints(tmp_path, capfd, compress):
+    """A .mha cut off in its header or its voxels is refused before ITK reads it: ITK's MetaImage reader printed
+    several lines of its own to the process's standard error (which -q cannot silence) before its exception."""
+    geometry = Geometry((6, 5, 4), (1.0, 1.0, 2.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_image(np.arange(120, dtype=np.float32).reshape(4, 5, 6), geometry, tmp_path / "whole.mha", compress=compress)
+    data = (tmp_path / "whole.mha").read_bytes()
+    header = data.index(b"ElementDataFile")
+    for cut, message in ((header - 5, "its MetaImage header ends before its ElementDataFile line"),
+                         (len(data) - 7, "compressed stream ends early" if compress else
+                          "its voxel data ends early: 473 of 480 bytes")):
+        (tmp_path / "cut.mha").write_bytes(data[:cut])
+        capfd.readouterr()
+        with pytest.raises(ImageReadError, match=f"cut.mha: .*{message}"):
+            read_image(tmp_path / "cut.mha")
+        assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nii.gz"])
+def test_a_write_that_does_not_read_back_whole_is_an_error_and_replaces_nothing(tmp_path, monkeypatch, ending):
+    """SimpleITK's writers do not report a full disk (the NIfTI writer returns as if all went well): a file that
+    does not read back as the array written is an error naming the file, the earlier file stays, and no temporary
+    file is left."""
+    import hiennu.io.image as image
+    geometry = Geometry((6, 5, 4), (1.0, 1.0, 2.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    path = tmp_path / f"mask{ending}"
+    write_image(np.zeros((4, 5, 6), np.uint8), geometry, path)
+    before = path.read_bytes()
+    real = image.sitk.WriteImage
+
+    def cut_short(img, name, useCompression=True):
+        real(img, name, useCompression=useCompression)
+        with open(name, "r+b") as f:
+            f.truncate(len(open(name, "rb").read()) // 2)
+
+    monkeypatch.setattr(image.sitk, "WriteImage", cut_short)
+    with pytest.raises(HiennuError, match=f"mask{ending}: writing it failed .*disk or quota full"):
+        write_image(np.ones((4, 5, 6), np.uint8), geometry, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+    def refused(img, name, useCompression=True):
+        raise RuntimeError(f"ITK ERROR: MetaImageIO: File cannot be written: {name}\nReason: No space left on device")
+
+    monkeypatch.setattr(image.sitk, "WriteImage", refused)
+    with pytest.raises(HiennuError, match=f"mask{ending}: cannot be written \\(No space left on device\\)"):
+        write_image(np.ones((4, 5, 6), np.uint8), geometry, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary_twin(tmp_path, monkeypatch):
+    """A folder that refuses new files, or a write cut short (a full disk), is an error naming the file asked for,
+    not the hidden temporary file it is first written to; an error about another file passes through as it is."""
+    import errno
+    import tempfile
+
+    from hiennu.io.atomic import atomic_path
+    real = tempfile.mkstemp
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(tmp_path / ".x.json.abc.tmp.json"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(HiennuError, match=r"x\.json: cannot be written \(Read-only file system\); choose a folder"):
+        write_json({}, tmp_path / "x.json")
+    monkeypatch.setattr(tempfile, "mkstemp", real)
+    with pytest.raises(HiennuError, match=r"y\.json: cannot be written \(No space left on device\)"):
+        with atomic_path(tmp_path / "y.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(FileNotFoundError, match="elsewhere"):
+        with atomic_path(tmp_path / "z.json"):
+            open(tmp_path / "elsewhere" / "source.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

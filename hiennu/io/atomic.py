@@ -127,13 +127,24 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as e:
+        raise HiennuError(f"{path}: cannot be written ({e.strerror or e}); choose a folder you can write to, and run "
+                          f"the command again") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.chmod(tmp_path, _FILE_MODE)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            os.chmod(tmp_path, _FILE_MODE)  # mkstemp creates 0600; give the file the usual permissions
+            os.replace(tmp_path, path)
+        except OSError as e:
+            named = {os.fspath(name) for name in (e.filename, e.filename2) if name is not None}
+            if named - {tmp, str(path)}:  # about another file (one being read): its own message says it best
+                raise
+            raise HiennuError(f"{path}: cannot be written ({e.strerror or e}); free some space or choose a "
+                              f"folder you can write to, and run the command again") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -208,6 +208,75 @@ _META_ELEMENT_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHOR
 _CHUNK = 1 << 20
 
 
+_META_HEADER_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class _MetaHeader:
+    """What a MetaImage header says about its voxel data: ``fields`` up to ``ElementDataFile``; ``data`` the file
+    that holds the voxels and ``offset`` where they start in it (None: no single data file is named, or a list or
+    pattern of them); ``data_bytes`` how many bytes they take uncompressed (0 when the header does not say)."""
+
+    fields: dict
+    data: Path | None
+    offset: int
+    data_bytes: int
+
+
+def _meta_header(path: Path) -> _MetaHeader | None:
+    """The header of the MetaImage ``path`` as far as its ``ElementDataFile`` line, or None when that line is not
+    within the first 16 KiB (a header cut off, or not a MetaImage). Raises OSError, ValueError."""
+    with open(path, "rb") as f:
+        head = f.read(_META_HEADER_BYTES)
+    fields = {}
+    for line in head.split(b"\n"):
+        name, sep, value = line.partition(b"=")
+        if sep:
+            fields[name.strip().decode(errors="replace")] = value.strip().decode(errors="replace")
+        if name.strip() == b"ElementDataFile":
+            break
+    if "ElementDataFile" not in fields:
+        return None
+    source = fields["ElementDataFile"]
+    data_bytes = (int(np.prod([int(v) for v in fields.get("DimSize", "").split()]))
+                  * _META_ELEMENT_BYTES.get(fields.get("ElementType", ""), 0)
+                  * int(fields.get("ElementNumberOfChannels", "1")))
+    if not source or source.split()[0] == "LIST" or "%" in source:
+        return _MetaHeader(fields, None, 0, data_bytes)   # no data file named (SimpleITK says so), a list or pattern
+    if source == "LOCAL":
+        end = head.find(b"\n", head.index(b"ElementDataFile"))
+        return _MetaHeader(fields, path, end + 1 if end >= 0 else len(head), data_bytes)
+    return _MetaHeader(fields, path.parent / source, 0, data_bytes)
+
+
+def meta_header_problem(path: str | os.PathLike) -> str | None:
+    """Why the MetaImage ``path`` (``.mha``/``.mhd``) is cut off before its voxels are whole, or None (also for other
+    formats, and for what SimpleITK itself reports well).
+
+    Why this exists: ITK's MetaImage reader prints its own complaints about a header cut off before
+    ``ElementDataFile`` or uncompressed voxels that end early straight to the process's standard error, several
+    lines that ``-q`` cannot silence, before its exception. Caught here first, the user reads one line."""
+    path = Path(path)
+    if image_ending(path) not in (".mha", ".mhd"):
+        return None
+    try:
+        header = _meta_header(path)
+        if header is None:
+            if path.stat().st_size < _META_HEADER_BYTES:
+                return "its MetaImage header ends before its ElementDataFile line (truncated file?)"
+            return None
+        if header.data is None or header.fields.get("CompressedData", "False").lower() == "true":
+            return None   # compressed data is checked by compressed_data_problem
+        if not header.data.is_file():
+            return f"its voxel data file {header.data} is missing"
+        present = header.data.stat().st_size - header.offset
+        if header.data_bytes and present < header.data_bytes:
+            return f"its voxel data ends early: {present} of {header.data_bytes} bytes (truncated file?)"
+    except (OSError, ValueError) as e:
+        return str(e) or type(e).__name__
+    return None
+
+
 def compressed_data_problem(path: str | os.PathLike) -> str | None:
     """Why the compressed voxel data of ``path`` is damaged, or None (also for uncompressed files).
 
@@ -229,30 +298,10 @@ def compressed_data_problem(path: str | os.PathLike) -> str | None:
             return _inflate_problem(path, 0, wbits=31, members=True)
         if ending not in (".mha", ".mhd"):
             return None
-        with open(path, "rb") as f:
-            head = f.read(16384)
-        fields = {}
-        for line in head.split(b"\n"):
-            name, sep, value = line.partition(b"=")
-            if sep:
-                fields[name.strip().decode(errors="replace")] = value.strip().decode(errors="replace")
-            if name.strip() == b"ElementDataFile":
-                break
-        if fields.get("CompressedData", "False").lower() != "true" or "ElementDataFile" not in fields:
+        header = _meta_header(path)
+        if header is None or header.fields.get("CompressedData", "False").lower() != "true" or header.data is None:
             return None
-        source = fields["ElementDataFile"]
-        if not source or source.split()[0] == "LIST" or "%" in source:
-            return None   # no data file named (SimpleITK will say so), or a list or pattern of them
-        if source == "LOCAL":
-            offset = head.index(b"ElementDataFile")
-            offset = head.index(b"\n", offset) + 1
-            data_file = path
-        else:
-            offset, data_file = 0, path.parent / source
-        expected = (int(np.prod([int(v) for v in fields.get("DimSize", "").split()]))
-                    * _META_ELEMENT_BYTES.get(fields.get("ElementType", ""), 0)
-                    * int(fields.get("ElementNumberOfChannels", "1")))
-        return _inflate_problem(data_file, offset, wbits=47, expected=expected)
+        return _inflate_problem(header.data, header.offset, wbits=47, expected=header.data_bytes)
     except (OSError, EOFError, zlib.error, ValueError) as e:
         return str(e) or type(e).__name__
 
@@ -332,6 +381,9 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
     problem = spacing_problem(raw_spacing, path) if raw_spacing is not None else None
     if problem:
         raise ImageReadError(problem)
+    cut = meta_header_problem(path)
+    if cut:
+        raise ImageReadError(f"{path}: {cut}; re-export or re-copy it")
     damaged = compressed_data_problem(path)
     if damaged:
         raise ImageReadError(f"{path}: its compressed voxel data is corrupt ({damaged}); re-export or re-copy it")
@@ -396,7 +448,9 @@ def read_binary_mask(path: str | os.PathLike, what: str) -> tuple[np.ndarray, Ge
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, compress: bool = True) -> None:
     """Write ``array (z, y, x)`` with ``geometry``'s spacing/origin/direction, atomically.
 
-    The array's dtype is the file's pixel type (cast before calling, e.g. ``uint8`` for masks).
+    The array's dtype is the file's pixel type (cast before calling, e.g. ``uint8`` for masks). The file written is
+    read back and compared before it replaces ``path`` (:func:`_check_written`): SimpleITK's writers do not report a
+    failed write (a full disk left empty or cut-off files, and the command ended as if it had written them).
     """
     array = np.ascontiguousarray(array)
     if array.ndim != 3 or tuple(array.shape) != tuple(geometry.size_zyx):
@@ -407,7 +461,33 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, 
         raise ValueError(f"{path}: unsupported file ending; use one of {', '.join(IMAGE_ENDINGS)}")
     if ending == ".mhd":
         # header + raw pair: write both under final names (no single-file atomic rename possible)
-        sitk.WriteImage(image, str(path), useCompression=compress)
+        _write_sitk(image, path, compress, path)
+        _check_written(path, array, path)
         return
     with atomic_path(path, suffix=ending) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+        _write_sitk(image, tmp, compress, path)
+        _check_written(tmp, array, path)
+
+
+def _write_sitk(image: sitk.Image, written: Path | str, compress: bool, path: str | os.PathLike) -> None:
+    """``sitk.WriteImage`` into ``written``, its failure a :class:`HiennuError` naming ``path`` (not the hidden
+    temporary file) and ITK's reason."""
+    try:
+        sitk.WriteImage(image, str(written), useCompression=compress)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Reason:")),
+                      lines[-1] if lines else type(e).__name__)
+        raise HiennuError(f"{path}: cannot be written ({reason}); free some space or choose a folder you can "
+                          f"write to, and run the command again") from None
+
+
+def _check_written(written: Path | str, array: np.ndarray, path: str | os.PathLike) -> None:
+    """Raise :class:`HiennuError` naming ``path`` unless ``written`` reads back as ``array``, voxel for voxel."""
+    try:
+        back = sitk.GetArrayFromImage(read_sitk(written))
+    except ImageReadError:
+        back = None
+    if back is None or back.shape != array.shape or not np.array_equal(back, array, equal_nan=array.dtype.kind == "f"):
+        raise HiennuError(f"{path}: writing it failed (the file written does not read back whole: is the disk or "
+                          f"quota full?); free some space and run the command again")
