@@ -457,7 +457,15 @@ def _break_mask(cv: Path) -> None:
     write_image(mask, geometry, path)
 
 
+def _break_image(cv: Path) -> None:
+    path = cv.parents[1] / "hiennu_raw" / DATASET / "imagesTr" / "case5_0000.mha"
+    image, geometry = read_image(path)
+    image[1, 2, 3] = np.inf
+    write_image(image, geometry, path)
+
+
 @pytest.mark.parametrize("breaking, message", [
+    (_break_image, r"error: case case5: image .*case5_0000\.mha has 0 NaN and 1 infinite voxel\(s\); replace them"),
     (_break_fold, rf"error: model {B}, fold 2: .*fold_2 not found; train it: hiennu_train Tiny TrainerX 2 -c 3d_lowres "
                   r"--npz$"),
     (_break_npz, rf"error: model {B}, fold 1, case case4: no probabilities .*case4\.npz \(its validation kept none\); "

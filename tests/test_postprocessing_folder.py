@@ -170,3 +170,32 @@ def test_apply_postprocessing_names_a_mask_that_is_a_dead_link(tmp_path, capsys)
     assert apply_cli.main(["-i", str(crossval), "-o", str(tmp_path / "post"), "-pp", str(record), "-q"]) == 1
     assert "case99.mha is a link to" in capsys.readouterr().err
     assert not (tmp_path / "post").exists()
+
+
+def test_a_nan_in_an_image_beside_the_masks_is_one_line_naming_the_case_and_file(tmp_path, capsys):
+    """An ADC image with NaN voxels made every fitted ADC cap NaN (and a record of bare NaN tokens, not JSON) and
+    changed a case's post-processed mask without a word: the choice, its application, the scores with images and
+    the pictures refuse it naming the case and the file, and write nothing."""
+    from hiennu.cli import evaluate as evaluate_cli
+    from hiennu.cli import plot_overlay as overlay_cli
+    from hiennu.io.image import write_image
+    raw, _, crossval, _ = _folder_of_masks(tmp_path)
+    adc = raw / "imagesTr" / "case03_0000.mha"
+    image, geometry = read_image(adc)
+    image[2:4] = np.nan
+    write_image(image, geometry, adc)
+    record = tmp_path / "pp.json"
+    record.write_text(json.dumps({"chosen": {"max_adc": 1000.0}}))
+    message = f"case case03: ADC image {adc} has 880 NaN and 0 infinite voxel(s); replace them"
+    with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
+        _refused(capsys, ["-i", str(crossval), "-d", "Tiny"], message)
+    assert not (crossval / "postprocessing.json").exists()
+    assert apply_cli.main(["-i", str(crossval), "-o", str(tmp_path / "post"), "-pp", str(record),
+                           "--images", str(raw / "imagesTr"), "-q"]) == 1
+    assert message in capsys.readouterr().err and not (tmp_path / "post").exists()
+    assert evaluate_cli.main([str(raw / "labelsTr"), str(crossval), "-img", str(raw / "imagesTr"),
+                              "-o", str(tmp_path / "summary.json"), "-q"]) == 1
+    assert f"case case03: image {adc} has 880 NaN" in capsys.readouterr().err
+    assert not (tmp_path / "summary.json").exists()
+    assert overlay_cli.main(["-i", str(raw / "imagesTr"), "-p", str(crossval), "-o", str(tmp_path / "png")]) == 1
+    assert f"case case03: image {adc} has 880 NaN" in capsys.readouterr().err and not (tmp_path / "png").exists()

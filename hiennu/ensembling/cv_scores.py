@@ -26,7 +26,7 @@ from hiennu.errors import HiennuError
 from hiennu.evaluation.evaluate import json_safe, per_case_csv_path, summarize, write_per_case_csv
 from hiennu.evaluation.metrics import SUMMARY_METRICS, case_metrics
 from hiennu.io.atomic import write_json
-from hiennu.io.image import Geometry, read_image, write_image
+from hiennu.io.image import Geometry, read_finite_image, read_image, write_image
 from hiennu.masks import RULE_THRESHOLD, rule_mask
 from hiennu.parallel import register_preload
 
@@ -80,7 +80,7 @@ def _row(job: CaseJob, ref: np.ndarray, mask: np.ndarray, spacing_zyx, brain_vox
 def _channel(path: Path | None, geometry: Geometry, job: CaseJob) -> np.ndarray | None:
     if path is None:
         return None
-    image, image_geometry = read_image(path)
+    image, image_geometry = read_finite_image(path, f"case {job.case_id}: image")
     diffs = geometry.differences(image_geometry)
     if diffs:
         raise HiennuError(f"case {job.case_id}: {path} lies on another grid than its label ({'; '.join(diffs)})")

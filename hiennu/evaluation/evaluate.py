@@ -27,7 +27,7 @@ from hiennu.io.atomic import write_json, write_text
 from hiennu.io.bonbid_names import BONBID_ADC_DIR, bonbid_role
 from hiennu.io.cases import parse_channel_file_name
 from hiennu.io.folders import INSIDE, IS, folder_relation
-from hiennu.io.image import image_ending, read_binary_mask, read_image, strip_ending
+from hiennu.io.image import image_ending, read_binary_mask, read_finite_image, strip_ending
 from hiennu.log import get_logger, progress
 from hiennu.masks import NO_LESION_BAND, VOLUME_BANDS
 from hiennu.provenance import provenance
@@ -117,7 +117,7 @@ def _score_case(job: tuple) -> dict:
                           f"reference's native geometry (resample the prediction, or check the files match)")
     brain_voxels = None
     if image_path is not None:
-        image, image_geometry = read_image(image_path)
+        image, image_geometry = read_finite_image(image_path, f"case {case_id}: image")
         diffs = ref_geometry.differences(image_geometry)
         if diffs:
             raise HiennuError(f"case {case_id}: image {image_path} lies on another grid than reference "

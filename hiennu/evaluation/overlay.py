@@ -31,7 +31,7 @@ from hiennu.io.cases import discover_cases
 from hiennu.io.channels import ADC, ZADC, channel_index
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
 from hiennu.io.folders import folder_relation
-from hiennu.io.image import IMAGE_ENDINGS, image_ending, read_binary_mask, read_image
+from hiennu.io.image import IMAGE_ENDINGS, image_ending, read_binary_mask, read_finite_image
 from hiennu.log import get_logger, progress
 from hiennu.masks import dice
 from hiennu.paths import DATASET_FILE
@@ -190,7 +190,7 @@ def plot_overlays(images_dir: str | Path, pred_dir: str | Path, out_dir: str | P
         if case_id not in images:
             raise HiennuError(f"case {case_id}: no {names[k]} image {case_id}_{k:04d}.<ending>"
                               f"{' or BONBID-named ' + role + ' file' if role else ''} in {images_dir}")
-        image, geometry = read_image(images[case_id])
+        image, geometry = read_finite_image(images[case_id], f"case {case_id}: image")
         prediction, mask_geometry = read_binary_mask(mask_file, f"case {case_id}: prediction")
         reference = None
         if labels_dir is not None:

@@ -25,11 +25,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from hiennu.errors import HiennuError
-from hiennu.inference.layouts import InputCase, discover_input_cases, nonfinite_problem, read_case
+from hiennu.inference.layouts import InputCase, discover_input_cases, read_case
 from hiennu.io.atomic import atomic_path
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.folders import INSIDE, IS, folder_relation
-from hiennu.io.image import Geometry, read_sitk, write_image
+from hiennu.io.image import Geometry, nonfinite_problem, read_sitk, write_image
 from hiennu.log import get_logger, progress
 from hiennu.postprocessing.record import PostProcessing, apply_postprocessing
 

@@ -33,7 +33,7 @@ from hiennu.errors import HiennuError, ImageReadError
 from hiennu.io.bonbid_names import BONBID_ADC_DIR, BONBID_ZADC_DIR, bonbid_role
 from hiennu.io.cases import parse_channel_file_name
 from hiennu.io.channels import adc_zadc_channels, brain_channel
-from hiennu.io.image import Geometry, image_ending, read_image, strip_ending
+from hiennu.io.image import Geometry, image_ending, nonfinite_problem, read_image, strip_ending
 from hiennu.log import get_logger
 
 logger = get_logger(__name__)
@@ -196,17 +196,6 @@ def discover_input_cases(in_dir: str | Path, channel_names: Sequence[str] = ("AD
             f"BONBID names (*-ADC_ss.mha + Zmap_*.mha, flat or in {BONBID_ADC_DIR}/ + {BONBID_ZADC_DIR}/), or the "
             f"challenge layout ({CHALLENGE_ADC_DIR}/ + {CHALLENGE_ZADC_DIR}/); endings .mha, .nii.gz, .nii, .nrrd")
     return [seen[k] for k in sorted(seen)]
-
-
-def nonfinite_problem(array: np.ndarray) -> str | None:
-    """``"N NaN and M infinite voxel(s)"`` when ``array`` holds any, else None."""
-    if array.dtype.kind != "f":
-        return None
-    finite = np.isfinite(array)
-    if finite.all():
-        return None
-    n_nan = int(np.isnan(array).sum())
-    return f"{n_nan} NaN and {int(array.size - finite.sum()) - n_nan} infinite voxel(s)"
 
 
 def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:

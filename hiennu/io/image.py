@@ -432,6 +432,30 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = np.float32) -> 
     return array, Geometry.from_image(image)
 
 
+def nonfinite_problem(array: np.ndarray) -> str | None:
+    """``"N NaN and M infinite voxel(s)"`` when ``array`` holds any, else None."""
+    if array.dtype.kind != "f":
+        return None
+    finite = np.isfinite(array)
+    if finite.all():
+        return None
+    n_nan = int(np.isnan(array).sum())
+    return f"{n_nan} NaN and {int(array.size - finite.sum()) - n_nan} infinite voxel(s)"
+
+
+def read_finite_image(path: str | os.PathLike, where: str) -> tuple[np.ndarray, Geometry]:
+    """:func:`read_image` (float32), refusing an image with NaN or infinite voxels with a :class:`HiennuError` that
+    names ``where`` (e.g. ``"case A: ADC image"``) and the file. For the images that post-processing, scoring and
+    pictures read beside the masks: a NaN compares false with every threshold, so an ADC cap fitted over it became
+    NaN and a case's mask changed without a word."""
+    array, geometry = read_image(path)
+    problem = nonfinite_problem(array)
+    if problem:
+        raise HiennuError(f"{where} {path} has {problem}; replace them (e.g. by 0 outside the brain) and run the "
+                          f"command again")
+    return array, geometry
+
+
 def read_binary_mask(path: str | os.PathLike, what: str) -> tuple[np.ndarray, Geometry]:
     """Read a lesion mask as ``(uint8 array (z, y, x) of 0 and 1, Geometry)``. Any other value (a probability
     map given by mistake, a label of several classes) raises :class:`HiennuError` showing the values, rather than

@@ -31,7 +31,7 @@ from hiennu.io.folders import AROUND, INSIDE, IS, folder_relation
 from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
-from hiennu.io.image import Geometry, image_ending, read_binary_mask, read_image, strip_ending, write_image
+from hiennu.io.image import Geometry, image_ending, read_binary_mask, read_finite_image, strip_ending, write_image
 from hiennu.io.probabilities import read_probabilities
 from hiennu.log import get_logger, progress
 from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RULE_DIR, ModelFolder, model_dir_name,
@@ -296,7 +296,7 @@ def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str
             if file is None:
                 raise HiennuError(f"case {case}: no {role} image {channel_file_name(case, k, ending)} in {images_dir}; "
                                   f"the post-processing ({post.name}) needs it")
-            image, image_geometry = read_image(file)
+            image, image_geometry = read_finite_image(file, f"case {case}: {role} image")
             diffs = geometry.differences(image_geometry)
             if diffs:
                 raise HiennuError(f"case {case}: {file.name} lies on another grid than the mask ({'; '.join(diffs)})")

@@ -59,7 +59,7 @@ from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.checkpoint import BEST
 from hiennu.io.dataset_json import load_dataset_json
-from hiennu.io.image import Geometry, read_binary_mask, read_image
+from hiennu.io.image import Geometry, read_binary_mask, read_finite_image
 from hiennu.io.probabilities import mean_probabilities, read_probabilities
 from hiennu.log import get_logger, progress
 from hiennu.masks import brain_mask, dice
@@ -156,7 +156,7 @@ def load_cases(masks: dict[str, Path], raw_dir: Path, fold_of: dict[str, int] | 
             file = raw_dir / "imagesTr" / channel_file_name(case, k, ending)
             if not file.is_file():
                 raise HiennuError(f"{where}: {role} image {file} not found")
-            image, image_geometry = read_image(file)
+            image, image_geometry = read_finite_image(file, f"{where}: {role} image")
             image_diffs = geometry.differences(image_geometry)
             if image.shape != ref.shape or image_diffs:
                 raise HiennuError(f"{where}: {role} image {file} lies on another grid than its label "
