@@ -41,6 +41,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -280,6 +281,44 @@ class ModelFolder:
     def validation_probabilities(self, fold: int | str, case_id: str) -> Path:
         """``fold_K/validation/CASE.npz``: the case's sigmoid probabilities kept by ``hiennu_train --npz``."""
         return self.validation_dir(fold) / f"{case_id}{PROBABILITIES_ENDING}"
+
+
+#: what :func:`train_command` asks of ``hiennu_train``
+TRAIN, VALIDATE, CONTINUE, RETRAIN = "train", "validate", "continue", "retrain"
+
+
+def train_command(model_dir: str | os.PathLike, fold: int | str, mode: str = TRAIN, npz: bool = True,
+                  best: bool = False, dataset: str | None = None) -> str:
+    """The ``hiennu_train`` line that makes fold ``fold`` of the model folder ``model_dir`` what an error asks for,
+    ready to paste: ``hiennu_train BONBID TrainerDiceFocal 3 -c 2d --val --npz`` (``-p`` for other plans,
+    ``--checkpoint best`` with ``best`` when validating).
+
+    mode: :data:`TRAIN` a fold not trained yet; :data:`VALIDATE` (``--val``) its validation again; :data:`CONTINUE`
+    (``--continue``) a training cut short, to its end; :data:`RETRAIN` a fold trained otherwise, from scratch: since
+    ``hiennu_train`` refuses to start over in a folder that holds a training, the line moves the fold folder aside
+    first (``mv FOLD FOLD.old && hiennu_train ...``). dataset: ``DatasetNNN_Name`` or its name (default: the model
+    folder's parent); the line names the dataset by its name."""
+    if mode not in (TRAIN, VALIDATE, CONTINUE, RETRAIN):
+        raise ValueError(f"mode must be one of {TRAIN}, {VALIDATE}, {CONTINUE}, {RETRAIN}, got {mode!r}")
+    model_dir = Path(model_dir)
+    dataset = dataset or model_dir.resolve().parent.name
+    parsed = parse_dataset_folder_name(dataset)
+    parts = parse_model_dir_name(model_dir.name)
+    words = ["hiennu_train", parsed[1] if parsed else dataset]
+    if parts is None:
+        words += ["TRAINER", str(fold)]
+    else:
+        words += [parts.trainer, str(fold), "-c", parts.configuration]
+        if parts.plans != DEFAULT_PLANS_NAME:
+            words += ["-p", parts.plans]
+    words += {VALIDATE: ["--val"], CONTINUE: ["--continue"]}.get(mode, []) + (["--npz"] if npz else [])
+    if best and mode == VALIDATE:
+        words += ["--checkpoint", "best"]
+    line = " ".join(words)
+    fold_dir = ModelFolder(model_dir).fold_dir(fold)
+    if mode == RETRAIN and fold_dir.exists():
+        line = f"mv {shlex.quote(str(fold_dir))} {shlex.quote(str(fold_dir) + '.old')} && {line}"
+    return line
 
 
 def named_path(path: str | os.PathLike) -> Path:

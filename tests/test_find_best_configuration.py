@@ -457,6 +457,18 @@ def _break_mask(cv: Path) -> None:
     write_image(mask, geometry, path)
 
 
+def _break_unfinished(cv: Path) -> None:
+    """B's fold 1 killed before its end: no checkpoint_final.pth and no validation (--val would refuse it)."""
+    (ModelFolder(cv / B).fold_dir(1) / "checkpoint_final.pth").unlink(missing_ok=True)
+    shutil.rmtree(ModelFolder(cv / B).validation_dir(1))
+
+
+def _break_validation(cv: Path) -> None:
+    """B's fold 1 trained to its end, its validation gone."""
+    (ModelFolder(cv / B).fold_dir(1) / "checkpoint_final.pth").write_bytes(b"")
+    shutil.rmtree(ModelFolder(cv / B).validation_dir(1))
+
+
 def _break_image(cv: Path) -> None:
     path = cv.parents[1] / "hiennu_raw" / DATASET / "imagesTr" / "case5_0000.mha"
     image, geometry = read_image(path)
@@ -465,17 +477,21 @@ def _break_image(cv: Path) -> None:
 
 
 @pytest.mark.parametrize("breaking, message", [
+    (_break_unfinished, rf"error: model {B}, fold 1: its training has not finished \(no checkpoint_final\.pth, no "
+                        r"validation\); finish it: hiennu_train Tiny TrainerX 1 -c 3d_lowres --continue --npz$"),
+    (_break_validation, rf"error: model {B}, fold 1: no validation \(.*summary\.json not found\); validate it with "
+                        r"probabilities: hiennu_train Tiny TrainerX 1 -c 3d_lowres --val --npz$"),
     (_break_image, r"error: case case5: image .*case5_0000\.mha has 0 NaN and 1 infinite voxel\(s\); replace them"),
     (_break_fold, rf"error: model {B}, fold 2: .*fold_2 not found; train it: hiennu_train Tiny TrainerX 2 -c 3d_lowres "
                   r"--npz$"),
     (_break_npz, rf"error: model {B}, fold 1, case case4: no probabilities .*case4\.npz \(its validation kept none\); "
                  r"re-validate with them: hiennu_train Tiny TrainerX 1 -c 3d_lowres --val --npz$"),
     (_break_splits, rf"error: model {B}, fold 0: validated other cases than {A}'s fold 0 \(missing: case3\); the two "
-                    r"were trained on different splits; retrain it on .*splits_final\.json: hiennu_train Tiny TrainerX "
-                    r"0 -c 3d_lowres --npz$"),
+                    r"were trained on different splits; retrain it on .*splits_final\.json: mv \S+/fold_0 \S+/fold_0\.old "
+                    r"&& hiennu_train Tiny TrainerX 0 -c 3d_lowres --npz$"),
     (_break_dataset, rf"error: model {B} was trained on another dataset than {A} \(channel_names \['ADC', 'ZADC'\] vs "
-                     r"\['ADC', 'T2'\]\); retrain it on Dataset001_Tiny: hiennu_train Tiny TrainerX 0 -c 3d_lowres "
-                     r"--npz"),
+                     r"\['ADC', 'T2'\]\); retrain it on Dataset001_Tiny: mv \S+/fold_0 \S+/fold_0\.old && hiennu_train "
+                     r"Tiny TrainerX 0 -c 3d_lowres --npz \(and every other fold\)"),
     (_break_checkpoint, rf"error: model {B} was validated with checkpoint_best\.pth, {A} with checkpoint_final\.pth; "
                         r"re-validate its folds alike, e\.g\. hiennu_train Tiny TrainerX 0 -c 3d_lowres --val --npz$"),
     (_break_postprocessing_record, rf"error: .*{B}/postprocessing\.json: min_component_voxels must be a whole "

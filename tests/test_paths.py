@@ -99,3 +99,26 @@ def test_a_dataset_found_at_another_stage_says_which_step_is_missing(hiennu_root
     (hiennu_roots[where] / "Dataset005_X").mkdir()
     with pytest.raises(DatasetNotFoundError, match=f"dataset '5' is not under .*{searched}, but Dataset005_X is in .*{where}: {words}"):
         paths.resolve_dataset("5", [hiennu_roots[searched]])
+
+
+def test_train_command_says_what_each_fix_needs_and_moves_a_trained_fold_aside_to_start_over(tmp_path):
+    """The hiennu_train line in an error must work when pasted: hiennu_train refuses to start over in a folder that
+    holds a training, so a retraining moves the fold folder aside first; an unfinished one is continued."""
+    from hiennu.paths import CONTINUE, RETRAIN, TRAIN, VALIDATE, train_command
+    model = tmp_path / "Dataset001_Tiny" / "TrainerX__K1__2d"
+    assert train_command(model, 0) == "hiennu_train Tiny TrainerX 0 -c 2d -p K1 --npz"
+    assert train_command(model, 0, RETRAIN) == "hiennu_train Tiny TrainerX 0 -c 2d -p K1 --npz"  # nothing to move
+    (model / "fold_0").mkdir(parents=True)
+    assert train_command(model, 0, TRAIN) == "hiennu_train Tiny TrainerX 0 -c 2d -p K1 --npz"
+    assert train_command(model, 0, RETRAIN, npz=False) == (f"mv {model / 'fold_0'} {model / 'fold_0'}.old && "
+                                                           f"hiennu_train Tiny TrainerX 0 -c 2d -p K1")
+    assert train_command(model, 0, CONTINUE) == "hiennu_train Tiny TrainerX 0 -c 2d -p K1 --continue --npz"
+    assert train_command(model, 3, VALIDATE, best=True) == "hiennu_train Tiny TrainerX 3 -c 2d -p K1 --val --npz " \
+                                                             "--checkpoint best"
+    assert train_command(model, 3, TRAIN, best=True, dataset="BONBID") == "hiennu_train BONBID TrainerX 3 -c 2d -p K1 --npz"
+    spaced = tmp_path / "my results" / "Dataset002_Two" / "TrainerX__hiennuPlans__3d_fullres"
+    (spaced / "fold_all").mkdir(parents=True)
+    assert train_command(spaced, "all", RETRAIN).startswith(f"mv '{spaced / 'fold_all'}' '{spaced / 'fold_all'}.old' && "
+                                                            f"hiennu_train Two TrainerX all -c 3d_fullres --npz")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        train_command(model, 0, "resume")

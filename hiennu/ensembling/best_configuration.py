@@ -40,8 +40,7 @@ from typing import Sequence
 from hiennu.ensembling.candidate_postprocessing import (WRITTEN, PostprocessingJob, PostprocessingOutcome,
                                                         candidate_postprocessing)
 from hiennu.ensembling.choice import POSTPROCESSED, RAW, RULES, SELECT_BY, choose_best, select
-from hiennu.ensembling.cv_probabilities import (ModelCV, check_comparable, collect_model_cv, split_validation_cases,
-                                                train_command)
+from hiennu.ensembling.cv_probabilities import ModelCV, check_comparable, collect_model_cv, split_validation_cases
 from hiennu.ensembling.cv_scores import (RULE_NAME, CaseJob, EnsembleOutput, MemberFiles, score_case, summaries,
                                         write_cv_summary)
 from hiennu.ensembling.ensemble_cv import (ENSEMBLE, EVERY, MANY_ENSEMBLES, MODEL, RULE, Candidate, EnsembleStaging,
@@ -55,12 +54,13 @@ from hiennu.errors import HiennuError
 from hiennu.io.atomic import write_json
 from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
+from hiennu.io.checkpoint import BEST
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.parallel import parallel_map
-from hiennu.paths import (DEFAULT_PLANS_NAME, ENSEMBLES_DIR, POSTPROCESSING_FILE, RULE_DIR, SUMMARY_FILE, ModelFolder,
-                          model_dir_name, parse_model_dir_name, preprocessed_root, raw_root, resolve_dataset,
-                          results_root, splits_file_name)
+from hiennu.paths import (DEFAULT_PLANS_NAME, ENSEMBLES_DIR, POSTPROCESSING_FILE, RULE_DIR, SUMMARY_FILE, VALIDATE,
+                          ModelFolder, model_dir_name, parse_model_dir_name, preprocessed_root, raw_root,
+                          resolve_dataset, results_root, splits_file_name, train_command)
 from hiennu.postprocessing.candidates import (ALL_CANDIDATES, check_candidate_set, needs_probabilities,
                                              rule_candidate_set)
 from hiennu.postprocessing.rule_folder import write_rule_folder
@@ -190,7 +190,8 @@ def _jobs(models: Sequence[ModelCV], ensembles: Sequence[Candidate], staging: En
     for case in sorted(fold_of):
         label, adc, zadc = raw_files[case]
         members = tuple(MemberFiles(m.name, m.probabilities(case), m.mask(case, ending), m.size_rule,
-                                    train_command(dataset, m.path, m.fold_of[case], True, m.checkpoint))
+                                    train_command(m.path, m.fold_of[case], VALIDATE, best=m.checkpoint == BEST,
+                                                  dataset=dataset))
                         for m in models)
         outputs = tuple(EnsembleOutput(e.name, tuple(index[n] for n in e.members),
                                        max(models[index[n]].size_rule for n in e.members),

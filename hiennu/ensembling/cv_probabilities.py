@@ -20,7 +20,7 @@ from hiennu.io.atomic import read_json_file
 from hiennu.io.checkpoint import BEST, FINAL, stale_validation_problem
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.probabilities import PROBABILITIES_KEY, read_probabilities
-from hiennu.paths import DEFAULT_PLANS_NAME, ModelFolder, parse_dataset_folder_name, splits_file_name
+from hiennu.paths import CONTINUE, RETRAIN, TRAIN, VALIDATE, ModelFolder, splits_file_name, train_command
 from hiennu.postprocessing.commands import check_folds
 from hiennu.postprocessing.selection import plans_size_rule
 
@@ -57,26 +57,6 @@ class ModelCV:
 
     def cases_of(self, fold: int) -> list[str]:
         return sorted(c for c, f in self.fold_of.items() if f == fold)
-
-
-def train_command(dataset: str, model_dir: Path, fold: int, validate_only: bool = True,
-                  checkpoint: str = FINAL) -> str:
-    """The ``hiennu_train`` line that (re)makes ``model_dir``'s fold ``fold`` with its probabilities:
-    ``hiennu_train BONBID TrainerDiceFocal 3 -c 2d --val --npz`` (``-p`` for other plans, ``--checkpoint best``
-    when the model was validated with the best checkpoint). dataset: ``DatasetNNN_Name`` (its name is used)."""
-    parts = ModelFolder(model_dir).name
-    parsed = parse_dataset_folder_name(dataset)
-    words = ["hiennu_train", parsed[1] if parsed else dataset]
-    if parts is None:
-        words += ["TRAINER", str(fold)]
-    else:
-        words += [parts.trainer, str(fold), "-c", parts.configuration]
-        if parts.plans != DEFAULT_PLANS_NAME:
-            words += ["-p", parts.plans]
-    words += (["--val"] if validate_only else []) + ["--npz"]
-    if checkpoint == BEST:
-        words += ["--checkpoint", "best"]
-    return " ".join(words)
 
 
 def split_validation_cases(preprocessed_dir: Path, folds: Sequence[int]) -> dict[int, list[str]]:
@@ -126,18 +106,18 @@ def collect_model_cv(model_dir: Path, folds: Sequence[int], dataset: str) -> Mod
     name = model_dir.name
     if not model_dir.is_dir():
         raise HiennuError(f"model {name}: {model_dir} not found; train its folds with probabilities, e.g. "
-                          f"{train_command(dataset, model_dir, folds[0], validate_only=False)} (and the other folds)")
+                          f"{train_command(model_dir, folds[0], TRAIN, dataset=dataset)} (and the other folds)")
     for fold in folds:
         if not model.fold_dir(fold).is_dir():
             raise HiennuError(f"model {name}, fold {fold}: {model.fold_dir(fold)} not found; train it: "
-                              f"{train_command(dataset, model_dir, fold, validate_only=False)}")
+                              f"{train_command(model_dir, fold, TRAIN, dataset=dataset)}")
     try:
         check_folds(model_dir, folds, validation=False)  # _validated_cases names a stale one, with --npz
     except HiennuError as e:
         raise HiennuError(f"model {name}, {e}") from None
     if not model.dataset_json.is_file():
         raise HiennuError(f"model {name}: {model.dataset_json} missing, so the dataset it was trained on is unknown; "
-                          f"retrain it: {train_command(dataset, model_dir, folds[0], validate_only=False)}")
+                          f"retrain it: {train_command(model_dir, folds[0], RETRAIN, dataset=dataset)}")
     fold_of: dict[str, int] = {}
     checkpoints: dict[int, str] = {}
     for fold in folds:
@@ -148,23 +128,28 @@ def collect_model_cv(model_dir: Path, folds: Sequence[int], dataset: str) -> Mod
                                   f"the folds must hold out disjoint cases (were they trained on different splits?)")
             fold_of[case] = fold
             if not model.validation_probabilities(fold, case).is_file():
-                fix = train_command(dataset, model_dir, fold, True, checkpoints[fold])
+                fix = train_command(model_dir, fold, VALIDATE, best=checkpoints[fold] == BEST, dataset=dataset)
                 raise HiennuError(f"model {name}, fold {fold}, case {case}: no probabilities "
                                   f"{model.validation_probabilities(fold, case)} (its validation kept none); "
                                   f"re-validate with them: {fix}")
     first = checkpoints[folds[0]]
     for fold in folds:
         if checkpoints[fold] != first:
+            fix = train_command(model_dir, fold, VALIDATE, best=first == BEST, dataset=dataset)
             raise HiennuError(f"model {name}, fold {fold}: validated with {checkpoints[fold]}, fold {folds[0]} with "
-                              f"{first}; re-validate it: {train_command(dataset, model_dir, fold, True, first)}")
+                              f"{first}; re-validate it: {fix}")
     return ModelCV(model_dir, fold_of, first, plans_size_rule(model_dir), load_dataset_json(model.dataset_json))
 
 
 def _validated_cases(model_dir: Path, fold: int, dataset: str) -> tuple[list[str], str]:
     """(the cases, the checkpoint) that ``fold_K/validation/summary.json`` records."""
-    path = ModelFolder(model_dir).validation_summary(fold)
-    fix = train_command(dataset, model_dir, fold)
+    model = ModelFolder(model_dir)
+    path = model.validation_summary(fold)
+    fix = train_command(model_dir, fold, VALIDATE, dataset=dataset)
     where = f"model {model_dir.name}, fold {fold}"
+    if not (model.fold_dir(fold) / FINAL).is_file() and not path.is_file():  # --val refuses an unfinished training
+        raise HiennuError(f"{where}: its training has not finished (no {FINAL}, no validation); finish it: "
+                          f"{train_command(model_dir, fold, CONTINUE, dataset=dataset)}")
     if not path.is_file():
         raise HiennuError(f"{where}: no validation ({path} not found); validate it with probabilities: {fix}")
     summary = read_json_file(path, "", f"re-validate it: {fix}")
@@ -173,9 +158,10 @@ def _validated_cases(model_dir: Path, fold: int, dataset: str) -> tuple[list[str
     if (not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and isinstance(r.get("case_id"), str)
                                                            for r in rows) or not isinstance(checkpoint, str)):
         raise HiennuError(f"{where}: {path} names no validated cases or checkpoint; re-validate it: {fix}")
-    stale = stale_validation_problem(ModelFolder(model_dir).fold_dir(fold), path)
+    stale = stale_validation_problem(model.fold_dir(fold), path)
     if stale:
-        raise HiennuError(f"{where}: {stale}; re-validate it: {train_command(dataset, model_dir, fold, True, checkpoint)}")
+        fix = train_command(model_dir, fold, VALIDATE, best=checkpoint == BEST, dataset=dataset)
+        raise HiennuError(f"{where}: {stale}; re-validate it: {fix}")
     return sorted(r["case_id"] for r in rows), checkpoint
 
 
@@ -190,8 +176,8 @@ def check_comparable(models: Sequence[ModelCV], split_cases: dict[int, list[str]
         if differences:
             raise HiennuError(f"model {model.name} was trained on another dataset than {first.name} "
                               f"({'; '.join(differences)}); retrain it on {dataset}: "
-                              f"{train_command(dataset, model.path, model.folds[0], validate_only=False)} "
-                              f"(every fold)")
+                              f"{train_command(model.path, model.folds[0], RETRAIN, dataset=dataset)} "
+                              f"(and every other fold)")
     differences = _dataset_differences(raw_dataset, first.dataset)
     if differences:
         raise HiennuError(f"the models were trained on another dataset than the raw {dataset} "
@@ -201,16 +187,16 @@ def check_comparable(models: Sequence[ModelCV], split_cases: dict[int, list[str]
             _same_cases(first.cases_of(fold), model.cases_of(fold), f"model {model.name}, fold {fold}",
                         f"{first.name}'s fold {fold}",
                         f"the two were trained on different splits; retrain it on {splits_path}: "
-                        f"{train_command(dataset, model.path, fold, validate_only=False)}")
+                        f"{train_command(model.path, fold, RETRAIN, dataset=dataset)}")
         _same_cases(expected, first.cases_of(fold), f"model {first.name}, fold {fold}",
                     f"fold {fold} of {splits_path}",
                     f"it was trained on another split; restore the splits_final.json it was trained with, or retrain "
-                    f"it: {train_command(dataset, first.path, fold, validate_only=False)}")
+                    f"it: {train_command(first.path, fold, RETRAIN, dataset=dataset)}")
     for model in models[1:]:
         if model.checkpoint != first.checkpoint:
+            fix = train_command(model.path, model.folds[0], VALIDATE, best=first.checkpoint == BEST, dataset=dataset)
             raise HiennuError(f"model {model.name} was validated with {model.checkpoint}, {first.name} with "
-                              f"{first.checkpoint}; re-validate its folds alike, e.g. "
-                              f"{train_command(dataset, model.path, model.folds[0], True, first.checkpoint)}")
+                              f"{first.checkpoint}; re-validate its folds alike, e.g. {fix}")
 
 
 def _dataset_differences(reference: DatasetJson, other: DatasetJson) -> list[str]:
@@ -231,4 +217,4 @@ def _same_cases(expected: list[str], found: list[str], where: str, what: str, fi
 
 
 __all__ = ["ModelCV", "PROBABILITIES_KEY", "check_comparable", "collect_model_cv", "read_probabilities",
-           "split_validation_cases", "train_command"]
+           "split_validation_cases"]

@@ -34,8 +34,8 @@ from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
 from hiennu.io.image import Geometry, image_ending, read_binary_mask, read_finite_image, strip_ending, write_image
 from hiennu.io.probabilities import read_probabilities
 from hiennu.log import get_logger, progress
-from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RULE_DIR, ModelFolder, model_dir_name,
-                          parse_dataset_folder_name, raw_root, resolve_dataset, results_root, split_seed_folder)
+from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RETRAIN, RULE_DIR, VALIDATE, ModelFolder, model_dir_name,
+                          raw_root, resolve_dataset, results_root, split_seed_folder, train_command)
 from hiennu.plans import PLANS_NAME, PREDICTOR_IGNORED_FIELDS, configuration_differences, load_plans
 from hiennu.postprocessing.candidates import (ALL_CANDIDATES, COMPONENT_SIZES, needs_probabilities,
                                              rule_candidate_set)
@@ -88,27 +88,18 @@ def check_folds(model_dir: Path, folds: Sequence[int], validation: bool = True) 
             diffs = configuration_differences(dataclasses.asdict(fold_config), config, ignore=PREDICTOR_IGNORED_FIELDS)
             if diffs:
                 raise HiennuError(f"fold {fold}: trained with other plans than {model.plans} ({'; '.join(diffs)}); "
-                                  f"retrain it, or leave it out with -f")
+                                  f"retrain it: {train_command(model_dir, fold, RETRAIN)}, or leave it out with -f")
         if validation and model.validation_summary(fold).is_file():
             stale = stale_validation_problem(model.fold_dir(fold), model.validation_summary(fold))
             if stale:
-                raise HiennuError(f"fold {fold}: {stale}; re-validate it: {_revalidate_command(model_dir, fold)}, "
+                raise HiennuError(f"fold {fold}: {stale}; re-validate it: {_revalidate_command(model, fold)}, "
                                   f"or leave it out with -f")
 
 
-def _revalidate_command(model_dir: Path, fold: int) -> str:
-    """``hiennu_train NAME TRAINER FOLD -c CONFIG [-p PLANS] --val [--checkpoint best]``: the fold validated again
-    with the checkpoint its summary records."""
-    model = ModelFolder(model_dir)
-    parts, parsed = model.name, parse_dataset_folder_name(Path(model_dir).resolve().parent.name)
-    words = ["hiennu_train", parsed[1] if parsed else Path(model_dir).resolve().parent.name,
-             parts.trainer if parts else "TRAINER", str(fold)]
-    if parts is not None:
-        words += ["-c", parts.configuration] + (["-p", parts.plans] if parts.plans != PLANS_NAME else [])
-    words.append("--val")
-    if read_json(model.validation_summary(fold)).get("checkpoint") == BEST:
-        words += ["--checkpoint", "best"]
-    return " ".join(words)
+def _revalidate_command(model: ModelFolder, fold: int) -> str:
+    """The fold validated again with the checkpoint its summary records."""
+    best = read_json(model.validation_summary(fold)).get("checkpoint") == BEST
+    return train_command(model.path, fold, VALIDATE, npz=False, best=best)
 
 
 def determine_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Sequence[int] = DEFAULT_FOLDS,
