@@ -23,10 +23,10 @@ import numpy as np
 
 from hiennu.errors import HiennuError
 from hiennu.evaluation.metrics import CHALLENGE_2023_NOTE, NSD_TOLERANCE_MM, SUMMARY_METRICS, case_metrics
-from hiennu.io.atomic import write_json, write_text
+from hiennu.io.atomic import read_json, write_json, write_text
 from hiennu.io.bonbid_names import BONBID_ADC_DIR, bonbid_role
 from hiennu.io.cases import parse_channel_file_name
-from hiennu.io.folders import INSIDE, IS, folder_relation
+from hiennu.io.folders import INSIDE, IS, folder_relation, raw_data_folder
 from hiennu.io.image import image_ending, read_binary_mask, read_finite_image, strip_ending
 from hiennu.log import get_logger, progress
 from hiennu.masks import NO_LESION_BAND, VOLUME_BANDS
@@ -245,6 +245,29 @@ def _check_folders(ref_dir: Path, pred_dir: Path, images: Path | None, output_js
                 raise HiennuError(f"-o {output_json}: {written.name} would be written into the {name} folder "
                                   f"{folder}, among the inputs; write the summary elsewhere (by default "
                                   f"{pred_dir / 'summary.json'})")
+    raw = raw_data_folder(out.parent)
+    if raw is not None:
+        raise HiennuError(f"-o {output_json}: the summary would be written into {raw}, the {raw.name} folder of a raw "
+                          f"dataset (were -ref and -pred given the other way round? the references come first); "
+                          f"write it elsewhere with -o")
+    if out.is_file() and not _is_evaluate_summary(out):
+        raise HiennuError(f"-o {output_json}: exists and is no summary of hiennu_evaluate (a fold's validation summary, "
+                          f"a dataset's or another tool's file?); name another file with -o")
+
+
+#: the keys of the summary hiennu_evaluate writes (:func:`evaluate_folders`)
+SUMMARY_KEYS = frozenset({"challenge_2023", "note", "reference_dir", "prediction_dir", "images_dir", "nsd_tolerance_mm",
+                          "num_cases", "metrics", "bands", "bands_note", "per_case", "provenance"})
+
+
+def _is_evaluate_summary(path: Path) -> bool:
+    """Whether ``path`` holds a summary that hiennu_evaluate wrote (and no key it does not write): the only file its
+    -o replaces. A fold's ``validation/summary.json`` also records its checkpoint, which it would lose."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"metrics", "per_case"} <= data.keys() <= SUMMARY_KEYS
 
 
 def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,

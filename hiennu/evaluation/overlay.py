@@ -30,7 +30,7 @@ from hiennu.io.bonbid_names import BONBID_ADC_DIR, BONBID_ZADC_DIR, bonbid_role
 from hiennu.io.cases import discover_cases
 from hiennu.io.channels import ADC, ZADC, channel_index
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
-from hiennu.io.folders import folder_relation
+from hiennu.io.folders import folder_relation, raw_data_problem
 from hiennu.io.image import IMAGE_ENDINGS, image_ending, read_binary_mask, read_finite_image
 from hiennu.log import get_logger, progress
 from hiennu.masks import dice
@@ -154,6 +154,9 @@ def _check_folders(images_dir: Path, pred_dir: Path, out_dir: Path, labels_dir: 
         if folder_relation(out_dir, folder) is not None:
             raise HiennuError(f"-o {out_dir} is, holds or lies in the input folder {folder} ({flag}); choose an "
                               f"output folder apart from the inputs")
+    problem = raw_data_problem("-o", out_dir)
+    if problem:
+        raise HiennuError(problem)
 
 
 def plot_overlays(images_dir: str | Path, pred_dir: str | Path, out_dir: str | Path,

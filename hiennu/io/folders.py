@@ -25,3 +25,26 @@ def folder_relation(out_dir: str | os.PathLike, in_dir: str | os.PathLike) -> st
     if src.is_relative_to(out):
         return AROUND
     return None
+
+
+#: the folders of a raw dataset (beside its ``dataset.json``) that hold its images and labels
+RAW_DATA_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
+
+
+def raw_data_folder(path: str | os.PathLike) -> Path | None:
+    """The images or labels folder of a raw dataset (:data:`RAW_DATA_FOLDERS`, beside a ``dataset.json``) that
+    ``path`` is or lies in, on disk, or None. Outputs written there would replace a dataset's images or labels (a
+    case's mask named like its label) or mix with them."""
+    resolved = Path(path).resolve()
+    return next((folder for folder in (resolved, *resolved.parents)
+                 if folder.name in RAW_DATA_FOLDERS and (folder.parent / "dataset.json").is_file()), None)
+
+
+def raw_data_problem(option: str, path: str | os.PathLike) -> str | None:
+    """``"-o OUT lies in the raw dataset's labelsTr ...; choose ..."`` when ``path`` is or lies in
+    :func:`raw_data_folder`, else None. option: the command's flag for ``path``, e.g. ``"-o"``."""
+    folder = raw_data_folder(path)
+    if folder is None:
+        return None
+    return (f"{option} {path} lies in {folder}, the {folder.name} folder of a raw dataset: its images or labels could "
+            f"be replaced; choose an output folder outside the raw dataset's {', '.join(RAW_DATA_FOLDERS)}")
