@@ -199,3 +199,22 @@ def test_a_nan_in_an_image_beside_the_masks_is_one_line_naming_the_case_and_file
     assert not (tmp_path / "summary.json").exists()
     assert overlay_cli.main(["-i", str(raw / "imagesTr"), "-p", str(crossval), "-o", str(tmp_path / "png")]) == 1
     assert f"case case03: image {adc} has 880 NaN" in capsys.readouterr().err and not (tmp_path / "png").exists()
+
+
+def test_probability_images_beside_the_masks_are_left_out_as_hiennu_predict_writes_them(tmp_path, capsys):
+    """hiennu_predict --save-probabilities image writes CASE_prob.mha beside CASE.mha: applying a record to that
+    folder, and choosing on it, read the masks and leave the probability images out (they were refused as masks
+    that are not binary, of a case named CASE_prob)."""
+    from hiennu.io.image import write_image
+    raw, _, crossval, cases = _folder_of_masks(tmp_path)
+    for case in cases:
+        mask, geometry = read_image(crossval / f"{case}.mha")
+        write_image(np.clip(mask * 0.8 + 0.1, 0, 1).astype(np.float32), geometry, crossval / f"{case}_prob.mha")
+    record = tmp_path / "pp.json"
+    record.write_text(json.dumps({"chosen": {"min_component_voxels": 5}}))
+    assert apply_cli.main(["-i", str(crossval), "-o", str(tmp_path / "post"), "-pp", str(record), "-q"]) == 0, \
+        capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "post").iterdir()) == [f"{case}.mha" for case in cases]
+    with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
+        assert determine_cli.main(["-i", str(crossval), "-d", "Tiny", "-q"]) == 0, capsys.readouterr().err
+    assert json.loads((crossval / "postprocessing.json").read_text())["num_cases"] == len(cases)

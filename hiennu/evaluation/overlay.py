@@ -31,7 +31,8 @@ from hiennu.io.cases import discover_cases
 from hiennu.io.channels import ADC, ZADC, channel_index
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
 from hiennu.io.folders import folder_relation, raw_data_problem
-from hiennu.io.image import IMAGE_ENDINGS, image_ending, read_binary_mask, read_finite_image
+from hiennu.io.image import (image_ending, is_probability_image, read_binary_mask, read_finite_image,
+                             strip_ending)
 from hiennu.log import get_logger, progress
 from hiennu.masks import dice
 from hiennu.paths import DATASET_FILE
@@ -121,13 +122,8 @@ def _channel_names(images_dir: Path) -> list[str]:
 
 def _mask_files(folder: Path) -> dict[str, Path]:
     """Case id -> its mask file ``CASE.<ending>`` in ``folder`` (probability images ``CASE_prob.*`` left out)."""
-    found = {}
-    for path in sorted(folder.iterdir()):
-        ending = next((e for e in IMAGE_ENDINGS if path.name.endswith(e)), None)
-        if path.is_file() and ending and not path.name.startswith(".") and not path.name[: -len(ending)].endswith(
-                "_prob"):
-            found[path.name[: -len(ending)]] = path
-    return found
+    return {strip_ending(path): path for path in sorted(folder.iterdir())
+            if path.is_file() and image_ending(path) and not path.name.startswith(".") and not is_probability_image(path)}
 
 
 def _bonbid_images(images_dir: Path, role: str) -> dict[str, Path]:

@@ -29,7 +29,7 @@ from hiennu.inference.layouts import InputCase, discover_input_cases, read_case
 from hiennu.io.atomic import atomic_path
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.folders import INSIDE, IS, folder_relation, raw_data_problem
-from hiennu.io.image import Geometry, nonfinite_problem, read_sitk, write_image
+from hiennu.io.image import PROBABILITY_IMAGE_SUFFIX, Geometry, nonfinite_problem, read_sitk, write_image
 from hiennu.log import get_logger, progress
 from hiennu.postprocessing.record import PostProcessing, apply_postprocessing
 
@@ -86,7 +86,8 @@ def check_output_folder(in_dir: Path, out_dir: Path) -> None:
 
 def probability_path(out_dir: Path, case: InputCase, fmt: str) -> Path:
     """``CASE_prob.npz`` (key ``probabilities``, float32 (z, y, x)) or ``CASE_prob.<image ending>``."""
-    return out_dir / (f"{case.case_id}_prob.npz" if fmt == "npz" else f"{case.case_id}_prob{case.output_ending}")
+    name = f"{case.case_id}{PROBABILITY_IMAGE_SUFFIX}"
+    return out_dir / (f"{name}.npz" if fmt == "npz" else f"{name}{case.output_ending}")
 
 
 def output_is_complete(path: Path) -> bool:

@@ -40,6 +40,15 @@ def strip_ending(path: str | os.PathLike) -> str:
     return name[: -len(ending)] if ending else name
 
 
+#: what ``hiennu_predict --save-probabilities image`` appends to a case id: ``CASE_prob.mha`` beside ``CASE.mha``
+PROBABILITY_IMAGE_SUFFIX = "_prob"
+
+
+def is_probability_image(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named as a probability image ``CASE_prob.<ending>``, which folders of masks leave out."""
+    return image_ending(path) is not None and strip_ending(path).endswith(PROBABILITY_IMAGE_SUFFIX)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where an image lies in the world, in SimpleITK order.

@@ -31,7 +31,8 @@ from hiennu.io.folders import AROUND, INSIDE, IS, folder_relation, raw_data_prob
 from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
-from hiennu.io.image import Geometry, image_ending, read_binary_mask, read_finite_image, strip_ending, write_image
+from hiennu.io.image import (Geometry, image_ending, is_probability_image, read_binary_mask, read_finite_image,
+                             strip_ending, write_image)
 from hiennu.io.probabilities import read_probabilities
 from hiennu.log import get_logger, progress
 from hiennu.paths import (DATASET_FILE, POSTPROCESSING_FILE, RETRAIN, RULE_DIR, VALIDATE, ModelFolder, model_dir_name,
@@ -312,12 +313,13 @@ def probability_file(folder: Path, case: str) -> Path | None:
 
 
 def folder_masks(masks_dir: Path) -> dict[str, Path]:
-    """Case id -> mask file of every ``CASE<ending>`` in ``masks_dir`` (hidden files and other files left out)."""
+    """Case id -> mask file of every ``CASE<ending>`` in ``masks_dir`` (hidden files, probability images
+    ``CASE_prob.<ending>`` of ``hiennu_predict --save-probabilities image`` and other files left out)."""
     if not masks_dir.is_dir():
         raise HiennuError(f"-i {masks_dir}: folder of masks not found")
     masks: dict[str, Path] = {}
     for path in sorted(masks_dir.iterdir()):
-        if path.name.startswith(".") or image_ending(path) is None:
+        if path.name.startswith(".") or image_ending(path) is None or is_probability_image(path):
             continue
         if path.is_symlink() and not path.exists():
             raise HiennuError(f"-i {masks_dir}: {path.name} is a link to {os.readlink(path)}, which does not exist; "
