@@ -195,3 +195,15 @@ def test_folders_that_would_be_overwritten_counted_twice_or_alone_are_refused(tm
         ensemble_folders(dirs, tmp_path / "out", mask_ending=".png")
     assert {p: p.read_bytes() for d in dirs for p in d.iterdir()} == before
     assert not (tmp_path / "out").exists() and not (dirs[1] / "sub").exists()
+
+
+def test_a_stray_map_in_a_prediction_folder_is_named(tmp_path, capsys):
+    """One .npz not named CASE_prob.npz among a prediction folder's maps made the folder read as a fold's validation
+    folder, and the error said the other folder lacked every case: the stray file is named instead."""
+    dirs = _maps(tmp_path, {"a": [0.2, 0.8], "b": [0.6, 0.4]})
+    (dirs[1] / "extra.npz").write_bytes((dirs[1] / "c1_prob.npz").read_bytes())
+    assert cli.main(["-i", *map(str, dirs), "-o", str(tmp_path / "out"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"-i {dirs[1]}: extra.npz is no map CASE_prob.npz of hiennu_predict --save-probabilities npz, as the " \
+           f"folder's other 2 are; move it out of the folder" in err, err
+    assert not (tmp_path / "out").exists()

@@ -44,10 +44,18 @@ def probability_files(folder: Path) -> dict[str, Path]:
     """Case id -> its probability map in ``folder``. A folder whose maps all end in ``_prob.npz`` is a prediction
     folder (``hiennu_predict --save-probabilities npz``: ``CASE_prob.npz``, so ``A_prob_prob.npz`` is case
     ``A_prob``); any other is a fold's validation folder (``CASE.npz``, so ``A_prob.npz`` there is case ``A_prob``,
-    never a second map of case ``A``)."""
+    never a second map of case ``A``). A folder whose maps mostly, but not all, end in ``_prob.npz`` is refused,
+    naming the others: one stray file made the whole prediction folder read as a validation folder, whose cases
+    then all differed from the other folders'."""
     maps = sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.name.endswith(VALIDATION_ENDING))
-    predicted = bool(maps) and all(p.name.endswith(PREDICTED_ENDING) for p in maps)
+    others = [p.name for p in maps if not p.name.endswith(PREDICTED_ENDING)]
+    if others and len(others) < len(maps) / 2:
+        raise HiennuError(f"-i {folder}: {', '.join(others[:5])}{' ...' if len(others) > 5 else ''} "
+                          f"{'is no map' if len(others) == 1 else 'are no maps'} CASE_prob.npz of hiennu_predict "
+                          f"--save-probabilities npz, as the folder's other {len(maps) - len(others)} are; move "
+                          f"{'it' if len(others) == 1 else 'them'} out of the folder")
+    predicted = bool(maps) and not others
     ending = PREDICTED_ENDING if predicted else VALIDATION_ENDING
     return {p.name[: -len(ending)]: p for p in maps}
 
