@@ -218,3 +218,35 @@ def test_probability_images_beside_the_masks_are_left_out_as_hiennu_predict_writ
     with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
         assert determine_cli.main(["-i", str(crossval), "-d", "Tiny", "-q"]) == 0, capsys.readouterr().err
     assert json.loads((crossval / "postprocessing.json").read_text())["num_cases"] == len(cases)
+
+
+def test_a_missing_label_or_probabilities_folder_and_a_grid_are_worded_for_what_was_given(tmp_path, capsys):
+    """A mask of -i without its label names both and the fix; a --probabilities folder that is not there says so
+    (it said each case had no map there); apply's grid error names the mask, not a label."""
+    raw, _, crossval, cases = _folder_of_masks(tmp_path)
+    (raw / "labelsTr" / "case03.mha").unlink()
+    with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
+        _refused(capsys, ["-i", str(crossval), "-ref", str(raw / "labelsTr")],
+                 f"case case03: no label {raw / 'labelsTr' / 'case03.mha'} for the mask {crossval / 'case03.mha'}",
+                 "or move the mask away")
+        _refused(capsys, ["-i", str(crossval), "-d", "Tiny", "--candidates", "judged-rule", "--probabilities",
+                          str(tmp_path / "nowhere")], f"--probabilities {tmp_path / 'nowhere'}: folder not found")
+    from hiennu.inference.folder_prediction import write_probabilities
+    from hiennu.io.image import Geometry
+    shutil.copy(crossval / "case00.mha", raw / "labelsTr" / "case03.mha")  # back, so that a record can be chosen
+    for case in cases:
+        mask, geometry = read_image(crossval / f"{case}.mha")
+        write_probabilities(np.clip(mask * 0.8 + 0.1, 0, 1), geometry, tmp_path / "probs" / f"{case}_prob.npz")
+    with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
+        assert determine_cli.main(["-i", str(crossval), "-d", "Tiny", "--candidates", "judged-rule", "--probabilities",
+                                   str(tmp_path / "probs"), "-o", str(tmp_path / "pp.json"), "-q"]) == 0
+    apply = ["-i", str(crossval), "-o", str(tmp_path / "post"), "-pp", str(tmp_path / "pp.json"), "-q",
+             "--images", str(raw / "imagesTr"), "--probabilities"]
+    assert apply_cli.main(apply + [str(tmp_path / "nowhere")]) == 1
+    assert f"--probabilities {tmp_path / 'nowhere'}: folder not found" in capsys.readouterr().err
+    mask, geometry = read_image(crossval / "case01.mha")
+    moved = Geometry(geometry.size_xyz, geometry.spacing_xyz, (9.0, 0.0, 0.0), geometry.direction)
+    write_probabilities(np.clip(mask * 0.8 + 0.1, 0, 1), moved, tmp_path / "probs" / "case01_prob.npz")
+    assert apply_cli.main(apply + [str(tmp_path / "probs")]) == 1
+    assert "lie on another grid than the mask (origin" in capsys.readouterr().err
+    assert not (tmp_path / "post").exists()

@@ -51,15 +51,16 @@ def read_probability_map(path: Path, where: str) -> tuple[np.ndarray, Geometry]:
     return prob, geometry
 
 
-def read_probabilities(path: Path, reference: Geometry, where: str) -> np.ndarray:
+def read_probabilities(path: Path, reference: Geometry, where: str, reference_name: str = "label") -> np.ndarray:
     """A ``CASE.npz``'s probability map (float32 ``(z, y, x)``, :func:`read_probability_map`), which must lie on
-    ``reference``'s grid (the label's): same size and, within :func:`hiennu.io.image.grid_differences`' tolerance,
-    spacing, origin and direction (stored beside it). where: the model, fold and case, for errors."""
+    ``reference``'s grid (the label's, or the mask's: ``reference_name`` names it in errors): same size and, within
+    :func:`hiennu.io.image.grid_differences`' tolerance, spacing, origin and direction (stored beside it). where: the
+    model, fold and case, for errors."""
     prob, geometry = read_probability_map(path, where)
     diffs = reference.differences(geometry)
     if diffs:
-        raise HiennuError(f"{where}: probabilities {path} lie on another grid than the label "
-                          f"({'; '.join(diffs)}, label first)")
+        raise HiennuError(f"{where}: probabilities {path} lie on another grid than the {reference_name} "
+                          f"({'; '.join(diffs)}, {reference_name} first)")
     return prob
 
 

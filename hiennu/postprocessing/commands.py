@@ -337,11 +337,14 @@ def folder_masks(masks_dir: Path) -> dict[str, Path]:
 
 def _case_probabilities(folder: Path, case: str, geometry: Geometry) -> np.ndarray:
     """Case ``case``'s probabilities in ``folder`` (:func:`probability_file`), on the mask's grid."""
+    if not folder.is_dir():
+        raise HiennuError(f"--probabilities {folder}: folder not found; give the folder of CASE_prob.npz that "
+                          f"hiennu_predict --save-probabilities npz wrote")
     file = probability_file(folder, case)
     if file is None:
         raise HiennuError(f"case {case}: no {case}_prob.npz (or {case}.npz) in --probabilities {folder}; predict the "
                           f"case with hiennu_predict --save-probabilities npz")
-    return read_probabilities(file, geometry, f"case {case}")
+    return read_probabilities(file, geometry, f"case {case}", reference_name="mask")
 
 
 def raw_dataset_of(dataset: str | int) -> Path:

@@ -86,6 +86,9 @@ def folds_of_cases(cases: list[str], fold_cases: dict[int, list[str]], splits_pa
 def case_probability_files(prob_dir: Path, cases: list[str]) -> dict[str, list[Path]]:
     """Case id -> ``[its probability file]`` in ``prob_dir`` (:func:`~hiennu.postprocessing.commands.probability_file`);
     a case without one is an error naming it."""
+    if not prob_dir.is_dir():
+        raise HiennuError(f"--probabilities {prob_dir}: folder not found; give the folder of the masks' probabilities "
+                          f"(CASE_prob.npz of hiennu_predict --save-probabilities npz, CASE.npz of hiennu_train --npz)")
     out = {}
     for case in cases:
         file = probability_file(prob_dir, case)

@@ -143,7 +143,11 @@ def load_cases(masks: dict[str, Path], raw_dir: Path, fold_of: dict[str, int] | 
     for case, path in progress(sorted(masks.items()), desc="post-processing candidates"):
         where = f"fold {fold_of[case]}, case {case}" if fold_of and case in fold_of else f"case {case}"
         pred, pred_geometry = read_binary_mask(path, f"{where}: validation mask")
-        ref, geometry = read_binary_mask(raw_dir / "labelsTr" / f"{case}{ending}", f"{where}: label")
+        label = raw_dir / "labelsTr" / f"{case}{ending}"
+        if not label.is_file():
+            raise HiennuError(f"{where}: no label {label} for the mask {path}; give the raw dataset (-d, or its "
+                              f"labelsTr with -ref) the masks were predicted for, or move the mask away")
+        ref, geometry = read_binary_mask(label, f"{where}: label")
         diffs = geometry.differences(pred_geometry)
         if pred.shape != ref.shape or diffs:
             raise HiennuError(f"{where}: validation mask {path} lies on another grid than its label "
