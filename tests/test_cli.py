@@ -407,7 +407,14 @@ def test_nnunets_positional_dataset_and_folders(tmp_path, capsys):
     assert "too many folders" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate.main([gt])
-    assert "required: -pred" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "required: -pred" in err and "was it read" not in err
+    with pytest.raises(SystemExit):
+        evaluate.main(["--cases", "c1", gt, pred])
+    assert "was it read as a value of --cases?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(["--cases", "c1", "c2"])
+    assert "was it read" not in capsys.readouterr().err
     with use_roots(tmp_path / "raw", tmp_path / "pre", tmp_path / "results"):
         assert find_best_configuration.main(["7", "-c", "2d", "-q"]) == 1  # parsed; no dataset 7 there
         err = capsys.readouterr().err
@@ -415,7 +422,16 @@ def test_nnunets_positional_dataset_and_folders(tmp_path, capsys):
         assert parser_of("find_best_configuration").parse_args(["-d", "7", "-c", "2d"]).dataset == "7"
         with pytest.raises(SystemExit):
             find_best_configuration.main(["-c", "2d"])
-        assert "required: -d/--dataset" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "required: -d/--dataset" in err and "was it read" not in err
+        with pytest.raises(SystemExit):  # the dataset read as a configuration: said so
+            find_best_configuration.main(["-c", "2d", "7"])
+        assert "was it read as a value of -c? An option that takes several values" in capsys.readouterr().err
+        assert find_best_configuration.main(["-q", "-c", "2d", "--", "7"]) == 1  # as the hint says: parsed
+        assert "required" not in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            find_best_configuration.main(["-c", "2d", "-f", "0", "1", "7"])
+        assert "was it read as a value of -f?" in capsys.readouterr().err
         with pytest.raises(SystemExit):
             find_best_configuration.main(["7", "-d", "8", "-c", "2d"])
         assert "both given" in capsys.readouterr().err

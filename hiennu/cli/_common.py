@@ -95,17 +95,35 @@ def add_positional_spelling(parser: argparse.ArgumentParser, dest: str, metavar:
     parser.add_argument(f"{dest}_positional", nargs="?", default=None, metavar=metavar, help=help, type=type)
 
 
-def merge_positional(parser: argparse.ArgumentParser, args: argparse.Namespace, dest: str, flag: str) -> None:
+def merge_positional(parser: argparse.ArgumentParser, args: argparse.Namespace, dest: str, flag: str,
+                     looks_positional: Callable[[Any], bool] = lambda value: False) -> None:
     """``args.<dest>`` from the flag ``flag`` or from its positional spelling (:func:`add_positional_spelling`): both
-    given (unless spelled alike), or neither, is the parser's usage error naming them."""
+    given (unless spelled alike), or neither, is the parser's usage error naming them (and, when a value of an option
+    that takes several ``looks_positional``, saying it was probably meant as the positional: :func:`swallowed_hint`)."""
     positional = getattr(args, f"{dest}_positional")
     delattr(args, f"{dest}_positional")
     given = getattr(args, dest)
     if positional is not None and given is not None and str(positional) != str(given):
         parser.error(f"{flag} {given} and the positional {positional} both given; give the {dest} once")
     if positional is None and given is None:
-        parser.error(f"the following arguments are required: {flag} (or its positional spelling, as nnU-Net's)")
+        parser.error(f"the following arguments are required: {flag} (or its positional spelling, as nnU-Net's)"
+                     f"{swallowed_hint(parser, args, looks_positional)}")
     setattr(args, dest, given if given is not None else positional)
+
+
+def swallowed_hint(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   looks_positional: Callable[[Any], bool]) -> str:
+    """``"; was it read as a value of -c? ..."`` when a value of an option that takes several values
+    ``looks_positional`` (such an option reads every word that follows it, a positional meant for the command too),
+    else ``""``: the text to end a "required" error."""
+    given = [action.option_strings[0] for action in parser._actions
+             if action.option_strings and action.nargs in ("+", "*")
+             and isinstance(getattr(args, action.dest, None), list) and getattr(args, action.dest) != action.default
+             and any(looks_positional(value) for value in getattr(args, action.dest))]
+    if not given:
+        return ""
+    return (f"; was it read as a value of {' or '.join(given)}? An option that takes several values takes every word "
+            f"after it: give the positional first, or end the option's values with --")
 
 
 def device_arg(text: str) -> str:

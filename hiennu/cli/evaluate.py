@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hiennu.cli._common import make_parser, run
+from hiennu.cli._common import make_parser, run, swallowed_hint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def take_positional_folders(parser: argparse.ArgumentParser, args: argparse.Name
     still = [f"-{flag}" for flag in ("ref", "pred") if getattr(args, flag) is None]
     if still:
         parser.error(f"the following arguments are required: {', '.join(still)} (or the folders positionally, as "
-                     f"nnU-Net's: REF PRED)")
+                     f"nnU-Net's: REF PRED){swallowed_hint(parser, args, lambda value: Path(value).is_dir())}")
 
 
 def main(argv: list[str] | None = None) -> int:

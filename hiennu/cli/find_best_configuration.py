@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from hiennu.cli._common import add_positional_spelling, make_parser, merge_positional, run
-from hiennu.paths import DEFAULT_PLANS_NAME
+from hiennu.paths import DEFAULT_PLANS_NAME, parse_dataset_folder_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    merge_positional(parser, args, "dataset", "-d/--dataset")
+    merge_positional(parser, args, "dataset", "-d/--dataset",
+                     looks_positional=lambda value: str(value).isdigit() or parse_dataset_folder_name(str(value)))
     if args.models and (args.trainers or args.plans):
         parser.error("-m names each model's trainer and plans: leave out -tr and -p")
 
