@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shlex
 import shutil
@@ -900,3 +901,16 @@ def test_a_signal_while_an_ensemble_is_committed_is_held_until_its_record_is_wri
     assert json.loads(folder.postprocessing.read_text()) == {"round": "new"} and folder.members.is_file()
     assert sorted(p.name for p in folder.path.iterdir()) == sorted([folder.validation_dir.name, folder.members.name,
                                                                     folder.postprocessing.name])
+
+
+def test_a_folder_it_cannot_write_into_is_named_before_anything_is_written(cv, capsys, monkeypatch):
+    """A read-only model folder stopped the run after it had written another model's postprocessing.json and an
+    ensemble, naming a hidden temporary file; it is named first, and nothing is written."""
+    import hiennu.ensembling.best_configuration as best_configuration
+    real = os.access
+    monkeypatch.setattr(best_configuration.os, "access",
+                        lambda path, mode: False if Path(path).name == B else real(path, mode))
+    assert cli.main(_run("-q")) == 1
+    err = capsys.readouterr().err
+    assert f"{cv / B}: cannot be written (read-only?)" in err and "run on a writable copy" in err, err
+    assert _written(cv) == set()

@@ -32,6 +32,7 @@ Dice with it, not by the raw Dice (``--select-by raw`` restores nnU-Net's rule).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,11 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
                  "pairs (--select-by raw --max-ensemble-size 2)", RULES[options.select_by],
                  f"{len(ensembles)} ensemble(s)" if ensembles else "no ensemble")
     checkpoint = models[0].checkpoint
+    for folder in [results_dir] + [m.path for m in models]:  # every folder it writes into, checked before scoring
+        if not os.access(folder, os.W_OK):
+            raise HiennuError(f"{folder}: cannot be written (read-only?), and the choice writes into it (the models' "
+                              f"postprocessing.json, the ensembles, inference_information.json); make it writable, or "
+                              f"run on a writable copy of {results_dir}")
     staging = EnsembleStaging(results_dir)
     try:
         raw_scored, raw_reference = _score(models, all_candidates, staging, raw, raw_dir, dataset,
