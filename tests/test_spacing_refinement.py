@@ -224,11 +224,11 @@ def _plan(tmp_path, monkeypatch, **kwargs):
     opts = PlanAndPreprocessOptions(num_processes=1, preprocess=False, plan_for="cpu", **kwargs)
     out = plan_and_preprocess("TINY", opts)
     cases = {c: (raw / "imagesTr" / f"{c}_0000.mha", raw / "labelsTr" / f"{c}.mha") for c in SPACINGS}
-    return load_plans(out).configuration("3d_fullres"), cases
+    return load_plans(out).configuration("3d_fullres"), cases, load_plans(out)
 
 
 def test_planning_small_fine_cases_refines_and_the_round_trip_improves(tmp_path, monkeypatch):
-    config, cases = _plan(tmp_path, monkeypatch)
+    config, cases, _ = _plan(tmp_path, monkeypatch)
     at_rule = measure_crop_roundtrip(cases, (2.0, 2.0, 2.0), "nearest")
     assert at_rule.worst < ROUNDTRIP_WORST_MIN  # the fine cases' one-voxel lesions are lost at nnU-Net's 2 mm
     assert config.target_spacing_zyx != [2.0, 2.0, 2.0] and "refined from nnU-Net's 2 x 2 x 2 mm" in config.notes
@@ -238,11 +238,21 @@ def test_planning_small_fine_cases_refines_and_the_round_trip_improves(tmp_path,
 
 
 def test_planning_with_a_forced_spacing(tmp_path, monkeypatch):
-    config, cases = _plan(tmp_path, monkeypatch, target_spacing_zyx=(2.0, 2.0, 2.0))
+    config, cases, plans = _plan(tmp_path, monkeypatch, target_spacing_zyx=(2.0, 2.0, 2.0))
     at_forced = measure_crop_roundtrip(cases, (2.0, 2.0, 2.0), "nearest")
     assert config.grid_policy == "forced" and config.target_spacing_zyx == [2.0, 2.0, 2.0]
     assert config.roundtrip_dice_worst == round(at_forced.worst, 4)
     assert "LABEL ROUND TRIP BELOW THE THRESHOLDS" in config.notes and "f0 (native 1 x 1 x 1 mm" in config.notes
+    # the 2d takes 3d_fullres's in-plane 2 mm and loses the fine cases' lesions too: its own notes say so
+    slices = plans.configuration("2d")
+    assert slices.roundtrip_dice_worst < ROUNDTRIP_WORST_MIN
+    assert "LABEL ROUND TRIP BELOW THE THRESHOLDS" in slices.notes and "2d at native x 2 x 2 mm" in slices.notes
+    assert "f0 (native 1 x 1 x 1 mm" in slices.notes and "follows 3d_fullres's: to force a finer one" in slices.notes
+
+
+def test_a_2d_whose_round_trip_holds_gets_no_shortfall_note(tmp_path, monkeypatch):
+    slices = _plan(tmp_path, monkeypatch)[2].configuration("2d")  # refined: fine enough in-plane for the 2d too
+    assert slices.roundtrip_dice_worst >= ROUNDTRIP_WORST_MIN and "BELOW THE THRESHOLDS" not in (slices.notes or "")
 
 
 def test_the_crop_roundtrip_takes_the_label_there_with_the_plans_label_interpolation():

@@ -23,7 +23,7 @@ from hiennu.paths import plans_file_name, preprocessed_data_name, preprocessed_r
 from hiennu.planning.fingerprint import FINGERPRINT_FILE, DatasetFingerprint, compute_fingerprint, save_fingerprint
 from hiennu.planning.planner import DEFAULT_GPU_MEMORY_GB, plan_2d_configuration, plan_experiment, record_roundtrip
 from hiennu.planning.roundtrip import RoundTrip, measure_crop_roundtrip, measure_roundtrip
-from hiennu.planning.spacing_refinement import force_spacing, heed_roundtrip, validate_target_spacing
+from hiennu.planning.spacing_refinement import force_spacing, heed_roundtrip, state_shortfall, validate_target_spacing
 from hiennu.planning.splits import DEFAULT_FOLDS, SPLITS_FILE, write_splits_if_absent
 from hiennu.plans import (DEFAULT_CONFIGURATION, LOSSLESS_CONFIGURATION, PAPER_CONFIGURATION, PLANS_NAME,
                           SLICE_CONFIGURATION, Configuration, Plans, configuration_problems, load_plans, save_plans)
@@ -94,6 +94,8 @@ def make_plans(raw_dir: Path, out_dir: Path, cases: list[CaseFiles], opts: PlanA
         elif cfg.is_patch_based:
             trip = measure_crop_roundtrip(with_adc, cfg.resampling_spacing_zyx, cfg.prediction_interpolation,
                                           opts.num_processes, cfg.label_interpolation)
+            if name == SLICE_CONFIGURATION and DEFAULT_CONFIGURATION in plans.configurations:
+                state_shortfall(fp, cfg, trip, DEFAULT_CONFIGURATION)
         else:
             workers = opts.num_processes if cfg.label_interpolation == "sdf" else 1
             trip = measure_roundtrip(labels, cfg.target_size_zyx, cfg.label_interpolation, workers)

@@ -242,18 +242,36 @@ def worst_cases(fp: DatasetFingerprint, trip: RoundTrip, limit: int = WORST_CASE
 def _shortfall_note(fp: DatasetFingerprint, kept: SpacingAttempt, attempts: list[SpacingAttempt], stop: str) -> str:
     """The plain statement when the kept spacing still misses a threshold; also logged as a warning."""
     trip = kept.roundtrip
-    below = sum(d < ROUNDTRIP_WORST_MIN for d in trip.dice_per_case.values())
-    finest = [float(v) for v in np.min([c.spacing_zyx for c in fp.cases], axis=0)]
-    text = (f"LABEL ROUND TRIP BELOW THE THRESHOLDS (mean {ROUNDTRIP_MEAN_MIN:g}, worst {ROUNDTRIP_WORST_MIN:g}): "
-            f"kept {_mm(kept.spacing_zyx)} mm (z y x) with mean {trip.mean:.4f}, worst {trip.worst:.4f}; "
-            f"attempts: {' | '.join(a.describe() for a in attempts)} (stopped because {stop}); "
-            f"{below} of {len(trip.dice_per_case)} cases under {ROUNDTRIP_WORST_MIN:g}, those losing most: "
-            f"{', '.join(worst_cases(fp, trip)) or 'none'}; their lesions are partly lost before training starts. "
-            f"To force a finer spacing, re-plan with {FLAG} Z Y X (mm, z y x), e.g. {FLAG} "
-            f"{' '.join(f'{v:g}' for v in finest)} (the finest case spacing per axis), at the cost of a patch "
-            f"that covers less of the brain and more windows per case")
+    text = _shortfall_text(fp, trip, f"kept {_mm(kept.spacing_zyx)} mm (z y x) with mean {trip.mean:.4f}, worst "
+                                     f"{trip.worst:.4f}; attempts: {' | '.join(a.describe() for a in attempts)} "
+                                     f"(stopped because {stop})", "To force a finer spacing")
     log.warning("%s: %s", kept.config.name, text)
     return text
+
+
+def state_shortfall(fp: DatasetFingerprint, config: Configuration, trip: RoundTrip, source: str) -> None:
+    """For a configuration whose spacing comes from another's (the ``2d`` takes ``source``'s in-plane spacing, and
+    is not refined on its own): when its label round trip misses a threshold, say so in its notes and as a warning,
+    naming the cases that lose most and how to force a finer spacing."""
+    if trip.mean >= ROUNDTRIP_MEAN_MIN and trip.worst >= ROUNDTRIP_WORST_MIN:
+        return
+    spacing = config.resampling_spacing_zyx
+    shown = " x ".join("native" if v is None else f"{float(v):.4g}" for v in spacing) if spacing else "its grid"
+    text = _shortfall_text(fp, trip, f"{config.name} at {shown} mm (z y x) has mean {trip.mean:.4f}, worst "
+                                     f"{trip.worst:.4f}", f"Its spacing follows {source}'s: to force a finer one")
+    log.warning("%s: %s", config.name, text)
+    _add_note(config, text)
+
+
+def _shortfall_text(fp: DatasetFingerprint, trip: RoundTrip, what: str, force: str) -> str:
+    below = sum(d < ROUNDTRIP_WORST_MIN for d in trip.dice_per_case.values())
+    finest = [float(v) for v in np.min([c.spacing_zyx for c in fp.cases], axis=0)]
+    return (f"LABEL ROUND TRIP BELOW THE THRESHOLDS (mean {ROUNDTRIP_MEAN_MIN:g}, worst {ROUNDTRIP_WORST_MIN:g}): "
+            f"{what}; {below} of {len(trip.dice_per_case)} cases under {ROUNDTRIP_WORST_MIN:g}, those losing most: "
+            f"{', '.join(worst_cases(fp, trip)) or 'none'}; their lesions are partly lost before training starts. "
+            f"{force}, re-plan with {FLAG} Z Y X (mm, z y x), e.g. {FLAG} "
+            f"{' '.join(f'{v:g}' for v in finest)} (the finest case spacing per axis), at the cost of a patch "
+            f"that covers less of the brain and more windows per case")
 
 
 def _refined_note(attempts: list[SpacingAttempt], best: SpacingAttempt, stop: str) -> str:
