@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -271,6 +272,18 @@ def test_single_slice_cases_plan_no_3d_configuration_and_the_plans_load(hiennu_r
     assert "3d_fullres" not in plans.configurations and "2d" in plans.configurations
     assert plans.default_configuration == "2d"
     assert any("configuration 3d_fullres is not planned for this dataset" in r for r in records)
+    # a 3D configuration written back by hand is refused by --keep-plans, naming the fields, before any case is written
+    flat = plans.configuration("2d")
+    edited = dataclasses.replace(flat, name="3d_fullres", patch_size_zyx=[14, *flat.patch_size_zyx[1:]],
+                                 network=dataclasses.replace(flat.network, spatial_dims=3))
+    plans.configurations["3d_fullres"] = edited
+    save_plans(plans, out / "plans.json")
+    with pytest.raises(HiennuError, match=r"configuration 3d_fullres: patch_size_zyx \[14, .*network\.spatial_dims 3 "
+                                          r"ask for a 3D network, but every case has a single slice, so 13 of the "
+                                          r"patch's slices would be padding"):
+        plan_and_preprocess("FLAT", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_fullres"],
+                                                             keep_plans=True))
+    assert not (out / "3d_fullres").exists()
 
 
 def test_a_network_of_one_stage_is_refused_naming_the_field():

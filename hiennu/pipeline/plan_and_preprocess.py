@@ -17,6 +17,7 @@ from hiennu.io.atomic import read_json, write_json
 from hiennu.io.cases import CaseFiles, discover_cases
 from hiennu.io.channels import brain_channel
 from hiennu.io.dataset_json import load_dataset_json
+from hiennu.io.image import image_reader
 from hiennu.log import get_logger
 from hiennu.parallel import start_workers_early
 from hiennu.paths import plans_file_name, preprocessed_data_name, preprocessed_root, raw_dataset_dir
@@ -138,6 +139,22 @@ def _heed_patch_roundtrip(fp: DatasetFingerprint, cfg: Configuration,
     return heed_roundtrip(fp, cfg, measure, opts.gpu_memory_gb, forced=opts.target_spacing_zyx is not None)
 
 
+def single_slice_problem(config: Configuration, cases: list[CaseFiles]) -> str | None:
+    """Why a 3D network cannot learn ``config`` on ``cases`` (every case a single slice: its patch's other slices
+    would be zero padding), or None. Read from the images' headers."""
+    if config.network.spatial_dims != 3 or config.patch_size_zyx is None or int(config.patch_size_zyx[0]) < 2:
+        return None
+    for case in cases:
+        reader = image_reader(case.image_files[0])
+        reader.ReadImageInformation()
+        if reader.GetDimension() == 3 and reader.GetSize()[2] > 1:
+            return None
+    return (f"configuration {config.name}: patch_size_zyx {list(config.patch_size_zyx)} and network.spatial_dims 3 "
+            f"ask for a 3D network, but every case has a single slice, so {int(config.patch_size_zyx[0]) - 1} of "
+            f"the patch's slices would be padding; set network.spatial_dims to 2 and patch_size_zyx[0] to 1 "
+            f"(nnU-Net's 2d), or plan again without --keep-plans (the planner leaves 3D out for such data)")
+
+
 def plan_and_preprocess(dataset: str | int, opts: PlanAndPreprocessOptions | None = None) -> Path:
     """Run the step for ``dataset`` (name, folder name or number); returns the preprocessed folder."""
     opts = opts or PlanAndPreprocessOptions()
@@ -171,6 +188,11 @@ def plan_and_preprocess(dataset: str | int, opts: PlanAndPreprocessOptions | Non
     if not opts.preprocess:
         return out_dir
     names = list(opts.configurations) if opts.configurations else list(plans.configurations)
+    if opts.keep_plans:  # the planner leaves a 3D configuration out for such data; edited plans may bring one back
+        for name in names:
+            problem = single_slice_problem(plans.configuration(name), cases)
+            if problem:
+                raise HiennuError(f"{out_dir / plans_file_name(opts.plans_name)}: {problem}")
     for name in names:
         preprocess_dataset(cases, plans.configuration(name), out_dir / preprocessed_data_name(opts.plans_name, name),
                            opts.num_processes)
