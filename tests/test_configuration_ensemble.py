@@ -225,7 +225,7 @@ def test_predict_with_m_and_with_several_configurations(hiennu_roots, tmp_path, 
                              "--disable-tta", "--save-probabilities", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert ("hiennu_find_best_configuration -d Dataset001_Tiny -c 3d_fullres 3d_lowres -tr TrainerTest "
-            "-p hiennuPlans") in err  # the warning says how to choose the missing ensemble post-processing
+            "-p hiennuPlans -f 0 1\n") in err  # how to choose the missing ensemble post-processing, on the folds there
     expected = ConfigurationEnsemble.from_paths([a, b], **FAST)
     for i in range(2):
         assert np.array_equal(_masks(tmp_path / "m")[f"case{i}.mha"],

@@ -56,15 +56,19 @@ def ensemble_min_component_voxels(configurations: Iterable[Configuration]) -> in
     return max((int(c.min_component_voxels) for c in configurations), default=0)
 
 
-def find_best_configuration_command(model_names: Sequence[str], dataset: str) -> str:
-    """The ``hiennu_find_best_configuration`` call that scores these models and writes their ensemble folder."""
+def find_best_configuration_command(model_names: Sequence[str], dataset: str,
+                                    folds: Sequence[str] | None = None) -> str:
+    """The ``hiennu_find_best_configuration`` call that scores these models and writes their ensemble folder; with
+    ``-f`` when the models hold other cross-validation folds than its default 0-4 (``fold_all`` is no CV fold)."""
     parts = [parse_model_dir_name(n) for n in model_names]
 
     def unique(values: Iterable[str]) -> str:
         return " ".join(dict.fromkeys(values))  # in order, each once
 
+    numbered = [str(f) for f in folds or () if str(f).isdigit()]
     return (f"hiennu_find_best_configuration -d {dataset} -c {unique(p.configuration for p in parts)} "
-            f"-tr {unique(p.trainer for p in parts)} -p {unique(p.plans for p in parts)}")
+            f"-tr {unique(p.trainer for p in parts)} -p {unique(p.plans for p in parts)}"
+            + (f" -f {' '.join(numbered)}" if numbered and numbered != ["0", "1", "2", "3", "4"] else ""))
 
 
 class ConfigurationEnsemble(CasePredictor):
@@ -139,8 +143,9 @@ class ConfigurationEnsemble(CasePredictor):
         elif use_postprocessing:
             where = (f"{folder.path} not found" if folder is not None
                      else "the models are not model folders side by side")
+            held = [str(f) for f in folds] if folds else _common_folds(members, checkpoint)
             logger.warning("no ensemble post-processing for %s (%s): predicting without it; choose it with %s",
-                           " + ".join(names), where, command)
+                           " + ".join(names), where, find_best_configuration_command(names, members[0].dataset, held))
         folds = [str(f) for f in folds] if folds else _common_folds(members, checkpoint)
         for m in members:
             m.check_folds(folds, checkpoint)
