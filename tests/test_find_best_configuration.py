@@ -470,6 +470,11 @@ def _break_validation(cv: Path) -> None:
     shutil.rmtree(ModelFolder(cv / B).validation_dir(1))
 
 
+def _break_probabilities(cv: Path) -> None:
+    path = ModelFolder(cv / A).validation_probabilities(1, "case4")
+    path.write_bytes(path.read_bytes()[:100])
+
+
 def _break_image(cv: Path) -> None:
     path = cv.parents[1] / "hiennu_raw" / DATASET / "imagesTr" / "case5_0000.mha"
     image, geometry = read_image(path)
@@ -482,6 +487,8 @@ def _break_image(cv: Path) -> None:
                         r"validation\); finish it: hiennu_train Tiny TrainerX 1 -c 3d_lowres --continue --npz$"),
     (_break_validation, rf"error: model {B}, fold 1: no validation \(.*summary\.json not found\); validate it with "
                         r"probabilities: hiennu_train Tiny TrainerX 1 -c 3d_lowres --val --npz$"),
+    (_break_probabilities, rf"error: model {A}, fold 1, case case4: .*case4\.npz is not a probability map .*; "
+                           r"re-validate: hiennu_train Tiny TrainerX 1 -c 3d_fullres --val --npz$"),
     (_break_image, r"error: case case5: image .*case5_0000\.mha has 0 NaN and 1 infinite voxel\(s\); replace them"),
     (_break_fold, rf"error: model {B}, fold 2: .*fold_2 not found; train it: hiennu_train Tiny TrainerX 2 -c 3d_lowres "
                   r"--npz$"),

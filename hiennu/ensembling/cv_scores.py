@@ -117,7 +117,10 @@ def score_case(job: CaseJob) -> dict[str, dict]:
     probabilities = []
     for model in job.models:
         where = f"model {model.name}, fold {job.fold}, case {job.case_id}"
-        prob = read_probabilities(model.probabilities, geometry, where)
+        try:
+            prob = read_probabilities(model.probabilities, geometry, where)
+        except HiennuError as e:  # damaged, or from another validation: validating again writes it anew
+            raise HiennuError(f"{e}; re-validate: {model.fix}") from None
         mask = cv_mask(prob, model.size_rule)
         _check_mask(model, mask, geometry, where)
         rows[model.name] = _row(job, ref, mask, spacing, brain_voxels)
