@@ -37,7 +37,7 @@ from hiennu.io.checkpoint import BEST, FINAL
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, read_image, write_image
 from hiennu.paths import INFERENCE_INFORMATION_FILE, EnsembleFolder, ModelFolder
-from hiennu.plans import Plans, save_plans
+from hiennu.plans import Plans, load_plans, save_plans
 from hiennu.postprocessing.record import postprocessing_from_record
 from hiennu.postprocessing.rule_folder import load_rule_folder
 from hiennu.training.options import TrainingOptions
@@ -921,3 +921,21 @@ def test_a_folder_it_cannot_write_into_is_named_before_anything_is_written(cv, c
     err = capsys.readouterr().err
     assert f"{cv / B}: cannot be written (read-only?)" in err and "run on a writable copy" in err, err
     assert _written(cv) == set()
+
+
+def test_a_model_trained_before_its_plans_were_replaced_is_warned_about_and_scored(cv, capsys, hiennu_roots):
+    """Models of different plans compare case by case in native geometry, so none is refused; but a configuration
+    whose plans were replaced since its training (re-planned, the other configuration retrained) is named."""
+    trained = load_plans(ModelFolder(cv / B).plans)
+    current = hiennu_roots["hiennu_preprocessed"] / DATASET / "plans.json"
+    save_plans(trained, current)
+    assert cli.main(_run()) == 0
+    assert "was trained with other plans" not in capsys.readouterr().err
+    lowres = trained.configurations["3d_lowres"]
+    trained.configurations["3d_lowres"] = dataclasses.replace(lowres, target_spacing_zyx=[3.0, 1.0, 1.0])
+    save_plans(trained, current)
+    assert cli.main(_run()) == 0
+    err = capsys.readouterr().err
+    assert f"model {B} was trained with other plans than {current} holds now (target_spacing_zyx" in err, err
+    assert "it is scored as trained; to train it on the current plans, e.g. mv " in err
+    assert "&& hiennu_train Tiny TrainerX 0 -c 3d_lowres --npz (and its other folds)" in err

@@ -41,7 +41,8 @@ from typing import Sequence
 from hiennu.ensembling.candidate_postprocessing import (WRITTEN, PostprocessingJob, PostprocessingOutcome,
                                                         candidate_postprocessing)
 from hiennu.ensembling.choice import POSTPROCESSED, RAW, RULES, SELECT_BY, choose_best, select
-from hiennu.ensembling.cv_probabilities import ModelCV, check_comparable, collect_model_cv, split_validation_cases
+from hiennu.ensembling.cv_probabilities import (ModelCV, check_comparable, collect_model_cv, split_validation_cases,
+                                                warn_replanned)
 from hiennu.ensembling.cv_scores import (RULE_NAME, CaseJob, EnsembleOutput, MemberFiles, score_case, summaries,
                                         write_cv_summary)
 from hiennu.ensembling.ensemble_cv import (ENSEMBLE, EVERY, MANY_ENSEMBLES, MODEL, RULE, Candidate, EnsembleStaging,
@@ -273,6 +274,7 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
     models = [collect_model_cv(results_dir / name, folds, dataset) for name in options.model_names()]
     raw = load_dataset_json(raw_dir)
     check_comparable(models, split_cases, raw, dataset, preprocessed_dir / splits_file_name())
+    warn_replanned(models, preprocessed_dir)
     all_candidates = candidates([m.name for m in models], options.ensembles, options.max_ensemble_size)
     ensembles = [c for c in all_candidates if c.kind == ENSEMBLE]
     if len(ensembles) > MANY_ENSEMBLES:

@@ -11,6 +11,7 @@ command that fixes it (:func:`train_command`); the checks only read, so nothing 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,9 +21,14 @@ from hiennu.io.atomic import read_json_file
 from hiennu.io.checkpoint import BEST, FINAL, stale_validation_problem
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.io.probabilities import PROBABILITIES_KEY, read_probabilities
-from hiennu.paths import CONTINUE, RETRAIN, TRAIN, VALIDATE, ModelFolder, splits_file_name, train_command
+from hiennu.log import get_logger
+from hiennu.paths import (CONTINUE, RETRAIN, TRAIN, VALIDATE, ModelFolder, plans_file_name, splits_file_name,
+                          train_command)
+from hiennu.plans import PREDICTOR_IGNORED_FIELDS, configuration_differences, load_plans
 from hiennu.postprocessing.commands import check_folds
 from hiennu.postprocessing.selection import plans_size_rule
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,27 @@ def check_comparable(models: Sequence[ModelCV], split_cases: dict[int, list[str]
             fix = train_command(model.path, model.folds[0], VALIDATE, best=first.checkpoint == BEST, dataset=dataset)
             raise HiennuError(f"model {model.name} was validated with {model.checkpoint}, {first.name} with "
                               f"{first.checkpoint}; re-validate its folds alike, e.g. {fix}")
+
+
+def warn_replanned(models: Sequence[ModelCV], preprocessed_dir: Path) -> None:
+    """Warn about each model trained with plans that the dataset's plans file of the same name has since replaced
+    (re-planned after it was trained; fields the predictor ignores aside). Not an error: every model is scored,
+    ensembled and predicts with its own folder's plans, in native geometry, so models of different plans compare
+    case by case; but a user who re-planned and retrained some configurations learns which were not retrained."""
+    for model in models:
+        parts = ModelFolder(model.path).name
+        current = Path(preprocessed_dir) / plans_file_name(parts.plans) if parts else None
+        if current is None or not current.is_file():
+            continue
+        now = load_plans(current).configurations.get(parts.configuration)
+        if now is None:
+            continue
+        trained = load_plans(ModelFolder(model.path).plans).configuration(parts.configuration)
+        diffs = configuration_differences(dataclasses.asdict(trained), now, ignore=PREDICTOR_IGNORED_FIELDS)
+        if diffs:
+            log.warning("model %s was trained with other plans than %s holds now (%s): it is scored as trained; "
+                        "to train it on the current plans, e.g. %s (and its other folds)", model.name, current,
+                        "; ".join(diffs), train_command(model.path, model.folds[0], RETRAIN))
 
 
 def _dataset_differences(reference: DatasetJson, other: DatasetJson) -> list[str]:
