@@ -25,3 +25,8 @@ class DataIntegrityError(HiennuError):
 
 class ImageReadError(HiennuError):
     """A file that cannot be read as an image (missing, empty, corrupt, unsupported)."""
+
+
+class WriteError(HiennuError):
+    """A file that could not be written whole (a full disk or quota, a folder that refuses new files); nothing was
+    replaced. Its message names the file asked for, not the temporary file it was first written to."""

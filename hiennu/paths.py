@@ -297,11 +297,14 @@ def train_command(model_dir: str | os.PathLike, fold: int | str, mode: str = TRA
     (``--continue``) a training cut short, to its end; :data:`RETRAIN` a fold trained otherwise, from scratch: since
     ``hiennu_train`` refuses to start over in a folder that holds a training, the line moves the fold folder aside
     first (``mv FOLD FOLD.old && hiennu_train ...``). dataset: ``DatasetNNN_Name`` or its name (default: the model
-    folder's parent); the line names the dataset by its name."""
+    folder's parent, or the one above ``split_seed_S/``, whose models train with ``--split-seed S``); the line names
+    the dataset by its name."""
     if mode not in (TRAIN, VALIDATE, CONTINUE, RETRAIN):
         raise ValueError(f"mode must be one of {TRAIN}, {VALIDATE}, {CONTINUE}, {RETRAIN}, got {mode!r}")
     model_dir = Path(model_dir)
-    dataset = dataset or model_dir.resolve().parent.name
+    parent = model_dir.resolve().parent
+    seed = re.fullmatch(r"split_seed_(\d+)", parent.name)  # split_seed_folder: a model of another split's folds
+    dataset = dataset or (parent.parent.name if seed else parent.name)
     parsed = parse_dataset_folder_name(dataset)
     parts = parse_model_dir_name(model_dir.name)
     words = ["hiennu_train", parsed[1] if parsed else dataset]
@@ -314,6 +317,8 @@ def train_command(model_dir: str | os.PathLike, fold: int | str, mode: str = TRA
     words += {VALIDATE: ["--val"], CONTINUE: ["--continue"]}.get(mode, []) + (["--npz"] if npz else [])
     if best and mode == VALIDATE:
         words += ["--checkpoint", "best"]
+    if seed:
+        words += ["--split-seed", seed.group(1)]
     line = " ".join(words)
     fold_dir = ModelFolder(model_dir).fold_dir(fold)
     if mode == RETRAIN and fold_dir.exists():

@@ -259,3 +259,24 @@ def test_a_file_that_cannot_be_written_is_named_not_its_temporary_twin(tmp_path,
         with atomic_path(tmp_path / "z.json"):
             open(tmp_path / "elsewhere" / "source.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_metaimages_itk_reads_are_read_and_nan_images_are_written(tmp_path):
+    """Found reviewing the checks above: an ASCII MetaImage (BinaryData False) and a DimSize written as 4.0 are read
+    as ITK reads them, and a float image with NaN or infinities is written in every format (ITK's NIfTI reader turns
+    them into 0, which the read-back leaves aside)."""
+    values = " ".join(str(v) for v in range(24))
+    header = ("ObjectType = Image\nNDims = 3\nBinaryData = False\nDimSize = 4 3 2\nElementType = MET_FLOAT\n"
+              "ElementSpacing = 1 1 1\nElementDataFile = LOCAL\n")
+    (tmp_path / "ascii.mha").write_text(header + values + "\n")
+    array, _ = read_image(tmp_path / "ascii.mha")
+    assert array.shape == (2, 3, 4) and array[1, 2, 3] == 23
+    (tmp_path / "float_size.mha").write_text(header.replace("DimSize = 4 3 2", "DimSize = 4.0 3 2") + values + "\n")
+    assert read_image(tmp_path / "float_size.mha")[0].shape == (2, 3, 4)
+    geometry = Geometry((4, 3, 2), (1.0, 1.0, 2.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    image = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    image[0, 0, 0], image[1, 1, 1] = np.nan, np.inf
+    for ending in (".mha", ".nii.gz", ".nii", ".nrrd"):
+        write_image(image, geometry, tmp_path / f"nan{ending}")
+        back, _ = read_image(tmp_path / f"nan{ending}")
+        assert np.array_equal(back[np.isfinite(image)], image[np.isfinite(image)]), ending

@@ -77,8 +77,13 @@ def test_evaluate_writes_no_summary_into_a_dataset_and_replaces_only_its_own(dat
     for foreign in (raw / "dataset.json", validation):
         content = foreign.read_bytes()
         assert evaluate_cli.main([str(labels), str(crossval), "-o", str(foreign), "-q"]) == 1
-        assert "exists and is no summary of hiennu_evaluate" in capsys.readouterr().err
+        assert f"{foreign}: the summary would replace this file, which is no summary of hiennu_evaluate" in \
+            capsys.readouterr().err
         assert foreign.read_bytes() == content
+    (crossval / "summary.json").write_text(validation.read_text())  # a fold's validation folder, no -o given
+    assert evaluate_cli.main([str(labels), str(crossval), "-q"]) == 1
+    assert f"{crossval / 'summary.json'}: the summary would replace this file" in capsys.readouterr().err
+    (crossval / "summary.json").unlink()
     mine = tmp_path / "mine.json"
     assert evaluate_cli.main([str(labels), str(crossval), "-o", str(mine), "-q"]) == 0
     assert evaluate_cli.main([str(labels), str(crossval), "-o", str(mine), "-q", "--cases", "case00"]) == 0  # again

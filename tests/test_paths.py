@@ -122,3 +122,6 @@ def test_train_command_says_what_each_fix_needs_and_moves_a_trained_fold_aside_t
                                                             f"hiennu_train Two TrainerX all -c 3d_fullres --npz")
     with pytest.raises(ValueError, match="mode must be one of"):
         train_command(model, 0, "resume")
+    seeded = tmp_path / "Dataset003_Three" / "split_seed_2" / "TrainerX__hiennuPlans__2d"  # another split's folds
+    assert train_command(seeded, 1, VALIDATE, best=True) == ("hiennu_train Three TrainerX 1 -c 2d --val --npz "
+                                                             "--checkpoint best --split-seed 2")

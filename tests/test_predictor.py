@@ -324,3 +324,28 @@ def test_challenge_interface(tmp_path):
     with pytest.raises(HiennuError, match="exactly one case"):
         run_challenge(ZadcThresholdBaseline(), tmp_path / "input", tmp_path / "out3")
     assert not (tmp_path / "out3").exists()
+
+
+def test_a_case_whose_mask_cannot_be_written_is_reported_and_the_next_case_is_still_written(tmp_path, monkeypatch):
+    """A full disk for one case's mask fails that case (reported, named), not the whole folder: the cases after it
+    are still predicted and written (the writer caught OSError only; the atomic writer now says which file)."""
+    import errno
+
+    import hiennu.io.atomic as atomic
+    from hiennu.io.cases import channel_file_name
+    for i, case in enumerate(["a", "b", "c"]):
+        for k, array in enumerate(case_arrays(seed=i)):
+            write_image(array, GEOM, tmp_path / "in" / channel_file_name(case, k, ".mha"))
+    predictor = Predictor.from_model_dir(make_model_dir(tmp_path / "m"), device="cpu", use_mirroring=False)
+    real = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(dst) == "b.mha":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    report = predictor.predict_folder(tmp_path / "in", tmp_path / "out")
+    assert sorted(report.predicted) == ["a", "c"] and list(report.failed) == ["b"]
+    assert f"{tmp_path / 'out' / 'b.mha'}: cannot be written (No space left on device)" in report.failed["b"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mha", "c.mha"]

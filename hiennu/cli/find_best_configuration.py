@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     merge_positional(parser, args, "dataset", "-d/--dataset",
-                     looks_positional=lambda value: str(value).isdigit() or parse_dataset_folder_name(str(value)))
+                     looks_positional=lambda value: isinstance(value, str) and bool(
+                         value.isdigit() or parse_dataset_folder_name(value)))
     if args.models and (args.trainers or args.plans):
         parser.error("-m names each model's trainer and plans: leave out -tr and -p")
 

@@ -251,8 +251,9 @@ def _check_folders(ref_dir: Path, pred_dir: Path, images: Path | None, output_js
                           f"dataset (were -ref and -pred given the other way round? the references come first); "
                           f"write it elsewhere with -o")
     if out.is_file() and not _is_evaluate_summary(out):
-        raise HiennuError(f"-o {output_json}: exists and is no summary of hiennu_evaluate (a fold's validation summary, "
-                          f"a dataset's or another tool's file?); name another file with -o")
+        raise HiennuError(f"{output_json}: the summary would replace this file, which is no summary of hiennu_evaluate "
+                          f"(a fold's validation summary, a dataset's or another tool's file?); name another file "
+                          f"with -o")
 
 
 #: the keys of the summary hiennu_evaluate writes (:func:`evaluate_folders`)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from hiennu.errors import HiennuError
+from hiennu.errors import HiennuError, WriteError
 from hiennu.inference.layouts import InputCase, discover_input_cases, read_case
 from hiennu.io.atomic import atomic_path
 from hiennu.io.channels import adc_zadc_channels
@@ -334,7 +334,7 @@ class CasePredictor(ABC):
                             write_probabilities(prob, geometry, probability_path(out_dir, case, probability_format))
                         with lock:
                             report.predicted.append(case.case_id)
-                    except OSError as e:
+                    except (OSError, WriteError) as e:  # this case's files: the next case may still be written
                         with lock:
                             report.failed[case.case_id] = f"cannot write into {out_dir}: {e}"
                         logger.error("case %s: cannot write into %s: %s", case.case_id, out_dir, e)

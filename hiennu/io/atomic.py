@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from hiennu.errors import HiennuError
+from hiennu.errors import HiennuError, WriteError
 from hiennu.log import get_logger
 from hiennu.parallel import process_alive
 
@@ -130,7 +130,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     except OSError as e:
-        raise HiennuError(f"{path}: cannot be written ({e.strerror or e}); choose a folder you can write to, and run "
+        raise WriteError(f"{path}: cannot be written ({e.strerror or e}); choose a folder you can write to, and run "
                           f"the command again") from None
     os.close(fd)
     tmp_path = Path(tmp)
@@ -143,7 +143,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             named = {os.fspath(name) for name in (e.filename, e.filename2) if name is not None}
             if named - {tmp, str(path)}:  # about another file (one being read): its own message says it best
                 raise
-            raise HiennuError(f"{path}: cannot be written ({e.strerror or e}); free some space or choose a "
+            raise WriteError(f"{path}: cannot be written ({e.strerror or e}); free some space or choose a "
                               f"folder you can write to, and run the command again") from None
     finally:
         if tmp_path.exists():

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from hiennu.errors import HiennuError, ImageReadError
+from hiennu.errors import HiennuError, ImageReadError, WriteError
 from hiennu.io.atomic import atomic_path
 
 IMAGE_ENDINGS = (".nii.gz", ".mha", ".mhd", ".nii", ".nrrd")
@@ -247,9 +247,12 @@ def _meta_header(path: Path) -> _MetaHeader | None:
     if "ElementDataFile" not in fields:
         return None
     source = fields["ElementDataFile"]
-    data_bytes = (int(np.prod([int(v) for v in fields.get("DimSize", "").split()]))
-                  * _META_ELEMENT_BYTES.get(fields.get("ElementType", ""), 0)
-                  * int(fields.get("ElementNumberOfChannels", "1")))
+    try:  # ITK reads sizes such as "4.0"; a size it cannot read is its own error to give
+        data_bytes = (int(np.prod([int(float(v)) for v in fields.get("DimSize", "").split()]))
+                      * _META_ELEMENT_BYTES.get(fields.get("ElementType", ""), 0)
+                      * int(float(fields.get("ElementNumberOfChannels", "1"))))
+    except ValueError:
+        data_bytes = 0
     if not source or source.split()[0] == "LIST" or "%" in source:
         return _MetaHeader(fields, None, 0, data_bytes)   # no data file named (SimpleITK says so), a list or pattern
     if source == "LOCAL":
@@ -274,8 +277,9 @@ def meta_header_problem(path: str | os.PathLike) -> str | None:
             if path.stat().st_size < _META_HEADER_BYTES:
                 return "its MetaImage header ends before its ElementDataFile line (truncated file?)"
             return None
-        if header.data is None or header.fields.get("CompressedData", "False").lower() == "true":
-            return None   # compressed data is checked by compressed_data_problem
+        if (header.data is None or header.fields.get("CompressedData", "False").lower() == "true"
+                or header.fields.get("BinaryData", "True").lower() == "false"):
+            return None   # compressed data is checked by compressed_data_problem; ASCII data has no byte size
         if not header.data.is_file():
             return f"its voxel data file {header.data} is missing"
         present = header.data.stat().st_size - header.offset
@@ -511,16 +515,18 @@ def _write_sitk(image: sitk.Image, written: Path | str, compress: bool, path: st
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         reason = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Reason:")),
                       lines[-1] if lines else type(e).__name__)
-        raise HiennuError(f"{path}: cannot be written ({reason}); free some space or choose a folder you can "
+        raise WriteError(f"{path}: cannot be written ({reason}); free some space or choose a folder you can "
                           f"write to, and run the command again") from None
 
 
 def _check_written(written: Path | str, array: np.ndarray, path: str | os.PathLike) -> None:
-    """Raise :class:`HiennuError` naming ``path`` unless ``written`` reads back as ``array``, voxel for voxel."""
+    """Raise :class:`WriteError` naming ``path`` unless ``written`` reads back as ``array``, voxel for voxel where
+    ``array`` is finite (ITK's NIfTI reader turns the NaN and infinities its writer stored into 0)."""
     try:
         back = sitk.GetArrayFromImage(read_sitk(written))
     except ImageReadError:
         back = None
-    if back is None or back.shape != array.shape or not np.array_equal(back, array, equal_nan=array.dtype.kind == "f"):
-        raise HiennuError(f"{path}: writing it failed (the file written does not read back whole: is the disk or "
+    finite = np.isfinite(array) if array.dtype.kind == "f" else np.ones(array.shape, bool)
+    if back is None or back.shape != array.shape or not np.array_equal(back[finite], array[finite]):
+        raise WriteError(f"{path}: writing it failed (the file written does not read back whole: is the disk or "
                           f"quota full?); free some space and run the command again")
