@@ -123,6 +123,33 @@ def test_editing_plans_changes_preprocessing(hiennu_roots):
     assert before.shape == (2, 16, 32, 16) and after.shape == (2, 16, 16, 16)
     assert after[0].max() > 500  # raw ADC units, no longer normalized
     assert load_plans(out).configuration("3d_lossless").target_size_xyz == [16, 16, 16]
+    # planning anew (what a user pastes without --keep-plans) keeps the edited file as plans.json.bak and says so
+    assert not (out / "plans.json.bak").exists()
+    edited = (out / "plans.json").read_text()
+    records = _warnings_of(lambda: plan_and_preprocess("TINY", PlanAndPreprocessOptions(
+        num_processes=1, configurations=["3d_lossless"], preprocess=False)))
+    assert (out / "plans.json.bak").read_text() == edited
+    assert load_plans(out).configuration("3d_lossless").target_size_xyz == [16, 32, 16]
+    assert any("planned anew, replacing the file there (its previous content is kept in plans.json.bak)" in r
+               for r in records), records
+    (out / "plans.json.bak").unlink()
+    assert not _warnings_of(lambda: plan_and_preprocess("TINY", PlanAndPreprocessOptions(
+        num_processes=1, configurations=["3d_lossless"], preprocess=False)))  # the same plans: nothing to keep
+    assert not (out / "plans.json.bak").exists()
+
+
+def _warnings_of(call) -> list[str]:
+    """The package's warnings logged while ``call()`` runs."""
+    import logging
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("hiennu").addHandler(handler)  # the package logger stops propagating once a command ran
+    try:
+        call()
+    finally:
+        logging.getLogger("hiennu").removeHandler(handler)
+    return records
     after_patch = np.load(out / "3d_fullres" / "case01.npy")
     assert all(abs(2 * a - b) <= 1 for a, b in zip(after_patch.shape[1:], before_patch.shape[1:]))
 
@@ -226,7 +253,9 @@ def test_training_refuses_cases_preprocessed_under_other_plans(hiennu_roots):
     plans.configuration("3d_fullres").normalization[0].mean += 100.0  # the plans edited ...
     save_plans(plans, out / "plans.json")
     with pytest.raises(HiennuError, match=r"5 of 5 case\(s\) .* were preprocessed under other plans than "
-                                          r"hiennuPlans's 3d_fullres .*--keep-plans"):
+                                          r"hiennuPlans's 3d_fullres .*; preprocess them with the plans as they are: "
+                                          r"hiennu_plan_and_preprocess -d Dataset\d+_TINY -c 3d_fullres --keep-plans "
+                                          r"\(without --keep-plans it plans anew"):
         fold_layout("TrainerDice", options).check_preprocessed_cases()
     plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_fullres"],
                                                          keep_plans=True))  # ... and every case preprocessed again

@@ -7,13 +7,14 @@ written when the raw dataset fails its integrity check.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from hiennu.datasets.integrity import verify_raw_dataset
 from hiennu.errors import HiennuError
-from hiennu.io.atomic import read_json, write_json
+from hiennu.io.atomic import read_json, write_json, write_text
 from hiennu.io.cases import CaseFiles, discover_cases
 from hiennu.io.channels import brain_channel
 from hiennu.io.dataset_json import load_dataset_json
@@ -102,9 +103,27 @@ def make_plans(raw_dir: Path, out_dir: Path, cases: list[CaseFiles], opts: PlanA
             trip = measure_roundtrip(labels, cfg.target_size_zyx, cfg.label_interpolation, workers)
         record_roundtrip(cfg, trip)
     _drop_unbuildable(plans, raw_dir)
+    _keep_replaced_plans(out_dir / plans_file_name(opts.plans_name), plans)
     save_plans(plans, out_dir / plans_file_name(opts.plans_name))
     write_splits_if_absent(out_dir / SPLITS_FILE, {c.case_id: c.lesion_fraction for c in fp.cases})
     return plans
+
+
+def _keep_replaced_plans(path: Path, plans: Plans) -> None:
+    """Before planning anew over a plans file that says otherwise (edited by hand, or planned by an older version),
+    copy it to ``NAME.json.bak`` and say so: a re-run without ``--keep-plans`` (which a user pastes from an error)
+    replaced a hand-edited file without a word."""
+    if not path.is_file():
+        return
+    try:
+        same = read_json(path) == json.loads(json.dumps(plans.to_dict()))  # as save_plans would write it
+    except ValueError:  # not JSON: keep it all the same
+        same = False
+    if not same:
+        backup = path.with_name(path.name + ".bak")
+        write_text(path.read_text(), backup)
+        log.warning("%s: planned anew, replacing the file there (its previous content is kept in %s); to "
+                    "preprocess with a plans file as it is, edits included, run with --keep-plans", path, backup.name)
 
 
 def _drop_unbuildable(plans: Plans, raw_dir: Path) -> None:

@@ -52,9 +52,9 @@ class FoldLayout:
         in each ``CASE.json``, written last; a ``CASE.json`` written by other tools has no record and passes):
         an interrupted re-preprocessing after an edit of the plans leaves some cases of each, and a fold trained
         on such a mix of normalizations would say nothing."""
-        rerun = (f"re-run hiennu_plan_and_preprocess -d {self.dataset_name} -c {self.config.name}"
-                 f"{'' if self.plans.plans_name == PLANS_NAME else ' -p ' + self.plans.plans_name}"
-                 f" (--keep-plans after editing the plans)")
+        rerun = (f"preprocess them with the plans as they are: hiennu_plan_and_preprocess -d {self.dataset_name} "
+                 f"-c {self.config.name}{'' if self.plans.plans_name == PLANS_NAME else ' -p ' + self.plans.plans_name}"
+                 f" --keep-plans (without --keep-plans it plans anew and replaces the plans file, edits included)")
         cases = self.train_cases + self.val_cases
         missing = [c for c in cases if not (self.case_dir / f"{c}.npy").is_file()
                    or not (self.case_dir / f"{c}.json").is_file()]
