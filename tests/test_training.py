@@ -320,7 +320,7 @@ def test_final_validation_predicts_in_native_geometry_and_scores(tiny):
 
 def test_val_reruns_only_the_final_validation_with_the_chosen_checkpoint(tiny):
     from hiennu.training.launch import train
-    from hiennu.training.native_validation import validated_checkpoint
+    from hiennu.training.native_validation import validated_checkpoint, validation_keeps_probabilities
     make_tiny_raw_dataset(tiny["hiennu_raw"])
     with pytest.raises(HiennuError, match="--val: .*has no checkpoint_final.pth"):
         train(options(epochs=1, final_validation=True, validation_only=True), "TrainerDice")  # none trained
@@ -334,6 +334,13 @@ def test_val_reruns_only_the_final_validation_with_the_chosen_checkpoint(tiny):
     # continuing a finished fold re-validates when its masks came from another checkpoint than asked for
     train(options(epochs=1, final_validation=True, resume=True), "TrainerDice")
     assert validated_checkpoint(out) == "checkpoint_final.pth"
+    # a validation that kept its probabilities (--npz) keeps them when validated again without --npz
+    train(options(epochs=1, final_validation=True, validation_only=True, save_probabilities=True), "TrainerDice")
+    kept = sorted(p.name for p in (out / "validation").glob("*.npz"))
+    assert kept and validation_keeps_probabilities(out)
+    train(options(epochs=1, final_validation=True, validation_only=True, validation_checkpoint="best"), "TrainerDice")
+    assert sorted(p.name for p in (out / "validation").glob("*.npz")) == kept and validation_keeps_probabilities(out)
+    assert "kept again" in (out / "training_log.txt").read_text()
     with pytest.raises(HiennuError, match="--val re-runs the final validation of a fold 0-4"):
         options(epochs=1, validation_only=True, final_validation=False)
     with pytest.raises(HiennuError, match="checkpoint 'latest'"):

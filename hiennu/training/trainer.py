@@ -70,7 +70,8 @@ from hiennu.training.early_stopping import EarlyStopping
 from hiennu.training.fold_layout import check_batch_split, fold_layout
 from hiennu.training.fold_lock import FoldLock
 from hiennu.training.model_files import publish_model_files
-from hiennu.training.native_validation import predict_and_score_validation, validation_is_current
+from hiennu.training.native_validation import (predict_and_score_validation, validation_is_current,
+                                               validation_keeps_probabilities)
 from hiennu.training.options import TrainingOptions
 from hiennu.training.progress import ProgressLog, StepTimer
 from hiennu.training.weight_average import WeightAverage
@@ -682,11 +683,16 @@ class Trainer(abc.ABC):
                 raise HiennuError(f"--val: no {checkpoint} in {self.fold_dir}; choose another with --checkpoint")
             log.warning("final validation skipped: no %s in %s", checkpoint, self.fold_dir)
             return
+        keep = self.options.save_probabilities
+        if not keep and validation_keeps_probabilities(self.fold_dir):  # --val without --npz deleted them silently
+            keep = True
+            log.info("the fold's earlier validation kept each case's probabilities (CASE.npz, --npz), which "
+                     "hiennu_find_best_configuration and judged-rule post-processing read: kept again")
         # a whole-volume configuration: one case per forward pass, as the network saw them in training
         summary = predict_and_score_validation(self.model_dir, self.options.fold, self.val_cases, self.dataset_name,
                                                self.device, batch_size=None if self.config.is_patch_based else 1,
                                                cpu_bf16=self.training.cpu_bf16, checkpoint=checkpoint,
-                                               save_probabilities=self.options.save_probabilities)
+                                               save_probabilities=keep)
         if summary is not None:
             m = summary["metrics"]
             log.info("validation in native geometry with %s (%d cases, %s): Dice %.4f, MASD %.3f mm (n=%d), NSD %.4f",
