@@ -351,7 +351,24 @@ def test_final_validation_without_raw_data_warns_and_keeps_the_training(tiny):
     from hiennu.training.launch import train
     out = train(options(epochs=1, final_validation=True), "TrainerDice")
     assert (out / "checkpoint_final.pth").is_file() and not (out / "validation").exists()
-    assert "final validation skipped: the raw dataset" in (out / "training_log.txt").read_text()
+    log = (out / "training_log.txt").read_text()
+    assert "final validation skipped: the raw dataset" in log
+    assert "restore it, then validate the fold: hiennu_train Tiny TrainerDice 0 -c 3d_fullres --val" in log
+
+
+def test_a_validation_case_missing_in_the_raw_dataset_is_named_before_training(tiny):
+    """A raw channel removed after preprocessing stopped the final validation after the whole fold had trained,
+    with no fix; it is named before the first step."""
+    from hiennu.training.fold_layout import fold_layout
+    from hiennu.training.launch import train
+    raw = make_tiny_raw_dataset(tiny["hiennu_raw"])
+    case = fold_layout("TrainerDice", options(epochs=1)).val_cases[0]
+    (raw / "imagesTr" / f"{case}_0001.mha").unlink()
+    with pytest.raises(HiennuError, match=rf"case {case}, a validation case of this fold: {case}_0001\.mha \(ZADC\) "
+                                          r"missing in .*restore the file\(s\), or train with --no-final-validation"):
+        train(options(epochs=1, final_validation=True), "TrainerDice")
+    assert not (tiny["hiennu_results"] / DATASET / "TrainerDice__hiennuPlans__3d_fullres" / "fold_0").exists()
+    train(options(epochs=1, final_validation=False), "TrainerDice")  # as the error says
 
 
 @pytest.mark.slow

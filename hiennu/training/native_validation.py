@@ -22,9 +22,11 @@ from hiennu.errors import HiennuError
 from hiennu.evaluation.evaluate import evaluate_folders
 from hiennu.inference.predictor import Predictor
 from hiennu.io.atomic import read_json, write_json
+from hiennu.io.cases import discover_cases
 from hiennu.io.checkpoint import BEST, FINAL, checkpoint_digest, stale_validation_problem
+from hiennu.io.dataset_json import load_dataset_json
 from hiennu.log import get_logger
-from hiennu.paths import SUMMARY_FILE, VALIDATION_DIR, ModelFolder, raw_root
+from hiennu.paths import SUMMARY_FILE, VALIDATE, VALIDATION_DIR, ModelFolder, raw_root, train_command
 
 # hiennu_predict --save-probabilities npz names a case's probabilities CASE_prob.npz beside CASE.mha; a fold's
 # validation keeps them as CASE.npz, nnU-Net's name in its validation folders (ModelFolder.validation_probabilities)
@@ -62,6 +64,30 @@ def validation_is_current(fold_dir: Path, checkpoint: str, probabilities: bool) 
             and stale_validation_problem(fold_dir, Path(fold_dir) / VALIDATION_DIR / SUMMARY_FILE) is None)
 
 
+def validation_input_problem(dataset_name: str, case_ids: list[str]) -> str | None:
+    """Why the final validation could not predict and score ``case_ids`` from the raw dataset (a channel image or
+    label missing), or None (also when the raw dataset is not there at all: the validation is then skipped with a
+    warning). Checked before training: a raw file gone after preprocessing stopped the validation after the
+    whole fold had trained."""
+    raw_dir = raw_root() / dataset_name
+    if not (raw_dir / "imagesTr").is_dir() or not (raw_dir / "labelsTr").is_dir():
+        return None
+    dataset = load_dataset_json(raw_dir)
+    found = {c.case_id: c for c in discover_cases(raw_dir / "imagesTr", dataset.num_channels, raw_dir / "labelsTr",
+                                                  dataset.file_ending)}
+    for case_id in case_ids:
+        case = found.get(case_id)
+        missing = ([f"{case_id}_{k:04d}{dataset.file_ending} ({dataset.channel_names[k]})"
+                    for k in (range(dataset.num_channels) if case is None else case.missing_channels)]
+                   + ([] if case is not None and case.label_file is not None else
+                      [f"labelsTr/{case_id}{dataset.file_ending}"]))
+        if missing:
+            return (f"case {case_id}, a validation case of this fold: {', '.join(missing)} missing in {raw_dir}, "
+                    f"which the final validation predicts and scores it from after training; restore the file(s), "
+                    f"or train with --no-final-validation and validate later with --val")
+    return None
+
+
 def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str], dataset_name: str,
                                  device: torch.device, batch_size: int | None = None, cpu_bf16: bool = False,
                                  checkpoint: str = FINAL, save_probabilities: bool = False) -> dict | None:
@@ -84,9 +110,9 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
     """
     raw_dir = raw_root() / dataset_name
     if not (raw_dir / "imagesTr").is_dir() or not (raw_dir / "labelsTr").is_dir():
-        log.warning("final validation skipped: the raw dataset %s (imagesTr/, labelsTr/) is not there; "
-                    "the checkpoints are complete, predict and score the validation cases later with "
-                    "hiennu_predict and hiennu_evaluate", raw_dir)
+        log.warning("final validation skipped: the raw dataset %s (imagesTr/, labelsTr/) is not there; the "
+                    "checkpoints are complete: restore it, then validate the fold: %s", raw_dir,
+                    train_command(model_dir, fold, VALIDATE, npz=save_probabilities, best=checkpoint == BEST))
         return None
     model = ModelFolder(model_dir)
     out_dir = model.validation_dir(fold)

@@ -70,8 +70,8 @@ from hiennu.training.early_stopping import EarlyStopping
 from hiennu.training.fold_layout import check_batch_split, fold_layout
 from hiennu.training.fold_lock import FoldLock
 from hiennu.training.model_files import publish_model_files
-from hiennu.training.native_validation import (predict_and_score_validation, validation_is_current,
-                                               validation_keeps_probabilities)
+from hiennu.training.native_validation import (predict_and_score_validation, validation_input_problem,
+                                               validation_is_current, validation_keeps_probabilities)
 from hiennu.training.options import TrainingOptions
 from hiennu.training.progress import ProgressLog, StepTimer
 from hiennu.training.weight_average import WeightAverage
@@ -247,6 +247,10 @@ class Trainer(abc.ABC):
         """
         if self.dist.is_main:
             refuse_before_start(self.fold_dir, self.options.resume, self.options.validation_only)
+            if self.options.final_validation and self.options.fold != "all":
+                problem = validation_input_problem(self.dataset_name, self.val_cases)
+                if problem:
+                    raise HiennuError(problem)
         lock = FoldLock(self.fold_dir) if self.dist.is_main else None
         if lock is not None:
             lock.acquire()
