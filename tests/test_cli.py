@@ -459,3 +459,20 @@ def test_commands_without_a_network_start_without_torch(tmp_path):
               "print(code, 'torch' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.stdout.split() == ["0", "False"], run.stdout + run.stderr
+
+
+def test_an_interrupted_command_says_how_to_go_on(capsys):
+    from hiennu.cli import train_default_model
+    from hiennu.cli._common import run
+
+    def stopped():
+        raise KeyboardInterrupt
+
+    assert run(stopped, resume="run the same command again") == 130
+    assert capsys.readouterr().err.strip() == "interrupted; run the same command again"
+    assert run(stopped) == 130 and capsys.readouterr().err.strip() == "interrupted"
+    import hiennu.pipeline.default_model as default_model
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(default_model, "train_default_model", lambda options: stopped())
+        assert train_default_model.main(["-d", "BONBID", "-q"]) == 130
+    assert "interrupted; run the same command again to go on: finished folds are kept" in capsys.readouterr().err

@@ -443,3 +443,28 @@ def test_plans_with_a_non_positive_time_budget_name_the_field():
     with pytest.raises(PlansError, match="time_budget_minutes"):
         plans_from_dict(d)
     assert TrainingPlan().time_budget_minutes is None
+
+
+def test_an_interrupted_training_says_in_its_log_how_to_resume_and_has_drawn_its_progress(tiny, monkeypatch):
+    """Ctrl-C printed one bare word and left nothing in training_log.txt; progress.png was first drawn a minute into
+    the run, so a fold interrupted sooner had none."""
+    from hiennu.training.launch import train
+    from hiennu.training.trainer import Trainer
+    real, calls = Trainer._run_epoch, []
+
+    def interrupted(self, batches, epoch):
+        calls.append(epoch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, batches, epoch)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(options(epochs=4), "TrainerDice")
+    out = fold_dir(tiny["hiennu_results"], "TrainerDice")
+    assert "interrupted after 1 epoch(s); the last finished epoch's checkpoint is kept: resume with hiennu_train " \
+           "Tiny TrainerDice 0 -c" in (out / "training_log.txt").read_text()
+    assert (out / "progress.png").is_file() and (out / "checkpoint_latest.pth").is_file()
+    monkeypatch.setattr(Trainer, "_run_epoch", real)
+    train(options(epochs=4, resume=True), "TrainerDice")  # as the log says
+    assert (out / "checkpoint_final.pth").is_file()

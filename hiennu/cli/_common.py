@@ -177,7 +177,8 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def run(func: Callable[[], int | None], verbose: bool = True, runs_networks: bool = False) -> int:
+def run(func: Callable[[], int | None], verbose: bool = True, runs_networks: bool = False,
+        resume: str | None = None) -> int:
     """Call ``func`` with logging set up; print user and file-system errors as ``error: ...`` (exit code 1).
 
     ``verbose`` False (``-q``) shows warnings and errors only and draws no progress bars. ``runs_networks``: the
@@ -185,7 +186,8 @@ def run(func: Callable[[], int | None], verbose: bool = True, runs_networks: boo
     prediction 1.34x, bf16 training steps 1.18x, benchmarks.md). SIGTERM is handled as
     Ctrl-C (exit code 143 instead of 130): the command unwinds, so what a ``finally`` or an interrupted training
     cleans up is cleaned up, and Python's exit ends the worker processes it started (killed outright, the process
-    left its data-loading workers running on their own).
+    left its data-loading workers running on their own). ``resume``: how to go on after an interruption, printed
+    with it (e.g. "run the same command again: ...").
     """
     configure(verbose=verbose, show_progress=verbose)
     if runs_networks:
@@ -206,7 +208,7 @@ def run(func: Callable[[], int | None], verbose: bool = True, runs_networks: boo
         return 1
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
-        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        print(("terminated" if terminated else "interrupted") + (f"; {resume}" if resume else ""), file=sys.stderr)
         return 143 if terminated else 130
     finally:
         if installed:

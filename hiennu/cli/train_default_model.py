@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                                  ("postprocessing_candidates", args.postprocessing_candidates)) if v is not None}))
         return 0
 
-    return run(go, verbose=not args.quiet, runs_networks=True)
+    return run(go, verbose=not args.quiet, runs_networks=True,
+               resume="run the same command again to go on: finished folds are kept and an interrupted one continues")
 
 
 if __name__ == "__main__":

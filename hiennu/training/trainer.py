@@ -58,7 +58,7 @@ from hiennu.log import attach_file_handler, get_logger, progress
 from hiennu.losses.base import use_batch_reduction
 from hiennu.masks import dice
 from hiennu.networks.unet import build_network
-from hiennu.paths import PLANS_FILE, PROGRESS_FILE, VALIDATION_DIR, plans_file_name
+from hiennu.paths import CONTINUE, PLANS_FILE, PROGRESS_FILE, VALIDATE, VALIDATION_DIR, plans_file_name, train_command
 from hiennu.plans import Configuration, configuration_differences, save_plans
 from hiennu.provenance import provenance
 from hiennu.training.checkpoint import (capture_rng_state, finish_checkpoints, refuse_before_start, restore_rng_state,
@@ -152,7 +152,7 @@ class Trainer(abc.ABC):
         self.early_stopping = EarlyStopping()
         self.start_epoch = 0
         self.resumed_finished = False  # continued from the checkpoint of a finished training
-        self._last_plot = time.perf_counter()
+        self._last_plot = -math.inf  # the first epoch draws progress.png; then at most once a minute
 
     # ----------------------------------------------------------------- parts a subclass may change
     @abc.abstractmethod
@@ -285,6 +285,17 @@ class Trainer(abc.ABC):
                 else:
                     self._final_validation()
             return self.fold_dir
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: said in the fold's log too, with how to go on
+            if self.dist.is_main and self.options.validation_only:
+                log.warning("validation interrupted; run it again: %s", train_command(
+                    self.model_dir, self.options.fold, VALIDATE, npz=self.options.save_probabilities,
+                    best=self.options.validation_checkpoint_file == BEST))
+            elif self.dist.is_main:
+                kept = (f"after {len(self.progress)} epoch(s); the last finished epoch's checkpoint is kept"
+                        if len(self.progress) else "before its first epoch ended")
+                log.warning("interrupted %s: resume with %s", kept, train_command(
+                    self.model_dir, self.options.fold, CONTINUE, npz=self.options.save_probabilities))
+            raise
         finally:
             if handler is not None:
                 logging.getLogger("hiennu").removeHandler(handler)
