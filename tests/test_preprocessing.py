@@ -123,6 +123,8 @@ def test_editing_plans_changes_preprocessing(hiennu_roots):
     assert before.shape == (2, 16, 32, 16) and after.shape == (2, 16, 16, 16)
     assert after[0].max() > 500  # raw ADC units, no longer normalized
     assert load_plans(out).configuration("3d_lossless").target_size_xyz == [16, 16, 16]
+    after_patch = np.load(out / "3d_fullres" / "case01.npy")
+    assert all(abs(2 * a - b) <= 1 for a, b in zip(after_patch.shape[1:], before_patch.shape[1:]))
     # planning anew (what a user pastes without --keep-plans) keeps the edited file as plans.json.bak and says so
     assert not (out / "plans.json.bak").exists()
     edited = (out / "plans.json").read_text()
@@ -150,8 +152,6 @@ def _warnings_of(call) -> list[str]:
     finally:
         logging.getLogger("hiennu").removeHandler(handler)
     return records
-    after_patch = np.load(out / "3d_fullres" / "case01.npy")
-    assert all(abs(2 * a - b) <= 1 for a, b in zip(after_patch.shape[1:], before_patch.shape[1:]))
 
 
 def test_parallel_run_matches_serial_run(hiennu_roots, tmp_path):
