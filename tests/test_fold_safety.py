@@ -147,11 +147,29 @@ def test_export_and_zip_loading_check_the_trained_configuration(tiny, tmp_path):
         export_model_zip(out.parent, tmp_path / "model2.zip")
 
 
-def test_continue_refuses_when_the_plans_changed_since_the_fold_started(tiny):
-    _train()
+def test_continue_refuses_when_the_plans_changed_since_the_fold_started(tiny, monkeypatch):
+    """An unfinished fold continued under edited plans would mix them; a finished one trains nothing (it is only
+    validated, from the raw images with its own plans), so it goes on."""
+    from hiennu.training.trainer import Trainer
+    real = Trainer._run_epoch
+
+    def stop_in_the_second_epoch(self, batches, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, batches, epoch)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", stop_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _train(epochs=3)
+    monkeypatch.setattr(Trainer, "_run_epoch", real)
     _edit_preprocessed_plans(tiny, **{"network.negative_slope": 0.2})
     with pytest.raises(HiennuError, match=r"network.negative_slope: trained with 0.01, now 0.2"):
-        _train(resume=True)
+        _train(epochs=3, resume=True)
+    _edit_preprocessed_plans(tiny, **{"network.negative_slope": 0.01})
+    out = _train(epochs=3, resume=True)  # finished now
+    _edit_preprocessed_plans(tiny, **{"network.negative_slope": 0.2})
+    _train(epochs=3, resume=True)
+    assert "(already finished)" in (out / "training_log.txt").read_text()
 
 
 # ----------------------------------------------------------------------------- finished work

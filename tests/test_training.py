@@ -468,3 +468,35 @@ def test_an_interrupted_training_says_in_its_log_how_to_resume_and_has_drawn_its
     monkeypatch.setattr(Trainer, "_run_epoch", real)
     train(options(epochs=4, resume=True), "TrainerDice")  # as the log says
     assert (out / "checkpoint_final.pth").is_file()
+
+
+def test_a_finished_fold_is_validated_again_after_the_plans_were_edited(tiny):
+    """--val and --continue of a finished fold train nothing (they predict from the raw images with the fold's own
+    plans and checkpoint), so plans edited since no longer stop them ("preprocessed under other plans", "continuing
+    would mix them")."""
+    from hiennu.training.launch import train
+    from hiennu.training.native_validation import validated_checkpoint
+    make_tiny_raw_dataset(tiny["hiennu_raw"])
+    out = train(options(epochs=1, final_validation=True), "TrainerDice")
+    before = json.loads((out / "validation" / "summary.json").read_text())["metrics"]["dice"]["mean"]
+    plans_path = tiny["hiennu_preprocessed"] / DATASET / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    for config in plans["configurations"].values():
+        config["normalization"][0]["mean"] = config["normalization"][0].get("mean", 0.0) + 50.0
+    plans_path.write_text(json.dumps(plans))
+    train(options(epochs=1, final_validation=True, validation_only=True, validation_checkpoint="best"), "TrainerDice")
+    assert validated_checkpoint(out) == "checkpoint_best.pth"
+    train(options(epochs=1, final_validation=True, resume=True), "TrainerDice")  # re-validates with final
+    assert validated_checkpoint(out) == "checkpoint_final.pth"
+    assert json.loads((out / "validation" / "summary.json").read_text())["metrics"]["dice"]["mean"] == before
+
+
+def test_a_fold_holding_only_its_best_checkpoint_is_told_what_works(tiny):
+    """--continue refuses to start over from checkpoint_best.pth alone, so the errors no longer point to it."""
+    from hiennu.training.launch import train
+    out = train(options(epochs=1), "TrainerDice")
+    (out / "checkpoint_final.pth").unlink()
+    for opts in (options(epochs=1), options(epochs=1, validation_only=True, final_validation=True)):
+        with pytest.raises(HiennuError, match="it holds only checkpoint_best.pth, which cannot be continued: put back "
+                                              "checkpoint_latest.pth and resume with --continue, or move the folder"):
+            train(opts, "TrainerDice")

@@ -53,11 +53,30 @@ def refuse_before_start(fold_dir: Path, resume: bool, validation_only: bool) -> 
     refused run leaves nothing behind: ``--val`` of a fold whose training has not finished, and a new training of
     a fold that holds one (:func:`resume_source`)."""
     if validation_only:
-        if not (Path(fold_dir) / FINAL).is_file():
-            raise HiennuError(f"--val: {fold_dir} has no {FINAL}, so its training has not finished; train it "
-                              f"to the end first (hiennu_train without --val, --continue to resume)")
+        problem = unfinished_validation_problem(Path(fold_dir))
+        if problem:
+            raise HiennuError(problem)
     elif not resume:
         resume_source(Path(fold_dir), False)
+
+
+def unfinished_fix(fold_dir: Path) -> str:
+    """What to do with a fold that holds a training: resume it with --continue, unless it holds only
+    ``checkpoint_best.pth``, from which --continue refuses to start over."""
+    if (fold_dir / BEST).is_file() and not (fold_dir / LATEST).is_file() and not (fold_dir / FINAL).is_file():
+        return (f"it holds only {BEST}, which cannot be continued: put back {LATEST} and resume with --continue, or "
+                f"move the folder away to train again from scratch")
+    return "resume it with --continue, or move the folder away to train again from scratch"
+
+
+def unfinished_validation_problem(fold_dir: Path) -> str | None:
+    """Why ``--val`` cannot validate ``fold_dir`` (no ``checkpoint_final.pth``: its training has not finished), with
+    what works for the checkpoints it holds; None when it can."""
+    if (fold_dir / FINAL).is_file():
+        return None
+    started = any((fold_dir / name).is_file() for name in (LATEST, BEST))
+    return (f"--val: {fold_dir} has no {FINAL}, so its training has not finished; "
+            + (unfinished_fix(fold_dir) if started else "train it first (hiennu_train without --val)"))
 
 
 def resume_source(fold_dir: Path, resume: bool) -> Path | None:
@@ -72,8 +91,7 @@ def resume_source(fold_dir: Path, resume: bool) -> Path | None:
     present = [p.name for p in (latest, final, best) if p.is_file()]
     if not resume:
         if present:
-            raise HiennuError(f"{fold_dir} already holds a training ({', '.join(present)}); resume it with "
-                              f"--continue, or move the folder away to train again from scratch")
+            raise HiennuError(f"{fold_dir} already holds a training ({', '.join(present)}); {unfinished_fix(fold_dir)}")
         return None
     if latest.is_file():
         return latest

@@ -62,7 +62,8 @@ from hiennu.paths import CONTINUE, PLANS_FILE, PROGRESS_FILE, VALIDATE, VALIDATI
 from hiennu.plans import Configuration, configuration_differences, save_plans
 from hiennu.provenance import provenance
 from hiennu.training.checkpoint import (capture_rng_state, finish_checkpoints, refuse_before_start, restore_rng_state,
-                                        resume_source, seed_everything, without_training_state)
+                                        resume_source, seed_everything, unfinished_validation_problem,
+                                        without_training_state)
 from hiennu.training.data import TargetFunction, TrainingBatches, load_preprocessed_case
 from hiennu.training.distributed import (DistContext, all_gather_objects, all_reduce_sum, barrier,
                                          convert_batchnorm)
@@ -121,7 +122,8 @@ class Trainer(abc.ABC):
         self.dist = dist_ctx or DistContext()
         self.trainer_name = type(self).__name__
         layout = fold_layout(self.trainer_name, options)
-        layout.check_preprocessed_cases()
+        if not (options.validation_only or options.resume and (layout.fold_dir / FINAL).is_file()):
+            layout.check_preprocessed_cases()  # a finished fold is only validated: from the raw images
         self.dataset_name, self.preprocessed_dir = layout.dataset_name, layout.preprocessed_dir
         self.plans, self.config, self.training = layout.plans, layout.config, layout.training
         self.case_dir, self.train_cases, self.val_cases = layout.case_dir, layout.train_cases, layout.val_cases
@@ -576,6 +578,13 @@ class Trainer(abc.ABC):
             if state.get(key) != mine:
                 raise HiennuError(f"{source}: written for {key} {state.get(key)!r}, "
                                   f"not {mine!r}; it cannot be continued by this run")
+        finished = source.name == FINAL and bool(state.get("finished", False))
+        if finished:  # nothing is trained: validated from the raw images with the fold's own plans and checkpoint,
+            self.progress = ProgressLog.from_dict(state["progress"])  # so plans edited since do not matter
+            self.start_epoch, self.resumed_finished = state["epoch"] + 1, True
+            if self.dist.is_main:
+                log.info("continuing %s from the end of epoch %d (already finished)", self.fold_dir, state["epoch"])
+            return
         if "configuration" in state:
             diffs = configuration_differences(state["configuration"], self.config)
             if diffs:
@@ -690,9 +699,9 @@ class Trainer(abc.ABC):
         if self.options.fold == "all":
             log.info("final validation skipped: fold 'all' has no held-out cases")
             return
-        if required and not (self.fold_dir / FINAL).is_file():
-            raise HiennuError(f"--val: {self.fold_dir} has no {FINAL}, so its training has not finished; train it "
-                              f"to the end first (hiennu_train without --val, --continue to resume)")
+        problem = unfinished_validation_problem(self.fold_dir) if required else None
+        if problem:
+            raise HiennuError(problem)
         if not (self.fold_dir / checkpoint).is_file():
             if required:
                 raise HiennuError(f"--val: no {checkpoint} in {self.fold_dir}; choose another with --checkpoint")
