@@ -45,12 +45,12 @@ def test_clean_dataset_passes(raw):
 
 def test_missing_channel(raw):
     (raw / "imagesTr" / "caseB_0001.mha").unlink()
-    _one_problem(raw, "case caseB", "caseB_0001", "missing")
+    _one_problem(raw, "case caseB: channel 1 (ZADC) file caseB_0001.mha is missing", "add it to imagesTr/")
 
 
 def test_missing_label(raw):
     (raw / "labelsTr" / "caseA.mha").unlink()
-    _one_problem(raw, "case caseA", "labelsTr/caseA", "missing")
+    _one_problem(raw, "case caseA: label file labelsTr/caseA.mha is missing", "add it, or remove the case's images")
 
 
 @pytest.mark.parametrize("field, value, word", [
@@ -83,7 +83,7 @@ def test_non_binary_label(raw):
     lab = np.zeros(GEO.size_zyx, np.uint8)
     lab[0, 0, 0] = 2
     write_image(lab, GEO, raw / "labelsTr" / "caseB.mha")
-    _one_problem(raw, "case caseB", "caseB.mha", "values other than 0 and 1: 2")
+    _one_problem(raw, "case caseB", "caseB.mha", "values other than 0 and 1: 2", "map the lesion's value to 1")
 
 
 def test_float_binary_label_is_accepted(raw):
@@ -130,6 +130,13 @@ def test_extra_channel_disagrees_with_channel_count(raw):
 def test_file_ending_disagrees(raw):
     write_image(np.ones(GEO.size_zyx, np.float32), GEO, raw / "imagesTr" / "caseC_0000.nii.gz")
     _one_problem(raw, "caseC_0000.nii.gz", "file_ending '.mha'")
+    # every file of another ending than dataset.json's: each named, and no advice to change numTraining
+    (raw / "imagesTr" / "caseC_0000.nii.gz").unlink()
+    d = json.loads((raw / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**d, "file_ending": ".nii.gz"}))
+    problems = check_raw_dataset(raw)
+    assert problems and all("file_ending '.nii.gz'" in p for p in problems), problems
+    assert not any("numTraining" in p for p in problems), problems
 
 
 def test_unknown_extra_files(raw):

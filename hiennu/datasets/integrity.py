@@ -67,17 +67,22 @@ def _read_voxels(reader: sitk.ImageFileReader, path: Path, case_id: str) -> tupl
         return None, f"case {case_id}: {path} voxel data cannot be read: {sitk_reason(e)}"
 
 
-def check_case(case: CaseFiles, needs_label: bool) -> list[str]:
-    """Problems of one case (missing files, unreadable files, grid mismatches, bad voxel values)."""
+def check_case(case: CaseFiles, needs_label: bool, dj: DatasetJson | None = None) -> list[str]:
+    """Problems of one case (missing files, unreadable files, grid mismatches, bad voxel values); ``dj`` (the raw
+    dataset's) names a missing channel and its file ending."""
     problems: list[str] = []
     cid = case.case_id
+    ending = dj.file_ending if dj is not None else ""
     for c in case.missing_channels:
         present = next((f for f in case.image_files if f is not None), case.label_file)
         where = f" (found {present})" if present is not None else ""
-        problems.append(f"case {cid}: channel {c} file {channel_file_name(cid, c)} is missing{where}")
+        name = f" ({dj.channel_names[c]})" if dj is not None and c < len(dj.channel_names) else ""
+        problems.append(f"case {cid}: channel {c}{name} file {channel_file_name(cid, c, ending)} is missing{where}; "
+                        f"add it to imagesTr/, or remove the case's other files")
     if needs_label and case.label_file is None:
         first = next((f for f in case.image_files if f is not None), None)
-        problems.append(f"case {cid}: label file labelsTr/{cid} is missing (images: {first})")
+        problems.append(f"case {cid}: label file labelsTr/{cid}{ending} is missing (images: {first}); add it, or "
+                        f"remove the case's images")
     reference: tuple[Path, Geometry] | None = None
     files = [(f, False) for f in case.image_files if f is not None]
     if case.label_file is not None:
@@ -107,8 +112,9 @@ def _value_problems(array: np.ndarray, path: Path, cid: str, is_label: bool) -> 
         bad = values[(values != 0) & (values != 1)]
         if bad.size:
             shown = ", ".join(f"{float(v):g}" for v in bad[:8]) + (" ..." if bad.size > 8 else "")
-            return [f"case {cid}: label {path} has values other than 0 and 1: {shown} "
-                    f"(reconvert with a label mapping, e.g. hiennu_convert_bonbid --label-map)"]
+            return [f"case {cid}: label {path} has values other than 0 and 1: {shown}; hiennu segments one lesion "
+                    f"class: map the lesion's value to 1 and the rest to 0 (hiennu_convert_bonbid --label-map does "
+                    f"it while converting the BONBID release)"]
         return []
     if not np.any(array):
         return [f"case {cid}: {path} is all zero ({array.size} voxels, no brain); the image is empty or was "
@@ -122,6 +128,12 @@ def _value_problems(array: np.ndarray, path: Path, cid: str, is_label: bool) -> 
     n_inf = int(array.size - finite.sum()) - n_nan
     return [f"case {cid}: {path} has {n_nan} NaN and {n_inf} infinite voxel(s); replace them (e.g. by 0 outside "
             f"the brain) before training"]
+
+
+def _other_endings(folder: Path, file_ending: str) -> bool:
+    """Whether ``folder`` holds images of another ending than ``file_ending`` (then named one by one, and the case
+    count, which they are left out of, says nothing about numTraining)."""
+    return folder.is_dir() and any(image_ending(p) not in (None, file_ending) for p in folder.iterdir())
 
 
 def _extra_files(folder: Path, dj: DatasetJson, label_folder: bool, known_cases: set[str]) -> list[str]:
@@ -188,12 +200,12 @@ def check_raw_dataset(raw_dir: str | Path) -> list[str]:
     if "numTraining" not in read_json(raw_dir / "dataset.json"):
         problems.append(f"{raw_dir / 'dataset.json'}: has no numTraining; add \"numTraining\": {len(with_images)} "
                         f"(the count of cases in imagesTr/)")
-    elif len(with_images) != dj.num_training:
+    elif len(with_images) != dj.num_training and not _other_endings(images_tr, dj.file_ending):
         problems.append(f"{raw_dir / 'dataset.json'}: numTraining is {dj.num_training} but imagesTr/ holds "
                         f"{len(with_images)} case(s); fix numTraining")
     jobs = [(c, True) for c in train if c.case_id in with_images] + [(c, False) for c in test]
     for case, needs_label in progress(jobs, desc="checking dataset"):
-        problems.extend(check_case(case, needs_label))
+        problems.extend(check_case(case, needs_label, dj))
     return problems
 
 
