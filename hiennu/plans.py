@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file, write_json
 from hiennu.masks import RULE_THRESHOLD
-from hiennu.paths import DEFAULT_PLANS_NAME
+from hiennu.paths import DEFAULT_PLANS_NAME, parse_dataset_folder_name
 
 PLANS_NAME = DEFAULT_PLANS_NAME  # the default plans identifier (defined with the file names in hiennu.paths)
 DEFAULT_CONFIGURATION = "3d_fullres"
@@ -732,7 +732,10 @@ def load_plans(path: str | os.PathLike) -> Plans:
     path = Path(path)
     if path.is_dir():
         path = path / "plans.json"
-    d = read_json_file(path, "run hiennu_plan_and_preprocess first", "fix the edit or re-plan")
+    dataset = path.parent.name if parse_dataset_folder_name(path.parent.name) else "DATASET"
+    d = read_json_file(path, f"plan the dataset first: hiennu_plan_and_preprocess -d {dataset}"
+                             f"{'' if path.name == 'plans.json' else ' -p ' + path.name[:-len('.json')]}",
+                       "fix the edit or re-plan")
     return Plans.from_dict(d, source=str(path))
 
 

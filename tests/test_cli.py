@@ -174,7 +174,10 @@ def test_loss_study_folds_all():
 
 
 @pytest.mark.parametrize("error, line", [
-    (PermissionError(13, "Permission denied", "/results/x"), "error: /results/x: Permission denied"),
+    (PermissionError(13, "Permission denied", "/results/x"), "error: /results/x: Permission denied; choose a folder "
+     "you can write to (for results, e.g. export hiennu_results=...) or free some space, and run the command again"),
+    (OSError(30, "Read-only file system", "/r/fold_1"), "error: /r/fold_1: Read-only file system; choose a folder "
+     "you can write to (for results, e.g. export hiennu_results=...) or free some space, and run the command again"),
     (IsADirectoryError(21, "Is a directory", "/out"), "error: /out: Is a directory"),
     (FileExistsError(17, "File exists", "/a", None, "/b"), "error: /a -> /b: File exists"),
     (OSError("disk\nfull"), "error: disk full"),

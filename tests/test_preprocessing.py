@@ -335,3 +335,12 @@ def test_the_mirrored_axis_is_the_one_the_directions_put_left_right(hiennu_roots
     config = load_plans(out).configuration("3d_fullres")
     assert config.augmentation.mirror_axes == axes and words in config.notes
 
+
+
+def test_a_missing_plans_file_names_the_command_that_writes_it(hiennu_roots, tmp_path):
+    make_varied_raw_dataset(hiennu_roots["hiennu_raw"], num_cases=5)
+    with pytest.raises(HiennuError, match=r"NEWP\.json: not found, and --keep-plans preprocesses with an existing plans "
+                                          r"file; leave out --keep-plans to plan anew, or copy .*plans\.json to it"):
+        plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, keep_plans=True, plans_name="NEWP"))
+    with pytest.raises(HiennuError, match=r"plan the dataset first: hiennu_plan_and_preprocess -d Dataset004_X -p K1"):
+        load_plans(tmp_path / "Dataset004_X" / "K1.json")

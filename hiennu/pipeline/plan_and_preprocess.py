@@ -197,6 +197,10 @@ def plan_and_preprocess(dataset: str | int, opts: PlanAndPreprocessOptions | Non
     out_dir = preprocessed_root() / raw_dir.name
     cases = training_cases(raw_dir)
     if opts.keep_plans:
+        if not (out_dir / plans_file_name(opts.plans_name)).is_file():
+            raise HiennuError(f"{out_dir / plans_file_name(opts.plans_name)}: not found, and --keep-plans preprocesses "
+                              f"with an existing plans file; leave out --keep-plans to plan anew, or copy "
+                              f"{out_dir / plans_file_name(PLANS_NAME)} to it and edit it")
         plans = load_plans(out_dir / plans_file_name(opts.plans_name))
         log.info("using the existing %s", out_dir / plans_file_name(opts.plans_name))
     else:
