@@ -394,7 +394,7 @@ def choose_postprocessing(runs: dict[str, list[FoldRun]], raw_dir: Path, folds: 
     dataset) and the result is empty.
     """
     if sorted(folds) != list(range(NUM_FOLDS)):
-        log.info("post-processing not chosen: it needs all %d folds, the study ran %s", NUM_FOLDS,
+        log.info("post-processing not chosen: it needs all %d folds, the study ran fold(s) %s", NUM_FOLDS,
                  ", ".join(map(str, folds)))
         return {}
     return {name: determine_postprocessing(fold_runs[0].fold_dir.parent, raw_dir, folds, table=False)[0]
