@@ -44,7 +44,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from hiennu.errors import DatasetNotFoundError, HiennuError
 
@@ -324,6 +324,25 @@ def train_command(model_dir: str | os.PathLike, fold: int | str, mode: str = TRA
     if mode == RETRAIN and fold_dir.exists():
         line = f"mv {shlex.quote(str(fold_dir))} {shlex.quote(str(fold_dir) + '.old')} && {line}"
     return line
+
+
+def check_dataset_id_free(dataset_folder: str, roots: Sequence[Path], source: str | Path) -> None:
+    """Refuse when another dataset under ``roots`` uses ``dataset_folder``'s number under another name.
+
+    ``-d NNN`` must stay unambiguous across the three roots, as nnU-Net keeps an id taken in any of them: installing
+    ``Dataset950_A`` beside ``Dataset950_B``, or converting ``Dataset080_BONBID`` while results of ``Dataset080_Foo``
+    exist, made every later command refuse the number as ambiguous. ``source``: what is being installed or written.
+    """
+    parsed = parse_dataset_folder_name(dataset_folder)
+    if parsed is None:
+        return
+    clashes = sorted({f"{p}" for root in roots if Path(root).is_dir() for p in Path(root).iterdir()
+                      if p.is_dir() and p.name != dataset_folder
+                      and (parse_dataset_folder_name(p.name) or (None,))[0] == parsed[0]})
+    if clashes:
+        raise HiennuError(f"{source}: its dataset {dataset_folder} has id {parsed[0]:03d}, which is already used by "
+                          f"{', '.join(clashes)}; choose another id, use roots without that dataset (set hiennu_results, "
+                          f"hiennu_raw, hiennu_preprocessed), or rename one of them so each number names one dataset")
 
 
 def named_path(path: str | os.PathLike) -> Path:

@@ -175,3 +175,47 @@ def test_the_suggested_label_map_converts_when_pasted_as_it_is(tmp_path, hiennu_
     suggested = shlex.split(str(e.value).split("e.g. --label-map ", 1)[1])
     assert suggested == expected
     assert convert_main([str(src), "-d", "5", "-q", "--label-map", *suggested]) == 0
+
+
+def test_a_source_inside_the_dataset_it_would_replace_is_never_deleted(fake_src, hiennu_roots, tmp_path):
+    """--overwrite of a dataset whose imagesTs/ held the release being converted deleted the release with it."""
+    import shutil
+    raw = hiennu_roots["hiennu_raw"]
+    target = convert_bonbid(fake_src, 5, raw_root=raw)
+    inside = target / "imagesTs" / "release"
+    shutil.copytree(fake_src, inside)
+    with pytest.raises(HiennuError, match=r"holds .*imagesTs/release, which the dataset is made from, so it is not "
+                                          r"replaced"):
+        convert_bonbid(inside, 5, raw_root=raw, overwrite=True)
+    assert sorted(p.name for p in inside.rglob("*.mha")) == sorted(p.name for p in fake_src.rglob("*.mha"))
+
+
+@pytest.mark.parametrize("breaking, message", [
+    ("adc_nan", r"1ADC_ss/MGHNICU_002-VISIT_01-ADC_ss\.mha has 1 NaN and 0 infinite voxel\(s\); fix or re-export it"),
+    ("zadc_inf", r"2Z_ADC/Zmap_MGHNICU_002.*has 0 NaN and 1 infinite voxel\(s\)"),
+    ("adc_zero", r"1ADC_ss/MGHNICU_002-VISIT_01-ADC_ss\.mha has only zero voxels \(no brain\)"),
+    ("label_nan", r"MGHNICU_002-VISIT_01_lesion\.mha: the label has 1 NaN .*which no label mapping can name"),
+])
+def test_damaged_voxels_are_refused_naming_the_releases_file(fake_src, hiennu_roots, breaking, message):
+    """NaN, infinite and all-zero images converted without a word (the check after it named the converted copy), and
+    a NaN label was offered a mapping that cannot match NaN."""
+    role, kind = breaking.split("_")
+    path = {"adc": fake_src / "1ADC_ss" / "MGHNICU_002-VISIT_01-ADC_ss.mha",
+            "zadc": fake_src / "2Z_ADC" / "Zmap_MGHNICU_002-VISIT_01-ADC_smooth2mm_clipped10.mha",
+            "label": fake_src / "3LABEL" / "MGHNICU_002-VISIT_01_lesion.mha"}[role]
+    image, geometry = read_image(path)
+    if kind == "zero":
+        image[:] = 0
+    else:
+        image[1, 1, 1] = np.nan if kind == "nan" else np.inf
+    write_image(image, geometry, path)
+    with pytest.raises(HiennuError, match=message):
+        convert_bonbid(fake_src, 6, raw_root=hiennu_roots["hiennu_raw"])
+    assert _nothing_written(hiennu_roots["hiennu_raw"])
+
+
+def test_a_dataset_id_taken_in_the_results_or_preprocessed_root_is_refused(fake_src, hiennu_roots):
+    (hiennu_roots["hiennu_results"] / "Dataset080_Foo").mkdir(parents=True)
+    with pytest.raises(HiennuError, match=r"Dataset080_BONBID has id 080, which is already used by .*Dataset080_Foo"):
+        convert_bonbid(fake_src, 80, raw_root=hiennu_roots["hiennu_raw"])
+    assert _nothing_written(hiennu_roots["hiennu_raw"])

@@ -29,9 +29,10 @@ from hiennu.errors import HiennuError
 from hiennu.io.bonbid_names import BONBID_ADC_DIR, BONBID_LABEL_DIR, BONBID_ZADC_DIR, bonbid_role
 from hiennu.io.cases import channel_file_name
 from hiennu.io.dataset_json import BONBID_CHANNELS, BONBID_LABELS, DatasetJson, save_dataset_json
-from hiennu.io.image import Geometry, image_ending, read_image, write_image
+from hiennu.io.image import Geometry, image_ending, nonfinite_problem, read_image, write_image
 from hiennu.log import get_logger, progress
-from hiennu.paths import dataset_folder_name, raw_root as default_raw_root
+from hiennu.paths import check_dataset_id_free, dataset_folder_name, preprocessed_root, results_root
+from hiennu.paths import raw_root as default_raw_root
 
 log = get_logger(__name__)
 
@@ -100,6 +101,9 @@ def binarize_label(array: np.ndarray, path: Path, mapping: dict[float, int] | No
     Without ``mapping`` every voxel must be 0 or 1 (float 0.0/1.0 allowed). With ``mapping``
     (source value -> 0 or 1) every value present must be a key. Otherwise raises naming ``path``.
     """
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise HiennuError(f"{path}: the label has {nonfinite_problem(array)}, which no label mapping can name; the file "
+                          f"is damaged: fix or re-export it")
     values = np.unique(array)
     example = _example_mapping(values)
     if mapping is None:
@@ -147,6 +151,11 @@ def _convert_case(case: BonbidCase, out: Path, label_mapping: dict[float, int] |
     adc, adc_geo = read_image(case.adc, dtype=None)
     zadc, zadc_geo = read_image(case.zadc, dtype=None)
     _same_grid(case, adc_geo, zadc_geo, case.zadc)
+    for path, image in ((case.adc, adc), (case.zadc, zadc)):  # refused here, naming the release's file, not later
+        problem = nonfinite_problem(image) or (None if image is zadc or np.any(image) else "only zero voxels (no "
+                                                                                            "brain)")
+        if problem:
+            raise HiennuError(f"case {case.case_id}: {path} has {problem}; fix or re-export it, or drop this case")
     if case.label is not None:
         label, label_geo = read_image(case.label, dtype=None)
         _same_grid(case, adc_geo, label_geo, case.label)
@@ -184,7 +193,8 @@ def convert_bonbid(src: str | Path, dataset_id: int, name: str = "BONBID", raw_r
                           f"--allow-unlabeled to put those cases in imagesTs/")
     root = Path(raw_root) if raw_root is not None else default_raw_root()
     target = root / dataset_folder_name(dataset_id, name)
-    with staged_folder(target, overwrite=overwrite) as out:
+    check_dataset_id_free(target.name, [preprocessed_root(), results_root()], target)  # the raw root: check_target
+    with staged_folder(target, overwrite=overwrite, sources=(Path(src),)) as out:
         (out / "imagesTr").mkdir()
         (out / "labelsTr").mkdir()
         if unlabelled:

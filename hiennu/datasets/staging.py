@@ -27,14 +27,18 @@ log = get_logger(__name__)
 DATASET_ENTRIES = {"dataset.json", "imagesTr", "labelsTr", "imagesTs", "labelsTs"}
 
 
-def check_target(target: Path, overwrite: bool) -> None:
+def check_target(target: Path, overwrite: bool, sources: tuple[Path, ...] = ()) -> None:
     """Refuse to replace an existing dataset (unless ``overwrite``) or to reuse its number under another name.
 
     Whatever ``overwrite`` says, only a dataset or an empty folder is ever replaced: a target that is a file, a
     folder without ``dataset.json``, a dataset folder that also holds other files (hidden ones such as ``.DS_Store``
     aside), or a folder that holds the current working folder is refused, so that ``--overwrite`` cannot delete what
-    the user keeps there.
+    the user keeps there; nor one that holds a ``source`` the dataset is made from (it would be deleted with it).
     """
+    for source in sources:
+        if folder_relation(source, target) in (IS, INSIDE):
+            raise HiennuError(f"{target}: holds {source}, which the dataset is made from, so it is not replaced; move "
+                              f"the source out of it, or write the dataset under another id (-d)")
     if target.exists() or target.is_symlink():
         if not target.is_dir() or target.is_symlink():
             raise HiennuError(f"{target}: exists and is not a dataset folder (a file or a link); choose another "
@@ -65,10 +69,11 @@ def check_target(target: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success it replaces ``target`` (see module docstring)."""
+def staged_folder(target: str | Path, overwrite: bool = False, sources: tuple[Path, ...] = ()) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it replaces ``target`` (see module docstring). ``sources``: the
+    folders the dataset is made from, which ``target`` may not hold (:func:`check_target`)."""
     target = Path(os.path.abspath(target))  # "." and ".." by name, so the folder has a name to rename
-    check_target(target, overwrite)
+    check_target(target, overwrite, tuple(Path(s) for s in sources))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(target.parent, prefix=f".{target.name}.tmp-")
     try:

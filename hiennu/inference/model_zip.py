@@ -81,8 +81,8 @@ from hiennu.io.folders import INSIDE, IS, folder_relation
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
 from hiennu.log import get_logger
 from hiennu.paths import (DATASET_FILE, ENSEMBLE_MEMBERS_FILE, ENSEMBLES_DIR, PLANS_FILE, POSTPROCESSING_FILE,
-                          RULE_DIR, EnsembleFolder, ModelFolder, ensemble_dir_name, parse_dataset_folder_name,
-                          parse_model_dir_name, preprocessed_root, raw_root, results_root)
+                          RULE_DIR, EnsembleFolder, ModelFolder, check_dataset_id_free, ensemble_dir_name,
+                          parse_dataset_folder_name, parse_model_dir_name, preprocessed_root, raw_root, results_root)
 from hiennu.plans import Plans, load_plans
 from hiennu.postprocessing.record import PostProcessing, load_postprocessing, postprocessing_from_record
 from hiennu.postprocessing.rule_folder import (RULE_FILE, RuleFolder, RuleSpec, check_rule_dataset,
@@ -751,24 +751,6 @@ def load_rule_zip(path: str | Path, verified: RuleZipContents | None = None) -> 
                 if post_member in contents.files else None)
         check_rule_postprocessing(post, f"{path}:{post_member}")
     return RuleFolder(Path(path), spec, dataset, post)
-
-
-def check_dataset_id_free(dataset_folder: str, roots: Sequence[Path], source: str | Path) -> None:
-    """Refuse when another dataset under ``roots`` uses ``dataset_folder``'s number under another name.
-
-    ``-d NNN`` must stay unambiguous (as :func:`hiennu.datasets.staging.check_target` ensures for
-    converted datasets); installing ``Dataset950_A`` beside ``Dataset950_B`` would break it.
-    """
-    parsed = parse_dataset_folder_name(dataset_folder)
-    if parsed is None:
-        return
-    clashes = sorted({f"{p}" for root in roots if Path(root).is_dir() for p in Path(root).iterdir()
-                      if p.is_dir() and p.name != dataset_folder
-                      and (parse_dataset_folder_name(p.name) or (None,))[0] == parsed[0]})
-    if clashes:
-        raise HiennuError(f"{source}: its dataset {dataset_folder} has id {parsed[0]:03d}, which is already used by "
-                          f"{', '.join(clashes)}; install it under a root without that dataset (set hiennu_results, "
-                          f"hiennu_raw, hiennu_preprocessed), or rename one of them so each number names one dataset")
 
 
 def holds_model(folder: Path, contents: ModelZipContents, loaded: LoadedModel) -> bool:
