@@ -174,8 +174,8 @@ def test_loss_study_folds_all():
 
 
 @pytest.mark.parametrize("error, line", [
-    (PermissionError(13, "Permission denied", "/results/x"), "error: /results/x: Permission denied; choose a folder "
-     "you can write to (for results, e.g. export hiennu_results=...) or free some space, and run the command again"),
+    (PermissionError(13, "Permission denied", "/results/x"), "error: /results/x: Permission denied; check its "
+     "permissions (read access for inputs, write access for outputs)"),
     (OSError(30, "Read-only file system", "/r/fold_1"), "error: /r/fold_1: Read-only file system; choose a folder "
      "you can write to (for results, e.g. export hiennu_results=...) or free some space, and run the command again"),
     (IsADirectoryError(21, "Is a directory", "/out"), "error: /out: Is a directory"),

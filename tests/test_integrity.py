@@ -205,3 +205,16 @@ def test_a_missing_num_training_is_called_missing(raw):
     del d["numTraining"]
     (raw / "dataset.json").write_text(json.dumps(d))
     _one_problem(raw, "has no numTraining; add \"numTraining\": 2")
+
+
+def test_a_missing_channel_is_named_in_its_own_folder_and_a_stray_file_hides_no_count(raw):
+    """Found reviewing the messages: an imagesTs case missing a channel was told to add it to imagesTr/; one stray file
+    of another ending hid a numTraining that was wrong anyway."""
+    write_image(np.ones(GEO.size_zyx, np.float32), GEO, raw / "imagesTs" / "caseT_0000.mha")
+    _one_problem(raw, "case caseT: channel 1 (ZADC) file caseT_0001.mha is missing", "add it to imagesTs/")
+    (raw / "imagesTs" / "caseT_0000.mha").unlink()
+    d = json.loads((raw / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**d, "numTraining": 5}))
+    write_image(np.ones(GEO.size_zyx, np.float32), GEO, raw / "imagesTr" / "notes_0000.nii.gz")
+    problems = check_raw_dataset(raw)
+    assert any("numTraining is 5 but imagesTr/ holds 2" in p for p in problems), problems

@@ -257,6 +257,13 @@ def test_training_refuses_cases_preprocessed_under_other_plans(hiennu_roots):
                                           r"hiennu_plan_and_preprocess -d Dataset\d+_TINY -c 3d_fullres --keep-plans "
                                           r"\(without --keep-plans it plans anew"):
         fold_layout("TrainerDice", options).check_preprocessed_cases()
+    from hiennu.training.trainers import TrainerDice  # ... which only a run that trains needs
+    validating = TrainingOptions(dataset="TINY", fold=0, configuration="3d_fullres", validation_only=True,
+                                 final_validation=True)
+    assert not fold_layout("TrainerDice", validating).trains
+    TrainerDice(validating)  # built: --val predicts from the raw images with the fold's own plans
+    with pytest.raises(HiennuError, match="were preprocessed under other plans"):
+        TrainerDice(options)
     plan_and_preprocess("TINY", PlanAndPreprocessOptions(num_processes=1, configurations=["3d_fullres"],
                                                          keep_plans=True))  # ... and every case preprocessed again
     fold_layout("TrainerDice", options).check_preprocessed_cases()

@@ -462,8 +462,8 @@ def test_an_interrupted_training_says_in_its_log_how_to_resume_and_has_drawn_its
     with pytest.raises(KeyboardInterrupt):
         train(options(epochs=4), "TrainerDice")
     out = fold_dir(tiny["hiennu_results"], "TrainerDice")
-    assert "interrupted after 1 epoch(s); the last finished epoch's checkpoint is kept: resume with hiennu_train " \
-           "Tiny TrainerDice 0 -c" in (out / "training_log.txt").read_text()
+    assert "interrupted after 1 epoch(s); the last finished epoch's checkpoint is kept: resume it by running the " \
+           "same hiennu_train command again with --continue" in (out / "training_log.txt").read_text()
     assert (out / "progress.png").is_file() and (out / "checkpoint_latest.pth").is_file()
     monkeypatch.setattr(Trainer, "_run_epoch", real)
     train(options(epochs=4, resume=True), "TrainerDice")  # as the log says
@@ -500,3 +500,40 @@ def test_a_fold_holding_only_its_best_checkpoint_is_told_what_works(tiny):
         with pytest.raises(HiennuError, match="it holds only checkpoint_best.pth, which cannot be continued: put back "
                                               "checkpoint_latest.pth and resume with --continue, or move the folder"):
             train(opts, "TrainerDice")
+
+
+def test_an_interrupted_revalidation_keeps_the_probabilities_and_a_finished_fold_needs_no_raw_check(tiny, monkeypatch):
+    """Found reviewing the late changes: a re-validation interrupted after it removed its summary lost the kept
+    probabilities on the next run without --npz; the raw pre-flight refused a --continue with nothing to do; a finished
+    fold continued under edited plans rewrote the model's missing plans.json from the edited plans."""
+    from hiennu.inference.predictor import Predictor
+    from hiennu.training.launch import train
+    from hiennu.training.native_validation import validation_keeps_probabilities
+    raw = make_tiny_raw_dataset(tiny["hiennu_raw"])
+    out = train(options(epochs=1, final_validation=True, save_probabilities=True), "TrainerDice")
+    kept = sorted(p.name for p in (out / "validation").glob("*.npz"))
+    real = Predictor.predict_folder
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Predictor, "predict_folder", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(options(epochs=1, final_validation=True, validation_only=True, validation_checkpoint="best"),
+              "TrainerDice")
+    monkeypatch.setattr(Predictor, "predict_folder", real)
+    assert not (out / "validation" / "summary.json").exists() and validation_keeps_probabilities(out)
+    train(options(epochs=1, final_validation=True, validation_only=True), "TrainerDice")  # no --npz
+    assert sorted(p.name for p in (out / "validation").glob("*.npz")) == kept and validation_keeps_probabilities(out)
+    case = sorted(kept)[0][:-len(".npz")]
+    (raw / "imagesTr" / f"{case}_0001.mha").unlink()  # finished and validated: --continue has nothing to do
+    train(options(epochs=1, final_validation=True, resume=True, save_probabilities=True), "TrainerDice")
+    (out.parent / "plans.json").unlink()
+    plans_path = tiny["hiennu_preprocessed"] / DATASET / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    for config in plans["configurations"].values():
+        config["network"]["negative_slope"] = 0.2
+    plans_path.write_text(json.dumps(plans))
+    with pytest.raises(HiennuError):  # re-validation needs the model's plans; nothing is written from the edited ones
+        train(options(epochs=1, final_validation=True, resume=True, validation_checkpoint="best"), "TrainerDice")
+    assert not (out.parent / "plans.json").exists()

@@ -155,9 +155,11 @@ def add_plans_name(parser: argparse.ArgumentParser, help: str) -> None:
 def os_error_line(e: OSError) -> str:
     """``PATH: reason`` (or ``SRC -> DST: reason``) of a file-system error, on one line."""
     reason = (e.strerror or str(e) or type(e).__name__).replace("\n", " ")
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+    if e.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):
         reason += ("; choose a folder you can write to (for results, e.g. export hiennu_results=...) or free some "
                    "space, and run the command again")
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        reason += "; check its permissions (read access for inputs, write access for outputs)"
     if e.filename is not None and e.filename2 is not None:
         return f"{e.filename} -> {e.filename2}: {reason}"
     if e.filename is not None:

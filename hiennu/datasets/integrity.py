@@ -77,8 +77,9 @@ def check_case(case: CaseFiles, needs_label: bool, dj: DatasetJson | None = None
         present = next((f for f in case.image_files if f is not None), case.label_file)
         where = f" (found {present})" if present is not None else ""
         name = f" ({dj.channel_names[c]})" if dj is not None and c < len(dj.channel_names) else ""
+        folder = present.parent.name if present is not None and present.parent.name != "labelsTr" else "imagesTr"
         problems.append(f"case {cid}: channel {c}{name} file {channel_file_name(cid, c, ending)} is missing{where}; "
-                        f"add it to imagesTr/, or remove the case's other files")
+                        f"add it to {folder}/, or remove the case's other files")
     if needs_label and case.label_file is None:
         first = next((f for f in case.image_files if f is not None), None)
         problems.append(f"case {cid}: label file labelsTr/{cid}{ending} is missing (images: {first}); add it, or "
@@ -131,8 +132,8 @@ def _value_problems(array: np.ndarray, path: Path, cid: str, is_label: bool) -> 
 
 
 def _other_endings(folder: Path, file_ending: str) -> bool:
-    """Whether ``folder`` holds images of another ending than ``file_ending`` (then named one by one, and the case
-    count, which they are left out of, says nothing about numTraining)."""
+    """Whether ``folder`` holds images of another ending than ``file_ending`` (named one by one): when no case has
+    the declared ending, they are the cases, so the count says nothing about numTraining."""
     return folder.is_dir() and any(image_ending(p) not in (None, file_ending) for p in folder.iterdir())
 
 
@@ -200,7 +201,7 @@ def check_raw_dataset(raw_dir: str | Path) -> list[str]:
     if "numTraining" not in read_json(raw_dir / "dataset.json"):
         problems.append(f"{raw_dir / 'dataset.json'}: has no numTraining; add \"numTraining\": {len(with_images)} "
                         f"(the count of cases in imagesTr/)")
-    elif len(with_images) != dj.num_training and not _other_endings(images_tr, dj.file_ending):
+    elif len(with_images) != dj.num_training and (with_images or not _other_endings(images_tr, dj.file_ending)):
         problems.append(f"{raw_dir / 'dataset.json'}: numTraining is {dj.num_training} but imagesTr/ holds "
                         f"{len(with_images)} case(s); fix numTraining")
     jobs = [(c, True) for c in train if c.case_id in with_images] + [(c, False) for c in test]

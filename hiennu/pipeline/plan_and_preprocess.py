@@ -122,8 +122,9 @@ def _keep_replaced_plans(path: Path, plans: Plans) -> None:
     if not same:
         backup = path.with_name(path.name + ".bak")
         write_text(path.read_text(), backup)
-        log.warning("%s: planned anew, replacing the file there (its previous content is kept in %s); to "
-                    "preprocess with a plans file as it is, edits included, run with --keep-plans", path, backup.name)
+        log.warning("%s: planned anew, replacing the file there (its previous content is kept in %s); to go back "
+                    "to it, edits included, move %s back to %s and run with --keep-plans", path, backup.name,
+                    backup.name, path.name)
 
 
 def _drop_unbuildable(plans: Plans, raw_dir: Path) -> None:

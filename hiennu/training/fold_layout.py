@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file
+from hiennu.io.checkpoint import FINAL
 from hiennu.paths import (model_dir_name, plans_file_name, preprocessed_data_name, preprocessed_root,
                           resolve_dataset, results_root, split_seed_folder, splits_file_name)
 from hiennu.plans import PLANS_NAME, Configuration, Plans, TrainingPlan, load_plans, preprocessing_hash
@@ -45,6 +46,13 @@ class FoldLayout:
     model_dir: Path
     fold_dir: Path
     iterations_per_epoch: int
+
+    @property
+    def trains(self) -> bool:
+        """Whether this run trains: not ``--val``, nor ``--continue`` of a finished fold (``checkpoint_final.pth``),
+        which are validated from the raw images with the fold's own plans and checkpoint, so the preprocessed cases,
+        the current plans and the raw validation cases before training do not concern them."""
+        return not (self.options.validation_only or self.options.resume and (self.fold_dir / FINAL).is_file())
 
     def check_preprocessed_cases(self) -> None:
         """Raise HiennuError naming the cases of the split whose preprocessed files are missing, or were written

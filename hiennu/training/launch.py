@@ -36,7 +36,8 @@ def train(options: TrainingOptions, trainer: str, trainer_module: str | None = N
     # Check what the ranks will need (dataset, plans, split, preprocessed cases, batch split, device) before spawning.
     layout = fold_layout(cls.__name__, options)
     refuse_before_start(layout.fold_dir, options.resume, options.validation_only)
-    layout.check_preprocessed_cases()
+    if layout.trains:
+        layout.check_preprocessed_cases()
     check_batch_split(layout.training.batch_size, options.num_gpus)
     select_device(options.device, 0)
     spawn(_worker, options.num_gpus, (trainer, trainer_module, options, device_type, is_verbose()))

@@ -49,10 +49,14 @@ def validated_checkpoint(fold_dir: Path) -> str | None:
 
 
 def validation_keeps_probabilities(fold_dir: Path) -> bool:
-    """Whether ``fold_dir/validation/summary.json`` says the validation kept each case's probabilities
-    (``CASE.npz``, ``--npz``); False without a summary, or for one written before the choice existed."""
-    path = Path(fold_dir) / VALIDATION_DIR / SUMMARY_FILE
-    return path.is_file() and read_json(path).get("probabilities") is True
+    """Whether the fold's validation kept each case's probabilities (``CASE.npz``, ``--npz``): its
+    ``validation/summary.json`` says so, or, without a summary (a validation interrupted before it wrote one, which
+    removes the summary first and the maps only when it keeps none), ``CASE.npz`` files are there."""
+    folder = Path(fold_dir) / VALIDATION_DIR
+    if (folder / SUMMARY_FILE).is_file():
+        return read_json(folder / SUMMARY_FILE).get("probabilities") is True
+    return folder.is_dir() and any(p.suffix == ".npz" and not p.name.endswith(_PREDICTOR_PROBABILITIES.format(case=""))
+                                   for p in folder.iterdir())
 
 
 def validation_is_current(fold_dir: Path, checkpoint: str, probabilities: bool) -> bool:
@@ -119,8 +123,9 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
     predictor = Predictor.from_model_dir(model_dir, folds=[fold], checkpoint=checkpoint, device=device,
                                          use_postprocessing=False, batch_size=batch_size, cpu_bf16=cpu_bf16)
     (out_dir / SUMMARY_FILE).unlink(missing_ok=True)  # never a summary of one checkpoint beside another's masks
-    for case in case_ids:  # nor probabilities of another checkpoint
-        model.validation_probabilities(fold, case).unlink(missing_ok=True)
+    for case in case_ids:  # nor probabilities of another checkpoint (kept ones are replaced case by case below)
+        if not save_probabilities:
+            model.validation_probabilities(fold, case).unlink(missing_ok=True)
         (out_dir / _PREDICTOR_PROBABILITIES.format(case=case)).unlink(missing_ok=True)  # left by a killed run
     report = predictor.predict_folder(raw_dir / "imagesTr", out_dir, case_ids=case_ids,
                                       save_probabilities=save_probabilities, probability_format="npz")

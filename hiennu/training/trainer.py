@@ -58,7 +58,7 @@ from hiennu.log import attach_file_handler, get_logger, progress
 from hiennu.losses.base import use_batch_reduction
 from hiennu.masks import dice
 from hiennu.networks.unet import build_network
-from hiennu.paths import CONTINUE, PLANS_FILE, PROGRESS_FILE, VALIDATE, VALIDATION_DIR, plans_file_name, train_command
+from hiennu.paths import PLANS_FILE, PROGRESS_FILE, VALIDATION_DIR, plans_file_name
 from hiennu.plans import Configuration, configuration_differences, save_plans
 from hiennu.provenance import provenance
 from hiennu.training.checkpoint import (capture_rng_state, finish_checkpoints, refuse_before_start, restore_rng_state,
@@ -122,8 +122,9 @@ class Trainer(abc.ABC):
         self.dist = dist_ctx or DistContext()
         self.trainer_name = type(self).__name__
         layout = fold_layout(self.trainer_name, options)
-        if not (options.validation_only or options.resume and (layout.fold_dir / FINAL).is_file()):
-            layout.check_preprocessed_cases()  # a finished fold is only validated: from the raw images
+        if layout.trains:
+            layout.check_preprocessed_cases()
+        self.trains = layout.trains
         self.dataset_name, self.preprocessed_dir = layout.dataset_name, layout.preprocessed_dir
         self.plans, self.config, self.training = layout.plans, layout.config, layout.training
         self.case_dir, self.train_cases, self.val_cases = layout.case_dir, layout.train_cases, layout.val_cases
@@ -154,6 +155,7 @@ class Trainer(abc.ABC):
         self.early_stopping = EarlyStopping()
         self.start_epoch = 0
         self.resumed_finished = False  # continued from the checkpoint of a finished training
+        self.plans_edited_since = False  # ... whose plans differ from the current ones (nothing is written from them)
         self._last_plot = -math.inf  # the first epoch draws progress.png; then at most once a minute
 
     # ----------------------------------------------------------------- parts a subclass may change
@@ -249,7 +251,7 @@ class Trainer(abc.ABC):
         """
         if self.dist.is_main:
             refuse_before_start(self.fold_dir, self.options.resume, self.options.validation_only)
-            if self.options.final_validation and self.options.fold != "all":
+            if self.trains and self.options.final_validation and self.options.fold != "all":
                 problem = validation_input_problem(self.dataset_name, self.val_cases)
                 if problem:
                     raise HiennuError(problem)
@@ -289,14 +291,13 @@ class Trainer(abc.ABC):
             return self.fold_dir
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: said in the fold's log too, with how to go on
             if self.dist.is_main and self.options.validation_only:
-                log.warning("validation interrupted; run it again: %s", train_command(
-                    self.model_dir, self.options.fold, VALIDATE, npz=self.options.save_probabilities,
-                    best=self.options.validation_checkpoint_file == BEST))
-            elif self.dist.is_main:
+                log.warning("validation of %s interrupted; run the same command again", self.fold_dir)
+            elif self.dist.is_main:  # the command's own options (trainer module, epochs, seed ...) are not re-typed
                 kept = (f"after {len(self.progress)} epoch(s); the last finished epoch's checkpoint is kept"
                         if len(self.progress) else "before its first epoch ended")
-                log.warning("interrupted %s: resume with %s", kept, train_command(
-                    self.model_dir, self.options.fold, CONTINUE, npz=self.options.save_probabilities))
+                log.warning("%s interrupted %s: resume it by running the same hiennu_train command again with "
+                            "--continue (hiennu_loss_study and hiennu_train_default_model resume it when run again)",
+                            self.fold_dir, kept)
             raise
         finally:
             if handler is not None:
@@ -309,7 +310,8 @@ class Trainer(abc.ABC):
         if restored is not None:
             self._restore(load_checkpoint(restored, map_location=self.device), restored)
         if self.dist.is_main:
-            self._write_model_files(new_training=restored is None)
+            if not self.plans_edited_since:  # a finished fold's record is its own plans, never the edited ones
+                self._write_model_files(new_training=restored is None)
         if self.dist.enabled:
             self.model = nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -582,6 +584,8 @@ class Trainer(abc.ABC):
         if finished:  # nothing is trained: validated from the raw images with the fold's own plans and checkpoint,
             self.progress = ProgressLog.from_dict(state["progress"])  # so plans edited since do not matter
             self.start_epoch, self.resumed_finished = state["epoch"] + 1, True
+            self.plans_edited_since = bool("configuration" in state
+                                           and configuration_differences(state["configuration"], self.config))
             if self.dist.is_main:
                 log.info("continuing %s from the end of epoch %d (already finished)", self.fold_dir, state["epoch"])
             return
