@@ -219,3 +219,23 @@ def test_a_dataset_id_taken_in_the_results_or_preprocessed_root_is_refused(fake_
     with pytest.raises(HiennuError, match=r"Dataset080_BONBID has id 080, which is already used by .*Dataset080_Foo"):
         convert_bonbid(fake_src, 80, raw_root=hiennu_roots["hiennu_raw"])
     assert _nothing_written(hiennu_roots["hiennu_raw"])
+
+
+def test_a_file_or_one_release_folder_given_as_the_source_says_which_folder_to_give(fake_src, hiennu_roots, caplog):
+    """A file said "source folder not found"; the release's 1ADC_ss/ alone gave one "no ZADC map" line per case;
+    a misnamed file was dropped without a word (hiennu_predict warns about it)."""
+    import logging
+    adc = fake_src / "1ADC_ss" / "MGHNICU_001-VISIT_01-ADC_ss.mha"
+    with pytest.raises(HiennuError, match=rf"is a file; give the folder holding 1ADC_ss/.*e\.g\. {fake_src}$"):
+        find_bonbid_cases(adc)
+    with pytest.raises(HiennuError, match=rf"1ADC_ss: is the release's 1ADC_ss/ alone; give its parent {fake_src}"):
+        find_bonbid_cases(fake_src / "1ADC_ss")
+    (fake_src / "1ADC_ss" / "notes.mha").write_bytes(adc.read_bytes())
+    monkeypatch_propagate = logging.getLogger("hiennu").propagate
+    logging.getLogger("hiennu").propagate = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="hiennu"):
+            assert len(find_bonbid_cases(fake_src)) == 2
+    finally:
+        logging.getLogger("hiennu").propagate = monkeypatch_propagate
+    assert "notes.mha: not a BONBID file name (ADC, ZADC or label of a case); ignored" in caplog.text

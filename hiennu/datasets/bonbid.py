@@ -62,6 +62,11 @@ def find_bonbid_cases(src: str | Path) -> list[BonbidCase]:
     twice, or when a case lacks its ADC or ZADC map.
     """
     src = Path(src)
+    release_dirs = (BONBID_ADC_DIR, BONBID_ZADC_DIR, BONBID_LABEL_DIR)
+    if src.is_file():
+        holder = src.parent.parent if src.parent.name in release_dirs else src.parent
+        raise HiennuError(f"{src}: is a file; give the folder holding {BONBID_ADC_DIR}/, {BONBID_ZADC_DIR}/ (and "
+                          f"{BONBID_LABEL_DIR}/), e.g. {holder}")
     if not src.is_dir():
         raise HiennuError(f"{src}: source folder not found; give the folder holding {BONBID_ADC_DIR}/, "
                           f"{BONBID_ZADC_DIR}/ (and {BONBID_LABEL_DIR}/)")
@@ -71,7 +76,8 @@ def find_bonbid_cases(src: str | Path) -> list[BonbidCase]:
         if not path.is_file() or path.name.startswith(".") or image_ending(path) is None:
             continue
         role = bonbid_role(path)
-        if role is None:
+        if role is None:  # as hiennu_predict says of such files: a case all of whose files are misnamed is not lost
+            log.warning("%s: not a BONBID file name (ADC, ZADC or label of a case); ignored", path)
             continue
         kind, case_id = role
         case = cases.setdefault(case_id, BonbidCase(case_id))
@@ -91,6 +97,10 @@ def find_bonbid_cases(src: str | Path) -> list[BonbidCase]:
                 other = case.adc or case.zadc or case.label
                 problems.append(f"case {case.case_id}: no {kind.upper()} map in {folder}/ (found {other})")
     if problems:
+        parts = {p.parent.name for c in cases.values() for p in (c.adc, c.zadc, c.label) if p is not None}
+        if src.name in release_dirs and len(parts) == 1:
+            raise HiennuError(f"{src}: is the release's {src.name}/ alone; give its parent {src.parent}, which holds "
+                              f"{BONBID_ADC_DIR}/, {BONBID_ZADC_DIR}/ (and {BONBID_LABEL_DIR}/)")
         raise HiennuError("incomplete BONBID cases:\n  " + "\n  ".join(problems))
     return [cases[k] for k in sorted(cases)]
 
