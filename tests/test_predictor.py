@@ -167,7 +167,7 @@ def test_predict_folder_keeps_native_geometry(tmp_path, ending):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_bad_cases_are_skipped_and_the_rest_predicted(tmp_path):
+def test_bad_cases_are_skipped_and_the_rest_predicted(tmp_path, capsys):
     inp, out = tmp_path / "in", tmp_path / "out"
     _write_case(inp, "good")
     write_image(case_arrays()[0], GEOM, inp / "lonely_0000.mha")
@@ -178,6 +178,8 @@ def test_bad_cases_are_skipped_and_the_rest_predicted(tmp_path):
     code = predict_cli.main(["-i", str(inp), "-o", str(out), "-m", str(model_dir), "--disable-tta", "-q"])
     assert code == 1
     assert sorted(p.name for p in out.iterdir()) == ["good.mha"]
+    err = capsys.readouterr().err
+    assert "case shifted skipped: shifted_0001.mha lies on a different grid" in err, err  # the case named once
     report = Predictor.from_model_dir(model_dir, device="cpu", use_mirroring=False).predict_folder(inp, tmp_path / "o2")
     assert report.predicted == ["good"]
     assert "lonely_0000.mha" in report.skipped["lonely"] and "missing channel" in report.skipped["lonely"]
@@ -321,7 +323,8 @@ def test_challenge_interface(tmp_path):
     adc, zadc = case_arrays()
     assert np.array_equal(mask, ((zadc < -2) & (adc != 0)).astype(np.float32))
     write_image(case_arrays()[0], GEOM, tmp_path / "input" / "images" / "skull-stripped-adc-brain-mri" / "second.mha")
-    with pytest.raises(HiennuError, match="exactly one case"):
+    with pytest.raises(HiennuError, match=r"exactly one case, one image in each of images/skull-stripped-adc-brain-mri/ "
+                                          r"and images/z-score-adc/; found 2 and 1 \("):
         run_challenge(ZadcThresholdBaseline(), tmp_path / "input", tmp_path / "out3")
     assert not (tmp_path / "out3").exists()
 

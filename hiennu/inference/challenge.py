@@ -15,7 +15,7 @@ import numpy as np
 from hiennu.errors import HiennuError
 from hiennu.inference.folder_prediction import CasePredictor, check_output_folder
 from hiennu.inference.layouts import CHALLENGE_ADC_DIR, CHALLENGE_ZADC_DIR, discover_input_cases, read_case
-from hiennu.io.image import Geometry, write_image
+from hiennu.io.image import Geometry, image_ending, write_image
 from hiennu.log import get_logger
 
 logger = get_logger(__name__)
@@ -33,9 +33,11 @@ def run_challenge(predictor: CasePredictor, input_dir: str | Path = "/input",
                           f"(one .mha each)")
     cases = [c for c in discover_input_cases(input_dir, predictor.channel_names) if c.layout == "challenge"]
     if len(cases) != 1:
-        raise HiennuError(f"{input_dir}: the challenge interface takes exactly one case, found {len(cases)} "
-                          f"({', '.join(c.case_id for c in cases) or 'none'}) in {CHALLENGE_ADC_DIR}/ and "
-                          f"{CHALLENGE_ZADC_DIR}/")
+        counts = [sum(1 for p in (input_dir / d).iterdir() if image_ending(p) and not p.name.startswith("."))
+                  for d in (CHALLENGE_ADC_DIR, CHALLENGE_ZADC_DIR)]
+        raise HiennuError(f"{input_dir}: the challenge interface takes exactly one case, one image in each of "
+                          f"{CHALLENGE_ADC_DIR}/ and {CHALLENGE_ZADC_DIR}/; found {counts[0]} and {counts[1]} "
+                          f"({', '.join(c.case_id for c in cases) or 'none'}); keep one case's pair")
     images, geometry = read_case(cases[0])
     mask, _ = predictor.predict_case(images, geometry)
     out = output_dir / CHALLENGE_OUTPUT

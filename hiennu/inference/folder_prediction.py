@@ -362,7 +362,8 @@ class CasePredictor(ABC):
                     if error is not None:
                         with lock:
                             report.skipped[case.case_id] = error
-                        logger.error("case %s skipped: %s", case.case_id, error)
+                        logger.error("case %s skipped: %s", case.case_id,
+                                     error.removeprefix(f"case {case.case_id}: "))  # named once
                         bar.update(1)
                     else:
                         batch.append((case, prepared, geometry, images))
