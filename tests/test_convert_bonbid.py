@@ -238,4 +238,4 @@ def test_a_file_or_one_release_folder_given_as_the_source_says_which_folder_to_g
             assert len(find_bonbid_cases(fake_src)) == 2
     finally:
         logging.getLogger("hiennu").propagate = monkeypatch_propagate
-    assert "notes.mha: not a BONBID file name (ADC, ZADC or label of a case); ignored" in caplog.text
+    assert "1 image file(s) below" in caplog.text and "are left out: " in caplog.text and "notes.mha" in caplog.text

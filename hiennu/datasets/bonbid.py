@@ -71,13 +71,14 @@ def find_bonbid_cases(src: str | Path) -> list[BonbidCase]:
         raise HiennuError(f"{src}: source folder not found; give the folder holding {BONBID_ADC_DIR}/, "
                           f"{BONBID_ZADC_DIR}/ (and {BONBID_LABEL_DIR}/)")
     cases: dict[str, BonbidCase] = {}
+    ignored: list[Path] = []
     attr = {"ADC": "adc", "ZADC": "zadc", "label": "label"}
     for path in sorted(src.rglob("*")):
         if not path.is_file() or path.name.startswith(".") or image_ending(path) is None:
             continue
         role = bonbid_role(path)
-        if role is None:  # as hiennu_predict says of such files: a case all of whose files are misnamed is not lost
-            log.warning("%s: not a BONBID file name (ADC, ZADC or label of a case); ignored", path)
+        if role is None:  # said, as hiennu_predict says it: a case whose files are all misnamed is not lost silently
+            ignored.append(path)
             continue
         kind, case_id = role
         case = cases.setdefault(case_id, BonbidCase(case_id))
@@ -85,6 +86,10 @@ def find_bonbid_cases(src: str | Path) -> list[BonbidCase]:
         if previous is not None:
             raise HiennuError(f"case {case_id}: two {kind} files, {previous} and {path}; keep one of them")
         setattr(case, attr[kind], path)
+    if ignored:
+        log.warning("%d image file(s) below %s have no BONBID file name (ADC, ZADC or label of a case) and are left "
+                    "out: %s%s", len(ignored), src, ", ".join(str(p) for p in ignored[:5]),
+                    " ..." if len(ignored) > 5 else "")
     if not cases:
         raise HiennuError(f"{src}: no BONBID files found (expected names like "
                           f"{BONBID_ADC_DIR}/MGHNICU_010-VISIT_01-ADC_ss.mha, "
