@@ -22,8 +22,8 @@ from hiennu.errors import DataIntegrityError, HiennuError
 from hiennu.io.atomic import read_json
 from hiennu.io.cases import CaseFiles, channel_file_name, discover_cases, parse_channel_file_name
 from hiennu.io.dataset_json import DatasetJson, load_dataset_json
-from hiennu.io.image import (Geometry, compressed_data_problem, direction_problem, header_spacing, image_ending,
-                             image_reader, sitk_reason, spacing_problem, strip_ending)
+from hiennu.io.image import (Geometry, direction_problem, header_spacing, image_ending, image_reader, sitk_reason,
+                             spacing_problem, strip_ending, voxel_data_problem)
 from hiennu.log import get_logger, progress
 
 log = get_logger(__name__)
@@ -34,6 +34,9 @@ def _read_header(path: Path, case_id: str) -> tuple[sitk.ImageFileReader | None,
         return None, None, f"case {case_id}: {path} not found (a broken link?); re-copy the file"
     if path.stat().st_size == 0:
         return None, None, f"case {case_id}: {path} is empty (0 bytes); re-export or re-copy it"
+    damaged = voxel_data_problem(path)  # before ITK, which prints its own lines about a cut-off MetaImage
+    if damaged:
+        return None, None, f"case {case_id}: {path} cannot be read: {damaged}; re-export or re-copy it"
     reader = image_reader(path)
     try:
         reader.ReadImageInformation()
@@ -54,9 +57,6 @@ def _read_header(path: Path, case_id: str) -> tuple[sitk.ImageFileReader | None,
     for spacing in (header_spacing(path), geometry.spacing_xyz):
         if spacing is not None and spacing_problem(spacing, path):
             return None, None, f"case {case_id}: {spacing_problem(spacing, path)}"
-    damaged = compressed_data_problem(path)
-    if damaged:
-        return None, None, f"case {case_id}: {path}: its compressed voxel data is corrupt ({damaged}); re-copy it"
     return reader, geometry, None
 
 
