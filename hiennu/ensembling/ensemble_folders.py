@@ -29,7 +29,7 @@ import numpy as np
 from hiennu.ensembling.ensemble_cv import cv_mask
 from hiennu.errors import HiennuError
 from hiennu.inference.folder_prediction import write_probabilities
-from hiennu.io.folders import IS, folder_relation, raw_data_problem
+from hiennu.io.folders import IS, folder_relation, refuse_raw_data_output
 from hiennu.io.image import IMAGE_ENDINGS, Geometry, write_image
 from hiennu.io.probabilities import mean_probabilities, read_probability_map
 from hiennu.log import get_logger, progress
@@ -92,9 +92,7 @@ def plan_ensemble(input_dirs: Sequence[str | Path], out_dir: str | Path,
             where = "the input folder" if relation == IS else "inside or around the input folder"
             raise HiennuError(f"-o {out_dir} is {where} {d}; choose an output folder apart from every input so no "
                               f"input can be overwritten")
-    problem = raw_data_problem("-o", out_dir)
-    if problem:
-        raise HiennuError(problem)
+    refuse_raw_data_output("-o", out_dir)
     if mask_ending is not None and mask_ending not in IMAGE_ENDINGS:
         raise HiennuError(f"--file-ending {mask_ending}: not an image ending hiennu writes; use one of "
                           f"{', '.join(IMAGE_ENDINGS)}")

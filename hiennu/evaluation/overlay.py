@@ -30,7 +30,7 @@ from hiennu.io.bonbid_names import BONBID_ADC_DIR, BONBID_ZADC_DIR, bonbid_role
 from hiennu.io.cases import discover_cases
 from hiennu.io.channels import ADC, ZADC, channel_index
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
-from hiennu.io.folders import folder_relation, raw_data_problem
+from hiennu.io.folders import folder_relation, refuse_raw_data_output
 from hiennu.io.image import (image_ending, is_probability_image, read_binary_mask, read_finite_image,
                              strip_ending)
 from hiennu.log import get_logger, progress
@@ -150,9 +150,7 @@ def _check_folders(images_dir: Path, pred_dir: Path, out_dir: Path, labels_dir: 
         if folder_relation(out_dir, folder) is not None:
             raise HiennuError(f"-o {out_dir} is, holds or lies in the input folder {folder} ({flag}); choose an "
                               f"output folder apart from the inputs")
-    problem = raw_data_problem("-o", out_dir)
-    if problem:
-        raise HiennuError(problem)
+    refuse_raw_data_output("-o", out_dir)
 
 
 def plot_overlays(images_dir: str | Path, pred_dir: str | Path, out_dir: str | Path,

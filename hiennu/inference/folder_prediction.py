@@ -28,7 +28,7 @@ from hiennu.errors import HiennuError, WriteError
 from hiennu.inference.layouts import InputCase, discover_input_cases, read_case
 from hiennu.io.atomic import atomic_path
 from hiennu.io.channels import adc_zadc_channels
-from hiennu.io.folders import INSIDE, IS, folder_relation, raw_data_problem
+from hiennu.io.folders import INSIDE, IS, folder_relation, refuse_raw_data_output
 from hiennu.io.image import PROBABILITY_IMAGE_SUFFIX, Geometry, nonfinite_problem, read_sitk, write_image
 from hiennu.log import get_logger, progress
 from hiennu.postprocessing.record import PostProcessing, apply_postprocessing
@@ -79,9 +79,7 @@ def check_output_folder(in_dir: Path, out_dir: Path) -> None:
         where = "the input folder" if relation == IS else "inside the input folder"
         raise HiennuError(f"output folder {out_dir} is {where} {in_dir}; choose an output folder outside it so no "
                           f"input can be overwritten")
-    problem = raw_data_problem("-o", out_dir)
-    if problem:
-        raise HiennuError(problem)
+    refuse_raw_data_output("-o", out_dir)
 
 
 def probability_path(out_dir: Path, case: InputCase, fmt: str) -> Path:

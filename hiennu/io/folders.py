@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hiennu.errors import HiennuError
+
 IS, INSIDE, AROUND = "is", "inside", "around"
 
 
@@ -40,11 +42,11 @@ def raw_data_folder(path: str | os.PathLike) -> Path | None:
                  if folder.name in RAW_DATA_FOLDERS and (folder.parent / "dataset.json").is_file()), None)
 
 
-def raw_data_problem(option: str, path: str | os.PathLike) -> str | None:
-    """``"-o OUT lies in the raw dataset's labelsTr ...; choose ..."`` when ``path`` is or lies in
-    :func:`raw_data_folder`, else None. option: the command's flag for ``path``, e.g. ``"-o"``."""
+def refuse_raw_data_output(option: str, path: str | os.PathLike) -> None:
+    """Raise :class:`~hiennu.errors.HiennuError` (``"-o OUT lies in the raw dataset's labelsTr ...; choose ..."``) when
+    the output ``path`` is or lies in :func:`raw_data_folder`. option: the command's flag for ``path``, e.g. ``"-o"``."""
     folder = raw_data_folder(path)
-    if folder is None:
-        return None
-    return (f"{option} {path} lies in {folder}, the {folder.name} folder of a raw dataset: its images or labels could "
-            f"be replaced; choose an output folder outside the raw dataset's {', '.join(RAW_DATA_FOLDERS)}")
+    if folder is not None:
+        raise HiennuError(f"{option} {path} lies in {folder}, the {folder.name} folder of a raw dataset: its images or "
+                          f"labels could be replaced; choose an output folder outside the raw dataset's "
+                          f"{', '.join(RAW_DATA_FOLDERS)}")

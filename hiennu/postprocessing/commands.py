@@ -27,7 +27,7 @@ from hiennu.errors import HiennuError
 from hiennu.evaluation.metrics import case_metrics
 from hiennu.io.atomic import read_json, write_json
 from hiennu.io.checkpoint import BEST, stale_validation_problem
-from hiennu.io.folders import AROUND, INSIDE, IS, folder_relation, raw_data_problem
+from hiennu.io.folders import AROUND, INSIDE, IS, folder_relation, refuse_raw_data_output
 from hiennu.io.cases import channel_file_name
 from hiennu.io.channels import adc_zadc_channels
 from hiennu.io.dataset_json import BONBID_CHANNELS, load_dataset_json
@@ -242,9 +242,7 @@ def _check_apart(out_dir: Path, inputs: dict[str, str | Path | None]) -> None:
             where = {IS: "is", INSIDE: "lies inside", AROUND: "holds"}[relation]
             raise HiennuError(f"-o {out_dir} {where} the {option} folder {folder}; choose an output folder apart "
                               f"from every input so no input can be overwritten")
-    problem = raw_data_problem("-o", out_dir)
-    if problem:
-        raise HiennuError(problem)
+    refuse_raw_data_output("-o", out_dir)
 
 
 def apply_to_folder(masks_dir: str | Path, out_dir: str | Path, record_path: str | Path,
