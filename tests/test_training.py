@@ -537,3 +537,13 @@ def test_an_interrupted_revalidation_keeps_the_probabilities_and_a_finished_fold
     with pytest.raises(HiennuError):  # re-validation needs the model's plans; nothing is written from the edited ones
         train(options(epochs=1, final_validation=True, resume=True, validation_checkpoint="best"), "TrainerDice")
     assert not (out.parent / "plans.json").exists()
+
+
+def test_a_raw_dataset_without_its_dataset_json_still_validates_the_fold(tiny):
+    """The raw pre-flight read the raw dataset.json, which the final validation does not need (the model keeps its
+    own), and refused every training of such a dataset."""
+    from hiennu.training.launch import train
+    raw = make_tiny_raw_dataset(tiny["hiennu_raw"])
+    (raw / "dataset.json").unlink()
+    out = train(options(epochs=1, final_validation=True), "TrainerDice")
+    assert (out / "validation" / "summary.json").is_file()

@@ -67,16 +67,16 @@ def _read_voxels(reader: sitk.ImageFileReader, path: Path, case_id: str) -> tupl
         return None, f"case {case_id}: {path} voxel data cannot be read: {sitk_reason(e)}"
 
 
-def check_case(case: CaseFiles, needs_label: bool, dj: DatasetJson | None = None) -> list[str]:
+def check_case(case: CaseFiles, needs_label: bool, dj: DatasetJson) -> list[str]:
     """Problems of one case (missing files, unreadable files, grid mismatches, bad voxel values); ``dj`` (the raw
     dataset's) names a missing channel and its file ending."""
     problems: list[str] = []
     cid = case.case_id
-    ending = dj.file_ending if dj is not None else ""
+    ending = dj.file_ending
     for c in case.missing_channels:
         present = next((f for f in case.image_files if f is not None), case.label_file)
         where = f" (found {present})" if present is not None else ""
-        name = f" ({dj.channel_names[c]})" if dj is not None and c < len(dj.channel_names) else ""
+        name = f" ({dj.channel_names[c]})" if c < len(dj.channel_names) else ""
         folder = present.parent.name if present is not None and present.parent.name != "labelsTr" else "imagesTr"
         problems.append(f"case {cid}: channel {c}{name} file {channel_file_name(cid, c, ending)} is missing{where}; "
                         f"add it to {folder}/, or remove the case's other files")

@@ -74,8 +74,8 @@ def validation_input_problem(dataset_name: str, case_ids: list[str]) -> str | No
     warning). Checked before training: a raw file gone after preprocessing stopped the validation after the
     whole fold had trained."""
     raw_dir = raw_root() / dataset_name
-    if not (raw_dir / "imagesTr").is_dir() or not (raw_dir / "labelsTr").is_dir():
-        return None
+    if not all((raw_dir / part).exists() for part in ("imagesTr", "labelsTr", "dataset.json")):
+        return None  # the validation says what it lacks then (and reads the model's own dataset.json)
     dataset = load_dataset_json(raw_dir)
     found = {c.case_id: c for c in discover_cases(raw_dir / "imagesTr", dataset.num_channels, raw_dir / "labelsTr",
                                                   dataset.file_ending)}
