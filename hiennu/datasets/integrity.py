@@ -36,7 +36,7 @@ def _read_header(path: Path, case_id: str) -> tuple[sitk.ImageFileReader | None,
         return None, None, f"case {case_id}: {path} is empty (0 bytes); re-export or re-copy it"
     damaged = voxel_data_problem(path)  # before ITK, which prints its own lines about a cut-off MetaImage
     if damaged:
-        return None, None, f"case {case_id}: {path} cannot be read: {damaged}; re-export or re-copy it"
+        return None, None, f"case {case_id}: {path}: {damaged}, so it cannot be read; re-export or re-copy it"
     reader = image_reader(path)
     try:
         reader.ReadImageInformation()
