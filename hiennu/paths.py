@@ -291,7 +291,8 @@ def train_command(model_dir: str | os.PathLike, fold: int | str, mode: str = TRA
                   best: bool = False, dataset: str | None = None) -> str:
     """The ``hiennu_train`` line that makes fold ``fold`` of the model folder ``model_dir`` what an error asks for,
     ready to paste: ``hiennu_train BONBID TrainerDiceFocal 3 -c 2d --val --npz`` (``-p`` for other plans,
-    ``--checkpoint best`` with ``best`` when validating).
+    ``--checkpoint best`` with ``best`` when validating, ``--trainer-module M`` for a trainer of the user's own
+    module ``M``, as a fold of the folder records it: :func:`recorded_trainer_module`).
 
     mode: :data:`TRAIN` a fold not trained yet; :data:`VALIDATE` (``--val``) its validation again; :data:`CONTINUE`
     (``--continue``) a training cut short, to its end; :data:`RETRAIN` a fold trained otherwise, from scratch: since
@@ -314,6 +315,9 @@ def train_command(model_dir: str | os.PathLike, fold: int | str, mode: str = TRA
         words += [parts.trainer, str(fold), "-c", parts.configuration]
         if parts.plans != DEFAULT_PLANS_NAME:
             words += ["-p", parts.plans]
+        module = recorded_trainer_module(model_dir)
+        if module:
+            words += ["--trainer-module", module]
     words += {VALIDATE: ["--val"], CONTINUE: ["--continue"]}.get(mode, []) + (["--npz"] if npz else [])
     if best and mode == VALIDATE:
         words += ["--checkpoint", "best"]
@@ -324,6 +328,23 @@ def train_command(model_dir: str | os.PathLike, fold: int | str, mode: str = TRA
     if mode == RETRAIN and fold_dir.exists():
         line = f"mv {shlex.quote(str(fold_dir))} {shlex.quote(str(fold_dir) + '.old')} && {line}"
     return line
+
+
+def recorded_trainer_module(model_dir: str | os.PathLike) -> str | None:
+    """The module of the user's own trainer that trained a fold of ``model_dir`` (``debug.json``'s
+    ``trainer_module``), or None for hiennu's built-in trainers, for a folder with no readable record, and for a
+    trainer defined in a script run as ``__main__`` (no module can name it). ``hiennu_train`` finds only built-in
+    trainers without ``--trainer-module``, so a pasted line needs it for any other."""
+    import json
+
+    for record in sorted(Path(model_dir).glob("fold_*/debug.json")):
+        try:
+            module = json.loads(record.read_text()).get("trainer_module")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(module, str) and module:
+            return None if module == "__main__" or module.split(".")[0] == "hiennu" else module
+    return None
 
 
 def check_dataset_id_free(dataset_folder: str, roots: Sequence[Path], source: str | Path) -> None:

@@ -125,3 +125,24 @@ def test_train_command_says_what_each_fix_needs_and_moves_a_trained_fold_aside_t
     seeded = tmp_path / "Dataset003_Three" / "split_seed_2" / "TrainerX__hiennuPlans__2d"  # another split's folds
     assert train_command(seeded, 1, VALIDATE, best=True) == ("hiennu_train Three TrainerX 1 -c 2d --val --npz "
                                                              "--checkpoint best --split-seed 2")
+
+
+def test_train_command_names_the_users_own_trainer_module_as_a_fold_records_it(tmp_path):
+    """A pasted line for a trainer of the user's own module needs --trainer-module: hiennu_train finds only
+    built-in trainers without it. The module comes from a fold's debug.json; built-in and __main__ trainers, and a
+    folder without a readable record, get none."""
+    import json
+
+    from hiennu.paths import VALIDATE, recorded_trainer_module, train_command
+    model = tmp_path / "Dataset001_Tiny" / "MyTrainer__hiennuPlans__2d"
+    assert recorded_trainer_module(model) is None
+    (model / "fold_0").mkdir(parents=True)
+    (model / "fold_0" / "debug.json").write_text("{not json")
+    assert train_command(model, 0, VALIDATE) == "hiennu_train Tiny MyTrainer 0 -c 2d --val --npz"
+    (model / "fold_1").mkdir()
+    (model / "fold_1" / "debug.json").write_text(json.dumps({"trainer_module": "lab.trainers"}))
+    assert recorded_trainer_module(model) == "lab.trainers"
+    assert train_command(model, 3) == "hiennu_train Tiny MyTrainer 3 -c 2d --trainer-module lab.trainers --npz"
+    for builtin in ("hiennu.training.trainers", "__main__"):
+        (model / "fold_1" / "debug.json").write_text(json.dumps({"trainer_module": builtin}))
+        assert train_command(model, 1, VALIDATE) == "hiennu_train Tiny MyTrainer 1 -c 2d --val --npz"
