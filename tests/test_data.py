@@ -142,6 +142,28 @@ def test_batches_shape_dtype_binary_and_count(dataset):
     assert any(not torch.equal(d, torch.full_like(d, d.mean())) for d, _ in batches)
 
 
+def test_ctrl_c_in_the_workers_wait_raises_without_batchgenerators_error_line(dataset, caplog, monkeypatch):
+    """batchgenerators logs a Ctrl-C as ERROR:root:MultiThreadedGenerator: caught exception (KeyboardInterrupt) before
+    re-raising it; the training reports the interruption itself, so that line is dropped and the interrupt still
+    propagates. Other root-logged errors still show."""
+    import logging
+
+    from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+    case_dir, ids = dataset
+    tb = TrainingBatches(case_dir, ids, make_config(), 2, 0, 1, torch.device("cpu"))
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MultiThreadedAugmenter, "_MultiThreadedAugmenter__get_next_item", interrupted)
+    with caplog.at_level(logging.ERROR), pytest.raises(KeyboardInterrupt):
+        next(iter(tb.epoch(0, 2)))
+    logging.error("MultiThreadedGenerator: another failure")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("caught exception" in m for m in messages), messages
+    assert "MultiThreadedGenerator: another failure" in messages
+
+
 def test_replay_is_exact_and_independent_of_workers(dataset):
     case_dir, ids = dataset
     config = make_config(p_mirror=0.5, mirror_axes=[0, 1, 2])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import logging
 import os
 import signal
 import traceback
@@ -339,6 +340,7 @@ class TrainingBatches:
         worker_seeds = [_derive_seed(self.seed, epoch, self.rank, 10_000 + k) for k in range(workers)]
         self._augmenter = MultiThreadedAugmenter(loader, None, workers, num_cached_per_queue=2,
                                                  seeds=worker_seeds, pin_memory=False)
+        logging.getLogger().addFilter(_INTERRUPT_LOG_FILTER)  # once: addFilter skips a filter already there
         self._augmenter._start()
         processes = list(self._augmenter._processes)  # the augmenter forgets them when it aborts
         for _ in range(iterations):
@@ -360,6 +362,19 @@ class TrainingBatches:
             self.close()
         except Exception:
             pass
+
+
+class _InterruptLogFilter(logging.Filter):
+    """Drops batchgenerators' own report of a Ctrl-C, ``ERROR:root:MultiThreadedGenerator: caught exception:
+    (<class 'KeyboardInterrupt'>, ...)``, which its augmenter logs through the root logger before re-raising: the
+    training says itself that it was interrupted and how to resume, so the line only alarms. Other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("MultiThreadedGenerator: caught exception") and "KeyboardInterrupt" in message)
+
+
+_INTERRUPT_LOG_FILTER = _InterruptLogFilter()
 
 
 def _derive_seed(*parts: int) -> int:
