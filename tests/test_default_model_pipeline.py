@@ -93,28 +93,54 @@ def test_the_recipe_is_the_measured_one():
         dm.DEFAULT_RECIPE[0].epochs = 3
 
 
-def _task(configuration: str, fold: int, steps: int):
-    return types.SimpleNamespace(configuration=configuration, fold=fold, steps_to_run=steps)
+def _task(configuration: str, fold: int, steps: int, per_epoch: int = 25, batch: int = 2, patch=(8, 8, 8)):
+    layout = types.SimpleNamespace(iterations_per_epoch=per_epoch, training=types.SimpleNamespace(batch_size=batch),
+                                   config=types.SimpleNamespace(patch_size_zyx=patch))
+    return types.SimpleNamespace(configuration=configuration, fold=fold, steps_to_run=steps, layout=layout)
 
 
 def test_one_eta_over_every_configuration():
+    """Each configuration's time per step is its own: from its first epoch, then its finished folds; one not timed
+    yet is named, not guessed from another's (a 2d step and a 3d_fullres step differ by up to 9x)."""
     now = [0.0]
     tasks = [_task("3d", 0, 0), _task("3d", 1, 100), _task("2d", 0, 50), _task("2d", 1, 50)]
     progress = RecipeProgress(tasks, clock=lambda: now[0])
+    wait = "not timed yet (the first epoch of a fold of it will tell)"
     now[0] = 60.0
     line = progress.done(tasks[0], 5.0, 0, "reused")
-    assert line == ("fold 1 of 4 done (3d fold 0: reused), 1.0 min elapsed, "
-                    "time left unknown until a fold has been trained")
+    assert line == f"fold 1 of 4 done (3d fold 0: reused), 1.0 min elapsed, time left unknown: 3d, 2d {wait}"
+    now[0] = 120.0
+    assert progress.first_epoch(tasks[1], 150.0) == ("3d fold 1: 6.00 s a step in its first epoch here, validation "
+                                                     f"included; 2.0 min elapsed, about 10.0 min left for 3d; 2d {wait}")
+    assert progress.first_epoch(tasks[1], 100.0) is None  # only the first epoch of a configuration is logged
     now[0] = 660.0
     line = progress.done(tasks[1], 600.0, 100, "trained, 100 steps")
-    # 2d has no fold trained yet: 3d's 6 s a step times 2d's 2 x 50 steps
-    assert line == ("fold 2 of 4 done (3d fold 1: trained, 100 steps, 10.0 min), 11.0 min elapsed, about 10.0 min "
-                    "left (2d estimated from the time per step of the configurations trained so far)")
+    assert line == (f"fold 2 of 4 done (3d fold 1: trained, 100 steps, 10.0 min), 11.0 min elapsed, time left unknown: "
+                    f"2d {wait}")
+    now[0] = 690.0
+    assert progress.first_epoch(tasks[2], 50.0) == ("2d fold 0: 2.00 s a step in its first epoch here, validation "
+                                                    "included; 11.5 min elapsed, about 3.3 min left")
     now[0] = 760.0
-    line = progress.done(tasks[2], 100.0, 50, "trained, 50 steps")  # 2d's own time per step from now on: 2 s
-    assert line.endswith("12.7 min elapsed, about 1.7 min left")
+    line = progress.done(tasks[2], 150.0, 50, "trained, 50 steps")  # the finished fold's 3 s a step from now on
+    assert line.endswith("12.7 min elapsed, about 2.5 min left")
     now[0] = 860.0
     assert progress.done(tasks[3], 100.0, 50, "trained, 50 steps").endswith("14.3 min elapsed, no training left")
+
+
+def test_long_etas_are_in_hours():
+    progress = RecipeProgress([_task("3d", 0, 3000)], clock=lambda: 0.0)
+    assert progress.first_epoch(_task("3d", 0, 3000), 125.0).endswith("about 4.2 h left")
+
+
+def test_folds_train_fold_by_fold_the_cheaper_configuration_first():
+    """Fold 0 of every configuration comes first, the one with fewer voxels per step first in each fold, so that
+    every configuration is timed early; a tie keeps the recipe's order."""
+    three = [_task("3d_fullres", f, 600, batch=2, patch=(48, 88, 72)) for f in range(3)]
+    two = [_task("2d", f, 1000, batch=20, patch=(1, 96, 80)) for f in range(3)]
+    order = [(t.configuration, t.fold) for t in dm.training_order(three + two)]
+    assert order == [("2d", 0), ("3d_fullres", 0), ("2d", 1), ("3d_fullres", 1), ("2d", 2), ("3d_fullres", 2)]
+    tie = [_task("b", 0, 1), _task("a", 0, 1)]
+    assert [t.configuration for t in dm.training_order(tie)] == ["b", "a"]
 
 
 def test_a_continued_fold_counts_only_the_steps_it_lacks():
@@ -157,6 +183,8 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     assert "no plans in" in text and "planning and preprocessing 3d_fullres" in text
     assert "3d_fullres (TrainerDiceFocal" in text and "1 epochs (recipe) x 1 steps (recipe) = 1 steps per fold, patience 10;" in text
     assert "fold 1 of 5 done (3d_fullres fold 0: trained, 1 steps" in text and "min elapsed, about" in text
+    assert text.count("s a step in its first epoch here") == 1  # the trainer's epoch reaches the ETA, once
+    assert text.index("3d_fullres fold 0: ") < text.index("s a step in its first epoch here") < text.index("fold 1 of 5")
     assert "fold 5 of 5 done (3d_fullres fold 4: trained" in text and "no training left" in text
     model = results / DATASET / "TrainerDiceFocal__hiennuPlans__3d_fullres"
     for k in range(5):

@@ -40,8 +40,9 @@ continued or re-validated, a file touched, ``inference_information.json`` rewrit
 again, export and install; ``rechoose`` (``--rechoose``) always does.
 
 One ETA covers the whole training (:class:`RecipeProgress`): the plan is logged first (configurations, folds,
-steps per fold, what is reused), then after every fold ``fold k of N done ..., X min elapsed, about Y min
-left``. Bad input (unknown dataset, no raw dataset, a recipe fold trained otherwise, ``-o`` a folder) is one
+steps per fold, what is reused), then after the first epoch of each configuration and after every fold ``fold k
+of N done ..., X min elapsed, about Y min left``. Folds are trained fold by fold, the cheaper configuration first
+(:func:`training_order`). Bad input (unknown dataset, no raw dataset, a recipe fold trained otherwise, ``-o`` a folder) is one
 :class:`~hiennu.errors.HiennuError` line with the fix, raised before anything is written; every output of the
 steps is written atomically by the step itself.
 """
@@ -54,6 +55,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
+
+import numpy as np
 
 from hiennu import __version__
 from hiennu.ensembling.best_configuration import BestConfiguration, FindBestOptions, find_best_configuration
@@ -207,6 +210,11 @@ class DefaultModelResult:
     reused: list[str] = field(default_factory=list)
 
 
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
 class RecipeProgress:
     """One ETA over every fold of the recipe.
 
@@ -214,9 +222,11 @@ class RecipeProgress:
     done yet, its configuration's measured time per optimization step times the steps the fold still has to
     run (a fresh fold: its steps per fold, so this is the configuration's mean measured minutes per fold; an
     interrupted one: the steps it lacks; reused and re-validated folds: none). A configuration's time per step
-    is the wall time of its folds trained in this invocation (their validation included) over their steps; a
-    configuration none of whose folds has been trained yet takes the other configurations' time per step
-    (said in the line), and before any fold has been trained the time left is unknown.
+    is the wall time of its folds trained in this invocation (their validation included) over their steps; until
+    one of its folds has finished, the wall time of its first epoch here over that epoch's steps
+    (:meth:`first_epoch`, logged at once, so the first ETA comes minutes into the run, not after a fold). A
+    configuration not timed yet is named instead of guessed: the time per step of a ``2d`` and a ``3d_fullres``
+    differ by up to 9x (0.6 s and 5.5 s on a 2-core box without AVX-512).
     """
 
     def __init__(self, tasks: Sequence[FoldTask], clock: Callable[[], float] = time.perf_counter):
@@ -229,29 +239,51 @@ class RecipeProgress:
                                                                                             t.steps_to_run)
                                                                for t in tasks}
         self.timed: dict[str, list[float]] = {}  # configuration -> [seconds, steps] of its folds trained here
+        self.first_epochs: dict[str, float] = {}  # configuration -> seconds per step of its first epoch here
 
-    def _rate(self, configuration: str) -> tuple[float | None, bool]:
-        """(seconds per step, whether borrowed from the other configurations) or (None, False)."""
+    def _rate(self, configuration: str) -> float | None:
+        """Seconds per step: from the configuration's finished folds, else its first epoch, else None."""
         own = self.timed.get(configuration)
         if own and own[1] > 0:
-            return own[0] / own[1], False
-        seconds = sum(v[0] for v in self.timed.values())
-        steps = sum(v[1] for v in self.timed.values())
-        return (seconds / steps, True) if steps > 0 else (None, False)
+            return own[0] / own[1]
+        return self.first_epochs.get(configuration)
 
-    def seconds_left(self) -> tuple[float | None, list[str]]:
-        """(seconds of training left, configurations whose time was borrowed), or (None, []) when unknown."""
-        total, borrowed = 0.0, []
+    def seconds_left(self) -> tuple[float, list[str]]:
+        """(seconds of training left for the timed configurations, configurations with steps left not timed yet)."""
+        total, untimed = 0.0, []
         for configuration, steps in self.pending.values():
             if steps <= 0:
                 continue
-            rate, is_borrowed = self._rate(configuration)
+            rate = self._rate(configuration)
             if rate is None:
-                return None, []
-            total += rate * steps
-            if is_borrowed and configuration not in borrowed:
-                borrowed.append(configuration)
-        return total, borrowed
+                if configuration not in untimed:
+                    untimed.append(configuration)
+            else:
+                total += rate * steps
+        return total, untimed
+
+    def _eta(self) -> str:
+        if not any(steps > 0 for _, steps in self.pending.values()):
+            return "no training left"
+        left, untimed = self.seconds_left()
+        if not untimed:
+            return f"about {_duration(left)} left"
+        timed = sorted({c for c, steps in self.pending.values() if steps > 0} - set(untimed))
+        wait = f"{', '.join(untimed)} not timed yet (the first epoch of a fold of it will tell)"
+        if not timed:
+            return f"time left unknown: {wait}"
+        return f"about {_duration(left)} left for {', '.join(timed)}; {wait}"
+
+    def first_epoch(self, task: FoldTask, epoch_seconds: float) -> str | None:
+        """Record the wall time of an epoch of ``task``'s fold; for the first epoch of a configuration not timed yet,
+        return the line to log (its time per step and the ETA), else None."""
+        configuration = task.configuration
+        if self._rate(configuration) is not None:
+            return None
+        rate = float(epoch_seconds) / max(1, int(task.layout.iterations_per_epoch))
+        self.first_epochs[configuration] = rate
+        return (f"{configuration} fold {task.fold}: {rate:.2f} s a step in its first epoch here, validation included; "
+                f"{(self.clock() - self.start) / 60:.1f} min elapsed, {self._eta()}")
 
     def done(self, task: FoldTask, seconds: float, steps_run: int, how: str) -> str:
         """Record ``task`` as done (``steps_run`` steps trained in ``seconds``); return the line to log."""
@@ -261,20 +293,24 @@ class RecipeProgress:
             spent = self.timed.setdefault(task.configuration, [0.0, 0])
             spent[0] += float(seconds)
             spent[1] += int(steps_run)
-        left, borrowed = self.seconds_left()
         elapsed = (self.clock() - self.start) / 60
-        if not any(steps > 0 for _, steps in self.pending.values()):
-            eta = "no training left"
-        elif left is None:
-            eta = "time left unknown until a fold has been trained"
-        else:
-            eta = f"about {left / 60:.1f} min left"
-            if borrowed:
-                eta += f" ({', '.join(borrowed)} estimated from the time per step of the configurations trained so far)"
         if how != "reused":
             how = f"{how}, {seconds / 60:.1f} min"
         return (f"fold {self.finished} of {self.total} done ({task.configuration} fold {task.fold}: {how}), "
-                f"{elapsed:.1f} min elapsed, {eta}")
+                f"{elapsed:.1f} min elapsed, {self._eta()}")
+
+
+def training_order(tasks: Sequence[FoldTask]) -> list[FoldTask]:
+    """The folds in the order they are trained: fold by fold, and within a fold the configuration with the fewest
+    voxels per step (batch size x patch) first (recipe order on a tie), so that every configuration's first epoch,
+    and with it the whole ETA, comes early: on a 2-core CPU the ``2d`` fold 0 takes minutes, a ``3d_fullres`` fold
+    an hour. The order changes nothing that is trained: each fold is seeded and written on its own."""
+    def voxels(task: FoldTask) -> int:
+        config = task.layout.config
+        return int(task.layout.training.batch_size) * int(np.prod(config.patch_size_zyx))
+
+    recipe = list(dict.fromkeys(t.configuration for t in tasks))
+    return sorted(tasks, key=lambda t: (t.fold, voxels(t), recipe.index(t.configuration)))
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -476,9 +512,9 @@ def plan_lines(dataset: str, tasks: Sequence[FoldTask], preprocessing: str, out_
     return lines
 
 
-def run_fold(task: FoldTask) -> tuple[int, str]:
+def run_fold(task: FoldTask, epoch_listener: Callable[[int, float], None] | None = None) -> tuple[int, str]:
     """Train, continue or re-validate one fold through :func:`hiennu.training.launch.train` (as ``hiennu_train``);
-    returns (steps trained, what happened)."""
+    returns (steps trained, what happened). ``epoch_listener``: as ``train``'s."""
     fold_dir = task.layout.fold_dir
     label = f"{task.configuration} fold {task.fold}"
     if task.action == REUSE:  # finished, validated with probabilities: no trainer is built
@@ -492,7 +528,7 @@ def run_fold(task: FoldTask) -> tuple[int, str]:
     log.info("%s: %s", label, {REVALIDATE: "finished; re-validating to keep the probabilities (--continue --npz)",
                                CONTINUE: f"continuing from epoch {before} (--continue --npz)"}.get(task.action,
                                                                                                 "training (--npz)"))
-    train(dataclasses.replace(task.options, resume=resume), task.step.trainer)
+    train(dataclasses.replace(task.options, resume=resume), task.step.trainer, epoch_listener=epoch_listener)
     if not validation_is_current(fold_dir, FINAL, True):
         raise HiennuError(f"{label}: training ended without a validation with probabilities in {fold_dir / 'validation'}"
                           f"; see {fold_dir / 'training_log.txt'}, then run the command again")
@@ -659,9 +695,15 @@ def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
 
     t = time.perf_counter()
     progress = RecipeProgress(tasks)
-    for task in tasks:
+    for task in training_order(tasks):
         fold_started = time.perf_counter()
-        steps, how = run_fold(task)
+
+        def first_epoch(epoch: int, epoch_seconds: float, task: FoldTask = task) -> None:
+            line = progress.first_epoch(task, epoch_seconds)
+            if line:
+                log.info("%s", line)
+
+        steps, how = run_fold(task, first_epoch)
         log.info("%s", progress.done(task, time.perf_counter() - fold_started, steps, how))
     seconds["training"] = time.perf_counter() - t
 

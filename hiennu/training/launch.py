@@ -9,6 +9,7 @@ processes on CPU) that each rebuild the trainer from its name.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from hiennu.errors import HiennuError
 from hiennu.log import configure, is_verbose
@@ -22,14 +23,19 @@ from hiennu.training.options import TrainingOptions
 from hiennu.training.trainers import get_trainer_class
 
 
-def train(options: TrainingOptions, trainer: str, trainer_module: str | None = None) -> Path:
-    """Train one fold with the named trainer; returns the fold's output folder."""
+def train(options: TrainingOptions, trainer: str, trainer_module: str | None = None,
+          epoch_listener: Callable[[int, float], None] | None = None) -> Path:
+    """Train one fold with the named trainer; returns the fold's output folder. ``epoch_listener(epoch,
+    epoch_seconds)`` is called after each epoch when the fold trains in this process (one device; not with
+    ``--num-gpus`` > 1, whose ranks are other processes): :attr:`hiennu.training.trainer.Trainer.epoch_listener`."""
     cls = get_trainer_class(trainer, trainer_module)
     ctx = torchrun_context()
     if ctx is not None:
         return _train_rank(cls, options, ctx)
     if options.num_gpus == 1 or options.validation_only:  # --val: the main process validates alone
-        return cls(options).run()
+        instance = cls(options)
+        instance.epoch_listener = epoch_listener
+        return instance.run()
     device_type = (options.device or best_device_type()).lower().split(":")[0]
     if device_type == "mps":
         raise HiennuError("--num-gpus > 1 is not supported on MPS; use --device cuda or cpu")

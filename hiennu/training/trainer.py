@@ -114,7 +114,13 @@ def check_trainer_class(cls: type) -> None:
 
 
 class Trainer(abc.ABC):
-    """Trains one fold; subclasses choose the loss by overriding :meth:`build_loss`."""
+    """Trains one fold; subclasses choose the loss by overriding :meth:`build_loss`.
+
+    ``epoch_listener``, when set (by :func:`hiennu.training.launch.train`), is called on the main process after each
+    epoch's line is logged, as ``listener(epoch, epoch_seconds)`` (the epoch's wall time in seconds, its validation
+    included); the default model's ETA uses it."""
+
+    epoch_listener: Callable[[int, float], None] | None = None
 
     def __init__(self, options: TrainingOptions, dist_ctx: DistContext | None = None):
         check_trainer_class(type(self))
@@ -520,6 +526,8 @@ class Trainer(abc.ABC):
                  f", val loss {val_loss:.4f}, val Dice {val_dice:.4f} (EMA {ema:.4f})" if validation else "",
                  lr, self.progress.epoch_seconds[-1], steps.step_seconds, 100 * steps.data_wait_fraction,
                  "  new best" if improved else "")
+        if self.epoch_listener is not None and self.dist.is_main:
+            self.epoch_listener(epoch, self.progress.epoch_seconds[-1])
 
     # ----------------------------------------------------------------------- state and files
     def _save_epoch(self, epoch: int, improved: bool, finished: bool) -> None:
