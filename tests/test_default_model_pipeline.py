@@ -95,7 +95,7 @@ def test_the_recipe_is_the_measured_one():
 
 def _task(configuration: str, fold: int, steps: int, per_epoch: int = 25, batch: int = 2, patch=(8, 8, 8)):
     layout = types.SimpleNamespace(iterations_per_epoch=per_epoch, training=types.SimpleNamespace(batch_size=batch),
-                                   config=types.SimpleNamespace(patch_size_zyx=patch))
+                                   config=types.SimpleNamespace(input_size_zyx=patch))
     return types.SimpleNamespace(configuration=configuration, fold=fold, steps_to_run=steps, layout=layout)
 
 

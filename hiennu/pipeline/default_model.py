@@ -302,12 +302,11 @@ class RecipeProgress:
 
 def training_order(tasks: Sequence[FoldTask]) -> list[FoldTask]:
     """The folds in the order they are trained: fold by fold, and within a fold the configuration with the fewest
-    voxels per step (batch size x patch) first (recipe order on a tie), so that every configuration's first epoch,
-    and with it the whole ETA, comes early: on a 2-core CPU the ``2d`` fold 0 takes minutes, a ``3d_fullres`` fold
-    an hour. The order changes nothing that is trained: each fold is seeded and written on its own."""
-    def voxels(task: FoldTask) -> int:
-        config = task.layout.config
-        return int(task.layout.training.batch_size) * int(np.prod(config.patch_size_zyx))
+    voxels per step (batch size x patch or grid) first (recipe order on a tie), so that every configuration's first
+    epoch, and with it the whole ETA, comes early: on a 2-core CPU the ``2d`` fold 0 takes minutes, a ``3d_fullres``
+    fold an hour. The order changes nothing that is trained: each fold is seeded and written on its own."""
+    def voxels(task: FoldTask) -> int:  # input_size_zyx: the patch, or the whole grid of a whole-volume configuration
+        return int(task.layout.training.batch_size) * int(np.prod(task.layout.config.input_size_zyx))
 
     recipe = list(dict.fromkeys(t.configuration for t in tasks))
     return sorted(tasks, key=lambda t: (t.fold, voxels(t), recipe.index(t.configuration)))
