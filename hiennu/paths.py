@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -335,8 +336,6 @@ def recorded_trainer_module(model_dir: str | os.PathLike) -> str | None:
     ``trainer_module``), or None for hiennu's built-in trainers, for a folder with no readable record, and for a
     trainer defined in a script run as ``__main__`` (no module can name it). ``hiennu_train`` finds only built-in
     trainers without ``--trainer-module``, so a pasted line needs it for any other."""
-    import json
-
     for record in sorted(Path(model_dir).glob("fold_*/debug.json")):
         try:
             module = json.loads(record.read_text()).get("trainer_module")

@@ -42,9 +42,9 @@ again, export and install; ``rechoose`` (``--rechoose``) always does.
 One ETA covers the whole training (:class:`RecipeProgress`): the plan is logged first (configurations, folds,
 steps per fold, what is reused), then after the first epoch of each configuration and after every fold ``fold k
 of N done ..., X min elapsed, about Y min left``. Folds are trained fold by fold, the cheaper configuration first
-(:func:`training_order`). Bad input (unknown dataset, no raw dataset, a recipe fold trained otherwise, ``-o`` a folder) is one
-:class:`~hiennu.errors.HiennuError` line with the fix, raised before anything is written; every output of the
-steps is written atomically by the step itself.
+(:func:`training_order`). Bad input (unknown dataset, no raw dataset, a recipe fold trained otherwise, ``-o`` a
+folder) is one :class:`~hiennu.errors.HiennuError` line with the fix, raised before anything is written; every
+output of the steps is written atomically by the step itself.
 """
 
 from __future__ import annotations

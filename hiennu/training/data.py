@@ -24,8 +24,8 @@ Two paths:
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
 import signal
 import traceback
