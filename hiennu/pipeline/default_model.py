@@ -226,7 +226,7 @@ class RecipeProgress:
     one of its folds has finished, the wall time of its first epoch here over that epoch's steps
     (:meth:`first_epoch`, logged at once, so the first ETA comes minutes into the run, not after a fold). A
     configuration not timed yet is named instead of guessed: the time per step of a ``2d`` and a ``3d_fullres``
-    differ by up to 9x (0.6 s and 5.5 s on a 2-core box without AVX-512).
+    differ about 6x (0.6 s and 3.7 s, medians on a 2-core box without AVX-512, 2026-12-07).
     """
 
     def __init__(self, tasks: Sequence[FoldTask], clock: Callable[[], float] = time.perf_counter):
