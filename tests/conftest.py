@@ -24,6 +24,19 @@ def hiennu_roots(tmp_path, monkeypatch):
     return roots
 
 
+@pytest.fixture
+def ctrl_c_delivered():
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt during the test, as in a terminal, whatever the runner inherited: a
+    shell starts background jobs (``pytest &``, ``nohup``) with SIGINT ignored, and a test that sends itself SIGINT
+    then sees nothing. The handler in place before is restored."""
+    import signal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="session")
 def real_bonbid_dir() -> Path:
     """The 37 real BONBID dev cases in the official layout; skips the test when they are absent."""

@@ -875,7 +875,8 @@ def test_an_ensemble_folder_left_half_written_is_named_not_taken_for_no_ensemble
         resolve_model(folder.path)
 
 
-def test_a_signal_while_an_ensemble_is_committed_is_held_until_its_record_is_written(tmp_path, monkeypatch):
+def test_a_signal_while_an_ensemble_is_committed_is_held_until_its_record_is_written(tmp_path, monkeypatch,
+                                                                                   ctrl_c_delivered):
     """Ctrl-C landing between the renames that replace an ensemble's validation masks is delivered once the new
     masks and records are in place; no hidden copy of the old masks is left in the ensemble's folder."""
     import os

@@ -155,7 +155,7 @@ def test_folder_relation_compares_the_folders_on_disk(tmp_path):
     assert folder_relation(tmp_path / "other", tmp_path / "in") is None
 
 
-def test_interrupts_are_held_until_the_block_ends_and_ignored_ones_stay_ignored():
+def test_interrupts_are_held_until_the_block_ends_and_ignored_ones_stay_ignored(ctrl_c_delivered):
     """SIGTERM and Ctrl-C raised inside the block reach the handler in place only after the block, once (the first
     received); the handlers are restored; a signal that was ignored is not caught or delivered."""
     import os

@@ -344,7 +344,8 @@ def test_an_interrupted_overwrite_leaves_the_installed_model_as_it_was(tmp_path,
 
 
 @pytest.mark.parametrize("when", ["swap", "old copy"])
-def test_a_signal_during_the_swap_is_held_until_it_is_done(tmp_path, hiennu_roots, monkeypatch, when):
+def test_a_signal_during_the_swap_is_held_until_it_is_done(tmp_path, hiennu_roots, monkeypatch, when,
+                                                           ctrl_c_delivered):
     """A real Ctrl-C landing while the folders are renamed (or right after the swap, before the old copy is renamed
     for removal) is delivered once the renames are done: the new model is in place, no hidden copy of the old one
     is left beside it (it was never removed, since it cannot be told from an original whose swap failed), and the
