@@ -167,8 +167,9 @@ def _convert_case(case: BonbidCase, out: Path, label_mapping: dict[float, int] |
     zadc, zadc_geo = read_image(case.zadc, dtype=None)
     _same_grid(case, adc_geo, zadc_geo, case.zadc)
     for path, image in ((case.adc, adc), (case.zadc, zadc)):  # refused here, naming the release's file, not later
-        problem = nonfinite_problem(image) or (None if image is zadc or np.any(image) else "only zero voxels (no "
-                                                                                            "brain)")
+        problem = nonfinite_problem(image)
+        if problem is None and image is adc and not np.any(image):  # a ZADC map may be zero anywhere; an ADC map not
+            problem = "only zero voxels (no brain)"
         if problem:
             raise HiennuError(f"case {case.case_id}: {path} has {problem}; fix or re-export it, or drop this case")
     if case.label is not None:
