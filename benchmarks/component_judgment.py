@@ -205,13 +205,13 @@ def auc_intervals(comp: Components, select: np.ndarray, seed: int = 0, rounds: i
     return out
 
 
-def table(comp: Components, seed: int = 0) -> str:
-    """The AUC table of one model's held-out components (markdown)."""
+def table(comp: Components, seed: int = 0, rounds: int = BOOTSTRAP) -> str:
+    """The AUC table of one model's held-out components (markdown); ``rounds`` bootstrap resamples per interval."""
     median = float(np.median(comp.volume_mm3))
     small = comp.volume_mm3 < median
     every = np.ones(len(comp.lesion), bool)
-    results = [auc_intervals(comp, every, seed), auc_intervals(comp, small, seed),
-               auc_intervals(comp, every, seed, by_dice_weight=True)]
+    results = [auc_intervals(comp, every, seed, rounds), auc_intervals(comp, small, seed, rounds),
+               auc_intervals(comp, every, seed, rounds, by_dice_weight=True)]
     lines = [f"| score | AUC, all {every.sum()} components ({int(comp.lesion.sum())} lesion) [95 % CI] | "
              f"AUC, the {int(small.sum())} below {median:.0f} mm³ ({int(comp.lesion[small].sum())} lesion) "
              f"[95 % CI] | AUC, all, weighted by their share of the case's Dice [95 % CI] |", "|---|---|---|---|"]
@@ -252,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="model folders (TRAINER__PLANS__CONFIG) under the dataset's results folder, or paths")
     parser.add_argument("-f", "--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--seed", type=int, default=0, help="seed of the case bootstrap")
+    parser.add_argument("--rounds", type=int, default=BOOTSTRAP,
+                        help=f"bootstrap resamples per interval (default {BOOTSTRAP})")
     args = parser.parse_args(argv)
     try:
         dataset = resolve_dataset(args.dataset, [raw_root()])
@@ -262,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             comp = held_out_components(cases, fold_of)
             print(f"\n{name}: {len(cases)} cases, folds {sorted(set(fold_of.values()))}, the rule's "
                   f"components after each fold's ADC cap, scored by filters fitted on the other folds\n")
-            print(table(comp, args.seed))
+            print(table(comp, args.seed, args.rounds))
             print("\n".join(lesion_free_lines(comp, cases)))
     except HiennuError as error:
         parser.exit(1, f"component_judgment.py: {error}\n")

@@ -88,13 +88,13 @@ def test_intervals_of_a_perfect_judge_and_the_paired_gain(bench):
     cases, fold_of = _four_cases()
     comp = bench.held_out_components(cases, fold_of)
     every = np.ones(len(comp.lesion), bool)
-    result = bench.auc_intervals(comp, every, seed=1, rounds=200)
+    result = bench.auc_intervals(comp, every, seed=1, rounds=40)
     assert result["mean_probability"] == pytest.approx((1.0, 1.0, 1.0))    # every lesion's p above every speck's
     assert result["outside_shell"][0] == pytest.approx(0.0)   # the lesions' shells lie more outside: ranked wrong
     gain = result[bench.GAIN]
     assert gain[0] == pytest.approx(result[bench.JUDGED][0] - result[bench.HAND][0])
     assert gain[1] <= gain[0] <= gain[2] or np.isclose(gain[1], gain[2])
-    text = bench.table(comp, seed=1)
+    text = bench.table(comp, seed=1, rounds=40)
     assert "| mean_probability | 1.000 [1.000, 1.000] |" in text and "all 8 components (4 lesion)" in text
 
 
@@ -112,14 +112,14 @@ def test_the_command_on_a_tiny_model_and_a_case_without_probabilities(hiennu_roo
     from hiennu.paths import ModelFolder
 
     _, model_dir = tiny_model_with_validation_probabilities(hiennu_roots)
-    assert bench.main(["-d", "Tiny", "-m", model_dir.name, "-f", "0", "1"]) == 0
+    assert bench.main(["-d", "Tiny", "-m", model_dir.name, "-f", "0", "1", "--rounds", "40"]) == 0
     out = capsys.readouterr().out
     assert f"{model_dir.name}: 6 cases, folds [0, 1]" in out
     assert "| filter, + network's mean probability |" in out and "(no lesion)" in out
     missing = ModelFolder(model_dir).validation_probabilities(1, "case04")
     missing.unlink()
     with pytest.raises(SystemExit):
-        bench.main(["-d", "Tiny", "-m", model_dir.name, "-f", "0", "1"])
+        bench.main(["-d", "Tiny", "-m", model_dir.name, "-f", "0", "1", "--rounds", "40"])
     err = capsys.readouterr().err
     assert "fold 1, case case04" in err and "no probabilities" in err
 
