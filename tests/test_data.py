@@ -293,3 +293,41 @@ time.sleep(120)
     finally:
         expect_workers_end_with(main, workers)
     assert len(workers) >= 2
+
+
+@pytest.mark.parametrize("killed", ["one worker", "every worker"])
+def test_a_worker_killed_while_handing_over_a_batch_ends_the_epoch_with_the_error(dataset, tmp_path, killed):
+    """A worker killed mid hand-over (the OOM killer; ``pkill -TERM -f`` reaching the workers too) left part of a batch
+    in its queue's pipe, and the training waited for the rest for ever: a 3d_fullres training hung so. It now ends
+    the epoch with the worker's death named, the other workers stopped."""
+    import subprocess
+    import sys
+
+    case_dir, ids = dataset
+    (tmp_path / "main.py").write_text(f"""
+import os, pathlib, signal, sys, time, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_data import make_config
+from hiennu.errors import HiennuError
+from hiennu.training.data import TrainingBatches
+# 48 samples a batch: about 880 kB pickled, far over a pipe's 64 kB, so a worker's hand-over waits mid-batch
+batches = TrainingBatches(pathlib.Path({str(case_dir)!r}), {ids!r}, make_config(), 48, 0, 2, torch.device("cpu"))
+epoch = batches.epoch(0, 100)
+next(epoch)
+time.sleep(3)  # every queue fills; each worker waits with part of a batch in its pipe
+workers = list(batches._augmenter._processes)
+for p in workers[:1] if {killed!r} == "one worker" else workers:
+    os.kill(p.pid, signal.SIGKILL)
+try:
+    for _ in epoch:
+        pass
+except HiennuError as e:
+    print("ERROR", e, flush=True)
+print("others alive:", sum(p.is_alive() for p in workers), flush=True)
+""")
+    try:
+        done = subprocess.run([sys.executable, str(tmp_path / "main.py")], capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the epoch hung after {killed} was killed mid hand-over")
+    assert "ERROR a data worker process died during epoch 0 (exit by SIGKILL" in done.stdout, done.stdout + done.stderr
+    assert "others alive: 0" in done.stdout

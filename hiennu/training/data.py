@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -272,6 +273,7 @@ class TrainingBatches:
                                   lesion_locations if patch else None, target_of)
         self._gpu_augmenter = GPUAugmenter(config.augmentation) if self.on_device else None
         self._augmenter: MultiThreadedAugmenter | None = None
+        self._watch: _WorkerWatch | None = None
 
     def _check_cases(self) -> tuple[list[int], dict[int, np.ndarray]]:
         """Open every case once (memory-mapped); return the indices of cases with a lesion and, for a
@@ -342,17 +344,25 @@ class TrainingBatches:
                                                  seeds=worker_seeds, pin_memory=False)
         logging.getLogger().addFilter(_INTERRUPT_LOG_FILTER)  # once: addFilter skips a filter already there
         self._augmenter._start()
+        for queue in self._augmenter._queues:  # this process never puts: see _WorkerWatch
+            queue._writer.close()
         processes = list(self._augmenter._processes)  # the augmenter forgets them when it aborts
+        self._watch = _WorkerWatch(processes, self._augmenter.abort_event)
+        self._watch.start()
         for _ in range(iterations):
             try:
                 item = next(self._augmenter)
             except (RuntimeError, StopIteration) as e:
+                watch = self._watch
                 self.close()
-                raise HiennuError(_death_message(epoch, processes, e)) from None
+                raise HiennuError(_death_message(epoch, processes, e, watch.first_dead)) from None
             yield item
 
     def close(self) -> None:
         """Stop the background workers (safe to call more than once)."""
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._augmenter is not None:
             self._augmenter._finish()
             self._augmenter = None
@@ -382,10 +392,46 @@ def _derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % (2**31 - 1))
 
 
-def _death_message(epoch: int, processes: list, error: BaseException) -> str:
+class _WorkerWatch(threading.Thread):
+    """Ends an epoch whose augmentation worker died instead of letting it wait for ever.
+
+    Why: batchgenerators reads a batch from a worker's queue whole, and notices a dead worker only between reads. A
+    worker killed while handing a batch over (the OOM killer; ``pkill -TERM -f`` reaching the workers too) leaves part
+    of a pickled batch in its queue's pipe, and the read waits for the rest as long as any process holds the pipe's
+    write end: the training itself, and every worker forked after that queue was made, which cannot exit either while
+    its own hand-over waits on a pipe nobody reads any more. A ``3d_fullres`` training stopped so hung (2026-12-07). So
+    the training closes its own copies of the write ends once the workers run (it never puts), and this thread, when
+    a worker has exited with a non-zero code, notes the codes (:attr:`first_dead`), kills the other workers and sets
+    batchgenerators' abort event: no write end is left open, a read of a partial batch ends at once (EOFError, which
+    batchgenerators' shutdown catches) and the epoch raises the error that names the death."""
+
+    def __init__(self, processes: list, abort_event: Any, interval: float = 0.2):
+        super().__init__(name="hiennu-worker-watch", daemon=True)
+        self.processes, self.abort_event, self.interval = processes, abort_event, interval
+        self.stopped = threading.Event()
+        self.first_dead: list[int] = []  # exit codes of the workers found dead, before the others were killed
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            dead = [p.exitcode for p in self.processes if p.exitcode not in (None, 0)]
+            if dead:
+                self.first_dead = dead
+                for p in self.processes:
+                    if p.exitcode is None:
+                        p.kill()
+                self.abort_event.set()
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self is not threading.current_thread():
+            self.join(timeout=5.0)
+
+
+def _death_message(epoch: int, processes: list, error: BaseException, first_dead: list[int] | None = None) -> str:
     for p in processes:
         p.join(timeout=1.0)
-    dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+    dead = first_dead or [p.exitcode for p in processes if p.exitcode not in (None, 0)]
     cause = ", ".join(_exit_reason(c) for c in dead) if dead else str(error)
     return (f"a data worker process died during epoch {epoch} ({cause}); if it was killed, the machine "
             f"likely ran out of memory: lower --num-workers or the batch size")
