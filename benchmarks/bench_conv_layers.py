@@ -14,8 +14,8 @@ batch and patch (the values do not change a convolution's cost).
 What it measures, in one process, the two layouts interleaved (contiguous, channels_last_3d, contiguous, ...) so
 a load that comes and goes hits both alike; medians over ``--rounds``:
 
-1. **The whole step**: forward, ``mean()`` of the logits, backward, AdamW, of the planned network (``bare`` as in
-   ``bench_cpu_step.py``), the network and its input in each layout.
+1. **The whole step**: forward, ``mean()`` of the logits, backward, AdamW, of the planned network
+   (``bench_cpu_step.make_bare``), the network and its input in each layout.
 2. **Each distinct convolution** of that step (found by hooks on one forward pass; its input shape, weight shape
    and stride; transposed convolutions included): the forward, the input's gradient alone, the weights'
    gradient alone and both together (``torch.ops.aten.convolution_backward`` with the output mask PyTorch's
@@ -39,9 +39,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from bench_cpu_step import make_bare, planned_configuration  # benchmarks/ is on sys.path: this runs as a script
 from hiennu.errors import HiennuError
 from hiennu.networks.unet import build_network
-from hiennu.plans import Configuration, load_plans
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last_3d": torch.channels_last_3d}
 
@@ -62,15 +62,6 @@ class ConvCall:
         out_ch, in_ch = (self.weight_shape[1], self.weight_shape[0]) if self.transposed else self.weight_shape[:2]
         kernel = "x".join(str(k) for k in self.weight_shape[2:])
         return f"{kind}{in_ch}->{out_ch} {kernel} stride {self.stride[0]} on {'x'.join(map(str, self.input_shape[2:]))}"
-
-
-def planned_configuration(args: argparse.Namespace) -> Configuration:
-    """The configuration of ``--plans``, else of the dataset's preprocessed plans file."""
-    if args.plans:
-        return load_plans(args.plans).configuration(args.config)
-    from hiennu.paths import plans_file_name, preprocessed_root, resolve_dataset
-    dataset = resolve_dataset(args.dataset)
-    return load_plans(preprocessed_root() / dataset / plans_file_name(args.plans_name)).configuration(args.config)
 
 
 def conv_calls(network: nn.Module, x: torch.Tensor) -> dict[ConvCall, int]:
@@ -125,17 +116,6 @@ def seconds(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def bare_step(network: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """Forward, ``mean()``, backward, AdamW: the step without data, loss or clipping (``bench_cpu_step.py``'s bare)."""
-    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        network(x).mean().backward()
-        optimizer.step()
-    return step
-
-
 def operator_table(step: Callable[[], None], top: int = 10) -> list[tuple[str, float, int]]:
     """(aten operator, self CPU seconds per step, calls per step) of one profiled step, the ``top`` largest."""
     from torch.profiler import ProfilerActivity, profile
@@ -156,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write every raw timing here")
     args = ap.parse_args(argv)
     try:
-        config = planned_configuration(args)
+        config = planned_configuration(args.plans, args.dataset, args.plans_name, args.config)
     except HiennuError as error:
         ap.exit(1, f"bench_conv_layers.py: {error}\n")
     if config.network.spatial_dims != 3:
@@ -166,11 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     batch, patch = config.training.batch_size, tuple(config.input_size_zyx)
     torch.manual_seed(0)
-    networks = {name: build_network(config.network).to(memory_format=fmt).train() for name, fmt in LAYOUTS.items()}
+    network = build_network(config.network).train()
     x = torch.randn(batch, config.network.in_channels, *patch)
-    inputs = {name: x.to(memory_format=fmt) for name, fmt in LAYOUTS.items()}
-    steps = {name: bare_step(networks[name], inputs[name]) for name in LAYOUTS}
-    calls = conv_calls(networks["contiguous"], x)
+    steps = {name: make_bare(network, x, bf16=False, lr=1e-3, layout=name)[0] for name in LAYOUTS}
+    calls = conv_calls(network, x)
     timers = {(call, name): conv_timers(call, fmt) for call in calls for name, fmt in LAYOUTS.items()}
     print(f"{config.name}: batch {batch} x {'x'.join(map(str, patch))}, widths {config.network.features_per_stage}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M %Z')}",

@@ -175,6 +175,15 @@ def planned_block(tr, batches: TrainingBatches, steps: int, epoch: int, threads:
     return {"records": records, "threads": threads}
 
 
+def planned_configuration(plans: str | None, dataset: str, plans_name: str, config: str) -> Configuration:
+    """Configuration ``config`` of the plans JSON ``plans``, else of the dataset's preprocessed plans file
+    (``hiennu_preprocessed/DatasetNNN_Name/<plans_name>.json``)."""
+    if plans:
+        return load_plans(plans).configuration(config)
+    from hiennu.paths import plans_file_name, preprocessed_root, resolve_dataset
+    return load_plans(preprocessed_root() / resolve_dataset(dataset) / plans_file_name(plans_name)).configuration(config)
+
+
 def make_bare(net: nn.Module, x: torch.Tensor, bf16: bool, lr: float, layout: str = "contiguous",
               compiled: bool = False) -> tuple[Callable[[], None], float]:
     """A bare step on a copy of ``net``: forward, mean of the logits, backward, AdamW. Returns the step and
@@ -321,16 +330,12 @@ def main() -> None:
         tr32 = build_trainer(args, False)
     except HiennuError as e:
         source = f"random arrays ({e})"
-        if args.plans:
-            config = load_plans(args.plans).configuration(args.config)
-        else:
-            try:
-                from hiennu.paths import preprocessed_root, resolve_dataset
-                from hiennu.paths import plans_file_name
-                plans_file = preprocessed_root() / resolve_dataset(args.dataset) / plans_file_name(args.plans_name)
-                config = load_plans(plans_file).configuration(args.config)
-            except Exception:
-                config = default_configuration()
+        try:
+            config = planned_configuration(args.plans, args.dataset, args.plans_name, args.config)
+        except Exception:
+            if args.plans:
+                raise
+            config = default_configuration()
         os.environ["hiennu_preprocessed"] = str(Path(tmp.name) / "pre")
         args.dataset = make_random_dataset(Path(tmp.name) / "pre", config)
         args.plans_name = PLANS_NAME

@@ -31,7 +31,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def load_benchmark(name: str):
     """The script ``benchmarks/NAME.py`` as a module (the benchmarks are scripts, not a package), registered in
-    ``sys.modules`` so that its dataclasses and pickling work."""
+    ``sys.modules`` so that its dataclasses and pickling work; ``benchmarks/`` joins ``sys.path`` as it does for
+    a script run from there, so that one benchmark can import another's parts."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
