@@ -30,6 +30,7 @@ import os
 import signal
 import threading
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -347,6 +348,7 @@ class TrainingBatches:
         for queue in self._augmenter._queues:  # this process never puts: see _WorkerWatch
             queue._writer.close()
         processes = list(self._augmenter._processes)  # the augmenter forgets them when it aborts
+        _quiet_dead_worker_reports(self._augmenter.pin_memory_thread, processes)
         self._watch = _WorkerWatch(processes, self._augmenter.abort_event)
         self._watch.start()
         for _ in range(iterations):
@@ -385,6 +387,36 @@ class _InterruptLogFilter(logging.Filter):
 
 
 _INTERRUPT_LOG_FILTER = _InterruptLogFilter()
+
+
+_RESULTS_THREADS: "weakref.WeakKeyDictionary[threading.Thread, list]" = weakref.WeakKeyDictionary()
+_previous_excepthook: Callable[[Any], None] = threading.excepthook
+
+
+def _quiet_dead_worker_reports(results_thread: threading.Thread, processes: list) -> None:
+    """Keeps what ``results_thread`` raises once one of ``processes`` has died out of the output.
+
+    Why: batchgenerators' results thread notices a dead worker too and raises in its own thread ("One or more
+    background workers are no longer alive", or the EOFError of a half-written batch when every worker is gone),
+    which Python prints as an "Exception in thread" traceback before the epoch's own error, the one that names the
+    death and its likely cause. So a ``threading.excepthook`` drops an exception of the results thread of one of
+    hiennu's augmenters (held weakly) when one of its workers has exited with a non-zero code; everything else goes
+    to the hook that was there before."""
+    global _previous_excepthook
+    if threading.excepthook is not _drop_dead_worker_report:
+        _previous_excepthook = threading.excepthook
+        threading.excepthook = _drop_dead_worker_report
+    _RESULTS_THREADS[results_thread] = processes
+
+
+def _drop_dead_worker_report(args: Any) -> None:
+    processes = _RESULTS_THREADS.get(args.thread) if args.thread is not None else None
+    try:
+        if processes and any(p.exitcode not in (None, 0) for p in processes):
+            return
+    except ValueError:  # a process object already closed: report as usual
+        pass
+    _previous_excepthook(args)
 
 
 def _derive_seed(*parts: int) -> int:
