@@ -328,21 +328,24 @@ except HiennuError as e:
 print("others alive:", sum(p.is_alive() for p in workers), flush=True)
 """)
     # the 48-sample batches take a while on a busy box, so the hang is timed from the kill on
-    main = subprocess.Popen([sys.executable, str(tmp_path / "main.py")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    err_file = tmp_path / "stderr.txt"  # a file, not a pipe: nothing the script writes there can block it
+    with open(err_file, "w") as err:
+        main = subprocess.Popen([sys.executable, str(tmp_path / "main.py")], stdout=subprocess.PIPE, stderr=err,
+                                text=True)
     setup_limit = threading.Timer(600, main.kill)  # a set-up that never ends fails the test instead of the suite
     setup_limit.start()
     try:
         first = main.stdout.readline()
         setup_limit.cancel()
-        assert first == "killed\n", "no kill after 600 s: " + first + main.stdout.read() + main.stderr.read()
+        assert first == "killed\n", "no kill after 600 s: " + first + main.stdout.read() + err_file.read_text()
         try:
-            rest, stderr = main.communicate(timeout=90)
+            rest, _ = main.communicate(timeout=90)
         except subprocess.TimeoutExpired:
             pytest.fail(f"the epoch hung after {killed} was killed mid hand-over")
     finally:
         main.kill()
         main.wait()
+    stderr = err_file.read_text()
     assert "ERROR a data worker process died during epoch 0 (exit by SIGKILL" in rest, rest + stderr
     assert "others alive: 0" in rest
     # batchgenerators' results thread notices the death too and raised past the error that names it
