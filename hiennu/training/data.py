@@ -412,7 +412,7 @@ def _quiet_dead_worker_reports(results_thread: threading.Thread, processes: list
 def _drop_dead_worker_report(args: Any) -> None:
     processes = _RESULTS_THREADS.get(args.thread) if args.thread is not None else None
     try:
-        if processes and any(p.exitcode not in (None, 0) for p in processes):
+        if processes and _failed_exit_codes(processes):
             return
     except ValueError:  # a process object already closed: report as usual
         pass
@@ -445,7 +445,7 @@ class _WorkerWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
-            dead = [p.exitcode for p in self.processes if p.exitcode not in (None, 0)]
+            dead = _failed_exit_codes(self.processes)
             if dead:
                 self.first_dead = dead
                 for p in self.processes:
@@ -460,10 +460,15 @@ class _WorkerWatch(threading.Thread):
             self.join(timeout=5.0)
 
 
+def _failed_exit_codes(processes: list) -> list[int]:
+    """Exit codes of the ``processes`` that ended with a non-zero code or a signal (negative); running or clean: none."""
+    return [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+
+
 def _death_message(epoch: int, processes: list, error: BaseException, first_dead: list[int] | None = None) -> str:
     for p in processes:
         p.join(timeout=1.0)
-    dead = first_dead or [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+    dead = first_dead or _failed_exit_codes(processes)
     cause = ", ".join(_exit_reason(c) for c in dead) if dead else str(error)
     return (f"a data worker process died during epoch {epoch} ({cause}); if it was killed, the machine "
             f"likely ran out of memory: lower --num-workers or the batch size")
