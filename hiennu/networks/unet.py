@@ -70,14 +70,32 @@ class Conv3d(nn.Conv3d):
     failure (any axis thinner than the kernel) because such inputs only occur at the bottleneck of a small grid
     (16 slices pooled three times), where float32 costs next to nothing. Forward, CUDA and float32 runs are
     unchanged (the input is only cast under CPU autocast).
+
+    Without autograd (validation, prediction), in float32 on a CPU, it calls oneDNN's convolution
+    (``aten.mkldnn_convolution``) itself. Why: for a batch of one, torch's dispatcher sends a 3D convolution to
+    its slow reference kernel (``slow_conv3d``) whenever batch x channels x depth x height is at most 20480,
+    which is every convolution below the second stage of a planned ``3d_fullres`` window (1 x 64 x 12 x 22, say)
+    and every one of a small volume: oneDNN computes the same sums 1.1-8x faster there (measured on a 2-core
+    AVX2 EPYC, torch 2.13; ``benchmarks/bench_inference_convolutions.py``). Training (autograd on), other
+    dtypes, CUDA and ``padding="same"`` keep torch's own dispatch.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and _cpu_autocast_enabled()
-                and any(size < k for size, k in zip(x.shape[2:], self.kernel_size))):
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float())
+        if x.device.type == "cpu" and _cpu_autocast_enabled():
+            if any(size < k for size, k in zip(x.shape[2:], self.kernel_size)):
+                with torch.autocast("cpu", enabled=False):
+                    return super().forward(x.float())
+        elif _onednn_applies(self, x):
+            return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, list(self.padding), list(self.stride),
+                                                     list(self.dilation), self.groups)
         return super().forward(x)
+
+
+def _onednn_applies(conv: nn.Conv3d, x: torch.Tensor) -> bool:
+    """Whether a float32 CPU convolution without autograd goes straight to oneDNN (see :class:`Conv3d`)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
+            and not torch.is_grad_enabled() and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
 _LAYERS = {3: (Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, nn.Dropout3d, nn.BatchNorm3d, nn.InstanceNorm3d),
