@@ -62,8 +62,12 @@ def test_the_benchmark_on_a_tiny_model(tmp_path, capsys):
     model = make_model_dir(tmp_path / "results", folds=(0,), size_xyz=(16, 16, 8))
     raw = make_varied_raw_dataset(tmp_path / "raw", num_cases=2)
     out = tmp_path / "bench.json"
-    assert bench.main(["-m", str(model), "-i", str(raw / "imagesTr"), "--cases", "2", "--rounds", "2",
-                       "--repeats", "1", "--json", str(out)]) == 0
+    threads = torch.get_num_threads()
+    try:  # the script sets the process's torch threads, which later tests' float sums depend on
+        assert bench.main(["-m", str(model), "-i", str(raw / "imagesTr"), "--cases", "2", "--rounds", "2",
+                           "--repeats", "1", "--threads", "1", "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     result = json.loads(out.read_text())
     # tiny_plans: two stages of two convolutions down, one stage up, the head
     assert len(result["convolutions"]) == 2 * 3 + 2 * 2 + 1
