@@ -216,7 +216,8 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     again, text = _run(lines, rule_candidate=False)
     assert "plans and preprocessed cases reused" in text
     assert "5 reused, 0 to re-validate with --npz, 0 to continue, 0 to train" in text
-    assert "fold 5 of 5 done (3d_fullres fold 4: reused)" in text and "training (--npz)" not in text
+    assert "folds 0, 1, 2, 3, 4 reused" in text and "training (--npz)" not in text
+    assert " done (" not in text  # the plan's line names the reused folds; no line a fold
     assert _mtimes(results, "3d_fullres") == before
     assert again.reused == ["choice", "export", "install"] and again.best is None
     assert again.information == result.information and again.installed == result.installed

@@ -40,8 +40,9 @@ continued or re-validated, a file touched, ``inference_information.json`` rewrit
 again, export and install; ``rechoose`` (``--rechoose``) always does.
 
 One ETA covers the whole training (:class:`RecipeProgress`): the plan is logged first (configurations, folds,
-steps per fold, what is reused), then after the first epoch of each configuration and after every fold ``fold k
-of N done ..., X min elapsed, about Y min left``. Folds are trained fold by fold, the cheaper configuration first
+steps per fold, what is reused), then after the first epoch of each configuration and after every fold trained,
+continued or re-validated ``fold k of N done ..., X min elapsed, about Y min left`` (reused folds count in k but get
+no line of their own). Folds are trained fold by fold, the cheaper configuration first
 (:func:`training_order`). Bad input (unknown dataset, no raw dataset, a recipe fold trained otherwise, ``-o`` a
 folder) is one :class:`~hiennu.errors.HiennuError` line with the fix, raised before anything is written; every
 output of the steps is written atomically by the step itself.
@@ -703,7 +704,9 @@ def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
                 log.info("%s", line)
 
         steps, how = run_fold(task, first_epoch)
-        log.info("%s", progress.done(task, time.perf_counter() - fold_started, steps, how))
+        line = progress.done(task, time.perf_counter() - fold_started, steps, how)
+        if how != "reused":  # the plan's lines already name the reused folds
+            log.info("%s", line)
     seconds["training"] = time.perf_counter() - t
 
     t = time.perf_counter()
