@@ -37,6 +37,27 @@ def test_inference_goes_to_onednn_with_the_same_result():
         assert torch.allclose(conv(x), expected, atol=1e-5)
 
 
+LAYERS = {"3x3x3": dict(kernel_size=3, padding=1), "stride 2": dict(kernel_size=3, stride=2),
+          "dilation 2": dict(kernel_size=3, padding=2, dilation=2), "2 groups": dict(kernel_size=3, padding=1, groups=2),
+          "1x3x3": dict(kernel_size=(1, 3, 3), padding=(0, 1, 1)), "1x1x1": dict(kernel_size=1)}
+INPUTS = {"contiguous": lambda: torch.randn(1, 4, 5, 9, 7),
+          "a strided view": lambda: torch.randn(1, 4, 7, 9, 5).transpose(2, 4),
+          "channels last": lambda: torch.randn(1, 4, 5, 9, 7).contiguous(memory_format=torch.channels_last_3d),
+          "a batch of 3": lambda: torch.randn(3, 4, 5, 9, 7), "an empty batch": lambda: torch.randn(0, 4, 5, 9, 7)}
+
+
+@needs_onednn
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("given", INPUTS)
+def test_every_layer_and_input_layout_gives_torchs_values(layer, given):
+    torch.manual_seed(1)
+    conv, x = Conv3d(4, 6, **LAYERS[layer]), INPUTS[given]()
+    expected = F.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    with torch.inference_mode():
+        got = conv(x)
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+
+
 @needs_onednn
 def test_training_inputs_and_other_layers_keep_torchs_dispatch(monkeypatch):
     conv = Conv3d(4, 4, 3, padding=1)
