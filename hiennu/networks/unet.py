@@ -69,14 +69,15 @@ class Conv3d(nn.Conv3d):
     1x1x1 and transposed convolutions and pooling were measured correct; the guard is a little wider than the
     failure (any axis thinner than the kernel) because such inputs only occur at the bottleneck of a small grid
     (16 slices pooled three times), where float32 costs next to nothing. Forward, CUDA and float32 runs are
-    unchanged (the input is only cast under CPU autocast).
+    unchanged by this guard (the input is only cast under CPU autocast).
 
     Without autograd (validation, prediction), in float32 on a CPU, it calls oneDNN's convolution
     (``aten.mkldnn_convolution``) itself. Why: for a batch of one, torch's dispatcher sends a 3D convolution to
-    its slow reference kernel (``slow_conv3d``) whenever batch x channels x depth x height is at most 20480,
-    which is every convolution below the second stage of a planned ``3d_fullres`` window (1 x 64 x 12 x 22, say)
-    and every one of a small volume: oneDNN computes the same sums 1.1-8x faster there (measured on a 2-core
-    AVX2 EPYC, torch 2.13; ``benchmarks/bench_inference_convolutions.py``). Training (autograd on), other
+    its slow reference kernel (``slow_conv3d``) whenever batch x channels x depth x height is at most 20480: seven
+    of the fifteen convolutions of a planned ``3d_fullres`` window (the first, with 2 input channels, and most of
+    the deeper stages, 1 x 64 x 12 x 22 say) and every one of a small volume. oneDNN computes the same sums 2-12x
+    faster there, the window's whole forward 1.4x (a 2-core AVX2 EPYC, torch 2.13;
+    ``benchmarks/bench_inference_convolutions.py``). Training (autograd on), other
     dtypes, CUDA and ``padding="same"`` keep torch's own dispatch.
     """
 
