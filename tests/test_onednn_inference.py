@@ -59,6 +59,30 @@ def test_every_layer_and_input_layout_gives_torchs_values(layer, given):
 
 
 @needs_onednn
+def test_an_input_onednn_refuses_goes_to_torchs_dispatch(monkeypatch):
+    conv, x = Conv3d(4, 6, 3, padding=1), torch.randn(1, 4, 5, 9, 7)
+    expected = F.conv3d(x, conv.weight, conv.bias, padding=1)
+
+    calls = []
+
+    def refuses(*args):
+        calls.append(args)
+        raise RuntimeError("mkldnn_convolution: not supported here")
+
+    monkeypatch.setattr(torch.ops.aten, "mkldnn_convolution", refuses)
+    with torch.inference_mode():
+        assert torch.allclose(conv(x), expected, atol=1e-5)
+    assert len(calls) == 1
+
+
+def test_a_cpu_other_than_x86_64_keeps_torchs_dispatch(monkeypatch):
+    import hiennu.networks.unet as unet
+    monkeypatch.setattr(unet, "_X86_64", False)
+    with torch.inference_mode():
+        assert not _onednn_applies(Conv3d(4, 4, 3, padding=1), torch.randn(1, 4, 4, 6, 6))
+
+
+@needs_onednn
 def test_training_inputs_and_other_layers_keep_torchs_dispatch(monkeypatch):
     conv = Conv3d(4, 4, 3, padding=1)
     x = torch.randn(1, 4, 4, 6, 6)

@@ -42,6 +42,7 @@ and a Dice loss can still move them.
 from __future__ import annotations
 
 import math
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +79,8 @@ class Conv3d(nn.Conv3d):
     the deeper stages, 1 x 64 x 12 x 22 say) and every one of a small volume. oneDNN computes the same sums 2-12x
     faster there, the window's whole forward 1.4x (a 2-core AVX2 EPYC, torch 2.13;
     ``benchmarks/bench_inference_convolutions.py``). Training (autograd on), other
-    dtypes, CUDA and ``padding="same"`` keep torch's own dispatch.
+    dtypes, CUDA, ``padding="same"`` and CPUs other than x86-64 keep torch's own dispatch, and so does an input
+    oneDNN refuses.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,14 +89,21 @@ class Conv3d(nn.Conv3d):
                 with torch.autocast("cpu", enabled=False):
                     return super().forward(x.float())
         elif _onednn_applies(self, x):
-            return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, list(self.padding), list(self.stride),
-                                                     list(self.dilation), self.groups)
+            try:
+                return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, list(self.padding),
+                                                         list(self.stride), list(self.dilation), self.groups)
+            except RuntimeError:  # a oneDNN build that refuses this input: torch's own dispatch decides
+                pass
         return super().forward(x)
 
 
+_X86_64 = platform.machine().lower() in {"x86_64", "amd64"}
+
+
 def _onednn_applies(conv: nn.Conv3d, x: torch.Tensor) -> bool:
-    """Whether a float32 CPU convolution without autograd goes straight to oneDNN (see :class:`Conv3d`)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
+    """Whether a float32 CPU convolution without autograd goes straight to oneDNN (see :class:`Conv3d`); on x86-64
+    only, where it was measured (on an ARM CPU torch's build and its choice of kernel differ)."""
+    return (_X86_64 and x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
             and not torch.is_grad_enabled() and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
