@@ -10,10 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import hiennu.networks.unet as unet
 from hiennu.networks.unet import Conv3d, _onednn_applies
 from helpers import load_benchmark, make_model_dir, make_varied_raw_dataset
 
-needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+needs_onednn = pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and unet._X86_64),
+                                  reason="the route is for x86-64 CPUs with torch built with oneDNN")
 
 
 def kernels(fn) -> set[str]:
@@ -76,7 +78,6 @@ def test_an_input_onednn_refuses_goes_to_torchs_dispatch(monkeypatch):
 
 
 def test_a_cpu_other_than_x86_64_keeps_torchs_dispatch(monkeypatch):
-    import hiennu.networks.unet as unet
     monkeypatch.setattr(unet, "_X86_64", False)
     with torch.inference_mode():
         assert not _onednn_applies(Conv3d(4, 4, 3, padding=1), torch.randn(1, 4, 4, 6, 6))
@@ -114,11 +115,12 @@ def test_the_benchmark_on_a_tiny_model(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     result = json.loads(out.read_text())
-    # tiny_plans: two stages of two convolutions down, one stage up, the head
+    # tiny_plans: three encoder stages of two convolutions, two decoder stages of two, the head
     assert len(result["convolutions"]) == 2 * 3 + 2 * 2 + 1
     assert all(row["torch_s"] > 0 and row["hiennu_s"] > 0 for row in result["convolutions"])
-    if torch.backends.mkldnn.is_available():
-        assert {row["torch_picks"] for row in result["convolutions"]} >= {"slow_conv3d_forward"}
+    # which kernel torch picks is torch's choice (slow_conv3d for these with torch 2.13), not asserted here
+    assert {row["torch_picks"] for row in result["convolutions"]} <= {"slow_conv3d_forward", "mkldnn_convolution",
+                                                                       "other"}
     assert result["network"]["max_abs_logit_difference"] < 1e-4
     prediction = result["prediction"]
     assert prediction["cases"] == ["case00", "case01"] and len(prediction["torch_s_per_case"]) == 2
