@@ -371,9 +371,13 @@ def test_the_results_threads_report_is_dropped_only_after_a_worker_died(monkeypa
     def report(thread):
         threading.excepthook(types.SimpleNamespace(exc_type=EOFError, exc_value=EOFError(), exc_traceback=None,
                                                    thread=thread))
+    monkeypatch.setattr(data, "DEATH_GRACE_SECONDS", 0.3)
     report(ours)
-    assert len(seen) == 1  # every worker alive: a real error of the thread, reported
-    worker.exitcode = -9
+    assert len(seen) == 1  # every worker alive through the grace: a real error of the thread, reported
+    # killed, but not reaped yet when the thread reads the end of its pipe: its exit code comes a little later
+    threading.Timer(0.1, lambda: setattr(worker, "exitcode", -9)).start()
+    report(ours)
+    assert len(seen) == 1 and worker.exitcode == -9
     report(ours)
     report(other)
     report(None)

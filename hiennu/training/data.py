@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import threading
+import time
 import traceback
 import weakref
 from pathlib import Path
@@ -400,8 +401,9 @@ def _quiet_dead_worker_reports(results_thread: threading.Thread, processes: list
     background workers are no longer alive", or the EOFError of a half-written batch when every worker is gone),
     which Python prints as an "Exception in thread" traceback before the epoch's own error, the one that names the
     death and its likely cause. So a ``threading.excepthook`` drops an exception of the results thread of one of
-    hiennu's augmenters (held weakly) when one of its workers has exited with a non-zero code; everything else goes
-    to the hook that was there before."""
+    hiennu's augmenters (held weakly) when one of its workers has exited with a non-zero code, or does within
+    :data:`DEATH_GRACE_SECONDS` (the thread can read the end of a killed worker's pipe before the worker is reaped: a
+    clean-clone CI run printed the traceback so, 2026-12-07); everything else goes to the hook that was there before."""
     global _previous_excepthook
     if threading.excepthook is not _drop_dead_worker_report:
         _previous_excepthook = threading.excepthook
@@ -409,14 +411,29 @@ def _quiet_dead_worker_reports(results_thread: threading.Thread, processes: list
     _RESULTS_THREADS[results_thread] = processes
 
 
+# how long the hook waits for a killed worker's exit code (seconds): the results thread reads the end of the worker's
+# pipe as the kernel closes it, which can come before the worker is reaped and has a code
+DEATH_GRACE_SECONDS = 2.0
+
+
 def _drop_dead_worker_report(args: Any) -> None:
     processes = _RESULTS_THREADS.get(args.thread) if args.thread is not None else None
     try:
-        if processes and _failed_exit_codes(processes):
+        if processes and _a_worker_died(processes, DEATH_GRACE_SECONDS):
             return
     except ValueError:  # a process object already closed: report as usual
         pass
     _previous_excepthook(args)
+
+
+def _a_worker_died(processes: list, within: float) -> bool:
+    """Whether one of ``processes`` exits with a non-zero code within ``within`` seconds (polled every 50 ms)."""
+    deadline = time.monotonic() + within
+    while not _failed_exit_codes(processes):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _derive_seed(*parts: int) -> int:
