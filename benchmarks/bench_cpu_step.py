@@ -351,7 +351,7 @@ def main() -> None:
     trainers = {b: (tr32 if not b else build_trainer(args, True)) for b in sorted(set(dtypes) | {plans_bf16})}
     load = os.getloadavg()
     header = {
-        "cpu": _cpu_model(), "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__, "threads": threads,
+        "cpu": cpu_model(), "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__, "threads": threads,
         "workers": workers, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg_at_start": load,
         "data": source, "dataset": args.dataset, "config": config.name, "trainer": args.trainer,
         "patch_zyx": list(patch), "batch": batch, "features": config.network.features_per_stage,
@@ -516,7 +516,8 @@ def main() -> None:
     tmp.cleanup()
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (lscpu), else what the platform module knows."""
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
             if line.startswith("Model name"):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,9 @@ import hiennu.networks.unet as unet
 from hiennu.inference.layouts import discover_input_cases
 from hiennu.inference.predictor import Predictor
 from hiennu.memory import keep_freed_memory
+
+from bench_cpu_bf16 import timed  # median seconds after a warm-up call
+from bench_cpu_step import cpu_model
 
 
 @contextlib.contextmanager
@@ -56,22 +58,9 @@ def cpu_header(threads: int) -> dict:
     flags = ""
     with contextlib.suppress(OSError):
         flags = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")),
-                 platform.processor())
     avx = sorted({w for w in flags.split() if w.startswith("avx")})
-    return {"cpu": model, "avx_flags": avx, "torch": torch.__version__, "threads": threads,
+    return {"cpu": cpu_model(), "avx_flags": avx, "torch": torch.__version__, "threads": threads,
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def convolution_inputs(net: nn.Module, window: torch.Tensor) -> list[tuple[str, unet.Conv3d, torch.Tensor]]:
@@ -132,8 +121,8 @@ def whole_network(net: nn.Module, window: torch.Tensor, repeats: int) -> dict:
             "max_abs_logit_difference": float((reference - same).abs().max())}
 
 
-def whole_prediction(model: Path, images: Path, cases: int, rounds: int, folds) -> dict:
-    found = sorted(c.case_id for c in discover_input_cases(images, Predictor.from_path(model, folds).channel_names))
+def whole_prediction(predictor: Predictor, images: Path, cases: int, rounds: int) -> dict:
+    found = sorted(c.case_id for c in discover_input_cases(images, predictor.channel_names))
     chosen = found[:cases]
     arms = {"torch": [], "hiennu": []}
     masks: dict[str, Path] = {}
@@ -141,12 +130,8 @@ def whole_prediction(model: Path, images: Path, cases: int, rounds: int, folds) 
         for r in range(rounds):
             for arm in (("torch", "hiennu") if r % 2 == 0 else ("hiennu", "torch")):
                 out = Path(tmp) / f"{arm}_{r}"
-                predictor = Predictor.from_path(model, folds, device="cpu")
                 start = time.perf_counter()
-                if arm == "torch":
-                    with torch_dispatch():
-                        predictor.predict_folder(images, out, case_ids=chosen)
-                else:
+                with torch_dispatch() if arm == "torch" else contextlib.nullcontext():
                     predictor.predict_folder(images, out, case_ids=chosen)
                 arms[arm].append((time.perf_counter() - start) / len(chosen))
                 masks.setdefault(arm, out)
@@ -191,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"network, one window: torch {n['torch_s']:.3f} s, hiennu {n['hiennu_s']:.3f} s, ratio {n['ratio']:.2f} "
           f"(largest logit difference {n['max_abs_logit_difference']:.1e})")
     if args.images:
-        result["prediction"] = p = whole_prediction(args.model, args.images, args.cases, args.rounds, args.folds)
+        result["prediction"] = p = whole_prediction(predictor, args.images, args.cases, args.rounds)
         print(f"predict_folder, {len(p['cases'])} cases x {p['rounds']} rounds: torch "
               f"{statistics.median(p['torch_s_per_case']):.2f} s a case, hiennu "
               f"{statistics.median(p['hiennu_s_per_case']):.2f} s a case, ratio {p['ratio']:.2f}; "
