@@ -25,7 +25,8 @@ from typing import Any, Sequence
 from hiennu.errors import HiennuError
 from hiennu.io.atomic import read_json_file, write_json
 from hiennu.masks import RULE_THRESHOLD
-from hiennu.paths import DEFAULT_PLANS_NAME, parse_dataset_folder_name
+from hiennu.paths import DEFAULT_PLANS_NAME, ModelFolder, parse_dataset_folder_name
+from hiennu.windows import case_window
 
 PLANS_NAME = DEFAULT_PLANS_NAME  # the default plans identifier (defined with the file names in hiennu.paths)
 DEFAULT_CONFIGURATION = "3d_fullres"
@@ -39,6 +40,7 @@ NORM_TYPES = ("batch", "instance")
 RULE_PRIOR_MODES = ("add", "veto")
 IMAGE_INTERPOLATIONS = ("linear", "nearest")
 PREDICTION_INTERPOLATIONS = ("linear", "nearest")
+INFERENCE_WINDOWS = ("patch", "case")
 LR_SCHEDULES = ("exponential", "poly")
 SPATIAL_DIMS = (2, 3)
 
@@ -250,6 +252,11 @@ class Configuration:
     (``nearest`` or ``sdf``: linear interpolation of the signed distance, threshold at 0).
     prediction_interpolation: how probability maps go back to the native grid before the 0.5
     threshold (``linear`` or ``nearest``).
+    inference_window: the sliding window of a patch configuration (validation and prediction):
+    ``patch`` (nnU-Net's: windows of the training patch, overlapping by half) or ``case`` (one window
+    over the whole brain-cropped case when that is cheaper than the patch windows and at most twice the
+    patch's voxels, else the patch windows; :func:`hiennu.windows.case_window`). Ignored by a whole-volume
+    configuration. Plans written before the field existed read as ``patch``.
     roundtrip_dice_mean / roundtrip_dice_worst: measured ceiling, label -> grid -> native Dice on the
     training cases (None until measured).
     """
@@ -268,6 +275,7 @@ class Configuration:
     image_interpolation: str = "linear"
     label_interpolation: str = "nearest"
     prediction_interpolation: str = "linear"
+    inference_window: str = "patch"
     min_component_voxels: int = 0
     roundtrip_dice_mean: float | None = None
     roundtrip_dice_worst: float | None = None
@@ -294,11 +302,14 @@ class Configuration:
 
     def inference_window_zyx(self, shape_zyx: Sequence[int]) -> tuple[int, int, int]:
         """The sliding window (z, y, x voxels) for a preprocessed case of ``shape_zyx``: the training
-        patch, except that a ``2d`` configuration takes every slice at once (its network runs slice by slice)."""
+        patch, except that a ``2d`` configuration takes every slice at once (its network runs slice by slice);
+        with ``inference_window`` ``case``, one window over the whole case instead when
+        :func:`hiennu.windows.case_window` finds it cheaper (in-plane only for a ``2d`` configuration)."""
         patch = self.input_size_zyx
-        if self.is_2d:
-            return (max(1, int(shape_zyx[0])), patch[1], patch[2])
-        return patch
+        window = (max(1, int(shape_zyx[0])), patch[1], patch[2]) if self.is_2d else patch
+        if self.inference_window != "case" or not self.is_patch_based:
+            return window
+        return case_window(shape_zyx, window, self.network.downsampling_factor_zyx)
 
     @property
     def target_size_zyx(self) -> tuple[int, int, int]:
@@ -350,6 +361,7 @@ ENUMERATED_FIELDS: dict[str, tuple[str, ...]] = {
     "image_interpolation": IMAGE_INTERPOLATIONS,
     "label_interpolation": ("nearest", "sdf"),
     "prediction_interpolation": PREDICTION_INTERPOLATIONS,
+    "inference_window": INFERENCE_WINDOWS,
     "optimizer": ("AdamW",),
     "early_stopping_metric": ("val_dice", "ema_val_dice"),
     "norm": NORM_TYPES,
@@ -571,10 +583,10 @@ def _dimensionality_problems(config: Configuration) -> list[str]:
 INFORMATIVE_FIELDS = ("notes", "roundtrip_dice_mean", "roundtrip_dice_worst", "grid_policy")
 # Fields that only shape training; a trained fold predicts the same whatever they say now.
 TRAINING_ONLY_FIELDS = ("training",)
-# Fields that only shape what happens after the network (how probabilities go back to the native grid,
-# post-processing): the trained weights do not depend on them, so editing them after training is a
-# deliberate change of prediction, not a mismatch.
-PREDICTION_ONLY_FIELDS = ("prediction_interpolation", "min_component_voxels")
+# Fields that only shape how the trained network is applied (its sliding window) and what happens after it (how
+# probabilities go back to the native grid, post-processing): the final weights do not depend on them, so editing
+# them after training is a deliberate change of prediction, not a mismatch.
+PREDICTION_ONLY_FIELDS = ("inference_window", "prediction_interpolation", "min_component_voxels")
 # What the predictor may find edited in a trained fold's plans without refusing the fold.
 PREDICTOR_IGNORED_FIELDS = INFORMATIVE_FIELDS + TRAINING_ONLY_FIELDS + PREDICTION_ONLY_FIELDS
 
@@ -737,6 +749,24 @@ def load_plans(path: str | os.PathLike) -> Plans:
                              f"{'' if path.name == 'plans.json' else ' -p ' + path.name[:-len('.json')]}",
                        "fix the edit or re-plan")
     return Plans.from_dict(d, source=str(path))
+
+
+def model_configuration(model_dir: str | os.PathLike) -> Configuration | None:
+    """The configuration a trained-model folder ``TRAINER__PLANS__CONFIG/`` predicts with: its ``plans.json``'s
+    CONFIG (the plans' default when the name has none); None for a folder without ``plans.json``."""
+    model = ModelFolder(Path(model_dir))
+    if not model.plans.is_file():
+        return None
+    parts = model.name
+    return load_plans(model.plans).configuration(parts.configuration if parts else None)
+
+
+def model_inference_window(model_dir: str | os.PathLike) -> str | None:
+    """The ``inference_window`` a model folder's patch configuration predicts with now; None for a whole-volume
+    configuration (it has no sliding window) or a folder without ``plans.json``. What a validation's masks are
+    compared with (:func:`hiennu.io.checkpoint.stale_validation_problem`)."""
+    config = model_configuration(model_dir)
+    return config.inference_window if config is not None and config.is_patch_based else None
 
 
 def save_plans(plans: Plans, path: str | os.PathLike) -> None:

@@ -12,7 +12,8 @@ import torch
 
 from hiennu.io.dataset_json import BONBID_CHANNELS as DEFAULT_CHANNELS
 from hiennu.geometry.cropping import crop_and_resample, resampled_size
-from hiennu.inference.sliding_window import sliding_window_predict, window_starts
+from hiennu.inference.sliding_window import sliding_window_predict
+from hiennu.windows import window_starts
 from hiennu.io.dataset_json import DatasetJson, save_dataset_json
 from hiennu.io.image import Geometry, write_image
 from hiennu.networks.unet import build_network

@@ -13,7 +13,8 @@ import torch
 from hiennu.geometry.cropping import (brain_bbox, crop_and_resample, crop_and_resample_label,
                                       restore_to_native)
 from hiennu.inference.predictor import Predictor
-from hiennu.inference.sliding_window import gaussian_weight, sliding_window_predict, window_starts
+from hiennu.inference.sliding_window import gaussian_weight, sliding_window_predict
+from hiennu.windows import window_starts
 from hiennu.io.image import Geometry, read_image, write_image
 from hiennu.networks.unet import build_network
 from hiennu.planning.spacing import plan_target_spacing

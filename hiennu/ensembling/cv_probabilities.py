@@ -24,7 +24,7 @@ from hiennu.io.probabilities import PROBABILITIES_KEY, read_probabilities
 from hiennu.log import get_logger
 from hiennu.paths import (CONTINUE, RETRAIN, TRAIN, VALIDATE, ModelFolder, plans_file_name, splits_file_name,
                           train_command)
-from hiennu.plans import PREDICTOR_IGNORED_FIELDS, configuration_differences, load_plans
+from hiennu.plans import PREDICTOR_IGNORED_FIELDS, configuration_differences, load_plans, model_inference_window
 from hiennu.postprocessing.commands import check_folds
 from hiennu.postprocessing.selection import plans_size_rule
 
@@ -164,7 +164,7 @@ def _validated_cases(model_dir: Path, fold: int, dataset: str) -> tuple[list[str
     if (not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and isinstance(r.get("case_id"), str)
                                                            for r in rows) or not isinstance(checkpoint, str)):
         raise HiennuError(f"{where}: {path} names no validated cases or checkpoint; re-validate it: {fix}")
-    stale = stale_validation_problem(model.fold_dir(fold), path)
+    stale = stale_validation_problem(model.fold_dir(fold), path, model_inference_window(model_dir))
     if stale:
         fix = train_command(model_dir, fold, VALIDATE, best=checkpoint == BEST, dataset=dataset)
         raise HiennuError(f"{where}: {stale}; re-validate it: {fix}")

@@ -6,6 +6,8 @@ evenly between); each window's prediction is weighted by a Gaussian centred on t
 (sigma 1/8 of the patch per axis, scaled to a maximum of 1, with a floor at the smallest non-zero
 weight so border voxels never get weight 0), and the weighted sum is divided by the summed weights.
 A volume smaller than the patch along an axis is zero-padded (centred) to the patch and cropped back.
+Where the windows go (:func:`hiennu.windows.window_starts`) and how large a case's window is
+(:meth:`hiennu.plans.Configuration.inference_window_zyx`) live on the ground floor, :mod:`hiennu.windows`.
 
 Written here rather than taken from MONAI (``sliding_window_inference``), which is not a dependency,
 or from nnU-Net, which ties it to its predictor; the whole scheme is about fifty lines of torch.
@@ -15,7 +17,6 @@ Arrays are ``(C, z, y, x)`` tensors; sizes are ``(z, y, x)`` voxels.
 from __future__ import annotations
 
 import itertools
-import math
 from functools import lru_cache
 from typing import Callable, Sequence
 
@@ -23,24 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-STEP_FRACTION = 0.5
+from hiennu.windows import STEP_FRACTION, window_starts
+
 SIGMA_FRACTION = 1.0 / 8
-
-
-def window_starts(size: int, patch: int, step_fraction: float = STEP_FRACTION) -> list[int]:
-    """Start indices along one axis of ``size`` voxels for windows of ``patch`` (``size >= patch``).
-
-    The number of windows is ``ceil((size - patch) / max(1, patch * step_fraction)) + 1`` (a step is
-    at least one voxel, so one-voxel windows are not visited twice); the starts run evenly from 0 to
-    ``size - patch`` (rounded), so the windows cover every voxel.
-    """
-    if size < patch:
-        raise ValueError(f"axis of {size} voxels is smaller than the patch ({patch}); pad it first")
-    steps = int(math.ceil((size - patch) / max(1.0, patch * step_fraction))) + 1
-    if steps == 1:
-        return [0]
-    stride = (size - patch) / (steps - 1)
-    return [int(round(stride * i)) for i in range(steps)]
 
 
 @lru_cache(maxsize=8)

@@ -105,15 +105,23 @@ def checkpoint_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def stale_validation_problem(fold_dir: str | os.PathLike, summary_path: str | os.PathLike) -> str | None:
-    """Why a fold's validation masks are not those of its checkpoint now, or None.
+def stale_validation_problem(fold_dir: str | os.PathLike, summary_path: str | os.PathLike,
+                             inference_window: str | None = None) -> str | None:
+    """Why a fold's validation masks are not those of its checkpoint and plans now, or None.
 
     The validation summary records the checkpoint's SHA-256 (``checkpoint_sha256``); a fold trained again after it
     was validated (``--no-final-validation``, or a retraining stopped before its validation) keeps the earlier
     masks beside new weights, which a choice by cross-validation would then score in their place. Summaries
-    written before the digest was recorded cannot tell, and pass.
+    written before the digest was recorded cannot tell, and pass. inference_window: the plans' sliding window
+    now (``plans.Configuration.inference_window``; None: not compared); the summary records the one its masks
+    were predicted with (``"inference_window"``, ``"patch"`` when it predates the field), and masks of another
+    window are not what the model predicts now.
     """
     summary = read_json(summary_path)
+    made_with = summary.get("inference_window", "patch") if isinstance(summary, dict) else None
+    if inference_window is not None and made_with != inference_window:
+        return (f"its validation masks were predicted with inference_window {made_with!r}, the plans now say "
+                f"{inference_window!r}")
     recorded = summary.get("checkpoint_sha256") if isinstance(summary, dict) else None
     if not isinstance(recorded, str):
         return None

@@ -55,6 +55,14 @@ PREDICTION_NOTE = ("probabilities back to the native grid by nearest neighbour: 
 # A patch epoch (iterations) and the schedule of the patch configuration, per device. The CPU schedule
 # is 200 steps (about 11 min a fold on 2 cores at ~2.3 s a step, validation included, so five folds take
 # about an hour); the GPU one is nnU-Net's 250-step epoch.
+# The sliding window of the patch configurations (plans.Configuration.inference_window): one window over a case that
+# overhangs the patch when that is cheaper (hiennu.windows.case_window); chosen on the 37 BONBID dev cases by 5-fold CV
+# (documentation/results.md, session 48).
+INFERENCE_WINDOW = "case"
+INFERENCE_WINDOW_NOTE = ("sliding window: one window over the whole brain box when the case overhangs the patch and that "
+                         "window costs fewer voxels than the patch windows (at most two patches; inference_window case, "
+                         "'patch' for nnU-Net's windows of the patch): on the 37 BONBID dev cases 56 windows became the "
+                         "voxels of 39 (documentation/results.md, session 48)")
 PATCH_SCHEDULE = {"cpu": {"iterations_per_epoch": 20, "max_epochs": 10, "patience": 10},
                   "gpu": {"iterations_per_epoch": 250, "max_epochs": 100, "patience": 15}}
 PATCH_MIRROR_AXES = [2]  # the array's x axis, left-right in BONBID's images (chosen from each dataset's directions)
@@ -263,12 +271,13 @@ def plan_patch_configuration(fp: DatasetFingerprint, norms: list[ChannelNormaliz
              *norm_reasons,
              "labels nearest neighbour to the target spacing; probabilities back to the native grid by nearest "
              "neighbour: on the 37 BONBID dev cases it matched linear with a trained model and beat it on the label "
-             "round trip (documentation/results.md)"]
+             "round trip (documentation/results.md)", INFERENCE_WINDOW_NOTE]
     return Configuration(
         name=DEFAULT_CONFIGURATION, target_size_xyz=None, grid_policy=grid_policy, normalization=norms,
         target_spacing_zyx=spacing, crop_to_brain=True, patch_size_zyx=patch.patch_size_zyx, planned_for=plan_for,
         network=network, training=training, augmentation=augmentation, image_interpolation=image_interpolation,
-        label_interpolation="nearest", prediction_interpolation="nearest", notes="; ".join(notes))
+        label_interpolation="nearest", prediction_interpolation="nearest", inference_window=INFERENCE_WINDOW,
+        notes="; ".join(notes))
 
 
 def left_right_axis(fp: DatasetFingerprint) -> tuple[list[int], str]:
@@ -330,7 +339,7 @@ def plan_2d_configuration(fp: DatasetFingerprint, fullres: Configuration, gpu_me
              f"terms sum over the batch's slices: a per-slice Dice rewards emptying every lesion-free slice); the rule "
              f"prior, precision, optimizer, interpolations and augmentation as {fullres.name}",
              "the 2D network runs slice by slice: prediction takes every slice of the brain box in one window, in-plane "
-             "windows as the patch says; mirroring along x only",
+             f"as {fullres.name} (inference_window {fullres.inference_window}); mirroring along x only",
              f"normalization as {fullres.name}: " + ", ".join(f"{n.channel_name} {n.scheme}"
                                                               for n in fullres.normalization)]
     return dataclasses.replace(

@@ -91,7 +91,8 @@ def check_folds(model_dir: Path, folds: Sequence[int], validation: bool = True) 
                 raise HiennuError(f"fold {fold}: trained with other plans than {model.plans} ({'; '.join(diffs)}); "
                                   f"retrain it: {train_command(model_dir, fold, RETRAIN)}, or leave it out with -f")
         if validation and model.validation_summary(fold).is_file():
-            stale = stale_validation_problem(model.fold_dir(fold), model.validation_summary(fold))
+            stale = stale_validation_problem(model.fold_dir(fold), model.validation_summary(fold),
+                                             config.inference_window if config.is_patch_based else None)
             if stale:
                 raise HiennuError(f"fold {fold}: {stale}; re-validate it: {_revalidate_command(model, fold)}, "
                                   f"or leave it out with -f")

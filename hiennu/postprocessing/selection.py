@@ -64,7 +64,7 @@ from hiennu.io.probabilities import mean_probabilities, read_probabilities
 from hiennu.log import get_logger, progress
 from hiennu.masks import brain_mask, dice
 from hiennu.paths import ModelFolder
-from hiennu.plans import load_plans
+from hiennu.plans import model_configuration
 from hiennu.postprocessing.candidates import (ADC_CAP_QUANTILES, ALL_CANDIDATES, CAP_AND_FILTER, COMPONENT_SIZES,
                                              FIXED_CAP_QUANTILE, JUDGED_RULE, adc_cap_candidates, candidates,
                                              check_candidate_set, needs_probabilities)
@@ -461,12 +461,8 @@ def select_on_cases(cases: dict[str, CaseImages], fold_of: dict[str, int], raw_d
 def plans_size_rule(model_dir: Path) -> int:
     """The plans' ``min_component_voxels`` of the model folder's configuration (what the predictor removes
     before any chosen post-processing); 0 for a folder of validation masks without ``plans.json``."""
-    model = ModelFolder(model_dir)
-    if not model.plans.is_file():
-        return 0
-    parts = model.name
-    plans = load_plans(model.plans)
-    return int(plans.configuration(parts.configuration if parts else None).min_component_voxels)
+    config = model_configuration(model_dir)
+    return 0 if config is None else int(config.min_component_voxels)
 
 
 def validation_checkpoints(model_dir: Path, folds: Sequence[int]) -> dict[str, str | None]:

@@ -7,7 +7,10 @@ would be trained now:
 - ``trainer``: the trainer class (``debug.json`` and the checkpoint's ``trainer_name``);
 - ``configuration.*``: the plans configuration it was trained with (the checkpoint's
   ``configuration``, else ``debug.json``'s), compared as the predictor does, without the
-  informative fields (notes, round-trip ceilings) and the training section, which is compared next;
+  informative fields (notes, round-trip ceilings), ``inference_window`` (the final weights do not depend on it;
+  a validation predicted with another window is stale and validated again,
+  :func:`hiennu.training.native_validation.validation_is_current`) and the training section, which is compared
+  next;
 - ``training.*``: the effective training plan (plans' schedule with the options applied: epochs,
   patience, batch size, learning rate, iterations per epoch, optimizer settings), except
   ``num_workers``, which does not change the result;
@@ -86,7 +89,8 @@ def recorded_differences(fold_dir: Path, trainer: Any) -> list[str]:
     else:
         diffs += [f"configuration.{d}".replace(", now ", ", requested ")
                   for d in configuration_differences(recorded_config, trainer.config,
-                                                     ignore=INFORMATIVE_FIELDS + TRAINING_ONLY_FIELDS)]
+                                                     ignore=INFORMATIVE_FIELDS + TRAINING_ONLY_FIELDS
+                                                     + ("inference_window",))]
     recorded_training = {**TRAINING_DEFAULTS, **(debug.get("effective_training_plan") or {})}
     for key, value in want["training"].items():
         if recorded_training.get(key) != value:

@@ -27,6 +27,7 @@ from hiennu.io.checkpoint import BEST, FINAL, checkpoint_digest, stale_validatio
 from hiennu.io.dataset_json import load_dataset_json
 from hiennu.log import get_logger
 from hiennu.paths import SUMMARY_FILE, VALIDATE, VALIDATION_DIR, ModelFolder, raw_root, train_command
+from hiennu.plans import model_inference_window
 
 # hiennu_predict --save-probabilities npz names a case's probabilities CASE_prob.npz beside CASE.mha; a fold's
 # validation keeps them as CASE.npz, nnU-Net's name in its validation folders (ModelFolder.validation_probabilities)
@@ -61,11 +62,12 @@ def validation_keeps_probabilities(fold_dir: Path) -> bool:
 
 def validation_is_current(fold_dir: Path, checkpoint: str, probabilities: bool) -> bool:
     """Whether the fold's validation was made with ``checkpoint`` (a file name) as it is now (its SHA-256, when the
-    summary records it) and, when ``probabilities`` is asked for, kept them: then a finished fold has nothing left
-    to do."""
+    summary records it) and the model's sliding window now (``inference_window``), and, when ``probabilities`` is
+    asked for, kept them: then a finished fold has nothing left to do."""
     return (validated_checkpoint(fold_dir) == checkpoint
             and (not probabilities or validation_keeps_probabilities(fold_dir))
-            and stale_validation_problem(fold_dir, Path(fold_dir) / VALIDATION_DIR / SUMMARY_FILE) is None)
+            and stale_validation_problem(fold_dir, Path(fold_dir) / VALIDATION_DIR / SUMMARY_FILE,
+                                         model_inference_window(Path(fold_dir).parent)) is None)
 
 
 def validation_input_problem(dataset_name: str, case_ids: list[str]) -> str | None:
@@ -100,7 +102,8 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
     post-processing: these are the predictions it is chosen on), in each case's native geometry,
     into ``fold_K/validation/CASE<ending>``, and score them against the raw labels with the
     challenge metrics (``validation/summary.json`` + per-case CSV). The summary records the
-    checkpoint's file name under ``"checkpoint"`` and ``save_probabilities`` under ``"probabilities"``.
+    checkpoint's file name under ``"checkpoint"``, ``save_probabilities`` under ``"probabilities"`` and the
+    plans' ``inference_window`` the masks were predicted with under ``"inference_window"``.
 
     save_probabilities: also keep each case's sigmoid probabilities (float32 ``(z, y, x)`` on the case's
     native grid) as ``validation/CASE.npz``, written by the predictor exactly as ``hiennu_predict
@@ -137,7 +140,8 @@ def predict_and_score_validation(model_dir: Path, fold: int, case_ids: list[str]
     summary = evaluate_folders(raw_dir / "labelsTr", out_dir, output_json=out_dir / SUMMARY_FILE,
                                images_dir=raw_dir / "imagesTr", case_ids=case_ids, num_processes=1)
     digest = checkpoint_digest(model.fold_dir(fold) / checkpoint)
-    summary.update(checkpoint=checkpoint, checkpoint_sha256=digest, probabilities=bool(save_probabilities))
-    write_json({**read_json(out_dir / SUMMARY_FILE), "checkpoint": checkpoint, "checkpoint_sha256": digest,
-                "probabilities": bool(save_probabilities)}, out_dir / SUMMARY_FILE)
+    made = dict(checkpoint=checkpoint, checkpoint_sha256=digest, probabilities=bool(save_probabilities),
+                inference_window=predictor.configuration.inference_window)
+    summary.update(made)
+    write_json({**read_json(out_dir / SUMMARY_FILE), **made}, out_dir / SUMMARY_FILE)
     return summary
