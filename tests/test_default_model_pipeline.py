@@ -277,6 +277,23 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
         expected = apply_postprocessing(rule_mask(zadc, adc).astype(np.uint8), post, zadc, adc, geo.spacing_zyx)
         assert np.array_equal(read_image(tmp_path / "pred_rule" / name, dtype=np.uint8)[0], expected)
 
+    # the model's plans edited to nnU-Net's patch windows (the planner wrote case): every fold is validated again,
+    # not trained again (the final weights do not depend on the window), and the record chosen on the case windows'
+    # masks is set aside, so the choice writes one made on the masks the model predicts now
+    plans = read_json(model / "plans.json")
+    assert plans["configurations"]["3d_fullres"]["inference_window"] == "case"
+    plans["configurations"]["3d_fullres"]["inference_window"] = "patch"
+    (model / "plans.json").write_text(json.dumps(plans))
+    _, text = _run(lines, rule_candidate=True, postprocessing_candidates="cap-filter")
+    assert "0 reused, 5 to re-validate with --npz, 0 to continue, 0 to train" in text
+    assert ("3d_fullres fold 0: finished, but its validation masks were predicted with inference_window 'case', the "
+            "plans now say 'patch': validating again") in text
+    assert (f"{model.name}/postprocessing.json was chosen on validation masks of inference_window 'case', its folds' "
+            f"validations are now 'patch': moved aside") in text
+    assert read_json(model / "fold_0" / "validation" / "summary.json")["inference_window"] == "patch"
+    assert set(read_json(model / "postprocessing.json")["validation_windows"].values()) == {"patch"}
+    assert _mtimes(results, "3d_fullres") == before
+
     monkeypatch.setattr(dm, "DEFAULT_RECIPE", (dataclasses.replace(TINY_3D, epochs=2),))
     with pytest.raises(HiennuError, match=r"5 fold\(s\) of the recipe were trained otherwise.*max_epochs: trained "
                                           r"with 1, requested 2.*--retrain-mismatched"):

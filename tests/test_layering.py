@@ -19,7 +19,7 @@ PACKAGE = Path(hiennu.__file__).resolve().parent
 # the ground floor: shared by every stage, imports nothing above itself ("hiennu" is the package's
 # own __init__, which holds the version)
 GROUND = frozenset({"hiennu", "errors", "log", "paths", "plans", "parallel", "device", "masks", "provenance", "io",
-                    "memory"})
+                    "memory", "windows"})
 
 # part -> the parts it may import (besides itself)
 ALLOWED: dict[str, frozenset[str]] = {

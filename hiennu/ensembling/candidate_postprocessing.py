@@ -41,13 +41,17 @@ from hiennu.ensembling.nested_choice import ChoiceInputs, choice_inputs
 from hiennu.errors import HiennuError
 from hiennu.evaluation.metrics import case_metrics
 from hiennu.io.atomic import read_json_file
+from hiennu.log import get_logger
 from hiennu.parallel import register_preload
 from hiennu.postprocessing.candidates import ALL_CANDIDATES
 from hiennu.postprocessing.record import PostProcessing, postprocessing_from_record
 from hiennu.postprocessing.rule_reference import load_rule_cases
-from hiennu.postprocessing.selection import CaseImages, select_on_cases, select_on_masks, select_postprocessing
+from hiennu.postprocessing.selection import (CaseImages, record_windows, select_on_cases, select_on_masks,
+                                             select_postprocessing)
 
 register_preload(__name__)
+
+log = get_logger(__name__)
 
 WRITTEN, IDENTICAL, KEPT = "written", "identical choice already there", "kept the existing record"
 REFERENCE = "reference, not written"
@@ -234,5 +238,9 @@ def settle_postprocessing(new: dict, path: Path, cases: Mapping[str, CaseImages]
             record, action = existing, IDENTICAL
         else:
             record, action = existing, KEPT
+            if "validation_windows" in new and record_windows(existing) != record_windows(new):
+                log.warning("%s was chosen on validation masks of other sliding windows (inference_window) than the "
+                            "folds' validations now; it is kept, as an existing record always is: delete it (or "
+                            "move it aside) and run again to choose it on the masks the model predicts now", path)
     pooled, nested, nested_rows = _scores(record, cases, fold_of, str(path))
     return PostprocessingOutcome(record, path, action, new["chosen_name"], pooled, nested, nested_rows)

@@ -12,8 +12,10 @@ call, so each step is what the command alone would do:
    ``--epochs``/``--patience`` would give them (so ``debug.json`` records them as it records ``hiennu_train
    --epochs``). Resumable: a finished fold whose validation kept its probabilities is skipped (no trainer is
    built); an interrupted one (``checkpoint_latest.pth``) is continued (``--continue``); a finished one whose
-   validation lacks the probabilities is re-validated (``--continue --npz`` on a finished fold: nothing is
-   trained, the final validation runs again and keeps them). A finished or interrupted fold whose record
+   validation lacks the probabilities, or was made with another checkpoint or sliding window than the model's
+   plans now say (:func:`hiennu.training.native_validation.validation_problem`), is re-validated (``--continue
+   --npz`` on a finished fold: nothing is trained, the final validation runs again and keeps them). A finished
+   or interrupted fold whose record
    differs from the recipe (:func:`hiennu.training.fold_record.recorded_differences`: trainer, plans,
    epochs, patience, steps, seed, hiennu version, validation cases) is refused before anything is trained,
    or with ``retrain_mismatched`` moved aside (``fold_K.replaced-<timestamp>``) and trained again.
@@ -76,11 +78,12 @@ from hiennu.paths import (DATASET_FILE, DEFAULT_PLANS_NAME, ENSEMBLE_MEMBERS_FIL
 from hiennu.pipeline.plan_and_preprocess import PlanAndPreprocessOptions, plan_and_preprocess, training_cases
 from hiennu.preprocessing.preprocessor import is_preprocessed
 from hiennu.postprocessing.candidates import ALL_CANDIDATES, JUDGED_RULE, check_candidate_set
+from hiennu.postprocessing.selection import record_windows, validation_windows
 from hiennu.plans import load_plans
 from hiennu.training.fold_layout import FoldLayout, fold_layout, split_cases
 from hiennu.training.fold_record import move_fold_aside, recorded_differences
 from hiennu.training.launch import train
-from hiennu.training.native_validation import validation_is_current
+from hiennu.training.native_validation import validation_is_current, validation_problem
 from hiennu.training.options import NUM_FOLDS, TrainingOptions
 from hiennu.training.trainers import get_trainer_class
 
@@ -525,7 +528,8 @@ def run_fold(task: FoldTask, epoch_listener: Callable[[int, float], None] | None
                     "; ".join(task.differences), moved)
     resume = any((fold_dir / name).is_file() for name in (LATEST, FINAL, BEST))
     before = _epochs_done(fold_dir) if resume else 0
-    log.info("%s: %s", label, {REVALIDATE: "finished; re-validating to keep the probabilities (--continue --npz)",
+    revalidate = f"finished, but {validation_problem(fold_dir, FINAL, True)}: validating again (--continue --npz)"
+    log.info("%s: %s", label, {REVALIDATE: revalidate,
                                CONTINUE: f"continuing from epoch {before} (--continue --npz)"}.get(task.action,
                                                                                                 "training (--npz)"))
     train(dataclasses.replace(task.options, resume=resume), task.step.trainer, epoch_listener=epoch_listener)
@@ -553,27 +557,48 @@ def _files(folder: Path) -> list[Path]:
 
 
 def set_aside_other_records(dataset: str, configurations: Sequence[str], trainer: str,
-                            candidate_set: str) -> list[tuple[Path, Path]]:
+                            candidate_set: str) -> list[tuple[Path, Path, str]]:
     """Move aside each recipe model's ``postprocessing.json`` that was chosen among another post-processing candidate
-    set than ``candidate_set`` (a record without ``candidate_set`` was chosen among all of them), renamed
-    ``postprocessing.json.replaced-<timestamp>``; returns (old path, new path) pairs.
+    set than ``candidate_set`` (a record without ``candidate_set`` was chosen among all of them), or on validation
+    masks of another sliding window than its folds' validations now
+    (:func:`hiennu.postprocessing.selection.record_windows`: the plans' ``inference_window`` changed and the folds
+    were validated again), renamed ``postprocessing.json.replaced-<timestamp>``; returns (old path, new path, why).
 
     ``hiennu_find_best_configuration`` never replaces a model's existing record (it may have been edited), so without
-    this a default path run after the default choice changed, or with ``--postprocessing-candidates``, would ship the
-    old record. A record of the same set stays, edited or not; one that cannot be read is left for the choice to
-    report."""
+    this a default path run after the default choice changed, with ``--postprocessing-candidates``, or after a change
+    of window would ship the old record. A record of the same set and windows stays, edited or not; one that cannot
+    be read is left for the choice to report."""
     moved = []
     for configuration in configurations:
-        path = results_root() / dataset / model_dir_name(trainer, DEFAULT_PLANS_NAME, configuration) / POSTPROCESSING_FILE
+        model_dir = results_root() / dataset / model_dir_name(trainer, DEFAULT_PLANS_NAME, configuration)
+        path = model_dir / POSTPROCESSING_FILE
         if not path.is_file():
             continue
         try:
             record = read_json(path)
         except (OSError, ValueError):
             continue
-        if isinstance(record, dict) and record.get("candidate_set", ALL_CANDIDATES) != candidate_set:
-            moved.append((path, move_fold_aside(path)))
+        if not isinstance(record, dict):
+            continue
+        made_on = record_windows(record)
+        now = validation_windows(model_dir, [int(f) for f in made_on])
+        if record.get("candidate_set", ALL_CANDIDATES) != candidate_set:
+            why = f"was chosen among other post-processing candidates than this choice's ({candidate_set})"
+        elif made_on != now:
+            why = (f"was chosen on validation masks of inference_window {_windows_text(made_on)}, its folds' "
+                   f"validations are now {_windows_text(now)}")
+        else:
+            continue
+        moved.append((path, move_fold_aside(path), why))
     return moved
+
+
+def _windows_text(windows: dict[str, str]) -> str:
+    """``'case'`` when every fold has one window, else ``fold 0 'patch', fold 1 'case', ...``."""
+    values = set(windows.values())
+    if len(values) == 1:
+        return repr(values.pop())
+    return ", ".join(f"fold {f} {w!r}" for f, w in sorted(windows.items()))
 
 
 def choice_inputs(dataset: str, configurations: Sequence[str], trainer: str,
@@ -730,9 +755,8 @@ def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
         log.info("choosing among %s, their ensemble%s by cross-validation (hiennu_find_best_configuration -d %s -c %s%s)"
                  "%s", ", ".join(configurations), " and the rule ZADC < -2" if opts.rule_candidate else "", dataset,
                  " ".join(configurations), flags, f"; not reusing the last choice: {why}" if state else "")
-        for old, new in set_aside_other_records(dataset, configurations, trainer, opts.postprocessing_candidates):
-            log.info("%s was chosen among other post-processing candidates than this choice's (%s): moved aside to "
-                     "%s, so the choice writes its own", old.relative_to(results_root()), opts.postprocessing_candidates,
+        for old, new, why in set_aside_other_records(dataset, configurations, trainer, opts.postprocessing_candidates):
+            log.info("%s %s: moved aside to %s, so the choice writes its own", old.relative_to(results_root()), why,
                      new.name)
         best = find_best_configuration(FindBestOptions(dataset=dataset, configurations=configurations,
                                                        trainers=[trainer], num_processes=opts.num_processes,

@@ -380,6 +380,7 @@ def select_postprocessing(model_dir: str | Path, raw_dir: str | Path, folds: Seq
     record = select_on_masks(masks, fold_of, raw_dir, plans_size_rule(model_dir),
                              validation_checkpoints(model_dir, folds), model_dir, sizes, details, candidate_set,
                              probabilities)
+    record["validation_windows"] = validation_windows(model_dir, folds)
     if write:
         write_json(record, ModelFolder(model_dir).postprocessing)
     return record
@@ -473,6 +474,27 @@ def validation_checkpoints(model_dir: Path, folds: Sequence[int]) -> dict[str, s
         path = ModelFolder(model_dir).validation_summary(fold)
         out[str(fold)] = read_json(path).get("checkpoint", BEST) if path.is_file() else None
     return out
+
+
+def validation_windows(model_dir: Path, folds: Sequence[int]) -> dict[str, str]:
+    """Fold -> the sliding window (``inference_window``) its validation masks were predicted with, as each fold's
+    ``validation/summary.json`` records it (``"patch"`` for summaries written before it was recorded, and for a
+    fold without one). A model's record keeps these: one chosen on masks of another window than the folds' now
+    was chosen on predictions the model no longer makes (:func:`record_windows`)."""
+    out: dict[str, str] = {}
+    for fold in folds:
+        path = ModelFolder(model_dir).validation_summary(fold)
+        out[str(fold)] = str(read_json(path).get("inference_window", "patch")) if path.is_file() else "patch"
+    return out
+
+
+def record_windows(record: dict) -> dict[str, str]:
+    """Fold -> the window of the validation masks a post-processing record was chosen on (``"patch"`` for each of
+    its folds when it predates :func:`validation_windows`)."""
+    recorded = record.get("validation_windows")
+    if isinstance(recorded, dict):
+        return {str(k): str(v) for k, v in recorded.items()}
+    return {str(f): "patch" for f in record.get("folds") or []}
 
 
 def postprocessing_table(records: dict[str, dict]) -> str:

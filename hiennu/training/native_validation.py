@@ -63,11 +63,21 @@ def validation_keeps_probabilities(fold_dir: Path) -> bool:
 def validation_is_current(fold_dir: Path, checkpoint: str, probabilities: bool) -> bool:
     """Whether the fold's validation was made with ``checkpoint`` (a file name) as it is now (its SHA-256, when the
     summary records it) and the model's sliding window now (``inference_window``), and, when ``probabilities`` is
-    asked for, kept them: then a finished fold has nothing left to do."""
-    return (validated_checkpoint(fold_dir) == checkpoint
-            and (not probabilities or validation_keeps_probabilities(fold_dir))
-            and stale_validation_problem(fold_dir, Path(fold_dir) / VALIDATION_DIR / SUMMARY_FILE,
-                                         model_inference_window(Path(fold_dir).parent)) is None)
+    asked for, kept them: then a finished fold has nothing left to do (:func:`validation_problem` says why not)."""
+    return validation_problem(fold_dir, checkpoint, probabilities) is None
+
+
+def validation_problem(fold_dir: Path, checkpoint: str, probabilities: bool) -> str | None:
+    """Why the fold's validation is not the one :func:`validation_is_current` asks for, or None."""
+    made_with = validated_checkpoint(fold_dir)
+    if made_with is None:
+        return "it has no validation"
+    if made_with != checkpoint:
+        return f"its validation was made with {made_with}, not {checkpoint}"
+    if probabilities and not validation_keeps_probabilities(fold_dir):
+        return "its validation kept no probabilities"
+    return stale_validation_problem(fold_dir, Path(fold_dir) / VALIDATION_DIR / SUMMARY_FILE,
+                                    model_inference_window(Path(fold_dir).parent))
 
 
 def validation_input_problem(dataset_name: str, case_ids: list[str]) -> str | None:
