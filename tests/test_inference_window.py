@@ -236,3 +236,32 @@ def test_a_fold_trained_with_another_window_is_still_the_recipes_fold(tmp_path):
     assert recorded_differences(tmp_path, request(other)) == [
         'configuration.prediction_interpolation: trained with "nearest", requested "linear"']
     assert "inference_window" in PREDICTOR_IGNORED_FIELDS
+
+
+def test_the_benchmark_on_a_tiny_model(tmp_path, capsys):
+    from helpers import load_benchmark
+
+    from hiennu.io.image import write_image
+    bench = load_benchmark("bench_inference_window")
+    model = _patch_model(tmp_path / "results", "case")
+    images = tmp_path / "images"
+    for case_id, shape in (("case00", (9, 18, 17)), ("case01", (6, 12, 12))):
+        adc, zadc, geometry = _case(shape)
+        write_image(adc, geometry, images / f"{case_id}_0000.mha")
+        write_image(zadc, geometry, images / f"{case_id}_0001.mha")
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:  # the script sets the process's torch threads, which later tests' float sums depend on
+        assert bench.main(["-m", str(model), "-i", str(images), "--rounds", "2", "--threads", "1",
+                           "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(out.read_text())
+    assert [(r["case"], r["shape_zyx"], r["patch_windows"], r["case_window_zyx"]) for r in result["windows"]] == [
+        ("case00", [9, 18, 17], 8, [10, 18, 18]), ("case01", [6, 12, 12], 1, [8, 16, 16])]
+    prediction = result["prediction"]
+    assert all(len(prediction["s_per_case"][a]) == 2 for a in ("patch", "case", "hiennu"))
+    # the group norm changes no mask; an untrained rule-prior network is the rule with either window
+    assert prediction["mask_differences"] == {k: {"voxels": 0, "cases": 0}
+                                              for k in ("patch_vs_case", "case_vs_hiennu", "patch_vs_hiennu")}
+    assert "ratios patch/case" in capsys.readouterr().out

@@ -122,10 +122,16 @@ class _InstanceNormByGroups:
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and self.affine
-                and not self.track_running_stats):
-            return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
+        if _group_norm_applies(self, x):  # type: ignore[arg-type]
+            return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)  # type: ignore[attr-defined]
         return super().forward(x)  # type: ignore[misc]
+
+
+def _group_norm_applies(norm: nn.modules.instancenorm._InstanceNorm, x: torch.Tensor) -> bool:
+    """Whether an instance norm computes by group norm (see :class:`_InstanceNormByGroups`): float32 on a CPU without
+    autograd, affine, no running statistics."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and norm.affine
+            and not norm.track_running_stats)
 
 
 class InstanceNorm3d(_InstanceNormByGroups, nn.InstanceNorm3d):
