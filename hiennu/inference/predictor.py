@@ -5,7 +5,8 @@ For each case: the channels are preprocessed with exactly the plans' steps
 target spacing, or resampling to the fixed grid; per-channel normalization), every chosen fold
 predicts (with mirroring test-time augmentation unless disabled; a patch configuration slides a
 window of the patch size with 50 % overlap and Gaussian weighting,
-:mod:`~hiennu.inference.sliding_window`), the sigmoid probabilities are averaged
+:mod:`~hiennu.inference.sliding_window`, or takes a case that overhangs the patch in one window when the plans'
+``inference_window`` is ``case`` and that is cheaper, :func:`hiennu.windows.case_window`), the sigmoid probabilities are averaged
 (:class:`~hiennu.inference.ensemble.FoldEnsemble`), the mean probability map is taken back to the
 case's native grid with the configuration's ``prediction_interpolation`` (``linear`` or
 ``nearest``; a cropped case is un-cropped into zeros, :func:`~hiennu.geometry.cropping.restore_to_native`)
