@@ -265,3 +265,31 @@ def test_the_benchmark_on_a_tiny_model(tmp_path, capsys):
     assert prediction["mask_differences"] == {k: {"voxels": 0, "cases": 0}
                                               for k in ("patch_vs_case", "case_vs_hiennu", "patch_vs_hiennu")}
     assert "ratios patch/case" in capsys.readouterr().out
+
+
+def test_find_best_keeps_an_existing_record_but_names_one_chosen_on_other_windows(tmp_path, monkeypatch):
+    """hiennu_find_best_configuration never replaces a model's postprocessing.json (it may have been edited); one
+    chosen on the masks of another window than the folds' validations now is kept with a warning that says so."""
+    import logging
+
+    import hiennu.ensembling.candidate_postprocessing as cp
+    monkeypatch.setattr(cp, "postprocessing_from_record", lambda record, where: None)
+    monkeypatch.setattr(cp, "_scores", lambda record, cases, fold_of, where: ({}, None, None))
+    path = tmp_path / "postprocessing.json"
+    new = {"chosen": {"max_adc": 1392.0}, "chosen_name": "ADC <= 1392", "folds": [0, 1],
+           "validation_windows": {"0": "case", "1": "case"}}
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("hiennu").addHandler(handler)
+    try:
+        for existing, expected in (({"chosen": {"max_adc": 1400.0}, "chosen_name": "ADC <= 1400", "folds": [0, 1]},
+                                    ["was chosen on validation masks of other sliding windows"]),
+                                   ({**new, "chosen": {"max_adc": 1400.0}, "chosen_name": "ADC <= 1400"}, [])):
+            warnings.clear()
+            path.write_text(json.dumps(existing))
+            outcome = cp.settle_postprocessing(new, path, {}, {}, keep_existing=True)
+            assert outcome.action == cp.KEPT and outcome.record["chosen_name"] == "ADC <= 1400"
+            assert [w for w in warnings if any(e in w for e in expected)] == warnings and len(warnings) == len(expected)
+    finally:
+        logging.getLogger("hiennu").removeHandler(handler)

@@ -52,9 +52,6 @@ DEFAULT_GPU_MEMORY_GB = 16.0
 ZADC_CLIP = 10.0
 PREDICTION_NOTE = ("probabilities back to the native grid by nearest neighbour: on the 37 BONBID dev cases it "
                    "matched or beat linear at every grid (documentation/inference.md)")
-# A patch epoch (iterations) and the schedule of the patch configuration, per device. The CPU schedule
-# is 200 steps (about 11 min a fold on 2 cores at ~2.3 s a step, validation included, so five folds take
-# about an hour); the GPU one is nnU-Net's 250-step epoch.
 # The sliding window of the patch configurations (plans.Configuration.inference_window): one window over a case that
 # overhangs the patch when that is cheaper (hiennu.windows.case_window); chosen on the 37 BONBID dev cases by 5-fold CV
 # (documentation/results.md, session 48).
@@ -63,6 +60,9 @@ INFERENCE_WINDOW_NOTE = ("sliding window: one window over the whole brain box wh
                          "window costs fewer voxels than the patch windows (at most two patches; inference_window case, "
                          "'patch' for nnU-Net's windows of the patch): on the 37 BONBID dev cases 56 windows became the "
                          "voxels of 39 (documentation/results.md, session 48)")
+# A patch epoch (iterations) and the schedule of the patch configuration, per device. The CPU schedule
+# is 200 steps (about 11 min a fold on 2 cores at ~2.3 s a step, validation included, so five folds take
+# about an hour); the GPU one is nnU-Net's 250-step epoch.
 PATCH_SCHEDULE = {"cpu": {"iterations_per_epoch": 20, "max_epochs": 10, "patience": 10},
                   "gpu": {"iterations_per_epoch": 250, "max_epochs": 100, "patience": 15}}
 PATCH_MIRROR_AXES = [2]  # the array's x axis, left-right in BONBID's images (chosen from each dataset's directions)
