@@ -500,7 +500,8 @@ class Trainer(abc.ABC):
 
     def _validation_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(1, 1, z, y, x)`` float32 of a whole preprocessed case ``(1, C, z, y, x)``: one pass on a
-        whole-volume grid, or a Gaussian-weighted sliding window of the patch size (no mirroring)."""
+        whole-volume grid, or the plans' sliding window (``inference_window``: Gaussian-weighted windows of the patch
+        size, or one window over the case; no mirroring)."""
         fmt = self.memory_format
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
