@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,15 +44,9 @@ from bench_cpu_bf16 import timed  # median seconds after a warm-up call
 from bench_cpu_step import cpu_model
 
 
-@contextlib.contextmanager
 def torch_dispatch():
     """hiennu's Conv3d with its oneDNN route switched off: torch decides the kernel, as nn.Conv3d does."""
-    saved = unet._onednn_applies
-    unet._onednn_applies = lambda conv, x: False
-    try:
-        yield
-    finally:
-        unet._onednn_applies = saved
+    return mock.patch.object(unet, "_onednn_applies", lambda conv, x: False)
 
 
 def cpu_header(threads: int) -> dict:

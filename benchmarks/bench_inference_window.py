@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import SimpleITK as sitk
@@ -47,15 +48,9 @@ from bench_inference_convolutions import cpu_header
 ARMS = ("patch", "case", "hiennu")
 
 
-@contextlib.contextmanager
 def torch_instance_norm():
     """hiennu's instance norms with their group-norm route switched off: torch's instance norm everywhere."""
-    saved = unet._group_norm_applies
-    unet._group_norm_applies = lambda norm, x: False
-    try:
-        yield
-    finally:
-        unet._group_norm_applies = saved
+    return mock.patch.object(unet, "_group_norm_applies", lambda norm, x: False)
 
 
 @contextlib.contextmanager

@@ -528,10 +528,11 @@ def run_fold(task: FoldTask, epoch_listener: Callable[[int, float], None] | None
                     "; ".join(task.differences), moved)
     resume = any((fold_dir / name).is_file() for name in (LATEST, FINAL, BEST))
     before = _epochs_done(fold_dir) if resume else 0
-    revalidate = f"finished, but {validation_problem(fold_dir, FINAL, True)}: validating again (--continue --npz)"
-    log.info("%s: %s", label, {REVALIDATE: revalidate,
-                               CONTINUE: f"continuing from epoch {before} (--continue --npz)"}.get(task.action,
-                                                                                                "training (--npz)"))
+    if task.action == REVALIDATE:  # why, read only here (its checkpoint digest reads the whole file)
+        what = f"finished, but {validation_problem(fold_dir, FINAL, True)}: validating again (--continue --npz)"
+    else:
+        what = f"continuing from epoch {before} (--continue --npz)" if task.action == CONTINUE else "training (--npz)"
+    log.info("%s: %s", label, what)
     train(dataclasses.replace(task.options, resume=resume), task.step.trainer, epoch_listener=epoch_listener)
     if not validation_is_current(fold_dir, FINAL, True):
         raise HiennuError(f"{label}: training ended without a validation with probabilities in {fold_dir / 'validation'}"
