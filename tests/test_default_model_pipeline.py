@@ -196,6 +196,15 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     assert result.zip_path == results / DATASET / "default_model.zip" and result.zip_path.is_file()
     assert result.information.chosen.name == model.name and result.best.information == result.information
     assert result.reused == []
+    # the whole choice is estimated fully nested, and the last line says what to expect beside the flattering row
+    fully = result.information.nested_choice
+    assert fully is not None and set(fully.choices) == {0, 1, 2, 3, 4}
+    expect = text[text.index("what the choice says to expect: "):].splitlines()[0]
+    chosen_nested = result.information.candidates[0].postprocessing["nested"]["dice"]["mean"]
+    assert f"{model.name}, nested with its post-processing: Dice {chosen_nested:.3f}" in expect
+    assert "(the best of 1 candidate on the same cases" in expect
+    assert f"fully nested (what to expect on new cases): Dice {fully.metrics['dice']['mean']:.3f}" in expect
+    assert "the rule with the same post-processing: Dice " in expect and "--nested-choice" in text
     assert read_json(results / "default_model.json") == {"model_dir": f"{DATASET}/{model.name}"}
     assert read_json(model / "postprocessing.json")["candidate_set"] == dm.DEFAULT_CHOICE["postprocessing_candidates"]
     images = tiny["hiennu_raw"] / DATASET / "imagesTr"
@@ -222,6 +231,7 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     assert again.reused == ["choice", "export", "install"] and again.best is None
     assert again.information == result.information and again.installed == result.installed
     assert f"the choice of {DATASET} is reused: {model.name}" in text and "not installed again" in text
+    assert expect in text  # read back from inference_information.json
     assert again.zip_path.stat().st_mtime_ns == zip_time
 
     # --rechoose chooses again although nothing changed; so does any change to what the choice was made from
@@ -284,7 +294,9 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     assert plans["configurations"]["3d_fullres"]["inference_window"] == "case"
     plans["configurations"]["3d_fullres"]["inference_window"] = "patch"
     (model / "plans.json").write_text(json.dumps(plans))
-    _, text = _run(lines, rule_candidate=True, postprocessing_candidates="cap-filter")
+    unnested, text = _run(lines, rule_candidate=True, postprocessing_candidates="cap-filter", nested_choice=False)
+    assert unnested.information.nested_choice is None
+    assert "the whole choice was not estimated fully nested (--nested-choice estimates it)" in text
     assert "0 reused, 5 to re-validate with --npz, 0 to continue, 0 to train" in text
     assert ("3d_fullres fold 0: finished, but its validation masks were predicted with inference_window 'case', the "
             "plans now say 'patch': validating again") in text

@@ -208,6 +208,9 @@ def test_the_default_path_command_takes_the_choice_options_of_its_options_class(
     assert (seen[1].rule_candidate, seen[1].postprocessing_candidates) == (False, "all")
     assert cli.main(["-d", "BONBID", "--rule-candidate", "--postprocessing-candidates", "judged-rule", "-q"]) == 0
     assert (seen[2].rule_candidate, seen[2].postprocessing_candidates) == (True, "judged-rule")
+    assert seen[0].nested_choice is default_model.DEFAULT_CHOICE["nested_choice"] is True
+    assert cli.main(["-d", "BONBID", "--no-nested-choice", "-q"]) == 0
+    assert seen[3].nested_choice is False
 
 
 def test_a_rule_folder_with_a_broken_file_is_named(tmp_path):

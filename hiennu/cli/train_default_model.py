@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "--postprocessing-candidates (default: the options' DEFAULT_CHOICE, judged-rule: the rule's "
                         "components after the ADC cap, each judged by the network; cap-filter: the ADC cap + the "
                         "lesion filter against none)")
+    p.add_argument("--nested-choice", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether to estimate the whole choice fully nested, each outer fold choosing its candidate and "
+                        "post-processing on the other folds (hiennu_find_best_configuration --nested-choice; a minute "
+                        "or two on BONBID): the chosen one's own nested score is the best of several on the same "
+                        "cases and flatters it; the log's last line reports both (default: on, the options' "
+                        "DEFAULT_CHOICE)")
     p.add_argument("--rechoose", action="store_true",
                    help="choose by cross-validation, export and install again even when no fold, validation, plans, "
                         "split or raw file changed since the last choice (which is otherwise reused; "
@@ -62,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             cpu_threads=args.cpu_threads, num_processes=args.num_processes,
             retrain_mismatched=args.retrain_mismatched, rechoose=args.rechoose,
             **{k: v for k, v in (("rule_candidate", args.rule_candidate),
-                                 ("postprocessing_candidates", args.postprocessing_candidates)) if v is not None}))
+                                 ("postprocessing_candidates", args.postprocessing_candidates),
+                                 ("nested_choice", args.nested_choice)) if v is not None}))
         return 0
 
     return run(go, verbose=not args.quiet, runs_networks=True,
