@@ -196,6 +196,7 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     assert result.zip_path == results / DATASET / "default_model.zip" and result.zip_path.is_file()
     assert result.information.chosen.name == model.name and result.best.information == result.information
     assert result.reused == []
+    assert "choosing the post-processing of 3d_fullres by cross-validation (hiennu_find_best_configuration" in text
     # the whole choice is estimated fully nested, and the last line says what to expect beside the flattering row
     fully = result.information.nested_choice
     assert fully is not None and set(fully.choices) == {0, 1, 2, 3, 4}
@@ -345,22 +346,26 @@ def test_two_configurations_resume_revalidate_and_retrain_one_deleted_fold(tiny,
     text = lines.text
     assert "plans reused from" in text and "preprocessing 3d_fullres with them" in text  # 2d was there, 3d not
     assert "2d (TrainerDiceFocal" in text and "fold 0 to re-validate with --npz (no training)" in text
+    # fold by fold: 3d_fullres fold 0 trained, 2d fold 0 re-validated, then the interruption in 3d_fullres fold 1
+    assert "(2d fold 0: re-validated" in text and "(3d_fullres fold 0: trained" in text
     model_3d = results / DATASET / "TrainerDiceFocal__hiennuPlans__3d_fullres"
     assert (model_3d / "fold_1" / LATEST).is_file() and not (model_3d / "fold_1" / FINAL).is_file()
     monkeypatch.setattr(Trainer, "_save_epoch", save_epoch)
 
     result, text = _run(lines, rule_candidate=False, output=tmp_path / "model.zip")
     assert "plans and preprocessed cases reused" in text
-    assert "1 reused, 1 to re-validate with --npz, 1 to continue, 7 to train" in text
+    assert "2 reused, 0 to re-validate with --npz, 1 to continue, 7 to train" in text
     assert "fold 1 to continue from epoch 1" in text
-    assert "fold 2 of 10 done (3d_fullres fold 1: continued, 1 steps" in text
-    assert "(2d fold 0: re-validated" in text
+    assert "fold 3 of 10 done (3d_fullres fold 1: continued, 1 steps" in text
     assert "fold 10 of 10 done" in text
     assert read_json(model_3d / "fold_1" / "progress.json")["epoch"] == [0, 1]
     assert (model_2d / "fold_0" / FINAL).stat().st_mtime_ns == revalidated  # validated again, not retrained
     assert read_json(model_2d / "fold_0" / "validation" / "summary.json")["probabilities"] is True
     info = result.information
     assert len(info.candidates) == 3 and result.zip_path == tmp_path / "model.zip"
+    assert "choosing among 3d_fullres, 2d, their ensemble by cross-validation" in text
+    assert f"what the choice says to expect: {info.chosen.name}, nested" in text
+    assert "(the best of 3 candidates on the same cases: it flatters)" in text
     default = read_json(results / "default_model.json")
     assert default.get("model_dir", default.get("ensemble_dir")).endswith(info.chosen.path)
 
@@ -382,6 +387,7 @@ def test_two_configurations_resume_revalidate_and_retrain_one_deleted_fold(tiny,
     assert "(2d fold 3: trained" in text and text.count(": trained") == 1
     assert _mtimes(results, "3d_fullres") == before_3d and _mtimes(results, "2d", skip=3) == before_2d
     assert (tmp_path / "ensemble.zip").is_file() and result.installed.parent.name == "ensembles"
+    assert f"what the choice says to expect: {result.information.chosen.name}, nested" in text
     assert read_json(results / "default_model.json")["ensemble_dir"] == f"{DATASET}/{result.information.chosen.path}"
     images = tiny["hiennu_raw"] / DATASET / "imagesTr"
     assert predict.main(["-i", str(images), "-o", str(tmp_path / "pred"), "--device", "cpu", "--disable-tta",

@@ -796,8 +796,11 @@ def train_default_model(opts: DefaultModelOptions) -> DefaultModelResult:
         flags = (" --rule-candidate" if opts.rule_candidate else "") + (
             f" --postprocessing-candidates {opts.postprocessing_candidates}") + (
             " --nested-choice" if opts.nested_choice else "")
-        log.info("choosing among %s, their ensemble%s by cross-validation (hiennu_find_best_configuration -d %s -c %s%s)"
-                 "%s", ", ".join(configurations), " and the rule ZADC < -2" if opts.rule_candidate else "", dataset,
+        what = (f"among {', '.join(configurations)}, their ensemble"
+                + (" and the rule ZADC < -2" if opts.rule_candidate else "") if len(configurations) > 1 else
+                f"the post-processing of {configurations[0]}"
+                + (", the rule ZADC < -2 competing" if opts.rule_candidate else ""))
+        log.info("choosing %s by cross-validation (hiennu_find_best_configuration -d %s -c %s%s)%s", what, dataset,
                  " ".join(configurations), flags, f"; not reusing the last choice: {why}" if state else "")
         for old, new, why in set_aside_other_records(dataset, configurations, trainer, opts.postprocessing_candidates):
             log.info("%s %s: moved aside to %s, so the choice writes its own", old.relative_to(results_root()), why,
