@@ -203,7 +203,7 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     expect = text[text.index("what the choice says to expect: "):].splitlines()[0]
     chosen_nested = result.information.candidates[0].postprocessing["nested"]["dice"]["mean"]
     assert f"{model.name}, nested with its post-processing: Dice {chosen_nested:.3f}" in expect
-    assert "(the best of 1 candidate on the same cases" in expect
+    assert "(the only candidate)" in expect
     assert f"fully nested (what to expect on new cases): Dice {fully.metrics['dice']['mean']:.3f}" in expect
     assert "the rule with the same post-processing: Dice " in expect and "--nested-choice" in text
     assert read_json(results / "default_model.json") == {"model_dir": f"{DATASET}/{model.name}"}

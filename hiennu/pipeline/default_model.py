@@ -713,13 +713,14 @@ def expectation_text(information: InferenceInformation) -> str:
     row = next((r for r in rows if r.name == chosen.name), None)
     nested = ((row.postprocessing or {}).get("nested") if row is not None else None) or {}
     k = information.selection.num_candidates
-    text = (f"{chosen.name}, nested with its post-processing: {_scores_text(nested)} (the best of {k} "
-            f"candidate{'s' if k != 1 else ''} on the same cases: it flatters)")
+    text = (f"{chosen.name}, nested with its post-processing: {_scores_text(nested)} "
+            + (f"(the best of {k} candidates on the same cases: it flatters)" if k > 1 else "(the only candidate)"))
     fully = information.nested_choice
     if fully is None:
-        return text + "; the whole choice was not estimated fully nested (--nested-choice estimates it)"
-    text += (f"; the whole choice, fully nested (what to expect on new cases): {_scores_text(fully.metrics)}, "
-             f"outer folds chose {', '.join(f'{f}: {n}' for f, n in fully.choices.items())}")
+        text += "; the whole choice was not estimated fully nested (--nested-choice estimates it)"
+    else:
+        text += (f"; the whole choice, fully nested (what to expect on new cases): {_scores_text(fully.metrics)}, "
+                 f"outer folds chose {', '.join(f'{f}: {n}' for f, n in fully.choices.items())}")
     reference = ((information.reference.postprocessing or {}).get("nested")
                  if information.reference is not None else None)
     if reference and chosen.kind != RULE:
