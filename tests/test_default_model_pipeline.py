@@ -93,6 +93,26 @@ def test_the_recipe_is_the_measured_one():
         dm.DEFAULT_RECIPE[0].epochs = 3
 
 
+def test_the_expectation_line_of_an_older_record_says_what_it_lacks():
+    """An inference_information.json written before candidates had post-processing or the fully nested estimate:
+    the line names what is missing instead of printing NaN scores."""
+    from hiennu.ensembling.inference_information import InferenceInformation
+    metrics = {"dice": {"mean": 0.5, "ci95_low": 0.4, "ci95_high": 0.6}, "masd": {"mean": 4.0}, "nsd": {"mean": 0.6}}
+    names = ["TrainerDice__hiennuPlans__2d", "TrainerDice__hiennuPlans__3d_fullres"]
+    old = InferenceInformation.from_dict({
+        "dataset": DATASET, "folds": [0, 1, 2, 3, 4], "case_ids": ["a", "b"],
+        "candidates": [{"name": n, "kind": "model", "members": [], "path": n, "metrics": metrics} for n in names],
+        "chosen": {"name": names[1], "kind": "model", "members": [], "folds": [0, 1, 2, 3, 4],
+                   "checkpoint": FINAL, "path": names[1], "postprocessing": {}},
+        "predict_command": "hiennu_predict ..."})
+    assert dm.expectation_text(old) == (
+        f"{names[1]}, nested with its post-processing: not recorded (an older inference_information.json) (the best "
+        "of 2 candidates on the same cases: it flatters); the whole choice was not estimated fully nested "
+        "(--nested-choice estimates it)")
+    assert dm._scores_text(metrics) == "Dice 0.500 [0.400, 0.600] / MASD 4.00 mm / NSD 0.600"
+    assert dm._scores_text({"dice": {"mean": 0.5, "ci95_low": None}}) == "Dice 0.500 / MASD nan mm / NSD nan"
+
+
 def _task(configuration: str, fold: int, steps: int, per_epoch: int = 25, batch: int = 2, patch=(8, 8, 8)):
     layout = types.SimpleNamespace(iterations_per_epoch=per_epoch, training=types.SimpleNamespace(batch_size=batch),
                                    config=types.SimpleNamespace(input_size_zyx=patch))

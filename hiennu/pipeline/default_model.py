@@ -713,8 +713,9 @@ def expectation_text(information: InferenceInformation) -> str:
     row = next((r for r in rows if r.name == chosen.name), None)
     nested = ((row.postprocessing or {}).get("nested") if row is not None else None) or {}
     k = information.selection.num_candidates
-    text = (f"{chosen.name}, nested with its post-processing: {_scores_text(nested)} "
-            + (f"(the best of {k} candidates on the same cases: it flatters)" if k > 1 else "(the only candidate)"))
+    text = (f"{chosen.name}, nested with its post-processing: "
+            + (_scores_text(nested) if nested else "not recorded (an older inference_information.json)")
+            + (f" (the best of {k} candidates on the same cases: it flatters)" if k > 1 else " (the only candidate)"))
     fully = information.nested_choice
     if fully is None:
         text += "; the whole choice was not estimated fully nested (--nested-choice estimates it)"
