@@ -110,7 +110,7 @@ def test_the_expectation_line_of_an_older_record_says_what_it_lacks():
         "of 2 candidates on the same cases: it flatters); the whole choice was not estimated fully nested "
         "(--nested-choice estimates it)")
     assert dm._scores_text(metrics) == "Dice 0.500 [0.400, 0.600] / MASD 4.00 mm / NSD 0.600"
-    assert dm._scores_text({"dice": {"mean": 0.5, "ci95_low": None}}) == "Dice 0.500 / MASD nan mm / NSD nan"
+    assert dm._scores_text({"dice": {"mean": 0.5, "ci95_low": None}}) == "Dice 0.500 / MASD n/a mm / NSD n/a"
 
 
 def _task(configuration: str, fold: int, steps: int, per_epoch: int = 25, batch: int = 2, patch=(8, 8, 8)):

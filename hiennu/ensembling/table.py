@@ -24,7 +24,8 @@ HEADER = ["candidate", "kind", "Dice [95% CI]", "MASD mm (n)", "NSD", "post-proc
           "+pp nested Dice [95% CI]", "+pp nested MASD mm (n)", "+pp nested NSD", "+pp pooled Dice"]
 
 
-def _number(summary: dict | None, key: str, digits: int) -> str:
+def summary_number(summary: dict | None, key: str, digits: int) -> str:
+    """``summary[key]`` with ``digits`` decimals, ``n/a`` when absent, None (JSON) or NaN."""
     value = None if summary is None else summary.get(key)
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
@@ -34,8 +35,8 @@ def _cells(metrics: dict[str, dict] | None) -> list[str]:
     if metrics is None:
         return ["", "", ""]
     dice, masd, nsd = (metrics[m] for m in TABLE_METRICS)
-    return [f"{_number(dice, 'mean', 4)} [{_number(dice, 'ci95_low', 4)}, {_number(dice, 'ci95_high', 4)}]",
-            f"{_number(masd, 'mean', 2)} ({masd.get('n', 0)})", _number(nsd, "mean", 4)]
+    return [f"{summary_number(dice, 'mean', 4)} [{summary_number(dice, 'ci95_low', 4)}, {summary_number(dice, 'ci95_high', 4)}]",
+            f"{summary_number(masd, 'mean', 2)} ({masd.get('n', 0)})", summary_number(nsd, "mean", 4)]
 
 
 def _row(candidate: CandidateScores, name: str) -> str:
@@ -43,7 +44,7 @@ def _row(candidate: CandidateScores, name: str) -> str:
     if post is None:
         pp = ["(none chosen)", "", "", "", ""]
     else:
-        pp = [post["chosen_name"], *_cells(post.get("nested")), _number((post.get("pooled") or {}).get("dice"),
+        pp = [post["chosen_name"], *_cells(post.get("nested")), summary_number((post.get("pooled") or {}).get("dice"),
                                                                        "mean", 4)]
     return "| " + " | ".join([name, candidate.kind, *_cells(candidate.metrics), *pp]) + " |"
 
@@ -102,8 +103,8 @@ def _nested_choice_lines(info: InferenceInformation) -> list[str]:
     if nested.raw_metrics is not None:
         dice = nested.raw_metrics["dice"]
         lines.append("| " + " | ".join(["the same choices without post-processing (Dice only)",
-                                        f"{_number(dice, 'mean', 4)} [{_number(dice, 'ci95_low', 4)}, "
-                                        f"{_number(dice, 'ci95_high', 4)}]", "", ""]) + " |")
+                                        f"{summary_number(dice, 'mean', 4)} [{summary_number(dice, 'ci95_low', 4)}, "
+                                        f"{summary_number(dice, 'ci95_high', 4)}]", "", ""]) + " |")
     key = "nested_dice" if nested.criterion == POSTPROCESSED else "raw_dice"
     head = ["outer fold", "cases", "chosen on the other folds", "its raw Dice there", "its +pp nested Dice there",
             f"next by {by} there", "its post-processing (chosen on the other folds)", "raw Dice on the fold",
@@ -112,11 +113,11 @@ def _nested_choice_lines(info: InferenceInformation) -> list[str]:
     for f in nested.per_fold:
         runner_up = f.get("runner_up")
         next_best = ("(none)" if runner_up is None else
-                     f"{runner_up} ({_number((f.get('scores') or {}).get(runner_up), key, 4)})")
+                     f"{runner_up} ({summary_number((f.get('scores') or {}).get(runner_up), key, 4)})")
         lines.append("| " + " | ".join([str(f["fold"]), str(f["num_cases"]), f["chosen"],
-                                        _number(f, "raw_dice", 4), _number(f, "nested_dice", 4), next_best,
-                                        f["postprocessing"], _number(f, "raw_dice_on_fold", 4),
-                                        _number(f, "dice", 4)]) + " |")
+                                        summary_number(f, "raw_dice", 4), summary_number(f, "nested_dice", 4), next_best,
+                                        f["postprocessing"], summary_number(f, "raw_dice_on_fold", 4),
+                                        summary_number(f, "dice", 4)]) + " |")
     test = nested.paired_test
     if test is None:
         return lines + ["", "paired test against the rule: not available (the rule was not scored)"]

@@ -54,7 +54,6 @@ output of the steps is written atomically by the step itself.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,6 +66,7 @@ from hiennu import __version__
 from hiennu.ensembling.best_configuration import BestConfiguration, FindBestOptions, find_best_configuration
 from hiennu.ensembling.ensemble_cv import RULE
 from hiennu.ensembling.inference_information import InferenceInformation, load_inference_information
+from hiennu.ensembling.table import summary_number
 from hiennu.errors import HiennuError
 from hiennu.inference.model_registry import read_default_model
 from hiennu.inference.model_zip import export_models, install_model_zip
@@ -693,13 +693,12 @@ def reusable_choice(state: dict, inputs: dict, dataset: str) -> tuple[InferenceI
 
 
 def _scores_text(metrics: dict) -> str:
-    """``Dice m [low, high] / MASD m mm / NSD m`` from metric summaries (JSON's None read as NaN)."""
-    def value(metric: str, key: str = "mean") -> float:
-        v = (metrics.get(metric) or {}).get(key)
-        return math.nan if v is None else float(v)
-    low, high = value("dice", "ci95_low"), value("dice", "ci95_high")
-    interval = "" if math.isnan(low) or math.isnan(high) else f" [{low:.3f}, {high:.3f}]"
-    return f"Dice {value('dice'):.3f}{interval} / MASD {value('masd'):.2f} mm / NSD {value('nsd'):.3f}"
+    """``Dice m [low, high] / MASD m mm / NSD m`` from metric summaries (``n/a`` for a missing value)."""
+    dice = metrics.get("dice")
+    low, high = summary_number(dice, "ci95_low", 3), summary_number(dice, "ci95_high", 3)
+    interval = "" if "n/a" in (low, high) else f" [{low}, {high}]"
+    return (f"Dice {summary_number(dice, 'mean', 3)}{interval} / MASD {summary_number(metrics.get('masd'), 'mean', 2)}"
+            f" mm / NSD {summary_number(metrics.get('nsd'), 'mean', 3)}")
 
 
 def expectation_text(information: InferenceInformation) -> str:
