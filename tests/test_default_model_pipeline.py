@@ -87,8 +87,7 @@ def _mtimes(results, configuration: str, skip: int | None = None) -> dict[int, i
 # ------------------------------------------------------------------------------------------------ fast
 
 def test_the_recipe_is_the_measured_one():
-    assert dm.DEFAULT_RECIPE == (RecipeStep("3d_fullres", "TrainerDiceFocal", epochs=30, patience=1000),
-                                 RecipeStep("2d", "TrainerDiceFocal"))
+    assert dm.DEFAULT_RECIPE == (RecipeStep("3d_fullres", "TrainerDiceFocal", epochs=30, patience=1000),)
     with pytest.raises(dataclasses.FrozenInstanceError):
         dm.DEFAULT_RECIPE[0].epochs = 3
 

@@ -14,8 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
         "hiennu_train_default_model",
         "Train the default model end to end, resumably, with one ETA over all of it: plan and preprocess the dataset "
         "(unless done), train every configuration of the recipe (hiennu.pipeline.default_model.DEFAULT_RECIPE: "
-        "3d_fullres 30 epochs and 2d the plans' schedule, TrainerDiceFocal) on five folds with --npz, choose the "
-        "best configuration or ensemble, each with its post-processing, by cross-validation, the rule ZADC < -2 "
+        "3d_fullres, 30 epochs, TrainerDiceFocal) on five folds with --npz, choose its post-processing (the best "
+        "configuration or ensemble as well when the recipe has several) by cross-validation, the rule ZADC < -2 "
         "given the same as the reference (--rule-candidate lets it compete) "
         "(hiennu_find_best_configuration), export it to one zip (hiennu_export_model) and install it as the default model (hiennu_install_model --default), so "
         "hiennu_predict -i in/ -o out/ uses it. Run it again after an interruption: finished folds are reused, an "
