@@ -140,6 +140,7 @@ DEFAULT_RECIPE: tuple[RecipeStep, ...] = (
 # The chosen one's nested score is the best of three on the same cases, so the path also estimates the whole choice
 # fully nested (--nested-choice: each outer fold chooses on the other four; 1.7 min on the AVX2 box, session 46) and
 # reports it as what to expect of the procedure on new cases: 0.634 and 0.581 on two boxes against 0.652 and 0.640.
+# With the one configuration of DEFAULT_RECIPE (recipe 42) only its post-processing is chosen, estimated the same way.
 DEFAULT_CHOICE = {"rule_candidate": False, "postprocessing_candidates": JUDGED_RULE, "nested_choice": True}
 
 # what happens to a fold (FoldTask.action)
