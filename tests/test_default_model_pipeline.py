@@ -105,8 +105,8 @@ def test_the_expectation_line_of_an_older_record_says_what_it_lacks():
                    "checkpoint": FINAL, "path": names[1], "postprocessing": {}},
         "predict_command": "hiennu_predict ..."})
     assert dm.expectation_text(old) == (
-        f"{names[1]}, nested with its post-processing: not recorded (an older inference_information.json) (the best "
-        "of 2 candidates on the same cases: it flatters); the whole choice was not estimated fully nested "
+        f"{names[1]}, nested with its post-processing (the best of 2 candidates on the same cases: it flatters): not "
+        "recorded (an older inference_information.json); the whole choice was not estimated fully nested "
         "(--nested-choice estimates it)")
     assert dm._scores_text(metrics) == "Dice 0.500 [0.400, 0.600] / MASD 4.00 mm / NSD 0.600"
     assert dm._scores_text({"dice": {"mean": 0.5, "ci95_low": None}}) == "Dice 0.500 / MASD n/a mm / NSD n/a"
@@ -221,9 +221,10 @@ def test_plans_trains_chooses_exports_installs_then_reuses_every_fold(tiny, tmp_
     assert fully is not None and set(fully.choices) == {0, 1, 2, 3, 4}
     expect = text[text.index("what the choice says to expect: "):].splitlines()[0]
     chosen_nested = result.information.candidates[0].postprocessing["nested"]["dice"]["mean"]
-    assert f"{model.name}, nested with its post-processing: Dice {chosen_nested:.3f}" in expect
-    assert "(the only candidate)" in expect
-    assert f"fully nested (what to expect on new cases): Dice {fully.metrics['dice']['mean']:.3f}" in expect
+    assert (f"{model.name}, nested with its post-processing (the only candidate: what to expect on new cases): "
+            f"Dice {chosen_nested:.3f}") in expect
+    assert fully.metrics["dice"]["mean"] == pytest.approx(chosen_nested)  # one candidate: the same estimate
+    assert "fully nested" not in expect
     assert "the rule with the same post-processing: Dice " in expect and "--nested-choice" in text
     assert read_json(results / "default_model.json") == {"model_dir": f"{DATASET}/{model.name}"}
     assert read_json(model / "postprocessing.json")["candidate_set"] == dm.DEFAULT_CHOICE["postprocessing_candidates"]

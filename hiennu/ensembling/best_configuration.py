@@ -350,8 +350,9 @@ def find_best_configuration(options: FindBestOptions) -> BestConfiguration:
         path = information.save(results_dir)
     finally:
         staging.discard()
-    log.info("chosen by cross-validation among %d candidates (%s): %s (nested Dice with post-processing %.4f, raw "
-             "%.4f); post-processing %s (%s); written to %s", selection.num_candidates, selection.criterion, best.name,
+    log.info("chosen by cross-validation among %d candidate%s (%s): %s (nested Dice with post-processing %.4f, raw "
+             "%.4f); post-processing %s (%s); written to %s", selection.num_candidates,
+             "s" if selection.num_candidates != 1 else "", selection.criterion, best.name,
              best.nested_mean("dice"), best.mean("dice"), outcome.record["chosen_name"], outcome.action, path)
     if fully_nested is not None:
         log.info("fully nested choice (%s): mean Dice %.4f over %d cases (%.4f without post-processing); chosen "

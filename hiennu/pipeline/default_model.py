@@ -708,22 +708,25 @@ def _scores_text(metrics: dict) -> str:
 
 def expectation_text(information: InferenceInformation) -> str:
     """What the choice says to expect of the default model on new cases, in one line: the chosen one's nested
-    score (post-processing chosen without the scored fold, but the candidate chosen on every case: the best of K,
-    so it flatters) and, when the choice was estimated fully nested (``nested_choice``), that estimate (each
-    outer fold's candidate and post-processing chosen on the other folds) beside the rule given the same
-    post-processing. Scores are 5-fold CV means over the dataset's cases (Dice, MASD in mm, NSD at 2 mm)."""
+    score (post-processing chosen without the scored fold) and the rule given the same post-processing. With several
+    candidates the chosen one was the best of K on every case, which flatters it, so the line adds the estimate of
+    the whole choice fully nested (``nested_choice``: each outer fold's candidate and post-processing chosen on the
+    other folds) when it was made. With one candidate that estimate is its nested score by construction (each outer
+    fold's only choice is the post-processing, made on the other folds), so the nested score is what to expect.
+    Scores are 5-fold CV means over the dataset's cases (Dice, MASD in mm, NSD at 2 mm)."""
     chosen = information.chosen
     rows = list(information.candidates) + ([information.reference] if information.reference is not None else [])
     row = next((r for r in rows if r.name == chosen.name), None)
     nested = ((row.postprocessing or {}).get("nested") if row is not None else None) or {}
     k = information.selection.num_candidates
-    text = (f"{chosen.name}, nested with its post-processing: "
-            + (_scores_text(nested) if nested else "not recorded (an older inference_information.json)")
-            + (f" (the best of {k} candidates on the same cases: it flatters)" if k > 1 else " (the only candidate)"))
+    text = (f"{chosen.name}, nested with its post-processing"
+            + (f" (the best of {k} candidates on the same cases: it flatters): " if k > 1 else
+               " (the only candidate: what to expect on new cases): ")
+            + (_scores_text(nested) if nested else "not recorded (an older inference_information.json)"))
     fully = information.nested_choice
-    if fully is None:
+    if k > 1 and fully is None:
         text += "; the whole choice was not estimated fully nested (--nested-choice estimates it)"
-    else:
+    elif k > 1:
         text += (f"; the whole choice, fully nested (what to expect on new cases): {_scores_text(fully.metrics)}, "
                  f"outer folds chose {', '.join(f'{f}: {n}' for f, n in fully.choices.items())}")
     reference = ((information.reference.postprocessing or {}).get("nested")
