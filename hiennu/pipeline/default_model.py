@@ -114,15 +114,15 @@ class RecipeStep:
 # The recipe documentation/results.md measured (session 20, 2026-12-04, 2-core CPU): 3d_fullres is its recipe 4,
 # `hiennu_loss_study -d BONBID --trainers TrainerDiceFocal --folds all --epochs 30 --patience 1000`: 30 epochs of
 # the plans' 20 steps = 600 steps a fold, never stopped early (patience 1000 > 30 epochs; the same values, so folds
-# trained by that command are reused here); 2d is the plans' own schedule (on a CPU 20 epochs x 50 steps = 1000
-# steps, patience 20: never stopped early either). TrainerDiceFocal for both, five folds each, --npz.
+# trained by that command are reused here); TrainerDiceFocal, five folds, --npz.
 # The plans' own 200 steps for 3d_fullres (a third of the cost, for CPUs without AVX-512) made a worse judge for
 # judged-rule: nested 0.648 and 0.618 over two seeds against 0.652-0.662 at 600 (results.md, session 36); so did
 # half the widths (8-64, a 2.2x faster float32 step): 0.625, the rule's level (session 37).
-# The 2d left the recipe by recipe 42 (results.md sessions 49-50, declared before it ran): over split seeds 5 and 6
-# the 3d_fullres alone with its nested post-processing scored above the whole choice among 2d, 3d_fullres and their
-# ensemble estimated fully nested (the per-fold choice among the networks is unstable). The 2d and the ensembles stay
-# available through the commands (hiennu_train -c 2d, hiennu_find_best_configuration -c 2d 3d_fullres).
+# Until 2026-12-08 the recipe also held the 2d on the plans' own schedule (on a CPU 20 epochs x 50 steps). It left by
+# recipe 42 (results.md sessions 49-50, declared before it ran): over split seeds 5 and 6 the 3d_fullres alone with its
+# nested post-processing scored above the whole choice among 2d, 3d_fullres and their ensemble estimated fully
+# nested, by +0.035 and +0.022 Dice (the per-fold choice among the networks is unstable). The 2d and the ensembles
+# stay available through the commands (hiennu_train -c 2d, hiennu_find_best_configuration -c 2d 3d_fullres).
 DEFAULT_RECIPE: tuple[RecipeStep, ...] = (
     RecipeStep("3d_fullres", epochs=30, patience=1000),
 )
