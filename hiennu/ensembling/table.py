@@ -35,7 +35,8 @@ def _cells(metrics: dict[str, dict] | None) -> list[str]:
     if metrics is None:
         return ["", "", ""]
     dice, masd, nsd = (metrics[m] for m in TABLE_METRICS)
-    return [f"{summary_number(dice, 'mean', 4)} [{summary_number(dice, 'ci95_low', 4)}, {summary_number(dice, 'ci95_high', 4)}]",
+    low, high = summary_number(dice, "ci95_low", 4), summary_number(dice, "ci95_high", 4)
+    return [f"{summary_number(dice, 'mean', 4)} [{low}, {high}]",
             f"{summary_number(masd, 'mean', 2)} ({masd.get('n', 0)})", summary_number(nsd, "mean", 4)]
 
 
@@ -44,8 +45,8 @@ def _row(candidate: CandidateScores, name: str) -> str:
     if post is None:
         pp = ["(none chosen)", "", "", "", ""]
     else:
-        pp = [post["chosen_name"], *_cells(post.get("nested")), summary_number((post.get("pooled") or {}).get("dice"),
-                                                                       "mean", 4)]
+        pooled = summary_number((post.get("pooled") or {}).get("dice"), "mean", 4)
+        pp = [post["chosen_name"], *_cells(post.get("nested")), pooled]
     return "| " + " | ".join([name, candidate.kind, *_cells(candidate.metrics), *pp]) + " |"
 
 
@@ -115,7 +116,8 @@ def _nested_choice_lines(info: InferenceInformation) -> list[str]:
         next_best = ("(none)" if runner_up is None else
                      f"{runner_up} ({summary_number((f.get('scores') or {}).get(runner_up), key, 4)})")
         lines.append("| " + " | ".join([str(f["fold"]), str(f["num_cases"]), f["chosen"],
-                                        summary_number(f, "raw_dice", 4), summary_number(f, "nested_dice", 4), next_best,
+                                        summary_number(f, "raw_dice", 4), summary_number(f, "nested_dice", 4),
+                                        next_best,
                                         f["postprocessing"], summary_number(f, "raw_dice_on_fold", 4),
                                         summary_number(f, "dice", 4)]) + " |")
     test = nested.paired_test
