@@ -20,7 +20,7 @@ The dataset must be planned and preprocessed first (``hiennu_plan_and_preprocess
 default path). Why a script: the package trains other split seeds fold by fold (``--split-seed``) but its choice
 and default path read ``splits_final.json``; a second set of roots keeps the user's own untouched.
 
-    python benchmarks/default_path_on_split.py -d BONBID --split-seed 6 -o /work/hw/split_runs   # about 1.5 h (bf16)
+    python benchmarks/default_path_on_split.py -d BONBID --split-seed 6 -o /work/hw/split_runs   # about 1 h (bf16; 1.5 h with the 2d)
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import sys
 from pathlib import Path
 
 from hiennu.errors import HiennuError
-from hiennu.paths import PREPROCESSED_ENV, RESULTS_ENV, preprocessed_root, resolve_dataset, splits_file_name
+from hiennu.paths import (PREPROCESSED_ENV, RESULTS_ENV, plans_file_name, preprocessed_root, resolve_dataset,
+                          splits_file_name)
 from hiennu.study.split_seeds import ensure_seed_splits
 
 SPLITS_FINAL = splits_file_name(None)
@@ -47,8 +48,8 @@ def split_roots(dataset: str, split_seed: int, workdir: Path) -> tuple[Path, Pat
         raise HiennuError(f"--split-seed must be a whole number >= 0, got {split_seed}")
     name = resolve_dataset(dataset)
     source = preprocessed_root() / name
-    if not (source / "plans.json").is_file():
-        raise HiennuError(f"{source}: no plans.json; plan and preprocess {name} first (hiennu_plan_and_preprocess "
+    if not (source / plans_file_name()).is_file():
+        raise HiennuError(f"{source}: no {plans_file_name()}; plan and preprocess {name} first (hiennu_plan_and_preprocess "
                           f"-d {dataset}), then run this again")
     pre, results = workdir / f"preprocessed_seed{split_seed}", workdir / f"results_seed{split_seed}"
     if not (pre / name / SPLITS_FINAL).is_file():
